@@ -1,0 +1,161 @@
+"""Model presets as data, and the holder of loaded components.
+
+A preset names a model family (which decides the stage implementations), where each
+file comes from, and the defaults the storyboard may override. Families register
+themselves in ``PRESETS`` from their own module (``pipeline/models/<family>.py``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def sulphur_home() -> Path:
+    """Where built tiny models and downloaded weights live (``$SULPHUR_HOME``)."""
+    return Path(os.environ.get("SULPHUR_HOME", Path.home() / ".cache" / "sulphur"))
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file or folder a preset needs.
+
+    ``path`` is a local path (``~`` and ``$VARS`` expanded); ``repo``/``filename`` name
+    a Hugging Face location used when the machine can download. ``env`` lets a user
+    point at a file without editing code.
+    """
+
+    role: str
+    description: str
+    path: str = ""
+    repo: str = ""
+    filename: str = ""
+    env: str = ""
+
+    def local_path(self) -> Path | None:
+        for candidate in (os.environ.get(self.env, "") if self.env else "", self.path):
+            if candidate:
+                p = Path(os.path.expandvars(candidate)).expanduser()
+                if p.exists():
+                    return p
+        return None
+
+    def where(self) -> str:
+        hint = self.path or (f"{self.repo}/{self.filename}" if self.filename else self.repo)
+        return f"{hint}" + (f" (or set ${self.env})" if self.env else "")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: str
+    description: str
+    files: tuple[ModelFile, ...] = ()
+    draft_size: tuple[int, int] = (512, 288)
+    refine_size: tuple[int, int] = (1024, 576)
+    steps: int = 8
+    refine_sigmas: tuple[float, ...] = (0.85, 0.7250, 0.4219, 0.0)
+    lora_strength: float = 0.7
+    guidance_scale: float = 1.0
+    frame_multiple: int = 8           # frames = k * frame_multiple + 1
+    size_multiple: int = 32
+    audio: bool = True
+    takes_prompt: bool = True
+    #: Builds missing files on first use (the tiny preset); None for real weights.
+    builder: Callable[[], Path] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def round_frames(self, frames: int) -> int:
+        m = self.frame_multiple
+        if m <= 1:
+            return max(1, frames)
+        k = max(1, -(-(frames - 1) // m))
+        return k * m + 1
+
+    def round_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        m = self.size_multiple
+        return (max(m, round(size[0] / m) * m), max(m, round(size[1] / m) * m))
+
+    def missing(self) -> list[ModelFile]:
+        if self.builder is not None:
+            return []
+        return [f for f in self.files if f.local_path() is None]
+
+    def file(self, role: str) -> ModelFile:
+        for f in self.files:
+            if f.role == role:
+                return f
+        raise KeyError(f"preset {self.name} has no file for role {role!r}")
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    _load_families()
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise KeyError(f"unknown model preset {name!r} (known: {known})") from None
+
+
+def all_presets() -> list[Preset]:
+    _load_families()
+    return list(PRESETS.values())
+
+
+def _load_families() -> None:
+    # Importing a family module registers its presets; kept lazy so `sulphur --help`
+    # and the TUI never pay for it.
+    from pipeline.models import ltx2  # noqa: F401
+
+
+class LoadedModels:
+    """Components kept between segments, evicted on demand to respect memory budgets.
+
+    Stages call ``get(name, loader)``; the loader runs only when the component is not
+    already held. ``evict`` drops a component and returns its memory to the allocator.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+
+    def get(self, name: str, loader: Callable[[], Any]) -> Any:
+        if name not in self._items:
+            self._items[name] = loader()
+        return self._items[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def evict(self, *names: str) -> None:
+        for name in names:
+            self._items.pop(name, None)
+        _release_memory()
+
+    def evict_all(self) -> None:
+        self._items.clear()
+        _release_memory()
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the render side
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

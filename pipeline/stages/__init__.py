@@ -1,0 +1,1 @@
+"""Pipeline stages, one module each: enhance, draft, refine, upscale, encode."""

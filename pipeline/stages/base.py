@@ -1,0 +1,98 @@
+"""The one small interface every stage implements.
+
+A stage turns input artifacts (cache entries of upstream stages) plus parameters into
+files written into a fresh output folder. The runner owns caching, events, memory
+plans and retries; a stage only declares what determines its output (``params``) and
+does the work (``run``).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipeline.protocol import Event
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.cache import Artifact
+    from pipeline.memory import StagePlan
+    from pipeline.models.registry import LoadedModels, Preset
+    from pipeline.storyboard import Project, Segment, Storyboard
+
+
+class Cancelled(Exception):
+    """Raised inside a stage when the user cancelled; the stage leaves no cache entry."""
+
+
+@dataclass
+class SegmentJob:
+    """Everything resolved about one segment before its stages run."""
+
+    storyboard: Storyboard
+    segment: Segment
+    index: int
+    preset: Preset
+    frames: int                       # after the preset's frame rule (e.g. 8k+1)
+    seed: int
+    fps: int
+    draft_size: tuple[int, int]       # (width, height)
+    refine_size: tuple[int, int]
+    output_size: tuple[int, int]
+    steps: int
+    refine_sigmas: tuple[float, ...]
+    lora_strength: float
+    audio: bool
+    prompt: str = ""                  # the prompt the draft uses (enhanced or raw)
+    anchor: np.ndarray | None = None  # H×W×3 uint8 first-frame condition, or None for T2V
+    anchor_digest: str = ""           # sha256 of the anchor bytes, part of the draft key
+
+    @property
+    def project(self) -> Project:
+        return self.storyboard.project
+
+
+@dataclass
+class StageContext:
+    """What the runner lends a stage while it runs."""
+
+    emit: Callable[[Event], None]
+    cancel: threading.Event
+    models: LoadedModels
+    plan: StagePlan
+    job_id: str = ""
+    segment_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self, stage: str, step: int, total: int) -> None:
+        from pipeline.protocol import StepProgress
+
+        self.emit(StepProgress(job_id=self.job_id, segment=self.segment_id, stage=stage, step=step, total=total))
+        if self.cancel.is_set():
+            raise Cancelled(stage)
+
+
+class Stage(ABC):
+    """One step of the pipeline. Subclasses are stateless; models live in ``ctx.models``."""
+
+    name: ClassVar[str]
+    #: Bump when the meaning of the output changes, so old cache entries are not reused.
+    version: ClassVar[int] = 1
+    #: Names of upstream stages whose artifacts ``run`` receives.
+    inputs: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def params(self, job: SegmentJob) -> dict[str, Any]:
+        """JSON-able values that, with the input artifacts' keys, determine the output."""
+
+    @abstractmethod
+    def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> None:
+        """Write the stage's files into ``out`` (an empty folder)."""
+
+    def total_steps(self, job: SegmentJob) -> int:
+        return 0

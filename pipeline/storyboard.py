@@ -1,0 +1,524 @@
+"""The storyboard: a TOML file of chained shots, and its typed model.
+
+Reading uses ``tomllib`` (fast, exact errors); writing goes through ``tomlkit`` and
+merges only what changed into the file as it is on disk, so comments, blank lines and
+key order survive every save. A file that fails to load is never written.
+
+Import-light on purpose: the TUI imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.items import AoT, Table
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
+DRIFT_GUARDS = ("off", "anchor", "anchor+output")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class StoryboardError(ValueError):
+    """A storyboard that cannot be used; ``str()`` is one line with file:line:column."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str, line: int = 0, column: int = 0,
+                 key: str = "") -> None:
+        self.path = str(path)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.key = key
+        where = f"{self.path}:{line}:{column}" if line else self.path
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}: {what}{message}")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What the first frame of a segment is conditioned on."""
+
+    kind: str = "previous"  # "previous" | "image" | "video" | "none"
+    path: str = ""
+
+    def to_toml(self) -> Any:
+        if self.kind in ("previous", "none"):
+            return self.kind
+        return {self.kind: self.path}
+
+
+@dataclass(frozen=True)
+class Project:
+    title: str = "Untitled"
+    fps: int = 24
+    seed: int = 0
+    preset: str = "tiny"
+    vram_budget_gb: float | None = None
+    ram_budget_gb: float | None = None
+    draft_size: tuple[int, int] | None = None
+    refine_size: tuple[int, int] | None = None
+    output_size: tuple[int, int] = (1920, 1080)
+    audio: bool = True
+    steps: int | None = None
+    refine_sigmas: tuple[float, ...] | None = None
+    lora_strength: float | None = None
+    enhance: bool = True
+    drift_guard: str = "off"
+    drift_reference: str = "first"
+    drift_strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: str
+    prompt: str
+    enhanced_prompt: str = ""
+    enhance_lock: bool = False
+    frames: int | None = None
+    seconds: float | None = None
+    seed: int | None = None
+    anchor: Anchor = field(default_factory=Anchor)
+    steps: int | None = None
+    refine_sigmas: tuple[float, ...] | None = None
+    lora_strength: float | None = None
+    drift_guard: str | None = None
+
+    def frame_count(self, fps: int) -> int:
+        """Frames requested; the model preset may round up to what it can generate."""
+        if self.frames is not None:
+            return self.frames
+        if self.seconds is not None:
+            return max(1, round(self.seconds * fps))
+        return fps * 2 + 1
+
+
+@dataclass(frozen=True)
+class Storyboard:
+    path: Path
+    project: Project
+    segments: tuple[Segment, ...]
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    def segment(self, segment_id: str) -> Segment:
+        for seg in self.segments:
+            if seg.id == segment_id:
+                return seg
+        raise KeyError(segment_id)
+
+    def index(self, segment_id: str) -> int:
+        return [s.id for s in self.segments].index(segment_id)
+
+    def resolve(self, relative: str) -> Path:
+        """Paths inside a storyboard are relative to the storyboard's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def render_dir(self) -> Path:
+        return self.path.parent / "renders" / self.stem
+
+    def state_dir(self) -> Path:
+        return self.path.parent / ".sulphur"
+
+
+# --------------------------------------------------------------------------- reading
+
+# key -> (accepted python types, human name)
+_PROJECT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "title": ((str,), "a string"),
+    "fps": ((int,), "an integer"),
+    "seed": ((int,), "an integer"),
+    "preset": ((str,), "a string"),
+    "vram_budget_gb": ((int, float), "a number"),
+    "ram_budget_gb": ((int, float), "a number"),
+    "draft_size": ((list,), "a [width, height] pair"),
+    "refine_size": ((list,), "a [width, height] pair"),
+    "output_size": ((list,), "a [width, height] pair"),
+    "audio": ((bool,), "true or false"),
+    "steps": ((int,), "an integer"),
+    "refine_sigmas": ((list,), "a list of numbers"),
+    "lora_strength": ((int, float), "a number"),
+    "enhance": ((bool,), "true or false"),
+    "drift_guard": ((str,), "a string"),
+    "drift_reference": ((str,), "a string"),
+    "drift_strength": ((int, float), "a number"),
+}
+_SEGMENT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "id": ((str,), "a string"),
+    "prompt": ((str,), "a string"),
+    "enhanced_prompt": ((str,), "a string"),
+    "enhance_lock": ((bool,), "true or false"),
+    "frames": ((int,), "an integer"),
+    "seconds": ((int, float), "a number"),
+    "seed": ((int,), "an integer"),
+    "anchor": ((str, dict), 'a string ("previous", "none", a file path) or { image = ... } / { video = ... }'),
+    "steps": ((int,), "an integer"),
+    "refine_sigmas": ((list,), "a list of numbers"),
+    "lora_strength": ((int, float), "a number"),
+    "drift_guard": ((str,), "a string"),
+}
+
+
+class _Locator:
+    """Finds the line and column of a key in TOML source, for error messages.
+
+    tomllib gives positions only for syntax errors; semantic errors (unknown key,
+    wrong type) need the position of a key inside ``[project]`` or the n-th
+    ``[[segment]]``. A line scan over table headers is enough for storyboards.
+    """
+
+    _header = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"-]+)\s*\]\]?")
+    _key = re.compile(r"^(\s*)([A-Za-z0-9_\"-]+)\s*=")
+
+    def __init__(self, source: str) -> None:
+        self.lines = source.splitlines()
+
+    def find(self, table: str, index: int | None, key: str | None) -> tuple[int, int]:
+        current, count = None, -1
+        header_pos = (0, 0)
+        for lineno, text in enumerate(self.lines, 1):
+            m = self._header.match(text)
+            if m:
+                name = m.group(2).strip('"')
+                if name == table:
+                    count += 1 if m.group(1) == "[[" else 0
+                    current = name if index is None or count == index else None
+                    if current:
+                        header_pos = (lineno, text.index(m.group(1)) + 1)
+                else:
+                    current = None
+                continue
+            if current and key:
+                k = self._key.match(text)
+                if k and k.group(2).strip('"') == key:
+                    return lineno, len(k.group(1)) + 1
+        return header_pos
+
+
+def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: str, value: Any,
+                spec: dict[str, tuple[tuple[type, ...], str]]) -> None:
+    where = f"segment[{index}].{key}" if index is not None else f"{table}.{key}"
+    line, col = loc.find(table, index, key)
+    if key not in spec:
+        allowed = ", ".join(spec)
+        raise StoryboardError(path, f"unknown key (allowed: {allowed})", line, col, where)
+    types, human = spec[key]
+    # bool is an int in Python; a flag given where a number is wanted is a mistake.
+    if isinstance(value, bool) and bool not in types:
+        raise StoryboardError(path, f"expected {human}, got {_tname(value)}", line, col, where)
+    if not isinstance(value, types):
+        raise StoryboardError(path, f"expected {human}, got {_tname(value)}", line, col, where)
+
+
+def _tname(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _size(path: Path, loc: _Locator, table: str, key: str, value: list) -> tuple[int, int]:
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        line, col = loc.find(table, None, key)
+        raise StoryboardError(path, "expected [width, height] with two positive integers", line, col,
+                              f"{table}.{key}")
+    return int(value[0]), int(value[1])
+
+
+def _sigmas(path: Path, loc: _Locator, table: str, index: int | None, key: str, value: list) -> tuple[float, ...]:
+    ok = value and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
+    if not ok or any(b > a for a, b in zip(value, value[1:], strict=False)):
+        line, col = loc.find(table, index, key)
+        where = f"segment[{index}].{key}" if index is not None else f"{table}.{key}"
+        raise StoryboardError(path, "expected a non-increasing list of sigmas in [0, 1]", line, col, where)
+    return tuple(float(v) for v in value)
+
+
+def _anchor(path: Path, loc: _Locator, index: int, value: Any) -> Anchor:
+    line, col = loc.find("segment", index, "anchor")
+    where = f"segment[{index}].anchor"
+    if isinstance(value, str):
+        if value in ("previous", "none"):
+            return Anchor(value)
+        suffix = Path(value).suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            return Anchor("image", value)
+        if suffix in VIDEO_SUFFIXES:
+            return Anchor("video", value)
+        raise StoryboardError(path, f'"{value}" is neither "previous", "none", an image nor a video path',
+                              line, col, where)
+    if len(value) == 1:
+        (kind, target), = value.items()
+        if kind in ("image", "video") and isinstance(target, str) and target:
+            return Anchor(kind, target)
+    raise StoryboardError(path, 'expected { image = "path" } or { video = "path" }', line, col, where)
+
+
+def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storyboard:
+    """Validate TOML text into a :class:`Storyboard`; raises :class:`StoryboardError`."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        raise StoryboardError(path, f"TOML syntax error: {msg}", line, col) from None
+    loc = _Locator(source)
+
+    for key in data:
+        if key not in ("project", "segment"):
+            line, col = loc.find(key, None, None)
+            if not line:
+                line, col = next(((i, 1) for i, t in enumerate(loc.lines, 1) if t.lstrip().startswith(key)),
+                                 (0, 0))
+            raise StoryboardError(path, "unknown top-level key (expected [project] and [[segment]])",
+                                  line, col, key)
+
+    raw_project = data.get("project", {})
+    if not isinstance(raw_project, dict):
+        raise StoryboardError(path, "[project] must be a table", *loc.find("project", None, None), "project")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw_project.items():
+        _check_type(path, loc, "project", None, key, value, _PROJECT_KEYS)
+        if key.endswith("_size"):
+            value = _size(path, loc, "project", key, value)
+        elif key == "refine_sigmas":
+            value = _sigmas(path, loc, "project", None, key, value)
+        kwargs[key] = value
+    project = Project(**kwargs)
+    _check_project(path, loc, project)
+
+    raw_segments = data.get("segment", [])
+    if not isinstance(raw_segments, list) or not raw_segments:
+        raise StoryboardError(path, "a storyboard needs at least one [[segment]]", 0, 0, "segment")
+    segments: list[Segment] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_segments):
+        seg_kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            _check_type(path, loc, "segment", i, key, value, _SEGMENT_KEYS)
+            if key == "anchor":
+                value = _anchor(path, loc, i, value)
+            elif key == "refine_sigmas":
+                value = _sigmas(path, loc, "segment", i, key, value)
+            seg_kwargs[key] = value
+        for required in ("id", "prompt"):
+            if required not in seg_kwargs:
+                line, col = loc.find("segment", i, None)
+                raise StoryboardError(path, f"missing required key '{required}'", line, col,
+                                      f"segment[{i}].{required}")
+        sid = seg_kwargs["id"]
+        if not _ID_RE.match(sid):
+            raise StoryboardError(path, "ids are 1-64 letters, digits, '-' or '_'",
+                                  *loc.find("segment", i, "id"), f"segment[{i}].id")
+        if sid in seen:
+            raise StoryboardError(path, f"duplicate id '{sid}' (first used by segment[{seen[sid]}])",
+                                  *loc.find("segment", i, "id"), f"segment[{i}].id")
+        seen[sid] = i
+        seg = Segment(**seg_kwargs)
+        _check_segment(path, loc, i, seg)
+        segments.append(seg)
+    return Storyboard(path=path, project=project, segments=tuple(segments))
+
+
+def _check_project(path: Path, loc: _Locator, p: Project) -> None:
+    def bad(key: str, msg: str) -> StoryboardError:
+        return StoryboardError(path, msg, *loc.find("project", None, key), f"project.{key}")
+
+    if not 1 <= p.fps <= 240:
+        raise bad("fps", "must be between 1 and 240")
+    if p.drift_guard not in DRIFT_GUARDS:
+        raise bad("drift_guard", f"must be one of {', '.join(DRIFT_GUARDS)}")
+    if not 0.0 <= p.drift_strength <= 1.0:
+        raise bad("drift_strength", "must be between 0 and 1")
+    for key in ("vram_budget_gb", "ram_budget_gb"):
+        v = getattr(p, key)
+        if v is not None and v <= 0:
+            raise bad(key, "must be positive")
+    if p.output_size[0] % 2 or p.output_size[1] % 2:
+        raise bad("output_size", "H.264 needs an even width and height")
+
+
+def _check_segment(path: Path, loc: _Locator, i: int, s: Segment) -> None:
+    def bad(key: str, msg: str) -> StoryboardError:
+        return StoryboardError(path, msg, *loc.find("segment", i, key), f"segment[{i}].{key}")
+
+    if not s.prompt.strip():
+        raise bad("prompt", "must not be empty")
+    if s.frames is not None and s.seconds is not None:
+        raise bad("seconds", "give frames or seconds, not both")
+    if s.frames is not None and not 1 <= s.frames <= 2000:
+        raise bad("frames", "must be between 1 and 2000")
+    if s.seconds is not None and not 0 < s.seconds <= 120:
+        raise bad("seconds", "must be between 0 and 120")
+    if s.steps is not None and not 1 <= s.steps <= 200:
+        raise bad("steps", "must be between 1 and 200")
+    if s.drift_guard is not None and s.drift_guard not in DRIFT_GUARDS:
+        raise bad("drift_guard", f"must be one of {', '.join(DRIFT_GUARDS)}")
+    if i == 0 and s.anchor.kind == "previous":
+        return  # the first shot has nothing before it: text-to-video
+    if math.isnan(s.lora_strength or 0.0):
+        raise bad("lora_strength", "must be a number")
+
+
+def load(path: str | os.PathLike[str]) -> Storyboard:
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StoryboardError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise StoryboardError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return parse(source, path)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _to_toml_value(value: Any) -> Any:
+    if isinstance(value, Anchor):
+        return value.to_toml()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _field_default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def _segment_items(seg: Segment, present: Any = ()) -> dict[str, Any]:
+    """Keys a segment writes: id, prompt, those away from their default, and those the
+    file already spells out (so an explicit default is not deleted on save)."""
+    out: dict[str, Any] = {}
+    for f in fields(Segment):
+        value = getattr(seg, f.name)
+        if value is None:
+            continue
+        if f.name in ("id", "prompt") or f.name in present or value != _field_default(f):
+            out[f.name] = _to_toml_value(value)
+    return out
+
+
+def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for key in list(table.keys()):
+        if key not in new and key in defaults:
+            del table[key]
+    for key, value in new.items():
+        if key in table and _plain(table[key]) == _plain(value):
+            continue  # untouched: keep its formatting and comment
+        table[key] = value
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "unwrap"):
+        value = value.unwrap()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def render_toml(storyboard: Storyboard, original: str) -> str:
+    """The file text after merging ``storyboard`` into ``original`` (which must parse)."""
+    doc = tomlkit.parse(original)
+    proj_defaults = {f.name: _field_default(f) for f in fields(Project)}
+    project_new = {}
+    for f in fields(Project):
+        value = getattr(storyboard.project, f.name)
+        if value != proj_defaults[f.name] or f.name in doc.get("project", {}):
+            if value is None:
+                continue
+            project_new[f.name] = _to_toml_value(value)
+    if "project" not in doc:
+        doc.add("project", tomlkit.table())
+    _merge_table(doc["project"], project_new, proj_defaults)
+
+    seg_defaults = {f.name: None for f in fields(Segment)}
+    existing: dict[str, Table] = {}
+    aot = doc.get("segment")
+    if isinstance(aot, AoT):
+        for table in aot.body:
+            existing[str(table.get("id"))] = table
+    new_tables = []
+    for seg in storyboard.segments:
+        table = existing.pop(seg.id, None)
+        if table is None:
+            table = tomlkit.table()
+            for key, value in _segment_items(seg).items():
+                table[key] = value
+        else:
+            _merge_table(table, _segment_items(seg, table.keys()), seg_defaults)
+        new_tables.append(table)
+    if isinstance(aot, AoT) and [t.get("id") for t in aot.body] == [s.id for s in storyboard.segments]:
+        return doc.as_string()  # same segments in the same order: tables were edited in place
+    new_aot = tomlkit.aot()
+    for table in new_tables:
+        new_aot.append(table)
+    doc["segment"] = new_aot
+    return doc.as_string()
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder + rename, so a crash never truncates."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> str:
+    """Merge-write ``storyboard``; returns the text written.
+
+    The file on disk must still parse: a file that was broken in the meantime is never
+    overwritten (the caller decides what to do).
+    """
+    target = Path(path or storyboard.path)
+    original = target.read_text(encoding="utf-8") if target.exists() else ""
+    if original:
+        parse(original, target)  # refuse to merge into a broken file
+    text = render_toml(storyboard, original)
+    parse(text, target)  # never write something we could not read back
+    if text != original:
+        atomic_write(target, text)
+    return text
+
+
+def with_segment(storyboard: Storyboard, segment_id: str, **changes: Any) -> Storyboard:
+    """A copy with one segment's fields changed."""
+    segs = tuple(replace(s, **changes) if s.id == segment_id else s for s in storyboard.segments)
+    return replace(storyboard, segments=segs)
+
+
+def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
+    taken = {s.id for s in storyboard.segments}
+    n = len(taken) + 1
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+__all__ = [
+    "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "load", "parse", "save",
+    "render_toml", "with_segment", "new_segment_id", "atomic_write",
+]
