@@ -46,7 +46,11 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
     """Plans for ``stage`` from fastest to leanest."""
     device = device or detect_device()
     if device == "cpu":
-        return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+        # Host RAM can run out too: the lean rung tiles the VAE, upscales one frame at a
+        # time and drops every held model between stages.
+        return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32"),
+                StagePlan(name="cpu-lean", device="cpu", offload="resident", vae_tiling=True,
+                          dtype="float32", options={"batch": 1, "evict_between_stages": True})]
     return [StagePlan(name=o, device=device, offload=o, vae_tiling=o != "resident", dtype="bfloat16")
             for o in _CUDA_LADDER]
 

@@ -91,8 +91,8 @@ class Stage(ABC):
         """JSON-able values that, with the input artifacts' keys, determine the output."""
 
     @abstractmethod
-    def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> None:
-        """Write the stage's files into ``out`` (an empty folder)."""
+    def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any] | None:
+        """Write the stage's files into ``out`` (an empty folder); return the artifact's meta dict."""
 
     def total_steps(self, job: SegmentJob) -> int:
         return 0

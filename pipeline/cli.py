@@ -1,0 +1,109 @@
+"""The ``sulphur`` command.
+
+Every subcommand imports what it needs inside its handler, so ``sulphur --help`` and
+``sulphur edit`` never pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "storyboards" / "example.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sulphur", description="Local AI video studio: storyboard → 1920×1080 MP4.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="render storyboards/example.toml (built-in tiny model unless weights are set)")
+    demo.add_argument("--json", action="store_true", help="print one JSON event per line")
+    demo.add_argument("--out", type=Path, default=None, help="folder to copy the example into (default: ./sulphur-demo)")
+
+    r = sub.add_parser("render", help="render a storyboard headlessly")
+    r.add_argument("storyboard", type=Path)
+    r.add_argument("--segment", action="append", metavar="ID", help="render only this segment (repeatable)")
+    r.add_argument("--from", dest="from_", metavar="ID", help="render this segment and every one after it")
+    r.add_argument("--preset", metavar="NAME", help="model preset (overrides [project] preset)")
+    r.add_argument("--json", action="store_true", help="print one JSON event per line")
+    r.add_argument("--attach", action="store_true", help="submit to the background worker and follow the job")
+
+    sub.add_parser("models", help="list model presets and which of their files are present")
+
+    e = sub.add_parser("edit", help="open the storyboard editor (TUI)")
+    e.add_argument("storyboard", type=Path)
+    e.add_argument("--serve", action="store_true", help="serve the TUI in a browser (needs textual-serve)")
+
+    w = sub.add_parser("worker", help="run or stop the background render worker of a project")
+    w.add_argument("--project", type=Path, default=None, help="project folder (default: current folder)")
+    w.add_argument("--stop", action="store_true", help="ask the running worker to stop cleanly")
+    w.add_argument("--idle-timeout", type=float, default=None, help="seconds idle before the worker exits")
+    w.add_argument("--foreground", action="store_true", help="run in this terminal instead of detaching")
+
+    s = sub.add_parser("status", help="print the worker's status snapshot")
+    s.add_argument("--project", type=Path, default=None)
+    s.add_argument("--json", action="store_true")
+
+    f = sub.add_parser("flicker", help="per-frame PSNR-Y flicker report of a video")
+    f.add_argument("video", type=Path)
+    f.add_argument("--json", action="store_true")
+    f.add_argument("--worst", type=int, default=5, metavar="N")
+    f.add_argument("--seams", type=Path, default=None, metavar="DIR", help="renders/<story>/ folder: seam PSNR")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `sulphur story.toml` is short for `sulphur edit story.toml`.
+    if argv and argv[0].endswith(".toml") and not argv[0].startswith("-"):
+        argv.insert(0, "edit")
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "edit":
+        from sulphur_tui.app import main as tui_main
+
+        return tui_main(args)
+    if args.command == "render":
+        if args.attach:
+            from pipeline.client import main_render_attach
+
+            return main_render_attach(args)
+        from pipeline.headless import main_render
+
+        return main_render(args)
+    if args.command == "demo":
+        from pipeline.headless import main_demo
+
+        return main_demo(args)
+    if args.command == "models":
+        from pipeline.headless import main_models
+
+        return main_models(args)
+    if args.command == "worker":
+        from pipeline.worker import main as worker_main
+
+        return worker_main(args)
+    if args.command == "status":
+        from pipeline.client import main_status
+
+        return main_status(args)
+    if args.command == "flicker":
+        from pipeline.flicker import main as flicker_main
+
+        return flicker_main(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
