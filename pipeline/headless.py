@@ -1,0 +1,116 @@
+"""Headless commands: ``sulphur render`` (in-process), ``sulphur demo``, ``sulphur models``."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+from pipeline import protocol
+from pipeline.protocol import Event
+
+
+class ProgressPrinter:
+    """One readable line per lifecycle event; step progress overwrites itself on a TTY."""
+
+    def __init__(self, stream=None) -> None:  # noqa: ANN001 - a text stream
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+
+    def __call__(self, event: Event) -> None:
+        out = self.stream
+        match event:
+            case protocol.StageStarted(segment=seg, stage=stage, plan=plan):
+                print(f"{seg or 'film':>12} {stage:<8} started  ({plan})" if plan else
+                      f"{seg or 'film':>12} {stage:<8} started", file=out)
+            case protocol.StepProgress(segment=seg, stage=stage, step=i, total=n) if self.tty:
+                print(f"\r{seg:>12} {stage:<8} {i}/{n}", end="", file=out, flush=True)
+            case protocol.StageFinished(segment=seg, stage=stage, seconds=s, peak_allocated=pa):
+                mem = f", peak {pa / 2**30:.2f} GiB" if pa else ""
+                print(f"\r{seg or 'film':>12} {stage:<8} done in {s:.1f}s{mem}", file=out)
+            case protocol.StageCached(segment=seg, stage=stage):
+                print(f"{seg:>12} {stage:<8} cached", file=out)
+            case protocol.PlanFallback(segment=seg, stage=stage, failed_plan=a, next_plan=b):
+                print(f"{seg:>12} {stage:<8} out of memory with {a}; retrying with {b}", file=out)
+            case protocol.SegmentDone(segment=seg, path=path):
+                print(f"{seg:>12} → {path}", file=out)
+            case protocol.FlickerReport(segment=seg, stage=stage, mean=m, minimum=lo):
+                print(f"{seg:>12} {stage:<8} flicker PSNR-Y mean {m:.2f} dB, worst {lo:.2f} dB", file=out)
+            case protocol.Log(level=level, message=msg):
+                print(f"{level}: {msg}", file=out)
+            case protocol.ErrorEvent(message=msg):
+                print(f"error: {msg}", file=out)
+            case _:
+                pass
+
+
+def _json_printer(event: Event) -> None:
+    sys.stdout.buffer.write(protocol.encode(event))
+    sys.stdout.flush()
+
+
+def render_with_cli_output(storyboard: Path, *, json_events: bool, segments: list[str] | None = None,
+                           from_segment: str | None = None, preset: str | None = None) -> int:
+    from pipeline.render import RenderError, render
+    from pipeline.stages.base import Cancelled
+    from pipeline.storyboard import StoryboardError
+
+    emit = _json_printer if json_events else ProgressPrinter()
+    cancel = threading.Event()
+    try:
+        final = render(storyboard, segments=segments, from_segment=from_segment, preset=preset, emit=emit,
+                       cancel=cancel)
+    except StoryboardError as exc:
+        if json_events:
+            emit(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RenderError as exc:
+        if json_events:
+            emit(exc.to_event())
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Cancelled):
+        cancel.set()
+        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
+        return 130
+    if not json_events:
+        print(final)
+    return 0
+
+
+def main_render(args: argparse.Namespace) -> int:
+    return render_with_cli_output(args.storyboard, json_events=args.json, segments=args.segment,
+                                  from_segment=args.from_, preset=args.preset)
+
+
+def main_demo(args: argparse.Namespace) -> int:
+    """Copy the example storyboard into a folder of the user's and render it there."""
+    from pipeline.cli import EXAMPLE
+
+    folder = (args.out or Path("sulphur-demo")).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / EXAMPLE.name
+    if not target.exists():
+        shutil.copyfile(EXAMPLE, target)
+    print(f"rendering {target}", file=sys.stderr)
+    return render_with_cli_output(target, json_events=args.json)
+
+
+def main_models(args: argparse.Namespace) -> int:
+    from pipeline.models.registry import all_presets
+
+    for preset in all_presets():
+        print(f"{preset.name}  ({preset.family}) — {preset.description}")
+        if preset.builder is not None:
+            print("    built in: random weights built from configs on first use (output is noise)")
+        for f in preset.files:
+            path = f.local_path()
+            mark = "present" if path else "MISSING"
+            print(f"    [{mark:^7}] {f.role:<14} {f.description}")
+            if path is None and preset.builder is None:
+                print(f"              put it at {f.where()}")
+        print()
+    return 0

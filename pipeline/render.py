@@ -1,0 +1,493 @@
+"""The runner: storyboard → per-segment stages → segment MP4s → final film.
+
+Data flows one way: TOML → Storyboard → SegmentJob → stages → cached artifacts →
+events. Every stage output is a content-addressed cache entry, so a re-render after an
+edit (or after a crash) runs only what changed: segment k's draft depends on segment
+k-1's last draft frame through ``anchor_digest``, which is how an edit propagates
+downstream and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import memory, protocol
+from pipeline.cache import Artifact, StageCache, digest, stage_key
+from pipeline.models.registry import LoadedModels, Preset, get_preset
+from pipeline.protocol import Event
+from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
+from pipeline.storyboard import Storyboard, StoryboardError, load, save, with_segment
+
+Emit = Callable[[Event], None]
+
+
+class RenderError(RuntimeError):
+    """A render that cannot go on; ``kind`` is machine-readable (oom, missing_models, stage_failed…)."""
+
+    def __init__(self, kind: str, message: str, stage: str = "", segment: str = "") -> None:
+        super().__init__(message)
+        self.kind, self.message, self.stage, self.segment = kind, message, stage, segment
+
+    def to_event(self, job_id: str = "") -> protocol.ErrorEvent:
+        return protocol.ErrorEvent(job_id=job_id, kind=self.kind, message=self.message, stage=self.stage,
+                                   segment=self.segment)
+
+
+# ----------------------------------------------------------------- test-only faults
+
+
+class _Faults:
+    """Fault injection read from the environment at each stage start (tests only)."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+
+    def at_stage_start(self, stage: str, cancel: threading.Event) -> None:
+        self.attempts[stage] = self.attempts.get(stage, 0) + 1
+        spec = os.environ.get("SULPHUR_FAULT_OOM", "")
+        for item in filter(None, spec.split(",")):
+            name, _, count = item.partition(":")
+            if name == stage and (count == "all" or self.attempts[stage] <= int(count or 1)):
+                raise _injected_oom(stage)
+        spec = os.environ.get("SULPHUR_FAULT_SLOW", "")
+        for item in filter(None, spec.split(",")):
+            name, _, seconds = item.partition(":")
+            if name == stage and cancel.wait(float(seconds or 1)):
+                raise Cancelled(stage)
+
+
+def _injected_oom(stage: str) -> BaseException:
+    import torch
+
+    return torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by SULPHUR_FAULT_OOM at {stage})")
+
+
+# --------------------------------------------------------------------- the runner
+
+
+def _stages(preset: Preset) -> dict[str, Stage]:
+    from pipeline.stages.draft import DraftStage
+    from pipeline.stages.encode import EncodeStage
+    from pipeline.stages.enhance import EnhanceStage
+    from pipeline.stages.refine import RefineStage
+    from pipeline.stages.upscale import UpscaleStage
+
+    return {s.name: s for s in (EnhanceStage(), DraftStage(), RefineStage(), UpscaleStage(), EncodeStage())}
+
+
+class Renderer:
+    """One render of one storyboard. Use :func:`render`."""
+
+    def __init__(self, storyboard: Storyboard, preset: Preset, emit: Emit, cancel: threading.Event,
+                 job_id: str, models: LoadedModels) -> None:
+        self.sb = storyboard
+        self.preset = preset
+        self._emit = emit
+        self.cancel = cancel
+        self.job_id = job_id
+        self.models = models
+        self.cache = StageCache(storyboard.state_dir() / "cache")
+        self.stages = _stages(preset)
+        self.faults = _Faults()
+        self.out_dir = storyboard.render_dir()
+
+    def emit(self, event: Event) -> None:
+        event.job_id = self.job_id
+        self._emit(event)
+
+    # ------------------------------------------------------------------ a job
+
+    def job_for(self, index: int) -> SegmentJob:
+        seg = self.sb.segments[index]
+        p = self.sb.project
+        preset = self.preset
+        draft = preset.round_size(p.draft_size or preset.draft_size)
+        refine = p.refine_size or (draft[0] * 2, draft[1] * 2)
+        return SegmentJob(
+            storyboard=self.sb, segment=seg, index=index, preset=preset,
+            frames=preset.round_frames(seg.frame_count(p.fps)),
+            seed=seg.seed if seg.seed is not None else p.seed + index,
+            fps=p.fps, draft_size=draft, refine_size=tuple(refine), output_size=p.output_size,
+            steps=seg.steps or p.steps or preset.steps,
+            refine_sigmas=seg.refine_sigmas or p.refine_sigmas or preset.refine_sigmas,
+            lora_strength=seg.lora_strength if seg.lora_strength is not None else (
+                p.lora_strength if p.lora_strength is not None else preset.lora_strength),
+            audio=p.audio and preset.audio,
+        )
+
+    def run_stage(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact:
+        stage = self.stages[name]
+        params = stage.params(job)
+        key = stage_key(name, stage.version, params, {k: a.key for k, a in inputs.items()})
+        hit = self.cache.get(name, key)
+        if hit is not None:
+            self.emit(protocol.StageCached(segment=job.segment.id, stage=name, cache_key=key))
+            return hit
+        plans = memory.plan_ladder(name, self.preset, self.sb.project)
+        last_error: BaseException | None = None
+        for i, plan in enumerate(plans):
+            if self.cancel.is_set():
+                raise Cancelled(name)
+            ctx = StageContext(emit=self.emit, cancel=self.cancel, models=self.models, plan=plan,
+                               job_id=self.job_id, segment_id=job.segment.id)
+            self.emit(protocol.StageStarted(segment=job.segment.id, stage=name, plan=plan.describe(),
+                                            total_steps=stage.total_steps(job)))
+            _reset_peaks()
+            t0 = time.perf_counter()
+            try:
+                with self.cache.build(name, key, params) as building:
+                    self.faults.at_stage_start(name, self.cancel)
+                    if name == "draft" and job.anchor is not None:
+                        # Kept beside the draft so chaining and the drift guard can be audited.
+                        np.save(building.path / "anchor.npy", job.anchor)
+                    meta = stage.run(ctx, job, inputs, building.path)
+                    building.meta.update(meta or {})
+            except Cancelled:
+                raise
+            except BaseException as exc:
+                if not memory.is_oom(exc):
+                    raise RenderError("stage_failed", f"{name} failed: {type(exc).__name__}: {exc}",
+                                      name, job.segment.id) from exc
+                last_error = exc
+                self.models.evict_all()  # return every byte before the leaner attempt
+                if i + 1 < len(plans):
+                    self.emit(protocol.PlanFallback(segment=job.segment.id, stage=name,
+                                                    failed_plan=plan.describe(),
+                                                    next_plan=plans[i + 1].describe(), reason=str(exc)))
+                continue
+            allocated, reserved = _peaks()
+            self.emit(protocol.StageFinished(segment=job.segment.id, stage=name,
+                                             seconds=time.perf_counter() - t0, peak_allocated=allocated,
+                                             peak_reserved=reserved, peak_host_rss=_host_peak(),
+                                             plan=plan.describe(), cache_key=key))
+            if plan.options.get("evict_between_stages"):
+                self.models.evict_all()
+            artifact = self.cache.get(name, key)
+            assert artifact is not None
+            return artifact
+        tried = ", ".join(p.describe() for p in plans)
+        raise RenderError("oom", f"{name} ran out of memory with every plan ({tried}): {last_error}. "
+                          "Lower draft_size/frames or raise vram_budget_gb/ram_budget_gb.",
+                          name, job.segment.id)
+
+    # ---------------------------------------------------------- per segment
+
+    def prompt_for(self, job: SegmentJob) -> str:
+        seg = job.segment
+        if seg.enhance_lock and seg.enhanced_prompt.strip():
+            return seg.enhanced_prompt
+        if not self.sb.project.enhance or not self.preset.takes_prompt:
+            return seg.prompt
+        art = self.run_stage("enhance", job, {})
+        text = art.file("prompt.txt").read_text(encoding="utf-8")
+        if text != seg.enhanced_prompt:
+            self._write_enhanced(seg.id, text)
+        return text
+
+    def _write_enhanced(self, segment_id: str, text: str) -> None:
+        """Cache the enhanced prompt in the storyboard file, merging into what is on disk now."""
+        try:
+            current = load(self.sb.path)
+            seg = current.segment(segment_id)
+        except (StoryboardError, KeyError) as exc:
+            self.emit(protocol.Log(level="warning", message=f"enhanced prompt not saved: {exc}"))
+            return
+        if seg.enhance_lock:
+            return
+        save(with_segment(current, segment_id, enhanced_prompt=text))
+        self.emit(protocol.PromptEnhanced(segment=segment_id, enhanced_prompt=text))
+
+    def anchor_for(self, job: SegmentJob, previous_draft: Artifact | None,
+                   reference: np.ndarray | None) -> np.ndarray | None:
+        anchor = job.segment.anchor
+        w, h = job.draft_size
+        if anchor.kind == "none" or (anchor.kind == "previous" and previous_draft is None):
+            return None
+        if anchor.kind == "previous":
+            assert previous_draft is not None
+            frame = np.load(previous_draft.file("frames.npy"), mmap_mode="r")[-1]
+            frame = np.ascontiguousarray(frame)
+        elif anchor.kind == "image":
+            frame = _read_image(self.sb.resolve(anchor.path))
+        else:
+            frame = _last_video_frame(self.sb.resolve(anchor.path))
+        frame = _fit(frame, w, h)
+        guard = job.segment.drift_guard or self.sb.project.drift_guard
+        if guard != "off" and reference is not None and anchor.kind == "previous":
+            from pipeline.drift import match_colors
+
+            frame = match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
+        return frame
+
+    # ---------------------------------------------------------------- the film
+
+    def run(self, selected: Sequence[str]) -> Path:
+        sb = self.sb
+        t_job = time.perf_counter()
+        ids = [s.id for s in sb.segments]
+        last_needed = max(ids.index(s) for s in selected)
+        self.emit(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
+        (self.out_dir / "segments").mkdir(parents=True, exist_ok=True)
+        previous_draft: Artifact | None = None
+        reference = self._reference_image()
+        encoded: dict[str, Artifact] = {}
+        drafts: dict[str, Artifact] = {}
+        prev_last: np.ndarray | None = None
+        for index in range(last_needed + 1):
+            job = self.job_for(index)
+            seg_id = job.segment.id
+            t_seg = time.perf_counter()
+            job.prompt = self.prompt_for(job)
+            job.anchor = self.anchor_for(job, previous_draft, reference)
+            job.anchor_digest = digest(job.anchor.tobytes()) if job.anchor is not None else ""
+            draft = self.run_stage("draft", job, {})
+            drafts[seg_id] = draft
+            draft_frames = np.load(draft.file("frames.npy"), mmap_mode="r")
+            if reference is None and sb.project.drift_reference == "first":
+                reference = np.ascontiguousarray(draft_frames[-1])
+            self._quality(job, "draft", draft_frames, prev_last, reference)
+            prev_last = np.ascontiguousarray(draft_frames[-1])
+            previous_draft = draft
+            if seg_id not in selected:
+                continue
+            refine = self.run_stage("refine", job, {"draft": draft})
+            self._quality(job, "refine", np.load(refine.file("frames.npy"), mmap_mode="r"), None, None)
+            upscale = self.run_stage("upscale", job, {"refine": refine})
+            self._preview(job, upscale)
+            encode = self.run_stage("encode", job, {"upscale": upscale, "draft": draft})
+            encoded[seg_id] = encode
+            target = self.out_dir / "segments" / f"{seg_id}.mp4"
+            _atomic_copy(encode.file("segment.mp4"), target)
+            self.emit(protocol.SegmentDone(segment=seg_id, path=str(target), frames=int(encode.meta["frames"]),
+                                           seconds=time.perf_counter() - t_seg))
+        final = self._assemble(drafts)
+        self.emit(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))
+        return final
+
+    def _reference_image(self) -> np.ndarray | None:
+        ref = self.sb.project.drift_reference
+        if ref == "first" or self.sb.project.drift_guard == "off":
+            return None
+        return _read_image(self.sb.resolve(ref))
+
+    def _quality(self, job: SegmentJob, stage: str, frames: np.ndarray, prev_last: np.ndarray | None,
+                 reference: np.ndarray | None) -> None:
+        """Flicker (and, for drafts, colour drift) of a stage's frames, as events."""
+        try:
+            from pipeline import flicker
+        except ImportError:
+            return
+        seam = None
+        if prev_last is not None and job.segment.anchor.kind == "previous" and len(frames):
+            seam = flicker.seam_psnr(prev_last, np.ascontiguousarray(frames[min(1, len(frames) - 1)]))
+        stats = flicker.analyze_frames(frames, fps=job.fps)
+        self.emit(stats.to_event(job.segment.id, stage, self.job_id, seam_psnr=seam))
+        if stage != "draft":
+            return
+        try:
+            from pipeline import drift
+        except ImportError:
+            return
+        first, last = drift.frame_stats(np.asarray(frames[0])), drift.frame_stats(np.asarray(frames[-1]))
+        ref = drift.frame_stats(reference) if reference is not None else first
+        guard = job.segment.drift_guard or self.sb.project.drift_guard
+        self.emit(protocol.DriftReport(segment=job.segment.id, first=first, last=last,
+                                       drift=drift.drift(last, ref), guard=guard))
+
+    def _preview(self, job: SegmentJob, upscale: Artifact) -> None:
+        from PIL import Image
+
+        frames = np.load(upscale.file("frames.npy"), mmap_mode="r")
+        path = self.out_dir / "previews" / f"{job.segment.id}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.png")
+        Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
+        os.replace(tmp, path)
+        self.emit(protocol.Preview(segment=job.segment.id, stage="upscale", path=str(path)))
+
+    def _assemble(self, drafts: dict[str, Artifact]) -> Path:
+        """final.mp4 from every segment's cached encode, when all of them exist."""
+        from pipeline.stages.encode import FilmPart, encode_film
+
+        parts, manifest = [], []
+        inputs_of: dict[str, Artifact] = {}
+        for index, seg in enumerate(self.sb.segments):
+            art = self._cached_upscale_and_draft(index, drafts)
+            if art is None:
+                self.emit(protocol.Log(message=f"final film not assembled: segment {seg.id} is not rendered yet"))
+                return self.out_dir
+            upscale, draft = art
+            inputs_of[seg.id] = upscale
+            frames = np.load(upscale.file("frames.npy"), mmap_mode="r")
+            audio = np.load(draft.file("audio.npy")) if draft.file("audio.npy").exists() else None
+            skip = index > 0 and seg.anchor.kind == "previous"
+            parts.append(FilmPart(frames=frames, audio=audio, sample_rate=int(draft.meta.get("sample_rate", 48000)),
+                                  skip_first=skip))
+            manifest.append({"id": seg.id, "frames": len(frames), "skip_first": skip,
+                             "upscale_key": upscale.key, "draft_key": draft.key})
+        final = self.out_dir / "final.mp4"
+        film_key = digest(json.dumps(manifest, sort_keys=True).encode())
+        manifest_path = self.out_dir / "film.json"
+        if final.exists() and manifest_path.exists():
+            try:
+                if json.loads(manifest_path.read_text()).get("key") == film_key:
+                    return final  # nothing changed since the last assembly
+            except json.JSONDecodeError:
+                pass
+        tmp = final.with_name(".final.partial.mp4")
+        total = sum(len(p.frames) - int(p.skip_first) for p in parts)
+        self.emit(protocol.StageStarted(segment="", stage="film", total_steps=total))
+        t0 = time.perf_counter()
+        encode_film(tmp, parts, fps=self.sb.project.fps, size=self.sb.project.output_size)
+        os.replace(tmp, final)
+        offset = 0
+        for entry in manifest:
+            entry["offset"] = offset
+            offset += entry["frames"] - int(entry["skip_first"])
+        manifest_path.write_text(json.dumps({"key": film_key, "fps": self.sb.project.fps, "frames": total,
+                                             "segments": manifest}, indent=1))
+        self.emit(protocol.StageFinished(segment="", stage="film", seconds=time.perf_counter() - t0))
+        return final
+
+    def _cached_upscale_and_draft(self, index: int, drafts: dict[str, Artifact]) -> tuple[Artifact, Artifact] | None:
+        """Look up (without running) the upscale and draft entries of a segment."""
+        seg = self.sb.segments[index]
+        draft = drafts.get(seg.id)
+        if draft is None:
+            return None
+        job = self.job_for(index)
+        keys: dict[str, Artifact] = {"draft": draft}
+        for name, inputs in (("refine", ("draft",)), ("upscale", ("refine",))):
+            stage = self.stages[name]
+            key = stage_key(name, stage.version, stage.params(job), {k: keys[k].key for k in inputs})
+            art = self.cache.get(name, key)
+            if art is None:
+                return None
+            keys[name] = art
+        return keys["upscale"], draft
+
+
+def select_segments(sb: Storyboard, segments: Sequence[str] | None, from_segment: str | None) -> list[str]:
+    ids = [s.id for s in sb.segments]
+    for sid in list(segments or []) + ([from_segment] if from_segment else []):
+        if sid not in ids:
+            raise StoryboardError(sb.path, f"no segment with id '{sid}' (ids: {', '.join(ids)})")
+    if segments:
+        return [i for i in ids if i in segments]
+    if from_segment:
+        return ids[ids.index(from_segment):]
+    return ids
+
+
+def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] | None = None,
+           from_segment: str | None = None, preset: str | None = None, emit: Emit = lambda e: None,
+           cancel: threading.Event | None = None, job_id: str = "",
+           models: LoadedModels | None = None) -> Path:
+    """Render a storyboard; returns ``final.mp4`` (or the render folder if not every segment exists)."""
+    sb = load(storyboard_path)
+    if preset:
+        sb = replace(sb, project=replace(sb.project, preset=preset))
+    try:
+        chosen = get_preset(sb.project.preset)
+    except KeyError as exc:
+        raise RenderError("unknown_preset", str(exc.args[0])) from None
+    missing = chosen.missing()
+    if missing:
+        lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
+        raise RenderError("missing_models", f"preset {chosen.name} is missing {len(missing)} file(s): {lines}")
+    if chosen.builder is not None:
+        chosen.builder()
+    selected = select_segments(sb, segments, from_segment)
+    renderer = Renderer(sb, chosen, emit, cancel or threading.Event(), job_id or uuid.uuid4().hex[:12],
+                        models or LoadedModels())
+    renderer.cache.sweep_partials()
+    return renderer.run(selected)
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _reset_peaks() -> None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peaks() -> tuple[int, int]:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    return 0, 0
+
+
+def _host_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise RenderError("bad_anchor", f"cannot read anchor image {path}: {exc}") from None
+
+
+def _last_video_frame(path: Path) -> np.ndarray:
+    import av
+
+    last = None
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                last = frame
+    except (OSError, av.error.FFmpegError) as exc:
+        raise RenderError("bad_anchor", f"cannot read anchor video {path}: {exc}") from None
+    if last is None:
+        raise RenderError("bad_anchor", f"anchor video {path} has no frames")
+    return last.to_ndarray(format="rgb24")
+
+
+def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre-crop to the target aspect, then resize (the anchor must match the draft size)."""
+    h, w = frame.shape[:2]
+    if (w, h) == (width, height):
+        return np.ascontiguousarray(frame)
+    from PIL import Image
+
+    target = width / height
+    if w / h > target:
+        cw = round(h * target)
+        x0 = (w - cw) // 2
+        frame = frame[:, x0:x0 + cw]
+    else:
+        ch = round(w / target)
+        y0 = (h - ch) // 2
+        frame = frame[y0:y0 + ch]
+    img = Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+__all__ = ["render", "RenderError", "Renderer", "select_segments"]
