@@ -69,7 +69,7 @@ class StageCache:
         """Yield a writable temp folder; on clean exit it becomes the entry atomically."""
         final = self._dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", suffix=".partial", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.{os.getpid()}.", suffix=".partial", dir=final.parent))
         building = _Building(tmp)
         try:
             yield building
@@ -85,13 +85,32 @@ class StageCache:
             raise
 
     def sweep_partials(self) -> int:
-        """Remove temp folders left by a killed process; returns how many."""
+        """Remove temp folders whose builder process is gone (killed mid-stage); returns how many."""
         n = 0
         if self.root.is_dir():
             for p in self.root.glob("*/*/.*.partial"):
+                if _pid_alive(_builder_pid(p.name)):
+                    continue  # another process (a worker beside a CLI render) is still building it
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
         return n
+
+
+def _builder_pid(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Building:

@@ -1,0 +1,79 @@
+"""PyAV encoding of segments and films, checked with an independent decoder where present."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.stages.encode import AUDIO_RATE, FilmPart, encode_film
+
+FPS = 24
+W, H = 320, 180
+
+
+def _frames(n: int, base: int) -> np.ndarray:
+    """A moving gradient whose mean brightness encodes the frame index (checked after decode)."""
+    y, x = np.mgrid[0:H, 0:W]
+    out = np.empty((n, H, W, 3), np.uint8)
+    for i in range(n):
+        out[i] = np.clip(base + 6 * i + (x[..., None] // 40) + 0 * y[..., None], 0, 255)
+    return out
+
+
+def _tone(seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)]).astype(np.float32) * 0.3
+
+
+def _probe(path: Path) -> tuple[list[np.ndarray], float, dict]:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        info = {"codec": v.codec_context.name, "w": v.codec_context.width, "h": v.codec_context.height,
+                "pix_fmt": v.codec_context.pix_fmt, "rate": v.average_rate}
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        info["audio_codec"] = a.codec_context.name
+        info["audio_rate"] = a.codec_context.sample_rate
+        samples = sum(f.samples for f in c.decode(audio=0))
+    return frames, samples / info["audio_rate"], info
+
+
+def test_film_drops_one_frame_per_chained_seam_and_keeps_audio_in_sync(tmp_path: Path) -> None:
+    a, b, c = _frames(17, 20), _frames(17, 120), _frames(9, 60)
+    parts = [
+        FilmPart(a, _tone(17 / FPS, 24_000), 24_000),
+        FilmPart(b, _tone(17 / FPS, 24_000), 24_000, skip_first=True),   # chained
+        FilmPart(c, None, 24_000, skip_first=False),                      # hard cut, silent
+    ]
+    out = tmp_path / "film.mp4"
+    n = encode_film(out, parts, fps=FPS, size=(W, H))
+    frames, audio_seconds, info = _probe(out)
+    assert n == len(frames) == 17 + 16 + 9
+    assert info["codec"] == "h264" and info["pix_fmt"] == "yuv420p" and (info["w"], info["h"]) == (W, H)
+    assert info["rate"] == FPS and info["audio_codec"] == "aac" and info["audio_rate"] == AUDIO_RATE
+    assert abs(audio_seconds - n / FPS) <= 1 / FPS
+    means = np.array([f.mean() for f in frames])
+    # The frame after the first seam is b[1], not b[0]: compare brightness with the sources.
+    assert abs(means[17] - b[1].mean()) < abs(means[17] - b[0].mean())
+    assert abs(means[16] - a[16].mean()) < 2.0
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+def test_independent_decoder_reports_no_errors(tmp_path: Path) -> None:
+    out = tmp_path / "seg.mp4"
+    encode_film(out, [FilmPart(_frames(9, 40), _tone(9 / FPS, 48_000), 48_000)], fps=FPS, size=(W, H))
+    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "null", "-"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_wrong_frame_size_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected 320×180"):
+        encode_film(tmp_path / "x.mp4", [FilmPart(np.zeros((2, 100, 100, 3), np.uint8), None, 1)], fps=FPS,
+                    size=(W, H))
