@@ -1,0 +1,150 @@
+"""Prompt enhancer and enhance stage, through real llama.cpp with the tiny GGUF."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.memory import StagePlan
+from pipeline.models.enhancer import (
+    MAX_CHARS,
+    build_tiny_llm,
+    clean_enhanced,
+    enhance,
+    enhance_prompt,
+    load_enhancer,
+    unusable_reason,
+)
+from pipeline.models.registry import LoadedModels, ModelFile, Preset
+from pipeline.stages.base import SegmentJob, StageContext
+from pipeline.stages.enhance import EnhanceStage
+from pipeline.storyboard import Project, Segment, Storyboard
+
+PROMPT = "a tabby cat walks along a wet rooftop at night, neon signs below"
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llm(tmp_path_factory.mktemp("models") / "tiny-enhancer.gguf")
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llm: Path):  # noqa: ANN201 - llama_cpp.Llama
+    return load_enhancer(tiny_llm, n_gpu_layers=0, n_ctx=2048, seed=0)
+
+
+def printable(text: str) -> bool:
+    return text == " ".join(text.split()) and all(ch.isprintable() for ch in text)
+
+
+def make_job(tmp: Path, model: Path | None, prompt: str = PROMPT, seed: int = 7,
+             builder: object = None) -> SegmentJob:
+    files = (ModelFile(role="enhancer", description="llm", path=str(model or tmp / "missing.gguf")),)
+    preset = Preset(name="test", family="ltx2", description="", files=files, builder=builder,  # type: ignore[arg-type]
+                    extra={"enhance_max_tokens": 48})
+    seg = Segment(id="s1", prompt=prompt)
+    board = Storyboard(path=tmp / "board.toml", project=Project(), segments=(seg,))
+    return SegmentJob(storyboard=board, segment=seg, index=0, preset=preset, frames=9, seed=seed, fps=24,
+                      draft_size=(32, 32), refine_size=(64, 64), output_size=(128, 128), steps=1,
+                      refine_sigmas=(0.0,), lora_strength=0.0, audio=False)
+
+
+def make_ctx(device: str = "cpu", models: LoadedModels | None = None) -> tuple[StageContext, list]:
+    events: list = []
+    ctx = StageContext(emit=events.append, cancel=threading.Event(), models=models or LoadedModels(),
+                       plan=StagePlan(name=device, device=device), segment_id="s1")
+    return ctx, events
+
+
+def test_tiny_gguf_is_small_and_deterministic(tmp_path: Path, tiny_llm: Path) -> None:
+    again = build_tiny_llm(tmp_path / "again.gguf")
+    assert again.read_bytes() == tiny_llm.read_bytes()
+    assert tiny_llm.stat().st_size < 2_000_000
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_enhance_prompt_is_clean_and_deterministic(llm) -> None:  # noqa: ANN001
+    first = enhance(llm, PROMPT, seed=3, max_tokens=48)
+    assert first.raw  # the model really generated something
+    assert first.text and printable(first.text) and len(first.text) <= MAX_CHARS
+    if first.fallback:
+        assert first.text == PROMPT and first.reason
+    assert enhance_prompt(llm, PROMPT, seed=3, max_tokens=48) == first.text
+    assert enhance(llm, PROMPT, seed=3, max_tokens=48).raw == first.raw
+    # Another seed samples differently (the model is random, not constant).
+    assert enhance(llm, PROMPT, seed=4, max_tokens=48).raw != first.raw
+
+
+def test_cleaning_makes_model_output_storyboard_safe() -> None:
+    assert clean_enhanced("Sure, here is the prompt:\n\n\"A wide\tshot\x00 of\x1b a city.\"") == "A wide shot of a city."
+    assert clean_enhanced("<start_of_turn>model\nA **slow** pan.<end_of_turn>") == "A slow pan."
+    long = " ".join(["word"] * 1000)
+    cut = clean_enhanced(long)
+    assert len(cut) <= MAX_CHARS and cut.endswith("word")
+
+
+def test_byte_soup_is_not_a_prompt_but_prose_is() -> None:
+    rng = np.random.default_rng(1)
+    soup = clean_enhanced(rng.integers(0, 256, 300, dtype=np.uint8).tobytes().decode("utf-8", "ignore"))
+    assert unusable_reason(soup)
+    assert unusable_reason("") == "empty after cleaning"
+    for prose in ("A slow dolly-in on a tabby cat at f/1.8, 35mm lens; warm tungsten light, rain patters.",
+                  "Plano general de una ciudad de noche, la cámara avanza despacio entre la lluvia.",
+                  "日本の夜の街、カメラがゆっくりパンする 雨の音 遠くの音楽"):
+        assert unusable_reason(clean_enhanced(prose)) == ""
+
+
+def test_stage_writes_prompt_and_keeps_the_llm_on_cpu(tmp_path: Path, tiny_llm: Path) -> None:
+    job = make_job(tmp_path, tiny_llm)
+    ctx, events = make_ctx("cpu")
+    out = tmp_path / "out"
+    out.mkdir()
+    meta = EnhanceStage().run(ctx, job, {}, out)
+    text = (out / "prompt.txt").read_text(encoding="utf-8")
+    assert text == meta["prompt"] and printable(text)
+    assert isinstance(meta["fallback"], bool)
+    assert (text == PROMPT) == meta["fallback"]
+    assert "enhancer" in ctx.models.names()
+    if meta["fallback"]:  # the user is told why their prompt was kept
+        assert any(getattr(e, "level", "") == "warning" for e in events)
+
+    # Same job again reuses the held model and gives the same text.
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    assert EnhanceStage().run(ctx, job, {}, out2) == meta
+
+
+def test_stage_evicts_the_llm_after_use_on_cuda_plans(tmp_path: Path, tiny_llm: Path) -> None:
+    # llama.cpp built without CUDA ignores n_gpu_layers, so the eviction policy runs here too.
+    ctx, _ = make_ctx("cuda")
+    out = tmp_path / "out"
+    out.mkdir()
+    EnhanceStage().run(ctx, make_job(tmp_path, tiny_llm), {}, out)
+    assert (out / "prompt.txt").is_file()
+    assert "enhancer" not in ctx.models.names()
+
+
+def test_params_follow_prompt_seed_and_model(tmp_path: Path, tiny_llm: Path) -> None:
+    stage = EnhanceStage()
+    base = stage.params(make_job(tmp_path, tiny_llm))
+    assert stage.params(make_job(tmp_path, tiny_llm)) == base
+    assert stage.params(make_job(tmp_path, tiny_llm, prompt="a dog")) != base
+    assert stage.params(make_job(tmp_path, tiny_llm, seed=8)) != base
+    other = tmp_path / "other.gguf"
+    other.write_bytes(tiny_llm.read_bytes() + b"\0")
+    assert stage.params(make_job(tmp_path, other))["model"] != base["model"]
+
+
+def test_tiny_preset_builds_its_llm_on_first_use(tmp_path: Path) -> None:
+    target = tmp_path / "built" / "tiny.gguf"
+    job = make_job(tmp_path, target, builder=lambda: build_tiny_llm(target))
+    params = EnhanceStage().params(job)  # before the file exists: no stat needed
+    ctx, _ = make_ctx("cpu")
+    out = tmp_path / "out"
+    out.mkdir()
+    EnhanceStage().run(ctx, job, {}, out)
+    assert target.is_file() and (out / "prompt.txt").is_file()
+    assert EnhanceStage().params(job) == params  # a rebuild does not invalidate the cache
