@@ -1,22 +1,96 @@
-"""Memory plans: how a stage places its weights so it fits the VRAM and host budgets.
+"""Memory plans: how a stage places its weights so it fits the VRAM *and* host budgets.
 
-The runner asks :func:`plan_ladder` for an ordered list of plans per stage, tries the
-first, and on an out-of-memory error (CUDA or host) steps down to the next one.
+The runner asks :func:`plan_ladder` for an ordered list of plans per stage (fastest
+first), tries the first through :func:`run_with_ladder`, and on an out-of-memory error
+(CUDA or host) steps down to the next plan that needs less of the memory that ran out.
+A pair of budgets no plan fits is refused up front with :class:`PlanError`, before any
+weights are loaded.
+
+The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold):
+
+* **Weights** come from the preset: measured file sizes where the files exist, else
+  parameter counts × bytes per parameter of the stored format (bf16 2, fp8 1, GGUF
+  Q8_0 1.06, Q4_K_M 0.60, Q3_K_M 0.52 ...). Default parameter counts were counted on
+  the meta device from diffusers 0.42.1's LTX-2 configs; the 22B LTX-2.3 transformer
+  keeps LTX-2's 48-block layout.
+* **Transformer activations** grow with tokens = (frames-1)/8+1 × h/32 × w/32 (+ audio
+  at 25 tokens/s): 0.35 MiB per token at batch 1 (CFG=1), fitted to the resident peaks
+  measured on an H100 (36.4 / 39.9 GiB with 35.2 GiB of weights at 3646 / 14080 tokens,
+  see shared/notes/gpu-facts.md); CFG > 1 doubles the batch.
+* **Offload modes** (VRAM, host): resident = all weights + activations; model offload =
+  the largest component + its activations, host keeps every weight; block-level group
+  offload = non-block weights + 2 blocks + activations (matches the 3.3 / 6.9 GiB peaks
+  measured); leaf-level = 2 largest layers + activations; sequential = 1 layer.
+  ``use_stream`` group offload keeps a pinned copy beside the pageable one: 2× the
+  weights in host RAM unless ``low_cpu_mem_usage`` pins block by block (1× + 2 blocks).
+  GGUF weights need a bf16 scratch of the largest layer for dequantization.
+* **Reserves**: the CUDA context (0.5 GiB) is outside a configured VRAM budget, 10% of
+  VRAM is kept for fragmentation; the render process itself (torch, CUDA libraries,
+  frame buffers) takes about 2.5 GiB of host RAM.
+* **VAE decode** (estimate, to be calibrated by bench/gpu_pipeline.py): 250 B per
+  output pixel×frame untiled; tiled (512² px × 16-frame tiles) it is bounded by one tile.
+* **ESRGAN x2plus** fp16: 0.55 GiB of VRAM per 1024×576 input frame (2.4 GiB measured
+  at batch 4), proportional to pixels; tiles only when one frame does not fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import gc
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
     from pipeline.storyboard import Project
 
+GiB = 1024**3
+MiB = 1024**2
+
+OFFLOAD_MODES = ("resident", "model", "group_block", "group_leaf", "sequential")
+
+#: Bytes per parameter of each stored weight format (GGUF: block size incl. scales).
+BYTES_PER_PARAM: dict[str, float] = {
+    "float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0,
+    "Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K_M": 0.71, "Q5_0": 22 / 32, "Q4_K_M": 0.60,
+    "Q4_0": 18 / 32, "Q4_K": 144 / 256, "Q3_K_M": 0.52, "Q3_K": 110 / 256, "Q2_K": 84 / 256,
+}
+QUANTIZED = {k for k in BYTES_PER_PARAM if k.startswith("Q")}
+
+ACT_BYTES_PER_TOKEN = 0.35 * MiB      # transformer activations per token, batch 1, bf16
+VAE_BYTES_PER_PIXEL_FRAME = 250       # untiled VAE decode, per output pixel × frame
+VAE_TILE_PIXELS = 512 * 512
+VAE_TILE_FRAMES = 16
+ESRGAN_BYTES_PER_INPUT_PIXEL = 0.55 * GiB / (1024 * 576)
+CUDA_CONTEXT = int(0.5 * GiB)
+VRAM_MARGIN = 0.10
+HOST_RESERVE = int(2.5 * GiB)
+AUDIO_TOKENS_PER_SECOND = 25
+
+
+class PlanError(RuntimeError):
+    """No plan fits the budgets; the message names the component, the amount and a setting that fits."""
+
+    def __init__(self, stage: str, component: str, resource: str, need: int, have: int, hint: str) -> None:
+        self.stage, self.component, self.resource = stage, component, resource
+        self.need, self.have, self.hint = need, have, hint
+        super().__init__(
+            f"{stage}: {component} needs {need / GiB:.1f} GiB of {resource} in its leanest plan, "
+            f"but only {have / GiB:.1f} GiB is usable; {hint}")
+
 
 @dataclass(frozen=True)
 class StagePlan:
-    """How one stage runs. ``offload`` is one of: resident, model, group_block, group_leaf, sequential."""
+    """How one stage runs. ``offload`` is one of: resident, model, group_block, group_leaf, sequential.
+
+    ``options`` carries the details the stage applies (see pipeline/offload.py) and the
+    estimates the worker reports: ``vram_bytes``/``host_bytes`` (peaks), ``weights``
+    (stored format or "fp8" for layerwise upcast), ``use_stream``, ``low_cpu_mem_usage``,
+    ``text_encoder`` (resident / group / disk / cpu), ``evict`` (held
+    components to drop before the stage), ``esrgan_batch``, ``esrgan_tile``, ``n_gpu_layers``.
+    """
 
     name: str
     device: str = "cpu"
@@ -26,11 +100,52 @@ class StagePlan:
     notes: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def vram_bytes(self) -> int:
+        return int(self.options.get("vram_bytes", 0))
+
+    @property
+    def host_bytes(self) -> int:
+        return int(self.options.get("host_bytes", 0))
+
     def describe(self) -> str:
         parts = [self.name, f"on {self.device}"]
+        o = self.options
+        if self.offload != "resident":
+            parts.append(self.offload + ("+stream" if o.get("use_stream") else ""))
+        if o.get("weights"):
+            parts.append(f"weights {o['weights']}")
+        if o.get("text_encoder"):
+            parts.append(f"text encoder {o['text_encoder']}" + (" (transformer evicted)" if o.get("evict") else ""))
         if self.vae_tiling:
             parts.append("VAE tiling")
+        if o.get("esrgan_batch"):
+            parts.append(f"batch {o['esrgan_batch']}" + (f", tiles {o['esrgan_tile']}px" if o.get("esrgan_tile") else ""))
+        if "n_gpu_layers" in o:
+            parts.append("all layers on GPU" if o["n_gpu_layers"] < 0 else f"{o['n_gpu_layers']} layers on GPU")
+        if "vram_bytes" in o:
+            parts.append(f"est. {self.vram_bytes / GiB:.1f} GiB VRAM, {self.host_bytes / GiB:.1f} GiB host")
         return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Usable bytes on each side, after reserves, and where the figures came from."""
+
+    vram: int
+    host: int
+    vram_setting: float | None = None   # GB as written in the storyboard, or None (detected)
+    host_setting: float | None = None
+
+    @classmethod
+    def from_gb(cls, vram_gb: float, host_gb: float, *, detected: bool = False) -> Budgets:
+        """Budgets as a user states them: a card of ``vram_gb`` and a machine of ``host_gb``."""
+        vram = int(vram_gb * GiB) - (0 if detected else CUDA_CONTEXT)
+        return cls(vram=max(0, int(vram * (1 - VRAM_MARGIN))), host=max(0, int(host_gb * GiB) - HOST_RESERVE),
+                   vram_setting=None if detected else vram_gb, host_setting=None if detected else host_gb)
 
 
 def detect_device() -> str:
@@ -39,31 +154,559 @@ def detect_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_CUDA_LADDER = ("resident", "model", "group_block", "group_leaf", "sequential")
+def detect_budgets(project: Project | None = None, device: str = "cuda") -> Budgets:
+    """The storyboard's ``vram_budget_gb``/``ram_budget_gb``, else free VRAM and available RAM now."""
+    vram_gb = project.vram_budget_gb if project else None
+    host_gb = project.ram_budget_gb if project else None
+    vram_detected = vram_gb is None
+    if vram_gb is None:
+        vram_gb = _free_vram() / GiB if device.startswith("cuda") else 0.0
+    host_detected = host_gb is None
+    if host_gb is None:
+        import psutil
+
+        # available already excludes this process; add the reserve back so it is not counted twice
+        host_gb = (psutil.virtual_memory().available + HOST_RESERVE) / GiB
+    b = Budgets.from_gb(vram_gb, host_gb, detected=vram_detected)
+    return replace(b, host_setting=None if host_detected else host_gb)
 
 
-def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None = None) -> list[StagePlan]:
-    """Plans for ``stage`` from fastest to leanest."""
+def _free_vram() -> int:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+    except Exception:  # pragma: no cover - broken driver: fall through to NVML
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return 0
+
+
+@dataclass(frozen=True)
+class Component:
+    """One model's weight footprint, as stored."""
+
+    name: str
+    params: float
+    fmt: str = "bfloat16"
+    blocks: int = 0                  # repeated blocks (0: not block-structured)
+    block_fraction: float = 1.0      # share of the weights inside the blocks
+    largest_layer_params: float = 0  # for leaf-level/sequential and the dequant scratch
+    file_bytes: int | None = None    # measured on disk; wins over params × format
+
+    @property
+    def nbytes(self) -> int:
+        if self.file_bytes is not None:
+            return self.file_bytes
+        return int(self.params * BYTES_PER_PARAM[self.fmt])
+
+    @property
+    def block_bytes(self) -> int:
+        return int(self.nbytes * self.block_fraction / self.blocks) if self.blocks else self.nbytes
+
+    @property
+    def nonblock_bytes(self) -> int:
+        return int(self.nbytes * (1 - self.block_fraction)) if self.blocks else 0
+
+    @property
+    def layer_bytes(self) -> int:
+        """Largest single layer as stored (leaf-level offload moves these)."""
+        bpp = self.nbytes / self.params if self.params else 2.0
+        return int((self.largest_layer_params or self.params / max(1, self.blocks * 8)) * bpp)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """bf16 copy of the largest layer while a quantized layer is dequantized for its matmul."""
+        return int((self.largest_layer_params or 0) * 2) if self.fmt in QUANTIZED or self.fmt == "fp8" else 0
+
+    def as_format(self, fmt: str) -> Component:
+        return replace(self, fmt=fmt, file_bytes=None)
+
+
+# LTX-2 / LTX-2.3 parameter counts (meta-device counts of diffusers 0.42.1 defaults; the
+# transformer scaled to LTX-2.3's 22B). 48 blocks hold 98.2% of the transformer; its
+# largest layer is time_embed.linear (100.7M); Gemma 3 12B is the text encoder.
+_LTX2_COMPONENTS: dict[str, Component] = {
+    "transformer": Component("transformer", 22.0e9, "Q3_K_M", blocks=48, block_fraction=0.982,
+                             largest_layer_params=100.7e6),
+    "text_encoder": Component("text_encoder", 12.2e9, "bfloat16", blocks=48, block_fraction=0.92,
+                              largest_layer_params=1.07e9),  # embedding 262k × 3840 (vocab)
+    "connectors": Component("connectors", 1.43e9, "bfloat16", largest_layer_params=16.8e6),
+    "vae": Component("vae", 1.22e9, "bfloat16", largest_layer_params=9.4e6),
+    "audio": Component("audio", 0.109e9, "bfloat16", largest_layer_params=4.2e6),  # audio VAE + vocoder
+    "upsampler": Component("upsampler", 0.498e9, "bfloat16", largest_layer_params=4.7e6),
+    "esrgan": Component("esrgan", 16.7e6, "float16", largest_layer_params=37e3),
+    "enhancer": Component("enhancer", 12.2e9, "Q3_K_M", blocks=48, block_fraction=0.92,
+                          largest_layer_params=1.07e9),
+}
+_TINY_COMPONENTS = {n: Component(n, 1e6, "float32", blocks=2 if n in ("transformer", "text_encoder", "enhancer") else 0,
+                                 block_fraction=0.9, largest_layer_params=1e5)
+                    for n in _LTX2_COMPONENTS}
+#: preset file roles that measure each component
+_ROLES = {"transformer": ("transformer",), "text_encoder": ("text_encoder",), "vae": ("vae",),
+          "upsampler": ("upsampler", "latent_upsampler"), "esrgan": ("esrgan", "upscaler"),
+          "enhancer": ("enhancer", "llm")}
+
+
+def component_sizes(preset: Preset) -> dict[str, Component]:
+    """Each component's footprint: preset ``extra["memory"]`` overrides, measured files, else defaults."""
+    tiny = preset.builder is not None or preset.name == "tiny"
+    table = dict(_TINY_COMPONENTS if tiny else _LTX2_COMPONENTS)
+    for name, spec in (preset.extra.get("memory") or {}).items():
+        base = table.get(name, Component(name, 0.0))
+        table[name] = replace(base, **spec) if isinstance(spec, dict) else replace(base, file_bytes=int(spec))
+    if not tiny:
+        for name, roles in _ROLES.items():
+            size = _measured(preset, roles)
+            if size and name in table:
+                table[name] = replace(table[name], file_bytes=size)
+    return table
+
+
+def _measured(preset: Preset, roles: Sequence[str]) -> int | None:
+    for role in roles:
+        try:
+            path = preset.file(role).local_path()
+        except KeyError:
+            continue
+        if path is not None:
+            return _disk_size(path)
+    return None
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".gguf", ".bin", ".pth"))
+
+
+def video_tokens(size: tuple[int, int], frames: int) -> int:
+    """Latent tokens of LTX-2 (VAE 8× in time, 32× in space, patch 1)."""
+    w, h = size
+    return ((frames - 1) // 8 + 1) * max(1, h // 32) * max(1, w // 32)
+
+
+def audio_tokens(frames: int, fps: int) -> int:
+    return math.ceil(frames / fps * AUDIO_TOKENS_PER_SECOND) + 1
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+@dataclass(frozen=True)
+class _Est:
+    vram: int          # peak while running
+    host: int          # peak while running (pageable + pinned)
+    pinned: int = 0
+    held_vram: int = 0  # kept between runs (LoadedModels holds the component)
+    held_host: int = 0
+
+
+def _weights_mode(c: Component, mode: str, act: int, *, stream: bool, low_cpu: bool,
+                  mmap: bool = False) -> _Est:
+    """VRAM / host peak of one component running under ``mode`` with ``act`` bytes of activations.
+
+    ``mmap``: the weights stay pages of the memory-mapped GGUF file (reclaimable page
+    cache, re-read from disk under pressure), so only pinned copies count against RAM.
+    """
+    w = c.nbytes
+    pageable = 0 if mmap else w
+    scratch = c.scratch_bytes
+    if mode == "resident":
+        # a safetensors/bf16 load passes through RAM once; GGUF pages are mapped, then copied
+        return _Est(w + act + scratch, 0 if c.fmt in QUANTIZED else pageable, held_vram=w)
+    if mode == "model":
+        return _Est(w + act + scratch, pageable, held_host=pageable)
+    if mode == "group_block" and c.blocks:
+        vram = c.nonblock_bytes + 2 * c.block_bytes + act + scratch
+        pinned = (2 * c.block_bytes if low_cpu else w) if stream else 0
+        return _Est(vram, pageable + pinned, pinned, held_host=pageable + pinned)
+    if mode in ("group_block", "group_leaf"):
+        vram = 2 * c.layer_bytes + act + scratch
+        pinned = (2 * c.layer_bytes if low_cpu else w) if stream else 0
+        return _Est(vram, pageable + pinned, pinned, held_host=pageable + pinned)
+    if mode == "sequential":
+        return _Est(c.layer_bytes + act + scratch, pageable, held_host=pageable)
+    if mode == "cpu":
+        return _Est(0, w + act)
+    raise ValueError(mode)
+
+
+@dataclass(frozen=True)
+class _Job:
+    stage: str
+    draft_size: tuple[int, int]
+    refine_size: tuple[int, int]
+    output_size: tuple[int, int]
+    frames: int
+    fps: int
+    audio: bool
+    batch: int  # 2 with CFG > 1
+
+
+def _job_from(preset: Preset, project: Project, stage: str, frames: int | None) -> _Job:
+    draft = preset.round_size(project.draft_size or preset.draft_size)
+    refine = preset.round_size(project.refine_size or preset.refine_size)
+    return _Job(stage=stage, draft_size=draft, refine_size=refine, output_size=project.output_size,
+                frames=preset.round_frames(frames or 121), fps=project.fps, audio=project.audio and preset.audio,
+                batch=2 if preset.guidance_scale > 1.0 else 1)
+
+
+def _transformer_act(job: _Job, size: tuple[int, int], with_audio: bool) -> int:
+    tokens = video_tokens(size, job.frames) + (audio_tokens(job.frames, job.fps) if with_audio else 0)
+    return int(tokens * ACT_BYTES_PER_TOKEN * job.batch)
+
+
+def _vae_decode(size: tuple[int, int], frames: int, tiled: bool) -> int:
+    full = size[0] * size[1] * frames * VAE_BYTES_PER_PIXEL_FRAME
+    if not tiled:
+        return full
+    return min(full, VAE_TILE_PIXELS * (VAE_TILE_FRAMES + 8) * VAE_BYTES_PER_PIXEL_FRAME)
+
+
+#: (offload mode, use_stream, low_cpu_mem_usage, mmap) from fastest to leanest
+_TRANSFORMER_RUNGS: tuple[tuple[str, bool, bool, bool], ...] = (
+    ("resident", False, False, False),
+    ("model", False, False, False),
+    ("group_block", True, False, False),
+    ("group_block", True, True, False),
+    ("group_leaf", True, True, False),
+    ("group_block", False, False, False),
+    ("group_block", False, False, True),   # GGUF files only
+    ("sequential", False, False, False),
+    ("sequential", False, False, True),    # GGUF files only
+)
+#: text encoder placements, fastest first. No streams: it runs once per prompt, so
+#: pinning 24 GB would cost more than the copies it speeds up.
+_TEXT_RUNGS = ("resident", "group", "disk", "cpu")
+
+
+def _rung_name(mode: str, stream: bool, low_cpu: bool, mmap: bool = False) -> str:
+    return mode + ("+stream" if stream else "") + ("+lowmem" if low_cpu else "") + ("+mmap" if mmap else "")
+
+
+def _text_estimates(comps: dict[str, Component]) -> list[tuple[str, _Est]]:
+    """Text encoder then connectors, one after the other (each evicted after its run)."""
+    te, conn = comps["text_encoder"], comps["connectors"]
+    act = 256 * MiB
+    out = []
+    for mode in _TEXT_RUNGS:
+        if mode == "disk":  # group offload through files on disk: two blocks + the embedding in RAM
+            e = _Est(te.nonblock_bytes + 2 * te.block_bytes + act, te.nonblock_bytes + 2 * te.block_bytes)
+        else:
+            e = _weights_mode(te, "group_block" if mode == "group" else mode, act, stream=False, low_cpu=False)
+        conn_vram = 0 if mode == "cpu" else conn.nbytes + act
+        out.append((mode, _Est(max(e.vram, conn_vram), e.host + conn.nbytes)))
+    return out
+
+
+def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], device: str) -> list[StagePlan]:
+    """Candidate plans for draft/refine, fastest first, with estimates; not yet filtered."""
+    tr = comps["transformer"]
+    size = job.draft_size if stage == "draft" else job.refine_size
+    act = _transformer_act(job, size, with_audio=job.audio and stage == "draft")
+    vae = comps["vae"]
+    side = [comps["audio"]] if job.audio and stage == "draft" else []
+    if stage == "refine":
+        side.append(comps["upsampler"])
+    side_bytes = vae.nbytes + sum(c.nbytes for c in side)
+    weights_options = [tr.fmt] + (["fp8"] if tr.fmt in ("bfloat16", "float16", "float32") else [])
+    out: list[StagePlan] = []
+    for mode, stream, low_cpu, mmap in _TRANSFORMER_RUNGS:
+        for wfmt in weights_options:
+            if mmap and wfmt not in QUANTIZED:
+                continue
+            t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
+            est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
+            for tiled in (False, True):
+                dec = _vae_decode(size, job.frames, tiled)
+                if mode == "resident":  # everything stays on the GPU, decode beside the weights
+                    vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
+                    held_vram = t.nbytes + side_bytes
+                else:  # other components swap in one at a time while the transformer is offloaded
+                    vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)
+                    held_vram = 0
+                notes = []
+                if wfmt == "fp8":
+                    notes.append("transformer stored in fp8, upcast to bf16 per layer (slightly lossy)")
+                if low_cpu:
+                    notes.append("pins one block at a time (slower copies, half the host RAM)")
+                if mmap:
+                    notes.append("weights paged from the memory-mapped file (disk-speed when RAM is short)")
+                out.append(StagePlan(
+                    name=_rung_name(mode, stream, low_cpu, mmap) + ("/fp8" if wfmt == "fp8" else "")
+                    + ("+vaetiles" if tiled else ""),
+                    device=device, offload=mode, vae_tiling=tiled, dtype="bfloat16", notes=tuple(notes),
+                    options={"weights": wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
+                             "num_blocks_per_group": 1, "vram_bytes": int(vram),
+                             "host_bytes": int(est.host + side_bytes), "pinned_bytes": est.pinned,
+                             "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes,
+                             "activation_bytes": act, "component": "transformer"}))
+    return out
+
+
+def _upscale_plans(job: _Job, comps: dict[str, Component], device: str) -> list[StagePlan]:
+    esr = comps["esrgan"]
+    w, h = job.refine_size
+    per_frame = int(w * h * ESRGAN_BYTES_PER_INPUT_PIXEL)
+    # host: input frames + 2× output frames (uint8) + one float16 batch on the way back
+    out_bytes = job.output_size[0] * job.output_size[1] * 3 * job.frames
+    host_base = w * h * 3 * job.frames + 2 * out_bytes + esr.nbytes
+    plans = []
+    for batch in (8, 4, 2, 1):
+        vram = esr.nbytes + batch * per_frame
+        host = host_base + batch * (2 * w) * (2 * h) * 3 * 2
+        plans.append(StagePlan(name=f"batch{batch}", device=device, offload="resident", dtype="float16",
+                               options={"esrgan_batch": batch, "esrgan_tile": 0, "vram_bytes": vram,
+                                        "host_bytes": host, "component": "esrgan"}))
+    for tile in (512, 256, 128):
+        vram = esr.nbytes + int(tile * tile * ESRGAN_BYTES_PER_INPUT_PIXEL * 1.3)  # overlap padding
+        plans.append(StagePlan(name=f"tiles{tile}", device=device, offload="resident", dtype="float16",
+                               notes=("frames split into tiles: slower",),
+                               options={"esrgan_batch": 1, "esrgan_tile": tile, "vram_bytes": vram,
+                                        "host_bytes": host_base, "component": "esrgan"}))
+    return plans
+
+
+def _enhance_plans(comps: dict[str, Component], device: str) -> list[StagePlan]:
+    """llama.cpp: as many layers on the GPU as fit, the rest run on the CPU from the mapped file."""
+    llm = comps["enhancer"]
+    layers = llm.blocks or 1
+    per_layer = llm.nbytes * llm.block_fraction / layers
+    kv = 512 * MiB
+    plans = []
+    for frac in (1.0, 0.75, 0.5, 0.25, 0.0):
+        n = int(layers * frac)
+        vram = int(n * per_layer + (llm.nonblock_bytes if n == layers else 0) + (kv if n else 0))
+        host = int(llm.nbytes - n * per_layer)  # mmap'd, but the CPU layers are touched every token
+        plans.append(StagePlan(name=f"llm-gpu{n}" if n else "llm-cpu", device=device if n else "cpu",
+                               offload="resident" if n in (0, layers) else "group_block",
+                               dtype="float16", options={"n_gpu_layers": -1 if n == layers else n,
+                                                         "vram_bytes": vram, "host_bytes": host,
+                                                         "component": "enhancer"}))
+    return plans
+
+
+def _attach_text(plans: list[StagePlan], comps: dict[str, Component], b: Budgets) -> list[StagePlan]:
+    """Draft also encodes the prompt (then evicts the encoder). For each transformer plan,
+    the text placements that fit beside what that plan keeps loaded between segments,
+    fastest first, then the same with the transformer dropped while the prompt is encoded."""
+    out = []
+    texts = _text_estimates(comps)
+    for p in plans:
+        held_v, held_h = p.options["held_vram_bytes"], p.options["held_host_bytes"]
+        for evict in (False, True):
+            for mode, e in texts:
+                extra_v, extra_h = (0, 0) if evict else (held_v, held_h)
+                if e.vram + extra_v > b.vram or e.host + extra_h > b.host:
+                    continue
+                notes = p.notes + (f"text encoder ({mode}) runs first, then is evicted",)
+                if evict:
+                    notes += ("transformer dropped while the prompt is encoded (reloaded after)",)
+                opts = dict(p.options, text_encoder=mode, text_vram_bytes=e.vram, text_host_bytes=e.host,
+                            evict=["transformer"] if evict else [],
+                            vram_bytes=max(p.vram_bytes, e.vram + extra_v),
+                            host_bytes=max(p.host_bytes, e.host + extra_h))
+                name = f"{p.name}/text-{mode}" + ("-evict" if evict else "")
+                out.append(replace(p, name=name, notes=notes, options=opts))
+    return out
+
+
+def _fits(p: StagePlan, b: Budgets) -> bool:
+    return p.vram_bytes <= b.vram and p.host_bytes <= b.host
+
+
+def _refuse(stage: str, plans: list[StagePlan], b: Budgets, job: _Job, component: str | None = None) -> PlanError:
+    """Explain the shortfall of the leanest plan on the side that is short."""
+    vram_low = min(plans, key=lambda p: p.vram_bytes)
+    component = component or vram_low.options.get("component", stage)
+    if vram_low.vram_bytes > b.vram:
+        need = vram_low.vram_bytes
+        setting = math.ceil(need / (1 - VRAM_MARGIN) / GiB + CUDA_CONTEXT / GiB)
+        hint = f"set vram_budget_gb = {setting} or more"
+        act = vram_low.options.get("activation_bytes", 0)
+        if stage in ("draft", "refine") and act:
+            key = "draft_size" if stage == "draft" else "refine_size"
+            size = job.draft_size if stage == "draft" else job.refine_size
+            room = b.vram - (need - act)
+            scale = math.sqrt(room / act) if room > 0 else 0.0
+            if 0 < scale < 1:
+                hint += (f", or a smaller {key} such as [{max(32, int(size[0] * scale) // 32 * 32)}, "
+                         f"{max(32, int(size[1] * scale) // 32 * 32)}] or fewer frames per segment")
+        return PlanError(stage, component, "VRAM", need, b.vram, hint)
+    # some plan fits the VRAM, so host RAM is what is short: name the leanest such plan
+    low = min((p for p in plans if p.vram_bytes <= b.vram), key=lambda p: p.host_bytes)
+    need = low.host_bytes
+    setting = math.ceil((need + HOST_RESERVE) / GiB)
+    what = "host RAM (pinned + pageable)" if low.options.get("pinned_bytes") else "host RAM"
+    return PlanError(stage, component, what, need, b.host,
+                     f"set ram_budget_gb = {setting} or more (plan {low.name}), or use a smaller "
+                     f"quantized file for it")
+
+
+def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None = None, *,
+                budgets: Budgets | None = None, frames: int | None = None) -> list[StagePlan]:
+    """Plans for ``stage`` from fastest to leanest that fit both budgets.
+
+    Without CUDA this is a single CPU plan (the tiny CI path). Raises :class:`PlanError`
+    when no plan fits, before anything is loaded. ``frames`` is the longest segment
+    (default 121); ``budgets`` overrides the storyboard settings / detection.
+    """
     device = device or detect_device()
     if device == "cpu":
-        # Host RAM can run out too: the lean rung tiles the VAE, upscales one frame at a
-        # time and drops every held model between stages.
-        return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32"),
-                StagePlan(name="cpu-lean", device="cpu", offload="resident", vae_tiling=True,
-                          dtype="float32", options={"batch": 1, "evict_between_stages": True})]
-    return [StagePlan(name=o, device=device, offload=o, vae_tiling=o != "resident", dtype="bfloat16")
-            for o in _CUDA_LADDER]
+        return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+    b = budgets or detect_budgets(project, device)
+    comps = component_sizes(preset)
+    job = _job_from(preset, project, stage, frames)
+    if stage in ("draft", "refine"):
+        candidates = _transformer_plans(stage, job, comps, device)
+        if stage == "draft":
+            with_text = _attach_text(candidates, comps, b)
+            if not with_text:
+                texts = [StagePlan(name=f"text-{m}", options={"vram_bytes": e.vram, "host_bytes": e.host,
+                                                              "component": "text_encoder"})
+                         for m, e in _text_estimates(comps)]
+                raise _refuse(stage, texts, b, job, "text encoder + connectors")
+            candidates = with_text
+    elif stage == "upscale":
+        candidates = _upscale_plans(job, comps, device)
+    elif stage == "enhance":
+        candidates = _enhance_plans(comps, device)
+    else:  # encode, and anything without big weights
+        return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+    ladder = _dedupe([p for p in candidates if _fits(p, b)])
+    if not ladder:
+        raise _refuse(stage, candidates, b, job)
+    return ladder
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA out-of-memory and host allocation failures."""
+def _dedupe(plans: list[StagePlan]) -> list[StagePlan]:
+    """Keep a plan only if it needs less VRAM or less host RAM than every plan before it:
+    a fallback that is no leaner on either side could never survive the OOM that led to it."""
+    out: list[StagePlan] = []
+    for p in plans:
+        if any(q.vram_bytes <= p.vram_bytes and q.host_bytes <= p.host_bytes for q in out):
+            continue
+        out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------------- running a ladder
+
+
+def oom_kind(exc: BaseException) -> str | None:
+    """"cuda" for a GPU allocation failure, "host" for RAM, None for anything else."""
     try:
         import torch
 
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
+            return "cuda"
     except ImportError:  # pragma: no cover
         pass
     if isinstance(exc, MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+        return "host"
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        if "cuda" in text and ("out of memory" in text or "memoryallocation" in text or "alloc_failed" in text):
+            return "cuda"
+        if "can't allocate memory" in text or "cannot allocate memory" in text or "defaultcpuallocator" in text:
+            return "host"
+        if "out of memory" in text:
+            return "cuda"
+    return None
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory and host allocation failures."""
+    return oom_kind(exc) is not None
+
+
+def next_plan(plans: Sequence[StagePlan], index: int, kind: str) -> int | None:
+    """Index of the next plan to try after plan ``index`` ran out of ``kind`` memory: the
+    first later plan estimated to need less of that memory (a host OOM skips plans that
+    only save VRAM), else simply the next one; None when the ladder is exhausted."""
+    if index + 1 >= len(plans):
+        return None
+    key = "vram_bytes" if kind == "cuda" else "host_bytes"
+    current = plans[index].options.get(key)
+    if current is not None:
+        for j in range(index + 1, len(plans)):
+            if plans[j].options.get(key, current) < current:
+                return j
+    return index + 1
+
+
+T = TypeVar("T")
+
+
+def free_memory() -> None:
+    """Return freed memory to the allocators between attempts."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    except ImportError:  # pragma: no cover
+        pass
+    try:  # give freed heap pages back to the OS so the next plan's RSS starts low
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def run_with_ladder(plans: Sequence[StagePlan], attempt: Callable[[StagePlan], T],
+                    on_fallback: Callable[[StagePlan, StagePlan, str, str], None] | None = None,
+                    release: Callable[[], None] | None = None) -> T:
+    """Run ``attempt(plan)`` down the ladder until one succeeds.
+
+    On an out-of-memory error the failed plan's memory is released (``release``, e.g.
+    evicting the stage's models, then :func:`free_memory`) and ``on_fallback(failed,
+    next, kind, message)`` is called before the next plan. Other errors propagate at
+    once; when the ladder is exhausted the last out-of-memory error propagates.
+    """
+    if not plans:
+        raise ValueError("empty plan ladder")
+    i: int | None = 0
+    while i is not None:
+        plan = plans[i]
+        try:
+            return attempt(plan)
+        except BaseException as exc:  # noqa: BLE001 - classified just below
+            kind = oom_kind(exc)
+            if kind is None:
+                raise
+            nxt = next_plan(plans, i, kind)
+            if nxt is None:
+                raise
+            message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            # drop the traceback (it pins the failed attempt's tensors) before freeing
+            exc.__traceback__ = None
+            del exc
+        if release is not None:
+            release()
+        free_memory()
+        if on_fallback is not None:
+            on_fallback(plan, plans[nxt], kind, message)
+        i = nxt
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def plan_summary(ladders: dict[str, list[StagePlan]]) -> str:
+    """One line per stage: the first plan of each ladder (what will be tried)."""
+    return "\n".join(f"{stage}: {plans[0].describe()}" + (f" (+{len(plans) - 1} fallbacks)" if len(plans) > 1 else "")
+                     for stage, plans in ladders.items())
+

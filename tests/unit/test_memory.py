@@ -1,0 +1,224 @@
+"""The memory planner: plans per budget pair, ladder order, refusals, OOM fallback."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pipeline.memory import (
+    Budgets,
+    GiB,
+    PlanError,
+    StagePlan,
+    component_sizes,
+    detect_budgets,
+    is_oom,
+    oom_kind,
+    plan_ladder,
+    run_with_ladder,
+)
+from pipeline.models.registry import ModelFile, Preset
+from pipeline.storyboard import Project
+
+REAL = Preset(name="sulphur2-ltx23", family="ltx2", description="22B Q3_K_M test preset")
+STAGES = ("enhance", "draft", "refine", "upscale")
+
+
+def ladders(vram_gb: float, host_gb: float, project: Project | None = None) -> dict[str, list[StagePlan]]:
+    project = project or Project(vram_budget_gb=vram_gb, ram_budget_gb=host_gb)
+    b = Budgets.from_gb(vram_gb, host_gb)
+    return {s: plan_ladder(s, REAL, project, "cuda", budgets=b) for s in STAGES}
+
+
+def test_cpu_is_one_plan() -> None:
+    plans = plan_ladder("draft", REAL, Project(), device="cpu")
+    assert [(p.device, p.offload) for p in plans] == [("cpu", "resident")]
+
+
+@pytest.mark.parametrize("vram_gb", [6, 8, 12, 24])
+@pytest.mark.parametrize("host_gb", [16, 32, 64])
+def test_every_plan_fits_both_budgets(vram_gb: int, host_gb: int) -> None:
+    b = Budgets.from_gb(vram_gb, host_gb)
+    for stage, plans in ladders(vram_gb, host_gb).items():
+        assert plans, stage
+        for p in plans:
+            assert (p.vram_bytes > 0 or p.device == "cpu") and p.vram_bytes <= b.vram, (stage, p.describe())
+            assert p.host_bytes <= b.host, (stage, p.describe())
+            assert p.device == "cuda" or p.options.get("n_gpu_layers") == 0
+
+
+def test_weights_that_fit_stay_resident() -> None:
+    big = ladders(24, 64)
+    assert big["draft"][0].offload == "resident"
+    assert big["refine"][0].offload == "resident"
+    assert big["enhance"][0].options["n_gpu_layers"] == -1
+
+
+def test_seed_machine_8gb_32gb() -> None:
+    """The seed's laptop: the 11 GB transformer streams, the text encoder runs without
+    pinning 24 GB, everything stays inside 8 GiB of VRAM and 32 GiB of RAM."""
+    lad = ladders(8, 32)
+    draft = lad["draft"][0]
+    assert draft.offload == "group_block" and draft.options["use_stream"]
+    assert draft.options["text_encoder"] in ("group", "disk")
+    # use_stream keeps a pinned copy beside the pageable one: counted
+    weights = component_sizes(REAL)["transformer"].nbytes
+    assert draft.options["pinned_bytes"] == weights
+    assert draft.host_bytes >= 2 * weights
+    assert lad["refine"][0].offload == "group_block"
+    assert lad["upscale"][0].options["esrgan_tile"] == 0  # ×2plus needs no tiles on 8 GB
+
+
+def test_small_host_avoids_pinned_copy() -> None:
+    plans = ladders(8, 16)["refine"]
+    weights = component_sizes(REAL)["transformer"].nbytes
+    assert all(p.options["pinned_bytes"] < weights for p in plans)
+
+
+@pytest.mark.parametrize("vram_gb,host_gb", [(8, 32), (24, 64), (6, 16)])
+def test_ladder_goes_from_fast_to_lean(vram_gb: int, host_gb: int) -> None:
+    for stage in ("draft", "refine"):
+        plans = ladders(vram_gb, host_gb)[stage]
+        # every fallback is leaner than each plan before it in VRAM or in host RAM
+        for i, p in enumerate(plans):
+            for q in plans[:i]:
+                assert p.vram_bytes < q.vram_bytes or p.host_bytes < q.host_bytes, (p.name, q.name)
+        assert plans[-1].vram_bytes == min(p.vram_bytes for p in plans)
+    upscale = ladders(vram_gb, host_gb)["upscale"]
+    vrams = [p.vram_bytes for p in upscale]
+    assert vrams == sorted(vrams, reverse=True)
+
+
+def test_longer_and_larger_jobs_need_more_vram() -> None:
+    b = Budgets.from_gb(80, 256)
+    short = plan_ladder("refine", REAL, Project(), "cuda", budgets=b, frames=49)[0]
+    long = plan_ladder("refine", REAL, Project(), "cuda", budgets=b, frames=241)[0]
+    big = plan_ladder("refine", REAL, Project(refine_size=(1920, 1088)), "cuda", budgets=b, frames=49)[0]
+    assert short.vram_bytes < long.vram_bytes
+    assert short.vram_bytes < big.vram_bytes
+
+
+def test_refusal_names_component_amount_and_a_setting_that_fits() -> None:
+    project = Project(refine_size=(1280, 704))
+    with pytest.raises(PlanError) as info:
+        plan_ladder("refine", REAL, project, "cuda", budgets=Budgets.from_gb(2, 64))
+    err = info.value
+    msg = str(err)
+    assert msg.startswith("refine: transformer needs ")
+    assert "GiB of VRAM" in msg and "vram_budget_gb = " in msg and "refine_size such as" in msg
+    assert err.need > err.have
+    suggested = int(msg.split("vram_budget_gb = ")[1].split()[0])
+    assert plan_ladder("refine", REAL, project, "cuda", budgets=Budgets.from_gb(suggested, 64))
+
+
+def test_refusal_for_host_ram() -> None:
+    with pytest.raises(PlanError) as info:
+        plan_ladder("draft", REAL, Project(), "cuda", budgets=Budgets.from_gb(24, 4))
+    msg = str(info.value)
+    assert "host RAM" in msg and "ram_budget_gb = " in msg
+    suggested = int(msg.split("ram_budget_gb = ")[1].split()[0])
+    assert plan_ladder("draft", REAL, Project(), "cuda", budgets=Budgets.from_gb(24, suggested))
+
+
+def test_budgets_come_from_settings_else_detection() -> None:
+    set_ = detect_budgets(Project(vram_budget_gb=8, ram_budget_gb=32), device="cuda")
+    assert set_.vram_setting == 8 and set_.host_setting == 32
+    assert set_.vram == Budgets.from_gb(8, 32).vram and set_.host == Budgets.from_gb(8, 32).host
+    detected = detect_budgets(Project(), device="cpu")
+    assert detected.host_setting is None and detected.host > 0
+
+
+def test_measured_file_size_wins(tmp_path) -> None:
+    gguf = tmp_path / "t.gguf"
+    gguf.write_bytes(b"\0" * 12345)
+    preset = replace(REAL, files=(ModelFile("transformer", "transformer", path=str(gguf)),))
+    assert component_sizes(preset)["transformer"].nbytes == 12345
+    assert component_sizes(replace(REAL, extra={"memory": {"transformer": {"params": 2e9}}}))["transformer"].nbytes \
+        == int(2e9 * 0.52)
+
+
+def test_oom_classification() -> None:
+    assert oom_kind(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")) == "cuda"
+    assert oom_kind(RuntimeError("CUDA error: out of memory")) == "cuda"
+    assert oom_kind(MemoryError()) == "host"
+    try:  # a real failed host allocation
+        torch.empty(2**50, dtype=torch.uint8)
+    except RuntimeError as exc:
+        assert oom_kind(exc) == "host"
+    assert not is_oom(ValueError("bad prompt"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def _seed_ladder() -> list[StagePlan]:
+    return ladders(8, 32)["draft"]
+
+
+def test_cuda_oom_steps_down_one_plan_and_frees_memory() -> None:
+    plans = _seed_ladder()
+    tried: list[str] = []
+    fallbacks: list[tuple[str, str, str]] = []
+    leaked: list[weakref.ref] = []
+
+    def attempt(plan: StagePlan) -> str:
+        tried.append(plan.name)
+        if len(tried) == 1:
+            held = torch.empty(8 * 2**20, dtype=torch.uint8)  # pinned by the traceback if not freed
+            leaked.append(weakref.ref(held))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        gc.collect()
+        assert leaked[0]() is None, "the failed attempt's tensors are still alive"
+        return plan.name
+
+    result = run_with_ladder(plans, attempt, on_fallback=lambda a, b, k, m: fallbacks.append((a.name, b.name, k)))
+    # the next plan tried is the first one estimated to need less VRAM
+    leaner = next(p for p in plans if p.vram_bytes < plans[0].vram_bytes)
+    assert all(p.vram_bytes >= plans[0].vram_bytes for p in plans[:plans.index(leaner)])
+    assert tried == [plans[0].name, leaner.name]
+    assert result == leaner.name
+    assert fallbacks == [(plans[0].name, leaner.name, "cuda")]
+
+
+def test_host_oom_skips_to_a_plan_that_needs_less_ram() -> None:
+    plans = _seed_ladder()
+    tried: list[StagePlan] = []
+
+    def attempt(plan: StagePlan) -> StagePlan:
+        tried.append(plan)
+        if len(tried) == 1:
+            torch.empty(2**50, dtype=torch.uint8)  # a real host allocation failure
+        return plan
+
+    got = run_with_ladder(plans, attempt)
+    assert got.host_bytes < plans[0].host_bytes
+    assert len(tried) == 2
+
+
+def test_ladder_exhausted_and_other_errors_propagate() -> None:
+    plans = _seed_ladder()[:3]
+    calls: list[str] = []
+
+    def always_oom(plan: StagePlan) -> None:
+        calls.append(plan.name)
+        raise MemoryError("no RAM")
+
+    with pytest.raises(MemoryError):
+        run_with_ladder(plans, always_oom)
+    assert calls[0] == plans[0].name and len(calls) >= 2
+
+    def broken(plan: StagePlan) -> None:
+        raise ValueError("not memory")
+
+    released: list[int] = []
+    with pytest.raises(ValueError):
+        run_with_ladder(plans, broken, release=lambda: released.append(1))
+    assert released == []
+
+
+def test_describe_is_one_readable_line() -> None:
+    text = _seed_ladder()[0].describe()
+    assert "\n" not in text and "group_block+stream" in text and "GiB VRAM" in text
+    assert GiB == 1024**3
