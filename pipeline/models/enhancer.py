@@ -60,7 +60,12 @@ class EnhanceResult:
 
 # --------------------------------------------------------------------------- tiny model
 
-def build_tiny_llm(path: Path) -> Path:
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def build_tiny_llm(path: Path, *, chat_template: str = TINY_CHAT_TEMPLATE) -> Path:
     """Write a deterministic 2-layer, 64-wide llama GGUF (F32, SPM vocab with byte tokens).
 
     Written to a temp file beside ``path`` and renamed, so a killed build never leaves a
@@ -108,9 +113,7 @@ def build_tiny_llm(path: Path) -> Path:
         writer.add_bos_token_id(1)
         writer.add_eos_token_id(2)
         writer.add_add_bos_token(True)
-        writer.add_chat_template(
-            "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n"
-            "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+        writer.add_chat_template(chat_template)
         writer.add_tensor("token_embd.weight", w(n_vocab, n_embd))
         for i in range(n_layer):
             writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, np.float32))
@@ -146,12 +149,21 @@ def load_enhancer(path: Path, *, n_gpu_layers: int, n_ctx: int, seed: int) -> ll
 def enhance(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int,
             temperature: float = 0.3) -> EnhanceResult:
     """Ask the LLM for a cinematic version of ``prompt``; fall back to ``prompt`` if unusable."""
+    import jinja2
+
     llm.reset()  # no KV reuse from an earlier call, so the answer depends on the inputs only
-    reply = llm.create_chat_completion(
-        messages=[{"role": "system", "content": SYSTEM_PROMPT},
-                  {"role": "user", "content": prompt.strip()}],
-        seed=seed, temperature=temperature, top_p=0.95, top_k=40, max_tokens=max_tokens,
-    )
+    sampling = dict(seed=seed, temperature=temperature, top_p=0.95, top_k=40, max_tokens=max_tokens)
+    try:
+        reply = llm.create_chat_completion(
+            messages=[{"role": "system", "content": SYSTEM_PROMPT},
+                      {"role": "user", "content": prompt.strip()}], **sampling)
+    except (jinja2.TemplateError, ValueError) as exc:
+        # Some chat templates (Gemma 2's) refuse a system turn via raise_exception, which
+        # llama-cpp-python surfaces as ValueError: put the instructions in the user turn.
+        if "role" not in str(exc).lower():
+            raise
+        reply = llm.create_chat_completion(
+            messages=[{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{prompt.strip()}"}], **sampling)
     raw = reply["choices"][0]["message"].get("content") or ""  # type: ignore[index]
     text = clean_enhanced(raw)
     reason = unusable_reason(text)

@@ -65,6 +65,7 @@ class EnhanceStage(Stage):
         return 1
 
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+        from pipeline.memory import detect_device
         from pipeline.models.enhancer import enhance, load_enhancer
         from pipeline.protocol import Log
 
@@ -85,9 +86,10 @@ class EnhanceStage(Stage):
             # 2. Generate and clean.
             result = enhance(llm, job.segment.prompt, seed=job.seed, max_tokens=_max_tokens(job))
         finally:
-            # 3. On a GPU the LLM is a memory peak of its own (8 GB cards OOM with it held
-            #    next to the DiT); on CPU keep it for the next segment.
-            if plan.device == "cuda":
+            # 3. On a GPU machine the LLM is a memory peak of its own (8 GB cards OOM with it
+            #    held next to the DiT), and even a CPU-placed LLM takes host RAM the offloaded
+            #    DiT needs; only an all-CPU render keeps it for the next segment.
+            if plan.device == "cuda" or detect_device() == "cuda":
                 ctx.models.evict(MODEL_KEY)
         if result.fallback:
             ctx.emit(Log(job_id=ctx.job_id, level="warning",

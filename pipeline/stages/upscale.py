@@ -2,8 +2,8 @@
 
 Host memory stays bounded by one batch: the input is memory-mapped and the output is
 streamed into a ``.npy`` memmap, never held whole (ESRGAN ×4 buffers for a full clip
-once OOM-killed a 32 GB host). Frames are processed in batches of ``plan.options["batch"]``
-(default 4); ``plan.options["tile"]`` (input pixels) tiles each frame for small cards.
+once OOM-killed a 32 GB host). Frames are processed in batches of ``plan.options["esrgan_batch"]``
+(default 4); ``plan.options["esrgan_tile"]`` (input pixels) tiles each frame for small cards.
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ class UpscaleStage(Stage):
         cuda = device.type == "cuda"
         # fp16 + channels_last is the fastest measured setting on CUDA; CPU kernels want fp32.
         dtype = torch.float16 if cuda else torch.float32
-        batch = max(1, int(plan.options.get("batch", DEFAULT_BATCH)))
-        tile = int(plan.options.get("tile") or 0)
+        # The VRAM planner names these esrgan_batch / esrgan_tile; lean CPU rungs say batch.
+        o = plan.options
+        batch = max(1, int(o.get("esrgan_batch") or o.get("batch") or DEFAULT_BATCH))
+        tile = int(o.get("esrgan_tile") or o.get("tile") or 0)
         width, height = job.output_size
 
         # 1. Input frames, memory-mapped (T, H, W, 3) uint8.

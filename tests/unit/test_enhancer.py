@@ -148,3 +148,15 @@ def test_tiny_preset_builds_its_llm_on_first_use(tmp_path: Path) -> None:
     EnhanceStage().run(ctx, job, {}, out)
     assert target.is_file() and (out / "prompt.txt").is_file()
     assert EnhanceStage().params(job) == params  # a rebuild does not invalidate the cache
+
+
+def test_a_template_without_system_role_still_enhances(tmp_path: Path) -> None:
+    # Gemma 2's template raises on a system turn; the instructions then go in the user turn.
+    template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+                "{{ raise_exception('System role not supported') }}{% endif %}"
+                "<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    llm = load_enhancer(build_tiny_llm(tmp_path / "g2.gguf", chat_template=template),
+                        n_gpu_layers=0, n_ctx=2048, seed=0)
+    result = enhance(llm, PROMPT, seed=3, max_tokens=16)
+    assert result.raw and printable(result.text)

@@ -127,8 +127,8 @@ def test_batch_size_does_not_change_the_result(tmp_path: Path, x2plus: Path) -> 
     frames = np.clip(frames + rng.integers(-20, 20, frames.shape), 0, 255).astype(np.uint8)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    one = run_stage(tmp_path / "a", x2plus, frames, (64, 40), {"batch": 1})
-    three = run_stage(tmp_path / "b", x2plus, frames, (64, 40), {"batch": 3})
+    one = run_stage(tmp_path / "a", x2plus, frames, (64, 40), {"esrgan_batch": 1})
+    three = run_stage(tmp_path / "b", x2plus, frames, (64, 40), {"esrgan_batch": 3})
     assert np.abs(one.astype(int) - three.astype(int)).max() <= 1  # fp reassociation may flip a rounding
 
 
@@ -137,7 +137,7 @@ def test_tiles_match_the_untiled_result(tmp_path: Path, x2plus: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     whole = run_stage(tmp_path / "a", x2plus, frames, (200, 144))
-    tiled = run_stage(tmp_path / "b", x2plus, frames, (200, 144), {"tile": 48})
+    tiled = run_stage(tmp_path / "b", x2plus, frames, (200, 144), {"esrgan_tile": 48})
     assert tiled.shape == whole.shape
     assert psnr(tiled, whole) > 40  # seams would show as stripes far below this
 
