@@ -213,8 +213,8 @@ def analyze_frames(frames: np.ndarray | Iterable[np.ndarray], fps: float = 24.0,
                    matrix: str = "bt709") -> FlickerStats:
     """PSNR-Y of every consecutive pair of RGB frames (T×H×W×3 uint8 or any iterable of
     H×W×3 frames; H×W arrays are taken as luma). Streams: only two frames of Y are held."""
-    if isinstance(frames, np.ndarray) and frames.ndim not in (3, 4):
-        raise FlickerError(f"expected T×H×W×3 frames, got shape {frames.shape}")
+    if isinstance(frames, np.ndarray) and (frames.ndim not in (3, 4) or (frames.ndim == 3 and frames.shape[2] == 3)):
+        raise FlickerError(f"expected T×H×W×3 frames (or T×H×W luma), got shape {frames.shape}")
     planes = ((luma(np.asarray(f), matrix), i / fps) for i, f in enumerate(frames))
     return _stats_from_planes(planes, fps=fps, worst=worst, matrix=matrix)
 
@@ -264,14 +264,18 @@ def _decode_planes(path: Path, info: dict[str, Any]) -> Iterator[tuple[np.ndarra
                     y = luma(frame.to_ndarray(format="rgb24"), m)
                     info["matrix"] = m
                 t = float(frame.time) if frame.time is not None else n / info["fps"]
+                if n == 0:
+                    info["first"], info["first_y"] = frame, y
+                info["last"], info["last_y"] = frame, y
                 n += 1
                 yield y, t
         except av.error.FFmpegError as exc:
             raise FlickerError(f"{path}: decoding failed after {n} frames ({_one_line(exc)})") from None
 
 
-def analyze_video(path: str | os.PathLike[str], worst: int = 5) -> FlickerStats:
-    """PSNR-Y of every consecutive pair of a video file, decoded as a stream."""
+def _analyze_video(path: str | os.PathLike[str], worst: int = 5) -> tuple[FlickerStats, dict[str, Any]]:
+    """``analyze_video`` plus what the decode saw: fps, and the first and last frames
+    (``first``/``last`` as av.VideoFrame, ``first_y``/``last_y`` as Y planes)."""
     path = Path(path)
     _check_file(path)
     info: dict[str, Any] = {"fps": 24.0, "matrix": "stream"}
@@ -286,36 +290,18 @@ def analyze_video(path: str | os.PathLike[str], worst: int = 5) -> FlickerStats:
         yield from planes
 
     stats = _stats_from_planes(chain(), fps=info["fps"], worst=worst, matrix=info["matrix"], source=str(path))
-    return stats
+    return stats, info
+
+
+def analyze_video(path: str | os.PathLike[str], worst: int = 5) -> FlickerStats:
+    """PSNR-Y of every consecutive pair of a video file, decoded as a stream."""
+    return _analyze_video(path, worst)[0]
 
 
 def first_last_frames(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """First and last decoded RGB frames of a video and its frame count (streaming)."""
-    import av
-
-    path = Path(path)
-    _check_file(path)
-    first = last = None
-    n = 0
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise FlickerError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            prev = None
-            for frame in container.decode(stream):
-                if first is None:
-                    first = frame.to_ndarray(format="rgb24")
-                prev = frame
-                n += 1
-            if prev is not None:
-                last = prev.to_ndarray(format="rgb24")
-    except av.error.FFmpegError as exc:
-        raise FlickerError(f"{path}: not a readable video ({_one_line(exc)})") from None
-    if first is None or last is None:
-        raise FlickerError(f"{path}: no frames")
-    return first, last, n
+    stats, info = _analyze_video(path, worst=0)
+    return info["first"].to_ndarray(format="rgb24"), info["last"].to_ndarray(format="rgb24"), stats.frames
 
 
 def _check_file(path: Path) -> None:
@@ -351,27 +337,30 @@ class Seam:
         return d
 
 
+def _storyboard_of(render_dir: Path) -> Any:
+    """The storyboard that rendered ``renders/<story>/`` (the runner's layout), or None."""
+    toml_path = render_dir.parent.parent / f"{render_dir.name}.toml"
+    if not toml_path.is_file():
+        return None
+    from pipeline.storyboard import StoryboardError, load
+
+    try:
+        return load(toml_path)
+    except (StoryboardError, OSError):
+        return None
+
+
 def segment_order(render_dir: Path) -> tuple[list[Path], str]:
     """Segment files of ``renders/<story>/`` in film order, and where the order came from.
 
-    Order of preference: the storyboard ``<render_dir>/../../<story>.toml`` (the runner's
-    layout), then ``film.json`` (``{"segments": [{"id": ..., ...}, ...]}``), then mtime.
+    Order of preference: ``film.json`` written by the runner (what was actually rendered:
+    ``{"segments": [{"id": ..., "frames": ..., "offset": ...}, ...]}``), then the
+    storyboard ``<render_dir>/../../<story>.toml``, then file modification time.
     """
     seg_dir = render_dir / "segments"
     files = {p.stem: p for p in seg_dir.glob("*.mp4")} if seg_dir.is_dir() else {}
     if not files:
         raise FlickerError(f"{render_dir}: no segments/*.mp4")
-    toml_path = render_dir.parent.parent / f"{render_dir.name}.toml"
-    if toml_path.is_file():
-        from pipeline.storyboard import StoryboardError, load
-
-        try:
-            board = load(toml_path)
-            ids = [s.id for s in board.segments if s.id in files]
-            if ids:
-                return [files[i] for i in ids], f"storyboard {toml_path.name}"
-        except StoryboardError:
-            pass
     manifest = render_dir / "film.json"
     if manifest.is_file():
         try:
@@ -380,9 +369,32 @@ def segment_order(render_dir: Path) -> tuple[list[Path], str]:
             ids = [i for i in ids if i in files]
             if ids:
                 return [files[i] for i in ids], "film.json"
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
             pass
+    board = _storyboard_of(render_dir)
+    if board is not None:
+        ids = [seg.id for seg in board.segments if seg.id in files]
+        if ids:
+            return [files[i] for i in ids], f"storyboard {board.path.name}"
     return sorted(files.values(), key=lambda p: (p.stat().st_mtime, p.name)), "file mtime"
+
+
+def _reference_image(render_dir: Path) -> tuple[np.ndarray | None, str]:
+    """The drift reference a storyboard names (``drift_reference = <image>``), if any."""
+    board = _storyboard_of(render_dir)
+    ref = getattr(getattr(board, "project", None), "drift_reference", "first")
+    if board is None or not ref or ref == "first":
+        return None, "first segment's last frame"
+    import av
+
+    path = board.resolve(ref)
+    try:
+        with av.open(str(path)) as c:
+            for frame in c.decode(video=0):
+                return frame.to_ndarray(format="rgb24"), str(path)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise FlickerError(f"{path}: drift reference not readable ({_one_line(exc)})") from None
+    raise FlickerError(f"{path}: drift reference has no image")
 
 
 def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[str, Any]:
@@ -396,25 +408,29 @@ def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[st
     seams: list[Seam] = []
     offset = 0
     prev: tuple[str, np.ndarray, FlickerStats] | None = None
-    reference: dict[str, float] | None = None
+    ref_image, ref_name = _reference_image(render_dir)
+    reference = drift_mod.frame_stats(ref_image) if ref_image is not None else None
     for path in files:
-        stats = analyze_video(path, worst=worst)
-        first, last, n = first_last_frames(path)
-        first_stats, last_stats = drift_mod.frame_stats(first), drift_mod.frame_stats(last)
+        stats, info = _analyze_video(path, worst=worst)
+        n = stats.frames
+        first_stats = drift_mod.frame_stats(info["first"].to_ndarray(format="rgb24"))
+        last_stats = drift_mod.frame_stats(info["last"].to_ndarray(format="rgb24"))
         if reference is None:
             reference = last_stats
         if prev is not None:
-            pid, plast, pstats = prev
-            db = seam_psnr(plast, first, matrix=stats.matrix if stats.matrix in MATRICES else "bt709")
+            pid, plast_y, pstats = prev
+            # Same Y as inside the segments (the stream's own plane), so the seam's dB
+            # compares directly with the segments' transitions.
+            db = psnr_y(plast_y, info["first_y"])
             threshold = min(pstats.median, stats.median) - SEAM_MARGIN_DB
             seams.append(Seam(before=pid, after=path.stem, frame=offset, time=round(offset / stats.fps, 4),
                               psnr=db, threshold=threshold, flagged=db < threshold))
         segments.append({"id": path.stem, "path": str(path), "offset": offset, "frames": n,
                          "flicker": stats.to_dict(), "first": first_stats, "last": last_stats,
                          "drift": drift_mod.drift(last_stats, reference)})
-        prev = (path.stem, last, stats)
+        prev = (path.stem, info["last_y"], stats)
         offset += n
-    return {"render_dir": str(render_dir), "order": order, "segments": segments,
+    return {"render_dir": str(render_dir), "order": order, "drift_reference": ref_name, "segments": segments,
             "seams": [s.to_dict() for s in seams], "_seams": seams}
 
 
@@ -468,7 +484,8 @@ def format_report(stats: FlickerStats) -> str:
 
 
 def format_seams(report: dict[str, Any]) -> str:
-    lines = [f"seams of {report['render_dir']} (order from {report['order']}):"]
+    lines = [f"seams of {report['render_dir']} (order from {report['order']}; "
+             f"drift against {report['drift_reference']}):"]
     for seg in report["segments"]:
         d = seg["drift"]
         lines.append(f"  {seg['id']:<16} frames {seg['offset']:>5}–{seg['offset'] + seg['frames'] - 1:<5} "
@@ -481,6 +498,9 @@ def format_seams(report: dict[str, Any]) -> str:
         flag = "  ⚠ FLASH" if s.flagged else ""
         lines.append(f"  seam {s.before} → {s.after} at frame {s.frame} (t={s.time:.3f}s): "
                      f"{_fmt_db(s.psnr)} (flag below {s.threshold:.2f} dB){flag}")
+    for d in report["seams"]:
+        if d.get("film_psnr") is not None:
+            lines.append(f"  in the film, frame {d['frame'] - 1} → {d['frame']}: {d['film_psnr']:.2f} dB")
     return "\n".join(lines)
 
 
@@ -493,6 +513,12 @@ def main(args: argparse.Namespace) -> int:
     except FlickerError as exc:
         print(f"sulphur flicker: {exc}", file=sys.stderr)
         return 2
+    if seams is not None and stats.frames == sum(seg["frames"] for seg in seams["segments"]):
+        # Where the film is the concatenation of the segments, show what the viewer sees
+        # at each seam in the film itself too.
+        for seam, d in zip(seams["_seams"], seams["seams"], strict=True):
+            i = seam.frame - 1
+            d["film_psnr"] = _json_db(stats.psnr[i]) if 0 <= i < len(stats.psnr) else None
     if getattr(args, "json", False):
         out: dict[str, Any] = {"video": stats.to_dict(), "inf": "null means identical frames (PSNR +inf)"}
         if seams is not None:

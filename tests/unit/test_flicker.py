@@ -211,11 +211,16 @@ def _film(tmp_path: Path, order_by: str) -> tuple[Path, list[int]]:
     for i, sid in enumerate(("c", "b", "a")):
         p = write_video(render / "segments" / f"{sid}.mp4", parts[sid])
         os.utime(p, (1_000_000 + i, 1_000_000 + (i if order_by == "manifest" else -i)))
+    if order_by in ("manifest", "storyboard"):
+        # A storyboard in the other order: film.json (what was rendered) must win.
+        (tmp_path / "story.toml").write_text(
+            '[project]\ntitle = "t"\n\n[[segment]]\nid = "c"\nprompt = "x"\n\n'
+            '[[segment]]\nid = "b"\nprompt = "y"\n\n[[segment]]\nid = "a"\nprompt = "z"\n')
     if order_by == "manifest":
         (render / "film.json").write_text(json.dumps({"segments": [
             {"id": "a", "frames": 10, "offset": 0}, {"id": "b", "frames": 10, "offset": 10},
             {"id": "c", "frames": 10, "offset": 20}]}))
-    elif order_by == "storyboard":
+    if order_by == "storyboard":
         (tmp_path / "story.toml").write_text(
             '[project]\ntitle = "t"\n\n[[segment]]\nid = "a"\nprompt = "x"\n\n'
             '[[segment]]\nid = "b"\nprompt = "y"\n\n[[segment]]\nid = "c"\nprompt = "z"\n')
@@ -226,8 +231,8 @@ def _film(tmp_path: Path, order_by: str) -> tuple[Path, list[int]]:
 def test_seam_with_brightness_jump_is_flagged(tmp_path: Path, order_by: str) -> None:
     render, offsets = _film(tmp_path, order_by)
     report = flicker.analyze_seams(render)
-    if order_by == "storyboard" and report["order"] == "file mtime":
-        pytest.skip("storyboard format of this tree does not parse the minimal file")
+    assert report["order"] == {"manifest": "film.json", "mtime": "file mtime",
+                               "storyboard": "storyboard story.toml"}[order_by]
     assert [s["id"] for s in report["segments"]] == ["a", "b", "c"]
     seams = report["seams"]
     assert [s["frame"] for s in seams] == offsets
@@ -249,3 +254,27 @@ def test_cli_report_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert data["video"]["frames"] == 24
     assert {w["from"] for w in data["video"]["worst"][:2]} == {8, 9}
     assert data["seams"]["seams"][1]["flagged"] is True
+    # The film as the runner would concatenate it: its own PSNR at the seam frames too.
+    parts = [flicker.first_last_frames(render / "segments" / f"{s}.mp4") for s in "abc"]
+    assert [p[2] for p in parts] == [10, 10, 10]
+    whole = write_video(tmp_path / "whole.mp4", moving_y(20) + [
+        np.clip(y.astype(int) + 25, 0, 255).astype(np.uint8) for y in moving_y(30)[20:]])
+    assert flicker.main(cli(whole, "--json", seams=render)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["seams"]["seams"][1]["film_psnr"] == pytest.approx(data["seams"]["seams"][1]["psnr"], abs=0.05)
+    assert data["video"]["worst"][0]["from"] == 19
+
+
+def test_seams_drift_against_named_reference_image(tmp_path: Path) -> None:
+    render, _ = _film(tmp_path, "storyboard")
+    ref = np.clip(moving_y(1)[0].astype(int) + 40, 0, 255).astype(np.uint8)
+    with av.open(str(tmp_path / "look.png"), "w") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = W, H, "rgb24"
+        for p in s.encode(av.VideoFrame.from_ndarray(np.repeat(ref[..., None], 3, -1), format="rgb24")):
+            c.mux(p)
+    story = tmp_path / "story.toml"
+    story.write_text(story.read_text().replace('title = "t"', 'title = "t"\ndrift_reference = "look.png"'))
+    report = flicker.analyze_seams(render)
+    assert report["drift_reference"].endswith("look.png")
+    assert all(seg["drift"]["L_mean"] < -3 for seg in report["segments"])  # all darker than the look
