@@ -39,6 +39,9 @@ class ModelFile:
     def local_path(self) -> Path | None:
         for candidate in (os.environ.get(self.env, "") if self.env else "", self.path):
             if candidate:
+                # $SULPHUR_HOME works even when unset (it has a default, see sulphur_home()).
+                candidate = candidate.replace("${SULPHUR_HOME}", "$SULPHUR_HOME")
+                candidate = candidate.replace("$SULPHUR_HOME", str(sulphur_home()))
                 p = Path(os.path.expandvars(candidate)).expanduser()
                 if p.exists():
                     return p

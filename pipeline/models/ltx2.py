@@ -1,0 +1,439 @@
+"""The LTX-2 model family: presets, loaders and the glue the draft/refine stages share.
+
+Two presets register here. ``tiny`` builds random-weight models offline on first use
+(:mod:`pipeline.models.tiny_ltx2`) and ``sulphur2-ltx23`` names the real stack. Both go
+through the same loaders: the transformer from GGUF (``from_single_file`` with a
+``GGUFQuantizationConfig``) or a diffusers folder, every other component from a
+diffusers-style folder, and the distilled LoRA through ``load_lora_weights``.
+
+Components live in ``ctx.models`` under ``"<preset>:<component>"`` so they survive
+between segments. Each carries the offload mode it was placed with; a different plan
+(after an OOM fallback) evicts and reloads it rather than stacking hooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.models import tiny_ltx2
+from pipeline.models.registry import ModelFile, Preset, register
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from pipeline.memory import StagePlan
+    from pipeline.models.registry import LoadedModels
+
+FAMILY = "ltx2"
+_OFFLOAD_TAG = "_sulphur_offload"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _build_tiny() -> Path:
+    return tiny_ltx2.build_tiny()
+
+
+def _tiny(rel: str) -> str:
+    # "$SULPHUR_HOME" is resolved when looked up (ModelFile.local_path), so tests can move it.
+    return f"$SULPHUR_HOME/{tiny_ltx2.FOLDER_NAME}/{rel}"
+
+
+TINY = register(Preset(
+    name="tiny",
+    family=FAMILY,
+    description="Random-weight LTX-2 stand-in built offline (seconds on a CPU); exercises every real loader.",
+    files=(
+        ModelFile("transformer_gguf", "LTX-2 transformer, GGUF (Q8_0/F32)", path=_tiny(tiny_ltx2.GGUF_FILE)),
+        ModelFile("transformer_config", "transformer config folder", path=_tiny(tiny_ltx2.GGUF_CONFIG_DIR)),
+        ModelFile("diffusers", "VAE, audio VAE, vocoder, connectors, text encoder, tokenizer",
+                  path=_tiny(tiny_ltx2.DIFFUSERS_DIR)),
+        ModelFile("lora", "distilled LoRA", path=_tiny(tiny_ltx2.LORA_FILE)),
+        ModelFile("upsampler", "latent x2 upsampler", path=_tiny(tiny_ltx2.UPSAMPLER_DIR)),
+        ModelFile("upscaler", "Real-ESRGAN x2plus layout", path=_tiny(tiny_ltx2.ESRGAN_FILE)),
+        ModelFile("enhancer", "prompt enhancer LLM (GGUF)", path=_tiny(tiny_ltx2.ENHANCER_FILE)),
+    ),
+    # /32 sizes (LTX2Pipeline demands it) closest to 16:9 at this scale: 224×128 is 1.75:1.
+    draft_size=(224, 128),
+    refine_size=(448, 256),
+    steps=8,
+    frame_multiple=8,    # the tiny VAE compresses time 8×, like the real one: frames = 8k + 1
+    size_multiple=32,    # 32× spatial compression, and the pipeline's own /32 check
+    builder=_build_tiny,
+    extra={"max_sequence_length": 64, "use_cross_timestep": True},
+))
+
+# Default places under $SULPHUR_HOME (~/.cache/sulphur); each file can be pointed elsewhere with its env var.
+_HOME = "$SULPHUR_HOME"
+
+REAL = register(Preset(
+    name="sulphur2-ltx23",
+    family=FAMILY,
+    description="LTX-2.3 22B (GGUF Q3_K_M) + distilled LoRA, two-stage 8+3 steps; Gemma 3 12B enhancer.",
+    files=(
+        ModelFile("transformer_gguf", "LTX-2.3 22B transformer, GGUF Q3_K_M",
+                  path=f"{_HOME}/ltx23/ltx-2.3-22b-dev-Q3_K_M.gguf", env="SULPHUR_LTX_GGUF"),
+        ModelFile("transformer_config", "LTX-2.3 transformer config folder (config.json)",
+                  path=f"{_HOME}/ltx23/diffusers/transformer", env="SULPHUR_LTX_CONFIG"),
+        ModelFile("diffusers", "LTX-2.3 diffusers folder: vae/ audio_vae/ vocoder/ connectors/ text_encoder/ "
+                  "tokenizer/ scheduler/", path=f"{_HOME}/ltx23/diffusers", env="SULPHUR_LTX_DIFFUSERS"),
+        ModelFile("lora", "LTX-2.3 distilled LoRA (rank 384)",
+                  path=f"{_HOME}/ltx23/ltx-2.3-22b-distilled-lora-384.safetensors", env="SULPHUR_LTX_LORA",
+                  repo="Lightricks/LTX-2.3", filename="ltx-2.3-22b-distilled-lora-384.safetensors"),
+        ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler, diffusers folder",
+                  path=f"{_HOME}/ltx23/latent_upsampler", env="SULPHUR_LTX_UPSAMPLER",
+                  repo="dg845/LTX-2.3-Spatial-Upsampler-Diffusers"),
+        ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{_HOME}/esrgan/RealESRGAN_x2plus.pth",
+                  env="SULPHUR_ESRGAN", filename="RealESRGAN_x2plus.pth"),
+        ModelFile("enhancer", "Gemma 3 12B instruct, GGUF, for prompt enhancement",
+                  path=f"{_HOME}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
+                  repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),
+    ),
+    draft_size=(512, 288),
+    refine_size=(1024, 576),
+    steps=8,
+    refine_sigmas=(0.85, 0.7250, 0.4219, 0.0),
+    lora_strength=0.7,
+    guidance_scale=1.0,
+    frame_multiple=8,
+    size_multiple=32,
+    extra={"max_sequence_length": 1024, "use_cross_timestep": True},
+))
+
+
+def file_path(preset: Preset, role: str) -> Path | None:
+    """Where a role's file is on this machine (building the tiny stack on first use); None if absent."""
+    mf = preset.file(role)
+    p = mf.local_path()
+    if p is None and preset.builder is not None:
+        preset.builder()
+        p = mf.local_path()
+    return p
+
+
+def require(preset: Preset, role: str) -> Path:
+    p = file_path(preset, role)
+    if p is None:
+        mf = preset.file(role)
+        raise FileNotFoundError(f"{preset.name}: missing {mf.description}: put it at {mf.where()}")
+    return p
+
+
+def model_identity(preset: Preset) -> str:
+    """A short string that changes whenever the weights a render would use change (for cache keys)."""
+    if preset.builder is not None:
+        return f"{preset.name}:builder-v{tiny_ltx2.BUILDER_VERSION}:{tiny_ltx2.config_digest()}"
+    h = hashlib.sha256()
+    for mf in preset.files:
+        p = mf.local_path()
+        if p is None:
+            h.update(f"{mf.role}:missing".encode())
+            continue
+        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+        for f in files:
+            st = f.stat()
+            h.update(f"{mf.role}:{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return f"{preset.name}:{h.hexdigest()[:16]}"
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def torch_dtype(plan: StagePlan) -> torch.dtype:
+    import torch
+
+    return getattr(torch, plan.dtype)
+
+
+def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], Any]) -> Any:
+    """Get a component, reloading it if it was placed under a different plan (no hook stacking)."""
+    if key in models:
+        obj = models.get(key, loader)
+        if getattr(obj, _OFFLOAD_TAG, None) in (None, _plan_tag(plan)):
+            return obj
+        models.evict(key)
+    return models.get(key, loader)
+
+
+def _plan_tag(plan: StagePlan) -> str:
+    return f"{plan.device}:{plan.offload}:{plan.dtype}"
+
+
+def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
+    """Put one module where the plan says. Pipeline-level modes (model, sequential) are set on the pipeline.
+
+    Honors ``plan.options``: ``use_stream`` (default on), ``low_cpu_mem_usage`` (pin per
+    group instead of all at once), ``weights == "fp8"`` (transformer stored in fp8 and
+    upcast per layer), ``offload_to_disk_path``.
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module) or getattr(module, _OFFLOAD_TAG, None) == _plan_tag(plan):
+        return module
+    opts = plan.options
+    if transformer and opts.get("weights") == "fp8" and plan.device != "cpu":
+        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype(plan))
+    if plan.device == "cpu" or plan.offload == "resident":
+        module.to(plan.device)
+    elif plan.offload in ("group_block", "group_leaf"):
+        from diffusers.hooks import apply_group_offloading
+
+        # Block level only knows the transformer's block lists; everything else streams per leaf.
+        kind = "block_level" if (plan.offload == "group_block" and transformer) else "leaf_level"
+        use_stream = bool(opts.get("use_stream", True))
+        kwargs: dict[str, Any] = {}
+        if kind == "block_level":
+            kwargs["num_blocks_per_group"] = int(opts.get("num_blocks_per_group", 1))
+        if opts.get("offload_to_disk_path"):
+            kwargs["offload_to_disk_path"] = str(opts["offload_to_disk_path"])
+        apply_group_offloading(module, onload_device=torch.device(plan.device), offload_device=torch.device("cpu"),
+                               offload_type=kind, use_stream=use_stream,
+                               low_cpu_mem_usage=bool(opts.get("low_cpu_mem_usage", False)), **kwargs)
+    setattr(module, _OFFLOAD_TAG, _plan_tag(plan))
+    return module
+
+
+def finish_pipeline(pipe: Any, plan: StagePlan) -> Any:
+    """Apply pipeline-level offload modes and VAE tiling; group/resident placement happened per module."""
+    if plan.device != "cpu":
+        if plan.offload == "model":
+            pipe.enable_model_cpu_offload(device=plan.device)
+        elif plan.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=plan.device)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        if plan.vae_tiling:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _key(preset: Preset, name: str) -> str:
+    return f"{preset.name}:{name}"
+
+
+def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
+    """The transformer from GGUF (preferred) or a diffusers folder, with the distilled LoRA loaded (not yet weighted)."""
+    from diffusers import GGUFQuantizationConfig, LTX2VideoTransformer3DModel
+
+    dtype = torch_dtype(plan)
+    gguf = file_path(preset, "transformer_gguf")
+    if gguf is not None:
+        transformer = LTX2VideoTransformer3DModel.from_single_file(
+            str(gguf), config=str(require(preset, "transformer_config")),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), torch_dtype=dtype)
+    else:
+        transformer = LTX2VideoTransformer3DModel.from_pretrained(
+            require(preset, "diffusers") / "transformer", torch_dtype=dtype)
+    lora = file_path(preset, "lora")
+    if lora is not None:
+        # Loaded through the pipeline mixin's state-dict conversion (Lightricks' key layout),
+        # straight into the transformer so the adapter survives pipeline re-assembly.
+        from diffusers import LTX2Pipeline
+
+        sd = LTX2Pipeline.lora_state_dict(str(lora))
+        transformer.load_lora_adapter(sd, adapter_name=lora_adapter, prefix="transformer")
+    return transformer.eval()
+
+
+def set_lora_strength(transformer: Any, strength: float, adapter: str = "distilled") -> None:
+    """Weight the distilled LoRA (0 disables it) without reloading anything."""
+    if getattr(transformer, "peft_config", None) and adapter in transformer.peft_config:
+        transformer.set_adapters([adapter], weights=[float(strength)])
+
+
+def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any:
+    import torch
+
+    root = require(preset, "diffusers")
+    dtype = torch_dtype(plan)
+    if name == "vae":
+        from diffusers import AutoencoderKLLTX2Video as cls
+    elif name == "audio_vae":
+        from diffusers import AutoencoderKLLTX2Audio as cls
+    elif name == "vocoder":
+        from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder as cls
+    elif name == "connectors":
+        from diffusers.pipelines.ltx2 import LTX2TextConnectors as cls
+    elif name == "text_encoder":
+        from transformers import Gemma3ForConditionalGeneration
+
+        return Gemma3ForConditionalGeneration.from_pretrained(root / "text_encoder", dtype=dtype).eval()
+    elif name == "upsampler":
+        from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+
+        return LTX2LatentUpsamplerModel.from_pretrained(require(preset, "upsampler"), torch_dtype=dtype).eval()
+    else:
+        raise KeyError(name)
+    # Audio VAE and vocoder are small and numerically touchy: keep them in float32.
+    keep_fp32 = name in ("audio_vae", "vocoder")
+    return cls.from_pretrained(root / name, torch_dtype=torch.float32 if keep_fp32 else dtype).eval()
+
+
+def load_tokenizer(preset: Preset) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(require(preset, "diffusers") / "tokenizer")
+
+
+def load_scheduler(preset: Preset) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(require(preset, "diffusers") / "scheduler")
+
+
+def component(models: LoadedModels, preset: Preset, name: str, plan: StagePlan) -> Any:
+    """A held, placed component: transformer, vae, audio_vae, vocoder, connectors, text_encoder, upsampler."""
+    if name == "transformer":
+        loader = lambda: load_transformer(preset, plan)  # noqa: E731
+    else:
+        loader = lambda: _load_diffusers_component(preset, name, plan)  # noqa: E731
+    obj = _held(models, _key(preset, name), plan, loader)
+    if plan.device != "cpu" and plan.offload in ("model", "sequential"):
+        setattr(obj, _OFFLOAD_TAG, _plan_tag(plan))  # hooks come from finish_pipeline
+    else:
+        place(obj, plan, transformer=name == "transformer")
+    return obj
+
+
+@dataclass
+class PromptEmbeds:
+    """Raw text-encoder hidden states (stacked layers); the connectors run inside the pipeline."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+
+def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt: str) -> PromptEmbeds:
+    """Encode with the text encoder, then evict it: it is a memory peak of its own (Gemma 3 12B ≈ 24 GB)."""
+    import torch
+    from diffusers import LTX2Pipeline
+
+    key = _key(preset, "text_encoder")
+    te_plan = _text_encoder_plan(plan)
+    text_encoder = component(models, preset, "text_encoder", te_plan)
+    tokenizer = models.get(_key(preset, "tokenizer"), lambda: load_tokenizer(preset))
+    # The pipeline's own encode_prompt, so tokenization and layer stacking match the real path.
+    pipe = LTX2Pipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
+                        tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
+    try:
+        with torch.no_grad():
+            embeds, mask, _, _ = pipe.encode_prompt(
+                prompt, do_classifier_free_guidance=False, device=torch.device(te_plan.device),
+                max_sequence_length=int(preset.extra.get("max_sequence_length", 1024)))
+    finally:
+        del pipe, text_encoder
+        models.evict(key)
+    dev = torch.device(plan.device)
+    return PromptEmbeds(embeds=embeds.detach().to(dev, torch_dtype(plan)), mask=mask.detach().to(dev))
+
+
+def _text_encoder_plan(plan: StagePlan) -> StagePlan:
+    """Where the text encoder runs: ``plan.options["text_encoder"]`` (resident/group/group_stream/disk/cpu),
+    else derived from the stage's mode (it is alone on the device while it runs)."""
+    from dataclasses import replace
+
+    mode = plan.options.get("text_encoder")
+    if plan.device == "cpu" or mode == "cpu":
+        return replace(plan, device="cpu", offload="resident", dtype="float32" if plan.device == "cpu" else plan.dtype,
+                       options={})
+    if mode is None:
+        mode = "resident" if plan.offload in ("resident", "model") else "group"
+    if mode == "resident":
+        return replace(plan, offload="resident", options={})
+    opts: dict[str, Any] = {"use_stream": mode == "group_stream", "low_cpu_mem_usage": False}
+    if mode == "disk":
+        from pipeline.models.registry import sulphur_home
+
+        opts["offload_to_disk_path"] = str(sulphur_home() / "offload" / "text_encoder")
+    return replace(plan, offload="group_leaf", options=opts)
+
+
+def assemble(models: LoadedModels, preset: Preset, plan: StagePlan, *, image_to_video: bool) -> Any:
+    """``LTX2Pipeline`` / ``LTX2ImageToVideoPipeline`` from held components (no text encoder: embeds are passed)."""
+    from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
+
+    cls = LTX2ImageToVideoPipeline if image_to_video else LTX2Pipeline
+    parts = {name: component(models, preset, name, plan)
+             for name in ("transformer", "vae", "audio_vae", "vocoder", "connectors")}
+    pipe = cls(scheduler=load_scheduler(preset), text_encoder=None,
+               tokenizer=models.get(_key(preset, "tokenizer"), lambda: load_tokenizer(preset)), **parts)
+    return finish_pipeline(pipe, plan)
+
+
+def guidance_kwargs(preset: Preset) -> dict[str, Any]:
+    """Distilled sampling: plain CFG at the preset's scale, no STG / modality guidance / rescale."""
+    g = float(preset.guidance_scale)
+    return {
+        "guidance_scale": g, "audio_guidance_scale": g, "stg_scale": 0.0, "audio_stg_scale": 0.0,
+        "modality_scale": 1.0, "audio_modality_scale": 1.0, "guidance_rescale": 0.0, "audio_guidance_rescale": 0.0,
+        "use_cross_timestep": bool(preset.extra.get("use_cross_timestep", True)),
+    }
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_video(pipe: Any, latents: torch.Tensor, generator: torch.Generator | None = None,
+                 decode_timestep: float = 0.0) -> np.ndarray:
+    """Denormalized video latents [B,C,F,H,W] → uint8 frames (F,H,W,3), as the pipeline decodes them."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    vae = pipe.vae
+    device = pipe._execution_device
+    with torch.no_grad():
+        lat = latents.to(device=device, dtype=vae.dtype)
+        timestep = None
+        if vae.config.timestep_conditioning:
+            noise = randn_tensor(lat.shape, generator=generator, device=device, dtype=lat.dtype)
+            timestep = torch.tensor([decode_timestep], device=device, dtype=lat.dtype)
+            lat = (1 - decode_timestep) * lat + decode_timestep * noise
+        video = vae.decode(lat, timestep, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+    return to_uint8(frames)
+
+
+def decode_audio(pipe: Any, audio_latents: torch.Tensor) -> np.ndarray:
+    """Denormalized audio latents [B,C,L,M] → float32 waveform (channels, samples)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        lat = audio_latents.to(device=pipe._execution_device, dtype=pipe.audio_vae.dtype)
+        mel = pipe.audio_vae.decode(lat, return_dict=False)[0]
+        wav = pipe.vocoder(mel.to(pipe.vocoder.dtype))
+    return np.ascontiguousarray(wav[0].float().cpu().numpy(), dtype=np.float32)
+
+
+def to_uint8(frames: Any) -> np.ndarray:
+    import numpy as np
+
+    arr = np.asarray(frames, dtype=np.float32)
+    if arr.ndim == 5:
+        arr = arr[0]
+    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def fit_image(image: np.ndarray, size: tuple[int, int]) -> Any:
+    """Scale to cover ``size`` (w, h) and center-crop, so an anchor of another aspect isn't squashed."""
+    from PIL import Image
+
+    w, h = size
+    img = Image.fromarray(image).convert("RGB")
+    scale = max(w / img.width, h / img.height)
+    nw, nh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
+    img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    left, top = (nw - w) // 2, (nh - h) // 2
+    return img.crop((left, top, left + w, top + h))

@@ -1,0 +1,326 @@
+"""Tiny random-weight LTX-2 stack, built offline from configs with fixed seeds.
+
+Tests and the ``tiny`` preset run the very loaders the real weights use: every
+component is saved with ``save_pretrained`` into a diffusers-style folder (one
+subfolder per component), the transformer is *also* written as a GGUF file (Q8_0
+where llama.cpp's block size allows, F32 elsewhere) so ``from_single_file`` +
+``GGUFQuantizationConfig`` is exercised, and a distilled-LoRA stand-in is written in
+the same non-diffusers key layout (``diffusion_model.…``) as Lightricks' LoRA files.
+
+Sizes: the video VAE compresses 32× in space (patch 4 × three 2× stages) and 8× in
+time, like the real LTX-2 VAE, so presets share the frame rule 8k+1 and multiples of
+32 (``LTX2Pipeline.check_inputs`` demands /32 anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+#: Bump whenever a config or the file layout below changes: the folder name and the
+#: model identity (cache keys) follow it, so stale builds are never reused.
+BUILDER_VERSION = 1
+FOLDER_NAME = f"tiny-ltx2-v{BUILDER_VERSION}"
+
+# Files inside the built folder (relative paths), shared with pipeline.models.ltx2.
+DIFFUSERS_DIR = "diffusers"
+GGUF_FILE = "transformer-gguf/ltx2-tiny-Q8_0.gguf"
+GGUF_CONFIG_DIR = "transformer-gguf"
+LORA_FILE = "lora/ltx2-tiny-distilled-lora.safetensors"
+UPSAMPLER_DIR = "latent_upsampler"
+ENHANCER_FILE = "enhancer/tiny-llm.gguf"
+ESRGAN_FILE = "esrgan/tiny_x2plus.pth"
+DONE_MARKER = ".complete"
+
+_WORDS = (
+    "a an the of in on at and with to from over under into through by is are "
+    "cinematic shot camera slow pan tilt dolly zoom close wide aerial tracking handheld static "
+    "light lighting sun sunset sunrise golden hour night moon neon soft warm cold blue red green "
+    "orange purple yellow white black grey dark bright fog mist rain snow wind storm cloud clouds "
+    "sky sea ocean wave waves beach river lake forest tree trees mountain mountains desert city "
+    "street road car train boat ship bridge tower house window door room table chair lamp fire "
+    "smoke water ice glass metal stone wood sand grass flower flowers leaf leaves bird birds fish "
+    "dog cat horse robot man woman child people person face eyes hair hand hands walking running "
+    "dancing flying falling standing sitting looking smiling talking singing playing moving "
+    "slowly quickly gently calm quiet loud music sound voice footsteps ambient distant close-up "
+    "background foreground detailed realistic film grain 35mm anamorphic lens flare shallow depth "
+    "field bokeh reflection reflections shadow shadows silhouette motion blur frame scene"
+).split()
+
+
+def text_encoder_config() -> dict[str, Any]:
+    """Gemma 3 text+vision config, tiny: 2 text layers 32 wide (the pipeline stacks all hidden states)."""
+    vocab = 4 + len(_WORDS)
+    return {
+        "text_config": {
+            "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+            "max_position_embeddings": 256, "sliding_window": 64, "pad_token_id": 0,
+            "eos_token_id": 1, "bos_token_id": 2,
+        },
+        "vision_config": {
+            "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "image_size": 28, "patch_size": 14,
+        },
+        "mm_tokens_per_image": 4, "boi_token_index": vocab - 3, "eoi_token_index": vocab - 2,
+        "image_token_index": vocab - 1,
+    }
+
+
+TEXT_HIDDEN = 32
+TEXT_LAYERS = 2
+LATENT_CHANNELS = 8
+AUDIO_LATENT_CHANNELS = 2
+AUDIO_MEL_BINS = 16   # latent mel bins = 16 // 4 = 4; packed audio width = 2 * 4 = 8
+
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "patch_size": 1, "patch_size_t": 1,
+    "num_attention_heads": 2, "attention_head_dim": 16, "cross_attention_dim": 32,
+    "vae_scale_factors": [8, 32, 32],
+    "audio_in_channels": AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4,
+    "audio_out_channels": AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4,
+    "audio_num_attention_heads": 2, "audio_attention_head_dim": 16, "audio_cross_attention_dim": 32,
+    "num_layers": 2, "qk_norm": "rms_norm_across_heads", "caption_channels": TEXT_HIDDEN,
+    "rope_double_precision": False, "rope_type": "split",
+}
+
+CONNECTORS_CONFIG: dict[str, Any] = {
+    # Inner width (heads × head dim) must equal the text encoder's hidden size.
+    "caption_channels": TEXT_HIDDEN, "text_proj_in_factor": TEXT_LAYERS + 1,
+    "video_connector_num_attention_heads": 2, "video_connector_attention_head_dim": 16,
+    "video_connector_num_layers": 1, "video_connector_num_learnable_registers": None,
+    "audio_connector_num_attention_heads": 2, "audio_connector_attention_head_dim": 16,
+    "audio_connector_num_layers": 1, "audio_connector_num_learnable_registers": None,
+    "connector_rope_base_seq_len": 32, "rope_theta": 10000.0, "rope_double_precision": False,
+    "causal_temporal_positioning": False, "rope_type": "split",
+}
+
+VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": LATENT_CHANNELS,
+    "block_out_channels": [8, 16, 32], "down_block_types": ["LTX2VideoDownBlock3D"] * 3,
+    "decoder_block_out_channels": [8, 16, 32], "layers_per_block": [1, 1, 1, 1],
+    "decoder_layers_per_block": [1, 1, 1, 1], "spatio_temporal_scaling": [True, True, True],
+    "decoder_spatio_temporal_scaling": [True, True, True], "decoder_inject_noise": [False] * 4,
+    "downsample_type": ["spatiotemporal"] * 3, "upsample_type": ["spatiotemporal"] * 3,
+    "upsample_residual": [False] * 3, "upsample_factor": [1, 1, 1], "timestep_conditioning": False,
+    "patch_size": 4, "patch_size_t": 1, "encoder_causal": True, "decoder_causal": False,
+}
+
+AUDIO_VAE_CONFIG: dict[str, Any] = {
+    # base_channels must equal latent channels × latent mel bins (the pipeline normalizes packed latents).
+    "base_channels": AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4, "output_channels": 2, "ch_mult": [1],
+    "num_res_blocks": 1, "attn_resolutions": None, "in_channels": 2, "resolution": 32,
+    "latent_channels": AUDIO_LATENT_CHANNELS, "norm_type": "pixel", "causality_axis": "height",
+    "dropout": 0.0, "mid_block_add_attention": False, "sample_rate": 16000, "mel_hop_length": 160,
+    "is_causal": True, "mel_bins": AUDIO_MEL_BINS,
+}
+
+VOCODER_CONFIG: dict[str, Any] = {
+    # 100 mel frames/s × (5·4·3·2·2 = 240) = 24 kHz, the real vocoder's rate, so durations are honest.
+    "in_channels": 2 * AUDIO_MEL_BINS, "hidden_channels": 64, "out_channels": 2,
+    "upsample_kernel_sizes": [10, 8, 6, 4, 4], "upsample_factors": [5, 4, 3, 2, 2],
+    "resnet_kernel_sizes": [3], "resnet_dilations": [[1, 3]], "leaky_relu_negative_slope": 0.1,
+    "output_sampling_rate": 24000,
+}
+
+UPSAMPLER_CONFIG: dict[str, Any] = {
+    "in_channels": LATENT_CHANNELS, "mid_channels": 32, "num_blocks_per_stage": 1, "dims": 3,
+    "spatial_upsample": True, "temporal_upsample": False,
+}
+
+SCHEDULER_CONFIG: dict[str, Any] = {
+    # LTX-2's scheduler settings (token-count dependent shift), as in Lightricks/LTX-2.
+    "use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05, "base_image_seq_len": 1024,
+    "max_image_seq_len": 4096, "shift_terminal": 0.1, "num_train_timesteps": 1000,
+}
+
+#: Transformer modules the tiny distilled LoRA adapts (the real LoRA adapts every projection).
+LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+LORA_RANK = 4
+
+
+def all_configs() -> dict[str, Any]:
+    return {
+        "builder_version": BUILDER_VERSION, "text_encoder": text_encoder_config(), "words": _WORDS,
+        "transformer": TRANSFORMER_CONFIG, "connectors": CONNECTORS_CONFIG, "vae": VAE_CONFIG,
+        "audio_vae": AUDIO_VAE_CONFIG, "vocoder": VOCODER_CONFIG, "upsampler": UPSAMPLER_CONFIG,
+        "scheduler": SCHEDULER_CONFIG, "lora": [list(LORA_TARGETS), LORA_RANK],
+    }
+
+
+def config_digest() -> str:
+    """Stable hash of everything that determines the tiny weights (part of the model identity)."""
+    blob = json.dumps(all_configs(), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def default_root() -> Path:
+    from pipeline.models.registry import sulphur_home
+
+    return sulphur_home() / FOLDER_NAME
+
+
+def build_tiny(root: Path | None = None) -> Path:
+    """Build the whole tiny stack once (LTX-2 parts, enhancer LLM, ESRGAN); return its folder.
+
+    Idempotent and safe against concurrent callers: a file lock serializes builders, the
+    work happens in a temp folder beside the target, and a rename publishes it whole.
+    """
+    from filelock import FileLock
+
+    root = Path(root) if root is not None else default_root()
+    if (root / DONE_MARKER).is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if (root / DONE_MARKER).is_file():  # another process finished while we waited
+            return root
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+        try:
+            build_ltx2_parts(tmp)
+            _build_other_families(tmp)
+            (tmp / DONE_MARKER).write_text(json.dumps({"digest": config_digest()}))
+            if root.exists():  # a half-built folder from an older layout: replace it
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return root
+
+
+def _build_other_families(root: Path) -> None:
+    # The enhancer LLM and ESRGAN belong to other model families; their builders write
+    # real files that the real loaders (llama.cpp, spandrel) read.
+    from pipeline.models.enhancer import build_tiny_llm
+    from pipeline.models.esrgan import build_tiny_x2plus
+
+    (root / ENHANCER_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / ESRGAN_FILE).parent.mkdir(parents=True, exist_ok=True)
+    build_tiny_llm(root / ENHANCER_FILE)
+    build_tiny_x2plus(root / ESRGAN_FILE)
+
+
+def build_ltx2_parts(root: Path) -> Path:
+    """Write the LTX-2 components (diffusers folder, GGUF transformer, LoRA) into ``root``."""
+    import torch
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel, LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    root = Path(root)
+    d = root / DIFFUSERS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(d / "tokenizer")
+
+    torch.manual_seed(0)
+    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(**text_encoder_config())).eval()
+    text_encoder.save_pretrained(d / "text_encoder")
+
+    torch.manual_seed(1)
+    transformer = LTX2VideoTransformer3DModel(**TRANSFORMER_CONFIG)
+    transformer.save_pretrained(d / "transformer")
+    torch.manual_seed(2)
+    LTX2TextConnectors(**CONNECTORS_CONFIG).save_pretrained(d / "connectors")
+    torch.manual_seed(3)
+    AutoencoderKLLTX2Video(**VAE_CONFIG).save_pretrained(d / "vae")
+    torch.manual_seed(4)
+    AutoencoderKLLTX2Audio(**AUDIO_VAE_CONFIG).save_pretrained(d / "audio_vae")
+    torch.manual_seed(5)
+    LTX2Vocoder(**VOCODER_CONFIG).save_pretrained(d / "vocoder")
+    FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(d / "scheduler")
+    torch.manual_seed(6)
+    LTX2LatentUpsamplerModel(**UPSAMPLER_CONFIG).save_pretrained(root / UPSAMPLER_DIR)
+    _write_model_index(d)
+
+    write_transformer_gguf(transformer.state_dict(), root / GGUF_FILE)
+    transformer.save_config(root / GGUF_CONFIG_DIR)
+    write_lora(transformer, root / LORA_FILE)
+    return root
+
+
+def make_tokenizer() -> Any:
+    """A WordLevel tokenizer (no hub access needed) wrapped as a fast tokenizer, left-padded like Gemma's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    for w in _WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
+        padding_side="left", model_max_length=1024,
+    )
+
+
+def _write_model_index(d: Path) -> None:
+    # Makes the folder loadable as a whole with LTX2Pipeline.from_pretrained too.
+    index = {
+        "_class_name": "LTX2Pipeline", "_diffusers_version": "0.42.1",
+        "audio_vae": ["diffusers", "AutoencoderKLLTX2Audio"], "connectors": ["ltx2", "LTX2TextConnectors"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Gemma3ForConditionalGeneration"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "transformer": ["diffusers", "LTX2VideoTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLLTX2Video"],
+        "vocoder": ["ltx2", "LTX2Vocoder"],
+    }
+    (d / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def write_transformer_gguf(state_dict: dict[str, Any], path: Path) -> Path:
+    """Write a transformer state dict as GGUF: Q8_0 for 2-D weights whose rows split into 32-blocks, else F32."""
+    import gguf
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "ltxv")
+    for name, tensor in state_dict.items():
+        arr = tensor.detach().float().cpu().numpy()
+        if arr.ndim == 2 and arr.shape[1] % 32 == 0 and name.endswith(".weight"):
+            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_lora(transformer: Any, path: Path) -> Path:
+    """A rank-4 LoRA over the video self-attention projections, keyed like Lightricks' files."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(7)
+    tensors: dict[str, torch.Tensor] = {}
+    for i in range(transformer.config.num_layers):
+        for target in LORA_TARGETS:
+            layer = transformer.get_submodule(f"transformer_blocks.{i}.{target}")
+            out_f, in_f = layer.weight.shape
+            key = f"diffusion_model.transformer_blocks.{i}.{target}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(LORA_RANK, in_f, generator=gen) * 0.3
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_f, LORA_RANK, generator=gen) * 0.3
+    save_file(tensors, str(path))
+    return path

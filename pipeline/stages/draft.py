@@ -1,0 +1,101 @@
+"""Draft: the LTX-2 first pass, video + audio together, at the draft size.
+
+Text-to-video when the segment has no anchor, image-to-video from ``job.anchor``
+(the previous segment's last frame or a user image) otherwise. The pipeline returns
+latents (``output_type="latent"``); this stage decodes them itself so it can keep both
+the latents (for refine) and the frames/waveform (for preview, anchors and audio).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.stages.base import SegmentJob, Stage, StageContext
+
+if TYPE_CHECKING:
+    from pipeline.cache import Artifact
+
+#: Adapter name of the distilled LoRA inside the held transformer.
+LORA_ADAPTER = "distilled"
+
+
+class DraftStage(Stage):
+    name = "draft"
+    version = 1
+    inputs = ()
+
+    def params(self, job: SegmentJob) -> dict[str, Any]:
+        from pipeline.models.ltx2 import model_identity
+
+        w, h = job.draft_size
+        return {
+            "prompt": job.prompt,
+            "anchor": job.anchor_digest if job.anchor is not None else "",
+            "seed": job.seed,
+            "frames": job.frames,
+            "size": [w, h],
+            "steps": job.steps,
+            "lora_strength": job.lora_strength,
+            "guidance_scale": job.preset.guidance_scale,
+            "fps": job.fps,
+            "audio": job.audio,
+            "model": model_identity(job.preset),
+        }
+
+    def total_steps(self, job: SegmentJob) -> int:
+        return job.steps
+
+    def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+        import torch
+        from safetensors.torch import save_file
+
+        from pipeline.models import ltx2
+
+        preset, plan = job.preset, ctx.plan
+        w, h = job.draft_size
+        ctx.progress(self.name, 0, job.steps)
+        for name in plan.options.get("evict", ()):
+            ctx.models.evict(name)
+
+        # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
+        prompt = ltx2.encode_prompt(ctx.models, preset, plan, job.prompt)
+
+        # 2. Pipeline from held components, distilled LoRA weighted for this segment.
+        i2v = job.anchor is not None
+        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
+        ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
+        generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
+
+        def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            ctx.progress(self.name, i + 1, job.steps)
+            return kwargs
+
+        extra: dict[str, Any] = {}
+        if i2v:
+            extra["image"] = ltx2.fit_image(job.anchor, (w, h))
+
+        # 3. Denoise to latents.
+        with torch.no_grad():
+            video_latents, audio_latents = pipe(
+                prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
+                width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),
+                num_inference_steps=job.steps, generator=generator, output_type="latent",
+                return_dict=False, callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
+
+        # 4. Decode frames (and the waveform); keep latents for refine.
+        frames = ltx2.decode_video(pipe, video_latents, generator)
+        tensors = {"video": video_latents.detach().float().cpu().contiguous(),
+                   "audio": audio_latents.detach().float().cpu().contiguous(),
+                   # Refine re-uses these instead of loading the text encoder a second time.
+                   "prompt_embeds": prompt.embeds.detach().float().cpu().contiguous(),
+                   "prompt_attention_mask": prompt.mask.detach().cpu().contiguous()}
+        save_file(tensors, str(out / "latents.safetensors"))
+        np.save(out / "frames.npy", frames)
+        sample_rate = int(pipe.vocoder.config.output_sampling_rate)
+        if job.audio:
+            np.save(out / "audio.npy", ltx2.decode_audio(pipe, audio_latents))
+        pipe.maybe_free_model_hooks()
+        return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h]}

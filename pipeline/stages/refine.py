@@ -1,0 +1,127 @@
+"""Refine: latent ×2 upsample of the draft, then a short distilled denoise at the refine size.
+
+Follows diffusers' LTX-2 two-stage recipe: ``LTX2LatentUpsamplePipeline`` on the
+draft's (denormalized) video latents, a scheduler without dynamic shifting so the
+manual sigmas are used as given, re-noising to the first sigma (``noise_scale``), and
+the draft's audio latents passed along so the joint model sees both modalities.
+Segments drafted from an anchor are refined with the image-to-video pipeline, whose
+conditioning mask keeps the first latent frame (the anchor) clean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.stages.base import SegmentJob, Stage, StageContext
+
+if TYPE_CHECKING:
+    from pipeline.cache import Artifact
+
+
+def refine_sigmas(job: SegmentJob) -> list[float]:
+    """The manual sigmas as the scheduler takes them: it appends the terminal 0 itself."""
+    sigmas = [float(s) for s in job.refine_sigmas]
+    if len(sigmas) > 1 and sigmas[-1] == 0.0:
+        sigmas = sigmas[:-1]
+    return sigmas
+
+
+class RefineStage(Stage):
+    name = "refine"
+    version = 1
+    inputs = ("draft",)
+
+    def params(self, job: SegmentJob) -> dict[str, Any]:
+        from pipeline.models.ltx2 import model_identity
+
+        return {
+            "size": list(job.refine_size),
+            "sigmas": [float(s) for s in job.refine_sigmas],
+            "seed": job.seed,
+            "lora_strength": job.lora_strength,
+            "guidance_scale": job.preset.guidance_scale,
+            "fps": job.fps,
+            "prompt": job.prompt,
+            "image_to_video": job.anchor is not None,
+            "model": model_identity(job.preset),
+        }
+
+    def total_steps(self, job: SegmentJob) -> int:
+        return len(refine_sigmas(job))
+
+    def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+        import torch
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
+        from safetensors.torch import load_file
+
+        from pipeline.models import ltx2
+        from pipeline.stages.draft import LORA_ADAPTER
+
+        preset, plan = job.preset, ctx.plan
+        sigmas = refine_sigmas(job)
+        n = len(sigmas)
+        ctx.progress(self.name, 0, n)
+        for name in plan.options.get("evict", ()):
+            ctx.models.evict(name)
+        device, dtype = torch.device(plan.device), ltx2.torch_dtype(plan)
+
+        # 1. The draft's latents (and its prompt embeddings, so no second text-encoder load).
+        draft = load_file(str(inputs["draft"].file("latents.safetensors")))
+        if "prompt_embeds" in draft:
+            embeds = draft["prompt_embeds"].to(device, dtype)
+            mask = draft["prompt_attention_mask"].to(device)
+        else:
+            enc = ltx2.encode_prompt(ctx.models, preset, plan, job.prompt)
+            embeds, mask = enc.embeds, enc.mask
+
+        # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
+        i2v = job.anchor is not None
+        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
+        upsampler = ltx2.component(ctx.models, preset, "upsampler", plan)
+        up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
+        with torch.no_grad():
+            video = up_pipe(latents=draft["video"].to(device), output_type="latent", return_dict=False)[0]
+        ctx.models.evict(f"{preset.name}:upsampler")  # small, and not needed until the next refine
+        del up_pipe, upsampler
+        _, _, _, lh, lw = video.shape
+        scale = pipe.vae_spatial_compression_ratio
+
+        # 3. Distilled refine: manual sigmas as given (no dynamic shift), re-noised to sigmas[0].
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
+        if plan.offload == "model" and plan.device != "cpu":
+            pipe.enable_model_cpu_offload(device=plan.device)  # the upsample pipeline re-hooked the VAE
+        ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
+        generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
+
+        def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            ctx.progress(self.name, i + 1, n)
+            return kwargs
+
+        with torch.no_grad():
+            frames, _audio = pipe(
+                prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
+                audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
+                num_frames=job.frames, frame_rate=float(job.fps), num_inference_steps=n, sigmas=sigmas,
+                noise_scale=sigmas[0], generator=generator, output_type="np", return_dict=False,
+                callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset))
+        pipe.maybe_free_model_hooks()
+
+        # 4. Frames at the refine size (the upsampler gives exactly 2× the draft; a storyboard
+        #    may ask for another refine size, which is a resize here, not a model change).
+        frames = ltx2.to_uint8(frames)
+        w, h = job.refine_size
+        if frames.shape[1:3] != (h, w):
+            frames = _resize(frames, (w, h))
+        np.save(out / "frames.npy", frames)
+        return {"frames": int(frames.shape[0]), "size": [w, h]}
+
+
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames])
