@@ -251,10 +251,16 @@ _LTX2_COMPONENTS: dict[str, Component] = {
 _TINY_COMPONENTS = {n: Component(n, 1e6, "float32", blocks=2 if n in ("transformer", "text_encoder", "enhancer") else 0,
                                  block_fraction=0.9, largest_layer_params=1e5)
                     for n in _LTX2_COMPONENTS}
-#: preset file roles that measure each component
-_ROLES = {"transformer": ("transformer",), "text_encoder": ("text_encoder",), "vae": ("vae",),
-          "upsampler": ("upsampler", "latent_upsampler"), "esrgan": ("esrgan", "upscaler"),
-          "enhancer": ("enhancer", "llm")}
+#: where each component's files are measured: (preset file role, sub-folder)
+_ROLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "transformer": (("transformer_gguf", ""), ("transformer", "")),
+    "text_encoder": (("diffusers", "text_encoder"), ("text_encoder", "")),
+    "connectors": (("diffusers", "connectors"),),
+    "vae": (("diffusers", "vae"), ("vae", "")),
+    "upsampler": (("upsampler", ""),),
+    "esrgan": (("upscaler", ""), ("esrgan", "")),
+    "enhancer": (("enhancer", ""),),
+}
 
 
 def component_sizes(preset: Preset) -> dict[str, Component]:
@@ -272,14 +278,14 @@ def component_sizes(preset: Preset) -> dict[str, Component]:
     return table
 
 
-def _measured(preset: Preset, roles: Sequence[str]) -> int | None:
-    for role in roles:
+def _measured(preset: Preset, roles: Sequence[tuple[str, str]]) -> int | None:
+    for role, sub in roles:
         try:
             path = preset.file(role).local_path()
         except KeyError:
             continue
-        if path is not None:
-            return _disk_size(path)
+        if path is not None and (path / sub if sub else path).exists():
+            return _disk_size(path / sub if sub else path) or None
     return None
 
 

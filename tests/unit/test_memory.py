@@ -135,7 +135,7 @@ def test_budgets_come_from_settings_else_detection() -> None:
 def test_measured_file_size_wins(tmp_path) -> None:
     gguf = tmp_path / "t.gguf"
     gguf.write_bytes(b"\0" * 12345)
-    preset = replace(REAL, files=(ModelFile("transformer", "transformer", path=str(gguf)),))
+    preset = replace(REAL, files=(ModelFile("transformer_gguf", "transformer", path=str(gguf)),))
     assert component_sizes(preset)["transformer"].nbytes == 12345
     assert component_sizes(replace(REAL, extra={"memory": {"transformer": {"params": 2e9}}}))["transformer"].nbytes \
         == int(2e9 * 0.52)

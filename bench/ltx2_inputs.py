@@ -1,0 +1,30 @@
+"""Random inputs for one LTX-2 transformer step at a given video shape (shared by benches and tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def ltx2_step_inputs(config: Any, size: tuple[int, int], frames: int, *, audio_tokens: int = 126,
+                     text_tokens: int = 128, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> dict[str, Any]:
+    """Keyword arguments for ``LTX2VideoTransformer3DModel.forward`` (batch 1, CFG=1)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    w, h = size
+    lf, lh, lw = (frames - 1) // 8 + 1, h // 32, w // 32
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    return {
+        "hidden_states": rnd(1, lf * lh * lw, config.in_channels),
+        "audio_hidden_states": rnd(1, audio_tokens, config.audio_in_channels),
+        "encoder_hidden_states": rnd(1, text_tokens, config.caption_channels),
+        "audio_encoder_hidden_states": rnd(1, text_tokens, config.caption_channels),
+        "timestep": torch.full((1,), 500.0, device=device),
+        "sigma": torch.full((1,), 0.5, device=device), "audio_sigma": torch.full((1,), 0.5, device=device),
+        "num_frames": lf, "height": lh, "width": lw, "fps": 24.0, "audio_num_frames": audio_tokens,
+        "use_cross_timestep": True, "return_dict": False,
+    }

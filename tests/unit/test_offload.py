@@ -1,0 +1,101 @@
+"""Plans applied to tiny LTX-2 transformers run on CPU through the same hooks a GPU uses."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import LTX2VideoTransformer3DModel
+
+from pipeline.memory import StagePlan
+from pipeline.models.tiny_ltx2 import TRANSFORMER_CONFIG
+from pipeline.offload import BlockStreamer, apply_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from ltx2_inputs import ltx2_step_inputs  # noqa: E402
+
+CONFIG = dict(TRANSFORMER_CONFIG, num_layers=3)
+
+
+def fresh() -> LTX2VideoTransformer3DModel:
+    torch.manual_seed(0)
+    return LTX2VideoTransformer3DModel(**CONFIG).eval()
+
+
+def run(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+    inputs = ltx2_step_inputs(model.config, (128, 64), 9, audio_tokens=8, text_tokens=8,
+                              dtype=torch.float32, seed=seed)
+    with torch.no_grad():
+        video, audio = model(**inputs)
+    return torch.cat([video.flatten(), audio.flatten()])
+
+
+@pytest.fixture(scope="module")
+def reference() -> torch.Tensor:
+    return run(fresh())
+
+
+def plan(offload: str, **options: object) -> StagePlan:
+    return StagePlan(name=offload, device="cpu", offload=offload, dtype="float32", options=dict(options))
+
+
+@pytest.mark.parametrize("offload", ["resident", "group_block", "group_leaf", "sequential"])
+def test_diffusers_hooks_give_the_resident_result(offload: str, reference: torch.Tensor) -> None:
+    model = apply_plan(fresh(), plan(offload, num_blocks_per_group=1))
+    assert torch.equal(run(model), reference)
+    assert torch.equal(run(model), reference)  # hooks survive a second step
+
+
+def test_sulphur_streamer_packs_each_block_once_and_matches(reference: torch.Tensor) -> None:
+    model = apply_plan(fresh(), plan("group_block", streamer="sulphur"))
+    streamer: BlockStreamer = model._sulphur_streamer
+    assert len(streamer.streamed) == 3
+    # every block tensor is a view of that block's single buffer: one host copy, not two
+    for b in streamer.blocks:
+        base = b.host.untyped_storage().data_ptr()
+        for p in b.module.parameters():
+            assert p.untyped_storage().data_ptr() == base
+    assert torch.equal(run(model), reference)
+    assert torch.equal(run(model), reference)
+
+
+def test_streamer_with_resident_blocks_and_fp8_storage(reference: torch.Tensor) -> None:
+    model = apply_plan(fresh(), plan("group_block", streamer="sulphur", resident_blocks=1, weights="fp8"))
+    streamer: BlockStreamer = model._sulphur_streamer
+    assert len(streamer.streamed) == 2 and streamer.blocks[0].gpu is not None
+    fp8 = [d for (_, _, d) in streamer.blocks[1].layout if d == torch.float8_e4m3fn]
+    assert len(fp8) >= 8  # the 2-D projection weights are stored in fp8 (half of bf16's bytes)
+    out = run(model)
+    rel = (out - reference).norm() / reference.norm()
+    assert 0 < rel < 0.1, rel  # lossy, but the same function
+
+
+def test_fp8_layerwise_storage_through_diffusers(reference: torch.Tensor) -> None:
+    model = apply_plan(fresh(), plan("group_block", weights="fp8"))
+    assert model.transformer_blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    rel = (run(model) - reference).norm() / reference.norm()
+    assert 0 < rel < 0.1
+
+
+def test_hooks_do_not_stack() -> None:
+    model = apply_plan(fresh(), plan("group_block"))
+    with pytest.raises(RuntimeError, match="already placed"):
+        apply_plan(model, plan("group_leaf"))
+
+
+def test_gguf_transformer_composes_with_group_offload() -> None:
+    """diffusers' GGUF linear layers under block-level group offloading (the 8 GB path)."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    preset = get_preset("tiny")
+    ref_model = ltx2.load_transformer(preset, StagePlan(name="cpu"))
+    ref = run(ref_model)
+    model = ltx2.load_transformer(preset, StagePlan(name="cpu"))
+    apply_plan(model, plan("group_block", num_blocks_per_group=1))
+    assert any(isinstance(p, GGUFParameter) for p in model.parameters())
+    assert torch.equal(run(model), ref)
