@@ -1,0 +1,504 @@
+"""Talking to the background worker: :class:`WorkerClient`, ``sulphur status``, ``sulphur render --attach``.
+
+Torch-free on purpose: the TUI imports this module. The worker's side of the protocol
+and its design note are in :mod:`pipeline.worker`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline import protocol
+from pipeline.protocol import (
+    Ack,
+    Cancel,
+    ErrorEvent,
+    Event,
+    GetStatus,
+    JobCancelled,
+    JobFinished,
+    JobInfo,
+    Log,
+    Message,
+    ProtocolError,
+    Reject,
+    Request,
+    Shutdown,
+    StatusSnapshot,
+    Submit,
+    Subscribe,
+)
+from pipeline.socket_io import LineBuffer, connect_unix, lock_holder, socket_path
+
+#: Seconds a request waits for its reply.
+REQUEST_TIMEOUT = 30.0
+
+
+class WorkerError(RuntimeError):
+    """The worker refused a request or could not be reached."""
+
+
+class WorkerNotRunning(WorkerError):
+    pass
+
+
+# ------------------------------------------------------------------ framing
+
+
+class _Reader:
+    """Messages from a blocking socket, one JSON line each."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lines = LineBuffer()
+        self._ready: list[bytes | None] = []
+
+    def next(self) -> Message | None:
+        """The next message, or None when the worker closed the connection."""
+        while True:
+            while self._ready:
+                line = self._ready.pop(0)
+                if line is None or not line.strip():
+                    continue  # an oversized line from the worker: nothing sane to do but skip it
+                try:
+                    return protocol.decode(line)
+                except ProtocolError:
+                    continue  # a message type from a newer worker: skip
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError:
+                return None
+            if not data:
+                return None
+            self._ready.extend(self._lines.feed(data))
+
+
+class EventStream:
+    """Iterator over a subscription: a ``StatusSnapshot`` first, then live events.
+
+    Ends when the worker closes the connection (it stopped or died) or :meth:`close` is
+    called, from any thread.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reader = _Reader(sock)
+        self.closed = False
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        while not self.closed:
+            msg = self._reader.next()
+            if msg is None:
+                self.close()
+                break
+            if isinstance(msg, Event):
+                return msg
+        raise StopIteration
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+            except OSError:
+                pass
+            self._sock.close()
+
+
+# ------------------------------------------------------------------- client
+
+
+class WorkerClient:
+    """A connection to the worker of one project folder (the storyboard's folder)."""
+
+    def __init__(self, project_dir: Path, sock: socket.socket) -> None:
+        self.project_dir = project_dir
+        self._sock = sock
+        self._reader = _Reader(sock)
+        self._lock = threading.Lock()
+        self._streams: list[EventStream] = []
+
+    @classmethod
+    def connect(cls, project_dir: Path, *, start: bool = True, timeout: float = 60.0,
+                idle_timeout: float | None = None) -> WorkerClient:
+        """Connect to the project's worker, starting a detached one if none runs and ``start``."""
+        project_dir = Path(project_dir).expanduser().resolve()
+        path = socket_path(project_dir)
+        sock = _try_connect(path)
+        if sock is not None:
+            return cls(project_dir, sock)
+        if not start:
+            raise WorkerNotRunning(f"no worker is running for {project_dir}")
+        deadline = time.monotonic() + timeout
+        proc = spawn_worker(project_dir, idle_timeout)
+        spawns = 1
+        while time.monotonic() < deadline:
+            sock = _try_connect(path)
+            if sock is not None:
+                return cls(project_dir, sock)
+            if proc.poll() is not None and lock_holder(project_dir) is None:
+                # Ours exited and nobody holds the lock (e.g. it lost a race with a worker
+                # that was stopping then): try again, but not forever.
+                if spawns >= 3:
+                    raise WorkerError(f"the worker for {project_dir} exited with status {proc.returncode}; "
+                                      f"last lines of its log:\n{_log_tail(project_dir)}")
+                proc = spawn_worker(project_dir, idle_timeout)
+                spawns += 1
+            time.sleep(0.05)
+        raise WorkerError(f"no worker answered on {path} within {timeout:g} s; "
+                          f"see {project_dir / '.sulphur' / 'worker.log'}")
+
+    # -------------------------------------------------------------- requests
+
+    def _request(self, request: Request) -> Message:
+        request.id = request.id or uuid.uuid4().hex[:8]
+        with self._lock:
+            try:
+                self._sock.settimeout(REQUEST_TIMEOUT)
+                self._sock.sendall(protocol.encode(request))
+                reply = self._reader.next()
+            except OSError as exc:
+                raise WorkerError(f"lost the worker: {exc}") from None
+        if reply is None:
+            raise WorkerError("the worker closed the connection")
+        if isinstance(reply, Reject):
+            raise WorkerError(reply.error)
+        return reply
+
+    def submit(self, storyboard: Path, mode: str = "all", segments: Sequence[str] = (), *,
+               preset: str = "") -> str:
+        """Queue a render; returns the job id (an identical pending job's id if there is one)."""
+        reply = self._request(Submit(storyboard=str(Path(storyboard).expanduser().resolve()), mode=mode,
+                                     segments=list(segments), preset=preset))
+        if not isinstance(reply, Ack):
+            raise WorkerError(f"unexpected reply {type(reply).__name__}")
+        return reply.job_id
+
+    def cancel(self, job_id: str = "") -> None:
+        """Cancel a job (the running one when ``job_id`` is empty)."""
+        self._request(Cancel(job_id=job_id))
+
+    def status(self) -> StatusSnapshot:
+        reply = self._request(GetStatus())
+        if not isinstance(reply, StatusSnapshot):
+            raise WorkerError(f"unexpected reply {type(reply).__name__}")
+        return reply
+
+    def shutdown(self) -> None:
+        """Ask the worker to checkpoint the running stage and exit."""
+        self._request(Shutdown())
+
+    def events(self) -> EventStream:
+        """Subscribe now (on a connection of its own); iterate for the snapshot, then live events."""
+        sock = _try_connect(socket_path(self.project_dir))
+        if sock is None:
+            raise WorkerNotRunning(f"no worker is running for {self.project_dir}")
+        sock.sendall(protocol.encode(Subscribe(id="subscribe")))
+        reader = _Reader(sock)
+        reply = reader.next()
+        if not isinstance(reply, Ack):
+            sock.close()
+            raise WorkerError(f"subscription refused: {getattr(reply, 'error', 'connection closed')}")
+        stream = EventStream(sock)
+        stream._reader = reader  # keep what was read past the Ack
+        self._streams.append(stream)
+        return stream
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.close()
+        self._streams.clear()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _try_connect(path: Path) -> socket.socket | None:
+    try:
+        return connect_unix(path, timeout=REQUEST_TIMEOUT)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    except OSError as exc:
+        raise WorkerError(f"cannot connect to {path}: {exc}") from None
+
+
+def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subprocess.Popen:
+    """Start ``python -m pipeline.worker`` detached: its own session, output to ``.sulphur/worker.log``.
+
+    Spawned (fork+exec), never forked from this process, so no CUDA state is shared, and
+    in a new session so a closing terminal or SSH login does not take it down.
+    """
+    state = Path(project_dir) / ".sulphur"
+    state.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pipeline.worker", "--foreground", "--project", str(project_dir)]
+    if idle_timeout is not None:
+        cmd += ["--idle-timeout", str(idle_timeout)]
+    env = os.environ.copy()
+    root = str(Path(__file__).resolve().parent.parent)  # so `-m pipeline.worker` finds this checkout
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(state / "worker.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=project_dir, env=env)
+    # Reap it when it exits, so a long-lived client (the TUI) collects no zombies.
+    threading.Thread(target=proc.wait, name=f"reap-worker-{proc.pid}", daemon=True).start()
+    return proc
+
+
+def _log_tail(project_dir: Path, lines: int = 15) -> str:
+    try:
+        text = (Path(project_dir) / ".sulphur" / "worker.log").read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_worker(project_dir: Path, timeout: float = 300.0) -> int:
+    """``sulphur worker --stop``: ask for a clean stop and wait until the lock is released."""
+    pid = lock_holder(project_dir)
+    if pid is None:
+        print(f"no worker is running for {project_dir}")
+        return 0
+    try:
+        with WorkerClient.connect(project_dir, start=False) as client:
+            client.shutdown()
+    except WorkerError as exc:
+        print(f"sulphur worker --stop: {exc} (PID {pid})", file=sys.stderr)
+        return 1
+    print(f"stopping worker PID {pid} (checkpointing the running stage)…", file=sys.stderr)
+    deadline = time.monotonic() + timeout
+    while lock_holder(project_dir) is not None:
+        if time.monotonic() > deadline:
+            print(f"worker PID {pid} is still finishing after {timeout:g} s", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    print(f"worker PID {pid} stopped")
+    return 0
+
+
+# ------------------------------------------------------------------- status
+
+
+def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
+    """What the journal says when no worker runs (``pid`` 0)."""
+    from pipeline.journal import Journal
+
+    jobs: list[JobInfo] = []
+    db = Path(project_dir) / ".sulphur" / "journal.db"
+    if db.exists():
+        journal = Journal(db)
+        try:
+            for rec in journal.jobs(limit=limit):
+                jobs.append(JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=rec.selected,
+                                    state=rec.state, error=rec.error))  # type: ignore[arg-type]
+        finally:
+            journal.close()
+    return StatusSnapshot(pid=0, project=str(project_dir), jobs=jobs)
+
+
+def format_snapshot(snap: StatusSnapshot) -> str:
+    head = f"worker PID {snap.pid}" if snap.pid else "no worker running"
+    lines = [f"{head} · {snap.project}"]
+    if not snap.jobs:
+        lines.append("  no jobs")
+    for job in snap.jobs:
+        where = ""
+        if job.state == "running" and job.stage:
+            steps = f" {job.step}/{job.total}" if job.total else ""
+            where = f"  {job.segment or 'film'} › {job.stage}{steps}"
+        elif job.error:
+            where = f"  {job.error}"
+        segs = ",".join(job.segments)
+        lines.append(f"  {job.job_id}  {job.state:<9} {Path(job.storyboard).name} [{segs}]{where}")
+    return "\n".join(lines)
+
+
+def main_status(args: argparse.Namespace) -> int:
+    """``sulphur status``: the worker's snapshot; with no worker, the journal's history.
+
+    A journal with unfinished jobs and no worker means the worker died: the command
+    starts one, which resumes them, and reports its status.
+    """
+    project = Path(getattr(args, "project", None) or Path.cwd()).expanduser().resolve()
+    try:
+        client = WorkerClient.connect(project, start=False)
+    except WorkerNotRunning:
+        offline = journal_snapshot(project)
+        pending = [j for j in offline.jobs if j.state in ("queued", "running")]
+        if not pending:
+            _print_snapshot(offline, args)
+            return 0
+        print(f"resuming {len(pending)} unfinished job(s) in a new worker", file=sys.stderr)
+        try:
+            client = WorkerClient.connect(project, start=True)
+        except WorkerError as exc:
+            print(f"sulphur status: {exc}", file=sys.stderr)
+            _print_snapshot(offline, args)
+            return 1
+    except WorkerError as exc:
+        print(f"sulphur status: {exc}", file=sys.stderr)
+        return 1
+    with client:
+        _print_snapshot(client.status(), args)
+    return 0
+
+
+def _print_snapshot(snap: StatusSnapshot, args: argparse.Namespace) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.buffer.write(protocol.encode(snap))
+        sys.stdout.flush()
+    else:
+        print(format_snapshot(snap))
+
+
+# ------------------------------------------------------------ render --attach
+
+
+def main_render_attach(args: argparse.Namespace) -> int:
+    """``sulphur render FILE --attach``: submit to the worker (starting it if needed) and follow the job.
+
+    Ctrl-C detaches (the render goes on in the worker). If the worker dies mid-job the
+    command starts a new one, which resumes the job, and keeps following; if it was
+    stopped on purpose the job stays queued and the command says so.
+    """
+    from pipeline.headless import ProgressPrinter
+
+    storyboard = Path(args.storyboard).expanduser().resolve()
+    if not storyboard.is_file():
+        print(f"error: {storyboard}: file not found", file=sys.stderr)
+        return 2
+    segments = list(getattr(args, "segment", None) or [])
+    from_ = getattr(args, "from_", None)
+    if segments and from_:
+        print("error: give --segment or --from, not both", file=sys.stderr)
+        return 2
+    mode = "segments" if segments else "from" if from_ else "all"
+    json_events = bool(getattr(args, "json", False))
+    show = _json_line if json_events else ProgressPrinter()
+    project = storyboard.parent
+    try:
+        client = WorkerClient.connect(project, start=True)
+        stream = client.events()  # subscribe before submitting: no event can slip by
+    except WorkerError as exc:
+        return _attach_error(exc, "worker", json_events, 1)
+    try:
+        job_id = client.submit(storyboard, mode, segments or ([from_] if from_ else []),
+                               preset=getattr(args, "preset", None) or "")
+    except WorkerError as exc:  # refused: bad storyboard or segment id
+        client.close()
+        return _attach_error(exc, "rejected", json_events, 2)
+    print(f"job {job_id} on worker for {project} (Ctrl-C detaches; the render goes on)", file=sys.stderr)
+    crashes = 0
+    try:
+        while True:
+            code = _follow(stream, job_id, show, print_path=not json_events)
+            client.close()
+            if code is not None:
+                return code
+            # The stream ended before the job did: the worker stopped or died.
+            state = _journal_state(project, job_id)
+            if state in ("done", "failed", "cancelled"):
+                return {"done": 0, "failed": 1, "cancelled": 130}[state]
+            if state == "queued":
+                print(f"the worker stopped; job {job_id} stays queued and resumes when a worker starts "
+                      "(any sulphur command for this project starts one)", file=sys.stderr)
+                return 75
+            crashes += 1
+            if crashes > 3:
+                print(f"the worker keeps dying; see {project / '.sulphur' / 'worker.log'}", file=sys.stderr)
+                return 1
+            show(Log(job_id=job_id, level="warning", message="the worker died mid-job; starting a new one to "
+                                                             "resume it"))
+            client = WorkerClient.connect(project, start=True)
+            stream = client.events()
+    except KeyboardInterrupt:
+        print(f"\ndetached; job {job_id} goes on in the worker (sulphur status)", file=sys.stderr)
+        return 130
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _attach_error(exc: WorkerError, kind: str, json_events: bool, code: int) -> int:
+    if json_events:
+        _json_line(ErrorEvent(kind=kind, message=str(exc)))
+    print(f"error: {exc}", file=sys.stderr)
+    return code
+
+
+def _follow(stream: EventStream, job_id: str, show: Callable[[Event], None], *, print_path: bool) -> int | None:
+    """Print the job's events until it ends (exit code) or the stream does (None)."""
+    for event in stream:
+        if isinstance(event, StatusSnapshot):
+            for job in event.jobs:  # attached late (after a restart): the job may be over already
+                if job.job_id == job_id and job.state in ("done", "failed", "cancelled"):
+                    return {"done": 0, "failed": 1, "cancelled": 130}[job.state]
+            continue
+        if event.job_id != job_id:
+            continue
+        show(event)
+        if isinstance(event, JobFinished):
+            if print_path:
+                print(event.path)
+            return 0
+        if isinstance(event, ErrorEvent):
+            return 1
+        if isinstance(event, JobCancelled):
+            return 130
+    return None
+
+
+def _journal_state(project: Path, job_id: str, wait: float = 10.0) -> str:
+    """The job's state once no worker holds the project (a stopping worker finishes first)."""
+    deadline = time.monotonic() + wait
+    while lock_holder(project) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if lock_holder(project) is not None:
+        return "running"  # a new worker already took over: follow it
+    for job in journal_snapshot(project, limit=1000).jobs:
+        if job.job_id == job_id:
+            return job.state
+    return "failed"
+
+
+def _json_line(event: Event) -> None:
+    sys.stdout.buffer.write(protocol.encode(event))
+    sys.stdout.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.client")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("status")
+    s.add_argument("--project", type=Path, default=None)
+    s.add_argument("--json", action="store_true")
+    r = sub.add_parser("attach")
+    r.add_argument("storyboard", type=Path)
+    r.add_argument("--segment", action="append")
+    r.add_argument("--from", dest="from_")
+    r.add_argument("--preset")
+    r.add_argument("--json", action="store_true")
+    return p
+
+
+if __name__ == "__main__":  # the same entry points as `sulphur status` / `sulphur render --attach`
+    _args = _parser().parse_args()
+    sys.exit(main_status(_args) if _args.command == "status" else main_render_attach(_args))
