@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -95,16 +96,32 @@ def main() -> None:
                for m in d.METHODS}
         for name, frame in changes.items()}
     out["seconds"] = round(time.perf_counter() - t0, 2)
-    # Speed of the guard itself at output size.
+    # Speed of the guard itself at output size: one frame (the anchor), and a segment
+    # ("anchor+output") with NumPy and with torch on each device there is.
     big = np.ascontiguousarray(np.tile(scene, (17, 20, 1))[:1080, :1920])
-    speed = {}
+    seg = np.stack([np.roll(big, 4 * i, axis=1) for i in range(9)])
+    speed: dict = {}
     for m in d.METHODS:
         d.match_colors(big, scene, 1.0, m)
         t = time.perf_counter()
         for _ in range(3):
             d.match_colors(big, scene, 1.0, m)
-        speed[m] = round(3 / (time.perf_counter() - t), 2)
-    out["match_colors_1080p_frames_per_s"] = speed
+        speed[f"match_colors/{m}"] = round(3 / (time.perf_counter() - t), 2)
+    devices: list[str | None] = [None]
+    try:
+        import torch
+
+        devices += ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    except ImportError:
+        pass
+    for dev in devices:
+        d.match_colors_frames(seg[:2], scene, 1.0, device=dev)
+        t = time.perf_counter()
+        d.match_colors_frames(seg, scene, 1.0, device=dev)
+        # Frame 0 of a ramp is identity (skipped): count the frames actually corrected.
+        speed[f"match_colors_frames/meanstd/{dev or 'numpy'}"] = round((len(seg) - 1) / (time.perf_counter() - t), 2)
+    out["guard_1080p_frames_per_s"] = speed
+    out["load_average_1min"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out, indent=1))
 
 

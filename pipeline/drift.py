@@ -173,6 +173,13 @@ def _sample(lab: np.ndarray, max_pixels: int = 262_144) -> np.ndarray:
     return flat[::step]
 
 
+def _reference_lab(reference: np.ndarray, max_pixels: int = 262_144) -> np.ndarray:
+    """Lab of a regular grid of the reference: only its statistics are needed."""
+    h, w = reference.shape[:2]
+    step = max(1, int(math.sqrt(h * w / max_pixels)))
+    return rgb_to_lab(np.ascontiguousarray(reference[::step, ::step]))
+
+
 @dataclass
 class _Transfer:
     """A per-channel Lab mapping from a source look to a reference look."""
@@ -229,18 +236,20 @@ def match_colors(frame: np.ndarray, reference: np.ndarray, strength: float,
     if strength == 0.0:
         return frame.copy()
     lab = rgb_to_lab(frame)
-    transfer = _Transfer.fit(lab, rgb_to_lab(reference), method)
+    transfer = _Transfer.fit(lab, _reference_lab(reference), method)
     return lab_to_rgb(transfer.apply(lab, strength))
 
 
 def match_colors_frames(frames: np.ndarray, reference: np.ndarray, strength: float,
-                        method: str = DEFAULT_METHOD, ramp: bool = True) -> np.ndarray:
+                        method: str = DEFAULT_METHOD, ramp: bool = True, device: str | None = None) -> np.ndarray:
     """Guard a whole segment (T×H×W×3 uint8) against drift ("anchor+output").
 
     One correction is fitted from the segment's last frame to the reference; with
     ``ramp`` it is applied with weight ``strength * t / (T-1)`` (identity at the first
     frame, which already continues from a matched anchor), else at ``strength`` on every
     frame. One fitted transfer for all frames means no frame-to-frame flicker is added.
+    ``device`` ("cuda", "cpu") runs the per-frame colour math in torch there — the worker
+    has a GPU idle between stages; None uses NumPy. Both give the same frames (±1 level).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
@@ -251,12 +260,64 @@ def match_colors_frames(frames: np.ndarray, reference: np.ndarray, strength: flo
     n = frames.shape[0]
     if strength == 0.0 or n == 0:
         return out
-    transfer = _Transfer.fit(rgb_to_lab(frames[-1]), rgb_to_lab(reference), method)
+    transfer = _Transfer.fit(rgb_to_lab(frames[-1]), _reference_lab(reference), method)
+    weights = [strength * (t / (n - 1) if (ramp and n > 1) else 1.0) for t in range(n)]
+    if device is not None:
+        _apply_torch(frames, out, transfer, weights, device)
+        return out
     for t in range(n):
-        w = strength * (t / (n - 1) if (ramp and n > 1) else 1.0)
-        if w > 0.0:
-            out[t] = lab_to_rgb(transfer.apply(rgb_to_lab(frames[t]), w))
+        if weights[t] > 0.0:
+            out[t] = lab_to_rgb(transfer.apply(rgb_to_lab(frames[t]), weights[t]))
     return out
+
+
+def _apply_torch(frames: np.ndarray, out: np.ndarray, transfer: _Transfer, weights: list[float],
+                 device: str, chunk: int = 4) -> None:
+    """``rgb_to_lab`` → transfer → ``lab_to_rgb`` in torch, a few frames at a time."""
+    import torch
+
+    dev = torch.device(device)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+    lin_lut, srgb_lut, m_fwd, m_inv = t(_LIN_LUT), t(_SRGB_LUT), t(_M_FWD), t(_M_INV)
+    if transfer.method == "meanstd":
+        scale, shift = t(transfer.scale), t(transfer.shift)
+    else:
+        src_q, ref_q = [t(q) for q in transfer.src_q], [t(q) for q in transfer.ref_q]
+
+    def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+        # np.interp: linear between knots, clamped to the end values outside.
+        i = torch.searchsorted(xp, x.contiguous()).clamp(1, xp.numel() - 1)
+        x0, x1, y0, y1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+        return y0 + ((x - x0) / (x1 - x0)).clamp(0, 1) * (y1 - y0)
+
+    with torch.no_grad():
+        for start in range(0, frames.shape[0], chunk):
+            w = weights[start:start + chunk]
+            if max(w) <= 0.0:
+                continue
+            lin = lin_lut[t(frames[start:start + chunk]).long()]
+            xyz = lin @ m_fwd
+            f = torch.where(xyz > _EPS, xyz.clamp_min(0).pow(1.0 / 3.0), xyz / _KAPPA + 4.0 / 29.0)
+            lab = torch.stack((116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
+                               200.0 * (f[..., 1] - f[..., 2])), dim=-1)
+            if transfer.method == "meanstd":
+                mapped = lab * scale + shift
+            else:
+                mapped = torch.stack([interp(lab[..., c].reshape(-1), src_q[c], ref_q[c]).reshape(lab.shape[:-1])
+                                      for c in range(3)], dim=-1)
+            wt = torch.tensor(w, dtype=lab.dtype, device=dev).view(-1, 1, 1, 1)
+            lab = lab + wt * (mapped - lab)
+            fy = (lab[..., 0] + 16.0) / 116.0
+            f = torch.stack((fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0), dim=-1)
+            xyz = torch.where(f > 6.0 / 29.0, f * f * f, _KAPPA * (f - 4.0 / 29.0))
+            idx = ((xyz @ m_inv) * _LIN_STEPS + 0.5).clamp(0, _LIN_STEPS).long()
+            res = srgb_lut[idx].cpu().numpy()
+            for k, wk in enumerate(w):
+                if wk > 0.0:
+                    out[start + k] = res[k]
 
 
 # ------------------------------------------------------- synthetic chains (tests, bench)

@@ -133,6 +133,8 @@ def luma(frame: np.ndarray, matrix: str = "bt709") -> np.ndarray:
         return frame.astype(np.float32, copy=False)
     if frame.ndim != 3 or frame.shape[2] not in (3, 4):
         raise FlickerError(f"expected an H×W×3 RGB frame or an H×W luma plane, got shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise FlickerError(f"expected uint8 RGB frames, got {frame.dtype}")
     try:
         kr, kg, kb = MATRICES[matrix]
     except KeyError:
@@ -519,7 +521,16 @@ def main(args: argparse.Namespace) -> int:
         for seam, d in zip(seams["_seams"], seams["seams"], strict=True):
             i = seam.frame - 1
             d["film_psnr"] = _json_db(stats.psnr[i]) if 0 <= i < len(stats.psnr) else None
-    if getattr(args, "json", False):
+    try:
+        _print_report(stats, seams, as_json=bool(getattr(args, "json", False)))
+    except BrokenPipeError:
+        # `sulphur flicker x.mp4 --json | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _print_report(stats: FlickerStats, seams: dict[str, Any] | None, as_json: bool) -> None:
+    if as_json:
         out: dict[str, Any] = {"video": stats.to_dict(), "inf": "null means identical frames (PSNR +inf)"}
         if seams is not None:
             out["seams"] = {k: v for k, v in seams.items() if not k.startswith("_")}
@@ -528,4 +539,3 @@ def main(args: argparse.Namespace) -> int:
         print(format_report(stats))
         if seams is not None:
             print(format_seams(seams))
-    return 0

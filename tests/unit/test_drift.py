@@ -118,3 +118,14 @@ def test_match_frames_ramps_and_adds_no_flicker(scene: np.ndarray) -> None:
     flat = d.match_colors_frames(seg, seg[0], 1.0, ramp=False)
     assert d.drift(d.frame_stats(flat[0]), ref)["contrast"] < 0.95  # no ramp: over-corrects frame 0
     assert math.isclose(d.match_colors_frames(seg, seg[0], 0.0).sum(), seg.sum())
+
+
+@pytest.mark.parametrize("method", d.METHODS)
+def test_torch_path_gives_the_same_frames(scene: np.ndarray, method: str) -> None:
+    pytest.importorskip("torch")
+    seg = d.simulate_chain(scene, segments=2, frames=6, contrast=1.2, saturation=1.2)[1]
+    ref = seg[0]
+    a = d.match_colors_frames(seg, ref, 0.8, method=method)
+    b = d.match_colors_frames(seg, ref, 0.8, method=method, device="cpu")
+    diff = np.abs(a.astype(int) - b)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
