@@ -1,0 +1,248 @@
+"""The open storyboard: edits with undo/redo, saving, and noticing changes on disk.
+
+Storyboards are frozen dataclasses, so an undo step is simply the previous value;
+no diffing, no command objects. Saving goes through :func:`pipeline.storyboard.save`,
+which merge-writes with tomlkit so comments and key order survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.storyboard import (
+    Segment,
+    Storyboard,
+    StoryboardError,
+    atomic_write,
+    new_segment_id,
+    parse,
+    render_toml,
+    save,
+)
+
+UNDO_LIMIT = 500
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class DiskState:
+    """What the file on disk looked like when we last read or wrote it."""
+
+    mtime_ns: int
+    size: int
+    digest: str
+
+
+def _disk_state(path: Path) -> DiskState | None:
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return DiskState(st.st_mtime_ns, st.st_size, _digest(data))
+
+
+class Document:
+    """One storyboard file being edited."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).resolve()
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise StoryboardError(self.path, "file not found") from None
+        except UnicodeDecodeError as exc:
+            raise StoryboardError(self.path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        self.storyboard: Storyboard = parse(text, self.path)  # raises StoryboardError for a broken file
+        self._good_text = text  # last text known to parse: the merge base if the disk copy breaks
+        self.saved: Storyboard = self.storyboard
+        self.disk = _disk_state(self.path)
+        self._undo: list[tuple[Storyboard, str]] = []
+        self._redo: list[tuple[Storyboard, str]] = []
+        self._last_key = ""
+
+    # ------------------------------------------------------------------ editing
+    @property
+    def dirty(self) -> bool:
+        return self.storyboard != self.saved
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def apply(self, new: Storyboard, label: str, *, coalesce: str = "") -> bool:
+        """Make ``new`` current. Consecutive edits with the same ``coalesce`` key (typing
+        in one field) become one undo step, as in a text editor. Returns False if nothing
+        changed."""
+        if new == self.storyboard:
+            return False
+        if not (coalesce and coalesce == self._last_key and self._undo):
+            self._undo.append((self.storyboard, label))
+            del self._undo[:-UNDO_LIMIT]
+        self._redo.clear()
+        self._last_key = coalesce
+        self.storyboard = new
+        return True
+
+    def break_coalescing(self) -> None:
+        """The next edit starts a new undo step (focus moved, another field, ...)."""
+        self._last_key = ""
+
+    def undo(self) -> str | None:
+        if not self._undo:
+            return None
+        previous, label = self._undo.pop()
+        self._redo.append((self.storyboard, label))
+        self.storyboard = previous
+        self._last_key = ""
+        return label
+
+    def redo(self) -> str | None:
+        if not self._redo:
+            return None
+        following, label = self._redo.pop()
+        self._undo.append((self.storyboard, label))
+        self.storyboard = following
+        self._last_key = ""
+        return label
+
+    def edit_segment(self, segment_id: str, *, coalesce: str = "", **changes: Any) -> bool:
+        segs = tuple(replace(s, **changes) if s.id == segment_id else s for s in self.storyboard.segments)
+        label = f"edit {', '.join(changes)} of {segment_id}"
+        return self.apply(replace(self.storyboard, segments=segs), label, coalesce=coalesce)
+
+    def add_segment(self, after: str | None) -> str:
+        """A new shot after ``after`` (or at the end); returns its id."""
+        sb = self.storyboard
+        new = Segment(id=new_segment_id(sb), prompt="Describe the new shot here.",
+                      frames=sb.segments[-1].frames if sb.segments else None)
+        segs = list(sb.segments)
+        at = sb.index(after) + 1 if after else len(segs)
+        segs.insert(at, new)
+        self.apply(replace(sb, segments=tuple(segs)), f"add {new.id}")
+        return new.id
+
+    def duplicate_segment(self, segment_id: str) -> str:
+        sb = self.storyboard
+        src = sb.segment(segment_id)
+        base = segment_id if len(segment_id) < 58 else segment_id[:58]
+        new_id = new_segment_id(sb, base=base)
+        segs = list(sb.segments)
+        segs.insert(sb.index(segment_id) + 1, replace(src, id=new_id))
+        self.apply(replace(sb, segments=tuple(segs)), f"duplicate {segment_id}")
+        return new_id
+
+    def delete_segment(self, segment_id: str) -> str | None:
+        """Delete; returns the id to select next, or None if refused (last shot)."""
+        sb = self.storyboard
+        if len(sb.segments) <= 1:
+            return None
+        i = sb.index(segment_id)
+        segs = [s for s in sb.segments if s.id != segment_id]
+        self.apply(replace(sb, segments=tuple(segs)), f"delete {segment_id}")
+        return segs[min(i, len(segs) - 1)].id
+
+    def move_segment(self, segment_id: str, delta: int) -> bool:
+        sb = self.storyboard
+        i = sb.index(segment_id)
+        j = i + delta
+        if not 0 <= j < len(sb.segments):
+            return False
+        segs = list(sb.segments)
+        segs[i], segs[j] = segs[j], segs[i]
+        return self.apply(replace(sb, segments=tuple(segs)), f"move {segment_id}")
+
+    def randomise_seed(self, segment_id: str, rng: random.Random | None = None) -> int:
+        seed = (rng or random.SystemRandom()).randrange(0, 2**31 - 1)
+        self.edit_segment(segment_id, seed=seed)
+        return seed
+
+    # ------------------------------------------------------------------ disk
+    def disk_changed(self) -> bool:
+        """True when someone else changed the file since we last read or wrote it.
+
+        stat first (cheap, every poll); hash only when mtime or size moved, so a touch
+        without a content change is not reported.
+        """
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return self.disk is not None
+        if self.disk and (st.st_mtime_ns, st.st_size) == (self.disk.mtime_ns, self.disk.size):
+            return False
+        now = _disk_state(self.path)
+        if now and self.disk and now.digest == self.disk.digest:
+            self.disk = now  # touched, same bytes
+            return False
+        return True
+
+    def read_disk(self) -> Storyboard:
+        """Parse the file as it is on disk now (raises StoryboardError)."""
+        return parse(self.path.read_text(encoding="utf-8"), self.path)
+
+    def reload(self) -> None:
+        """Take the disk version; our unsaved edits become an undo step, not lost."""
+        text = self.path.read_text(encoding="utf-8")
+        fresh = parse(text, self.path)
+        disk = _disk_state(self.path)
+        self._good_text = text
+        if fresh != self.storyboard:
+            self.apply(fresh, "reload from disk")
+        self.saved = fresh
+        self.disk = disk
+
+    def keep_mine(self) -> None:
+        """Accept that the disk differs; the next save merges our version into it."""
+        self.disk = _disk_state(self.path)
+        # What is on disk is no longer what we saved: mark dirty so the user sees it.
+        try:
+            self.saved = self.read_disk()
+        except StoryboardError:
+            self.saved = replace(self.saved, segments=())
+
+    def save(self, *, over_broken: bool = False) -> None:
+        """Merge-write atomically. Raises StoryboardError if the disk copy is broken or
+        our version does not validate; the caller must check :meth:`disk_changed` first.
+
+        ``over_broken``: the user chose to keep their version over a disk copy that no
+        longer parses; merge into the last text that did, so its comments survive.
+        """
+        if over_broken:
+            text = render_toml(self.storyboard, self._good_text)
+            parse(text, self.path)
+            atomic_write(self.path, text)
+        else:
+            text = save(self.storyboard, self.path)
+        self._good_text = text
+        self.saved = self.storyboard
+        self.disk = _disk_state(self.path)
+        self.break_coalescing()
+
+    def adopt_external(self, fresh: Storyboard) -> None:
+        """Take a disk change that does not conflict with us (e.g. the worker wrote an
+        enhanced prompt while we had no unsaved edits): no undo step, not dirty."""
+        self.storyboard = self.saved = fresh
+        self.disk = _disk_state(self.path)
+        self._good_text = self.path.read_text(encoding="utf-8")
+
+
+def only_enhanced_prompts_differ(a: Storyboard, b: Storyboard) -> bool:
+    """True if ``b`` is ``a`` with some enhanced prompts rewritten (what the worker does)."""
+    if a.project != b.project or [s.id for s in a.segments] != [s.id for s in b.segments]:
+        return False
+    return all(replace(x, enhanced_prompt="") == replace(y, enhanced_prompt="")
+               for x, y in zip(a.segments, b.segments, strict=True))
+
+
+__all__ = ["Document", "DiskState", "only_enhanced_prompts_differ", "UNDO_LIMIT"]

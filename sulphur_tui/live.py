@@ -1,0 +1,296 @@
+"""What the worker is doing, folded from protocol events.
+
+A plain reducer with no Textual in it: the app feeds it every event (live from the
+worker or replayed from a recorded JSONL) and redraws the parts :meth:`LiveState.apply`
+says changed. Time comes from the events' own ``ts`` where it matters, so a replay
+draws the same timers every time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from pipeline.protocol import (
+    STAGES,
+    DriftReport,
+    ErrorEvent,
+    Event,
+    FlickerReport,
+    JobCancelled,
+    JobFinished,
+    JobQueued,
+    JobStarted,
+    Log,
+    PlanFallback,
+    Preview,
+    PromptEnhanced,
+    SegmentDone,
+    StageCached,
+    StageFinished,
+    StageStarted,
+    StatusSnapshot,
+    StepProgress,
+    VramSample,
+)
+
+# Share of a segment's render time per stage, for the "rendering 42%" glyph. Rough
+# on purpose: it only has to move monotonically and end at 100%.
+STAGE_WEIGHT = {"enhance": 0.05, "draft": 0.45, "refine": 0.25, "upscale": 0.15, "encode": 0.10}
+
+
+@dataclass
+class StageTimer:
+    stage: str
+    state: str = "pending"  # pending | running | done | cached | failed
+    started: float = 0.0
+    seconds: float = 0.0
+    step: int = 0
+    total: int = 0
+    plan: str = ""
+    peak_allocated: int = 0
+
+
+@dataclass
+class SegmentLive:
+    state: str = ""  # "" | queued | rendering | done | failed
+    stage: str = ""
+    progress: float = 0.0  # 0..1
+    error: str = ""
+    finished_at: float | None = None
+    stages_done: set[str] = field(default_factory=set)
+
+
+@dataclass
+class JobLive:
+    job_id: str
+    segments: list[str]
+    state: str = "queued"  # queued | running | done | failed | cancelled
+    started: float = 0.0
+
+
+class LiveState:
+    """Everything the live panel draws."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobLive] = {}
+        self.segments: dict[str, SegmentLive] = {}
+        self.timers: dict[str, StageTimer] = {s: StageTimer(s) for s in STAGES}
+        self.timer_segment = ""
+        self.flicker: dict[str, FlickerReport] = {}
+        self.drift: dict[str, DriftReport] = {}
+        self.worker_gpus: dict[int, VramSample] = {}
+        self.preview: Preview | None = None
+        self.history: dict[str, list[float]] = {s: [] for s in STAGES}  # seconds per finished run
+        self.log: deque[str] = deque(maxlen=200)
+        self.enhanced: list[PromptEnhanced] = []
+        self.last_ts = 0.0
+        self.worker_pid = 0
+
+    # ------------------------------------------------------------------ folding
+    def seg(self, segment_id: str) -> SegmentLive:
+        return self.segments.setdefault(segment_id, SegmentLive())
+
+    def apply(self, ev: Event) -> set[str]:
+        """Fold one event in; returns the areas to redraw."""
+        self.last_ts = max(self.last_ts, ev.ts)
+        match ev:
+            case StatusSnapshot():
+                return self._snapshot(ev)
+            case JobQueued() | JobStarted():
+                job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
+                job.segments = list(ev.segments) or job.segments
+                if isinstance(ev, JobStarted):
+                    job.state, job.started = "running", ev.ts
+                for sid in job.segments:
+                    s = self.seg(sid)
+                    if s.state not in ("rendering",):
+                        self.segments[sid] = SegmentLive(state="queued")
+                return {"segments", "jobs"}
+            case StageStarted() if not ev.segment:
+                # A job-level stage (assembling the film): a timer row, no shot.
+                self.timers[ev.stage] = StageTimer(ev.stage, "running", ev.ts, total=ev.total_steps, plan=ev.plan)
+                return {"timers"}
+            case StageFinished() if not ev.segment:
+                t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
+                t.state, t.seconds = "done", ev.seconds
+                return {"timers"}
+            case StageStarted():
+                if ev.segment != self.timer_segment:
+                    self.timer_segment = ev.segment
+                    self.timers = {s: StageTimer(s) for s in STAGES}
+                t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
+                t.state, t.started, t.total, t.step, t.plan = "running", ev.ts, ev.total_steps, 0, ev.plan
+                s = self.seg(ev.segment)
+                s.state, s.stage, s.error = "rendering", ev.stage, ""
+                self._progress(ev.segment)
+                job = self.jobs.get(ev.job_id)
+                if job and job.state == "queued":
+                    job.state, job.started = "running", ev.ts
+                return {"segments", "timers", "jobs"}
+            case StepProgress():
+                if ev.segment == self.timer_segment and ev.stage in self.timers:
+                    t = self.timers[ev.stage]
+                    t.step, t.total = ev.step, ev.total
+                    if t.state == "pending":
+                        t.state, t.started = "running", ev.ts
+                s = self.seg(ev.segment)
+                s.state, s.stage = "rendering", ev.stage
+                self._progress(ev.segment, ev.step / ev.total if ev.total else 0.0)
+                return {"segments", "timers"}
+            case StageFinished() | StageCached():
+                cached = isinstance(ev, StageCached)
+                if ev.segment == self.timer_segment and ev.stage in self.timers:
+                    t = self.timers[ev.stage]
+                    t.state = "cached" if cached else "done"
+                    if not cached:
+                        t.seconds, t.plan, t.peak_allocated = ev.seconds, ev.plan or t.plan, ev.peak_allocated
+                        t.step = t.total = max(t.total, t.step)
+                if not cached:
+                    self.history.setdefault(ev.stage, []).append(ev.seconds)
+                s = self.seg(ev.segment)
+                s.stages_done.add(ev.stage)
+                self._progress(ev.segment)
+                return {"segments", "timers"}
+            case PlanFallback():
+                self.log.append(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}, "
+                                f"retrying with {ev.next_plan}")
+                if ev.stage in self.timers:
+                    self.timers[ev.stage].plan = ev.next_plan
+                return {"timers", "log"}
+            case Preview():
+                self.preview = ev
+                return {"preview"}
+            case FlickerReport():
+                self.flicker[ev.segment] = ev
+                return {"flicker"}
+            case DriftReport():
+                self.drift[ev.segment] = ev
+                return {"flicker"}
+            case VramSample():
+                self.worker_gpus[ev.gpu] = ev
+                return {"vram"}
+            case SegmentDone():
+                s = self.seg(ev.segment)
+                s.state, s.progress, s.finished_at, s.stage = "done", 1.0, ev.ts, ""
+                return {"segments", "disk"}
+            case PromptEnhanced():
+                self.enhanced.append(ev)
+                return {"enhanced"}
+            case JobFinished():
+                self._end_job(ev.job_id, "done")
+                return {"segments", "jobs", "timers", "disk"}
+            case JobCancelled():
+                self._end_job(ev.job_id, "cancelled")
+                self.log.append("render cancelled")
+                return {"segments", "jobs", "timers", "log"}
+            case ErrorEvent():
+                if ev.segment:
+                    s = self.seg(ev.segment)
+                    s.state, s.error = "failed", f"{ev.kind}: {ev.message}"
+                if ev.stage in self.timers and ev.segment == self.timer_segment:
+                    self.timers[ev.stage].state = "failed"
+                self.log.append(f"error {ev.segment}/{ev.stage}: {ev.message}".replace("/:", ":"))
+                self._end_job(ev.job_id, "failed")
+                return {"segments", "jobs", "timers", "log"}
+            case Log():
+                self.log.append(ev.message)
+                return {"log"}
+        return set()
+
+    def _snapshot(self, ev: StatusSnapshot) -> set[str]:
+        self.worker_pid = ev.pid
+        for info in ev.jobs:
+            job = self.jobs.setdefault(info.job_id, JobLive(info.job_id, list(info.segments)))
+            job.state = info.state
+            if info.state in ("queued", "running"):
+                for sid in info.segments:
+                    if self.seg(sid).state not in ("rendering", "done"):
+                        self.segments[sid] = SegmentLive(state="queued")
+            if info.state == "running" and info.segment:
+                s = self.seg(info.segment)
+                s.state, s.stage = "rendering", info.stage
+                self._progress(info.segment, info.step / info.total if info.total else 0.0)
+        return {"segments", "jobs"}
+
+    def _end_job(self, job_id: str, state: str) -> None:
+        job = self.jobs.get(job_id)
+        segs = job.segments if job else [k for k, v in self.segments.items() if v.state in ("queued", "rendering")]
+        if job:
+            job.state = state
+        for sid in segs:
+            s = self.seg(sid)
+            if s.state in ("queued", "rendering"):
+                s.state = "" if state != "failed" or s.state == "queued" else "failed"
+        for t in self.timers.values():
+            if t.state == "running":
+                t.state = "failed" if state == "failed" else "pending"
+
+    def _progress(self, segment_id: str, fraction: float = 0.0) -> None:
+        s = self.seg(segment_id)
+        done = sum(STAGE_WEIGHT.get(x, 0.0) for x in s.stages_done)
+        current = STAGE_WEIGHT.get(s.stage, 0.0) * fraction if s.stage not in s.stages_done else 0.0
+        s.progress = min(1.0, max(s.progress if s.state == "rendering" else 0.0, done + current))
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def running(self) -> bool:
+        return any(j.state in ("queued", "running") for j in self.jobs.values())
+
+    def active_job(self) -> JobLive | None:
+        for j in self.jobs.values():
+            if j.state == "running":
+                return j
+        for j in self.jobs.values():
+            if j.state == "queued":
+                return j
+        return None
+
+    def mean_seconds(self, stage: str) -> float | None:
+        h = self.history.get(stage) or []
+        return sum(h) / len(h) if h else None
+
+    def elapsed(self, t: StageTimer, now: float) -> float:
+        if t.state == "running":
+            return max(0.0, now - t.started)
+        return t.seconds
+
+    def eta(self, t: StageTimer, now: float) -> float | None:
+        """Seconds left in a stage: the current step rate once steps arrive, else the
+        mean of previous runs of the same stage."""
+        if t.state in ("done", "cached", "failed"):
+            return 0.0 if t.state != "failed" else None
+        elapsed = self.elapsed(t, now)
+        if t.state == "running" and t.step > 0 and t.total:
+            return elapsed / t.step * (t.total - t.step)
+        mean = self.mean_seconds(t.stage)
+        return None if mean is None else max(0.0, mean - elapsed)
+
+    def queue_eta(self, now: float) -> float | None:
+        """Seconds until every queued job is done, from previous stage times."""
+        per_segment = [self.mean_seconds(s) for s in STAGES]
+        if any(m is None for m in per_segment):
+            return None
+        seg_total = sum(m for m in per_segment if m is not None)
+        left = 0.0
+        for job in self.jobs.values():
+            if job.state not in ("queued", "running"):
+                continue
+            for sid in job.segments:
+                s = self.segments.get(sid)
+                if s and s.state == "rendering":
+                    left += sum((self.eta(self.timers[st], now) or 0.0) if st == s.stage else
+                                (0.0 if st in s.stages_done else (self.mean_seconds(st) or 0.0))
+                                for st in STAGES)
+                elif s is None or s.state == "queued":
+                    left += seg_total
+        return left
+
+
+def finite_psnr(values: list[float], cap: float = 60.0) -> list[float]:
+    """PSNR for drawing: identical frames are +inf; cap them so the sparkline keeps scale."""
+    return [cap if (math.isinf(v) or math.isnan(v) or v > cap) else v for v in values]
+
+
+__all__ = ["LiveState", "StageTimer", "SegmentLive", "JobLive", "STAGE_WEIGHT", "finite_psnr"]

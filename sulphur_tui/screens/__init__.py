@@ -1,0 +1,7 @@
+"""Screens: the editor's modals and the broken-file view."""
+
+from sulphur_tui.screens.broken import BrokenFileScreen
+from sulphur_tui.screens.dialogs import ConfirmQuit, DiskChangedDialog, FilePicker
+from sulphur_tui.screens.help import HelpScreen
+
+__all__ = ["BrokenFileScreen", "ConfirmQuit", "DiskChangedDialog", "FilePicker", "HelpScreen"]

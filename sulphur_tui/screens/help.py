@@ -1,0 +1,55 @@
+"""F1: what the screen shows and every key, read from the live bindings."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+ABOUT = """\
+# Sulphur editor
+
+**Left:** the shots of the storyboard and the editor of the selected one.
+**Right:** GPU memory (NVML used/total, the storyboard's `vram_budget_gb` marked `│`,
+the worker's torch allocated/reserved), the stage timers of the running shot, a flicker
+sparkline per rendered shot (PSNR-Y of every frame transition; red bars are the worst;
+*seam* is the PSNR across the cut from the previous shot) and the latest frame.
+
+**Status:** `● rendered` · `◐ stale` (it or a shot it continues from changed since its
+render) · `◷ queued` · `▶ 42%` rendering · `✖ failed` · `○ new`.
+
+Saving merges your edits into the file: comments and key order stay. If another program
+changes the file you are asked before anything is overwritten. Renders run in a
+background worker; quitting the editor does not stop them.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll { width: 90; height: 90%; border: thick $primary; background: $panel; }
+    """
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close help", id="help.close")]
+
+    def compose(self) -> ComposeResult:
+        lines = [ABOUT, "## Keys", "", "| key | action |", "|---|---|"]
+        seen = set()
+        for binding in self._bindings_to_list():
+            if binding.description and (binding.key, binding.description) not in seen:
+                seen.add((binding.key, binding.description))
+                key = self.app.get_key_display(binding)
+                lines.append(f"| `{key}` | {binding.description} |")
+        lines += ["", "`ctrl+p` opens the command palette: every action is there by name."]
+        with VerticalScroll():
+            yield Markdown("\n".join(lines))
+
+    def _bindings_to_list(self) -> list[Binding]:
+        from sulphur_tui.widgets.segments import SegmentList
+
+        out: list[Binding] = []
+        for b in list(self.app.BINDINGS) + list(SegmentList.BINDINGS):
+            if isinstance(b, Binding):
+                out.append(b)
+        return out

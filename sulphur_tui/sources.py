@@ -1,0 +1,112 @@
+"""Where events come from: the project's render worker, or a recorded JSONL replay.
+
+Both run off the UI thread and hand events to a callback (the app posts them as
+messages), so the UI code cannot tell a replay from a live render — which is what
+makes the "rendering" snapshot test and the latency benchmark honest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from pipeline.protocol import Event, ProtocolError, decode_event, encode
+
+RETRY_S = 2.0
+
+
+def read_events(path: Path) -> list[Event]:
+    """Every event of a JSONL file written by ``sulphur render --json`` (other lines,
+    such as human progress output mixed into a capture, are skipped)."""
+    out = []
+    for line in Path(path).read_bytes().splitlines():
+        if not line.strip().startswith(b"{"):
+            continue
+        try:
+            out.append(decode_event(line))
+        except ProtocolError:
+            continue
+    return out
+
+
+def write_events(events: Iterable[Event], path: Path) -> None:
+    with open(path, "wb") as fh:
+        for ev in events:
+            fh.write(encode(ev))
+
+
+def paced(events: list[Event], speed: float, stop: threading.Event) -> Iterator[Event]:
+    """Yield events with their recorded spacing divided by ``speed`` (0: no waiting)."""
+    if not events:
+        return
+    t0, start = events[0].ts, time.monotonic()
+    for ev in events:
+        if speed > 0:
+            delay = (ev.ts - t0) / speed - (time.monotonic() - start)
+            if delay > 0 and stop.wait(delay):
+                return
+        if stop.is_set():
+            return
+        yield ev
+
+
+def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Callable[[bool, str], None],
+                  stop: threading.Event) -> None:
+    """Attach to the project's worker and forward its events until ``stop``; when no
+    worker runs, try again every few seconds (a render started later attaches itself).
+
+    Runs in a thread. Never starts a worker: only a render request does that.
+    """
+    try:
+        from pipeline.client import WorkerClient
+    except ImportError as exc:  # the client module is not there (partial install)
+        status(False, f"render worker unavailable: {exc}")
+        return
+    announced = ""
+    while not stop.is_set():
+        client = None
+        try:
+            client = WorkerClient.connect(project_dir, start=False, timeout=5.0)
+            status(True, "worker attached")
+            announced = ""
+            _clients.setdefault(id(stop), []).append(client)
+            for ev in client.events():
+                if stop.is_set():
+                    break
+                emit(ev)
+            if not stop.is_set():
+                status(False, "worker stopped")
+        except Exception as exc:  # noqa: BLE001 - any failure means "not attached"; say why, retry
+            quiet = isinstance(exc, (FileNotFoundError, ConnectionError, TimeoutError)) or \
+                type(exc).__name__ == "WorkerNotRunning"
+            detail = "no render worker running (F5 starts one)" if quiet else f"worker: {exc}"
+            if detail != announced:
+                status(False, detail)
+                announced = detail
+        finally:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            _clients.pop(id(stop), None)
+        stop.wait(RETRY_S)
+
+
+# Clients currently blocked in events(), by the stop event of their thread, so the app
+# can close them from the UI thread at exit (closing the socket unblocks the read).
+_clients: dict[int, list] = {}
+
+
+def close_followers(stop: threading.Event) -> None:
+    stop.set()
+    for client in _clients.pop(id(stop), []):
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+__all__ = ["read_events", "write_events", "paced", "follow_worker", "close_followers"]

@@ -1,0 +1,112 @@
+"""Which segments are rendered, and which renders are stale.
+
+A segment is *rendered* when ``renders/<stem>/segments/<id>.mp4`` exists. It is
+*stale* when what would be rendered now differs from what was rendered: its own
+parameters or those of any segment it chains from (a shot anchored on the previous
+shot changes when that shot changes).
+
+What was rendered comes from ``renders/<stem>/manifest.json`` when the runner writes
+one (``{"segments": {"<id>": {"digest": "<segment_digest>"}}}``); otherwise from the
+digests the TUI saw when it opened the file or when a render finished. All of that
+logic is :func:`disk_states` plus :func:`segment_digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.storyboard import Project, Segment, Storyboard
+
+# Project fields that do not change the pixels of a segment.
+_PROJECT_IGNORED = {"title", "vram_budget_gb", "ram_budget_gb"}
+
+
+def _segment_fields(seg: Segment) -> dict:
+    d = asdict(seg)
+    d.pop("id")
+    # An unlocked enhanced prompt is the enhancer's output, derived from the prompt:
+    # the worker rewriting it must not make the render look stale.
+    if not seg.enhance_lock:
+        d.pop("enhanced_prompt")
+    d.pop("enhance_lock")
+    return d
+
+
+def _project_fields(project: Project) -> dict:
+    return {k: v for k, v in asdict(project).items() if k not in _PROJECT_IGNORED}
+
+
+def segment_digest(storyboard: Storyboard, segment_id: str) -> str:
+    """Digest of everything that decides a segment's pixels, its upstream chain included."""
+    i = storyboard.index(segment_id)
+    parts = [json.dumps(_project_fields(storyboard.project), sort_keys=True, default=str)]
+    # Walk back while each shot continues from the one before it.
+    j = i
+    while j >= 0:
+        seg = storyboard.segments[j]
+        parts.append(json.dumps({"pos": j, **_segment_fields(seg)}, sort_keys=True, default=str))
+        if seg.anchor.kind != "previous" or j == 0:
+            break
+        j -= 1
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DiskRender:
+    """What the render folder says about one segment."""
+
+    rendered: bool
+    stale: bool = False
+    mtime: float | None = None  # when its mp4 was written
+
+
+def read_manifest(storyboard: Storyboard) -> dict[str, str]:
+    """Per-segment digests from the runner's manifest, if it writes one."""
+    path = storyboard.render_dir() / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        segs = data.get("segments", {})
+        return {k: str(v.get("digest", "")) for k, v in segs.items() if isinstance(v, dict)}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def disk_states(storyboard: Storyboard, baseline: dict[str, str]) -> dict[str, DiskRender]:
+    """Rendered/stale state of every segment.
+
+    ``baseline`` maps segment id → the digest it had when rendered, as the TUI knows
+    it; a manifest digest wins over it. A segment with an mp4 and no known digest is
+    taken as rendered (we cannot tell, and crying "stale" for every old render would
+    teach users to ignore the glyph).
+    """
+    seg_dir = storyboard.render_dir() / "segments"
+    manifest = read_manifest(storyboard)
+    out: dict[str, DiskRender] = {}
+    for seg in storyboard.segments:
+        mp4 = seg_dir / f"{seg.id}.mp4"
+        try:
+            mtime = mp4.stat().st_mtime
+        except OSError:
+            out[seg.id] = DiskRender(rendered=False)
+            continue
+        known = manifest.get(seg.id) or baseline.get(seg.id)
+        stale = bool(known) and known != segment_digest(storyboard, seg.id)
+        out[seg.id] = DiskRender(rendered=True, stale=stale, mtime=mtime)
+    return out
+
+
+def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
+    """The segment's mp4 or the film; the render folder if neither exists yet."""
+    rd = storyboard.render_dir()
+    candidates = [rd / "segments" / f"{segment_id}.mp4"] if segment_id else []
+    candidates += [rd / "final.mp4", rd]
+    for c in candidates:
+        if c.exists():
+            return c
+    return rd
+
+
+__all__ = ["segment_digest", "disk_states", "DiskRender", "read_manifest", "output_path"]

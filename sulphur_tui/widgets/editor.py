@@ -1,0 +1,289 @@
+"""The shot editor: every field of one ``[[segment]]``.
+
+The editor never changes the document itself: it posts :class:`SegmentEditor.Edited`
+with the changed fields and the app applies them (so undo, the palette and the dirty
+marker all go through one place). Loading a shot into the fields is done with
+messages prevented, so showing a shot is never mistaken for editing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
+
+from pipeline.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard
+
+ANCHOR_KINDS = [("previous shot", "previous"), ("image file", "image"), ("video (last frame)", "video"),
+                ("none (text only)", "none")]
+INHERIT = "inherit"
+
+
+def _int(text: str, lo: int, hi: int) -> int | None:
+    value = int(text)
+    if not lo <= value <= hi:
+        raise ValueError(f"between {lo} and {hi}")
+    return value
+
+
+def _float(text: str, lo: float, hi: float) -> float:
+    value = float(text)
+    if not lo < value <= hi:
+        raise ValueError(f"in ({lo}, {hi}]")
+    return value
+
+
+class SegmentEditor(VerticalScroll):
+    """Fields of the selected shot."""
+
+    DEFAULT_CSS = """
+    SegmentEditor { padding: 0 1; }
+    SegmentEditor .field-label { color: $text-muted; margin-top: 1; }
+    SegmentEditor #seg-title { text-style: bold; color: $accent; }
+    SegmentEditor #prompt { height: 6; }
+    SegmentEditor #enhanced { height: 5; }
+    SegmentEditor #enhanced.-locked { border: tall $warning; }
+    SegmentEditor .row { height: 1; margin-top: 1; }
+    SegmentEditor .row > Label { width: auto; color: $text-muted; padding: 0 1 0 0; }
+    SegmentEditor .row > Input { width: 1fr; margin-right: 2; }
+    SegmentEditor .row > Select { width: 1fr; margin-right: 2; }
+    SegmentEditor .row > Button { width: auto; margin-right: 2; }
+    SegmentEditor .row > Checkbox { width: auto; margin-right: 2; }
+    SegmentEditor #seed { width: 11; }
+    SegmentEditor #frames, SegmentEditor #seconds, SegmentEditor #steps, SegmentEditor #lora { width: 8; }
+    SegmentEditor #anchor-kind { width: 22; }
+    SegmentEditor #drift { width: 28; }
+    SegmentEditor Input.-bad { background: $error 30%; }
+    SegmentEditor #field-error { color: $error; height: auto; margin-top: 1; }
+    """
+
+    @dataclass
+    class Edited(Message):
+        """The user changed fields of a shot; ``coalesce`` groups keystrokes for undo."""
+
+        editor: SegmentEditor
+        segment_id: str
+        changes: dict[str, Any] = field(default_factory=dict)
+        coalesce: str = ""
+
+        @property
+        def control(self) -> SegmentEditor:
+            return self.editor
+
+    @dataclass
+    class BrowseAnchor(Message):
+        """The user wants a file picker for the anchor of ``kind`` (image/video)."""
+
+        editor: SegmentEditor
+        segment_id: str
+        kind: str
+
+        @property
+        def control(self) -> SegmentEditor:
+            return self.editor
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.segment_id: str | None = None
+        self.segment: Segment | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("", id="seg-title")
+        yield Label("Prompt", classes="field-label")
+        yield TextArea("", id="prompt", soft_wrap=True, show_line_numbers=False, tab_behavior="focus")
+        with Horizontal(classes="row"):
+            yield Label("Enhanced prompt")
+            yield Checkbox("locked", False, id="enhance-lock", compact=True,
+                           tooltip="Keep this enhanced prompt as written; never re-enhance")
+            yield Button("Re-enhance", id="re-enhance", compact=True,
+                         tooltip="Clear it: the next render writes a new one")
+        yield TextArea("", id="enhanced", soft_wrap=True, read_only=True, tab_behavior="focus")
+        with Horizontal(classes="row"):
+            yield Label("seed")
+            yield Input(placeholder="project", id="seed", type="integer", compact=True)
+            yield Button("Random", id="randomise", compact=True, tooltip="A new random seed for this shot")
+            yield Label("frames")
+            yield Input(placeholder="–", id="frames", type="integer", compact=True)
+            yield Label("or secs")
+            yield Input(placeholder="–", id="seconds", type="number", compact=True)
+        with Horizontal(classes="row"):
+            yield Label("first frame")
+            yield Select(ANCHOR_KINDS, id="anchor-kind", allow_blank=False, value="previous", compact=True)
+            yield Input(placeholder="file, relative to the storyboard", id="anchor-path", compact=True)
+            yield Button("Browse…", id="browse", compact=True)
+        with Horizontal(classes="row"):
+            yield Label("steps")
+            yield Input(placeholder="project", id="steps", type="integer", compact=True)
+            yield Label("LoRA")
+            yield Input(placeholder="project", id="lora", type="number", compact=True)
+            yield Select([("drift guard: project's", INHERIT)] + [(f"drift guard: {g}", g) for g in DRIFT_GUARDS],
+                         id="drift", allow_blank=False, value=INHERIT, compact=True)
+        yield Label("", id="field-error")
+
+    # ------------------------------------------------------------------ loading
+    def load(self, sb: Storyboard, segment_id: str) -> None:
+        """Show a shot; nothing posted."""
+        seg = sb.segment(segment_id)
+        self.segment_id, self.segment = segment_id, seg
+        i = sb.index(segment_id)
+        with self.prevent(TextArea.Changed, Input.Changed, Select.Changed, Checkbox.Changed):
+            self.query_one("#seg-title", Label).update(f"Shot {i + 1}/{len(sb.segments)} · {seg.id}")
+            self._set_text("#prompt", seg.prompt)
+            self._set_text("#enhanced", seg.enhanced_prompt)
+            enhanced = self.query_one("#enhanced", TextArea)
+            enhanced.read_only = not seg.enhance_lock
+            enhanced.set_class(seg.enhance_lock, "-locked")
+            self.query_one("#enhance-lock", Checkbox).value = seg.enhance_lock
+            self._set_input("#seed", seg.seed)
+            self._set_input("#frames", seg.frames)
+            self._set_input("#seconds", seg.seconds)
+            self.query_one("#anchor-kind", Select).value = seg.anchor.kind
+            self._set_input("#anchor-path", seg.anchor.path or None)
+            self.query_one("#anchor-path", Input).disabled = seg.anchor.kind not in ("image", "video")
+            self.query_one("#browse", Button).disabled = seg.anchor.kind not in ("image", "video")
+            self._set_input("#steps", seg.steps)
+            self._set_input("#lora", seg.lora_strength)
+            self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
+            for inp in self.query(Input):
+                inp.remove_class("-bad")
+            self.query_one("#field-error", Label).update("")
+
+    def _set_text(self, selector: str, text: str) -> None:
+        area = self.query_one(selector, TextArea)
+        if area.text != text:
+            area.load_text(text)
+
+    def _set_input(self, selector: str, value: object) -> None:
+        text = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+        inp = self.query_one(selector, Input)
+        if inp.value != text:
+            inp.value = text
+
+    # ------------------------------------------------------------------ editing
+    def _post(self, coalesce: str = "", **changes: Any) -> None:
+        if self.segment_id is None or self.segment is None:
+            return
+        changes = {k: v for k, v in changes.items() if getattr(self.segment, k) != v}
+        if changes:
+            from dataclasses import replace
+
+            self.segment = replace(self.segment, **changes)
+            self.post_message(self.Edited(self, self.segment_id, changes, coalesce))
+
+    @on(TextArea.Changed, "#prompt")
+    def _prompt(self, event: TextArea.Changed) -> None:
+        self._post(coalesce=f"prompt:{self.segment_id}", prompt=event.text_area.text)
+
+    @on(TextArea.Changed, "#enhanced")
+    def _enhanced(self, event: TextArea.Changed) -> None:
+        if not event.text_area.read_only:
+            self._post(coalesce=f"enhanced:{self.segment_id}", enhanced_prompt=event.text_area.text)
+
+    @on(Checkbox.Changed, "#enhance-lock")
+    def _lock(self, event: Checkbox.Changed) -> None:
+        enhanced = self.query_one("#enhanced", TextArea)
+        enhanced.read_only = not event.value
+        enhanced.set_class(event.value, "-locked")
+        self._post(enhance_lock=event.value)
+
+    @on(Button.Pressed, "#re-enhance")
+    def _re_enhance(self) -> None:
+        with self.prevent(TextArea.Changed, Checkbox.Changed):
+            self._set_text("#enhanced", "")
+            self.query_one("#enhance-lock", Checkbox).value = False
+        self._post(enhanced_prompt="", enhance_lock=False)
+
+    @on(Button.Pressed, "#randomise")
+    def _randomise(self) -> None:
+        self.app.action_randomise_seed()  # type: ignore[attr-defined]
+
+    @on(Button.Pressed, "#browse")
+    def _browse(self) -> None:
+        if self.segment_id:
+            self.post_message(self.BrowseAnchor(self, self.segment_id, str(self.query_one("#anchor-kind",
+                                                                                            Select).value)))
+
+    @on(Input.Changed)
+    def _input(self, event: Input.Changed) -> None:
+        inp, text = event.input, event.value.strip()
+        key = inp.id or ""
+        error = ""
+        value: Any = None
+        try:
+            if key == "seed":
+                value = _int(text, 0, 2**63 - 1) if text else None
+            elif key == "frames":
+                value = _int(text, 1, 2000) if text else None
+            elif key == "seconds":
+                value = _float(text, 0, 120) if text else None
+            elif key == "steps":
+                value = _int(text, 1, 200) if text else None
+            elif key == "lora":
+                value = float(text) if text else None
+            elif key == "anchor-path":
+                value = text
+        except ValueError as exc:
+            error = f"{key}: {exc}" if "between" in str(exc) or "(" in str(exc) else f"{key}: not a number"
+        inp.set_class(bool(error), "-bad")
+        self.query_one("#field-error", Label).update(error)
+        if error:
+            return
+        coalesce = f"{key}:{self.segment_id}"
+        if key == "frames":
+            changes = {"frames": value}
+            if value is not None:
+                changes["seconds"] = None  # one or the other, never both
+                self._clear("#seconds")
+            self._post(coalesce=coalesce, **changes)
+        elif key == "seconds":
+            changes = {"seconds": value}
+            if value is not None:
+                changes["frames"] = None
+                self._clear("#frames")
+            self._post(coalesce=coalesce, **changes)
+        elif key == "seed":
+            self._post(coalesce=coalesce, seed=value)
+        elif key == "steps":
+            self._post(coalesce=coalesce, steps=value)
+        elif key == "lora":
+            self._post(coalesce=coalesce, lora_strength=value)
+        elif key == "anchor-path":
+            kind = str(self.query_one("#anchor-kind", Select).value)
+            if kind in ("image", "video") and value:
+                self._post(coalesce=coalesce, anchor=Anchor(kind, value))
+
+    def _clear(self, selector: str) -> None:
+        with self.prevent(Input.Changed):
+            self.query_one(selector, Input).value = ""
+
+    @on(Select.Changed, "#anchor-kind")
+    def _anchor_kind(self, event: Select.Changed) -> None:
+        kind = str(event.value)
+        path_input = self.query_one("#anchor-path", Input)
+        path_input.disabled = kind not in ("image", "video")
+        self.query_one("#browse", Button).disabled = path_input.disabled
+        if kind in ("previous", "none"):
+            self._post(anchor=Anchor(kind))
+        elif path_input.value.strip():
+            self._post(anchor=Anchor(kind, path_input.value.strip()))
+        else:
+            self.query_one("#field-error", Label).update(f"anchor: choose the {kind} file (Browse…)")
+
+    @on(Select.Changed, "#drift")
+    def _drift(self, event: Select.Changed) -> None:
+        value = str(event.value)
+        self._post(drift_guard=None if value == INHERIT else value)
+
+    def set_anchor_path(self, kind: str, path: str) -> None:
+        with self.prevent(Input.Changed, Select.Changed):
+            self.query_one("#anchor-kind", Select).value = kind
+            self._set_input("#anchor-path", path)
+            self.query_one("#anchor-path", Input).disabled = False
+            self.query_one("#browse", Button).disabled = False
+        self.query_one("#field-error", Label).update("")
+        self._post(anchor=Anchor(kind, path))

@@ -1,0 +1,156 @@
+"""The list of shots: id, first words of the prompt, length, render status."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual import on
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable
+
+from pipeline.storyboard import Storyboard
+from sulphur_tui.live import SegmentLive
+from sulphur_tui.status import DiskRender
+
+
+def first_words(text: str, limit: int = 28) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0]
+    return cut + "…"
+
+
+def ago(mtime: float | None, now: float | None = None) -> str:
+    if mtime is None:
+        return ""
+    d = max(0.0, (now or time.time()) - mtime)
+    if d < 60:
+        return "just now"
+    if d < 3600:
+        return f"{int(d // 60)} min ago"
+    if d < 86400:
+        return f"{int(d // 3600)} h ago"
+    return time.strftime("%d %b", time.localtime(mtime))
+
+
+def status_of(live: SegmentLive | None, disk: DiskRender | None) -> tuple[str, str]:
+    """(glyph text, component class) — live state wins over what is on disk."""
+    if live and live.state == "rendering":
+        return f"▶ {live.progress * 100:3.0f}%", "rendering"
+    if live and live.state == "queued":
+        return "◷ queued", "queued"
+    if live and live.state == "failed":
+        return "✖ failed", "failed"
+    if disk and disk.rendered:
+        return ("◐ stale", "stale") if disk.stale else ("● rendered", "rendered")
+    return "○ new", "new"
+
+
+_MOVE = Binding.Group("Move", compact=True)
+
+
+class SegmentList(DataTable):
+    """One row per shot. Edits are app actions, so the palette and keys share them."""
+
+    BINDINGS = [
+        Binding("a", "app.add_segment", "Add", id="segment.add"),
+        Binding("c", "app.duplicate_segment", "Copy", id="segment.duplicate"),
+        Binding("delete,x", "app.delete_segment", "Delete", id="segment.delete"),
+        Binding("shift+up,K", "app.move_segment(-1)", "Move up", id="segment.move_up", group=_MOVE,
+                key_display="⇧↑"),
+        Binding("shift+down,J", "app.move_segment(1)", "Move down", id="segment.move_down", group=_MOVE,
+                key_display="⇧↓"),
+        Binding("o", "app.open_output", "Open output", id="segment.open_output", show=False),
+    ]
+    COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {
+        "segment-list--rendered",
+        "segment-list--stale",
+        "segment-list--queued",
+        "segment-list--rendering",
+        "segment-list--failed",
+        "segment-list--new",
+        "segment-list--dim",
+    }
+    DEFAULT_CSS = """
+    SegmentList > .segment-list--rendered { color: $success; }
+    SegmentList > .segment-list--stale { color: $warning; }
+    SegmentList > .segment-list--queued { color: $secondary; }
+    SegmentList > .segment-list--rendering { color: $accent; text-style: bold; }
+    SegmentList > .segment-list--failed { color: $error; text-style: bold; }
+    SegmentList > .segment-list--new { color: $text-muted; }
+    SegmentList > .segment-list--dim { color: $text-muted; }
+    """
+
+    @dataclass
+    class Selected(Message):
+        """The highlighted shot changed (cursor, mouse or an edit that moved it)."""
+
+        segment_list: SegmentList
+        segment_id: str
+
+        @property
+        def control(self) -> SegmentList:
+            return self.segment_list
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
+        self.selected_id: str | None = None
+
+    def on_mount(self) -> None:
+        self.add_column("status", key="status", width=9)
+        self.add_column("id", key="id")
+        self.add_column("prompt", key="prompt")
+        self.add_column("length", key="length")
+        self.add_column("last render", key="rendered")
+
+    def show(self, sb: Storyboard, disk: dict[str, DiskRender], live: dict[str, SegmentLive],
+             select: str | None = None, now: float | None = None) -> None:
+        """Redraw every row (a storyboard has tens of shots, not thousands)."""
+        style = self.get_component_rich_style
+        want = select or self.selected_id
+        ids = [s.id for s in sb.segments]
+        rows = []
+        for seg in sb.segments:
+            glyph, cls = status_of(live.get(seg.id), disk.get(seg.id))
+            if seg.frames is not None:
+                length = f"{seg.frames} f"
+            elif seg.seconds is not None:
+                length = f"{seg.seconds:g} s"
+            else:
+                length = f"{seg.frame_count(sb.project.fps)} f"
+            length += f" {seg.frame_count(sb.project.fps) / sb.project.fps:.1f}s" if seg.seconds is None else ""
+            d = disk.get(seg.id)
+            rows.append((Text(glyph, style(f"segment-list--{cls}")), Text(seg.id, "bold"),
+                         first_words(seg.prompt), Text(length, style("segment-list--dim")),
+                         Text(ago(d.mtime if d else None, now), style("segment-list--dim"))))
+        current = [str(k.value) for k in self.rows]
+        if current == ids:
+            for sid, row in zip(ids, rows, strict=True):
+                for col, value in zip(("status", "id", "prompt", "length", "rendered"), row, strict=True):
+                    self.update_cell(sid, col, value)
+        else:
+            self.clear()
+            for sid, row in zip(ids, rows, strict=True):
+                self.add_row(*row, key=sid)
+        if want in ids:
+            index = ids.index(want)
+            if self.cursor_row != index:
+                self.move_cursor(row=index)
+        self.selected_id = ids[self.cursor_row] if ids and 0 <= self.cursor_row < len(ids) else None
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        sid = str(event.row_key.value)
+        self.selected_id = sid
+        self.post_message(self.Selected(self, sid))
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        # Enter on a row jumps to its prompt.
+        event.stop()
+        self.app.query_one("#prompt").focus()

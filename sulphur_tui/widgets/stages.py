@@ -1,0 +1,88 @@
+"""Stage timers of the running segment: elapsed, step i/n and ETA per stage."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import RenderResult
+from textual.widget import Widget
+
+from pipeline.protocol import STAGES
+from sulphur_tui.live import LiveState
+
+_GLYPH = {"pending": "·", "running": "▶", "done": "✔", "cached": "≡", "failed": "✖"}
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = max(0.0, s)
+    if s < 60:
+        return f"{s:.1f}s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+class StageTimers(Widget):
+    """Five rows, one per stage, for the segment the worker is on."""
+
+    COMPONENT_CLASSES = {
+        "stage-timers--pending",
+        "stage-timers--running",
+        "stage-timers--done",
+        "stage-timers--cached",
+        "stage-timers--failed",
+        "stage-timers--title",
+    }
+    DEFAULT_CSS = """
+    StageTimers { height: auto; min-height: 7; padding: 0 1; }
+    StageTimers > .stage-timers--pending { color: $text-muted; }
+    StageTimers > .stage-timers--running { color: $accent; text-style: bold; }
+    StageTimers > .stage-timers--done { color: $success; }
+    StageTimers > .stage-timers--cached { color: $secondary; }
+    StageTimers > .stage-timers--failed { color: $error; text-style: bold; }
+    StageTimers > .stage-timers--title { text-style: bold; }
+    """
+
+    def __init__(self, live: LiveState, clock: object, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.live = live
+        self.clock = clock  # () -> float: wall time live, event time in a replay
+
+    def render(self) -> RenderResult:
+        live, now = self.live, self.clock()  # type: ignore[operator]
+        style = self.get_component_rich_style
+        job = live.active_job()
+        title = Text("Stages", style("stage-timers--title"))
+        if live.timer_segment:
+            title.append(f" · shot {live.timer_segment}")
+        if job:
+            eta = live.queue_eta(now)
+            title.append(f" · job {job.job_id[:8] or '?'} {job.state}")
+            if eta is not None:
+                title.append(f" · done in ~{fmt_seconds(eta)}")
+        elif not live.timer_segment:
+            title.append(" · idle")
+        table = Table.grid(padding=(0, 1), expand=True)
+        for name, justify in (("stage", "left"), ("step", "right"), ("elapsed", "right"), ("eta", "right"),
+                              ("plan", "left")):
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for stage in list(STAGES) + [s for s in live.timers if s not in STAGES]:
+            t = live.timers.get(stage)
+            if t is None:
+                continue
+            st = style(f"stage-timers--{t.state}")
+            step = f"{t.step}/{t.total}" if t.total else ("" if t.state == "pending" else "–")
+            eta = live.eta(t, now) if t.state in ("running", "pending") else None
+            eta_text = f"ETA {fmt_seconds(eta)}" if eta is not None and t.state == "running" else (
+                f"~{fmt_seconds(eta)}" if eta is not None else "")
+            elapsed = fmt_seconds(live.elapsed(t, now)) if t.state in ("running", "done") else (
+                "cached" if t.state == "cached" else "")
+            table.add_row(Text(f"{_GLYPH.get(t.state, '?')} {stage}", st), step, elapsed, eta_text,
+                          Text(t.plan, "dim"))
+        return Group(title, table)
+

@@ -1,0 +1,38 @@
+"""Fixtures for the TUI tests: a copy of the example storyboard and its recorded render."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+RECORDING = DATA / "render-tiny.jsonl"  # `sulphur render --json` of story.toml with the tiny preset
+# A fixed "now" for anything that draws ages or timers, so snapshots are stable.
+FIXED_NOW = 1_795_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def no_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see no local GPU unless they ask: the screen must not depend on the machine."""
+    monkeypatch.setenv("SULPHUR_NO_NVML", "1")
+
+
+@pytest.fixture
+def story(tmp_path: Path) -> Path:
+    """story.toml (the example storyboard) in a fresh folder, with the recorded previews."""
+    shutil.copy(DATA / "story.toml", tmp_path / "story.toml")
+    previews = tmp_path / "renders" / "story" / "previews"
+    shutil.copytree(DATA / "previews", previews)
+    return tmp_path / "story.toml"
+
+
+def fake_render(story: Path, segment_id: str, mtime: float = FIXED_NOW - 300) -> Path:
+    """Put a segment's mp4 where the runner writes it (content irrelevant to the TUI)."""
+    mp4 = story.parent / "renders" / story.stem / "segments" / f"{segment_id}.mp4"
+    mp4.parent.mkdir(parents=True, exist_ok=True)
+    mp4.write_bytes(b"\x00")
+    os.utime(mp4, (mtime, mtime))
+    return mp4

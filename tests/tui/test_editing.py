@@ -1,0 +1,257 @@
+"""Pilot tests: a user edits a storyboard with the keyboard and saves it."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import pytest
+from textual.widgets import TextArea
+
+from pipeline.storyboard import load
+from sulphur_tui.app import SulphurApp, create_app
+from sulphur_tui.screens import ConfirmQuit, DiskChangedDialog
+from sulphur_tui.widgets.segments import SegmentList
+
+pytestmark = pytest.mark.asyncio
+SIZE = (120, 40)
+
+
+def make(story: Path, **kw: object) -> SulphurApp:
+    return create_app(story, connect_worker=False, image="none", **kw)
+
+
+def ids(app: SulphurApp) -> list[str]:
+    assert app.doc is not None
+    return [s.id for s in app.doc.storyboard.segments]
+
+
+def row_ids(app: SulphurApp) -> list[str]:
+    return [str(k.value) for k in app.query_one(SegmentList).rows]
+
+
+async def type_text(pilot, text: str) -> None:  # noqa: ANN001
+    await pilot.press(*["space" if c == " " else c for c in text])
+
+
+async def test_edit_prompt_undo_save_keeps_comments(story: Path) -> None:
+    original = story.read_text()
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down")  # beam
+        assert app.selected == "beam"
+        await pilot.press("enter")  # enter on a shot jumps to its prompt
+        prompt = app.query_one("#prompt", TextArea)
+        assert app.focused is prompt
+        prompt.cursor_blink = False
+        prompt.move_cursor(prompt.document.end)
+        await type_text(pilot, " at night")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("beam").prompt.endswith("sweeps over the sea at night")
+        assert "unsaved" in app.sub_title
+        # A second edit elsewhere, then undo it: only the prompt edit remains.
+        await pilot.press("f2", "down")  # storm
+        await pilot.press("ctrl+r")  # randomise storm's seed
+        assert app.doc.storyboard.segment("storm").seed is not None
+        await pilot.press("ctrl+z")
+        assert app.doc.storyboard.segment("storm").seed is None
+        assert app.doc.storyboard.segment("beam").prompt.endswith("at night")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert "unsaved" not in app.sub_title
+    saved = story.read_text()
+    changed = [line for line in difflib.unified_diff(original.splitlines(), saved.splitlines(), lineterm="", n=0)
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed == [
+        '-prompt = "The camera slowly pushes in as the lighthouse beam sweeps over the sea"',
+        '+prompt = "The camera slowly pushes in as the lighthouse beam sweeps over the sea at night"',
+    ]
+
+
+async def test_add_move_delete_undo_redo(story: Path) -> None:
+    original = story.read_text()
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        assert row_ids(app) == ["dawn", "beam", "storm"]
+        await pilot.press("a")  # after dawn
+        new = app.selected
+        assert ids(app) == ["dawn", new, "beam", "storm"]
+        assert row_ids(app) == ids(app)
+        await pilot.press("shift+down")
+        assert ids(app) == ["dawn", "beam", new, "storm"]
+        await pilot.press("up", "c")  # duplicate beam
+        dup = app.selected
+        assert ids(app) == ["dawn", "beam", dup, new, "storm"]
+        await pilot.press("delete")  # the duplicate
+        assert ids(app) == ["dawn", "beam", new, "storm"]
+        await pilot.press("ctrl+z")
+        assert ids(app) == ["dawn", "beam", dup, new, "storm"]
+        await pilot.press("ctrl+y")
+        assert ids(app) == ["dawn", "beam", new, "storm"]
+        # Delete dawn, move storm to the top.
+        await pilot.press("ctrl+home", "delete")
+        assert ids(app) == ["beam", new, "storm"]
+        await pilot.press("ctrl+end", "shift+up", "shift+up", "shift+up")  # stops at the top
+        assert ids(app) == ["storm", "beam", new]
+        assert row_ids(app) == ids(app)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    sb = load(story)
+    assert [s.id for s in sb.segments] == ["storm", "beam", new]
+    from dataclasses import replace
+
+    from pipeline.storyboard import parse
+
+    assert replace(sb.segment("beam")) == parse(original, story).segment("beam")  # untouched shot, same values
+    text = story.read_text()
+    # Every comment outside the deleted shot survives the reorder.
+    dawn_block = original[original.index('id = "dawn"'):original.index('[[segment]]\nid = "beam"')]
+    for line in original.splitlines():
+        if "#" in line and line.strip() and line not in dawn_block:
+            comment = line[line.index("#"):]
+            assert comment in text, comment
+
+
+async def test_delete_last_shot_is_refused(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("delete", "delete", "delete")
+        assert len(ids(app)) == 1
+
+
+async def test_quit_asks_about_unsaved_changes(story: Path) -> None:
+    before = story.read_text()
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a", "ctrl+q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ConfirmQuit) and app.is_running
+        await pilot.press("ctrl+q", "d")
+        await pilot.pause()
+    assert app.return_value == 0
+    assert story.read_text() == before  # discarded, never written
+
+
+async def test_quit_save(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a", "ctrl+q", "s")
+        await pilot.pause()
+    assert len(load(story).segments) == 4
+
+
+async def test_seed_and_length_fields(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        app.query_one("#seed").focus()
+        await type_text(pilot, "42")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").seed == 42
+        app.query_one("#seconds").focus()
+        await type_text(pilot, "1.5")
+        await pilot.pause()
+        seg = app.doc.storyboard.segment("dawn")
+        assert (seg.frames, seg.seconds) == (None, 1.5)  # seconds replaces frames
+        app.query_one("#frames").focus()
+        await type_text(pilot, "5000")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").frames == 500  # 5000 is out of range: not taken
+        assert "frames" in str(app.query_one("#field-error").render())
+        await pilot.press("ctrl+z")
+        assert app.doc.storyboard.segment("dawn").frames is None
+
+
+async def test_external_change_reload(story: Path) -> None:
+    app = make(story, poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        text = story.read_text().replace("gulls calling", "gulls crying")
+        story.write_text(text)
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if isinstance(app.screen, DiskChangedDialog):
+                break
+        assert isinstance(app.screen, DiskChangedDialog)
+        await pilot.press("r")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").prompt.endswith("gulls crying")
+        assert app.query_one("#prompt", TextArea).text.endswith("gulls crying")
+        assert not app.doc.dirty
+
+
+async def test_external_change_keep_mine_never_silent(story: Path) -> None:
+    app = make(story, poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")  # an unsaved edit of ours
+        story.write_text(story.read_text().replace("gulls calling", "gulls crying"))
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if isinstance(app.screen, DiskChangedDialog):
+                break
+        assert isinstance(app.screen, DiskChangedDialog)
+        await pilot.press("k")
+        await pilot.pause()
+        assert "crying" in story.read_text()  # nothing written yet
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    sb = load(story)
+    assert len(sb.segments) == 4 and sb.segment("dawn").prompt.endswith("gulls calling")
+
+
+async def test_save_asks_when_file_changed_since(story: Path) -> None:
+    """ctrl+s right after someone else's write: a question, not an overwrite."""
+    app = make(story, poll_disk=3600)  # no polling: only the save itself can notice
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")
+        story.write_text(story.read_text().replace("gulls calling", "gulls crying"))
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, DiskChangedDialog)
+    assert "crying" in story.read_text() and len(load(story).segments) == 3
+
+
+async def test_broken_file_view_then_fixed(story: Path) -> None:
+    good = story.read_text()
+    story.write_text(good.replace("frames = 17               # frame count", "frames = \"many\"", 1))
+    app = make(story, poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        from sulphur_tui.screens import BrokenFileScreen
+
+        assert isinstance(app.screen, BrokenFileScreen)
+        where = str(app.screen.query_one("#where").render())
+        err = app.load_error
+        assert err is not None and err.line > 0
+        assert f"story.toml:{err.line}:{err.column}" in where
+        story.write_text(good)
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if app.doc is not None:
+                break
+        await pilot.pause()
+        assert app.doc is not None and not isinstance(app.screen, BrokenFileScreen)
+        assert row_ids(app) == ["dawn", "beam", "storm"]
+
+
+async def test_command_palette_lists_every_action(story: Path) -> None:
+    from sulphur_tui.commands import COMMANDS
+
+    app = make(story)
+    async with app.run_test(size=SIZE):
+        for _title, _help, action in COMMANDS:
+            name = action.split("(")[0]
+            assert hasattr(app, f"action_{name}"), name
+        bound = {b.action.removeprefix("app.").split("(")[0] for b in app.BINDINGS + SegmentList.BINDINGS}
+        in_palette = {a.split("(")[0] for _t, _h, a in COMMANDS}
+        assert bound - {"focus"} <= in_palette | {"help", "quit"}
+
+
+async def test_help_screen(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        from sulphur_tui.screens import HelpScreen
+
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
