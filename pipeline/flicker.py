@@ -15,7 +15,9 @@ Conventions (fixed, so numbers are comparable everywhere):
   ``16 + 219 * (Kr R + Kg G + Kb B) / 255`` in float, i.e. what an ideal encoder would
   store, so in-memory and encoded numbers agree up to compression loss.
 * **Identical frames** give ``inf`` (not an error). In JSON (``--json``) ``inf`` is
-  written as ``null``, the same as msgspec writes it. ``mean`` is over finite values
+  written as ``null``, the same as msgspec writes it; in ``FlickerReport`` events it is
+  ``WIRE_INF_DB`` (999 dB), because the protocol's ``float`` fields reject ``null`` on
+  decode (read ``>= WIRE_INF_DB`` as "identical"). ``mean`` is over finite values
   only (one duplicated frame must not make the mean infinite); ``identical`` counts the
   infinite ones. ``median``/``minimum``/``p5`` include them (ordered last).
 * **p5** is the nearest-rank 5th percentile (no interpolation, so never ``inf - inf``).
@@ -115,6 +117,20 @@ class FlickerStats:
         d["psnr"] = [_json_db(v) for v in self.psnr]
         d["worst"] = self.worst_transitions()
         return d
+
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FlickerStats:
+        """Inverse of ``to_dict`` (e.g. stats cached with a segment, re-emitted on a hit)."""
+        def db(v: float | None) -> float:
+            return math.inf if v is None else float(v)
+
+        known = {f for f in cls.__dataclass_fields__ if f not in ("times",)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw.update({k: db(d.get(k)) for k in ("mean", "median", "minimum", "p5")})
+        kw["psnr"] = [db(v) for v in d.get("psnr", [])]
+        kw["worst"] = [w["from"] if isinstance(w, dict) else int(w) for w in d.get("worst", [])]
+        return cls(**kw)
 
 
 def _json_db(v: float) -> float | None:

@@ -160,6 +160,9 @@ def test_identical_frames_are_inf_not_a_crash(tmp_path: Path) -> None:
     d = stats.to_dict()
     assert d["psnr"][2] is None  # JSON: null = identical
     json.dumps(d, allow_nan=False)
+    again = flicker.FlickerStats.from_dict(json.loads(json.dumps(d)))  # cached with a segment
+    assert math.isinf(again.psnr[2]) and again.worst == stats.worst and again.frames == stats.frames
+    assert again.psnr[0] == pytest.approx(stats.psnr[0], abs=1e-3)
     event = stats.to_event("shot1", "draft", job_id="j")
     assert decode_event(encode(event)).psnr[2] == flicker.WIRE_INF_DB
 
