@@ -77,13 +77,23 @@ def _injected_oom(stage: str) -> BaseException:
 
 
 def _stages(preset: Preset) -> dict[str, Stage]:
-    from pipeline.stages.draft import DraftStage
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.enhance import EnhanceStage
-    from pipeline.stages.refine import RefineStage
     from pipeline.stages.upscale import UpscaleStage
 
-    return {s.name: s for s in (EnhanceStage(), DraftStage(), RefineStage(), UpscaleStage(), EncodeStage())}
+    if preset.family == "ltx2":
+        from pipeline.stages.draft import DraftStage
+        from pipeline.stages.refine import RefineStage
+
+        draft, refine = DraftStage(), RefineStage()
+    else:
+        # I2V families (Wan2.2, SVD, LTX-Video 0.9, CogVideoX): video-only draft, and no
+        # latent upsampler, so refine is an antialiased resize to refine_size.
+        from pipeline.stages.family_draft import FamilyDraftStage
+        from pipeline.stages.resize_refine import ResizeRefineStage
+
+        draft, refine = FamilyDraftStage(), ResizeRefineStage()
+    return {s.name: s for s in (EnhanceStage(), draft, refine, UpscaleStage(), EncodeStage())}
 
 
 class Renderer:

@@ -120,7 +120,7 @@ def all_presets() -> list[Preset]:
 def _load_families() -> None:
     # Importing a family module registers its presets; kept lazy so `sulphur --help`
     # and the TUI never pay for it.
-    from pipeline.models import ltx2  # noqa: F401
+    from pipeline.models import cogvideox, ltx2, ltxv, svd, wan  # noqa: F401
 
 
 class LoadedModels:
