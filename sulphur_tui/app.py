@@ -79,7 +79,8 @@ class SulphurApp(App[int]):
         self.path = Path(storyboard_path).resolve()
         self.gpu = gpu or GpuMonitor()
         self.connect_worker = connect_worker
-        self.replay, self.replay_until, self.replay_speed = replay, replay_until, replay_speed
+        self.replay = Path(replay) if replay is not None else None
+        self.replay_until, self.replay_speed = replay_until, replay_speed
         self.image_cls = image_widget_class(image) if image != "none" else None
         self._clock = clock
         self.poll_disk = poll_disk
@@ -155,6 +156,16 @@ class SulphurApp(App[int]):
         elif self.connect_worker:
             self._follow_worker()
         self.query_one(SegmentList).focus()
+
+    _NEEDS_DOCUMENT = {"save", "undo", "redo", "render_all", "render_segment", "render_from", "add_segment",
+                       "duplicate_segment", "delete_segment", "move_segment", "randomise_seed", "open_output",
+                       "reload", "cancel_render"}
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hide editing actions while there is no loaded storyboard (broken-file view)."""
+        if action in self._NEEDS_DOCUMENT and self.doc is None:
+            return False
+        return True
 
     # ------------------------------------------------------------------ drawing
     def refresh_document(self, select: str | None = None, editor: bool = False) -> None:
@@ -369,6 +380,7 @@ class SulphurApp(App[int]):
         self.load_error = None
         if isinstance(self.screen, BrokenFileScreen):
             self.pop_screen()
+        self.refresh_bindings()
         self._start_document()
         self.notify(f"{self.path.name} loads now.")
 

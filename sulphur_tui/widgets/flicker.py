@@ -46,7 +46,7 @@ class FlickerRow(Horizontal):
             parts.append(f"seam {_db(r.seam_psnr)}")
         return " · ".join(parts)
 
-    def _tooltip(self) -> str:
+    def _describe(self) -> str:
         r = self.report
         worst = ", ".join(f"{i}→{i + 1}" for i in r.worst) or "none"
         return f"{r.segment} after {r.stage}: PSNR-Y in dB, worst transitions {worst}"
@@ -62,7 +62,7 @@ class FlickerRow(Horizontal):
 
     def _mark_seam(self) -> None:
         report = self.report
-        self.tooltip = self._tooltip()
+        self.tooltip = self._describe()
         # A seam far below the segment's own transitions is the flash users complain about.
         self.set_class(report.seam_psnr is not None and report.seam_psnr < report.minimum, "-seam-bad")
 

@@ -45,8 +45,10 @@ def status_of(live: SegmentLive | None, disk: DiskRender | None) -> tuple[str, s
         return "◷ queued", "queued"
     if live and live.state == "failed":
         return "✖ failed", "failed"
-    if disk and disk.rendered:
-        return ("◐ stale", "stale") if disk.stale else ("● rendered", "rendered")
+    if disk and disk.rendered and disk.stale:
+        return "◐ stale", "stale"
+    if (disk and disk.rendered) or (live and live.state == "done"):
+        return "● rendered", "rendered"
     return "○ new", "new"
 
 
@@ -101,7 +103,7 @@ class SegmentList(DataTable):
         self.selected_id: str | None = None
 
     def on_mount(self) -> None:
-        self.add_column("status", key="status", width=9)
+        self.add_column("status", key="status", width=10)
         self.add_column("id", key="id")
         self.add_column("prompt", key="prompt")
         self.add_column("length", key="length")
@@ -116,17 +118,13 @@ class SegmentList(DataTable):
         rows = []
         for seg in sb.segments:
             glyph, cls = status_of(live.get(seg.id), disk.get(seg.id))
-            if seg.frames is not None:
-                length = f"{seg.frames} f"
-            elif seg.seconds is not None:
-                length = f"{seg.seconds:g} s"
-            else:
-                length = f"{seg.frame_count(sb.project.fps)} f"
-            length += f" {seg.frame_count(sb.project.fps) / sb.project.fps:.1f}s" if seg.seconds is None else ""
+            length = f"{seg.seconds:g} s" if seg.seconds is not None else f"{seg.frame_count(sb.project.fps)} f"
             d = disk.get(seg.id)
+            lv = live.get(seg.id)
+            when = d.mtime if d and d.mtime else (lv.finished_at if lv else None)
             rows.append((Text(glyph, style(f"segment-list--{cls}")), Text(seg.id, "bold"),
                          first_words(seg.prompt), Text(length, style("segment-list--dim")),
-                         Text(ago(d.mtime if d else None, now), style("segment-list--dim"))))
+                         Text(ago(when, now), style("segment-list--dim"))))
         current = [str(k.value) for k in self.rows]
         if current == ids:
             for sid, row in zip(ids, rows, strict=True):

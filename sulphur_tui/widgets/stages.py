@@ -57,16 +57,16 @@ class StageTimers(Widget):
         live, now = self.live, self.clock()  # type: ignore[operator]
         style = self.get_component_rich_style
         job = live.active_job()
-        title = Text("Stages", style("stage-timers--title"))
+        title = Text()
         if live.timer_segment:
-            title.append(f" · shot {live.timer_segment}")
+            title.append(f"shot {live.timer_segment}", style("stage-timers--title"))
         if job:
             eta = live.queue_eta(now)
             title.append(f" · job {job.job_id[:8] or '?'} {job.state}")
             if eta is not None:
-                title.append(f" · done in ~{fmt_seconds(eta)}")
+                title.append(f" · all done in ~{fmt_seconds(eta)}")
         elif not live.timer_segment:
-            title.append(" · idle")
+            title.append("idle: F5 renders all, F6 this shot", style("stage-timers--pending"))
         table = Table.grid(padding=(0, 1), expand=True)
         for name, justify in (("stage", "left"), ("step", "right"), ("elapsed", "right"), ("eta", "right"),
                               ("plan", "left")):

@@ -1,0 +1,71 @@
+"""Snapshots of the main screen (pytest-textual-snapshot). Update with
+``pytest tests/tui/test_snapshots.py --snapshot-update`` and look at the SVGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import TextArea
+
+from pipeline.protocol import StepProgress
+from sulphur_tui.app import create_app
+from sulphur_tui.sources import read_events
+
+from .conftest import FIXED_NOW, RECORDING, fake_render
+
+SIZE = (120, 40)
+
+
+async def settle(pilot) -> None:  # noqa: ANN001
+    for area in pilot.app.query(TextArea):
+        area.cursor_blink = False
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_idle(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """Two shots rendered, one of them edited since (stale), one never rendered, unsaved."""
+    fake_render(story, "dawn")
+    fake_render(story, "beam")
+    app = create_app(story, connect_worker=False, clock=lambda: FIXED_NOW)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await pilot.press("down", "enter")
+        pilot.app.query_one("#prompt", TextArea).move_cursor((0, 0))
+        await pilot.press("N", "i", "g", "h", "t", ".", "space", "f2")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_rendering(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """A recorded tiny render replayed up to the middle of the second shot's draft."""
+    events = read_events(RECORDING)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == "beam"
+               and e.stage == "draft" and e.step == 4)
+    app = create_app(story, connect_worker=False, replay=RECORDING, replay_until=cut + 1)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_no_gpu(snap_compare, story: Path) -> None:  # noqa: ANN001
+    app = create_app(story, connect_worker=False)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_broken_file(snap_compare, story: Path) -> None:  # noqa: ANN001
+    text = story.read_text().replace('seed = 7 ', 'seed = "seven" ', 1)
+    story.write_text(text)
+    app = create_app(story, connect_worker=False)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

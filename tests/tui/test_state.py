@@ -1,0 +1,158 @@
+"""The TUI's non-visual logic: stale detection, the live reducer on a real recording,
+the replay machinery, NVML without a GPU, and the no-torch rule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.gpu import GpuMonitor
+from pipeline.protocol import FlickerReport, SegmentDone, StageStarted, StepProgress, VramSample
+from pipeline.storyboard import load, with_segment
+from sulphur_tui.live import LiveState
+from sulphur_tui.messages import WorkerEvent
+from sulphur_tui.sources import paced, read_events, write_events
+from sulphur_tui.status import disk_states, segment_digest
+
+from .conftest import RECORDING, fake_render
+
+
+def test_stale_follows_the_chain(story: Path) -> None:
+    sb = load(story)
+    for sid in ("dawn", "beam", "storm"):
+        fake_render(story, sid)
+    baseline = {s.id: segment_digest(sb, s.id) for s in sb.segments}
+    assert {k: (v.rendered, v.stale) for k, v in disk_states(sb, baseline).items()} == {
+        "dawn": (True, False), "beam": (True, False), "storm": (True, False)}
+    # beam changes: beam and storm (which continues from beam) are stale, dawn is not.
+    edited = with_segment(sb, "beam", prompt="Night falls")
+    states = disk_states(edited, baseline)
+    assert [states[s].stale for s in ("dawn", "beam", "storm")] == [False, True, True]
+    # A shot anchored on an image does not depend on the shots before it.
+    cut = with_segment(edited, "storm", anchor=replace(sb.segment("storm").anchor, kind="image", path="x.png"))
+    storm_baseline = {**baseline, "storm": segment_digest(cut, "storm")}
+    assert disk_states(cut, storm_baseline)["storm"].stale is False
+    # The enhancer rewriting an unlocked enhanced prompt is not a change of the shot.
+    assert segment_digest(with_segment(sb, "dawn", enhanced_prompt="x"), "dawn") == segment_digest(sb, "dawn")
+    assert segment_digest(with_segment(sb, "dawn", enhanced_prompt="x", enhance_lock=True), "dawn") != \
+        segment_digest(sb, "dawn")
+    # The title and memory budgets do not change pixels.
+    assert segment_digest(replace(sb, project=replace(sb.project, title="Other", vram_budget_gb=6)), "dawn") == \
+        segment_digest(sb, "dawn")
+
+
+def test_manifest_digest_wins(story: Path) -> None:
+    sb = load(story)
+    fake_render(story, "dawn")
+    manifest = story.parent / "renders" / "story" / "manifest.json"
+    manifest.write_text(json.dumps({"segments": {"dawn": {"digest": "not-this-version"}}}))
+    assert disk_states(sb, {"dawn": segment_digest(sb, "dawn")})["dawn"].stale is True
+
+
+def test_live_state_on_recorded_render() -> None:
+    events = read_events(RECORDING)
+    assert len(events) > 50
+    live = LiveState()
+    seen_progress: dict[str, list[float]] = {}
+    for ev in events:
+        live.apply(ev)
+        for sid, s in live.segments.items():
+            if s.state == "rendering":
+                seen_progress.setdefault(sid, []).append(s.progress)
+    ids = [e.segment for e in events if isinstance(e, SegmentDone)]
+    assert ids == ["dawn", "beam", "storm"]
+    assert all(live.segments[s].state == "" or live.segments[s].state == "done" for s in ids)
+    for sid, progress in seen_progress.items():
+        assert progress == sorted(progress), f"{sid} progress went backwards"
+        assert 0 < progress[-1] <= 1
+    assert set(live.flicker) == set(ids)
+    assert all(isinstance(r, FlickerReport) and r.psnr for r in live.flicker.values())
+    assert live.mean_seconds("draft") and live.mean_seconds("draft") > 0
+    assert not live.running
+
+
+def test_live_state_mid_render_eta() -> None:
+    events = read_events(RECORDING)
+    # Stop in the middle of the second shot's draft: the first shot is done.
+    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == "beam"
+               and e.stage == "draft" and e.step == 4)
+    live = LiveState()
+    for ev in events[: cut + 1]:
+        live.apply(ev)
+    assert live.segments["dawn"].state == "done"
+    assert live.segments["beam"].state == "rendering" and 0 < live.segments["beam"].progress < 1
+    assert live.segments["storm"].state == "queued"
+    draft = live.timers["draft"]
+    assert (draft.state, draft.step, draft.total) == ("running", 4, 8)
+    eta = live.eta(draft, events[cut].ts)
+    assert eta is not None and eta >= 0
+    assert live.queue_eta(events[cut].ts) is not None  # every stage ran once already (dawn)
+
+
+def test_high_rate_messages_replace_their_backlog() -> None:
+    a = WorkerEvent(StepProgress(segment="s", stage="draft", step=1, total=8))
+    b = WorkerEvent(StepProgress(segment="s", stage="draft", step=2, total=8))
+    other = WorkerEvent(StepProgress(segment="s", stage="refine", step=1, total=3))
+    assert b.can_replace(a) and not other.can_replace(a)
+    assert WorkerEvent(VramSample(gpu=0, name="g", used=1, total=2)).can_replace(
+        WorkerEvent(VramSample(gpu=0, name="g", used=0, total=2)))
+    assert not WorkerEvent(StageStarted(segment="s", stage="draft")).can_replace(a)
+
+
+def test_replay_round_trip_and_pacing(tmp_path: Path) -> None:
+    events = read_events(RECORDING)[:20]
+    path = tmp_path / "copy.jsonl"
+    write_events(events, path)
+    assert read_events(path) == events
+    stop = threading.Event()
+    assert list(paced(events, 0, stop)) == events
+    stop.set()
+    assert list(paced(events, 1.0, stop)) == []
+
+
+def test_gpu_monitor_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SULPHUR_NO_NVML")
+    mon = GpuMonitor()
+    if mon.available:  # a machine with a GPU: real readings
+        samples = mon.sample()
+        assert samples and all(s.total > s.used >= 0 and s.name for s in samples)
+        assert mon.reason == ""
+    else:
+        assert mon.sample() == []
+        assert mon.reason.startswith(("No NVIDIA GPU", "NVML", "No GPU monitoring"))
+    monkeypatch.setenv("SULPHUR_NO_NVML", "1")
+    off = GpuMonitor()
+    assert not off.available and "SULPHUR_NO_NVML" in off.reason and off.sample() == []
+
+
+def test_tui_never_imports_torch(story: Path, tmp_path: Path) -> None:
+    """Run the real app (with a replayed render) in a fresh interpreter and look at sys.modules."""
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from sulphur_tui.app import create_app
+
+        async def main():
+            app = create_app({str(story)!r}, connect_worker=False, replay={str(RECORDING)!r})
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.press("down", "a", "ctrl+z", "f1", "escape")
+                await pilot.pause()
+            heavy = sorted(m for m in ("torch", "diffusers", "transformers", "av", "llama_cpp", "spandrel")
+                           if m in sys.modules)
+            allowed = {{"pipeline", "pipeline.protocol", "pipeline.storyboard", "pipeline.client",
+                       "pipeline.gpu", "pipeline.socket_io"}}
+            pipeline = sorted(m for m in sys.modules if m.startswith("pipeline") and m not in allowed)
+            print("HEAVY", heavy, "PIPELINE", pipeline)
+
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY [] PIPELINE []" in out.stdout, out.stdout
