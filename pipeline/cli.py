@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true")
     f.add_argument("--worst", type=int, default=5, metavar="N")
     f.add_argument("--seams", type=Path, default=None, metavar="DIR", help="renders/<story>/ folder: seam PSNR")
+
+    from pipeline.extend import add_arguments as extend_arguments  # torch-free, flags only
+
+    extend_arguments(sub.add_parser("extend", help="continue a video clip with an image-to-video model"))
     return p
 
 
@@ -98,6 +102,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.client import main_status
 
         return main_status(args)
+    if args.command == "extend":
+        from pipeline.extend import main as extend_main
+
+        return extend_main(args)
     if args.command == "flicker":
         from pipeline.flicker import main as flicker_main
 

@@ -1,0 +1,227 @@
+"""``sulphur extend CLIP --prompt "…"``: continue a video clip with an image-to-video model.
+
+Extending is image-to-video from the clip's last frame, then concatenation (seed 003).
+This writes a one-segment storyboard beside the output with
+``anchor = { video = "clip.mp4" }`` — so the continuation is an ordinary, cached,
+re-renderable Sulphur project — renders it, then writes the original clip followed by the
+continuation without its first frame (which re-creates the anchor: keeping it would show
+the seam frame twice), at the clip's own fps and size. The clip's audio is kept; the
+continuation gets silence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+    from pipeline.models.registry import Preset
+    from pipeline.protocol import Event
+    from pipeline.storyboard import Storyboard
+
+DEFAULT_PRESET = "ltxv-0.9"   # the seed's pick for quick, directed extensions
+SEGMENT_ID = "continuation"
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    fps: Fraction
+    size: tuple[int, int]     # (width, height)
+    frames: int
+    audio: bool
+
+
+def probe(path: Path) -> ClipInfo:
+    """fps, size and the decoded frame count of a video (containers' frame counts are not trusted)."""
+    import av
+
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        v = c.streams.video[0]
+        fps = Fraction(v.average_rate) if v.average_rate else Fraction(v.guessed_rate or 24)
+        size = (v.codec_context.width, v.codec_context.height)
+        audio = bool(c.streams.audio)
+        frames = sum(1 for _ in c.decode(video=0))
+    if frames == 0:
+        raise ValueError(f"{path} has no decodable video frames")
+    return ClipInfo(fps=fps, size=size, frames=frames, audio=audio)
+
+
+def draft_size_for(preset: Preset, clip_size: tuple[int, int]) -> tuple[int, int]:
+    """The preset's draft area at the clip's aspect ratio, on the preset's size grid.
+
+    Presets whose model only runs at one size (CogVideoX's learned positional
+    embeddings) keep that size; the anchor is then centre-cropped to it.
+    """
+    fixed = preset.extra.get("fixed_size")
+    if fixed:
+        return int(fixed[0]), int(fixed[1])
+    w0, h0 = preset.draft_size
+    aspect = clip_size[0] / clip_size[1]
+    width = math.sqrt(w0 * h0 * aspect)
+    return preset.round_size((round(width), round(width / aspect)))
+
+
+def write_storyboard(path: Path, clip: Path, prompt: str, preset: Preset, info: ClipInfo, *, frames: int,
+                     seed: int, steps: int | None, enhance: bool) -> Path:
+    """The one-segment storyboard of an extension (tomlkit, so any prompt text is escaped right)."""
+    import tomlkit
+
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"sulphur extend {clip.name}: re-render with `sulphur render {path.name}`"))
+    project = tomlkit.table()
+    project["title"] = f"{clip.stem} extended"
+    project["preset"] = preset.name
+    project["fps"] = max(1, round(info.fps))
+    project["seed"] = seed
+    project["draft_size"] = list(draft_size_for(preset, info.size))
+    project["output_size"] = list(info.size)
+    project["audio"] = False
+    project["enhance"] = enhance
+    if steps:
+        project["steps"] = steps
+    doc["project"] = project
+    seg = tomlkit.table()
+    seg["id"] = SEGMENT_ID
+    seg["prompt"] = prompt
+    seg["frames"] = frames
+    anchor = tomlkit.inline_table()
+    anchor["video"] = os.path.relpath(clip.resolve(), path.parent.resolve())
+    seg["anchor"] = anchor
+    aot = tomlkit.aot()
+    aot.append(seg)
+    doc["segment"] = aot
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def extend(clip: Path, prompt: str, *, preset: str = DEFAULT_PRESET, frames: int | None = None,
+           out: Path | None = None, seed: int = 0, steps: int | None = None, enhance: bool = False,
+           emit: Callable[[Event], None] = lambda e: None, cancel: threading.Event | None = None) -> Path:
+    """Extend ``clip`` by about ``frames`` generated frames; returns the written video."""
+    from pipeline.models.registry import get_preset
+    from pipeline.render import render
+    from pipeline.storyboard import load
+
+    clip = Path(clip)
+    info = probe(clip)
+    chosen = get_preset(preset)
+    out = Path(out) if out is not None else clip.with_name(f"{clip.stem}-extended.mp4")
+    if out.resolve() == clip.resolve():
+        raise ValueError("--out must differ from the input clip")
+    wanted = frames if frames is not None else round(2 * info.fps) + 1
+    # 1. The storyboard beside the output, then an ordinary render of it.
+    story = write_storyboard(out.with_name(f"{out.stem}.extend.toml"), clip, prompt, chosen, info,
+                             frames=wanted, seed=seed, steps=steps, enhance=enhance)
+    render(story, emit=emit, cancel=cancel)
+    # 2. The continuation's upscaled frames (lossless, from the cache) at the clip's size.
+    continuation = _rendered_frames(load(story))
+    # 3. Clip + continuation[1:] in one encode, at the clip's exact fps.
+    _join(clip, info, continuation, out)
+    return out
+
+
+def _rendered_frames(sb: Storyboard) -> np.ndarray:
+    import numpy as np
+
+    from pipeline.cache import StageCache
+
+    manifest = json.loads((sb.render_dir() / "film.json").read_text())
+    entry = next(s for s in manifest["segments"] if s["id"] == SEGMENT_ID)
+    art = StageCache(sb.state_dir() / "cache").get("upscale", entry["upscale_key"])
+    if art is None:
+        raise RuntimeError("the continuation's frames are missing from the cache")
+    return np.load(art.file("frames.npy"), mmap_mode="r")
+
+
+def _join(clip: Path, info: ClipInfo, continuation: np.ndarray, out: Path) -> None:
+    import av
+    import numpy as np
+
+    from pipeline.stages.encode import AUDIO_RATE, FilmPart, encode_film
+
+    with tempfile.TemporaryDirectory(prefix=".sulphur-extend-", dir=out.parent) as tmpdir:
+        w, h = info.size
+        # Decoded clip frames go to a memmap: host memory stays at one frame per step.
+        head = np.lib.format.open_memmap(Path(tmpdir) / "clip.npy", mode="w+", dtype=np.uint8,
+                                         shape=(info.frames, h, w, 3))
+        audio_chunks: list[np.ndarray] = []
+        with av.open(str(clip)) as c:
+            for i, frame in enumerate(c.decode(video=0)):
+                head[i] = frame.to_ndarray(format="rgb24")
+        if info.audio:
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+            with av.open(str(clip)) as c:
+                for frame in c.decode(audio=0):
+                    audio_chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+                audio_chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+        audio = np.concatenate(audio_chunks, axis=1).astype(np.float32) if audio_chunks else None
+        parts = [FilmPart(frames=head, audio=audio, sample_rate=AUDIO_RATE),
+                 FilmPart(frames=continuation, audio=None, sample_rate=AUDIO_RATE, skip_first=True)]
+        tmp = Path(tmpdir) / "joined.mp4"
+        encode_film(tmp, parts, fps=info.fps, size=info.size)  # type: ignore[arg-type]  # Fraction works
+        del head
+        os.replace(tmp, out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``sulphur extend`` flags (pipeline/cli.py mounts them as a subcommand)."""
+    p.add_argument("clip", type=Path, help="video to continue (its last frame is the anchor)")
+    p.add_argument("--prompt", required=True, help="what happens next (ignored by presets without a prompt, e.g. SVD)")
+    p.add_argument("--model", default=DEFAULT_PRESET, metavar="PRESET", help=f"model preset (default {DEFAULT_PRESET})")
+    p.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="frames to generate, rounded to the model's rule (default: 2 s at the clip's fps)")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="output video (default CLIP-extended.mp4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    p.add_argument("--enhance", action="store_true", help="rewrite the prompt with the enhancer LLM first")
+    p.add_argument("--json", action="store_true", help="print one JSON event per line")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline import protocol
+    from pipeline.headless import ProgressPrinter, _json_printer
+    from pipeline.render import RenderError
+    from pipeline.stages.base import Cancelled
+    from pipeline.storyboard import StoryboardError
+
+    emit = _json_printer if args.json else ProgressPrinter()
+    cancel = threading.Event()
+    try:
+        out = extend(args.clip, args.prompt, preset=args.model, frames=args.frames, out=args.out, seed=args.seed,
+                     steps=args.steps, enhance=args.enhance, emit=emit, cancel=cancel)
+    except (RenderError, StoryboardError, ValueError, KeyError, OSError) as exc:
+        message = exc.message if isinstance(exc, RenderError) else str(exc.args[0] if exc.args else exc)
+        if args.json:
+            emit(protocol.ErrorEvent(kind=getattr(exc, "kind", "extend"), message=message))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Cancelled):
+        cancel.set()
+        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
+        return 130
+    if not args.json:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(add_arguments(argparse.ArgumentParser(prog="sulphur extend")).parse_args()))
