@@ -1,15 +1,16 @@
 """Upscale: Real-ESRGAN ×2 on the refined frames, then an antialiased resize to output size.
 
-Host memory stays bounded by one batch: the input is memory-mapped and the output is
-streamed into a ``.npy`` memmap, never held whole (ESRGAN ×4 buffers for a full clip
-once OOM-killed a 32 GB host). Frames are processed in batches of ``plan.options["esrgan_batch"]``
-(default 4); ``plan.options["esrgan_tile"]`` (input pixels) tiles each frame for small cards.
+Host memory stays bounded by one batch: frames are read from the refine ``.npy`` and
+appended to the output ``.npy`` one batch at a time, never held whole (ESRGAN ×4 buffers
+for a full clip once OOM-killed a 32 GB host). Frames go through in batches of
+``plan.options["esrgan_batch"]`` (default 4); ``plan.options["esrgan_tile"]`` (input
+pixels) tiles each frame for small cards.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -59,19 +60,19 @@ class UpscaleStage(Stage):
         tile = int(o.get("esrgan_tile") or o.get("tile") or 0)
         width, height = job.output_size
 
-        # 1. Input frames, memory-mapped (T, H, W, 3) uint8.
-        frames = np.load(inputs["refine"].file("frames.npy"), mmap_mode="r")
-        total = int(frames.shape[0])
+        # 1. Input frames (T, H, W, 3) uint8, read one batch at a time.
+        source = _NpyFrames(inputs["refine"].file("frames.npy"))
+        total = source.count
         model = _upscaler(ctx, job, device, dtype)
 
-        # 2. Output, streamed to disk batch by batch.
-        result = np.lib.format.open_memmap(out / "frames.npy", mode="w+", dtype=np.uint8,
-                                           shape=(total, height, width, 3))
+        # 2. Output written batch by batch with plain file writes: a memmap would count
+        #    every written page in the process's RSS (and the reported host peak).
         ctx.progress(self.name, 0, total)
-        with torch.inference_mode():
+        with open(out / "frames.npy", "wb") as sink, torch.inference_mode():
+            _write_npy_header(sink, (total, height, width, 3))
             for start in range(0, total, batch):
                 stop = min(total, start + batch)
-                x = torch.from_numpy(np.array(frames[start:stop])).to(device)  # one batch read from disk
+                x = torch.from_numpy(source.read(start, stop)).to(device)
                 x = x.permute(0, 3, 1, 2).to(dtype).div_(255.0)
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -82,11 +83,31 @@ class UpscaleStage(Stage):
                     y = torch.nn.functional.interpolate(y, size=(height, width), mode="bicubic",
                                                         antialias=True, align_corners=False)
                 y = y.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-                result[start:stop] = y.permute(0, 2, 3, 1).cpu().numpy()
+                sink.write(y.permute(0, 2, 3, 1).contiguous().cpu().numpy().data)
                 ctx.progress(self.name, stop, total)
-        result.flush()
-        del result
         return {"frames": total, "size": [width, height]}
+
+
+class _NpyFrames:
+    """Reads frame ranges of a (T, H, W, 3) uint8 ``.npy`` with plain reads (no mapping)."""
+
+    def __init__(self, path: Path) -> None:
+        header = np.load(path, mmap_mode="r")  # parses the header only; no frame is touched
+        if header.dtype != np.uint8 or header.ndim != 4 or header.shape[-1] != 3:
+            raise ValueError(f"{path}: expected (T, H, W, 3) uint8 frames, got {header.shape} {header.dtype}")
+        self.path, self.offset, self.shape = path, header.offset, header.shape
+        self.count = int(header.shape[0])
+        self.frame_bytes = int(np.prod(header.shape[1:]))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        data = np.fromfile(self.path, dtype=np.uint8, count=(stop - start) * self.frame_bytes,
+                           offset=self.offset + start * self.frame_bytes)
+        return data.reshape((stop - start, *self.shape[1:]))
+
+
+def _write_npy_header(f: BinaryIO, shape: tuple[int, ...]) -> None:
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape})
 
 
 def _upscaler(ctx: StageContext, job: SegmentJob, device: torch.device, dtype: torch.dtype) -> ImageModelDescriptor:
@@ -126,13 +147,15 @@ def _tiled(model: ImageModelDescriptor, x: torch.Tensor, tile: int) -> torch.Ten
     tile = max(tile, 2 * TILE_OVERLAP + 8)
     step = tile - 2 * TILE_OVERLAP
     y = torch.empty((n, c, h * s, w * s), dtype=x.dtype, device=x.device)
+    # A slice of a channels_last batch is strided; convolutions want it dense again.
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     for top in range(0, h, step):
         for left in range(0, w, step):
             bottom, right = min(h, top + step), min(w, left + step)
             # Input window = the kept region plus overlap context, clipped to the frame.
             t0, l0 = max(0, top - TILE_OVERLAP), max(0, left - TILE_OVERLAP)
             t1, l1 = min(h, bottom + TILE_OVERLAP), min(w, right + TILE_OVERLAP)
-            out = model(x[:, :, t0:t1, l0:l1])
+            out = model(x[:, :, t0:t1, l0:l1].contiguous(memory_format=layout))
             y[:, :, top * s:bottom * s, left * s:right * s] = \
                 out[:, :, (top - t0) * s:(bottom - t0) * s, (left - l0) * s:(right - l0) * s]
     return y

@@ -54,12 +54,12 @@ def gradient_frames(t: int, h: int, w: int) -> np.ndarray:
 
 def run_stage(tmp: Path, model: Path, frames: np.ndarray, output_size: tuple[int, int],
               options: dict | None = None, events: list | None = None,
-              cancel: threading.Event | None = None) -> np.ndarray:
+              cancel: threading.Event | None = None, device: str = "cpu") -> np.ndarray:
     job = make_job(tmp, model, output_size, len(frames))
     out = tmp / "out"
     out.mkdir()
     ctx = StageContext(emit=(events if events is not None else []).append, cancel=cancel or threading.Event(),
-                       models=LoadedModels(), plan=StagePlan(name="cpu", options=options or {}))
+                       models=LoadedModels(), plan=StagePlan(name=device, device=device, options=options or {}))
     meta = UpscaleStage().run(ctx, job, {"refine": refine_artifact(tmp, frames)}, out)
     assert meta == {"frames": len(frames), "size": list(output_size)}
     assert "upscaler" in ctx.models.names()  # kept for the next segment
@@ -147,3 +147,15 @@ def test_cancel_stops_the_stage(tmp_path: Path, x2plus: Path) -> None:
     cancel.set()
     with pytest.raises(Cancelled):
         run_stage(tmp_path, x2plus, gradient_frames(2, 8, 8), (16, 16), cancel=cancel)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp16_channels_last_matches_cpu(tmp_path: Path, x2plus: Path) -> None:
+    frames = gradient_frames(5, 72, 128)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cpu = run_stage(tmp_path / "a", x2plus, frames, (240, 136))
+    gpu = run_stage(tmp_path / "b", x2plus, frames, (240, 136), {"esrgan_batch": 2}, device="cuda")
+    assert gpu.shape == cpu.shape and gpu.dtype == np.uint8
+    assert psnr(gpu, cpu) > 40  # fp16 on the GPU, fp32 on the CPU: the same picture
