@@ -98,4 +98,4 @@ class DraftStage(Stage):
         if job.audio:
             np.save(out / "audio.npy", ltx2.decode_audio(pipe, audio_latents))
         pipe.maybe_free_model_hooks()
-        return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h]}
+        return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v}

@@ -44,8 +44,7 @@ class RefineStage(Stage):
             "lora_strength": job.lora_strength,
             "guidance_scale": job.preset.guidance_scale,
             "fps": job.fps,
-            "prompt": job.prompt,
-            "image_to_video": job.anchor is not None,
+            # Prompt and anchor reach refine through the draft (its key covers them).
             "model": model_identity(job.preset),
         }
 
@@ -79,7 +78,7 @@ class RefineStage(Stage):
             embeds, mask = enc.embeds, enc.mask
 
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
-        i2v = job.anchor is not None
+        i2v = bool(inputs["draft"].meta.get("image_to_video", job.anchor is not None))
         pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
         upsampler = ltx2.component(ctx.models, preset, "upsampler", plan)
         up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)

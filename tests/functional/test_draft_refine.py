@@ -90,7 +90,7 @@ def test_t2v_draft_writes_frames_latents_and_audio(run: Runner, tmp_path: Path) 
     audio = np.load(art.file("audio.npy"))
     assert audio.dtype == np.float32 and audio.ndim == 2 and audio.shape[0] == 2
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
-    assert art.meta == {"sample_rate": 24000, "frames": 17, "size": [w, h]}
+    assert art.meta == {"sample_rate": 24000, "frames": 17, "size": [w, h], "image_to_video": False}
     # Duration of the waveform ≈ the clip's (LTX-2's causal audio latents lose < 2 latent steps = 80 ms).
     assert abs(audio.shape[1] / art.meta["sample_rate"] - 17 / 24) < 0.08
     lat = latents_of(art)
@@ -184,4 +184,6 @@ def test_params_name_everything_that_changes_the_output(tmp_path: Path) -> None:
         assert DraftStage().params(changed) != base
     assert base["model"].startswith("tiny:")
     r = RefineStage().params(make_job(tmp_path))
+    # The runner looks refine entries up with a job lacking prompt/anchor: they must not change the key.
+    assert RefineStage().params(make_job(tmp_path, prompt="other", anchor=anchor)) == r
     assert r["sigmas"] == [0.85, 0.725, 0.4219, 0.0] and r["size"] == [448, 256]
