@@ -201,6 +201,11 @@ class Renderer:
             return seg.prompt
         art = self.run_stage("enhance", job, {})
         text = art.file("prompt.txt").read_text(encoding="utf-8")
+        if art.meta.get("fallback"):
+            # The enhancer gave nothing usable: draft from the user's words, and leave the
+            # storyboard's enhanced_prompt alone rather than caching a non-result in it
+            # (the stage logged why when it ran).
+            return seg.prompt
         if text != seg.enhanced_prompt:
             self._write_enhanced(seg.id, text)
         return text
@@ -416,6 +421,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     if missing:
         lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
         raise RenderError("missing_models", f"preset {chosen.name} is missing {len(missing)} file(s): {lines}")
+    _quiet_libraries()
     if chosen.builder is not None:
         chosen.builder()
     selected = select_segments(sb, segments, from_segment)
@@ -426,6 +432,18 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _quiet_libraries() -> None:
+    """Progress is reported through events; the libraries' own tqdm bars would garble it."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
 
 
 def _reset_peaks() -> None:

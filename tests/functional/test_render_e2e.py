@@ -99,7 +99,16 @@ def test_every_stage_of_every_segment_ran_once_and_reported(demo: dict) -> None:
 def test_enhanced_prompts_are_cached_in_the_storyboard_keeping_comments(demo: dict) -> None:
     text = demo["storyboard"].read_text()
     sb = S.load(demo["storyboard"])
-    assert all(s.enhanced_prompt for s in sb.segments)
+    enhanced = {e.segment: e.enhanced_prompt for e in demo["events"] if isinstance(e, protocol.PromptEnhanced)}
+    for seg in sb.segments:
+        entry = _cache_entries(demo["folder"], "enhance")
+        metas = [json.loads((p / "meta.json").read_text())["meta"] for p in entry.values()]
+        assert metas, "the enhancer ran"
+        if seg.id in enhanced:
+            assert seg.enhanced_prompt == enhanced[seg.id]
+        else:  # the tiny LLM's random text was rejected: the storyboard must not cache it
+            assert seg.enhanced_prompt == ""
+    assert any(m["fallback"] is False for m in metas) == bool(enhanced)
     original = (ROOT / "storyboards" / "example.toml").read_text()
     comments = [line for line in original.splitlines() if line.lstrip().startswith("#")]
     assert all(c in text for c in comments)
