@@ -1,7 +1,8 @@
 """CogVideoX-5B-I2V: the smoothest long clips of the seed's comparison, and the slowest.
 
 Image-to-video only, at exactly 720×480 (its learned positional embeddings fix the
-size), 49 frames at 8 fps natively. On 12 GB it needs sequential offload + VAE tiling
+size), 49 frames at 8 fps natively. Frames are 8k+1: the VAE decodes an odd number of
+latent frames (13 → 49) as 1 + 4 per latent, an even number as 4 per latent. On 12 GB it needs sequential offload + VAE tiling
 and takes about an hour a clip (seed), so it is here for quality, not speed.
 
 The tiny twin keeps the structure: 3D-VAE 8× space / 4× time, learned positional
@@ -25,7 +26,7 @@ TRANSFORMER: dict[str, Any] = {
     # heads × head dim = 32 = the tiny T5's width; head dim 16 for the 3D RoPE split.
     "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 8, "out_channels": 4, "time_embed_dim": 2,
     "text_embed_dim": 32, "num_layers": 1, "sample_width": TINY_SIZE[0] // 8, "sample_height": TINY_SIZE[1] // 8,
-    "sample_frames": 5, "patch_size": 2, "temporal_compression_ratio": 4, "max_text_seq_length": TINY_TEXT_LEN,
+    "sample_frames": 9, "patch_size": 2, "temporal_compression_ratio": 4, "max_text_seq_length": TINY_TEXT_LEN,
     "use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": True,
 }
 VAE: dict[str, Any] = {
@@ -79,10 +80,10 @@ TINY = register(Preset(
         ModelFile("diffusers", "CogVideoX twin: transformer, VAE, T5, tokenizer, scheduler", path="diffusers"),
     )),
     draft_size=TINY_SIZE, refine_size=(TINY_SIZE[0] * 2, TINY_SIZE[1] * 2), steps=2, guidance_scale=6.0,
-    frame_multiple=4, size_multiple=16, audio=False, builder=build_tiny,
+    frame_multiple=8, size_multiple=16, audio=False, builder=build_tiny,
     extra={"recipe": "cogvideox-5b-i2v", "needs_anchor": True, "fixed_size": TINY_SIZE,
            "max_sequence_length": TINY_TEXT_LEN, "tiny_digest": _digest(), "native_size": TINY_SIZE,
-           "native_frames": 5, "dynamic_cfg": False},
+           "native_frames": 9, "dynamic_cfg": False},
 ))
 
 REAL = register(Preset(
@@ -95,7 +96,7 @@ REAL = register(Preset(
                   path=f"{_HOME}/cogvideox/CogVideoX-5b-I2V", env="SULPHUR_COGVIDEOX", repo="THUDM/CogVideoX-5b-I2V"),
     ) + family.real_support_files(_HOME),
     draft_size=(720, 480), refine_size=(1440, 960), steps=50, guidance_scale=6.0,
-    frame_multiple=4, size_multiple=16, audio=False,
+    frame_multiple=8, size_multiple=16, audio=False,
     extra={"needs_anchor": True, "fixed_size": (720, 480), "max_sequence_length": 226, "native_size": (720, 480),
            "native_frames": 49, "native_fps": 8, "dynamic_cfg": True},
 ))
