@@ -73,7 +73,7 @@ class SulphurApp(App[int]):
 
     def __init__(self, storyboard_path: Path, *, gpu: GpuMonitor | None = None, connect_worker: bool = True,
                  replay: Path | None = None, replay_until: int | None = None, replay_speed: float = 0.0,
-                 image: str = "halfcell", clock: Callable[[], float] | None = None,
+                 image: str = "halfblock", clock: Callable[[], float] | None = None,
                  poll_disk: float = DISK_POLL_S) -> None:
         super().__init__()
         self.path = Path(storyboard_path).resolve()
@@ -623,7 +623,9 @@ def main(args: argparse.Namespace) -> int:
             return 2
         Server(f"{sys.executable} -m pipeline.cli edit {path.resolve()}", title="Sulphur").serve()
         return 0
-    image = "auto" if sys.stdout.isatty() else "halfcell"
+    # Half blocks by default (everywhere, SSH included, no start-up cost);
+    # SULPHUR_TUI_IMAGES=auto lets textual-image probe for sixel / kitty graphics.
+    image = os.environ.get("SULPHUR_TUI_IMAGES") or "halfblock"
     app = create_app(path, image=image)
     result = app.run()
     return int(result or 0)

@@ -1,38 +1,103 @@
 """The latest decoded frame, drawn in the terminal.
 
-Drawing goes through textual-image; its half-cell renderer (two pixels per cell with
-``▀`` and fg/bg colours) works over plain SSH, and a terminal that speaks sixel or the
-kitty protocol gets real pixels when the app is started with the auto renderer.
+By default two pixels per cell with ``▀`` and fg/bg colours, which works over plain SSH
+and costs nothing at start-up. ``SULPHUR_TUI_IMAGES=auto`` hands drawing to textual-image,
+which probes the terminal and uses sixel or the kitty graphics protocol where offered.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.geometry import Size
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
 THUMB_WIDTH = 320
 
 
-def image_widget_class(kind: str = "halfcell") -> type[Widget] | None:
-    """The textual-image widget class to draw with; None when textual-image is missing.
+class HalfBlockImage(Widget):
+    """An RGB frame as ``▀`` cells: the top pixel is the foreground, the bottom one the
+    background. Any 256/true-colour terminal shows it, over SSH too, and it needs no
+    terminal probing (so it costs nothing at start-up, unlike graphics protocols)."""
 
-    "auto" queries the terminal (sixel / kitty graphics) and must be called before the
-    app starts, which is what ``main`` does.
+    DEFAULT_CSS = """
+    HalfBlockImage { width: 1fr; height: auto; }
     """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._image: Any = None
+        self._cache: tuple[tuple[int, int], list[Strip]] | None = None
+
+    @property
+    def image(self) -> Any:
+        return self._image
+
+    @image.setter
+    def image(self, value: Any) -> None:  # a PIL RGB image
+        self._image, self._cache = value, None
+        self.refresh(layout=True)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        if self._image is None:
+            return 0
+        w, h = self._image.size
+        rows = round(width * h / w / 2)  # cells are about twice as tall as wide
+        return max(1, min(rows, container.height or rows))
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size
+        if self._image is None or not width or not height:
+            return Strip.blank(width)
+        if self._cache is None or self._cache[0] != (width, height):
+            self._cache = ((width, height), self._strips(width, height))
+        strips = self._cache[1]
+        return strips[y] if y < len(strips) else Strip.blank(width)
+
+    def _strips(self, width: int, height: int) -> list[Strip]:
+        small = self._image.resize((width, height * 2))
+        px = small.load()
+        strips = []
+        for row in range(height):
+            segs = []
+            for x in range(width):
+                top, bottom = px[x, 2 * row], px[x, 2 * row + 1]
+                segs.append(Segment("▀", Style(color=Color.from_rgb(*top[:3]), bgcolor=Color.from_rgb(*bottom[:3]))))
+            strips.append(Strip(segs, width))
+        return strips
+
+
+def image_widget_class(kind: str = "halfblock") -> type[Widget] | None:
+    """The widget class that draws frames.
+
+    "halfblock" (default) is :class:`HalfBlockImage`. "auto", "sixel", "tgp", "unicode"
+    use textual-image; "auto" probes the terminal for sixel / kitty graphics and must be
+    called before the app starts, which is what ``main`` does.
+    """
+    if kind in ("halfblock", "halfcell"):
+        return HalfBlockImage
     try:
         if kind == "auto":
             from textual_image.widget import Image
         elif kind == "unicode":
             from textual_image.widget import UnicodeImage as Image
+        elif kind == "tgp":
+            from textual_image.widget import TGPImage as Image
+        elif kind == "sixel":
+            from textual_image.widget import SixelImage as Image
         else:
-            from textual_image.widget import HalfcellImage as Image
+            return HalfBlockImage
     except ImportError:
-        return None
+        return HalfBlockImage
     return Image
 
 
@@ -54,8 +119,7 @@ class PreviewPane(Vertical):
     def compose(self) -> ComposeResult:
         yield Label("", id="preview-caption")
         if self.image_cls is None:
-            yield Static("Preview needs the textual-image package (pip install textual-image).",
-                         id="preview-empty")
+            yield Static("Previews are switched off.", id="preview-empty")
         else:
             yield Static("No frame yet: the preview follows the render.", id="preview-empty")
             image = self.image_cls(id="preview-image")
