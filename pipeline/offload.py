@@ -18,6 +18,7 @@ small card with a small host:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,7 +161,7 @@ class BlockStreamer:
         for b in self.blocks[:resident_blocks]:
             b.gpu = b.host.to(device) if b.host is not None else None
             b.host = None
-            self._bind(b, b.gpu)
+            self._bind(b, b.gpu, upcast=False)
         slot_bytes = max((b.nbytes for b in self.streamed), default=0)
         self.slots = [torch.empty(slot_bytes, dtype=torch.uint8, device=device) for _ in range(2 if self.streamed else 0)]
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
@@ -202,19 +203,18 @@ class BlockStreamer:
                 upcast.append(cast)
                 sources.append(src)
                 off = _align(off + nbytes)
-        host = torch.empty(off, dtype=torch.uint8, pin_memory=self.cuda)
+        host = _pinned(off) if self.cuda else torch.empty(off, dtype=torch.uint8)
         block = _Block(bmod, tensors, layout, off, host=host, upcast=upcast)
         for (o, shape, dtype), src in zip(layout, sources, strict=True):
             _view(host, o, shape, dtype).copy_(src)
-        self._bind(block, host)  # the originals are freed: the pinned buffer is the only copy
+        self._bind(block, host, upcast=False)  # the originals are freed: this buffer is the only copy
         return block
 
-    def _bind(self, b: _Block, buf: torch.Tensor) -> None:
-        """Point the block's tensors at views of ``buf`` (upcast on the way when on the device)."""
-        on_device = buf.device.type == self.device.type
+    def _bind(self, b: _Block, buf: torch.Tensor, *, upcast: bool) -> None:
+        """Point the block's tensors at views of ``buf``; ``upcast``: fp8-stored weights as compute-dtype copies."""
         for (mod, name, is_param), (off, shape, dtype), up in zip(b.tensors, b.layout, b.upcast, strict=True):
             t = _view(buf, off, shape, dtype)
-            if up and on_device:
+            if up and upcast:
                 t = t.to(self.compute_dtype)
             if is_param:
                 mod._parameters[name].data = t
@@ -240,22 +240,39 @@ class BlockStreamer:
 
     def before(self, i: int) -> None:
         b = self.blocks[i]
-        if b.gpu is not None or b.host is None:
+        if b.gpu is not None:  # resident: only the per-pass upcast
+            if any(b.upcast):
+                self._bind(b, b.gpu, upcast=True)
             return
         k = i - (len(self.blocks) - len(self.streamed))
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_event(b.ready)
-        self._bind(b, self.slots[b.slot])
+        self._bind(b, self.slots[b.slot], upcast=True)
         # the next streamed block (wrapping to the first for the next step) goes to the other slot
         self._prefetch((k + 1) % len(self.streamed))
 
     def after(self, i: int) -> None:
         b = self.blocks[i]
-        if b.gpu is not None or b.host is None:
+        if b.gpu is not None:
+            if any(b.upcast):
+                self._bind(b, b.gpu, upcast=False)  # drop the upcast copies
             return
         if self.cuda:
             b.done.record(torch.cuda.current_stream(self.device))
-        self._bind(b, b.host)  # drop the device views (and upcast copies) until the next pass
+        self._bind(b, b.host, upcast=False)  # drop the device views (and upcast copies) until the next pass
+
+
+def _pinned(nbytes: int) -> torch.Tensor:
+    """Page-locked host memory of exactly ``nbytes``: a plain allocation registered with
+    CUDA (``cudaHostRegister``), because torch's pinned caching allocator rounds every
+    request up to a power of two (a 772 MB block would pin 1 GiB)."""
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    cudart = torch.cuda.cudart()
+    ptr = buf.data_ptr()
+    if int(cudart.cudaHostRegister(ptr, nbytes, 0)) != 0:
+        return buf.pin_memory()  # registration refused: fall back to the caching allocator
+    weakref.finalize(buf, cudart.cudaHostUnregister, ptr)  # _Block.host keeps buf alive
+    return buf
 
 
 def _view(buf: torch.Tensor, off: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
