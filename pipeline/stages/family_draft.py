@@ -115,6 +115,10 @@ class FamilyDraftStage(Stage):
             return pipe
 
         pipe = ctx.models.get(key, load)
+        # The embeddings were made on the CPU; the denoiser wants them where it computes
+        # (the offload hooks report that as the execution device).
+        device = pipe._execution_device
+        call = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in call.items()}
 
         # 3. Denoise, one progress event per step (a cancel raises out of the callback).
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

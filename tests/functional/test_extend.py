@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.stages.encode import encode_mp4
+from pipeline.stages.encode import AUDIO_RATE, encode_mp4
 
 ROOT = Path(__file__).resolve().parents[2]
 FPS, SIZE, FRAMES = 8, (64, 48), 12
@@ -43,9 +43,17 @@ def clip(tmp_path: Path) -> Path:
         f = np.stack([(x * 3 + t * 5) % 256, (y * 4 + 40) % 256, np.full_like(x, 90 + 8 * t)], -1)
         f[10:22, 4 + 3 * t:16 + 3 * t] = (230, 220, 40)
         frames.append(f.astype(np.uint8))
+    # A 440 Hz tone as its sound track, to check the clip's audio survives the extension.
+    t = np.arange(round(FRAMES / FPS * AUDIO_RATE)) / AUDIO_RATE
+    tone = np.repeat((0.5 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32), 2, axis=0)
     path = tmp_path / "clip.mp4"
-    assert encode_mp4(path, frames, fps=FPS, size=SIZE) == FRAMES
+    assert encode_mp4(path, frames, fps=FPS, size=SIZE, audio=tone) == FRAMES
     return path
+
+
+def _audio(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
 
 
 def test_extend_keeps_the_clip_and_adds_the_continuation_without_a_seam_duplicate(clip: Path) -> None:
@@ -64,6 +72,12 @@ def test_extend_keeps_the_clip_and_adds_the_continuation_without_a_seam_duplicat
     # The first frames are the clip's own (an H.264 re-encode at CRF 18 stays above ~35 dB here).
     for i in range(len(original)):
         assert _psnr(extended[i], original[i]) > 35, f"frame {i} differs from the clip"
+    # The clip keeps its sound; the generated part is silent; together they last as long as the video.
+    sound = _audio(out)
+    assert abs(sound.shape[1] / AUDIO_RATE - len(extended) / FPS) < 2 / FPS
+    cut = round(len(original) / FPS * AUDIO_RATE)
+    assert np.sqrt(np.mean(sound[:, 2048:cut - 2048] ** 2)) > 0.2
+    assert np.abs(sound[:, cut + 2048:]).max() < 0.02
     # The storyboard beside the output continues from the clip and can be re-rendered.
     sb = load(out.with_name("clip-extended.extend.toml"))
     assert sb.segments[0].anchor.kind == "video" and sb.resolve(sb.segments[0].anchor.path).samefile(clip)
