@@ -74,6 +74,42 @@ def build_model(layers: int | None) -> torch.nn.Module:
     return model.eval()
 
 
+_QTYPES = {"q8": (8, 34), "q4": (2, 18)}  # GGML type id, bytes per 32 weights
+
+
+def quantize_blocks(model: torch.nn.Module, form: str) -> int:
+    """Swap every block Linear for diffusers' GGUFLinear holding random Q8_0/Q4_0 blocks
+    (valid bytes: fixed fp16 scale, random quants), as a GGUF checkpoint would load."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+
+    qtype, nbytes = _QTYPES[form]
+    g = torch.Generator().manual_seed(1)
+    bank = torch.randint(0, 256, (1 << 20, nbytes), generator=g, dtype=torch.uint8)
+    bank[:, 0:2] = torch.tensor([0.0005], dtype=torch.float16).view(torch.uint8)
+    bank = bank.reshape(-1)
+    n = 0
+    for block in model.transformer_blocks:
+        for name, mod in list(block.named_modules()):
+            if not isinstance(mod, torch.nn.Linear) or mod.in_features % 32:
+                continue
+            rows, cols = mod.out_features, mod.in_features // 32 * nbytes
+            data = torch.empty(rows * cols, dtype=torch.uint8)
+            pos = 0
+            while pos < data.numel():
+                k = min(data.numel() - pos, bank.numel())
+                data[pos:pos + k].copy_(bank[:k])
+                pos += k
+            new = GGUFLinear(mod.in_features, mod.out_features, mod.bias is not None, compute_dtype=torch.bfloat16,
+                             device="meta")
+            new.weight = GGUFParameter(data.view(rows, cols), quant_type=qtype)
+            if mod.bias is not None:
+                new.bias = torch.nn.Parameter(mod.bias.data, requires_grad=False)
+            parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
+            setattr(parent, name.rsplit(".", 1)[-1], new)
+            n += 1
+    return n
+
+
 def model_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -155,9 +191,12 @@ def sulphur_resident_blocks(model: torch.nn.Module, cap_gib: float, act_bytes: i
     """Blocks that stay on the GPU: what the cap leaves after non-block weights, two
     slots, one upcast block, activations and the planner's 10% margin."""
     blocks = model.transformer_blocks
-    block_bf16 = sum(p.numel() * 2 for p in blocks[0].parameters())
-    block_store = block_bf16 // 2 if fp8 else block_bf16
-    nonblock = model_bytes(model) - block_bf16 * len(blocks)
+    block_bf16 = sum(p.numel() * 2 for p in blocks[0].parameters() if p.is_floating_point())
+    block_bf16 += sum(m.out_features * m.in_features * 2 for m in blocks[0].modules()
+                      if type(m).__name__ == "GGUFLinear")
+    stored = sum(p.numel() * p.element_size() for p in blocks[0].parameters())
+    block_store = block_bf16 // 2 if fp8 and stored == block_bf16 else stored
+    nonblock = model_bytes(model) - stored * len(blocks)
     room = int(cap_gib * GiB * 0.9) - nonblock - 2 * block_store - (block_bf16 if fp8 else 0) - act_bytes
     return max(0, min(len(blocks) - 2, room // block_store))
 
@@ -178,6 +217,12 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
     with RssSampler() as rss:
         t0 = time.perf_counter()
         model = build_model(layers)
+        if weights in ("q8", "q4", "q8t", "q4t"):
+            res["gguf_linears"] = quantize_blocks(model, weights[:2])
+            if weights.endswith("t"):
+                from pipeline.kernels.gguf_dequant import patch_gguf_linears
+
+                res["triton_linears"] = patch_gguf_linears(model)
         res["build_s"] = round(time.perf_counter() - t0, 2)
         res["params"] = sum(p.numel() for p in model.parameters())
         w_bytes = model_bytes(model)
@@ -193,10 +238,11 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
             streamed_per_step = w_bytes  # every group is onloaded once per step
         elif kind == "sulphur":
             act = int((video_tokens(size, frames) + audio_tokens(frames, 24)) * ACT_BYTES_PER_TOKEN)
-            k = sulphur_resident_blocks(model, cap_gib or 80, act, weights == "fp8")
+            k = sulphur_resident_blocks(model, cap_gib or 80, act, weights != "bf16")
             res["resident_blocks"] = k
             plan = StagePlan(name="sulphur", device="cuda", offload="group_block", dtype="bfloat16",
-                             options={"streamer": "sulphur", "weights": weights, "resident_blocks": k})
+                             options={"streamer": "sulphur", "weights": "fp8" if weights == "fp8" else "as-stored",
+                                      "resident_blocks": k})
             apply_plan(model, plan)
         else:
             raise SystemExit(f"unknown mode {spec}")

@@ -99,3 +99,21 @@ def test_gguf_transformer_composes_with_group_offload() -> None:
     apply_plan(model, plan("group_block", num_blocks_per_group=1))
     assert any(isinstance(p, GGUFParameter) for p in model.parameters())
     assert torch.equal(run(model), ref)
+
+
+def test_gguf_transformer_through_the_sulphur_streamer() -> None:
+    """GGUF blocks stream as their quantized bytes (fewest bytes over PCIe), dequantized per layer."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    preset = get_preset("tiny")
+    ref = run(ltx2.load_transformer(preset, StagePlan(name="cpu")))
+    model = ltx2.load_transformer(preset, StagePlan(name="cpu"))
+    apply_plan(model, plan("group_block", streamer="sulphur"))
+    block = model._sulphur_streamer.blocks[0]
+    quant = [p for p in block.module.parameters() if isinstance(p, GGUFParameter)]
+    assert quant and all(p.dtype == torch.uint8 for p in quant)
+    assert torch.equal(run(model), ref)
+    assert torch.equal(run(model), ref)
