@@ -166,7 +166,7 @@ def _plan_tag(plan: StagePlan) -> str:
 
 
 def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
-    """Put one module where the plan says. Pipeline-level modes (model, sequential) are set on the pipeline.
+    """Put one module where the plan says. Model offload is pipeline-level (see finish_pipeline).
 
     Honors ``plan.options``: ``use_stream`` (default on), ``low_cpu_mem_usage`` (pin per
     group instead of all at once), ``weights == "fp8"`` (transformer stored in fp8 and
@@ -177,16 +177,19 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
     if not isinstance(module, torch.nn.Module) or getattr(module, _OFFLOAD_TAG, None) == _plan_tag(plan):
         return module
     opts = plan.options
-    if transformer and opts.get("weights") == "fp8" and plan.device != "cpu":
+    quantized = getattr(module, "hf_quantizer", None) is not None  # GGUF: already compact
+    if transformer and opts.get("weights") == "fp8" and plan.device != "cpu" and not quantized:
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype(plan))
     if plan.device == "cpu" or plan.offload == "resident":
         module.to(plan.device)
-    elif plan.offload in ("group_block", "group_leaf"):
+    elif plan.offload in ("group_block", "group_leaf", "sequential"):
         from diffusers.hooks import apply_group_offloading
 
         # Block level only knows the transformer's block lists; everything else streams per leaf.
+        # "sequential" is leaf-level without streams: accelerate's sequential offload moves
+        # weights to the meta device, which GGUFParameter does not survive (KeyError: None).
         kind = "block_level" if (plan.offload == "group_block" and transformer) else "leaf_level"
-        use_stream = bool(opts.get("use_stream", True))
+        use_stream = bool(opts.get("use_stream", True)) and plan.offload != "sequential"
         kwargs: dict[str, Any] = {}
         if kind == "block_level":
             kwargs["num_blocks_per_group"] = int(opts.get("num_blocks_per_group", 1))
@@ -200,12 +203,9 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
 
 
 def finish_pipeline(pipe: Any, plan: StagePlan) -> Any:
-    """Apply pipeline-level offload modes and VAE tiling; group/resident placement happened per module."""
-    if plan.device != "cpu":
-        if plan.offload == "model":
-            pipe.enable_model_cpu_offload(device=plan.device)
-        elif plan.offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=plan.device)
+    """Apply model CPU offload and VAE tiling; the other modes were placed per module."""
+    if plan.device != "cpu" and plan.offload == "model":
+        pipe.enable_model_cpu_offload(device=plan.device)
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         if plan.vae_tiling:
@@ -300,7 +300,7 @@ def component(models: LoadedModels, preset: Preset, name: str, plan: StagePlan) 
     else:
         loader = lambda: _load_diffusers_component(preset, name, plan)  # noqa: E731
     obj = _held(models, _key(preset, name), plan, loader)
-    if plan.device != "cpu" and plan.offload in ("model", "sequential"):
+    if plan.device != "cpu" and plan.offload == "model":
         setattr(obj, _OFFLOAD_TAG, _plan_tag(plan))  # hooks come from finish_pipeline
     else:
         place(obj, plan, transformer=name == "transformer")

@@ -187,3 +187,46 @@ def test_params_name_everything_that_changes_the_output(tmp_path: Path) -> None:
     # The runner looks refine entries up with a job lacking prompt/anchor: they must not change the key.
     assert RefineStage().params(make_job(tmp_path, prompt="other", anchor=anchor)) == r
     assert r["sigmas"] == [0.85, 0.725, 0.4219, 0.0] and r["size"] == [448, 256]
+
+
+GPU_PLANS = [
+    ("resident", {}, False),
+    ("model", {}, False),
+    ("group_block", {"use_stream": True}, False),
+    ("group_block", {"use_stream": True, "low_cpu_mem_usage": True}, False),
+    ("group_leaf", {"use_stream": True, "low_cpu_mem_usage": True}, False),
+    ("group_block", {"use_stream": False}, True),
+    ("sequential", {}, True),
+    ("resident", {"text_encoder": "cpu"}, False),
+    ("group_block", {"use_stream": True, "text_encoder": "disk"}, False),
+]
+
+
+@pytest.mark.gpu
+def test_every_offload_plan_renders_the_same_clip_on_cuda(tmp_path: Path) -> None:
+    """Each rung of the memory ladder must give (nearly) the resident result, with one holder
+    of models across plans, as the runner keeps it while it falls back."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    models = LoadedModels()
+    job = make_job(tmp_path, seed=11)
+    results = {}
+    for i, (mode, options, tiling) in enumerate(GPU_PLANS):
+        plan = StagePlan(name=mode, device="cuda", offload=mode, vae_tiling=tiling, dtype="bfloat16",
+                         options=options)
+        outs = []
+        for stage, inputs in ((DraftStage(), {}), (RefineStage(), None)):
+            out = tmp_path / f"{i}-{stage.name}"
+            out.mkdir()
+            ctx = StageContext(emit=lambda e: None, cancel=threading.Event(), models=models, plan=plan)
+            art_inputs = inputs if inputs is not None else {"draft": outs[0]}
+            meta = stage.run(ctx, job, art_inputs, out)
+            outs.append(Artifact(stage=stage.name, key=str(i), path=out, meta=meta))
+        results[(mode, str(options), tiling)] = (frames_of(outs[0]), frames_of(outs[1]))
+    base_draft, base_refine = next(iter(results.values()))
+    assert base_draft.shape == (9, 128, 224, 3) and base_refine.shape == (9, 256, 448, 3)
+    for key, (draft, refine) in results.items():
+        assert np.abs(draft.astype(int) - base_draft).mean() < 3.0, key
+        assert np.abs(refine.astype(int) - base_refine).mean() < 3.0, key
