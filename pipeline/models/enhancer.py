@@ -152,7 +152,9 @@ def enhance(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int,
     import jinja2
 
     llm.reset()  # no KV reuse from an earlier call, so the answer depends on the inputs only
-    sampling = dict(seed=seed, temperature=temperature, top_p=0.95, top_k=40, max_tokens=max_tokens)
+    # Turn enders as stop strings too, for GGUFs whose vocab does not mark them end-of-generation.
+    sampling = dict(seed=seed, temperature=temperature, top_p=0.95, top_k=40, max_tokens=max_tokens,
+                    stop=["<end_of_turn>", "<|eot_id|>", "<|im_end|>"])
     try:
         reply = llm.create_chat_completion(
             messages=[{"role": "system", "content": SYSTEM_PROMPT},
