@@ -223,6 +223,12 @@ def _key(preset: Preset, name: str) -> str:
     return f"{preset.name}:{name}"
 
 
+def evict_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> None:
+    """Drop what the plan says must go before the stage (``options["evict"]``, component names)."""
+    for name in plan.options.get("evict", ()):
+        models.evict(_key(preset, name), name)
+
+
 def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
     """The transformer from GGUF (preferred) or a diffusers folder, with the distilled LoRA loaded (not yet weighted)."""
     from diffusers import GGUFQuantizationConfig, LTX2VideoTransformer3DModel

@@ -20,6 +20,11 @@ def sulphur_home() -> Path:
     return Path(os.environ.get("SULPHUR_HOME", Path.home() / ".cache" / "sulphur"))
 
 
+def _expand_home(path: str) -> str:
+    """``$SULPHUR_HOME`` in a preset's path works even when the variable is unset (it has a default)."""
+    return path.replace("${SULPHUR_HOME}", "$SULPHUR_HOME").replace("$SULPHUR_HOME", str(sulphur_home()))
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """One file or folder a preset needs.
@@ -39,16 +44,13 @@ class ModelFile:
     def local_path(self) -> Path | None:
         for candidate in (os.environ.get(self.env, "") if self.env else "", self.path):
             if candidate:
-                # $SULPHUR_HOME works even when unset (it has a default, see sulphur_home()).
-                candidate = candidate.replace("${SULPHUR_HOME}", "$SULPHUR_HOME")
-                candidate = candidate.replace("$SULPHUR_HOME", str(sulphur_home()))
-                p = Path(os.path.expandvars(candidate)).expanduser()
+                p = Path(os.path.expandvars(_expand_home(candidate))).expanduser()
                 if p.exists():
                     return p
         return None
 
     def where(self) -> str:
-        hint = self.path or (f"{self.repo}/{self.filename}" if self.filename else self.repo)
+        hint = _expand_home(self.path) or (f"{self.repo}/{self.filename}" if self.filename else self.repo)
         return f"{hint}" + (f" (or set ${self.env})" if self.env else "")
 
 

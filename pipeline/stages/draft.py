@@ -57,8 +57,7 @@ class DraftStage(Stage):
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size
         ctx.progress(self.name, 0, job.steps)
-        for name in plan.options.get("evict", ()):
-            ctx.models.evict(name)
+        ltx2.evict_for_plan(ctx.models, preset, plan)
 
         # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
         prompt = ltx2.encode_prompt(ctx.models, preset, plan, job.prompt)

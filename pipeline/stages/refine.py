@@ -64,8 +64,7 @@ class RefineStage(Stage):
         sigmas = refine_sigmas(job)
         n = len(sigmas)
         ctx.progress(self.name, 0, n)
-        for name in plan.options.get("evict", ()):
-            ctx.models.evict(name)
+        ltx2.evict_for_plan(ctx.models, preset, plan)
         device, dtype = torch.device(plan.device), ltx2.torch_dtype(plan)
 
         # 1. The draft's latents (and its prompt embeddings, so no second text-encoder load).
