@@ -24,14 +24,14 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Header, Label
+from textual.widgets import Footer, Header, Label, TextArea
 from textual.worker import Worker, WorkerState
 
 from pipeline.gpu import GpuMonitor
 from pipeline.protocol import Event, JobQueued, VramSample
 from pipeline.storyboard import StoryboardError
 from sulphur_tui.commands import SulphurCommands
-from sulphur_tui.document import Document, only_enhanced_prompts_differ
+from sulphur_tui.document import NEW_PROMPT, Document, only_enhanced_prompts_differ
 from sulphur_tui.live import LiveState
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
 from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, DiskChangedDialog, FilePicker, HelpScreen
@@ -66,7 +66,7 @@ class SulphurApp(App[int]):
         Binding("ctrl+n", "add_segment", "Add shot", id="segment.add_anywhere", show=False),
         Binding("ctrl+r", "randomise_seed", "Randomise seed", id="segment.randomise", show=False),
         Binding("f2", "focus('segments')", "Shots", id="focus.segments", show=False),
-        Binding("f3", "focus('prompt')", "Prompt", id="focus.prompt", show=False),
+        Binding("f3", "edit_prompt", "Prompt", id="focus.prompt", show=False),
         Binding("f1", "help", "Help", id="help"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
@@ -496,6 +496,16 @@ class SulphurApp(App[int]):
             self.notify(str(exc), title="Reload failed", severity="error")
             return
         self.refresh_document(editor=True)
+
+    def action_edit_prompt(self) -> None:
+        """Focus the prompt, cursor at the end; a new shot's placeholder is selected so
+        typing replaces it."""
+        area = self.query_one("#prompt", TextArea)
+        area.focus()
+        if area.text == NEW_PROMPT:
+            area.select_all()
+        else:
+            area.move_cursor(area.document.end)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

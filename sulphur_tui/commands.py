@@ -24,7 +24,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Open output", "Open the selected shot's video (or the film, or its folder)", "open_output"),
     ("Reload from disk", "Take the version of the file on disk", "reload"),
     ("Focus shot list", "Move the cursor to the list of shots", "focus('segments')"),
-    ("Focus prompt", "Edit the selected shot's prompt", "focus('prompt')"),
+    ("Edit prompt", "Edit the selected shot's prompt", "edit_prompt"),
     ("Help", "Keys and what the screen shows", "help"),
     ("Quit", "Leave the editor (asks about unsaved changes)", "quit"),
 ]

@@ -25,6 +25,7 @@ from pipeline.storyboard import (
 )
 
 UNDO_LIMIT = 500
+NEW_PROMPT = "Describe the new shot here."
 
 
 def _digest(data: bytes) -> str:
@@ -125,7 +126,7 @@ class Document:
     def add_segment(self, after: str | None) -> str:
         """A new shot after ``after`` (or at the end); returns its id."""
         sb = self.storyboard
-        new = Segment(id=new_segment_id(sb), prompt="Describe the new shot here.",
+        new = Segment(id=new_segment_id(sb), prompt=NEW_PROMPT,
                       frames=sb.segments[-1].frames if sb.segments else None)
         segs = list(sb.segments)
         at = sb.index(after) + 1 if after else len(segs)

@@ -46,9 +46,9 @@ class ConfirmQuit(ModalScreen[str]):
             yield Label(f"{self.path.name} has unsaved changes.", classes="question")
             yield Static("Save them before quitting?", classes="detail")
             with Horizontal():
-                yield Button("Save and quit [s]", id="save", variant="primary")
-                yield Button("Quit without saving [d]", id="discard", variant="error")
-                yield Button("Stay [esc]", id="cancel")
+                yield Button("Save and quit (s)", id="save", variant="primary")
+                yield Button("Quit without saving (d)", id="discard", variant="error")
+                yield Button("Stay (esc)", id="cancel")
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
@@ -77,8 +77,8 @@ class DiskChangedDialog(ModalScreen[str]):
             yield Static(f"Reload takes the version on disk ({mine}). Keep mine leaves the file alone until "
                          "you save, and that save will replace the other program's changes.", classes="detail")
             with Horizontal():
-                yield Button("Reload [r]", id="reload", variant="primary", disabled=bool(self.problem))
-                yield Button("Keep mine [k]", id="keep")
+                yield Button("Reload (r)", id="reload", variant="primary", disabled=bool(self.problem))
+                yield Button("Keep mine (k)", id="keep")
 
     def action_dismiss(self, result: str | None = None) -> None:  # type: ignore[override]
         if result == "reload" and self.problem:
@@ -118,7 +118,7 @@ class FilePicker(ModalScreen[str | None]):
             yield Label(f"Choose the {self.kind} the shot starts from", classes="question")
             yield _MediaTree(self.root, suffixes)
             with Horizontal():
-                yield Button("Cancel [esc]", id="cancel")
+                yield Button("Cancel (esc)", id="cancel")
 
     @on(DirectoryTree.FileSelected)
     def _picked(self, event: DirectoryTree.FileSelected) -> None:

@@ -22,6 +22,9 @@ from pipeline.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard
 ANCHOR_KINDS = [("previous shot", "previous"), ("image file", "image"), ("video (last frame)", "video"),
                 ("none (text only)", "none")]
 INHERIT = "inherit"
+# Fields are validated here (see _input), not by Input: its per-keystroke -valid/-invalid
+# class toggling restyles the editor on every shot change.
+_OWN_VALIDATION = ["submitted"]
 
 
 def _int(text: str, lo: int, hi: int) -> int | None:
@@ -105,22 +108,22 @@ class SegmentEditor(VerticalScroll):
         yield TextArea("", id="enhanced", soft_wrap=True, read_only=True, tab_behavior="focus")
         with Horizontal(classes="row"):
             yield Label("seed")
-            yield Input(placeholder="project", id="seed", type="integer", compact=True)
+            yield Input(placeholder="project", id="seed", type="integer", compact=True, validate_on=_OWN_VALIDATION)
             yield Button("Random", id="randomise", compact=True, tooltip="A new random seed for this shot")
             yield Label("frames")
-            yield Input(placeholder="–", id="frames", type="integer", compact=True)
+            yield Input(placeholder="–", id="frames", type="integer", compact=True, validate_on=_OWN_VALIDATION)
             yield Label("or secs")
-            yield Input(placeholder="–", id="seconds", type="number", compact=True)
+            yield Input(placeholder="–", id="seconds", type="number", compact=True, validate_on=_OWN_VALIDATION)
         with Horizontal(classes="row"):
             yield Label("first frame")
             yield Select(ANCHOR_KINDS, id="anchor-kind", allow_blank=False, value="previous", compact=True)
-            yield Input(placeholder="file, relative to the storyboard", id="anchor-path", compact=True)
+            yield Input(placeholder="file, relative to the storyboard", id="anchor-path", compact=True, validate_on=_OWN_VALIDATION)
             yield Button("Browse…", id="browse", compact=True)
         with Horizontal(classes="row"):
             yield Label("steps")
-            yield Input(placeholder="project", id="steps", type="integer", compact=True)
+            yield Input(placeholder="project", id="steps", type="integer", compact=True, validate_on=_OWN_VALIDATION)
             yield Label("LoRA")
-            yield Input(placeholder="project", id="lora", type="number", compact=True)
+            yield Input(placeholder="project", id="lora", type="number", compact=True, validate_on=_OWN_VALIDATION)
             yield Select([("drift guard: project's", INHERIT)] + [(f"drift guard: {g}", g) for g in DRIFT_GUARDS],
                          id="drift", allow_blank=False, value=INHERIT, compact=True)
         yield Label("", id="field-error")

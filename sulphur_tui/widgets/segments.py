@@ -151,4 +151,4 @@ class SegmentList(DataTable):
     def _selected(self, event: DataTable.RowSelected) -> None:
         # Enter on a row jumps to its prompt.
         event.stop()
-        self.app.query_one("#prompt").focus()
+        self.app.action_edit_prompt()  # type: ignore[attr-defined]
