@@ -397,6 +397,16 @@ def segment_order(render_dir: Path) -> tuple[list[Path], str]:
     return sorted(files.values(), key=lambda p: (p.stat().st_mtime, p.name)), "file mtime"
 
 
+def _manifest_offsets(render_dir: Path) -> dict[str, int]:
+    """Film frame offsets per segment id from ``film.json``, where it gives them."""
+    try:
+        data = json.loads((render_dir / "film.json").read_text())
+        return {str(s["id"]): int(s["offset"]) for s in data.get("segments", [])
+                if isinstance(s, dict) and isinstance(s.get("offset"), int)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _reference_image(render_dir: Path) -> tuple[np.ndarray | None, str]:
     """The drift reference a storyboard names (``drift_reference = <image>``), if any."""
     board = _storyboard_of(render_dir)
@@ -422,6 +432,7 @@ def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[st
 
     render_dir = Path(render_dir)
     files, order = segment_order(render_dir)
+    offsets = _manifest_offsets(render_dir)
     segments: list[dict[str, Any]] = []
     seams: list[Seam] = []
     offset = 0
@@ -431,6 +442,8 @@ def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[st
     for path in files:
         stats, info = _analyze_video(path, worst=worst)
         n = stats.frames
+        # The runner's manifest knows where each segment sits in final.mp4 (it may trim).
+        offset = offsets.get(path.stem, offset)
         first_stats = drift_mod.frame_stats(info["first"].to_ndarray(format="rgb24"))
         last_stats = drift_mod.frame_stats(info["last"].to_ndarray(format="rgb24"))
         if reference is None:
@@ -531,7 +544,8 @@ def main(args: argparse.Namespace) -> int:
     except FlickerError as exc:
         print(f"sulphur flicker: {exc}", file=sys.stderr)
         return 2
-    if seams is not None and stats.frames == sum(seg["frames"] for seg in seams["segments"]):
+    if seams is not None and seams["segments"] and \
+            stats.frames == seams["segments"][-1]["offset"] + seams["segments"][-1]["frames"]:
         # Where the film is the concatenation of the segments, show what the viewer sees
         # at each seam in the film itself too.
         for seam, d in zip(seams["_seams"], seams["seams"], strict=True):

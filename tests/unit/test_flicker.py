@@ -243,6 +243,13 @@ def test_seam_with_brightness_jump_is_flagged(tmp_path: Path, order_by: str) -> 
     assert seams[1]["psnr"] == pytest.approx(20 * math.log10(255 / 25), abs=1.0)
     # The drift block sees c brighter than the reference (a's last frame).
     assert report["segments"][2]["drift"]["L_mean"] > 5
+    if order_by == "manifest":
+        # A runner that drops each continuation's first frame (it repeats the anchor)
+        # says so through the offsets; the seams follow them.
+        manifest = render / "film.json"
+        manifest.write_text(manifest.read_text().replace('"offset": 10', '"offset": 9')
+                            .replace('"offset": 20', '"offset": 18'))
+        assert [s["frame"] for s in flicker.analyze_seams(render)["seams"]] == [9, 18]
 
 
 def test_cli_report_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
