@@ -122,7 +122,11 @@ def all_presets() -> list[Preset]:
 def _load_families() -> None:
     # Importing a family module registers its presets; kept lazy so `sulphur --help`
     # and the TUI never pay for it.
-    from pipeline.models import cogvideox, ltx2, ltxv, svd, wan  # noqa: F401
+    # LTX-2 first, so the default presets list first.
+    import importlib
+
+    for family in ("ltx2", "wan", "ltxv", "svd", "cogvideox"):
+        importlib.import_module(f"pipeline.models.{family}")
 
 
 class LoadedModels:
