@@ -1,0 +1,53 @@
+"""The memory recipes are data the draft stage looks up: check the seed's rules hold in it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.memory import StagePlan
+from pipeline.models import recipes
+from pipeline.models.registry import all_presets, get_preset
+
+FAMILIES = ("wan", "svd", "ltxv", "cogvideox")
+
+
+def test_every_family_preset_has_a_ladder_and_tiny_twins_share_their_real_twins() -> None:
+    presets = [p for p in all_presets() if p.family in FAMILIES]
+    assert {p.name for p in presets} >= {"wan22-ti2v-5b", "wan22-i2v-a14b-gguf", "svd-xt", "ltxv-0.9",
+                                         "cogvideox-5b-i2v"}
+    for p in presets:
+        ladder = recipes.ladder(p)
+        assert ladder and all(r.offload in ("model", "group_leaf", "group_block", "sequential") for r in ladder)
+        if p.builder is not None:
+            assert ladder == recipes.RECIPES[p.extra["recipe"]]
+
+
+def test_seed_recipes() -> None:
+    # every T5 / umT5 family encodes on the CPU and evicts the encoder
+    for name in ("wan22-ti2v-5b", "wan22-i2v-a14b-gguf", "ltxv-0.9", "cogvideox-5b-i2v"):
+        assert recipes.ladder(get_preset(name))[0].text_encoder == "cpu_fp32"
+    # GGUF experts: no sequential rung (accelerate's meta step drops the quant type)
+    a14b = recipes.ladder(get_preset("wan22-i2v-a14b-gguf"))
+    assert "sequential" not in {r.offload for r in a14b}
+    leaf = next(r for r in a14b if r.offload == "group_leaf")
+    assert leaf.use_stream and leaf.vae_tiling
+    svd = recipes.ladder(get_preset("svd-xt"))[0]
+    assert svd.offload == "model" and svd.forward_chunking
+    assert recipes.ladder(get_preset("ltxv-0.9"))[0].offload == "sequential"
+    cog = recipes.ladder(get_preset("cogvideox-5b-i2v"))[0]
+    assert cog.offload == "sequential" and cog.vae_tiling
+
+
+def test_plans_put_the_recipe_measured_at_that_size_first() -> None:
+    a14b = get_preset("wan22-i2v-a14b-gguf")
+    assert recipes.plans(a14b, "cuda", (640, 384), 81)[0].options["recipe"] == "model"
+    assert recipes.plans(a14b, "cuda", (1280, 720), 81)[0].options["recipe"] == "group_leaf"
+    assert [p.name for p in recipes.plans(a14b, "cpu", (64, 32), 5)] == ["cpu"]
+
+
+@pytest.mark.parametrize(("offload", "expected"), [("model", "model"), ("group_leaf", "group_leaf"),
+                                                   ("sequential", "group_leaf"), ("group_block", "group_leaf")])
+def test_generic_plans_map_to_a_recipe_at_least_as_lean(offload: str, expected: str) -> None:
+    a14b = get_preset("wan22-i2v-a14b-gguf")
+    assert recipes.resolve(a14b, StagePlan(name="x", device="cuda", offload=offload)).name == expected
+    assert recipes.resolve(a14b, StagePlan(name="cpu", device="cpu")) is recipes.CPU
