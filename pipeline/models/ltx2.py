@@ -161,43 +161,54 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
     return models.get(key, loader)
 
 
+#: Plan options that change how a module is placed (part of the placement tag).
+_PLACEMENT_OPTIONS = ("weights", "use_stream", "low_cpu_mem_usage", "num_blocks_per_group", "streamer",
+                      "resident_blocks", "offload_to_disk_path")
+
+
 def _plan_tag(plan: StagePlan) -> str:
-    return f"{plan.device}:{plan.offload}:{plan.dtype}"
+    opts = ",".join(f"{k}={plan.options[k]}" for k in _PLACEMENT_OPTIONS if k in plan.options)
+    return f"{plan.device}:{plan.offload}:{plan.dtype}:{opts}"
+
+
+def _is_quantized(module: Any) -> bool:
+    return getattr(module, "hf_quantizer", None) is not None
 
 
 def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
     """Put one module where the plan says. Model offload is pipeline-level (see finish_pipeline).
 
-    Honors ``plan.options``: ``use_stream`` (default on), ``low_cpu_mem_usage`` (pin per
-    group instead of all at once), ``weights == "fp8"`` (transformer stored in fp8 and
-    upcast per layer), ``offload_to_disk_path``.
+    The transformer goes through :func:`pipeline.offload.apply_plan`, which knows every
+    option the planner emits (Sulphur's block streamer, fp8 storage, streams, pinning).
+    The smaller components ride along: resident with it, or streamed per leaf. Sequential
+    offload of a GGUF transformer becomes stream-less leaf-level group offload, its
+    equivalent: accelerate's sequential offload moves weights to the meta device, which
+    ``GGUFParameter`` does not survive (``KeyError: None`` in ``GGUFParameter.__new__``).
     """
     import torch
 
     if not isinstance(module, torch.nn.Module) or getattr(module, _OFFLOAD_TAG, None) == _plan_tag(plan):
         return module
     opts = plan.options
-    quantized = getattr(module, "hf_quantizer", None) is not None  # GGUF: already compact
-    if transformer and opts.get("weights") == "fp8" and plan.device != "cpu" and not quantized:
-        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype(plan))
-    if plan.device == "cpu" or plan.offload == "resident":
+    gguf_sequential = plan.offload == "sequential" and _is_quantized(module)
+    if transformer and not gguf_sequential:
+        from pipeline.offload import apply_plan
+
+        apply_plan(module, plan)
+    elif plan.device == "cpu" or plan.offload == "resident":
         module.to(plan.device)
     elif plan.offload in ("group_block", "group_leaf", "sequential"):
         from diffusers.hooks import apply_group_offloading
 
-        # Block level only knows the transformer's block lists; everything else streams per leaf.
-        # "sequential" is leaf-level without streams: accelerate's sequential offload moves
-        # weights to the meta device, which GGUFParameter does not survive (KeyError: None).
-        kind = "block_level" if (plan.offload == "group_block" and transformer) else "leaf_level"
-        use_stream = bool(opts.get("use_stream", True)) and plan.offload != "sequential"
+        # Streams only pay for the big, repeated weights; small parts stream per leaf, synchronously.
+        use_stream = transformer and bool(opts.get("use_stream", True)) and plan.offload != "sequential"
         kwargs: dict[str, Any] = {}
-        if kind == "block_level":
-            kwargs["num_blocks_per_group"] = int(opts.get("num_blocks_per_group", 1))
         if opts.get("offload_to_disk_path"):
             kwargs["offload_to_disk_path"] = str(opts["offload_to_disk_path"])
         apply_group_offloading(module, onload_device=torch.device(plan.device), offload_device=torch.device("cpu"),
-                               offload_type=kind, use_stream=use_stream,
-                               low_cpu_mem_usage=bool(opts.get("low_cpu_mem_usage", False)), **kwargs)
+                               offload_type="leaf_level", use_stream=use_stream,
+                               low_cpu_mem_usage=use_stream and bool(opts.get("low_cpu_mem_usage", False)),
+                               **kwargs)
     setattr(module, _OFFLOAD_TAG, _plan_tag(plan))
     return module
 

@@ -199,6 +199,8 @@ GPU_PLANS = [
     ("sequential", {}, True),
     ("resident", {"text_encoder": "cpu"}, False),
     ("group_block", {"use_stream": True, "text_encoder": "disk"}, False),
+    ("group_block", {"streamer": "sulphur"}, False),
+    ("group_block", {"streamer": "sulphur", "resident_blocks": 1}, True),
 ]
 
 
