@@ -43,7 +43,7 @@ def time_first_paint(storyboard: Path, marker: bytes, images: str, timeout: floa
     """Seconds from exec to ``marker`` appearing on the pty; then ctrl+q."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor", "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "SULPHUR_TUI_IMAGES": images}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "edit", str(storyboard)], stdin=slave,

@@ -631,7 +631,13 @@ def main(args: argparse.Namespace) -> int:
         except ImportError:
             print("sulphur edit --serve needs textual-serve: pip install 'sulphur[serve]'", file=sys.stderr)
             return 2
-        Server(f"{sys.executable} -m pipeline.cli edit {path.resolve()}", title="Sulphur").serve()
+        import shlex
+
+        host = getattr(args, "host", None) or os.environ.get("SULPHUR_SERVE_HOST", "localhost")
+        port = int(getattr(args, "port", None) or os.environ.get("SULPHUR_SERVE_PORT", 8000))
+        command = shlex.join([sys.executable, "-m", "pipeline.cli", "edit", str(path.resolve())])
+        print(f"Serving the editor of {path.name} at http://{host}:{port}", file=sys.stderr)
+        Server(command, host=host, port=port, title=f"Sulphur — {path.name}").serve()
         return 0
     # Half blocks by default (everywhere, SSH included, no start-up cost);
     # SULPHUR_TUI_IMAGES=auto lets textual-image probe for sixel / kitty graphics.

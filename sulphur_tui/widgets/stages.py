@@ -63,6 +63,9 @@ class StageTimers(Widget):
         if job:
             eta = live.queue_eta(now)
             title.append(f" · job {job.job_id[:8] or '?'} {job.state}")
+            waiting = sum(1 for j in live.jobs.values() if j.state == "queued" and j is not job)
+            if waiting:
+                title.append(f" · {waiting} more queued")
             if eta is not None:
                 title.append(f" · all done in ~{fmt_seconds(eta)}")
         elif not live.timer_segment:
