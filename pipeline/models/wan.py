@@ -259,6 +259,15 @@ class Wan(family.Family):
             extra.update(transformer_2=None, expand_timesteps=True)
         return extra
 
+    def encode(self, pipe: Any, prompt: str, negative: str, cfg: bool, max_len: int,
+               dtype: torch.dtype) -> dict[str, Any]:
+        import importlib.util
+
+        # diffusers' Wan pipelines clean prompts with ftfy and fail with a NameError without it.
+        if importlib.util.find_spec("ftfy") is None:
+            raise RuntimeError("Wan prompts need the ftfy package (pip install ftfy)")
+        return super().encode(pipe, prompt, negative, cfg, max_len, dtype)
+
     def call_kwargs(self, preset: Preset, mode: str, **kw: Any) -> dict[str, Any]:
         out = super().call_kwargs(preset, mode, **kw)
         if _is_a14b(preset):
