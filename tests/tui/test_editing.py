@@ -255,3 +255,36 @@ async def test_help_screen(story: Path) -> None:
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_anchor_and_enhanced_prompt_lock(story: Path) -> None:
+    from textual.widgets import Checkbox, Select
+
+    (story.parent / "still.png").write_bytes(b"")
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+end")  # storm
+        app.query_one("#anchor-kind", Select).value = "image"
+        await pilot.pause()
+        assert app.doc.storyboard.segment("storm").anchor.kind == "previous"  # no file yet: nothing changes
+        assert app.query_one("#anchor-path").disabled is False
+        app.query_one("#anchor-path").focus()
+        await type_text(pilot, "still.png")
+        await pilot.pause()
+        anchor = app.doc.storyboard.segment("storm").anchor
+        assert (anchor.kind, anchor.path) == ("image", "still.png")
+        # The enhanced prompt is read-only until locked; locked, it is the user's.
+        enhanced = app.query_one("#enhanced", TextArea)
+        assert enhanced.read_only
+        app.query_one("#enhance-lock", Checkbox).value = True
+        await pilot.pause()
+        assert not enhanced.read_only and app.doc.storyboard.segment("storm").enhance_lock
+        enhanced.focus()
+        await type_text(pilot, "Rain")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("storm").enhanced_prompt == "Rain"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    seg = load(story).segment("storm")
+    assert (seg.anchor.kind, seg.anchor.path, seg.enhanced_prompt, seg.enhance_lock) == \
+        ("image", "still.png", "Rain", True)
