@@ -2,8 +2,9 @@
 
 Image-to-video only, at exactly 720×480 (its learned positional embeddings fix the
 size), 49 frames at 8 fps natively. Frames are 8k+1: the VAE decodes an odd number of
-latent frames (13 → 49) as 1 + 4 per latent, an even number as 4 per latent. On 12 GB it needs sequential offload + VAE tiling
-and takes about an hour a clip (seed), so it is here for quality, not speed.
+latent frames (13 → 49) as 1 + 4 per latent, an even number as 4 per latent. On 12 GB
+it needs sequential offload + VAE tiling and takes about an hour a clip (seed), so it is
+here for quality, not speed.
 
 The tiny twin keeps the structure: 3D-VAE 8× space / 4× time, learned positional
 embeddings sized for the twin's own draft size, RoPE, T5 text encoder.
@@ -79,9 +80,10 @@ TINY = register(Preset(
     files=family.tiny_files(FOLDER, (
         ModelFile("diffusers", "CogVideoX twin: transformer, VAE, T5, tokenizer, scheduler", path="diffusers"),
     )),
-    draft_size=TINY_SIZE, refine_size=(TINY_SIZE[0] * 2, TINY_SIZE[1] * 2), steps=2, guidance_scale=6.0,
+    draft_size=TINY_SIZE, refine_size=TINY_SIZE, steps=2, guidance_scale=6.0,
     frame_multiple=8, size_multiple=16, audio=False, builder=build_tiny,
-    extra={"recipe": "cogvideox-5b-i2v", "needs_anchor": True, "fixed_size": TINY_SIZE,
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "recipe": "cogvideox-5b-i2v", "needs_anchor": True, "fixed_size": TINY_SIZE,
            "max_sequence_length": TINY_TEXT_LEN, "tiny_digest": _digest(), "native_size": TINY_SIZE,
            "native_frames": 9, "dynamic_cfg": False},
 ))
@@ -95,9 +97,10 @@ REAL = register(Preset(
         ModelFile("diffusers", "CogVideoX-5b-I2V Diffusers folder (transformer, VAE, T5-XXL, tokenizer)",
                   path=f"{_HOME}/cogvideox/CogVideoX-5b-I2V", env="SULPHUR_COGVIDEOX", repo="THUDM/CogVideoX-5b-I2V"),
     ) + family.real_support_files(_HOME),
-    draft_size=(720, 480), refine_size=(1440, 960), steps=50, guidance_scale=6.0,
+    draft_size=(720, 480), refine_size=(720, 480), steps=50, guidance_scale=6.0,
     frame_multiple=8, size_multiple=16, audio=False,
-    extra={"needs_anchor": True, "fixed_size": (720, 480), "max_sequence_length": 226, "native_size": (720, 480),
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "needs_anchor": True, "fixed_size": (720, 480), "max_sequence_length": 226, "native_size": (720, 480),
            "native_frames": 49, "native_fps": 8, "dynamic_cfg": True},
 ))
 

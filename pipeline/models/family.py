@@ -8,6 +8,12 @@ the rest the same way for all of them: encode the prompt on the CPU, evict the e
 place the pipeline by the preset's memory recipe (``pipeline/models/recipes.py``), run,
 and write frames.
 
+None of these families has a latent upsampler, so their presets say ``refine_scale = 1``
+and ``refine_size = draft_size``: the resize "refine" is then a no-op and Real-ESRGAN
+gets the model's own pixels (it is trained on degraded low-res input, not on a Lanczos
+upscale, and costs 4× less at the draft size). The runner takes ``refine_size`` from the
+storyboard or 2× the draft today; honouring ``refine_scale`` is the runner's call.
+
 Tiny twins are built here too: random weights from configs with fixed seeds, written
 with ``save_pretrained`` into ``sulphur_home()/tiny-<family>-v<N>`` atomically (temp
 folder + rename under a file lock), so every test goes through ``from_pretrained`` /

@@ -80,9 +80,10 @@ TINY = register(Preset(
     files=family.tiny_files(FOLDER, (
         ModelFile("diffusers", "LTX-Video twin: transformer, VAE, T5, tokenizer, scheduler", path="diffusers"),
     )),
-    draft_size=(64, 32), refine_size=(128, 64), steps=2, guidance_scale=3.0,
+    draft_size=(64, 32), refine_size=(64, 32), steps=2, guidance_scale=3.0,
     frame_multiple=8, size_multiple=32, audio=False, builder=build_tiny,
-    extra={"recipe": "ltxv-0.9", "max_sequence_length": 16, "tiny_digest": _digest(), "native_size": (64, 32),
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "recipe": "ltxv-0.9", "max_sequence_length": 16, "tiny_digest": _digest(), "native_size": (64, 32),
            "native_frames": 9, "decode_timestep": 0.0, "decode_noise_scale": None},
 ))
 
@@ -94,9 +95,10 @@ REAL = register(Preset(
         ModelFile("diffusers", "LTX-Video 0.9.5 Diffusers folder (transformer, VAE, T5-XXL, tokenizer)",
                   path=f"{_HOME}/ltxv/LTX-Video-0.9.5", env="SULPHUR_LTXV", repo="Lightricks/LTX-Video-0.9.5"),
     ) + family.real_support_files(_HOME),
-    draft_size=(768, 512), refine_size=(1536, 1024), steps=40, guidance_scale=3.0,
+    draft_size=(768, 512), refine_size=(768, 512), steps=40, guidance_scale=3.0,
     frame_multiple=8, size_multiple=32, audio=False,
-    extra={"max_sequence_length": 128, "native_size": (768, 512), "native_frames": 121, "native_fps": 24,
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "max_sequence_length": 128, "native_size": (768, 512), "native_frames": 121, "native_fps": 24,
            "decode_timestep": 0.05, "decode_noise_scale": 0.025},
 ))
 

@@ -90,9 +90,10 @@ TINY = register(Preset(
     files=family.tiny_files(FOLDER, (
         ModelFile("diffusers", "SVD twin: UNet, temporal VAE, CLIP vision, scheduler", path="diffusers"),
     )),
-    draft_size=(64, 32), refine_size=(128, 64), steps=2, guidance_scale=2.5,
+    draft_size=(64, 32), refine_size=(64, 32), steps=2, guidance_scale=2.5,
     frame_multiple=1, size_multiple=16, audio=False, takes_prompt=False, builder=build_tiny,
-    extra={"recipe": "svd-xt", "needs_anchor": True, "tiny_digest": _digest(), "native_size": (64, 32),
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "recipe": "svd-xt", "needs_anchor": True, "tiny_digest": _digest(), "native_size": (64, 32),
            "native_frames": 5, "svd_fps": 7, "motion_bucket_id": 127, "noise_aug_strength": 0.02},
 ))
 
@@ -105,9 +106,10 @@ REAL = register(Preset(
                   "feature_extractor)", path=f"{_HOME}/svd/stable-video-diffusion-img2vid-xt", env="SULPHUR_SVD",
                   repo="stabilityai/stable-video-diffusion-img2vid-xt"),
     ) + family.real_support_files(_HOME),
-    draft_size=(1024, 576), refine_size=(2048, 1152), steps=25, guidance_scale=3.0,
+    draft_size=(1024, 576), refine_size=(1024, 576), steps=25, guidance_scale=3.0,
     frame_multiple=1, size_multiple=64, audio=False, takes_prompt=False,
-    extra={"needs_anchor": True, "native_size": (1024, 576), "native_frames": 25, "svd_fps": 7,
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "needs_anchor": True, "native_size": (1024, 576), "native_frames": 25, "svd_fps": 7,
            "motion_bucket_id": 127, "noise_aug_strength": 0.02},
 ))
 

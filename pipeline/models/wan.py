@@ -175,9 +175,10 @@ TINY_TI2V = register(Preset(
     files=family.tiny_files(TI2V_FOLDER, (
         ModelFile("diffusers", "Wan2.2-TI2V twin: transformer, VAE, umT5, tokenizer, scheduler", path="diffusers"),
     )),
-    draft_size=(64, 32), refine_size=(128, 64), steps=2, guidance_scale=5.0,
+    draft_size=(64, 32), refine_size=(64, 32), steps=2, guidance_scale=5.0,
     frame_multiple=4, size_multiple=32, audio=False, builder=build_tiny_ti2v,
-    extra={"recipe": "wan22-ti2v-5b", "max_sequence_length": 16, "tiny_digest": _digest("ti2v"),
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "recipe": "wan22-ti2v-5b", "max_sequence_length": 16, "tiny_digest": _digest("ti2v"),
            "native_size": (64, 32), "native_frames": 5},
 ))
 
@@ -190,9 +191,10 @@ TINY_A14B = register(Preset(
         ModelFile("expert_high", "high-noise expert, GGUF", path=HIGH_GGUF),
         ModelFile("expert_low", "low-noise expert, GGUF", path=LOW_GGUF),
     )),
-    draft_size=(64, 32), refine_size=(128, 64), steps=2, guidance_scale=3.5,
+    draft_size=(64, 32), refine_size=(64, 32), steps=2, guidance_scale=3.5,
     frame_multiple=4, size_multiple=16, audio=False, builder=build_tiny_a14b,
-    extra={"recipe": "wan22-i2v-a14b-gguf", "max_sequence_length": 16, "tiny_digest": _digest("a14b"),
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "recipe": "wan22-i2v-a14b-gguf", "max_sequence_length": 16, "tiny_digest": _digest("a14b"),
            "needs_anchor": True, "native_size": (64, 32), "native_frames": 5},
 ))
 
@@ -205,9 +207,10 @@ TI2V_5B = register(Preset(
                   path=f"{_HOME}/wan22/Wan2.2-TI2V-5B-Diffusers", env="SULPHUR_WAN_TI2V",
                   repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers"),
     ) + family.real_support_files(_HOME),
-    draft_size=(640, 352), refine_size=(1280, 704), steps=50, guidance_scale=5.0,
+    draft_size=(640, 352), refine_size=(640, 352), steps=50, guidance_scale=5.0,
     frame_multiple=4, size_multiple=32, audio=False,
-    extra={"max_sequence_length": 512, "native_size": (1280, 704), "native_frames": 121, "native_fps": 24},
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "max_sequence_length": 512, "native_size": (1280, 704), "native_frames": 121, "native_fps": 24},
 ))
 
 I2V_A14B = register(Preset(
@@ -226,9 +229,10 @@ I2V_A14B = register(Preset(
                   path=f"{_HOME}/wan22/Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf", env="SULPHUR_WAN_A14B_LOW",
                   repo="QuantStack/Wan2.2-I2V-A14B-GGUF", filename="LowNoise/Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf"),
     ) + family.real_support_files(_HOME),
-    draft_size=(640, 352), refine_size=(1280, 704), steps=40, guidance_scale=3.5,
+    draft_size=(640, 352), refine_size=(640, 352), steps=40, guidance_scale=3.5,
     frame_multiple=4, size_multiple=16, audio=False,
-    extra={"max_sequence_length": 512, "needs_anchor": True, "native_size": (1280, 720), "native_frames": 81,
+    extra={"refine_scale": 1,  # see pipeline/models/family.py
+           "max_sequence_length": 512, "needs_anchor": True, "native_size": (1280, 720), "native_frames": 81,
            "native_fps": 16},
 ))
 
