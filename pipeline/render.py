@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +96,17 @@ def _stages(preset: Preset) -> dict[str, Stage]:
     return {s.name: s for s in (EnhanceStage(), draft, refine, UpscaleStage(), EncodeStage())}
 
 
+@dataclass
+class _Chain:
+    """What drafting segment k+1 needs from segment k."""
+
+    previous_draft: Artifact | None = None
+    prev_last: np.ndarray | None = None
+    reference: np.ndarray | None = None
+
+
 class Renderer:
-    """One render of one storyboard. Use :func:`render`."""
+    """One render of one storyboard. Use :func:`render`; engines drive the per-segment methods."""
 
     def __init__(self, storyboard: Storyboard, preset: Preset, emit: Emit, cancel: threading.Event,
                  job_id: str, models: LoadedModels) -> None:
@@ -111,6 +120,7 @@ class Renderer:
         self.stages = _stages(preset)
         self.faults = _Faults()
         self.out_dir = storyboard.render_dir()
+        self.chain = _Chain(reference=self._reference_image())
 
     def emit(self, event: Event) -> None:
         event.job_id = self.job_id
@@ -123,7 +133,10 @@ class Renderer:
         p = self.sb.project
         preset = self.preset
         draft = preset.round_size(p.draft_size or preset.draft_size)
-        refine = p.refine_size or (draft[0] * 2, draft[1] * 2)
+        # LTX-2 refines through a ×2 latent upsampler; families without one keep their
+        # native pixels for ESRGAN (refine_scale 1) instead of a blurry pixel ×2.
+        scale = int(preset.extra.get("refine_scale", 2))
+        refine = p.refine_size or (draft[0] * scale, draft[1] * scale)
         return SegmentJob(
             storyboard=self.sb, segment=seg, index=index, preset=preset,
             frames=preset.round_frames(seg.frame_count(p.fps)),
@@ -247,46 +260,55 @@ class Renderer:
 
     # ---------------------------------------------------------------- the film
 
+    def draft_segment(self, index: int) -> tuple[SegmentJob, Artifact]:
+        """Enhance + draft one segment, chaining from the previous ``draft_segment`` call.
+
+        Drafts must run in storyboard order: segment k's anchor is segment k-1's last
+        draft frame. Everything after the draft only depends on that segment's draft.
+        """
+        chain = self.chain
+        job = self.job_for(index)
+        job.prompt = self.prompt_for(job)
+        job.anchor = self.anchor_for(job, chain.previous_draft, chain.reference)
+        job.anchor_digest = digest(job.anchor.tobytes()) if job.anchor is not None else ""
+        draft = self.run_stage("draft", job, {})
+        frames = np.load(draft.file("frames.npy"), mmap_mode="r")
+        if chain.reference is None and self.sb.project.drift_reference == "first":
+            chain.reference = np.ascontiguousarray(frames[-1])
+        self._quality(job, "draft", frames, chain.prev_last, chain.reference)
+        chain.prev_last = np.ascontiguousarray(frames[-1])
+        chain.previous_draft = draft
+        return job, draft
+
+    def finish_segment(self, job: SegmentJob, draft: Artifact) -> Path:
+        """Refine, upscale and encode one drafted segment; returns its MP4 in renders/."""
+        t_seg = time.perf_counter()
+        seg_id = job.segment.id
+        refine = self.run_stage("refine", job, {"draft": draft})
+        self._quality(job, "refine", np.load(refine.file("frames.npy"), mmap_mode="r"), None, None)
+        upscale = self.run_stage("upscale", job, {"refine": refine})
+        self._preview(job, upscale)
+        encode = self.run_stage("encode", job, {"upscale": upscale, "draft": draft})
+        target = self.out_dir / "segments" / f"{seg_id}.mp4"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_copy(encode.file("segment.mp4"), target)
+        self._quality_video(job, target)
+        self.emit(protocol.SegmentDone(segment=seg_id, path=str(target), frames=int(encode.meta["frames"]),
+                                       seconds=time.perf_counter() - t_seg))
+        return target
+
     def run(self, selected: Sequence[str]) -> Path:
-        sb = self.sb
         t_job = time.perf_counter()
-        ids = [s.id for s in sb.segments]
+        ids = [s.id for s in self.sb.segments]
         last_needed = max(ids.index(s) for s in selected)
-        self.emit(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
-        (self.out_dir / "segments").mkdir(parents=True, exist_ok=True)
-        previous_draft: Artifact | None = None
-        reference = self._reference_image()
-        encoded: dict[str, Artifact] = {}
+        self.emit(protocol.JobStarted(storyboard=str(self.sb.path), segments=list(selected)))
         drafts: dict[str, Artifact] = {}
-        prev_last: np.ndarray | None = None
         for index in range(last_needed + 1):
-            job = self.job_for(index)
-            seg_id = job.segment.id
-            t_seg = time.perf_counter()
-            job.prompt = self.prompt_for(job)
-            job.anchor = self.anchor_for(job, previous_draft, reference)
-            job.anchor_digest = digest(job.anchor.tobytes()) if job.anchor is not None else ""
-            draft = self.run_stage("draft", job, {})
-            drafts[seg_id] = draft
-            draft_frames = np.load(draft.file("frames.npy"), mmap_mode="r")
-            if reference is None and sb.project.drift_reference == "first":
-                reference = np.ascontiguousarray(draft_frames[-1])
-            self._quality(job, "draft", draft_frames, prev_last, reference)
-            prev_last = np.ascontiguousarray(draft_frames[-1])
-            previous_draft = draft
-            if seg_id not in selected:
-                continue
-            refine = self.run_stage("refine", job, {"draft": draft})
-            self._quality(job, "refine", np.load(refine.file("frames.npy"), mmap_mode="r"), None, None)
-            upscale = self.run_stage("upscale", job, {"refine": refine})
-            self._preview(job, upscale)
-            encode = self.run_stage("encode", job, {"upscale": upscale, "draft": draft})
-            encoded[seg_id] = encode
-            target = self.out_dir / "segments" / f"{seg_id}.mp4"
-            _atomic_copy(encode.file("segment.mp4"), target)
-            self.emit(protocol.SegmentDone(segment=seg_id, path=str(target), frames=int(encode.meta["frames"]),
-                                           seconds=time.perf_counter() - t_seg))
-        final = self._assemble(drafts)
+            job, draft = self.draft_segment(index)
+            drafts[job.segment.id] = draft
+            if job.segment.id in selected:
+                self.finish_segment(job, draft)
+        final = self.assemble(drafts)
         self.emit(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))
         return final
 
@@ -320,6 +342,14 @@ class Renderer:
         self.emit(protocol.DriftReport(segment=job.segment.id, first=first, last=last,
                                        drift=drift.drift(last, ref), guard=guard))
 
+    def _quality_video(self, job: SegmentJob, path: Path) -> None:
+        """Flicker of the encoded segment as a viewer will decode it."""
+        try:
+            from pipeline import flicker
+        except ImportError:
+            return
+        self.emit(flicker.analyze_video(path).to_event(job.segment.id, "encode", self.job_id))
+
     def _preview(self, job: SegmentJob, upscale: Artifact) -> None:
         from PIL import Image
 
@@ -331,7 +361,7 @@ class Renderer:
         os.replace(tmp, path)
         self.emit(protocol.Preview(segment=job.segment.id, stage="upscale", path=str(path)))
 
-    def _assemble(self, drafts: dict[str, Artifact]) -> Path:
+    def assemble(self, drafts: dict[str, Artifact]) -> Path:
         """final.mp4 from every segment's cached encode, when all of them exist."""
         from pipeline.stages.encode import FilmPart, encode_film
 
