@@ -357,6 +357,7 @@ class _Job:
     fps: int
     audio: bool
     batch: int  # 2 with CFG > 1
+    stream_fp8: bool = False  # preset allows fp8 storage of streamed bf16 weights first
 
 
 def _job_from(preset: Preset, project: Project, stage: str, frames: int | None) -> _Job:
@@ -364,7 +365,8 @@ def _job_from(preset: Preset, project: Project, stage: str, frames: int | None) 
     refine = preset.round_size(project.refine_size or preset.refine_size)
     return _Job(stage=stage, draft_size=draft, refine_size=refine, output_size=project.output_size,
                 frames=preset.round_frames(frames or 121), fps=project.fps, audio=project.audio and preset.audio,
-                batch=2 if preset.guidance_scale > 1.0 else 1)
+                batch=2 if preset.guidance_scale > 1.0 else 1,
+                stream_fp8=bool(preset.extra.get("stream_fp8", False)))
 
 
 def _transformer_act(job: _Job, size: tuple[int, int], with_audio: bool) -> int:
@@ -379,10 +381,13 @@ def _vae_decode(size: tuple[int, int], frames: int, tiled: bool) -> int:
     return min(full, VAE_TILE_PIXELS * (VAE_TILE_FRAMES + 8) * VAE_BYTES_PER_PIXEL_FRAME)
 
 
-#: (offload mode, use_stream, low_cpu_mem_usage, mmap) from fastest to leanest
+#: (offload mode, use_stream, low_cpu_mem_usage, mmap) from fastest to leanest;
+#: "stream" is Sulphur's block streamer (pipeline/offload.py), measured faster than
+#: diffusers' block-level group offload (bench/results) and pinned in place (1× host)
 _TRANSFORMER_RUNGS: tuple[tuple[str, bool, bool, bool], ...] = (
     ("resident", False, False, False),
     ("model", False, False, False),
+    ("stream", True, False, False),
     ("group_block", True, False, False),
     ("group_block", True, True, False),
     ("group_leaf", True, True, False),
@@ -415,7 +420,20 @@ def _text_estimates(comps: dict[str, Component]) -> list[tuple[str, _Est]]:
     return out
 
 
-def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], device: str) -> list[StagePlan]:
+def _streamer_estimate(t: Component, act: int, decode_phase: int, b: Budgets) -> tuple[_Est, int]:
+    """Sulphur's streamer: non-block weights + two slots + the upcast/dequant scratch +
+    activations, plus as many resident blocks as the VRAM budget leaves room for."""
+    blk = t.block_bytes
+    upcast = int(t.block_bytes * 2 / max(1e-9, BYTES_PER_PARAM.get(t.fmt, 2.0))) if t.fmt == "fp8" \
+        else t.scratch_bytes
+    base = max(t.nonblock_bytes + 2 * blk + upcast + act, decode_phase + t.nonblock_bytes)
+    k = max(0, min(t.blocks - 2, (b.vram - base) // blk)) if blk else 0
+    w = t.nbytes
+    return _Est(base + k * blk, w, w, held_vram=t.nonblock_bytes + k * blk, held_host=w), k
+
+
+def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], device: str,
+                       b: Budgets) -> list[StagePlan]:
     """Candidate plans for draft/refine, fastest first, with estimates; not yet filtered."""
     tr = comps["transformer"]
     size = job.draft_size if stage == "draft" else job.refine_size
@@ -427,15 +445,23 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
     side_bytes = vae.nbytes + sum(c.nbytes for c in side)
     weights_options = [tr.fmt] + (["fp8"] if tr.fmt in ("bfloat16", "float16", "float32") else [])
     out: list[StagePlan] = []
-    for mode, stream, low_cpu, mmap in _TRANSFORMER_RUNGS:
-        for wfmt in weights_options:
+    for rung, stream, low_cpu, mmap in _TRANSFORMER_RUNGS:
+        mode = "group_block" if rung == "stream" else rung
+        order = weights_options[::-1] if rung == "stream" and job.stream_fp8 else weights_options
+        for wfmt in order:
             if mmap and wfmt not in QUANTIZED:
                 continue
             t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
             est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
             for tiled in (False, True):
                 dec = _vae_decode(size, job.frames, tiled)
-                if mode == "resident":  # everything stays on the GPU, decode beside the weights
+                extra: dict[str, Any] = {}
+                if rung == "stream":
+                    dec_phase = max([vae.nbytes + dec] + [c.nbytes for c in side])
+                    est, k = _streamer_estimate(t, act, dec_phase, b)
+                    vram, held_vram = est.vram, est.held_vram
+                    extra = {"streamer": "sulphur", "resident_blocks": k}
+                elif mode == "resident":  # everything stays on the GPU, decode beside the weights
                     vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
                     held_vram = t.nbytes + side_bytes
                 else:  # other components swap in one at a time while the transformer is offloaded
@@ -448,15 +474,19 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                     notes.append("pins one block at a time (slower copies, half the host RAM)")
                 if mmap:
                     notes.append("weights paged from the memory-mapped file (disk-speed when RAM is short)")
+                if extra:
+                    notes.append(f"streams {t.blocks - extra['resident_blocks']} of {t.blocks} blocks through "
+                                 f"two GPU slots; weights pinned in place (one host copy)")
                 out.append(StagePlan(
-                    name=_rung_name(mode, stream, low_cpu, mmap) + ("/fp8" if wfmt == "fp8" else "")
+                    name=(rung if rung == "stream" else _rung_name(mode, stream, low_cpu, mmap))
+                    + ("/fp8" if wfmt == "fp8" else "")
                     + ("+vaetiles" if tiled else ""),
                     device=device, offload=mode, vae_tiling=tiled, dtype="bfloat16", notes=tuple(notes),
                     options={"weights": wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
                              "num_blocks_per_group": 1, "vram_bytes": int(vram),
                              "host_bytes": int(est.host + side_bytes), "pinned_bytes": est.pinned,
                              "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes,
-                             "activation_bytes": act, "component": "transformer"}))
+                             "activation_bytes": act, "component": "transformer", **extra}))
     return out
 
 
@@ -503,18 +533,21 @@ def _enhance_plans(comps: dict[str, Component], device: str) -> list[StagePlan]:
 
 
 def _attach_text(plans: list[StagePlan], comps: dict[str, Component], b: Budgets) -> list[StagePlan]:
-    """Draft also encodes the prompt (then evicts the encoder). For each transformer plan,
-    the text placements that fit beside what that plan keeps loaded between segments,
-    fastest first, then the same with the transformer dropped while the prompt is encoded."""
+    """Draft also encodes the prompt (then evicts the encoder). For each transformer plan:
+    the fastest text placement that fits beside what that plan keeps loaded between
+    segments and the one needing the least RAM, then the same with the transformer
+    dropped while the prompt is encoded (the ladder's dedupe keeps the useful ones)."""
     out = []
     texts = _text_estimates(comps)
     for p in plans:
         held_v, held_h = p.options["held_vram_bytes"], p.options["held_host_bytes"]
         for evict in (False, True):
-            for mode, e in texts:
-                extra_v, extra_h = (0, 0) if evict else (held_v, held_h)
-                if e.vram + extra_v > b.vram or e.host + extra_h > b.host:
-                    continue
+            extra_v, extra_h = (0, 0) if evict else (held_v, held_h)
+            fits = [(m, e) for m, e in texts if e.vram + extra_v <= b.vram and e.host + extra_h <= b.host]
+            if not fits:
+                continue
+            picks = [fits[0]] + [x for x in [min(fits, key=lambda me: me[1].host)] if x is not fits[0]]
+            for mode, e in picks:
                 notes = p.notes + (f"text encoder ({mode}) runs first, then is evicted",)
                 if evict:
                     notes += ("transformer dropped while the prompt is encoded (reloaded after)",)
@@ -574,7 +607,7 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
     comps = component_sizes(preset)
     job = _job_from(preset, project, stage, frames)
     if stage in ("draft", "refine"):
-        candidates = _transformer_plans(stage, job, comps, device)
+        candidates = _transformer_plans(stage, job, comps, device, b)
         if stage == "draft":
             with_text = _attach_text(candidates, comps, b)
             if not with_text:

@@ -62,15 +62,27 @@ def test_seed_machine_8gb_32gb() -> None:
     """The seed's laptop: the 11 GB transformer streams, the text encoder runs without
     pinning 24 GB, everything stays inside 8 GiB of VRAM and 32 GiB of RAM."""
     lad = ladders(8, 32)
-    draft = lad["draft"][0]
-    assert draft.offload == "group_block" and draft.options["use_stream"]
-    assert draft.options["text_encoder"] in ("group", "disk")
-    # use_stream keeps a pinned copy beside the pageable one: counted
     weights = component_sizes(REAL)["transformer"].nbytes
+    draft = lad["draft"][0]
+    assert draft.offload == "group_block" and draft.options["streamer"] == "sulphur"
+    assert draft.options["text_encoder"] in ("group", "disk")
+    # Sulphur's streamer pins the weights in place: one host copy
     assert draft.options["pinned_bytes"] == weights
-    assert draft.host_bytes >= 2 * weights
-    assert lad["refine"][0].offload == "group_block"
+    assert weights <= draft.host_bytes < 2 * weights
+    # diffusers' use_stream group offload keeps a pinned copy beside the pageable one: counted 2×
+    peer = next(p for p in lad["draft"] if p.name.startswith("group_block+stream+"))
+    assert "streamer" not in peer.options and peer.options["pinned_bytes"] == weights
+    assert peer.host_bytes >= 2 * weights
+    assert lad["refine"][0].options.get("streamer") == "sulphur"
     assert lad["upscale"][0].options["esrgan_tile"] == 0  # ×2plus needs no tiles on 8 GB
+
+
+def test_streamer_keeps_blocks_resident_when_vram_allows() -> None:
+    small = ladders(8, 32)["refine"][0]
+    big = ladders(12, 32)["refine"][0]
+    assert big.options["streamer"] == small.options["streamer"] == "sulphur"
+    assert big.options["resident_blocks"] > small.options["resident_blocks"]
+    assert big.vram_bytes <= Budgets.from_gb(12, 32).vram
 
 
 def test_small_host_avoids_pinned_copy() -> None:
