@@ -177,24 +177,40 @@ def build_tiny(root: Path | None = None) -> Path:
     from filelock import FileLock
 
     root = Path(root) if root is not None else default_root()
-    if (root / DONE_MARKER).is_file():
+    expected = _marker()
+    if _built(root, expected):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
-        if (root / DONE_MARKER).is_file():  # another process finished while we waited
+        if _built(root, expected):  # another process finished while we waited
             return root
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
         try:
             build_ltx2_parts(tmp)
             _build_other_families(tmp)
-            (tmp / DONE_MARKER).write_text(json.dumps({"digest": config_digest()}))
-            if root.exists():  # a half-built folder from an older layout: replace it
+            (tmp / DONE_MARKER).write_text(json.dumps(expected, sort_keys=True))
+            if root.exists():  # built by an older builder (or half-built by hand): replace it
                 shutil.rmtree(root)
             os.replace(tmp, root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return root
+
+
+def _marker() -> dict[str, Any]:
+    """What the finished folder was built from: a change in any builder rebuilds it."""
+    from pipeline.models.enhancer import TINY_LLM_VERSION
+    from pipeline.models.esrgan import TINY_X2PLUS_VERSION
+
+    return {"digest": config_digest(), "llm": TINY_LLM_VERSION, "x2plus": TINY_X2PLUS_VERSION}
+
+
+def _built(root: Path, expected: dict[str, Any]) -> bool:
+    try:
+        return json.loads((root / DONE_MARKER).read_text()) == expected
+    except (OSError, ValueError):
+        return False
 
 
 def _build_other_families(root: Path) -> None:

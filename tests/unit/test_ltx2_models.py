@@ -31,6 +31,17 @@ def test_tiny_build_is_complete_and_idempotent(tiny_root: Path) -> None:
     assert not list(tiny_root.parent.glob(f".{tiny_root.name}.*.partial"))
 
 
+def test_tiny_build_redone_when_a_builder_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.models import enhancer, tiny_ltx2
+
+    root = tiny_ltx2.build_tiny(tmp_path / "tiny")
+    first = (root / tiny_ltx2.DONE_MARKER).read_text()
+    monkeypatch.setattr(enhancer, "TINY_LLM_VERSION", enhancer.TINY_LLM_VERSION + 1)
+    assert tiny_ltx2.build_tiny(root) == root
+    assert (root / tiny_ltx2.DONE_MARKER).read_text() != first
+    assert (root / tiny_ltx2.ENHANCER_FILE).is_file()
+
+
 def test_tiny_vae_compression_sets_the_frame_and_size_rules(tiny_root: Path) -> None:
     from diffusers import AutoencoderKLLTX2Video
 
