@@ -176,7 +176,8 @@ def _free_vram() -> int:
         import torch
 
         if torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info()[0])
+            # free now + what this process holds in its allocator (held models can be evicted)
+            return int(torch.cuda.mem_get_info()[0]) + int(torch.cuda.memory_reserved())
     except Exception:  # pragma: no cover - broken driver: fall through to NVML
         pass
     try:
