@@ -14,9 +14,10 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
   the meta device from diffusers 0.42.1's LTX-2 configs; the 22B LTX-2.3 transformer
   keeps LTX-2's 48-block layout.
 * **Transformer activations** grow with tokens = (frames-1)/8+1 × h/32 × w/32 (+ audio
-  at 25 tokens/s): 0.35 MiB per token at batch 1 (CFG=1), fitted to the resident peaks
-  measured on an H100 (36.4 / 39.9 GiB with 35.2 GiB of weights at 3646 / 14080 tokens,
-  see shared/notes/gpu-facts.md); CFG > 1 doubles the batch.
+  at 25 tokens/s): 0.2 MiB per token at batch 1 (CFG=1). Calibrated on the streamed
+  runs of bench/results (H200, 2026-11-27): peak minus weights on the GPU was 0.6 GiB
+  at 3646 tokens and 2.3 GiB at 14206 (0.17 MiB/token), the same under diffusers'
+  group offload; CFG > 1 doubles the batch.
 * **Offload modes** (VRAM, host): resident = all weights + activations; model offload =
   the largest component + its activations, host keeps every weight; block-level group
   offload = non-block weights + 2 blocks + activations (matches the 3.3 / 6.9 GiB peaks
@@ -59,7 +60,7 @@ BYTES_PER_PARAM: dict[str, float] = {
 }
 QUANTIZED = {k for k in BYTES_PER_PARAM if k.startswith("Q")}
 
-ACT_BYTES_PER_TOKEN = 0.35 * MiB      # transformer activations per token, batch 1, bf16
+ACT_BYTES_PER_TOKEN = 0.2 * MiB       # transformer activations per token, batch 1, bf16 (measured 0.17)
 VAE_BYTES_PER_PIXEL_FRAME = 250       # untiled VAE decode, per output pixel × frame
 VAE_TILE_PIXELS = 512 * 512
 VAE_TILE_FRAMES = 16
