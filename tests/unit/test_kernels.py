@@ -33,6 +33,24 @@ def test_dequant_matches_gguf_reference(kernels, name: str) -> None:
     assert (ref - torch.from_numpy(w)).abs().max() < (0.02 if name == "Q8_0" else 0.5)
 
 
+@pytest.mark.parametrize("name,f16_fields", [("Q3_K", (108,)), ("Q4_K", (0, 2)), ("Q5_K", (0, 2)), ("Q6_K", (208,))])
+def test_k_quants_match_gguf_reference(kernels, name: str, f16_fields: tuple[int, ...]) -> None:
+    """K-quant blocks assembled from random bytes (gguf cannot quantize K types) with
+    finite fp16 scales: every bit layout is exercised, and the result must be exact."""
+    qtype = getattr(gguf.GGMLQuantizationType, name)
+    _, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 256, (6, type_size * 2), dtype=np.uint8)
+    blocks = raw.reshape(-1, type_size)
+    for at in f16_fields:
+        scales = rng.uniform(1e-3, 1e-2, blocks.shape[0]).astype(np.float16)
+        blocks[:, at:at + 2] = scales.view(np.uint8).reshape(-1, 2)
+    ref = torch.from_numpy(gguf.quants.dequantize(raw, qtype))
+    got = kernels.dequantize(torch.from_numpy(raw), int(qtype), (6, 512), torch.float32)
+    assert torch.isfinite(ref).all()
+    assert torch.equal(got, ref)
+
+
 def test_patched_gguf_linear_gives_the_native_result(kernels) -> None:
     from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 
