@@ -129,7 +129,9 @@ class SulphurApp(App[int]):
         self.query_one("#stages").border_title = "Render"
         self.query_one("#flicker").border_title = "Flicker (PSNR-Y per transition)"
         self.query_one("#preview").border_title = "Preview"
-        self._sample_gpus()
+        # Background threads start after the first frame: their imports and NVML's
+        # start-up would otherwise compete with it for the interpreter.
+        self.call_after_refresh(self._sample_gpus)
         if self.doc is None:
             assert self.load_error is not None
             self.sub_title = self.path.name
@@ -154,7 +156,7 @@ class SulphurApp(App[int]):
         if self.replay is not None:
             self._start_replay()
         elif self.connect_worker:
-            self._follow_worker()
+            self.call_after_refresh(self._follow_worker)
         self.query_one(SegmentList).focus()
 
     _NEEDS_DOCUMENT = {"save", "undo", "redo", "render_all", "render_segment", "render_from", "add_segment",
@@ -232,8 +234,8 @@ class SulphurApp(App[int]):
     def _sample_gpus(self) -> None:
         """NVML every second in a thread (driver calls can stall); one message per reading."""
         gpu = self.gpu
-        if not gpu.available:
-            self.post_message(GpuSamples([]))
+        if not gpu.available:  # the first call initialises NVML: slow on some machines
+            self.post_message(GpuSamples([], gpu.reason))
             return
         while not self._stop.is_set():
             self.post_message(GpuSamples(gpu.sample()))
@@ -243,7 +245,7 @@ class SulphurApp(App[int]):
     def _gpu_samples(self, message: GpuSamples) -> None:
         self.local_gpus = message.samples
         if not message.samples:
-            self.gpu_reason = self.gpu.reason
+            self.gpu_reason = message.reason
         if self.doc is not None:
             self._draw_gpus()
 

@@ -34,6 +34,7 @@ class GpuSamples(Message):
     """A fresh NVML reading of every local GPU (empty list: no GPU)."""
 
     samples: list[VramSample]
+    reason: str = ""  # why there are none (read in the thread: the monitor's lock may be held)
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, GpuSamples)
