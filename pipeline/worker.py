@@ -80,6 +80,7 @@ from pipeline.protocol import (
     Event,
     GetStatus,
     JobCancelled,
+    JobFinished,
     JobInfo,
     JobQueued,
     Log,
@@ -293,7 +294,7 @@ class Worker:
                 log.info("job %s was queued before the last worker stopped: running it", rec.id)
 
     def request_stop(self, why: str) -> None:
-        """Thread-safe from the loop: checkpoint the running job and stop."""
+        """(Loop thread.) Checkpoint the running job and stop."""
         if not self.stopping.is_set():
             log.info("stopping: %s", why)
         self.stopping.set()
@@ -334,6 +335,13 @@ class Worker:
                 info.segment, info.stage, info.step, info.total = event.segment, event.stage, event.step, event.total
             elif isinstance(event, StageFinished | StageCached):
                 info.segment, info.stage, info.step = event.segment, event.stage, info.total
+            elif isinstance(event, JobFinished) and info.state == "running":
+                # Done as far as anyone can tell from now on; _finish confirms it when render returns.
+                info.state = "done"
+                try:
+                    self.journal.set_state(info.job_id, "done", result=event.path)
+                except Exception:
+                    log.exception("journal update failed")
         if not isinstance(event, HIGH_RATE):
             try:
                 self.journal.append_event(event)
@@ -462,8 +470,7 @@ class Worker:
             job.user_cancelled = True
             job.cancel.set()
         if not running:  # still queued: the render thread will skip it
-            self._finish(job_id, "cancelled", "cancelled before it started", "")
-            self._publish(JobCancelled(job_id=job_id))
+            self._finish(job_id, "cancelled", "cancelled before it started", "", JobCancelled(job_id=job_id))
         return Ack(id=req.id, job_id=job_id)
 
     def _prune(self) -> None:
@@ -477,12 +484,15 @@ class Worker:
         self.journal.set_state(job_id, "running", started=True)
         self.jobs[job_id].info.state = "running"
 
-    def _finish(self, job_id: str, state: str, error: str, result: str) -> None:
+    def _finish(self, job_id: str, state: str, error: str, result: str, event: Event | None = None) -> None:
+        """Record how a job ended, then tell subscribers: whoever hears the end sees it in status too."""
         job = self.jobs[job_id]
         self.journal.set_state(job_id, state, error=error, result=result)
         job.info.state = state  # type: ignore[assignment]
         job.info.error = error
         self._last_activity = time.monotonic()
+        if event is not None:
+            self._publish(event)
         if state == "queued":
             self._publish(Log(job_id=job_id, message=f"job {job_id} checkpointed: it resumes when a worker "
                                                      "starts again"))
@@ -507,13 +517,14 @@ class Worker:
                 self.current = job_id
             self._post(self._started, job_id)
             try:
-                state, error, result = self._run_job(job)
+                state, error, result, event = self._run_job(job)
             finally:
                 with self._current_lock:
                     self.current = None
-            self._post(self._finish, job_id, state, error, result)
+            self._post(self._finish, job_id, state, error, result, event)
 
-    def _run_job(self, job: _Job) -> tuple[str, str, str]:
+    def _run_job(self, job: _Job) -> tuple[str, str, str, Event | None]:
+        """Render one job: (state, error, result path, the event that says how it ended)."""
         rec = job.record
         stop_sampler = threading.Event()
         threading.Thread(target=self._sample_vram, args=(rec.id, stop_sampler), name="vram", daemon=True).start()
@@ -531,26 +542,25 @@ class Worker:
                               from_segment=rec.segments[0] if rec.mode == "from" else None,
                               preset=rec.preset or None, emit=self.emit_threadsafe, cancel=job.cancel,
                               job_id=rec.id, models=self._models)
-                return "done", "", str(path)
+                return "done", "", str(path), None  # the runner already emitted JobFinished
             except Cancelled:
                 if self.stopping.is_set() and not job.user_cancelled:
-                    return "queued", "", ""
-                self.emit_threadsafe(JobCancelled(job_id=rec.id, segment=job.info.segment, stage=job.info.stage))
-                return "cancelled", "cancelled", ""
+                    return "queued", "", "", None
+                return "cancelled", "cancelled", "", JobCancelled(job_id=rec.id, segment=job.info.segment,
+                                                                  stage=job.info.stage)
             except RenderError as exc:
-                self.emit_threadsafe(exc.to_event(rec.id))
                 self._models.evict_all()
-                return "failed", f"{exc.kind}: {exc.message}", ""
+                return "failed", f"{exc.kind}: {exc.message}", "", exc.to_event(rec.id)
             except StoryboardError as exc:
-                self.emit_threadsafe(ErrorEvent(job_id=rec.id, kind="storyboard", message=str(exc)))
-                return "failed", f"storyboard: {exc}", ""
+                return "failed", f"storyboard: {exc}", "", ErrorEvent(job_id=rec.id, kind="storyboard",
+                                                                      message=str(exc))
         except Exception as exc:
             log.error("job %s crashed:\n%s", rec.id, traceback.format_exc())
-            self.emit_threadsafe(ErrorEvent(job_id=rec.id, kind="internal", message=f"{type(exc).__name__}: {exc}",
-                                            stage=job.info.stage, segment=job.info.segment))
             if self._models is not None:
                 self._models.evict_all()
-            return "failed", f"internal: {type(exc).__name__}: {exc}", ""
+            message = f"{type(exc).__name__}: {exc}"
+            return "failed", f"internal: {message}", "", ErrorEvent(job_id=rec.id, kind="internal", message=message,
+                                                                    stage=job.info.stage, segment=job.info.segment)
         finally:
             stop_sampler.set()
 
