@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created    REAL NOT NULL,
     updated    REAL NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0,  -- times a worker started running it
+    crashes    INTEGER NOT NULL DEFAULT 0,  -- times its worker died while running it
     error      TEXT NOT NULL DEFAULT '',
     result     TEXT NOT NULL DEFAULT ''     -- path of the film when done
 );
@@ -63,6 +64,7 @@ class JobRecord:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     attempts: int = 0
+    crashes: int = 0
     error: str = ""
     result: str = ""
 
@@ -91,9 +93,10 @@ class Journal:
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, storyboard, mode, segments, selected, preset, state, created, updated,"
-                " attempts, error, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " attempts, crashes, error, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job.id, job.storyboard, job.mode, json.dumps(job.segments), json.dumps(job.selected),
-                 job.preset, job.state, job.created, job.updated, job.attempts, job.error, job.result))
+                 job.preset, job.state, job.created, job.updated, job.attempts, job.crashes, job.error,
+                 job.result))
 
     def set_state(self, job_id: str, state: str, *, error: str | None = None, result: str | None = None,
                   started: bool = False) -> None:
@@ -128,20 +131,21 @@ class Journal:
         return rows[::-1]
 
     def requeue_interrupted(self) -> list[JobRecord]:
-        """Put ``running`` jobs (their worker died) back to ``queued``; return every pending job."""
+        """Put ``running`` jobs (their worker died) back to ``queued``, counting the crash; return every pending job."""
         with self._lock:
-            self._db.execute("UPDATE jobs SET state='queued', updated=? WHERE state='running'", (time.time(),))
+            self._db.execute("UPDATE jobs SET state='queued', crashes=crashes+1, updated=? WHERE state='running'",
+                             (time.time(),))
         return self.jobs(("queued",))
 
     def _select(self, tail: str, args: tuple) -> list[JobRecord]:
         with self._lock:
             cur = self._db.execute(
                 "SELECT id, storyboard, mode, segments, selected, preset, state, created, updated, attempts,"
-                f" error, result FROM jobs {tail}", args)
+                f" crashes, error, result FROM jobs {tail}", args)
             rows = cur.fetchall()
         return [JobRecord(id=r[0], storyboard=r[1], mode=r[2], segments=json.loads(r[3]),
                           selected=json.loads(r[4]), preset=r[5], state=r[6], created=r[7], updated=r[8],
-                          attempts=r[9], error=r[10], result=r[11]) for r in rows]
+                          attempts=r[9], crashes=r[10], error=r[11], result=r[12]) for r in rows]
 
     # ----------------------------------------------------------------- events
 

@@ -107,6 +107,8 @@ DEFAULT_IDLE_TIMEOUT = 600.0
 QUEUE_SOFT = 256
 #: Queued lifecycle messages past which a client is considered gone and disconnected.
 QUEUE_HARD = 8192
+#: A job whose worker died this many times while running it is not resumed again (a crash loop).
+MAX_CRASHES = 3
 #: Finished jobs kept in the status snapshot.
 HISTORY = 50
 HIGH_RATE = (StepProgress, VramSample)
@@ -286,10 +288,17 @@ class Worker:
             self.jobs[rec.id] = _Job(rec, _info(rec))
         for rec in self.journal.requeue_interrupted():
             self.jobs[rec.id] = _Job(rec, _info(rec))
+            if rec.crashes >= MAX_CRASHES:
+                message = (f"the worker died {rec.crashes} times while running this job; not resuming it again "
+                           f"(see {self.state_dir / 'worker.log'}); submit it again to retry")
+                self._finish(rec.id, "failed", f"crashed: {message}", "",
+                             ErrorEvent(job_id=rec.id, kind="crashed", message=message))
+                continue
             self.pending.put(rec.id)
-            if rec.attempts:
+            if rec.crashes:
                 self._publish(Log(job_id=rec.id, level="warning",
-                                  message=f"resuming job {rec.id}: its worker stopped during attempt {rec.attempts}"))
+                                  message=f"resuming job {rec.id}: its worker died while running it "
+                                          f"({rec.crashes} of {MAX_CRASHES} times allowed)"))
             else:
                 log.info("job %s was queued before the last worker stopped: running it", rec.id)
 

@@ -255,6 +255,38 @@ def test_stop_idle_timeout_and_offline_status(tmp_path: Path, capsys: pytest.Cap
     assert lock_holder(tmp_path) is None
 
 
+def test_interrupted_jobs_resume_and_a_crash_loop_stops(tmp_path: Path) -> None:
+    """Journal rows exactly as a worker killed mid-job leaves them; a new worker picks them up."""
+    from pipeline.journal import JobRecord
+    from pipeline.worker import MAX_CRASHES
+
+    story = tmp_path / "story.toml"
+    story.write_text(STORYBOARD)
+    journal = Journal(tmp_path / ".sulphur" / "journal.db")
+    journal.add_job(JobRecord(id="crashy", storyboard=str(story), selected=["one", "two"], state="running",
+                              attempts=MAX_CRASHES, crashes=MAX_CRASHES - 1, created=1.0))
+    journal.add_job(JobRecord(id="victim", storyboard=str(story), selected=["one", "two"], state="running",
+                              attempts=1, created=2.0))
+    journal.add_job(JobRecord(id="waiting", storyboard=str(story), selected=["one", "two"], created=3.0))
+    journal.close()
+    with WorkerClient.connect(tmp_path, idle_timeout=300) as client:
+        _wait(lambda: all(j.state not in ("queued", "running") for j in client.status().jobs),
+              what="the recovered jobs to be dealt with")
+        jobs = {j.job_id: j for j in client.status().jobs}
+    _kill_worker(tmp_path)
+    assert jobs["crashy"].state == "failed" and "died 3 times" in jobs["crashy"].error
+    # The others were run again (and fail in the runner: their preset does not exist).
+    assert jobs["victim"].state == jobs["waiting"].state == "failed"
+    assert "unknown_preset" in jobs["victim"].error
+    journal = Journal(tmp_path / ".sulphur" / "journal.db")
+    assert journal.get("crashy").attempts == MAX_CRASHES  # type: ignore[union-attr]  # not started again
+    assert journal.get("victim").attempts == 2  # type: ignore[union-attr]
+    kinds = [(type(e).__name__, e.job_id) for e in journal.events()]
+    journal.close()
+    assert ("ErrorEvent", "crashy") in kinds and ("Log", "victim") in kinds
+    assert ("JobStarted", "crashy") not in kinds
+
+
 def test_a_slow_subscriber_keeps_lifecycle_events_and_sheds_progress() -> None:
     """The per-client queue, driven through a real socket pair whose far end stops reading."""
     from pipeline import worker as W

@@ -30,7 +30,8 @@ def test_jobs_survive_reopen_in_submission_order(tmp_path: Path) -> None:
     assert done.result.endswith("final.mp4") and done.segments == ["s0"]
     # job1 was running when its worker died: it is queued again, before job2.
     assert [r.id for r in j.requeue_interrupted()] == ["job1", "job2"]
-    assert j.get("job1").attempts == 1  # type: ignore[union-attr]
+    assert j.get("job1").attempts == 1 and j.get("job1").crashes == 1  # type: ignore[union-attr]
+    assert j.get("job2").crashes == 0  # type: ignore[union-attr]  # it never ran: no crash to count
     assert [r.id for r in j.jobs(limit=2)] == ["job1", "job2"]
     assert j.integrity() == "ok"
     with sqlite3.connect(db) as raw:
