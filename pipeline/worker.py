@@ -36,7 +36,12 @@ Journal
 
 Recovery
     At start the worker turns ``running`` rows (its predecessor died mid-job) back into
-    ``queued`` and queues every queued job in submission order. Resuming costs only the
+    ``queued``, counting the crash, and queues every queued job in submission order; a
+    job whose worker died ``MAX_CRASHES`` times is failed instead of resumed, so a job
+    that kills the process cannot crash-loop every client command. Any client that
+    finds no worker starts one (``sulphur status`` does so only when the journal holds
+    unfinished jobs; ``render --attach`` restarts a worker that died under it, but not
+    one that was stopped on purpose). Resuming costs only the
     stage that was interrupted: every finished stage is a content-addressed cache entry
     that is only renamed into place when complete, so the runner reports it as
     ``StageCached`` and moves on. An out-of-memory error is handled by the runner (a

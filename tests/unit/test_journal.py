@@ -68,3 +68,15 @@ def test_line_buffer_rejects_oversized_lines_once_and_resynchronises() -> None:
     # An oversized line that arrives whole is reported too, and the next line survives.
     assert buf.feed(b"z" * 11 + b"\nfine\n") == [None, b"fine"]
     assert buf.pending == 0
+
+
+def test_client_side_modules_never_import_torch() -> None:
+    """The TUI imports pipeline.client (and through it the journal): no torch may come along."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.client, pipeline.journal, pipeline.socket_io, pipeline.headless; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False"
