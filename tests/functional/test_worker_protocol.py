@@ -287,6 +287,51 @@ def test_interrupted_jobs_resume_and_a_crash_loop_stops(tmp_path: Path) -> None:
     assert ("JobStarted", "crashy") not in kinds
 
 
+def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real tiny-preset jobs held inside their draft stage by the runner's cancellable slow fault."""
+    story = tmp_path / "story.toml"
+    story.write_text(STORYBOARD.replace('"no-such-preset"', '"tiny"'))
+    monkeypatch.setenv("SULPHUR_FAULT_SLOW", "draft:120")
+    draft = tmp_path / ".sulphur" / "cache" / "draft"
+    with WorkerClient.connect(tmp_path, idle_timeout=300) as client:
+        stream = client.events()
+        next(stream)
+        running = client.submit(story, "segments", ["one"])
+        queued = client.submit(story, "segments", ["two"])
+        assert client.submit(story, "segments", ["one"]) == running  # already pending: not queued twice
+
+        def until(pred):  # noqa: ANN001, ANN202
+            for event in stream:
+                if pred(event):
+                    return event
+            raise AssertionError("stream ended")
+
+        until(lambda e: isinstance(e, protocol.StageStarted) and e.job_id == running and e.stage == "draft")
+        client.cancel(queued)
+        assert until(lambda e: isinstance(e, protocol.JobCancelled)).job_id == queued
+        t0 = time.monotonic()
+        client.cancel()  # no id: the running job
+        cancelled = until(lambda e: isinstance(e, protocol.JobCancelled))
+        assert time.monotonic() - t0 < 30  # the 120 s sleep was interrupted
+        assert (cancelled.job_id, cancelled.segment, cancelled.stage) == (running, "one", "draft")
+        states = {j.job_id: j.state for j in client.status().jobs}
+        assert states[running] == states[queued] == "cancelled"
+        with pytest.raises(WorkerError, match="already cancelled"):
+            client.cancel(running)
+        assert not list(draft.glob("*/*/meta.json")) and not list(draft.rglob("*.partial"))
+
+        # --stop while a job sits in its draft: the stage is abandoned, the job stays queued.
+        again = client.submit(story, "segments", ["one"])
+        until(lambda e: isinstance(e, protocol.StageStarted) and e.job_id == again and e.stage == "draft")
+        assert stop_worker(tmp_path, timeout=60) == 0
+        assert any(isinstance(e, protocol.Log) and "checkpointed" in e.message for e in stream)
+    journal = Journal(tmp_path / ".sulphur" / "journal.db")
+    assert journal.get(again).state == "queued"  # type: ignore[union-attr]
+    journal.close()
+    assert not list(draft.glob("*/*/meta.json")) and not list(draft.rglob("*.partial"))
+
+
 def test_a_slow_subscriber_keeps_lifecycle_events_and_sheds_progress() -> None:
     """The per-client queue, driven through a real socket pair whose far end stops reading."""
     from pipeline import worker as W
