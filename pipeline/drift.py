@@ -50,8 +50,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.protocol import DriftReport
 
 METHODS = ("meanstd", "histogram")
 DEFAULT_METHOD = "meanstd"
@@ -161,6 +165,22 @@ def drift(stats: dict, reference: dict) -> dict[str, float]:
             out[k] = float(_ratio(stats[k], reference[k]))
     out["delta_e"] = float(math.sqrt(sum((stats[k] - reference[k]) ** 2 for k in ("L_mean", "a_mean", "b_mean"))))
     return out
+
+
+def drift_event(segment: str, first: np.ndarray, last: np.ndarray, reference: dict[str, float],
+                guard: str = "off", job_id: str = "") -> DriftReport:
+    """The ``DriftReport`` for one segment: stats of its first and last frames and the
+    last frame's drift against ``reference`` (``frame_stats`` of the film's reference).
+    Non-finite values (a ratio against a flat reference) go on the wire as 999.0, since
+    the protocol's floats cannot carry inf."""
+    from pipeline.protocol import DriftReport
+
+    def wire(d: dict[str, float]) -> dict[str, float]:
+        return {k: (v if math.isfinite(v) else 999.0) for k, v in d.items()}
+
+    first_stats, last_stats = frame_stats(first), frame_stats(last)
+    return DriftReport(job_id=job_id, segment=segment, first=wire(first_stats), last=wire(last_stats),
+                       drift=wire(drift(last_stats, reference)), guard=guard)
 
 
 # ------------------------------------------------------------------------------- guard

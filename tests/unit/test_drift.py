@@ -129,3 +129,14 @@ def test_torch_path_gives_the_same_frames(scene: np.ndarray, method: str) -> Non
     b = d.match_colors_frames(seg, ref, 0.8, method=method, device="cpu")
     diff = np.abs(a.astype(int) - b)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_drift_event_round_trips(scene: np.ndarray) -> None:
+    from pipeline.protocol import decode_event, encode
+
+    flat = np.full_like(scene, 128)
+    ev = d.drift_event("shot2", scene, d.burn(scene, 1.08, 1.1), d.frame_stats(flat), guard="anchor", job_id="j")
+    back = decode_event(encode(ev))  # contrast ratio against a flat frame: not inf on the wire
+    assert back.segment == "shot2" and back.guard == "anchor" and back.drift["contrast"] == 999.0
+    ev = d.drift_event("shot2", scene, d.burn(scene, 1.08, 1.1), d.frame_stats(scene))
+    assert decode_event(encode(ev)).drift["contrast"] == pytest.approx(1.08, rel=0.05)

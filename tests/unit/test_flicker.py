@@ -288,3 +288,14 @@ def test_seams_drift_against_named_reference_image(tmp_path: Path) -> None:
     report = flicker.analyze_seams(render)
     assert report["drift_reference"].endswith("look.png")
     assert all(seg["drift"]["L_mean"] < -3 for seg in report["segments"])  # all darker than the look
+
+
+def test_cli_entry_point_exit_code(tmp_path: Path) -> None:
+    """Through the real console entry: a one-line error and exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "flicker", str(tmp_path / "nope.mp4")],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
