@@ -79,6 +79,11 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
     device = torch.device(plan.device)
     compute = getattr(torch, plan.dtype)
     fp8 = big and o.get("weights") == "fp8"
+    if big and device.type == "cuda" and o.get("gguf_kernels", True):
+        # GGUF layers dequantize in one Triton pass instead of diffusers' torch ops (7-18× faster)
+        from pipeline.kernels.gguf_dequant import patch_gguf_linears
+
+        patch_gguf_linears(module)
     if big and o.get("streamer") == "sulphur" and plan.offload == "group_block":
         BlockStreamer.attach(module, device, resident_blocks=int(o.get("resident_blocks", 0)),
                              storage_dtype=torch.float8_e4m3fn if fp8 else None, compute_dtype=compute)
