@@ -284,6 +284,8 @@ def _decode_planes(path: Path, info: dict[str, Any]) -> Iterator[tuple[np.ndarra
                 t = float(frame.time) if frame.time is not None else n / info["fps"]
                 if n == 0:
                     info["first"], info["first_y"] = frame, y
+                elif n == 1:
+                    info["second_y"] = y  # the film's first frame when the runner skips frame 0
                 info["last"], info["last_y"] = frame, y
                 n += 1
                 yield y, t
@@ -397,12 +399,13 @@ def segment_order(render_dir: Path) -> tuple[list[Path], str]:
     return sorted(files.values(), key=lambda p: (p.stat().st_mtime, p.name)), "file mtime"
 
 
-def _manifest_offsets(render_dir: Path) -> dict[str, int]:
-    """Film frame offsets per segment id from ``film.json``, where it gives them."""
+def _manifest_entries(render_dir: Path) -> dict[str, dict[str, Any]]:
+    """``film.json`` entries per segment id: ``offset`` (film frame index where the
+    segment's first kept frame lands) and ``skip_first`` (frame 0 repeats the previous
+    segment's last frame, the anchor, and is left out of the film)."""
     try:
         data = json.loads((render_dir / "film.json").read_text())
-        return {str(s["id"]): int(s["offset"]) for s in data.get("segments", [])
-                if isinstance(s, dict) and isinstance(s.get("offset"), int)}
+        return {str(s["id"]): s for s in data.get("segments", []) if isinstance(s, dict) and "id" in s}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -432,7 +435,7 @@ def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[st
 
     render_dir = Path(render_dir)
     files, order = segment_order(render_dir)
-    offsets = _manifest_offsets(render_dir)
+    manifest = _manifest_entries(render_dir)
     segments: list[dict[str, Any]] = []
     seams: list[Seam] = []
     offset = 0
@@ -442,8 +445,12 @@ def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[st
     for path in files:
         stats, info = _analyze_video(path, worst=worst)
         n = stats.frames
-        # The runner's manifest knows where each segment sits in final.mp4 (it may trim).
-        offset = offsets.get(path.stem, offset)
+        # The runner's manifest knows where each segment sits in final.mp4 and whether it
+        # left out frame 0 (the repeated anchor): then the seam the viewer sees is the
+        # previous last frame → this segment's frame 1.
+        entry = manifest.get(path.stem, {})
+        offset = entry["offset"] if isinstance(entry.get("offset"), int) else offset
+        skip = bool(entry.get("skip_first")) and "second_y" in info
         first_stats = drift_mod.frame_stats(info["first"].to_ndarray(format="rgb24"))
         last_stats = drift_mod.frame_stats(info["last"].to_ndarray(format="rgb24"))
         if reference is None:
@@ -452,15 +459,15 @@ def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[st
             pid, plast_y, pstats = prev
             # Same Y as inside the segments (the stream's own plane), so the seam's dB
             # compares directly with the segments' transitions.
-            db = psnr_y(plast_y, info["first_y"])
+            db = psnr_y(plast_y, info["second_y"] if skip else info["first_y"])
             threshold = min(pstats.median, stats.median) - SEAM_MARGIN_DB
             seams.append(Seam(before=pid, after=path.stem, frame=offset, time=round(offset / stats.fps, 4),
                               psnr=db, threshold=threshold, flagged=db < threshold))
-        segments.append({"id": path.stem, "path": str(path), "offset": offset, "frames": n,
+        segments.append({"id": path.stem, "path": str(path), "offset": offset, "frames": n, "skip_first": skip,
                          "flicker": stats.to_dict(), "first": first_stats, "last": last_stats,
                          "drift": drift_mod.drift(last_stats, reference)})
         prev = (path.stem, info["last_y"], stats)
-        offset += n
+        offset += n - int(skip)
     return {"render_dir": str(render_dir), "order": order, "drift_reference": ref_name, "segments": segments,
             "seams": [s.to_dict() for s in seams], "_seams": seams}
 
@@ -545,7 +552,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"sulphur flicker: {exc}", file=sys.stderr)
         return 2
     if seams is not None and seams["segments"] and \
-            stats.frames == seams["segments"][-1]["offset"] + seams["segments"][-1]["frames"]:
+            stats.frames == seams["segments"][-1]["offset"] + seams["segments"][-1]["frames"] \
+            - int(seams["segments"][-1]["skip_first"]):
         # Where the film is the concatenation of the segments, show what the viewer sees
         # at each seam in the film itself too.
         for seam, d in zip(seams["_seams"], seams["seams"], strict=True):

@@ -243,13 +243,31 @@ def test_seam_with_brightness_jump_is_flagged(tmp_path: Path, order_by: str) -> 
     assert seams[1]["psnr"] == pytest.approx(20 * math.log10(255 / 25), abs=1.0)
     # The drift block sees c brighter than the reference (a's last frame).
     assert report["segments"][2]["drift"]["L_mean"] > 5
-    if order_by == "manifest":
-        # A runner that drops each continuation's first frame (it repeats the anchor)
-        # says so through the offsets; the seams follow them.
-        manifest = render / "film.json"
-        manifest.write_text(manifest.read_text().replace('"offset": 10', '"offset": 9')
-                            .replace('"offset": 20', '"offset": 18'))
-        assert [s["frame"] for s in flicker.analyze_seams(render)["seams"]] == [9, 18]
+
+
+
+def test_seams_follow_film_json_when_frame_0_repeats_the_anchor(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The runner leaves out each continuation's frame 0 (it repeats the anchor) and says
+    so in film.json: seams land where the film has them and compare the previous last
+    frame with frame 1, as a viewer sees it."""
+    ys = moving_y(28)
+    bright = [np.clip(y.astype(int) + 25, 0, 255).astype(np.uint8) for y in ys[19:]]
+    render = tmp_path / "renders" / "story"
+    for sid, frames in (("a", ys[:10]), ("b", [ys[9]] + ys[10:19]), ("c", [ys[18]] + bright)):
+        write_video(render / "segments" / f"{sid}.mp4", frames)
+    (render / "film.json").write_text(json.dumps({"segments": [
+        {"id": "a", "frames": 10, "offset": 0, "skip_first": False},
+        {"id": "b", "frames": 10, "offset": 10, "skip_first": True},
+        {"id": "c", "frames": 10, "offset": 19, "skip_first": True}]}))
+    seams = flicker.analyze_seams(render)["seams"]
+    assert [s["frame"] for s in seams] == [10, 19]
+    assert [s["flagged"] for s in seams] == [False, True]
+    assert seams[0]["psnr"] == pytest.approx(flicker.psnr_y(ys[9], ys[10]), abs=0.01)
+    film = write_video(tmp_path / "final.mp4", ys[:19] + bright)
+    assert flicker.main(cli(film, "--json", seams=render)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [s["film_psnr"] for s in data["seams"]["seams"]] == pytest.approx([s["psnr"] for s in seams], abs=0.01)
 
 
 def test_cli_report_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
