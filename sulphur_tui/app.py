@@ -192,7 +192,8 @@ class SulphurApp(App[int]):
     def _draw_gpus(self) -> None:
         budget = self.doc.storyboard.project.vram_budget_gb if self.doc else None
         samples = merge_samples(self.local_gpus, self.live.worker_gpus)
-        self.query_one(GpuPanel).show(samples, budget, self.gpu_reason)
+        for panel in self.query(GpuPanel):  # none while the app is shutting down
+            panel.show(samples, budget, self.gpu_reason)
 
     def _draw_status(self) -> None:
         bits = [self.worker_detail]

@@ -47,13 +47,13 @@ class SegmentEditor(VerticalScroll):
     DEFAULT_CSS = """
     SegmentEditor { padding: 0 1; }
     SegmentEditor .field-label { color: $text-muted; margin-top: 1; }
-    SegmentEditor #seg-title { text-style: bold; color: $accent; }
+    SegmentEditor #seg-title { text-style: bold; color: $accent; width: 1fr; height: 1; }
     SegmentEditor #prompt { height: 6; }
     SegmentEditor #enhanced { height: 5; }
     SegmentEditor #enhanced.-locked { border: tall $warning; }
     SegmentEditor .row { height: 1; margin-top: 1; }
     SegmentEditor .row > Label { width: auto; color: $text-muted; padding: 0 1 0 0; }
-    SegmentEditor .row > Input { width: 1fr; margin-right: 2; }
+    SegmentEditor .row > Input { width: 1fr; height: 1; margin-right: 2; }
     SegmentEditor .row > Select { width: 1fr; margin-right: 2; }
     SegmentEditor .row > Button { width: auto; margin-right: 2; }
     SegmentEditor .row > Checkbox { width: auto; margin-right: 2; }
@@ -62,7 +62,7 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor #anchor-kind { width: 22; }
     SegmentEditor #drift { width: 28; }
     SegmentEditor Input.-bad { background: $error 30%; }
-    SegmentEditor #field-error { color: $error; height: auto; margin-top: 1; }
+    SegmentEditor #field-error { color: $error; width: 1fr; height: 1; margin-top: 1; }
     """
 
     @dataclass
@@ -135,7 +135,8 @@ class SegmentEditor(VerticalScroll):
         self.segment_id, self.segment = segment_id, seg
         i = sb.index(segment_id)
         with self.prevent(TextArea.Changed, Input.Changed, Select.Changed, Checkbox.Changed):
-            self.query_one("#seg-title", Label).update(f"Shot {i + 1}/{len(sb.segments)} · {seg.id}")
+            # Fixed-size labels: no layout pass needed (it would re-arrange the whole screen).
+            self.query_one("#seg-title", Label).update(f"Shot {i + 1}/{len(sb.segments)} · {seg.id}", layout=False)
             self._set_text("#prompt", seg.prompt)
             self._set_text("#enhanced", seg.enhanced_prompt)
             enhanced = self.query_one("#enhanced", TextArea)
@@ -154,7 +155,12 @@ class SegmentEditor(VerticalScroll):
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
             for inp in self.query(Input):
                 inp.remove_class("-bad")
-            self.query_one("#field-error", Label).update("")
+            self._error("")
+
+    def _error(self, text: str) -> None:
+        label = self.query_one("#field-error", Label)
+        if str(label.content) != text:
+            label.update(text, layout=False)
 
     def _set_text(self, selector: str, text: str) -> None:
         area = self.query_one(selector, TextArea)
@@ -233,7 +239,7 @@ class SegmentEditor(VerticalScroll):
         except ValueError as exc:
             error = f"{key}: {exc}" if "between" in str(exc) or "(" in str(exc) else f"{key}: not a number"
         inp.set_class(bool(error), "-bad")
-        self.query_one("#field-error", Label).update(error)
+        self._error(error)
         if error:
             return
         coalesce = f"{key}:{self.segment_id}"
@@ -275,7 +281,7 @@ class SegmentEditor(VerticalScroll):
         elif path_input.value.strip():
             self._post(anchor=Anchor(kind, path_input.value.strip()))
         else:
-            self.query_one("#field-error", Label).update(f"anchor: choose the {kind} file (Browse…)")
+            self._error(f"anchor: choose the {kind} file (Browse…)")
 
     @on(Select.Changed, "#drift")
     def _drift(self, event: Select.Changed) -> None:
@@ -288,5 +294,5 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#anchor-path", path)
             self.query_one("#anchor-path", Input).disabled = False
             self.query_one("#browse", Button).disabled = False
-        self.query_one("#field-error", Label).update("")
+        self._error("")
         self._post(anchor=Anchor(kind, path))
