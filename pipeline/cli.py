@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", metavar="NAME", help="model preset (overrides [project] preset)")
     r.add_argument("--json", action="store_true", help="print one JSON event per line")
     r.add_argument("--attach", action="store_true", help="submit to the background worker and follow the job")
+    r.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: pipeline the stages over every GPU of a Ray cluster")
+    r.add_argument("--address", metavar="ADDR", default=None,
+                   help="with --engine ray: auto (a running cluster), ray://HOST:10001; default: start one here")
 
     sub.add_parser("models", help="list model presets and which of their files are present")
 
@@ -83,6 +87,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             from pipeline.client import main_render_attach
 
             return main_render_attach(args)
+        if args.engine == "ray":
+            from pipeline.engines.ray_engine import main as ray_main
+
+            return ray_main(args)
         from pipeline.headless import main_render
 
         return main_render(args)

@@ -1,0 +1,394 @@
+"""``--engine ray``: the runner's per-segment methods pipelined over Ray actors.
+
+A storyboard is a chain only through the draft: segment k+1's draft needs segment k's
+last draft frame, nothing after it. So one *draft actor* drafts segment after segment
+(in storyboard order; each call receives the previous call's chain state as an object
+reference, so Ray itself orders them and a restarted actor still knows its anchor)
+while *finish actors* refine, upscale and encode the segments already drafted (Ray's
+``ActorPool`` hands each drafted segment to an idle one). Every actor owns a
+:class:`pipeline.render.Renderer`, so models stay loaded between segments and every
+stage goes through the same content-addressed cache with the same keys as a local
+render: a Ray render and a local render resume each other.
+
+Faults: actors are created with ``max_restarts``/``max_task_retries``, so a crashed
+actor (or a lost node) is restarted and its task retried; stages it had finished are
+cache hits (``StageCached``), so only the stage it was running runs again.
+
+Events: actors put the runner's typed events, tagged with the actor (``worker``: name,
+host, GPU), on a ``ray.util.queue.Queue``; the driver emits them in order of arrival.
+
+Cluster: every node must see the project folder (storyboard, renders, stage cache) at
+the same absolute path, e.g. over NFS; artifacts travel through that shared cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import queue as stdlib_queue
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.actor_pool import ActorPool
+from ray.util.queue import Queue
+
+from pipeline import protocol
+from pipeline.protocol import Event
+from pipeline.render import RenderError, select_segments
+from pipeline.stages.base import Cancelled
+from pipeline.storyboard import StoryboardError, load
+
+Emit = Callable[[Event], None]
+NAMESPACE = "sulphur"
+#: A crash (or ``ray.kill``) restarts the actor and retries its task this many times.
+MAX_RESTARTS = 3
+#: Environment variables forwarded from the driver to every actor (SULPHUR_HOME, test faults…).
+FORWARD_PREFIX = "SULPHUR_"
+
+
+# ------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How many actors, and what each asks Ray for."""
+
+    draft_gpus: float
+    finish_gpus: float
+    finishers: int          # separate finish actors; 0 = the draft actor finishes too
+    share_gb: float | None  # VRAM budget each actor plans within, when it shares a card
+
+    def describe(self) -> str:
+        if self.draft_gpus == 0:
+            return f"1 draft actor + {self.finishers} finish actor(s) on CPU"
+        return (f"1 draft actor ({self.draft_gpus:g} GPU) + {self.finishers} finish actor(s) "
+                f"({self.finish_gpus:g} GPU each)" + (f", {self.share_gb:.1f} GB VRAM each" if self.share_gb else ""))
+
+
+def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | None, segments: int,
+                finishers: int | None = None) -> Layout:
+    """Actors for a cluster of ``gpus`` cards of ``card_gb`` (and ``cpus`` CPUs).
+
+    With a storyboard ``vram_budget_gb`` each actor asks for that share of a card, so
+    several pack on one GPU; without one, one card each (two halves on a single-GPU box).
+    Never more finishers than fit next to the draft actor, or than there are segments.
+    """
+    if gpus <= 0:
+        room = max(0, int(cpus) - 1)
+        n = min(room if finishers is None else finishers, room, segments)
+        return Layout(0.0, 0.0, max(0, n), None)
+    if budget_gb:
+        frac = min(1.0, math.ceil(budget_gb / card_gb * 100) / 100) if card_gb > 0 else 1.0
+    else:
+        frac = 1.0 if gpus >= 2 else 0.5
+    room = int((gpus - frac) / frac + 1e-9)
+    n = max(0, min(room if finishers is None else finishers, room, segments))
+    share = None if budget_gb or frac >= 1.0 else round(card_gb * frac, 2)
+    return Layout(frac, frac if n else 0.0, n, share)
+
+
+@ray.remote(num_cpus=0, num_gpus=0.01)
+def _card_gb() -> float:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+# ----------------------------------------------------------------------- actor
+
+
+class StageWorker:
+    """One Renderer in one Ray worker process: drafts, finishes or assembles segments."""
+
+    def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
+                 share_gb: float | None, sweep: bool) -> None:
+        # The event queue by name, not by handle: constructor arguments must outlive restarts.
+        self.events = ray.get_actor(events, namespace=NAMESPACE)
+        self.cancel = threading.Event()
+        self.error: BaseException | None = None
+        ctx = ray.get_runtime_context()
+        gpus = ray.get_gpu_ids()
+        self.worker = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
+                       + (f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU"))
+        try:
+            self.renderer = _renderer(storyboard, preset, job_id, share_gb, self._emit, self.cancel)
+            if sweep:
+                self.renderer.cache.sweep_partials()
+        except BaseException as exc:  # raised from ready(): an actor whose __init__ raises is just dead
+            self.error = exc
+
+    def _emit(self, event: Event) -> None:
+        if hasattr(event, "worker") and not event.worker:
+            event.worker = self.worker
+        ray.get(self.events.put_nowait.remote(event))  # waited for: a task's events precede its result
+
+    def ready(self) -> str:
+        if self.error is not None:
+            raise self.error
+        return self.worker
+
+    @ray.method(concurrency_group="control")
+    def cancel_now(self) -> None:
+        self.cancel.set()
+
+    @ray.method(num_returns=3)
+    def draft(self, index: int, chain: Any) -> tuple[Any, Any, Any]:
+        """Draft segment ``index`` after the chain state the previous draft returned (None: first)."""
+        self.ready()
+        if chain is not None:
+            self.renderer.chain = chain
+        job, artifact = self.renderer.draft_segment(index)
+        return job, artifact, self.renderer.chain
+
+    def finish(self, job: Any, draft: Any) -> str:
+        self.ready()
+        return str(self.renderer.finish_segment(job, draft))
+
+    def assemble(self, drafts: dict[str, Any]) -> str:
+        self.ready()
+        return str(self.renderer.assemble(drafts))
+
+
+def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None, emit: Emit,
+              cancel: threading.Event) -> Any:
+    """A Renderer as :func:`pipeline.render.render` builds one, within this actor's VRAM share."""
+    from pipeline.models.registry import LoadedModels, get_preset
+    from pipeline.render import Renderer, _quiet_libraries
+
+    sb = load(storyboard)
+    if preset:
+        sb = replace(sb, project=replace(sb.project, preset=preset))
+    if share_gb and sb.project.vram_budget_gb is None:
+        # Several actors share this card: each plans within its Ray share, not the free VRAM.
+        sb = replace(sb, project=replace(sb.project, vram_budget_gb=share_gb))
+    try:
+        chosen = get_preset(sb.project.preset)
+    except KeyError as exc:
+        raise RenderError("unknown_preset", str(exc.args[0])) from None
+    missing = chosen.missing()
+    if missing:
+        lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
+        raise RenderError("missing_models", f"preset {chosen.name} is missing {len(missing)} file(s) on "
+                          f"{socket.gethostname()}: {lines}")
+    _quiet_libraries()
+    if chosen.builder is not None:
+        chosen.builder()
+    return Renderer(sb, chosen, emit, cancel, job_id, LoadedModels())
+
+
+StageActor = ray.remote(concurrency_groups={"control": 1})(StageWorker)
+
+
+# ---------------------------------------------------------------------- driver
+
+
+def _init(address: str | None) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and so must stop it)."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "configure_logging": False}
+    if address in (None, "", "local"):
+        ray.init(include_dashboard=False, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+    return True
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_PREFIX)}
+    env.update(extra or {})
+    return {"env_vars": env} if env else {}
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The runner's own exception out of Ray's wrapper, so callers see what `render` raises."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, RenderError | Cancelled | StoryboardError):
+            return cause
+        return RenderError("stage_failed", f"{type(cause).__name__ if cause else 'task'} failed on a Ray "
+                           f"worker: {cause or exc}")
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return RenderError("worker_lost", f"a Ray stage actor died and could not be restarted: {exc}")
+    return exc
+
+
+def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] | None = None,
+               from_segment: str | None = None, preset: str | None = None, emit: Emit = lambda e: None,
+               cancel: threading.Event | None = None, job_id: str = "", models: Any = None,
+               address: str | None = None, finishers: int | None = None,
+               actor_env: dict[str, dict[str, str]] | None = None) -> Path:
+    """Like :func:`pipeline.render.render`, over Ray; returns ``final.mp4``.
+
+    ``address``: None starts a local Ray (every GPU of this machine), ``auto`` joins the
+    running cluster, ``ray://host:10001`` connects a client. ``models`` is ignored (the
+    actors hold theirs). ``actor_env`` adds environment variables per role ("draft",
+    "finish"). If Ray is already initialised (a test, a notebook) it is used as is.
+    """
+    del models
+    sb = load(storyboard_path)
+    path = str(Path(storyboard_path).resolve())
+    selected = select_segments(sb, segments, from_segment)
+    ids = [s.id for s in sb.segments]
+    last_needed = max(ids.index(s) for s in selected)
+    job_id = job_id or uuid.uuid4().hex[:12]
+    cancel = cancel or threading.Event()
+    actor_env = actor_env or {}
+    t_job = time.perf_counter()
+
+    def stamp(event: Event) -> None:
+        event.job_id = job_id
+        emit(event)
+
+    started = _init(address)
+    queue_name = f"sulphur-{job_id}-events"
+    d = _Driver(Queue(actor_options={"num_cpus": 0, "name": queue_name, "namespace": NAMESPACE}), stamp, cancel)
+    try:
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        card = ray.get(_card_gb.remote()) if gpus else 0.0
+        layout = plan_layout(gpus=gpus, cpus=float(resources.get("CPU", 1)), card_gb=card,
+                             budget_gb=sb.project.vram_budget_gb, segments=len(selected), finishers=finishers)
+        single_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+        stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
+        stamp(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), "
+                                   f"{resources.get('CPU', 0):g} CPU(s)"))
+
+        def actor(role: str, i: int, gpu: float, sweep: bool = False) -> Any:
+            handle = StageActor.options(
+                name=f"sulphur-{job_id}-{role}-{i}", namespace=NAMESPACE, num_cpus=1, num_gpus=gpu,
+                max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
+                runtime_env=_env(actor_env.get(role)),
+            ).remote(path, preset, job_id, queue_name, role, layout.share_gb, sweep)
+            d.actors.append(handle)
+            return handle
+
+        drafter = actor("draft", 0, layout.draft_gpus, sweep=single_node)
+        # The draft actor builds built-in models (tiny preset) first, so finishers never race it.
+        d.get([drafter.ready.remote()])
+        finishers_ = [actor("finish", i, layout.finish_gpus) for i in range(layout.finishers)] or [drafter]
+        pool = ActorPool(finishers_)
+
+        # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
+        chain = None
+        jobs: dict[str, Any] = {}
+        drafts: dict[str, Any] = {}
+        for index in range(last_needed + 1):
+            job, draft, chain = drafter.draft.remote(index, chain)
+            jobs[ids[index]], drafts[ids[index]] = job, draft
+        # 2. Each selected segment's refine → upscale → encode once its draft exists, on an idle finisher.
+        for sid in selected:
+            pool.submit(lambda a, v: a.finish.remote(*v), (jobs[sid], drafts[sid]))
+        while pool.has_next():
+            d.poll()
+            try:
+                pool.get_next_unordered(timeout=0)
+            except TimeoutError:
+                continue
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                raise _unwrap(exc) from None
+        # 3. The film from every segment's cached stages (assemble only looks them up).
+        artifacts = dict(zip(drafts, d.get(list(drafts.values())), strict=True))
+        final = Path(d.get([finishers_[0].assemble.remote(artifacts)])[0])
+        d.poll(0)
+        stamp(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))
+        return final
+    finally:
+        for a in d.actors:
+            ray.kill(a, no_restart=True)
+        try:
+            d.poll(0)
+            d.events.shutdown()
+        except Exception:  # pragma: no cover - Ray already going down
+            pass
+        if started:
+            ray.shutdown()
+
+
+class _Driver:
+    """The driver's side of one render: emits actors' events and passes a cancel on, once."""
+
+    def __init__(self, events: Queue, emit: Emit, cancel: threading.Event) -> None:
+        self.events, self.emit, self.cancel = events, emit, cancel
+        self.actors: list[Any] = []
+        self.cancel_sent = False
+
+    def poll(self, timeout: float = 0.05) -> None:
+        """Emit every queued event (waiting up to ``timeout`` for the first); pass on a cancel."""
+        try:
+            batch = [self.events.get(block=timeout > 0, timeout=timeout or None)]
+            n = self.events.qsize()
+            if n:
+                batch += self.events.get_nowait_batch(n)
+        except stdlib_queue.Empty:
+            batch = []
+        for event in batch:
+            self.emit(event)
+        if self.cancel.is_set() and not self.cancel_sent:
+            self.cancel_sent = True  # the running stage of each actor raises Cancelled
+            for a in self.actors:
+                a.cancel_now.remote()
+
+    def get(self, refs: list[Any]) -> list[Any]:
+        """ray.get that keeps emitting events and honours a cancel meanwhile."""
+        pending = list(refs)
+        while pending:
+            self.poll()
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+        try:
+            return ray.get(refs)
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+            raise _unwrap(exc) from None
+
+
+# ------------------------------------------------------------------------- CLI
+
+
+def main(args: argparse.Namespace) -> int:
+    """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
+    from pipeline.headless import ProgressPrinter, _json_printer
+
+    printer = ProgressPrinter()
+
+    def human(event: Event) -> None:
+        if isinstance(event, protocol.StageStarted) and event.worker:
+            print(f"{event.segment or 'film':>12} {event.stage:<8} started on {event.worker}", file=printer.stream)
+        else:
+            printer(event)
+
+    emit = _json_printer if args.json else human
+    cancel = threading.Event()
+    try:
+        final = render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
+                           emit=emit, cancel=cancel, address=getattr(args, "address", None))
+    except StoryboardError as exc:
+        if args.json:
+            emit(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RenderError as exc:
+        if args.json:
+            emit(exc.to_event())
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Cancelled):
+        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
+        return 130
+    except ConnectionError as exc:
+        print(f"error: cannot reach the Ray cluster at {getattr(args, 'address', None)}: {exc}", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(final)
+    return 0
+
+
+__all__ = ["Layout", "plan_layout", "render_ray", "StageActor", "main"]
