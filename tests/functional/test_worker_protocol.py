@@ -269,7 +269,10 @@ def test_interrupted_jobs_resume_and_a_crash_loop_stops(tmp_path: Path) -> None:
                               attempts=1, created=2.0))
     journal.add_job(JobRecord(id="waiting", storyboard=str(story), selected=["one", "two"], created=3.0))
     journal.close()
-    with WorkerClient.connect(tmp_path, idle_timeout=300) as client:
+    # No worker runs, unfinished jobs are journaled: `sulphur status` starts a worker to resume them.
+    assert main_status(argparse.Namespace(project=tmp_path, json=True)) == 0
+    assert lock_holder(tmp_path) is not None
+    with WorkerClient.connect(tmp_path, start=False) as client:
         _wait(lambda: all(j.state not in ("queued", "running") for j in client.status().jobs),
               what="the recovered jobs to be dealt with")
         jobs = {j.job_id: j for j in client.status().jobs}

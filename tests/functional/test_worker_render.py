@@ -9,7 +9,6 @@ start from a copy of the reference's draft cache entries, because what they chec
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 
 from pipeline import protocol
-from pipeline.client import EventStream, WorkerClient, main_status, stop_worker
+from pipeline.client import EventStream, WorkerClient, stop_worker
 from pipeline.journal import Journal
 from pipeline.socket_io import lock_holder
 
@@ -181,17 +180,21 @@ def test_two_subscribers_receive_the_same_event_sequence(reference: dict) -> Non
 
 
 def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     story = _project(tmp_path)
-    # Every draft dawdles 3 s at its start, so the kill lands inside segment two's draft.
+    # The first worker's drafts dawdle 3 s at their start, so the kill lands inside segment two's draft.
     monkeypatch.setenv("SULPHUR_FAULT_SLOW", "draft:3")
     client = WorkerClient.connect(tmp_path, idle_timeout=600)
     stream = client.events()
     next(stream)
-    job = client.submit(story)
+    # The client command that submits and follows: `sulphur render --attach --json`, its own process.
+    env = {k: v for k, v in os.environ.items() if k != "SULPHUR_FAULT_SLOW"}
+    attach = subprocess.Popen([sys.executable, "-m", "pipeline.client", "attach", str(story), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env, PYTHONPATH=str(ROOT)))
+    job = ""
     for event in stream:
         assert not isinstance(event, TERMINAL), event
+        job = job or event.job_id
         if isinstance(event, protocol.StageStarted) and (event.segment, event.stage) == ("two", "draft"):
             break
     cache = tmp_path / ".sulphur" / "cache"
@@ -200,23 +203,18 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
     pid = lock_holder(tmp_path)
     assert pid and pid > 0
     os.kill(pid, signal.SIGKILL)
-    _wait(lambda: lock_holder(tmp_path) is None, what="the killed worker's lock to go")
     client.close()
 
-    # Any client command brings the job back: here `sulphur status`.
-    monkeypatch.delenv("SULPHUR_FAULT_SLOW")
-    assert main_status(argparse.Namespace(project=tmp_path, json=True)) == 0
-    snap = protocol.decode_event(capsys.readouterr().out)
-    assert isinstance(snap, protocol.StatusSnapshot) and snap.pid not in (0, pid)
-    assert [j.state for j in snap.jobs if j.job_id == job][0] in ("queued", "running")
+    # The attached client notices, starts a new worker, which resumes the job, and follows it to the end.
+    out, err = attach.communicate(timeout=RENDER_TIMEOUT)
+    assert attach.returncode == 0, err.decode()[-2000:]
+    printed = [protocol.decode_event(line) for line in out.splitlines()]
+    assert all(e.job_id == job for e in printed)
+    assert any(isinstance(e, protocol.Log) and "worker died" in e.message for e in printed)
+    assert isinstance(printed[-1], protocol.JobFinished) and Path(printed[-1].path) == _final(tmp_path)
+    new_pid = lock_holder(tmp_path)
+    assert new_pid not in (None, pid)
     with WorkerClient.connect(tmp_path, start=False) as c2:
-        stream = c2.events()
-        snap = next(stream)
-        if [j.state for j in snap.jobs if j.job_id == job] != ["done"]:
-            for event in stream:
-                if event.job_id == job and isinstance(event, TERMINAL):
-                    assert isinstance(event, protocol.JobFinished), event
-                    break
         assert [j.state for j in c2.status().jobs if j.job_id == job] == ["done"]
 
     # The journal holds both worker lives' events: only the interrupted stage started twice.
