@@ -117,3 +117,27 @@ def test_gguf_transformer_through_the_sulphur_streamer() -> None:
     assert quant and all(p.dtype == torch.uint8 for p in quant)
     assert torch.equal(run(model), ref)
     assert torch.equal(run(model), ref)
+
+
+def test_plan_applied_to_a_whole_tiny_pipeline() -> None:
+    """LTX2Pipeline loaded from the tiny diffusers folder: group offload of every model
+    component + VAE tiling gives the resident render, frame for frame and sample for sample."""
+    from diffusers import LTX2Pipeline
+
+    from pipeline.models import tiny_ltx2
+
+    folder = tiny_ltx2.build_tiny() / tiny_ltx2.DIFFUSERS_DIR
+
+    def render(p: StagePlan) -> tuple[torch.Tensor, torch.Tensor]:
+        pipe = apply_plan(LTX2Pipeline.from_pretrained(folder), p)
+        pipe.set_progress_bar_config(disable=True)
+        assert bool(getattr(pipe.vae, "use_tiling", False)) == p.vae_tiling
+        out = pipe(prompt="a red fox", width=128, height=64, num_frames=9, num_inference_steps=2,
+                   guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="pt",
+                   max_sequence_length=16, return_dict=True)
+        return out.frames, out.audio
+
+    frames, audio = render(plan("resident"))
+    frames2, audio2 = render(StagePlan(name="group", device="cpu", offload="group_block", dtype="float32",
+                                       vae_tiling=True, options={"num_blocks_per_group": 1}))
+    assert torch.equal(frames, frames2) and torch.equal(audio, audio2)
