@@ -605,6 +605,18 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
     device = device or detect_device()
     if device == "cpu":
         return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+    if preset.family != "ltx2" and stage in ("draft", "refine"):
+        # the I2V families carry measured recipe ladders (pipeline/models/recipes.py);
+        # their refine is a resize without a model
+        if stage == "refine":
+            return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+        from pipeline.models import recipes
+
+        try:
+            return recipes.plans(preset, device, preset.round_size(project.draft_size or preset.draft_size),
+                                 preset.round_frames(frames or 121))
+        except KeyError:
+            pass  # no recipe: plan it like LTX-2 from its sizes
     b = budgets or detect_budgets(project, device)
     comps = component_sizes(preset)
     job = _job_from(preset, project, stage, frames)

@@ -234,3 +234,15 @@ def test_describe_is_one_readable_line() -> None:
     text = _seed_ladder()[0].describe()
     assert "\n" not in text and "group_block+stream" in text and "GiB VRAM" in text
     assert GiB == 1024**3
+
+
+def test_other_families_use_their_recipe_ladders() -> None:
+    from pipeline.models import recipes
+    from pipeline.models.registry import all_presets
+
+    wan = next(p for p in all_presets() if p.family == "wan" and p.builder is None)
+    plans = plan_ladder("draft", wan, Project(), "cuda", budgets=Budgets.from_gb(12, 64))
+    # every recipe of the preset, measured-to-fit ones first
+    assert sorted(p.options["recipe"] for p in plans) == sorted(r.name for r in recipes.ladder(wan))
+    assert plan_ladder("refine", wan, Project(), "cuda")[0].device == "cpu"
+    assert plan_ladder("upscale", wan, Project(), "cuda", budgets=Budgets.from_gb(12, 64))[0].options["esrgan_batch"]
