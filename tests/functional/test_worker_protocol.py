@@ -235,6 +235,10 @@ def test_status_prints_the_snapshot(project: Path, capsys: pytest.CaptureFixture
 
 
 def test_stop_idle_timeout_and_offline_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A project deep enough that its socket path exceeds what sockaddr_un can hold (107 bytes).
+    tmp_path = tmp_path / ("a-project-folder-with-a-long-name-" * 3) / "shots"
+    tmp_path.mkdir(parents=True)
+    assert len(str(socket_path(tmp_path))) > 108
     (tmp_path / "story.toml").write_text(STORYBOARD)
     # --stop: a clean exit that removes the socket and frees the lock.
     client = WorkerClient.connect(tmp_path, idle_timeout=300)
