@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -604,12 +605,12 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
     """
     device = device or detect_device()
     if device == "cpu":
-        return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+        return cpu_ladder()
     if preset.family != "ltx2" and stage in ("draft", "refine"):
         # the I2V families carry measured recipe ladders (pipeline/models/recipes.py);
         # their refine is a resize without a model
         if stage == "refine":
-            return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+            return [_CPU_PLANS["cpu"]]
         from pipeline.models import recipes
 
         try:
@@ -635,11 +636,27 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
     elif stage == "enhance":
         candidates = _enhance_plans(comps, device)
     else:  # encode, and anything without big weights
-        return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32")]
+        return [_CPU_PLANS["cpu"]]
     ladder = _dedupe([p for p in candidates if _fits(p, b)])
     if not ladder:
         raise _refuse(stage, candidates, b, job)
     return ladder
+
+
+_CPU_PLANS = {
+    "cpu": StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32"),
+    # host RAM can run out too: the lean rung tiles the VAE, upscales one frame at a time
+    # and drops every held model between stages
+    "cpu-lean": StagePlan(name="cpu-lean", device="cpu", offload="resident", vae_tiling=True, dtype="float32",
+                          options={"batch": 1, "esrgan_batch": 1, "evict_between_stages": True}),
+}
+
+
+def cpu_ladder() -> list[StagePlan]:
+    """One CPU plan (the tiny CI path), or the rungs named in ``$SULPHUR_DEVICE_LADDER``
+    (comma-separated, e.g. ``cpu,cpu-lean``) so tests can exercise a fallback on a CPU."""
+    names = [n.strip() for n in os.environ.get("SULPHUR_DEVICE_LADDER", "cpu").split(",")]
+    return [_CPU_PLANS[n] for n in names if n in _CPU_PLANS] or [_CPU_PLANS["cpu"]]
 
 
 def _dedupe(plans: list[StagePlan]) -> list[StagePlan]:

@@ -34,9 +34,14 @@ def ladders(vram_gb: float, host_gb: float, project: Project | None = None) -> d
     return {s: plan_ladder(s, REAL, project, "cuda", budgets=b) for s in STAGES}
 
 
-def test_cpu_is_one_plan() -> None:
+def test_cpu_is_one_plan_unless_a_lean_rung_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SULPHUR_DEVICE_LADDER", raising=False)
     plans = plan_ladder("draft", REAL, Project(), device="cpu")
     assert [(p.device, p.offload) for p in plans] == [("cpu", "resident")]
+    monkeypatch.setenv("SULPHUR_DEVICE_LADDER", "cpu,cpu-lean")
+    lean = plan_ladder("refine", REAL, Project(), device="cpu")
+    assert [p.name for p in lean] == ["cpu", "cpu-lean"]
+    assert lean[1].vae_tiling and lean[1].options["evict_between_stages"]
 
 
 @pytest.mark.parametrize("vram_gb", [6, 8, 12, 24])
