@@ -25,6 +25,13 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
   ``use_stream`` group offload keeps a pinned copy beside the pageable one: 2× the
   weights in host RAM unless ``low_cpu_mem_usage`` pins block by block (1× + 2 blocks).
   GGUF weights need a bf16 scratch of the largest layer for dequantization.
+  Sulphur's block streamer (``streamer="sulphur"``, pipeline/offload.py) pins each block
+  in place (1× host), streams through two slots, and keeps as many blocks resident as
+  the VRAM budget leaves room for; an fp8-stored block needs a bf16 upcast buffer.
+* **Text encoder** (Gemma 3 12B, 24 GB bf16) runs once per prompt and is evicted:
+  resident, block group offload without streams, group offload through disk files, or
+  the CPU; when it cannot fit beside what the transformer plan keeps loaded between
+  segments, the plan drops the transformer while encoding (``options["evict"]``).
 * **Reserves**: the CUDA context (0.5 GiB) is outside a configured VRAM budget, 10% of
   VRAM is kept for fragmentation; the render process itself (torch, CUDA libraries,
   frame buffers) takes about 2.5 GiB of host RAM.
