@@ -79,6 +79,7 @@ def _injected_oom(stage: str) -> BaseException:
 def _stages(preset: Preset) -> dict[str, Stage]:
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.enhance import EnhanceStage
+    from pipeline.stages.grade import GradeStage
     from pipeline.stages.upscale import UpscaleStage
 
     if preset.family == "ltx2":
@@ -93,7 +94,7 @@ def _stages(preset: Preset) -> dict[str, Stage]:
         from pipeline.stages.resize_refine import ResizeRefineStage
 
         draft, refine = FamilyDraftStage(), ResizeRefineStage()
-    return {s.name: s for s in (EnhanceStage(), draft, refine, UpscaleStage(), EncodeStage())}
+    return {s.name: s for s in (EnhanceStage(), draft, refine, UpscaleStage(), GradeStage(), EncodeStage())}
 
 
 @dataclass
@@ -149,10 +150,21 @@ class Renderer:
             audio=p.audio and preset.audio,
         )
 
+    def key_for(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> str:
+        stage = self.stages[name]
+        return stage_key(name, stage.version, stage.params(job), {k: a.key for k, a in inputs.items()})
+
+    def frames_chain(self, job: SegmentJob) -> list[tuple[str, str]]:
+        """(stage, its input stage) from the draft to the frames that get encoded."""
+        chain = [("refine", "draft"), ("upscale", "refine")]
+        if job.drift_guard == "anchor+output" and job.index > 0:
+            chain.append(("grade", "upscale"))
+        return chain
+
     def run_stage(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact:
         stage = self.stages[name]
         params = stage.params(job)
-        key = stage_key(name, stage.version, params, {k: a.key for k, a in inputs.items()})
+        key = self.key_for(name, job, inputs)
         hit = self.cache.get(name, key)
         if hit is not None:
             self.emit(protocol.StageCached(segment=job.segment.id, stage=name, cache_key=key))
@@ -251,8 +263,7 @@ class Renderer:
         else:
             frame = _last_video_frame(self.sb.resolve(anchor.path))
         frame = _fit(frame, w, h)
-        guard = job.segment.drift_guard or self.sb.project.drift_guard
-        if guard != "off" and reference is not None and anchor.kind == "previous":
+        if job.drift_guard != "off" and reference is not None and anchor.kind == "previous":
             from pipeline.drift import match_colors
 
             frame = match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
@@ -275,6 +286,7 @@ class Renderer:
         frames = np.load(draft.file("frames.npy"), mmap_mode="r")
         if chain.reference is None and self.sb.project.drift_reference == "first":
             chain.reference = np.ascontiguousarray(frames[-1])
+        job.reference = chain.reference
         self._quality(job, "draft", frames, chain.prev_last, chain.reference)
         chain.prev_last = np.ascontiguousarray(frames[-1])
         chain.previous_draft = draft
@@ -284,11 +296,14 @@ class Renderer:
         """Refine, upscale and encode one drafted segment; returns its MP4 in renders/."""
         t_seg = time.perf_counter()
         seg_id = job.segment.id
-        refine = self.run_stage("refine", job, {"draft": draft})
-        self._quality(job, "refine", np.load(refine.file("frames.npy"), mmap_mode="r"), None, None)
-        upscale = self.run_stage("upscale", job, {"refine": refine})
-        self._preview(job, upscale)
-        encode = self.run_stage("encode", job, {"upscale": upscale, "draft": draft})
+        arts = {"draft": draft}
+        for name, source in self.frames_chain(job):
+            arts[name] = self.run_stage(name, job, {source: arts[source]})
+            if name == "refine":
+                self._quality(job, "refine", np.load(arts[name].file("frames.npy"), mmap_mode="r"), None, None)
+        frames = arts[self.frames_chain(job)[-1][0]]
+        self._preview(job, frames)
+        encode = self.run_stage("encode", job, {"upscale": frames, "draft": draft})
         target = self.out_dir / "segments" / f"{seg_id}.mp4"
         target.parent.mkdir(parents=True, exist_ok=True)
         _atomic_copy(encode.file("segment.mp4"), target)
@@ -336,11 +351,9 @@ class Renderer:
             from pipeline import drift
         except ImportError:
             return
-        first, last = drift.frame_stats(np.asarray(frames[0])), drift.frame_stats(np.asarray(frames[-1]))
-        ref = drift.frame_stats(reference) if reference is not None else first
-        guard = job.segment.drift_guard or self.sb.project.drift_guard
-        self.emit(protocol.DriftReport(segment=job.segment.id, first=first, last=last,
-                                       drift=drift.drift(last, ref), guard=guard))
+        first, last = np.asarray(frames[0]), np.asarray(frames[-1])
+        ref = drift.frame_stats(reference if reference is not None else first)
+        self.emit(drift.drift_event(job.segment.id, first, last, ref, job.drift_guard, self.job_id))
 
     def _quality_video(self, job: SegmentJob, path: Path) -> None:
         """Flicker of the encoded segment as a viewer will decode it."""
@@ -406,21 +419,20 @@ class Renderer:
         return final
 
     def _cached_upscale_and_draft(self, index: int, drafts: dict[str, Artifact]) -> tuple[Artifact, Artifact] | None:
-        """Look up (without running) the upscale and draft entries of a segment."""
+        """Look up (without running) a segment's encoded-frames entry and its draft."""
         seg = self.sb.segments[index]
         draft = drafts.get(seg.id)
         if draft is None:
             return None
         job = self.job_for(index)
-        keys: dict[str, Artifact] = {"draft": draft}
-        for name, inputs in (("refine", ("draft",)), ("upscale", ("refine",))):
-            stage = self.stages[name]
-            key = stage_key(name, stage.version, stage.params(job), {k: keys[k].key for k in inputs})
-            art = self.cache.get(name, key)
+        job.reference = self.chain.reference
+        arts: dict[str, Artifact] = {"draft": draft}
+        for name, source in self.frames_chain(job):
+            art = self.cache.get(name, self.key_for(name, job, {source: arts[source]}))
             if art is None:
                 return None
-            keys[name] = art
-        return keys["upscale"], draft
+            arts[name] = art
+        return arts[self.frames_chain(job)[-1][0]], draft
 
 
 def select_segments(sb: Storyboard, segments: Sequence[str] | None, from_segment: str | None) -> list[str]:

@@ -51,6 +51,11 @@ class SegmentJob:
     prompt: str = ""                  # the prompt the draft uses (enhanced or raw)
     anchor: np.ndarray | None = None  # H×W×3 uint8 first-frame condition, or None for T2V
     anchor_digest: str = ""           # sha256 of the anchor bytes, part of the draft key
+    reference: np.ndarray | None = None  # the film's colour reference (drift guard), H×W×3 uint8
+
+    @property
+    def drift_guard(self) -> str:
+        return self.segment.drift_guard or self.storyboard.project.drift_guard
 
     @property
     def project(self) -> Project:
