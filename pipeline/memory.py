@@ -258,7 +258,8 @@ _LTX2_COMPONENTS: dict[str, Component] = {
     "enhancer": Component("enhancer", 12.2e9, "Q3_K_M", blocks=48, block_fraction=0.92,
                           largest_layer_params=1.07e9),
 }
-_TINY_COMPONENTS = {n: Component(n, 1e6, "float32", blocks=2 if n in ("transformer", "text_encoder", "enhancer") else 0,
+_TINY_COMPONENTS = {n: Component(n, 1e6, "Q8_0" if n == "transformer" else "float32",  # tiny GGUF is Q8_0/F32
+                                 blocks=2 if n in ("transformer", "text_encoder", "enhancer") else 0,
                                  block_fraction=0.9, largest_layer_params=1e5)
                     for n in _LTX2_COMPONENTS}
 #: where each component's files are measured: (preset file role, sub-folder)
