@@ -248,6 +248,9 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
             raise SystemExit(f"unknown mode {spec}")
         torch.cuda.synchronize()
         res["setup_s"] = round(time.perf_counter() - t0, 2)
+        gc.collect()
+        # steady state (the RSS peak also holds the bf16 build before any cast/quantization)
+        res["host_rss_after_setup_gib"] = round(psutil.Process().memory_info().rss / GiB, 2)
         res["pinned_bytes"] = pinned_bytes()
         st = getattr(model, "_sulphur_streamer", None)
         if st is not None:  # registered in place (cudaHostRegister), invisible to torch's pinned stats
