@@ -161,6 +161,18 @@ class Renderer:
             chain.append(("grade", "upscale"))
         return chain
 
+    def plans(self, stage: str, frames: int, segment: str = "") -> list[memory.StagePlan]:
+        try:
+            return memory.plan_ladder(stage, self.preset, self.sb.project, frames=frames)
+        except memory.PlanError as exc:
+            raise RenderError("plan", str(exc), stage, segment) from None
+
+    def preflight(self, selected: Sequence[str]) -> None:
+        """Refuse, before any model is loaded, a render no memory plan can fit."""
+        longest = max(self.job_for(i).frames for i, s in enumerate(self.sb.segments) if s.id in selected)
+        for stage in self.stages:
+            self.plans(stage, longest)
+
     def run_stage(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact:
         stage = self.stages[name]
         params = stage.params(job)
@@ -169,7 +181,7 @@ class Renderer:
         if hit is not None:
             self.emit(protocol.StageCached(segment=job.segment.id, stage=name, cache_key=key))
             return hit
-        plans = memory.plan_ladder(name, self.preset, self.sb.project)
+        plans = self.plans(name, job.frames, job.segment.id)
         last_error: BaseException | None = None
         for i, plan in enumerate(plans):
             if self.cancel.is_set():
@@ -470,6 +482,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     renderer = Renderer(sb, chosen, emit, cancel or threading.Event(), job_id or uuid.uuid4().hex[:12],
                         models or LoadedModels())
     renderer.cache.sweep_partials()
+    renderer.preflight(selected)
     return renderer.run(selected)
 
 
