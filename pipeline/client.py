@@ -37,7 +37,7 @@ from pipeline.protocol import (
     Submit,
     Subscribe,
 )
-from pipeline.socket_io import LineBuffer, connect_unix, lock_holder, socket_path
+from pipeline.socket_io import GOODBYE, LineBuffer, connect_unix, lock_holder, socket_path
 
 #: Seconds a request waits for its reply.
 REQUEST_TIMEOUT = 30.0
@@ -409,15 +409,15 @@ def main_render_attach(args: argparse.Namespace) -> int:
     crashes = 0
     try:
         while True:
-            code = _follow(stream, job_id, show, print_path=not json_events)
+            code, said_goodbye = _follow(stream, job_id, show, print_path=not json_events)
             client.close()
             if code is not None:
                 return code
-            # The stream ended before the job did: the worker stopped or died.
+            # The stream ended before the job did: the worker stopped (it says goodbye) or died.
             state = _journal_state(project, job_id)
             if state in ("done", "failed", "cancelled"):
                 return {"done": 0, "failed": 1, "cancelled": 130}[state]
-            if state == "queued":
+            if said_goodbye and state == "queued":
                 print(f"the worker stopped; job {job_id} stays queued and resumes when a worker starts "
                       "(any sulphur command for this project starts one)", file=sys.stderr)
                 return 75
@@ -425,8 +425,9 @@ def main_render_attach(args: argparse.Namespace) -> int:
             if crashes > 3:
                 print(f"the worker keeps dying; see {project / '.sulphur' / 'worker.log'}", file=sys.stderr)
                 return 1
-            show(Log(job_id=job_id, level="warning", message="the worker died mid-job; starting a new one to "
-                                                             "resume it"))
+            why = ("the worker stopped and another took over" if said_goodbye else
+                   "the worker died mid-job; starting a new one to resume it")
+            show(Log(job_id=job_id, level="warning", message=why))
             client = WorkerClient.connect(project, start=True)
             stream = client.events()
     except KeyboardInterrupt:
@@ -444,26 +445,33 @@ def _attach_error(exc: WorkerError, kind: str, json_events: bool, code: int) -> 
     return code
 
 
-def _follow(stream: EventStream, job_id: str, show: Callable[[Event], None], *, print_path: bool) -> int | None:
-    """Print the job's events until it ends (exit code) or the stream does (None)."""
+def _follow(stream: EventStream, job_id: str, show: Callable[[Event], None], *,
+            print_path: bool) -> tuple[int | None, bool]:
+    """Print the job's events until it ends (exit code) or the stream does (None).
+
+    The flag says whether the worker said goodbye (a clean stop) before the stream ended.
+    """
+    goodbye = False
     for event in stream:
         if isinstance(event, StatusSnapshot):
             for job in event.jobs:  # attached late (after a restart): the job may be over already
                 if job.job_id == job_id and job.state in ("done", "failed", "cancelled"):
-                    return {"done": 0, "failed": 1, "cancelled": 130}[job.state]
+                    return {"done": 0, "failed": 1, "cancelled": 130}[job.state], goodbye
             continue
+        if isinstance(event, Log) and not event.job_id and event.message.startswith(GOODBYE):
+            goodbye = True
         if event.job_id != job_id:
             continue
         show(event)
         if isinstance(event, JobFinished):
             if print_path:
                 print(event.path)
-            return 0
+            return 0, goodbye
         if isinstance(event, ErrorEvent):
-            return 1
+            return 1, goodbye
         if isinstance(event, JobCancelled):
-            return 130
-    return None
+            return 130, goodbye
+    return None, goodbye
 
 
 def _journal_state(project: Path, job_id: str, wait: float = 10.0) -> str:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from pipeline.protocol import MAX_LINE_BYTES
 
+#: How the worker's last ``Log`` to subscribers begins when it stops on purpose; a stream
+#: that ends without it means the worker died.
+GOODBYE = "worker stopped"
+
 #: ``sockaddr_un.sun_path`` holds 108 bytes on Linux, terminator included.
 _SUN_PATH_MAX = 107
 

@@ -103,7 +103,15 @@ from pipeline.protocol import (
     decode_request,
     encode,
 )
-from pipeline.socket_io import LineBuffer, ProjectLock, WorkerLocked, bind_unix, lock_path, socket_path
+from pipeline.socket_io import (
+    GOODBYE,
+    LineBuffer,
+    ProjectLock,
+    WorkerLocked,
+    bind_unix,
+    lock_path,
+    socket_path,
+)
 
 log = logging.getLogger("sulphur.worker")
 
@@ -282,7 +290,7 @@ class Worker:
         await asyncio.to_thread(render_thread.join)
         # 2. Deliver what the render thread posted last, then the goodbye.
         await asyncio.sleep(0)
-        self._publish(Log(message=f"worker {os.getpid()} stopped"))
+        self._publish(Log(message=f"{GOODBYE} (PID {os.getpid()})"))
         await asyncio.gather(*(c.flush(2.0) for c in list(self.clients)))
         path.unlink(missing_ok=True)
         self.journal.close()

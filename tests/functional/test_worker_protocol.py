@@ -328,11 +328,17 @@ def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
             client.cancel(running)
         assert not list(draft.glob("*/*/meta.json")) and not list(draft.rglob("*.partial"))
 
-        # --stop while a job sits in its draft: the stage is abandoned, the job stays queued.
-        again = client.submit(story, "segments", ["one"])
-        until(lambda e: isinstance(e, protocol.StageStarted) and e.job_id == again and e.stage == "draft")
+        # --stop while a job sits in its draft: the stage is abandoned, the job stays queued, and
+        # the client following it (`sulphur render --attach`) says so instead of restarting the worker.
+        attach = subprocess.Popen([sys.executable, "-m", "pipeline.client", "attach", str(story), "--segment", "one"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        again = until(lambda e: isinstance(e, protocol.StageStarted) and e.stage == "draft").job_id
         assert stop_worker(tmp_path, timeout=60) == 0
         assert any(isinstance(e, protocol.Log) and "checkpointed" in e.message for e in stream)
+        _, err = attach.communicate(timeout=60)
+        assert attach.returncode == 75 and b"stays queued" in err, err
+        assert lock_holder(tmp_path) is None  # nobody started a new worker
     journal = Journal(tmp_path / ".sulphur" / "journal.db")
     assert journal.get(again).state == "queued"  # type: ignore[union-attr]
     journal.close()
