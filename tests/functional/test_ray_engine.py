@@ -1,0 +1,156 @@
+"""``--engine ray`` on the CPU with the tiny preset: the example storyboard through a local
+Ray cluster started here (a draft actor and a finish actor), against the single-process
+render of the same storyboard.
+
+One Ray render serves every check: while it runs, the finish actor is killed in the
+middle of segment 1's upscale (slowed by the runner's test fault), so the same film also
+proves that a crashed actor costs only the stage it was running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline import protocol
+from pipeline import storyboard as S
+
+ray = pytest.importorskip("ray")
+
+from pipeline.engines.ray_engine import NAMESPACE, plan_layout  # noqa: E402  (after the skip)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "storyboards" / "example.toml"
+
+
+def _project(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(EXAMPLE, folder / "example.toml")
+    return folder / "example.toml"
+
+
+def _frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def _keys(folder: Path) -> dict[str, set[str]]:
+    root = folder / ".sulphur" / "cache"
+    return {stage: {m.parent.name for m in (root / stage).glob("*/*/meta.json")} for stage in protocol.STAGES}
+
+
+def _count(events: list, cls: type) -> Counter:
+    return Counter((e.segment, e.stage) for e in events if isinstance(e, cls) and e.segment)
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from pipeline.engines.ray_engine import render_ray
+    from pipeline.render import render
+
+    ids = [s.id for s in S.load(EXAMPLE).segments]
+    local_events: list = []
+    local_sb = _project(tmp_path_factory.mktemp("local"))
+    local_final = render(local_sb, emit=local_events.append)
+
+    ray_sb = _project(tmp_path_factory.mktemp("ray"))
+    events: list = []
+    killed: list[str] = []
+
+    def emit(event: protocol.Event) -> None:
+        events.append(event)
+        # Kill the finish actor once, while segment 1's (slowed) upscale runs on it.
+        if (isinstance(event, protocol.StageStarted) and event.stage == "upscale" and event.segment == ids[0]
+                and not killed):
+            name = event.worker.split("@")[0]
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
+            killed.append(name)
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        ray_final = render_ray(ray_sb, emit=emit, actor_env={"finish": {"SULPHUR_FAULT_SLOW": "upscale:4"}})
+    finally:
+        ray.shutdown()
+    return {"ids": ids, "local": local_final, "local_events": local_events, "ray": ray_final,
+            "events": events, "killed": killed}
+
+
+@pytest.mark.slow
+def test_ray_film_equals_the_local_film_frame_for_frame(renders: dict) -> None:
+    assert renders["ray"].name == "final.mp4" and renders["ray"].is_file()
+    finished = [e for e in renders["events"] if isinstance(e, protocol.JobFinished)]
+    assert len(finished) == 1 and Path(finished[0].path) == renders["ray"]
+    ray_frames, local_frames = _frames(renders["ray"]), _frames(renders["local"])
+    assert ray_frames.shape == local_frames.shape
+    assert np.array_equal(ray_frames, local_frames)
+    # Same stage cache keys as the local path, so either engine resumes the other's render.
+    assert _keys(renders["ray"].parents[2]) == _keys(renders["local"].parents[2])
+
+
+@pytest.mark.slow
+def test_drafting_of_the_next_segment_overlaps_finishing_of_the_previous(renders: dict) -> None:
+    events, ids = renders["events"], renders["ids"]
+    order = {(type(e), e.segment, e.stage): i for i, e in enumerate(events)
+             if isinstance(e, protocol.StageStarted | protocol.StageFinished) and e.segment}
+    for prev, nxt in zip(ids, ids[1:], strict=False):
+        assert order[(protocol.StageStarted, nxt, "draft")] < order[(protocol.StageFinished, prev, "upscale")]
+    # Drafts on one actor, everything after them on another: which actor ran what is in the events.
+    workers: dict[str, set[str]] = {}
+    for e in events:
+        if isinstance(e, protocol.StageStarted) and e.segment:
+            assert e.worker, e
+            workers.setdefault(e.stage, set()).add(e.worker.split("@")[0])
+    assert all(w.endswith("-draft-0") for w in workers["draft"] | workers["enhance"])
+    assert all("-finish-" in w for st in ("refine", "upscale", "encode") for w in workers[st])
+
+
+@pytest.mark.slow
+def test_a_killed_finish_actor_costs_only_the_stage_it_was_running(renders: dict) -> None:
+    events, ids = renders["events"], renders["ids"]
+    assert len(renders["killed"]) == 1
+    started, finished = _count(events, protocol.StageStarted), _count(events, protocol.StageFinished)
+    cached = _count(events, protocol.StageCached)
+    first = ids[0]
+    assert started[(first, "upscale")] == 2, "the killed upscale ran again"
+    # Every stage of every segment finished exactly once: nothing else was redone.
+    for seg in ids:
+        for stage in ("draft", "refine", "upscale", "encode"):
+            assert finished[(seg, stage)] == 1, (seg, stage)
+            if (seg, stage) != (first, "upscale"):
+                assert started[(seg, stage)] == 1, (seg, stage)
+    # The retried task found its refine in the cache.
+    assert cached[(first, "refine")] == 1
+    assert sum(cached.values()) == 1
+
+
+def test_plan_layout_packs_actors_by_the_storyboards_vram_budget() -> None:
+    # CPU: one draft actor, the other CPUs finish.
+    assert plan_layout(gpus=0, cpus=3, card_gb=0, budget_gb=None, segments=3).finishers == 2
+    assert plan_layout(gpus=0, cpus=1, card_gb=0, budget_gb=None, segments=3).finishers == 0
+    # One 80 GB card, a 24 GB budget per actor: 0.3 each, three finishers beside the drafter.
+    one = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4)
+    assert (one.draft_gpus, one.finish_gpus, one.finishers, one.share_gb) == (0.3, 0.3, 2, None)
+    # No budget: halves of a single card, each planning within its half; whole cards on more.
+    half = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=None, segments=4)
+    assert (half.draft_gpus, half.finishers, half.share_gb) == (0.5, 1, 40.0)
+    four = plan_layout(gpus=4, cpus=64, card_gb=80, budget_gb=None, segments=2)
+    assert (four.draft_gpus, four.finish_gpus, four.finishers, four.share_gb) == (1.0, 1.0, 2, None)
+    # A budget over half the card: no room for a finisher, the draft actor finishes too.
+    assert plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=60, segments=4).finishers == 0
+
+
+def test_ray_is_imported_only_when_asked_for() -> None:
+    code = ("import sys, pipeline.cli, pipeline.render, pipeline.engines, pipeline.headless; "
+            "pipeline.cli._parser().parse_args(['render', 'x.toml', '--engine', 'ray']); "
+            "print('ray' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["False", "False"]
