@@ -146,23 +146,9 @@ def save_t5(root: Path, kind: str, d_model: int, seed: int) -> None:
 
 def write_gguf(state_dict: dict[str, Any], path: Path, arch: str) -> Path:
     """A state dict as GGUF: Q8_0 for 2-D weights whose rows split into 32-blocks, F32 elsewhere."""
-    import gguf
-    import numpy as np
+    from pipeline.models.gguf_writer import write_state_dict_gguf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch)
-    for name, tensor in state_dict.items():
-        arr = tensor.detach().float().cpu().numpy()
-        if arr.ndim == 2 and arr.shape[1] % 32 == 0 and name.endswith(".weight"):
-            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_state_dict_gguf(state_dict, path, arch)
 
 
 def build_shared_tiny_parts(root: Path) -> None:
@@ -202,32 +188,14 @@ def real_support_files(home: str) -> tuple[ModelFile, ...]:
 
 def resolve(preset: Preset, role: str) -> Path:
     """Local path of one of a preset's files, building a tiny twin on first use."""
-    spec = preset.file(role)
-    path = spec.local_path()
-    if path is None and preset.builder is not None:
-        preset.builder()
-        path = spec.local_path()
-    if path is None:
-        raise FileNotFoundError(f"{preset.name}: missing {spec.description}: put it at {spec.where()}")
-    return path
+    return preset.resolve(role)
 
 
 def identity(preset: Preset, roles: Iterable[str]) -> str:
     """Changes whenever the weights a draft would use change (part of the draft's cache key)."""
     if preset.builder is not None:
         return f"{preset.name}:tiny:{preset.extra.get('tiny_digest', '')}"
-    h = hashlib.sha256()
-    for role in roles:
-        spec = preset.file(role)
-        p = spec.local_path()
-        if p is None:
-            h.update(f"{role}:missing".encode())
-            continue
-        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-        for f in files:
-            st = f.stat()
-            h.update(f"{role}:{f.relative_to(p) if p.is_dir() else f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return f"{preset.name}:{h.hexdigest()[:16]}"
+    return preset.files_identity(roles)
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -13,7 +13,6 @@ between segments. Each carries the offload mode it was placed with; a different 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,17 +128,7 @@ def model_identity(preset: Preset) -> str:
     """A short string that changes whenever the weights a render would use change (for cache keys)."""
     if preset.builder is not None:
         return f"{preset.name}:builder-v{tiny_ltx2.BUILDER_VERSION}:{tiny_ltx2.config_digest()}"
-    h = hashlib.sha256()
-    for mf in preset.files:
-        p = mf.local_path()
-        if p is None:
-            h.update(f"{mf.role}:missing".encode())
-            continue
-        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-        for f in files:
-            st = f.stat()
-            h.update(f"{mf.role}:{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return f"{preset.name}:{h.hexdigest()[:16]}"
+    return preset.files_identity()
 
 
 # --------------------------------------------------------------------------- placement

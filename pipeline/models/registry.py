@@ -8,8 +8,9 @@ themselves in ``PRESETS`` from their own module (``pipeline/models/<family>.py``
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,35 @@ class Preset:
             if f.role == role:
                 return f
         raise KeyError(f"preset {self.name} has no file for role {role!r}")
+
+    def resolve(self, role: str) -> Path:
+        """Local path of one of the preset's files, building a tiny preset on first use."""
+        spec = self.file(role)
+        path = spec.local_path()
+        if path is None and self.builder is not None:
+            self.builder()
+            path = spec.local_path()
+        if path is None:
+            raise FileNotFoundError(f"{self.name}: missing {spec.description}: put it at {spec.where()}")
+        return path
+
+    def files_identity(self, roles: Iterable[str] | None = None) -> str:
+        """Changes whenever the named files (default: all) change: names, sizes, mtimes.
+
+        Cheap enough to compute per stage on multi-GB weights, unlike a content hash.
+        """
+        h = hashlib.sha256()
+        for spec in self.files if roles is None else [self.file(r) for r in roles]:
+            p = spec.local_path()
+            if p is None:
+                h.update(f"{spec.role}:missing".encode())
+                continue
+            files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+            for f in files:
+                st = f.stat()
+                rel = f.relative_to(p) if p.is_dir() else f.name
+                h.update(f"{spec.role}:{rel}:{st.st_size}:{int(st.st_mtime)}".encode())
+        return f"{self.name}:{h.hexdigest()[:16]}"
 
 
 PRESETS: dict[str, Preset] = {}

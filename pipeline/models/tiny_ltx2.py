@@ -304,23 +304,9 @@ def _write_model_index(d: Path) -> None:
 
 def write_transformer_gguf(state_dict: dict[str, Any], path: Path) -> Path:
     """Write a transformer state dict as GGUF: Q8_0 for 2-D weights whose rows split into 32-blocks, else F32."""
-    import gguf
-    import numpy as np
+    from pipeline.models.gguf_writer import write_state_dict_gguf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "ltxv")
-    for name, tensor in state_dict.items():
-        arr = tensor.detach().float().cpu().numpy()
-        if arr.ndim == 2 and arr.shape[1] % 32 == 0 and name.endswith(".weight"):
-            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_state_dict_gguf(state_dict, path, "ltxv")
 
 
 def write_lora(transformer: Any, path: Path) -> Path:

@@ -19,14 +19,7 @@ DEFAULT_N_CTX = 2048
 
 def resolve_model_file(preset: Preset, role: str) -> Path:
     """Local path of a preset's file, building the tiny preset's files on first use."""
-    spec = preset.file(role)
-    path = spec.local_path()
-    if path is None and preset.builder is not None:
-        preset.builder()
-        path = spec.local_path()
-    if path is None:
-        raise FileNotFoundError(f"{role} model for preset {preset.name!r} not found: {spec.where()}")
-    return path
+    return preset.resolve(role)
 
 
 def model_identity(preset: Preset, role: str, tiny_version: int) -> dict[str, Any]:
