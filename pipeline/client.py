@@ -63,7 +63,10 @@ class _Reader:
         self._ready: list[bytes | None] = []
 
     def next(self) -> Message | None:
-        """The next message, or None when the worker closed the connection."""
+        """The next message, or None when the worker closed the connection.
+
+        Raises ``TimeoutError`` when the socket has a timeout and nothing came in time.
+        """
         while True:
             while self._ready:
                 line = self._ready.pop(0)
@@ -75,6 +78,8 @@ class _Reader:
                     continue  # a message type from a newer worker: skip
             try:
                 data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                raise
             except OSError:
                 return None
             if not data:
@@ -168,7 +173,15 @@ class WorkerClient:
             try:
                 self._sock.settimeout(REQUEST_TIMEOUT)
                 self._sock.sendall(protocol.encode(request))
-                reply = self._reader.next()
+                while True:
+                    reply = self._reader.next()
+                    # Skip a late reply to an earlier request that timed out.
+                    if reply is None or isinstance(reply, StatusSnapshot) and isinstance(request, GetStatus):
+                        break
+                    if isinstance(reply, Ack | Reject) and reply.id == request.id:
+                        break
+            except TimeoutError:
+                raise WorkerError(f"the worker did not answer within {REQUEST_TIMEOUT:g} s") from None
             except OSError as exc:
                 raise WorkerError(f"lost the worker: {exc}") from None
         if reply is None:
@@ -205,12 +218,17 @@ class WorkerClient:
         sock = _try_connect(socket_path(self.project_dir))
         if sock is None:
             raise WorkerNotRunning(f"no worker is running for {self.project_dir}")
-        sock.sendall(protocol.encode(Subscribe(id="subscribe")))
-        reader = _Reader(sock)
-        reply = reader.next()
+        try:
+            sock.sendall(protocol.encode(Subscribe(id="subscribe")))
+            reader = _Reader(sock)
+            reply = reader.next()
+        except OSError as exc:
+            sock.close()
+            raise WorkerError(f"subscription failed: {exc}") from None
         if not isinstance(reply, Ack):
             sock.close()
             raise WorkerError(f"subscription refused: {getattr(reply, 'error', 'connection closed')}")
+        sock.settimeout(None)  # events may be minutes apart (one long step): wait as long as it takes
         stream = EventStream(sock)
         stream._reader = reader  # keep what was read past the Ack
         self._streams.append(stream)

@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -209,6 +210,23 @@ def test_subscribers_get_snapshot_then_identical_events(project: Path) -> None:
     assert kinds[0] == "job_queued" and kinds[-1] == "error"
     assert json.loads(seen[0][-1])["kind"] == "unknown_preset"
     assert seen[0] == seen[1]  # byte for byte, timestamps included
+
+
+def test_a_quiet_subscription_outlives_the_request_timeout(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events can be minutes apart (one long diffusion step): a subscription must not time out."""
+    import pipeline.client as C
+
+    monkeypatch.setattr(C, "REQUEST_TIMEOUT", 0.3)
+    with WorkerClient.connect(project, start=False) as client:
+        stream = client.events()
+        next(stream)
+        got: list[protocol.Event] = []
+        reader = threading.Thread(target=lambda: got.append(next(stream, None)), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        time.sleep(1.0)  # the reader waits longer than the request timeout, with nothing to hear
+        job = client.submit(project / "story.toml", "segments", ["two"])
+        reader.join(10)
+        assert got and got[0] is not None and got[0].job_id == job
 
 
 def test_socket_is_private_and_a_second_worker_refuses(project: Path) -> None:
