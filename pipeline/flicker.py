@@ -526,7 +526,7 @@ def format_seams(report: dict[str, Any]) -> str:
              f"drift against {report['drift_reference']}):"]
     for seg in report["segments"]:
         d = seg["drift"]
-        lines.append(f"  {seg['id']:<16} frames {seg['offset']:>5}–{seg['offset'] + seg['frames'] - 1:<5} "
+        lines.append(f"  {seg['id']:<16} frames {seg['offset']:>5}–{seg['offset'] + seg['frames'] - 1 - int(seg['skip_first']):<5} "
                      f"median {_fmt_db(seg['flicker']['median'] if seg['flicker']['median'] is not None else math.inf)}"
                      f"  drift: contrast ×{d['contrast']:.3f} saturation ×{d['saturation']:.3f} "
                      f"ΔL* {d['L_mean']:+.2f} ΔE {d['delta_e']:.2f}")
