@@ -10,6 +10,7 @@ before it can reach a storyboard.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -146,6 +147,22 @@ def load_enhancer(path: Path, *, n_gpu_layers: int, n_ctx: int, seed: int) -> ll
                            seed=seed, verbose=False)
 
 
+# One paragraph of plain prose: no lists, markdown, quotes or line breaks, which a video
+# model's text encoder would read literally. llama.cpp enforces it while sampling, so a
+# chatty model cannot wrap its answer, and a random-weight one still writes word-shaped text.
+PROSE_GBNF = r"""
+root ::= word (" " word){7,}
+word ::= [A-Za-z0-9] [A-Za-z0-9'-]* [,.;:!?]?
+"""
+
+
+@functools.cache
+def _prose_grammar() -> llama_cpp.LlamaGrammar:
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_string(PROSE_GBNF, verbose=False)
+
+
 def enhance(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int,
             temperature: float = 0.3) -> EnhanceResult:
     """Ask the LLM for a cinematic version of ``prompt``; fall back to ``prompt`` if unusable."""
@@ -154,7 +171,7 @@ def enhance(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int,
     llm.reset()  # no KV reuse from an earlier call, so the answer depends on the inputs only
     # Turn enders as stop strings too, for GGUFs whose vocab does not mark them end-of-generation.
     sampling = dict(seed=seed, temperature=temperature, top_p=0.95, top_k=40, max_tokens=max_tokens,
-                    stop=["<end_of_turn>", "<|eot_id|>", "<|im_end|>"])
+                    stop=["<end_of_turn>", "<|eot_id|>", "<|im_end|>"], grammar=_prose_grammar())
     try:
         reply = llm.create_chat_completion(
             messages=[{"role": "system", "content": SYSTEM_PROMPT},

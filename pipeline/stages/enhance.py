@@ -40,7 +40,7 @@ def model_identity(preset: Preset, role: str, tiny_version: int) -> dict[str, An
 
 class EnhanceStage(Stage):
     name = "enhance"
-    version = 1
+    version = 2  # 2: output constrained to one paragraph of prose (PROSE_GBNF)
     inputs = ()
 
     def params(self, job: SegmentJob) -> dict[str, Any]:

@@ -109,6 +109,7 @@ def test_enhanced_prompts_are_cached_in_the_storyboard_keeping_comments(demo: di
         else:  # the tiny LLM's random text was rejected: the storyboard must not cache it
             assert seg.enhanced_prompt == ""
     assert any(m["fallback"] is False for m in metas) == bool(enhanced)
+    assert enhanced, "the grammar-constrained tiny enhancer writes prose-shaped text that is cached"
     original = (ROOT / "storyboards" / "example.toml").read_text()
     comments = [line for line in original.splitlines() if line.lstrip().startswith("#")]
     assert all(c in text for c in comments)
