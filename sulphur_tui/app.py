@@ -399,6 +399,16 @@ class SulphurApp(App[int]):
         self.selected = event.segment_id
         self.doc.break_coalescing()
         self.query_one(SegmentEditor).load(self.doc.storyboard, event.segment_id)
+        self._show_segment_frame(event.segment_id)
+
+    def _show_segment_frame(self, segment_id: str) -> None:
+        """Idle: the preview follows the selection (the runner keeps each shot's last
+        frame); while rendering it follows the render."""
+        if self.live.running or self.doc is None:
+            return
+        frame = self.doc.storyboard.render_dir() / "previews" / f"{segment_id}.png"
+        if frame.exists():
+            self.query_one(PreviewPane).show(frame, f"{segment_id} · last frame of its render")
 
     @on(SegmentEditor.Edited)
     def _edited(self, event: SegmentEditor.Edited) -> None:

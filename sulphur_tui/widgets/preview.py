@@ -20,6 +20,7 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Static
+from textual.worker import get_current_worker
 
 THUMB_WIDTH = 320
 
@@ -145,7 +146,8 @@ class PreviewPane(Vertical):
         except (OSError, ValueError) as exc:
             self.app.call_from_thread(self._caption, f"Preview unreadable: {exc}")
             return
-        self.app.call_from_thread(self._draw, path, frame, caption)
+        if not get_current_worker().is_cancelled:  # a newer frame was asked for meanwhile
+            self.app.call_from_thread(self._draw, path, frame, caption)
 
     def _caption(self, text: str) -> None:
         self.query_one("#preview-caption", Label).update(text)
