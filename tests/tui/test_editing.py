@@ -288,3 +288,26 @@ async def test_anchor_and_enhanced_prompt_lock(story: Path) -> None:
     seg = load(story).segment("storm")
     assert (seg.anchor.kind, seg.anchor.path, seg.enhanced_prompt, seg.enhance_lock) == \
         ("image", "still.png", "Rain", True)
+
+
+async def test_vram_bar_from_worker_samples(story: Path) -> None:
+    """Without local NVML the worker's own readings draw the bar, with the budget marked."""
+    from pipeline.protocol import VramSample
+    from sulphur_tui.messages import WorkerEvent
+    from sulphur_tui.widgets.vram import VramBar
+
+    story.write_text(story.read_text().replace("# vram_budget_gb = 8 ", "vram_budget_gb = 8   "))
+    gib = 1024**3
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        assert not app.query(VramBar)
+        app.post_message(WorkerEvent(VramSample(gpu=0, name="NVIDIA H100", used=12 * gib, total=80 * gib,
+                                                utilisation=87, temperature=64, torch_allocated=9 * gib,
+                                                torch_reserved=10 * gib)))
+        await pilot.pause()
+        bar = app.query_one(VramBar)
+        text = str(bar.render())
+        assert "GPU0" in text and "12.0/80.0 GiB" in text and "87%" in text and "64°C" in text
+        assert "torch 9.0 alloc / 10.0 reserved" in text and "budget 8 GiB" in text
+        assert "│" in text.splitlines()[1]  # the budget mark inside the bar
+        assert text.splitlines()[1].count("█") < text.splitlines()[1].count("░")  # 12 of 80 GiB used
