@@ -484,7 +484,7 @@ class SulphurApp(App[int]):
         doc = self.doc
         if doc is None:
             return False
-        if not self._over_broken and doc.disk_changed():
+        if doc.disk_changed():
             self._poll_disk()  # ask first: never overwrite someone else's change silently
             return False
         try:

@@ -311,3 +311,24 @@ async def test_vram_bar_from_worker_samples(story: Path) -> None:
         assert "torch 9.0 alloc / 10.0 reserved" in text and "budget 8 GiB" in text
         assert "│" in text.splitlines()[1]  # the budget mark inside the bar
         assert text.splitlines()[1].count("█") < text.splitlines()[1].count("░")  # 12 of 80 GiB used
+
+
+async def test_keep_mine_over_a_broken_file(story: Path) -> None:
+    """The disk copy breaks; the user keeps theirs; saving writes a loadable file with
+    the original comments (merged into the last text that parsed)."""
+    app = make(story, poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")
+        story.write_text(story.read_text() + "\nx = [\n")
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if isinstance(app.screen, DiskChangedDialog):
+                break
+        assert isinstance(app.screen, DiskChangedDialog) and app.screen.problem
+        await pilot.press("r")  # nothing loadable to reload: stays open
+        assert isinstance(app.screen, DiskChangedDialog)
+        await pilot.press("k", "ctrl+s")
+        await pilot.pause()
+    sb = load(story)
+    assert len(sb.segments) == 4
+    assert "# Each [[segment]] is one shot." in story.read_text()
