@@ -332,3 +332,23 @@ async def test_keep_mine_over_a_broken_file(story: Path) -> None:
     sb = load(story)
     assert len(sb.segments) == 4
     assert "# Each [[segment]] is one shot." in story.read_text()
+
+
+async def test_worker_written_enhanced_prompt_is_taken_quietly(story: Path) -> None:
+    """The worker merge-writes an enhanced prompt while the user has unsaved edits elsewhere:
+    no question, the new prompt shows up, the user's edits stay unsaved, nothing is lost."""
+    from pipeline.storyboard import save, with_segment
+
+    app = make(story, poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+end", "a")  # our unsaved edit: a 4th shot
+        save(with_segment(load(story), "beam", enhanced_prompt="A slow push-in, the beam sweeping the sea."))
+        for _ in range(20):
+            await pilot.pause(0.05)
+        assert not isinstance(app.screen, DiskChangedDialog)
+        assert app.doc.storyboard.segment("beam").enhanced_prompt.startswith("A slow push-in")
+        assert len(app.doc.storyboard.segments) == 4 and app.doc.dirty
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    sb = load(story)
+    assert len(sb.segments) == 4 and sb.segment("beam").enhanced_prompt.startswith("A slow push-in")
