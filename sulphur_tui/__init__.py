@@ -1,0 +1,1 @@
+"""Sulphur's terminal editor (Textual). Never imports torch; see app.create_app."""

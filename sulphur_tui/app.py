@@ -36,7 +36,14 @@ from sulphur_tui.live import LiveState
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
 from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, DiskChangedDialog, FilePicker, HelpScreen
 from sulphur_tui.sources import close_followers, follow_worker, paced, read_events
-from sulphur_tui.status import DiskRender, disk_states, output_path, segment_digest
+from sulphur_tui.status import (
+    DiskRender,
+    disk_states,
+    output_path,
+    remember_render,
+    remembered_baseline,
+    segment_digest,
+)
 from sulphur_tui.widgets.editor import SegmentEditor
 from sulphur_tui.widgets.flicker import FlickerPanel
 from sulphur_tui.widgets.preview import PreviewPane, image_widget_class
@@ -143,11 +150,8 @@ class SulphurApp(App[int]):
     def _start_document(self) -> None:
         assert self.doc is not None
         sb = self.doc.storyboard
-        # Renders already on disk count as made from the file as it is now: we cannot
-        # know better without the runner's manifest (which status.disk_states prefers).
-        for sid, state in disk_states(sb, {}).items():
-            if state.rendered:
-                self.baseline[sid] = segment_digest(sb, sid)
+        # What each render on disk was made from (status.py says how that is known).
+        self.baseline = remembered_baseline(sb)
         self.selected = sb.segments[0].id
         self.refresh_document(select=self.selected, editor=True)
         self.set_interval(self.poll_disk, self._poll_disk)
@@ -286,6 +290,7 @@ class SulphurApp(App[int]):
             # Rendered from the saved file (renders always start from a saved file).
             if any(s.id == seg for s in self.doc.saved.segments):
                 self.baseline[seg] = segment_digest(self.doc.saved, seg)
+                remember_render(self.doc.saved, seg, self.baseline[seg])
         self.refresh_live(areas)
 
     @on(WorkerConnection)

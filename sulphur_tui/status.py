@@ -98,6 +98,55 @@ def disk_states(storyboard: Storyboard, baseline: dict[str, str]) -> dict[str, D
     return out
 
 
+def _memory_path(storyboard: Storyboard) -> Path:
+    return storyboard.state_dir() / "tui-renders.json"
+
+
+def remembered_baseline(storyboard: Storyboard) -> dict[str, str]:
+    """Digests of the renders on disk, as remembered across editor sessions.
+
+    The editor notes a segment's digest when it sees the segment finish; the note
+    holds while the mp4 is the one it saw (same mtime). A render the editor did not
+    see (``sulphur render`` from a shell) is taken as made from the file as it is now.
+    """
+    try:
+        notes = json.loads(_memory_path(storyboard).read_text(encoding="utf-8")).get(storyboard.stem, {})
+    except (OSError, ValueError, AttributeError):
+        notes = {}
+    out: dict[str, str] = {}
+    seg_dir = storyboard.render_dir() / "segments"
+    for seg in storyboard.segments:
+        try:
+            mtime = (seg_dir / f"{seg.id}.mp4").stat().st_mtime
+        except OSError:
+            continue
+        note = notes.get(seg.id)
+        if isinstance(note, dict) and note.get("mtime") == mtime and note.get("digest"):
+            out[seg.id] = str(note["digest"])
+        else:
+            out[seg.id] = segment_digest(storyboard, seg.id)
+    return out
+
+
+def remember_render(storyboard: Storyboard, segment_id: str, digest: str) -> None:
+    """Note what a finished segment was rendered from (best effort: a read-only
+    project just forgets between sessions)."""
+    path = _memory_path(storyboard)
+    try:
+        mtime = (storyboard.render_dir() / "segments" / f"{segment_id}.mp4").stat().st_mtime
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault(storyboard.stem, {})[segment_id] = {"digest": digest, "mtime": mtime}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
     """The segment's mp4 or the film; the render folder if neither exists yet."""
     rd = storyboard.render_dir()
@@ -109,4 +158,5 @@ def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
     return rd
 
 
-__all__ = ["segment_digest", "disk_states", "DiskRender", "read_manifest", "output_path"]
+__all__ = ["segment_digest", "disk_states", "DiskRender", "read_manifest", "output_path", "remembered_baseline",
+           "remember_render"]

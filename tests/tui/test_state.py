@@ -156,3 +156,22 @@ def test_tui_never_imports_torch(story: Path, tmp_path: Path) -> None:
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "HEAVY [] PIPELINE []" in out.stdout, out.stdout
+
+
+def test_stale_is_remembered_across_editor_sessions(story: Path) -> None:
+    from pipeline.storyboard import save
+    from sulphur_tui.status import remember_render, remembered_baseline
+
+    sb = load(story)
+    fake_render(story, "dawn")
+    remember_render(sb, "dawn", segment_digest(sb, "dawn"))
+    # The user edits dawn in another session (or another editor) after the render.
+    save(with_segment(sb, "dawn", prompt="A lighthouse at dusk"))
+    edited = load(story)
+    assert disk_states(edited, remembered_baseline(edited))["dawn"].stale
+    # A render the editor never saw counts as made from the file as it is.
+    fake_render(story, "beam")
+    assert not disk_states(edited, remembered_baseline(edited))["beam"].stale
+    # A newer mp4 than the note (re-rendered from the shell) is fresh again.
+    fake_render(story, "dawn", mtime=2_000_000_000)
+    assert not disk_states(edited, remembered_baseline(edited))["dawn"].stale
