@@ -116,35 +116,37 @@ def _final(project: Path) -> Path:
 def reference(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     folder = tmp_path_factory.mktemp("reference")
     story = _project(folder)
-    client = WorkerClient.connect(folder, idle_timeout=600)
-    watchers = [Collector(client.events()), Collector(client.events())]
-    for w in watchers:
-        w.start()
+    try:
+        client = WorkerClient.connect(folder, idle_timeout=600)
+        watchers = [Collector(client.events()), Collector(client.events())]
+        for w in watchers:
+            w.start()
 
-    # The submitting client is its own process (`sulphur render --attach --json`)...
-    with open(folder / "attach.stderr", "wb") as err:
-        attach = subprocess.Popen([sys.executable, "-m", "pipeline.client", "attach", str(story), "--json"],
-                                  stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    lines: queue.Queue[bytes] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in attach.stdout], daemon=True).start()  # type: ignore[union-attr]
-    printed: list[protocol.Event] = []
-    while not any(isinstance(e, protocol.StageStarted) and (e.segment, e.stage) == ("one", "refine")
-                  for e in printed):
-        printed.append(protocol.decode_event(lines.get(timeout=300)))
-    # ... and it dies mid-render.
-    attach.kill()
-    attach.wait()
-    late = client.events()  # a new client attaching after that
-    late_snapshot = next(late)
-    late_watcher = Collector(late)
-    late_watcher.start()
-    events = [w.finish() for w in watchers]
-    late_watcher.finish()
-    status_after = client.status()
-    client.close()
-    yield {"folder": folder, "story": story, "printed": printed, "late_snapshot": late_snapshot,
-           "late": late_watcher, "watchers": watchers, "events": events, "status_after": status_after}
-    _stop(folder)
+        # The submitting client is its own process (`sulphur render --attach --json`)...
+        with open(folder / "attach.stderr", "wb") as err:
+            attach = subprocess.Popen([sys.executable, "-m", "pipeline.client", "attach", str(story), "--json"],
+                                      stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in attach.stdout], daemon=True).start()  # type: ignore[union-attr]
+        printed: list[protocol.Event] = []
+        while not any(isinstance(e, protocol.StageStarted) and (e.segment, e.stage) == ("one", "refine")
+                      for e in printed):
+            printed.append(protocol.decode_event(lines.get(timeout=300)))
+        # ... and it dies mid-render.
+        attach.kill()
+        attach.wait()
+        late = client.events()  # a new client attaching after that
+        late_snapshot = next(late)
+        late_watcher = Collector(late)
+        late_watcher.start()
+        events = [w.finish() for w in watchers]
+        late_watcher.finish()
+        status_after = client.status()
+        client.close()
+        yield {"folder": folder, "story": story, "printed": printed, "late_snapshot": late_snapshot,
+               "late": late_watcher, "watchers": watchers, "events": events, "status_after": status_after}
+    finally:
+        _stop(folder)
 
 
 def test_killing_the_submitting_client_does_not_stop_the_render(reference: dict) -> None:
@@ -179,8 +181,16 @@ def test_two_subscribers_receive_the_same_event_sequence(reference: dict) -> Non
     assert kinds["stage_finished"] >= 8 and kinds["step_progress"] > 0
 
 
-def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict, tmp_path: Path,
+@pytest.fixture
+def stopped_after(tmp_path: Path):  # noqa: ANN201
+    """Whatever worker a test leaves running in its tmp_path is stopped afterwards."""
+    yield tmp_path
+    _stop(tmp_path)
+
+
+def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict, stopped_after: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = stopped_after
     story = _project(tmp_path)
     # The first worker's drafts dawdle 3 s at their start, so the kill lands inside segment two's draft.
     monkeypatch.setenv("SULPHUR_FAULT_SLOW", "draft:3")
