@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from textual import on, work
@@ -28,8 +29,8 @@ from textual.widgets import Footer, Header, Label, TextArea
 from textual.worker import Worker, WorkerState
 
 from pipeline.gpu import GpuMonitor
-from pipeline.protocol import Event, JobQueued, VramSample
-from pipeline.storyboard import StoryboardError
+from pipeline.protocol import Event, JobQueued, SegmentDone, VramSample
+from pipeline.storyboard import Storyboard, StoryboardError
 from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.document import NEW_PROMPT, Document, only_enhanced_prompts_differ
 from sulphur_tui.live import LiveState
@@ -285,8 +286,8 @@ class SulphurApp(App[int]):
     def _worker_event(self, message: WorkerEvent) -> None:
         ev = message.event
         areas = self.live.apply(ev)
-        if ev.__class__.__name__ == "SegmentDone" and self.doc is not None:
-            seg = getattr(ev, "segment", "")
+        if isinstance(ev, SegmentDone) and self.doc is not None:
+            seg = ev.segment
             # Rendered from the saved file (renders always start from a saved file).
             if any(s.id == seg for s in self.doc.saved.segments):
                 self.baseline[seg] = segment_digest(self.doc.saved, seg)
@@ -334,18 +335,16 @@ class SulphurApp(App[int]):
         self._asking_disk = True
         self.push_screen(DiskChangedDialog(doc.path, doc.dirty, problem), self._disk_answer)
 
-    def _adopt_enhanced(self, fresh: object) -> None:
-        from dataclasses import replace
-
+    def _adopt_enhanced(self, fresh: Storyboard) -> None:
         doc = self.doc
         assert doc is not None
-        new = {s.id: s.enhanced_prompt for s in fresh.segments}  # type: ignore[attr-defined]
+        new = {s.id: s.enhanced_prompt for s in fresh.segments}
         if not doc.dirty:
-            doc.adopt_external(fresh)  # type: ignore[arg-type]
+            doc.adopt_external(fresh)
         else:
             segs = tuple(replace(s, enhanced_prompt=new.get(s.id, s.enhanced_prompt)) for s in doc.storyboard.segments)
             mine = replace(doc.storyboard, segments=segs)
-            doc.adopt_external(fresh)  # type: ignore[arg-type]
+            doc.adopt_external(fresh)
             doc.storyboard = mine  # still dirty with the user's own edits, now on top of the new prompts
         self.refresh_document(editor=True)
 
@@ -398,12 +397,12 @@ class SulphurApp(App[int]):
     # ------------------------------------------------------------------ editing
     @on(SegmentList.Selected)
     def _selected(self, event: SegmentList.Selected) -> None:
-        if self.doc is None or event.segment_id == self.selected and self.query_one(SegmentEditor).segment_id == \
-                event.segment_id:
+        editor = self.query_one(SegmentEditor)
+        if self.doc is None or (event.segment_id == self.selected and editor.segment_id == event.segment_id):
             return
         self.selected = event.segment_id
         self.doc.break_coalescing()
-        self.query_one(SegmentEditor).load(self.doc.storyboard, event.segment_id)
+        editor.load(self.doc.storyboard, event.segment_id)
         self._show_segment_frame(event.segment_id)
 
     def _show_segment_frame(self, segment_id: str) -> None:

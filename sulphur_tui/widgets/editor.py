@@ -8,7 +8,7 @@ messages prevented, so showing a shot is never mistaken for editing it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from textual import on
@@ -179,8 +179,6 @@ class SegmentEditor(VerticalScroll):
             return
         changes = {k: v for k, v in changes.items() if getattr(self.segment, k) != v}
         if changes:
-            from dataclasses import replace
-
             self.segment = replace(self.segment, **changes)
             self.post_message(self.Edited(self, self.segment_id, changes, coalesce))
 
