@@ -110,7 +110,7 @@ class StageWorker:
     """One Renderer in one Ray worker process: drafts, finishes or assembles segments."""
 
     def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
-                 share_gb: float | None, sweep: bool) -> None:
+                 share_gb: float | None, sweep: bool, user_threads: bool = False) -> None:
         # The event queue by name, not by handle: constructor arguments must outlive restarts.
         self.events = ray.get_actor(events, namespace=NAMESPACE)
         self.cancel = threading.Event()
@@ -120,6 +120,8 @@ class StageWorker:
         self.worker = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
                        + (f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU"))
         try:
+            if not user_threads:
+                _local_threads()
             self.renderer = _renderer(storyboard, preset, job_id, share_gb, self._emit, self.cancel)
             if sweep:
                 self.renderer.cache.sweep_partials()
@@ -156,6 +158,21 @@ class StageWorker:
     def assemble(self, drafts: dict[str, Any]) -> str:
         self.ready()
         return str(self.renderer.assemble(drafts))
+
+
+def _local_threads() -> None:
+    """torch's CPU thread count as a plain process on this node has it (one per physical core).
+
+    Ray caps OMP_NUM_THREADS at the actor's num_cpus (1), and float reductions depend on
+    the thread count: a draft made with 1 thread differs from a local render's by 1 LSB,
+    and the chain carries that into every later segment (measured on the tiny preset,
+    2 segments × 9 frames). With torch's default here, a Ray render's frames equal a
+    local render's. Set OMP_NUM_THREADS for the render to choose for both engines.
+    """
+    import psutil
+    import torch
+
+    torch.set_num_threads(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None, emit: Emit,
@@ -204,7 +221,7 @@ def _init(address: str | None) -> bool:
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_PREFIX)}
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_PREFIX) or k == "OMP_NUM_THREADS"}
     env.update(extra or {})
     return {"env_vars": env} if env else {}
 
@@ -249,6 +266,8 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
         event.job_id = job_id
         emit(event)
 
+    # OMP_NUM_THREADS set for this render is what a local render would use: pass it on.
+    user_threads = "OMP_NUM_THREADS" in os.environ
     started = _init(address)
     queue_name = f"sulphur-{job_id}-events"
     d = _Driver(Queue(actor_options={"num_cpus": 0, "name": queue_name, "namespace": NAMESPACE}), stamp, cancel)
@@ -268,7 +287,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
                 name=f"sulphur-{job_id}-{role}-{i}", namespace=NAMESPACE, num_cpus=1, num_gpus=gpu,
                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
                 runtime_env=_env(actor_env.get(role)),
-            ).remote(path, preset, job_id, queue_name, role, layout.share_gb, sweep)
+            ).remote(path, preset, job_id, queue_name, role, layout.share_gb, sweep, user_threads)
             d.actors.append(handle)
             return handle
 

@@ -1,0 +1,181 @@
+"""Pipelined Ray render vs the single local worker, on one storyboard. Prints JSON.
+
+Builds an N-segment chained storyboard (the example's project settings, segments of
+``--frames`` frames, a ``vram_budget_gb`` per actor), copies it into one fresh folder per
+engine (no shared cache, so every stage runs) and renders it with
+``sulphur render --json --engine local`` and ``--engine ray`` in subprocesses. Reports per
+engine: wall seconds, busy seconds per worker (from StageStarted/StageFinished), the
+seconds during which drafting and finishing ran at the same time, peak VRAM per stage;
+then the speed-up and whether both films decode to identical frames.
+
+    python bench/ray_pipeline.py --preset tiny --segments 4 --frames 17          # smoke (CPU ok)
+    python bench/ray_pipeline.py --preset sulphur2-ltx23 --vram-budget-gb 24 \\
+        --out bench/results/ray_pipeline_h100_$(date +%F).json                    # GPU machine
+
+The GPU figure wants full-size architectures under the storyboard's budget per actor:
+use a preset whose files are full-size (real weights, or a full-size random-weight build
+of them); ``tiny`` measures only the engine's overhead and overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import protocol  # noqa: E402
+
+PROMPTS = [
+    "A lighthouse on a rocky cliff at dawn, waves breaking below, gulls calling",
+    "The camera slowly pushes in as the lighthouse beam sweeps over the sea",
+    "Storm clouds roll in, rain starts to fall, thunder rumbles in the distance",
+    "Lightning lights up the tower, the sea heaves, the beam keeps turning",
+    "The storm passes, the sky clears, the first sun rays hit the wet rocks",
+    "A fishing boat returns to the harbour below the lighthouse",
+]
+
+
+def storyboard(preset: str, segments: int, frames: int, budget: float | None) -> str:
+    lines = ["[project]", 'title = "Ray pipeline bench"', "fps = 24", "seed = 1234", f'preset = "{preset}"',
+             "output_size = [1920, 1080]", "audio = true"]
+    if budget:
+        lines.append(f"vram_budget_gb = {budget}")
+    for i in range(segments):
+        lines += ["", "[[segment]]", f'id = "s{i + 1}"', f'prompt = "{PROMPTS[i % len(PROMPTS)]}"',
+                  f"frames = {frames}"]
+    return "\n".join(lines) + "\n"
+
+
+def run(engine: str, folder: Path, address: str | None, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipeline.cli", "render", str(folder / "story.toml"), "--json", "--engine", engine]
+    if engine == "ray" and address:
+        cmd += ["--address", address]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    events = [protocol.decode_event(line) for line in proc.stdout.splitlines() if line.strip()]
+    out: dict[str, Any] = {"engine": engine, "returncode": proc.returncode, "wall_s": round(wall, 2)}
+    if proc.returncode != 0:
+        out["stderr_tail"] = proc.stderr[-2000:]
+        return out
+    busy: dict[str, float] = {}
+    intervals: dict[str, list[tuple[float, float]]] = {"draft": [], "finish": []}
+    open_: dict[tuple[str, str], float] = {}
+    stages: list[dict[str, Any]] = []
+    for e in events:
+        if isinstance(e, protocol.StageStarted) and e.segment:
+            open_[(e.segment, e.stage)] = e.ts
+        elif isinstance(e, protocol.StageFinished) and e.segment:
+            start = open_.pop((e.segment, e.stage), e.ts - e.seconds)
+            worker = e.worker or "local"
+            busy[worker] = busy.get(worker, 0.0) + e.seconds
+            intervals["draft" if e.stage in ("enhance", "draft") else "finish"].append((start, e.ts))
+            stages.append({"segment": e.segment, "stage": e.stage, "seconds": round(e.seconds, 2),
+                           "worker": worker, "peak_allocated_gib": round(e.peak_allocated / 2**30, 2),
+                           "plan": e.plan})
+    finished = [e for e in events if isinstance(e, protocol.JobFinished)]
+    out.update(render_s=round(finished[-1].seconds, 2) if finished else None,
+               final=finished[-1].path if finished else "",
+               busy_s={k: round(v, 2) for k, v in sorted(busy.items())},
+               draft_finish_overlap_s=round(_overlap(intervals["draft"], intervals["finish"]), 2),
+               layout=[e.message for e in events if isinstance(e, protocol.Log) and e.message.startswith("ray:")],
+               stages=stages)
+    return out
+
+
+def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Seconds covered by some interval of ``a`` and some interval of ``b`` at once."""
+    def merge(xs: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        out: list[tuple[float, float]] = []
+        for s, e in sorted(xs):
+            if out and s <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], e))
+            else:
+                out.append((s, e))
+        return out
+    return sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in merge(a) for s2, e2 in merge(b))
+
+
+def same_frames(a: str, b: str) -> bool | None:
+    if not (a and b):
+        return None
+    import av
+    import numpy as np
+
+    def frames(p: str) -> list:
+        with av.open(p) as c:
+            return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    fa, fb = frames(a), frames(b)
+    return len(fa) == len(fb) and all(np.array_equal(x, y) for x, y in zip(fa, fb, strict=True))
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    if shutil.which("nvidia-smi"):
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, check=False)
+        info["gpus"] = [line.strip() for line in q.stdout.splitlines() if line.strip()]
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("torch", "diffusers", "ray"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            info[pkg] = None
+    return info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--segments", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--vram-budget-gb", type=float, default=None, help="per actor (the storyboard's vram_budget_gb)")
+    ap.add_argument("--engines", default="local,ray")
+    ap.add_argument("--address", default=None, help="Ray address (default: start a local Ray on this machine)")
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = ap.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="ray-bench-"))
+    text = storyboard(args.preset, args.segments, args.frames, args.vram_budget_gb)
+    results = []
+    for engine in args.engines.split(","):
+        folder = base / engine
+        folder.mkdir()
+        (folder / "story.toml").write_text(text)
+        results.append(run(engine, folder, args.address, args.timeout))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "stages"}), file=sys.stderr)
+    report: dict[str, Any] = {
+        "bench": "ray_pipeline", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(), "preset": args.preset, "segments": args.segments, "frames": args.frames,
+        "vram_budget_gb": args.vram_budget_gb, "results": results,
+    }
+    by = {r["engine"]: r for r in results if r.get("returncode") == 0}
+    if "local" in by and "ray" in by:
+        report["speedup"] = round(by["local"]["wall_s"] / by["ray"]["wall_s"], 3)
+        report["identical_frames"] = same_frames(by["local"]["final"], by["ray"]["final"])
+    doc = json.dumps(report, indent=1)
+    print(doc)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(doc + "\n")
+    shutil.rmtree(base, ignore_errors=True)
+    return 0 if len(by) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
