@@ -352,3 +352,46 @@ async def test_worker_written_enhanced_prompt_is_taken_quietly(story: Path) -> N
         await pilot.pause()
     sb = load(story)
     assert len(sb.segments) == 4 and sb.segment("beam").enhanced_prompt.startswith("A slow push-in")
+
+
+async def test_command_palette_runs_an_action(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await type_text(pilot, "Add shot")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert len(ids(app)) == 4
+
+
+async def test_file_picker_sets_the_anchor(story: Path) -> None:
+    from sulphur_tui.screens import FilePicker
+
+    (story.parent / "stills").mkdir()
+    (story.parent / "stills" / "cliff.png").write_bytes(b"")
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+end")  # storm
+        app.query_one("#anchor-kind").value = "image"
+        await pilot.pause()
+        app.query_one("#browse").press()
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, FilePicker)
+        tree = app.screen.query_one("_MediaTree")
+        tree.focus()
+        labels = []
+        for _ in range(8):  # walk down to the png, opening the folder on the way
+            await pilot.press("down")
+            await pilot.pause(0.1)
+            node = tree.cursor_node
+            labels.append(str(node.label) if node else "")
+            if node and str(node.label).endswith("stills"):
+                await pilot.press("enter")
+                await pilot.pause(0.2)
+            if node and str(node.label) == "cliff.png":
+                await pilot.press("enter")
+                break
+        await pilot.pause(0.2)
+        anchor = app.doc.storyboard.segment("storm").anchor
+        assert (anchor.kind, anchor.path) == ("image", "stills/cliff.png"), labels
