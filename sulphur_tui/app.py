@@ -29,7 +29,7 @@ from textual.widgets import Footer, Header, Label, TextArea
 from textual.worker import Worker, WorkerState
 
 from pipeline.gpu import GpuMonitor
-from pipeline.protocol import Event, JobQueued, SegmentDone, VramSample
+from pipeline.protocol import ErrorEvent, Event, JobFinished, JobQueued, PlanFallback, SegmentDone, VramSample
 from pipeline.storyboard import Storyboard, StoryboardError
 from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.document import NEW_PROMPT, Document, only_enhanced_prompts_differ
@@ -293,6 +293,20 @@ class SulphurApp(App[int]):
                 self.baseline[seg] = segment_digest(self.doc.saved, seg)
                 remember_render(self.doc.saved, seg, self.baseline[seg])
         self.refresh_live(areas)
+        self._announce(ev)
+
+    def _announce(self, ev: Event) -> None:
+        """The few events a user must not miss get a notification, not just a log line."""
+        if self.replay is not None:
+            return
+        if isinstance(ev, ErrorEvent):
+            where = "/".join(x for x in (ev.segment, ev.stage) if x) or "render"
+            self.notify(ev.message, title=f"{where} failed ({ev.kind})", severity="error", timeout=20)
+        elif isinstance(ev, PlanFallback):
+            self.notify(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}; retrying with "
+                        f"{ev.next_plan}", title="Leaner memory plan", severity="warning", timeout=10)
+        elif isinstance(ev, JobFinished):
+            self.notify(Path(ev.path).name + f" in {ev.seconds:.0f} s", title="Render finished", timeout=6)
 
     @on(WorkerConnection)
     def _worker_connection(self, message: WorkerConnection) -> None:
