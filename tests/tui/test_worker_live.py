@@ -16,9 +16,26 @@ from sulphur_tui.widgets.segments import status_of
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 
-async def test_render_one_shot_through_the_worker(story: Path) -> None:
+def _stop_worker(project: Path) -> None:
     from pipeline.client import WorkerClient, WorkerNotRunning
 
+    try:
+        with WorkerClient.connect(project, start=False, timeout=5) as client:
+            client.shutdown()
+    except WorkerNotRunning:
+        pass
+
+
+async def _wait_for(pilot, predicate, seconds: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await pilot.pause(0.1)
+        if predicate():
+            return True
+    return False
+
+
+async def test_render_one_shot_through_the_worker(story: Path) -> None:
     app = create_app(story, image="none")
     seen: list[str] = []
     try:
@@ -47,8 +64,44 @@ async def test_render_one_shot_through_the_worker(story: Path) -> None:
             # Only dawn was asked for.
             assert status_of(app.live.segments.get("beam"), app.renders.get("beam"))[1] == "new"
     finally:
-        try:
-            with WorkerClient.connect(story.parent, start=False, timeout=5) as client:
-                client.shutdown()
-        except WorkerNotRunning:
-            pass
+        _stop_worker(story.parent)
+
+
+async def test_failed_render_shows_failed(story: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory on every plan of the draft stage: the shot is marked failed and the
+    user is told why. (The worker inherits the fault switch from this process.)"""
+    monkeypatch.setenv("SULPHUR_FAULT_OOM", "draft:all")
+    app = create_app(story, image="none")
+    notes: list[str] = []
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            original = app.notify
+
+            def notify(message: str, **kw: object) -> None:
+                notes.append(f"{kw.get('title', '')}: {message}")
+                original(message, **kw)  # type: ignore[arg-type]
+
+            app.notify = notify  # type: ignore[method-assign]
+            await pilot.press("f6")
+            state = lambda: status_of(app.live.segments.get("dawn"), app.renders.get("dawn"))[1]  # noqa: E731
+            assert await _wait_for(pilot, lambda: state() == "failed", 600), state()
+            assert "out of memory" in app.live.segments["dawn"].error.lower() or \
+                "oom" in app.live.segments["dawn"].error.lower(), app.live.segments["dawn"].error
+            assert any("dawn/draft failed" in n and "memory" in n for n in notes), notes
+    finally:
+        _stop_worker(story.parent)
+
+
+async def test_cancel_a_render(story: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SULPHUR_FAULT_SLOW", "draft:60")
+    app = create_app(story, image="none")
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("f6")
+            assert await _wait_for(pilot, lambda: app.live.timers["draft"].state == "running", 600)
+            await pilot.press("f8")
+            assert await _wait_for(pilot, lambda: not app.live.running, 60)
+            assert status_of(app.live.segments.get("dawn"), app.renders.get("dawn"))[1] == "new"
+            assert not (story.parent / "renders" / "story" / "segments" / "dawn.mp4").exists()
+    finally:
+        _stop_worker(story.parent)
