@@ -63,6 +63,8 @@ class SulphurApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "Sulphur"
     COMMANDS = App.COMMANDS | {SulphurCommands}
+    # Over SSH terminals are often 80 columns: the live panel narrows so the editor keeps room.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", id="save"),
         Binding("ctrl+z", "undo", "Undo", id="undo", priority=True),
@@ -135,7 +137,7 @@ class SulphurApp(App[int]):
         self.query_one("#editor").border_title = "Shot"
         self.query_one("#gpu").border_title = "GPU"
         self.query_one("#stages").border_title = "Render"
-        self.query_one("#flicker").border_title = "Flicker (PSNR-Y per transition)"
+        self.query_one("#flicker").border_title = "Flicker · PSNR-Y dB"
         self.query_one("#preview").border_title = "Preview"
         # Background threads start after the first frame: their imports and NVML's
         # start-up would otherwise compete with it for the interpreter.
