@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", metavar="ADDR", default=None,
                    help="with --engine ray: auto (a running cluster), ray://HOST:10001; default: start one here")
 
+    from pipeline.engines.takes import add_arguments as takes_arguments  # torch- and Ray-free
+
+    takes_arguments(sub.add_parser("takes", help="several seeds of one segment in parallel (Ray); --pick one"))
+
     sub.add_parser("models", help="list model presets and which of their files are present")
 
     e = sub.add_parser("edit", help="open the storyboard editor (TUI)")
@@ -110,6 +114,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.client import main_status
 
         return main_status(args)
+    if args.command == "takes":
+        from pipeline.engines.takes import main as takes_main
+
+        return takes_main(args)
     if args.command == "extend":
         from pipeline.extend import main as extend_main
 

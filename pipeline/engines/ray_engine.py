@@ -24,6 +24,8 @@ the same absolute path, e.g. over NFS; artifacts travel through that shared cach
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
 import os
 import queue as stdlib_queue
@@ -32,7 +34,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -125,6 +128,7 @@ class StageWorker:
             self.renderer = _renderer(storyboard, preset, job_id, share_gb, self._emit, self.cancel)
             if sweep:
                 self.renderer.cache.sweep_partials()
+            self.first_chain = copy.deepcopy(self.renderer.chain)  # what segment 1 starts from
         except BaseException as exc:  # raised from ready(): an actor whose __init__ raises is just dead
             self.error = exc
 
@@ -150,6 +154,38 @@ class StageWorker:
             self.renderer.chain = chain
         job, artifact = self.renderer.draft_segment(index)
         return job, artifact, self.renderer.chain
+
+    def prompt(self, index: int) -> str:
+        """The prompt segment ``index`` drafts from (enhanced with its own seed, as a render would)."""
+        self.ready()
+        return self.renderer.prompt_for(self.renderer.job_for(index))
+
+    def take(self, index: int, chain: Any, seed: int, prompt: str, out: str) -> str:
+        """One take of segment ``index``: draft with ``seed`` after ``chain``, finish, copy to ``out``.
+
+        The prompt is fixed (locked) so every take differs only by its seed, and a picked
+        take's stages are exactly what a render with that seed and prompt looks up.
+        """
+        from pipeline.render import _atomic_copy
+        from pipeline.storyboard import with_segment
+
+        self.ready()
+        r = self.renderer
+        base = r.sb
+        seg_id = base.segments[index].id
+        r.sb = with_segment(base, seg_id, seed=seed, enhance_lock=True, enhanced_prompt=prompt)
+        r.chain = copy.deepcopy(chain if chain is not None else self.first_chain)
+        try:
+            job, draft = r.draft_segment(index)
+            refine = r.run_stage("refine", job, {"draft": draft})
+            upscale = r.run_stage("upscale", job, {"refine": refine})
+            encode = r.run_stage("encode", job, {"upscale": upscale, "draft": draft})
+        finally:
+            r.sb = base
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_copy(encode.file("segment.mp4"), target)
+        return str(target)
 
     def finish(self, job: Any, draft: Any) -> str:
         self.ready()
@@ -239,6 +275,77 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+@contextmanager
+def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: threading.Event,
+                  address: str | None, actor_env: dict[str, dict[str, str]] | None, work: int,
+                  finishers: int | None, helper_role: str = "finish") -> Iterator[tuple[_Driver, Any, list[Any]]]:
+    """Ray up, the event queue, a ready draft actor and the helpers beside it; all torn down after.
+
+    Yields (driver, draft actor, helpers); helpers is ``[draft actor]`` when no other fits.
+    """
+    actor_env = actor_env or {}
+    path = str(Path(sb.path).resolve())
+    # OMP_NUM_THREADS set for this render is what a local render would use: pass it on.
+    user_threads = "OMP_NUM_THREADS" in os.environ
+    started = _init(address)
+    queue_name = f"sulphur-{job_id}-events"
+    d = _Driver(Queue(actor_options={"num_cpus": 0, "name": queue_name, "namespace": NAMESPACE}), emit, cancel)
+    try:
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        card = ray.get(_card_gb.remote()) if gpus else 0.0
+        layout = plan_layout(gpus=gpus, cpus=float(resources.get("CPU", 1)), card_gb=card,
+                             budget_gb=sb.project.vram_budget_gb, segments=work, finishers=finishers)
+        single_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+        emit(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), {resources.get('CPU', 0):g} CPU(s)"))
+
+        def actor(role: str, i: int, gpu: float, sweep: bool = False) -> Any:
+            handle = StageActor.options(
+                name=f"sulphur-{job_id}-{role}-{i}", namespace=NAMESPACE, num_cpus=1, num_gpus=gpu,
+                max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
+                runtime_env=_env(actor_env.get(role)),
+            ).remote(path, preset, job_id, queue_name, role, layout.share_gb, sweep, user_threads)
+            d.actors.append(handle)
+            return handle
+
+        drafter = actor("draft", 0, layout.draft_gpus, sweep=single_node)
+        # The draft actor builds built-in models (tiny preset) first, so the others never race it.
+        d.get([drafter.ready.remote()])
+        helpers = [actor(helper_role, i, layout.finish_gpus) for i in range(layout.finishers)] or [drafter]
+        yield d, drafter, helpers
+    finally:
+        for a in d.actors:
+            ray.kill(a, no_restart=True)
+        try:
+            d.poll(0)
+            d.events.shutdown()
+        except Exception:  # pragma: no cover - Ray already going down
+            pass
+        if started:
+            ray.shutdown()
+
+
+def _drain_pool(d: _Driver, pool: ActorPool) -> list[Any]:
+    """Every result of ``pool`` in completion order, emitting events meanwhile."""
+    results = []
+    while pool.has_next():
+        d.poll()
+        try:
+            results.append(pool.get_next_unordered(timeout=0))
+        except TimeoutError:
+            continue
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+            raise _unwrap(exc) from None
+    return results
+
+
+def _stamper(job_id: str, emit: Emit) -> Emit:
+    def stamp(event: Event) -> None:
+        event.job_id = job_id
+        emit(event)
+    return stamp
+
+
 def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] | None = None,
                from_segment: str | None = None, preset: str | None = None, emit: Emit = lambda e: None,
                cancel: threading.Event | None = None, job_id: str = "", models: Any = None,
@@ -253,50 +360,15 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     """
     del models
     sb = load(storyboard_path)
-    path = str(Path(storyboard_path).resolve())
     selected = select_segments(sb, segments, from_segment)
     ids = [s.id for s in sb.segments]
     last_needed = max(ids.index(s) for s in selected)
     job_id = job_id or uuid.uuid4().hex[:12]
-    cancel = cancel or threading.Event()
-    actor_env = actor_env or {}
+    stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
-
-    def stamp(event: Event) -> None:
-        event.job_id = job_id
-        emit(event)
-
-    # OMP_NUM_THREADS set for this render is what a local render would use: pass it on.
-    user_threads = "OMP_NUM_THREADS" in os.environ
-    started = _init(address)
-    queue_name = f"sulphur-{job_id}-events"
-    d = _Driver(Queue(actor_options={"num_cpus": 0, "name": queue_name, "namespace": NAMESPACE}), stamp, cancel)
-    try:
-        resources = ray.cluster_resources()
-        gpus = float(resources.get("GPU", 0))
-        card = ray.get(_card_gb.remote()) if gpus else 0.0
-        layout = plan_layout(gpus=gpus, cpus=float(resources.get("CPU", 1)), card_gb=card,
-                             budget_gb=sb.project.vram_budget_gb, segments=len(selected), finishers=finishers)
-        single_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1
-        stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
-        stamp(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), "
-                                   f"{resources.get('CPU', 0):g} CPU(s)"))
-
-        def actor(role: str, i: int, gpu: float, sweep: bool = False) -> Any:
-            handle = StageActor.options(
-                name=f"sulphur-{job_id}-{role}-{i}", namespace=NAMESPACE, num_cpus=1, num_gpus=gpu,
-                max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
-                runtime_env=_env(actor_env.get(role)),
-            ).remote(path, preset, job_id, queue_name, role, layout.share_gb, sweep, user_threads)
-            d.actors.append(handle)
-            return handle
-
-        drafter = actor("draft", 0, layout.draft_gpus, sweep=single_node)
-        # The draft actor builds built-in models (tiny preset) first, so finishers never race it.
-        d.get([drafter.ready.remote()])
-        finishers_ = [actor("finish", i, layout.finish_gpus) for i in range(layout.finishers)] or [drafter]
-        pool = ActorPool(finishers_)
-
+    stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
+    with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
+                       len(selected), finishers) as (d, drafter, finishers_):
         # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
         chain = None
         jobs: dict[str, Any] = {}
@@ -305,32 +377,59 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
             job, draft, chain = drafter.draft.remote(index, chain)
             jobs[ids[index]], drafts[ids[index]] = job, draft
         # 2. Each selected segment's refine → upscale → encode once its draft exists, on an idle finisher.
+        pool = ActorPool(finishers_)
         for sid in selected:
             pool.submit(lambda a, v: a.finish.remote(*v), (jobs[sid], drafts[sid]))
-        while pool.has_next():
-            d.poll()
-            try:
-                pool.get_next_unordered(timeout=0)
-            except TimeoutError:
-                continue
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
-                raise _unwrap(exc) from None
+        _drain_pool(d, pool)
         # 3. The film from every segment's cached stages (assemble only looks them up).
         artifacts = dict(zip(drafts, d.get(list(drafts.values())), strict=True))
         final = Path(d.get([finishers_[0].assemble.remote(artifacts)])[0])
         d.poll(0)
-        stamp(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))
-        return final
-    finally:
-        for a in d.actors:
-            ray.kill(a, no_restart=True)
-        try:
-            d.poll(0)
-            d.events.shutdown()
-        except Exception:  # pragma: no cover - Ray already going down
-            pass
-        if started:
-            ray.shutdown()
+    stamp(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))
+    return final
+
+
+def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: Sequence[int], *,
+                 preset: str | None = None, emit: Emit = lambda e: None, cancel: threading.Event | None = None,
+                 job_id: str = "", address: str | None = None,
+                 actor_env: dict[str, dict[str, str]] | None = None) -> dict[int, Path]:
+    """Several takes (seeds) of one segment in parallel; returns {seed: MP4}.
+
+    The segments before it are drafted once (cache hits after a render), its prompt is
+    enhanced once, then every take drafts from the same anchor with its own seed and is
+    finished on whichever actor is idle. Takes land in ``renders/<stem>/takes/<id>/``
+    with ``takes.json``; :func:`pipeline.engines.takes.pick_take` makes one the segment's.
+    """
+    sb = load(storyboard_path)
+    ids = [s.id for s in sb.segments]
+    if segment not in ids:
+        raise StoryboardError(sb.path, f"no segment with id '{segment}' (ids: {', '.join(ids)})")
+    index = ids.index(segment)
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    out_dir = sb.render_dir() / "takes" / segment
+    job_id = job_id or uuid.uuid4().hex[:12]
+    stamp = _stamper(job_id, emit)
+    t_job = time.perf_counter()
+    stamp(protocol.JobStarted(storyboard=str(sb.path), segments=[segment]))
+    with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
+                       len(seeds) - 1, None, helper_role="take") as (d, drafter, helpers):
+        chain = None
+        for i in range(index):
+            _, _, chain = drafter.draft.remote(i, chain)
+        prompt = drafter.prompt.remote(index)
+        pool = ActorPool([drafter, *(h for h in helpers if h is not drafter)])
+        for seed in seeds:
+            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(out_dir / f"seed-{s}.mp4")), seed)
+        _drain_pool(d, pool)
+        text = d.get([prompt])[0]
+        d.poll(0)
+    takes = {seed: out_dir / f"seed-{seed}.mp4" for seed in seeds}
+    manifest = out_dir / "takes.json"
+    known = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
+    known.update({str(seed): {"path": str(p), "prompt": text} for seed, p in takes.items()})
+    manifest.write_text(json.dumps({"segment": segment, "takes": known}, indent=1))
+    stamp(protocol.JobFinished(path=str(out_dir), seconds=time.perf_counter() - t_job))
+    return takes
 
 
 class _Driver:
@@ -410,4 +509,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Layout", "plan_layout", "render_ray", "StageActor", "main"]
+__all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor", "main"]

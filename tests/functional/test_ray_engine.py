@@ -154,3 +154,48 @@ def test_ray_is_imported_only_when_asked_for() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_takes_render_seeds_in_parallel_and_the_chain_continues_from_the_pick(renders: dict,
+                                                                             tmp_path: Path) -> None:
+    from pipeline.engines.ray_engine import render_takes
+    from pipeline.engines.takes import pick_take, seeds_for
+    from pipeline.render import render
+
+    # The rendered Ray project, copied: its cache already holds the chain and segment 2's own seed.
+    folder = tmp_path / "takes"
+    shutil.copytree(renders["ray"].parents[2], folder, ignore=shutil.ignore_patterns("renders"))
+    story = folder / "example.toml"
+    ids = renders["ids"]
+    seg = ids[1]
+    seeds = seeds_for(story, seg, 2)
+    assert seeds[0] == S.load(story).segments[1].seed  # take 1 is what a render makes
+    events: list = []
+    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        takes = render_takes(story, seg, seeds, emit=events.append)
+    finally:
+        ray.shutdown()
+    assert sorted(takes) == seeds and all(p.is_file() for p in takes.values())
+    ran = _count(events, protocol.StageFinished)
+    assert ran[(seg, "draft")] == 1 and ran[(seg, "encode")] == 1, "only the new seed's take ran"
+    assert not ran[(ids[0], "draft")], "the chain before the segment came from the cache"
+    same = _frames(takes[seeds[0]])
+    assert np.array_equal(same, _frames(renders["ray"].parent / "segments" / f"{seg}.mp4"))
+    assert not np.array_equal(same, _frames(takes[seeds[1]]))
+
+    pick_take(story, seg, seeds[1])
+    picked = S.load(story).segments[1]
+    assert picked.seed == seeds[1] and picked.enhance_lock
+    after: list = []
+    render(story, segments=[ids[2]], emit=after.append)
+    ran = _count(after, protocol.StageFinished)
+    assert not ran[(seg, "draft")], "the picked take's draft is a cache hit"
+    assert ran[(ids[2], "draft")] == 1, "the next segment is redrafted from the picked take"
+    drafts = {e.segment: e.cache_key for e in after if isinstance(e, protocol.StageCached | protocol.StageFinished)
+              and e.stage == "draft"}
+    cache = folder / ".sulphur" / "cache" / "draft"
+    anchor = np.load(cache / drafts[ids[2]][:2] / drafts[ids[2]] / "anchor.npy")
+    last = np.load(cache / drafts[seg][:2] / drafts[seg] / "frames.npy")[-1]
+    assert np.array_equal(anchor, last)

@@ -1,0 +1,96 @@
+"""``sulphur takes FILE SEGMENT``: several seeds of one segment in parallel, then pick one.
+
+Rendering the takes needs Ray (:func:`pipeline.engines.ray_engine.render_takes`); picking
+one does not: it writes the take's seed and its prompt (locked) into the storyboard, so
+the next render finds every stage of that take in the cache and the chain continues from
+its last frame. Nothing here imports Ray or torch until takes are rendered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+from pipeline import protocol
+from pipeline.storyboard import StoryboardError, load, save, with_segment
+
+
+def seeds_for(storyboard_path: str | os.PathLike[str], segment: str, count: int) -> list[int]:
+    """``count`` seeds starting at the segment's current one (so take 1 is what a render makes)."""
+    sb = load(storyboard_path)
+    ids = [s.id for s in sb.segments]
+    if segment not in ids:
+        raise StoryboardError(sb.path, f"no segment with id '{segment}' (ids: {', '.join(ids)})")
+    seg = sb.segments[ids.index(segment)]
+    base = seg.seed if seg.seed is not None else sb.project.seed + ids.index(segment)
+    return [base + i for i in range(max(1, count))]
+
+
+def pick_take(storyboard_path: str | os.PathLike[str], segment: str, seed: int) -> str:
+    """Make take ``seed`` the segment's (seed + locked prompt into the storyboard); returns its MP4."""
+    sb = load(storyboard_path)
+    manifest = sb.render_dir() / "takes" / segment / "takes.json"
+    takes = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
+    if str(seed) not in takes:
+        raise StoryboardError(sb.path, f"segment '{segment}' has no take with seed {seed} "
+                              f"(takes: {', '.join(sorted(takes)) or 'none'})")
+    save(with_segment(sb, segment, seed=seed, enhanced_prompt=takes[str(seed)]["prompt"], enhance_lock=True))
+    return takes[str(seed)]["path"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("storyboard", type=Path)
+    p.add_argument("segment", metavar="SEGMENT", help="id of the segment to take again")
+    p.add_argument("--seeds", type=int, default=4, metavar="N", help="how many takes (default 4)")
+    p.add_argument("--seed", type=int, action="append", metavar="S", help="take exactly these seeds (repeatable)")
+    p.add_argument("--pick", type=int, metavar="S", help="make take S the segment's; renders nothing")
+    p.add_argument("--preset", metavar="NAME")
+    p.add_argument("--address", metavar="ADDR", default=None, help="Ray address (default: start one here)")
+    p.add_argument("--json", action="store_true", help="print one JSON event per line")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.pick is not None:
+            path = pick_take(args.storyboard, args.segment, args.pick)
+            print(f"{args.segment} now uses seed {args.pick} ({path}); `sulphur render` continues from it")
+            return 0
+        seeds = args.seed or seeds_for(args.storyboard, args.segment, args.seeds)
+    except StoryboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        from pipeline.engines.ray_engine import render_takes
+    except ImportError as exc:
+        print(f"error: takes render in parallel through Ray: pip install 'sulphur[ray]' ({exc})", file=sys.stderr)
+        return 1
+    from pipeline.headless import ProgressPrinter, _json_printer
+    from pipeline.render import RenderError
+    from pipeline.stages.base import Cancelled
+
+    emit = _json_printer if args.json else ProgressPrinter()
+    try:
+        takes = render_takes(args.storyboard, args.segment, seeds, preset=args.preset, emit=emit,
+                             cancel=threading.Event(), address=args.address)
+    except StoryboardError as exc:
+        if args.json:
+            emit(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RenderError as exc:
+        if args.json:
+            emit(exc.to_event())
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Cancelled):
+        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
+        return 130
+    if not args.json:
+        for seed, path in takes.items():
+            print(f"seed {seed}: {path}")
+        print(f"pick one: sulphur takes {args.storyboard} {args.segment} --pick SEED")
+    return 0
