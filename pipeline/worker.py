@@ -551,7 +551,8 @@ class Worker:
         stop_sampler = threading.Event()
         threading.Thread(target=self._sample_vram, args=(rec.id, stop_sampler), name="vram", daemon=True).start()
         try:
-            from pipeline.render import RenderError, render
+            from pipeline.engines import render  # $SULPHUR_ENGINE: local (default) or ray
+            from pipeline.render import RenderError
             from pipeline.stages.base import Cancelled
             from pipeline.storyboard import StoryboardError
 
