@@ -29,7 +29,16 @@ from textual.widgets import Footer, Header, Label, TextArea
 from textual.worker import Worker, WorkerState
 
 from pipeline.gpu import GpuMonitor
-from pipeline.protocol import ErrorEvent, Event, JobFinished, JobQueued, PlanFallback, SegmentDone, VramSample
+from pipeline.protocol import (
+    ErrorEvent,
+    Event,
+    JobFinished,
+    JobQueued,
+    PlanFallback,
+    SegmentDone,
+    StageFinished,
+    VramSample,
+)
 from pipeline.storyboard import Storyboard, StoryboardError
 from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.document import NEW_PROMPT, Document, only_enhanced_prompts_differ
@@ -42,7 +51,9 @@ from sulphur_tui.status import (
     disk_states,
     output_path,
     remember_render,
+    remember_stage_time,
     remembered_baseline,
+    remembered_stage_times,
     segment_digest,
 )
 from sulphur_tui.widgets.editor import SegmentEditor
@@ -155,6 +166,9 @@ class SulphurApp(App[int]):
         sb = self.doc.storyboard
         # What each render on disk was made from (status.py says how that is known).
         self.baseline = remembered_baseline(sb)
+        if self.replay is None:  # a replay draws only what it replays
+            for stage, runs in remembered_stage_times(sb).items():
+                self.live.history.setdefault(stage, []).extend(runs)
         self.selected = sb.segments[0].id
         self.refresh_document(select=self.selected, editor=True)
         self.set_interval(self.poll_disk, self._poll_disk)
@@ -294,6 +308,8 @@ class SulphurApp(App[int]):
             if any(s.id == seg for s in self.doc.saved.segments):
                 self.baseline[seg] = segment_digest(self.doc.saved, seg)
                 remember_render(self.doc.saved, seg, self.baseline[seg])
+        if isinstance(ev, StageFinished) and ev.segment and self.doc is not None and self.replay is None:
+            remember_stage_time(self.doc.storyboard, ev.stage, ev.seconds)
         self.refresh_live(areas)
         self._announce(ev)
 

@@ -147,6 +147,37 @@ def remember_render(storyboard: Storyboard, segment_id: str, digest: str) -> Non
         pass
 
 
+STAGE_HISTORY = 10
+
+
+def remembered_stage_times(storyboard: Storyboard) -> dict[str, list[float]]:
+    """Seconds of the last runs of each stage in this project (for ETAs before the
+    current render has finished a stage of its own)."""
+    try:
+        data = json.loads(_memory_path(storyboard).read_text(encoding="utf-8")).get("_stage_seconds", {})
+        return {k: [float(x) for x in v][-STAGE_HISTORY:] for k, v in data.items() if isinstance(v, list)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def remember_stage_time(storyboard: Storyboard, stage: str, seconds: float) -> None:
+    path = _memory_path(storyboard)
+    try:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        runs = data.setdefault("_stage_seconds", {}).setdefault(stage, [])
+        runs.append(round(seconds, 3))
+        del runs[:-STAGE_HISTORY]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
     """The segment's mp4 or the film; the render folder if neither exists yet."""
     rd = storyboard.render_dir()
@@ -159,4 +190,4 @@ def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
 
 
 __all__ = ["segment_digest", "disk_states", "DiskRender", "read_manifest", "output_path", "remembered_baseline",
-           "remember_render"]
+           "remember_render", "remembered_stage_times", "remember_stage_time"]

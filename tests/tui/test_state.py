@@ -175,3 +175,14 @@ def test_stale_is_remembered_across_editor_sessions(story: Path) -> None:
     # A newer mp4 than the note (re-rendered from the shell) is fresh again.
     fake_render(story, "dawn", mtime=2_000_000_000)
     assert not disk_states(edited, remembered_baseline(edited))["dawn"].stale
+
+
+def test_stage_times_are_remembered(story: Path) -> None:
+    from sulphur_tui.status import STAGE_HISTORY, remember_stage_time, remembered_stage_times
+
+    sb = load(story)
+    assert remembered_stage_times(sb) == {}
+    for i in range(STAGE_HISTORY + 2):
+        remember_stage_time(sb, "draft", 10.0 + i)
+    times = remembered_stage_times(sb)["draft"]
+    assert len(times) == STAGE_HISTORY and times[-1] == 10.0 + STAGE_HISTORY + 1
