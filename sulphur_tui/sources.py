@@ -64,20 +64,24 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
     except ImportError as exc:  # the client module is not there (partial install)
         status(False, f"render worker unavailable: {exc}")
         return
-    announced = ""
+    announced = ""  # the last status sent: only changes are reported
     while not stop.is_set():
         client = None
+        ended_at = connected_at = 0.0
         try:
             client = WorkerClient.connect(project_dir, start=False, timeout=5.0)
-            status(True, "worker attached")
-            announced = ""
+            connected_at = time.monotonic()
+            if announced != "attached":
+                status(True, "worker attached")
+                announced = "attached"
             _clients.setdefault(id(stop), []).append(client)
             for ev in client.events():
                 if stop.is_set():
                     break
                 emit(ev)
-            if not stop.is_set():
-                status(False, "worker stopped")
+            # The stream ended: the worker stopped, or the connection idled out. The
+            # next connect attempt tells which, so nothing is announced yet.
+            ended_at = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - any failure means "not attached"; say why, retry
             quiet = isinstance(exc, (FileNotFoundError, ConnectionError, TimeoutError)) or \
                 type(exc).__name__ == "WorkerNotRunning"
@@ -92,7 +96,10 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
                 except Exception:  # noqa: BLE001
                     pass
             _clients.pop(id(stop), None)
-        stop.wait(RETRY_S)
+        # Reconnect at once after a stream ended (no events are missed for long: the
+        # worker's StatusSnapshot on subscribing redraws the state); otherwise poll.
+        # A stream that ends as soon as it starts is a worker going away: poll slowly.
+        stop.wait(0.05 if ended_at - connected_at > 1.0 else RETRY_S)
 
 
 # Clients currently blocked in events(), by the stop event of their thread, so the app
