@@ -12,6 +12,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+import msgspec
+
 from pipeline.protocol import (
     STAGES,
     DriftReport,
@@ -163,6 +165,10 @@ class LiveState:
                 self.preview = ev
                 return {"preview"}
             case FlickerReport():
+                old = self.flicker.get(ev.segment)
+                if ev.seam_psnr is None and old is not None and old.seam_psnr is not None:
+                    # The seam is measured once (on the draft); later stages' reports keep it.
+                    ev = msgspec.structs.replace(ev, seam_psnr=old.seam_psnr)
                 self.flicker[ev.segment] = ev
                 return {"flicker"}
             case DriftReport():
