@@ -466,9 +466,18 @@ def render_toml(storyboard: Storyboard, original: str) -> str:
         return doc.as_string()  # same segments in the same order: tables were edited in place
     new_aot = tomlkit.aot()
     for table in new_tables:
+        _strip_trailing_blank(table)  # tomlkit separates the tables itself
         new_aot.append(table)
     doc["segment"] = new_aot
     return doc.as_string()
+
+
+def _strip_trailing_blank(table: Table) -> None:
+    from tomlkit.items import Whitespace
+
+    body = table.value.body
+    while body and isinstance(body[-1][1], Whitespace):
+        body.pop()
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -64,6 +64,7 @@ def test_reorder_add_delete_keep_comments(tmp_path: Path) -> None:
     S.save(replace(sb, segments=(sb.segments[1], new)))
     text = path.read_text()
     assert "# film comment" in text and "# trailing comment" in text and "# woof" in text
+    assert "\n\n\n" not in text  # moved and new tables are separated by one blank line
     again = S.load(path)
     assert [s.id for s in again.segments] == ["b", "c"]
     assert again.segments[1].seconds == 1.5
