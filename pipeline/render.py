@@ -27,7 +27,15 @@ from pipeline.cache import Artifact, StageCache, digest, stage_key
 from pipeline.models.registry import LoadedModels, Preset, get_preset
 from pipeline.protocol import Event
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
-from pipeline.storyboard import Storyboard, StoryboardError, load, save, with_segment
+from pipeline.storyboard import (
+    Storyboard,
+    StoryboardError,
+    atomic_write,
+    load,
+    save,
+    segment_digest,
+    with_segment,
+)
 
 Emit = Callable[[Event], None]
 
@@ -319,10 +327,24 @@ class Renderer:
         target = self.out_dir / "segments" / f"{seg_id}.mp4"
         target.parent.mkdir(parents=True, exist_ok=True)
         _atomic_copy(encode.file("segment.mp4"), target)
+        self._record_rendered(seg_id, encode)
         self._quality_video(job, target)
         self.emit(protocol.SegmentDone(segment=seg_id, path=str(target), frames=int(encode.meta["frames"]),
                                        seconds=time.perf_counter() - t_seg))
         return target
+
+    def _record_rendered(self, seg_id: str, encode: Artifact) -> None:
+        """renders/<stem>/manifest.json: what each segment MP4 was made from, so any
+        client (the TUI after a CLI render, say) can tell rendered from stale."""
+        path = self.out_dir / "manifest.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        segments = data.setdefault("segments", {})
+        segments[seg_id] = {"digest": segment_digest(self.sb, seg_id), "encode_key": encode.key,
+                            "rendered_at": time.time()}
+        atomic_write(path, json.dumps(data, indent=1))
 
     def run(self, selected: Sequence[str]) -> Path:
         t_job = time.perf_counter()

@@ -9,12 +9,14 @@ Import-light on purpose: the TUI imports this module.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
 import tempfile
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -519,6 +521,43 @@ def with_segment(storyboard: Storyboard, segment_id: str, **changes: Any) -> Sto
     return replace(storyboard, segments=segs)
 
 
+# ------------------------------------------------------------------ staleness
+
+# Project fields that do not change the pixels of a segment.
+_PROJECT_IGNORED = {"title", "vram_budget_gb", "ram_budget_gb"}
+
+
+def _segment_fields(seg: Segment) -> dict:
+    d = asdict(seg)
+    d.pop("id")
+    # An unlocked enhanced prompt is the enhancer's output, derived from the prompt:
+    # the worker rewriting it must not make the render look stale.
+    if not seg.enhance_lock:
+        d.pop("enhanced_prompt")
+    d.pop("enhance_lock")
+    return d
+
+
+def _project_fields(project: Project) -> dict:
+    return {k: v for k, v in asdict(project).items() if k not in _PROJECT_IGNORED}
+
+
+def segment_digest(storyboard: Storyboard, segment_id: str) -> str:
+    """Digest of everything that decides a segment's pixels, its upstream chain included."""
+    i = storyboard.index(segment_id)
+    parts = [json.dumps(_project_fields(storyboard.project), sort_keys=True, default=str)]
+    # Walk back while each shot continues from the one before it.
+    j = i
+    while j >= 0:
+        seg = storyboard.segments[j]
+        parts.append(json.dumps({"pos": j, **_segment_fields(seg)}, sort_keys=True, default=str))
+        if seg.anchor.kind != "previous" or j == 0:
+            break
+        j -= 1
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+
 def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
     taken = {s.id for s in storyboard.segments}
     n = len(taken) + 1
@@ -529,5 +568,5 @@ def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
 
 __all__ = [
     "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "load", "parse", "save",
-    "render_toml", "with_segment", "new_segment_id", "atomic_write",
+    "render_toml", "with_segment", "new_segment_id", "atomic_write", "segment_digest",
 ]

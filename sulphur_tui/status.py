@@ -13,45 +13,11 @@ logic is :func:`disk_states` plus :func:`segment_digest`.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.storyboard import Project, Segment, Storyboard
-
-# Project fields that do not change the pixels of a segment.
-_PROJECT_IGNORED = {"title", "vram_budget_gb", "ram_budget_gb"}
-
-
-def _segment_fields(seg: Segment) -> dict:
-    d = asdict(seg)
-    d.pop("id")
-    # An unlocked enhanced prompt is the enhancer's output, derived from the prompt:
-    # the worker rewriting it must not make the render look stale.
-    if not seg.enhance_lock:
-        d.pop("enhanced_prompt")
-    d.pop("enhance_lock")
-    return d
-
-
-def _project_fields(project: Project) -> dict:
-    return {k: v for k, v in asdict(project).items() if k not in _PROJECT_IGNORED}
-
-
-def segment_digest(storyboard: Storyboard, segment_id: str) -> str:
-    """Digest of everything that decides a segment's pixels, its upstream chain included."""
-    i = storyboard.index(segment_id)
-    parts = [json.dumps(_project_fields(storyboard.project), sort_keys=True, default=str)]
-    # Walk back while each shot continues from the one before it.
-    j = i
-    while j >= 0:
-        seg = storyboard.segments[j]
-        parts.append(json.dumps({"pos": j, **_segment_fields(seg)}, sort_keys=True, default=str))
-        if seg.anchor.kind != "previous" or j == 0:
-            break
-        j -= 1
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+from pipeline.storyboard import Storyboard, segment_digest
 
 
 @dataclass(frozen=True)

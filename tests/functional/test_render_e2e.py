@@ -183,3 +183,6 @@ def test_film_manifest_locates_every_segment(demo: dict) -> None:
     ids = [s.id for s in S.load(demo["storyboard"]).segments]
     assert [m["id"] for m in manifest["segments"]] == ids
     assert manifest["segments"][0]["offset"] == 0
+    rendered = json.loads((demo["folder"] / "renders" / "example" / "manifest.json").read_text())["segments"]
+    sb = S.load(demo["storyboard"])
+    assert {i: rendered[i]["digest"] for i in ids} == {i: S.segment_digest(sb, i) for i in ids}
