@@ -312,10 +312,8 @@ class Renderer:
         chain.previous_draft = draft
         return job, draft
 
-    def finish_segment(self, job: SegmentJob, draft: Artifact) -> Path:
-        """Refine, upscale and encode one drafted segment; returns its MP4 in renders/."""
-        t_seg = time.perf_counter()
-        seg_id = job.segment.id
+    def finish_stages(self, job: SegmentJob, draft: Artifact) -> Artifact:
+        """Refine → upscale (→ grade) → encode of one drafted segment; returns the encode entry."""
         arts = {"draft": draft}
         for name, source in self.frames_chain(job):
             arts[name] = self.run_stage(name, job, {source: arts[source]})
@@ -323,10 +321,16 @@ class Renderer:
                 self._quality(job, "refine", np.load(arts[name].file("frames.npy"), mmap_mode="r"), None, None)
         frames = arts[self.frames_chain(job)[-1][0]]
         self._preview(job, frames)
-        encode = self.run_stage("encode", job, {"upscale": frames, "draft": draft})
+        return self.run_stage("encode", job, {"upscale": frames, "draft": draft})
+
+    def finish_segment(self, job: SegmentJob, draft: Artifact) -> Path:
+        """Finish one drafted segment and publish it as renders/<stem>/segments/<id>.mp4."""
+        t_seg = time.perf_counter()
+        seg_id = job.segment.id
+        encode = self.finish_stages(job, draft)
         target = self.out_dir / "segments" / f"{seg_id}.mp4"
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_copy(encode.file("segment.mp4"), target)
+        atomic_copy(encode.file("segment.mp4"), target)
         self._record_rendered(seg_id, encode)
         self._quality_video(job, target)
         self.emit(protocol.SegmentDone(segment=seg_id, path=str(target), frames=int(encode.meta["frames"]),
@@ -497,7 +501,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     if missing:
         lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
         raise RenderError("missing_models", f"preset {chosen.name} is missing {len(missing)} file(s): {lines}")
-    _quiet_libraries()
+    quiet_libraries()
     if chosen.builder is not None:
         chosen.builder()
     selected = select_segments(sb, segments, from_segment)
@@ -511,7 +515,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
 # ------------------------------------------------------------------- helpers
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Progress is reported through events; the libraries' own tqdm bars would garble it."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import diffusers
@@ -544,7 +548,7 @@ def _host_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _atomic_copy(src: Path, dst: Path) -> None:
+def atomic_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.partial")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)

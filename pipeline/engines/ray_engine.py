@@ -166,7 +166,7 @@ class StageWorker:
         The prompt is fixed (locked) so every take differs only by its seed, and a picked
         take's stages are exactly what a render with that seed and prompt looks up.
         """
-        from pipeline.render import _atomic_copy
+        from pipeline.render import atomic_copy
         from pipeline.storyboard import with_segment
 
         self.ready()
@@ -177,14 +177,12 @@ class StageWorker:
         r.chain = copy.deepcopy(chain if chain is not None else self.first_chain)
         try:
             job, draft = r.draft_segment(index)
-            refine = r.run_stage("refine", job, {"draft": draft})
-            upscale = r.run_stage("upscale", job, {"refine": refine})
-            encode = r.run_stage("encode", job, {"upscale": upscale, "draft": draft})
+            encode = r.finish_stages(job, draft)
         finally:
             r.sb = base
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_copy(encode.file("segment.mp4"), target)
+        atomic_copy(encode.file("segment.mp4"), target)
         return str(target)
 
     def finish(self, job: Any, draft: Any) -> str:
@@ -215,7 +213,7 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
               cancel: threading.Event) -> Any:
     """A Renderer as :func:`pipeline.render.render` builds one, within this actor's VRAM share."""
     from pipeline.models.registry import LoadedModels, get_preset
-    from pipeline.render import Renderer, _quiet_libraries
+    from pipeline.render import Renderer, quiet_libraries
 
     sb = load(storyboard)
     if preset:
@@ -232,7 +230,7 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
         lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
         raise RenderError("missing_models", f"preset {chosen.name} is missing {len(missing)} file(s) on "
                           f"{socket.gethostname()}: {lines}")
-    _quiet_libraries()
+    quiet_libraries()
     if chosen.builder is not None:
         chosen.builder()
     return Renderer(sb, chosen, emit, cancel, job_id, LoadedModels())
