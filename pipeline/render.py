@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -126,10 +127,32 @@ class Renderer:
         self.job_id = job_id
         self.models = models
         self.cache = StageCache(storyboard.state_dir() / "cache")
-        self.stages = _stages(preset)
+        self._stage_sets: dict[str, dict[str, Stage]] = {}
+        self._presets: dict[str, Preset] = {preset.name: preset}
         self.faults = _Faults()
         self.out_dir = storyboard.render_dir()
         self.chain = _Chain(reference=self._reference_image())
+
+    @classmethod
+    def create(cls, sb: Storyboard, *, emit: Emit, cancel: threading.Event, job_id: str,
+               models: LoadedModels) -> Renderer:
+        """Resolve every preset the storyboard uses, refuse missing files, build tiny ones."""
+        chosen = _resolve_preset(sb.project.preset)
+        used = {chosen.name: chosen}
+        for seg in sb.segments:
+            if seg.preset and seg.preset not in used:
+                used[seg.preset] = _resolve_preset(seg.preset, seg.id)
+        for preset in used.values():
+            missing = preset.missing()
+            if missing:
+                lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
+                raise RenderError("missing_models", f"preset {preset.name} is missing {len(missing)} file(s) "
+                                  f"on {socket.gethostname()}: {lines}")
+        quiet_libraries()
+        for preset in used.values():
+            if preset.builder is not None:
+                preset.builder()
+        return cls(sb, chosen, emit, cancel, job_id, models)
 
     def emit(self, event: Event) -> None:
         event.job_id = self.job_id
@@ -137,10 +160,22 @@ class Renderer:
 
     # ------------------------------------------------------------------ a job
 
+    def preset_for(self, index: int) -> Preset:
+        """The segment's own preset (``preset`` key of a [[segment]]), else the project's."""
+        name = self.sb.segments[index].preset or self.preset.name
+        if name not in self._presets:
+            self._presets[name] = _resolve_preset(name)
+        return self._presets[name]
+
+    def stages_for(self, preset: Preset) -> dict[str, Stage]:
+        if preset.family not in self._stage_sets:
+            self._stage_sets[preset.family] = _stages(preset)
+        return self._stage_sets[preset.family]
+
     def job_for(self, index: int) -> SegmentJob:
         seg = self.sb.segments[index]
         p = self.sb.project
-        preset = self.preset
+        preset = self.preset_for(index)
         draft = preset.round_size(p.draft_size or preset.draft_size)
         # LTX-2 refines through a ×2 latent upsampler; families without one keep their
         # native pixels for ESRGAN (refine_scale 1) instead of a blurry pixel ×2.
@@ -159,7 +194,7 @@ class Renderer:
         )
 
     def key_for(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> str:
-        stage = self.stages[name]
+        stage = self.stages_for(job.preset)[name]
         return stage_key(name, stage.version, stage.params(job), {k: a.key for k, a in inputs.items()})
 
     def frames_chain(self, job: SegmentJob) -> list[tuple[str, str]]:
@@ -169,27 +204,30 @@ class Renderer:
             chain.append(("grade", "upscale"))
         return chain
 
-    def plans(self, stage: str, frames: int, segment: str = "") -> list[memory.StagePlan]:
+    def plans(self, stage: str, frames: int, segment: str = "", preset: Preset | None = None
+              ) -> list[memory.StagePlan]:
         try:
-            return memory.plan_ladder(stage, self.preset, self.sb.project, frames=frames)
+            return memory.plan_ladder(stage, preset or self.preset, self.sb.project, frames=frames)
         except memory.PlanError as exc:
             raise RenderError("plan", str(exc), stage, segment) from None
 
     def preflight(self, selected: Sequence[str]) -> None:
         """Refuse, before any model is loaded, a render no memory plan can fit."""
-        longest = max(self.job_for(i).frames for i, s in enumerate(self.sb.segments) if s.id in selected)
-        for stage in self.stages:
-            self.plans(stage, longest)
+        jobs = [self.job_for(i) for i, s in enumerate(self.sb.segments) if s.id in selected]
+        for preset in {job.preset.name: job.preset for job in jobs}.values():
+            longest = max(job.frames for job in jobs if job.preset is preset)
+            for stage in self.stages_for(preset):
+                self.plans(stage, longest, preset=preset)
 
     def run_stage(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact:
-        stage = self.stages[name]
+        stage = self.stages_for(job.preset)[name]
         params = stage.params(job)
         key = self.key_for(name, job, inputs)
         hit = self.cache.get(name, key)
         if hit is not None:
             self.emit(protocol.StageCached(segment=job.segment.id, stage=name, cache_key=key))
             return hit
-        plans = self.plans(name, job.frames, job.segment.id)
+        plans = self.plans(name, job.frames, job.segment.id, job.preset)
         last_error: BaseException | None = None
         for i, plan in enumerate(plans):
             if self.cancel.is_set():
@@ -242,7 +280,7 @@ class Renderer:
         seg = job.segment
         if seg.enhance_lock and seg.enhanced_prompt.strip():
             return seg.enhanced_prompt
-        if not self.sb.project.enhance or not self.preset.takes_prompt:
+        if not self.sb.project.enhance or not job.preset.takes_prompt:
             return seg.prompt
         art = self.run_stage("enhance", job, {})
         text = art.file("prompt.txt").read_text(encoding="utf-8")
@@ -380,7 +418,9 @@ class Renderer:
             return
         seam = None
         if prev_last is not None and job.segment.anchor.kind == "previous" and len(frames):
-            seam = flicker.seam_psnr(prev_last, np.ascontiguousarray(frames[min(1, len(frames) - 1)]))
+            after = np.ascontiguousarray(frames[min(1, len(frames) - 1)])
+            # Shots from different presets draft at different sizes: compare as the anchor was handed over.
+            seam = flicker.seam_psnr(_fit(prev_last, after.shape[1], after.shape[0]), after)
         stats = flicker.analyze_frames(frames, fps=job.fps)
         self.emit(stats.to_event(job.segment.id, stage, self.job_id, seam_psnr=seam))
         if stage != "draft":
@@ -493,26 +533,22 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     sb = load(storyboard_path)
     if preset:
         sb = replace(sb, project=replace(sb.project, preset=preset))
-    try:
-        chosen = get_preset(sb.project.preset)
-    except KeyError as exc:
-        raise RenderError("unknown_preset", str(exc.args[0])) from None
-    missing = chosen.missing()
-    if missing:
-        lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
-        raise RenderError("missing_models", f"preset {chosen.name} is missing {len(missing)} file(s): {lines}")
-    quiet_libraries()
-    if chosen.builder is not None:
-        chosen.builder()
     selected = select_segments(sb, segments, from_segment)
-    renderer = Renderer(sb, chosen, emit, cancel or threading.Event(), job_id or uuid.uuid4().hex[:12],
-                        models or LoadedModels())
+    renderer = Renderer.create(sb, emit=emit, cancel=cancel or threading.Event(),
+                               job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     renderer.cache.sweep_partials()
     renderer.preflight(selected)
     return renderer.run(selected)
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _resolve_preset(name: str, segment: str = "") -> Preset:
+    try:
+        return get_preset(name)
+    except KeyError as exc:
+        raise RenderError("unknown_preset", str(exc.args[0]), segment=segment) from None
 
 
 def quiet_libraries() -> None:

@@ -88,6 +88,7 @@ class Segment:
     seconds: float | None = None
     seed: int | None = None
     anchor: Anchor = field(default_factory=Anchor)
+    preset: str | None = None         # this shot's model preset, else the project's
     steps: int | None = None
     refine_sigmas: tuple[float, ...] | None = None
     lora_strength: float | None = None
@@ -164,6 +165,7 @@ _SEGMENT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "seconds": ((int, float), "a number"),
     "seed": ((int,), "an integer"),
     "anchor": ((str, dict), 'a string ("previous", "none", a file path) or { image = ... } / { video = ... }'),
+    "preset": ((str,), "a string"),
     "steps": ((int,), "an integer"),
     "refine_sigmas": ((list,), "a list of numbers"),
     "lora_strength": ((int, float), "a number"),

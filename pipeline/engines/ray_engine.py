@@ -212,8 +212,8 @@ def _local_threads() -> None:
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None, emit: Emit,
               cancel: threading.Event) -> Any:
     """A Renderer as :func:`pipeline.render.render` builds one, within this actor's VRAM share."""
-    from pipeline.models.registry import LoadedModels, get_preset
-    from pipeline.render import Renderer, quiet_libraries
+    from pipeline.models.registry import LoadedModels
+    from pipeline.render import Renderer
 
     sb = load(storyboard)
     if preset:
@@ -221,19 +221,7 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
     if share_gb and sb.project.vram_budget_gb is None:
         # Several actors share this card: each plans within its Ray share, not the free VRAM.
         sb = replace(sb, project=replace(sb.project, vram_budget_gb=share_gb))
-    try:
-        chosen = get_preset(sb.project.preset)
-    except KeyError as exc:
-        raise RenderError("unknown_preset", str(exc.args[0])) from None
-    missing = chosen.missing()
-    if missing:
-        lines = "; ".join(f"{m.role}: {m.description} → {m.where()}" for m in missing)
-        raise RenderError("missing_models", f"preset {chosen.name} is missing {len(missing)} file(s) on "
-                          f"{socket.gethostname()}: {lines}")
-    quiet_libraries()
-    if chosen.builder is not None:
-        chosen.builder()
-    return Renderer(sb, chosen, emit, cancel, job_id, LoadedModels())
+    return Renderer.create(sb, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
 
 
 StageActor = ray.remote(concurrency_groups={"control": 1})(StageWorker)
