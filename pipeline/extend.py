@@ -197,30 +197,22 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import protocol
-    from pipeline.headless import ProgressPrinter, _json_printer
+    from pipeline.headless import ProgressPrinter, json_printer, run_job
     from pipeline.render import RenderError
-    from pipeline.stages.base import Cancelled
-    from pipeline.storyboard import StoryboardError
 
-    emit = _json_printer if args.json else ProgressPrinter()
-    cancel = threading.Event()
-    try:
-        out = extend(args.clip, args.prompt, preset=args.model, frames=args.frames, out=args.out, seed=args.seed,
-                     steps=args.steps, enhance=args.enhance, emit=emit, cancel=cancel)
-    except (RenderError, StoryboardError, ValueError, KeyError, OSError) as exc:
-        message = exc.message if isinstance(exc, RenderError) else str(exc.args[0] if exc.args else exc)
-        if args.json:
-            emit(protocol.ErrorEvent(kind=getattr(exc, "kind", "extend"), message=message))
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Cancelled):
-        cancel.set()
-        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
-        return 130
-    if not args.json:
+    emit = json_printer if args.json else ProgressPrinter()
+
+    def work(cancel: threading.Event) -> Path:
+        try:
+            return extend(args.clip, args.prompt, preset=args.model, frames=args.frames, out=args.out,
+                          seed=args.seed, steps=args.steps, enhance=args.enhance, emit=emit, cancel=cancel)
+        except (ValueError, KeyError, OSError) as exc:  # unreadable clip, unknown preset, …
+            raise RenderError("extend", str(exc.args[0] if exc.args else exc)) from None
+
+    code, out = run_job(work, json_events=args.json, emit=emit)
+    if code == 0 and not args.json:
         print(out)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

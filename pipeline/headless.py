@@ -6,10 +6,15 @@ import argparse
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline import protocol
 from pipeline.protocol import Event
+
+T = TypeVar("T")
+Emit = Callable[[Event], None]
 
 
 class ProgressPrinter:
@@ -46,39 +51,51 @@ class ProgressPrinter:
                 pass
 
 
-def _json_printer(event: Event) -> None:
+def json_printer(event: Event) -> None:
+    """``--json``: one event per line on stdout."""
     sys.stdout.buffer.write(protocol.encode(event))
     sys.stdout.flush()
 
 
-def render_with_cli_output(storyboard: Path, *, json_events: bool, segments: list[str] | None = None,
-                           from_segment: str | None = None, preset: str | None = None) -> int:
-    from pipeline.render import RenderError, render
+def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Emit) -> tuple[int, T | None]:
+    """Run a render-like job for a CLI command; returns (exit code, result).
+
+    One place decides how failures look on a terminal: a bad storyboard is exit 2 with
+    its one-line file:line:col message, a failed render exit 1, a cancel exit 130 —
+    and with ``--json`` the error is also an ``error`` event on stdout.
+    """
+    from pipeline.render import RenderError
     from pipeline.stages.base import Cancelled
     from pipeline.storyboard import StoryboardError
 
-    emit = _json_printer if json_events else ProgressPrinter()
     cancel = threading.Event()
     try:
-        final = render(storyboard, segments=segments, from_segment=from_segment, preset=preset, emit=emit,
-                       cancel=cancel)
+        return 0, work(cancel)
     except StoryboardError as exc:
-        if json_events:
-            emit(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code, kind, message = 2, "storyboard", str(exc)
     except RenderError as exc:
-        if json_events:
-            emit(exc.to_event())
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        code, kind, message = 1, exc.kind, exc.message
     except (KeyboardInterrupt, Cancelled):
         cancel.set()
         print("cancelled; finished stages are kept in the cache", file=sys.stderr)
-        return 130
-    if not json_events:
+        return 130, None
+    if json_events:
+        emit(protocol.ErrorEvent(kind=kind, message=message))
+    print(f"error: {message}", file=sys.stderr)
+    return code, None
+
+
+def render_with_cli_output(storyboard: Path, *, json_events: bool, segments: list[str] | None = None,
+                           from_segment: str | None = None, preset: str | None = None) -> int:
+    from pipeline.render import render
+
+    emit = json_printer if json_events else ProgressPrinter()
+    code, final = run_job(lambda cancel: render(storyboard, segments=segments, from_segment=from_segment,
+                                                preset=preset, emit=emit, cancel=cancel),
+                          json_events=json_events, emit=emit)
+    if code == 0 and not json_events:
         print(final)
-    return 0
+    return code
 
 
 def main_render(args: argparse.Namespace) -> int:

@@ -30,7 +30,6 @@ import math
 import os
 import queue as stdlib_queue
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -459,7 +458,7 @@ class _Driver:
 
 def main(args: argparse.Namespace) -> int:
     """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
-    from pipeline.headless import ProgressPrinter, _json_printer
+    from pipeline.headless import ProgressPrinter, json_printer, run_job
 
     printer = ProgressPrinter()
 
@@ -469,30 +468,20 @@ def main(args: argparse.Namespace) -> int:
         else:
             printer(event)
 
-    emit = _json_printer if args.json else human
-    cancel = threading.Event()
-    try:
-        final = render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
-                           emit=emit, cancel=cancel, address=getattr(args, "address", None))
-    except StoryboardError as exc:
-        if args.json:
-            emit(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RenderError as exc:
-        if args.json:
-            emit(exc.to_event())
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Cancelled):
-        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
-        return 130
-    except ConnectionError as exc:
-        print(f"error: cannot reach the Ray cluster at {getattr(args, 'address', None)}: {exc}", file=sys.stderr)
-        return 1
-    if not args.json:
+    emit = json_printer if args.json else human
+    address = getattr(args, "address", None)
+
+    def work(cancel: threading.Event) -> Path:
+        try:
+            return render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
+                              emit=emit, cancel=cancel, address=address)
+        except ConnectionError as exc:
+            raise RenderError("ray_unreachable", f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+    code, final = run_job(work, json_events=args.json, emit=emit)
+    if code == 0 and not args.json:
         print(final)
-    return 0
+    return code
 
 
 __all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor", "main"]

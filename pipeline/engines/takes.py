@@ -12,10 +12,8 @@ import argparse
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
-from pipeline import protocol
 from pipeline.storyboard import StoryboardError, load, save, with_segment
 
 
@@ -68,27 +66,14 @@ def main(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"error: takes render in parallel through Ray: pip install 'sulphur[ray]' ({exc})", file=sys.stderr)
         return 1
-    from pipeline.headless import ProgressPrinter, _json_printer
-    from pipeline.render import RenderError
-    from pipeline.stages.base import Cancelled
+    from pipeline.headless import ProgressPrinter, json_printer, run_job
 
-    emit = _json_printer if args.json else ProgressPrinter()
-    try:
-        takes = render_takes(args.storyboard, args.segment, seeds, preset=args.preset, emit=emit,
-                             cancel=threading.Event(), address=args.address)
-    except StoryboardError as exc:
-        if args.json:
-            emit(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RenderError as exc:
-        if args.json:
-            emit(exc.to_event())
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Cancelled):
-        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
-        return 130
+    emit = json_printer if args.json else ProgressPrinter()
+    code, takes = run_job(lambda cancel: render_takes(args.storyboard, args.segment, seeds, preset=args.preset,
+                                                      emit=emit, cancel=cancel, address=args.address),
+                          json_events=args.json, emit=emit)
+    if code:
+        return code
     if not args.json:
         for seed, path in takes.items():
             print(f"seed {seed}: {path}")
