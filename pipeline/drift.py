@@ -49,6 +49,7 @@ it follows drift that builds up over the segment and adds no frame-to-frame flic
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -274,21 +275,36 @@ def match_colors_frames(frames: np.ndarray, reference: np.ndarray, strength: flo
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames: expected T×H×W×3 uint8, got {frames.dtype} {frames.shape}")
+    if len(frames) == 0:
+        return frames.copy()
+    return next(match_colors_chunks([frames], frames[-1], len(frames), reference, strength, method=method,
+                                    ramp=ramp, device=device))
+
+
+def match_colors_chunks(chunks: Iterable[np.ndarray], last: np.ndarray, total: int, reference: np.ndarray,
+                        strength: float, method: str = DEFAULT_METHOD, ramp: bool = True,
+                        device: str | None = None) -> Iterator[np.ndarray]:
+    """:func:`match_colors_frames` for a segment read in chunks, so a 1080p segment never
+    sits in memory whole; ``last`` is the segment's last frame and ``total`` its length.
+    Yields each chunk graded, identical to grading the whole segment at once."""
     reference = _check_rgb(reference, "reference")
     strength = float(min(max(strength, 0.0), 1.0))
-    out = frames.copy()
-    n = frames.shape[0]
-    if strength == 0.0 or n == 0:
-        return out
-    transfer = _Transfer.fit(rgb_to_lab(frames[-1]), _reference_lab(reference), method)
-    weights = [strength * (t / (n - 1) if (ramp and n > 1) else 1.0) for t in range(n)]
-    if device is not None:
-        _apply_torch(frames, out, transfer, weights, device)
-        return out
-    for t in range(n):
-        if weights[t] > 0.0:
-            out[t] = lab_to_rgb(transfer.apply(rgb_to_lab(frames[t]), weights[t]))
-    return out
+    transfer = _Transfer.fit(rgb_to_lab(_check_rgb(last, "last")), _reference_lab(reference), method)
+    first = 0
+    for block in chunks:
+        block = np.asarray(block)
+        out = block.copy()
+        weights = [strength * ((first + k) / (total - 1) if (ramp and total > 1) else 1.0)
+                   for k in range(len(block))]
+        first += len(block)
+        if strength > 0.0:
+            if device is not None:
+                _apply_torch(block, out, transfer, weights, device)
+            else:
+                for k, w in enumerate(weights):
+                    if w > 0.0:
+                        out[k] = lab_to_rgb(transfer.apply(rgb_to_lab(block[k]), w))
+        yield out
 
 
 def _apply_torch(frames: np.ndarray, out: np.ndarray, transfer: _Transfer, weights: list[float],

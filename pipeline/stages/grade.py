@@ -9,8 +9,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.cache import Artifact, digest
-from pipeline.drift import DEFAULT_METHOD, match_colors_frames
+from pipeline.drift import DEFAULT_METHOD, match_colors_chunks
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.frame_files import FrameFile, write_frames_header
+
+CHUNK = 8  # frames graded at a time: ~50 MB at 1080p
 
 
 class GradeStage(Stage):
@@ -24,16 +27,21 @@ class GradeStage(Stage):
                 "reference": digest(ref.tobytes()) + str(ref.shape) if ref is not None else ""}
 
     def total_steps(self, job: SegmentJob) -> int:
-        return 1
+        return job.frames
 
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
-        frames = np.load(inputs["upscale"].file("frames.npy"), mmap_mode="r")
-        if job.reference is None:
-            graded = np.asarray(frames)
-        else:
+        source = FrameFile(inputs["upscale"].file("frames.npy"))
+        total = source.count
+        chunks = (source.read(i, min(total, i + CHUNK)) for i in range(0, total, CHUNK))
+        if job.reference is not None and total:
             device = "cuda" if ctx.plan.device == "cuda" else None
-            graded = match_colors_frames(frames, job.reference, job.storyboard.project.drift_strength,
-                                         device=device)
-        np.save(out / "frames.npy", graded)
-        ctx.progress(self.name, 1, 1)
-        return {"frames": int(len(graded))}
+            chunks = match_colors_chunks(chunks, source.read(total - 1, total)[0], total, job.reference,
+                                         job.storyboard.project.drift_strength, device=device)
+        done = 0
+        with open(out / "frames.npy", "wb") as sink:
+            write_frames_header(sink, source.shape)
+            for block in chunks:
+                sink.write(np.ascontiguousarray(block).data)
+                done += len(block)
+                ctx.progress(self.name, done, total)
+        return {"frames": total}

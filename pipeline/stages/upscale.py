@@ -10,12 +10,11 @@ pixels) tiles each frame for small cards.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.enhance import model_identity, resolve_model_file
+from pipeline.stages.frame_files import FrameFile, write_frames_header
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +60,7 @@ class UpscaleStage(Stage):
         width, height = job.output_size
 
         # 1. Input frames (T, H, W, 3) uint8, read one batch at a time.
-        source = _NpyFrames(inputs["refine"].file("frames.npy"))
+        source = FrameFile(inputs["refine"].file("frames.npy"))
         total = source.count
         model = _upscaler(ctx, job, device, dtype)
 
@@ -69,7 +68,7 @@ class UpscaleStage(Stage):
         #    every written page in the process's RSS (and the reported host peak).
         ctx.progress(self.name, 0, total)
         with open(out / "frames.npy", "wb") as sink, torch.inference_mode():
-            _write_npy_header(sink, (total, height, width, 3))
+            write_frames_header(sink, (total, height, width, 3))
             for start in range(0, total, batch):
                 stop = min(total, start + batch)
                 x = torch.from_numpy(source.read(start, stop)).to(device)
@@ -86,28 +85,6 @@ class UpscaleStage(Stage):
                 sink.write(y.permute(0, 2, 3, 1).contiguous().cpu().numpy().data)
                 ctx.progress(self.name, stop, total)
         return {"frames": total, "size": [width, height]}
-
-
-class _NpyFrames:
-    """Reads frame ranges of a (T, H, W, 3) uint8 ``.npy`` with plain reads (no mapping)."""
-
-    def __init__(self, path: Path) -> None:
-        header = np.load(path, mmap_mode="r")  # parses the header only; no frame is touched
-        if header.dtype != np.uint8 or header.ndim != 4 or header.shape[-1] != 3:
-            raise ValueError(f"{path}: expected (T, H, W, 3) uint8 frames, got {header.shape} {header.dtype}")
-        self.path, self.offset, self.shape = path, header.offset, header.shape
-        self.count = int(header.shape[0])
-        self.frame_bytes = int(np.prod(header.shape[1:]))
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        data = np.fromfile(self.path, dtype=np.uint8, count=(stop - start) * self.frame_bytes,
-                           offset=self.offset + start * self.frame_bytes)
-        return data.reshape((stop - start, *self.shape[1:]))
-
-
-def _write_npy_header(f: BinaryIO, shape: tuple[int, ...]) -> None:
-    np.lib.format.write_array_header_1_0(
-        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape})
 
 
 def _upscaler(ctx: StageContext, job: SegmentJob, device: torch.device, dtype: torch.dtype) -> ImageModelDescriptor:

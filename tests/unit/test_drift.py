@@ -140,3 +140,15 @@ def test_drift_event_round_trips(scene: np.ndarray) -> None:
     assert back.segment == "shot2" and back.guard == "anchor" and back.drift["contrast"] == 999.0
     ev = d.drift_event("shot2", scene, d.burn(scene, 1.08, 1.1), d.frame_stats(scene))
     assert decode_event(encode(ev)).drift["contrast"] == pytest.approx(1.08, rel=0.05)
+
+
+def test_grading_in_chunks_equals_grading_the_whole_segment() -> None:
+    from pipeline.drift import burn, match_colors_chunks, match_colors_frames, synthetic_scene
+
+    scene = synthetic_scene(36, 48, seed=3)
+    frames = np.stack([burn(scene, 1.0 + 0.02 * t, 1.0 + 0.03 * t) for t in range(11)])
+    whole = match_colors_frames(frames, scene, 0.9)
+    chunked = np.concatenate(list(match_colors_chunks((frames[i:i + 4] for i in range(0, 11, 4)), frames[-1],
+                                                      11, scene, 0.9)))
+    assert np.array_equal(whole, chunked)
+    assert not np.array_equal(whole[-1], frames[-1])
