@@ -59,6 +59,7 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor .row > Checkbox { width: auto; margin-right: 2; }
     SegmentEditor #seed { width: 11; }
     SegmentEditor #frames, SegmentEditor #seconds, SegmentEditor #steps, SegmentEditor #lora { width: 8; }
+    SegmentEditor #preset { width: 24; }
     SegmentEditor #anchor-kind { width: 22; }
     SegmentEditor #drift { width: 28; }
     SegmentEditor Input.-bad { background: $error 30%; }
@@ -126,6 +127,12 @@ class SegmentEditor(VerticalScroll):
             yield Input(placeholder="project", id="lora", type="number", compact=True, validate_on=_OWN_VALIDATION)
             yield Select([("drift guard: project's", INHERIT)] + [(f"drift guard: {g}", g) for g in DRIFT_GUARDS],
                          id="drift", allow_blank=False, value=INHERIT, compact=True)
+        with Horizontal(classes="row"):
+            yield Label("model")
+            # Free text on purpose: the preset registry lives on the render side (`sulphur models`
+            # lists the names); an unknown name is refused by the render with the known ones.
+            yield Input(placeholder="project's preset", id="preset", compact=True, validate_on=_OWN_VALIDATION,
+                        tooltip="This shot's model preset (sulphur models lists them); blank: the project's")
         yield Label("", id="field-error")
 
     # ------------------------------------------------------------------ loading
@@ -152,6 +159,7 @@ class SegmentEditor(VerticalScroll):
             self.query_one("#browse", Button).disabled = seg.anchor.kind not in ("image", "video")
             self._set_input("#steps", seg.steps)
             self._set_input("#lora", seg.lora_strength)
+            self._set_input("#preset", seg.preset)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
             for inp in self.query(Input):
                 inp.remove_class("-bad")
@@ -232,7 +240,7 @@ class SegmentEditor(VerticalScroll):
                 value = _int(text, 1, 200) if text else None
             elif key == "lora":
                 value = float(text) if text else None
-            elif key == "anchor-path":
+            elif key in ("anchor-path", "preset"):
                 value = text
         except ValueError as exc:
             error = f"{key}: {exc}" if "between" in str(exc) or "(" in str(exc) else f"{key}: not a number"
@@ -259,6 +267,8 @@ class SegmentEditor(VerticalScroll):
             self._post(coalesce=coalesce, steps=value)
         elif key == "lora":
             self._post(coalesce=coalesce, lora_strength=value)
+        elif key == "preset":
+            self._post(coalesce=coalesce, preset=value or None)
         elif key == "anchor-path":
             kind = str(self.query_one("#anchor-kind", Select).value)
             if kind in ("image", "video") and value:

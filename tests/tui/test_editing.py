@@ -395,3 +395,18 @@ async def test_file_picker_sets_the_anchor(story: Path) -> None:
         await pilot.pause(0.2)
         anchor = app.doc.storyboard.segment("storm").anchor
         assert (anchor.kind, anchor.path) == ("image", "stills/cliff.png"), labels
+
+
+async def test_a_shot_can_name_its_own_model_preset(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+end")  # storm
+        app.query_one("#preset").focus()
+        await type_text(pilot, "tiny-ltxv")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("storm").preset == "tiny-ltxv"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert load(story).segment("storm").preset == "tiny-ltxv"
+    assert load(story).segment("dawn").preset is None
+    assert 'preset = "tiny-ltxv"' in story.read_text()
