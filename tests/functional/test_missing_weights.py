@@ -1,0 +1,29 @@
+"""A preset whose weights are not on disk is refused up front, naming every missing file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_render_with_missing_weights_names_each_file_and_runs_nothing(tmp_path: Path) -> None:
+    story = tmp_path / "real.toml"
+    story.write_text((ROOT / "storyboards" / "example.toml").read_text()
+                     .replace('preset = "tiny"', 'preset = "sulphur2-ltx23"'))
+    before = story.read_bytes()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SULPHUR_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "render", str(story), "--json"], cwd=tmp_path,
+                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: preset sulphur2-ltx23 is missing 7 file(s)")
+    for role in ("transformer_gguf", "lora", "upsampler", "upscaler", "enhancer"):
+        assert f"{role}:" in error
+    assert str(tmp_path / "home") in error  # where to put them
+    events = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(events) == 1 and '"kind":"missing_models"' in events[0]
+    assert story.read_bytes() == before and not (tmp_path / "renders").exists()
+    assert not (tmp_path / ".sulphur" / "cache").exists()
