@@ -454,7 +454,7 @@ class Renderer:
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
         """final.mp4 from every segment's cached encode, when all of them exist."""
-        from pipeline.stages.encode import FilmPart, encode_film
+        from pipeline.stages.encode import EncodeStage, FilmPart, encode_film
 
         parts, manifest = [], []
         inputs_of: dict[str, Artifact] = {}
@@ -473,7 +473,7 @@ class Renderer:
             manifest.append({"id": seg.id, "frames": len(frames), "skip_first": skip,
                              "upscale_key": upscale.key, "draft_key": draft.key})
         final = self.out_dir / "final.mp4"
-        film_key = digest(json.dumps(manifest, sort_keys=True).encode())
+        film_key = digest(json.dumps({"encoder": EncodeStage.version, "segments": manifest}, sort_keys=True).encode())
         manifest_path = self.out_dir / "film.json"
         if final.exists() and manifest_path.exists():
             try:

@@ -49,13 +49,17 @@ def _fit_audio(audio: np.ndarray, samples: int) -> np.ndarray:
 
 
 def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Band-limited enough for generated ambience; linear interpolation keeps it dependency-free."""
+    """Stereo float audio to ``target`` Hz with libswresample (band-limited, through PyAV)."""
     if rate == target or audio.shape[1] == 0:
         return audio
-    n = round(audio.shape[1] * target / rate)
-    x_old = np.arange(audio.shape[1], dtype=np.float64) / rate
-    x_new = np.arange(n, dtype=np.float64) / target
-    return np.stack([np.interp(x_new, x_old, ch) for ch in audio]).astype(np.float32)
+    import av
+
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=target)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32), format="fltp",
+                                       layout="stereo")
+    frame.sample_rate = rate
+    chunks = [f.to_ndarray() for f in (*resampler.resample(frame), *resampler.resample(None))]
+    return np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((2, 0), np.float32)
 
 
 def _film_audio(parts: list[FilmPart], fps: int) -> np.ndarray | None:
@@ -143,7 +147,7 @@ def encode_film(path: Path, parts: list[FilmPart], *, fps: int, size: tuple[int,
 
 class EncodeStage(Stage):
     name = "encode"
-    version = 1
+    version = 2  # 2: audio resampled by libswresample
     inputs = ("upscale", "draft")
 
     def params(self, job: SegmentJob) -> dict[str, Any]:

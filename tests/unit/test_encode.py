@@ -77,3 +77,13 @@ def test_wrong_frame_size_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expected 320×180"):
         encode_film(tmp_path / "x.mp4", [FilmPart(np.zeros((2, 100, 100, 3), np.uint8), None, 1)], fps=FPS,
                     size=(W, H))
+
+
+def test_vocoder_rate_audio_is_resampled_without_changing_its_pitch(tmp_path: Path) -> None:
+    """LTX-2's vocoder speaks 24 kHz; the film's AAC track is 48 kHz with the same tone."""
+    out = tmp_path / "tone.mp4"
+    encode_film(out, [FilmPart(_frames(48, 10), _tone(2.0, 24_000), 24_000)], fps=FPS, size=(W, H))
+    with av.open(str(out)) as c:
+        left = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
+    spectrum = np.abs(np.fft.rfft(left[AUDIO_RATE // 4: AUDIO_RATE // 4 + AUDIO_RATE]))  # one second
+    assert abs(int(np.argmax(spectrum)) - 440) <= 2  # 1 Hz bins
