@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +36,6 @@ if TYPE_CHECKING:
 
     from pipeline.models.recipes import Recipe
 
-DONE_MARKER = ".complete"
 
 #: Words of the offline tiny tokenizers (anything else maps to <unk>).
 WORDS = (
@@ -60,42 +56,20 @@ def tiny_root(folder_name: str) -> Path:
 
 
 def build_once(root: Path, build: Callable[[Path], None], digest: str) -> Path:
-    """Run ``build(tmp)`` once and publish ``tmp`` as ``root``; idempotent and race-safe.
+    """Build a tiny twin's folder once (see :mod:`pipeline.models.build_once`)."""
+    from pipeline.models.build_once import build_once as build_folder
 
-    A file lock serializes builders (several test processes may start at once), the
-    work happens in a temp folder beside the target, and a rename publishes it whole, so
-    a crash never leaves a folder that looks complete.
-    """
-    from filelock import FileLock
-
-    # Presets name tiny files as "${SULPHUR_HOME}/…" (expanded when looked up), so the
-    # default home must be visible to expandvars too.
-    os.environ.setdefault("SULPHUR_HOME", str(sulphur_home()))
-    marker = root / DONE_MARKER
-    if _complete(marker, digest):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if _complete(marker, digest):
-            return root
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-        try:
-            build(tmp)
-            (tmp / DONE_MARKER).write_text(json.dumps({"digest": digest}))
-            if root.exists():  # stale build of an older config: replace it
-                shutil.rmtree(root)
-            os.replace(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return root
+    return build_folder(root, build, {"digest": digest})
 
 
-def _complete(marker: Path, digest: str) -> bool:
-    try:
-        return json.loads(marker.read_text()).get("digest") == digest
-    except (OSError, ValueError):
-        return False
+def patch_model_index(d: Path, **entries: list[str]) -> None:
+    """Name in model_index.json the components saved outside the pipeline object (the text
+    encoder, GGUF experts); the tokenizer is always the offline fast tokenizer."""
+    path = d / "model_index.json"
+    index = json.loads(path.read_text())
+    index.update(entries)
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    path.write_text(json.dumps(index, indent=2))
 
 
 def config_digest(configs: dict[str, Any]) -> str:

@@ -47,7 +47,6 @@ def build_tiny() -> Path:
 
 
 def _build(root: Path) -> None:
-    import json
 
     import torch
     from diffusers import (
@@ -65,9 +64,7 @@ def _build(root: Path) -> None:
     vae = AutoencoderKLLTXVideo(**VAE)
     LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
                 transformer=transformer).save_pretrained(d)
-    index = json.loads((d / "model_index.json").read_text())
-    index.update(text_encoder=["transformers", "T5EncoderModel"], tokenizer=["transformers", "PreTrainedTokenizerFast"])
-    (d / "model_index.json").write_text(json.dumps(index, indent=2))
+    family.patch_model_index(d, text_encoder=["transformers", "T5EncoderModel"])
     family.build_shared_tiny_parts(root)
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from pipeline.models.build_once import DONE_MARKER  # noqa: F401 - where the build marker lives
 
 #: Bump whenever a config or the file layout below changes: the folder name and the
 #: model identity (cache keys) follow it, so stale builds are never reused.
@@ -35,7 +34,6 @@ LORA_FILE = "lora/ltx2-tiny-distilled-lora.safetensors"
 UPSAMPLER_DIR = "latent_upsampler"
 ENHANCER_FILE = "enhancer/tiny-llm.gguf"
 ESRGAN_FILE = "esrgan/tiny_x2plus.pth"
-DONE_MARKER = ".complete"
 
 _WORDS = (
     "a an the of in on at and with to from over under into through by is are "
@@ -171,31 +169,15 @@ def default_root() -> Path:
 def build_tiny(root: Path | None = None) -> Path:
     """Build the whole tiny stack once (LTX-2 parts, enhancer LLM, ESRGAN); return its folder.
 
-    Idempotent and safe against concurrent callers: a file lock serializes builders, the
-    work happens in a temp folder beside the target, and a rename publishes it whole.
+    Idempotent and safe against concurrent callers (see :mod:`pipeline.models.build_once`).
     """
-    from filelock import FileLock
+    from pipeline.models.build_once import build_once
 
-    root = Path(root) if root is not None else default_root()
-    expected = _marker()
-    if _built(root, expected):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if _built(root, expected):  # another process finished while we waited
-            return root
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-        try:
-            build_ltx2_parts(tmp)
-            _build_other_families(tmp)
-            (tmp / DONE_MARKER).write_text(json.dumps(expected, sort_keys=True))
-            if root.exists():  # built by an older builder (or half-built by hand): replace it
-                shutil.rmtree(root)
-            os.replace(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return root
+    def build(tmp: Path) -> None:
+        build_ltx2_parts(tmp)
+        _build_other_families(tmp)
+
+    return build_once(Path(root) if root is not None else default_root(), build, _marker())
 
 
 def _marker() -> dict[str, Any]:
@@ -204,13 +186,6 @@ def _marker() -> dict[str, Any]:
     from pipeline.models.esrgan import TINY_X2PLUS_VERSION
 
     return {"digest": config_digest(), "llm": TINY_LLM_VERSION, "x2plus": TINY_X2PLUS_VERSION}
-
-
-def _built(root: Path, expected: dict[str, Any]) -> bool:
-    try:
-        return json.loads((root / DONE_MARKER).read_text()) == expected
-    except (OSError, ValueError):
-        return False
 
 
 def _build_other_families(root: Path) -> None:

@@ -88,7 +88,7 @@ def _build_ti2v(root: Path) -> None:
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=UniPCMultistepScheduler(**SCHEDULER),
                        transformer=transformer, expand_timesteps=True)
     pipe.save_pretrained(d)
-    _patch_model_index(d, text_encoder=["transformers", "UMT5EncoderModel"])
+    family.patch_model_index(d, text_encoder=["transformers", "UMT5EncoderModel"])
     family.build_shared_tiny_parts(root)
 
 
@@ -110,7 +110,7 @@ def _build_a14b(root: Path) -> None:
                                    image_encoder=None, transformer=None, transformer_2=None,
                                    boundary_ratio=A14B_BOUNDARY)
     pipe.save_pretrained(d)
-    _patch_model_index(d, text_encoder=["transformers", "UMT5EncoderModel"],
+    family.patch_model_index(d, text_encoder=["transformers", "UMT5EncoderModel"],
                        transformer=["diffusers", "WanTransformer3DModel"],
                        transformer_2=["diffusers", "WanTransformer3DModel"])
     # Like the real Diffusers repo: transformer/ and transformer_2/ hold the configs the
@@ -121,17 +121,6 @@ def _build_a14b(root: Path) -> None:
         expert.save_config(d / sub)
         family.write_gguf(to_original_keys(expert.state_dict()), root / rel, "wan")
     family.build_shared_tiny_parts(root)
-
-
-def _patch_model_index(d: Path, **entries: list[str]) -> None:
-    """Name the components saved outside the pipeline object (text encoder, experts) in model_index.json."""
-    import json
-
-    path = d / "model_index.json"
-    index = json.loads(path.read_text())
-    index.update(entries)
-    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
-    path.write_text(json.dumps(index, indent=2))
 
 
 #: diffusers → original Wan names (the inverse of diffusers' convert_wan_transformer_to_diffusers).
