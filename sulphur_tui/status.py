@@ -14,10 +14,11 @@ logic is :func:`disk_states` plus :func:`segment_digest`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.storyboard import Storyboard, segment_digest
+from pipeline.storyboard import Storyboard, atomic_write, segment_digest
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,28 @@ def remembered_baseline(storyboard: Storyboard) -> dict[str, str]:
 def remember_render(storyboard: Storyboard, segment_id: str, digest: str) -> None:
     """Note what a finished segment was rendered from (best effort: a read-only
     project just forgets between sessions)."""
-    path = _memory_path(storyboard)
     try:
         mtime = (storyboard.render_dir() / "segments" / f"{segment_id}.mp4").stat().st_mtime
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
+    except OSError:
+        return
+
+    def change(data: dict) -> None:
         data.setdefault(storyboard.stem, {})[segment_id] = {"digest": digest, "mtime": mtime}
+
+    _update_memory(storyboard, change)
+
+
+def _update_memory(storyboard: Storyboard, change: Callable[[dict], object]) -> None:
+    """Read-modify-write .sulphur/tui-renders.json atomically; best effort (a UI cache)."""
+    path = _memory_path(storyboard)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    change(data)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data, indent=1))
     except OSError:
         pass
 
@@ -127,21 +138,12 @@ def remembered_stage_times(storyboard: Storyboard) -> dict[str, list[float]]:
 
 
 def remember_stage_time(storyboard: Storyboard, stage: str, seconds: float) -> None:
-    path = _memory_path(storyboard)
-    try:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
+    def change(data: dict) -> None:
         runs = data.setdefault("_stage_seconds", {}).setdefault(stage, [])
         runs.append(round(seconds, 3))
         del runs[:-STAGE_HISTORY]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        pass
+
+    _update_memory(storyboard, change)
 
 
 def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
