@@ -45,6 +45,7 @@ from sulphur_tui.document import NEW_PROMPT, Document, only_enhanced_prompts_dif
 from sulphur_tui.live import LiveState
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
 from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, DiskChangedDialog, FilePicker, HelpScreen
+from sulphur_tui.screens.takes import Take, TakesScreen
 from sulphur_tui.sources import close_followers, follow_worker, paced, read_events
 from sulphur_tui.status import (
     DiskRender,
@@ -182,7 +183,7 @@ class SulphurApp(App[int]):
 
     _NEEDS_DOCUMENT = {"save", "undo", "redo", "render_all", "render_segment", "render_from", "add_segment",
                        "duplicate_segment", "delete_segment", "move_segment", "randomise_seed", "open_output",
-                       "reload", "cancel_render"}
+                       "reload", "cancel_render", "pick_take"}
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide editing actions while there is no loaded storyboard (broken-file view)."""
@@ -370,7 +371,9 @@ class SulphurApp(App[int]):
     def _adopt_enhanced(self, fresh: Storyboard) -> None:
         doc = self.doc
         assert doc is not None
-        new = {s.id: s.enhanced_prompt for s in fresh.segments}
+        # Only the prompts the worker rewrote: the others may carry the user's unsaved edits.
+        new = {s.id: s.enhanced_prompt for s, old in zip(fresh.segments, doc.saved.segments, strict=True)
+               if s.enhanced_prompt != old.enhanced_prompt}
         if not doc.dirty:
             doc.adopt_external(fresh)
         else:
@@ -497,6 +500,43 @@ class SulphurApp(App[int]):
         if self.doc and self.selected:
             self.doc.randomise_seed(self.selected)
             self._changed(self.selected)
+
+    def action_pick_take(self) -> None:
+        """The takes of the selected shot (``sulphur takes``); the picked one becomes its seed + locked prompt."""
+        if self.doc is None or not self.selected:
+            return
+        # The list's cursor, not self.selected: keys typed in a burst (tmux, SSH) run
+        # this before the list's Selected message for the last cursor move arrives.
+        seglist = self.query_one(SegmentList)
+        rows = seglist.ordered_rows
+        segment_id = str(rows[seglist.cursor_row].key.value) if 0 <= seglist.cursor_row < len(rows) else self.selected
+
+        def picked(take: Take | None) -> None:
+            if take is not None:
+                self._use_take(segment_id, take)
+
+        self.push_screen(TakesScreen(self.doc.storyboard, segment_id, self.image_cls), picked)
+
+    def _use_take(self, segment_id: str, take: Take) -> None:
+        doc = self.doc
+        if doc is None or segment_id not in {s.id for s in doc.storyboard.segments}:
+            return
+        # Saving would also write the user's other unsaved edits: only do that when asked.
+        others_unsaved = doc.dirty
+        doc.break_coalescing()
+        if not doc.edit_segment(segment_id, seed=take.seed, enhanced_prompt=take.prompt, enhance_lock=True):
+            self.notify(f"{segment_id} already uses take {take.seed}.", timeout=3)
+            return
+        self._changed(segment_id)
+        if others_unsaved:
+            self.notify(f"{segment_id} uses take {take.seed} once saved (ctrl+s, with your other edits); "
+                        "the next render continues from it.", title="Take picked")
+        elif self.action_save():
+            self.notify(f"{segment_id} now uses take {take.seed}: the next render continues from it.",
+                        title="Take picked")
+        else:
+            self.notify(f"{segment_id} uses take {take.seed} in the editor, not yet on disk.",
+                        title="Take picked", severity="warning")
 
     def action_undo(self) -> None:
         if self.doc is None:

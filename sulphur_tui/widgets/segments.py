@@ -66,6 +66,7 @@ class SegmentList(DataTable):
                 key_display="⇧↑"),
         Binding("shift+down,J", "app.move_segment(1)", "Move down", id="segment.move_down", group=_MOVE,
                 key_display="⇧↓"),
+        Binding("t", "app.pick_take", "Takes", id="segment.takes"),
         Binding("o", "app.open_output", "Open output", id="segment.open_output", show=False),
     ]
     COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {

@@ -1,0 +1,182 @@
+"""The takes picker: the takes `sulphur takes` rendered for a shot, and picking one."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from textual.widgets import OptionList, Static
+
+from pipeline.engines.takes import pick_take
+from pipeline.storyboard import load
+from sulphur_tui.app import SulphurApp, create_app
+from sulphur_tui.screens import TakesScreen
+
+from .conftest import DATA
+from .test_snapshots import settle
+
+SIZE = (120, 40)
+TAKE_PROMPT = "A slow push-in on the lighthouse at dusk as its beam sweeps over a grey, restless sea"
+
+
+def write_takes(story: Path, segment: str, seeds: list[int], text: str = TAKE_PROMPT) -> dict[int, Path]:
+    """Clips + takes.json exactly as :func:`pipeline.engines.ray_engine.render_takes` leaves
+    them (its manifest writer is inline there, so its lines are repeated here)."""
+    sb = load(story)
+    out_dir = sb.render_dir() / "takes" / segment
+    out_dir.mkdir(parents=True, exist_ok=True)
+    takes = {seed: out_dir / f"seed-{seed}.mp4" for seed in seeds}
+    for clip in takes.values():
+        clip.write_bytes(b"\x00")  # content irrelevant to the editor
+    manifest = out_dir / "takes.json"
+    known = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
+    known.update({str(seed): {"path": str(p), "prompt": text} for seed, p in takes.items()})
+    manifest.write_text(json.dumps({"segment": segment, "takes": known}, indent=1))
+    return takes
+
+
+def make(story: Path, **kw: object) -> SulphurApp:
+    return create_app(story, connect_worker=False, image="none", **kw)
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    return [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+@pytest.mark.asyncio
+async def test_pick_the_second_take(story: Path, tmp_path: Path) -> None:
+    """t on a shot lists its takes (the current one marked and highlighted); down, enter
+    writes the second take's seed and locked prompt into the file, and nothing else."""
+    write_takes(story, "beam", [7, 8, 9])
+    original = story.read_text()
+    app = make(story)
+    notes: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        app.notify = lambda message, **kw: notes.append(message)  # type: ignore[method-assign]
+        await pilot.press("down", "t")  # beam, whose own seed is 7
+        assert isinstance(app.screen, TakesScreen)
+        options = app.screen.query_one("#takes", OptionList)
+        assert options.option_count == 3 and options.highlighted == 0
+        assert "current" in str(options.get_option_at_index(0).prompt)
+        assert "current" not in str(options.get_option_at_index(1).prompt)
+        assert "seed-7.mp4" in str(app.screen.query_one("#take-clip", Static).render())
+        await pilot.press("down")
+        assert "seed-8.mp4" in str(app.screen.query_one("#take-clip", Static).render())
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, TakesScreen)
+        assert app.doc is not None and not app.doc.dirty  # nothing else was unsaved: saved at once
+        seg = app.doc.storyboard.segment("beam")
+        assert (seg.seed, seg.enhanced_prompt, seg.enhance_lock) == (8, TAKE_PROMPT, True)
+        assert any("take 8" in n and "next render continues from it" in n for n in notes), notes
+        await pilot.press("ctrl+z")  # one undo step, like any edit
+        assert app.doc.storyboard.segment("beam").seed == 7
+    saved = story.read_text()
+    assert changed_lines(original, saved) == [
+        "-seed = 7                  # a segment's own seed (re-roll a shot without touching the others)",
+        "+seed = 8                  # a segment's own seed (re-roll a shot without touching the others)",
+        f'+enhanced_prompt = "{TAKE_PROMPT}"',
+        "+enhance_lock = true",
+    ]
+    # Byte for byte what `sulphur takes story.toml beam --pick 8` writes.
+    cli = tmp_path / "cli"
+    cli.mkdir()
+    shutil.copy(DATA / "story.toml", cli / "story.toml")
+    write_takes(cli / "story.toml", "beam", [7, 8, 9])
+    pick_take(cli / "story.toml", "beam", 8)
+    assert (cli / "story.toml").read_text() == saved
+
+
+@pytest.mark.asyncio
+async def test_no_takes_says_how_to_make_them(story: Path) -> None:
+    """Through the command palette; nothing is written."""
+    original = story.read_text()
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p", *"take")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, TakesScreen)
+        text = " ".join(str(w.render()) for w in app.screen.query(Static))
+        assert "No takes of “dawn” yet." in text
+        assert "sulphur takes story.toml dawn --seeds 4" in text
+        assert not app.screen.query("#takes")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, TakesScreen)
+    assert story.read_text() == original
+
+
+@pytest.mark.asyncio
+async def test_opens_for_the_shot_under_the_cursor(story: Path) -> None:
+    """Keys in one burst (tmux, SSH): the cursor moved, the list's Selected message not yet handled."""
+    from sulphur_tui.widgets.segments import SegmentList
+
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        app.query_one(SegmentList).move_cursor(row=2)
+        app.action_pick_take()
+        await pilot.pause()
+        assert isinstance(app.screen, TakesScreen) and app.screen.segment_id == "storm"
+
+
+@pytest.mark.asyncio
+async def test_unreadable_manifest_is_reported(story: Path) -> None:
+    manifest = load(story).render_dir() / "takes" / "dawn" / "takes.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"segment": "dawn", "takes": {"seven": {}}}')
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        assert isinstance(app.screen, TakesScreen)
+        text = " ".join(str(w.render()) for w in app.screen.query(Static))
+        assert "cannot be read" in text and "'seven'" in text
+
+
+@pytest.mark.asyncio
+async def test_pick_beside_unsaved_edits_waits_for_save(story: Path) -> None:
+    """Other unsaved edits are not written behind the user's back; the pick survives the
+    worker writing another shot's enhanced prompt meanwhile, and ctrl+s saves both."""
+    write_takes(story, "beam", [7, 8])
+    original = story.read_text()
+    app = make(story, poll_disk=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+end", "ctrl+r")  # storm gets a random seed: unsaved
+        await pilot.press("up", "t", "down", "enter")
+        await pilot.pause()
+        assert app.doc is not None and app.doc.dirty
+        assert story.read_text() == original
+        # The worker caches dawn's enhanced prompt in the file.
+        from pipeline.storyboard import save, with_segment
+
+        save(with_segment(load(story), "dawn", enhanced_prompt="Dawn, enhanced by the worker"))
+        app._poll_disk()
+        await pilot.pause()
+        sb = app.doc.storyboard
+        assert sb.segment("dawn").enhanced_prompt == "Dawn, enhanced by the worker"
+        assert (sb.segment("beam").seed, sb.segment("beam").enhanced_prompt) == (8, TAKE_PROMPT)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    sb = load(story)
+    assert sb.segment("storm").seed is not None and sb.segment("beam").seed == 8
+    assert sb.segment("beam").enhance_lock and sb.segment("beam").enhanced_prompt == TAKE_PROMPT
+    assert sb.segment("dawn").enhanced_prompt == "Dawn, enhanced by the worker"
+
+
+def test_takes_snapshot(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """Three takes of beam: the current one with a still of its last frame, one whose clip is gone."""
+    takes = write_takes(story, "beam", [7, 8])
+    write_takes(story, "beam", [9], text="The beam sweeps the sea as the camera pushes in, spray on the rocks")
+    shutil.copy(DATA / "previews" / "beam.png", takes[7].with_suffix(".png"))
+    takes[8].unlink()
+    app = create_app(story, connect_worker=False)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await pilot.press("down", "t")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
