@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import os
 import sys
+import traceback
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +77,9 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
         code, kind, message = 2, "storyboard", str(exc)
     except RenderError as exc:
         code, kind, message = 1, exc.kind, exc.message
+        if os.environ.get("SULPHUR_DEBUG") and exc.__cause__ is not None:
+            # The one-line message is for users; whoever debugs a stage wants the stack.
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
     except (KeyboardInterrupt, Cancelled):
         cancel.set()
         print("cancelled; finished stages are kept in the cache", file=sys.stderr)

@@ -276,7 +276,9 @@ _ROLES: dict[str, tuple[tuple[str, str], ...]] = {
 
 def component_sizes(preset: Preset) -> dict[str, Component]:
     """Each component's footprint: preset ``extra["memory"]`` overrides, measured files, else defaults."""
-    tiny = preset.builder is not None or preset.name == "tiny"
+    # Built-on-first-use presets are tiny, except full-size random-weight stacks, which
+    # state their sizes in extra["memory"] and take the real table otherwise.
+    tiny = (preset.builder is not None or preset.name == "tiny") and not preset.extra.get("random_weights")
     table = dict(_TINY_COMPONENTS if tiny else _LTX2_COMPONENTS)
     for name, spec in (preset.extra.get("memory") or {}).items():
         base = table.get(name, Component(name, 0.0))

@@ -1,7 +1,9 @@
 """The LTX-2 model family: presets, loaders and the glue the draft/refine stages share.
 
-Two presets register here. ``tiny`` builds random-weight models offline on first use
-(:mod:`pipeline.models.tiny_ltx2`) and ``sulphur2-ltx23`` names the real stack. Both go
+Three presets register here. ``tiny`` builds random-weight models offline on first use
+(:mod:`pipeline.models.tiny_ltx2`), ``sulphur2-ltx23`` names the real stack, and
+``ltx2-19b-random`` builds every component full size with random weights in memory
+(:mod:`pipeline.models.ltx2_random`, for GPU benchmarks). The first two go
 through the same loaders: the transformer from GGUF (``from_single_file`` with a
 ``GGUFQuantizationConfig``) or a diffusers folder, every other component from a
 diffusers-style folder, and the distilled LoRA through ``load_lora_weights``.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models import tiny_ltx2
+from pipeline.models import ltx2_random, tiny_ltx2
 from pipeline.models.registry import ModelFile, Preset, register
 
 if TYPE_CHECKING:
@@ -106,6 +108,32 @@ REAL = register(Preset(
 ))
 
 
+_RANDOM_HOME = f"$SULPHUR_HOME/{ltx2_random.FOLDER_NAME}"
+
+RANDOM_FULL = register(Preset(
+    name="ltx2-19b-random",
+    family=FAMILY,
+    description="Full-size LTX-2 19B stack with random weights (GGUF Q4_0 transformer, Gemma 3 12B): "
+                "real memory and speed for GPU benchmarks; renders noise.",
+    files=(
+        ModelFile("diffusers", "tokenizer and scheduler configs (the tiny stack's)", path=_tiny(tiny_ltx2.DIFFUSERS_DIR)),
+        ModelFile("upscaler", "Real-ESRGAN x2plus layout, random", path=f"{_RANDOM_HOME}/{ltx2_random.ESRGAN_FILE}"),
+        ModelFile("enhancer", "prompt enhancer LLM (the tiny one)", path=_tiny(tiny_ltx2.ENHANCER_FILE)),
+    ),
+    draft_size=(512, 288),
+    refine_size=(1024, 576),
+    steps=8,
+    refine_sigmas=(0.85, 0.7250, 0.4219, 0.0),
+    lora_strength=0.0,
+    guidance_scale=1.0,
+    frame_multiple=8,
+    size_multiple=32,
+    builder=ltx2_random.build_files,
+    extra={"max_sequence_length": 1024, "use_cross_timestep": True, "random_weights": ltx2_random.VERSION,
+           "memory": ltx2_random.MEMORY},
+))
+
+
 def file_path(preset: Preset, role: str) -> Path | None:
     """Where a role's file is on this machine (building the tiny stack on first use); None if absent."""
     mf = preset.file(role)
@@ -126,6 +154,8 @@ def require(preset: Preset, role: str) -> Path:
 
 def model_identity(preset: Preset) -> str:
     """A short string that changes whenever the weights a render would use change (for cache keys)."""
+    if preset.extra.get("random_weights"):
+        return f"{preset.name}:random-v{preset.extra['random_weights']}"
     if preset.builder is not None:
         return f"{preset.name}:builder-v{tiny_ltx2.BUILDER_VERSION}:{tiny_ltx2.config_digest()}"
     return preset.files_identity()
@@ -234,6 +264,8 @@ def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "di
     from diffusers import GGUFQuantizationConfig, LTX2VideoTransformer3DModel
 
     dtype = torch_dtype(plan)
+    if preset.extra.get("random_weights"):
+        return ltx2_random.transformer(dtype).eval()
     gguf = file_path(preset, "transformer_gguf")
     if gguf is not None:
         transformer = LTX2VideoTransformer3DModel.from_single_file(
@@ -262,8 +294,12 @@ def set_lora_strength(transformer: Any, strength: float, adapter: str = "distill
 def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any:
     import torch
 
-    root = require(preset, "diffusers")
     dtype = torch_dtype(plan)
+    # Audio VAE and vocoder are small and numerically touchy: keep them in float32.
+    keep_fp32 = name in ("audio_vae", "vocoder")
+    if preset.extra.get("random_weights"):
+        return ltx2_random.component(name, torch.float32 if keep_fp32 else dtype)
+    root = require(preset, "diffusers")
     if name == "vae":
         from diffusers import AutoencoderKLLTX2Video as cls
     elif name == "audio_vae":
@@ -282,8 +318,6 @@ def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any
         return LTX2LatentUpsamplerModel.from_pretrained(require(preset, "upsampler"), torch_dtype=dtype).eval()
     else:
         raise KeyError(name)
-    # Audio VAE and vocoder are small and numerically touchy: keep them in float32.
-    keep_fp32 = name in ("audio_vae", "vocoder")
     return cls.from_pretrained(root / name, torch_dtype=torch.float32 if keep_fp32 else dtype).eval()
 
 
