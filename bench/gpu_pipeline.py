@@ -12,6 +12,11 @@ the effective GB/s. Prints one JSON document (and a Markdown table on stderr).
     python bench/gpu_pipeline.py --shape draft --modes resident,peer:8,sulphur:8:fp8,sulphur:12:fp8
     python bench/gpu_pipeline.py --layers 4 ...   # a quick smoke run (checks outputs too)
 
+GGUF weights (random blocks): ``sulphur:8:q4`` (Q4_0; ``q8``: Q8_0) dequantizes per layer with
+diffusers' torch ops, ``q4t`` with the Triton kernel; a ``b`` suffix (``q4tb``, ``q4b``) makes
+the streamer dequantize each block's weights at once (``options["dequant"] = "block"``).
+``resident::q4`` is the resident bf16 baseline with those same (dequantized) values.
+
 Building 18.9B parameters: on the meta device, ``to_empty`` on the CPU, then filled by
 copying tiles of one random bank (``normal_`` over every value takes minutes).
 """
@@ -207,7 +212,7 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
 
     parts = spec.split(":")
     kind = parts[0]
-    cap_gib = float(parts[1]) if len(parts) > 1 else None
+    cap_gib = float(parts[1]) if len(parts) > 1 and parts[1] else None
     weights = parts[2] if len(parts) > 2 else "bf16"
     size, frames = SHAPES[shape]
     free_everything()
@@ -217,9 +222,10 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
     with RssSampler() as rss:
         t0 = time.perf_counter()
         model = build_model(layers)
-        if weights in ("q8", "q4", "q8t", "q4t"):
+        gguf = weights[:2] in _QTYPES and set(weights[2:]) <= {"t", "b"}
+        if gguf:
             res["gguf_linears"] = quantize_blocks(model, weights[:2])
-            if weights.endswith("t"):
+            if "t" in weights[2:]:
                 from pipeline.kernels.gguf_dequant import patch_gguf_linears
 
                 res["triton_linears"] = patch_gguf_linears(model)
@@ -230,6 +236,16 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
         streamed_per_step = 0
         if kind == "resident":
             model.to("cuda")
+            if gguf:  # ``resident::q4``: the GGUF run's own values as resident bf16 nn.Linear (same data, same clocks)
+                from diffusers.quantizers.gguf.utils import GGUFLinear
+
+                from pipeline.kernels.gguf_dequant import dequantize
+
+                for mod in model.modules():
+                    if isinstance(mod, GGUFLinear):
+                        w = dequantize(mod.weight.as_tensor(), mod.weight.quant_type, (mod.out_features, mod.in_features))
+                        mod.weight = torch.nn.Parameter(w, requires_grad=False)
+                        mod.forward = torch.nn.Linear.forward.__get__(mod)
         elif kind == "peer":
             from diffusers.hooks import apply_group_offloading
 
@@ -242,7 +258,8 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
             res["resident_blocks"] = k
             plan = StagePlan(name="sulphur", device="cuda", offload="group_block", dtype="bfloat16",
                              options={"streamer": "sulphur", "weights": "fp8" if weights == "fp8" else "as-stored",
-                                      "resident_blocks": k})
+                                      "resident_blocks": k, "gguf_kernels": gguf and "t" in weights[2:],
+                                      "dequant": "block" if gguf and "b" in weights[2:] else "layer"})
             apply_plan(model, plan)
         else:
             raise SystemExit(f"unknown mode {spec}")

@@ -13,7 +13,13 @@ small card with a small host:
   block i+1 overlaps the compute of block i;
 * weights can be **stored in fp8** (half the bytes over PCIe) and upcast per block
   on the GPU, and the first ``resident_blocks`` blocks can stay on the GPU when the
-  budget has room, so only the rest streams.
+  budget has room, so only the rest streams;
+* GGUF weights cross as their quantized bytes. With ``options["dequant"] = "block"``
+  the streamer dequantizes all of a block's GGUF linear weights at once when the block
+  starts (one kernel launch per quant type, into one reused compute-dtype scratch
+  buffer the size of one block), and those layers run as plain ``F.linear`` on views
+  of it: no per-layer dequantization, no ``GGUFParameter`` dispatch in the forward.
+  The default, ``"layer"``, leaves each GGUF layer to dequantize its own weight.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from pipeline.memory import StagePlan
@@ -86,7 +93,8 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
         patch_gguf_linears(module)
     if big and o.get("streamer") == "sulphur" and plan.offload == "group_block":
         BlockStreamer.attach(module, device, resident_blocks=int(o.get("resident_blocks", 0)),
-                             storage_dtype=torch.float8_e4m3fn if fp8 else None, compute_dtype=compute)
+                             storage_dtype=torch.float8_e4m3fn if fp8 else None, compute_dtype=compute,
+                             dequant=str(o.get("dequant", "layer")), gguf_kernels=bool(o.get("gguf_kernels", True)))
     else:
         if fp8:
             from diffusers.hooks import apply_layerwise_casting
@@ -123,6 +131,20 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
 
 
 @dataclass
+class _Dequant:
+    """One launch of the per-block dequantization: GGUF weights of one quant type, packed
+    back to back in the block's buffer, written back to back into the scratch buffer."""
+    qtype: int
+    src: int                                           # byte offset in the block buffer
+    nbytes: int                                        # quantized bytes
+    dst: int                                           # byte offset in the scratch buffer
+    numel: int                                         # weights
+    dtype: torch.dtype                                 # the layers' compute dtype
+    out: torch.Tensor | None = None                    # flat view of the scratch (set once it exists)
+    kernel: bool = False                               # Triton single-pass kernel, else diffusers' torch ops
+
+
+@dataclass
 class _Block:
     module: torch.nn.Module
     tensors: list[tuple[torch.nn.Module, str, bool]]   # (owner, attribute, is_parameter)
@@ -134,6 +156,12 @@ class _Block:
     ready: Any = None                                  # event: copy into its slot finished
     done: Any = None                                   # event: compute of this block finished
     upcast: list[bool] = field(default_factory=list)
+    n_bind: int = 0                                    # tensors rebound per pass (the rest: dequantized per block)
+    runs: list[_Dequant] = field(default_factory=list)
+    linears: list[tuple[torch.nn.Module, int, torch.Size, torch.dtype]] = field(default_factory=list)
+    weights: list[tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=list)  # (layer, scratch view)
+    scratch_bytes: int = 0
+    views: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # buffer address -> views of its tensors
 
 
 def _align(n: int) -> int:
@@ -145,10 +173,16 @@ class BlockStreamer:
 
     def __init__(self, model: torch.nn.Module, blocks: torch.nn.ModuleList, device: torch.device, *,
                  resident_blocks: int = 0, storage_dtype: torch.dtype | None = None,
-                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
+                 compute_dtype: torch.dtype = torch.bfloat16, dequant: str = "layer",
+                 gguf_kernels: bool = True) -> None:
+        if dequant not in ("layer", "block"):
+            raise ValueError(f"dequant must be 'layer' or 'block', not {dequant!r}")
         self.device = device
         self.compute_dtype = compute_dtype
         self.cuda = device.type == "cuda"
+        self.block_dequant = dequant == "block"
+        # Triton on CUDA (or under its CPU interpreter, for tests); diffusers' torch ops otherwise
+        self.gguf_kernels = gguf_kernels and (self.cuda or _interpreting())
         block_ids = {id(m) for b in blocks for m in b.modules()}
         # 1. everything outside the blocks stays on the device
         for mod in model.modules():
@@ -165,8 +199,14 @@ class BlockStreamer:
         self.streamed = self.blocks[resident_blocks:]
         for b in self.blocks[:resident_blocks]:
             b.gpu = b.host.to(device) if b.host is not None else None
-            b.host = None
-            self._bind(b, b.gpu, upcast=False)
+            b.host, b.views = None, {}  # the cached host views would keep the host copy alive
+            self._bind(b, b.gpu, upcast=False, every=True)
+        # 3. per-block dequantization: one compute-dtype scratch the size of the largest block's
+        #    GGUF weights, shared by every block (written and read in compute-stream order)
+        scratch_bytes = max((b.scratch_bytes for b in self.blocks), default=0)
+        self.scratch = torch.empty(scratch_bytes, dtype=torch.uint8, device=device) if scratch_bytes else None
+        for b in self.blocks:
+            self._prepare_dequant(b)
         slot_bytes = max((b.nbytes for b in self.streamed), default=0)
         self.slots = [torch.empty(slot_bytes, dtype=torch.uint8, device=device) for _ in range(2 if self.streamed else 0)]
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
@@ -183,42 +223,135 @@ class BlockStreamer:
     @classmethod
     def attach(cls, model: torch.nn.Module, device: torch.device, *, resident_blocks: int = 0,
                storage_dtype: torch.dtype | None = None, compute_dtype: torch.dtype = torch.bfloat16,
-               blocks_attr: str = "transformer_blocks") -> BlockStreamer:
+               blocks_attr: str = "transformer_blocks", dequant: str = "layer",
+               gguf_kernels: bool = True) -> BlockStreamer:
         streamer = cls(model, getattr(model, blocks_attr), device, resident_blocks=resident_blocks,
-                       storage_dtype=storage_dtype, compute_dtype=compute_dtype)
+                       storage_dtype=storage_dtype, compute_dtype=compute_dtype, dequant=dequant,
+                       gguf_kernels=gguf_kernels)
         for i, b in enumerate(streamer.blocks):
             registry = HookRegistry.check_if_exists_or_initialize(b.module)
             registry.register_hook(_BlockHook(streamer, i), STREAMER_HOOK)
         model._sulphur_streamer = streamer  # keeps it alive with the model; lets benches read counters
+        streamer._model = weakref.ref(model)
         return streamer
+
+    def detach(self) -> None:
+        """Remove the block hooks and the per-block dequantization forwards. Each block's
+        tensors stay bound to its buffer (host for streamed blocks, GPU for resident ones);
+        the model may be placed again."""
+        if self.cuda:
+            self.copy_stream.synchronize()
+        for b in self.blocks:
+            registry = getattr(b.module, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(STREAMER_HOOK) is not None:
+                registry.remove_hook(STREAMER_HOOK, recurse=False)
+            for mod, _ in b.weights:
+                layer_forward = mod.__dict__.pop("_sulphur_layer_forward")
+                mod.__dict__.pop("_sulphur_w", None)
+                if getattr(layer_forward, "__func__", None) is type(mod).forward:
+                    mod.__dict__.pop("forward", None)  # the class's own forward again
+                else:
+                    mod.forward = layer_forward  # e.g. the Triton forward of patch_gguf_linears
+            b.weights, b.views = [], {}
+            for r in b.runs:
+                r.out = None
+        self.scratch, self.slots = None, []
+        model = self._model() if getattr(self, "_model", None) is not None else None
+        if model is not None:
+            model.__dict__.pop("_sulphur_streamer", None)
+            model.__dict__.pop(_TAG, None)
 
     # packing -----------------------------------------------------------------
     def _pack(self, bmod: torch.nn.Module, storage_dtype: torch.dtype | None) -> _Block:
-        tensors, layout, upcast, off = [], [], [], 0
-        sources = []
+        """One buffer per block. With per-block dequantization, the tensors rebound every pass
+        come first, then the GGUF linear weights grouped by (quant type, compute dtype), each
+        group back to back so that one launch dequantizes it."""
+        plain, groups = [], {}
         for mod in bmod.modules():
+            quant = self.block_dequant and _dequantizable(mod)
             for name, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
                 is_param = name in mod._parameters
                 src = t.data
-                cast = storage_dtype is not None and is_param and src.dim() == 2 and src.is_floating_point()
-                dtype = storage_dtype if cast else src.dtype
-                nbytes = src.numel() * torch.empty((), dtype=dtype).element_size()
+                if quant and is_param and name == "weight":
+                    key = (int(t.quant_type), mod.compute_dtype or self.compute_dtype)
+                    groups.setdefault(key, []).append((mod, name, is_param, src))
+                else:
+                    plain.append((mod, name, is_param, src))
+        tensors, layout, upcast, sources, off = [], [], [], [], 0
+        for mod, name, is_param, src in plain:
+            cast = storage_dtype is not None and is_param and src.dim() == 2 and src.is_floating_point()
+            dtype = storage_dtype if cast else src.dtype
+            tensors.append((mod, name, is_param))
+            layout.append((off, src.shape, dtype))
+            upcast.append(cast)
+            sources.append(src)
+            off = _align(off + src.numel() * _itemsize(dtype))
+        n_bind = len(tensors)
+        runs, linears, dst = [], [], 0
+        for (qtype, dtype), members in groups.items():
+            run = _Dequant(qtype, src=off, nbytes=0, dst=dst, numel=0, dtype=dtype)
+            for mod, name, is_param, src in members:
                 tensors.append((mod, name, is_param))
-                layout.append((off, src.shape, dtype))
-                upcast.append(cast)
+                layout.append((off, src.shape, src.dtype))
+                upcast.append(False)
                 sources.append(src)
-                off = _align(off + nbytes)
+                off += src.numel() * src.element_size()  # no padding: the launch reads one run of blocks
+                shape = torch.Size((mod.out_features, mod.in_features))
+                linears.append((mod, dst + run.numel * _itemsize(dtype), shape, dtype))
+                run.numel += shape.numel()
+            run.nbytes = off - run.src
+            runs.append(run)
+            off = _align(off)
+            dst = _align(dst + run.numel * _itemsize(dtype))
         host = _pinned(off) if self.cuda else torch.empty(off, dtype=torch.uint8)
-        block = _Block(bmod, tensors, layout, off, host=host, upcast=upcast)
+        block = _Block(bmod, tensors, layout, off, host=host, upcast=upcast, n_bind=n_bind, runs=runs,
+                       linears=linears, scratch_bytes=dst)
         for (o, shape, dtype), src in zip(layout, sources, strict=True):
             _view(host, o, shape, dtype).copy_(src)
-        self._bind(block, host, upcast=False)  # the originals are freed: this buffer is the only copy
+        self._bind(block, host, upcast=False, every=True)  # the originals are freed: this buffer is the only copy
         return block
 
-    def _bind(self, b: _Block, buf: torch.Tensor, *, upcast: bool) -> None:
-        """Point the block's tensors at views of ``buf``; ``upcast``: fp8-stored weights as compute-dtype copies."""
-        for (mod, name, is_param), (off, shape, dtype), up in zip(b.tensors, b.layout, b.upcast, strict=True):
-            t = _view(buf, off, shape, dtype)
+    def _prepare_dequant(self, b: _Block) -> None:
+        """Views of the shared scratch for each run and each layer; the GGUF layers' forward
+        becomes a plain ``F.linear`` on their view while their block runs."""
+        if not b.runs:
+            return
+        for r in b.runs:
+            r.out = _view(self.scratch, r.dst, torch.Size((r.numel,)), r.dtype)
+            r.kernel = self.gguf_kernels and _kernel_supports(r.qtype)
+        for mod, off, shape, dtype in b.linears:
+            b.weights.append((mod, _view(self.scratch, off, shape, dtype)))
+            mod.__dict__["_sulphur_layer_forward"] = mod.forward  # the layer's own path, outside the streamer
+            mod.__dict__["_sulphur_w"] = None
+            mod.forward = _block_dequant_forward.__get__(mod)
+
+    def _dequantize(self, b: _Block, buf: torch.Tensor) -> None:
+        """All of the block's GGUF weights from ``buf`` (its slot or GPU buffer) into the scratch,
+        on the current stream, then hand each layer its view."""
+        for r in b.runs:
+            src = buf[r.src: r.src + r.nbytes]
+            if r.kernel:
+                from pipeline.kernels.gguf_dequant import dequantize_into
+
+                dequantize_into(src, r.qtype, r.out)
+            else:
+                from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
+
+                block_size, type_size = GGML_QUANT_SIZES[r.qtype]
+                w = dequantize_functions[r.qtype](src.view(-1, type_size), block_size, type_size)
+                r.out.view(-1, block_size).copy_(w)
+        for mod, w in b.weights:
+            mod.__dict__["_sulphur_w"] = w
+
+    def _bind(self, b: _Block, buf: torch.Tensor, *, upcast: bool, every: bool = False) -> None:
+        """Point the block's tensors at views of ``buf``; ``upcast``: fp8-stored weights as compute-dtype
+        copies. Per pass only the first ``n_bind`` move (``every``: all of them, when packing or
+        pinning a resident block); per-block-dequantized GGUF weights stay where they are."""
+        views = b.views.get(buf.data_ptr())
+        if views is None:  # the views of a buffer are made once (a few µs each, ~100 per block)
+            views = b.views[buf.data_ptr()] = [_view(buf, off, shape, dtype) for off, shape, dtype in b.layout]
+        n = len(b.tensors) if every else b.n_bind
+        for (mod, name, is_param), t, up in zip(b.tensors[:n], views[:n], b.upcast[:n], strict=True):
             if up and upcast:
                 t = t.to(self.compute_dtype)
             if is_param:
@@ -245,19 +378,26 @@ class BlockStreamer:
 
     def before(self, i: int) -> None:
         b = self.blocks[i]
-        if b.gpu is not None:  # resident: only the per-pass upcast
+        if b.gpu is not None:  # resident: only the per-pass upcast and dequantization
             if any(b.upcast):
                 self._bind(b, b.gpu, upcast=True)
+            if b.runs:
+                self._dequantize(b, b.gpu)
             return
         k = i - (len(self.blocks) - len(self.streamed))
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_event(b.ready)
-        self._bind(b, self.slots[b.slot], upcast=True)
+        slot = self.slots[b.slot]
+        self._bind(b, slot, upcast=True)
+        if b.runs:  # after the wait: reads the slot; the next copy into it waits for b.done (after())
+            self._dequantize(b, slot)
         # the next streamed block (wrapping to the first for the next step) goes to the other slot
         self._prefetch((k + 1) % len(self.streamed))
 
     def after(self, i: int) -> None:
         b = self.blocks[i]
+        for mod, _ in b.weights:
+            mod.__dict__["_sulphur_w"] = None  # the scratch now belongs to the next block
         if b.gpu is not None:
             if any(b.upcast):
                 self._bind(b, b.gpu, upcast=False)  # drop the upcast copies
@@ -284,8 +424,53 @@ def _view(buf: torch.Tensor, off: int, shape: torch.Size, dtype: torch.dtype) ->
     n = 1
     for s in shape:
         n *= s
-    size = n * torch.empty((), dtype=dtype).element_size()
+    size = n * _itemsize(dtype)
     return buf[off: off + size].view(dtype).view(shape)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kernel_supports(qtype: int) -> bool:
+    try:
+        from pipeline.kernels.gguf_dequant import supports
+    except ImportError:  # no Triton: diffusers' torch ops
+        return False
+    return supports(qtype)
+
+
+def _dequantizable(mod: torch.nn.Module) -> bool:
+    """A diffusers ``GGUFLinear`` whose weight the per-block dequantization can take: a GGUF
+    type diffusers can dequantize (the Triton kernels cover a subset), whole rows of blocks."""
+    if type(mod).__name__ != "GGUFLinear":
+        return False
+    from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
+
+    w = mod._parameters.get("weight")
+    qtype = getattr(w, "quant_type", None)
+    if qtype is None or qtype not in dequantize_functions or w.dim() != 2:
+        return False
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    n_bytes = w.numel() * w.element_size()
+    return n_bytes % type_size == 0 and n_bytes // type_size * block_size == mod.out_features * mod.in_features
+
+
+def _block_dequant_forward(self: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """A streamed GGUF linear: plain ``F.linear`` on the weight its block dequantized."""
+    w = self._sulphur_w
+    if w is None:  # called outside its block's hooks
+        return self._sulphur_layer_forward(inputs)
+    bias = self.bias
+    if bias is not None and bias.dtype != w.dtype:
+        bias = bias.to(w.dtype)
+    return F.linear(inputs if inputs.dtype == w.dtype else inputs.to(w.dtype), w, bias)
 
 
 class _BlockHook(ModelHook):

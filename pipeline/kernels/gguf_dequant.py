@@ -128,9 +128,21 @@ def dequantize(qweight: torch.Tensor, quant_type: int, shape: tuple[int, int],
     """(out, in) weight in ``dtype`` from GGUF bytes of shape (out, in/32 × block bytes)."""
     if quant_type not in _BLOCK_BYTES:
         raise NotImplementedError(f"GGUF type {quant_type} has no single-pass kernel")
-    src = qweight.contiguous().view(torch.uint8).reshape(-1)
-    n_blocks = src.numel() // _BLOCK_BYTES[quant_type]
     dst = torch.empty(shape, dtype=dtype, device=qweight.device)
+    dequantize_into(qweight.contiguous().view(torch.uint8).reshape(-1), quant_type, dst)
+    return dst
+
+
+def dequantize_into(src: torch.Tensor, quant_type: int, dst: torch.Tensor) -> torch.Tensor:
+    """Dequantize the GGUF blocks in the contiguous bytes ``src`` into the contiguous ``dst``
+    (block n fills elements n × block weights onwards), in one launch. Several weights of one
+    type packed back to back in ``src`` come out back to back in ``dst``: the block streamer
+    dequantizes a whole transformer block this way."""
+    if quant_type not in _BLOCK_BYTES:
+        raise NotImplementedError(f"GGUF type {quant_type} has no single-pass kernel")
+    n_blocks = src.numel() // _BLOCK_BYTES[quant_type]
+    if dst.numel() != n_blocks * _BLOCK_WEIGHTS[quant_type]:
+        raise ValueError(f"{n_blocks} GGUF blocks do not fill {dst.numel()} weights")
     if _BLOCK_WEIGHTS[quant_type] == 256:
         _dequant_k[(triton.cdiv(n_blocks, K_ROWS),)](src, dst, n_blocks, QT=quant_type,
                                                      NB=_BLOCK_BYTES[quant_type], ROWS=K_ROWS)

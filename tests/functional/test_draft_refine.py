@@ -201,6 +201,8 @@ GPU_PLANS = [
     ("group_block", {"use_stream": True, "text_encoder": "disk"}, False),
     ("group_block", {"streamer": "sulphur"}, False),
     ("group_block", {"streamer": "sulphur", "resident_blocks": 1}, True),
+    # after a different tag, so the transformer is placed again (the tag does not name "dequant")
+    ("group_block", {"streamer": "sulphur", "dequant": "block"}, False),
 ]
 
 

@@ -141,3 +141,164 @@ def test_plan_applied_to_a_whole_tiny_pipeline() -> None:
     frames2, audio2 = render(StagePlan(name="group", device="cpu", offload="group_block", dtype="float32",
                                        vae_tiling=True, options={"num_blocks_per_group": 1}))
     assert torch.equal(frames, frames2) and torch.equal(audio, audio2)
+
+
+# --------------------------------------------------------------------------- per-block GGUF dequantization
+
+
+def _gguf_model() -> torch.nn.Module:
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    return ltx2.load_transformer(get_preset("tiny"), StagePlan(name="cpu"))
+
+
+@pytest.fixture(scope="module")
+def gguf_reference() -> torch.Tensor:
+    return run(_gguf_model())
+
+
+def _count_native_dequant(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from diffusers.quantizers.gguf import utils
+
+    calls = [0]
+    native = utils.GGUFLinear.forward_native
+
+    def counted(self, inputs):
+        calls[0] += 1
+        return native(self, inputs)
+
+    monkeypatch.setattr(utils.GGUFLinear, "forward_native", counted)
+    return calls
+
+
+@pytest.mark.parametrize("resident", [0, 1])
+def test_streamer_dequantizes_gguf_per_block(resident: int, gguf_reference: torch.Tensor,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """dequant="block": a block's GGUF weights are dequantized in one go (one launch per
+    quant type) into the shared scratch when it starts; its layers run plain F.linear on
+    views of it. Same result as the per-layer path and as no streamer, bit for bit on CPU
+    (diffusers' torch-ops dequantization either way)."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+
+    layer = apply_plan(_gguf_model(), plan("group_block", streamer="sulphur", resident_blocks=resident))
+    block = apply_plan(_gguf_model(), plan("group_block", streamer="sulphur", resident_blocks=resident,
+                                           dequant="block"))
+    st: BlockStreamer = block._sulphur_streamer
+    n_quant = sum(isinstance(p, GGUFParameter) for p in st.blocks[0].module.parameters())
+    assert n_quant >= 20
+    for b in st.blocks:
+        assert len(b.runs) == 1 and b.runs[0].numel == sum(s.numel() for _, _, s, _ in b.linears)
+        assert len(b.weights) == n_quant and b.n_bind == len(b.tensors) - n_quant
+    assert st.scratch is not None and st.scratch.numel() == max(b.scratch_bytes for b in st.blocks)
+    layer_out = run(layer)
+    calls = _count_native_dequant(monkeypatch)
+    out = run(block)
+    n_blocks_layers = sum(len(b.weights) for b in st.blocks)
+    n_all = sum(isinstance(m, GGUFLinear) for m in block.modules())
+    assert calls[0] == n_all - n_blocks_layers  # only the non-block GGUF layers dequantize themselves
+    assert torch.equal(out, gguf_reference) and torch.equal(layer_out, gguf_reference)
+    assert torch.equal(run(block), gguf_reference)  # second step: the scratch is reused
+    # between passes no layer holds a scratch view; streamed GGUF weights never left their host buffer
+    for b in st.blocks:
+        assert all(m._sulphur_w is None for m, _ in b.weights)
+    for b in st.streamed:
+        base = b.host.untyped_storage().data_ptr()
+        assert all(p.untyped_storage().data_ptr() == base for p in b.module.parameters())
+
+
+def test_block_dequant_hooks_remove_cleanly(gguf_reference: torch.Tensor) -> None:
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from pipeline.offload import STREAMER_HOOK
+
+    model = apply_plan(_gguf_model(), plan("group_block", streamer="sulphur", dequant="block"))
+    st: BlockStreamer = model._sulphur_streamer
+    run(model)
+    st.detach()
+    assert not hasattr(model, "_sulphur_streamer")
+    for b in model.transformer_blocks:
+        assert b._diffusers_hook.get_hook(STREAMER_HOOK) is None
+    for m in model.modules():
+        assert "_sulphur_w" not in m.__dict__ and "_sulphur_layer_forward" not in m.__dict__
+        if isinstance(m, GGUFLinear):
+            assert "forward" not in m.__dict__
+    assert torch.equal(run(model), gguf_reference)  # the layers' own path, from the host buffers
+    apply_plan(model, plan("resident"))  # and the model can be placed again
+    assert torch.equal(run(model), gguf_reference)
+
+
+def test_block_dequant_is_a_no_op_without_gguf(reference: torch.Tensor) -> None:
+    model = apply_plan(fresh(), plan("group_block", streamer="sulphur", dequant="block"))
+    st: BlockStreamer = model._sulphur_streamer
+    assert st.scratch is None and not any(b.runs for b in st.blocks)
+    assert torch.equal(run(model), reference)
+    with pytest.raises(ValueError, match="dequant"):
+        apply_plan(fresh(), plan("group_block", streamer="sulphur", dequant="blocks"))
+
+
+@pytest.fixture()
+def interpreted_kernels(monkeypatch: pytest.MonkeyPatch):
+    """The Triton kernels under Triton's CPU interpreter (as tests/unit/test_kernels.py)."""
+    pytest.importorskip("triton")
+    import importlib
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    import pipeline.kernels.gguf_dequant as mod
+
+    yield importlib.reload(mod)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    importlib.reload(mod)
+
+
+def test_block_dequant_with_the_triton_kernel_matches_the_per_layer_kernel(interpreted_kernels,
+                                                                           gguf_reference: torch.Tensor) -> None:
+    """One Triton launch over a whole block's back-to-back Q8_0 weights gives exactly what
+    the per-layer Triton forward gives (the GPU path, run by the interpreter)."""
+    layer, block = _gguf_model(), _gguf_model()
+    for m in (layer, block):  # as apply_plan does on CUDA: every GGUF layer on the kernel, then the streamer
+        assert interpreted_kernels.patch_gguf_linears(m) > 0
+    apply_plan(layer, plan("group_block", streamer="sulphur"))
+    apply_plan(block, plan("group_block", streamer="sulphur", dequant="block"))
+    assert all(r.kernel for b in block._sulphur_streamer.blocks for r in b.runs)
+    out = run(block)
+    assert torch.equal(out, run(layer))
+    # Triton dequantizes in fp32, diffusers' torch ops through fp16: equal to fp16 rounding
+    assert torch.allclose(out, gguf_reference, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_block_dequant_on_cuda_matches_the_per_layer_path(gguf_reference: torch.Tensor) -> None:
+    """On the GPU: streams, events, pinned buffers and the Triton kernel, block vs layer."""
+    def cuda_plan(**o: object) -> StagePlan:
+        return StagePlan(name="s", device="cuda", offload="group_block", dtype="float32",
+                         options={"streamer": "sulphur", **o})
+
+    layer = apply_plan(_gguf_model(), cuda_plan())
+    block = apply_plan(_gguf_model(), cuda_plan(dequant="block"))
+    assert all(r.kernel for b in block._sulphur_streamer.blocks for r in b.runs)
+
+    def run_cuda(m: torch.nn.Module) -> torch.Tensor:
+        inputs = ltx2_step_inputs(m.config, (128, 64), 9, audio_tokens=8, text_tokens=8,
+                                  dtype=torch.float32, seed=1, device="cuda")
+        with torch.no_grad():
+            v, a = m(**inputs)
+        return torch.cat([v.flatten(), a.flatten()]).cpu()
+
+    ref = run_cuda(layer)
+    assert torch.equal(run_cuda(block), ref) and torch.equal(run_cuda(block), ref)
+    assert torch.allclose(ref, gguf_reference, rtol=1e-2, atol=1e-3)
+
+
+def test_block_dequant_falls_back_to_diffusers_for_types_without_a_kernel(
+        interpreted_kernels, gguf_reference: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernels run but lack the quant type, the same per-block launch goes through
+    diffusers' torch ops."""
+    import pipeline.offload as offload
+
+    monkeypatch.setattr(offload, "_kernel_supports", lambda qtype: False)
+    model = apply_plan(_gguf_model(), plan("group_block", streamer="sulphur", dequant="block"))
+    assert model._sulphur_streamer.gguf_kernels
+    assert not any(r.kernel for b in model._sulphur_streamer.blocks for r in b.runs)
+    assert torch.equal(run(model), gguf_reference)
