@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,35 @@ class _RssPeak:
         self._sample()
 
 
+def _fps(fn: Any, xb: torch.Tensor, frames: int) -> float:
+    with torch.inference_mode():
+        fn(xb)
+        torch.cuda.synchronize()
+        n = max(2, frames // xb.shape[0])
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn(xb)
+        torch.cuda.synchronize()
+    return round(n * xb.shape[0] / (time.perf_counter() - t0), 2)
+
+
+def _peer(model: Any, h: int, w: int, frames: int, device: str) -> dict[str, Any]:
+    """The same weights the way a peer runs them at their best: cudnn.benchmark, then torch.compile."""
+    xb = torch.rand(4, 3, h, w, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    out: dict[str, Any] = {}
+    torch.backends.cudnn.benchmark = True
+    out["eager_cudnn_benchmark_batch4"] = _fps(model, xb, frames)
+    compiled = torch.compile(model.model)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        compiled(xb)
+        torch.cuda.synchronize()
+    out["compile_s"] = round(time.perf_counter() - t0, 1)
+    out["compiled_batch4"] = _fps(compiled, xb, frames)
+    torch.backends.cudnn.benchmark = False
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=48)
@@ -85,6 +115,9 @@ def main() -> int:
     ap.add_argument("--nf", type=int, default=64, help="features (64 = RealESRGAN_x2plus)")
     ap.add_argument("--nb", type=int, default=23, help="RRDB blocks (23 = RealESRGAN_x2plus)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peer", action="store_true",
+                    help="also time the peer: spandrel x2plus under torch.compile (fp16, channels_last, batch 4), "
+                         "and the model with cudnn.benchmark on")
     args = ap.parse_args()
     cuda = args.device == "cuda"
 
@@ -162,6 +195,8 @@ def main() -> int:
                 torch.cuda.synchronize()
             model_only[f"batch{b}"] = round(n * b / (time.perf_counter() - t0), 2)
 
+    peer = _peer(model, h, w, args.frames, args.device) if args.peer and cuda else None
+
     import spandrel
 
     print(json.dumps({
@@ -171,7 +206,7 @@ def main() -> int:
                   "params": params, "load_s": round(load_s, 3)},
         "frames": args.frames, "in": [w, h], "out": [ow, oh], "tile": args.tile,
         "output_mib": round(args.frames * ow * oh * 3 / 2**20, 1),
-        "stage": results, "model_only_frames_per_s": model_only,
+        "stage": results, "model_only_frames_per_s": model_only, "peer": peer,
     }, indent=1))
     return 0
 

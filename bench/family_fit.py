@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.memory import GiB  # noqa: E402
-from pipeline.models import recipes  # noqa: E402
+from pipeline.models import random_weights, recipes  # noqa: E402
 from pipeline.models.family import apply_recipe  # noqa: E402
 from pipeline.models.registry import get_preset  # noqa: E402
 
@@ -66,38 +66,8 @@ TEXT = {"wan": (512, 4096), "ltxv": (128, 4096), "cogvideox": (226, 4096)}  # (t
 # --------------------------------------------------------------------------- random full-size models
 
 
-def _bank(dtype: torch.dtype) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return (torch.randn(1 << 24, generator=g) * 0.02).to(dtype)
-
-
-def fill_random(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Random values by copying tiles of one bank (normal_ over billions of values takes minutes)."""
-    bank = _bank(dtype)
-    for i, t in enumerate(list(model.parameters()) + list(model.buffers())):
-        if not t.is_floating_point():
-            continue
-        flat = t.data.view(-1)
-        n, off, pos = flat.numel(), (i * 7919) % (1 << 20), 0
-        while pos < n:
-            k = min(n - pos, bank.numel() - off)
-            flat[pos:pos + k].copy_(bank[off:off + k].to(flat.dtype))
-            pos += k
-            off = 0
-    return model.eval()
-
-
 def build(cls: Any, config: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
-    from accelerate import init_empty_weights
-
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with init_empty_weights():
-            model = cls(**config)
-    finally:
-        torch.set_default_dtype(prev)
-    return fill_random(model.to_empty(device="cpu").to(dtype), dtype)
+    return random_weights.build(lambda: cls(**config), dtype)
 
 
 def random_q4_gguf(config: dict[str, Any], path: Path) -> Path:
@@ -171,7 +141,8 @@ def pipeline_for(preset_name: str, dtype: torch.dtype, layers: int | None, work:
 
         pipe = d.StableVideoDiffusionPipeline(
             vae=build(d.AutoencoderKLTemporalDecoder, SVD_VAE, dtype),
-            image_encoder=fill_random(CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP)).to(dtype), dtype),
+            image_encoder=random_weights.build(
+                lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP)), dtype),
             unet=build(d.UNetSpatioTemporalConditionModel, {}, dtype),
             scheduler=d.EulerDiscreteScheduler(prediction_type="v_prediction", use_karras_sigmas=True,
                                                sigma_max=700.0, sigma_min=0.002, timestep_type="continuous"),

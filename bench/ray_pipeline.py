@@ -47,9 +47,9 @@ PROMPTS = [
 ]
 
 
-def storyboard(preset: str, segments: int, frames: int, budget: float | None) -> str:
+def storyboard(preset: str, segments: int, frames: int, budget: float | None, enhance: bool = True) -> str:
     lines = ["[project]", 'title = "Ray pipeline bench"', "fps = 24", "seed = 1234", f'preset = "{preset}"',
-             "output_size = [1920, 1080]", "audio = true"]
+             "output_size = [1920, 1080]", "audio = true"] + ([] if enhance else ["enhance = false"])
     if budget:
         lines.append(f"vram_budget_gb = {budget}")
     for i in range(segments):
@@ -58,16 +58,27 @@ def storyboard(preset: str, segments: int, frames: int, budget: float | None) ->
     return "\n".join(lines) + "\n"
 
 
-def run(engine: str, folder: Path, address: str | None, timeout: float) -> dict[str, Any]:
+def parse_run(spec: str) -> tuple[str, str, str | None]:
+    """``NAME=ENGINE[@GPUS]`` (or just ENGINE): e.g. ``ray2=ray@0,1`` renders with Ray on GPUs 0 and 1."""
+    name, _, rest = spec.rpartition("=")
+    engine, _, gpus = rest.partition("@")
+    return name or engine, engine, gpus or None
+
+
+def run(engine: str, folder: Path, address: str | None, timeout: float, *, name: str | None = None,
+        gpus: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pipeline.cli", "render", str(folder / "story.toml"), "--json", "--engine", engine]
     if engine == "ray" and address:
         cmd += ["--address", address]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus  # a Ray started by the render sees only these cards
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     wall = time.perf_counter() - t0
     events = [protocol.decode_event(line) for line in proc.stdout.splitlines() if line.strip()]
-    out: dict[str, Any] = {"engine": engine, "returncode": proc.returncode, "wall_s": round(wall, 2)}
+    out: dict[str, Any] = {"name": name or engine, "engine": engine, "gpus": gpus, "returncode": proc.returncode,
+                           "wall_s": round(wall, 2)}
     if proc.returncode != 0:
         out["stderr_tail"] = proc.stderr[-2000:]
         return out
@@ -145,36 +156,42 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--vram-budget-gb", type=float, default=None, help="per actor (the storyboard's vram_budget_gb)")
     ap.add_argument("--engines", default="local,ray")
+    ap.add_argument("--run", action="append", metavar="NAME=ENGINE[@GPUS]",
+                    help="instead of --engines: e.g. --run local=local@0 --run ray1=ray@0 --run ray2=ray@0,1 "
+                         "(speed-ups are against the first run)")
+    ap.add_argument("--no-enhance", action="store_true", help="enhance = false (no llama.cpp on the machine)")
     ap.add_argument("--address", default=None, help="Ray address (default: start a local Ray on this machine)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="ray-bench-"))
-    text = storyboard(args.preset, args.segments, args.frames, args.vram_budget_gb)
+    text = storyboard(args.preset, args.segments, args.frames, args.vram_budget_gb, enhance=not args.no_enhance)
+    runs = [parse_run(s) for s in args.run] if args.run else [(e, e, None) for e in args.engines.split(",")]
     results = []
-    for engine in args.engines.split(","):
-        folder = base / engine
+    for name, engine, gpus in runs:
+        folder = base / name
         folder.mkdir()
         (folder / "story.toml").write_text(text)
-        results.append(run(engine, folder, args.address, args.timeout))
+        results.append(run(engine, folder, args.address, args.timeout, name=name, gpus=gpus))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "stages"}), file=sys.stderr)
     report: dict[str, Any] = {
         "bench": "ray_pipeline", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "preset": args.preset, "segments": args.segments, "frames": args.frames,
         "vram_budget_gb": args.vram_budget_gb, "results": results,
     }
-    by = {r["engine"]: r for r in results if r.get("returncode") == 0}
-    if "local" in by and "ray" in by:
-        report["speedup"] = round(by["local"]["wall_s"] / by["ray"]["wall_s"], 3)
-        report["identical_frames"] = same_frames(by["local"]["final"], by["ray"]["final"])
+    ok = [r for r in results if r.get("returncode") == 0]
+    if len(ok) >= 2 and ok[0] is results[0]:
+        base_run = ok[0]
+        report["speedup"] = {r["name"]: round(base_run["wall_s"] / r["wall_s"], 3) for r in ok[1:]}
+        report["identical_frames"] = {r["name"]: same_frames(base_run["final"], r["final"]) for r in ok[1:]}
     doc = json.dumps(report, indent=1)
     print(doc)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(doc + "\n")
     shutil.rmtree(base, ignore_errors=True)
-    return 0 if len(by) == len(results) else 1
+    return 0 if len(ok) == len(results) else 1
 
 
 if __name__ == "__main__":

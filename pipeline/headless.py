@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import os
+import shutil
 import sys
-import traceback
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar

@@ -283,7 +283,7 @@ def component_sizes(preset: Preset) -> dict[str, Component]:
     for name, spec in (preset.extra.get("memory") or {}).items():
         base = table.get(name, Component(name, 0.0))
         table[name] = replace(base, **spec) if isinstance(spec, dict) else replace(base, file_bytes=int(spec))
-    if not tiny:
+    if not tiny and not preset.extra.get("random_weights"):  # random stacks have no weight files to measure
         for name, roles in _ROLES.items():
             size = _measured(preset, roles)
             if size and name in table:
@@ -437,8 +437,14 @@ def _streamer_estimate(t: Component, act: int, decode_phase: int, b: Budgets) ->
     """Sulphur's streamer: non-block weights + two slots + the upcast/dequant scratch +
     activations, plus as many resident blocks as the VRAM budget leaves room for."""
     blk = t.block_bytes
-    upcast = int(t.block_bytes * 2 / max(1e-9, BYTES_PER_PARAM.get(t.fmt, 2.0))) if t.fmt == "fp8" \
-        else t.scratch_bytes
+    if t.fmt == "fp8":
+        upcast = int(t.block_bytes * 2 / max(1e-9, BYTES_PER_PARAM.get(t.fmt, 2.0)))
+    elif t.fmt in QUANTIZED:
+        # dequant="block": one bf16 scratch the size of a block, plus the per-layer scratch
+        # of the GGUF layers outside the blocks.
+        upcast = int(t.params * t.block_fraction / max(1, t.blocks) * 2) + t.scratch_bytes
+    else:
+        upcast = t.scratch_bytes
     base = max(t.nonblock_bytes + 2 * blk + upcast + act, decode_phase + t.nonblock_bytes)
     k = max(0, min(t.blocks - 2, (b.vram - base) // blk)) if blk else 0
     w = t.nbytes
@@ -474,6 +480,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                     est, k = _streamer_estimate(t, act, dec_phase, b)
                     vram, held_vram = est.vram, est.held_vram
                     extra = {"streamer": "sulphur", "resident_blocks": k}
+                    if wfmt in QUANTIZED:
+                        # Dequantize each streamed block once, not each layer (1.05× vs 1.14× resident, H200).
+                        extra["dequant"] = "block"
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
                     vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
                     held_vram = t.nbytes + side_bytes

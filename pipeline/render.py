@@ -152,6 +152,12 @@ class Renderer:
         for preset in used.values():
             if preset.builder is not None:
                 preset.builder()
+        if sb.project.vram_budget_gb and memory.detect_device() == "cuda":
+            # The plans were made for this budget: hold the allocator to it, so a plan that
+            # underestimates fails with an OOM (and steps down the ladder) instead of spilling.
+            from pipeline.offload import enforce_vram_budget
+
+            enforce_vram_budget(sb.project.vram_budget_gb)
         return cls(sb, chosen, emit, cancel, job_id, models)
 
     def emit(self, event: Event) -> None:

@@ -182,7 +182,7 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
 
 #: Plan options that change how a module is placed (part of the placement tag).
 _PLACEMENT_OPTIONS = ("weights", "use_stream", "low_cpu_mem_usage", "num_blocks_per_group", "streamer",
-                      "resident_blocks", "offload_to_disk_path")
+                      "resident_blocks", "offload_to_disk_path", "dequant")
 
 
 def _plan_tag(plan: StagePlan) -> str:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU benchmarks as they were run for bench/results/, in two parts that each fit a
+# 10-minute slot on a two-GPU machine. Results land in $OUT (default bench/results/new).
+#
+#   bench/gpu_suite.sh fit     # GPU 0: one 121-frame segment under 8 GiB / 32 GiB, ESRGAN vs compiled spandrel
+#                              # GPU 1: every draft family at full size under the seed's 12 GB recipes
+#   bench/gpu_suite.sh ray     # 4 chained segments: single worker vs Ray on GPU 0 vs Ray on GPUs 0,1
+#
+# Missing Python packages can come unpacked in .site/site.tar.xz (see bench/results/README.md).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/new}
+mkdir -p "$OUT"
+if [ -f .site/site.tar.xz ] && [ ! -d /tmp/site/diffusers ]; then
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .site/site.tar.xz
+fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 SULPHUR_HOME=${SULPHUR_HOME:-/tmp/sulphur-home}
+nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+
+case "${1:-fit}" in
+fit)
+    (
+        for p in wan22-ti2v-5b svd-xt ltxv-0.9 cogvideox-5b-i2v; do
+            CUDA_VISIBLE_DEVICES=1 timeout 150 python bench/family_fit.py --preset "$p" --out "$OUT/family_fit_$p.json" \
+                >/dev/null 2>>"$OUT/family.log" || echo "$p failed: $?" >>"$OUT/family.log"
+        done
+    ) &
+    (
+        CUDA_VISIBLE_DEVICES=1 timeout 420 python bench/family_fit.py --preset wan22-i2v-a14b-gguf \
+            --out "$OUT/family_fit_wan22-i2v-a14b-gguf.json" >/dev/null 2>>"$OUT/family_a14b.log" \
+            || echo "a14b failed: $?" >>"$OUT/family_a14b.log"
+    ) &
+    CUDA_VISIBLE_DEVICES=0 timeout 330 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 \
+        --ram-budget-gb 32 --out "$OUT/segment_budget.json" >/dev/null 2>"$OUT/segment.log" || echo "segment failed: $?"
+    CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/esrgan.py --batches 1,4 --peer >"$OUT/esrgan.json" \
+        2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
+    wait
+    ;;
+ray)
+    timeout 560 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 4 --frames 49 --vram-budget-gb 8 \
+        --no-enhance --run local=local@0 --run ray_1gpu=ray@0 --run ray_2gpu=ray@0,1 \
+        --out "$OUT/ray_pipeline.json" 2>"$OUT/ray.log" >/dev/null || echo "ray failed: $?"
+    ;;
+esac
+ls -la "$OUT"

@@ -1,0 +1,257 @@
+"""One whole segment under a VRAM and a host-RAM budget, against its resident transformer steps.
+
+Renders a one-segment storyboard (all stages: draft with audio, ×2 latent refine,
+Real-ESRGAN ×2, 1920×1080 H.264 + AAC) with ``sulphur render --json`` in a subprocess,
+under the storyboard's ``vram_budget_gb`` / ``ram_budget_gb`` (the render caps its own
+allocator at the VRAM budget). Meanwhile it samples the render process's host RSS and,
+through NVML, the GPU memory it holds (CUDA context included). Per stage: seconds, peak
+allocated / reserved VRAM and the plan, from the render's own events.
+
+Then, in this process, the same transformer in bf16, resident on the GPU, runs one
+step at the draft shape and one at the refine shape (median of 3 after a warm-up):
+the goal compares the whole segment with the sum of its resident transformer steps
+(steps × draft step + refine steps × refine step). Prints one JSON document.
+
+    python bench/segment_budget.py --preset ltx2-19b-random --frames 121 --vram-budget-gb 8 --ram-budget-gb 32
+    SULPHUR_RANDOM_LAYERS=1 python bench/segment_budget.py --frames 9 --draft 256x128 --refine 512x256 \\
+        --no-resident                                                   # CPU smoke of the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline import protocol  # noqa: E402
+
+GiB = 1024**3
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
+def storyboard(args: argparse.Namespace) -> str:
+    lines = ["[project]", 'title = "Segment budget bench"', "fps = 24", "seed = 1234", f'preset = "{args.preset}"',
+             "output_size = [1920, 1080]", "audio = true", "enhance = false"]
+    if args.draft:
+        lines.append(f"draft_size = [{args.draft[0]}, {args.draft[1]}]")
+    if args.refine:
+        lines.append(f"refine_size = [{args.refine[0]}, {args.refine[1]}]")
+    if args.vram_budget_gb:
+        lines.append(f"vram_budget_gb = {args.vram_budget_gb}")
+    if args.ram_budget_gb:
+        lines.append(f"ram_budget_gb = {args.ram_budget_gb}")
+    lines += ["", "[[segment]]", 'id = "shot"',
+              'prompt = "A lighthouse on a rocky cliff at dawn, waves breaking below, gulls calling"',
+              f"frames = {args.frames}"]
+    return "\n".join(lines) + "\n"
+
+
+class ProcessSampler:
+    """Peak host RSS (process tree) and NVML GPU memory of one process, every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak_rss = 0
+        self.peak_gpu = 0
+        self.timeline: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:  # noqa: BLE001 - no NVIDIA driver: host figures only
+            self._nvml = None
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.perf_counter()
+        self._t.start()
+
+    def _gpu_bytes(self) -> int:
+        if self._nvml is None:
+            return 0
+        pids = {self.proc.pid} | {c.pid for c in self.proc.children(recursive=True)}
+        used = 0
+        for h in self._handles:
+            for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if p.pid in pids and p.usedGpuMemory:
+                    used += p.usedGpuMemory
+        return used
+
+    def _run(self) -> None:
+        last = 0.0
+        while not self._stop.is_set():
+            try:
+                rss = self.proc.memory_info().rss + sum(c.memory_info().rss
+                                                        for c in self.proc.children(recursive=True))
+                gpu = self._gpu_bytes()
+            except (psutil.Error, Exception):  # noqa: BLE001 - the process is ending
+                break
+            self.peak_rss, self.peak_gpu = max(self.peak_rss, rss), max(self.peak_gpu, gpu)
+            now = time.perf_counter() - self._t0
+            if now - last >= 1.0:
+                self.timeline.append((round(now, 1), rss, gpu))
+                last = now
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def render(folder: Path, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipeline.cli", "render", str(folder / "story.toml"), "--json"]
+    t0 = time.perf_counter()
+    with open(folder / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        sampler = ProcessSampler(proc.pid)
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        finally:
+            sampler.stop()
+    wall = time.perf_counter() - t0
+    events = [protocol.decode_event(line) for line in stdout.splitlines() if line.strip()]
+    out: dict[str, Any] = {"returncode": proc.returncode, "wall_s": round(wall, 2),
+                           "peak_host_rss_gib": round(sampler.peak_rss / GiB, 2),
+                           "peak_gpu_nvml_gib": round(sampler.peak_gpu / GiB, 2),
+                           "timeline_s_rss_gib_gpu_gib": [(t, round(r / GiB, 1), round(g / GiB, 1))
+                                                          for t, r, g in sampler.timeline]}
+    if proc.returncode != 0:
+        out["stderr_tail"] = (folder / "stderr.txt").read_text()[-3000:]
+    stages = []
+    for e in events:
+        if isinstance(e, protocol.StageFinished):
+            stages.append({"stage": e.stage, "seconds": round(e.seconds, 2),
+                           "peak_allocated_gib": round(e.peak_allocated / GiB, 2),
+                           "peak_reserved_gib": round(e.peak_reserved / GiB, 2),
+                           "peak_host_rss_gib": round(e.peak_host_rss / GiB, 2), "plan": e.plan})
+        elif isinstance(e, protocol.PlanFallback):
+            stages.append({"stage": e.stage, "fallback": e.next_plan, "reason": e.reason[:300]})
+    finished = [e for e in events if isinstance(e, protocol.JobFinished)]
+    out["stages"] = stages
+    out["render_s"] = round(finished[-1].seconds, 2) if finished else None
+    out["final"] = finished[-1].path if finished else ""
+    return out
+
+
+def resident_steps(preset: Any, draft: tuple[int, int], refine: tuple[int, int], frames: int) -> dict[str, Any]:
+    """bf16 transformer resident on the GPU: one step at each shape (median of 3 after a warm-up)."""
+    import torch
+    from ltx2_inputs import ltx2_step_inputs
+
+    from pipeline.memory import audio_tokens
+    from pipeline.models import ltx2_random
+
+    t0 = time.perf_counter()
+    model = ltx2_random.transformer(torch.bfloat16, quant=None).to("cuda")
+    build_s = time.perf_counter() - t0
+    out: dict[str, Any] = {"build_s": round(build_s, 1)}
+    for name, size in (("draft", draft), ("refine", refine)):
+        inputs = ltx2_step_inputs(model.config, size, frames, audio_tokens=audio_tokens(frames, 24), device="cuda")
+        times = []
+        with torch.no_grad():
+            for i in range(4):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                model(**inputs)
+                torch.cuda.synchronize()
+                if i:
+                    times.append(time.perf_counter() - t)
+        out[f"{name}_step_s"] = round(statistics.median(times), 4)
+        out[f"{name}_steps_s"] = [round(t, 4) for t in times]
+        del inputs
+    out["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / GiB, 1)}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    for pkg in ("torch", "diffusers", "transformers", "triton", "av", "spandrel"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            info[pkg] = None
+    return info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="ltx2-19b-random")
+    ap.add_argument("--frames", type=int, default=121)
+    ap.add_argument("--draft", type=_size, default=None, help="draft WxH (default: the preset's)")
+    ap.add_argument("--refine", type=_size, default=None, help="refine WxH (default: 2× the draft)")
+    ap.add_argument("--vram-budget-gb", type=float, default=8.0)
+    ap.add_argument("--ram-budget-gb", type=float, default=32.0)
+    ap.add_argument("--no-resident", action="store_true", help="skip the resident-step reference (no GPU)")
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    from pipeline.models.registry import get_preset
+
+    preset = get_preset(args.preset)
+    draft = args.draft or preset.draft_size
+    refine = args.refine or (draft[0] * 2, draft[1] * 2)
+    folder = Path(tempfile.mkdtemp(prefix="segment-budget-"))
+    (folder / "story.toml").write_text(storyboard(args))
+    result = render(folder, args.timeout)
+    report: dict[str, Any] = {
+        "bench": "segment_budget", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(), "preset": args.preset, "frames": args.frames, "draft": list(draft),
+        "refine": list(refine), "steps": preset.steps, "refine_steps": len(preset.refine_sigmas) - 1,
+        "vram_budget_gb": args.vram_budget_gb, "ram_budget_gb": args.ram_budget_gb, "render": result,
+    }
+    if not args.no_resident and result["returncode"] == 0:
+        ref = resident_steps(preset, draft, refine, preset.round_frames(args.frames))
+        report["resident"] = ref
+        steps_sum = preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"]
+        report["resident_transformer_steps_sum_s"] = round(steps_sum, 2)
+        report["segment_over_steps"] = round(result["render_s"] / steps_sum, 2) if result["render_s"] else None
+        report["goals"] = {
+            "vram_under_budget": all(s.get("peak_reserved_gib", 0) <= args.vram_budget_gb
+                                     for s in result["stages"]),
+            "host_under_budget": result["peak_host_rss_gib"] <= args.ram_budget_gb,
+            "segment_le_3x_steps": report["segment_over_steps"] is not None and report["segment_over_steps"] <= 3.0,
+        }
+    doc = json.dumps(report, indent=1)
+    print(doc)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(doc + "\n")
+    return 0 if result["returncode"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
