@@ -70,7 +70,7 @@ def run(engine: str, folder: Path, address: str | None, timeout: float, *, name:
     cmd = [sys.executable, "-m", "pipeline.cli", "render", str(folder / "story.toml"), "--json", "--engine", engine]
     if engine == "ray" and address:
         cmd += ["--address", address]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus  # a Ray started by the render sees only these cards
     t0 = time.perf_counter()

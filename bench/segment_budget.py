@@ -124,7 +124,7 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     with open(folder / "stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
         sampler = ProcessSampler(proc.pid)
         try:
             stdout, _ = proc.communicate(timeout=timeout)
