@@ -45,6 +45,15 @@ def test_plans_put_the_recipe_measured_at_that_size_first() -> None:
     assert [p.name for p in recipes.plans(a14b, "cpu", (64, 32), 5)] == ["cpu"]
 
 
+def test_a_draft_that_overflowed_on_the_gpu_starts_one_rung_down() -> None:
+    # Wan2.2-TI2V-5B under model offload overflowed 12 GiB at 640×352×121 (bench/family_fit.py).
+    ti2v = get_preset("wan22-ti2v-5b")
+    long_clip = recipes.plans(ti2v, "cuda", (640, 352), 121)
+    short_clip = recipes.plans(ti2v, "cuda", (640, 352), 81)
+    assert [p.options["recipe"] for p in long_clip] == ["group_leaf", "sequential", "model"]
+    assert short_clip[0].options["recipe"] == "model"
+
+
 @pytest.mark.parametrize(("offload", "expected"), [("model", "model"), ("group_leaf", "group_leaf"),
                                                    ("sequential", "group_leaf"), ("group_block", "group_leaf")])
 def test_generic_plans_map_to_a_recipe_at_least_as_lean(offload: str, expected: str) -> None:
