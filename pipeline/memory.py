@@ -35,8 +35,9 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
 * **Reserves**: the CUDA context (0.5 GiB) is outside a configured VRAM budget, 10% of
   VRAM is kept for fragmentation; the render process itself (torch, CUDA libraries,
   frame buffers) takes about 2.5 GiB of host RAM.
-* **VAE decode** (estimate, to be calibrated by bench/gpu_pipeline.py): 250 B per
-  output pixel×frame untiled; tiled (512² px × 16-frame tiles) it is bounded by one tile.
+* **VAE decode**: 250 B per output pixel×frame untiled (the draft decode measured
+  ~110, so this is conservative); tiled (512² px × 16-frame tiles, 8 frames overlap) it
+  is bounded by one tile at 440 B per pixel×frame (2.5 GiB measured beside the weights).
 * **ESRGAN x2plus** fp16: 0.55 GiB of VRAM per 1024×576 input frame (2.4 GiB measured
   at batch 4), proportional to pixels; tiles only when one frame does not fit.
 """
@@ -70,6 +71,10 @@ QUANTIZED = {k for k in BYTES_PER_PARAM if k.startswith("Q")}
 
 ACT_BYTES_PER_TOKEN = 0.2 * MiB       # transformer activations per token, batch 1, bf16 (measured 0.17)
 VAE_BYTES_PER_PIXEL_FRAME = 250       # untiled VAE decode, per output pixel × frame
+#: Tiled decode holds more per pixel (overlaps, blend buffers, the widest layers on a
+#: whole tile): 2.5 GiB per 512²×16-frame tile beside the weights, measured on the
+#: 19B refine at 1024×576×121 (bench/results/segment_budget_*_2026-11-27.json).
+VAE_TILE_BYTES_PER_PIXEL_FRAME = 440
 VAE_TILE_PIXELS = 512 * 512
 VAE_TILE_FRAMES = 16
 ESRGAN_BYTES_PER_INPUT_PIXEL = 0.55 * GiB / (1024 * 576)
@@ -387,11 +392,17 @@ def _transformer_act(job: _Job, size: tuple[int, int], with_audio: bool) -> int:
     return int(tokens * ACT_BYTES_PER_TOKEN * job.batch)
 
 
-def _vae_decode(size: tuple[int, int], frames: int, tiled: bool) -> int:
+def _vae_decode(size: tuple[int, int], frames: int, tile: int) -> int:
+    """Decode working set; ``tile`` is the tile edge in pixels (0 = untiled)."""
     full = size[0] * size[1] * frames * VAE_BYTES_PER_PIXEL_FRAME
-    if not tiled:
+    if not tile:
         return full
-    return min(full, VAE_TILE_PIXELS * (VAE_TILE_FRAMES + 8) * VAE_BYTES_PER_PIXEL_FRAME)
+    return min(full, tile * tile * (VAE_TILE_FRAMES + 8) * VAE_TILE_BYTES_PER_PIXEL_FRAME)
+
+
+#: VAE tile edges the planner tries, fastest first: untiled, diffusers' default 512 px,
+#: then 256 px tiles (a quarter of the working set, for 6 GB cards).
+VAE_TILES = (0, 512, 256)
 
 
 #: (offload mode, use_stream, low_cpu_mem_usage, mmap) from fastest to leanest;
@@ -472,8 +483,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 continue
             t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
             est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
-            for tiled in (False, True):
-                dec = _vae_decode(size, job.frames, tiled)
+            for tile in VAE_TILES:
+                dec = _vae_decode(size, job.frames, tile)
                 extra: dict[str, Any] = {}
                 if rung == "stream":
                     dec_phase = max([vae.nbytes + dec] + [c.nbytes for c in side])
@@ -502,13 +513,14 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 out.append(StagePlan(
                     name=(rung if rung == "stream" else _rung_name(mode, stream, low_cpu, mmap))
                     + ("/fp8" if wfmt == "fp8" else "")
-                    + ("+vaetiles" if tiled else ""),
-                    device=device, offload=mode, vae_tiling=tiled, dtype="bfloat16", notes=tuple(notes),
+                    + ({0: "", 512: "+vaetiles"}.get(tile, f"+vaetiles{tile}")),
+                    device=device, offload=mode, vae_tiling=bool(tile), dtype="bfloat16", notes=tuple(notes),
                     options={"weights": wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
                              "num_blocks_per_group": 1, "vram_bytes": int(vram),
                              "host_bytes": int(est.host + side_bytes), "pinned_bytes": est.pinned,
                              "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes,
-                             "activation_bytes": act, "component": "transformer", **extra}))
+                             "activation_bytes": act, "component": "transformer", "vae_tile": tile,
+                             **extra}))
     return out
 
 

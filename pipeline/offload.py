@@ -74,8 +74,23 @@ def apply_plan(target: Any, plan: StagePlan, *, big: str = "transformer") -> Any
                 _place(comp, plan, big=name == big)
     vae = getattr(target, "vae", None)
     if vae is not None and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling() if plan.vae_tiling else vae.disable_tiling()
+        enable_vae_tiling(vae, plan) if plan.vae_tiling else vae.disable_tiling()
     return target
+
+
+def enable_vae_tiling(vae: Any, plan: StagePlan) -> None:
+    """Tiled decode at the plan's tile edge (``options["vae_tile"]``, default diffusers' 512 px),
+    tiles overlapping by an eighth as diffusers' defaults do."""
+    tile = int(plan.options.get("vae_tile") or 0)
+    if tile and tile != 512:
+        stride = tile * 7 // 8
+        try:
+            vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
+                              tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+            return
+        except TypeError:  # a VAE whose tiling takes no sizes: its own default
+            pass
+    vae.enable_tiling()
 
 
 def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.Module:

@@ -113,6 +113,8 @@ class StageWorker:
 
     def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
                  share_gb: float | None, sweep: bool, user_threads: bool = False) -> None:
+        # As the CLI does for local renders (a remote node's actors do not inherit it).
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         # The event queue by name, not by handle: constructor arguments must outlive restarts.
         self.events = ray.get_actor(events, namespace=NAMESPACE)
         self.cancel = threading.Event()

@@ -171,23 +171,37 @@ def torch_dtype(plan: StagePlan) -> torch.dtype:
 
 
 def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], Any]) -> Any:
-    """Get a component, reloading it if it was placed under a different plan (no hook stacking)."""
+    """Get a component, reloading it if it was placed under a different plan (no hook stacking).
+
+    A transformer under Sulphur's block streamer whose new plan differs only in how many
+    blocks stay on the GPU (draft → refine usually does) is re-streamed in place instead:
+    detaching keeps every weight where it is, so nothing is read from disk again.
+    """
     if key in models:
         obj = models.get(key, loader)
-        if getattr(obj, _OFFLOAD_TAG, None) in (None, _plan_tag(plan)):
+        tag = getattr(obj, _OFFLOAD_TAG, None)
+        if tag in (None, _plan_tag(plan)):
+            return obj
+        streamer = getattr(obj, "_sulphur_streamer", None)
+        if streamer is not None and tag.split("|")[0] == _plan_tag(plan).split("|")[0]:
+            streamer.detach()
+            obj.__dict__.pop(_OFFLOAD_TAG, None)
             return obj
         models.evict(key)
     return models.get(key, loader)
 
 
-#: Plan options that change how a module is placed (part of the placement tag).
+#: Plan options that change how a module is placed (part of the placement tag); the
+#: streamer can change the last ones in place (see _held).
 _PLACEMENT_OPTIONS = ("weights", "use_stream", "low_cpu_mem_usage", "num_blocks_per_group", "streamer",
-                      "resident_blocks", "offload_to_disk_path", "dequant")
+                      "offload_to_disk_path")
+_RESTREAMABLE_OPTIONS = ("resident_blocks", "dequant")
 
 
 def _plan_tag(plan: StagePlan) -> str:
     opts = ",".join(f"{k}={plan.options[k]}" for k in _PLACEMENT_OPTIONS if k in plan.options)
-    return f"{plan.device}:{plan.offload}:{plan.dtype}:{opts}"
+    live = ",".join(f"{k}={plan.options[k]}" for k in _RESTREAMABLE_OPTIONS if k in plan.options)
+    return f"{plan.device}:{plan.offload}:{plan.dtype}:{opts}|{live}"
 
 
 def _is_quantized(module: Any) -> bool:
@@ -239,7 +253,9 @@ def finish_pipeline(pipe: Any, plan: StagePlan) -> Any:
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         if plan.vae_tiling:
-            vae.enable_tiling()
+            from pipeline.offload import enable_vae_tiling
+
+            enable_vae_tiling(vae, plan)
         else:
             vae.disable_tiling()
     pipe.set_progress_bar_config(disable=True)

@@ -302,3 +302,33 @@ def test_block_dequant_falls_back_to_diffusers_for_types_without_a_kernel(
     assert model._sulphur_streamer.gguf_kernels
     assert not any(r.kernel for b in model._sulphur_streamer.blocks for r in b.runs)
     assert torch.equal(run(model), gguf_reference)
+
+
+def test_a_streamed_transformer_is_restreamed_in_place_not_reloaded(gguf_reference: torch.Tensor) -> None:
+    """Draft and refine plans differ in how many blocks stay on the device: the held
+    transformer is re-streamed (same object, no second load) and computes the same."""
+    from pipeline.models import ltx2
+    from pipeline.models.registry import LoadedModels, get_preset
+
+    preset, models, loads = get_preset("tiny"), LoadedModels(), []
+    real_load = ltx2.load_transformer
+
+    def counting_load(*args: object, **kwargs: object) -> torch.nn.Module:
+        loads.append(1)
+        return real_load(*args, **kwargs)
+
+    ltx2.load_transformer = counting_load
+    try:
+        draft = ltx2.component(models, preset, "transformer",
+                               plan("group_block", streamer="sulphur", resident_blocks=0, dequant="block"))
+        assert torch.equal(run(draft), gguf_reference)
+        refine = ltx2.component(models, preset, "transformer",
+                                plan("group_block", streamer="sulphur", resident_blocks=1))
+        assert refine is draft and len(loads) == 1
+        assert len(refine._sulphur_streamer.streamed) == len(refine.transformer_blocks) - 1
+        assert torch.equal(run(refine), gguf_reference)
+        # a different weights format cannot be changed in place: that one reloads
+        ltx2.component(models, preset, "transformer", plan("resident"))
+        assert len(loads) == 2
+    finally:
+        ltx2.load_transformer = real_load
