@@ -50,69 +50,23 @@ SHAPES = {"draft": ((640, 352), 121), "refine": ((1280, 704), 121)}
 # --------------------------------------------------------------------------- building
 
 
-def build_model(layers: int | None) -> torch.nn.Module:
-    from accelerate import init_empty_weights
+#: bench spelling → GGUF quant type of the random blocks
+_QTYPES = {"q8": "Q8_0", "q4": "Q4_0"}
+
+
+def build_model(layers: int | None, quant: str | None = None) -> tuple[torch.nn.Module, int]:
+    """The transformer with random bf16 weights, or random GGUF blocks in every block
+    Linear (built on the meta device, so never in bf16 first); returns it and how many
+    layers are GGUF."""
     from diffusers import LTX2VideoTransformer3DModel
 
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with init_empty_weights():
-            model = LTX2VideoTransformer3DModel(**({"num_layers": layers} if layers else {}))
-    finally:
-        torch.set_default_dtype(prev)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    g = torch.Generator().manual_seed(0)
-    bank = (torch.randn(1 << 24, generator=g) * 0.02).to(torch.bfloat16)
+    from pipeline.models import random_weights
+
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    for i, t in enumerate(list(model.parameters()) + list(model.buffers())):
-        if not t.is_floating_point():
-            continue
-        flat = t.data.view(-1)
-        n, off = flat.numel(), (i * 7919) % (1 << 20)
-        pos = 0
-        while pos < n:
-            k = min(n - pos, bank.numel() - off)
-            flat[pos:pos + k].copy_(bank[off:off + k])
-            pos += k
-            off = 0
-    return model.eval()
-
-
-_QTYPES = {"q8": (8, 34), "q4": (2, 18)}  # GGML type id, bytes per 32 weights
-
-
-def quantize_blocks(model: torch.nn.Module, form: str) -> int:
-    """Swap every block Linear for diffusers' GGUFLinear holding random Q8_0/Q4_0 blocks
-    (valid bytes: fixed fp16 scale, random quants), as a GGUF checkpoint would load."""
-    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
-
-    qtype, nbytes = _QTYPES[form]
-    g = torch.Generator().manual_seed(1)
-    bank = torch.randint(0, 256, (1 << 20, nbytes), generator=g, dtype=torch.uint8)
-    bank[:, 0:2] = torch.tensor([0.0005], dtype=torch.float16).view(torch.uint8)
-    bank = bank.reshape(-1)
-    n = 0
-    for block in model.transformer_blocks:
-        for name, mod in list(block.named_modules()):
-            if not isinstance(mod, torch.nn.Linear) or mod.in_features % 32:
-                continue
-            rows, cols = mod.out_features, mod.in_features // 32 * nbytes
-            data = torch.empty(rows * cols, dtype=torch.uint8)
-            pos = 0
-            while pos < data.numel():
-                k = min(data.numel() - pos, bank.numel())
-                data[pos:pos + k].copy_(bank[:k])
-                pos += k
-            new = GGUFLinear(mod.in_features, mod.out_features, mod.bias is not None, compute_dtype=torch.bfloat16,
-                             device="meta")
-            new.weight = GGUFParameter(data.view(rows, cols), quant_type=qtype)
-            if mod.bias is not None:
-                new.bias = torch.nn.Parameter(mod.bias.data, requires_grad=False)
-            parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
-            setattr(parent, name.rsplit(".", 1)[-1], new)
-            n += 1
-    return n
+    model = random_weights.on_meta(
+        lambda: LTX2VideoTransformer3DModel(**({"num_layers": layers} if layers else {})), torch.bfloat16)
+    n = random_weights.quantize_linears(model, quant) if quant else 0
+    return random_weights.materialize(model, torch.bfloat16), n
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -221,10 +175,10 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
     res: dict[str, Any] = {"mode": spec, "shape": shape, "cap_gib": cap_gib, "weights": weights}
     with RssSampler() as rss:
         t0 = time.perf_counter()
-        model = build_model(layers)
         gguf = weights[:2] in _QTYPES and set(weights[2:]) <= {"t", "b"}
+        model, n_gguf = build_model(layers, _QTYPES[weights[:2]] if gguf else None)
         if gguf:
-            res["gguf_linears"] = quantize_blocks(model, weights[:2])
+            res["gguf_linears"] = n_gguf
             if "t" in weights[2:]:
                 from pipeline.kernels.gguf_dequant import patch_gguf_linears
 
