@@ -4,7 +4,8 @@
 #
 #   bench/gpu_suite.sh fit     # GPU 0: one 121-frame segment under 8 GiB / 32 GiB, ESRGAN vs compiled spandrel
 #                              # GPU 1: every draft family at full size under the seed's 12 GB recipes
-#   bench/gpu_suite.sh ray     # 4 chained segments: single worker vs Ray on GPU 0 vs Ray on GPUs 0,1
+#   bench/gpu_suite.sh ray [local|ray_1gpu|ray_2gpu]   # 4 chained segments, one engine per call:
+#                              # the single worker, Ray on GPU 0, Ray on GPUs 0,1 (BASELINE=the local JSON)
 #
 # Missing Python packages can come unpacked in .site/site.tar.xz (see bench/results/README.md).
 set -u -o pipefail
@@ -39,9 +40,15 @@ fit)
     wait
     ;;
 ray)
+    # One engine per call (each took minutes on the full-size stack): `ray local`, then
+    # `ray ray_1gpu` and `ray ray_2gpu`, each compared with the local run's JSON.
+    run=${2:-local}
+    spec=$(case "$run" in local) echo local=local@0 ;; ray_1gpu) echo ray_1gpu=ray@0 ;; *) echo ray_2gpu=ray@0,1 ;; esac)
+    base=()
+    [ "$run" != local ] && [ -f "${BASELINE:-$OUT/ray_local.json}" ] && base=(--baseline "${BASELINE:-$OUT/ray_local.json}")
     timeout 560 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 4 --frames 49 --vram-budget-gb 8 \
-        --no-enhance --run local=local@0 --run ray_1gpu=ray@0 --run ray_2gpu=ray@0,1 \
-        --out "$OUT/ray_pipeline.json" 2>"$OUT/ray.log" >/dev/null || echo "ray failed: $?"
+        --no-enhance --run "$spec" "${base[@]}" --out "$OUT/ray_$run.json" 2>"$OUT/ray_$run.log" >/dev/null \
+        || echo "ray $run failed: $?"
     ;;
 esac
 ls -la "$OUT"

@@ -160,6 +160,9 @@ def main() -> int:
                     help="instead of --engines: e.g. --run local=local@0 --run ray1=ray@0 --run ray2=ray@0,1 "
                          "(speed-ups are against the first run)")
     ap.add_argument("--no-enhance", action="store_true", help="enhance = false (no llama.cpp on the machine)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="JSON",
+                    help="a previous report of this bench (same storyboard): its first run is the base of the "
+                         "speed-ups, so each engine can be measured in its own time-limited call")
     ap.add_argument("--address", default=None, help="Ray address (default: start a local Ray on this machine)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -181,10 +184,19 @@ def main() -> int:
         "vram_budget_gb": args.vram_budget_gb, "results": results,
     }
     ok = [r for r in results if r.get("returncode") == 0]
-    if len(ok) >= 2 and ok[0] is results[0]:
-        base_run = ok[0]
-        report["speedup"] = {r["name"]: round(base_run["wall_s"] / r["wall_s"], 3) for r in ok[1:]}
-        report["identical_frames"] = {r["name"]: same_frames(base_run["final"], r["final"]) for r in ok[1:]}
+    base_run = ok[0] if ok and ok[0] is results[0] else None
+    others = ok[1:]
+    if args.baseline is not None:
+        previous = json.loads(args.baseline.read_text())
+        same = all(previous.get(k) == report[k] for k in ("preset", "segments", "frames", "vram_budget_gb"))
+        if not same:
+            raise SystemExit(f"{args.baseline} measured another storyboard (preset/segments/frames/budget differ)")
+        base_run, others = previous["results"][0], ok
+        report["baseline"] = {"file": str(args.baseline), "name": base_run["name"], "wall_s": base_run["wall_s"]}
+    if base_run is not None and others:
+        report["speedup"] = {r["name"]: round(base_run["wall_s"] / r["wall_s"], 3) for r in others}
+        if args.baseline is None:  # the baseline's film is gone with its machine
+            report["identical_frames"] = {r["name"]: same_frames(base_run["final"], r["final"]) for r in others}
     doc = json.dumps(report, indent=1)
     print(doc)
     if args.out:
