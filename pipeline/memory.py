@@ -483,12 +483,21 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 continue
             t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
             est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
-            for tile in VAE_TILES:
+            # The streamer's "lean" twin keeps no block on the GPU: the first rung to fall
+            # back to, since a held model is re-streamed in place rather than reloaded.
+            leans = (False, True) if rung == "stream" else (False,)
+            for tile, lean in ((tile, lean) for tile in VAE_TILES for lean in leans):
                 dec = _vae_decode(size, job.frames, tile)
                 extra: dict[str, Any] = {}
                 if rung == "stream":
                     dec_phase = max([vae.nbytes + dec] + [c.nbytes for c in side])
                     est, k = _streamer_estimate(t, act, dec_phase, b)
+                    if lean:
+                        if k == 0:
+                            continue
+                        est = _Est(est.vram - k * t.block_bytes, est.host, est.pinned,
+                                   held_vram=t.nonblock_bytes, held_host=est.held_host)
+                        k = 0
                     vram, held_vram = est.vram, est.held_vram
                     extra = {"streamer": "sulphur", "resident_blocks": k}
                     if wfmt in QUANTIZED:
@@ -511,7 +520,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                     notes.append(f"streams {t.blocks - extra['resident_blocks']} of {t.blocks} blocks through "
                                  f"two GPU slots; weights pinned in place (one host copy)")
                 out.append(StagePlan(
-                    name=(rung if rung == "stream" else _rung_name(mode, stream, low_cpu, mmap))
+                    name=(rung + ("-lean" if lean else "") if rung == "stream"
+                          else _rung_name(mode, stream, low_cpu, mmap))
                     + ("/fp8" if wfmt == "fp8" else "")
                     + ({0: "", 512: "+vaetiles"}.get(tile, f"+vaetiles{tile}")),
                     device=device, offload=mode, vae_tiling=bool(tile), dtype="bfloat16", notes=tuple(notes),

@@ -259,7 +259,14 @@ class Renderer:
                     raise RenderError("stage_failed", f"{name} failed: {type(exc).__name__}: {exc}",
                                       name, job.segment.id) from exc
                 last_error = exc
-                self.models.evict_all()  # return every byte before the leaner attempt
+                # Return every byte before the leaner attempt, except a transformer under
+                # Sulphur's streamer when the GPU ran out and the next plan streams too: it
+                # is re-streamed in place (its resident blocks go back to the host), which
+                # costs seconds where a reload costs a full load and a second host copy.
+                nxt = plans[i + 1] if i + 1 < len(plans) else None
+                restream = (memory.oom_kind(exc) == "cuda" and nxt is not None
+                            and nxt.options.get("streamer") == "sulphur")
+                self.models.evict_all(keep=(lambda obj: hasattr(obj, "_sulphur_streamer")) if restream else None)
                 if i + 1 < len(plans):
                     self.emit(protocol.PlanFallback(segment=job.segment.id, stage=name,
                                                     failed_plan=plan.describe(),

@@ -79,18 +79,23 @@ class SulphurApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", id="save"),
-        Binding("ctrl+z", "undo", "Undo", id="undo", priority=True),
+        # ^z / ^y are what every editor uses: listed in F1 help, kept out of the footer so the
+        # render keys fit 120 columns.
+        Binding("ctrl+z", "undo", "Undo", id="undo", priority=True, show=False),
         Binding("ctrl+y", "redo", "Redo", id="redo", priority=True, show=False),
-        Binding("f5", "render_all", "Render all", id="render.all"),
+        Binding("f5", "render_all", "Render", id="render.all", tooltip="Render every shot that changed"),
         Binding("f6", "render_segment", "Render shot", id="render.segment"),
-        Binding("f7", "render_from", "Render from here", id="render.from"),
+        Binding("f7", "render_from", "Render from", id="render.from", tooltip="Render this shot and every later one"),
         Binding("f8", "cancel_render", "Cancel", id="render.cancel"),
         Binding("ctrl+n", "add_segment", "Add shot", id="segment.add_anywhere", show=False),
         Binding("ctrl+r", "randomise_seed", "Randomise seed", id="segment.randomise", show=False),
         Binding("f2", "focus('segments')", "Shots", id="focus.segments", show=False),
         Binding("f3", "edit_prompt", "Prompt", id="focus.prompt", show=False),
         Binding("f1", "help", "Help", id="help"),
-        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+        # Textual's quit key, in F1 help and the palette; out of the footer so F1 fits 120
+        # columns. Not a priority binding, so a screen's own visible ctrl+q (the broken-file
+        # screen) shows in its footer; no widget here binds ctrl+q, so it always reaches us.
+        Binding("ctrl+q", "quit", "Quit", id="quit", show=False),
     ]
 
     def __init__(self, storyboard_path: Path, *, gpu: GpuMonitor | None = None, connect_worker: bool = True,

@@ -182,8 +182,9 @@ class LoadedModels:
             self._items.pop(name, None)
         _release_memory()
 
-    def evict_all(self) -> None:
-        self._items.clear()
+    def evict_all(self, keep: Callable[[Any], bool] | None = None) -> None:
+        """Drop every component (except those ``keep`` accepts) and return the memory."""
+        self._items = {k: v for k, v in self._items.items() if keep is not None and keep(v)}
         _release_memory()
 
     def names(self) -> list[str]:

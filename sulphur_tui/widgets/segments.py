@@ -62,10 +62,11 @@ class SegmentList(DataTable):
         Binding("a", "app.add_segment", "Add", id="segment.add"),
         Binding("c", "app.duplicate_segment", "Copy", id="segment.duplicate"),
         Binding("delete,x", "app.delete_segment", "Delete", id="segment.delete"),
+        # Moving is in F1 help and the palette; the footer keeps room for the render keys.
         Binding("shift+up,K", "app.move_segment(-1)", "Move up", id="segment.move_up", group=_MOVE,
-                key_display="⇧↑"),
+                key_display="⇧↑", show=False),
         Binding("shift+down,J", "app.move_segment(1)", "Move down", id="segment.move_down", group=_MOVE,
-                key_display="⇧↓"),
+                key_display="⇧↓", show=False),
         Binding("t", "app.pick_take", "Takes", id="segment.takes"),
         Binding("o", "app.open_output", "Open output", id="segment.open_output", show=False),
     ]
