@@ -15,6 +15,7 @@ between segments. Each carries the offload mode it was placed with; a different 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,7 +378,7 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
     from diffusers import LTX2Pipeline
 
     key = _key(preset, "text_encoder")
-    te_plan = _text_encoder_plan(plan)
+    te_plan = _text_encoder_plan(plan, preset)
     text_encoder = component(models, preset, "text_encoder", te_plan)
     tokenizer = models.get(_key(preset, "tokenizer"), lambda: load_tokenizer(preset))
     # The pipeline's own encode_prompt, so tokenization and layer stacking match the real path.
@@ -395,7 +396,7 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
     return PromptEmbeds(embeds=embeds.detach().to(dev, torch_dtype(plan)), mask=mask.detach().to(dev))
 
 
-def _text_encoder_plan(plan: StagePlan) -> StagePlan:
+def _text_encoder_plan(plan: StagePlan, preset: Preset) -> StagePlan:
     """Where the text encoder runs: ``plan.options["text_encoder"]`` (resident/group/group_stream/disk/cpu),
     else derived from the stage's mode (it is alone on the device while it runs)."""
     from dataclasses import replace
@@ -410,10 +411,30 @@ def _text_encoder_plan(plan: StagePlan) -> StagePlan:
         return replace(plan, offload="resident", options={})
     opts: dict[str, Any] = {"use_stream": mode == "group_stream", "low_cpu_mem_usage": False}
     if mode == "disk":
-        from pipeline.models.registry import sulphur_home
-
-        opts["offload_to_disk_path"] = str(sulphur_home() / "offload" / "text_encoder")
+        opts["offload_to_disk_path"] = str(_disk_copy_dir(preset))
     return replace(plan, offload="group_leaf", options=opts)
+
+
+def _disk_copy_dir(preset: Preset) -> Path:
+    """Where the text encoder's disk-offload copy lives, named after its weights.
+
+    diffusers reuses whatever group files it finds at the path, so another model (or a
+    changed file) must never read this one's copy; older copies (24 GB each for Gemma 3
+    12B) are deleted, so the disk holds one.
+    """
+    import shutil
+
+    from pipeline.models.registry import sulphur_home
+
+    identity = (model_identity(preset) if preset.builder is not None
+                else preset.files_identity(["diffusers"]))
+    root = sulphur_home() / "offload" / "text_encoder"
+    here = root / hashlib.sha256(identity.encode()).hexdigest()[:16]
+    if root.is_dir():
+        for old in root.iterdir():
+            if old != here and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    return here
 
 
 def assemble(models: LoadedModels, preset: Preset, plan: StagePlan, *, image_to_video: bool) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -279,3 +280,21 @@ def test_other_families_use_their_recipe_ladders() -> None:
     assert sorted(p.options["recipe"] for p in plans) == sorted(r.name for r in recipes.ladder(wan))
     assert plan_ladder("refine", wan, Project(), "cuda")[0].device == "cpu"
     assert plan_ladder("upscale", wan, Project(), "cuda", budgets=Budgets.from_gb(12, 64))[0].options["esrgan_batch"]
+
+
+def test_the_text_encoders_disk_copy_is_named_after_its_weights(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """diffusers reuses group files it finds on disk: two models must never share a copy,
+    and only the current model's copy is kept (24 GB each for the real encoder)."""
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    monkeypatch.setenv("SULPHUR_HOME", str(tmp_path))
+    plan = StagePlan(name="stream", device="cuda", offload="group_block", options={"text_encoder": "disk"})
+    tiny_dir = ltx2._text_encoder_plan(plan, get_preset("tiny")).options["offload_to_disk_path"]
+    assert tiny_dir == ltx2._text_encoder_plan(plan, get_preset("tiny")).options["offload_to_disk_path"]
+    (tmp_path / "offload" / "text_encoder").mkdir(parents=True, exist_ok=True)
+    Path(tiny_dir).mkdir()
+    (Path(tiny_dir) / "group_x.safetensors").write_bytes(b"tiny")
+    other = ltx2._text_encoder_plan(plan, get_preset("ltx2-19b-random")).options["offload_to_disk_path"]
+    assert other != tiny_dir and Path(other).parent == Path(tiny_dir).parent
+    assert not Path(tiny_dir).exists()  # the other model's copy is gone, not reused
