@@ -583,6 +583,9 @@ def _attach_text(plans: list[StagePlan], comps: dict[str, Component], b: Budgets
     dropped while the prompt is encoded (the ladder's dedupe keeps the useful ones)."""
     out = []
     texts = _text_estimates(comps)
+    # With room for every component at once, the encoder stays in host RAM between
+    # segments instead of being loaded again for each prompt.
+    everything = sum(c.nbytes for name, c in comps.items() if name != "enhancer")
     for p in plans:
         held_v, held_h = p.options["held_vram_bytes"], p.options["held_host_bytes"]
         for evict in (False, True):
@@ -592,11 +595,14 @@ def _attach_text(plans: list[StagePlan], comps: dict[str, Component], b: Budgets
                 continue
             picks = [fits[0]] + [x for x in [min(fits, key=lambda me: me[1].host)] if x is not fits[0]]
             for mode, e in picks:
-                notes = p.notes + (f"text encoder ({mode}) runs first, then is evicted",)
+                # (pinned bytes counted on top: conservative for the streamer, which pins in place)
+                keep = not evict and mode != "disk" and everything + p.options.get("pinned_bytes", 0) <= b.host
+                then = "kept in host RAM for the next segment" if keep else "evicted"
+                notes = p.notes + (f"text encoder ({mode}) runs first, then is {then}",)
                 if evict:
                     notes += ("transformer dropped while the prompt is encoded (reloaded after)",)
                 opts = dict(p.options, text_encoder=mode, text_vram_bytes=e.vram, text_host_bytes=e.host,
-                            evict=["transformer"] if evict else [],
+                            evict=["transformer"] if evict else [], keep_text_encoder=keep,
                             vram_bytes=max(p.vram_bytes, e.vram + extra_v),
                             host_bytes=max(p.host_bytes, e.host + extra_h))
                 name = f"{p.name}/text-{mode}" + ("-evict" if evict else "")
@@ -685,7 +691,8 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
 
 
 _CPU_PLANS = {
-    "cpu": StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32"),
+    "cpu": StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32",
+                     options={"keep_text_encoder": True}),
     # host RAM can run out too: the lean rung tiles the VAE, upscales one frame at a time
     # and drops every held model between stages
     "cpu-lean": StagePlan(name="cpu-lean", device="cpu", offload="resident", vae_tiling=True, dtype="float32",

@@ -373,12 +373,17 @@ class PromptEmbeds:
 
 
 def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt: str) -> PromptEmbeds:
-    """Encode with the text encoder, then evict it: it is a memory peak of its own (Gemma 3 12B ≈ 24 GB)."""
+    """Encode with the text encoder, then evict it: it is a memory peak of its own (Gemma 3 12B ≈ 24 GB).
+
+    When the plan says the host can hold every component at once (``keep_text_encoder``),
+    the encoder is parked in host RAM instead, so the next segment does not load 24 GB again.
+    """
     import torch
     from diffusers import LTX2Pipeline
 
     key = _key(preset, "text_encoder")
     te_plan = _text_encoder_plan(plan, preset)
+    keep = bool(plan.options.get("keep_text_encoder"))
     text_encoder = component(models, preset, "text_encoder", te_plan)
     tokenizer = models.get(_key(preset, "tokenizer"), lambda: load_tokenizer(preset))
     # The pipeline's own encode_prompt, so tokenization and layer stacking match the real path.
@@ -390,8 +395,13 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
                 prompt, do_classifier_free_guidance=False, device=torch.device(te_plan.device),
                 max_sequence_length=int(preset.extra.get("max_sequence_length", 1024)))
     finally:
+        if keep and te_plan.device != "cpu" and te_plan.offload == "resident":
+            # off the GPU, still loaded: placed on the device again next time
+            text_encoder.to("cpu")
+            text_encoder.__dict__.pop(_OFFLOAD_TAG, None)
         del pipe, text_encoder
-        models.evict(key)
+        if not keep:
+            models.evict(key)
     dev = torch.device(plan.device)
     return PromptEmbeds(embeds=embeds.detach().to(dev, torch_dtype(plan)), mask=mask.detach().to(dev))
 

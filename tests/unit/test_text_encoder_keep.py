@@ -1,0 +1,52 @@
+"""The text encoder is evicted after each prompt unless the host can hold every component at once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.memory import StagePlan, cpu_ladder, plan_ladder
+from pipeline.models import ltx2
+from pipeline.models.registry import LoadedModels, get_preset
+from pipeline.storyboard import Project
+
+
+@pytest.mark.parametrize(("host_gb", "kept"), [(32, False), (64, True)])
+def test_the_planner_keeps_the_encoder_only_when_everything_fits(host_gb: int, kept: bool) -> None:
+    draft = plan_ladder("draft", get_preset("sulphur2-ltx23"), Project(vram_budget_gb=8, ram_budget_gb=host_gb),
+                        "cuda", frames=121)[0]
+    assert draft.options["keep_text_encoder"] is kept
+    assert ("kept in host RAM" in " ".join(draft.notes)) is kept
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    loads: list[str] = []
+    real = ltx2._load_diffusers_component
+
+    def counting(preset, name, plan):  # noqa: ANN001, ANN202
+        loads.append(name)
+        return real(preset, name, plan)
+
+    monkeypatch.setattr(ltx2, "_load_diffusers_component", counting)
+    return loads
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_kept_encoder_is_loaded_once_for_several_prompts(keep: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = _count_loads(monkeypatch)
+    preset, models = get_preset("tiny"), LoadedModels()
+    plan = StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32",
+                     options={"keep_text_encoder": keep})
+    first = ltx2.encode_prompt(models, preset, plan, "a lighthouse at dawn")
+    second = ltx2.encode_prompt(models, preset, plan, "a storm rolls in")
+    again = ltx2.encode_prompt(models, preset, plan, "a lighthouse at dawn")
+    assert loads.count("text_encoder") == (1 if keep else 3)
+    assert (f"{preset.name}:text_encoder" in models) is keep
+    assert not torch.equal(first.embeds, second.embeds)
+    assert torch.equal(first.embeds, again.embeds)  # a kept encoder encodes exactly as a fresh one
+
+
+def test_the_cpu_plan_keeps_it_and_the_lean_rung_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SULPHUR_DEVICE_LADDER", "cpu,cpu-lean")
+    cpu, lean = cpu_ladder()
+    assert cpu.options.get("keep_text_encoder") and not lean.options.get("keep_text_encoder")
