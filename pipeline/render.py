@@ -332,7 +332,7 @@ class Renderer:
         elif anchor.kind == "image":
             frame = _read_image(self.sb.resolve(anchor.path))
         else:
-            frame = _last_video_frame(self.sb.resolve(anchor.path))
+            frame = last_video_frame(self.sb.resolve(anchor.path))
         frame = _fit(frame, w, h)
         if job.drift_guard != "off" and reference is not None and anchor.kind == "previous":
             from pipeline.drift import match_colors
@@ -613,7 +613,8 @@ def _read_image(path: Path) -> np.ndarray:
         raise RenderError("bad_anchor", f"cannot read anchor image {path}: {exc}") from None
 
 
-def _last_video_frame(path: Path) -> np.ndarray:
+def last_video_frame(path: Path) -> np.ndarray:
+    """The last decoded frame of a video (RGB), or a RenderError naming the file."""
     import av
 
     last = None

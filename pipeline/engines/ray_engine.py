@@ -184,6 +184,7 @@ class StageWorker:
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
+        _write_still(target)
         return str(target)
 
     def finish(self, job: Any, draft: Any) -> str:
@@ -208,6 +209,19 @@ def _local_threads() -> None:
     import torch
 
     torch.set_num_threads(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def _write_still(clip: Path) -> None:
+    """The take's last frame as a PNG beside it (``seed-N.png``): the TUI's takes picker
+    shows it, and it is where the chain would continue from."""
+    from PIL import Image
+
+    from pipeline.render import last_video_frame
+
+    still = clip.with_suffix(".png")
+    tmp = still.with_name(f".{still.name}.partial")
+    Image.fromarray(last_video_frame(clip)).save(tmp, format="PNG")
+    os.replace(tmp, still)
 
 
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None, emit: Emit,

@@ -19,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import protocol
 from pipeline import storyboard as S
@@ -184,6 +185,9 @@ def test_takes_render_seeds_in_parallel_and_the_chain_continues_from_the_pick(re
     same = _frames(takes[seeds[0]])
     assert np.array_equal(same, _frames(renders["ray"].parent / "segments" / f"{seg}.mp4"))
     assert not np.array_equal(same, _frames(takes[seeds[1]]))
+    for clip in takes.values():  # the picker's still: the take's last frame, beside it
+        with Image.open(clip.with_suffix(".png")) as still:
+            assert np.array_equal(np.asarray(still.convert("RGB")), _frames(clip)[-1])
 
     pick_take(story, seg, seeds[1])
     picked = S.load(story).segments[1]
