@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline import memory, protocol
 from pipeline.cache import Artifact, StageCache, digest, stage_key
-from pipeline.models.registry import LoadedModels, Preset, get_preset
+from pipeline.models.registry import PRESETS, LoadedModels, Preset, get_preset
 from pipeline.protocol import Event
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.storyboard import (
@@ -152,6 +152,11 @@ class Renderer:
         for preset in used.values():
             if preset.builder is not None:
                 preset.builder()
+        # A worker keeps models between jobs; those of presets this storyboard does not use
+        # would only hold memory (a kept text encoder is 24 GB).
+        stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in used]
+        if stale:
+            models.evict(*stale)
         if sb.project.vram_budget_gb and memory.detect_device() == "cuda":
             # The plans were made for this budget: hold the allocator to it, so a plan that
             # underestimates fails with an OOM (and steps down the ladder) instead of spilling.

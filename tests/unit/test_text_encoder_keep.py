@@ -50,3 +50,22 @@ def test_the_cpu_plan_keeps_it_and_the_lean_rung_does_not(monkeypatch: pytest.Mo
     monkeypatch.setenv("SULPHUR_DEVICE_LADDER", "cpu,cpu-lean")
     cpu, lean = cpu_ladder()
     assert cpu.options.get("keep_text_encoder") and not lean.options.get("keep_text_encoder")
+
+
+def test_a_new_job_drops_what_other_presets_left_loaded(tmp_path) -> None:  # noqa: ANN001
+    """A worker keeps models between jobs; a job evicts those of presets it does not use."""
+    import shutil
+    import threading
+    from pathlib import Path
+
+    from pipeline.render import Renderer
+    from pipeline.storyboard import load
+
+    story = tmp_path / "story.toml"
+    shutil.copy(Path(__file__).resolve().parents[2] / "storyboards" / "example.toml", story)
+    models = LoadedModels()
+    models.get("sulphur2-ltx23:text_encoder", lambda: "another job's encoder")
+    models.get("tiny:transformer", lambda: "this preset's transformer")
+    models.get("upscaler", lambda: "shared upscaler")
+    Renderer.create(load(story), emit=lambda e: None, cancel=threading.Event(), job_id="t", models=models)
+    assert sorted(models.names()) == ["tiny:transformer", "upscaler"]
