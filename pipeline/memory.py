@@ -78,6 +78,10 @@ VAE_TILE_BYTES_PER_PIXEL_FRAME = 440
 VAE_TILE_PIXELS = 512 * 512
 VAE_TILE_FRAMES = 16
 ESRGAN_BYTES_PER_INPUT_PIXEL = 0.55 * GiB / (1024 * 576)
+#: torch.compile of ESRGAN x2plus ran 37.4 frames/s against 22.6 eager (fp16, channels_last,
+#: batch 4, H200) after a 61 s compile: it pays from 61 / (1/22.6 - 1/37.4) ≈ 3500 frames
+#: upscaled by one process (bench/results/esrgan_vs_compiled_h200_2026-11-27.json).
+ESRGAN_COMPILE_MIN_FRAMES = 3500
 CUDA_CONTEXT = int(0.5 * GiB)
 VRAM_MARGIN = 0.10
 HOST_RESERVE = int(2.5 * GiB)
@@ -532,6 +536,13 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                              "activation_bytes": act, "component": "transformer", "vae_tile": tile,
                              **extra}))
     return out
+
+
+def esrgan_compile_pays(frames: int, plan: StagePlan) -> bool:
+    """Whether compiling the upscaler pays for ``frames`` upscaled in one process: CUDA,
+    untiled (tiles change shapes, which recompiles), and enough frames to earn the compile."""
+    return (plan.device == "cuda" and not plan.options.get("esrgan_tile")
+            and frames >= ESRGAN_COMPILE_MIN_FRAMES)
 
 
 def _upscale_plans(job: _Job, comps: dict[str, Component], device: str) -> list[StagePlan]:

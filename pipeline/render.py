@@ -131,6 +131,7 @@ class Renderer:
         self._presets: dict[str, Preset] = {preset.name: preset}
         self.faults = _Faults()
         self.out_dir = storyboard.render_dir()
+        self.upscale_frames = 0  # frames this job upscales (set by preflight; decides compiling)
         self.chain = _Chain(reference=self._reference_image())
 
     @classmethod
@@ -218,13 +219,19 @@ class Renderer:
     def plans(self, stage: str, frames: int, segment: str = "", preset: Preset | None = None
               ) -> list[memory.StagePlan]:
         try:
-            return memory.plan_ladder(stage, preset or self.preset, self.sb.project, frames=frames)
+            plans = memory.plan_ladder(stage, preset or self.preset, self.sb.project, frames=frames)
         except memory.PlanError as exc:
             raise RenderError("plan", str(exc), stage, segment) from None
+        if stage == "upscale":
+            # This job upscales upscale_frames frames with one held model: compile it if that pays.
+            plans = [replace(p, options={**p.options, "esrgan_compile": True})
+                     if memory.esrgan_compile_pays(self.upscale_frames, p) else p for p in plans]
+        return plans
 
     def preflight(self, selected: Sequence[str]) -> None:
         """Refuse, before any model is loaded, a render no memory plan can fit."""
         jobs = [self.job_for(i) for i, s in enumerate(self.sb.segments) if s.id in selected]
+        self.upscale_frames = sum(job.frames for job in jobs)
         for preset in {job.preset.name: job.preset for job in jobs}.values():
             longest = max(job.frames for job in jobs if job.preset is preset)
             for stage in self.stages_for(preset):

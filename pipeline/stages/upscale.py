@@ -63,6 +63,7 @@ class UpscaleStage(Stage):
         source = FrameFile(inputs["refine"].file("frames.npy"))
         total = source.count
         model = _upscaler(ctx, job, device, dtype)
+        forward = _compiled(ctx, model) if cuda and not tile and o.get("esrgan_compile") else model
 
         # 2. Output written batch by batch with plain file writes: a memmap would count
         #    every written page in the process's RSS (and the reported host peak).
@@ -76,7 +77,10 @@ class UpscaleStage(Stage):
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 # 3. ESRGAN ×2 (tiled if the plan asks), then resize in fp32 for accuracy.
-                y = _tiled(model, x, tile) if tile else model(x)
+                if tile:
+                    y = _tiled(model, x, tile)
+                else:
+                    y, forward = _run(ctx, forward, model, x, batch)
                 y = y.float()
                 if (y.shape[-1], y.shape[-2]) != (width, height):
                     y = torch.nn.functional.interpolate(y, size=(height, width), mode="bicubic",
@@ -101,10 +105,10 @@ def _upscaler(ctx: StageContext, job: SegmentJob, device: torch.device, dtype: t
                 model.to(device=device, dtype=dtype)
                 if device.type == "cuda":
                     model.model.to(memory_format=torch.channels_last)
-                ctx.models.evict(MODEL_KEY)
+                _drop(ctx)
                 ctx.models.get(MODEL_KEY, lambda: (path, device, dtype, model))
             return model
-        ctx.models.evict(MODEL_KEY)
+        _drop(ctx)
 
     def load() -> tuple[Path, torch.device, torch.dtype, ImageModelDescriptor]:
         model = load_upscaler(path, device=device, dtype=dtype)
@@ -113,6 +117,46 @@ def _upscaler(ctx: StageContext, job: SegmentJob, device: torch.device, dtype: t
         return path, device, dtype, model
 
     return ctx.models.get(MODEL_KEY, load)[3]
+
+
+COMPILED_KEY = "upscaler-compiled"
+
+
+def _drop(ctx: StageContext) -> None:
+    """Evict the held upscaler and any compiled form of it (which keeps its weights alive)."""
+    ctx.models.evict(MODEL_KEY, COMPILED_KEY)
+
+
+def _compiled(ctx: StageContext, model: ImageModelDescriptor) -> Any:
+    """The held upscaler's network under ``torch.compile`` (kept as long as the upscaler is):
+    1.65× the eager frames/s once compiled, after about a minute of compiling (H200)."""
+    import torch
+
+    return ctx.models.get(COMPILED_KEY, lambda: torch.compile(model.model, dynamic=False))
+
+
+def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.Tensor,
+         batch: int) -> tuple[torch.Tensor, Any]:
+    """``forward(x)`` and the forward to use next: a compiled forward that fails to build
+    falls back to the eager model for the rest of the stage."""
+    if forward is model:
+        return model(x), model
+    n = x.shape[0]
+    if n < batch:  # the last, short batch: padded, so the compiled shape (and no recompile) holds
+        import torch
+
+        x = torch.cat([x, x[-1:].expand(batch - n, *x.shape[1:])]).contiguous(memory_format=torch.channels_last)
+    try:
+        return forward(x)[:n], forward
+    except Exception as exc:  # noqa: BLE001 - a compiler failure must not fail the render
+        from pipeline import memory, protocol
+
+        if memory.is_oom(exc):
+            raise
+        ctx.emit(protocol.Log(message=f"upscale: torch.compile failed ({type(exc).__name__}: {exc}); "
+                                      "running eagerly"))
+        ctx.models.evict(COMPILED_KEY)
+        return model(x)[:n], model
 
 
 def _tiled(model: ImageModelDescriptor, x: torch.Tensor, tile: int) -> torch.Tensor:

@@ -159,3 +159,44 @@ def test_cuda_fp16_channels_last_matches_cpu(tmp_path: Path, x2plus: Path) -> No
     gpu = run_stage(tmp_path / "b", x2plus, frames, (240, 136), {"esrgan_batch": 2}, device="cuda")
     assert gpu.shape == cpu.shape and gpu.dtype == np.uint8
     assert psnr(gpu, cpu) > 40  # fp16 on the GPU, fp32 on the CPU: the same picture
+
+
+def test_compiling_pays_only_for_long_untiled_cuda_jobs() -> None:
+    from pipeline.memory import ESRGAN_COMPILE_MIN_FRAMES, esrgan_compile_pays
+
+    cuda = StagePlan(name="batch4", device="cuda", options={"esrgan_batch": 4})
+    assert not esrgan_compile_pays(4 * 121, cuda)  # a 4-shot storyboard: the compile would cost more
+    assert esrgan_compile_pays(ESRGAN_COMPILE_MIN_FRAMES, cuda)
+    assert not esrgan_compile_pays(10 * ESRGAN_COMPILE_MIN_FRAMES, StagePlan(name="cpu", device="cpu"))
+    tiled = StagePlan(name="tiles", device="cuda", options={"esrgan_tile": 256})
+    assert not esrgan_compile_pays(10 * ESRGAN_COMPILE_MIN_FRAMES, tiled)  # tile shapes would recompile
+
+
+def test_a_compiled_forward_keeps_its_batch_shape_and_falls_back_when_it_fails(x2plus: Path) -> None:
+    """The short last batch is padded (a new shape would recompile for a minute); a forward
+    that fails to build is replaced by the eager model for the rest of the stage, with a log."""
+    from pipeline.protocol import Log
+    from pipeline.stages.upscale import _run
+
+    model = load_upscaler(x2plus, device="cpu", dtype=torch.float32)
+    x = torch.rand(1, 3, 16, 24)
+    shapes: list[tuple[int, ...]] = []
+
+    def fixed_shape(t: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(t.shape))
+        return model.model(t)
+
+    events: list = []
+    ctx = StageContext(emit=events.append, cancel=threading.Event(), models=LoadedModels(),
+                       plan=StagePlan(name="cpu", device="cpu"))
+    with torch.inference_mode():
+        y, nxt = _run(ctx, fixed_shape, model, x, batch=4)
+        assert shapes == [(4, 3, 16, 24)] and nxt is fixed_shape
+        assert y.shape[0] == 1 and torch.allclose(y, model(x), atol=1e-5)  # batch size moves the last bits
+
+        def broken(t: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("inductor: no C++ compiler")
+
+        y, nxt = _run(ctx, broken, model, x, batch=4)
+    assert nxt is model and torch.allclose(y, model(x), atol=1e-5) and y.shape[0] == 1
+    assert any(isinstance(e, Log) and "torch.compile failed" in e.message for e in events)
