@@ -42,11 +42,13 @@ _ALIGN = 256
 
 def enforce_vram_budget(budget_gb: float | None, device: int = 0) -> None:
     """Cap this process's CUDA allocator at ``budget_gb`` (the storyboard's vram_budget_gb),
-    so a plan that underestimates fails with an OOM (and falls back) instead of spilling."""
-    if budget_gb is None or not torch.cuda.is_available():
+    so a plan that underestimates fails with an OOM (and falls back) instead of spilling.
+    ``None`` lifts the cap (a worker's next job may have no budget)."""
+    if not torch.cuda.is_available():
         return
     total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * 1024**3 / total), device)
+    fraction = 1.0 if budget_gb is None else min(1.0, budget_gb * 1024**3 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
 
 
 def _is_pipeline(obj: Any) -> bool:

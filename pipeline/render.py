@@ -158,9 +158,10 @@ class Renderer:
         stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in used]
         if stale:
             models.evict(*stale)
-        if sb.project.vram_budget_gb and memory.detect_device() == "cuda":
+        if memory.detect_device() == "cuda":
             # The plans were made for this budget: hold the allocator to it, so a plan that
-            # underestimates fails with an OOM (and steps down the ladder) instead of spilling.
+            # underestimates fails with an OOM (and steps down the ladder) instead of spilling;
+            # without one, lift a cap an earlier job of this worker may have set.
             from pipeline.offload import enforce_vram_budget
 
             enforce_vram_budget(sb.project.vram_budget_gb)
