@@ -156,7 +156,7 @@ def require(preset: Preset, role: str) -> Path:
 def model_identity(preset: Preset) -> str:
     """A short string that changes whenever the weights a render would use change (for cache keys)."""
     if preset.extra.get("random_weights"):
-        return f"{preset.name}:random-v{preset.extra['random_weights']}"
+        return f"{preset.name}:{ltx2_random.identity()}"
     if preset.builder is not None:
         return f"{preset.name}:builder-v{tiny_ltx2.BUILDER_VERSION}:{tiny_ltx2.config_digest()}"
     return preset.files_identity()

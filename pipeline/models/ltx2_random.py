@@ -40,9 +40,9 @@ GEMMA3_12B: dict[str, Any] = {
     "mm_tokens_per_image": 256,
 }
 
-#: The class defaults are LTX-2's VAE, except the compression ratios, which default to
-#: patch × 2^(scaled stages) = 64×/16× while LTX-2 compresses 32× in space, 8× in time
-#: (one encoder stage downsamples only time); its config.json states them.
+#: The class defaults are LTX-2's VAE, except the compression ratios: left unset they are
+#: computed as patch × 2^(scaled stages) = 64×/16×, but one encoder stage downsamples only
+#: time and one only space, so the network compresses 32× in space and 8× in time.
 VAE: dict[str, Any] = {"spatial_compression_ratio": 32, "temporal_compression_ratio": 8}
 
 #: What the memory planner should assume (parameter counts of the classes' defaults, diffusers 0.42.1).
@@ -56,6 +56,12 @@ def _layers() -> int | None:
     """``SULPHUR_RANDOM_LAYERS=N`` caps the repeated layers (smoke runs of a benchmark on a small machine)."""
     value = os.environ.get("SULPHUR_RANDOM_LAYERS", "")
     return int(value) if value else None
+
+
+def identity() -> str:
+    """Names the weights in cache keys: the builder version and any layer cap."""
+    layers = _layers()
+    return f"random-v{VERSION}" + (f"-layers{layers}" if layers else "")
 
 
 def build_files(root: Path | None = None) -> Path:

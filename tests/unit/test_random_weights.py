@@ -66,3 +66,13 @@ def test_the_full_size_random_preset_is_planned_like_real_weights() -> None:
         first = plan_ladder(stage, preset, project, "cuda", frames=121)[0]
         assert first.options["streamer"] == "sulphur" and first.options["dequant"] == "block"
         assert first.vram_bytes <= 8 * GiB and first.host_bytes <= 32 * GiB
+
+
+def test_a_shrunken_random_stack_never_shares_cache_keys_with_the_full_one(monkeypatch) -> None:  # noqa: ANN001
+    from pipeline.models import ltx2
+
+    preset = get_preset("ltx2-19b-random")
+    full = ltx2.model_identity(preset)
+    monkeypatch.setenv("SULPHUR_RANDOM_LAYERS", "1")
+    assert ltx2.model_identity(preset) != full
+    assert ltx2.model_identity(get_preset("tiny")) != full
