@@ -2,6 +2,7 @@
 # The GPU benchmarks as they were run for bench/results/, in two parts that each fit a
 # 10-minute slot on a two-GPU machine. Results land in $OUT (default bench/results/new).
 #
+#   bench/gpu_suite.sh segment # one 121-frame segment under 8 GiB / 32 GiB (one GPU)
 #   bench/gpu_suite.sh fit     # GPU 0: one 121-frame segment under 8 GiB / 32 GiB, ESRGAN vs compiled spandrel
 #                              # GPU 1: every draft family at full size under the seed's 12 GB recipes
 #   bench/gpu_suite.sh ray [local|ray_1gpu|ray_2gpu]   # 4 chained segments, one engine per call:
@@ -20,6 +21,10 @@ export PYTHONUNBUFFERED=1 SULPHUR_HOME=${SULPHUR_HOME:-/tmp/sulphur-home}
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 
 case "${1:-fit}" in
+segment)  # one GPU is enough: the whole-segment bench alone (~4 min)
+    timeout 500 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 --ram-budget-gb 32 \
+        --out "$OUT/segment_budget.json" >/dev/null 2>"$OUT/segment.log" || echo "segment failed: $?"
+    ;;
 fit)
     (
         for p in wan22-ti2v-5b svd-xt ltxv-0.9 cogvideox-5b-i2v; do
