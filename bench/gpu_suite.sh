@@ -8,7 +8,8 @@
 #   bench/gpu_suite.sh ray [local|ray_1gpu|ray_2gpu]   # 4 chained segments, one engine per call:
 #                              # the single worker, Ray on GPU 0, Ray on GPUs 0,1 (BASELINE=the local JSON)
 #
-# Missing Python packages can come unpacked in .site/site.tar.xz (see bench/results/README.md).
+# Missing Python packages travel in .site/site.tar.xz: build it with bench/device_site.sh and
+# name .site in the device call's carry.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/new}
