@@ -171,7 +171,8 @@ def torch_dtype(plan: StagePlan) -> torch.dtype:
     return getattr(torch, plan.dtype)
 
 
-def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], Any]) -> Any:
+def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], Any], *,
+          transformer: bool = False) -> Any:
     """Get a component, reloading it if it was placed under a different plan (no hook stacking).
 
     A transformer under Sulphur's block streamer whose new plan differs only in how many
@@ -181,10 +182,10 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
     if key in models:
         obj = models.get(key, loader)
         tag = getattr(obj, _OFFLOAD_TAG, None)
-        if tag in (None, _plan_tag(plan)):
+        if tag in (None, _plan_tag(plan, transformer=transformer)):
             return obj
         streamer = getattr(obj, "_sulphur_streamer", None)
-        if streamer is not None and tag.split("|")[0] == _plan_tag(plan).split("|")[0]:
+        if streamer is not None and tag.split("|")[0] == _plan_tag(plan, transformer=True).split("|")[0]:
             streamer.detach()
             obj.__dict__.pop(_OFFLOAD_TAG, None)
             return obj
@@ -199,7 +200,11 @@ _PLACEMENT_OPTIONS = ("weights", "use_stream", "low_cpu_mem_usage", "num_blocks_
 _RESTREAMABLE_OPTIONS = ("resident_blocks", "dequant")
 
 
-def _plan_tag(plan: StagePlan) -> str:
+def _plan_tag(plan: StagePlan, *, transformer: bool = True) -> str:
+    """What a module's placement depends on. The smaller components ride along (resident,
+    or leaf-offloaded without streams), so the transformer's options do not move them."""
+    if not transformer:
+        return f"{plan.device}:{plan.offload}:{plan.dtype}:{plan.options.get('offload_to_disk_path', '')}"
     opts = ",".join(f"{k}={plan.options[k]}" for k in _PLACEMENT_OPTIONS if k in plan.options)
     live = ",".join(f"{k}={plan.options[k]}" for k in _RESTREAMABLE_OPTIONS if k in plan.options)
     return f"{plan.device}:{plan.offload}:{plan.dtype}:{opts}|{live}"
@@ -221,7 +226,8 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
     """
     import torch
 
-    if not isinstance(module, torch.nn.Module) or getattr(module, _OFFLOAD_TAG, None) == _plan_tag(plan):
+    tag = _plan_tag(plan, transformer=transformer)
+    if not isinstance(module, torch.nn.Module) or getattr(module, _OFFLOAD_TAG, None) == tag:
         return module
     opts = plan.options
     gguf_sequential = plan.offload == "sequential" and _is_quantized(module)
@@ -243,7 +249,7 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
                                offload_type="leaf_level", use_stream=use_stream,
                                low_cpu_mem_usage=use_stream and bool(opts.get("low_cpu_mem_usage", False)),
                                **kwargs)
-    setattr(module, _OFFLOAD_TAG, _plan_tag(plan))
+    setattr(module, _OFFLOAD_TAG, tag)
     return module
 
 
@@ -356,9 +362,9 @@ def component(models: LoadedModels, preset: Preset, name: str, plan: StagePlan) 
         loader = lambda: load_transformer(preset, plan)  # noqa: E731
     else:
         loader = lambda: _load_diffusers_component(preset, name, plan)  # noqa: E731
-    obj = _held(models, _key(preset, name), plan, loader)
+    obj = _held(models, _key(preset, name), plan, loader, transformer=name == "transformer")
     if plan.device != "cpu" and plan.offload == "model":
-        setattr(obj, _OFFLOAD_TAG, _plan_tag(plan))  # hooks come from finish_pipeline
+        setattr(obj, _OFFLOAD_TAG, _plan_tag(plan, transformer=name == "transformer"))  # hooks: finish_pipeline
     else:
         place(obj, plan, transformer=name == "transformer")
     return obj

@@ -332,3 +332,17 @@ def test_a_streamed_transformer_is_restreamed_in_place_not_reloaded(gguf_referen
         assert len(loads) == 2
     finally:
         ltx2.load_transformer = real_load
+
+
+def test_components_that_ride_along_are_not_reloaded_for_a_transformer_only_change() -> None:
+    """Draft → refine changes the transformer's streaming options; the VAE is placed the
+    same way under both (it rides along), so it is kept, not loaded from disk again."""
+    from pipeline.models import ltx2
+    from pipeline.models.registry import LoadedModels, get_preset
+
+    preset, models = get_preset("tiny"), LoadedModels()
+    draft = plan("group_block", streamer="sulphur", resident_blocks=0, dequant="block")
+    refine = plan("group_block", streamer="sulphur", resident_blocks=2)
+    vae = ltx2.component(models, preset, "vae", draft)
+    assert ltx2.component(models, preset, "vae", refine) is vae
+    assert ltx2.component(models, preset, "vae", plan("resident")) is not vae  # another placement: reloaded
