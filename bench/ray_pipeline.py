@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine_info import machine  # noqa: E402
 
 from pipeline import protocol  # noqa: E402
 
@@ -133,22 +135,6 @@ def same_frames(a: str, b: str) -> bool | None:
     return len(fa) == len(fb) and all(np.array_equal(x, y) for x, y in zip(fa, fb, strict=True))
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    if shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True, check=False)
-        info["gpus"] = [line.strip() for line in q.stdout.splitlines() if line.strip()]
-    from importlib.metadata import PackageNotFoundError, version
-
-    for pkg in ("torch", "diffusers", "ray"):
-        try:
-            info[pkg] = version(pkg)
-        except PackageNotFoundError:
-            info[pkg] = None
-    return info
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -180,8 +166,8 @@ def main() -> int:
         print(json.dumps({k: v for k, v in results[-1].items() if k != "stages"}), file=sys.stderr)
     report: dict[str, Any] = {
         "bench": "ray_pipeline", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(), "preset": args.preset, "segments": args.segments, "frames": args.frames,
-        "vram_budget_gb": args.vram_budget_gb, "results": results,
+        "machine": machine(("torch", "diffusers", "ray")), "preset": args.preset, "segments": args.segments,
+        "frames": args.frames, "vram_budget_gb": args.vram_budget_gb, "results": results,
     }
     ok = [r for r in results if r.get("returncode") == 0]
     base_run = ok[0] if ok and ok[0] is results[0] else None

@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine_info import machine  # noqa: E402
+
 from pipeline import protocol  # noqa: E402
 
 GiB = 1024**3
@@ -105,7 +107,7 @@ class ProcessSampler:
                 rss = self.proc.memory_info().rss + sum(c.memory_info().rss
                                                         for c in self.proc.children(recursive=True))
                 gpu = self._gpu_bytes()
-            except (psutil.Error, Exception):  # noqa: BLE001 - the process is ending
+            except Exception:  # noqa: BLE001 - the process is ending (psutil) or NVML hiccups
                 break
             self.peak_rss, self.peak_gpu = max(self.peak_rss, rss), max(self.peak_gpu, gpu)
             now = time.perf_counter() - self._t0
@@ -187,25 +189,6 @@ def resident_steps(preset: Any, draft: tuple[int, int], refine: tuple[int, int],
     return out
 
 
-def machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / GiB, 1)}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name()
-    except ImportError:
-        pass
-    for pkg in ("torch", "diffusers", "transformers", "triton", "av", "spandrel"):
-        try:
-            info[pkg] = version(pkg)
-        except PackageNotFoundError:
-            info[pkg] = None
-    return info
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="ltx2-19b-random")
@@ -229,7 +212,7 @@ def main() -> int:
     result = render(folder, args.timeout)
     report: dict[str, Any] = {
         "bench": "segment_budget", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(), "preset": args.preset, "frames": args.frames, "draft": list(draft),
+        "machine": machine(("torch", "diffusers", "transformers", "triton", "av", "spandrel")), "preset": args.preset, "frames": args.frames, "draft": list(draft),
         "refine": list(refine), "steps": preset.steps, "refine_steps": len(preset.refine_sigmas) - 1,
         "vram_budget_gb": args.vram_budget_gb, "ram_budget_gb": args.ram_budget_gb, "render": result,
     }

@@ -286,13 +286,15 @@ _ROLES: dict[str, tuple[tuple[str, str], ...]] = {
 def component_sizes(preset: Preset) -> dict[str, Component]:
     """Each component's footprint: preset ``extra["memory"]`` overrides, measured files, else defaults."""
     # Built-on-first-use presets are tiny, except full-size random-weight stacks, which
-    # state their sizes in extra["memory"] and take the real table otherwise.
-    tiny = (preset.builder is not None or preset.name == "tiny") and not preset.extra.get("random_weights")
+    # state their sizes in extra["memory"], take the real table otherwise, and have no
+    # weight files to measure.
+    random = bool(preset.extra.get("random_weights"))
+    tiny = (preset.builder is not None or preset.name == "tiny") and not random
     table = dict(_TINY_COMPONENTS if tiny else _LTX2_COMPONENTS)
     for name, spec in (preset.extra.get("memory") or {}).items():
         base = table.get(name, Component(name, 0.0))
         table[name] = replace(base, **spec) if isinstance(spec, dict) else replace(base, file_bytes=int(spec))
-    if not tiny and not preset.extra.get("random_weights"):  # random stacks have no weight files to measure
+    if not tiny and not random:
         for name, roles in _ROLES.items():
             size = _measured(preset, roles)
             if size and name in table:

@@ -80,6 +80,11 @@ def apply_plan(target: Any, plan: StagePlan, *, big: str = "transformer") -> Any
     return target
 
 
+def streamer_of(module: Any) -> BlockStreamer | None:
+    """The block streamer placed on ``module``, if any."""
+    return getattr(module, "_sulphur_streamer", None)
+
+
 def enable_vae_tiling(vae: Any, plan: StagePlan) -> None:
     """Tiled decode at the plan's tile edge (``options["vae_tile"]``, default diffusers' 512 px),
     tiles overlapping by an eighth as diffusers' defaults do."""

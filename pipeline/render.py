@@ -279,7 +279,12 @@ class Renderer:
                 nxt = plans[i + 1] if i + 1 < len(plans) else None
                 restream = (memory.oom_kind(exc) == "cuda" and nxt is not None
                             and nxt.options.get("streamer") == "sulphur")
-                self.models.evict_all(keep=(lambda obj: hasattr(obj, "_sulphur_streamer")) if restream else None)
+                if restream:
+                    from pipeline.offload import streamer_of
+
+                    self.models.evict_all(keep=lambda obj: streamer_of(obj) is not None)
+                else:
+                    self.models.evict_all()
                 if i + 1 < len(plans):
                     self.emit(protocol.PlanFallback(segment=job.segment.id, stage=name,
                                                     failed_plan=plan.describe(),

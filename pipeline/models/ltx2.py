@@ -184,8 +184,10 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
         tag = getattr(obj, _OFFLOAD_TAG, None)
         if tag in (None, _plan_tag(plan, transformer=transformer)):
             return obj
-        streamer = getattr(obj, "_sulphur_streamer", None)
-        if streamer is not None and tag.split("|")[0] == _plan_tag(plan, transformer=True).split("|")[0]:
+        from pipeline.offload import streamer_of
+
+        streamer = streamer_of(obj)
+        if streamer is not None and tag.partition("|")[0] == _fixed_tag(plan):
             streamer.detach()
             obj.__dict__.pop(_OFFLOAD_TAG, None)
             return obj
@@ -205,9 +207,14 @@ def _plan_tag(plan: StagePlan, *, transformer: bool = True) -> str:
     or leaf-offloaded without streams), so the transformer's options do not move them."""
     if not transformer:
         return f"{plan.device}:{plan.offload}:{plan.dtype}:{plan.options.get('offload_to_disk_path', '')}"
-    opts = ",".join(f"{k}={plan.options[k]}" for k in _PLACEMENT_OPTIONS if k in plan.options)
     live = ",".join(f"{k}={plan.options[k]}" for k in _RESTREAMABLE_OPTIONS if k in plan.options)
-    return f"{plan.device}:{plan.offload}:{plan.dtype}:{opts}|{live}"
+    return f"{_fixed_tag(plan)}|{live}"
+
+
+def _fixed_tag(plan: StagePlan) -> str:
+    """The part of a transformer's tag that only a reload can change."""
+    opts = ",".join(f"{k}={plan.options[k]}" for k in _PLACEMENT_OPTIONS if k in plan.options)
+    return f"{plan.device}:{plan.offload}:{plan.dtype}:{opts}"
 
 
 def _is_quantized(module: Any) -> bool:

@@ -304,7 +304,8 @@ def test_block_dequant_falls_back_to_diffusers_for_types_without_a_kernel(
     assert torch.equal(run(model), gguf_reference)
 
 
-def test_a_streamed_transformer_is_restreamed_in_place_not_reloaded(gguf_reference: torch.Tensor) -> None:
+def test_a_streamed_transformer_is_restreamed_in_place_not_reloaded(gguf_reference: torch.Tensor,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Draft and refine plans differ in how many blocks stay on the device: the held
     transformer is re-streamed (same object, no second load) and computes the same."""
     from pipeline.models import ltx2
@@ -317,21 +318,17 @@ def test_a_streamed_transformer_is_restreamed_in_place_not_reloaded(gguf_referen
         loads.append(1)
         return real_load(*args, **kwargs)
 
-    ltx2.load_transformer = counting_load
-    try:
-        draft = ltx2.component(models, preset, "transformer",
-                               plan("group_block", streamer="sulphur", resident_blocks=0, dequant="block"))
-        assert torch.equal(run(draft), gguf_reference)
-        refine = ltx2.component(models, preset, "transformer",
-                                plan("group_block", streamer="sulphur", resident_blocks=1))
-        assert refine is draft and len(loads) == 1
-        assert len(refine._sulphur_streamer.streamed) == len(refine.transformer_blocks) - 1
-        assert torch.equal(run(refine), gguf_reference)
-        # a different weights format cannot be changed in place: that one reloads
-        ltx2.component(models, preset, "transformer", plan("resident"))
-        assert len(loads) == 2
-    finally:
-        ltx2.load_transformer = real_load
+    monkeypatch.setattr(ltx2, "load_transformer", counting_load)
+    draft = ltx2.component(models, preset, "transformer",
+                           plan("group_block", streamer="sulphur", resident_blocks=0, dequant="block"))
+    assert torch.equal(run(draft), gguf_reference)
+    refine = ltx2.component(models, preset, "transformer", plan("group_block", streamer="sulphur", resident_blocks=1))
+    assert refine is draft and len(loads) == 1
+    assert len(refine._sulphur_streamer.streamed) == len(refine.transformer_blocks) - 1
+    assert torch.equal(run(refine), gguf_reference)
+    # a different placement cannot be changed in place: that one reloads
+    ltx2.component(models, preset, "transformer", plan("resident"))
+    assert len(loads) == 2
 
 
 def test_components_that_ride_along_are_not_reloaded_for_a_transformer_only_change() -> None:
