@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,9 +111,10 @@ REAL = register(Preset(
 
 _RANDOM_HOME = f"$SULPHUR_HOME/{ltx2_random.FOLDER_NAME}"
 
-RANDOM_FULL = register(Preset(
+# The real stack's sizes, steps and sigmas, with weights built in memory (no LoRA).
+RANDOM_FULL = register(replace(
+    REAL,
     name="ltx2-19b-random",
-    family=FAMILY,
     description="Full-size LTX-2 19B stack with random weights (GGUF Q4_0 transformer, Gemma 3 12B): "
                 "real memory and speed for GPU benchmarks; renders noise.",
     files=(
@@ -121,17 +122,9 @@ RANDOM_FULL = register(Preset(
         ModelFile("upscaler", "Real-ESRGAN x2plus layout, random", path=f"{_RANDOM_HOME}/{ltx2_random.ESRGAN_FILE}"),
         ModelFile("enhancer", "prompt enhancer LLM (the tiny one)", path=_tiny(tiny_ltx2.ENHANCER_FILE)),
     ),
-    draft_size=(512, 288),
-    refine_size=(1024, 576),
-    steps=8,
-    refine_sigmas=(0.85, 0.7250, 0.4219, 0.0),
     lora_strength=0.0,
-    guidance_scale=1.0,
-    frame_multiple=8,
-    size_multiple=32,
     builder=ltx2_random.build_files,
-    extra={"max_sequence_length": 1024, "use_cross_timestep": True, "random_weights": ltx2_random.VERSION,
-           "memory": ltx2_random.MEMORY},
+    extra={**REAL.extra, "random_weights": ltx2_random.VERSION, "memory": ltx2_random.MEMORY},
 ))
 
 
@@ -422,8 +415,6 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
 def _text_encoder_plan(plan: StagePlan, preset: Preset) -> StagePlan:
     """Where the text encoder runs: ``plan.options["text_encoder"]`` (resident/group/group_stream/disk/cpu),
     else derived from the stage's mode (it is alone on the device while it runs)."""
-    from dataclasses import replace
-
     mode = plan.options.get("text_encoder")
     if plan.device == "cpu" or mode == "cpu":
         return replace(plan, device="cpu", offload="resident", dtype="float32" if plan.device == "cpu" else plan.dtype,
