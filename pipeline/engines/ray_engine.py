@@ -62,40 +62,100 @@ FORWARD_PREFIX = "SULPHUR_"
 
 @dataclass(frozen=True)
 class Layout:
-    """How many actors, and what each asks Ray for."""
+    """How many actors, what each asks Ray for, and the budgets each plans within."""
 
     draft_gpus: float
     finish_gpus: float
-    finishers: int          # separate finish actors; 0 = the draft actor finishes too
-    share_gb: float | None  # VRAM budget each actor plans within, when it shares a card
+    finishers: int                  # separate finish actors; 0 = the draft actor finishes too
+    draft_share_gb: float | None    # VRAM the draft actor plans within, when it shares a card
+    finish_share_gb: float | None   # … and each finish actor
+    draft_ram_gb: float | None = None   # host RAM the draft actor plans within (one node's RAM split)
+    finish_ram_gb: float | None = None  # … and each finish actor
 
     def describe(self) -> str:
+        ram = (f", RAM {self.draft_ram_gb:.0f} GB draft" + (f" / {self.finish_ram_gb:.0f} GB each finisher"
+                                                            if self.finishers else "")) if self.draft_ram_gb else ""
         if self.draft_gpus == 0:
-            return f"1 draft actor + {self.finishers} finish actor(s) on CPU"
+            return f"1 draft actor + {self.finishers} finish actor(s) on CPU{ram}"
+        vram = f", {self.finish_share_gb:.1f} GB VRAM each" if self.finish_share_gb else ""
         return (f"1 draft actor ({self.draft_gpus:g} GPU) + {self.finishers} finish actor(s) "
-                f"({self.finish_gpus:g} GPU each)" + (f", {self.share_gb:.1f} GB VRAM each" if self.share_gb else ""))
+                f"({self.finish_gpus:g} GPU each){vram}{ram}")
 
 
 def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | None, segments: int,
-                finishers: int | None = None) -> Layout:
+                finishers: int | None = None, host_gb: float | None = None,
+                host_need_gb: tuple[float, float] | None = None) -> Layout:
     """Actors for a cluster of ``gpus`` cards of ``card_gb`` (and ``cpus`` CPUs).
 
-    With a storyboard ``vram_budget_gb`` each actor asks for that share of a card, so
-    several pack on one GPU; without one, one card each (two halves on a single-GPU box).
-    Never more finishers than fit next to the draft actor, or than there are segments.
+    One card: with a storyboard ``vram_budget_gb`` each actor asks for that share, so
+    several pack on it; without one, two halves. Two or more cards: the draft actor (the
+    chain's critical path) gets a card of its own and the finishers are spread evenly
+    over the others — Ray fills one card with fractional requests before the next, so
+    each finisher asks for ``1/k`` of a card, ``k`` finishers per spare card. Never more
+    finishers than segments, than fit the cards, or (``host_gb`` on one node, where the
+    draft and each finish actor need ``host_need_gb`` of host RAM) than the host RAM holds:
+    every actor keeps its own models, and the RAM is split between them in that ratio.
     """
-    if gpus <= 0:
-        room = max(0, int(cpus) - 1)
+    host_room = None
+    if host_gb and host_need_gb:
+        draft_need, finish_need = host_need_gb
+        host_room = max(0, int((host_gb - draft_need) / finish_need + 1e-9))  # beside the draft actor
+
+    def how_many(room: int) -> int:
         n = min(room if finishers is None else finishers, room, segments)
-        return Layout(0.0, 0.0, max(0, n), None)
-    if budget_gb:
-        frac = min(1.0, math.ceil(budget_gb / card_gb * 100) / 100) if card_gb > 0 else 1.0
-    else:
-        frac = 1.0 if gpus >= 2 else 0.5
-    room = int((gpus - frac) / frac + 1e-9)
-    n = max(0, min(room if finishers is None else finishers, room, segments))
+        return max(0, n if host_room is None else min(n, host_room))
+
+    def with_ram(layout: Layout) -> Layout:
+        if not (host_gb and host_need_gb):
+            return layout
+        draft_need, finish_need = host_need_gb
+        unit = host_gb / (draft_need + layout.finishers * finish_need)
+        return replace(layout, draft_ram_gb=round(draft_need * unit, 1),
+                       finish_ram_gb=round(finish_need * unit, 1) if layout.finishers else None)
+
+    if gpus <= 0:
+        n = how_many(max(0, int(cpus) - 1))
+        return with_ram(Layout(0.0, 0.0, n, None, None))
+    frac = 1.0
+    if budget_gb and card_gb > 0:
+        frac = min(1.0, math.ceil(budget_gb / card_gb * 100) / 100)
+    cards = int(gpus + 1e-9)
+    if cards >= 2:
+        spare = cards - 1
+        per_card = int(1 / frac + 1e-9) if budget_gb else 1
+        n = how_many(spare * per_card)
+        k = max(1, math.ceil(n / spare))
+        finish = math.floor(100 / k) / 100
+        return with_ram(Layout(1.0, finish if n else 0.0, n, None,
+                               None if budget_gb or k == 1 else round(card_gb * finish, 2)))
+    if not budget_gb:
+        frac = 0.5
+    n = how_many(int((gpus - frac) / frac + 1e-9))
     share = None if budget_gb or frac >= 1.0 else round(card_gb * frac, 2)
-    return Layout(frac, frac if n else 0.0, n, share)
+    return with_ram(Layout(frac, frac if n else 0.0, n, share, share if n else None))
+
+
+def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[float, float] | None:
+    """Host RAM (GiB) the draft actor and a finish actor need: the lowest of their stage's
+    plans within ``vram_gb`` that still streams from RAM (reading weights from disk every
+    step is what a user would rather not run two of). None when the planner cannot tell
+    (tiny presets: a few MB; the I2V families carry fixed recipes)."""
+    from pipeline.memory import Budgets, PlanError, plan_ladder
+    from pipeline.models.registry import get_preset
+
+    try:
+        p = get_preset(preset or sb.project.preset)
+        if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
+            return None  # tiny presets: a few MB; the I2V families carry fixed recipes
+        budgets = Budgets.from_gb(vram_gb, 1 << 20)
+        need = []
+        for stage in ("draft", "refine"):
+            ladder = plan_ladder(stage, p, sb.project, "cuda", budgets=budgets)
+            streamed = [plan for plan in ladder if "mmap" not in plan.name] or ladder
+            need.append(min(plan.host_bytes for plan in streamed) / 2**30)
+    except (KeyError, PlanError):
+        return None
+    return need[0], need[1]
 
 
 @ray.remote(num_cpus=0, num_gpus=0.01)
@@ -112,7 +172,8 @@ class StageWorker:
     """One Renderer in one Ray worker process: drafts, finishes or assembles segments."""
 
     def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
-                 share_gb: float | None, sweep: bool, user_threads: bool = False) -> None:
+                 share_gb: float | None, sweep: bool, user_threads: bool = False,
+                 ram_gb: float | None = None) -> None:
         # As the CLI does for local renders (a remote node's actors do not inherit it).
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         # The event queue by name, not by handle: constructor arguments must outlive restarts.
@@ -126,7 +187,7 @@ class StageWorker:
         try:
             if not user_threads:
                 _local_threads()
-            self.renderer = _renderer(storyboard, preset, job_id, share_gb, self._emit, self.cancel)
+            self.renderer = _renderer(storyboard, preset, job_id, share_gb, ram_gb, self._emit, self.cancel)
             if sweep:
                 self.renderer.cache.sweep_partials()
             self.first_chain = copy.deepcopy(self.renderer.chain)  # what segment 1 starts from
@@ -224,9 +285,9 @@ def _write_still(clip: Path) -> None:
     os.replace(tmp, still)
 
 
-def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None, emit: Emit,
-              cancel: threading.Event) -> Any:
-    """A Renderer as :func:`pipeline.render.render` builds one, within this actor's VRAM share."""
+def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
+              ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
+    """A Renderer as :func:`pipeline.render.render` builds one, within this actor's VRAM and RAM shares."""
     from pipeline.models.registry import LoadedModels
     from pipeline.render import Renderer
 
@@ -236,6 +297,9 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
     if share_gb and sb.project.vram_budget_gb is None:
         # Several actors share this card: each plans within its Ray share, not the free VRAM.
         sb = replace(sb, project=replace(sb.project, vram_budget_gb=share_gb))
+    if ram_gb:
+        # Every actor on this node keeps its own models: each plans within its part of the RAM.
+        sb = replace(sb, project=replace(sb.project, ram_budget_gb=ram_gb))
     return Renderer.create(sb, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
 
 
@@ -255,6 +319,12 @@ def _init(address: str | None) -> bool:
     else:
         ray.init(address=address, **kwargs)
     return True
+
+
+def _available_ram_gb() -> float:
+    import psutil
+
+    return psutil.virtual_memory().available / 2**30
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, Any]:
@@ -295,24 +365,34 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
         card = ray.get(_card_gb.remote()) if gpus else 0.0
-        layout = plan_layout(gpus=gpus, cpus=float(resources.get("CPU", 1)), card_gb=card,
-                             budget_gb=sb.project.vram_budget_gb, segments=work, finishers=finishers)
         single_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+        host_gb = need_gb = None
+        if single_node and gpus:
+            # Every actor holds its own models in this node's RAM: split it (a cluster's nodes
+            # differ; there each actor plans within what its node has free when it starts).
+            host_gb = sb.project.ram_budget_gb or _available_ram_gb()
+            vram = sb.project.vram_budget_gb or (card if gpus >= 2 else card / 2)
+            need_gb = actor_host_need_gb(sb, preset, vram)
+        layout = plan_layout(gpus=gpus, cpus=float(resources.get("CPU", 1)), card_gb=card,
+                             budget_gb=sb.project.vram_budget_gb, segments=work, finishers=finishers,
+                             host_gb=host_gb, host_need_gb=need_gb)
         emit(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), {resources.get('CPU', 0):g} CPU(s)"))
 
-        def actor(role: str, i: int, gpu: float, sweep: bool = False) -> Any:
+        def actor(role: str, i: int, gpu: float, share: float | None, ram: float | None,
+                  sweep: bool = False) -> Any:
             handle = StageActor.options(
                 name=f"sulphur-{job_id}-{role}-{i}", namespace=NAMESPACE, num_cpus=1, num_gpus=gpu,
                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
                 runtime_env=_env(actor_env.get(role)),
-            ).remote(path, preset, job_id, queue_name, role, layout.share_gb, sweep, user_threads)
+            ).remote(path, preset, job_id, queue_name, role, share, sweep, user_threads, ram)
             d.actors.append(handle)
             return handle
 
-        drafter = actor("draft", 0, layout.draft_gpus, sweep=single_node)
+        drafter = actor("draft", 0, layout.draft_gpus, layout.draft_share_gb, layout.draft_ram_gb, sweep=single_node)
         # The draft actor builds built-in models (tiny preset) first, so the others never race it.
         d.get([drafter.ready.remote()])
-        helpers = [actor(helper_role, i, layout.finish_gpus) for i in range(layout.finishers)] or [drafter]
+        helpers = [actor(helper_role, i, layout.finish_gpus, layout.finish_share_gb, layout.finish_ram_gb)
+                   for i in range(layout.finishers)] or [drafter]
         yield d, drafter, helpers
     finally:
         for a in d.actors:

@@ -138,14 +138,57 @@ def test_plan_layout_packs_actors_by_the_storyboards_vram_budget() -> None:
     assert plan_layout(gpus=0, cpus=1, card_gb=0, budget_gb=None, segments=3).finishers == 0
     # One 80 GB card, a 24 GB budget per actor: 0.3 each, three finishers beside the drafter.
     one = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4)
-    assert (one.draft_gpus, one.finish_gpus, one.finishers, one.share_gb) == (0.3, 0.3, 2, None)
+    assert (one.draft_gpus, one.finish_gpus, one.finishers, one.finish_share_gb) == (0.3, 0.3, 2, None)
     # No budget: halves of a single card, each planning within its half; whole cards on more.
     half = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=None, segments=4)
-    assert (half.draft_gpus, half.finishers, half.share_gb) == (0.5, 1, 40.0)
+    assert (half.draft_gpus, half.finishers, half.draft_share_gb, half.finish_share_gb) == (0.5, 1, 40.0, 40.0)
     four = plan_layout(gpus=4, cpus=64, card_gb=80, budget_gb=None, segments=2)
-    assert (four.draft_gpus, four.finish_gpus, four.finishers, four.share_gb) == (1.0, 1.0, 2, None)
+    assert (four.draft_gpus, four.finish_gpus, four.finishers, four.finish_share_gb) == (1.0, 1.0, 2, None)
     # A budget over half the card: no room for a finisher, the draft actor finishes too.
     assert plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=60, segments=4).finishers == 0
+
+
+def test_plan_layout_gives_the_draft_a_card_of_its_own_when_there_are_two() -> None:
+    # Measured on 2×H200 (8 GB budget, 141 GB cards): 0.06-GPU requests all landed on GPU 0,
+    # the second card idle. The drafter now takes a whole card; finishers fill the others
+    # with 1/k-card requests so Ray cannot stack them on the drafter's card.
+    two = plan_layout(gpus=2, cpus=32, card_gb=141, budget_gb=8, segments=4)
+    assert (two.draft_gpus, two.finishers, two.finish_gpus) == (1.0, 4, 0.25)
+    assert two.finish_gpus * two.finishers <= 1.0  # every finisher fits the one spare card
+    three = plan_layout(gpus=3, cpus=32, card_gb=80, budget_gb=None, segments=4)
+    assert (three.draft_gpus, three.finishers, three.finish_gpus, three.finish_share_gb) == (1.0, 2, 1.0, None)
+    packed = plan_layout(gpus=3, cpus=32, card_gb=80, budget_gb=20, segments=6)
+    assert (packed.finishers, packed.finish_gpus) == (6, 0.33)  # three per spare card
+    assert packed.finish_gpus * 3 <= 1.0 < packed.finish_gpus * 4
+
+
+def test_plan_layout_splits_the_host_ram_between_actors() -> None:
+    # A 32 GB host; the drafter needs 12 GB, a finisher 13 GB: one finisher beside it.
+    lean = plan_layout(gpus=1, cpus=16, card_gb=24, budget_gb=8, segments=4, host_gb=32, host_need_gb=(12, 13))
+    assert lean.finishers == 1
+    assert lean.draft_ram_gb + lean.finish_ram_gb <= 32 and lean.finish_ram_gb >= 13 and lean.draft_ram_gb >= 12
+    # Not even one fits beside the drafter: it finishes too, with all of the RAM, even with a spare card.
+    alone = plan_layout(gpus=2, cpus=16, card_gb=24, budget_gb=8, segments=4, host_gb=32, host_need_gb=(20, 13))
+    assert (alone.finishers, alone.finish_gpus, alone.draft_ram_gb, alone.finish_ram_gb) == (0, 0.0, 32.0, None)
+    roomy = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4, host_gb=256, host_need_gb=(12, 13))
+    assert roomy.finishers == 2
+    assert roomy.draft_ram_gb + 2 * roomy.finish_ram_gb == pytest.approx(256, abs=0.2)
+
+
+def test_the_host_need_comes_from_the_memory_planner() -> None:
+    import pipeline.models.ltx2_random  # noqa: F401  (registers the full-size random preset)
+    from pipeline.engines.ray_engine import actor_host_need_gb
+    from pipeline.memory import Budgets, plan_ladder
+    from pipeline.models.registry import get_preset
+
+    sb = S.load(EXAMPLE)
+    assert actor_host_need_gb(sb, "tiny", 8) is None
+    draft, finish = actor_host_need_gb(sb, "ltx2-19b-random", 8)
+    refine = plan_ladder("refine", get_preset("ltx2-19b-random"), sb.project, "cuda",
+                         budgets=Budgets.from_gb(8, 1 << 20))
+    # Leaner than the fastest refine plan, never leaner than the leanest one that streams from RAM.
+    assert min(p.host_bytes for p in refine) / 2**30 <= finish <= refine[0].host_bytes / 2**30
+    assert 4 < draft < 64
 
 
 def test_ray_is_imported_only_when_asked_for() -> None:
