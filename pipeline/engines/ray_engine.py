@@ -88,13 +88,16 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
     """Actors for a cluster of ``gpus`` cards of ``card_gb`` (and ``cpus`` CPUs).
 
     One card: with a storyboard ``vram_budget_gb`` each actor asks for that share, so
-    several pack on it; without one, two halves. Two or more cards: the draft actor (the
-    chain's critical path) gets a card of its own and the finishers are spread evenly
-    over the others — Ray fills one card with fractional requests before the next, so
-    each finisher asks for ``1/k`` of a card, ``k`` finishers per spare card. Never more
-    finishers than segments, than fit the cards, or (``host_gb`` on one node, where the
-    draft and each finish actor need ``host_need_gb`` of host RAM) than the host RAM holds:
-    every actor keeps its own models, and the RAM is split between them in that ratio.
+    several pack on it (their streamed stages leave the card idle between blocks); without
+    one, two halves. Two or more cards: the draft actor (the chain's critical path) gets a
+    card of its own and, by default, one finisher per other card — four finishers sharing
+    one H200 each refined 2.5-3× slower than one alone (bench/results), so more per card
+    mostly adds host RAM. ``finishers`` asks for more: they spread evenly (Ray fills one
+    card with fractional requests before the next, so each asks for ``1/k`` of a card).
+    Never more finishers than segments, than fit the cards, or (``host_gb`` on one node,
+    where the draft and each finish actor need ``host_need_gb`` of host RAM) than the host
+    RAM holds: every actor keeps its own models. A finisher gets at most twice its need;
+    the draft actor the rest (kept between segments, its text encoder saves seconds each).
     """
     host_room = None
     if host_gb and host_need_gb:
@@ -109,9 +112,10 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
         if not (host_gb and host_need_gb):
             return layout
         draft_need, finish_need = host_need_gb
-        unit = host_gb / (draft_need + layout.finishers * finish_need)
-        return replace(layout, draft_ram_gb=round(draft_need * unit, 1),
-                       finish_ram_gb=round(finish_need * unit, 1) if layout.finishers else None)
+        n = layout.finishers
+        finish = min(2 * finish_need, finish_need * host_gb / (draft_need + n * finish_need))
+        return replace(layout, draft_ram_gb=round(host_gb - n * finish, 1),
+                       finish_ram_gb=round(finish, 1) if n else None)
 
     if gpus <= 0:
         n = how_many(max(0, int(cpus) - 1))
@@ -122,7 +126,7 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
     cards = int(gpus + 1e-9)
     if cards >= 2:
         spare = cards - 1
-        per_card = int(1 / frac + 1e-9) if budget_gb else 1
+        per_card = int(1 / frac + 1e-9) if budget_gb and finishers is not None else 1
         n = how_many(spare * per_card)
         k = max(1, math.ceil(n / spare))
         finish = math.floor(100 / k) / 100
@@ -570,7 +574,7 @@ def main(args: argparse.Namespace) -> int:
     def work(cancel: threading.Event) -> Path:
         try:
             return render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
-                              emit=emit, cancel=cancel, address=address)
+                              emit=emit, cancel=cancel, address=address, finishers=getattr(args, "finishers", None))
         except ConnectionError as exc:
             raise RenderError("ray_unreachable", f"cannot reach the Ray cluster at {address}: {exc}") from None
 

@@ -153,13 +153,18 @@ def test_plan_layout_gives_the_draft_a_card_of_its_own_when_there_are_two() -> N
     # the second card idle. The drafter now takes a whole card; finishers fill the others
     # with 1/k-card requests so Ray cannot stack them on the drafter's card.
     two = plan_layout(gpus=2, cpus=32, card_gb=141, budget_gb=8, segments=4)
-    assert (two.draft_gpus, two.finishers, two.finish_gpus) == (1.0, 4, 0.25)
-    assert two.finish_gpus * two.finishers <= 1.0  # every finisher fits the one spare card
+    assert (two.draft_gpus, two.finishers, two.finish_gpus) == (1.0, 1, 1.0)
+    asked = plan_layout(gpus=2, cpus=32, card_gb=141, budget_gb=8, segments=4, finishers=4)
+    assert (asked.draft_gpus, asked.finishers, asked.finish_gpus) == (1.0, 4, 0.25)
+    assert asked.finish_gpus * asked.finishers <= 1.0  # every finisher fits the one spare card
     three = plan_layout(gpus=3, cpus=32, card_gb=80, budget_gb=None, segments=4)
     assert (three.draft_gpus, three.finishers, three.finish_gpus, three.finish_share_gb) == (1.0, 2, 1.0, None)
-    packed = plan_layout(gpus=3, cpus=32, card_gb=80, budget_gb=20, segments=6)
+    packed = plan_layout(gpus=3, cpus=32, card_gb=80, budget_gb=20, segments=6, finishers=6)
     assert (packed.finishers, packed.finish_gpus) == (6, 0.33)  # three per spare card
     assert packed.finish_gpus * 3 <= 1.0 < packed.finish_gpus * 4
+    # Without a budget a card holds one actor: two asked for on one spare card get one.
+    halves = plan_layout(gpus=2, cpus=32, card_gb=80, budget_gb=None, segments=4, finishers=2)
+    assert (halves.finishers, halves.finish_gpus, halves.finish_share_gb) == (1, 1.0, None)
 
 
 def test_plan_layout_splits_the_host_ram_between_actors() -> None:
@@ -170,9 +175,10 @@ def test_plan_layout_splits_the_host_ram_between_actors() -> None:
     # Not even one fits beside the drafter: it finishes too, with all of the RAM, even with a spare card.
     alone = plan_layout(gpus=2, cpus=16, card_gb=24, budget_gb=8, segments=4, host_gb=32, host_need_gb=(20, 13))
     assert (alone.finishers, alone.finish_gpus, alone.draft_ram_gb, alone.finish_ram_gb) == (0, 0.0, 32.0, None)
+    # Plenty of RAM: a finisher gets twice its need, the draft actor (text encoder kept) the rest.
     roomy = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4, host_gb=256, host_need_gb=(12, 13))
-    assert roomy.finishers == 2
-    assert roomy.draft_ram_gb + 2 * roomy.finish_ram_gb == pytest.approx(256, abs=0.2)
+    assert (roomy.finishers, roomy.finish_ram_gb) == (2, 26.0)
+    assert roomy.draft_ram_gb == pytest.approx(256 - 52, abs=0.2)
 
 
 def test_the_host_need_comes_from_the_memory_planner() -> None:
