@@ -247,6 +247,9 @@ class Renderer:
             self.emit(protocol.StageCached(segment=job.segment.id, stage=name, cache_key=key))
             return hit
         plans = self.plans(name, job.frames, job.segment.id, job.preset)
+        if name == "upscale":
+            # the upscaler uses none of the held models: fit it beside them rather than evict
+            plans = memory.beside_held(plans, memory.vram_room(self.sb.project))
         last_error: BaseException | None = None
         for i, plan in enumerate(plans):
             if self.cancel.is_set():

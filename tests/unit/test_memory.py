@@ -15,6 +15,7 @@ from pipeline.memory import (
     GiB,
     PlanError,
     StagePlan,
+    beside_held,
     component_sizes,
     detect_budgets,
     is_oom,
@@ -62,6 +63,21 @@ def test_weights_that_fit_stay_resident() -> None:
     assert big["draft"][0].offload == "resident"
     assert big["refine"][0].offload == "resident"
     assert big["enhance"][0].options["n_gpu_layers"] == -1
+
+
+def test_upscale_fits_beside_held_models_before_it_evicts_them() -> None:
+    ladder = ladders(8, 32)["upscale"]
+    assert [p.name for p in beside_held(ladder, None)] == [p.name for p in ladder]
+    # Room for one frame's batch beside the held transformer: that rung first, the rest after
+    # (each tried after an OOM has evicted everything), none lost.
+    one = next(p for p in ladder if p.name == "batch1")
+    reordered = beside_held(ladder, one.vram_bytes + GiB // 8)
+    fitting = [p for p in reordered if p.vram_bytes <= one.vram_bytes + GiB // 8]
+    assert reordered[0].name == "batch1" and reordered[:len(fitting)] == fitting
+    assert sorted(p.name for p in reordered) == sorted(p.name for p in ladder)
+    assert [p.name for p in reordered[len(fitting):]] == [p.name for p in ladder if p not in fitting]
+    # No room at all: the ladder as it was (its first OOM evicts the held models).
+    assert [p.name for p in beside_held(ladder, 0)] == [p.name for p in ladder]
 
 
 def test_seed_machine_8gb_32gb() -> None:
