@@ -67,14 +67,30 @@ def storyboard(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rss_parts(pid: int) -> dict[str, int]:
+    """Bytes of a process's resident memory by kind (Linux): anonymous (heap, pinned CUDA host
+    buffers), file-backed (mapped weights: the kernel can drop these under pressure) and shmem."""
+    parts = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in parts:
+                parts[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return parts
+
+
 class ProcessSampler:
-    """Peak host RSS (process tree) and NVML GPU memory of one process, every 50 ms."""
+    """Peak host RSS (process tree; also split into anonymous / file-backed / shmem) and NVML
+    GPU memory of one process, every 50 ms."""
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
         self.peak_rss = 0
+        self.peak_parts = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
         self.peak_gpu = 0
-        self.timeline: list[tuple[float, int, int]] = []
+        self.timeline: list[tuple[float, int, int, int, int]] = []
         self._stop = threading.Event()
         self._nvml = None
         try:
@@ -104,15 +120,20 @@ class ProcessSampler:
         last = 0.0
         while not self._stop.is_set():
             try:
-                rss = self.proc.memory_info().rss + sum(c.memory_info().rss
-                                                        for c in self.proc.children(recursive=True))
+                tree = [self.proc, *self.proc.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in tree)
                 gpu = self._gpu_bytes()
             except Exception:  # noqa: BLE001 - the process is ending (psutil) or NVML hiccups
                 break
+            parts = {k: 0 for k in self.peak_parts}
+            for p in tree:
+                for k, v in rss_parts(p.pid).items():
+                    parts[k] += v
             self.peak_rss, self.peak_gpu = max(self.peak_rss, rss), max(self.peak_gpu, gpu)
+            self.peak_parts = {k: max(v, parts[k]) for k, v in self.peak_parts.items()}
             now = time.perf_counter() - self._t0
             if now - last >= 1.0:
-                self.timeline.append((round(now, 1), rss, gpu))
+                self.timeline.append((round(now, 1), rss, gpu, parts["RssAnon"], parts["RssFile"]))
                 last = now
             time.sleep(0.05)
 
@@ -136,9 +157,10 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
     events = [protocol.decode_event(line) for line in stdout.splitlines() if line.strip()]
     out: dict[str, Any] = {"returncode": proc.returncode, "wall_s": round(wall, 2),
                            "peak_host_rss_gib": round(sampler.peak_rss / GiB, 2),
+                           "peak_host_gib_by_kind": {k: round(v / GiB, 2) for k, v in sampler.peak_parts.items()},
                            "peak_gpu_nvml_gib": round(sampler.peak_gpu / GiB, 2),
-                           "timeline_s_rss_gib_gpu_gib": [(t, round(r / GiB, 1), round(g / GiB, 1))
-                                                          for t, r, g in sampler.timeline]}
+                           "timeline_s_rss_gpu_anon_file_gib": [
+                               (t, *(round(x / GiB, 1) for x in rest)) for t, *rest in sampler.timeline]}
     if proc.returncode != 0:
         out["stderr_tail"] = (folder / "stderr.txt").read_text()[-3000:]
     stages = []
