@@ -228,6 +228,29 @@ def test_block_dequant_hooks_remove_cleanly(gguf_reference: torch.Tensor) -> Non
     assert torch.equal(run(model), gguf_reference)
 
 
+def test_a_detached_streamer_frees_its_buffers_without_waiting_for_gc(reference: torch.Tensor) -> None:
+    """Re-streaming packs every block into new host buffers: the old ones must be gone as
+    soon as their tensors are rebound, not at the next gc pass, or the model is in host RAM
+    twice for the whole re-pack (seen as +10 GiB at draft → refine on the 19B model)."""
+    import gc
+    import weakref
+
+    model = apply_plan(fresh(), plan("group_block", streamer="sulphur", resident_blocks=1))
+    run(model)
+    old = weakref.ref(model._sulphur_streamer)
+    host = weakref.ref(old().blocks[-1].host)  # a streamed block's buffer object
+    gc.collect()
+    gc.disable()
+    try:
+        old().detach()
+        assert old() is None, "something still holds the detached streamer"
+        apply_plan(model, plan("group_block", streamer="sulphur", resident_blocks=0))  # re-packed
+        assert host() is None, "the old host buffer outlived the re-pack"
+    finally:
+        gc.enable()
+    assert torch.equal(run(model), reference)
+
+
 def test_block_dequant_is_a_no_op_without_gguf(reference: torch.Tensor) -> None:
     model = apply_plan(fresh(), plan("group_block", streamer="sulphur", dequant="block"))
     st: BlockStreamer = model._sulphur_streamer
