@@ -30,6 +30,16 @@ def engine_setting() -> tuple[str, str | None]:
     return engine, os.environ.get("SULPHUR_RAY_ADDRESS") or None
 
 
+def finishers_setting() -> int | None:
+    """``$SULPHUR_RAY_FINISHERS``: finish actors beside the draft actor (the CLI's ``--finishers``)."""
+    raw = os.environ.get("SULPHUR_RAY_FINISHERS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"SULPHUR_RAY_FINISHERS={raw!r}: expected a whole number of actors (0 or more)")
+    return int(raw)
+
+
 def render(storyboard_path: str | os.PathLike[str], *, engine: str | None = None, address: str | None = None,
            emit: Callable[[Event], None] = lambda e: None, **kwargs: Any) -> Path:
     """:func:`pipeline.render.render` through the chosen engine (default: the environment's).
@@ -47,8 +57,9 @@ def render(storyboard_path: str | os.PathLike[str], *, engine: str | None = None
     if engine == "ray":
         from pipeline.engines.ray_engine import render_ray
 
+        kwargs.setdefault("finishers", finishers_setting())
         return render_ray(storyboard_path, address=address, emit=emit, **kwargs)
     raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "engine_setting", "render"]
+__all__ = ["ENGINES", "engine_setting", "finishers_setting", "render"]
