@@ -65,6 +65,33 @@ class SegmentLive:
 
 
 @dataclass
+class ActorLive:
+    """One engine worker (a Ray stage actor): what it runs now and how busy it has been."""
+
+    worker: str            # as the events name it: "sulphur-<job>-draft-0@host GPU 0"
+    segment: str = ""
+    stage: str = ""
+    state: str = "idle"    # running | idle
+    started: float = 0.0
+    step: int = 0
+    total: int = 0
+    busy: float = 0.0      # seconds of the stages it finished
+    stages: int = 0
+
+    @property
+    def label(self) -> str:
+        """``draft-0`` out of ``sulphur-<job>-draft-0``: the job is already on screen."""
+        name = self.worker.partition("@")[0]
+        parts = name.split("-")
+        return "-".join(parts[2:]) if len(parts) > 3 and parts[0] == "sulphur" else name
+
+    @property
+    def where(self) -> str:
+        """``host GPU 0`` (or ``host CPU``)."""
+        return self.worker.partition("@")[2]
+
+
+@dataclass
 class JobLive:
     job_id: str
     segments: list[str]
@@ -89,6 +116,10 @@ class LiveState:
         self.enhanced: list[PromptEnhanced] = []
         self.last_ts = 0.0
         self.worker_pid = 0
+        # Engine workers (Ray actors) by name, in order of appearance; empty for a local render,
+        # whose events name no worker.
+        self.actors: dict[str, ActorLive] = {}
+        self._running_on: dict[tuple[str, str], str] = {}  # (segment, stage) -> worker, for StepProgress
 
     # ------------------------------------------------------------------ folding
     def seg(self, segment_id: str) -> SegmentLive:
@@ -105,6 +136,7 @@ class LiveState:
                 job.segments = list(ev.segments) or job.segments
                 if isinstance(ev, JobStarted):
                     job.state, job.started = "running", ev.ts
+                    self.actors, self._running_on = {}, {}  # a job's actors are its own
                 for sid in job.segments:
                     s = self.seg(sid)
                     if s.state not in ("rendering",):
@@ -112,13 +144,16 @@ class LiveState:
                 return {"segments", "jobs"}
             case StageStarted() if not ev.segment:
                 # A job-level stage (assembling the film): a timer row, no shot.
+                self._actor_started(ev)
                 self.timers[ev.stage] = StageTimer(ev.stage, "running", ev.ts, total=ev.total_steps, plan=ev.plan)
                 return {"timers"}
             case StageFinished() if not ev.segment:
+                self._actor_finished(ev)
                 t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
                 t.state, t.seconds = "done", ev.seconds
                 return {"timers"}
             case StageStarted():
+                self._actor_started(ev)
                 if ev.segment != self.timer_segment:
                     self.timer_segment = ev.segment
                     self.timers = {s: StageTimer(s) for s in STAGES}
@@ -132,6 +167,9 @@ class LiveState:
                     job.state, job.started = "running", ev.ts
                 return {"segments", "timers", "jobs"}
             case StepProgress():
+                actor = self.actors.get(self._running_on.get((ev.segment, ev.stage), ""))
+                if actor is not None and actor.segment == ev.segment and actor.stage == ev.stage:
+                    actor.step, actor.total = ev.step, ev.total
                 if ev.segment == self.timer_segment and ev.stage in self.timers:
                     t = self.timers[ev.stage]
                     t.step, t.total = ev.step, ev.total
@@ -143,6 +181,7 @@ class LiveState:
                 return {"segments", "timers"}
             case StageFinished() | StageCached():
                 cached = isinstance(ev, StageCached)
+                self._actor_finished(ev)
                 if ev.segment == self.timer_segment and ev.stage in self.timers:
                     t = self.timers[ev.stage]
                     t.state = "cached" if cached else "done"
@@ -205,6 +244,26 @@ class LiveState:
                 return {"log"}
         return set()
 
+    def _actor_started(self, ev: StageStarted) -> None:
+        if not ev.worker:
+            return
+        actor = self.actors.setdefault(ev.worker, ActorLive(ev.worker))
+        actor.segment, actor.stage, actor.state = ev.segment, ev.stage, "running"
+        actor.started, actor.step, actor.total = ev.ts, 0, ev.total_steps
+        self._running_on[(ev.segment, ev.stage)] = ev.worker
+
+    def _actor_finished(self, ev: StageFinished | StageCached) -> None:
+        worker = ev.worker or self._running_on.get((ev.segment, ev.stage), "")
+        actor = self.actors.get(worker)
+        if actor is None:
+            return
+        self._running_on.pop((ev.segment, ev.stage), None)
+        if isinstance(ev, StageFinished):
+            actor.busy += ev.seconds
+            actor.stages += 1
+        if actor.segment == ev.segment and actor.stage == ev.stage:
+            actor.state = "idle"
+
     def _snapshot(self, ev: StatusSnapshot) -> set[str]:
         self.worker_pid = ev.pid
         for info in ev.jobs:
@@ -232,6 +291,8 @@ class LiveState:
         for t in self.timers.values():
             if t.state == "running":
                 t.state = "failed" if state == "failed" else "pending"
+        for actor in self.actors.values():
+            actor.state = "idle"
 
     def _progress(self, segment_id: str, fraction: float = 0.0) -> None:
         s = self.seg(segment_id)

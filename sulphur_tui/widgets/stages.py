@@ -28,7 +28,8 @@ def fmt_seconds(s: float | None) -> str:
 
 
 class StageTimers(Widget):
-    """Five rows, one per stage, for the segment the worker is on."""
+    """Five rows, one per stage, for the segment the worker is on; with the Ray engine,
+    one more row per stage actor (several segments are in flight at once)."""
 
     COMPONENT_CLASSES = {
         "stage-timers--pending",
@@ -87,5 +88,24 @@ class StageTimers(Widget):
                 "cached" if t.state == "cached" else "")
             table.add_row(Text(f"{_GLYPH.get(t.state, '?')} {stage}", st), step, elapsed, eta_text,
                           Text(t.plan, "dim"))
-        return Group(title, table)
+        if not live.actors:
+            return Group(title, table)
+        return Group(title, table, self._actors(now))
+
+    def _actors(self, now: float) -> Table:
+        """One row per engine worker (Ray actor): where it runs, what, for how long, busy so far."""
+        style = self.get_component_rich_style
+        table = Table.grid(padding=(0, 1), expand=True)
+        for name, justify in (("actor", "left"), ("where", "left"), ("doing", "left"), ("step", "right"),
+                              ("elapsed", "right"), ("busy", "right")):
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for a in self.live.actors.values():
+            running = a.state == "running"
+            st = style("stage-timers--running" if running else "stage-timers--pending")
+            doing = " ".join(x for x in (a.segment, a.stage) if x) if running else "idle"
+            step = f"{a.step}/{a.total}" if running and a.total else ""
+            elapsed = fmt_seconds(now - a.started) if running else ""
+            table.add_row(Text(f"{_GLYPH['running' if running else 'pending']} {a.label}", st), a.where, doing,
+                          step, elapsed, Text(f"busy {fmt_seconds(a.busy)}", "dim"))
+        return table
 

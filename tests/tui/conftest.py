@@ -10,6 +10,9 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 RECORDING = DATA / "render-tiny.jsonl"  # `sulphur render --json` of story.toml with the tiny preset
+# the same with `--engine ray` on the 2-core CPU box (a draft actor and one finish actor);
+# the actors' absolute paths made relative to the story folder, as the local recording has them
+RAY_RECORDING = DATA / "render-ray-cpu.jsonl"
 # A fixed "now" for anything that draws ages or timers, so snapshots are stable.
 FIXED_NOW = 1_795_000_000.0
 

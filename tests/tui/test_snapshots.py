@@ -11,7 +11,7 @@ from pipeline.protocol import StepProgress
 from sulphur_tui.app import create_app
 from sulphur_tui.sources import read_events
 
-from .conftest import FIXED_NOW, RECORDING, fake_render
+from .conftest import FIXED_NOW, RAY_RECORDING, RECORDING, fake_render
 
 SIZE = (120, 40)
 
@@ -44,6 +44,20 @@ def test_rendering(snap_compare, story: Path) -> None:  # noqa: ANN001
     cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == "beam"
                and e.stage == "draft" and e.step == 4)
     app = create_app(story, connect_worker=False, replay=RECORDING, replay_until=cut + 1)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_rendering_on_ray(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """A recorded Ray render (CPU) replayed to where the draft actor drafts the second shot
+    while the finish actor refines the first: one row per actor under the stage timers."""
+    events = read_events(RAY_RECORDING)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == "beam"
+               and e.stage == "draft" and e.step == 3)
+    app = create_app(story, connect_worker=False, replay=RAY_RECORDING, replay_until=cut + 1)
 
     async def run_before(pilot) -> None:  # noqa: ANN001
         await settle(pilot)

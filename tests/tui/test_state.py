@@ -14,14 +14,21 @@ from pathlib import Path
 import pytest
 
 from pipeline.gpu import GpuMonitor
-from pipeline.protocol import FlickerReport, SegmentDone, StageStarted, StepProgress, VramSample
+from pipeline.protocol import (
+    FlickerReport,
+    SegmentDone,
+    StageFinished,
+    StageStarted,
+    StepProgress,
+    VramSample,
+)
 from pipeline.storyboard import load, with_segment
 from sulphur_tui.live import LiveState
 from sulphur_tui.messages import WorkerEvent
 from sulphur_tui.sources import paced, read_events, write_events
 from sulphur_tui.status import disk_states, segment_digest
 
-from .conftest import RECORDING, fake_render
+from .conftest import RAY_RECORDING, RECORDING, fake_render
 
 
 def test_stale_follows_the_chain(story: Path) -> None:
@@ -79,6 +86,34 @@ def test_live_state_on_recorded_render() -> None:
     assert all(isinstance(r, FlickerReport) and r.psnr for r in live.flicker.values())
     assert live.mean_seconds("draft") and live.mean_seconds("draft") > 0
     assert not live.running
+
+
+def test_live_state_follows_each_ray_actor() -> None:
+    """With the Ray engine several segments are in flight: each actor's row says which."""
+    events = read_events(RAY_RECORDING)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == "beam"
+               and e.stage == "draft" and e.step >= 2)
+    live = LiveState()
+    for ev in events[:cut + 1]:
+        live.apply(ev)
+    doing = {a.label: (a.state, a.segment, a.stage, a.where) for a in live.actors.values()}
+    assert doing == {"draft-0": ("running", "beam", "draft", "vm CPU"),
+                     "finish-0": ("running", "dawn", "refine", "vm CPU")}
+    draft = next(a for a in live.actors.values() if a.label == "draft-0")
+    assert (draft.step, draft.total) == (events[cut].step, events[cut].total)  # StepProgress names no worker
+    for ev in events[cut + 1:]:
+        live.apply(ev)
+    assert all(a.state == "idle" for a in live.actors.values())
+    busy: dict[str, float] = {}
+    for ev in events:
+        if isinstance(ev, StageFinished) and ev.worker:
+            busy[ev.worker] = busy.get(ev.worker, 0.0) + ev.seconds
+    assert {w: round(a.busy, 6) for w, a in live.actors.items()} == {w: round(s, 6) for w, s in busy.items()}
+    # A local render's events name no worker: no actor rows.
+    local = LiveState()
+    for ev in read_events(RECORDING):
+        local.apply(ev)
+    assert local.actors == {}
 
 
 def test_live_state_mid_render_eta() -> None:
