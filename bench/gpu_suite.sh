@@ -7,6 +7,9 @@
 #                              # GPU 1: every draft family at full size under the seed's 12 GB recipes
 #   bench/gpu_suite.sh ray [local|ray_1gpu|ray_2gpu]   # 4 chained segments, one engine per call:
 #                              # the single worker, Ray on GPU 0, Ray on GPUs 0,1 (BASELINE=the local JSON)
+#   bench/gpu_suite.sh recheck # two GPUs, ~7 min: the segment bench on GPU 0, then Ray on GPUs 0,1 against
+#                              # the committed single-worker run (what stop 14 left to re-measure);
+#                              # that run was on H200s: on H100s, run `ray local` as well and compare with it
 #
 # Missing Python packages travel in .site/site.tar.xz: build it with bench/device_site.sh and
 # name .site in the device call's carry.
@@ -44,6 +47,15 @@ fit)
     [ -n "${SKIP_ESRGAN:-}" ] || CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/esrgan.py --batches 1,4 --peer >"$OUT/esrgan.json" \
         2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     wait
+    ;;
+recheck)
+    CUDA_VISIBLE_DEVICES=0 timeout 240 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 \
+        --ram-budget-gb 32 --out "$OUT/segment_budget.json" >/dev/null 2>"$OUT/segment.log" || echo "segment failed: $?"
+    pkill -f "pipeline.cli render" || true
+    timeout 330 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 4 --frames 49 --vram-budget-gb 8 \
+        --no-enhance --run ray_2gpu=ray@0,1 \
+        --baseline bench/results/ray_pipeline_ltx2-19b-random_h200x2_2026-11-27_local.json \
+        --out "$OUT/ray_ray_2gpu.json" 2>"$OUT/ray_ray_2gpu.log" >/dev/null || echo "ray ray_2gpu failed: $?"
     ;;
 ray)
     # One engine per call (each took minutes on the full-size stack): `ray local`, then
