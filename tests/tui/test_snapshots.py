@@ -38,31 +38,25 @@ def test_idle(snap_compare, story: Path) -> None:  # noqa: ANN001
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
+def replayed_to(story: Path, recording: Path, segment: str, stage: str, step: int):  # noqa: ANN201
+    """The app with ``recording`` replayed up to that step of that stage."""
+    events = read_events(recording)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == segment
+               and e.stage == stage and e.step == step)
+    return create_app(story, connect_worker=False, replay=recording, replay_until=cut + 1)
+
+
 def test_rendering(snap_compare, story: Path) -> None:  # noqa: ANN001
     """A recorded tiny render replayed up to the middle of the second shot's draft."""
-    events = read_events(RECORDING)
-    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == "beam"
-               and e.stage == "draft" and e.step == 4)
-    app = create_app(story, connect_worker=False, replay=RECORDING, replay_until=cut + 1)
-
-    async def run_before(pilot) -> None:  # noqa: ANN001
-        await settle(pilot)
-
-    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    app = replayed_to(story, RECORDING, "beam", "draft", 4)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
 
 
 def test_rendering_on_ray(snap_compare, story: Path) -> None:  # noqa: ANN001
     """A recorded Ray render (CPU) replayed to where the draft actor drafts the second shot
     while the finish actor refines the first: one row per actor under the stage timers."""
-    events = read_events(RAY_RECORDING)
-    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == "beam"
-               and e.stage == "draft" and e.step == 3)
-    app = create_app(story, connect_worker=False, replay=RAY_RECORDING, replay_until=cut + 1)
-
-    async def run_before(pilot) -> None:  # noqa: ANN001
-        await settle(pilot)
-
-    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    app = replayed_to(story, RAY_RECORDING, "beam", "draft", 3)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
 
 
 def test_no_gpu(snap_compare, story: Path) -> None:  # noqa: ANN001
