@@ -181,6 +181,23 @@ def test_plan_layout_splits_the_host_ram_between_actors() -> None:
     assert roomy.draft_ram_gb == pytest.approx(256 - 52, abs=0.2)
 
 
+def test_an_actor_plans_within_its_shares(tmp_path: Path) -> None:
+    """What the layout hands an actor (its VRAM and RAM shares) is what its renderer plans with;
+    a storyboard's own VRAM budget stays, its RAM budget is the one split between actors."""
+    import threading
+
+    from pipeline.engines.ray_engine import _renderer
+
+    story = _project(tmp_path)
+    r = _renderer(str(story), None, "job", 40.0, 12.5, lambda e: None, threading.Event())
+    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (40.0, 12.5)
+    story.write_text(story.read_text().replace("[project]", "[project]\nvram_budget_gb = 8\nram_budget_gb = 64", 1))
+    r = _renderer(str(story), None, "job", 40.0, 20.0, lambda e: None, threading.Event())
+    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (8.0, 20.0)
+    r = _renderer(str(story), None, "job", None, None, lambda e: None, threading.Event())
+    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (8.0, 64.0)
+
+
 def test_the_host_need_comes_from_the_memory_planner() -> None:
     import pipeline.models.ltx2_random  # noqa: F401  (registers the full-size random preset)
     from pipeline.engines.ray_engine import actor_host_need_gb
