@@ -135,8 +135,31 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
     if not budget_gb:
         frac = 0.5
     n = how_many(int((gpus - frac) / frac + 1e-9))
+    if n == 0 and not budget_gb:
+        return with_ram(Layout(1.0, 0.0, 0, None, None))  # alone on the card: all of it
     share = None if budget_gb or frac >= 1.0 else round(card_gb * frac, 2)
     return with_ram(Layout(frac, frac if n else 0.0, n, share, share if n else None))
+
+
+def halving_slows(sb: Any, preset: str | None, card_gb: float) -> bool:
+    """Whether half of a ``card_gb`` card would put the draft or the refine on a slower memory
+    plan than the whole card: then two actors sharing it cost more than their overlap saves
+    (an 8 GB card: the streamer keeps fewer blocks resident, the VAE tiles smaller)."""
+    from pipeline.memory import Budgets, PlanError, plan_ladder
+    from pipeline.models.registry import get_preset
+
+    try:
+        p = get_preset(preset or sb.project.preset)
+        if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
+            return False
+        for stage in ("draft", "refine"):
+            whole, half = (plan_ladder(stage, p, sb.project, "cuda", budgets=Budgets.from_gb(gb, 1 << 20))[0]
+                           for gb in (card_gb, card_gb / 2))
+            if whole.name != half.name or whole.options.get("resident_blocks") != half.options.get("resident_blocks"):
+                return True
+    except (KeyError, PlanError):
+        return True  # half the card cannot hold it at all
+    return False
 
 
 def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[float, float] | None:
@@ -377,6 +400,9 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
             host_gb = sb.project.ram_budget_gb or _available_ram_gb()
             vram = sb.project.vram_budget_gb or (card if gpus >= 2 else card / 2)
             need_gb = actor_host_need_gb(sb, preset, vram)
+        if (finishers is None and 0 < gpus < 2 and not sb.project.vram_budget_gb
+                and halving_slows(sb, preset, card)):
+            finishers = 0  # one card too small to share: one actor with all of it, as a local render
         layout = plan_layout(gpus=gpus, cpus=float(resources.get("CPU", 1)), card_gb=card,
                              budget_gb=sb.project.vram_budget_gb, segments=work, finishers=finishers,
                              host_gb=host_gb, host_need_gb=need_gb)

@@ -181,6 +181,20 @@ def test_plan_layout_splits_the_host_ram_between_actors() -> None:
     assert roomy.draft_ram_gb == pytest.approx(256 - 52, abs=0.2)
 
 
+def test_one_card_too_small_to_share_keeps_one_actor_with_all_of_it() -> None:
+    import pipeline.models.ltx2_random  # noqa: F401  (registers the full-size random preset)
+    from pipeline.engines.ray_engine import halving_slows
+
+    sb = S.load(EXAMPLE)
+    # Half of a consumer card puts the 19B stack on a leaner (slower) plan; half of an 80 GB one does not.
+    assert halving_slows(sb, "ltx2-19b-random", 12) and halving_slows(sb, "ltx2-19b-random", 24)
+    assert not halving_slows(sb, "ltx2-19b-random", 80)
+    assert not halving_slows(sb, "tiny", 8)  # a few MB: sharing costs nothing
+    # No finisher: the draft actor asks for the whole card and plans within all of it.
+    alone = plan_layout(gpus=1, cpus=16, card_gb=12, budget_gb=None, segments=4, finishers=0)
+    assert (alone.draft_gpus, alone.finishers, alone.draft_share_gb) == (1.0, 0, None)
+
+
 def test_an_actor_plans_within_its_shares(tmp_path: Path) -> None:
     """What the layout hands an actor (its VRAM and RAM shares) is what its renderer plans with;
     a storyboard's own VRAM budget stays, its RAM budget is the one split between actors."""
