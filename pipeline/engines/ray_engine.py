@@ -109,8 +109,8 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
         return max(0, n if host_room is None else min(n, host_room))
 
     def with_ram(layout: Layout) -> Layout:
-        if not (host_gb and host_need_gb):
-            return layout
+        if not (host_gb and host_need_gb and layout.finishers):
+            return layout  # alone: it plans with the RAM as a local render would
         draft_need, finish_need = host_need_gb
         n = layout.finishers
         finish = min(2 * finish_need, finish_need * host_gb / (draft_need + n * finish_need))

@@ -172,9 +172,10 @@ def test_plan_layout_splits_the_host_ram_between_actors() -> None:
     lean = plan_layout(gpus=1, cpus=16, card_gb=24, budget_gb=8, segments=4, host_gb=32, host_need_gb=(12, 13))
     assert lean.finishers == 1
     assert lean.draft_ram_gb + lean.finish_ram_gb <= 32 and lean.finish_ram_gb >= 13 and lean.draft_ram_gb >= 12
-    # Not even one fits beside the drafter: it finishes too, with all of the RAM, even with a spare card.
+    # Not even one fits beside the drafter: it finishes too and plans with the RAM as a local
+    # render does (no share), even with a spare card.
     alone = plan_layout(gpus=2, cpus=16, card_gb=24, budget_gb=8, segments=4, host_gb=32, host_need_gb=(20, 13))
-    assert (alone.finishers, alone.finish_gpus, alone.draft_ram_gb, alone.finish_ram_gb) == (0, 0.0, 32.0, None)
+    assert (alone.finishers, alone.finish_gpus, alone.draft_ram_gb, alone.finish_ram_gb) == (0, 0.0, None, None)
     # Plenty of RAM: a finisher gets twice its need, the draft actor (text encoder kept) the rest.
     roomy = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4, host_gb=256, host_need_gb=(12, 13))
     assert (roomy.finishers, roomy.finish_ram_gb) == (2, 26.0)
