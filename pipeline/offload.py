@@ -280,9 +280,7 @@ class BlockStreamer:
                     mod.__dict__.pop("forward", None)  # the class's own forward again
                 else:
                     mod.forward = layer_forward  # e.g. the Triton forward of patch_gguf_linears
-            b.weights, b.views = [], {}
-            for r in b.runs:
-                r.out = None
+        # Drop every buffer reference (blocks, views, scratch, slots) now, not at gc time.
         self.scratch, self.slots = None, []
         self.blocks, self.streamed, self._slot_owner = [], [], [None, None]
         model = self._model() if getattr(self, "_model", None) is not None else None

@@ -114,8 +114,7 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
         draft_need, finish_need = host_need_gb
         n = layout.finishers
         finish = min(2 * finish_need, finish_need * host_gb / (draft_need + n * finish_need))
-        return replace(layout, draft_ram_gb=round(host_gb - n * finish, 1),
-                       finish_ram_gb=round(finish, 1) if n else None)
+        return replace(layout, draft_ram_gb=round(host_gb - n * finish, 1), finish_ram_gb=round(finish, 1))
 
     if gpus <= 0:
         n = how_many(max(0, int(cpus) - 1))
@@ -141,20 +140,36 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
     return with_ram(Layout(frac, frac if n else 0.0, n, share, share if n else None))
 
 
+def _planned_ltx2(sb: Any, preset: str | None) -> Any:
+    """The render's preset when the memory planner sizes it (full-size LTX-2 stacks), else
+    None: tiny presets take a few MB, the I2V families carry fixed recipes."""
+    from pipeline.models.registry import get_preset
+
+    p = get_preset(preset or sb.project.preset)
+    if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
+        return None
+    return p
+
+
+def _ladder(stage: str, p: Any, sb: Any, vram_gb: float) -> list[Any]:
+    """``stage``'s plans on a card of ``vram_gb``, host RAM left unbounded."""
+    from pipeline.memory import Budgets, plan_ladder
+
+    return plan_ladder(stage, p, sb.project, "cuda", budgets=Budgets.from_gb(vram_gb, 1 << 20))
+
+
 def halving_slows(sb: Any, preset: str | None, card_gb: float) -> bool:
     """Whether half of a ``card_gb`` card would put the draft or the refine on a slower memory
     plan than the whole card: then two actors sharing it cost more than their overlap saves
     (an 8 GB card: the streamer keeps fewer blocks resident, the VAE tiles smaller)."""
-    from pipeline.memory import Budgets, PlanError, plan_ladder
-    from pipeline.models.registry import get_preset
+    from pipeline.memory import PlanError
 
     try:
-        p = get_preset(preset or sb.project.preset)
-        if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
+        p = _planned_ltx2(sb, preset)
+        if p is None:
             return False
         for stage in ("draft", "refine"):
-            whole, half = (plan_ladder(stage, p, sb.project, "cuda", budgets=Budgets.from_gb(gb, 1 << 20))[0]
-                           for gb in (card_gb, card_gb / 2))
+            whole, half = (_ladder(stage, p, sb, gb)[0] for gb in (card_gb, card_gb / 2))
             if whole.name != half.name or whole.options.get("resident_blocks") != half.options.get("resident_blocks"):
                 return True
     except (KeyError, PlanError):
@@ -167,18 +182,16 @@ def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[flo
     plans within ``vram_gb`` that still streams from RAM (reading weights from disk every
     step is what a user would rather not run two of). None when the planner cannot tell
     (tiny presets: a few MB; the I2V families carry fixed recipes)."""
-    from pipeline.memory import Budgets, PlanError, plan_ladder
-    from pipeline.models.registry import get_preset
+    from pipeline.memory import PlanError
 
     try:
-        p = get_preset(preset or sb.project.preset)
-        if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
-            return None  # tiny presets: a few MB; the I2V families carry fixed recipes
-        budgets = Budgets.from_gb(vram_gb, 1 << 20)
+        p = _planned_ltx2(sb, preset)
+        if p is None:
+            return None
         need = []
         for stage in ("draft", "refine"):
-            ladder = plan_ladder(stage, p, sb.project, "cuda", budgets=budgets)
-            streamed = [plan for plan in ladder if "mmap" not in plan.name] or ladder
+            ladder = _ladder(stage, p, sb, vram_gb)
+            streamed = [plan for plan in ladder if not plan.options.get("mmap")] or ladder
             need.append(min(plan.host_bytes for plan in streamed) / 2**30)
     except (KeyError, PlanError):
         return None
