@@ -7,6 +7,8 @@
 #                              # GPU 1: every draft family at full size under the seed's 12 GB recipes
 #   bench/gpu_suite.sh ray [local|ray_1gpu|ray_2gpu]   # 4 chained segments, one engine per call:
 #                              # the single worker, Ray on GPU 0, Ray on GPUs 0,1 (BASELINE=the local JSON)
+#   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
+#                              # samples and OOM fallback in a real worker, ESRGAN on CUDA)
 #   bench/gpu_suite.sh recheck # two GPUs, ~7 min: the segment bench on GPU 0, then Ray on GPUs 0,1 against
 #                              # the committed single-worker run (what stop 14 left to re-measure);
 #                              # that run was on H200s: on H100s, run `ray local` as well and compare with it
@@ -47,6 +49,11 @@ fit)
     [ -n "${SKIP_ESRGAN:-}" ] || CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/esrgan.py --batches 1,4 --peer >"$OUT/esrgan.json" \
         2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     wait
+    ;;
+tests)
+    python -m pytest -q -p no:cacheprovider -rs tests/functional/test_worker_gpu.py \
+        tests/functional/test_draft_refine.py tests/unit/test_upscale.py tests/unit/test_offload.py \
+        2>&1 | tee "$OUT/cuda_tests.log" | tail -15
     ;;
 recheck)
     CUDA_VISIBLE_DEVICES=0 timeout 240 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 \

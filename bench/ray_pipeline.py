@@ -88,6 +88,7 @@ def run(engine: str, folder: Path, address: str | None, timeout: float, *, name:
     intervals: dict[str, list[tuple[float, float]]] = {"draft": [], "finish": []}
     open_: dict[tuple[str, str], float] = {}
     stages: list[dict[str, Any]] = []
+    t_job = next((e.ts for e in events if isinstance(e, protocol.JobStarted)), events[0].ts if events else 0.0)
     for e in events:
         if isinstance(e, protocol.StageStarted) and e.segment:
             open_[(e.segment, e.stage)] = e.ts
@@ -96,10 +97,14 @@ def run(engine: str, folder: Path, address: str | None, timeout: float, *, name:
             worker = e.worker or "local"
             busy[worker] = busy.get(worker, 0.0) + e.seconds
             intervals["draft" if e.stage in ("enhance", "draft") else "finish"].append((start, e.ts))
+            # start/end on the job's clock, so the critical path (the chain of drafts) can be read off
             stages.append({"segment": e.segment, "stage": e.stage, "seconds": round(e.seconds, 2),
-                           "worker": worker, "peak_allocated_gib": round(e.peak_allocated / 2**30, 2),
+                           "start_s": round(start - t_job, 2), "end_s": round(e.ts - t_job, 2), "worker": worker, "peak_allocated_gib": round(e.peak_allocated / 2**30, 2),
                            "plan": e.plan})
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
+    film = [e for e in events if isinstance(e, protocol.StageFinished) and e.stage == "film"]
+    if film:
+        out["film_s"] = round(film[-1].seconds, 2)
     out.update(render_s=round(finished[-1].seconds, 2) if finished else None,
                final=finished[-1].path if finished else "",
                busy_s={k: round(v, 2) for k, v in sorted(busy.items())},

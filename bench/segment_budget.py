@@ -81,13 +81,30 @@ def rss_parts(pid: int) -> dict[str, int]:
     return parts
 
 
+def pss(pid: int) -> int:
+    """Proportional set size: shared pages split among the processes sharing them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class ProcessSampler:
-    """Peak host RSS (process tree; also split into anonymous / file-backed / shmem) and NVML
-    GPU memory of one process, every 50 ms."""
+    """Peak host memory (process tree; the render's own split into anonymous / file-backed /
+    shmem) and NVML GPU memory of one process, every 50 ms.
+
+    While the render has children, the tree's memory is the sum of PSS, not RSS: a child
+    forked from a 25 GiB process shares its pages copy-on-write and reports them all as its
+    own RSS (stop 14's 54 GiB "peak" beside the render's own 28 GiB high-water mark)."""
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
-        self.peak_rss = 0
+        self.peak_rss = 0  # RSS of the render itself, or the PSS sum while it has children
+        self.peak_rss_sum = 0  # plain RSS summed over the tree: double-counts shared pages
+        self.children: dict[int, dict[str, Any]] = {}
         self.peak_parts = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
         self.peak_gpu = 0
         self.timeline: list[tuple[float, int, int, int, int]] = []
@@ -120,15 +137,22 @@ class ProcessSampler:
         last = 0.0
         while not self._stop.is_set():
             try:
-                tree = [self.proc, *self.proc.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in tree)
+                tree, rss_each = [self.proc], [self.proc.memory_info().rss]
+                for child in self.proc.children(recursive=True):
+                    try:
+                        rss_each.append(child.memory_info().rss)
+                        tree.append(child)
+                    except psutil.Error:  # a short-lived child (a compiler, ldconfig) already gone
+                        pass
                 gpu = self._gpu_bytes()
-            except Exception:  # noqa: BLE001 - the process is ending (psutil) or NVML hiccups
+            except Exception:  # noqa: BLE001 - the render is ending (psutil) or NVML hiccups
                 break
-            parts = {k: 0 for k in self.peak_parts}
-            for p in tree:
-                for k, v in rss_parts(p.pid).items():
-                    parts[k] += v
+            self.peak_rss_sum = max(self.peak_rss_sum, sum(rss_each))
+            rss = rss_each[0] if len(tree) == 1 else sum(pss(p.pid) for p in tree)
+            for p, r in zip(tree[1:], rss_each[1:], strict=True):
+                seen = self.children.setdefault(p.pid, {"cmdline": _cmdline(p), "max_rss_gib": 0.0})
+                seen["max_rss_gib"] = max(seen["max_rss_gib"], round(r / GiB, 2))
+            parts = rss_parts(self.proc.pid)  # the render's own: a child's would count shared pages twice
             self.peak_rss, self.peak_gpu = max(self.peak_rss, rss), max(self.peak_gpu, gpu)
             self.peak_parts = {k: max(v, parts[k]) for k, v in self.peak_parts.items()}
             now = time.perf_counter() - self._t0
@@ -140,6 +164,34 @@ class ProcessSampler:
     def stop(self) -> None:
         self._stop.set()
         self._t.join()
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[:160]
+    except psutil.Error:
+        return "?"
+
+
+def phases(events: list[Any]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (segment, stage): seconds before its first step event (loads, text encoding, the
+    first step), between first and last step, and after the last (decode, writing)."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    started: dict[tuple[str, str], float] = {}
+    steps: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        if isinstance(e, protocol.StageStarted):
+            started[(e.segment, e.stage)] = e.ts
+            steps[(e.segment, e.stage)] = []
+        elif isinstance(e, protocol.StepProgress) and e.step > 0:  # step 0 only says "started"
+            steps.setdefault((e.segment, e.stage), []).append(e.ts)
+        elif isinstance(e, protocol.StageFinished) and (e.segment, e.stage) in started:
+            t0, ts = started[(e.segment, e.stage)], steps.get((e.segment, e.stage), [])
+            if ts:
+                out[(e.segment, e.stage)] = {"to_first_step_s": round(ts[0] - t0, 2),
+                                             "first_to_last_step_s": round(ts[-1] - ts[0], 2),
+                                             "step_events": len(ts), "after_last_step_s": round(e.ts - ts[-1], 2)}
+    return out
 
 
 def render(folder: Path, timeout: float) -> dict[str, Any]:
@@ -157,6 +209,8 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
     events = [protocol.decode_event(line) for line in stdout.splitlines() if line.strip()]
     out: dict[str, Any] = {"returncode": proc.returncode, "wall_s": round(wall, 2),
                            "peak_host_rss_gib": round(sampler.peak_rss / GiB, 2),
+                           "peak_host_rss_sum_gib": round(sampler.peak_rss_sum / GiB, 2),
+                           "children": list(sampler.children.values()),
                            "peak_host_gib_by_kind": {k: round(v / GiB, 2) for k, v in sampler.peak_parts.items()},
                            "peak_gpu_nvml_gib": round(sampler.peak_gpu / GiB, 2),
                            "timeline_s_rss_gpu_anon_file_gib": [
@@ -164,12 +218,14 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
     if proc.returncode != 0:
         out["stderr_tail"] = (folder / "stderr.txt").read_text()[-3000:]
     stages = []
+    split = phases(events)
     for e in events:
         if isinstance(e, protocol.StageFinished):
             stages.append({"stage": e.stage, "seconds": round(e.seconds, 2),
                            "peak_allocated_gib": round(e.peak_allocated / GiB, 2),
                            "peak_reserved_gib": round(e.peak_reserved / GiB, 2),
-                           "peak_host_rss_gib": round(e.peak_host_rss / GiB, 2), "plan": e.plan})
+                           "peak_host_rss_gib": round(e.peak_host_rss / GiB, 2), "plan": e.plan,
+                           **split.get((e.segment, e.stage), {})})
         elif isinstance(e, protocol.PlanFallback):
             stages.append({"stage": e.stage, "fallback": e.next_plan, "reason": e.reason[:300]})
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
