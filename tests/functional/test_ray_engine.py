@@ -75,13 +75,15 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
             killed.append(name)
 
+    again: list = []
     ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
     try:
         ray_final = render_ray(ray_sb, emit=emit, actor_env={"finish": {"SULPHUR_FAULT_SLOW": "upscale:4"}})
+        render_ray(ray_sb, emit=again.append)  # unchanged: every stage a cache hit
     finally:
         ray.shutdown()
     return {"ids": ids, "local": local_final, "local_events": local_events, "ray": ray_final,
-            "events": events, "killed": killed}
+            "events": events, "killed": killed, "again": again}
 
 
 @pytest.mark.slow
@@ -130,6 +132,29 @@ def test_a_killed_finish_actor_costs_only_the_stage_it_was_running(renders: dict
     # The retried task found its refine in the cache.
     assert cached[(first, "refine")] == 1
     assert sum(cached.values()) == 1
+
+
+def _loaded_ahead(events: list) -> list[int]:
+    return [i for i, e in enumerate(events) if isinstance(e, protocol.Log) and "refine models loaded ahead" in e.message]
+
+
+@pytest.mark.slow
+def test_the_finish_actor_loads_the_refine_models_while_the_first_draft_runs(renders: dict) -> None:
+    events, first = renders["events"], renders["ids"][0]
+    ahead = _loaded_ahead(events)
+    assert len(ahead) == 1, [e.message for e in events if isinstance(e, protocol.Log)]
+    assert "-finish-0@" in events[ahead[0]].message
+    refine = next(i for i, e in enumerate(events) if isinstance(e, protocol.StageStarted) and e.stage == "refine")
+    assert events[refine].segment == first and ahead[0] < refine
+
+
+@pytest.mark.slow
+def test_an_unchanged_storyboard_runs_no_stage_and_loads_nothing_ahead(renders: dict) -> None:
+    again = renders["again"]
+    assert not [e for e in again if isinstance(e, protocol.StageStarted) and e.segment]
+    assert {e.stage for e in again if isinstance(e, protocol.StageCached)} >= {"draft", "refine", "upscale", "encode"}
+    assert _loaded_ahead(again) == []
+    assert [e for e in again if isinstance(e, protocol.JobFinished)]
 
 
 def test_plan_layout_packs_actors_by_the_storyboards_vram_budget() -> None:
