@@ -238,36 +238,6 @@ class Renderer:
             for stage in self.stages_for(preset):
                 self.plans(stage, longest, preset=preset)
 
-    def warm(self, name: str, index: int, who: str = "") -> float | None:
-        """Load what stage ``name`` of segment ``index`` runs with (its first plan) ahead of
-        its input; seconds it took, None if the stage had nothing to load or it failed.
-
-        Never raises for memory: a warm-up that does not fit is dropped with a warning,
-        and the stage loads again under its own ladder when it runs.
-        """
-        job = self.job_for(index)
-        stage = self.stages_for(job.preset).get(name)
-        if stage is None:
-            return None
-        try:
-            plan = self.plans(name, job.frames, job.segment.id, job.preset)[0]
-        except RenderError:
-            return None  # the stage itself reports it, with the segment, when it runs
-        ctx = StageContext(emit=self.emit, cancel=self.cancel, models=self.models, plan=plan,
-                           job_id=self.job_id, segment_id=job.segment.id)
-        t0 = time.perf_counter()
-        try:
-            if not stage.warm(ctx, job):
-                return None
-        except Exception as exc:  # noqa: BLE001 - loading ahead is an optimisation, never a failure
-            self.models.evict_all()
-            self.emit(protocol.Log(level="warning", message=f"{who}{name}: loading ahead failed "
-                                   f"({type(exc).__name__}: {exc}); it loads when it runs"))
-            return None
-        seconds = time.perf_counter() - t0
-        self.emit(protocol.Log(message=f"{who}{name} models loaded ahead ({plan.describe()}) in {seconds:.1f} s"))
-        return seconds
-
     def run_stage(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact:
         stage = self.stages_for(job.preset)[name]
         params = stage.params(job)

@@ -288,11 +288,6 @@ class StageWorker:
         _write_still(target)
         return str(target)
 
-    def warm(self, index: int) -> float | None:
-        """Load the refine's models for segment ``index`` while the draft actor drafts it."""
-        self.ready()
-        return self.renderer.warm("refine", index, who=f"{self.worker}: ")
-
     def finish(self, job: Any, draft: Any) -> str:
         self.ready()
         return str(self.renderer.finish_segment(job, draft))
@@ -496,14 +491,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
-    drafting = threading.Event()  # a selected segment's draft really runs (not a cache hit)
-
-    def watch(event: Event) -> None:
-        if isinstance(event, protocol.StageStarted) and event.stage == "draft" and event.segment in selected:
-            drafting.set()
-        stamp(event)
-
-    with _stage_actors(sb, preset, job_id, watch, cancel or threading.Event(), address, actor_env,
+    with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                        len(selected), finishers) as (d, drafter, finishers_):
         # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
         chain = None
@@ -512,24 +500,12 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
         for index in range(last_needed + 1):
             job, draft, chain = drafter.draft.remote(index, chain)
             jobs[ids[index]], drafts[ids[index]] = job, draft
-        # 2. A draft that runs is a refine that runs after it: the finishers load the refine's
-        #    models meanwhile (tens of seconds at full size) instead of after it. Decided
-        #    before any finish task is queued, since an actor runs its tasks in order; a
-        #    render whose selected drafts are all cached loads nothing it would not use.
-        first = drafts[selected[0]]
-        while not drafting.is_set() and not ray.wait([first], timeout=0)[0]:
-            d.poll()
-        d.poll(0)
-        helpers = [f for f in finishers_ if f is not drafter][:len(selected)]
-        if drafting.is_set():
-            for f in helpers:  # its result is only a log line: a failed warm-up is not the render's
-                f.warm.remote(ids.index(selected[0]))
-        # 3. Each selected segment's refine → upscale → encode once its draft exists, on an idle finisher.
+        # 2. Each selected segment's refine → upscale → encode once its draft exists, on an idle finisher.
         pool = ActorPool(finishers_)
         for sid in selected:
             pool.submit(lambda a, v: a.finish.remote(*v), (jobs[sid], drafts[sid]))
         _drain_pool(d, pool)
-        # 4. The film from every segment's cached stages (assemble only looks them up).
+        # 3. The film from every segment's cached stages (assemble only looks them up).
         artifacts = dict(zip(drafts, d.get(list(drafts.values())), strict=True))
         final = Path(d.get([finishers_[0].assemble.remote(artifacts)])[0])
         d.poll(0)

@@ -101,12 +101,3 @@ class Stage(ABC):
 
     def total_steps(self, job: SegmentJob) -> int:
         return 0
-
-    def warm(self, ctx: StageContext, job: SegmentJob) -> bool:
-        """Load the models ``run`` will use under ``ctx.plan``, before its inputs exist.
-
-        An engine whose stage actor would otherwise wait for its first input (a Ray finish
-        actor while the first draft runs) calls it, so the loads leave the critical path.
-        Returns False when the stage has nothing worth loading ahead.
-        """
-        return False

@@ -51,14 +51,6 @@ class RefineStage(Stage):
     def total_steps(self, job: SegmentJob) -> int:
         return len(refine_sigmas(job))
 
-    def warm(self, ctx: StageContext, job: SegmentJob) -> bool:
-        from pipeline.models import ltx2
-
-        ltx2.evict_for_plan(ctx.models, job.preset, ctx.plan)
-        ltx2.assemble(ctx.models, job.preset, ctx.plan, image_to_video=False)  # the components; the class is free
-        ltx2.component(ctx.models, job.preset, "upsampler", ctx.plan)
-        return True
-
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler

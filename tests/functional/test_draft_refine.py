@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import protocol
 from pipeline.cache import Artifact
 from pipeline.memory import StagePlan
 from pipeline.models.registry import LoadedModels, get_preset
@@ -235,67 +234,3 @@ def test_every_offload_plan_renders_the_same_clip_on_cuda(tmp_path: Path) -> Non
     for key, (draft, refine) in results.items():
         assert np.abs(draft.astype(int) - base_draft).mean() < 3.0, key
         assert np.abs(refine.astype(int) - base_refine).mean() < 3.0, key
-
-
-WARM_STORYBOARD = """\
-[project]
-title = "Warm"
-preset = "tiny"
-enhance = false
-
-[[segment]]
-id = "one"
-prompt = "a red kite over a grey sea"
-frames = 9
-"""
-
-
-def _renderer(tmp: Path, models: LoadedModels, events: list) -> Any:
-    from pipeline.render import Renderer
-    from pipeline.storyboard import load
-
-    path = tmp / "warm.toml"
-    if not path.exists():
-        path.write_text(WARM_STORYBOARD)
-    return Renderer.create(load(path), emit=events.append, cancel=threading.Event(), job_id="warm", models=models)
-
-
-@pytest.mark.slow
-def test_a_refine_warmed_ahead_runs_on_the_models_it_loaded(tmp_path: Path) -> None:
-    """What a Ray finish actor does while the first draft runs: the refine's models are
-    loaded before the draft exists, and the refine then uses those very objects."""
-    draft_events: list = []
-    job, draft = _renderer(tmp_path, LoadedModels(), draft_events).draft_segment(0)  # the draft actor
-
-    finisher_models, events = LoadedModels(), []
-    finisher = _renderer(tmp_path, finisher_models, events)
-    assert finisher.warm("refine", 0, who="finish-0: ") is not None
-    loaded = finisher_models.names()
-    assert {"tiny:transformer", "tiny:vae", "tiny:upsampler"} <= set(loaded), loaded
-    held = {name: finisher_models.get(name, lambda: None) for name in loaded}
-    logs = [e.message for e in events if isinstance(e, protocol.Log)]
-    assert len(logs) == 1 and logs[0].startswith("finish-0: refine models loaded ahead")
-
-    def not_again() -> None:
-        pytest.fail("a component loaded ahead was loaded again")
-
-    finisher.run_stage("refine", job, {"draft": draft})
-    for name, obj in held.items():
-        if name in finisher_models:  # the upsampler is dropped after each refine, as always
-            assert finisher_models.get(name, not_again) is obj, name
-
-
-def test_a_warm_up_that_runs_out_of_memory_is_dropped_not_raised(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    def oom(self: Any, ctx: StageContext, job: SegmentJob) -> bool:
-        ctx.models.get("tiny:transformer", lambda: object())
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(RefineStage, "warm", oom)
-    models, events = LoadedModels(), []
-    assert _renderer(tmp_path, models, events).warm("refine", 0) is None
-    assert models.names() == []  # nothing half-loaded stays held
-    warnings = [e for e in events if isinstance(e, protocol.Log) and e.level == "warning"]
-    assert len(warnings) == 1 and "loading ahead failed" in warnings[0].message
