@@ -290,16 +290,7 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
     raw_project = data.get("project", {})
     if not isinstance(raw_project, dict):
         raise StoryboardError(path, "[project] must be a table", *loc.find("project", None, None), "project")
-    kwargs: dict[str, Any] = {}
-    for key, value in raw_project.items():
-        _check_type(path, loc, "project", None, key, value, _PROJECT_KEYS)
-        if key.endswith("_size"):
-            value = _size(path, loc, "project", key, value)
-        elif key == "refine_sigmas":
-            value = _sigmas(path, loc, "project", None, key, value)
-        kwargs[key] = value
-    project = Project(**kwargs)
-    _check_project(path, loc, project)
+    project = _project(path, loc, raw_project)
 
     raw_segments = data.get("segment", [])
     if not isinstance(raw_segments, list) or not raw_segments:
@@ -332,6 +323,27 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
         _check_segment(path, loc, i, seg)
         segments.append(seg)
     return Storyboard(path=path, project=project, segments=tuple(segments))
+
+
+def _project(path: Path, loc: _Locator, raw: dict[str, Any]) -> Project:
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        _check_type(path, loc, "project", None, key, value, _PROJECT_KEYS)
+        if key.endswith("_size"):
+            value = _size(path, loc, "project", key, value)
+        elif key == "refine_sigmas":
+            value = _sigmas(path, loc, "project", None, key, value)
+        kwargs[key] = value
+    project = Project(**kwargs)
+    _check_project(path, loc, project)
+    return project
+
+
+def project_from_table(raw: dict[str, Any], path: str | os.PathLike[str] = "<storyboard>") -> Project:
+    """A :class:`Project` from ``[project]`` values as TOML gives them (sizes as lists),
+    through every check a file's table gets; raises :class:`StoryboardError` whose ``key``
+    names the offending setting (``project.fps``). The TUI's project form builds one."""
+    return _project(Path(path), _Locator(""), raw)
 
 
 def _check_project(path: Path, loc: _Locator, p: Project) -> None:
@@ -569,6 +581,6 @@ def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
 
 
 __all__ = [
-    "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "load", "parse", "save",
+    "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "load", "parse", "project_from_table", "save",
     "render_toml", "with_segment", "new_segment_id", "atomic_write", "segment_digest",
 ]

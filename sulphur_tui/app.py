@@ -44,7 +44,15 @@ from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.document import NEW_PROMPT, Document, only_enhanced_prompts_differ
 from sulphur_tui.live import LiveState
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
-from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, DiskChangedDialog, FilePicker, HelpScreen
+from sulphur_tui.screens import (
+    BrokenFileScreen,
+    ConfirmQuit,
+    DiskChangedDialog,
+    FilePicker,
+    HelpScreen,
+    ProjectEdit,
+    ProjectScreen,
+)
 from sulphur_tui.screens.takes import Take, TakesScreen
 from sulphur_tui.sources import close_followers, follow_worker, paced, read_events
 from sulphur_tui.status import (
@@ -91,6 +99,9 @@ class SulphurApp(App[int]):
         Binding("ctrl+r", "randomise_seed", "Randomise seed", id="segment.randomise", show=False),
         Binding("f2", "focus('segments')", "Shots", id="focus.segments", show=False),
         Binding("f3", "edit_prompt", "Prompt", id="focus.prompt", show=False),
+        # Out of the footer (full at 120 columns): named on the Shots panel, in F1 help, the palette.
+        Binding("f4", "project_settings", "Project settings", id="project.settings", show=False,
+                tooltip="Frame rate, sizes, model preset, memory budgets, drift guard"),
         Binding("f1", "help", "Help", id="help"),
         # Textual's quit key, in F1 help and the palette; out of the footer so F1 fits 120
         # columns. Not a priority binding, so a screen's own visible ctrl+q (the broken-file
@@ -151,6 +162,7 @@ class SulphurApp(App[int]):
 
     def on_mount(self) -> None:
         self.query_one("#segments").border_title = "Shots"
+        self.query_one("#segments").border_subtitle = "F4 project settings"
         self.query_one("#editor").border_title = "Shot"
         self.query_one("#gpu").border_title = "GPU"
         self.query_one("#stages").border_title = "Render"
@@ -542,6 +554,27 @@ class SulphurApp(App[int]):
         else:
             self.notify(f"{segment_id} uses take {take.seed} in the editor, not yet on disk.",
                         title="Take picked", severity="warning")
+
+    def action_project_settings(self) -> None:
+        """The ``[project]`` form; what it returns is one undoable edit."""
+        if self.doc is None:
+            return
+
+        def applied(edit: ProjectEdit | None) -> None:
+            doc = self.doc
+            if edit is None or doc is None:
+                return
+            doc.break_coalescing()
+            changed = doc.apply(replace(doc.storyboard, project=edit.project), "edit project settings")
+            if changed:
+                self._changed()
+            if edit.save:
+                self.action_save()
+            elif changed:
+                self.notify("Every shot renders again with the new settings once saved (ctrl+s); "
+                            "ctrl+z undoes.", title="Project settings changed", timeout=4)
+
+        self.push_screen(ProjectScreen(self.doc.storyboard.project), applied)
 
     def action_undo(self) -> None:
         if self.doc is None:

@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Move shot up", "Swap the selected shot with the one before it", "move_segment(-1)"),
     ("Move shot down", "Swap the selected shot with the one after it", "move_segment(1)"),
     ("Pick a take…", "Make one of the shot's takes (`sulphur takes`) the one the film continues from", "pick_take"),
+    ("Project settings…", "Frame rate, sizes, model preset, memory budgets, drift guard", "project_settings"),
     ("Randomise seed", "Give the selected shot a new random seed", "randomise_seed"),
     ("Render all", "Render every shot and the film (cached stages are skipped)", "render_all"),
     ("Render this shot", "Render only the selected shot", "render_segment"),

@@ -3,6 +3,8 @@
 from sulphur_tui.screens.broken import BrokenFileScreen
 from sulphur_tui.screens.dialogs import ConfirmQuit, DiskChangedDialog, FilePicker
 from sulphur_tui.screens.help import HelpScreen
+from sulphur_tui.screens.project import ProjectEdit, ProjectScreen
 from sulphur_tui.screens.takes import TakesScreen
 
-__all__ = ["BrokenFileScreen", "ConfirmQuit", "DiskChangedDialog", "FilePicker", "HelpScreen", "TakesScreen"]
+__all__ = ["BrokenFileScreen", "ConfirmQuit", "DiskChangedDialog", "FilePicker", "HelpScreen", "ProjectEdit", "ProjectScreen",
+           "TakesScreen"]

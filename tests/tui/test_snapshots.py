@@ -77,3 +77,17 @@ def test_broken_file(snap_compare, story: Path) -> None:  # noqa: ANN001
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_project_settings_refusing_a_value(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """F4's form with a film size H.264 cannot encode: the message names the field."""
+    app = create_app(story, connect_worker=False)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await pilot.press("f4")
+        await pilot.pause()
+        pilot.app.screen.query_one("#output_size").value = "1921x1080"
+        await pilot.press("enter")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

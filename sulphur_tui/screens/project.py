@@ -1,0 +1,243 @@
+"""The project settings form: every key of ``[project]``, checked as the file would be.
+
+The form turns each field's text into the TOML value the file would hold (sizes as
+``[w, h]``, blanks left out so the preset's or the machine's default applies) and hands
+the table to :func:`pipeline.storyboard.project_from_table`: one validator for files and
+for this form, so the form cannot accept what a load would refuse. It dismisses with
+the new :class:`~pipeline.storyboard.Project` (the app applies it as one undoable edit,
+and saves when asked) or None.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from pipeline.storyboard import DRIFT_GUARDS, Project, StoryboardError, project_from_table
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[x×,\s]\s*(\d+)\s*$")
+
+
+class FieldError(ValueError):
+    """A field's text is not a value of its kind."""
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise FieldError("expected a whole number") from None
+
+
+def _number(text: str) -> float:
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)  # written back as typed: `vram_budget_gb = 8`, not 8.0
+    try:
+        return float(text)
+    except ValueError:
+        raise FieldError("expected a number") from None
+
+
+def _size(text: str) -> list[int]:
+    m = _SIZE.match(text)
+    if not m:
+        raise FieldError("expected WIDTHxHEIGHT, e.g. 1920x1080")
+    return [int(m.group(1)), int(m.group(2))]
+
+
+def _sigmas(text: str) -> list[float]:
+    try:
+        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+    except ValueError:
+        raise FieldError("expected numbers separated by commas, e.g. 0.85, 0.725, 0.4219, 0.0") from None
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, tuple):
+        return ", ".join(f"{v:g}" for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str
+    label: str
+    parse: Callable[[str], Any]
+    blank: str = ""  # what a blank field means; "" = the field is required
+    tip: str = ""
+
+
+SECTIONS: list[tuple[str, list[Field]]] = [
+    ("Film", [
+        Field("title", "Title", _text, tip="Shown in the editor's title bar"),
+        Field("fps", "Frames per second", _int, tip="Of every shot and of the film"),
+        Field("output_size", "Film size", _size, tip="Final width x height (even numbers for H.264)"),
+    ]),
+    ("Model", [
+        Field("preset", "Model preset", _text, tip="`sulphur models` lists them"),
+        Field("seed", "Project seed", _int, tip="A shot without its own seed uses this + its position"),
+        Field("draft_size", "Draft size", _size, blank="the preset's", tip="Pass 1 width x height"),
+        Field("refine_size", "Refine size", _size, blank="twice the draft", tip="Pass 2 width x height"),
+        Field("steps", "Draft steps", _int, blank="the preset's", tip="Pass 1 denoising steps"),
+        Field("refine_sigmas", "Refine sigmas", _sigmas, blank="the preset's",
+              tip="Pass 2 manual sigmas, non-increasing, in [0, 1]"),
+        Field("lora_strength", "LoRA strength", _number, blank="the preset's",
+              tip="Strength of the distilled LoRA"),
+    ]),
+    ("Memory", [
+        Field("vram_budget_gb", "VRAM budget GB", _number, blank="the GPU's free memory",
+              tip="Every stage plans within this"),
+        Field("ram_budget_gb", "RAM budget GB", _number, blank="the available host memory",
+              tip="Host memory for offloaded weights"),
+    ]),
+    ("Drift guard", [
+        Field("drift_reference", "Reference", _text, tip='"first" (the first shot\'s last frame) or an image path'),
+        Field("drift_strength", "Strength", _number, tip="0 to 1"),
+    ]),
+]
+FIELDS = {f.key: f for _, group in SECTIONS for f in group}
+FLAGS = {"audio": "Keep the generated audio", "enhance": "Enhance prompts with the LLM"}
+
+
+@dataclass(frozen=True)
+class ProjectEdit:
+    project: Project
+    save: bool  # ctrl+s: apply and write the file, as ctrl+s does everywhere else
+
+
+class ProjectScreen(ModalScreen[ProjectEdit | None]):
+    """Edit ``[project]``; Enter in a field (or Apply) applies, ctrl+s applies and saves,
+    Escape leaves it unchanged."""
+
+    DEFAULT_CSS = """
+    ProjectScreen { align: center middle; }
+    ProjectScreen > Vertical {
+        width: 80; height: 90%; border: thick $primary; background: $panel; padding: 0 1;
+    }
+    ProjectScreen .question { text-style: bold; margin: 1 0 0 1; }
+    ProjectScreen VerticalScroll { height: 1fr; padding: 0 1; }
+    ProjectScreen .section { color: $accent; text-style: bold; margin-top: 1; }
+    ProjectScreen .row { height: 1; margin-top: 1; }
+    ProjectScreen .row > Label { width: 20; color: $text-muted; }
+    ProjectScreen .row > Input { width: 1fr; height: 1; }
+    ProjectScreen .row > Select { width: 1fr; }
+    ProjectScreen .row > Checkbox { width: 1fr; }
+    ProjectScreen Input.-invalid { background: $error 30%; }
+    ProjectScreen #error { color: $error; height: auto; margin: 1 1 0 1; }
+    ProjectScreen #buttons { height: auto; align-horizontal: right; margin: 1 0; }
+    ProjectScreen Button { margin-left: 1; }
+    """
+    AUTO_FOCUS = "Input"  # the first field, not the scroll container around the form
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "Cancel", id="project.cancel"),
+        Binding("ctrl+s", "apply(True)", "Apply and save", id="project.save", priority=True),
+    ]
+
+    def __init__(self, project: Project) -> None:
+        super().__init__()
+        self.project = project
+
+    def compose(self) -> ComposeResult:
+        values = asdict(self.project)
+        with Vertical():
+            yield Label("Project settings", classes="question")
+            with VerticalScroll():
+                for title, group in SECTIONS:
+                    yield Label(title, classes="section")
+                    for f in group:
+                        with Horizontal(classes="row"):
+                            yield Label(f.label)
+                            yield Input(_show(values[f.key]), id=f.key, compact=True, tooltip=f.tip or None,
+                                        placeholder=f"blank: {f.blank}" if f.blank else "")
+                    if title == "Model":
+                        with Horizontal(classes="row"):
+                            yield Label("")
+                            yield Checkbox(FLAGS["enhance"], self.project.enhance, id="enhance", compact=True)
+                    elif title == "Film":
+                        with Horizontal(classes="row"):
+                            yield Label("")
+                            yield Checkbox(FLAGS["audio"], self.project.audio, id="audio", compact=True)
+                    elif title == "Drift guard":
+                        with Horizontal(classes="row"):
+                            yield Label("Mode")
+                            yield Select([(g, g) for g in DRIFT_GUARDS], value=self.project.drift_guard,
+                                         allow_blank=False, id="drift_guard", compact=True)
+            yield Static("", id="error")
+            with Horizontal(id="buttons"):
+                yield Button("Apply (enter)", id="apply", variant="primary")
+                yield Button("Apply and save (ctrl+s)", id="save")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def table(self) -> dict[str, Any]:
+        """The form as a ``[project]`` table; raises FieldError with the key in ``args[1]``."""
+        raw: dict[str, Any] = {}
+        for key, f in FIELDS.items():
+            text = self.query_one(f"#{key}", Input).value.strip()
+            if not text:
+                if not f.blank:
+                    raise FieldError("must not be blank", key)
+                continue  # left out: the default applies
+            try:
+                raw[key] = f.parse(text)
+            except FieldError as exc:
+                raise FieldError(str(exc), key) from None
+        for key in FLAGS:
+            raw[key] = self.query_one(f"#{key}", Checkbox).value
+        raw["drift_guard"] = self.query_one("#drift_guard", Select).value
+        return raw
+
+    def action_apply(self, save: bool = False) -> None:
+        for field_input in self.query(Input):
+            field_input.remove_class("-invalid")
+        try:
+            project = project_from_table(self.table())
+        except FieldError as exc:
+            self._refuse(exc.args[1], exc.args[0])
+            return
+        except StoryboardError as exc:
+            self._refuse(exc.key.removeprefix("project."), exc.message)
+            return
+        self.dismiss(ProjectEdit(project, save))
+
+    def _refuse(self, key: str, message: str) -> None:
+        label = FIELDS[key].label if key in FIELDS else key
+        self.query_one("#error", Static).update(f"{label}: {message}")
+        if key in FIELDS:
+            field_input = self.query_one(f"#{key}", Input)
+            field_input.add_class("-invalid")
+            field_input.focus()
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        self.action_apply()
+
+    @on(Button.Pressed, "#apply")
+    def _apply_pressed(self) -> None:
+        self.action_apply()
+
+    @on(Button.Pressed, "#save")
+    def _save_pressed(self) -> None:
+        self.action_apply(save=True)
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel_pressed(self) -> None:
+        self.dismiss(None)
