@@ -27,3 +27,16 @@ def test_render_with_missing_weights_names_each_file_and_runs_nothing(tmp_path: 
     assert len(events) == 1 and '"kind":"missing_models"' in events[0]
     assert story.read_bytes() == before and not (tmp_path / "renders").exists()
     assert not (tmp_path / ".sulphur" / "cache").exists()
+
+
+def test_models_into_a_reader_that_leaves_early_is_not_an_error(tmp_path: Path) -> None:
+    """`sulphur models | head -1`: no traceback when the pipe closes under the listing."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SULPHUR_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "models"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the listing is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "Exception ignored" not in err, err
