@@ -34,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", metavar="ADDR", default=None,
                    help="with --engine ray: auto (a running cluster), ray://HOST:10001; default: start one here")
     r.add_argument("--finishers", type=int, default=None, metavar="N",
-                   help="with --engine ray: finish actors beside the draft actor (default: one per other GPU, "
-                        "or as many as the VRAM budget packs on a single GPU)")
+                   help="with --engine ray: finish actors beside the draft actor (default: "
+                        "$SULPHUR_RAY_FINISHERS, else one per other GPU, one beside it on a single GPU)")
 
     from pipeline.engines.takes import add_arguments as takes_arguments  # torch- and Ray-free
 

@@ -87,12 +87,12 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
                 host_need_gb: tuple[float, float] | None = None) -> Layout:
     """Actors for a cluster of ``gpus`` cards of ``card_gb`` (and ``cpus`` CPUs).
 
-    One card: with a storyboard ``vram_budget_gb`` each actor asks for that share, so
-    several pack on it (their streamed stages leave the card idle between blocks); without
-    one, two halves. Two or more cards: the draft actor (the chain's critical path) gets a
-    card of its own and, by default, one finisher per other card — four finishers sharing
-    one H200 each refined 2.5-3× slower than one alone (bench/results), so more per card
-    mostly adds host RAM. ``finishers`` asks for more: they spread evenly (Ray fills one
+    One card: with a storyboard ``vram_budget_gb`` each actor asks for that share, so a
+    draft and a finish actor share it (``finishers`` packs more); without one, two halves.
+    Two or more cards: the draft actor (the chain's critical path) gets a card of its own
+    and, by default, one finisher per other card — four finishers sharing one H200 each
+    refined 2.5-3× slower than one alone (bench/results), and each loads its own models,
+    so more per card mostly adds host RAM. ``finishers`` asks for more: they spread evenly (Ray fills one
     card with fractional requests before the next, so each asks for ``1/k`` of a card).
     Never more finishers than segments, than fit the cards, or (``host_gb`` on one node,
     where the draft and each finish actor need ``host_need_gb`` of host RAM) than the host
@@ -133,7 +133,11 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
                                None if budget_gb or k == 1 else round(card_gb * finish, 2)))
     if not budget_gb:
         frac = 0.5
-    n = how_many(int((gpus - frac) / frac + 1e-9))
+    room = int((gpus - frac) / frac + 1e-9)
+    # One finisher by default here too: with four packed beside the drafter on one H200 each
+    # paid its own model load and they shared the card, 52-70 s per refine (13-16 s warm,
+    # alone), so the last segment finished 70 s after the last draft (bench/results).
+    n = how_many(room if finishers is not None else min(room, 1))
     if n == 0 and not budget_gb:
         return with_ram(Layout(1.0, 0.0, 0, None, None))  # alone on the card: all of it
     share = None if budget_gb or frac >= 1.0 else round(card_gb * frac, 2)
@@ -595,6 +599,14 @@ class _Driver:
 # ------------------------------------------------------------------------- CLI
 
 
+def _finishers(args: argparse.Namespace) -> int | None:
+    """``--finishers``, else ``$SULPHUR_RAY_FINISHERS`` (as the worker reads it), else the layout's default."""
+    from pipeline.engines import finishers_setting
+
+    given = getattr(args, "finishers", None)
+    return given if given is not None else finishers_setting()
+
+
 def main(args: argparse.Namespace) -> int:
     """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
     from pipeline.headless import ProgressPrinter, json_printer, run_job
@@ -613,7 +625,7 @@ def main(args: argparse.Namespace) -> int:
     def work(cancel: threading.Event) -> Path:
         try:
             return render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
-                              emit=emit, cancel=cancel, address=address, finishers=getattr(args, "finishers", None))
+                              emit=emit, cancel=cancel, address=address, finishers=_finishers(args))
         except ConnectionError as exc:
             raise RenderError("ray_unreachable", f"cannot reach the Ray cluster at {address}: {exc}") from None
 

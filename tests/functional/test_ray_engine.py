@@ -150,9 +150,11 @@ def test_plan_layout_packs_actors_by_the_storyboards_vram_budget() -> None:
     # CPU: one draft actor, the other CPUs finish.
     assert plan_layout(gpus=0, cpus=3, card_gb=0, budget_gb=None, segments=3).finishers == 2
     assert plan_layout(gpus=0, cpus=1, card_gb=0, budget_gb=None, segments=3).finishers == 0
-    # One 80 GB card, a 24 GB budget per actor: 0.3 each, three finishers beside the drafter.
+    # One 80 GB card, a 24 GB budget per actor: 0.3 each, one finisher beside the drafter
+    # (each finisher loads its own models), as many as fit when asked for more.
     one = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4)
-    assert (one.draft_gpus, one.finish_gpus, one.finishers, one.finish_share_gb) == (0.3, 0.3, 2, None)
+    assert (one.draft_gpus, one.finish_gpus, one.finishers, one.finish_share_gb) == (0.3, 0.3, 1, None)
+    assert plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4, finishers=3).finishers == 2
     # No budget: halves of a single card, each planning within its half; whole cards on more.
     half = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=None, segments=4)
     assert (half.draft_gpus, half.finishers, half.draft_share_gb, half.finish_share_gb) == (0.5, 1, 40.0, 40.0)
@@ -191,7 +193,8 @@ def test_plan_layout_splits_the_host_ram_between_actors() -> None:
     alone = plan_layout(gpus=2, cpus=16, card_gb=24, budget_gb=8, segments=4, host_gb=32, host_need_gb=(20, 13))
     assert (alone.finishers, alone.finish_gpus, alone.draft_ram_gb, alone.finish_ram_gb) == (0, 0.0, None, None)
     # Plenty of RAM: a finisher gets twice its need, the draft actor (text encoder kept) the rest.
-    roomy = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4, host_gb=256, host_need_gb=(12, 13))
+    roomy = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=24, segments=4, host_gb=256, host_need_gb=(12, 13),
+                        finishers=2)
     assert (roomy.finishers, roomy.finish_ram_gb) == (2, 26.0)
     assert roomy.draft_ram_gb == pytest.approx(256 - 52, abs=0.2)
 
@@ -298,3 +301,16 @@ def test_takes_render_seeds_in_parallel_and_the_chain_continues_from_the_pick(re
     anchor = np.load(cache / drafts[ids[2]][:2] / drafts[ids[2]] / "anchor.npy")
     last = np.load(cache / drafts[seg][:2] / drafts[seg] / "frames.npy")[-1]
     assert np.array_equal(anchor, last)
+
+
+def test_the_cli_takes_the_finisher_count_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from pipeline.engines.ray_engine import _finishers
+
+    monkeypatch.setenv("SULPHUR_RAY_FINISHERS", "1")
+    assert _finishers(argparse.Namespace(finishers=None)) == 1
+    assert _finishers(argparse.Namespace(finishers=3)) == 3  # the flag wins
+    monkeypatch.setenv("SULPHUR_RAY_FINISHERS", "many")
+    with pytest.raises(ValueError, match="SULPHUR_RAY_FINISHERS"):
+        _finishers(argparse.Namespace(finishers=None))
