@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import tomllib
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -237,13 +238,25 @@ def _size(path: Path, loc: _Locator, table: str, key: str, value: list) -> tuple
     return int(value[0]), int(value[1])
 
 
+SIGMAS_RULE = "expected a non-increasing list of sigmas in [0, 1]"
+
+
+def check_sigmas(values: Sequence[Any]) -> tuple[float, ...]:
+    """Refine sigmas as a storyboard accepts them; raises ValueError with :data:`SIGMAS_RULE`."""
+    ok = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                              for v in values)
+    if not ok or any(b > a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(SIGMAS_RULE)
+    return tuple(float(v) for v in values)
+
+
 def _sigmas(path: Path, loc: _Locator, table: str, index: int | None, key: str, value: list) -> tuple[float, ...]:
-    ok = value and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
-    if not ok or any(b > a for a, b in zip(value, value[1:], strict=False)):
+    try:
+        return check_sigmas(value)
+    except ValueError:
         line, col = loc.find(table, index, key)
         where = f"segment[{index}].{key}" if index is not None else f"{table}.{key}"
-        raise StoryboardError(path, "expected a non-increasing list of sigmas in [0, 1]", line, col, where)
-    return tuple(float(v) for v in value)
+        raise StoryboardError(path, SIGMAS_RULE, line, col, where) from None
 
 
 def _anchor(path: Path, loc: _Locator, index: int, value: Any) -> Anchor:
@@ -581,6 +594,7 @@ def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
 
 
 __all__ = [
-    "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "load", "parse", "project_from_table", "save",
+    "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "check_sigmas", "load", "parse",
+    "project_from_table", "save",
     "render_toml", "with_segment", "new_segment_id", "atomic_write", "segment_digest",
 ]

@@ -23,8 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from pipeline.storyboard import DRIFT_GUARDS, Project, StoryboardError, project_from_table
-
-_SIZE = re.compile(r"^\s*(\d+)\s*[x×,\s]\s*(\d+)\s*$")
+from sulphur_tui.values import format_sigmas, format_size, parse_sigmas, parse_size
 
 
 class FieldError(ValueError):
@@ -52,26 +51,26 @@ def _number(text: str) -> float:
 
 
 def _size(text: str) -> list[int]:
-    m = _SIZE.match(text)
-    if not m:
-        raise FieldError("expected WIDTHxHEIGHT, e.g. 1920x1080")
-    return [int(m.group(1)), int(m.group(2))]
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise FieldError(str(exc)) from None
 
 
 def _sigmas(text: str) -> list[float]:
     try:
-        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
-    except ValueError:
-        raise FieldError("expected numbers separated by commas, e.g. 0.85, 0.725, 0.4219, 0.0") from None
+        return parse_sigmas(text)
+    except ValueError as exc:
+        raise FieldError(str(exc)) from None
 
 
 def _show(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return f"{value[0]}x{value[1]}"
+        return format_size(value)
     if isinstance(value, tuple):
-        return ", ".join(f"{v:g}" for v in value)
+        return format_sigmas(value)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -17,7 +17,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
-from pipeline.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard
+from pipeline.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard, check_sigmas
+from sulphur_tui.values import format_sigmas, parse_sigmas
 
 ANCHOR_KINDS = [("previous shot", "previous"), ("image file", "image"), ("video (last frame)", "video"),
                 ("none (text only)", "none")]
@@ -133,6 +134,9 @@ class SegmentEditor(VerticalScroll):
             # lists the names); an unknown name is refused by the render with the known ones.
             yield Input(placeholder="project's preset", id="preset", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="This shot's model preset (sulphur models lists them); blank: the project's")
+            yield Label("sigmas")
+            yield Input(placeholder="project", id="sigmas", compact=True, validate_on=_OWN_VALIDATION,
+                        tooltip="This shot's refine sigmas, e.g. 0.85, 0.725, 0.4219, 0; blank: the project's")
         yield Label("", id="field-error")
 
     # ------------------------------------------------------------------ loading
@@ -160,6 +164,7 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#steps", seg.steps)
             self._set_input("#lora", seg.lora_strength)
             self._set_input("#preset", seg.preset)
+            self._set_input("#sigmas", format_sigmas(seg.refine_sigmas) if seg.refine_sigmas else None)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
             for inp in self.query(Input):
                 inp.remove_class("-bad")
@@ -242,8 +247,11 @@ class SegmentEditor(VerticalScroll):
                 value = float(text) if text else None
             elif key in ("anchor-path", "preset"):
                 value = text
+            elif key == "sigmas":
+                value = check_sigmas(parse_sigmas(text)) if text else None
         except ValueError as exc:
-            error = f"{key}: {exc}" if "between" in str(exc) or "(" in str(exc) else f"{key}: not a number"
+            says = key == "sigmas" or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
+            error = f"{key}: {exc}" if says else f"{key}: not a number"
         inp.set_class(bool(error), "-bad")
         self._error(error)
         if error:
@@ -269,6 +277,8 @@ class SegmentEditor(VerticalScroll):
             self._post(coalesce=coalesce, lora_strength=value)
         elif key == "preset":
             self._post(coalesce=coalesce, preset=value or None)
+        elif key == "sigmas":
+            self._post(coalesce=coalesce, refine_sigmas=value)
         elif key == "anchor-path":
             kind = str(self.query_one("#anchor-kind", Select).value)
             if kind in ("image", "video") and value:

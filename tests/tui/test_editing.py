@@ -410,3 +410,29 @@ async def test_a_shot_can_name_its_own_model_preset(story: Path) -> None:
     assert load(story).segment("storm").preset == "tiny-ltxv"
     assert load(story).segment("dawn").preset is None
     assert 'preset = "tiny-ltxv"' in story.read_text()
+
+
+async def test_a_shot_can_set_its_own_refine_sigmas(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down")  # beam
+        field = app.query_one("#sigmas")
+        field.focus()
+        await type_text(pilot, "0.9, 0.4")  # on the way to 0.9, 0.45: "0.9, 0.4" is already valid
+        await pilot.pause()
+        assert app.doc.storyboard.segment("beam").refine_sigmas == (0.9, 0.4)
+        await type_text(pilot, "5")  # 0.45
+        await type_text(pilot, ", 1")  # rising again: refused, the last good value stays
+        await pilot.pause()
+        assert app.doc.storyboard.segment("beam").refine_sigmas == (0.9, 0.45)
+        assert "non-increasing" in str(app.query_one("#field-error").render())
+        assert field.has_class("-bad")
+        await pilot.press("backspace")
+        await type_text(pilot, "0")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("beam").refine_sigmas == (0.9, 0.45, 0.0)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert load(story).segment("beam").refine_sigmas == (0.9, 0.45, 0.0)
+    assert load(story).segment("dawn").refine_sigmas is None
+    assert "refine_sigmas = [0.9, 0.45, 0.0]" in story.read_text()
