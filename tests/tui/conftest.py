@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 from pathlib import Path
@@ -39,3 +40,9 @@ def fake_render(story: Path, segment_id: str, mtime: float = FIXED_NOW - 300) ->
     mp4.write_bytes(b"\x00")
     os.utime(mp4, (mtime, mtime))
     return mp4
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    """The -/+ lines of a diff between two versions of a file: what a save really touched."""
+    return [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,8 @@ from pipeline.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import ConfirmQuit, DiskChangedDialog
 from sulphur_tui.widgets.segments import SegmentList
+
+from .conftest import changed_lines
 
 pytestmark = pytest.mark.asyncio
 SIZE = (120, 40)
@@ -60,9 +61,7 @@ async def test_edit_prompt_undo_save_keeps_comments(story: Path) -> None:
         await pilot.pause()
         assert "unsaved" not in app.sub_title
     saved = story.read_text()
-    changed = [line for line in difflib.unified_diff(original.splitlines(), saved.splitlines(), lineterm="", n=0)
-               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    assert changed == [
+    assert changed_lines(original, saved) == [
         '-prompt = "The camera slowly pushes in as the lighthouse beam sweeps over the sea"',
         '+prompt = "The camera slowly pushes in as the lighthouse beam sweeps over the sea at night"',
     ]

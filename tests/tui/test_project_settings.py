@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 
@@ -13,17 +12,14 @@ from pipeline.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import ProjectScreen
 
+from .conftest import changed_lines
+
 pytestmark = pytest.mark.asyncio
 SIZE = (120, 40)
 
 
 def make(story: Path) -> SulphurApp:
     return create_app(story, connect_worker=False, image="none")
-
-
-def changed_lines(before: str, after: str) -> list[str]:
-    return [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
 
 
 async def fill(app: SulphurApp, **values: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ from pipeline.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import TakesScreen
 
-from .conftest import DATA
+from .conftest import DATA, changed_lines
 from .test_snapshots import settle
 
 SIZE = (120, 40)
@@ -40,11 +39,6 @@ def write_takes(story: Path, segment: str, seeds: list[int], text: str = TAKE_PR
 
 def make(story: Path, **kw: object) -> SulphurApp:
     return create_app(story, connect_worker=False, image="none", **kw)
-
-
-def changed_lines(before: str, after: str) -> list[str]:
-    return [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
 
 
 @pytest.mark.asyncio
