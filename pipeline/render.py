@@ -487,27 +487,32 @@ class Renderer:
         self.emit(protocol.Preview(segment=job.segment.id, stage="upscale", path=str(path)))
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
-        """final.mp4 from every segment's cached encode, when all of them exist."""
-        from pipeline.stages.encode import EncodeStage, FilmPart, encode_film
+        """final.mp4 from every segment's cached stages, when all of them exist.
+
+        The video is the segments' own encoded H.264 copied one after the other (see
+        :func:`pipeline.stages.encode.join_film`); a full re-encode when they can't be joined.
+        """
+        from pipeline.stages.encode import EncodeStage, FilmPart, join_film, repeats_anchor
 
         parts, manifest = [], []
-        inputs_of: dict[str, Artifact] = {}
         for index, seg in enumerate(self.sb.segments):
             art = self._cached_upscale_and_draft(index, drafts)
             if art is None:
                 self.emit(protocol.Log(message=f"final film not assembled: segment {seg.id} is not rendered yet"))
                 return self.out_dir
-            upscale, draft = art
-            inputs_of[seg.id] = upscale
+            upscale, draft, encode = art
             frames = np.load(upscale.file("frames.npy"), mmap_mode="r")
             audio = np.load(draft.file("audio.npy")) if draft.file("audio.npy").exists() else None
-            skip = index > 0 and seg.anchor.kind == "previous"
+            skip = repeats_anchor(index, seg)
             parts.append(FilmPart(frames=frames, audio=audio, sample_rate=int(draft.meta.get("sample_rate", 48000)),
-                                  skip_first=skip))
+                                  skip_first=skip, encoded=encode.file("segment.mp4") if encode else None,
+                                  name=seg.id))
             manifest.append({"id": seg.id, "frames": len(frames), "skip_first": skip,
-                             "upscale_key": upscale.key, "draft_key": draft.key})
+                             "upscale_key": upscale.key, "draft_key": draft.key,
+                             "encode_key": encode.key if encode else None})
         final = self.out_dir / "final.mp4"
-        film_key = digest(json.dumps({"encoder": EncodeStage.version, "segments": manifest}, sort_keys=True).encode())
+        film_key = digest(json.dumps({"encoder": EncodeStage.version, "film": "remux", "segments": manifest},
+                                     sort_keys=True).encode())
         manifest_path = self.out_dir / "film.json"
         if final.exists() and manifest_path.exists():
             try:
@@ -519,19 +524,25 @@ class Renderer:
         total = sum(len(p.frames) - int(p.skip_first) for p in parts)
         self.emit(protocol.StageStarted(segment="", stage="film", total_steps=total))
         t0 = time.perf_counter()
-        encode_film(tmp, parts, fps=self.sb.project.fps, size=self.sb.project.output_size)
+        _, reencoded = join_film(tmp, parts, fps=self.sb.project.fps, size=self.sb.project.output_size)
+        if reencoded:
+            self.emit(protocol.Log(level="warning", message=f"final film re-encoded, segments not joinable by "
+                                                             f"copy: {reencoded}"))
         os.replace(tmp, final)
         offset = 0
         for entry in manifest:
             entry["offset"] = offset
             offset += entry["frames"] - int(entry["skip_first"])
         manifest_path.write_text(json.dumps({"key": film_key, "fps": self.sb.project.fps, "frames": total,
-                                             "segments": manifest}, indent=1))
+                                             "video": "re-encoded" if reencoded else "copied",
+                                             "reencode_reason": reencoded, "segments": manifest}, indent=1))
         self.emit(protocol.StageFinished(segment="", stage="film", seconds=time.perf_counter() - t0))
         return final
 
-    def _cached_upscale_and_draft(self, index: int, drafts: dict[str, Artifact]) -> tuple[Artifact, Artifact] | None:
-        """Look up (without running) a segment's encoded-frames entry and its draft."""
+    def _cached_upscale_and_draft(self, index: int, drafts: dict[str, Artifact]
+                                  ) -> tuple[Artifact, Artifact, Artifact | None] | None:
+        """Look up (without running) a segment's encoded-frames entry, its draft and its
+        encode (None when only the frames are cached)."""
         seg = self.sb.segments[index]
         draft = drafts.get(seg.id)
         if draft is None:
@@ -544,7 +555,9 @@ class Renderer:
             if art is None:
                 return None
             arts[name] = art
-        return arts[self.frames_chain(job)[-1][0]], draft
+        frames = arts[self.frames_chain(job)[-1][0]]
+        encode = self.cache.get("encode", self.key_for("encode", job, {"upscale": frames, "draft": draft}))
+        return frames, draft, encode
 
 
 def select_segments(sb: Storyboard, segments: Sequence[str] | None, from_segment: str | None) -> list[str]:

@@ -3,6 +3,7 @@ LTX-Video 0.9 shot (video only) renders to one film."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import av
@@ -54,6 +55,8 @@ def test_each_shot_uses_its_own_preset_and_the_film_joins_them(tmp_path: Path) -
     segs = [e.frames for e in events if isinstance(e, protocol.SegmentDone)]
     assert n == sum(segs) - 1
     assert abs(seconds - n / 24) <= 1 / 24  # the video-only shot is filled with silence
+    # Both families' segments are encoded alike: the film copies their H.264 across the seam.
+    assert json.loads((final.parent / "film.json").read_text())["video"] == "copied"
 
 
 def test_an_unknown_shot_preset_is_refused_before_anything_runs(tmp_path: Path) -> None:

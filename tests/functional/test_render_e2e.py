@@ -84,6 +84,27 @@ def test_demo_produces_a_1080p_h264_film_with_synced_audio(demo: dict) -> None:
         assert check.returncode == 0 and check.stderr == ""
 
 
+def test_film_is_the_segments_video_copied_not_encoded_again(demo: dict) -> None:
+    """final.mp4's pictures are the segment MP4s' pictures (stream copy), each chained
+    segment's anchor frame left out, every segment starting on a keyframe."""
+    render_dir = demo["folder"] / "renders" / "example"
+    manifest = json.loads((render_dir / "film.json").read_text())
+    assert manifest["video"] == "copied" and manifest["reencode_reason"] is None
+    assert not [e for e in demo["events"] if isinstance(e, protocol.Log) and "re-encoded" in e.message]
+    with av.open(str(render_dir / "final.mp4")) as film_file:
+        film = film_file.decode(video=0)
+        for entry in manifest["segments"]:
+            with av.open(str(render_dir / "segments" / f"{entry['id']}.mp4")) as seg_file:
+                seg_frames = seg_file.decode(video=0)
+                if entry["skip_first"]:
+                    next(seg_frames)
+                for i, want in enumerate(seg_frames):
+                    got = next(film)
+                    assert got.key_frame == (i == 0), (entry["id"], i)
+                    assert np.array_equal(got.to_ndarray(format="yuv420p"), want.to_ndarray(format="yuv420p"))
+        assert next(film, None) is None
+
+
 def test_every_stage_of_every_segment_ran_once_and_reported(demo: dict) -> None:
     sb = S.load(demo["storyboard"])
     ran = _ran(demo["events"])

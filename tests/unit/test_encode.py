@@ -10,7 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.stages.encode import AUDIO_RATE, FilmPart, encode_film
+from pipeline.stages import encode as encode_mod
+from pipeline.stages.encode import AUDIO_RATE, FilmPart, encode_film, join_film
 
 FPS = 24
 W, H = 320, 180
@@ -94,19 +95,175 @@ def _video_bytes(path: Path) -> bytes:
         return b"".join(bytes(p) for p in c.demux(video=0))
 
 
-def test_the_same_frames_encode_to_the_same_bytes_in_a_process_that_encoded_before(tmp_path: Path) -> None:
+def test_a_segment_encodes_to_the_same_bytes_whatever_the_process_did_before(tmp_path: Path) -> None:
     """A resumed render re-encodes in a fresh worker what an uninterrupted one encoded after
-    other segments: the bytes must not depend on that. With PyAV's default slice threads
-    x264 gave another stream in ~4% of such encodes; it must use frame threads."""
-    from pipeline.stages.encode import encode_mp4
+    other segments, and the film copies those bytes: they must not depend on it. In-process,
+    x264 gave another stream in 1-4% of encodes after earlier ones; each segment is encoded
+    in a fresh process, with frame threads."""
+    from pipeline.stages.encode import encode_in_fresh_process, encode_mp4
 
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 255, (9, 128, 192, 3), dtype=np.uint8)  # noise: what random weights decode to
-    encode_mp4(tmp_path / "first.mp4", frames, fps=8, size=(192, 128))
-    expected = _video_bytes(tmp_path / "first.mp4")
-    assert b"sliced_threads=0" in expected  # x264's own record of its settings (SEI)
-    for i in range(50):
+    np.save(tmp_path / "frames.npy", frames)
+    np.save(tmp_path / "audio.npy", _tone(9 / 8, 24_000))
+    seen, progress = set(), []
+    for i in range(6):
         other = rng.integers(0, 255, (int(rng.integers(3, 15)), 128, 192, 3), dtype=np.uint8)
-        encode_mp4(tmp_path / "other.mp4", other, fps=8, size=(192, 128))
-        encode_mp4(tmp_path / "again.mp4", frames, fps=8, size=(192, 128))
-        assert _video_bytes(tmp_path / "again.mp4") == expected, f"differed on encode {i + 2}"
+        encode_mp4(tmp_path / "other.mp4", other, fps=8, size=(192, 128))  # this process "encoded before"
+        n = encode_in_fresh_process(tmp_path / f"seg{i}.mp4", tmp_path / "frames.npy", tmp_path / "audio.npy",
+                                    24_000, fps=8, size=(192, 128), keyframes=(1,), on_frame=progress.append)
+        assert n == 9
+        seen.add(_video_bytes(tmp_path / f"seg{i}.mp4"))
+    assert len(seen) == 1
+    assert b"sliced_threads=0" in seen.pop()  # x264's own record of its settings (SEI)
+    assert progress[:9] == list(range(1, 10))
+    frames_back, seconds, info = _probe(tmp_path / "seg0.mp4")
+    assert len(frames_back) == 9 and info["audio_codec"] == "aac" and abs(seconds - 9 / 8) < 0.05
+
+
+def test_a_failing_encoder_process_is_a_clear_error_and_a_cancel_kills_it(tmp_path: Path) -> None:
+    from pipeline.stages.encode import encode_in_fresh_process
+
+    np.save(tmp_path / "frames.npy", np.zeros((30, 128, 192, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="encoder process exited with 1.*expected 200×128"):
+        encode_in_fresh_process(tmp_path / "bad.mp4", tmp_path / "frames.npy", None, 24_000, fps=8, size=(200, 128))
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_3(i: int) -> None:
+        if i == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        encode_in_fresh_process(tmp_path / "c.mp4", tmp_path / "frames.npy", None, 24_000, fps=8, size=(192, 128),
+                                on_frame=cancel_at_3)
+
+
+# ------------------------------------------------------------------ the film as a remux
+
+
+def _ffmpeg_errors(path: Path) -> str:
+    """What an independent decoder (the ffmpeg CLI) complains about; "" for a clean file."""
+    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+                            capture_output=True, text=True, check=False)
+    return result.stderr + ("" if result.returncode == 0 else f"exit {result.returncode}")
+
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+
+
+def _decoded(path: Path) -> tuple[list[np.ndarray], list[bool]]:
+    """Decoded YUV planes (as the stream codes them, no conversion) and keyframe flags."""
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    return [f.to_ndarray(format="yuv420p") for f in frames], [bool(f.key_frame) for f in frames]
+
+
+def _segment(tmp_path: Path, name: str, part: FilmPart, size: tuple[int, int] = (W, H)) -> FilmPart:
+    """``part`` with its own segment.mp4, encoded as EncodeStage does (an IDR after a chained anchor)."""
+    path = tmp_path / f"{name}.mp4"
+    encode_film(path, [FilmPart(part.frames, part.audio, part.sample_rate)], fps=FPS, size=size,
+                keyframes=(1,) if part.skip_first else ())
+    part.encoded, part.name = path, name
+    return part
+
+
+def _three_segments(tmp_path: Path) -> list[FilmPart]:
+    a, b, c = _frames(17, 20), _frames(17, 120), _frames(9, 60)
+    b[0] = a[-1]  # chained: frame 0 is the anchor, the previous segment's last frame
+    return [_segment(tmp_path, "a", FilmPart(a, _tone(17 / FPS, 24_000), 24_000)),
+            _segment(tmp_path, "b", FilmPart(b, _tone(17 / FPS, 24_000), 24_000, skip_first=True)),
+            _segment(tmp_path, "c", FilmPart(c, None, 24_000))]                 # hard cut, silent
+
+
+def test_a_chained_segment_keeps_its_anchor_and_starts_over_with_an_idr_after_it(tmp_path: Path) -> None:
+    part = _segment(tmp_path, "b", FilmPart(_frames(17, 120), None, 24_000, skip_first=True))
+    frames, keys = _decoded(part.encoded)
+    assert len(frames) == 17  # the segment plays whole, anchor included
+    assert keys[:2] == [True, True] and not any(keys[2:])
+
+
+@needs_ffmpeg
+def test_film_is_the_segments_h264_copied_with_one_frame_less_per_chained_seam(tmp_path: Path) -> None:
+    parts = _three_segments(tmp_path)
+    out = tmp_path / "final.mp4"
+    n, reencoded = join_film(out, parts, fps=FPS, size=(W, H))
+    assert reencoded is None
+    assert _ffmpeg_errors(out) == ""
+    film, keys = _decoded(out)
+    seg = [_decoded(p.encoded)[0] for p in parts]
+    assert n == len(film) == 17 + 16 + 9
+    # Stream copy: the film decodes to exactly the segments' pictures, b's anchor left out.
+    expected = seg[0] + seg[1][1:] + seg[2]
+    assert all(np.array_equal(f, e) for f, e in zip(film, expected, strict=True))
+    # Every segment starts on a keyframe (seekable), and only there.
+    assert [i for i, k in enumerate(keys) if k] == [0, 17, 33]
+    _, audio_seconds, info = _probe(out)
+    assert info["rate"] == FPS and info["audio_codec"] == "aac" and info["audio_rate"] == AUDIO_RATE
+    assert abs(audio_seconds - n / FPS) <= 1 / FPS
+    data = out.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # +faststart
+
+
+def test_film_audio_is_the_same_track_as_a_reencoded_film(tmp_path: Path) -> None:
+    """Only the video is copied: the audio is built from the drafts exactly as before."""
+    parts = _three_segments(tmp_path)
+    join_film(tmp_path / "copied.mp4", parts, fps=FPS, size=(W, H))
+    encode_film(tmp_path / "encoded.mp4", parts, fps=FPS, size=(W, H))
+
+    def pcm(path: Path) -> np.ndarray:
+        with av.open(str(path)) as c:
+            return np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
+
+    copied, encoded = pcm(tmp_path / "copied.mp4"), pcm(tmp_path / "encoded.mp4")
+    assert copied.shape == encoded.shape and np.allclose(copied, encoded, atol=1e-6)
+
+
+def _other_preset(tmp_path: Path, parts: list[FilmPart], monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(encode_mod, "PRESET", "ultrafast")  # another x264 setting: other SPS/PPS
+    _segment(tmp_path, "c-fast", parts[2])
+    monkeypatch.undo()
+    return "SPS/PPS"
+
+
+def _other_size(tmp_path: Path, parts: list[FilmPart], monkeypatch: pytest.MonkeyPatch) -> str:
+    small = FilmPart(np.ascontiguousarray(parts[2].frames[:, :H // 2, :W // 2]), None, 24_000)
+    parts[2].encoded = _segment(tmp_path, "c-small", small, size=(W // 2, H // 2)).encoded
+    return "segment c's size differs from segment a's"
+
+
+def _no_idr_after_anchor(tmp_path: Path, parts: list[FilmPart], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A chained segment encoded before its frame 1 was an IDR: frame 0 cannot be dropped by copy."""
+    encode_film(tmp_path / "b-old.mp4", [FilmPart(parts[1].frames, parts[1].audio, 24_000)], fps=FPS, size=(W, H))
+    parts[1].encoded = tmp_path / "b-old.mp4"
+    return "not an IDR"
+
+
+def _no_encode(tmp_path: Path, parts: list[FilmPart], monkeypatch: pytest.MonkeyPatch) -> str:
+    parts[0].encoded = None
+    return "no encoded MP4"
+
+
+def _other_frames(tmp_path: Path, parts: list[FilmPart], monkeypatch: pytest.MonkeyPatch) -> str:
+    """segment.mp4 of another take than the frames the film is built from."""
+    parts[2].encoded = parts[0].encoded
+    return "frame"
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("mismatch", [_other_preset, _other_size, _no_idr_after_anchor, _no_encode, _other_frames])
+def test_segments_that_cannot_be_copied_make_a_reencoded_film(tmp_path: Path, mismatch,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = _three_segments(tmp_path)
+    why = mismatch(tmp_path, parts, monkeypatch)
+    out = tmp_path / "final.mp4"
+    n, reencoded = join_film(out, parts, fps=FPS, size=(W, H))
+    assert reencoded is not None and why in reencoded
+    assert _ffmpeg_errors(out) == ""
+    frames, audio_seconds, info = _probe(out)
+    assert n == len(frames) == 17 + 16 + 9 and (info["w"], info["h"]) == (W, H)
+    assert abs(audio_seconds - n / FPS) <= 1 / FPS
+    # Re-encoded from the frames themselves: b[1] follows a[16] whatever the segment MP4s hold.
+    means = np.array([f.mean() for f in frames])
+    assert abs(means[17] - parts[1].frames[1].mean()) < 2.0 and abs(means[33] - parts[2].frames[0].mean()) < 2.0
