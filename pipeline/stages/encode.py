@@ -404,8 +404,8 @@ def encode_in_fresh_process(path: Path, frames: Path, audio: Path | None, sample
                 proc.wait()
         if code != 0:
             err.seek(0)
-            tail = err.read().strip().splitlines()[-3:]
-            raise RuntimeError(f"the encoder process exited with {code}: {' / '.join(tail) or 'no message'}")
+            last = (err.read().strip().splitlines() or ["no message"])[-1]  # a traceback's last line: the error
+            raise RuntimeError(f"the encoder process exited with {code}: {last}")
     return count
 
 
