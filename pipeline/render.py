@@ -111,6 +111,7 @@ class _Chain:
     """What drafting segment k+1 needs from segment k."""
 
     previous_draft: Artifact | None = None
+    previous_kept: int = 0              # frames of the previous draft the film keeps: its last is the anchor
     prev_last: np.ndarray | None = None
     reference: np.ndarray | None = None
 
@@ -232,6 +233,10 @@ class Renderer:
     def preflight(self, selected: Sequence[str]) -> None:
         """Refuse, before any model is loaded, a render no memory plan can fit."""
         jobs = [self.job_for(i) for i, s in enumerate(self.sb.segments) if s.id in selected]
+        for job in jobs:
+            if job.segment.keep is not None and job.segment.keep > job.frames:
+                raise RenderError("bad_keep", f"keep = {job.segment.keep} is more than the {job.frames} frames "
+                                  f"segment {job.segment.id} has", segment=job.segment.id)
         self.upscale_frames = sum(job.frames for job in jobs)
         for preset in {job.preset.name: job.preset for job in jobs}.values():
             longest = max(job.frames for job in jobs if job.preset is preset)
@@ -341,14 +346,15 @@ class Renderer:
         self.emit(protocol.PromptEnhanced(segment=segment_id, enhanced_prompt=text))
 
     def anchor_for(self, job: SegmentJob, previous_draft: Artifact | None,
-                   reference: np.ndarray | None) -> np.ndarray | None:
+                   reference: np.ndarray | None, previous_kept: int = 0) -> np.ndarray | None:
         anchor = job.segment.anchor
         w, h = job.draft_size
         if anchor.kind == "none" or (anchor.kind == "previous" and previous_draft is None):
             return None
         if anchor.kind == "previous":
             assert previous_draft is not None
-            frame = np.load(previous_draft.file("frames.npy"), mmap_mode="r")[-1]
+            drafted = np.load(previous_draft.file("frames.npy"), mmap_mode="r")
+            frame = drafted[(previous_kept or len(drafted)) - 1]  # its last kept frame
             frame = np.ascontiguousarray(frame)
         elif anchor.kind == "image":
             frame = _read_image(self.sb.resolve(anchor.path))
@@ -372,16 +378,16 @@ class Renderer:
         chain = self.chain
         job = self.job_for(index)
         job.prompt = self.prompt_for(job)
-        job.anchor = self.anchor_for(job, chain.previous_draft, chain.reference)
+        job.anchor = self.anchor_for(job, chain.previous_draft, chain.reference, chain.previous_kept)
         job.anchor_digest = digest(job.anchor.tobytes()) if job.anchor is not None else ""
         draft = self.run_stage("draft", job, {})
-        frames = np.load(draft.file("frames.npy"), mmap_mode="r")
+        frames = np.load(draft.file("frames.npy"), mmap_mode="r")[:job.kept]  # what the film shows of it
         if chain.reference is None and self.sb.project.drift_reference == "first":
             chain.reference = np.ascontiguousarray(frames[-1])
         job.reference = chain.reference
         self._quality(job, "draft", frames, chain.prev_last, chain.reference)
         chain.prev_last = np.ascontiguousarray(frames[-1])
-        chain.previous_draft = draft
+        chain.previous_draft, chain.previous_kept = draft, job.kept
         return job, draft
 
     def finish_stages(self, job: SegmentJob, draft: Artifact) -> Artifact:
@@ -478,7 +484,7 @@ class Renderer:
     def _preview(self, job: SegmentJob, upscale: Artifact) -> None:
         from PIL import Image
 
-        frames = np.load(upscale.file("frames.npy"), mmap_mode="r")
+        frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
         path = self.out_dir / "previews" / f"{job.segment.id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.png")
@@ -501,7 +507,7 @@ class Renderer:
                 self.emit(protocol.Log(message=f"final film not assembled: segment {seg.id} is not rendered yet"))
                 return self.out_dir
             upscale, draft, encode = art
-            frames = np.load(upscale.file("frames.npy"), mmap_mode="r")
+            frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:self.job_for(index).kept]
             audio = np.load(draft.file("audio.npy")) if draft.file("audio.npy").exists() else None
             skip = repeats_anchor(index, seg)
             parts.append(FilmPart(frames=frames, audio=audio, sample_rate=int(draft.meta.get("sample_rate", 48000)),

@@ -94,6 +94,7 @@ class Segment:
     refine_sigmas: tuple[float, ...] | None = None
     lora_strength: float | None = None
     drift_guard: str | None = None
+    keep: int | None = None           # the film takes its first `keep` frames; the next shot continues from the last
 
     def frame_count(self, fps: int) -> int:
         """Frames requested; the model preset may round up to what it can generate."""
@@ -171,6 +172,7 @@ _SEGMENT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "refine_sigmas": ((list,), "a list of numbers"),
     "lora_strength": ((int, float), "a number"),
     "drift_guard": ((str,), "a string"),
+    "keep": ((int,), "an integer"),
 }
 
 
@@ -389,6 +391,8 @@ def _check_segment(path: Path, loc: _Locator, i: int, s: Segment) -> None:
         raise bad("frames", "must be between 1 and 2000")
     if s.seconds is not None and not 0 < s.seconds <= 120:
         raise bad("seconds", "must be between 0 and 120")
+    if s.keep is not None and not 1 <= s.keep <= 2000:
+        raise bad("keep", "must be between 1 and 2000 (frames of this shot the film keeps)")
     if s.steps is not None and not 1 <= s.steps <= 200:
         raise bad("steps", "must be between 1 and 200")
     if s.drift_guard is not None and s.drift_guard not in DRIFT_GUARDS:

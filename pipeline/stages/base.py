@@ -58,6 +58,11 @@ class SegmentJob:
         return self.segment.drift_guard or self.storyboard.project.drift_guard
 
     @property
+    def kept(self) -> int:
+        """Frames of this segment the film keeps (``keep``): the next segment chains from the last."""
+        return min(self.segment.keep or self.frames, self.frames)
+
+    @property
     def project(self) -> Project:
         return self.storyboard.project
 

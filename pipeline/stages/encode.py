@@ -332,19 +332,19 @@ def join_film(path: Path, parts: list[FilmPart], *, fps: int, size: tuple[int, i
 class EncodeStage(Stage):
     name = "encode"
     version = 4  # 2: audio resampled by libswresample; 3: x264 frame threads (reproducible bytes);
-    #              4: chained segments' frame 1 is an IDR (the film copies them)
+    #              4: chained segments' frame 1 is an IDR (the film copies them), a shot's `keep`
     inputs = ("upscale", "draft")
 
     def params(self, job: SegmentJob) -> dict[str, Any]:
         return {"fps": job.fps, "size": list(job.output_size), "audio": job.audio, "crf": CRF,
                 "preset": PRESET, "audio_rate": AUDIO_RATE,
-                "idr_after_anchor": repeats_anchor(job.index, job.segment)}
+                "idr_after_anchor": repeats_anchor(job.index, job.segment), "kept": job.kept}
 
     def total_steps(self, job: SegmentJob) -> int:
-        return job.frames
+        return job.kept
 
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict, out: Path) -> dict[str, Any]:
-        frames = np.load(inputs["upscale"].file("frames.npy"), mmap_mode="r")
+        frames = np.load(inputs["upscale"].file("frames.npy"), mmap_mode="r")[:job.kept]
         draft = inputs["draft"]
         part = FilmPart(frames=frames, audio=None, sample_rate=AUDIO_RATE)
         if job.audio and draft.file("audio.npy").exists():
@@ -357,7 +357,7 @@ class EncodeStage(Stage):
         audio = draft.file("audio.npy") if part.audio is not None else None
         n = encode_in_fresh_process(out / "segment.mp4", inputs["upscale"].file("frames.npy"), audio,
                                     part.sample_rate, fps=job.fps, size=job.output_size, keyframes=keyframes,
-                                    on_frame=lambda i: ctx.progress(self.name, i, total))
+                                    on_frame=lambda i: ctx.progress(self.name, i, total), limit=total)
         return {"frames": n, "size": list(job.output_size), "fps": job.fps}
 
 
@@ -366,8 +366,9 @@ class EncodeStage(Stage):
 
 def encode_in_fresh_process(path: Path, frames: Path, audio: Path | None, sample_rate: int, *, fps: int,
                             size: tuple[int, int], keyframes: Collection[int] = (),
-                            on_frame: Any = None) -> int:
-    """:func:`encode_film` of one segment (frames and audio from .npy files) in a new process.
+                            on_frame: Any = None, limit: int | None = None) -> int:
+    """:func:`encode_film` of one segment (frames and audio from .npy files; the first ``limit``
+    frames, default all) in a new process.
 
     Because x264 reads memory it never wrote: the same frames, settings and library came out
     as another stream in 1-4% of the encodes made in a process that had encoded before
@@ -384,7 +385,8 @@ def encode_in_fresh_process(path: Path, frames: Path, audio: Path | None, sample
 
     root = Path(__file__).resolve().parents[2]  # the folder holding the ``pipeline`` package
     spec = json.dumps({"path": str(path), "frames": str(frames), "audio": str(audio) if audio else None,
-                       "sample_rate": sample_rate, "fps": fps, "size": list(size), "keyframes": list(keyframes)})
+                       "sample_rate": sample_rate, "fps": fps, "size": list(size), "keyframes": list(keyframes),
+                       "limit": limit})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryFile(mode="w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.encode", spec], stdout=subprocess.PIPE,
@@ -414,7 +416,8 @@ def _child(spec: str) -> int:
     import json
 
     args = json.loads(spec)
-    part = FilmPart(frames=np.load(args["frames"], mmap_mode="r"), audio=None, sample_rate=args["sample_rate"])
+    frames = np.load(args["frames"], mmap_mode="r")
+    part = FilmPart(frames=frames[:args.get("limit") or len(frames)], audio=None, sample_rate=args["sample_rate"])
     if args["audio"]:
         part.audio = np.load(args["audio"])
     encode_film(Path(args["path"]), [part], fps=args["fps"], size=tuple(args["size"]),

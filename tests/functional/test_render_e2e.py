@@ -207,3 +207,49 @@ def test_film_manifest_locates_every_segment(demo: dict) -> None:
     rendered = json.loads((demo["folder"] / "renders" / "example" / "manifest.json").read_text())["segments"]
     sb = S.load(demo["storyboard"])
     assert {i: rendered[i]["digest"] for i in ids} == {i: S.segment_digest(sb, i) for i in ids}
+
+
+def test_keeping_part_of_a_shot_reuses_its_frames_and_the_next_continues_from_the_cut(demo: dict,
+                                                                                      tmp_path: Path) -> None:
+    """`keep = 9` on the first shot: the film takes its first 9 frames and the second shot starts
+    from frame 9 — without drafting, refining or upscaling the first shot again."""
+    folder = tmp_path / "project"
+    shutil.copytree(demo["folder"], folder)
+    story = folder / "example.toml"
+    assert _sulphur("render", str(story), "--json", cwd=folder).returncode == 0  # the copy, up to date
+    sb = S.load(story)
+    ids = [s.id for s in sb.segments]
+    S.save(S.with_segment(sb, ids[0], keep=9))
+    cut = _sulphur("render", str(story), "--json", cwd=folder)
+    assert cut.returncode == 0, cut.stderr[-2000:]
+    events = _events(cut.stdout)
+    ran = _ran(events)
+    assert [st for st in ("draft", "refine", "upscale", "encode") if ran[(ids[0], st)]] == ["encode"]
+    for seg in ids[1:]:  # a new anchor: everything after the cut again
+        for stage in ("draft", "refine", "upscale", "encode"):
+            assert ran[(seg, stage)] == 1, (seg, stage)
+
+    drafts = _cache_entries(folder, "draft")
+    by_seg = {e.segment: drafts[e.cache_key] for e in events
+              if isinstance(e, protocol.StageFinished | protocol.StageCached) and e.stage == "draft"}
+    anchor = np.load(by_seg[ids[1]] / "anchor.npy")
+    assert np.array_equal(anchor, np.load(by_seg[ids[0]] / "frames.npy")[8])  # frame 9 of the first shot
+
+    film = json.loads((folder / "renders" / "example" / "film.json").read_text())
+    assert film["video"] == "copied" and film["segments"][0]["frames"] == 9
+    total = 9 + sum(s["frames"] - 1 for s in film["segments"][1:])
+    with av.open(str(folder / "renders" / "example" / "final.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == total == film["frames"]
+    with av.open(str(folder / "renders" / "example" / "segments" / f"{ids[0]}.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 9
+
+
+def test_keeping_more_frames_than_a_shot_has_is_refused_before_any_stage(demo: dict, tmp_path: Path) -> None:
+    story = tmp_path / "example.toml"
+    shutil.copyfile(demo["storyboard"], story)
+    sb = S.load(story)
+    S.save(S.with_segment(sb, sb.segments[0].id, keep=500))
+    result = _sulphur("render", str(story), "--json", cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"keep = 500 is more than the 17 frames segment {sb.segments[0].id} has" in result.stderr
+    assert not _ran(_events(result.stdout))

@@ -83,6 +83,7 @@ def test_reorder_add_delete_keep_comments(tmp_path: Path) -> None:
         ('[[segment]]\nid = "a"\nprompt = "p"\nanchor = "clip.txt"\n', 4, 1, "neither"),
         ('[project]\noutput_size = [1921, 1080]\n[[segment]]\nid = "a"\nprompt = "p"\n', 2, 1, "even"),
         ('[[segment]]\nid = "a"\n', 1, 1, "missing required key 'prompt'"),
+        ('[[segment]]\nid = "a"\nprompt = "p"\nkeep = 0\n', 4, 1, "segment[0].keep: must be between 1 and 2000"),
     ],
 )
 def test_errors_name_line_column_and_key(tmp_path: Path, text: str, line: int, col: int, fragment: str) -> None:
