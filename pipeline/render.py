@@ -396,7 +396,8 @@ class Renderer:
         for name, source in self.frames_chain(job):
             arts[name] = self.run_stage(name, job, {source: arts[source]})
             if name == "refine":
-                self._quality(job, "refine", np.load(arts[name].file("frames.npy"), mmap_mode="r"), None, None)
+                refined = np.load(arts[name].file("frames.npy"), mmap_mode="r")[:job.kept]  # what the film shows
+                self._quality(job, "refine", refined, None, None)
         frames = arts[self.frames_chain(job)[-1][0]]
         self._preview(job, frames)
         return self.run_stage("encode", job, {"upscale": frames, "draft": draft})

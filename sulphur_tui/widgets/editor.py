@@ -59,7 +59,8 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor .row > Button { width: auto; margin-right: 2; }
     SegmentEditor .row > Checkbox { width: auto; margin-right: 2; }
     SegmentEditor #seed { width: 11; }
-    SegmentEditor #frames, SegmentEditor #seconds, SegmentEditor #steps, SegmentEditor #lora { width: 8; }
+    SegmentEditor #frames, SegmentEditor #seconds, SegmentEditor #steps, SegmentEditor #lora,
+    SegmentEditor #keep { width: 8; }
     SegmentEditor #preset { width: 24; }
     SegmentEditor #anchor-kind { width: 22; }
     SegmentEditor #drift { width: 28; }
@@ -134,9 +135,13 @@ class SegmentEditor(VerticalScroll):
             # lists the names); an unknown name is refused by the render with the known ones.
             yield Input(placeholder="project's preset", id="preset", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="This shot's model preset (sulphur models lists them); blank: the project's")
-            yield Label("sigmas")
+        with Horizontal(classes="row"):
+            yield Label("refine sigmas")
             yield Input(placeholder="project", id="sigmas", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="This shot's refine sigmas, e.g. 0.85, 0.725, 0.4219, 0; blank: the project's")
+            yield Label("keep")
+            yield Input(placeholder="all", id="keep", type="integer", compact=True, validate_on=_OWN_VALIDATION,
+                        tooltip="The film keeps this many of the shot's frames; the next shot continues from the last")
         yield Label("", id="field-error")
 
     # ------------------------------------------------------------------ loading
@@ -165,6 +170,7 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#lora", seg.lora_strength)
             self._set_input("#preset", seg.preset)
             self._set_input("#sigmas", format_sigmas(seg.refine_sigmas) if seg.refine_sigmas else None)
+            self._set_input("#keep", seg.keep)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
             for inp in self.query(Input):
                 inp.remove_class("-bad")
@@ -249,6 +255,8 @@ class SegmentEditor(VerticalScroll):
                 value = text
             elif key == "sigmas":
                 value = check_sigmas(parse_sigmas(text)) if text else None
+            elif key == "keep":
+                value = _int(text, 1, 2000) if text else None
         except ValueError as exc:
             says = key == "sigmas" or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
             error = f"{key}: {exc}" if says else f"{key}: not a number"
@@ -279,6 +287,8 @@ class SegmentEditor(VerticalScroll):
             self._post(coalesce=coalesce, preset=value or None)
         elif key == "sigmas":
             self._post(coalesce=coalesce, refine_sigmas=value)
+        elif key == "keep":
+            self._post(coalesce=coalesce, keep=value)
         elif key == "anchor-path":
             kind = str(self.query_one("#anchor-kind", Select).value)
             if kind in ("image", "video") and value:

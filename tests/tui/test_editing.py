@@ -435,3 +435,24 @@ async def test_a_shot_can_set_its_own_refine_sigmas(story: Path) -> None:
     assert load(story).segment("beam").refine_sigmas == (0.9, 0.45, 0.0)
     assert load(story).segment("dawn").refine_sigmas is None
     assert "refine_sigmas = [0.9, 0.45, 0.0]" in story.read_text()
+
+
+async def test_a_shot_can_keep_only_its_first_frames(story: Path) -> None:
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        field = app.query_one("#keep")
+        field.focus()
+        await type_text(pilot, "9")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").keep == 9
+        await pilot.press("backspace")
+        await type_text(pilot, "0")  # "0": not a frame count
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").keep is None  # blank in between: the last good value
+        assert "keep: between 1 and 2000" in str(app.query_one("#field-error").render())
+        await pilot.press("backspace")
+        await type_text(pilot, "12")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert load(story).segment("dawn").keep == 12
+    assert "keep = 12" in story.read_text()
