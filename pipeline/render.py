@@ -110,9 +110,7 @@ def _stages(preset: Preset) -> dict[str, Stage]:
 class _Chain:
     """What drafting segment k+1 needs from segment k."""
 
-    previous_draft: Artifact | None = None
-    previous_kept: int = 0              # frames of the previous draft the film keeps: its last is the anchor
-    prev_last: np.ndarray | None = None
+    prev_last: np.ndarray | None = None  # the previous draft's last frame the film keeps: the anchor
     reference: np.ndarray | None = None
 
 
@@ -345,17 +343,15 @@ class Renderer:
         save(with_segment(current, segment_id, enhanced_prompt=text))
         self.emit(protocol.PromptEnhanced(segment=segment_id, enhanced_prompt=text))
 
-    def anchor_for(self, job: SegmentJob, previous_draft: Artifact | None,
-                   reference: np.ndarray | None, previous_kept: int = 0) -> np.ndarray | None:
+    def anchor_for(self, job: SegmentJob, previous_last: np.ndarray | None,
+                   reference: np.ndarray | None) -> np.ndarray | None:
         anchor = job.segment.anchor
         w, h = job.draft_size
-        if anchor.kind == "none" or (anchor.kind == "previous" and previous_draft is None):
+        if anchor.kind == "none" or (anchor.kind == "previous" and previous_last is None):
             return None
         if anchor.kind == "previous":
-            assert previous_draft is not None
-            drafted = np.load(previous_draft.file("frames.npy"), mmap_mode="r")
-            frame = drafted[(previous_kept or len(drafted)) - 1]  # its last kept frame
-            frame = np.ascontiguousarray(frame)
+            assert previous_last is not None
+            frame = previous_last
         elif anchor.kind == "image":
             frame = _read_image(self.sb.resolve(anchor.path))
         else:
@@ -378,7 +374,7 @@ class Renderer:
         chain = self.chain
         job = self.job_for(index)
         job.prompt = self.prompt_for(job)
-        job.anchor = self.anchor_for(job, chain.previous_draft, chain.reference, chain.previous_kept)
+        job.anchor = self.anchor_for(job, chain.prev_last, chain.reference)
         job.anchor_digest = digest(job.anchor.tobytes()) if job.anchor is not None else ""
         draft = self.run_stage("draft", job, {})
         frames = np.load(draft.file("frames.npy"), mmap_mode="r")[:job.kept]  # what the film shows of it
@@ -387,7 +383,6 @@ class Renderer:
         job.reference = chain.reference
         self._quality(job, "draft", frames, chain.prev_last, chain.reference)
         chain.prev_last = np.ascontiguousarray(frames[-1])
-        chain.previous_draft, chain.previous_kept = draft, job.kept
         return job, draft
 
     def finish_stages(self, job: SegmentJob, draft: Artifact) -> Artifact:

@@ -57,7 +57,6 @@ def render(storyboard_path: str | os.PathLike[str], *, engine: str | None = None
     if engine == "ray":
         from pipeline.engines.ray_engine import render_ray
 
-        kwargs.setdefault("finishers", finishers_setting())
         return render_ray(storyboard_path, address=address, emit=emit, **kwargs)
     raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
 

@@ -484,9 +484,15 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     ``address``: None starts a local Ray (every GPU of this machine), ``auto`` joins the
     running cluster, ``ray://host:10001`` connects a client. ``models`` is ignored (the
     actors hold theirs). ``actor_env`` adds environment variables per role ("draft",
-    "finish"). If Ray is already initialised (a test, a notebook) it is used as is.
+    "finish"). ``finishers``: finish actors beside the draft actor; None reads
+    ``$SULPHUR_RAY_FINISHERS``, else the layout decides. If Ray is already initialised (a
+    test, a notebook) it is used as is.
     """
     del models
+    if finishers is None:  # the CLI's --finishers, else the environment's, else the layout's default
+        from pipeline.engines import finishers_setting
+
+        finishers = finishers_setting()
     sb = load(storyboard_path)
     selected = select_segments(sb, segments, from_segment)
     ids = [s.id for s in sb.segments]
@@ -599,14 +605,6 @@ class _Driver:
 # ------------------------------------------------------------------------- CLI
 
 
-def _finishers(args: argparse.Namespace) -> int | None:
-    """``--finishers``, else ``$SULPHUR_RAY_FINISHERS`` (as the worker reads it), else the layout's default."""
-    from pipeline.engines import finishers_setting
-
-    given = getattr(args, "finishers", None)
-    return given if given is not None else finishers_setting()
-
-
 def main(args: argparse.Namespace) -> int:
     """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
     from pipeline.headless import ProgressPrinter, json_printer, run_job
@@ -625,7 +623,7 @@ def main(args: argparse.Namespace) -> int:
     def work(cancel: threading.Event) -> Path:
         try:
             return render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
-                              emit=emit, cancel=cancel, address=address, finishers=_finishers(args))
+                              emit=emit, cancel=cancel, address=address, finishers=getattr(args, "finishers", None))
         except ConnectionError as exc:
             raise RenderError("ray_unreachable", f"cannot reach the Ray cluster at {address}: {exc}") from None
 

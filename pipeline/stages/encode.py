@@ -123,11 +123,10 @@ def encode_mp4(path: Path, frames: Iterable[np.ndarray], *, fps: int, size: tupl
         v.time_base = Fraction(1, fps)
         v.options = {"crf": str(CRF), "preset": PRESET, "forced-idr": "1"}
         cc = v.codec_context
-        # Frame threads, as the ffmpeg CLI uses for x264: PyAV's default (slice threads) makes
-        # x264 non-deterministic. The same frames encoded again came out different in ~4% of
-        # encodes in a process that had encoded before (measured: 8 of 200 at 192×128), which
-        # made a resumed render's segments differ from an uninterrupted one's; frame threads:
-        # 0 of 200.
+        # Frame threads, as the ffmpeg CLI uses for x264 (PyAV defaults to slice threads). Slice
+        # threads were the least reproducible: the same frames came out as another stream in 8
+        # of 200 encodes in a process that had encoded before, frame threads in 2 of 200 — what
+        # makes segment bytes reproducible is encode_in_fresh_process.
         cc.thread_type = "FRAME"
         cc.color_primaries = cc.color_trc = cc.colorspace = _BT709
         cc.color_range = _RANGE_MPEG
@@ -344,19 +343,14 @@ class EncodeStage(Stage):
         return job.kept
 
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict, out: Path) -> dict[str, Any]:
-        frames = np.load(inputs["upscale"].file("frames.npy"), mmap_mode="r")[:job.kept]
-        draft = inputs["draft"]
-        part = FilmPart(frames=frames, audio=None, sample_rate=AUDIO_RATE)
-        if job.audio and draft.file("audio.npy").exists():
-            part.audio = np.load(draft.file("audio.npy"))
-            part.sample_rate = int(draft.meta.get("sample_rate", AUDIO_RATE))
-        total = len(frames)
+        frames, draft = inputs["upscale"].file("frames.npy"), inputs["draft"]
+        total = min(job.kept, len(np.load(frames, mmap_mode="r")))
+        audio = draft.file("audio.npy") if job.audio and draft.file("audio.npy").exists() else None
         # A chained segment keeps its frame 0 (the anchor, the previous segment's last frame) so
         # it plays whole on its own; frame 1 opens a new IDR so the film can drop frame 0 by copy.
         keyframes = (1,) if repeats_anchor(job.index, job.segment) else ()
-        audio = draft.file("audio.npy") if part.audio is not None else None
-        n = encode_in_fresh_process(out / "segment.mp4", inputs["upscale"].file("frames.npy"), audio,
-                                    part.sample_rate, fps=job.fps, size=job.output_size, keyframes=keyframes,
+        rate = int(draft.meta.get("sample_rate", AUDIO_RATE))
+        n = encode_in_fresh_process(out / "segment.mp4", frames, audio, rate, fps=job.fps, size=job.output_size, keyframes=keyframes,
                                     on_frame=lambda i: ctx.progress(self.name, i, total), limit=total)
         return {"frames": n, "size": list(job.output_size), "fps": job.fps}
 

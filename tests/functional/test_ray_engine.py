@@ -79,7 +79,13 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
     try:
         ray_final = render_ray(ray_sb, emit=emit, actor_env={"finish": {"SULPHUR_FAULT_SLOW": "upscale:4"}})
-        render_ray(ray_sb, emit=again.append)  # unchanged: every stage a cache hit
+        # Unchanged: every stage a cache hit; and the finisher count from the environment, as
+        # `sulphur render --engine ray` and the worker take it: 0, the draft actor finishes too.
+        os.environ["SULPHUR_RAY_FINISHERS"] = "0"
+        try:
+            render_ray(ray_sb, emit=again.append)
+        finally:
+            del os.environ["SULPHUR_RAY_FINISHERS"]
     finally:
         ray.shutdown()
     return {"ids": ids, "local": local_final, "local_events": local_events, "ray": ray_final,
@@ -303,14 +309,7 @@ def test_takes_render_seeds_in_parallel_and_the_chain_continues_from_the_pick(re
     assert np.array_equal(anchor, last)
 
 
-def test_the_cli_takes_the_finisher_count_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
-
-    from pipeline.engines.ray_engine import _finishers
-
-    monkeypatch.setenv("SULPHUR_RAY_FINISHERS", "1")
-    assert _finishers(argparse.Namespace(finishers=None)) == 1
-    assert _finishers(argparse.Namespace(finishers=3)) == 3  # the flag wins
-    monkeypatch.setenv("SULPHUR_RAY_FINISHERS", "many")
-    with pytest.raises(ValueError, match="SULPHUR_RAY_FINISHERS"):
-        _finishers(argparse.Namespace(finishers=None))
+@pytest.mark.slow
+def test_the_finisher_count_comes_from_the_environment_when_not_given(renders: dict) -> None:
+    layout = [e.message for e in renders["again"] if isinstance(e, protocol.Log) and e.message.startswith("ray:")]
+    assert len(layout) == 1 and "+ 0 finish actor(s)" in layout[0], layout
