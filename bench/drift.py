@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import drift as d  # noqa: E402
-from pipeline.flicker import luma, psnr_y  # noqa: E402
+from pipeline.quality import drift as d  # noqa: E402
+from pipeline.quality.flicker import luma, psnr_y  # noqa: E402
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

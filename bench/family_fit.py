@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.memory import GiB  # noqa: E402
+from pipeline.memory.planner import GiB  # noqa: E402
 from pipeline.models import random_weights, recipes  # noqa: E402
 from pipeline.models.family import apply_recipe  # noqa: E402
 from pipeline.models.registry import get_preset  # noqa: E402

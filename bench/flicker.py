@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import flicker  # noqa: E402
+from pipeline.quality import flicker  # noqa: E402
 
 W, H = 1920, 1080
 

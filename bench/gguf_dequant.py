@@ -19,7 +19,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.kernels import gguf_dequant as k  # noqa: E402
+from pipeline.memory.kernels import gguf_dequant as k  # noqa: E402
 
 # type id: (name, bytes per block, weights per block, offsets of fp16 fields)
 TYPES = {k.Q8_0: ("Q8_0", 34, 32, (0,)), k.Q4_0: ("Q4_0", 18, 32, (0,)), k.Q3_K: ("Q3_K", 110, 256, (108,)),

@@ -3,7 +3,7 @@
 One process runs every mode of one comparison, each on a freshly built model:
 ``resident`` (bf16 on the GPU), ``peer`` (diffusers block-level group offload with
 ``use_stream=True``, the best peer mode) under a VRAM cap, and ``sulphur`` modes
-(pipeline/offload.py's block streamer: pinned in place, one copy per block, bf16 or
+(pipeline/memory/offload.py's block streamer: pinned in place, one copy per block, bf16 or
 fp8 storage, as many blocks kept resident as the cap allows) under 8 and 12 GiB.
 Per mode: median step seconds, ratio to the resident step of this run, peak VRAM
 (allocator), peak host RSS (sampled) and pinned bytes, bytes over PCIe per step and
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ltx2_inputs import ltx2_step_inputs  # noqa: E402
 
-from pipeline.memory import GiB  # noqa: E402
+from pipeline.memory.planner import GiB  # noqa: E402
 
 SHAPES = {"draft": ((640, 352), 121), "refine": ((1280, 704), 121)}
 
@@ -161,8 +161,8 @@ def sulphur_resident_blocks(model: torch.nn.Module, cap_gib: float, act_bytes: i
 
 
 def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.memory import ACT_BYTES_PER_TOKEN, StagePlan, audio_tokens, video_tokens
-    from pipeline.offload import apply_plan
+    from pipeline.memory.offload import apply_plan
+    from pipeline.memory.planner import ACT_BYTES_PER_TOKEN, StagePlan, audio_tokens, video_tokens
 
     parts = spec.split(":")
     kind = parts[0]
@@ -180,7 +180,7 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
         if gguf:
             res["gguf_linears"] = n_gguf
             if "t" in weights[2:]:
-                from pipeline.kernels.gguf_dequant import patch_gguf_linears
+                from pipeline.memory.kernels.gguf_dequant import patch_gguf_linears
 
                 res["triton_linears"] = patch_gguf_linears(model)
         res["build_s"] = round(time.perf_counter() - t0, 2)
@@ -193,7 +193,7 @@ def run_mode(spec: str, layers: int | None, shape: str, steps: int, ref: dict[st
             if gguf:  # ``resident::q4``: the GGUF run's own values as resident bf16 nn.Linear (same data, same clocks)
                 from diffusers.quantizers.gguf.utils import GGUFLinear
 
-                from pipeline.kernels.gguf_dequant import dequantize
+                from pipeline.memory.kernels.gguf_dequant import dequantize
 
                 for mod in model.modules():
                     if isinstance(mod, GGUFLinear):

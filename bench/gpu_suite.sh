@@ -45,7 +45,7 @@ fit)
     ) &
     CUDA_VISIBLE_DEVICES=0 timeout 330 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 \
         --ram-budget-gb 32 --out "$OUT/segment_budget.json" >/dev/null 2>"$OUT/segment.log" || echo "segment failed: $?"
-    pkill -f "pipeline.cli render" || true  # a render outliving its timed-out bench would hold GPU 0
+    pkill -f "pipeline.cli.main render" || true  # a render outliving its timed-out bench would hold GPU 0
     [ -n "${SKIP_ESRGAN:-}" ] || CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/esrgan.py --batches 1,4 --peer >"$OUT/esrgan.json" \
         2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     wait
@@ -58,7 +58,7 @@ tests)
 recheck)
     CUDA_VISIBLE_DEVICES=0 timeout 240 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 \
         --ram-budget-gb 32 --out "$OUT/segment_budget.json" >/dev/null 2>"$OUT/segment.log" || echo "segment failed: $?"
-    pkill -f "pipeline.cli render" || true
+    pkill -f "pipeline.cli.main render" || true
     timeout 330 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 4 --frames 49 --vram-budget-gb 8 \
         --no-enhance --run ray_2gpu=ray@0,1 \
         --baseline bench/results/ray_pipeline_ltx2-19b-random_h200x2_2026-11-27_local.json \

@@ -33,14 +33,14 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from pipeline.cache import Artifact
-    from pipeline.memory import StagePlan
+    from pipeline.memory.planner import StagePlan
     from pipeline.models import tiny_ltx2
     from pipeline.models.registry import LoadedModels, get_preset
+    from pipeline.project.storyboard import Project, Segment, Storyboard
+    from pipeline.render.cache import Artifact
     from pipeline.stages.base import SegmentJob, StageContext
     from pipeline.stages.draft import DraftStage
     from pipeline.stages.refine import RefineStage
-    from pipeline.storyboard import Project, Segment, Storyboard
 
     t0 = time.perf_counter()
     tiny_ltx2.build_tiny()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import machine  # noqa: E402
 
-from pipeline import protocol  # noqa: E402
+from pipeline.wire import protocol  # noqa: E402
 
 PROMPTS = [
     "A lighthouse on a rocky cliff at dawn, waves breaking below, gulls calling",
@@ -69,7 +69,7 @@ def parse_run(spec: str) -> tuple[str, str, str | None]:
 
 def run(engine: str, folder: Path, address: str | None, timeout: float, *, name: str | None = None,
         gpus: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pipeline.cli", "render", str(folder / "story.toml"), "--json", "--engine", engine]
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "render", str(folder / "story.toml"), "--json", "--engine", engine]
     if engine == "ray" and address:
         cmd += ["--address", address]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import machine  # noqa: E402
 
-from pipeline import protocol  # noqa: E402
+from pipeline.wire import protocol  # noqa: E402
 
 GiB = 1024**3
 
@@ -195,7 +195,7 @@ def phases(events: list[Any]) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def render(folder: Path, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pipeline.cli", "render", str(folder / "story.toml"), "--json"]
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "render", str(folder / "story.toml"), "--json"]
     t0 = time.perf_counter()
     with open(folder / "stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True,
@@ -240,7 +240,7 @@ def resident_steps(preset: Any, draft: tuple[int, int], refine: tuple[int, int],
     import torch
     from ltx2_inputs import ltx2_step_inputs
 
-    from pipeline.memory import audio_tokens
+    from pipeline.memory.planner import audio_tokens
     from pipeline.models import ltx2_random
 
     t0 = time.perf_counter()

@@ -89,10 +89,10 @@ def main() -> int:
     shutil.copy(args.storyboard, story)
     client = None
     if args.worker:
-        from pipeline.client import WorkerClient
+        from pipeline.worker.client import WorkerClient
 
         client = WorkerClient.connect(tmp, start=True, timeout=120)
-        argv = [sys.executable, "-m", "pipeline.cli", "edit", str(story)]
+        argv = [sys.executable, "-m", "pipeline.cli.main", "edit", str(story)]
     else:
         argv = [sys.executable, "-m", "sulphur_tui.app", str(story), "--replay", str(RECORDING),
                 "--speed", str(args.speed)]

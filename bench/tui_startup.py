@@ -33,7 +33,7 @@ def time_help(runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.cli", "edit", "--help"], cwd=ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "pipeline.cli.main", "edit", "--help"], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         out.append(time.perf_counter() - t0)
     return out
@@ -46,7 +46,7 @@ def time_first_paint(storyboard: Path, marker: bytes, images: str, timeout: floa
     env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "SULPHUR_TUI_IMAGES": images}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "edit", str(storyboard)], stdin=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "edit", str(storyboard)], stdin=slave,
                             stdout=slave, stderr=slave, env=env, cwd=storyboard.parent, close_fds=True,
                             start_new_session=True)
     os.close(slave)

@@ -1,5 +1,5 @@
 """Sulphur's render side: storyboard model, stages, models, memory planning, worker.
 
-Only ``pipeline.protocol`` and ``pipeline.storyboard`` may be imported by the TUI; every
+Only ``pipeline.wire.protocol`` and ``pipeline.project.storyboard`` may be imported by the TUI; every
 module that needs torch imports it lazily or lives under ``stages/`` and ``models/``.
 """

@@ -28,8 +28,9 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Label, TextArea
 from textual.worker import Worker, WorkerState
 
-from pipeline.gpu import GpuMonitor
-from pipeline.protocol import (
+from pipeline.project.storyboard import Storyboard, StoryboardError
+from pipeline.telemetry.gpu import GpuMonitor
+from pipeline.wire.protocol import (
     ErrorEvent,
     Event,
     JobFinished,
@@ -39,7 +40,6 @@ from pipeline.protocol import (
     StageFinished,
     VramSample,
 )
-from pipeline.storyboard import Storyboard, StoryboardError
 from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.document import NEW_PROMPT, Document, only_enhanced_prompts_differ
 from sulphur_tui.live import LiveState
@@ -669,7 +669,7 @@ class SulphurApp(App[int]):
 
     @work(thread=True, group="submit", exit_on_error=False)
     def _submit(self, mode: str, segments: list[str], queued: list[str]) -> None:
-        from pipeline.client import WorkerClient
+        from pipeline.worker.client import WorkerClient
 
         assert self.doc is not None
         self.call_from_thread(self._set_worker_detail, "starting the render worker…")
@@ -706,7 +706,7 @@ class SulphurApp(App[int]):
 
     @work(thread=True, group="cancel", exit_on_error=False)
     def _cancel(self, job_id: str) -> None:
-        from pipeline.client import WorkerClient, WorkerNotRunning
+        from pipeline.worker.client import WorkerClient, WorkerNotRunning
 
         assert self.doc is not None
         try:
@@ -762,7 +762,7 @@ def main(args: argparse.Namespace) -> int:
 
         host = getattr(args, "host", None) or os.environ.get("SULPHUR_SERVE_HOST", "localhost")
         port = int(getattr(args, "port", None) or os.environ.get("SULPHUR_SERVE_PORT", 8000))
-        command = shlex.join([sys.executable, "-m", "pipeline.cli", "edit", str(path.resolve())])
+        command = shlex.join([sys.executable, "-m", "pipeline.cli.main", "edit", str(path.resolve())])
         print(f"Serving the editor of {path.name} at http://{host}:{port}", file=sys.stderr)
         Server(command, host=host, port=port, title=f"Sulphur — {path.name}").serve()
         return 0

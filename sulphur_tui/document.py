@@ -1,7 +1,7 @@
 """The open storyboard: edits with undo/redo, saving, and noticing changes on disk.
 
 Storyboards are frozen dataclasses, so an undo step is simply the previous value;
-no diffing, no command objects. Saving goes through :func:`pipeline.storyboard.save`,
+no diffing, no command objects. Saving goes through :func:`pipeline.project.storyboard.save`,
 which merge-writes with tomlkit so comments and key order survive.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.storyboard import (
+from pipeline.project.storyboard import (
     Segment,
     Storyboard,
     StoryboardError,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pipeline.protocol import (
+from pipeline.wire.protocol import (
     STAGES,
     DriftReport,
     ErrorEvent,

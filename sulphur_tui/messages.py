@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from pipeline.protocol import Event, StepProgress, VramSample
+from pipeline.wire.protocol import Event, StepProgress, VramSample
 
 
 @dataclass

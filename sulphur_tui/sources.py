@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from pipeline.protocol import Event, ProtocolError, decode_event, encode
+from pipeline.wire.protocol import Event, ProtocolError, decode_event, encode
 
 RETRY_S = 2.0
 
@@ -60,7 +60,7 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
     Runs in a thread. Never starts a worker: only a render request does that.
     """
     try:
-        from pipeline.client import WorkerClient
+        from pipeline.worker.client import WorkerClient
     except ImportError as exc:  # the client module is not there (partial install)
         status(False, f"render worker unavailable: {exc}")
         return

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.storyboard import Storyboard, atomic_write, segment_digest
+from pipeline.project.storyboard import Storyboard, atomic_write, segment_digest
 
 
 @dataclass(frozen=True)

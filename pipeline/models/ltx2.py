@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from pipeline.memory import StagePlan
+    from pipeline.memory.planner import StagePlan
     from pipeline.models.registry import LoadedModels
 
 FAMILY = "ltx2"
@@ -177,7 +177,7 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
         tag = getattr(obj, _OFFLOAD_TAG, None)
         if tag in (None, _plan_tag(plan, transformer=transformer)):
             return obj
-        from pipeline.offload import streamer_of
+        from pipeline.memory.offload import streamer_of
 
         streamer = streamer_of(obj)
         if streamer is not None and tag.partition("|")[0] == _fixed_tag(plan):
@@ -217,7 +217,7 @@ def _is_quantized(module: Any) -> bool:
 def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
     """Put one module where the plan says. Model offload is pipeline-level (see finish_pipeline).
 
-    The transformer goes through :func:`pipeline.offload.apply_plan`, which knows every
+    The transformer goes through :func:`pipeline.memory.offload.apply_plan`, which knows every
     option the planner emits (Sulphur's block streamer, fp8 storage, streams, pinning).
     The smaller components ride along: resident with it, or streamed per leaf. Sequential
     offload of a GGUF transformer becomes stream-less leaf-level group offload, its
@@ -232,7 +232,7 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
     opts = plan.options
     gguf_sequential = plan.offload == "sequential" and _is_quantized(module)
     if transformer and not gguf_sequential:
-        from pipeline.offload import apply_plan
+        from pipeline.memory.offload import apply_plan
 
         apply_plan(module, plan)
     elif plan.device == "cpu" or plan.offload == "resident":
@@ -260,7 +260,7 @@ def finish_pipeline(pipe: Any, plan: StagePlan) -> Any:
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         if plan.vae_tiling:
-            from pipeline.offload import enable_vae_tiling
+            from pipeline.memory.offload import enable_vae_tiling
 
             enable_vae_tiling(vae, plan)
         else:

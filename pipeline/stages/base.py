@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline.protocol import Event
+from pipeline.wire.protocol import Event
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.cache import Artifact
-    from pipeline.memory import StagePlan
+    from pipeline.memory.planner import StagePlan
     from pipeline.models.registry import LoadedModels, Preset
-    from pipeline.storyboard import Project, Segment, Storyboard
+    from pipeline.project.storyboard import Project, Segment, Storyboard
+    from pipeline.render.cache import Artifact
 
 
 class Cancelled(Exception):
@@ -80,7 +80,7 @@ class StageContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def progress(self, stage: str, step: int, total: int) -> None:
-        from pipeline.protocol import StepProgress
+        from pipeline.wire.protocol import StepProgress
 
         self.emit(StepProgress(job_id=self.job_id, segment=self.segment_id, stage=stage, step=step, total=total))
         if self.cancel.is_set():

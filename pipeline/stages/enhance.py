@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
-    from pipeline.cache import Artifact
     from pipeline.models.registry import Preset
+    from pipeline.render.cache import Artifact
 
 #: Key under which the loaded LLM lives in ``ctx.models``.
 MODEL_KEY = "enhancer"
@@ -58,9 +58,9 @@ class EnhanceStage(Stage):
         return 1
 
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
-        from pipeline.memory import detect_device
+        from pipeline.memory.planner import detect_device
         from pipeline.models.enhancer import enhance, load_enhancer
-        from pipeline.protocol import Log
+        from pipeline.wire.protocol import Log
 
         ctx.progress(self.name, 0, 1)
         # 1. Load (or reuse) the LLM. Full GPU offload only where the plan keeps weights

@@ -27,9 +27,9 @@ import numpy as np
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
-    from pipeline.cache import Artifact
     from pipeline.models.family import Family
     from pipeline.models.registry import Preset
+    from pipeline.render.cache import Artifact
 
 #: family name → module that defines ``FAMILY`` (and registers the presets).
 FAMILY_MODULES = {

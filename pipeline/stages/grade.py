@@ -1,5 +1,5 @@
 """Grade: colour-match a segment's output frames to the film's reference (drift guard
-"anchor+output"), between upscale and encode. See pipeline/drift.py for the method."""
+"anchor+output"), between upscale and encode. See pipeline/quality/drift.py for the method."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache import Artifact, digest
-from pipeline.drift import DEFAULT_METHOD, match_colors_chunks
+from pipeline.quality.drift import DEFAULT_METHOD, match_colors_chunks
+from pipeline.render.cache import Artifact, digest
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.frame_files import FrameFile, write_frames_header
 

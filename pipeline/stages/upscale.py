@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from spandrel import ImageModelDescriptor
 
-    from pipeline.cache import Artifact
+    from pipeline.render.cache import Artifact
 
 #: Key under which ``(path, device, dtype, descriptor)`` lives in ``ctx.models``.
 MODEL_KEY = "upscaler"
@@ -149,7 +149,8 @@ def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.
     try:
         return forward(x)[:n], forward
     except Exception as exc:  # noqa: BLE001 - a compiler failure must not fail the render
-        from pipeline import memory, protocol
+        from pipeline.memory.planner import planner as memory
+        from pipeline.wire import protocol
 
         if memory.is_oom(exc):
             raise

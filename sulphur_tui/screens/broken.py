@@ -15,7 +15,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Static
 
-from pipeline.storyboard import StoryboardError
+from pipeline.project.storyboard import StoryboardError
 
 CONTEXT_LINES = 3
 

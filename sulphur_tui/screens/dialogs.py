@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Label, Static
 
-from pipeline.storyboard import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from pipeline.project.storyboard import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 _DIALOG_CSS = """
 {name} {{ align: center middle; }}

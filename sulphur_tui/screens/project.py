@@ -2,9 +2,9 @@
 
 The form turns each field's text into the TOML value the file would hold (sizes as
 ``[w, h]``, blanks left out so the preset's or the machine's default applies) and hands
-the table to :func:`pipeline.storyboard.project_from_table`: one validator for files and
+the table to :func:`pipeline.project.storyboard.project_from_table`: one validator for files and
 for this form, so the form cannot accept what a load would refuse. It dismisses with
-the new :class:`~pipeline.storyboard.Project` (the app applies it as one undoable edit,
+the new :class:`~pipeline.project.storyboard.Project` (the app applies it as one undoable edit,
 and saves when asked) or None.
 """
 
@@ -22,7 +22,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
-from pipeline.storyboard import DRIFT_GUARDS, Project, StoryboardError, project_from_table
+from pipeline.project.storyboard import DRIFT_GUARDS, Project, StoryboardError, project_from_table
 from sulphur_tui.values import format_sigmas, format_size, parse_sigmas, parse_size
 
 

@@ -2,14 +2,14 @@
 
 ``sulphur takes FILE SHOT --seeds N`` renders several seeds of a shot in parallel and
 records them in ``renders/<stem>/takes/<id>/takes.json``, as
-:func:`pipeline.engines.ray_engine.render_takes` writes it::
+:func:`pipeline.render.engines.ray_engine.render_takes` writes it::
 
     {"segment": "<id>", "takes": {"<seed>": {"path": "…/seed-<seed>.mp4", "prompt": "…"}}}
 
 This screen lists them and dismisses with the take the user picks; the app then puts its
 seed and its prompt (locked) into the open document, which is what ``--pick`` does to the
 file, so unsaved edits and the changed-on-disk check work as for any other edit. The
-manifest is read here rather than through :mod:`pipeline.engines.takes`: the editor
+manifest is read here rather than through :mod:`pipeline.render.takes`: the editor
 imports only the protocol and storyboard modules of the pipeline.
 """
 
@@ -29,7 +29,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from pipeline.storyboard import Storyboard
+from pipeline.project.storyboard import Storyboard
 from sulphur_tui.widgets.preview import PreviewPane
 from sulphur_tui.widgets.segments import first_words
 

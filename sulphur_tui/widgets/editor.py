@@ -17,7 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
-from pipeline.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard, check_sigmas
+from pipeline.project.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard, check_sigmas
 from sulphur_tui.values import format_sigmas, parse_sigmas
 
 ANCHOR_KINDS = [("previous shot", "previous"), ("image file", "image"), ("video (last frame)", "video"),

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
-from pipeline.protocol import FlickerReport
+from pipeline.wire.protocol import FlickerReport
 from sulphur_tui.live import finite_psnr
 
 

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from pipeline.storyboard import Storyboard
+from pipeline.project.storyboard import Storyboard
 from sulphur_tui.live import SegmentLive
 from sulphur_tui.status import DiskRender
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
 
-from pipeline.protocol import STAGES
+from pipeline.wire.protocol import STAGES
 from sulphur_tui.live import LiveState
 
 _GLYPH = {"pending": "·", "running": "▶", "done": "✔", "cached": "≡", "failed": "✖"}

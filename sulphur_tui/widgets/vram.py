@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
-from pipeline.protocol import VramSample
+from pipeline.wire.protocol import VramSample
 
 GIB = 1024**3
 

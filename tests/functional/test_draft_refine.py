@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.cache import Artifact
-from pipeline.memory import StagePlan
+from pipeline.memory.planner import StagePlan
 from pipeline.models.registry import LoadedModels, get_preset
-from pipeline.protocol import StepProgress
+from pipeline.project.storyboard import Project, Segment, Storyboard
+from pipeline.render.cache import Artifact
 from pipeline.stages.base import Cancelled, SegmentJob, StageContext
 from pipeline.stages.draft import DraftStage
 from pipeline.stages.refine import RefineStage
-from pipeline.storyboard import Project, Segment, Storyboard
+from pipeline.wire.protocol import StepProgress
 
 PROMPT = "a dog running on the beach at sunset, slow tracking shot"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import protocol
-from pipeline.drift import match_colors
-from pipeline.render import render
+from pipeline.quality.drift import match_colors
+from pipeline.render.runner import render
+from pipeline.wire import protocol
 
 pytestmark = pytest.mark.slow
 

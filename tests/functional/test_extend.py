@@ -57,9 +57,9 @@ def _audio(path: Path) -> np.ndarray:
 
 
 def test_extend_keeps_the_clip_and_adds_the_continuation_without_a_seam_duplicate(clip: Path) -> None:
-    from pipeline.extend import extend
     from pipeline.models.registry import get_preset
-    from pipeline.storyboard import load
+    from pipeline.project.storyboard import load
+    from pipeline.render.extend import extend
 
     out = extend(clip, "the machine keeps digging", preset="tiny-ltxv", frames=9)
 
@@ -86,7 +86,7 @@ def test_extend_keeps_the_clip_and_adds_the_continuation_without_a_seam_duplicat
 
 def test_extend_cli_writes_the_requested_output(clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "longer" / "result.mp4"
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "extend", str(clip), "--prompt", "dust rises",
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "extend", str(clip), "--prompt", "dust rises",
                              "--model", "tiny-svd", "--frames", "4", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

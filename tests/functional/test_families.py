@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import protocol
+from pipeline.wire import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,8 +66,8 @@ frames = 5
 @pytest.mark.parametrize("preset", list(TINY))
 def test_tiny_twin_renders_a_chained_two_segment_film(preset: str, tmp_path: Path) -> None:
     from pipeline.models.registry import LoadedModels, get_preset
-    from pipeline.render import render
-    from pipeline.storyboard import load
+    from pipeline.project.storyboard import load
+    from pipeline.render.runner import render
 
     text_start = TINY[preset]
     story = _storyboard(tmp_path, preset, text_start, enhance=preset == "tiny-wan-ti2v")
@@ -124,7 +124,7 @@ def test_a14b_twin_loads_both_experts_from_gguf() -> None:
 
 
 def test_image_only_preset_without_an_anchor_fails_clearly(tmp_path: Path) -> None:
-    from pipeline.render import RenderError, render
+    from pipeline.render.runner import RenderError, render
 
     story = _storyboard(tmp_path, "tiny-svd", text_start=True, enhance=False)
     with pytest.raises(RenderError) as info:
@@ -135,7 +135,7 @@ def test_image_only_preset_without_an_anchor_fails_clearly(tmp_path: Path) -> No
 def test_models_lists_real_presets_with_missing_files(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SULPHUR_")}
     env["SULPHUR_HOME"] = str(tmp_path / "empty-home")
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "models"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "models"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     blocks = {b.split()[0]: b for b in result.stdout.split("\n\n") if b.strip()}

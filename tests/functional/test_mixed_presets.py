@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import protocol
-from pipeline.render import RenderError, render
+from pipeline.render.runner import RenderError, render
+from pipeline.wire import protocol
 
 pytestmark = pytest.mark.slow
 

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import protocol
-from pipeline import storyboard as S
+from pipeline.project import storyboard as S
+from pipeline.wire import protocol
 
 ray = pytest.importorskip("ray")
 
-from pipeline.engines.ray_engine import NAMESPACE, plan_layout  # noqa: E402  (after the skip)
+from pipeline.render.engines.ray_engine import NAMESPACE, plan_layout  # noqa: E402  (after the skip)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "storyboards" / "example.toml"
@@ -54,8 +54,8 @@ def _count(events: list, cls: type) -> Counter:
 
 @pytest.fixture(scope="module")
 def renders(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from pipeline.engines.ray_engine import render_ray
-    from pipeline.render import render
+    from pipeline.render.engines.ray_engine import render_ray
+    from pipeline.render.runner import render
 
     ids = [s.id for s in S.load(EXAMPLE).segments]
     local_events: list = []
@@ -207,7 +207,7 @@ def test_plan_layout_splits_the_host_ram_between_actors() -> None:
 
 def test_one_card_too_small_to_share_keeps_one_actor_with_all_of_it() -> None:
     import pipeline.models.ltx2_random  # noqa: F401  (registers the full-size random preset)
-    from pipeline.engines.ray_engine import halving_slows
+    from pipeline.render.engines.ray_engine import halving_slows
 
     sb = S.load(EXAMPLE)
     # Half of a consumer card puts the 19B stack on a leaner (slower) plan; half of an 80 GB one does not.
@@ -224,7 +224,7 @@ def test_an_actor_plans_within_its_shares(tmp_path: Path) -> None:
     a storyboard's own VRAM budget stays, its RAM budget is the one split between actors."""
     import threading
 
-    from pipeline.engines.ray_engine import _renderer
+    from pipeline.render.engines.ray_engine import _renderer
 
     story = _project(tmp_path)
     r = _renderer(str(story), None, "job", 40.0, 12.5, lambda e: None, threading.Event())
@@ -238,9 +238,9 @@ def test_an_actor_plans_within_its_shares(tmp_path: Path) -> None:
 
 def test_the_host_need_comes_from_the_memory_planner() -> None:
     import pipeline.models.ltx2_random  # noqa: F401  (registers the full-size random preset)
-    from pipeline.engines.ray_engine import actor_host_need_gb
-    from pipeline.memory import Budgets, plan_ladder
+    from pipeline.memory.planner import Budgets, plan_ladder
     from pipeline.models.registry import get_preset
+    from pipeline.render.engines.ray_engine import actor_host_need_gb
 
     sb = S.load(EXAMPLE)
     assert actor_host_need_gb(sb, "tiny", 8) is None
@@ -253,8 +253,8 @@ def test_the_host_need_comes_from_the_memory_planner() -> None:
 
 
 def test_ray_is_imported_only_when_asked_for() -> None:
-    code = ("import sys, pipeline.cli, pipeline.render, pipeline.engines, pipeline.headless; "
-            "pipeline.cli._parser().parse_args(['render', 'x.toml', '--engine', 'ray']); "
+    code = ("import sys, pipeline.cli.main, pipeline.render.runner, pipeline.render.engines, pipeline.cli.headless; "
+            "pipeline.cli.main._parser().parse_args(['render', 'x.toml', '--engine', 'ray']); "
             "print('ray' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -264,9 +264,9 @@ def test_ray_is_imported_only_when_asked_for() -> None:
 @pytest.mark.slow
 def test_takes_render_seeds_in_parallel_and_the_chain_continues_from_the_pick(renders: dict,
                                                                              tmp_path: Path) -> None:
-    from pipeline.engines.ray_engine import render_takes
-    from pipeline.engines.takes import pick_take, seeds_for
-    from pipeline.render import render
+    from pipeline.render.engines.ray_engine import render_takes
+    from pipeline.render.runner import render
+    from pipeline.render.takes import pick_take, seeds_for
 
     # The rendered Ray project, copied: its cache already holds the chain and segment 2's own seed.
     folder = tmp_path / "takes"

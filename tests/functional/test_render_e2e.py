@@ -18,15 +18,15 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import protocol
-from pipeline import storyboard as S
+from pipeline.project import storyboard as S
+from pipeline.wire import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def _sulphur(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=900, check=False)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import protocol
-from pipeline.client import WorkerClient, stop_worker
-from pipeline.socket_io import lock_holder
+from pipeline.wire import protocol
+from pipeline.wire.framing import lock_holder
+from pipeline.worker.client import WorkerClient, stop_worker
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -41,10 +41,10 @@ def _cuda() -> bool:
 
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
 def test_vram_samples_and_oom_fallback_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.gpu import GpuMonitor
-    from pipeline.memory import plan_ladder
+    from pipeline.memory.planner import plan_ladder
     from pipeline.models.registry import get_preset
-    from pipeline.storyboard import load
+    from pipeline.project.storyboard import load
+    from pipeline.telemetry.gpu import GpuMonitor
 
     story = tmp_path / "story.toml"
     story.write_text(STORYBOARD)

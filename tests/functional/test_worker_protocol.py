@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import protocol
-from pipeline.client import WorkerClient, WorkerError, main_status, stop_worker
-from pipeline.journal import Journal
-from pipeline.socket_io import connect_unix, lock_holder, socket_path
+from pipeline.wire import protocol
+from pipeline.wire.framing import connect_unix, lock_holder, socket_path
+from pipeline.worker.client import WorkerClient, WorkerError, main_status, stop_worker
+from pipeline.worker.journal import Journal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -214,7 +214,7 @@ def test_subscribers_get_snapshot_then_identical_events(project: Path) -> None:
 
 def test_a_quiet_subscription_outlives_the_request_timeout(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Events can be minutes apart (one long diffusion step): a subscription must not time out."""
-    import pipeline.client as C
+    import pipeline.worker.client as C
 
     monkeypatch.setattr(C, "REQUEST_TIMEOUT", 0.3)
     with WorkerClient.connect(project, start=False) as client:
@@ -235,7 +235,7 @@ def test_socket_is_private_and_a_second_worker_refuses(project: Path) -> None:
     holder = lock_holder(project)
     assert holder and holder > 0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    second = subprocess.run([sys.executable, "-m", "pipeline.worker", "--foreground", "--project", str(project)],
+    second = subprocess.run([sys.executable, "-m", "pipeline.worker.server", "--foreground", "--project", str(project)],
                             capture_output=True, text=True, timeout=60, env=env, check=False)
     assert second.returncode == 1
     assert f"PID {holder}" in second.stderr
@@ -279,8 +279,8 @@ def test_stop_idle_timeout_and_offline_status(tmp_path: Path, capsys: pytest.Cap
 
 def test_interrupted_jobs_resume_and_a_crash_loop_stops(tmp_path: Path) -> None:
     """Journal rows exactly as a worker killed mid-job leaves them; a new worker picks them up."""
-    from pipeline.journal import JobRecord
-    from pipeline.worker import MAX_CRASHES
+    from pipeline.worker.journal import JobRecord
+    from pipeline.worker.server import MAX_CRASHES
 
     story = tmp_path / "story.toml"
     story.write_text(STORYBOARD)
@@ -348,7 +348,7 @@ def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
 
         # --stop while a job sits in its draft: the stage is abandoned, the job stays queued, and
         # the client following it (`sulphur render --attach`) says so instead of restarting the worker.
-        attach = subprocess.Popen([sys.executable, "-m", "pipeline.client", "attach", str(story), "--segment", "one"],
+        attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--segment", "one"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
         again = until(lambda e: isinstance(e, protocol.StageStarted) and e.stage == "draft").job_id
@@ -365,7 +365,7 @@ def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
 
 def test_a_slow_subscriber_keeps_lifecycle_events_and_sheds_progress() -> None:
     """The per-client queue, driven through a real socket pair whose far end stops reading."""
-    from pipeline import worker as W
+    from pipeline.worker.server import server as W
 
     n_steps, every = 20000, 16
     n_life = len(range(0, n_steps, every))

@@ -25,10 +25,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import protocol
-from pipeline.client import EventStream, WorkerClient, stop_worker
-from pipeline.journal import Journal
-from pipeline.socket_io import lock_holder
+from pipeline.wire import protocol
+from pipeline.wire.framing import lock_holder
+from pipeline.worker.client import EventStream, WorkerClient, stop_worker
+from pipeline.worker.journal import Journal
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +124,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
         # The submitting client is its own process (`sulphur render --attach --json`)...
         with open(folder / "attach.stderr", "wb") as err:
-            attach = subprocess.Popen([sys.executable, "-m", "pipeline.client", "attach", str(story), "--json"],
+            attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--json"],
                                       stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in attach.stdout], daemon=True).start()  # type: ignore[union-attr]
@@ -199,7 +199,7 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
     next(stream)
     # The client command that submits and follows: `sulphur render --attach --json`, its own process.
     env = {k: v for k, v in os.environ.items() if k != "SULPHUR_FAULT_SLOW"}
-    attach = subprocess.Popen([sys.executable, "-m", "pipeline.client", "attach", str(story), "--json"],
+    attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env, PYTHONPATH=str(ROOT)))
     job = ""
     for event in stream:
@@ -264,9 +264,9 @@ def _run_job(folder: Path, story: Path) -> list[protocol.Event]:
 
 def test_planted_oom_falls_back_to_the_next_plan_and_finishes(reference: dict, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.memory import plan_ladder
+    from pipeline.memory.planner import plan_ladder
     from pipeline.models.registry import get_preset
-    from pipeline.storyboard import load
+    from pipeline.project.storyboard import load
 
     story = _seeded(reference, tmp_path)
     # On a CPU the planner offers one plan unless asked for a lean rung (the worker inherits this).

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import TextArea
 
-from pipeline.storyboard import load
+from pipeline.project.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import ConfirmQuit, DiskChangedDialog
 from sulphur_tui.widgets.segments import SegmentList
@@ -99,7 +99,7 @@ async def test_add_move_delete_undo_redo(story: Path) -> None:
     assert [s.id for s in sb.segments] == ["storm", "beam", new]
     from dataclasses import replace
 
-    from pipeline.storyboard import parse
+    from pipeline.project.storyboard import parse
 
     assert replace(sb.segment("beam")) == parse(original, story).segment("beam")  # untouched shot, same values
     text = story.read_text()
@@ -291,7 +291,7 @@ async def test_anchor_and_enhanced_prompt_lock(story: Path) -> None:
 
 async def test_vram_bar_from_worker_samples(story: Path) -> None:
     """Without local NVML the worker's own readings draw the bar, with the budget marked."""
-    from pipeline.protocol import VramSample
+    from pipeline.wire.protocol import VramSample
     from sulphur_tui.messages import WorkerEvent
     from sulphur_tui.widgets.vram import VramBar
 
@@ -336,7 +336,7 @@ async def test_keep_mine_over_a_broken_file(story: Path) -> None:
 async def test_worker_written_enhanced_prompt_is_taken_quietly(story: Path) -> None:
     """The worker merge-writes an enhanced prompt while the user has unsaved edits elsewhere:
     no question, the new prompt shows up, the user's edits stay unsaved, nothing is lost."""
-    from pipeline.storyboard import save, with_segment
+    from pipeline.project.storyboard import save, with_segment
 
     app = make(story, poll_disk=0.05)
     async with app.run_test(size=SIZE) as pilot:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Select, Static
 
-from pipeline.storyboard import load
+from pipeline.project.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import ProjectScreen
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual.widgets import TextArea
 
-from pipeline.protocol import StepProgress
+from pipeline.wire.protocol import StepProgress
 from sulphur_tui.app import create_app
 from sulphur_tui.sources import read_events
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.gpu import GpuMonitor
-from pipeline.protocol import (
+from pipeline.project.storyboard import load, with_segment
+from pipeline.telemetry.gpu import GpuMonitor
+from pipeline.wire.protocol import (
     FlickerReport,
     SegmentDone,
     StageFinished,
@@ -22,7 +23,6 @@ from pipeline.protocol import (
     StepProgress,
     VramSample,
 )
-from pipeline.storyboard import load, with_segment
 from sulphur_tui.live import LiveState
 from sulphur_tui.messages import WorkerEvent
 from sulphur_tui.sources import paced, read_events, write_events
@@ -183,8 +183,8 @@ def test_tui_never_imports_torch(story: Path, tmp_path: Path) -> None:
                 await pilot.pause()
             heavy = sorted(m for m in ("torch", "diffusers", "transformers", "av", "llama_cpp", "spandrel")
                            if m in sys.modules)
-            allowed = {{"pipeline", "pipeline.protocol", "pipeline.storyboard", "pipeline.client",
-                       "pipeline.gpu", "pipeline.socket_io"}}
+            allowed = {{"pipeline", "pipeline.wire.protocol", "pipeline.project.storyboard", "pipeline.worker.client",
+                       "pipeline.telemetry.gpu", "pipeline.wire.framing"}}
             pipeline = sorted(m for m in sys.modules if m.startswith("pipeline") and m not in allowed)
             print("HEAVY", heavy, "PIPELINE", pipeline)
 
@@ -197,7 +197,7 @@ def test_tui_never_imports_torch(story: Path, tmp_path: Path) -> None:
 
 
 def test_stale_is_remembered_across_editor_sessions(story: Path) -> None:
-    from pipeline.storyboard import save
+    from pipeline.project.storyboard import save
     from sulphur_tui.status import remember_render, remembered_baseline
 
     sb = load(story)

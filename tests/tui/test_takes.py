@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import OptionList, Static
 
-from pipeline.engines.takes import pick_take
-from pipeline.storyboard import load
+from pipeline.project.storyboard import load
+from pipeline.render.takes import pick_take
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import TakesScreen
 
@@ -22,7 +22,7 @@ TAKE_PROMPT = "A slow push-in on the lighthouse at dusk as its beam sweeps over 
 
 
 def write_takes(story: Path, segment: str, seeds: list[int], text: str = TAKE_PROMPT) -> dict[int, Path]:
-    """Clips + takes.json exactly as :func:`pipeline.engines.ray_engine.render_takes` leaves
+    """Clips + takes.json exactly as :func:`pipeline.render.engines.ray_engine.render_takes` leaves
     them (its manifest writer is inline there, so its lines are repeated here)."""
     sb = load(story)
     out_dir = sb.render_dir() / "takes" / segment
@@ -145,7 +145,7 @@ async def test_pick_beside_unsaved_edits_waits_for_save(story: Path) -> None:
         assert app.doc is not None and app.doc.dirty
         assert story.read_text() == original
         # The worker caches dawn's enhanced prompt in the file.
-        from pipeline.storyboard import save, with_segment
+        from pipeline.project.storyboard import save, with_segment
 
         save(with_segment(load(story), "dawn", enhanced_prompt="Dawn, enhanced by the worker"))
         app._poll_disk()

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 
 def _stop_worker(project: Path) -> None:
-    from pipeline.client import WorkerClient, WorkerNotRunning
+    from pipeline.worker.client import WorkerClient, WorkerNotRunning
 
     try:
         with WorkerClient.connect(project, start=False, timeout=5) as client:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import protocol
-from pipeline.cache import StageCache, stage_key
+from pipeline.render.cache import StageCache, stage_key
+from pipeline.wire import protocol
 
 
 def test_key_depends_on_every_input() -> None:

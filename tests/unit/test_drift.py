@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import drift as d
+from pipeline.quality import drift as d
 
 H, W = 64, 96
 CONTRAST, SATURATION = 1.08, 1.10  # planted per segment
@@ -105,7 +105,7 @@ def test_strength_blends(scene: np.ndarray) -> None:
 
 
 def test_match_frames_ramps_and_adds_no_flicker(scene: np.ndarray) -> None:
-    from pipeline.flicker import analyze_frames
+    from pipeline.quality.flicker import analyze_frames
 
     seg = d.simulate_chain(scene, segments=2, frames=9, contrast=1.2, saturation=1.2)[1]
     fixed = d.match_colors_frames(seg, seg[0], 1.0)
@@ -132,7 +132,7 @@ def test_torch_path_gives_the_same_frames(scene: np.ndarray, method: str) -> Non
 
 
 def test_drift_event_round_trips(scene: np.ndarray) -> None:
-    from pipeline.protocol import decode_event, encode
+    from pipeline.wire.protocol import decode_event, encode
 
     flat = np.full_like(scene, 128)
     ev = d.drift_event("shot2", scene, d.burn(scene, 1.08, 1.1), d.frame_stats(flat), guard="anchor", job_id="j")
@@ -143,7 +143,7 @@ def test_drift_event_round_trips(scene: np.ndarray) -> None:
 
 
 def test_grading_in_chunks_equals_grading_the_whole_segment() -> None:
-    from pipeline.drift import burn, match_colors_chunks, match_colors_frames, synthetic_scene
+    from pipeline.quality.drift import burn, match_colors_chunks, match_colors_frames, synthetic_scene
 
     scene = synthetic_scene(36, 48, seed=3)
     frames = np.stack([burn(scene, 1.0 + 0.02 * t, 1.0 + 0.03 * t) for t in range(11)])

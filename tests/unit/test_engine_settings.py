@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.engines import engine_setting, finishers_setting
+from pipeline.render.engines import engine_setting, finishers_setting
 
 
 def test_engine_defaults_to_the_local_worker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.memory import StagePlan
+from pipeline.memory.planner import StagePlan
 from pipeline.models.enhancer import (
     MAX_CHARS,
     build_tiny_llm,
@@ -19,9 +19,9 @@ from pipeline.models.enhancer import (
     unusable_reason,
 )
 from pipeline.models.registry import LoadedModels, ModelFile, Preset
+from pipeline.project.storyboard import Project, Segment, Storyboard
 from pipeline.stages.base import SegmentJob, StageContext
 from pipeline.stages.enhance import EnhanceStage
-from pipeline.storyboard import Project, Segment, Storyboard
 
 PROMPT = "a tabby cat walks along a wet rooftop at night, neon signs below"
 

@@ -13,8 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import flicker
-from pipeline.protocol import decode_event, encode
+from pipeline.quality import flicker
+from pipeline.wire.protocol import decode_event, encode
 
 W, H = 96, 64
 
@@ -314,6 +314,6 @@ def test_cli_entry_point_exit_code(tmp_path: Path) -> None:
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "flicker", str(tmp_path / "nope.mp4")],
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "flicker", str(tmp_path / "nope.mp4")],
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import protocol
-from pipeline.journal import JobRecord, Journal
-from pipeline.socket_io import LineBuffer
+from pipeline.wire import protocol
+from pipeline.wire.framing import LineBuffer
+from pipeline.worker.journal import JobRecord, Journal
 
 
 def test_jobs_survive_reopen_in_submission_order(tmp_path: Path) -> None:
@@ -71,11 +71,11 @@ def test_line_buffer_rejects_oversized_lines_once_and_resynchronises() -> None:
 
 
 def test_client_side_modules_never_import_torch() -> None:
-    """The TUI imports pipeline.client (and through it the journal): no torch may come along."""
+    """The TUI imports pipeline.worker.client (and through it the journal): no torch may come along."""
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.client, pipeline.journal, pipeline.socket_io, pipeline.headless; "
+    code = ("import sys, pipeline.worker.client, pipeline.worker.journal, pipeline.wire.framing, pipeline.cli.headless; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])

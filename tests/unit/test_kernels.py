@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 @pytest.fixture()
 def kernels(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    import pipeline.kernels.gguf_dequant as mod
+    import pipeline.memory.kernels.gguf_dequant as mod
 
     yield importlib.reload(mod)  # kernels are decorated for the interpreter at import
     monkeypatch.delenv("TRITON_INTERPRET")

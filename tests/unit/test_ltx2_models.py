@@ -61,7 +61,7 @@ def test_gguf_transformer_loads_quantized_and_close_to_original(tiny_root: Path)
     from diffusers import LTX2VideoTransformer3DModel
     from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
 
-    from pipeline.memory import StagePlan
+    from pipeline.memory.planner import StagePlan
     from pipeline.models import ltx2
     from pipeline.models.registry import get_preset
 

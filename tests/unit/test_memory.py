@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.memory import (
+from pipeline.memory.planner import (
     Budgets,
     GiB,
     PlanError,
@@ -24,7 +24,7 @@ from pipeline.memory import (
     run_with_ladder,
 )
 from pipeline.models.registry import ModelFile, Preset
-from pipeline.storyboard import Project
+from pipeline.project.storyboard import Project
 
 REAL = Preset(name="sulphur2-ltx23", family="ltx2", description="22B Q3_K_M test preset")
 STAGES = ("enhance", "draft", "refine", "upscale")
@@ -93,7 +93,7 @@ def test_seed_machine_8gb_32gb() -> None:
     assert weights <= draft.host_bytes < 2 * weights
     # diffusers' use_stream group offload keeps a pinned copy beside the pageable one: counted
     # 2×, so the lean streamer (no more VRAM, half the host) leaves it out of this ladder
-    from pipeline.memory import _weights_mode
+    from pipeline.memory.planner import _weights_mode
 
     peer = _weights_mode(component_sizes(REAL)["transformer"], "group_block", 0, stream=True, low_cpu=False)
     assert peer.pinned == weights and peer.host >= 2 * weights

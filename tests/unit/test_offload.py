@@ -9,9 +9,9 @@ import pytest
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 
-from pipeline.memory import StagePlan
+from pipeline.memory.offload import BlockStreamer, apply_plan
+from pipeline.memory.planner import StagePlan
 from pipeline.models.tiny_ltx2 import TRANSFORMER_CONFIG
-from pipeline.offload import BlockStreamer, apply_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from ltx2_inputs import ltx2_step_inputs  # noqa: E402
@@ -210,7 +210,7 @@ def test_streamer_dequantizes_gguf_per_block(resident: int, gguf_reference: torc
 def test_block_dequant_hooks_remove_cleanly(gguf_reference: torch.Tensor) -> None:
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
-    from pipeline.offload import STREAMER_HOOK
+    from pipeline.memory.offload import STREAMER_HOOK
 
     model = apply_plan(_gguf_model(), plan("group_block", streamer="sulphur", dequant="block"))
     st: BlockStreamer = model._sulphur_streamer
@@ -267,7 +267,7 @@ def interpreted_kernels(monkeypatch: pytest.MonkeyPatch):
     import importlib
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    import pipeline.kernels.gguf_dequant as mod
+    import pipeline.memory.kernels.gguf_dequant as mod
 
     yield importlib.reload(mod)
     monkeypatch.delenv("TRITON_INTERPRET")
@@ -318,7 +318,7 @@ def test_block_dequant_falls_back_to_diffusers_for_types_without_a_kernel(
         interpreted_kernels, gguf_reference: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the kernels run but lack the quant type, the same per-block launch goes through
     diffusers' torch ops."""
-    import pipeline.offload as offload
+    import pipeline.memory.offload as offload
 
     monkeypatch.setattr(offload, "_kernel_supports", lambda qtype: False)
     model = apply_plan(_gguf_model(), plan("group_block", streamer="sulphur", dequant="block"))

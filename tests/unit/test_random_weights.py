@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 
-from pipeline.memory import GiB, component_sizes, plan_ladder
+from pipeline.memory.planner import GiB, component_sizes, plan_ladder
 from pipeline.models import random_weights
 from pipeline.models.registry import get_preset
 from pipeline.models.tiny_ltx2 import TRANSFORMER_CONFIG
-from pipeline.storyboard import Project
+from pipeline.project.storyboard import Project
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from ltx2_inputs import ltx2_step_inputs  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.memory import StagePlan
+from pipeline.memory.planner import StagePlan
 from pipeline.models import recipes
 from pipeline.models.registry import all_presets, get_preset
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import storyboard as S
+from pipeline.project import storyboard as S
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.memory import StagePlan, cpu_ladder, plan_ladder
+from pipeline.memory.planner import StagePlan, cpu_ladder, plan_ladder
 from pipeline.models import ltx2
 from pipeline.models.registry import LoadedModels, get_preset
-from pipeline.storyboard import Project
+from pipeline.project.storyboard import Project
 
 
 @pytest.mark.parametrize(("host_gb", "mode"), [(32, "disk"), (64, "group")])
@@ -70,8 +70,8 @@ def test_a_new_job_drops_what_other_presets_left_loaded(tmp_path) -> None:  # no
     import threading
     from pathlib import Path
 
-    from pipeline.render import Renderer
-    from pipeline.storyboard import load
+    from pipeline.project.storyboard import load
+    from pipeline.render.runner import Renderer
 
     story = tmp_path / "story.toml"
     shutil.copy(Path(__file__).resolve().parents[2] / "storyboards" / "example.toml", story)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import Artifact
-from pipeline.memory import StagePlan
+from pipeline.memory.planner import StagePlan
 from pipeline.models.esrgan import UpscalerError, build_tiny_x2plus, load_upscaler
 from pipeline.models.registry import LoadedModels, ModelFile, Preset
-from pipeline.protocol import StepProgress
+from pipeline.project.storyboard import Project, Segment, Storyboard
+from pipeline.render.cache import Artifact
 from pipeline.stages.base import Cancelled, SegmentJob, StageContext
 from pipeline.stages.upscale import UpscaleStage
-from pipeline.storyboard import Project, Segment, Storyboard
+from pipeline.wire.protocol import StepProgress
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_cuda_fp16_channels_last_matches_cpu(tmp_path: Path, x2plus: Path) -> No
 
 
 def test_compiling_pays_only_for_long_untiled_cuda_jobs() -> None:
-    from pipeline.memory import ESRGAN_COMPILE_MIN_FRAMES, esrgan_compile_pays
+    from pipeline.memory.planner import ESRGAN_COMPILE_MIN_FRAMES, esrgan_compile_pays
 
     cuda = StagePlan(name="batch4", device="cuda", options={"esrgan_batch": 4})
     assert not esrgan_compile_pays(4 * 121, cuda)  # a 4-shot storyboard: the compile would cost more
@@ -175,8 +175,8 @@ def test_compiling_pays_only_for_long_untiled_cuda_jobs() -> None:
 def test_a_compiled_forward_keeps_its_batch_shape_and_falls_back_when_it_fails(x2plus: Path) -> None:
     """The short last batch is padded (a new shape would recompile for a minute); a forward
     that fails to build is replaced by the eager model for the rest of the stage, with a log."""
-    from pipeline.protocol import Log
     from pipeline.stages.upscale import _run
+    from pipeline.wire.protocol import Log
 
     model = load_upscaler(x2plus, device="cpu", dtype=torch.float32)
     x = torch.rand(1, 3, 16, 24)

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from pipeline.models.registry import Preset
-    from pipeline.protocol import Event
-    from pipeline.storyboard import Storyboard
+    from pipeline.project.storyboard import Storyboard
+    from pipeline.wire.protocol import Event
 
 DEFAULT_PRESET = "ltxv-0.9"   # the seed's pick for quick, directed extensions
 SEGMENT_ID = "continuation"
@@ -117,8 +117,8 @@ def extend(clip: Path, prompt: str, *, preset: str = DEFAULT_PRESET, frames: int
            emit: Callable[[Event], None] = lambda e: None, cancel: threading.Event | None = None) -> Path:
     """Extend ``clip`` by about ``frames`` generated frames; returns the written video."""
     from pipeline.models.registry import get_preset
-    from pipeline.render import render
-    from pipeline.storyboard import load
+    from pipeline.project.storyboard import load
+    from pipeline.render.runner import render
 
     clip = Path(clip)
     info = probe(clip)
@@ -141,7 +141,7 @@ def extend(clip: Path, prompt: str, *, preset: str = DEFAULT_PRESET, frames: int
 def _rendered_frames(sb: Storyboard) -> np.ndarray:
     import numpy as np
 
-    from pipeline.cache import StageCache
+    from pipeline.render.cache import StageCache
 
     manifest = json.loads((sb.render_dir() / "film.json").read_text())
     entry = next(s for s in manifest["segments"] if s["id"] == SEGMENT_ID)
@@ -182,7 +182,7 @@ def _join(clip: Path, info: ClipInfo, continuation: np.ndarray, out: Path) -> No
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``sulphur extend`` flags (pipeline/cli.py mounts them as a subcommand)."""
+    """The ``sulphur extend`` flags (pipeline/cli/main.py mounts them as a subcommand)."""
     p.add_argument("clip", type=Path, help="video to continue (its last frame is the anchor)")
     p.add_argument("--prompt", required=True, help="what happens next (ignored by presets without a prompt, e.g. SVD)")
     p.add_argument("--model", default=DEFAULT_PRESET, metavar="PRESET", help=f"model preset (default {DEFAULT_PRESET})")
@@ -197,8 +197,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.headless import ProgressPrinter, json_printer, run_job
-    from pipeline.render import RenderError
+    from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
+    from pipeline.render.runner import RenderError
 
     emit = json_printer if args.json else ProgressPrinter()
 

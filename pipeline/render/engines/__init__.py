@@ -1,7 +1,7 @@
-"""Render engines: who runs the stages of :mod:`pipeline.render`.
+"""Render engines: who runs the stages of :mod:`pipeline.render.runner`.
 
-``local`` (the default) is the single in-process runner, :func:`pipeline.render.render`.
-``ray`` (:mod:`pipeline.engines.ray_engine`) pipelines the same per-segment methods over
+``local`` (the default) is the single in-process runner, :func:`pipeline.render.runner.render`.
+``ray`` (:mod:`pipeline.render.engines.ray_engine`) pipelines the same per-segment methods over
 Ray actors, one GPU drafting while others refine, upscale and encode. Both share the
 stage cache, so either can resume the other's render.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.protocol import Event
+    from pipeline.wire.protocol import Event
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 
@@ -42,7 +42,7 @@ def finishers_setting() -> int | None:
 
 def render(storyboard_path: str | os.PathLike[str], *, engine: str | None = None, address: str | None = None,
            emit: Callable[[Event], None] = lambda e: None, **kwargs: Any) -> Path:
-    """:func:`pipeline.render.render` through the chosen engine (default: the environment's).
+    """:func:`pipeline.render.runner.render` through the chosen engine (default: the environment's).
 
     Same keyword arguments, return value and exceptions as the local runner; ``address``
     is Ray's (None: start a local Ray on this machine; ``auto``; ``ray://host:10001``).
@@ -51,11 +51,11 @@ def render(storyboard_path: str | os.PathLike[str], *, engine: str | None = None
         engine, env_address = engine_setting()
         address = address or env_address
     if engine == "local":
-        from pipeline.render import render as local_render
+        from pipeline.render.runner import render as local_render
 
         return local_render(storyboard_path, emit=emit, **kwargs)
     if engine == "ray":
-        from pipeline.engines.ray_engine import render_ray
+        from pipeline.render.engines.ray_engine import render_ray
 
         return render_ray(storyboard_path, address=address, emit=emit, **kwargs)
     raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.protocol import Event, ProtocolError, decode_event, encode
+from pipeline.wire.protocol import Event, ProtocolError, decode_event, encode
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 PENDING = ("queued", "running")

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from pipeline.protocol import VramSample
+from pipeline.wire.protocol import VramSample
 
 # One process-wide NVML session: nvmlInit is reference-counted by the driver, but a
 # single init + one shutdown at exit is what nvitop does and avoids churn per monitor.

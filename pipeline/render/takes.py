@@ -1,6 +1,6 @@
 """``sulphur takes FILE SEGMENT``: several seeds of one segment in parallel, then pick one.
 
-Rendering the takes needs Ray (:func:`pipeline.engines.ray_engine.render_takes`); picking
+Rendering the takes needs Ray (:func:`pipeline.render.engines.ray_engine.render_takes`); picking
 one does not: it writes the take's seed and its prompt (locked) into the storyboard, so
 the next render finds every stage of that take in the cache and the chain continues from
 its last frame. Nothing here imports Ray or torch until takes are rendered.
@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.storyboard import StoryboardError, load, save, with_segment
+from pipeline.project.storyboard import StoryboardError, load, save, with_segment
 
 
 def seeds_for(storyboard_path: str | os.PathLike[str], segment: str, count: int) -> list[int]:
@@ -62,11 +62,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        from pipeline.engines.ray_engine import render_takes
+        from pipeline.render.engines.ray_engine import render_takes
     except ImportError as exc:
         print(f"error: takes render in parallel through Ray: pip install 'sulphur[ray]' ({exc})", file=sys.stderr)
         return 1
-    from pipeline.headless import ProgressPrinter, json_printer, run_job
+    from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
 
     emit = json_printer if args.json else ProgressPrinter()
     code, takes = run_job(lambda cancel: render_takes(args.storyboard, args.segment, seeds, preset=args.preset,

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from pipeline.protocol import DriftReport
+    from pipeline.wire.protocol import DriftReport
 
 METHODS = ("meanstd", "histogram")
 DEFAULT_METHOD = "meanstd"
@@ -174,7 +174,7 @@ def drift_event(segment: str, first: np.ndarray, last: np.ndarray, reference: di
     last frame's drift against ``reference`` (``frame_stats`` of the film's reference).
     Non-finite values (a ratio against a flat reference) go on the wire as 999.0, since
     the protocol's floats cannot carry inf."""
-    from pipeline.protocol import DriftReport
+    from pipeline.wire.protocol import DriftReport
 
     def wire(d: dict[str, float]) -> dict[str, float]:
         return {k: (v if math.isfinite(v) else 999.0) for k, v in d.items()}

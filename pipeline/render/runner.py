@@ -23,12 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import memory, protocol
-from pipeline.cache import Artifact, StageCache, digest, stage_key
+from pipeline.memory.planner import planner as memory
 from pipeline.models.registry import PRESETS, LoadedModels, Preset, get_preset
-from pipeline.protocol import Event
-from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
-from pipeline.storyboard import (
+from pipeline.project.storyboard import (
     Storyboard,
     StoryboardError,
     atomic_write,
@@ -37,6 +34,10 @@ from pipeline.storyboard import (
     segment_digest,
     with_segment,
 )
+from pipeline.render.cache import Artifact, StageCache, digest, stage_key
+from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
+from pipeline.wire import protocol
+from pipeline.wire.protocol import Event
 
 Emit = Callable[[Event], None]
 
@@ -161,7 +162,7 @@ class Renderer:
             # The plans were made for this budget: hold the allocator to it, so a plan that
             # underestimates fails with an OOM (and steps down the ladder) instead of spilling;
             # without one, lift a cap an earlier job of this worker may have set.
-            from pipeline.offload import enforce_vram_budget
+            from pipeline.memory.offload import enforce_vram_budget
 
             enforce_vram_budget(sb.project.vram_budget_gb)
         return cls(sb, chosen, emit, cancel, job_id, models)
@@ -286,7 +287,7 @@ class Renderer:
                 restream = (memory.oom_kind(exc) == "cuda" and nxt is not None
                             and nxt.options.get("streamer") == "sulphur")
                 if restream:
-                    from pipeline.offload import streamer_of
+                    from pipeline.memory.offload import streamer_of
 
                     self.models.evict_all(keep=lambda obj: streamer_of(obj) is not None)
                 else:
@@ -358,7 +359,7 @@ class Renderer:
             frame = last_video_frame(self.sb.resolve(anchor.path))
         frame = _fit(frame, w, h)
         if job.drift_guard != "off" and reference is not None and anchor.kind == "previous":
-            from pipeline.drift import match_colors
+            from pipeline.quality.drift import match_colors
 
             frame = match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
         return frame
@@ -449,7 +450,7 @@ class Renderer:
                  reference: np.ndarray | None) -> None:
         """Flicker (and, for drafts, colour drift) of a stage's frames, as events."""
         try:
-            from pipeline import flicker
+            from pipeline.quality import flicker
         except ImportError:
             return
         seam = None
@@ -462,7 +463,7 @@ class Renderer:
         if stage != "draft":
             return
         try:
-            from pipeline import drift
+            from pipeline.quality import drift
         except ImportError:
             return
         first, last = np.asarray(frames[0]), np.asarray(frames[-1])
@@ -472,7 +473,7 @@ class Renderer:
     def _quality_video(self, job: SegmentJob, path: Path) -> None:
         """Flicker of the encoded segment as a viewer will decode it."""
         try:
-            from pipeline import flicker
+            from pipeline.quality import flicker
         except ImportError:
             return
         self.emit(flicker.analyze_video(path).to_event(job.segment.id, "encode", self.job_id))

@@ -2,20 +2,20 @@
 
 Process model
     ``sulphur worker`` (or the first client that finds none running) spawns
-    ``python -m pipeline.worker --foreground --project DIR`` in a new session with its
+    ``python -m pipeline.worker.server --foreground --project DIR`` in a new session with its
     output in ``DIR/.sulphur/worker.log``; it is spawned, never forked, so no CUDA state
     crosses a fork, and it outlives the terminal and the SSH login that started it. It
     holds ``DIR/.sulphur/worker.lock`` (``flock`` + its PID) for its whole life: a
     second worker for the same project refuses to start and names the holder. The
     process has three kinds of threads: the asyncio loop (socket, journal, fan-out), one
-    render thread that runs jobs one at a time through :func:`pipeline.render.render`
+    render thread that runs jobs one at a time through :func:`pipeline.render.runner.render`
     and keeps loaded models between jobs, and a VRAM sampler (when NVML works) that
     emits a ``VramSample`` about every second while a job runs. All torch state lives in
     the render thread; the loop never waits on it.
 
 Protocol
     A Unix socket ``DIR/.sulphur/worker.sock`` (mode 0600, no TCP), one JSON object per
-    line, the typed messages of :mod:`pipeline.protocol`. Requests: ``Submit`` → ``Ack``
+    line, the typed messages of :mod:`pipeline.wire.protocol`. Requests: ``Submit`` → ``Ack``
     with the job id (a job identical to a pending one is not queued twice: the Ack names
     the pending job), ``Cancel`` → ``Ack``, ``GetStatus`` → a ``StatusSnapshot``,
     ``Subscribe`` → ``Ack``, then a ``StatusSnapshot``, then every event as it happens,
@@ -29,7 +29,7 @@ Protocol
     is disconnected. Every subscriber receives the same encoded bytes in the same order.
 
 Journal
-    ``DIR/.sulphur/journal.db`` (SQLite, WAL, ``synchronous=FULL``; :mod:`pipeline.journal`).
+    ``DIR/.sulphur/journal.db`` (SQLite, WAL, ``synchronous=FULL``; :mod:`pipeline.worker.journal`).
     A job row is committed before its ``Ack`` is sent. States: queued → running → done /
     failed / cancelled. Every event except the high-rate ones is appended, so the history
     of a job survives the worker, and ``sulphur status`` can show it with no worker.
@@ -76,8 +76,16 @@ from pathlib import Path
 
 import msgspec
 
-from pipeline.journal import JobRecord, Journal
-from pipeline.protocol import (
+from pipeline.wire.framing import (
+    GOODBYE,
+    LineBuffer,
+    ProjectLock,
+    WorkerLocked,
+    bind_unix,
+    lock_path,
+    socket_path,
+)
+from pipeline.wire.protocol import (
     MAX_LINE_BYTES,
     Ack,
     Cancel,
@@ -103,15 +111,7 @@ from pipeline.protocol import (
     decode_request,
     encode,
 )
-from pipeline.socket_io import (
-    GOODBYE,
-    LineBuffer,
-    ProjectLock,
-    WorkerLocked,
-    bind_unix,
-    lock_path,
-    socket_path,
-)
+from pipeline.worker.journal import JobRecord, Journal
 
 log = logging.getLogger("sulphur.worker")
 
@@ -219,7 +219,7 @@ def _info(rec: JobRecord) -> JobInfo:
 
 
 def _select(ids: list[str], mode: str, segments: list[str]) -> list[str]:
-    """The segment ids a request renders (mirrors pipeline.render.select_segments)."""
+    """The segment ids a request renders (mirrors pipeline.render.runner.select_segments)."""
     if mode == "segments":
         return [i for i in ids if i in segments]
     if mode == "from":
@@ -441,7 +441,7 @@ class Worker:
             client.reply(Reject(id=request.id, error=f"internal error: {type(exc).__name__}: {exc}"))
 
     def _submit(self, req: Submit) -> Ack:
-        from pipeline.storyboard import StoryboardError, load
+        from pipeline.project.storyboard import StoryboardError, load
 
         if self.stopping.is_set():
             raise _BadRequest("the worker is shutting down; submit again to start a new one")
@@ -525,7 +525,7 @@ class Worker:
 
     def _render_loop(self) -> None:
         try:
-            import pipeline.render  # noqa: F401  (pay for torch now, not in the first job)
+            import pipeline.render.runner  # noqa: F401  (pay for torch now, not in the first job)
         except Exception:
             log.exception("cannot import the renderer")
         while not self.stopping.is_set():
@@ -551,10 +551,10 @@ class Worker:
         stop_sampler = threading.Event()
         threading.Thread(target=self._sample_vram, args=(rec.id, stop_sampler), name="vram", daemon=True).start()
         try:
-            from pipeline.engines import render  # $SULPHUR_ENGINE: local (default) or ray
-            from pipeline.render import RenderError
+            from pipeline.project.storyboard import StoryboardError
+            from pipeline.render.engines import render  # $SULPHUR_ENGINE: local (default) or ray
+            from pipeline.render.runner import RenderError
             from pipeline.stages.base import Cancelled
-            from pipeline.storyboard import StoryboardError
 
             if self._models is None:
                 from pipeline.models.registry import LoadedModels
@@ -588,10 +588,10 @@ class Worker:
             stop_sampler.set()
 
     def _sample_vram(self, job_id: str, stop: threading.Event) -> None:
-        """VramSample about once a second while a job runs (NVML through pipeline.gpu)."""
+        """VramSample about once a second while a job runs (NVML through pipeline.telemetry.gpu)."""
         if self._gpu is None:
             try:
-                from pipeline.gpu import GpuMonitor
+                from pipeline.telemetry.gpu import GpuMonitor
             except ImportError:
                 return
             self._gpu = GpuMonitor()
@@ -639,11 +639,11 @@ def main(args: argparse.Namespace) -> int:
     idle = getattr(args, "idle_timeout", None)
     idle = idle_timeout_default() if idle is None else float(idle)
     if getattr(args, "stop", False):
-        from pipeline.client import stop_worker
+        from pipeline.worker.client import stop_worker
 
         return stop_worker(project)
     if not getattr(args, "foreground", False):
-        from pipeline.client import WorkerClient, WorkerError
+        from pipeline.worker.client import WorkerClient, WorkerError
 
         try:
             client = WorkerClient.connect(project, start=True, idle_timeout=idle)
@@ -664,7 +664,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.worker", description="Sulphur render worker.")
+    p = argparse.ArgumentParser(prog="python -m pipeline.worker.server", description="Sulphur render worker.")
     p.add_argument("--project", type=Path, default=None)
     p.add_argument("--stop", action="store_true")
     p.add_argument("--idle-timeout", type=float, default=None)

@@ -1,6 +1,6 @@
 """Length-safe JSON-lines framing and Unix-socket paths, shared by the worker and its clients.
 
-Torch-free and import-light: the TUI imports it through :mod:`pipeline.client`.
+Torch-free and import-light: the TUI imports it through :mod:`pipeline.worker.client`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.protocol import MAX_LINE_BYTES
+from pipeline.wire.protocol import MAX_LINE_BYTES
 
 #: How the worker's last ``Log`` to subscribers begins when it stops on purpose; a stream
 #: that ends without it means the worker died.

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline import protocol
-from pipeline.protocol import Event
+from pipeline.wire import protocol
+from pipeline.wire.protocol import Event
 
 T = TypeVar("T")
 Emit = Callable[[Event], None]
@@ -66,9 +66,9 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
     its one-line file:line:col message, a failed render exit 1, a cancel exit 130 —
     and with ``--json`` the error is also an ``error`` event on stdout.
     """
-    from pipeline.render import RenderError
+    from pipeline.project.storyboard import StoryboardError
+    from pipeline.render.runner import RenderError
     from pipeline.stages.base import Cancelled
-    from pipeline.storyboard import StoryboardError
 
     cancel = threading.Event()
     try:
@@ -92,7 +92,7 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
 
 def render_with_cli_output(storyboard: Path, *, json_events: bool, segments: list[str] | None = None,
                            from_segment: str | None = None, preset: str | None = None) -> int:
-    from pipeline.render import render
+    from pipeline.render.runner import render
 
     emit = json_printer if json_events else ProgressPrinter()
     code, final = run_job(lambda cancel: render(storyboard, segments=segments, from_segment=from_segment,
@@ -110,7 +110,7 @@ def main_render(args: argparse.Namespace) -> int:
 
 def main_demo(args: argparse.Namespace) -> int:
     """Copy the example storyboard into a folder of the user's and render it there."""
-    from pipeline.cli import EXAMPLE
+    from pipeline.cli.main import EXAMPLE
 
     folder = (args.out or Path("sulphur-demo")).resolve()
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Applying a :class:`~pipeline.memory.StagePlan` to diffusers pipelines and modules.
+"""Applying a :class:`~pipeline.memory.planner.StagePlan` to diffusers pipelines and modules.
 
 Everything goes through ``diffusers.hooks``: group offloading (block or leaf level,
 CUDA streams), model/sequential CPU offload, layerwise fp8 storage, VAE tiling, and
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
-from pipeline.memory import StagePlan
+from pipeline.memory.planner import StagePlan
 
 _TAG = "_sulphur_plan"
 STREAMER_HOOK = "sulphur_block_streamer"
@@ -110,7 +110,7 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
     fp8 = big and o.get("weights") == "fp8"
     if big and device.type == "cuda" and o.get("gguf_kernels", True):
         # GGUF layers dequantize in one Triton pass instead of diffusers' torch ops (7-18× faster)
-        from pipeline.kernels.gguf_dequant import patch_gguf_linears
+        from pipeline.memory.kernels.gguf_dequant import patch_gguf_linears
 
         patch_gguf_linears(module)
     if big and o.get("streamer") == "sulphur" and plan.offload == "group_block":
@@ -358,7 +358,7 @@ class BlockStreamer:
         for r in b.runs:
             src = buf[r.src: r.src + r.nbytes]
             if r.kernel:
-                from pipeline.kernels.gguf_dequant import dequantize_into
+                from pipeline.memory.kernels.gguf_dequant import dequantize_into
 
                 dequantize_into(src, r.qtype, r.out)
             else:
@@ -467,7 +467,7 @@ def _interpreting() -> bool:
 
 def _kernel_supports(qtype: int) -> bool:
     try:
-        from pipeline.kernels.gguf_dequant import supports
+        from pipeline.memory.kernels.gguf_dequant import supports
     except ImportError:  # no Triton: diffusers' torch ops
         return False
     return supports(qtype)

@@ -6,7 +6,7 @@ last draft frame, nothing after it. So one *draft actor* drafts segment after se
 reference, so Ray itself orders them and a restarted actor still knows its anchor)
 while *finish actors* refine, upscale and encode the segments already drafted (Ray's
 ``ActorPool`` hands each drafted segment to an idle one). Every actor owns a
-:class:`pipeline.render.Renderer`, so models stay loaded between segments and every
+:class:`pipeline.render.runner.Renderer`, so models stay loaded between segments and every
 stage goes through the same content-addressed cache with the same keys as a local
 render: a Ray render and a local render resume each other.
 
@@ -43,11 +43,11 @@ import ray
 from ray.util.actor_pool import ActorPool
 from ray.util.queue import Queue
 
-from pipeline import protocol
-from pipeline.protocol import Event
-from pipeline.render import RenderError, select_segments
+from pipeline.project.storyboard import StoryboardError, load
+from pipeline.render.runner import RenderError, select_segments
 from pipeline.stages.base import Cancelled
-from pipeline.storyboard import StoryboardError, load
+from pipeline.wire import protocol
+from pipeline.wire.protocol import Event
 
 Emit = Callable[[Event], None]
 NAMESPACE = "sulphur"
@@ -157,7 +157,7 @@ def _planned_ltx2(sb: Any, preset: str | None) -> Any:
 
 def _ladder(stage: str, p: Any, sb: Any, vram_gb: float) -> list[Any]:
     """``stage``'s plans on a card of ``vram_gb``, host RAM left unbounded."""
-    from pipeline.memory import Budgets, plan_ladder
+    from pipeline.memory.planner import Budgets, plan_ladder
 
     return plan_ladder(stage, p, sb.project, "cuda", budgets=Budgets.from_gb(vram_gb, 1 << 20))
 
@@ -166,7 +166,7 @@ def halving_slows(sb: Any, preset: str | None, card_gb: float) -> bool:
     """Whether half of a ``card_gb`` card would put the draft or the refine on a slower memory
     plan than the whole card: then two actors sharing it cost more than their overlap saves
     (an 8 GB card: the streamer keeps fewer blocks resident, the VAE tiles smaller)."""
-    from pipeline.memory import PlanError
+    from pipeline.memory.planner import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)
@@ -186,7 +186,7 @@ def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[flo
     plans within ``vram_gb`` that still streams from RAM (reading weights from disk every
     step is what a user would rather not run two of). None when the planner cannot tell
     (tiny presets: a few MB; the I2V families carry fixed recipes)."""
-    from pipeline.memory import PlanError
+    from pipeline.memory.planner import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)
@@ -272,8 +272,8 @@ class StageWorker:
         The prompt is fixed (locked) so every take differs only by its seed, and a picked
         take's stages are exactly what a render with that seed and prompt looks up.
         """
-        from pipeline.render import atomic_copy
-        from pipeline.storyboard import with_segment
+        from pipeline.project.storyboard import with_segment
+        from pipeline.render.runner import atomic_copy
 
         self.ready()
         r = self.renderer
@@ -321,7 +321,7 @@ def _write_still(clip: Path) -> None:
     shows it, and it is where the chain would continue from."""
     from PIL import Image
 
-    from pipeline.render import last_video_frame
+    from pipeline.render.runner import last_video_frame
 
     still = clip.with_suffix(".png")
     tmp = still.with_name(f".{still.name}.partial")
@@ -331,9 +331,9 @@ def _write_still(clip: Path) -> None:
 
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
               ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
-    """A Renderer as :func:`pipeline.render.render` builds one, within this actor's VRAM and RAM shares."""
+    """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares."""
     from pipeline.models.registry import LoadedModels
-    from pipeline.render import Renderer
+    from pipeline.render.runner import Renderer
 
     sb = load(storyboard)
     if preset:
@@ -479,7 +479,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
                cancel: threading.Event | None = None, job_id: str = "", models: Any = None,
                address: str | None = None, finishers: int | None = None,
                actor_env: dict[str, dict[str, str]] | None = None) -> Path:
-    """Like :func:`pipeline.render.render`, over Ray; returns ``final.mp4``.
+    """Like :func:`pipeline.render.runner.render`, over Ray; returns ``final.mp4``.
 
     ``address``: None starts a local Ray (every GPU of this machine), ``auto`` joins the
     running cluster, ``ray://host:10001`` connects a client. ``models`` is ignored (the
@@ -490,7 +490,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     """
     del models
     if finishers is None:  # the CLI's --finishers, else the environment's, else the layout's default
-        from pipeline.engines import finishers_setting
+        from pipeline.render.engines import finishers_setting
 
         finishers = finishers_setting()
     sb = load(storyboard_path)
@@ -532,7 +532,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     The segments before it are drafted once (cache hits after a render), its prompt is
     enhanced once, then every take drafts from the same anchor with its own seed and is
     finished on whichever actor is idle. Takes land in ``renders/<stem>/takes/<id>/``
-    with ``takes.json``; :func:`pipeline.engines.takes.pick_take` makes one the segment's.
+    with ``takes.json``; :func:`pipeline.render.takes.pick_take` makes one the segment's.
     """
     sb = load(storyboard_path)
     ids = [s.id for s in sb.segments]
@@ -607,7 +607,7 @@ class _Driver:
 
 def main(args: argparse.Namespace) -> int:
     """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
-    from pipeline.headless import ProgressPrinter, json_printer, run_job
+    from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
 
     printer = ProgressPrinter()
 

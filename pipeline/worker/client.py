@@ -1,7 +1,7 @@
 """Talking to the background worker: :class:`WorkerClient`, ``sulphur status``, ``sulphur render --attach``.
 
 Torch-free on purpose: the TUI imports this module. The worker's side of the protocol
-and its design note are in :mod:`pipeline.worker`.
+and its design note are in :mod:`pipeline.worker.server`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline import protocol
-from pipeline.protocol import (
+from pipeline.wire import protocol
+from pipeline.wire.framing import GOODBYE, LineBuffer, connect_unix, lock_holder, socket_path
+from pipeline.wire.protocol import (
     Ack,
     Cancel,
     ErrorEvent,
@@ -37,7 +38,6 @@ from pipeline.protocol import (
     Submit,
     Subscribe,
 )
-from pipeline.socket_io import GOODBYE, LineBuffer, connect_unix, lock_holder, socket_path
 
 #: Seconds a request waits for its reply.
 REQUEST_TIMEOUT = 30.0
@@ -260,18 +260,18 @@ def _try_connect(path: Path) -> socket.socket | None:
 
 
 def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subprocess.Popen:
-    """Start ``python -m pipeline.worker`` detached: its own session, output to ``.sulphur/worker.log``.
+    """Start ``python -m pipeline.worker.server`` detached: its own session, output to ``.sulphur/worker.log``.
 
     Spawned (fork+exec), never forked from this process, so no CUDA state is shared, and
     in a new session so a closing terminal or SSH login does not take it down.
     """
     state = Path(project_dir) / ".sulphur"
     state.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pipeline.worker", "--foreground", "--project", str(project_dir)]
+    cmd = [sys.executable, "-m", "pipeline.worker.server", "--foreground", "--project", str(project_dir)]
     if idle_timeout is not None:
         cmd += ["--idle-timeout", str(idle_timeout)]
     env = os.environ.copy()
-    root = str(Path(__file__).resolve().parent.parent)  # so `-m pipeline.worker` finds this checkout
+    root = str(Path(__file__).resolve().parent.parent)  # so `-m pipeline.worker.server` finds this checkout
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(state / "worker.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -317,7 +317,7 @@ def stop_worker(project_dir: Path, timeout: float = 300.0) -> int:
 
 def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     """What the journal says when no worker runs (``pid`` 0)."""
-    from pipeline.journal import Journal
+    from pipeline.worker.journal import Journal
 
     jobs: list[JobInfo] = []
     db = Path(project_dir) / ".sulphur" / "journal.db"
@@ -397,7 +397,7 @@ def main_render_attach(args: argparse.Namespace) -> int:
     command starts a new one, which resumes the job, and keeps following; if it was
     stopped on purpose the job stays queued and the command says so.
     """
-    from pipeline.headless import ProgressPrinter
+    from pipeline.cli.headless import ProgressPrinter
 
     storyboard = Path(args.storyboard).expanduser().resolve()
     if not storyboard.is_file():
@@ -511,7 +511,7 @@ def _json_line(event: Event) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.client")
+    p = argparse.ArgumentParser(prog="python -m pipeline.worker.client")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status")
     s.add_argument("--project", type=Path, default=None)

@@ -25,7 +25,7 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
   ``use_stream`` group offload keeps a pinned copy beside the pageable one: 2× the
   weights in host RAM unless ``low_cpu_mem_usage`` pins block by block (1× + 2 blocks).
   GGUF weights need a bf16 scratch of the largest layer for dequantization.
-  Sulphur's block streamer (``streamer="sulphur"``, pipeline/offload.py) pins each block
+  Sulphur's block streamer (``streamer="sulphur"``, pipeline/memory/offload.py) pins each block
   in place (1× host), streams through two slots, and keeps as many blocks resident as
   the VRAM budget leaves room for; an fp8-stored block needs a bf16 upcast buffer.
 * **Text encoder** (Gemma 3 12B, 24 GB bf16) runs once per prompt and is evicted:
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
-    from pipeline.storyboard import Project
+    from pipeline.project.storyboard import Project
 
 GiB = 1024**3
 MiB = 1024**2
@@ -103,7 +103,7 @@ class PlanError(RuntimeError):
 class StagePlan:
     """How one stage runs. ``offload`` is one of: resident, model, group_block, group_leaf, sequential.
 
-    ``options`` carries the details the stage applies (see pipeline/offload.py) and the
+    ``options`` carries the details the stage applies (see pipeline/memory/offload.py) and the
     estimates the worker reports: ``vram_bytes``/``host_bytes`` (peaks), ``weights``
     (stored format or "fp8" for layerwise upcast), ``use_stream``, ``low_cpu_mem_usage``,
     ``text_encoder`` (resident / group / disk / cpu), ``evict`` (held
@@ -412,7 +412,7 @@ VAE_TILES = (0, 512, 256)
 
 
 #: (offload mode, use_stream, low_cpu_mem_usage, mmap) from fastest to leanest;
-#: "stream" is Sulphur's block streamer (pipeline/offload.py), measured faster than
+#: "stream" is Sulphur's block streamer (pipeline/memory/offload.py), measured faster than
 #: diffusers' block-level group offload (bench/results) and pinned in place (1× host)
 _TRANSFORMER_RUNGS: tuple[tuple[str, bool, bool, bool], ...] = (
     ("resident", False, False, False),

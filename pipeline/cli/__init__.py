@@ -1,0 +1,1 @@
+"""The `sulphur` commands and their output; argument parsing lives only here."""

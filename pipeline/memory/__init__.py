@@ -1,0 +1,1 @@
+"""Memory planning: plan types, the planner, placement and offload, kernels."""

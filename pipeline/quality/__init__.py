@@ -1,0 +1,1 @@
+"""Quality measurements: flicker (PSNR-Y) and drift."""

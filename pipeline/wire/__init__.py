@@ -1,0 +1,1 @@
+"""Protocol messages and their framing; imports neither torch nor textual."""

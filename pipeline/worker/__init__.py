@@ -1,0 +1,1 @@
+"""The background render worker: server, client library (no printing), journal."""
