@@ -31,8 +31,10 @@ class ModelFile:
     """One file or folder a preset needs.
 
     ``path`` is a local path (``~`` and ``$VARS`` expanded); ``repo``/``filename`` name
-    a Hugging Face location used when the machine can download. ``env`` lets a user
-    point at a file without editing code.
+    a Hugging Face location (``filename`` may be a folder pattern such as
+    ``latent_upsampler/*``) at ``revision``; ``url`` is an HTTPS location for files
+    published outside the Hub. ``size`` (bytes) and ``sha256`` are what was verified
+    upstream, when known. ``env`` lets a user point at a file without editing code.
     """
 
     role: str
@@ -41,6 +43,10 @@ class ModelFile:
     repo: str = ""
     filename: str = ""
     env: str = ""
+    revision: str = "main"
+    url: str = ""
+    size: int | None = None
+    sha256: str = ""
 
     def local_path(self) -> Path | None:
         for candidate in (os.environ.get(self.env, "") if self.env else "", self.path):
