@@ -1,4 +1,4 @@
-"""`python -m pipeline.cli.main`: the `sulphur` command."""
+"""`python -m pipeline.cli`: the `sulphur` command."""
 
 from pipeline.cli.main.main import main
 
