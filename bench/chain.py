@@ -1,0 +1,261 @@
+"""N chained segments, capped and uncapped in one run, against their resident transformer steps.
+
+Renders the same chained storyboard (N segments, each continuing from the last frame of the
+one before) twice with ``sulphur render --json`` in a subprocess, each in its own folder (so
+neither reads the other's stage cache): once under ``vram_budget_gb`` / ``ram_budget_gb``
+(8 / 32 by default), once with no caps. Host RSS, NVML GPU memory and the bytes the render
+reads from disk are sampled (bench/segment_budget.py's sampler). Then the bf16 transformer,
+resident in this process, times one draft and one refine step: a segment's resident steps
+are ``steps × draft step + refine steps × refine step``.
+
+Steady state is segments 2..N (the first carries the cold loads). Figures (issue 20):
+``steady_capped_over_uncapped`` (goal ≤ 1.25), ``steady_uncapped_over_steps`` (goal ≤ 2.5),
+``cold_to_first_step_s`` against ``cold_io_bound_s`` = 1.5 × (bytes the capped render read
+before its first draft step ÷ this disk's measured read bandwidth) + the text-encoder pass.
+The ``ltx2-19b-random`` preset builds its weights in memory, so its bytes read are small and
+the bound is mostly the text-encoder pass; it becomes the real I/O bound with file weights.
+
+    python bench/chain.py                                 # H200: 3 × 121 frames, < 9 minutes
+    python bench/chain.py --smoke                         # CPU: tiny preset, 9 frames, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine_info import machine  # noqa: E402
+from segment_budget import GiB, ProcessSampler, phases, resident_steps  # noqa: E402
+
+from pipeline.wire import protocol  # noqa: E402
+
+PROMPTS = ("A lighthouse on a rocky cliff at dawn, waves breaking below, gulls calling",
+           "The lighthouse beam sweeps across a stormy sea as rain begins to fall",
+           "A small fishing boat rounds the headland towards the harbour lights",
+           "Morning calm: the sea is flat and the lighthouse stands in mist")
+
+
+def storyboard(preset: str, segments: int, frames: int, vram: float | None, ram: float | None,
+               draft: tuple[int, int] | None, output: tuple[int, int]) -> str:
+    lines = ["[project]", 'title = "Chain bench"', "fps = 24", "seed = 1234", f'preset = "{preset}"',
+             f"output_size = [{output[0]}, {output[1]}]", "audio = true", "enhance = false"]
+    if draft:
+        lines += [f"draft_size = [{draft[0]}, {draft[1]}]", f"refine_size = [{draft[0] * 2}, {draft[1] * 2}]"]
+    if vram:
+        lines.append(f"vram_budget_gb = {vram}")
+    if ram:
+        lines.append(f"ram_budget_gb = {ram}")
+    for i in range(segments):
+        lines += ["", "[[segment]]", f'id = "shot{i + 1}"', f'prompt = "{PROMPTS[i % len(PROMPTS)]}"',
+                  f"frames = {frames}"]
+    return "\n".join(lines) + "\n"
+
+
+class ReadSampler:
+    """(wall-clock, bytes read from storage) of a process every 50 ms, from /proc/<pid>/io."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.samples = pid, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                text = Path(f"/proc/{self.pid}/io").read_text()
+            except OSError:
+                break
+            fields = dict(line.split(": ") for line in text.splitlines() if ": " in line)
+            self.samples.append((time.time(), int(fields.get("read_bytes", 0))))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join()
+
+    def at(self, ts: float) -> int:
+        """Bytes read by wall-clock time ``ts`` (the last sample before it)."""
+        before = [b for t, b in self.samples if t <= ts]
+        return before[-1] if before else 0
+
+
+def disk_read_gbps(folder: Path, size: int = 1 << 30) -> float:
+    """Sequential read bandwidth of the disk under ``folder`` (page cache dropped for the file)."""
+    path = folder / "read-probe.bin"
+    block = os.urandom(1 << 24)
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        t = time.perf_counter()
+        while os.read(fd, 1 << 24):
+            pass
+        seconds = time.perf_counter() - t
+    finally:
+        os.close(fd)
+        path.unlink()
+    return size / seconds / 1e9
+
+
+def render(folder: Path, timeout: float) -> dict[str, Any]:
+    """One ``sulphur render --json``: per segment and stage figures, peaks, bytes read."""
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "render", str(folder / "story.toml"), "--json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t0 = time.perf_counter()
+    with open(folder / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        sampler, reads = ProcessSampler(proc.pid), ReadSampler(proc.pid)
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, _ = proc.communicate()
+        finally:
+            sampler.stop()
+            reads.stop()
+    events = [protocol.decode_event(line) for line in stdout.splitlines() if line.strip()]
+    out: dict[str, Any] = {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - t0, 2),
+                           "host_peak_gib": round(sampler.peak_rss / GiB, 2),
+                           "nvml_peak_gib": round(sampler.peak_gpu / GiB, 2)}
+    if proc.returncode != 0:
+        out["stderr_tail"] = (folder / "stderr.txt").read_text()[-3000:]
+    split = phases(events)
+    segments: dict[str, dict[str, Any]] = {}
+    first_step_ts = None
+    for e in events:
+        if isinstance(e, protocol.StepProgress) and e.step > 0 and first_step_ts is None:
+            first_step_ts = e.ts
+        if isinstance(e, protocol.StageFinished):
+            seg = segments.setdefault(e.segment, {"stages": {}, "fallbacks": []})
+            seg["stages"][e.stage] = {"seconds": round(e.seconds, 2), "plan": e.plan,
+                                      "peak_reserved_gib": round(e.peak_reserved / GiB, 2),
+                                      **split.get((e.segment, e.stage), {})}
+        elif isinstance(e, protocol.PlanFallback):
+            segments.setdefault(e.segment, {"stages": {}, "fallbacks": []})["fallbacks"].append(
+                {"stage": e.stage, "next_plan": e.next_plan, "reason": e.reason[:300]})
+    for seg in segments.values():
+        seg["seconds"] = round(sum(s["seconds"] for s in seg["stages"].values()), 2)
+    out["segments"] = segments
+    finished = [e for e in events if isinstance(e, protocol.JobFinished)]
+    out["render_s"] = round(finished[-1].seconds, 2) if finished else None
+    started = [e.ts for e in events if isinstance(e, protocol.StageStarted)]
+    if started and first_step_ts is not None:
+        out["cold_to_first_step_s"] = round(first_step_ts - started[0], 2)
+        out["bytes_read_to_first_step"] = reads.at(first_step_ts) - reads.at(started[0])
+    return out
+
+
+def steady(run: dict[str, Any]) -> float | None:
+    """Mean seconds of segments 2..N (None when the render failed or had one segment)."""
+    segs = list(run.get("segments", {}).values())[1:]
+    return round(sum(s["seconds"] for s in segs) / len(segs), 2) if segs and run["returncode"] == 0 else None
+
+
+def text_encoder_pass_s(run: dict[str, Any]) -> float:
+    """Seconds the first draft spent before its first step that were not loading the transformer:
+    taken from the render's ``text_encoder_s`` stage note when present, else 0."""
+    first = next(iter(run.get("segments", {}).values()), {})
+    return float(first.get("stages", {}).get("draft", {}).get("text_encoder_s", 0.0))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="ltx2-19b-random")
+    ap.add_argument("--segments", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=121)
+    ap.add_argument("--vram-budget-gb", type=float, default=8.0)
+    ap.add_argument("--ram-budget-gb", type=float, default=32.0)
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per render")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU end-to-end check: tiny preset, 9 frames, 2 segments, small output, no resident steps")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    draft, output = None, (1920, 1080)
+    if args.smoke:
+        args.preset, args.frames, args.segments, output = "tiny", 9, 2, (448, 256)
+
+    from pipeline.models.registry import get_preset
+
+    preset = get_preset(args.preset)
+    base = Path(tempfile.mkdtemp(prefix="chain-bench-"))
+    runs: dict[str, dict[str, Any]] = {}
+    for name, vram, ram in (("capped", args.vram_budget_gb, args.ram_budget_gb), ("uncapped", None, None)):
+        folder = base / name
+        folder.mkdir()
+        (folder / "story.toml").write_text(storyboard(args.preset, args.segments, args.frames, vram, ram, draft, output))
+        runs[name] = render(folder, args.timeout)
+    report: dict[str, Any] = {
+        "bench": "chain", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(("torch", "diffusers", "transformers", "triton", "av")), "preset": args.preset,
+        "segments_n": args.segments, "frames": args.frames, "vram_budget_gib": args.vram_budget_gb,
+        "ram_budget_gib": args.ram_budget_gb, "nvml_peak_gib": runs["capped"]["nvml_peak_gib"],
+        "nvml_peak_uncapped_gib": runs["uncapped"]["nvml_peak_gib"], "host_peak_gib": runs["capped"]["host_peak_gib"],
+        "segments": {name: run.get("segments", {}) for name, run in runs.items()}, "runs": runs,
+        "steady_capped_s": steady(runs["capped"]), "steady_uncapped_s": steady(runs["uncapped"]),
+    }
+    report["disk_read_gbps"] = round(disk_read_gbps(base), 2)
+    cold = runs["capped"]
+    report["cold_to_first_step_s"] = cold.get("cold_to_first_step_s")
+    io_s = cold.get("bytes_read_to_first_step", 0) / 1e9 / report["disk_read_gbps"]
+    report["cold_io_bound_s"] = round(1.5 * io_s + text_encoder_pass_s(cold), 2)
+    report["resident_steps_s"] = None
+    if not args.smoke and all(r["returncode"] == 0 for r in runs.values()):
+        draft_size = preset.draft_size
+        ref = resident_steps(preset, draft_size, (draft_size[0] * 2, draft_size[1] * 2),
+                             preset.round_frames(args.frames))
+        report["resident"] = ref
+        report["resident_steps_s"] = round(
+            preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"], 2)
+    report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
+    report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
+    report["goals"] = {
+        "nvml_under_budget": report["nvml_peak_gib"] <= args.vram_budget_gb,
+        "capped_le_1.25x_uncapped": (report["steady_capped_over_uncapped"] or 99) <= 1.25,
+        "uncapped_le_2.5x_steps": (report["steady_uncapped_over_steps"] or 99) <= 2.5,
+        "no_fallback": not any(s["fallbacks"] for run in runs.values() for s in run.get("segments", {}).values()),
+    }
+    doc = json.dumps(report, indent=1)
+    print(doc)
+    out = args.out or (ROOT / "bench" / "results" /
+                       f"chain_{_gpu_name()}_{datetime.date.today().isoformat()}{'_smoke' if args.smoke else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc + "\n")
+    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 1
+
+
+def _gpu_name() -> str:
+    """``h200`` from "NVIDIA H200", ``cpu`` without a GPU (names the results file)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0).split()[-1].lower().replace(" ", "")
+    except Exception:  # noqa: BLE001 - torch missing or no driver: a CPU run
+        pass
+    return "cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
