@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,27 +61,37 @@ def test_an_entry_without_readable_meta_is_absent_or_empty(tmp_path: Path, meta:
         assert got is not None and got.meta == {}
 
 
-def test_sweep_leaves_live_and_unnamed_folders_and_counts_what_it_removed(tmp_path: Path) -> None:
+@pytest.fixture
+def other_process() -> Iterator[int]:
+    """A live process of ours (never signal PID 1 or the test runner, even from a mutant)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_sweep_leaves_live_and_unnamed_folders_and_counts_what_it_removed(tmp_path: Path, other_process: int) -> None:
     cache = StageCache(tmp_path / "none")
     assert cache.sweep_partials() == 0  # no cache folder yet
     cache = StageCache(tmp_path)
     base = tmp_path / "draft" / "cd"
     gone = [base / ".cdcdcdcdcdcd.999999999.a.partial", base / ".cdcdcdcdcdcd.0.b.partial",
             base / ".cdcdcdcdcdcd.x.c.partial"]
-    kept = [base / f".cdcdcdcdcdcd.{os.getpid()}.d.partial", base / ".cdcdcdcdcdcd.1.e.partial",
+    kept = [base / f".cdcdcdcdcdcd.{other_process}.d.partial", base / f".cdcdcdcdcdcd.{other_process}.e.partial",
             base / ("cd" + "1" * 62)]
     for p in gone + kept:
         p.mkdir(parents=True)
     assert cache.sweep_partials() == 3
-    assert [p.exists() for p in gone + kept] == [False] * 3 + [True] * 3  # PID 1 is alive (not ours)
+    assert [p.exists() for p in gone + kept] == [False] * 3 + [True] * 3
 
 
-def test_builder_pid_parsing() -> None:
+def test_builder_pid_parsing(other_process: int) -> None:
     assert C._builder_pid(".abcdef012345.4242.xyz.partial") == 4242
     assert C._builder_pid(".abcdef012345.x.partial") == 0
     assert C._builder_pid(".abc12.partial") == 0  # too few parts to be ours
+    assert C._builder_pid(".abc.12.partial") == 12
     assert not C._pid_alive(0) and not C._pid_alive(-3)
-    assert C._pid_alive(os.getpid()) and C._pid_alive(1)
+    assert C._pid_alive(other_process)
 
 
 def test_digest_and_key_are_sha256_of_canonical_json() -> None:
