@@ -106,6 +106,8 @@ def test_line_buffer_splits_anywhere_and_resynchronises_after_an_oversized_line(
     assert buf.feed(b"more") == []  # still the tail of the long line: discarded
     assert buf.feed(b"rest\nok\n") == [b"ok"]
     assert buf.feed(b"a\n\nb\n") == [b"a", b"", b"b"]
+    assert buf.feed(b"\n") == [b""]  # an empty line at the start of the buffer
+    assert buf.feed(b"12345678") == [] and buf.feed(b"\n") == [b"12345678"]  # held at exactly the limit
 
 
 def test_line_buffer_default_limit_is_the_protocols() -> None:
@@ -169,6 +171,95 @@ def test_short_path_keeps_short_addresses_and_closes_its_descriptor(tmp_path: Pa
         os.fstat(fd)
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_project_files_live_in_the_projects_state_folder(tmp_path: Path) -> None:
+    assert framing.socket_path(tmp_path) == tmp_path / ".sulphur" / "worker.sock"
+    assert framing.lock_path(tmp_path) == tmp_path / ".sulphur" / "worker.lock"
+
+
+def test_sockets_keep_their_timeout_and_the_listener_does_not_block(tmp_path: Path) -> None:
+    path = tmp_path / "w.sock"
+    server = framing.bind_unix(path)
+    try:
+        assert server.getblocking() is False
+        client = framing.connect_unix(path, timeout=0.2)
+        assert client.gettimeout() == 0.2
+        with pytest.raises(TimeoutError):
+            client.recv(1)
+        client.close()
+    finally:
+        server.close()
+
+
+def test_a_path_of_exactly_sun_path_is_used_as_it_is(tmp_path: Path) -> None:
+    name = "s" * (107 - len(os.fsencode(tmp_path)) - 1)
+    path = tmp_path / name
+    assert len(os.fsencode(path)) == 107
+    short = framing._ShortPath(path)
+    assert short.address == str(path)
+    short.close()
+    short.close()  # twice is harmless
+
+
+def test_the_lock_in_one_process_refuses_a_second_holder_quickly(tmp_path: Path) -> None:
+    import time
+
+    project = tmp_path / "new" / "project"  # neither exists yet
+    first = framing.ProjectLock(framing.lock_path(project))
+    first.release()  # before acquiring: harmless
+    old = os.umask(0o022)
+    try:
+        first.acquire()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(framing.lock_path(project).stat().st_mode) == 0o644
+        t0 = time.monotonic()
+        with pytest.raises(framing.WorkerLocked) as info:
+            framing.ProjectLock(framing.lock_path(project)).acquire()
+        assert time.monotonic() - t0 < 2.0
+        assert info.value.pid == os.getpid()
+        assert framing.lock_holder(project) == os.getpid()
+    finally:
+        first.release()
+    assert framing.lock_holder(project) is None
+    assert str(framing.WorkerLocked(None, framing.lock_path(project))) == (
+        f"a worker is already running for {project} (another process holds {framing.lock_path(project)})")
+
+
+def test_a_lock_held_before_its_pid_is_written_reports_minus_one(tmp_path: Path) -> None:
+    import fcntl
+
+    path = framing.lock_path(tmp_path)
+    path.parent.mkdir()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert framing.lock_holder(tmp_path) == -1
+    finally:
+        os.close(fd)
+
+
+def test_acquire_waits_out_a_clients_brief_shared_lock(tmp_path: Path) -> None:
+    import fcntl
+
+    path = framing.lock_path(tmp_path)
+    path.parent.mkdir()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # as lock_holder() takes it for a moment
+    timer = threading.Timer(0.15, lambda: os.close(fd))
+    timer.start()
+    lock = framing.ProjectLock(path)
+    lock.acquire()
+    timer.join()
+    assert path.read_text() == f"{os.getpid()}\n"
+    lock.release()
+
+
+def test_a_decoding_error_says_what_was_wrong() -> None:
+    with pytest.raises(ProtocolError, match="nope"):
+        protocol.decode_event(b'{"type": "nope"}')
 
 
 def test_the_project_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp_path: Path) -> None:
