@@ -148,6 +148,37 @@ def run_module(name: str, workdir: Path, out: Path, jobs: int) -> dict:
     return summary
 
 
+#: Survivors recognised by their diff, with the reason they need no test (equivalent mutants).
+EQUIVALENT = [
+    (re.compile(r'^[-+].*"(?:PRAGMA|SELECT|INSERT|UPDATE|WHERE|pragma|select|insert|update|where)\b', re.M),
+     "equivalent: SQL keywords and column names are case-insensitive"),
+]
+
+
+def report(out: Path, reasons: dict[str, str]) -> str:
+    """Markdown: kill rate per module, then every survivor with its one-line reason."""
+    lines = ["| module | mutants | killed | survived | no tests | equivalent | kill rate | "
+             "kill rate w/o equivalent | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    body = []
+    for path in sorted(out.glob("*.json")):
+        data = json.loads(path.read_text())
+        c = data["counts"]
+        killed = c.get("killed", 0) + c.get("timeout", 0) + c.get("suspicious", 0)
+        judged = data["mutants"] - c.get("skipped", 0)
+        why = {k: reasons.get(k) or next((r for rx, r in EQUIVALENT if rx.search(d)), "") for k, d in
+               data["survivors"].items()}
+        eq = sum(1 for r in why.values() if r.startswith("equivalent"))
+        lines.append(f"| {data['module']} | {data['mutants']} | {killed} | {c.get('survived', 0)} | "
+                     f"{c.get('no tests', 0)} | {eq} | {killed / judged:.1%} | {killed / (judged - eq):.1%} | "
+                     f"{data['seconds']} |")
+        body += [f"\n### {data['module']} ({', '.join(data['files'])})\n", f"Tests: {', '.join(data['tests'])}\n"]
+        for k, d in data["survivors"].items():
+            change = " → ".join(x[1:].strip() for x in d.splitlines()
+                                if x[:1] in "+-" and not x.startswith(("+++", "---")))[:160]
+            body.append(f"- `{k.rsplit('.', 1)[-1]}`: `{change}` — {why[k] or 'TODO'}")
+    return "\n".join(lines + body) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
@@ -155,7 +186,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sulphur-mutation"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", type=Path, help="write a markdown report of --out's results to this file")
+    ap.add_argument("--reasons", type=Path, help="JSON {mutant name: one-line reason} for the report")
     args = ap.parse_args()
+    if args.report:
+        reasons = json.loads(args.reasons.read_text()) if args.reasons else {}
+        args.report.write_text(report(args.out, reasons))
+        return
     if args.list:
         for name, (mutate, tests) in MODULES.items():
             print(f"{name:11} {' '.join(mutate)}  <- {' '.join(tests)}")

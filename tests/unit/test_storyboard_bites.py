@@ -120,6 +120,15 @@ BAD = {
  "steps_zero": SEG + 'steps = 0\n',
  "steps_high": SEG + 'steps = 201\n',
  "seg_drift_guard": SEG + 'drift_guard = "always"\n',
+ "int_for_str": '[project]\ntitle = 3\n' + SEG,
+ "quoted_key": '[project]\n"fps" = 0\n' + SEG,
+ "quoted_header": '["project"]\nfps = 0\n' + SEG,
+ "indented_top_key": '  odd = 1\n' + SEG,
+ "quoted_top_key": '"odd key" = 1\n' + SEG,
+ "header_comment": '[[segment]]  # see [[notes]]\nid = "a"\n',
+ "sigmas_in_segment_1": SEG + '\n[[segment]]\nid = "b"\nprompt = "y"\nrefine_sigmas = [0.1, 0.2]\n',
+ "anchor_in_segment_1": SEG + '\n[[segment]]\nid = "b"\nprompt = "y"\nanchor = "x.txt"\n',
+ "bad_id_in_segment_1": SEG + '\n[[segment]]\nprompt = "y"\nid = "b c"\n',
  "lora_nan": SEG + '\n' + '[[segment]]\nid = "b"\nprompt = "y"\nlora_strength = nan\n',
 }
 
@@ -177,6 +186,15 @@ EXPECTED = dict([
     ('steps_high', 's.toml:4:1: segment[0].steps: must be between 1 and 200'),
     ('seg_drift_guard', 's.toml:4:1: segment[0].drift_guard: must be one of off, anchor, anchor+output'),
     ('lora_nan', 's.toml:8:1: segment[1].lora_strength: must be a number'),
+    ('int_for_str', 's.toml:2:1: project.title: expected a string, got an integer'),
+    ('quoted_key', 's.toml:2:1: project.fps: must be between 1 and 240'),
+    ('quoted_header', 's.toml:2:1: project.fps: must be between 1 and 240'),
+    ('indented_top_key', 's.toml:1:1: odd: unknown top-level key (expected [project] and [[segment]])'),
+    ('quoted_top_key', 's.toml: odd key: unknown top-level key (expected [project] and [[segment]])'),
+    ('header_comment', "s.toml:1:1: segment[0].prompt: missing required key 'prompt'"),
+    ('sigmas_in_segment_1', 's.toml:8:1: segment[1].refine_sigmas: expected a non-increasing list of sigmas in [0, 1]'),
+    ('anchor_in_segment_1', 's.toml:8:1: segment[1].anchor: "x.txt" is neither "previous", "none", an image nor a video path'),
+    ('bad_id_in_segment_1', "s.toml:7:1: segment[1].id: ids are 1-64 letters, digits, '-' or '_'"),
 ])
 
 
@@ -187,6 +205,34 @@ def test_every_refusal_names_file_line_column_key_and_why(case: str) -> None:
     assert str(info.value) == EXPECTED[case]
     err = info.value
     assert (err.path, f"{err.key}: {err.message}" if err.key else err.message) == ("s.toml", str(err).split(": ", 1)[1])
+    if not str(err).startswith("s.toml:"):
+        assert (err.line, err.column) == (0, 0)
+
+
+EDGES = [
+    '[project]\nfps = 1\n', '[project]\nfps = 240\n', '[project]\ndrift_strength = 0\n',
+    '[project]\ndrift_strength = 1\n', '[project]\nvram_budget_gb = 0.5\nram_budget_gb = 1\n',
+    '[project]\noutput_size = [1280, 722]\ndraft_size = [1, 1]\n',
+    SEG + 'frames = 1\nkeep = 1\nsteps = 1\n', SEG + 'frames = 2000\nkeep = 2000\nsteps = 200\n',
+    SEG + 'seconds = 120\n', SEG + 'refine_sigmas = [0.5, 0.5, 0]\n',
+]
+
+
+@pytest.mark.parametrize("text", EDGES)
+def test_every_range_accepts_its_edges(text: str) -> None:
+    S.parse(text if "[[segment]]" in text else text + SEG, "s.toml")
+
+
+def test_the_sigmas_rule_and_default_paths_are_in_the_message() -> None:
+    with pytest.raises(ValueError, match=r"non-increasing list of sigmas in \[0, 1\]"):
+        S.check_sigmas([0.2, 0.4])
+    assert S.check_sigmas([1, 0.5, 0.5]) == (1.0, 0.5, 0.5)
+    with pytest.raises(S.StoryboardError, match=r"^<storyboard>: segment: "):
+        S.parse("[project]\n")
+    with pytest.raises(S.StoryboardError, match=r"^<storyboard>: project.fps: "):
+        S.project_from_table({"fps": 0})
+    err = S.StoryboardError("f", "m")
+    assert (err.line, err.column, err.key) == (0, 0, "")
 
 
 # ------------------------------------------------------------------ what a good file gives
@@ -347,6 +393,34 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> 
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
     S.atomic_write(path, "a\r\nb")
     assert path.read_bytes() == b"a\r\nb"  # no newline translation
+
+
+def test_save_into_a_broken_file_names_that_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(FULL)
+    sb = S.load(path)
+    path.write_text(FULL.replace("fps = 12", "fps = "))
+    with pytest.raises(S.StoryboardError, match=f"^{path}:3:"):
+        S.save(sb)
+
+
+def test_an_edited_anchor_path_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(FULL)
+    S.save(S.with_segment(S.load(path), "b", anchor=S.Anchor("image", "other.png")))
+    assert S.load(path).segments[1].anchor == S.Anchor("image", "other.png")
+
+
+def test_clearing_a_project_setting_keeps_the_ones_after_it(tmp_path: Path) -> None:
+    from dataclasses import replace as rep
+
+    path = tmp_path / "s.toml"
+    path.write_text(FULL)
+    sb = S.load(path)
+    S.save(rep(sb, project=rep(sb.project, vram_budget_gb=None, drift_strength=0.25)))
+    again = S.load(path).project
+    assert (again.vram_budget_gb, again.drift_strength, again.ram_budget_gb) == (None, 0.25, 31.5)
+    assert "vram_budget_gb" not in path.read_text()
 
 
 def test_save_refuses_text_it_could_not_read_back(tmp_path: Path) -> None:
