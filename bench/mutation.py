@@ -15,6 +15,12 @@ Usage:
     python bench/mutation.py -j 16                                  # every module below (16 cores)
     python bench/mutation.py --list
 
+mutmut maps tests to mutants by tracing calls in the pytest process: code that only runs in a
+child (``python -m pipeline.cli`` in the functional tests, ``encode_in_fresh_process``) counts as
+"no tests" for the tests that spawn it, even though the child does run the mutant (the
+MUTANT_UNDER_TEST variable is inherited and tests/conftest.py's child_env puts the mutated copy
+first on PYTHONPATH). Read "no tests" on the runner, encode and stages modules with that in mind.
+
 Prints one JSON object per module (counts and kill rate) and writes
 ``<out>/<module>.json`` with every surviving mutant's name and diff, for the report
 (``bench/results/mutation_<date>.md``).
@@ -49,6 +55,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "planner": (["pipeline/memory/planner.py"],
                 ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py",
                  "tests/unit/test_text_encoder_keep.py"]),
+    "encode": (["pipeline/stages/encode.py"],
+               ["tests/unit/test_encode.py", "tests/functional/test_seams.py", "tests/functional/test_render_e2e.py"]),
     "stages": (["pipeline/stages/*"],
                ["tests/unit/test_cache_keys.py", "tests/unit/test_encode.py", "tests/unit/test_upscale.py",
                 "tests/functional/test_render_e2e.py", "tests/functional/test_seams.py"]),

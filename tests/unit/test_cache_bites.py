@@ -99,3 +99,10 @@ def test_digest_and_key_are_sha256_of_canonical_json() -> None:
     blob = json.dumps({"stage": "s", "version": 2, "params": {"a": [1, 2], "p": "x"}, "inputs": {"i": "k"}},
                       sort_keys=True, separators=(",", ":"))
     assert stage_key("s", 2, {"p": Path("x"), "a": [1, 2]}, {"i": "k"}) == hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_sweep_survives_junk_that_is_not_a_folder(tmp_path: Path) -> None:
+    junk = tmp_path / "draft" / "ef" / ".efefefefefef.999999999.z.partial"
+    junk.parent.mkdir(parents=True)
+    junk.write_text("not a folder")
+    assert StageCache(tmp_path).sweep_partials() == 1  # counted, and the sweep goes on

@@ -165,12 +165,14 @@ def test_short_path_keeps_short_addresses_and_closes_its_descriptor(tmp_path: Pa
     assert short.address == str(tmp_path / "s.sock")
     long_dir = tmp_path / ("x" * 120)
     long_dir.mkdir()
-    with framing._ShortPath(long_dir / "w.sock") as address:
+    short = framing._ShortPath(long_dir / "w.sock")
+    with short as address:
         assert address.startswith("/proc/self/fd/") and address.endswith("/w.sock")
         fd = int(address.split("/")[4])
         os.fstat(fd)
     with pytest.raises(OSError):
         os.fstat(fd)
+    short.close()  # closing again does not touch a descriptor it no longer owns
 
 
 def test_project_files_live_in_the_projects_state_folder(tmp_path: Path) -> None:
