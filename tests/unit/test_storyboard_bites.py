@@ -126,8 +126,8 @@ BAD = {
  "indented_top_key": '  odd = 1\n' + SEG,
  "quoted_top_key": '"odd key" = 1\n' + SEG,
  "header_comment": '[[segment]]  # see [[notes]]\nid = "a"\n',
- "sigmas_in_segment_1": SEG + '\n[[segment]]\nid = "b"\nprompt = "y"\nrefine_sigmas = [0.1, 0.2]\n',
- "anchor_in_segment_1": SEG + '\n[[segment]]\nid = "b"\nprompt = "y"\nanchor = "x.txt"\n',
+ "sigmas_in_segment_1": SEG + 'refine_sigmas = [0.5]\n[[segment]]\nid = "b"\nprompt = "y"\nrefine_sigmas = [0.1, 0.2]\n',
+ "anchor_in_segment_1": SEG + 'anchor = "none"\n[[segment]]\nid = "b"\nprompt = "y"\nanchor = "x.txt"\n',
  "bad_id_in_segment_1": SEG + '\n[[segment]]\nprompt = "y"\nid = "b c"\n',
  "lora_nan": SEG + '\n' + '[[segment]]\nid = "b"\nprompt = "y"\nlora_strength = nan\n',
 }
@@ -205,7 +205,7 @@ def test_every_refusal_names_file_line_column_key_and_why(case: str) -> None:
     assert str(info.value) == EXPECTED[case]
     err = info.value
     assert (err.path, f"{err.key}: {err.message}" if err.key else err.message) == ("s.toml", str(err).split(": ", 1)[1])
-    if not str(err).startswith("s.toml:"):
+    if not str(err)[len("s.toml:"):][:1].isdigit():  # no position in the text: none in the fields
         assert (err.line, err.column) == (0, 0)
 
 
