@@ -8,7 +8,7 @@ test asserts that the stage's cache key changes exactly for the fields listed in
 test for every stage until someone decides, in ``REACHES``, which stages it reaches.
 
 A second test does the same through the storyboard and the runner's job resolution
-(``Renderer.job_for``), with each stage's key chained through its inputs' keys as a render
+(``RenderJob.segment_job`` through ``Renderer.job_for``), with each stage's key chained through its inputs' keys as a render
 chains them: a TOML comment, a later segment and ``keep`` (for every stage before encode)
 must not move a key; every [project]/[[segment]] field that changes pixels must.
 """
@@ -243,9 +243,10 @@ frames = 9
 
 
 def _renderer(sb: Storyboard) -> Any:
+    from pipeline.render.job import RenderJob
     from pipeline.render.runner import Renderer
 
-    return Renderer(sb, get_preset(sb.project.preset), lambda e: None, threading.Event(), "job", LoadedModels())
+    return Renderer(RenderJob.resolve(sb), lambda e: None, threading.Event(), "job", LoadedModels())
 
 
 def chained_keys(sb: Storyboard, index: int = 0) -> dict[str, str]:
