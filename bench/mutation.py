@@ -52,6 +52,9 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "cache": (["pipeline/render/cache.py"],
               ["tests/unit/test_cache_and_protocol.py", "tests/unit/test_cache_bites.py",
                "tests/unit/test_cache_keys.py"]),
+    # The stages' cache-key functions: only params()/identity code is reached by these tests, so
+    # read the kill rate of the mutants in those functions (the rest are "no tests" here).
+    "keys": (["pipeline/stages/*", "pipeline/render/job.py"], ["tests/unit/test_cache_keys.py"]),
     "planner": (["pipeline/memory/planner.py"],
                 ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py",
                  "tests/unit/test_text_encoder_keep.py"]),
