@@ -349,3 +349,92 @@ def test_comments_later_segments_and_keep_leave_upstream_keys_alone(tmp_path: Pa
     kept = chained_keys(sbmod.parse(BOARD.replace("keep = 13", "keep = 11"), path))
     assert {s: kept[s] == base[s] for s in STAGE_ORDER} == {s: s != "encode" for s in STAGE_ORDER}
 
+
+
+# ------------------------------------------------ what the job resolves each setting to
+
+LAYERED = """\
+[project]
+fps = 12
+seed = 40
+preset = "tiny"
+steps = 5
+lora_strength = 0.5
+refine_sigmas = [0.8, 0.0]
+
+[[segment]]
+id = "own"
+prompt = "every setting its own"
+seconds = 1.5
+seed = 7
+steps = 3
+lora_strength = 0.0
+refine_sigmas = [0.6, 0.0]
+
+[[segment]]
+id = "inherits"
+prompt = "every setting from the project"
+
+[[segment]]
+id = "family"
+prompt = "another family, its own refine scale"
+preset = "tiny-wan-ti2v"
+"""
+
+
+def test_each_setting_comes_from_the_segment_else_the_project_else_the_preset(tmp_path: Path) -> None:
+    from pipeline.render.job import RenderJob
+
+    sb = sbmod.parse(LAYERED, tmp_path / "layered.toml")
+    job = RenderJob.resolve(sb)
+    own, inherits, family = (job.segment_job(i) for i in range(3))
+    tiny, wan = get_preset("tiny"), get_preset("tiny-wan-ti2v")
+    assert (own.frames, own.seed, own.steps, own.lora_strength, own.refine_sigmas, own.fps) == (
+        tiny.round_frames(18), 7, 3, 0.0, (0.6, 0.0), 12)
+    assert (inherits.frames, inherits.seed, inherits.steps, inherits.lora_strength, inherits.refine_sigmas) == (
+        tiny.round_frames(25), 41, 5, 0.5, (0.8, 0.0))  # 2 s at 12 fps + 1; project seed + position
+    assert (own.draft_size, own.refine_size) == (tiny.draft_size, (2 * tiny.draft_size[0], 2 * tiny.draft_size[1]))
+    assert family.preset is wan and family.seed == 42 and family.audio is False
+    assert family.refine_size == wan.draft_size  # refine_scale 1: no pixel ×2 without a latent upsampler
+    bare = sbmod.parse('[[segment]]\nid = "a"\nprompt = "p"\n', tmp_path / "bare.toml")
+    only = RenderJob.resolve(bare).segment_job(0)
+    assert (only.steps, only.lora_strength, only.refine_sigmas, only.seed) == (
+        tiny.steps, tiny.lora_strength, tiny.refine_sigmas, 0)
+
+
+def test_real_weights_files_are_part_of_the_keys_that_use_them(tmp_path: Path) -> None:
+    """Presets without a builder are identified by their files: replacing the upscaler's file
+    moves the upscale key and not the family draft's; replacing the model moves the draft's."""
+    files = {role: tmp_path / f"{role}.bin" for role in ("diffusers", "upscaler", "enhancer")}
+    for p in files.values():
+        p.write_bytes(b"v1")
+    preset = dataclasses.replace(get_preset("tiny-wan-ti2v"), name="real-wan", builder=None,
+                                 files=tuple(ModelFile(r, r, path=str(p)) for r, p in files.items()))
+    stages = _stages()
+    job = _job(tmp_path, preset)
+
+    def keys() -> dict[str, str]:
+        return {n: _key(stages[n], job) for n in ("family_draft", "upscale", "enhance")}
+
+    before = keys()
+    files["upscaler"].write_bytes(b"version 2")
+    after_upscaler = keys()
+    assert {n: after_upscaler[n] != before[n] for n in before} == {"family_draft": False, "upscale": True,
+                                                                   "enhance": False}
+    files["diffusers"].write_bytes(b"version 2")
+    files["enhancer"].write_bytes(b"version 2")
+    after_model = keys()
+    assert {n: after_model[n] != after_upscaler[n] for n in before} == {"family_draft": True, "upscale": False,
+                                                                        "enhance": True}
+    files["upscaler"].unlink()
+    assert keys()["upscale"] != after_model["upscale"]  # a missing file is not the file
+
+
+def test_a_reference_or_an_anchor_appearing_moves_the_key(tmp_path: Path) -> None:
+    job = _job(tmp_path, get_preset("tiny"))
+    stages = _stages()
+    assert _key(stages["grade"], job) != _key(stages["grade"], dataclasses.replace(job, reference=None))
+    tall = dataclasses.replace(job, reference=job.reference.reshape(16, 4, 3))  # same bytes, other shape
+    assert _key(stages["grade"], job) != _key(stages["grade"], tall)
+    t2v = dataclasses.replace(job, anchor=None, anchor_digest="")
+    assert _key(stages["draft"], job) != _key(stages["draft"], t2v)
