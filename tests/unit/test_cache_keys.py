@@ -421,11 +421,14 @@ def test_real_weights_files_are_part_of_the_keys_that_use_them(tmp_path: Path) -
     after_upscaler = keys()
     assert {n: after_upscaler[n] != before[n] for n in before} == {"family_draft": False, "upscale": True,
                                                                    "enhance": False}
-    files["diffusers"].write_bytes(b"version 2")
     files["enhancer"].write_bytes(b"version 2")
+    after_enhancer = keys()
+    assert {n: after_enhancer[n] != after_upscaler[n] for n in before} == {"family_draft": False, "upscale": False,
+                                                                           "enhance": True}
+    files["diffusers"].write_bytes(b"version 2")
     after_model = keys()
-    assert {n: after_model[n] != after_upscaler[n] for n in before} == {"family_draft": True, "upscale": False,
-                                                                        "enhance": True}
+    assert {n: after_model[n] != after_enhancer[n] for n in before} == {"family_draft": True, "upscale": False,
+                                                                        "enhance": False}
     files["upscaler"].unlink()
     assert keys()["upscale"] != after_model["upscale"]  # a missing file is not the file
 
