@@ -44,13 +44,12 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
 
 from __future__ import annotations
 
-import gc
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
@@ -788,81 +787,6 @@ def vram_room(project: Project | None) -> int | None:
     if not torch.cuda.is_available() or not torch.cuda.memory_allocated():
         return None
     return detect_budgets(project, "cuda").vram - int(torch.cuda.memory_allocated())
-
-
-def next_plan(plans: Sequence[StagePlan], index: int, kind: str) -> int | None:
-    """Index of the next plan to try after plan ``index`` ran out of ``kind`` memory: the
-    first later plan estimated to need less of that memory (a host OOM skips plans that
-    only save VRAM), else simply the next one; None when the ladder is exhausted."""
-    if index + 1 >= len(plans):
-        return None
-    key = "vram_bytes" if kind == "cuda" else "host_bytes"
-    current = plans[index].options.get(key)
-    if current is not None:
-        for j in range(index + 1, len(plans)):
-            if plans[j].options.get(key, current) < current:
-                return j
-    return index + 1
-
-
-T = TypeVar("T")
-
-
-def free_memory() -> None:
-    """Return freed memory to the allocators between attempts."""
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    except ImportError:  # pragma: no cover
-        pass
-    try:  # give freed heap pages back to the OS so the next plan's RSS starts low
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-def run_with_ladder(plans: Sequence[StagePlan], attempt: Callable[[StagePlan], T],
-                    on_fallback: Callable[[StagePlan, StagePlan, str, str], None] | None = None,
-                    release: Callable[[], None] | None = None) -> T:
-    """Run ``attempt(plan)`` down the ladder until one succeeds.
-
-    On an out-of-memory error the failed plan's memory is released (``release``, e.g.
-    evicting the stage's models, then :func:`free_memory`) and ``on_fallback(failed,
-    next, kind, message)`` is called before the next plan. Other errors propagate at
-    once; when the ladder is exhausted the last out-of-memory error propagates.
-    """
-    if not plans:
-        raise ValueError("empty plan ladder")
-    i: int | None = 0
-    while i is not None:
-        plan = plans[i]
-        try:
-            return attempt(plan)
-        except BaseException as exc:  # noqa: BLE001 - classified just below
-            kind = oom_kind(exc)
-            if kind is None:
-                raise
-            nxt = next_plan(plans, i, kind)
-            if nxt is None:
-                raise
-            message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            # drop the traceback (it pins the failed attempt's tensors) before freeing
-            exc.__traceback__ = None
-            del exc
-        if release is not None:
-            release()
-        free_memory()
-        if on_fallback is not None:
-            on_fallback(plan, plans[nxt], kind, message)
-        i = nxt
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def plan_summary(ladders: dict[str, list[StagePlan]]) -> str:
