@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from pipeline.memory.planner import StagePlan
+    from pipeline.memory.plan import StagePlan
     from pipeline.models.registry import LoadedModels
 
 FAMILY = "ltx2"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from pipeline.memory import planner as memory
-from pipeline.memory.planner import StagePlan
+from pipeline.memory.plan import StagePlan
 from pipeline.models.registry import LoadedModels
 from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled

@@ -20,7 +20,7 @@ from pipeline.wire.protocol import Event
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.memory.planner import StagePlan
+    from pipeline.memory.plan import StagePlan
     from pipeline.models.registry import LoadedModels, Preset
     from pipeline.project.storyboard import Project, Segment, Storyboard
     from pipeline.render.cache import Artifact

@@ -3,7 +3,7 @@
 Same artifact contract as the LTX-2 draft: ``frames.npy`` uint8 (T, H, W, 3) at
 ``job.draft_size``; no ``audio.npy`` (the film gets silence for these segments). What
 differs per model lives in the family object (``pipeline/models/<family>.py``) and the
-memory recipe (``pipeline/models/recipes.py``); this stage runs them the same way:
+memory recipe (``pipeline/memory/recipes.py``); this stage runs them the same way:
 
 1. Encode the prompt on the CPU in fp32 with the family's T5 / umT5, cast the
    embeddings to the run dtype, evict the encoder (the seed's fix for the 11 GB
@@ -83,7 +83,7 @@ class FamilyDraftStage(Stage):
         import torch
         from PIL import Image
 
-        from pipeline.models import recipes
+        from pipeline.memory import recipes
         from pipeline.models.family import apply_recipe, torch_dtype
 
         preset = job.preset

@@ -223,7 +223,7 @@ def test_describe_is_one_readable_line() -> None:
 
 
 def test_other_families_use_their_recipe_ladders() -> None:
-    from pipeline.models import recipes
+    from pipeline.memory import recipes
     from pipeline.models.registry import all_presets
 
     wan = next(p for p in all_presets() if p.family == "wan" and p.builder is None)

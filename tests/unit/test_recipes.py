@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.memory.planner import StagePlan
-from pipeline.models import recipes
+from pipeline.memory import recipes
 from pipeline.models.registry import all_presets, get_preset
 
 FAMILIES = ("wan", "svd", "ltxv", "cogvideox")

@@ -167,7 +167,7 @@ def halving_slows(sb: Any, preset: str | None, card_gb: float) -> bool:
     """Whether half of a ``card_gb`` card would put the draft or the refine on a slower memory
     plan than the whole card: then two actors sharing it cost more than their overlap saves
     (an 8 GB card: the streamer keeps fewer blocks resident, the VAE tiles smaller)."""
-    from pipeline.memory.planner import PlanError
+    from pipeline.memory.plan import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)
@@ -187,7 +187,7 @@ def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[flo
     plans within ``vram_gb`` that still streams from RAM (reading weights from disk every
     step is what a user would rather not run two of). None when the planner cannot tell
     (tiny presets: a few MB; the I2V families carry fixed recipes)."""
-    from pipeline.memory.planner import PlanError
+    from pipeline.memory.plan import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)

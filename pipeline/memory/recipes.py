@@ -30,8 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.memory.plan import StagePlan
+
 if TYPE_CHECKING:
-    from pipeline.memory.planner import StagePlan
     from pipeline.models.registry import Preset
 
 #: Where the prompt is encoded. ``cpu_fp32``: on the CPU in fp32, embeddings cast to the
@@ -126,8 +127,6 @@ def plans(preset: Preset, device: str, size: tuple[int, int], frames: int) -> li
     behind the ones that were measured at this size or more (they may still work, but
     the seed says they overflowed).
     """
-    from pipeline.memory.planner import StagePlan
-
     if device == "cpu":
         return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32",
                           options={"recipe": CPU.name})]
