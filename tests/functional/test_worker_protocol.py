@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli.attach import main_status
 from pipeline.wire import protocol
 from pipeline.wire.framing import connect_unix, lock_holder, socket_path
-from pipeline.worker.client import WorkerClient, WorkerError, main_status, stop_worker
+from pipeline.worker.client import WorkerClient, WorkerError, stop_worker
 from pipeline.worker.journal import Journal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,7 +236,7 @@ def test_socket_is_private_and_a_second_worker_refuses(project: Path) -> None:
     holder = lock_holder(project)
     assert holder and holder > 0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    second = subprocess.run([sys.executable, "-m", "pipeline.worker.server", "--foreground", "--project", str(project)],
+    second = subprocess.run([sys.executable, "-m", "pipeline.cli", "worker", "--foreground", "--project", str(project)],
                             capture_output=True, text=True, timeout=60, env=env, check=False)
     assert second.returncode == 1
     assert f"PID {holder}" in second.stderr
@@ -348,7 +349,7 @@ def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
 
         # --stop while a job sits in its draft: the stage is abandoned, the job stays queued, and
         # the client following it (`sulphur render --attach`) says so instead of restarting the worker.
-        attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--segment", "one"],
+        attach = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "render", str(story), "--attach", "--segment", "one"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
         again = until(lambda e: isinstance(e, protocol.StageStarted) and e.stage == "draft").job_id

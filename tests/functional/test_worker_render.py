@@ -124,7 +124,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
         # The submitting client is its own process (`sulphur render --attach --json`)...
         with open(folder / "attach.stderr", "wb") as err:
-            attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--json"],
+            attach = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "render", str(story), "--attach", "--json"],
                                       stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in attach.stdout], daemon=True).start()  # type: ignore[union-attr]
@@ -199,7 +199,7 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
     next(stream)
     # The client command that submits and follows: `sulphur render --attach --json`, its own process.
     env = {k: v for k, v in os.environ.items() if k != "SULPHUR_FAULT_SLOW"}
-    attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--json"],
+    attach = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "render", str(story), "--attach", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env, PYTHONPATH=str(ROOT)))
     job = ""
     for event in stream:

@@ -23,7 +23,6 @@ the same absolute path, e.g. over NFS; artifacts travel through that shared cach
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -45,6 +44,7 @@ from ray.util.queue import Queue
 
 from pipeline.project.selection import segment_index, select_segments
 from pipeline.project.storyboard import StoryboardError, load
+from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
@@ -489,8 +489,6 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     """
     del models
     if finishers is None:  # the CLI's --finishers, else the environment's, else the layout's default
-        from pipeline.render.engines import finishers_setting
-
         finishers = finishers_setting()
     sb = load(storyboard_path)
     selected = select_segments(sb, segments, from_segment)
@@ -598,35 +596,4 @@ class _Driver:
             raise _unwrap(exc) from None
 
 
-# ------------------------------------------------------------------------- CLI
-
-
-def main(args: argparse.Namespace) -> int:
-    """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
-    from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
-
-    printer = ProgressPrinter()
-
-    def human(event: Event) -> None:
-        if isinstance(event, protocol.StageStarted) and event.worker:
-            print(f"{event.segment or 'film':>12} {event.stage:<8} started on {event.worker}", file=printer.stream)
-        else:
-            printer(event)
-
-    emit = json_printer if args.json else human
-    address = getattr(args, "address", None)
-
-    def work(cancel: threading.Event) -> Path:
-        try:
-            return render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
-                              emit=emit, cancel=cancel, address=address, finishers=getattr(args, "finishers", None))
-        except ConnectionError as exc:
-            raise RenderError("ray_unreachable", f"cannot reach the Ray cluster at {address}: {exc}") from None
-
-    code, final = run_job(work, json_events=args.json, emit=emit)
-    if code == 0 and not args.json:
-        print(final)
-    return code
-
-
-__all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor", "main"]
+__all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor"]
