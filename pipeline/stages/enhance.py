@@ -9,7 +9,7 @@ from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Key under which the loaded LLM lives in ``ctx.models``.
 MODEL_KEY = "enhancer"

@@ -29,7 +29,7 @@ from pipeline.stages.base import SegmentJob, Stage, StageContext
 if TYPE_CHECKING:
     from pipeline.models.family import Family
     from pipeline.models.registry import Preset
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: family name → module that defines ``FAMILY`` (and registers the presets).
 FAMILY_MODULES = {

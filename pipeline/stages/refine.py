@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 
 def refine_sigmas(job: SegmentJob) -> list[float]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from spandrel import ImageModelDescriptor
 
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Key under which ``(path, device, dtype, descriptor)`` lives in ``ctx.models``.
 MODEL_KEY = "upscaler"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.memory.planner import StagePlan
 from pipeline.memory import recipes
+from pipeline.memory.planner import StagePlan
 from pipeline.models.registry import all_presets, get_preset
 
 FAMILIES = ("wan", "svd", "ltxv", "cogvideox")
