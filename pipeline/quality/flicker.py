@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.project.layout import RenderFolder
+
 if TYPE_CHECKING:
     from pipeline.wire.protocol import FlickerReport
 
@@ -357,7 +359,7 @@ class Seam:
 
 def _storyboard_of(render_dir: Path) -> Any:
     """The storyboard that rendered ``renders/<story>/`` (the runner's layout), or None."""
-    toml_path = render_dir.parent.parent / f"{render_dir.name}.toml"
+    toml_path = RenderFolder(render_dir).storyboard_path
     if not toml_path.is_file():
         return None
     from pipeline.project.storyboard import StoryboardError, load
@@ -375,11 +377,11 @@ def segment_order(render_dir: Path) -> tuple[list[Path], str]:
     ``{"segments": [{"id": ..., "frames": ..., "offset": ...}, ...]}``), then the
     storyboard ``<render_dir>/../../<story>.toml``, then file modification time.
     """
-    seg_dir = render_dir / "segments"
+    seg_dir = RenderFolder(render_dir).segments
     files = {p.stem: p for p in seg_dir.glob("*.mp4")} if seg_dir.is_dir() else {}
     if not files:
         raise FlickerError(f"{render_dir}: no segments/*.mp4")
-    manifest = render_dir / "film.json"
+    manifest = RenderFolder(render_dir).film_manifest
     if manifest.is_file():
         try:
             data = json.loads(manifest.read_text())
@@ -402,7 +404,7 @@ def _manifest_entries(render_dir: Path) -> dict[str, dict[str, Any]]:
     segment's first kept frame lands) and ``skip_first`` (frame 0 repeats the previous
     segment's last frame, the anchor, and is left out of the film)."""
     try:
-        data = json.loads((render_dir / "film.json").read_text())
+        data = json.loads(RenderFolder(render_dir).film_manifest.read_text())
         return {str(s["id"]): s for s in data.get("segments", []) if isinstance(s, dict) and "id" in s}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}

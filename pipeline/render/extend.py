@@ -21,6 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.project import layout
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -141,9 +143,9 @@ def _rendered_frames(sb: Storyboard) -> np.ndarray:
 
     from pipeline.render.cache import StageCache
 
-    manifest = json.loads((sb.render_dir() / "film.json").read_text())
+    manifest = json.loads(sb.renders.film_manifest.read_text())
     entry = next(s for s in manifest["segments"] if s["id"] == SEGMENT_ID)
-    art = StageCache(sb.state_dir() / "cache").get("upscale", entry["upscale_key"])
+    art = StageCache(layout.cache_dir(sb.path.parent)).get("upscale", entry["upscale_key"])
     if art is None:
         raise RuntimeError("the continuation's frames are missing from the cache")
     return np.load(art.file("frames.npy"), mmap_mode="r")

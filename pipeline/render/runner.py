@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.memory import planner as memory
 from pipeline.models.registry import PRESETS, LoadedModels, Preset
+from pipeline.project import layout
 from pipeline.project.storyboard import (
     Storyboard,
     StoryboardError,
@@ -117,10 +118,10 @@ class Renderer:
         self.cancel = cancel
         self.job_id = job_id
         self.models = models
-        self.cache = StageCache(job.storyboard.state_dir() / "cache")
+        self.cache = StageCache(layout.cache_dir(job.storyboard.path.parent))
         self._stage_sets: dict[str, dict[str, Stage]] = {}
         self.faults = _Faults()
-        self.out_dir = job.storyboard.render_dir()
+        self.renders = job.storyboard.renders
         self.upscale_frames = 0  # frames this job upscales (set by preflight; decides compiling)
         self.chain = _Chain(reference=self._reference_image())
 
@@ -351,7 +352,7 @@ class Renderer:
         t_seg = time.perf_counter()
         seg_id = job.segment.id
         encode = self.finish_stages(job, draft)
-        target = self.out_dir / "segments" / f"{seg_id}.mp4"
+        target = self.renders.segment(seg_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
         self._record_rendered(seg_id, encode)
@@ -363,7 +364,7 @@ class Renderer:
     def _record_rendered(self, seg_id: str, encode: Artifact) -> None:
         """renders/<stem>/manifest.json: what each segment MP4 was made from, so any
         client (the TUI after a CLI render, say) can tell rendered from stale."""
-        path = self.out_dir / "manifest.json"
+        path = self.renders.manifest
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -430,7 +431,7 @@ class Renderer:
         from PIL import Image
 
         frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
-        path = self.out_dir / "previews" / f"{job.segment.id}.png"
+        path = self.renders.preview(job.segment.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.png")
         Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
@@ -439,7 +440,7 @@ class Renderer:
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
         """final.mp4 from every segment's cached stages, when all of them exist."""
-        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.out_dir, self.emit)
+        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.renders, self.emit)
 
     def _cached_segment(self, index: int, drafts: dict[str, Artifact]) -> CachedSegment | None:
         """Look up (without running) a segment's encoded-frames entry, its draft and its

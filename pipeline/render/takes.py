@@ -27,7 +27,7 @@ def seeds_for(storyboard_path: str | os.PathLike[str], segment: str, count: int)
 def pick_take(storyboard_path: str | os.PathLike[str], segment: str, seed: int) -> str:
     """Make take ``seed`` the segment's (seed + locked prompt into the storyboard); returns its MP4."""
     sb = load(storyboard_path)
-    manifest = sb.render_dir() / "takes" / segment / "takes.json"
+    manifest = sb.renders.takes_manifest(segment)
     takes = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
     if str(seed) not in takes:
         raise StoryboardError(sb.path, f"segment '{segment}' has no take with seed {seed} "

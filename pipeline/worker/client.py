@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.project import layout
 from pipeline.wire import protocol
 from pipeline.wire.framing import LineBuffer, connect_unix, lock_holder, socket_path
 from pipeline.wire.protocol import (
@@ -262,15 +263,15 @@ def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subpro
     Spawned (fork+exec), never forked from this process, so no CUDA state is shared, and
     in a new session so a closing terminal or SSH login does not take it down.
     """
-    state = Path(project_dir) / ".sulphur"
-    state.mkdir(parents=True, exist_ok=True)
+    log_path = layout.worker_log(project_dir)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pipeline.cli", "worker", "--foreground", "--project", str(project_dir)]
     if idle_timeout is not None:
         cmd += ["--idle-timeout", str(idle_timeout)]
     env = os.environ.copy()
     root = str(Path(__file__).resolve().parents[2])  # so `-m pipeline.cli` finds this checkout
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(state / "worker.log", "ab") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=project_dir, env=env)
     # Reap it when it exits, so a long-lived client (the TUI) collects no zombies.
@@ -280,7 +281,7 @@ def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subpro
 
 def _log_tail(project_dir: Path, lines: int = 15) -> str:
     try:
-        text = (Path(project_dir) / ".sulphur" / "worker.log").read_text(errors="replace")
+        text = layout.worker_log(project_dir).read_text(errors="replace")
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
@@ -319,7 +320,7 @@ def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     from pipeline.worker.journal import Journal
 
     jobs: list[JobInfo] = []
-    db = Path(project_dir) / ".sulphur" / "journal.db"
+    db = layout.journal_db(project_dir)
     if db.exists():
         journal = Journal(db)
         try:

@@ -75,6 +75,7 @@ from pathlib import Path
 
 import msgspec
 
+from pipeline.project import layout
 from pipeline.wire.framing import (
     GOODBYE,
     LineBuffer,
@@ -228,7 +229,7 @@ class Worker:
 
     def __init__(self, project: Path, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self.project = Path(project).expanduser().resolve()
-        self.state_dir = self.project / ".sulphur"
+        self.state_dir = layout.state_dir(self.project)
         self.idle_timeout = idle_timeout
         self.lock = ProjectLock(lock_path(self.project))
         self.jobs: dict[str, _Job] = {}
@@ -257,7 +258,7 @@ class Worker:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
-        self.journal = Journal(self.state_dir / "journal.db")
+        self.journal = Journal(layout.journal_db(self.project))
         self._recover()
 
         path = socket_path(self.project)

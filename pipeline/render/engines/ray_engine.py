@@ -534,7 +534,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     sb = load(storyboard_path)
     index = segment_index(sb, segment)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
-    out_dir = sb.render_dir() / "takes" / segment
+    out_dir = sb.renders.takes(segment)
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
@@ -547,12 +547,12 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
         prompt = drafter.prompt.remote(index)
         pool = ActorPool([drafter, *(h for h in helpers if h is not drafter)])
         for seed in seeds:
-            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(out_dir / f"seed-{s}.mp4")), seed)
+            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(sb.renders.take(segment, s))), seed)
         _drain_pool(d, pool)
         text = d.get([prompt])[0]
         d.poll(0)
-    takes = {seed: out_dir / f"seed-{seed}.mp4" for seed in seeds}
-    manifest = out_dir / "takes.json"
+    takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
+    manifest = sb.renders.takes_manifest(segment)
     known = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
     known.update({str(seed): {"path": str(p), "prompt": text} for seed, p in takes.items()})
     manifest.write_text(json.dumps({"segment": segment, "takes": known}, indent=1))
