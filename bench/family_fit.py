@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.memory import recipes  # noqa: E402
 from pipeline.memory.planner import GiB  # noqa: E402
-from pipeline.memory import recipes
 from pipeline.models import random_weights  # noqa: E402
 from pipeline.models.family import apply_recipe  # noqa: E402
 from pipeline.models.registry import get_preset  # noqa: E402

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from pipeline.memory import planner as memory
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.plan import StagePlan
-from pipeline.models.registry import LoadedModels
 from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
@@ -65,6 +65,6 @@ def release_after_oom(models: LoadedModels, kind: str, nxt: StagePlan | None) ->
         # offload pulls in torch and diffusers hooks: only needed once a streamed plan ran out
         from pipeline.memory.offload import streamer_of
 
-        models.evict_all(keep=lambda obj: streamer_of(obj) is not None)
+        models.make_room(keep=lambda name, obj: streamer_of(obj) is not None, reason="out of memory; re-stream")
     else:
-        models.evict_all()
+        models.make_room(reason="out of memory")

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.memory import planner as memory
-from pipeline.models.registry import PRESETS, LoadedModels, Preset
+from pipeline.memory.loaded import LoadedModels
+from pipeline.models.registry import PRESETS, Preset
 from pipeline.project import layout
 from pipeline.project.storyboard import (
     Storyboard,
@@ -154,7 +155,7 @@ class Renderer:
         names = {p.name for p in used.values()}
         stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in names]
         if stale:
-            models.evict(*stale)
+            models.make_room(drop=stale, reason="presets this job does not use")
         if memory.detect_device() == "cuda":
             # The plans were made for this budget: hold the allocator to it, so a plan that
             # underestimates fails with an OOM (and steps down the ladder) instead of spilling;
@@ -256,7 +257,7 @@ class Renderer:
                                          peak_reserved=reserved, peak_host_rss=_host_peak(),
                                          plan=plan.describe(), cache_key=key))
         if plan.options.get("evict_between_stages"):
-            self.models.evict_all()
+            self.models.make_room(reason="the plan evicts between stages")
         artifact = self.cache.get(name, key)
         assert artifact is not None
         return artifact

@@ -20,8 +20,9 @@ from pipeline.wire.protocol import Event
 if TYPE_CHECKING:
     import numpy as np
 
+    from pipeline.memory.loaded import LoadedModels
     from pipeline.memory.plan import StagePlan
-    from pipeline.models.registry import LoadedModels, Preset
+    from pipeline.models.registry import Preset
     from pipeline.project.storyboard import Project, Segment, Storyboard
 
 

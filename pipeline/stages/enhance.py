@@ -71,7 +71,7 @@ class EnhanceStage(Stage):
         n_gpu_layers = int(plan.options.get("n_gpu_layers", -1 if gpu else 0))
         held = ctx.models.get(MODEL_KEY, lambda: None) if MODEL_KEY in ctx.models else None
         if held is not None and Path(held.model_path) != path:
-            ctx.models.evict(MODEL_KEY)  # another preset's LLM
+            ctx.models.make_room(drop=[MODEL_KEY], reason="another preset's LLM")
         n_ctx = int(job.preset.extra.get("enhance_n_ctx", DEFAULT_N_CTX))
         llm = ctx.models.get(MODEL_KEY, lambda: load_enhancer(path, n_gpu_layers=n_gpu_layers,
                                                               n_ctx=n_ctx, seed=job.seed))
@@ -83,7 +83,7 @@ class EnhanceStage(Stage):
             #    held next to the DiT), and even a CPU-placed LLM takes host RAM the offloaded
             #    DiT needs; only an all-CPU render keeps it for the next segment.
             if plan.device == "cuda" or detect_device() == "cuda":
-                ctx.models.evict(MODEL_KEY)
+                ctx.models.make_room(drop=[MODEL_KEY], reason="the enhancer is done")
         if result.fallback:
             ctx.emit(Log(job_id=ctx.job_id, level="warning",
                          message=f"{ctx.segment_id}: prompt enhancer gave no usable text "

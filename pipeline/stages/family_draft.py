@@ -106,7 +106,7 @@ class FamilyDraftStage(Stage):
         key = f"{_KEY_PREFIX}{preset.name}:{mode}:{recipe.name}:{ctx.plan.device}"
         stale = [n for n in ctx.models.names() if n.startswith(_KEY_PREFIX) and n != key]
         if stale:
-            ctx.models.evict(*stale)
+            ctx.models.make_room(drop=stale, reason="another pipeline of this family")
 
         def load() -> Any:
             pipe = fam.load_pipeline(preset, mode, dtype)
@@ -169,4 +169,4 @@ def _encode_prompt(ctx: StageContext, fam: Family, preset: Preset, mode: str, pr
             return fam.encode(text_pipe, prompt, str(preset.extra.get("negative_prompt", "")),
                               fam.uses_cfg(guidance), max_len, dtype)
     finally:
-        ctx.models.evict(key)
+        ctx.models.make_room(drop=[key], reason="the prompt is encoded")

@@ -548,7 +548,7 @@ class Worker:
             from pipeline.stages.base import Cancelled
 
             if self._models is None:
-                from pipeline.models.registry import LoadedModels
+                from pipeline.memory.loaded import LoadedModels
 
                 self._models = LoadedModels()
             try:
@@ -563,7 +563,7 @@ class Worker:
                 return "cancelled", "cancelled", "", JobCancelled(job_id=rec.id, segment=job.info.segment,
                                                                   stage=job.info.stage)
             except RenderError as exc:
-                self._models.evict_all()
+                self._models.make_room(reason="the job failed")
                 return "failed", f"{exc.kind}: {exc.message}", "", exc.to_event(rec.id)
             except StoryboardError as exc:
                 return "failed", f"storyboard: {exc}", "", ErrorEvent(job_id=rec.id, kind="storyboard",
@@ -571,7 +571,7 @@ class Worker:
         except Exception as exc:
             log.error("job %s crashed:\n%s", rec.id, traceback.format_exc())
             if self._models is not None:
-                self._models.evict_all()
+                self._models.make_room(reason="the job crashed")
             message = f"{type(exc).__name__}: {exc}"
             return "failed", f"internal: {message}", "", ErrorEvent(job_id=rec.id, kind="internal", message=message,
                                                                     stage=job.info.stage, segment=job.info.segment)

@@ -65,7 +65,8 @@ frames = 5
 
 @pytest.mark.parametrize("preset", list(TINY))
 def test_tiny_twin_renders_a_chained_two_segment_film(preset: str, tmp_path: Path) -> None:
-    from pipeline.models.registry import LoadedModels, get_preset
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.models.registry import get_preset
     from pipeline.project.storyboard import load
     from pipeline.render.runner import render
 

@@ -9,8 +9,9 @@ import weakref
 import pytest
 import torch
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import Budgets, StagePlan, plan_ladder
-from pipeline.models.registry import LoadedModels, Preset
+from pipeline.models.registry import Preset
 from pipeline.project.storyboard import Project
 from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder

@@ -120,16 +120,31 @@ def test_a_streamer_that_runs_out_of_vram_falls_back_to_streaming_every_block() 
     assert second.host_bytes == first.host_bytes  # the same weights, just fewer of them on the GPU
 
 
-def test_evict_all_can_keep_what_will_be_reused() -> None:
-    from pipeline.models.registry import LoadedModels
+def test_make_room_can_keep_what_will_be_reused() -> None:
+    from pipeline.memory.loaded import LoadedModels
 
     models = LoadedModels()
     models.get("a", lambda: "streamed")
     models.get("b", lambda: "vae")
-    models.evict_all(keep=lambda obj: obj == "streamed")
+    assert models.make_room(keep=lambda name, obj: obj == "streamed") == ["b"]
     assert models.names() == ["a"]
-    models.evict_all()
+    assert models.make_room() == ["a"]
     assert models.names() == []
+
+
+def test_make_room_drops_exactly_what_it_is_told_and_frees_it() -> None:
+    import weakref
+
+    from pipeline.memory.loaded import LoadedModels
+
+    class Weights:
+        pass
+
+    models = LoadedModels()
+    held = {name: weakref.ref(models.get(name, Weights)) for name in ("tiny:transformer", "tiny:vae", "upscaler")}
+    assert models.make_room(drop=["tiny:vae", "not-held", "tiny:vae"]) == ["tiny:vae"]
+    assert models.names() == ["tiny:transformer", "upscaler"]
+    assert held["tiny:vae"]() is None and held["upscaler"]() is not None  # no other reference kept it
 
 
 def test_small_host_avoids_pinned_copy() -> None:

@@ -334,7 +334,7 @@ def _write_still(clip: Path) -> None:
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
               ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
     """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares."""
-    from pipeline.models.registry import LoadedModels
+    from pipeline.memory.loaded import LoadedModels
     from pipeline.render.job import Overrides, RenderJob
     from pipeline.render.runner import Renderer
 
