@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pipeline.project.storyboard import Storyboard
     from pipeline.wire.protocol import Event
 
-DEFAULT_PRESET = "ltxv-0.9"   # the seed's pick for quick, directed extensions
+DEFAULT_PRESET = "ltxv-0.9"   # the brief's pick for quick, directed extensions
 SEGMENT_ID = "continuation"
 
 

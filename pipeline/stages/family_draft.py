@@ -6,7 +6,7 @@ differs per model lives in the family object (``pipeline/models/<family>.py``) a
 memory recipe (``pipeline/memory/recipes.py``); this stage runs them the same way:
 
 1. Encode the prompt on the CPU in fp32 with the family's T5 / umT5, cast the
-   embeddings to the run dtype, evict the encoder (the seed's fix for the 11 GB
+   embeddings to the run dtype, evict the encoder (the brief's fix for the 11 GB
    encoder that OOMs a 12 GB card before the video model even starts).
 2. Load (or reuse from ``ctx.models``) the pipeline without its text encoder, placed
    by the recipe: model / leaf-level group offload with streams / sequential, VAE

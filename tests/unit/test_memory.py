@@ -78,7 +78,7 @@ def test_upscale_fits_beside_held_models_before_it_evicts_them() -> None:
 
 
 def test_seed_machine_8gb_32gb() -> None:
-    """The seed's laptop: the 11 GB transformer streams, the text encoder runs without
+    """The brief's laptop: the 11 GB transformer streams, the text encoder runs without
     pinning 24 GB, everything stays inside 8 GiB of VRAM and 32 GiB of RAM."""
     lad = ladders(8, 32)
     weights = component_sizes(REAL)["transformer"].nbytes

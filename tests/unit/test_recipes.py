@@ -1,4 +1,4 @@
-"""The memory recipes are data the draft stage looks up: check the seed's rules hold in it."""
+"""The memory recipes are data the draft stage looks up: check the brief's rules hold in it."""
 
 from __future__ import annotations
 

@@ -213,8 +213,8 @@ def _card_gb() -> float:
 # ----------------------------------------------------------------------- actor
 
 
-class StageWorker:
-    """One Renderer in one Ray worker process: drafts, finishes or assembles segments."""
+class StageActorBody:
+    """One Renderer in one Ray actor: drafts, finishes or assembles segments."""
 
     def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
                  share_gb: float | None, sweep: bool, user_threads: bool = False,
@@ -227,7 +227,7 @@ class StageWorker:
         self.error: BaseException | None = None
         ctx = ray.get_runtime_context()
         gpus = ray.get_gpu_ids()
-        self.worker = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
+        self.actor_name = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
                        + (f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU"))
         try:
             if not user_threads:
@@ -241,13 +241,13 @@ class StageWorker:
 
     def _emit(self, event: Event) -> None:
         if hasattr(event, "worker") and not event.worker:
-            event.worker = self.worker
+            event.worker = self.actor_name
         ray.get(self.events.put_nowait.remote(event))  # waited for: a task's events precede its result
 
     def ready(self) -> str:
         if self.error is not None:
             raise self.error
-        return self.worker
+        return self.actor_name
 
     @ray.method(concurrency_group="control")
     def cancel_now(self) -> None:
@@ -346,7 +346,7 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
     return Renderer.create(job, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
 
 
-StageActor = ray.remote(concurrency_groups={"control": 1})(StageWorker)
+StageActor = ray.remote(concurrency_groups={"control": 1})(StageActorBody)
 
 
 # ---------------------------------------------------------------------- driver
