@@ -81,7 +81,8 @@ def main_list(args: argparse.Namespace) -> int:
                 continue
             source = (f"{f.repo}/{f.filename}" if f.filename else f.repo) if f.repo else f.url or f.description
             size = f"  {human(row['size'])}" if row["size"] is not None else ""
-            print(f"    {f.role:<18} {source}{size}  [{row['found']}]")
+            found = "MISSING" if row["found"] == "missing" else row["found"]
+            print(f"    {f.role:<18} {source}{size}  [{found}]")
             if row["path"]:
                 print(f"{'':<23}{row['path']}")
             elif not (f.repo or f.url):

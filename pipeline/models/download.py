@@ -268,8 +268,10 @@ def pull(preset: Preset, *, dry_run: bool = False, out: IO[str] | None = None) -
           f"{len(todo)} to fetch, {human(need)}", file=out)
     if dry_run:
         return []
+    # Access first (a gated enhancer should not fail the pull after 20 GB of transformer).
+    metas = {f: _metadata(f) for f in todo if f.spec.repo}
     _check_disk(need, todo)
-    paths = [_fetch(f) for f in files]
+    paths = [_fetch(f, metas.get(f)) for f in files]
     _write_manifests(files)
     return paths
 
@@ -300,19 +302,28 @@ def _partial(f: RemoteFile) -> Path | None:
     return url_download_path(f.spec).with_name(url_download_path(f.spec).name + PART_SUFFIX)
 
 
-def _fetch(f: RemoteFile) -> Path:
+def _metadata(f: RemoteFile) -> Any:
+    """The resolve HEAD of a Hub file: etag, size, where to download, and whether we may."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    with _hub_errors(f.spec.repo):
+        url = hf_hub_url(f.spec.repo, f.path, revision=f.spec.revision or "main", endpoint=hf_endpoint())
+        return get_hf_file_metadata(url, token=hf_token(), endpoint=hf_endpoint())
+
+
+def _fetch(f: RemoteFile, meta: Any = None) -> Path:
     if not f.spec.repo:
         dest = url_download_path(f.spec)
         if not dest.is_file():
             resumable_get(f.spec.url, dest, size=f.size, sha256=f.sha256, headers={}, label=dest.name)
         return dest
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub import hf_hub_download, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
     repo, revision, endpoint, token = f.spec.repo, f.spec.revision or "main", hf_endpoint(), hf_token()
+    meta = meta or _metadata(f)
     with _hub_errors(repo):
         url = hf_hub_url(repo, f.path, revision=revision, endpoint=endpoint)
-        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
         blob = repo_cache_folder(repo) / "blobs" / str(meta.etag)
         if not blob.exists() and meta.xet_file_data is None:
             headers = build_hf_headers(token=token)
