@@ -250,3 +250,35 @@ def test_models_json_names_repo_file_and_size_of_every_file(hub: HubServer) -> N
     assert presets["hubtest"]["files"][1]["found"] == "HF cache"
     listing = _cli("models")
     assert "org/model/model.gguf  123.5 KB  [HF cache]" in listing.stdout
+
+
+def test_the_real_presets_files_are_found_after_a_pull(hub: HubServer) -> None:
+    """sulphur2-ltx23's own repo ids and patterns, served by the loopback Hub with small files."""
+    from dataclasses import replace
+
+    from pipeline.models.download import pattern_root
+    from pipeline.models.registry import get_preset
+
+    real = get_preset("sulphur2-ltx23")
+    # URL files (GitHub release assets) are covered above; this machine reaches no GitHub.
+    preset = replace(real, files=tuple(f for f in real.files if f.repo))
+    assert preset.files, "the preset names no Hub repo"
+    for i, spec in enumerate(preset.files):
+        pattern = spec.filename or "*"
+        if "*" in pattern or "?" in pattern:
+            root = pattern_root(pattern)
+            names = [f"{root}/config.json" if root else "config.json",
+                     f"{root}/diffusion_pytorch_model.safetensors" if root else "model.safetensors"]
+        else:
+            names = [pattern]
+        repo = hub.repos.get(spec.repo)
+        files = dict(repo.files) if repo else {}
+        files |= {name: _blob(100 + i, 100 + i) for name in names}
+        hub.add(spec.repo, files)
+
+    pull(preset)
+
+    for spec in preset.files:
+        path = spec.local_path()
+        assert path is not None and download.where_found(spec) == "HF cache", spec
+        assert str(path).startswith(str(download.hf_cache_dir()))
