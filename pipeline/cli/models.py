@@ -51,8 +51,8 @@ def _file_row(f: Any) -> dict[str, Any]:
 
     path = f.local_path()
     size = f.size
-    if size is None and path is not None and path.is_file():
-        size = path.stat().st_size
+    if size is None and path is not None:  # what is on disk: a file, or a folder's files
+        size = path.stat().st_size if path.is_file() else sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
     return {"role": f.role, "description": f.description, "repo": f.repo or None,
             "filename": f.filename or None, "revision": f.revision if f.repo else None,
             "url": f.url or None, "size": size, "sha256": f.sha256 or None, "env": f.env or None,

@@ -185,7 +185,7 @@ def plan(preset: Preset) -> list[RemoteFile]:
     trees: dict[tuple[str, str], list[Any]] = {}
     out: list[RemoteFile] = []
     for spec in preset.files:
-        if spec.env and os.environ.get(spec.env):
+        if spec.env and os.environ.get(spec.env) and Path(os.environ[spec.env]).expanduser().exists():
             continue  # the user points at their own copy
         if spec.repo:
             key = (spec.repo, spec.revision or "main")

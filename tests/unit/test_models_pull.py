@@ -247,7 +247,8 @@ def test_models_json_names_repo_file_and_size_of_every_file(hub: HubServer) -> N
     gguf = presets["hubtest"]["files"][0]
     assert (gguf["repo"], gguf["filename"], gguf["size"], gguf["found"]) == ("org/model", "model.gguf",
                                                                              123_456, "HF cache")
-    assert presets["hubtest"]["files"][1]["found"] == "HF cache"
+    folder = presets["hubtest"]["files"][1]
+    assert (folder["filename"], folder["found"], folder["size"]) == ("latent_upsampler/*", "HF cache", 2 + 2_000)
     listing = _cli("models")
     assert "org/model/model.gguf  123.5 KB  [HF cache]" in listing.stdout
 
