@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models.registry import ModelFile, Preset, sulphur_home
+from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, sulphur_home
 
 if TYPE_CHECKING:
     import torch
@@ -153,7 +153,7 @@ def real_support_files(home: str) -> tuple[ModelFile, ...]:
                   path=f"{home}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
                   repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),
         ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{home}/esrgan/RealESRGAN_x2plus.pth",
-                  env="SULPHUR_ESRGAN", repo="ai-forever/Real-ESRGAN", filename="RealESRGAN_x2plus.pth"),
+                  env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
     )
 
 

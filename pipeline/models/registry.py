@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Real-ESRGAN x2plus is a release asset of xinntao/Real-ESRGAN, not a Hub file (the URL its
+#: own inference_realesrgan.py downloads).
+ESRGAN_X2PLUS_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"
+
 
 def sulphur_home() -> Path:
     """Sulphur's own cache: built tiny twins and files published outside the Hub.
@@ -72,7 +76,7 @@ class ModelFile:
 
     def where(self) -> str:
         """Where a missing file should come from, for one-line error messages."""
-        if self.repo or (self.url and not self.path):
+        if self.repo or self.url:
             source = f"{self.repo}/{self.filename}" if self.repo and self.filename else self.repo or self.url
             hint = f"{source} (`sulphur models pull` fetches it)"
         else:
