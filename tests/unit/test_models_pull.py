@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -215,8 +216,12 @@ def test_gated_repo_without_a_token_is_refused_in_one_line(hub: HubServer) -> No
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
     assert wrong.stderr.strip().splitlines()[-1].startswith("error: org/gated is gated (HTTP 403)")
 
-    ok = _cli("models", "pull", "hubtest", HF_TOKEN=hub.token)
+    # TQDM_POSITION=-1 shows huggingface_hub's bars where stderr is no terminal.
+    ok = _cli("models", "pull", "hubtest", HF_TOKEN=hub.token, TQDM_POSITION="-1")
     assert ok.returncode == 0, ok.stderr
+    # One bar per file, with its total size and the time left (elapsed<remaining).
+    assert re.search(r"model\.gguf: 100%\S* *\|\S+\| 123k/123k \[\d\d:\d\d<\d\d:\d\d", ok.stderr), ok.stderr
+    assert re.search(r"enhancer\.gguf: 100%.*7\.00k/7\.00k \[\d\d:\d\d<", ok.stderr), ok.stderr
     assert "4 file(s) ready" in ok.stderr.splitlines()[-1] and "sulphur models verify hubtest" in ok.stderr
 
 
@@ -232,6 +237,10 @@ def test_dry_run_lists_files_and_sizes_and_downloads_nothing(hub: HubServer, tmp
     assert "hubtest: 4 file(s), 132.5 KB; 4 to fetch, 132.5 KB" in out
     assert not [r for r in hub.requests if "/resolve/" in r[1]], "a dry run touched a file"
     assert not (tmp_path / "hf" / "hub" / "models--org--model" / "blobs").exists()
+
+    unknown = _cli("models", "pull", "no-such-preset", "--dry-run")
+    assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0
+    assert unknown.stderr.startswith("error: unknown model preset 'no-such-preset' (known: ")
 
 
 def test_models_json_names_repo_file_and_size_of_every_file(hub: HubServer) -> None:
