@@ -358,10 +358,24 @@ def resumable_get(url: str, dest: Path, *, size: int | None, sha256: str, header
     The part is checked (size, then sha256 when one is known) before it becomes ``dest``;
     a bad file is removed and refused, a cut connection keeps it for the next run.
     """
+    from filelock import FileLock  # huggingface_hub's own dependency
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Two pulls of the same file would append to one part: the second waits, then finds dest.
+    from pipeline.models.registry import sulphur_home
+
+    lock = sulphur_home() / "locks" / (hashlib.sha256(str(dest).encode()).hexdigest()[:24] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        if not dest.exists():
+            _get_part(url, dest, size=size, sha256=sha256, headers=headers, label=label)
+
+
+def _get_part(url: str, dest: Path, *, size: int | None, sha256: str, headers: dict[str, str],
+              label: str) -> None:
     import httpx2
     from huggingface_hub.file_download import http_get
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + PART_SUFFIX)
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:
