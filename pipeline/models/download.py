@@ -334,7 +334,11 @@ def _fetch(f: RemoteFile, meta: Any = None) -> Path:
         path = hf_hub_download(repo, f.path, revision=revision, cache_dir=hf_cache_dir(),
                                token=token, endpoint=endpoint)
     if meta.xet_file_data is not None and f.sha256:
-        _check_sha256(Path(path), f.sha256, f.source, remove=True)
+        try:  # hf_xet checks chunks, not the published sha256 of the whole file
+            _check_sha256(Path(path).resolve(), f.sha256, f.source, remove=True)
+        except PullError:
+            Path(path).unlink(missing_ok=True)  # the snapshot link to the removed blob
+            raise
     return Path(path)
 
 
