@@ -435,13 +435,16 @@ class _hub_errors:  # noqa: N801 - used as a context manager, reads as a phrase
             EntryNotFoundError,
             GatedRepoError,
             HfHubHTTPError,
+            OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
 
         repo = self.repo
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        if isinstance(exc, GatedRepoError):
+        if isinstance(exc, OfflineModeIsEnabled):
+            msg = f"cannot pull {repo}: HF_HUB_OFFLINE is set (unset it to download)"
+        elif isinstance(exc, GatedRepoError):
             msg = (f"{repo} is gated (HTTP {status}): accept its terms on its Hub page, then set HF_TOKEN "
                    "or run `hf auth login`")
         elif isinstance(exc, RevisionNotFoundError):

@@ -238,6 +238,10 @@ def test_dry_run_lists_files_and_sizes_and_downloads_nothing(hub: HubServer, tmp
     assert not [r for r in hub.requests if "/resolve/" in r[1]], "a dry run touched a file"
     assert not (tmp_path / "hf" / "hub" / "models--org--model" / "blobs").exists()
 
+    offline = _cli("models", "pull", "hubtest", "--dry-run", HF_HUB_OFFLINE="1")
+    assert offline.returncode == 1 and "Traceback" not in offline.stderr
+    assert offline.stderr.strip() == "error: cannot pull org/model: HF_HUB_OFFLINE is set (unset it to download)"
+
     unknown = _cli("models", "pull", "no-such-preset", "--dry-run")
     assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0
     assert unknown.stderr.startswith("error: unknown model preset 'no-such-preset' (known: ")
