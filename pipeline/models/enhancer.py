@@ -167,6 +167,9 @@ def build_tiny_llm(path: Path, *, chat_template: str = TINY_CHAT_TEMPLATE) -> Pa
     return path
 
 
+# The tiny LLM's words: a shot's and those of Lightricks' system prompts, so the prompts
+# tokenize into ~1.9k word pieces, near Gemma's ~1k tokens, rather than ~5k bytes (which
+# would not fit a 4k context and would slow every tiny render's enhance).
 _TINY_WORDS = sorted(set(re.findall(r"[A-Za-z]+", " ".join([
     "the a camera light slow shot sound wide close warm cold rain city night pans music and of",
     "You are a Creative Assistant Given user raw input prompt describing scene or concept expand it into",
