@@ -14,7 +14,8 @@ It speaks the parts ``sulphur models pull`` uses, as huggingface_hub 2.x reads t
 
 Faults a test can plant: ``drop_once`` (send half a file, then cut the connection, once
 per path), ``drop_always`` (every GET of the path is cut), ``corrupt`` (serve other
-bytes of the published size), ``truncate`` (serve fewer bytes than published).
+bytes of the published size), ``truncate`` (serve fewer bytes than published), ``slow``
+(1 MiB every 0.2 s, so a test can interrupt a download half way).
 ``requests`` records (method, path, Range) of every request.
 """
 
@@ -24,6 +25,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
@@ -61,6 +63,7 @@ class HubServer:
     drop_always: set[str] = field(default_factory=set)
     corrupt: set[str] = field(default_factory=set)
     truncate: set[str] = field(default_factory=set)
+    slow: set[str] = field(default_factory=set)              # sent 1 MiB at a time, 0.2 s apart
     requests: list[tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -222,6 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         cut = self._cut(key.lstrip("/").removeprefix("files/"))
+        if key.lstrip("/").removeprefix("files/") in hub.slow and self.command == "GET":
+            self._trickle(status, body, headers)
+            return
         if not cut or self.command == "HEAD":
             self._reply(status, body, headers)
             return
@@ -234,6 +240,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
+
+    def _trickle(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        step = 1 << 20
+        try:
+            for i in range(0, len(body), step):
+                self.wfile.write(body[i:i + step])
+                self.wfile.flush()
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away (interrupted)
 
     def _cut(self, key: str) -> bool:
         if self.command != "GET":

@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -296,3 +298,34 @@ def test_the_real_presets_files_are_found_after_a_pull(hub: HubServer) -> None:
         path = spec.local_path()
         assert path is not None and download.where_found(spec) == "HF cache", spec
         assert str(path).startswith(str(download.hf_cache_dir()))
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_pull_resumes(hub: HubServer) -> None:
+    data = _blob(3 * CHUNK, 13)
+    hub.add("org/model", {"model.gguf": data, "latent_upsampler/config.json": b"{}",
+                          "latent_upsampler/model.safetensors": _blob(2_000, 11)})
+    hub.add("org/gated", {"enhancer.gguf": _blob(7_000, 12)}, gated=True)
+    hub.slow.add("org/model/model.gguf")
+    part = download.repo_cache_folder("org/model") / "blobs" / f"{_sha(data)}{download.PART_SUFFIX}"
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"} | {"PYTHONPATH": str(ROOT), "HF_TOKEN": hub.token}
+    proc = subprocess.Popen([sys.executable, "-c", _REGISTER, "models", "pull", "hubtest"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size >= CHUNK) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    kept = part.stat().st_size
+    assert CHUNK <= kept < len(data)
+
+    hub.slow.clear()
+    hub.requests.clear()
+    again = _cli("models", "pull", "hubtest", "--dry-run", HF_TOKEN=hub.token)
+    assert f"org/model/model.gguf  31.5 MB  [partial, resumes at {download.human(kept)}]" in again.stderr
+    done = _cli("models", "pull", "hubtest", HF_TOKEN=hub.token)
+    assert done.returncode == 0, done.stderr
+    assert hub.gets("/model.gguf") == [f"bytes={kept}-"]
+    found = json.loads(_cli("models", "--json").stdout)
+    (gguf,) = [f for p in found if p["name"] == "hubtest" for f in p["files"] if f["role"] == "transformer_gguf"]
+    assert Path(gguf["path"]).read_bytes() == data
