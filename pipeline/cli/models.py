@@ -47,16 +47,22 @@ def main_pull(args: argparse.Namespace) -> int:
 
 
 def _file_row(f: Any) -> dict[str, Any]:
-    from pipeline.models.download import where_found
+    from pipeline.models.download import pattern_root, where_found
 
     path = f.local_path()
     size = f.size
     if size is None and path is not None:  # what is on disk: a file, or a folder's files
         size = path.stat().st_size if path.is_file() else sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
-    return {"role": f.role, "description": f.description, "repo": f.repo or None,
+    row: dict[str, Any] = {"role": f.role, "description": f.description, "repo": f.repo or None,
             "filename": f.filename or None, "revision": f.revision if f.repo else None,
             "url": f.url or None, "size": size, "sha256": f.sha256 or None, "env": f.env or None,
             "found": where_found(f), "path": str(path) if path else None}
+    if path is not None and path.is_dir() and f.repo:
+        # A folder pattern's files, as repo paths (what `pull` fetched).
+        root = pattern_root(f.filename or "*")
+        row["parts"] = [{"filename": "/".join(filter(None, (root, q.relative_to(path).as_posix()))),
+                         "size": q.stat().st_size} for q in sorted(path.rglob("*")) if q.is_file()]
+    return row
 
 
 def main_list(args: argparse.Namespace) -> int:

@@ -264,6 +264,8 @@ def test_models_json_names_repo_file_and_size_of_every_file(hub: HubServer) -> N
                                                                              123_456, "HF cache")
     folder = presets["hubtest"]["files"][1]
     assert (folder["filename"], folder["found"], folder["size"]) == ("latent_upsampler/*", "HF cache", 2 + 2_000)
+    assert folder["parts"] == [{"filename": "latent_upsampler/config.json", "size": 2},
+                               {"filename": "latent_upsampler/model.safetensors", "size": 2_000}]
     listing = _cli("models")
     assert "org/model/model.gguf  123.5 KB  [HF cache]" in listing.stdout
 
