@@ -58,8 +58,9 @@ def tiny_root(folder_name: str) -> Path:
 def build_once(root: Path, build: Callable[[Path], None], digest: str) -> Path:
     """Build a tiny twin's folder once (see :mod:`pipeline.models.build_once`)."""
     from pipeline.models.build_once import build_once as build_folder
+    from pipeline.models.enhancer import TINY_LLM_VERSION  # the shared tiny enhancer is in the folder too
 
-    return build_folder(root, build, {"digest": digest})
+    return build_folder(root, build, {"digest": digest, "llm": TINY_LLM_VERSION})
 
 
 def patch_model_index(d: Path, **entries: list[str]) -> None:
