@@ -36,6 +36,7 @@ from pipeline.project.storyboard import (
     segment_digest,
     with_segment,
 )
+from pipeline.quality import drift, flicker
 from pipeline.render.cache import Artifact, StageCache, digest, stage_key
 from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder
@@ -72,7 +73,7 @@ class _Faults:
 
 
 def _injected_oom(stage: str) -> BaseException:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free (tests only reach this)
 
     return torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by SULPHUR_FAULT_OOM at {stage})")
 
@@ -81,6 +82,7 @@ def _injected_oom(stage: str) -> BaseException:
 
 
 def _stages(preset: Preset) -> dict[str, Stage]:
+    # The stage modules import torch and diffusers: loaded when a render builds its stages.
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.enhance import EnhanceStage
     from pipeline.stages.grade import GradeStage
@@ -160,7 +162,7 @@ class Renderer:
             # The plans were made for this budget: hold the allocator to it, so a plan that
             # underestimates fails with an OOM (and steps down the ladder) instead of spilling;
             # without one, lift a cap an earlier job of this worker may have set.
-            from pipeline.memory.offload import enforce_vram_budget
+            from pipeline.memory.offload import enforce_vram_budget  # torch + diffusers hooks: CUDA only
 
             enforce_vram_budget(job.project.vram_budget_gb)
         return cls(job, emit, cancel, job_id, models)
@@ -309,9 +311,7 @@ class Renderer:
             frame = last_video_frame(self.sb.resolve(anchor.path))
         frame = _fit(frame, w, h)
         if job.drift_guard != "off" and reference is not None and anchor.kind == "previous":
-            from pipeline.quality.drift import match_colors
-
-            frame = match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
+            frame = drift.match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
         return frame
 
     # ---------------------------------------------------------------- the film
@@ -400,10 +400,6 @@ class Renderer:
     def _quality(self, job: SegmentJob, stage: str, frames: np.ndarray, prev_last: np.ndarray | None,
                  reference: np.ndarray | None) -> None:
         """Flicker (and, for drafts, colour drift) of a stage's frames, as events."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         seam = None
         if prev_last is not None and job.segment.anchor.kind == "previous" and len(frames):
             after = np.ascontiguousarray(frames[min(1, len(frames) - 1)])
@@ -413,24 +409,16 @@ class Renderer:
         self.emit(stats.to_event(job.segment.id, stage, self.job_id, seam_psnr=seam))
         if stage != "draft":
             return
-        try:
-            from pipeline.quality import drift
-        except ImportError:
-            return
         first, last = np.asarray(frames[0]), np.asarray(frames[-1])
         ref = drift.frame_stats(reference if reference is not None else first)
         self.emit(drift.drift_event(job.segment.id, first, last, ref, job.drift_guard, self.job_id))
 
     def _quality_video(self, job: SegmentJob, path: Path) -> None:
         """Flicker of the encoded segment as a viewer will decode it."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         self.emit(flicker.analyze_video(path).to_event(job.segment.id, "encode", self.job_id))
 
     def _preview(self, job: SegmentJob, upscale: Artifact) -> None:
-        from PIL import Image
+        from PIL import Image  # deferred: keeps importing the runner light
 
         frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
         path = self.renders.preview(job.segment.id)
@@ -484,7 +472,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
 def quiet_libraries() -> None:
     """Progress is reported through events; the libraries' own tqdm bars would garble it."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import diffusers
+    import diffusers  # deferred: heavy, and only a render that loads models needs them quiet
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -494,16 +482,13 @@ def quiet_libraries() -> None:
 
 
 def _reset_peaks() -> None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+    import torch  # deferred: importing the runner stays torch-free
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
 
 def _peaks() -> tuple[int, int]:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
@@ -521,7 +506,7 @@ def atomic_copy(src: Path, dst: Path) -> None:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # deferred: only image anchors need it
 
     try:
         with Image.open(path) as im:
@@ -532,7 +517,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def last_video_frame(path: Path) -> np.ndarray:
     """The last decoded frame of a video (RGB), or a RenderError naming the file."""
-    import av
+    import av  # deferred: only video anchors need it
 
     last = None
     try:
@@ -551,7 +536,7 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return np.ascontiguousarray(frame)
-    from PIL import Image
+    from PIL import Image  # deferred: only a resize needs it
 
     target = width / height
     if w / h > target:
