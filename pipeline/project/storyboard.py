@@ -24,6 +24,9 @@ from typing import Any
 import tomlkit
 from tomlkit.items import AoT, Table
 
+from pipeline.project import layout
+from pipeline.project.layout import RenderFolder
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DRIFT_GUARDS = ("off", "anchor", "anchor+output")
@@ -129,11 +132,16 @@ class Storyboard:
         p = Path(relative).expanduser()
         return p if p.is_absolute() else (self.path.parent / p)
 
+    @property
+    def renders(self) -> RenderFolder:
+        """``renders/<stem>/``: where a render of this storyboard publishes its files."""
+        return RenderFolder.of(self.path)
+
     def render_dir(self) -> Path:
-        return self.path.parent / "renders" / self.stem
+        return self.renders.root
 
     def state_dir(self) -> Path:
-        return self.path.parent / ".sulphur"
+        return layout.state_dir(self.path.parent)
 
 
 # --------------------------------------------------------------------------- reading
