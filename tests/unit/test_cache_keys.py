@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.models.registry import LoadedModels, ModelFile, Preset, get_preset
+from pipeline.memory.loaded import LoadedModels
+from pipeline.models.registry import ModelFile, Preset, get_preset
 from pipeline.project import storyboard as sbmod
 from pipeline.project.storyboard import Anchor, Project, Segment, Storyboard
 from pipeline.render.cache import stage_key
@@ -132,7 +133,8 @@ _ENCODE = {"fps", "output_size", "audio", "index", "segment.keep", "segment.anch
 
 #: stage -> the paths that must change its own key (its inputs' keys carry the rest).
 REACHES: dict[str, set[str]] = {
-    "enhance": {"seed", "segment.prompt", "preset.files", "preset.builder", "preset.extra[enhance_max_tokens]"},
+    "enhance": {"seed", "segment.prompt", "preset.files", "preset.builder", "preset.extra[enhance_max_tokens]",
+                "preset.extra[max_sequence_length]"},  # the answer is held to what the encoder reads,
     "draft": _LTX_DRAFT,
     "refine": _LTX_REFINE,
     "upscale": {"output_size", "preset.files", "preset.builder"},
