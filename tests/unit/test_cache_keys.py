@@ -134,7 +134,8 @@ _ENCODE = {"fps", "output_size", "audio", "index", "segment.keep", "segment.anch
 #: stage -> the paths that must change its own key (its inputs' keys carry the rest).
 REACHES: dict[str, set[str]] = {
     "enhance": {"seed", "segment.prompt", "preset.files", "preset.builder", "preset.extra[enhance_max_tokens]",
-                "preset.extra[max_sequence_length]", "preset.extra[enhance_system_prompt]"},
+                "preset.extra[max_sequence_length]",  # the answer is held to what the encoder reads
+                "preset.extra[enhance_system_prompt]"},
     "draft": _LTX_DRAFT,
     "refine": _LTX_REFINE,
     "upscale": {"output_size", "preset.files", "preset.builder"},
