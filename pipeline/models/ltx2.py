@@ -181,6 +181,9 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
 
         streamer = streamer_of(obj)
         if streamer is not None and tag.partition("|")[0] == _fixed_tag(plan):
+            if streamer.restream(int(plan.options.get("resident_blocks", 0)), str(plan.options.get("dequant", "layer"))):
+                setattr(obj, _OFFLOAD_TAG, _plan_tag(plan, transformer=transformer))  # packed and pinned once
+                return obj
             streamer.detach()
             obj.__dict__.pop(_OFFLOAD_TAG, None)
             return obj
@@ -379,8 +382,24 @@ class PromptEmbeds:
 
 
 def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt: str) -> PromptEmbeds:
-    """Encode with the text encoder, then evict it: it is a memory peak of its own (Gemma 3 12B ≈ 24 GB).
+    """One prompt's embeddings on the stage's device (see :func:`encode_prompts`)."""
+    import torch
 
+    enc = encode_prompts(models, preset, plan, [prompt])[0]
+    dev = torch.device(plan.device)
+    return PromptEmbeds(embeds=enc.embeds.to(dev, torch_dtype(plan)), mask=enc.mask.to(dev))
+
+
+def text_encoder_dtype(plan: StagePlan, preset: Preset) -> str:
+    """The dtype the text encoder runs in under ``plan`` (its embeddings are that dtype)."""
+    return _text_encoder_plan(plan, preset).dtype
+
+
+def encode_prompts(models: LoadedModels, preset: Preset, plan: StagePlan, prompts: list[str]) -> list[PromptEmbeds]:
+    """Encode every prompt in one text-encoder placement, then evict it: it is a memory peak
+    of its own (Gemma 3 12B ≈ 24 GB) and each load or device move costs seconds to a minute.
+
+    Returns the embeddings on the CPU in the encoder's own dtype (lossless; the caller casts).
     When the plan says the host can hold every component at once (``keep_text_encoder``),
     the encoder is parked in host RAM instead, so the next segment does not load 24 GB again.
     """
@@ -395,11 +414,14 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
     # The pipeline's own encode_prompt, so tokenization and layer stacking match the real path.
     pipe = LTX2Pipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
                         tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
+    out = []
     try:
         with torch.no_grad():
-            embeds, mask, _, _ = pipe.encode_prompt(
-                prompt, do_classifier_free_guidance=False, device=torch.device(te_plan.device),
-                max_sequence_length=int(preset.extra.get("max_sequence_length", 1024)))
+            for prompt in prompts:  # one at a time: a batch would pad and round differently
+                embeds, mask, _, _ = pipe.encode_prompt(
+                    prompt, do_classifier_free_guidance=False, device=torch.device(te_plan.device),
+                    max_sequence_length=int(preset.extra.get("max_sequence_length", 1024)))
+                out.append(PromptEmbeds(embeds=embeds.detach().cpu(), mask=mask.detach().cpu()))
     finally:
         if keep and te_plan.device != "cpu" and te_plan.offload == "resident":
             # off the GPU, still loaded: placed on the device again next time
@@ -408,8 +430,7 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
         del pipe, text_encoder
         if not keep:
             models.make_room(drop=[key], reason="the prompt is encoded")
-    dev = torch.device(plan.device)
-    return PromptEmbeds(embeds=embeds.detach().to(dev, torch_dtype(plan)), mask=mask.detach().to(dev))
+    return out
 
 
 def _text_encoder_plan(plan: StagePlan, preset: Preset) -> StagePlan:
