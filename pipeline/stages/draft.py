@@ -53,6 +53,7 @@ class DraftStage(Stage):
         from safetensors.torch import save_file
 
         from pipeline.models import ltx2
+        from pipeline.stages.prompt_embeds import prompt_embeds
 
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size
@@ -60,7 +61,7 @@ class DraftStage(Stage):
         ltx2.evict_for_plan(ctx.models, preset, plan)
 
         # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
-        prompt = ltx2.encode_prompt(ctx.models, preset, plan, job.prompt)
+        prompt = prompt_embeds(ctx, job)
 
         # 2. Pipeline from held components, distilled LoRA weighted for this segment.
         i2v = job.anchor is not None
@@ -87,10 +88,8 @@ class DraftStage(Stage):
         # 4. Decode frames (and the waveform); keep latents for refine.
         frames = ltx2.decode_video(pipe, video_latents, generator)
         tensors = {"video": video_latents.detach().float().cpu().contiguous(),
-                   "audio": audio_latents.detach().float().cpu().contiguous(),
-                   # Refine re-uses these instead of loading the text encoder a second time.
-                   "prompt_embeds": prompt.embeds.detach().float().cpu().contiguous(),
-                   "prompt_attention_mask": prompt.mask.detach().cpu().contiguous()}
+                   # (refine reads the prompt's embeddings from their own cache: 0.8 GB each at full size)
+                   "audio": audio_latents.detach().float().cpu().contiguous()}
         save_file(tensors, str(out / "latents.safetensors"))
         np.save(out / "frames.npy", frames)
         sample_rate = int(pipe.vocoder.config.output_sampling_rate)

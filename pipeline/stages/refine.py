@@ -59,6 +59,7 @@ class RefineStage(Stage):
 
         from pipeline.models import ltx2
         from pipeline.stages.draft import LORA_ADAPTER
+        from pipeline.stages.prompt_embeds import prompt_embeds
 
         preset, plan = job.preset, ctx.plan
         sigmas = refine_sigmas(job)
@@ -73,7 +74,7 @@ class RefineStage(Stage):
             embeds = draft["prompt_embeds"].to(device, dtype)
             mask = draft["prompt_attention_mask"].to(device)
         else:
-            enc = ltx2.encode_prompt(ctx.models, preset, plan, job.prompt)
+            enc = prompt_embeds(ctx, job)
             embeds, mask = enc.embeds, enc.mask
 
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
