@@ -41,14 +41,35 @@ _ALIGN = 256
 
 
 def enforce_vram_budget(budget_gb: float | None, device: int = 0) -> None:
-    """Cap this process's CUDA allocator at ``budget_gb`` (the storyboard's vram_budget_gb),
-    so a plan that underestimates fails with an OOM (and falls back) instead of spilling.
-    ``None`` lifts the cap (a worker's next job may have no budget)."""
+    """Cap this process's CUDA allocator at ``budget_gb`` (the storyboard's vram_budget_gb) less
+    what the process holds outside the allocator (:func:`pipeline.memory.plan.context_cost`), so
+    the whole process as NVML sees it stays within the budget, and a plan that underestimates
+    fails with an OOM (and falls back) instead of spilling. ``None`` lifts the cap (a worker's
+    next job may have no budget)."""
     if not torch.cuda.is_available():
         return
+    from pipeline.memory.plan import context_cost
+
     total = torch.cuda.get_device_properties(device).total_memory
-    fraction = 1.0 if budget_gb is None else min(1.0, budget_gb * 1024**3 / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    cap = None if budget_gb is None else max(0, int(budget_gb * 1024**3) - context_cost())
+    torch.cuda.set_per_process_memory_fraction(1.0 if cap is None else min(1.0, cap / total), device)
+
+
+def warm_cuda_libraries(device: int = 0) -> int:
+    """Create the CUDA context and the cuBLAS / cuDNN handles and workspaces a render will use
+    (one bf16 matmul, one convolution), so their cost can be measured before planning.
+    Returns the allocator's reserve afterwards (0 without CUDA)."""
+    if not torch.cuda.is_available():
+        return 0
+    dev = torch.device("cuda", device)
+    with torch.no_grad():
+        a = torch.ones(64, 64, device=dev, dtype=torch.bfloat16)
+        (a @ a).sum().item()
+        x = torch.ones(1, 8, 16, 16, device=dev, dtype=torch.bfloat16)
+        torch.nn.functional.conv2d(x, torch.ones(8, 8, 3, 3, device=dev, dtype=torch.bfloat16)).sum().item()
+    del a, x
+    torch.cuda.synchronize(dev)
+    return int(torch.cuda.memory_reserved(dev))
 
 
 def _is_pipeline(obj: Any) -> bool:

@@ -16,6 +16,18 @@ MiB = 1024**2
 CUDA_CONTEXT = int(0.5 * GiB)
 VRAM_MARGIN = 0.10
 HOST_RESERVE = int(2.5 * GiB)
+#: The context cost measured in this process (set_context_cost), replacing CUDA_CONTEXT.
+_measured_context: list[int] = []
+
+
+def set_context_cost(nbytes: int | None) -> None:
+    """Record the CUDA context + workspace cost measured at start-up (None: keep the estimate)."""
+    _measured_context[:] = [] if nbytes is None else [int(nbytes)]
+
+
+def context_cost() -> int:
+    """GPU bytes a process holds outside its allocator: measured if known, else the estimate."""
+    return _measured_context[0] if _measured_context else CUDA_CONTEXT
 
 
 class PlanError(RuntimeError):
@@ -86,8 +98,10 @@ class Budgets:
     host_setting: float | None = None
 
     @classmethod
-    def from_gb(cls, vram_gb: float, host_gb: float, *, detected: bool = False) -> Budgets:
-        """Budgets as a user states them: a card of ``vram_gb`` and a machine of ``host_gb``."""
-        vram = int(vram_gb * GiB) - (0 if detected else CUDA_CONTEXT)
+    def from_gb(cls, vram_gb: float, host_gb: float, *, detected: bool = False,
+                context: int | None = None) -> Budgets:
+        """Budgets as a user states them: a card of ``vram_gb`` and a machine of ``host_gb``.
+        A stated card includes the process's context (``context``, default :func:`context_cost`)."""
+        vram = int(vram_gb * GiB) - (0 if detected else context_cost() if context is None else context)
         return cls(vram=max(0, int(vram * (1 - VRAM_MARGIN))), host=max(0, int(host_gb * GiB) - HOST_RESERVE),
                    vram_setting=None if detected else vram_gb, host_setting=None if detected else host_gb)

@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.memory import recipes
 from pipeline.memory.plan import (
-    CUDA_CONTEXT,
     HOST_RESERVE,
     VRAM_MARGIN,
     Budgets,
@@ -61,6 +60,7 @@ from pipeline.memory.plan import (
     MiB,
     PlanError,
     StagePlan,
+    context_cost,
 )
 
 if TYPE_CHECKING:
@@ -566,7 +566,7 @@ def _refuse(stage: str, plans: list[StagePlan], b: Budgets, job: _Job, component
     component = component or vram_low.options.get("component", stage)
     if vram_low.vram_bytes > b.vram:
         need = vram_low.vram_bytes
-        setting = math.ceil(need / (1 - VRAM_MARGIN) / GiB + CUDA_CONTEXT / GiB)
+        setting = math.ceil(need / (1 - VRAM_MARGIN) / GiB + context_cost() / GiB)
         hint = f"set vram_budget_gb = {setting} or more"
         act = vram_low.options.get("activation_bytes", 0)
         if stage in ("draft", "refine") and act:

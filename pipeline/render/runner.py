@@ -164,6 +164,7 @@ class Renderer:
             # without one, lift a cap an earlier job of this worker may have set.
             from pipeline.memory.offload import enforce_vram_budget  # torch + diffusers hooks: CUDA only
 
+            measure_context_cost()
             enforce_vram_budget(job.project.vram_budget_gb)
         return cls(job, emit, cancel, job_id, models)
 
@@ -552,3 +553,19 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 __all__ = ["render", "RenderError", "Renderer"]
+
+
+def measure_context_cost() -> int | None:
+    """What this process holds on the GPU outside torch's allocator (CUDA context, cuBLAS/cuDNN
+    handles, loaded kernels), measured through NVML after warming those libraries, at each
+    job's start (it only grows); the planner and the allocator cap then keep the whole process
+    within ``vram_budget_gb``. None without NVML (the estimate stays)."""
+    from pipeline.memory.offload import warm_cuda_libraries  # torch: CUDA only
+    from pipeline.memory.plan import set_context_cost
+    from pipeline.telemetry.gpu import context_bytes, process_gpu_bytes
+
+    reserved = warm_cuda_libraries()
+    used = process_gpu_bytes()
+    cost = None if used is None else context_bytes(used, reserved)
+    set_context_cost(cost)
+    return cost

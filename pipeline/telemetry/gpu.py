@@ -75,6 +75,29 @@ def _shutdown() -> None:
         _state.update(tried=False, ok=False, nvml=None)
 
 
+def process_gpu_bytes(pid: int | None = None, index: int = 0) -> int | None:
+    """GPU memory NVML charges to process ``pid`` (default: this one) on GPU ``index``:
+    the CUDA context, library workspaces and everything the allocator reserved. None
+    without NVML (no driver, or the process is not on that GPU)."""
+    if not _init():
+        return None
+    nvml, pid = _state["nvml"], os.getpid() if pid is None else pid
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == pid and proc.usedGpuMemory:
+                return int(proc.usedGpuMemory)
+    except nvml.NVMLError:
+        return None
+    return None
+
+
+def context_bytes(process_bytes: int, allocator_reserved: int) -> int:
+    """What a process holds on the GPU outside torch's caching allocator (context, cuBLAS /
+    cuDNN handles, loaded kernels): NVML's figure for it less the allocator's reserve."""
+    return max(0, int(process_bytes) - int(allocator_reserved))
+
+
 class GpuMonitor:
     """Samples every NVIDIA GPU of this machine; cheap to create, lazy to start.
 
