@@ -189,27 +189,47 @@ class _Locator:
 
     def __init__(self, source: str) -> None:
         self.lines = source.splitlines()
+        self._index: dict[tuple[str, int | None], tuple[tuple[int, int], dict[str, tuple[int, int]]]] | None = None
 
-    def find(self, table: str, index: int | None, key: str | None) -> tuple[int, int]:
-        current, count = None, -1
-        header_pos = (0, 0)
+    def _build(self) -> dict[tuple[str, int | None], tuple[tuple[int, int], dict[str, tuple[int, int]]]]:
+        """One pass over the source: every table's header position and its keys' positions.
+
+        Built once, so a storyboard of n segments is located in O(n), not O(n²) (a
+        3000-segment file used to take 13 s to parse, nearly all of it here).
+        """
+        index: dict[tuple[str, int | None], tuple[tuple[int, int], dict[str, tuple[int, int]]]] = {}
+        counts: dict[str, int] = {}
+        keys: dict[str, tuple[int, int]] | None = None
         for lineno, text in enumerate(self.lines, 1):
             m = self._header.match(text)
             if m:
                 name = m.group(2).strip('"')
-                if name == table:
-                    count += 1 if m.group(1) == "[[" else 0
-                    current = name if index is None or count == index else None
-                    if current:
-                        header_pos = (lineno, text.index(m.group(1)) + 1)
+                pos = (lineno, text.index(m.group(1)) + 1)
+                if m.group(1) == "[[":
+                    counts[name] = counts.get(name, -1) + 1
+                    slot: tuple[str, int | None] = (name, counts[name])
                 else:
-                    current = None
+                    slot = (name, None)
+                if slot in index:
+                    keys = None  # a repeated [table]: the first one's positions stand
+                    continue
+                keys = {}
+                index[slot] = (pos, keys)
                 continue
-            if current and key:
+            if keys is not None:
                 k = self._key.match(text)
-                if k and k.group(2).strip('"') == key:
-                    return lineno, len(k.group(1)) + 1
-        return header_pos
+                if k:
+                    keys.setdefault(k.group(2).strip('"'), (lineno, len(k.group(1)) + 1))
+        return index
+
+    def find(self, table: str, index: int | None, key: str | None) -> tuple[int, int]:
+        if self._index is None:
+            self._index = self._build()
+        entry = self._index.get((table, index))
+        if entry is None:
+            return (0, 0)
+        header_pos, keys = entry
+        return keys.get(key, header_pos) if key else header_pos
 
 
 def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: str, value: Any,
@@ -288,8 +308,8 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        line, col = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
+        line, col = (int(m.group(1)), int(m.group(2))) if m else _end_of(source)
         raise StoryboardError(path, f"TOML syntax error: {msg}", line, col) from None
     loc = _Locator(source)
 
@@ -403,14 +423,31 @@ def _check_segment(path: Path, loc: _Locator, i: int, s: Segment) -> None:
         raise bad("lora_strength", "must be a number")
 
 
+def _end_of(source: str) -> tuple[int, int]:
+    """Line and column just past the last character: where tomllib's "end of document" is."""
+    lines = source.split("\n")
+    return len(lines), len(lines[-1]) + 1
+
+
+#: A storyboard is text a person writes; anything larger is not one (and must not fill memory).
+MAX_STORYBOARD_BYTES = 16 << 20
+
+
 def load(path: str | os.PathLike[str]) -> Storyboard:
+    """Read and validate a storyboard file; a FIFO, device or directory is refused unopened."""
+    from pipeline.project.files import describe_os_error, read_regular
+
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_regular(path, MAX_STORYBOARD_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise StoryboardError(path, "file not found") from None
     except UnicodeDecodeError as exc:
         raise StoryboardError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise StoryboardError(path, describe_os_error(path, exc).removeprefix(f"{path}: ")) from None
+    except ValueError:
+        raise StoryboardError(path, f"larger than {MAX_STORYBOARD_BYTES >> 20} MiB: not a storyboard") from None
     return parse(source, path)
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.wire.framing import private_dir
+
 _META = "meta.json"
 
 
@@ -68,6 +70,8 @@ class StageCache:
     def build(self, stage: str, key: str, params: dict[str, Any] | None = None) -> Iterator[_Building]:
         """Yield a writable temp folder; on clean exit it becomes the entry atomically."""
         final = self._dir(stage, key)
+        if self.root.parent.name == ".sulphur":
+            private_dir(self.root.parent)  # the project's state is its owner's only
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.{os.getpid()}.", suffix=".partial", dir=final.parent))
         building = _Building(tmp)

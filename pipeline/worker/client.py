@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.wire import protocol
-from pipeline.wire.framing import GOODBYE, LineBuffer, connect_unix, lock_holder, socket_path
+from pipeline.wire.framing import GOODBYE, LineBuffer, connect_unix, lock_holder, socket_path, state_dir
 from pipeline.wire.protocol import (
     Ack,
     Cancel,
@@ -265,15 +265,14 @@ def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subpro
     Spawned (fork+exec), never forked from this process, so no CUDA state is shared, and
     in a new session so a closing terminal or SSH login does not take it down.
     """
-    state = Path(project_dir) / ".sulphur"
-    state.mkdir(parents=True, exist_ok=True)
+    state = state_dir(Path(project_dir))
     cmd = [sys.executable, "-m", "pipeline.worker.server", "--foreground", "--project", str(project_dir)]
     if idle_timeout is not None:
         cmd += ["--idle-timeout", str(idle_timeout)]
     env = os.environ.copy()
     root = str(Path(__file__).resolve().parents[2])  # so `-m pipeline.worker.server` finds this checkout
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(state / "worker.log", "ab") as log:
+    with open(os.open(state / "worker.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=project_dir, env=env)
     # Reap it when it exits, so a long-lived client (the TUI) collects no zombies.
@@ -322,13 +321,21 @@ def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     jobs: list[JobInfo] = []
     db = Path(project_dir) / ".sulphur" / "journal.db"
     if db.exists():
-        journal = Journal(db)
+        import sqlite3
+
         try:
-            for rec in journal.jobs(limit=limit):
-                jobs.append(JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=rec.selected,
-                                    state=rec.state, error=rec.error))  # type: ignore[arg-type]
-        finally:
-            journal.close()
+            journal = Journal(db)
+            try:
+                for rec in journal.jobs(limit=limit):
+                    jobs.append(JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=rec.selected,
+                                        state=rec.state, error=rec.error))  # type: ignore[arg-type]
+            finally:
+                journal.close()
+        except sqlite3.DatabaseError as exc:
+            # Reading only: the next worker moves the file aside (Journal.open_or_reset).
+            print(f"warning: {db} is unreadable ({exc}); the next worker moves it aside and starts a new one",
+                  file=sys.stderr)
+            return StatusSnapshot(pid=0, project=str(project_dir), jobs=[])
     return StatusSnapshot(pid=0, project=str(project_dir), jobs=jobs)
 
 
