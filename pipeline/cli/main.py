@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("edit", help="open the storyboard editor (TUI)")
     e.add_argument("storyboard", type=Path)
-    e.add_argument("--serve", action="store_true", help="serve the TUI in a browser (needs textual-serve)")
+    e.add_argument("--serve", action="store_true", help="serve the TUI in a browser (needs textual-serve); "
+                   "prints a URL with this launch's token")
+    e.add_argument("--host", default=None, help="with --serve: address to listen on (default localhost)")
+    e.add_argument("--port", default=None, help="with --serve: TCP port (default 8000)")
 
     w = sub.add_parser("worker", help="run or stop the background render worker of a project")
     w.add_argument("--project", type=Path, default=None, help="project folder (default: current folder)")
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "edit" and args.serve:
+        from pipeline.cli.serve import main as serve_main
+
+        return serve_main(args)
     if args.command == "edit":
         from sulphur_tui.app import main as tui_main
 

@@ -27,7 +27,7 @@ from tomlkit.items import AoT, Table
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DRIFT_GUARDS = ("off", "anchor", "anchor+output")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let "a\n" through
 
 
 class StoryboardError(ValueError):
@@ -245,6 +245,10 @@ def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: s
         raise StoryboardError(path, f"expected {human}, got {_tname(value)}", line, col, where)
     if not isinstance(value, types):
         raise StoryboardError(path, f"expected {human}, got {_tname(value)}", line, col, where)
+    # TOML spells nan and inf; no setting means either (nan compares false with every bound).
+    if isinstance(value, float) and not math.isfinite(value) or isinstance(value, list) and any(
+            isinstance(v, float) and not math.isfinite(v) for v in value):
+        raise StoryboardError(path, "must be a finite number (nan and inf mean nothing here)", line, col, where)
 
 
 def _tname(value: Any) -> str:
@@ -252,11 +256,20 @@ def _tname(value: Any) -> str:
             dict: "a table"}.get(type(value), type(value).__name__)
 
 
+#: The widest and tallest frame any stage is asked for (8K): past it a typo, not a film.
+MAX_SIDE = 8192
+#: Frames one shot may have, however they are spelled (frames, or seconds × fps).
+MAX_FRAMES = 2000
+#: Seeds as torch's generators take them.
+MAX_SEED = 2**63 - 1
+
+
 def _size(path: Path, loc: _Locator, table: str, key: str, value: list) -> tuple[int, int]:
-    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE
+                                  for v in value):
         line, col = loc.find(table, None, key)
-        raise StoryboardError(path, "expected [width, height] with two positive integers", line, col,
-                              f"{table}.{key}")
+        raise StoryboardError(path, f"expected [width, height] with two integers from 1 to {MAX_SIDE}", line,
+                              col, f"{table}.{key}")
     return int(value[0]), int(value[1])
 
 
@@ -347,7 +360,7 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
                 raise StoryboardError(path, f"missing required key '{required}'", line, col,
                                       f"segment[{i}].{required}")
         sid = seg_kwargs["id"]
-        if not _ID_RE.match(sid):
+        if not _ID_RE.fullmatch(sid):
             raise StoryboardError(path, "ids are 1-64 letters, digits, '-' or '_'",
                                   *loc.find("segment", i, "id"), f"segment[{i}].id")
         if sid in seen:
@@ -356,6 +369,7 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
         seen[sid] = i
         seg = Segment(**seg_kwargs)
         _check_segment(path, loc, i, seg)
+        _check_length(path, loc, i, seg, project.fps)
         segments.append(seg)
     return Storyboard(path=path, project=project, segments=tuple(segments))
 
@@ -387,14 +401,22 @@ def _check_project(path: Path, loc: _Locator, p: Project) -> None:
 
     if not 1 <= p.fps <= 240:
         raise bad("fps", "must be between 1 and 240")
+    if not 0 <= p.seed <= MAX_SEED:
+        raise bad("seed", f"must be between 0 and {MAX_SEED}")
+    if p.steps is not None and not 1 <= p.steps <= 200:
+        raise bad("steps", "must be between 1 and 200")
+    if p.lora_strength is not None and not -10 <= p.lora_strength <= 10:
+        raise bad("lora_strength", "must be between -10 and 10")
+    if not p.preset.strip():
+        raise bad("preset", "must not be empty")
     if p.drift_guard not in DRIFT_GUARDS:
         raise bad("drift_guard", f"must be one of {', '.join(DRIFT_GUARDS)}")
     if not 0.0 <= p.drift_strength <= 1.0:
         raise bad("drift_strength", "must be between 0 and 1")
     for key in ("vram_budget_gb", "ram_budget_gb"):
         v = getattr(p, key)
-        if v is not None and v <= 0:
-            raise bad(key, "must be positive")
+        if v is not None and not 0.5 <= v <= 100_000:
+            raise bad(key, "must be between 0.5 and 100000 (GiB)")
     if p.output_size[0] % 2 or p.output_size[1] % 2:
         raise bad("output_size", "H.264 needs an even width and height")
 
@@ -407,8 +429,8 @@ def _check_segment(path: Path, loc: _Locator, i: int, s: Segment) -> None:
         raise bad("prompt", "must not be empty")
     if s.frames is not None and s.seconds is not None:
         raise bad("seconds", "give frames or seconds, not both")
-    if s.frames is not None and not 1 <= s.frames <= 2000:
-        raise bad("frames", "must be between 1 and 2000")
+    if s.frames is not None and not 1 <= s.frames <= MAX_FRAMES:
+        raise bad("frames", f"must be between 1 and {MAX_FRAMES}")
     if s.seconds is not None and not 0 < s.seconds <= 120:
         raise bad("seconds", "must be between 0 and 120")
     if s.keep is not None and not 1 <= s.keep <= 2000:
@@ -417,10 +439,19 @@ def _check_segment(path: Path, loc: _Locator, i: int, s: Segment) -> None:
         raise bad("steps", "must be between 1 and 200")
     if s.drift_guard is not None and s.drift_guard not in DRIFT_GUARDS:
         raise bad("drift_guard", f"must be one of {', '.join(DRIFT_GUARDS)}")
-    if i == 0 and s.anchor.kind == "previous":
-        return  # the first shot has nothing before it: text-to-video
-    if math.isnan(s.lora_strength or 0.0):
-        raise bad("lora_strength", "must be a number")
+    if s.seed is not None and not 0 <= s.seed <= MAX_SEED:
+        raise bad("seed", f"must be between 0 and {MAX_SEED}")
+    if s.lora_strength is not None and not -10 <= s.lora_strength <= 10:
+        raise bad("lora_strength", "must be between -10 and 10")
+    if s.preset is not None and not s.preset.strip():
+        raise bad("preset", "must not be empty")
+
+
+def _check_length(path: Path, loc: _Locator, i: int, s: Segment, fps: int) -> None:
+    """seconds × fps past the frame cap: 120 s at 240 fps is 28 801 frames, not a shot."""
+    if s.seconds is not None and s.frame_count(fps) > MAX_FRAMES:
+        raise StoryboardError(path, f"{s.seconds:g} s at {fps} fps is {s.frame_count(fps)} frames; a shot has "
+                              f"at most {MAX_FRAMES}", *loc.find("segment", i, "seconds"), f"segment[{i}].seconds")
 
 
 def _end_of(source: str) -> tuple[int, int]:

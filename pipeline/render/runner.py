@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.memory import planner as memory
 from pipeline.models.registry import PRESETS, LoadedModels, Preset, get_preset
+from pipeline.project.references import check_references
 from pipeline.project.storyboard import (
     Storyboard,
     StoryboardError,
@@ -584,6 +585,8 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     if preset:
         sb = replace(sb, project=replace(sb.project, preset=preset))
     selected = select_segments(sb, segments, from_segment)
+    last = max(sb.index(s) for s in selected)  # shots 0..last are drafted: their anchors must be usable
+    check_references(sb, {s.id for s in sb.segments[:last + 1]})
     renderer = Renderer.create(sb, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     renderer.cache.sweep_partials()
