@@ -582,7 +582,17 @@ def _strip_trailing_blank(table: Table) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename, so a crash never truncates."""
+    """Write via a temp file in the same folder + rename, so a crash never truncates.
+
+    A symlink is written through (its target is replaced, the link stays); a file its
+    owner made read-only is refused with ``PermissionError`` (a rename would not ask).
+    The file and then its folder are fsynced, so a power loss leaves the old or the new
+    text, never an empty file.
+    """
+    from pipeline.project.writeback import check_writable, real_target
+
+    path = real_target(path)
+    check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
@@ -592,9 +602,24 @@ def atomic_write(path: Path, text: str) -> None:
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (the folder's entry is data too)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the rename still happened
+    finally:
+        os.close(fd)
 
 
 def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> str:
@@ -603,14 +628,17 @@ def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> 
     The file on disk must still parse: a file that was broken in the meantime is never
     overwritten (the caller decides what to do).
     """
+    from pipeline.project.writeback import storyboard_lock
+
     target = Path(path or storyboard.path)
-    original = target.read_text(encoding="utf-8") if target.exists() else ""
-    if original:
-        parse(original, target)  # refuse to merge into a broken file
-    text = render_toml(storyboard, original)
-    parse(text, target)  # never write something we could not read back
-    if text != original:
-        atomic_write(target, text)
+    with storyboard_lock(target):  # the renderer's write-back takes it too (pipeline.project.writeback)
+        original = target.read_text(encoding="utf-8") if target.exists() else ""
+        if original:
+            parse(original, target)  # refuse to merge into a broken file
+        text = render_toml(storyboard, original)
+        parse(text, target)  # never write something we could not read back
+        if text != original:
+            atomic_write(target, text)
     return text
 
 

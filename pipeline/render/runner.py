@@ -31,10 +31,9 @@ from pipeline.project.storyboard import (
     StoryboardError,
     atomic_write,
     load,
-    save,
     segment_digest,
-    with_segment,
 )
+from pipeline.project.writeback import PINNED, set_enhanced_prompt
 from pipeline.render.cache import Artifact, StageCache, digest, stage_key
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.wire import protocol
@@ -333,16 +332,14 @@ class Renderer:
         return text
 
     def _write_enhanced(self, segment_id: str, text: str) -> None:
-        """Cache the enhanced prompt in the storyboard file, merging into what is on disk now."""
-        try:
-            current = load(self.sb.path)
-            seg = current.segment(segment_id)
-        except (StoryboardError, KeyError) as exc:
-            self.emit(protocol.Log(level="warning", message=f"enhanced prompt not saved: {exc}"))
+        """Cache the enhanced prompt in the storyboard (pipeline.project.writeback owns the write);
+        a file that cannot take it is a warning, never the render's failure."""
+        why = set_enhanced_prompt(self.sb.path, segment_id, text)
+        if why == PINNED:
             return
-        if seg.enhance_lock:
-            return
-        save(with_segment(current, segment_id, enhanced_prompt=text))
+        if why:
+            self.emit(protocol.Log(level="warning", message=f"enhanced prompt of {segment_id} not saved in the "
+                                   f"storyboard ({why}); it stays in the cache"))
         self.emit(protocol.PromptEnhanced(segment=segment_id, enhanced_prompt=text))
 
     def anchor_for(self, job: SegmentJob, previous_last: np.ndarray | None,
