@@ -212,7 +212,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
-    from pipeline.render.runner import RenderError
+    from pipeline.render.errors import RenderError
 
     emit = json_printer if args.json else ProgressPrinter()
 

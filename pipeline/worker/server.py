@@ -73,6 +73,7 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -113,6 +114,9 @@ from pipeline.wire.protocol import (
     encode,
 )
 from pipeline.worker.journal import JobRecord, Journal
+
+if TYPE_CHECKING:
+    from pipeline.project.storyboard import Storyboard
 
 log = logging.getLogger("sulphur.worker")
 
@@ -233,15 +237,6 @@ def _info(rec: JobRecord) -> JobInfo:
     state = rec.state if rec.state in ("queued", "running", *FINISHED) else "failed"
     return JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=list(rec.selected), state=state,
                    error=rec.error)
-
-
-def _select(ids: list[str], mode: str, segments: list[str]) -> list[str]:
-    """The segment ids a request renders (mirrors pipeline.render.runner.select_segments)."""
-    if mode == "segments":
-        return [i for i in ids if i in segments]
-    if mode == "from":
-        return ids[ids.index(segments[0]):]
-    return list(ids)
 
 
 class _BadRequest(Exception):
@@ -478,10 +473,10 @@ class Worker:
         try:
             path = self._submit_path(req)
             try:
-                ids = await asyncio.wait_for(_off_loop(_storyboard_ids, path), SUBMIT_READ_TIMEOUT)
+                sb = await asyncio.wait_for(_off_loop(_read_storyboard, path), SUBMIT_READ_TIMEOUT)
             except TimeoutError:
                 raise _BadRequest(f"{path}: not read within {SUBMIT_READ_TIMEOUT:g} s; refused") from None
-            client.reply(self._submit(req, path, ids))
+            client.reply(self._submit(req, path, sb))
         except _BadRequest as exc:
             client.reply(Reject(id=req.id, error=str(exc)))
         except Exception as exc:
@@ -497,8 +492,11 @@ class Worker:
             raise _BadRequest(f"{path} is not in this worker's project folder {self.project}")
         return path
 
-    def _submit(self, req: Submit, path: Path, ids: list[str]) -> Ack:
+    def _submit(self, req: Submit, path: Path, sb: Storyboard) -> Ack:
         """(Loop thread.) Queue a job for a storyboard already read and validated."""
+        from pipeline.project.selection import select_segments
+        from pipeline.project.storyboard import StoryboardError
+
         if self.stopping.is_set():
             raise _BadRequest("the worker is shutting down; submit again to start a new one")
         wanted = list(req.segments)
@@ -508,15 +506,16 @@ class Worker:
             raise _BadRequest("mode 'from' needs exactly one segment id")
         if req.mode == "all":
             wanted = []
-        unknown = [s for s in wanted if s not in ids]
-        if unknown:
-            raise _BadRequest(f"no segment with id {', '.join(map(repr, unknown))} (ids: {', '.join(ids)})")
+        try:
+            selected = select_segments(sb, wanted if req.mode == "segments" else None,
+                                       wanted[0] if req.mode == "from" else None)
+        except StoryboardError as exc:
+            raise _BadRequest(str(exc)) from None
         for job in self.jobs.values():
             r = job.record
             if job.info.state in ("queued", "running") and not job.cancel.is_set() and (
                     r.storyboard, r.mode, r.segments, r.preset) == (str(path), req.mode, wanted, req.preset):
                 return Ack(id=req.id, job_id=r.id)  # already pending: follow that one
-        selected = _select(ids, req.mode, wanted)
         rec = JobRecord(id=uuid.uuid4().hex[:12], storyboard=str(path), mode=req.mode, segments=wanted,
                         selected=selected, preset=req.preset)
         self.journal.add_job(rec)  # on disk before the Ack
@@ -600,7 +599,7 @@ class Worker:
         try:
             from pipeline.project.storyboard import StoryboardError
             from pipeline.render.engines import render  # $SULPHUR_ENGINE: local (default) or ray
-            from pipeline.render.runner import RenderError
+            from pipeline.render.errors import RenderError
             from pipeline.stages.base import Cancelled
 
             if self._models is None:
@@ -695,12 +694,12 @@ def _off_loop(fn: object, *args: object) -> asyncio.Future:
     return future
 
 
-def _storyboard_ids(path: Path) -> list[str]:
-    """(A thread.) The segment ids of a storyboard; special files are refused unopened."""
+def _read_storyboard(path: Path) -> Storyboard:
+    """(A thread.) Load a storyboard; special files are refused unopened."""
     from pipeline.project.storyboard import StoryboardError, load
 
     try:
-        return [s.id for s in load(path).segments]
+        return load(path)
     except StoryboardError as exc:
         raise _BadRequest(str(exc)) from None
 
