@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder
 from pipeline.render.film import CachedSegment, assemble_film
 from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -428,10 +428,12 @@ class Renderer:
 
         frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
         path = self.out_dir / "previews" / f"{job.segment.id}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
-        os.replace(tmp, path)
+        try:
+            with publishing(path, "preview") as tmp:  # a unique temporary: two renders never share one
+                Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
+        except RenderError as exc:  # a preview is a convenience: the render goes on without it
+            self.emit(protocol.Log(level="warning", message=exc.message))
+            return
         self.emit(protocol.Preview(segment=job.segment.id, stage="upscale", path=str(path)))
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
@@ -470,9 +472,11 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     check_references(sb, {s.id for s in sb.segments[:last + 1]})
     renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
-    renderer.cache.sweep_partials()
-    renderer.preflight(job.selected)
-    return renderer.run(job.selected)
+    with OutputLock(renderer.out_dir, sb.path):  # one render per output folder at a time
+        renderer.cache.sweep_partials()
+        sweep_temporaries(renderer.out_dir)
+        renderer.preflight(job.selected)
+        return renderer.run(job.selected)
 
 
 # ------------------------------------------------------------------- helpers
@@ -509,12 +513,6 @@ def _peaks() -> tuple[int, int]:
 
 def _host_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _read_image(path: Path) -> np.ndarray:

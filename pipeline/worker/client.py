@@ -156,6 +156,9 @@ class WorkerClient:
             if proc.poll() is not None and lock_holder(project_dir) is None:
                 # Ours exited and nobody holds the lock (e.g. it lost a race with a worker
                 # that was stopping then): try again, but not forever.
+                full = _disk_full(project_dir)
+                if full:  # its log may well be empty: say why instead
+                    raise WorkerError(f"the worker for {project_dir} could not start: {full}")
                 if spawns >= 3:
                     raise WorkerError(f"the worker for {project_dir} exited with status {proc.returncode}; "
                                       f"last lines of its log:\n{_log_tail(project_dir)}")
@@ -278,6 +281,23 @@ def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subpro
     # Reap it when it exits, so a long-lived client (the TUI) collects no zombies.
     threading.Thread(target=proc.wait, name=f"reap-worker-{proc.pid}", daemon=True).start()
     return proc
+
+
+#: Free bytes below which a worker that died at start is blamed on a full disk.
+LOW_DISK = 1 << 20
+
+
+def _disk_full(project_dir: Path) -> str:
+    """"the disk holding X is full (N bytes free)" when it is, else ""."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(Path(project_dir) / ".sulphur").free
+    except OSError:
+        return ""
+    if free >= LOW_DISK:
+        return ""
+    return f"the disk holding {project_dir} is full ({free} bytes free); free some space and try again"
 
 
 def _log_tail(project_dir: Path, lines: int = 15) -> str:

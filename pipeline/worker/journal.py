@@ -98,6 +98,8 @@ class Journal:
             if verdict == "ok":
                 return journal, ""
             journal.close()
+        except sqlite3.OperationalError:
+            raise  # a full disk, a locked or unreadable file: not corruption, nothing to move aside
         except sqlite3.DatabaseError as exc:
             verdict = str(exc)
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
