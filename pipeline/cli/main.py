@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--project", type=Path, default=None)
     s.add_argument("--json", action="store_true")
 
+    from pipeline.cli.cache_cmd import add_arguments as cache_arguments  # flags only
+
+    cache_arguments(sub.add_parser("cache", help="cache size per storyboard; --prune what none uses"))
+
     f = sub.add_parser("flicker", help="per-frame PSNR-Y flicker report of a video")
     f.add_argument("video", type=Path)
     f.add_argument("--json", action="store_true")
@@ -137,6 +141,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.worker.client import main_status
 
         return main_status(args)
+    if args.command == "cache":
+        from pipeline.cli.cache_cmd import main as cache_main
+
+        return cache_main(args)
     if args.command == "takes":
         from pipeline.render.takes import main as takes_main
 

@@ -77,6 +77,7 @@ class Project:
     drift_guard: str = "off"
     drift_reference: str = "first"
     drift_strength: float = 1.0
+    cache_limit_gb: float | None = None   # prune unused cache entries past this after a render
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ _PROJECT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "drift_guard": ((str,), "a string"),
     "drift_reference": ((str,), "a string"),
     "drift_strength": ((int, float), "a number"),
+    "cache_limit_gb": ((int, float), "a number"),
 }
 _SEGMENT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "id": ((str,), "a string"),
@@ -415,8 +417,12 @@ def _check_project(path: Path, loc: _Locator, p: Project) -> None:
         raise bad("drift_strength", "must be between 0 and 1")
     for key in ("vram_budget_gb", "ram_budget_gb"):
         v = getattr(p, key)
+        if v is not None and v <= 0:
+            raise bad(key, "must be positive")
         if v is not None and not 0.5 <= v <= 100_000:
             raise bad(key, "must be between 0.5 and 100000 (GiB)")
+    if p.cache_limit_gb is not None and not 0.1 <= p.cache_limit_gb <= 1_000_000:
+        raise bad("cache_limit_gb", "must be between 0.1 and 1000000 (GiB)")
     if p.output_size[0] % 2 or p.output_size[1] % 2:
         raise bad("output_size", "H.264 needs an even width and height")
 
@@ -651,7 +657,7 @@ def with_segment(storyboard: Storyboard, segment_id: str, **changes: Any) -> Sto
 # ------------------------------------------------------------------ staleness
 
 # Project fields that do not change the pixels of a segment.
-_PROJECT_IGNORED = {"title", "vram_budget_gb", "ram_budget_gb"}
+_PROJECT_IGNORED = {"title", "vram_budget_gb", "ram_budget_gb", "cache_limit_gb"}
 
 
 def _segment_fields(seg: Segment) -> dict:

@@ -51,6 +51,9 @@ class Artifact:
 class StageCache:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        #: "stage/key" of every entry this object found or built: what a render used
+        #: (pipeline.render.usage records it, so `sulphur cache --prune` keeps it).
+        self.used: set[str] = set()
 
     def _dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / key
@@ -71,6 +74,7 @@ class StageCache:
             # treat it as missing, so the stage runs again instead of every rerun failing.
             self._discard(path)
             return None
+        self.used.add(f"{stage}/{key}")
         return Artifact(stage=stage, key=key, path=path, meta=meta.get("meta", {}))
 
     def _discard(self, path: Path) -> None:

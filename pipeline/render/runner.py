@@ -476,10 +476,33 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
         renderer.cache.sweep_partials()
         sweep_temporaries(renderer.out_dir)
         renderer.preflight(job.selected)
-        return renderer.run(job.selected)
+        complete = False
+        try:
+            final = renderer.run(job.selected)
+            complete = True
+            return final
+        finally:
+            _keep_cache_tidy(sb, renderer.cache.used, complete, emit)
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit) -> None:
+    """Record what this render used (`sulphur cache`), then hold the cache to
+    ``[project] cache_limit_gb`` by pruning entries no storyboard uses. Never fails a render."""
+    from pipeline.render.usage import human, prune, record
+
+    try:
+        record(sb.path, used, complete=complete)
+        if complete and sb.project.cache_limit_gb is not None:
+            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30))
+            if removed:
+                emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
+                                          f"unused entries ({human(freed)})"))
+    except OSError as exc:
+        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {exc}"))
+
 
 
 def quiet_libraries() -> None:

@@ -166,3 +166,28 @@ def test_a_worker_started_on_a_full_disk_says_so(small_disk: Path) -> None:
     with pytest.raises(WorkerError) as info:
         WorkerClient.connect(small_disk, timeout=60).close()
     assert "full" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_real_render_records_its_entries_and_prune_frees_an_edited_shot(tmp_path: Path) -> None:
+    """Item 9: the cache grew forever; after an edit, the old shot's entries are what --prune removes."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    (tmp_path / "s.toml").write_text(STORY)
+    assert run("render", "s.toml").returncode == 0
+    first = json.loads(run("cache", "--json").stdout)
+    assert first["storyboards"]["s.toml"] == first["total"] > 0 and first["unreferenced"] == 0
+    (tmp_path / "s.toml").write_text(STORY.replace("a lighthouse", "a windmill"))
+    assert run("render", "s.toml").returncode == 0
+    second = json.loads(run("cache", "--json").stdout)
+    assert second["unreferenced"] > 0  # the lighthouse's entries
+    pruned = json.loads(run("cache", "--prune", "--json").stdout)
+    assert pruned["pruned"] >= 3 and pruned["total"] == pruned["storyboards"]["s.toml"]
+    assert run("render", "s.toml").stderr.count(" cached") >= 4  # nothing the current film needs was removed
