@@ -250,7 +250,7 @@ def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: s
     # TOML spells nan and inf; no setting means either (nan compares false with every bound).
     if isinstance(value, float) and not math.isfinite(value) or isinstance(value, list) and any(
             isinstance(v, float) and not math.isfinite(v) for v in value):
-        raise StoryboardError(path, "must be a finite number (nan and inf mean nothing here)", line, col, where)
+        raise StoryboardError(path, "must be a number", line, col, where)  # not nan, not inf
 
 
 def _tname(value: Any) -> str:
@@ -267,11 +267,13 @@ MAX_SEED = 2**63 - 1
 
 
 def _size(path: Path, loc: _Locator, table: str, key: str, value: list) -> tuple[int, int]:
-    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE
-                                  for v in value):
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
         line, col = loc.find(table, None, key)
-        raise StoryboardError(path, f"expected [width, height] with two integers from 1 to {MAX_SIDE}", line,
-                              col, f"{table}.{key}")
+        raise StoryboardError(path, "expected [width, height] with two positive integers", line, col,
+                              f"{table}.{key}")
+    if max(value) > MAX_SIDE:
+        raise StoryboardError(path, f"at most {MAX_SIDE} pixels a side", *loc.find(table, None, key),
+                              f"{table}.{key}")
     return int(value[0]), int(value[1])
 
 

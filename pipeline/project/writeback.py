@@ -6,7 +6,7 @@ another writer saved in between (3 of 3 times while a 1000-shot file took 4.8 s)
 a symlinked storyboard into a plain copy and rewrote a 0444 file through the rename.
 Here a write:
 
-1. takes an advisory lock (``flock`` on ``.sulphur/<name>.lock`` beside the file), which
+1. takes an advisory lock (``flock`` on the file's folder), which
    :func:`pipeline.project.storyboard.save` takes too;
 2. re-reads the file *inside* the lock and changes only the one key of the one table
    (tomlkit, so comments and order stay), after checking the result still parses;
@@ -43,14 +43,13 @@ def storyboard_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold the storyboard's advisory write lock (best effort: no lock where none can be made)."""
     import fcntl
 
-    from pipeline.wire.framing import private_dir
-
     target = real_target(path)
     try:
-        fd = os.open(private_dir(target.parent / ".sulphur") / f"{target.name}.lock",
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # The folder itself is the lock (flock works on a directory descriptor): no lock
+        # file to create, and the folder is what the atomic rename writes to anyway.
+        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        yield  # a read-only folder: nobody can write the storyboard there anyway
+        yield  # no folder to lock: the write will say why
         return
     try:
         deadline = time.monotonic() + LOCK_WAIT
