@@ -57,7 +57,14 @@ def origin_allowed(origin: str | None, host_header: str | None, names: set[str],
 
     No ``Origin`` is allowed (a script or ``curl`` with the token is the user's own); a
     browser always sends one on a websocket, and it must be ``http(s)://NAME:PORT``.
+    Bound to every address (``0.0.0.0``, ``::``), any name reaches the server, so the
+    ``Origin`` must then name the same host and port as the ``Host`` header.
     """
+    if names & {"0.0.0.0", "::", ""}:
+        if origin is None:
+            return True
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and parts.netloc.lower() == (host_header or "").lower()
     for value, need_scheme in ((host_header, False), (origin, True)):
         if value is None:
             continue

@@ -128,3 +128,20 @@ def test_a_bad_port_is_one_line(tmp_path: Path, port: str) -> None:
     (tmp_path / "story.toml").write_text(QUICK)
     result = sulphur("edit", "story.toml", "--serve", "--port", port, cwd=tmp_path, timeout=30)
     assert_one_line(result, "--port")
+
+
+@pytest.mark.parametrize("bind, origin, host, ok", [
+    ("127.0.0.1", "http://127.0.0.1:8000", "127.0.0.1:8000", True),
+    ("127.0.0.1", "http://localhost:8000", "localhost:8000", True),
+    ("127.0.0.1", None, "127.0.0.1:8000", True),                         # curl with the token
+    ("127.0.0.1", "http://evil.example", "127.0.0.1:8000", False),
+    ("127.0.0.1", "http://evil.example:8000", "evil.example:8000", False),  # DNS rebinding
+    ("127.0.0.1", "http://localhost:9999", "localhost:8000", False),
+    ("127.0.0.1", "file://", "localhost:8000", False),
+    ("0.0.0.0", "http://10.0.0.5:8000", "10.0.0.5:8000", True),
+    ("0.0.0.0", "http://evil.example", "10.0.0.5:8000", False),
+])
+def test_origin_rule(bind: str, origin: str | None, host: str, ok: bool) -> None:
+    from pipeline.cli.serve import _host_names, origin_allowed
+
+    assert origin_allowed(origin, host, _host_names(bind), 8000) is ok
