@@ -24,6 +24,9 @@ from typing import Any
 import tomlkit
 from tomlkit.items import AoT, Table
 
+from pipeline.project import layout
+from pipeline.project.layout import RenderFolder
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DRIFT_GUARDS = ("off", "anchor", "anchor+output")
@@ -130,11 +133,16 @@ class Storyboard:
         p = Path(relative).expanduser()
         return p if p.is_absolute() else (self.path.parent / p)
 
+    @property
+    def renders(self) -> RenderFolder:
+        """``renders/<stem>/``: where a render of this storyboard publishes its files."""
+        return RenderFolder.of(self.path)
+
     def render_dir(self) -> Path:
-        return self.path.parent / "renders" / self.stem
+        return self.renders.root
 
     def state_dir(self) -> Path:
-        return self.path.parent / ".sulphur"
+        return layout.state_dir(self.path.parent)
 
 
 # --------------------------------------------------------------------------- reading
@@ -527,9 +535,18 @@ def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, A
         if key not in new and key in defaults:
             del table[key]
     for key, value in new.items():
-        if key in table and _plain(table[key]) == _plain(value):
+        if key in table and (_plain(table[key]) == _plain(value) or _same_anchor(_plain(table[key]), value)):
             continue  # untouched: keep its formatting and comment
         table[key] = value
+
+
+def _same_anchor(old: Any, new: Any) -> bool:
+    """``anchor = "still.png"`` in the file is the ``{ image = "still.png" }`` a save writes."""
+    if not (isinstance(old, str) and isinstance(new, dict) and len(new) == 1):
+        return False
+    (kind, target), = new.items()
+    suffixes = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
+    return old == target and Path(old).suffix.lower() in suffixes
 
 
 def _plain(value: Any) -> Any:
@@ -597,7 +614,7 @@ def atomic_write(path: Path, text: str) -> None:
     The file and then its folder are fsynced, so a power loss leaves the old or the new
     text, never an empty file.
     """
-    from pipeline.project.writeback import check_writable, real_target
+    from pipeline.project.files import check_writable, real_target
 
     path = real_target(path)
     check_writable(path)
@@ -636,7 +653,7 @@ def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> 
     The file on disk must still parse: a file that was broken in the meantime is never
     overwritten (the caller decides what to do).
     """
-    from pipeline.project.writeback import storyboard_lock
+    from pipeline.project.files import storyboard_lock
 
     target = Path(path or storyboard.path)
     with storyboard_lock(target):  # the renderer's write-back takes it too (pipeline.project.writeback)

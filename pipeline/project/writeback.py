@@ -20,69 +20,13 @@ storyboard must never abort a render (the prompt stays in the stage cache).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.project.files import check_writable, real_target, storyboard_lock
+
 #: What :func:`set_enhanced_prompt` returns for a segment whose user pinned its enhanced prompt.
 PINNED = "enhance_lock = true: the user's enhanced prompt is kept"
-
-#: Seconds to wait for another writer's lock before writing anyway (a stuck holder must not stall a render).
-LOCK_WAIT = 10.0
-
-
-def real_target(path: str | os.PathLike[str]) -> Path:
-    """The file a write must replace: a symlink's target, never the link itself."""
-    return Path(os.path.realpath(path))
-
-
-@contextmanager
-def storyboard_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold the storyboard's advisory write lock (best effort: no lock where none can be made)."""
-    import fcntl
-
-    target = real_target(path)
-    try:
-        # The folder itself is the lock (flock works on a directory descriptor): no lock
-        # file to create, and the folder is what the atomic rename writes to anyway.
-        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        yield  # no folder to lock: the write will say why
-        return
-    try:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    break  # write unlocked rather than hang behind a stuck holder
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)  # closing drops the flock
-
-
-def check_writable(path: str | os.PathLike[str]) -> None:
-    """Refuse (``PermissionError``) to replace a file its owner made read-only.
-
-    A rename needs only the folder's write bit, so a 0444 storyboard would be silently
-    replaced; a user who set 0444 meant "do not change this".
-    """
-    import stat
-
-    target = real_target(path)
-    try:
-        mode = target.stat().st_mode
-    except FileNotFoundError:
-        return
-    # The write bits, not os.access: root may write anything, but 0444 still says "keep".
-    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(target, os.W_OK):
-        raise PermissionError(13, "the file is read-only", str(target))
-
 
 def set_segment_fields(path: str | os.PathLike[str], segment_id: str, *, respect_lock: bool = False,
                        **changes: Any) -> str:

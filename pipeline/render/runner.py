@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.memory import planner as memory
-from pipeline.models.registry import PRESETS, LoadedModels, Preset
+from pipeline.memory.loaded import LoadedModels
+from pipeline.models.registry import PRESETS, Preset
+from pipeline.project import layout
 from pipeline.project.references import check_references
 from pipeline.project.storyboard import (
     Storyboard,
@@ -32,6 +34,7 @@ from pipeline.project.storyboard import (
     segment_digest,
 )
 from pipeline.project.writeback import PINNED, set_enhanced_prompt
+from pipeline.quality import drift, flicker
 from pipeline.render.cache import Artifact, StageCache, digest, stage_key
 from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder
@@ -69,7 +72,7 @@ class _Faults:
 
 
 def _injected_oom(stage: str) -> BaseException:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free (tests only reach this)
 
     return torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by SULPHUR_FAULT_OOM at {stage})")
 
@@ -78,6 +81,7 @@ def _injected_oom(stage: str) -> BaseException:
 
 
 def _stages(preset: Preset) -> dict[str, Stage]:
+    # The stage modules import torch and diffusers: loaded when a render builds its stages.
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.enhance import EnhanceStage
     from pipeline.stages.grade import GradeStage
@@ -116,10 +120,10 @@ class Renderer:
         self.cancel = cancel
         self.job_id = job_id
         self.models = models
-        self.cache = StageCache(job.storyboard.state_dir() / "cache")
+        self.cache = StageCache(layout.cache_dir(job.storyboard.path.parent))
         self._stage_sets: dict[str, dict[str, Stage]] = {}
         self.faults = _Faults()
-        self.out_dir = job.storyboard.render_dir()
+        self.renders = job.storyboard.renders
         self.upscale_frames = 0  # frames this job upscales (set by preflight; decides compiling)
         self.chain = _Chain(reference=self._reference_image())
 
@@ -152,12 +156,12 @@ class Renderer:
         names = {p.name for p in used.values()}
         stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in names]
         if stale:
-            models.evict(*stale)
+            models.make_room(drop=stale, reason="presets this job does not use")
         if memory.detect_device() == "cuda":
             # The plans were made for this budget: hold the allocator to it, so a plan that
             # underestimates fails with an OOM (and steps down the ladder) instead of spilling;
             # without one, lift a cap an earlier job of this worker may have set.
-            from pipeline.memory.offload import enforce_vram_budget
+            from pipeline.memory.offload import enforce_vram_budget  # torch + diffusers hooks: CUDA only
 
             enforce_vram_budget(job.project.vram_budget_gb)
         return cls(job, emit, cancel, job_id, models)
@@ -254,7 +258,7 @@ class Renderer:
                                          peak_reserved=reserved, peak_host_rss=_host_peak(),
                                          plan=plan.describe(), cache_key=key))
         if plan.options.get("evict_between_stages"):
-            self.models.evict_all()
+            self.models.make_room(reason="the plan evicts between stages")
         artifact = self.cache.get(name, key)
         assert artifact is not None
         return artifact
@@ -304,9 +308,7 @@ class Renderer:
             frame = last_video_frame(self.sb.resolve(anchor.path))
         frame = _fit(frame, w, h)
         if job.drift_guard != "off" and reference is not None and anchor.kind == "previous":
-            from pipeline.quality.drift import match_colors
-
-            frame = match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
+            frame = drift.match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
         return frame
 
     # ---------------------------------------------------------------- the film
@@ -349,7 +351,7 @@ class Renderer:
         t_seg = time.perf_counter()
         seg_id = job.segment.id
         encode = self.finish_stages(job, draft)
-        target = self.out_dir / "segments" / f"{seg_id}.mp4"
+        target = self.renders.segment(seg_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
         self._record_rendered(seg_id, encode)
@@ -361,7 +363,7 @@ class Renderer:
     def _record_rendered(self, seg_id: str, encode: Artifact) -> None:
         """renders/<stem>/manifest.json: what each segment MP4 was made from, so any
         client (the TUI after a CLI render, say) can tell rendered from stale."""
-        path = self.out_dir / "manifest.json"
+        path = self.renders.manifest
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -395,10 +397,6 @@ class Renderer:
     def _quality(self, job: SegmentJob, stage: str, frames: np.ndarray, prev_last: np.ndarray | None,
                  reference: np.ndarray | None) -> None:
         """Flicker (and, for drafts, colour drift) of a stage's frames, as events."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         seam = None
         if prev_last is not None and job.segment.anchor.kind == "previous" and len(frames):
             after = np.ascontiguousarray(frames[min(1, len(frames) - 1)])
@@ -408,27 +406,19 @@ class Renderer:
         self.emit(stats.to_event(job.segment.id, stage, self.job_id, seam_psnr=seam))
         if stage != "draft":
             return
-        try:
-            from pipeline.quality import drift
-        except ImportError:
-            return
         first, last = np.asarray(frames[0]), np.asarray(frames[-1])
         ref = drift.frame_stats(reference if reference is not None else first)
         self.emit(drift.drift_event(job.segment.id, first, last, ref, job.drift_guard, self.job_id))
 
     def _quality_video(self, job: SegmentJob, path: Path) -> None:
         """Flicker of the encoded segment as a viewer will decode it."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         self.emit(flicker.analyze_video(path).to_event(job.segment.id, "encode", self.job_id))
 
     def _preview(self, job: SegmentJob, upscale: Artifact) -> None:
-        from PIL import Image
+        from PIL import Image  # deferred: keeps importing the runner light
 
         frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
-        path = self.out_dir / "previews" / f"{job.segment.id}.png"
+        path = self.renders.preview(job.segment.id)
         try:
             with publishing(path, "preview") as tmp:  # a unique temporary: two renders never share one
                 Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
@@ -439,7 +429,7 @@ class Renderer:
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
         """final.mp4 from every segment's cached stages, when all of them exist."""
-        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.out_dir, self.emit)
+        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.renders, self.emit)
 
     def _cached_segment(self, index: int, drafts: dict[str, Artifact]) -> CachedSegment | None:
         """Look up (without running) a segment's encoded-frames entry, its draft and its
@@ -473,9 +463,9 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     check_references(sb, {s.id for s in sb.segments[:last + 1]})
     renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
-    with OutputLock(renderer.out_dir, sb.path):  # one render per output folder at a time
+    with OutputLock(renderer.renders.root, sb.path):  # one render per output folder at a time
         renderer.cache.sweep_partials()
-        sweep_temporaries(renderer.out_dir)
+        sweep_temporaries(renderer.renders.root)
         renderer.preflight(job.selected)
         complete = False
         try:
@@ -509,7 +499,7 @@ def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit)
 def quiet_libraries() -> None:
     """Progress is reported through events; the libraries' own tqdm bars would garble it."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import diffusers
+    import diffusers  # deferred: heavy, and only a render that loads models needs them quiet
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -519,16 +509,13 @@ def quiet_libraries() -> None:
 
 
 def _reset_peaks() -> None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+    import torch  # deferred: importing the runner stays torch-free
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
 
 def _peaks() -> tuple[int, int]:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
@@ -540,7 +527,7 @@ def _host_peak() -> int:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # deferred: only image anchors need it
 
     try:
         with Image.open(path) as im:
@@ -551,7 +538,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def last_video_frame(path: Path) -> np.ndarray:
     """The last decoded frame of a video (RGB), or a RenderError naming the file."""
-    import av
+    import av  # deferred: only video anchors need it
 
     last = None
     try:
@@ -570,7 +557,7 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return np.ascontiguousarray(frame)
-    from PIL import Image
+    from PIL import Image  # deferred: only a resize needs it
 
     target = width / height
     if w / h > target:

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Adapter name of the distilled LoRA inside the held transformer.
 LORA_ADAPTER = "distilled"

@@ -72,7 +72,7 @@ def test_sigterm_kills_the_encoder_child(tmp_path: Path) -> None:
     np.save(tmp_path / "frames.npy", frames)
     script = (
         "from pathlib import Path\n"
-        "from pipeline.cli.headless import terminate_like_ctrl_c\n"
+        "from pipeline.cli.output import terminate_like_ctrl_c\n"
         "from pipeline.stages.encode import encode_in_fresh_process\n"
         "terminate_like_ctrl_c()\n"
         f"encode_in_fresh_process(Path({str(tmp_path / 'out.mp4')!r}), Path({str(tmp_path / 'frames.npy')!r}),"

@@ -125,6 +125,7 @@ def _segment(folder: Path, name: str, value: int) -> Path:
 @pytest.mark.timeout(120)
 def test_a_full_disk_during_the_film_is_one_line_and_leaves_nothing(tmp_path: Path, small_disk: Path) -> None:
     """Item 5: ENOSPC in the film gave a traceback, a pointless full re-encode and .final.partial.mp4."""
+    from pipeline.project.layout import RenderFolder
     from pipeline.project.storyboard import parse
     from pipeline.render.cache import Artifact
     from pipeline.render.errors import RenderError
@@ -147,7 +148,7 @@ def test_a_full_disk_during_the_film_is_one_line_and_leaves_nothing(tmp_path: Pa
     events: list = []
     t = time.perf_counter()
     with pytest.raises(RenderError) as info:
-        assemble_film(job, cached.get, out, events.append)
+        assemble_film(job, cached.get, RenderFolder(out), events.append)
     assert info.value.kind == "disk_full"
     assert "final.mp4" in info.value.message and "\n" not in info.value.message
     assert sorted(p.name for p in out.iterdir()) == []  # no partial film, no manifest
