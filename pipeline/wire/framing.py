@@ -194,7 +194,7 @@ class ProjectLock:
         import fcntl
 
         private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         # A few tries: `lock_holder` in a client takes a shared lock for a moment.
         for attempt in range(10):
             try:
