@@ -25,6 +25,13 @@ import tomlkit
 from tomlkit.items import AoT, Table
 
 from pipeline.project import layout
+from pipeline.project.files import (
+    check_writable,
+    describe_os_error,
+    read_regular,
+    real_target,
+    storyboard_lock,
+)
 from pipeline.project.layout import RenderFolder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -482,8 +489,6 @@ MAX_STORYBOARD_BYTES = 16 << 20
 
 def load(path: str | os.PathLike[str]) -> Storyboard:
     """Read and validate a storyboard file; a FIFO, device or directory is refused unopened."""
-    from pipeline.project.files import describe_os_error, read_regular
-
     path = Path(path)
     try:
         source = read_regular(path, MAX_STORYBOARD_BYTES).decode("utf-8")
@@ -614,8 +619,6 @@ def atomic_write(path: Path, text: str) -> None:
     The file and then its folder are fsynced, so a power loss leaves the old or the new
     text, never an empty file.
     """
-    from pipeline.project.files import check_writable, real_target
-
     path = real_target(path)
     check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -653,8 +656,6 @@ def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> 
     The file on disk must still parse: a file that was broken in the meantime is never
     overwritten (the caller decides what to do).
     """
-    from pipeline.project.files import storyboard_lock
-
     target = Path(path or storyboard.path)
     with storyboard_lock(target):  # the renderer's write-back takes it too (pipeline.project.writeback)
         original = target.read_text(encoding="utf-8") if target.exists() else ""

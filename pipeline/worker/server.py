@@ -72,11 +72,15 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from pipeline.project import layout
+
+# Imported here, not in the submit thread: a first import there would queue behind the
+# render thread's import of torch (the import lock) and outlast a client's timeout.
+from pipeline.project.selection import select_segments
+from pipeline.project.storyboard import Storyboard, StoryboardError, load
 from pipeline.wire.framing import (
     GOODBYE,
     LineBuffer,
@@ -113,9 +117,6 @@ from pipeline.wire.protocol import (
     encode,
 )
 from pipeline.worker.journal import JobRecord, Journal
-
-if TYPE_CHECKING:
-    from pipeline.project.storyboard import Storyboard
 
 log = logging.getLogger("sulphur.worker")
 
@@ -493,9 +494,6 @@ class Worker:
 
     def _submit(self, req: Submit, path: Path, sb: Storyboard) -> Ack:
         """(Loop thread.) Queue a job for a storyboard already read and validated."""
-        from pipeline.project.selection import select_segments
-        from pipeline.project.storyboard import StoryboardError
-
         if self.stopping.is_set():
             raise _BadRequest("the worker is shutting down; submit again to start a new one")
         wanted = list(req.segments)
@@ -695,8 +693,6 @@ def _off_loop(fn: object, *args: object) -> asyncio.Future:
 
 def _read_storyboard(path: Path) -> Storyboard:
     """(A thread.) Load a storyboard; special files are refused unopened."""
-    from pipeline.project.storyboard import StoryboardError, load
-
     try:
         return load(path)
     except StoryboardError as exc:
