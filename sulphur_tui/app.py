@@ -750,22 +750,8 @@ def create_app(storyboard_path: str | os.PathLike[str], **options: object) -> Su
 
 
 def main(args: argparse.Namespace) -> int:
-    """``sulphur edit FILE [--serve]``."""
+    """``sulphur edit FILE`` (``--serve`` is pipeline.cli.serve: token and Origin checks)."""
     path = Path(args.storyboard)
-    if getattr(args, "serve", False):
-        try:
-            from textual_serve.server import Server
-        except ImportError:
-            print("sulphur edit --serve needs textual-serve: pip install 'sulphur[serve]'", file=sys.stderr)
-            return 2
-        import shlex
-
-        host = getattr(args, "host", None) or os.environ.get("SULPHUR_SERVE_HOST", "localhost")
-        port = int(getattr(args, "port", None) or os.environ.get("SULPHUR_SERVE_PORT", 8000))
-        command = shlex.join([sys.executable, "-m", "pipeline.cli.main", "edit", str(path.resolve())])
-        print(f"Serving the editor of {path.name} at http://{host}:{port}", file=sys.stderr)
-        Server(command, host=host, port=port, title=f"Sulphur — {path.name}").serve()
-        return 0
     # Half blocks by default (everywhere, SSH included, no start-up cost);
     # SULPHUR_TUI_IMAGES=auto lets textual-image probe for sixel / kitty graphics.
     image = os.environ.get("SULPHUR_TUI_IMAGES") or "halfblock"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 
 from pipeline.cli.output import ProgressPrinter, json_printer, run_job
 from pipeline.render.errors import RenderError
-from pipeline.render.extend import DEFAULT_PRESET, extend
+from pipeline.render.extend import DEFAULT_PRESET, extend, probe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -27,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        probe(args.clip)  # torch-free: a FIFO, an empty or a broken clip is refused in words, at once
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     emit = json_printer if args.json else ProgressPrinter()
 
     def work(cancel: threading.Event) -> Path:

@@ -25,7 +25,34 @@ def render_with_cli_output(storyboard: Path, *, json_events: bool, segments: lis
     return code
 
 
+def preflight_storyboard(path: Path, json_events: bool, segments: list[str] | None = None) -> int:
+    """Exit code 2 with the one-line file:line:col message for a storyboard that cannot render, else 0.
+
+    Torch-free, so a bad file (or a FIFO, or an anchor typo in the last shot) is refused
+    in a fraction of a second instead of after the renderer's imports.
+    """
+    from pipeline.project.references import check_references
+    from pipeline.project.storyboard import StoryboardError, load
+    from pipeline.wire import protocol
+
+    try:
+        sb = load(path)
+        ids = [s.id for s in sb.segments]
+        # Shots up to the last one asked for are drafted (a later shot's anchor is not read).
+        last = max((ids.index(s) for s in segments or () if s in ids), default=len(ids) - 1)
+        check_references(sb, set(ids[:last + 1]))
+    except StoryboardError as exc:
+        if json_events:
+            json_printer(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main_render(args: argparse.Namespace) -> int:
+    code = preflight_storyboard(args.storyboard, args.json, args.segment)
+    if code:
+        return code
     return render_with_cli_output(args.storyboard, json_events=args.json, segments=args.segment,
                                   from_segment=args.from_, preset=args.preset)
 

@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("edit", help="open the storyboard editor (TUI)")
     e.add_argument("storyboard", type=Path)
-    e.add_argument("--serve", action="store_true", help="serve the TUI in a browser (needs textual-serve)")
+    e.add_argument("--serve", action="store_true", help="serve the TUI in a browser (needs textual-serve); "
+                   "prints a URL with this launch's token")
+    e.add_argument("--host", default=None, help="with --serve: address to listen on (default localhost)")
+    e.add_argument("--port", default=None, help="with --serve: TCP port (default 8000)")
 
     w = sub.add_parser("worker", help="run or stop the background render worker of a project")
     w.add_argument("--project", type=Path, default=None, help="project folder (default: current folder)")
@@ -57,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="print the worker's status snapshot")
     s.add_argument("--project", type=Path, default=None)
     s.add_argument("--json", action="store_true")
+
+    from pipeline.cli.cache_cmd import add_arguments as cache_arguments  # flags only
+
+    cache_arguments(sub.add_parser("cache", help="cache size per storyboard; --prune what none uses"))
 
     f = sub.add_parser("flicker", help="per-frame PSNR-Y flicker report of a video")
     f.add_argument("video", type=Path)
@@ -99,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "edit" and args.serve:
+        from pipeline.cli.serve import main as serve_main
+
+        return serve_main(args)
     if args.command == "edit":
         from sulphur_tui.app import main as tui_main
 
@@ -131,6 +142,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.cli.attach import main_status
 
         return main_status(args)
+    if args.command == "cache":
+        from pipeline.cli.cache_cmd import main as cache_main
+
+        return cache_main(args)
     if args.command == "takes":
         from pipeline.cli.takes import main as takes_main
 

@@ -56,6 +56,34 @@ def json_printer(event: Event) -> None:
     sys.stdout.flush()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like ctrl+c so every ``finally`` and
+    ``except BaseException`` on the way out runs: a stage's partial cache folder is
+    removed and an encoder child is killed (the default SIGTERM skips them all)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def terminate_like_ctrl_c() -> None:
+    """Install the SIGTERM handler of a CLI render (main thread only; a no-op elsewhere)."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _interrupted(exc: BaseException) -> KeyboardInterrupt | None:
+    """The ctrl+c or SIGTERM behind ``exc`` (a stage wraps what it caught in a RenderError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Emit) -> tuple[int, T | None]:
     """Run a render-like job for a CLI command; returns (exit code, result).
 
@@ -68,19 +96,25 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
     from pipeline.stages.base import Cancelled
 
     cancel = threading.Event()
+    terminate_like_ctrl_c()
     try:
         return 0, work(cancel)
     except StoryboardError as exc:
         code, kind, message = 2, "storyboard", str(exc)
     except RenderError as exc:
+        stop = _interrupted(exc)
+        if stop is not None:  # ctrl+c inside a stage: an interrupt, not a failure
+            cancel.set()
+            print("cancelled; finished stages are kept in the cache", file=sys.stderr)
+            return (143 if isinstance(stop, Terminated) else 130), None
         code, kind, message = 1, exc.kind, exc.message
         if os.environ.get("SULPHUR_DEBUG") and exc.__cause__ is not None:
             # The one-line message is for users; whoever debugs a stage wants the stack.
             traceback.print_exception(exc.__cause__, file=sys.stderr)
-    except (KeyboardInterrupt, Cancelled):
+    except (KeyboardInterrupt, Cancelled) as exc:
         cancel.set()
         print("cancelled; finished stages are kept in the cache", file=sys.stderr)
-        return 130, None
+        return (143 if isinstance(exc, Terminated) else 130), None
     if json_events:
         emit(protocol.ErrorEvent(kind=kind, message=message))
     print(f"error: {message}", file=sys.stderr)

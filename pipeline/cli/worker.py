@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -36,6 +37,10 @@ def main(args: argparse.Namespace) -> int:
         return Worker(project, idle).run()
     except WorkerLocked as exc:
         print(f"sulphur worker: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.OperationalError) as exc:  # a full or read-only disk at start: one line
+        print(f"sulphur worker: cannot start in {project}: {getattr(exc, 'strerror', None) or exc}",
+              file=sys.stderr)
         return 1
 
 

@@ -48,14 +48,23 @@ def probe(path: Path) -> ClipInfo:
     """fps, size and the decoded frame count of a video (containers' frame counts are not trusted)."""
     import av
 
-    with av.open(str(path)) as c:
-        if not c.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        v = c.streams.video[0]
-        fps = Fraction(v.average_rate) if v.average_rate else Fraction(v.guessed_rate or 24)
-        size = (v.codec_context.width, v.codec_context.height)
-        audio = bool(c.streams.audio)
-        frames = sum(1 for _ in c.decode(video=0))
+    from pipeline.project.files import check_regular, describe_os_error
+
+    try:
+        if check_regular(path).st_size == 0:  # a FIFO or device would hang av.open: refused unopened
+            raise ValueError(f"{path}: empty file, not a video")
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            v = c.streams.video[0]
+            fps = Fraction(v.average_rate) if v.average_rate else Fraction(v.guessed_rate or 24)
+            size = (v.codec_context.width, v.codec_context.height)
+            audio = bool(c.streams.audio)
+            frames = sum(1 for _ in c.decode(video=0))
+    except av.error.FFmpegError as exc:  # str() of some is a bare errno (1094995529): use the words
+        raise ValueError(f"{path}: not a readable video ({exc.strerror or type(exc).__name__})") from None
+    except OSError as exc:
+        raise ValueError(describe_os_error(path, exc)) from None
     if frames == 0:
         raise ValueError(f"{path} has no decodable video frames")
     return ClipInfo(fps=fps, size=size, frames=frames, audio=audio)

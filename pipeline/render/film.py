@@ -9,7 +9,6 @@ so an unchanged film is not assembled again.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 from pipeline.project.layout import RenderFolder
 from pipeline.render.cache import Artifact, digest
 from pipeline.render.job import RenderJob
+from pipeline.render.outputs import publishing
 from pipeline.stages.encode import EncodeStage, FilmPart, join_film, repeats_anchor
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -61,16 +61,16 @@ def assemble_film(job: RenderJob, lookup: Callable[[int], CachedSegment | None],
     manifest_path = renders.film_manifest
     if _unchanged(final, manifest_path, film_key):
         return final
-    tmp = final.with_name(".final.partial.mp4")
     total = sum(len(p.frames) - int(p.skip_first) for p in parts)
     emit(protocol.StageStarted(segment="", stage="film", total_steps=total))
     t0 = time.perf_counter()
-    _, reencoded = join_film(tmp, parts, fps=job.project.fps, size=job.project.output_size)
+    with publishing(final, "final film") as tmp:  # unique temporary; removed, one line, on a full disk
+        _, reencoded = join_film(tmp, parts, fps=job.project.fps, size=job.project.output_size)
     if reencoded:
         emit(protocol.Log(level="warning", message=f"final film re-encoded, segments not joinable by "
                                                     f"copy: {reencoded}"))
-    os.replace(tmp, final)
-    _write_manifest(manifest_path, film_key, job.project.fps, total, reencoded, manifest)
+    with publishing(manifest_path, "film manifest") as tmp:
+        _write_manifest(tmp, film_key, job.project.fps, total, reencoded, manifest)
     emit(protocol.StageFinished(segment="", stage="film", seconds=time.perf_counter() - t0))
     return final
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import socket
 import threading
 import time
@@ -27,21 +26,21 @@ from pipeline.memory import planner as memory
 from pipeline.memory.loaded import LoadedModels
 from pipeline.models.registry import PRESETS, Preset
 from pipeline.project import layout
+from pipeline.project.references import check_references
 from pipeline.project.storyboard import (
     Storyboard,
-    StoryboardError,
     atomic_write,
     load,
-    save,
     segment_digest,
-    with_segment,
 )
+from pipeline.project.writeback import PINNED, set_enhanced_prompt
 from pipeline.quality import drift, flicker
 from pipeline.render.cache import Artifact, StageCache, digest, stage_key
 from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder
 from pipeline.render.film import CachedSegment, assemble_film
 from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -285,16 +284,14 @@ class Renderer:
         return text
 
     def _write_enhanced(self, segment_id: str, text: str) -> None:
-        """Cache the enhanced prompt in the storyboard file, merging into what is on disk now."""
-        try:
-            current = load(self.sb.path)
-            seg = current.segment(segment_id)
-        except (StoryboardError, KeyError) as exc:
-            self.emit(protocol.Log(level="warning", message=f"enhanced prompt not saved: {exc}"))
+        """Cache the enhanced prompt in the storyboard (pipeline.project.writeback owns the write);
+        a file that cannot take it is a warning, never the render's failure."""
+        why = set_enhanced_prompt(self.sb.path, segment_id, text)
+        if why == PINNED:
             return
-        if seg.enhance_lock:
-            return
-        save(with_segment(current, segment_id, enhanced_prompt=text))
+        if why:
+            self.emit(protocol.Log(level="warning", message=f"enhanced prompt of {segment_id} not saved in the "
+                                   f"storyboard ({why}); it stays in the cache"))
         self.emit(protocol.PromptEnhanced(segment=segment_id, enhanced_prompt=text))
 
     def anchor_for(self, job: SegmentJob, previous_last: np.ndarray | None,
@@ -423,10 +420,12 @@ class Renderer:
 
         frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
         path = self.renders.preview(job.segment.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
-        os.replace(tmp, path)
+        try:
+            with publishing(path, "preview") as tmp:  # a unique temporary: two renders never share one
+                Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
+        except RenderError as exc:  # a preview is a convenience: the render goes on without it
+            self.emit(protocol.Log(level="warning", message=exc.message))
+            return
         self.emit(protocol.Preview(segment=job.segment.id, stage="upscale", path=str(path)))
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
@@ -460,14 +459,42 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     """Render a storyboard; returns ``final.mp4`` (or the render folder if not every segment exists)."""
     job = RenderJob.resolve(load(storyboard_path), Overrides(preset=preset), segments=segments,
                             from_segment=from_segment)
+    sb = job.storyboard
+    last = max(sb.index(s) for s in job.selected)  # shots 0..last are drafted: their anchors must be usable
+    check_references(sb, {s.id for s in sb.segments[:last + 1]})
     renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
-    renderer.cache.sweep_partials()
-    renderer.preflight(job.selected)
-    return renderer.run(job.selected)
+    with OutputLock(renderer.renders.root, sb.path):  # one render per output folder at a time
+        renderer.cache.sweep_partials()
+        sweep_temporaries(renderer.renders.root)
+        renderer.preflight(job.selected)
+        complete = False
+        try:
+            final = renderer.run(job.selected)
+            complete = True
+            return final
+        finally:
+            _keep_cache_tidy(sb, renderer.cache.used, complete, emit)
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit) -> None:
+    """Record what this render used (`sulphur cache`), then hold the cache to
+    ``[project] cache_limit_gb`` by pruning entries no storyboard uses. Never fails a render."""
+    from pipeline.render.usage import human, prune, record
+
+    try:
+        record(sb.path, used, complete=complete)
+        if complete and sb.project.cache_limit_gb is not None:
+            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30))
+            if removed:
+                emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
+                                          f"unused entries ({human(freed)})"))
+    except OSError as exc:
+        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {exc}"))
+
 
 
 def quiet_libraries() -> None:
@@ -498,12 +525,6 @@ def _peaks() -> tuple[int, int]:
 
 def _host_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _read_image(path: Path) -> np.ndarray:

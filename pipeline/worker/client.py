@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.project import layout
 from pipeline.wire import protocol
-from pipeline.wire.framing import LineBuffer, connect_unix, lock_holder, socket_path
+from pipeline.wire.framing import LineBuffer, connect_unix, lock_holder, private_dir, socket_path
 from pipeline.wire.protocol import (
     Ack,
     Cancel,
@@ -154,6 +154,9 @@ class WorkerClient:
             if proc.poll() is not None and lock_holder(project_dir) is None:
                 # Ours exited and nobody holds the lock (e.g. it lost a race with a worker
                 # that was stopping then): try again, but not forever.
+                full = _disk_full(project_dir)
+                if full:  # its log may well be empty: say why instead
+                    raise WorkerError(f"the worker for {project_dir} could not start: {full}")
                 if spawns >= 3:
                     raise WorkerError(f"the worker for {project_dir} exited with status {proc.returncode}; "
                                       f"last lines of its log:\n{_log_tail(project_dir)}")
@@ -264,19 +267,36 @@ def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subpro
     in a new session so a closing terminal or SSH login does not take it down.
     """
     log_path = layout.worker_log(project_dir)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(log_path.parent)  # 0700: the log names every prompt
     cmd = [sys.executable, "-m", "pipeline.cli", "worker", "--foreground", "--project", str(project_dir)]
     if idle_timeout is not None:
         cmd += ["--idle-timeout", str(idle_timeout)]
     env = os.environ.copy()
     root = str(Path(__file__).resolve().parents[2])  # so `-m pipeline.cli` finds this checkout
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(log_path, "ab") as log:
+    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=project_dir, env=env)
     # Reap it when it exits, so a long-lived client (the TUI) collects no zombies.
     threading.Thread(target=proc.wait, name=f"reap-worker-{proc.pid}", daemon=True).start()
     return proc
+
+
+#: Free bytes below which a worker that died at start is blamed on a full disk.
+LOW_DISK = 1 << 20
+
+
+def _disk_full(project_dir: Path) -> str:
+    """"the disk holding X is full (N bytes free)" when it is, else ""."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(Path(project_dir) / ".sulphur").free
+    except OSError:
+        return ""
+    if free >= LOW_DISK:
+        return ""
+    return f"the disk holding {project_dir} is full ({free} bytes free); free some space and try again"
 
 
 def _log_tail(project_dir: Path, lines: int = 15) -> str:
@@ -322,13 +342,21 @@ def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     jobs: list[JobInfo] = []
     db = layout.journal_db(project_dir)
     if db.exists():
-        journal = Journal(db)
+        import sqlite3
+
         try:
-            for rec in journal.jobs(limit=limit):
-                jobs.append(JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=rec.selected,
-                                    state=rec.state, error=rec.error))  # type: ignore[arg-type]
-        finally:
-            journal.close()
+            journal = Journal(db)
+            try:
+                for rec in journal.jobs(limit=limit):
+                    jobs.append(JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=rec.selected,
+                                        state=rec.state, error=rec.error))  # type: ignore[arg-type]
+            finally:
+                journal.close()
+        except sqlite3.DatabaseError as exc:
+            # Reading only: the next worker moves the file aside (Journal.open_or_reset).
+            print(f"warning: {db} is unreadable ({exc}); the next worker moves it aside and starts a new one",
+                  file=sys.stderr)
+            return StatusSnapshot(pid=0, project=str(project_dir), jobs=[])
     return StatusSnapshot(pid=0, project=str(project_dir), jobs=jobs)
 
 

@@ -76,12 +76,18 @@ from pathlib import Path
 import msgspec
 
 from pipeline.project import layout
+
+# Imported here, not in the submit thread: a first import there would queue behind the
+# render thread's import of torch (the import lock) and outlast a client's timeout.
+from pipeline.project.selection import select_segments
+from pipeline.project.storyboard import Storyboard, StoryboardError, load
 from pipeline.wire.framing import (
     GOODBYE,
     LineBuffer,
     ProjectLock,
     bind_unix,
     lock_path,
+    private_dir,
     socket_path,
 )
 from pipeline.wire.protocol import (
@@ -124,7 +130,22 @@ MAX_CRASHES = 3
 #: Finished jobs kept in the status snapshot.
 HISTORY = 50
 HIGH_RATE = (StepProgress, VramSample)
+#: Seconds a submit may spend reading and parsing its storyboard (off the loop) before it is refused.
+SUBMIT_READ_TIMEOUT = 10.0
 FINISHED = ("done", "failed", "cancelled")
+
+
+#: Finished jobs older than this leave the journal when a worker starts ($SULPHUR_JOURNAL_RETENTION_DAYS).
+DEFAULT_RETENTION_DAYS = 30.0
+
+
+def journal_retention() -> float:
+    """Seconds a finished job stays in the journal."""
+    try:
+        days = float(os.environ.get("SULPHUR_JOURNAL_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
+    except ValueError:
+        days = DEFAULT_RETENTION_DAYS
+    return max(0.0, days) * 86400
 
 
 def idle_timeout_default() -> float:
@@ -146,6 +167,7 @@ class _Client:
         self.subscribed = False
         self.dropped = 0
         self.closed = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()  # its submits still reading their storyboard
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._drain())
 
@@ -258,7 +280,13 @@ class Worker:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
-        self.journal = Journal(layout.journal_db(self.project))
+        private_dir(layout.state_dir(self.project))  # 0700: the journal holds every prompt
+        self.journal, warning = Journal.open_or_reset(layout.journal_db(self.project))
+        if warning:
+            log.warning("%s", warning)
+        pruned = self.journal.prune(time.time() - journal_retention())
+        if pruned:
+            log.info("forgot %d finished job(s) older than the journal's retention", pruned)
         self._recover()
 
         path = socket_path(self.project)
@@ -393,6 +421,8 @@ class Worker:
                                                   "the next newline"))
                     elif line.strip():
                         self._dispatch(client, line)
+            if client.tasks:  # a client that sent a submit and closed its side still gets the reply
+                await asyncio.wait(set(client.tasks), timeout=SUBMIT_READ_TIMEOUT + 1)
             if client.subscribed:
                 await client.closed.wait()  # half-closed subscriber: keep sending events
             else:
@@ -410,10 +440,18 @@ class Worker:
         except ProtocolError as exc:
             client.reply(Reject(id=_guess_id(line), error=f"bad request: {exc}"))
             return
+        except RecursionError:  # msgspec's depth limit: a reply, never a dropped connection
+            client.reply(Reject(id=_guess_id(line), error="bad request: JSON nested too deeply"))
+            return
+        if isinstance(request, Submit):
+            # The storyboard is read and parsed off the loop: a slow or hostile file must
+            # never freeze status, cancel or SIGTERM for everyone else.
+            task = asyncio.create_task(self._submit_async(client, request))
+            client.tasks.add(task)
+            task.add_done_callback(client.tasks.discard)
+            return
         try:
-            if isinstance(request, Submit):
-                client.reply(self._submit(request))
-            elif isinstance(request, Cancel):
+            if isinstance(request, Cancel):
                 client.reply(self._cancel(request))
             elif isinstance(request, GetStatus):
                 client.reply(self.snapshot())
@@ -430,20 +468,34 @@ class Worker:
             log.exception("request failed")
             client.reply(Reject(id=request.id, error=f"internal error: {type(exc).__name__}: {exc}"))
 
-    def _submit(self, req: Submit) -> Ack:
-        from pipeline.project.selection import select_segments
-        from pipeline.project.storyboard import StoryboardError, load
+    async def _submit_async(self, client: _Client, req: Submit) -> None:
+        """Read the storyboard in a thread under :data:`SUBMIT_READ_TIMEOUT`, then queue on the loop."""
+        try:
+            path = self._submit_path(req)
+            try:
+                sb = await asyncio.wait_for(_off_loop(_read_storyboard, path), SUBMIT_READ_TIMEOUT)
+            except TimeoutError:
+                raise _BadRequest(f"{path}: not read within {SUBMIT_READ_TIMEOUT:g} s; refused") from None
+            client.reply(self._submit(req, path, sb))
+        except _BadRequest as exc:
+            client.reply(Reject(id=req.id, error=str(exc)))
+        except Exception as exc:
+            log.exception("submit failed")
+            client.reply(Reject(id=req.id, error=f"internal error: {type(exc).__name__}: {exc}"))
 
+    def _submit_path(self, req: Submit) -> Path:
         if self.stopping.is_set():
             raise _BadRequest("the worker is shutting down; submit again to start a new one")
         path = Path(req.storyboard).expanduser()
         path = (path if path.is_absolute() else self.project / path).resolve()
         if path.parent != self.project:
             raise _BadRequest(f"{path} is not in this worker's project folder {self.project}")
-        try:
-            sb = load(path)
-        except StoryboardError as exc:
-            raise _BadRequest(str(exc)) from None
+        return path
+
+    def _submit(self, req: Submit, path: Path, sb: Storyboard) -> Ack:
+        """(Loop thread.) Queue a job for a storyboard already read and validated."""
+        if self.stopping.is_set():
+            raise _BadRequest("the worker is shutting down; submit again to start a new one")
         wanted = list(req.segments)
         if req.mode == "segments" and not wanted:
             raise _BadRequest("mode 'segments' needs at least one segment id")
@@ -611,11 +663,47 @@ def _torch_memory() -> tuple[int, int, int]:
     return torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device), device
 
 
+def _off_loop(fn: object, *args: object) -> asyncio.Future:
+    """Run ``fn(*args)`` in a daemon thread: one stuck in the kernel can neither freeze the
+    loop nor hold up the worker's exit (``asyncio.to_thread`` joins its threads at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if future.done():  # the submit timed out and went away
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None  # type: ignore[operator]
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile: nobody is waiting
+            pass
+
+    threading.Thread(target=run, name="submit-read", daemon=True).start()
+    return future
+
+
+def _read_storyboard(path: Path) -> Storyboard:
+    """(A thread.) Load a storyboard; special files are refused unopened."""
+    try:
+        return load(path)
+    except StoryboardError as exc:
+        raise _BadRequest(str(exc)) from None
+
+
 def _guess_id(line: bytes) -> str:
     """The ``id`` of a request that failed validation, when the line is JSON at all."""
     try:
         data = msgspec.json.decode(line)
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return ""
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) else ""

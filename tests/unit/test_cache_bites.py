@@ -28,7 +28,7 @@ def test_an_entry_lives_under_stage_and_key_prefix_with_its_params(tmp_path: Pat
     entry = tmp_path / "refine" / "ab" / KEY
     assert json.loads((entry / "meta.json").read_text()) == {"stage": "refine", "key": KEY,
                                                               "params": {"seed": 3, "path": "x"},
-                                                              "meta": {"frames": 9}}
+                                                              "meta": {"frames": 9}, "files": {}}
     art = cache.get("refine", KEY)
     assert art == C.Artifact(stage="refine", key=KEY, path=entry, meta={"frames": 9})
     assert art.file("a.npy") == entry / "a.npy"

@@ -296,7 +296,7 @@ FIRST_REACHED = {
     "project.refine_size": "refine", "project.output_size": "upscale", "project.audio": "draft",
     "project.steps": "draft", "project.refine_sigmas": "refine", "project.lora_strength": "draft",
     "project.enhance": "", "project.drift_guard": "", "project.drift_reference": "",
-    "project.drift_strength": "grade",
+    "project.drift_strength": "grade", "project.cache_limit_gb": "",
 }
 # Notes on the "" entries above, each checked by this test: segment.seconds loses to frames;
 # segment.preset/project.preset —

@@ -140,7 +140,7 @@ EXPECTED = dict([
     ('project_not_table', 's.toml: project: [project] must be a table'),
     ('no_segments', 's.toml: segment: a storyboard needs at least one [[segment]]'),
     ('segment_not_list', 's.toml: segment: a storyboard needs at least one [[segment]]'),
-    ('unknown_project_key', 's.toml:3:3: project.colour: unknown key (allowed: title, fps, seed, preset, vram_budget_gb, ram_budget_gb, draft_size, refine_size, output_size, audio, steps, refine_sigmas, lora_strength, enhance, drift_guard, drift_reference, drift_strength)'),
+    ('unknown_project_key', 's.toml:3:3: project.colour: unknown key (allowed: title, fps, seed, preset, vram_budget_gb, ram_budget_gb, draft_size, refine_size, output_size, audio, steps, refine_sigmas, lora_strength, enhance, drift_guard, drift_reference, drift_strength, cache_limit_gb)'),
     ('unknown_segment_key', 's.toml:4:1: segment[0].colour: unknown key (allowed: id, prompt, enhanced_prompt, enhance_lock, frames, seconds, seed, anchor, preset, steps, refine_sigmas, lora_strength, drift_guard, keep)'),
     ('bool_for_int', 's.toml:2:1: project.fps: expected an integer, got a boolean'),
     ('str_for_number', 's.toml:2:1: project.drift_strength: expected a number, got a string'),
@@ -214,7 +214,7 @@ EDGES = [
     '[project]\ndrift_strength = 1\n', '[project]\nvram_budget_gb = 0.5\nram_budget_gb = 1\n',
     '[project]\noutput_size = [1280, 722]\ndraft_size = [1, 1]\n',
     SEG + 'frames = 1\nkeep = 1\nsteps = 1\n', SEG + 'frames = 2000\nkeep = 2000\nsteps = 200\n',
-    SEG + 'seconds = 120\n', SEG + 'refine_sigmas = [0.5, 0.5, 0]\n',
+    '[project]\nfps = 16\n' + SEG + 'seconds = 120\n', SEG + 'refine_sigmas = [0.5, 0.5, 0]\n',
 ]
 
 

@@ -42,10 +42,12 @@ import ray
 from ray.util.actor_pool import ActorPool
 from ray.util.queue import Queue
 
+from pipeline.project.references import check_references
 from pipeline.project.selection import segment_index, select_segments
 from pipeline.project.storyboard import StoryboardError, load
 from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
+from pipeline.render.outputs import OutputLock
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -494,11 +496,12 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     selected = select_segments(sb, segments, from_segment)
     ids = [s.id for s in sb.segments]
     last_needed = max(ids.index(s) for s in selected)
+    check_references(sb, set(ids[:last_needed + 1]))  # every anchor usable before any actor starts
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
-    with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
+    with OutputLock(sb.render_dir(), sb.path), _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                        len(selected), finishers) as (d, drafter, finishers_):
         # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
         chain = None
