@@ -151,6 +151,9 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
         elif isinstance(e, protocol.PlanFallback):
             segments.setdefault(e.segment, {"stages": {}, "fallbacks": []})["fallbacks"].append(
                 {"stage": e.stage, "next_plan": e.next_plan, "reason": e.reason[:300]})
+    te = [e for e in events if isinstance(e, protocol.Log) and e.message.startswith("text encoder: ")]
+    out["text_encoder_passes"] = [e.message for e in te]
+    out["text_encoder_s"] = round(sum(float(e.message.split(" in ")[-1].split()[0]) for e in te), 2)
     for seg in segments.values():
         seg["seconds"] = round(sum(s["seconds"] for s in seg["stages"].values()), 2)
     out["segments"] = segments
@@ -170,10 +173,9 @@ def steady(run: dict[str, Any]) -> float | None:
 
 
 def text_encoder_pass_s(run: dict[str, Any]) -> float:
-    """Seconds the first draft spent before its first step that were not loading the transformer:
-    taken from the render's ``text_encoder_s`` stage note when present, else 0."""
-    first = next(iter(run.get("segments", {}).values()), {})
-    return float(first.get("stages", {}).get("draft", {}).get("text_encoder_s", 0.0))
+    """Seconds of the render's first text-encoder pass (loading it included), from its log line."""
+    passes = run.get("text_encoder_passes", [])
+    return float(passes[0].split(" in ")[-1].split()[0]) if passes else 0.0
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,7 @@ def prompt_embeds(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
     from safetensors.torch import load_file
 
     from pipeline.models import ltx2
+    from pipeline.wire.protocol import Log
 
     plan = ctx.plan
     te_dtype = ltx2.text_encoder_dtype(plan, job.preset)
@@ -73,7 +75,10 @@ def prompt_embeds(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
     if not path.is_file():
         wanted = [p for p in upcoming_prompts(job)
                   if not (folder / f"{embeds_key(job, te_dtype, p)}.safetensors").is_file()]
+        t0 = time.perf_counter()
         encoded = ltx2.encode_prompts(ctx.models, job.preset, plan, wanted)
+        ctx.emit(Log(job_id=ctx.job_id, level="debug",
+                     message=f"text encoder: {len(wanted)} prompts in {time.perf_counter() - t0:.2f} s"))
         folder.mkdir(parents=True, exist_ok=True)
         for text, enc in zip(wanted, encoded, strict=True):
             _save(folder / f"{embeds_key(job, te_dtype, text)}.safetensors", enc)
