@@ -25,7 +25,8 @@ small card with a small host:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,55 @@ def warm_cuda_libraries(device: int = 0) -> int:
     del a, x
     torch.cuda.synchronize(dev)
     return int(torch.cuda.memory_reserved(dev))
+
+
+def _offload_groups(module: torch.nn.Module) -> list[Any]:
+    """The diffusers group-offload groups under ``module`` (each once)."""
+    groups: dict[int, Any] = {}
+    for m in module.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        hook = registry.get_hook("group_offloading") if registry is not None else None
+        if hook is not None and hasattr(hook, "group"):
+            groups.setdefault(id(hook.group), hook.group)
+    return list(groups.values())
+
+
+@contextmanager
+def onloaded(module: torch.nn.Module) -> Iterator[None]:
+    """A group-offloaded module on its device for a whole piece of work: every group onloaded
+    once on entry and offloaded once on exit, instead of per call of each leaf (a tiled VAE
+    decode calls every leaf once per tile: ~14 s of copies in a 3-segment render on an H200)."""
+    groups = _offload_groups(module)
+    for g in groups:
+        g.onload_()
+        g.onload_ = g.offload_ = _no_op  # the per-call hooks leave it where it is
+    try:
+        yield
+    finally:
+        for g in groups:
+            del g.onload_, g.offload_  # the class's methods again
+            g.offload_()
+
+
+def _no_op() -> None:
+    return None
+
+
+def resident_while_working(module: torch.nn.Module, methods: Iterable[str] = ("decode", "encode")) -> None:
+    """Make each of ``methods`` (e.g. a VAE's ``decode``) run with the module :func:`onloaded`.
+    The planner budgets the whole VAE on the device while it decodes, so this costs no VRAM
+    beyond the plan."""
+    for name in methods:
+        method = getattr(module, name, None)
+        if method is None or getattr(method, "_sulphur_onloaded", False):
+            continue
+
+        def wrapped(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            with onloaded(module):
+                return _method(*args, **kwargs)
+
+        wrapped._sulphur_onloaded = True  # type: ignore[attr-defined]
+        setattr(module, name, wrapped)
 
 
 def _is_pipeline(obj: Any) -> bool:

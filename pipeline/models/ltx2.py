@@ -252,6 +252,10 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
                                offload_type="leaf_level", use_stream=use_stream,
                                low_cpu_mem_usage=use_stream and bool(opts.get("low_cpu_mem_usage", False)),
                                **kwargs)
+        if not use_stream:
+            from pipeline.memory.offload import resident_while_working
+
+            resident_while_working(module)  # a (tiled) VAE decode onloads once, not per leaf per tile
     setattr(module, _OFFLOAD_TAG, tag)
     return module
 

@@ -1,0 +1,76 @@
+"""Small modules stay on their device while they work: a leaf-offloaded VAE is onloaded once
+per (tiled) decode, not once per leaf per tile. The real tiny LTX-2 VAE, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.hooks import apply_group_offloading
+from diffusers.hooks.group_offloading import ModuleGroup
+
+from pipeline.memory.offload import resident_while_working
+from pipeline.memory.plan import StagePlan
+
+
+def _vae() -> torch.nn.Module:
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    vae = ltx2._load_diffusers_component(get_preset("tiny"), "vae", StagePlan(name="cpu"))
+    vae.enable_tiling(tile_sample_min_height=128, tile_sample_min_width=128,
+                      tile_sample_stride_height=64, tile_sample_stride_width=64)
+    return vae
+
+
+def _decode(vae: torch.nn.Module) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(1, vae.config.latent_channels, 2, 6, 10, generator=g)
+    temb = torch.tensor([0.05]) if vae.config.timestep_conditioning else None
+    with torch.no_grad():
+        return vae.decode(lat, temb, return_dict=False)[0]
+
+
+def _count_onloads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    real = ModuleGroup.onload_
+
+    def counting(self: ModuleGroup) -> None:
+        calls[0] += 1
+        real(self)
+
+    monkeypatch.setattr(ModuleGroup, "onload_", counting)
+    return calls
+
+
+def test_a_tiled_decode_onloads_each_group_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = _decode(_vae())
+    calls = _count_onloads(monkeypatch)
+    per_call, once = _vae(), _vae()
+    for vae in (per_call, once):
+        apply_group_offloading(vae, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                               offload_type="leaf_level")
+    resident_while_working(once)
+    groups = {id(h.group) for m in once.modules()
+              if (r := getattr(m, "_diffusers_hook", None)) and (h := r.get_hook("group_offloading"))}
+
+    calls[0] = 0
+    assert torch.equal(_decode(per_call), reference)
+    hooked = calls[0]
+    calls[0] = 0
+    assert torch.equal(_decode(once), reference)
+    assert calls[0] == len(groups), "each group onloaded once for the whole decode"
+    assert hooked > 2 * len(groups), "without it the tiles onload the leaves again and again"
+    assert torch.equal(_decode(once), reference) and calls[0] == 2 * len(groups)  # the hooks still work after
+
+
+def test_the_placement_decides_it_for_stream_less_leaf_offload() -> None:
+    """ltx2.place wraps the ride-along components it leaf-offloads (no streams), e.g. the VAE
+    under the streamer plan; resident ones need nothing."""
+    from pipeline.models import ltx2
+
+    streamed = StagePlan(name="stream", device="cuda", offload="group_block", dtype="float32",
+                         options={"streamer": "sulphur", "resident_blocks": 0})
+    vae = ltx2.place(_vae(), streamed)
+    assert getattr(vae.decode, "_sulphur_onloaded", False)
+    resident = ltx2.place(_vae(), StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32"))
+    assert not getattr(resident.decode, "_sulphur_onloaded", False)
