@@ -132,16 +132,7 @@ class LiveState:
             case StatusSnapshot():
                 return self._snapshot(ev)
             case JobQueued() | JobStarted():
-                job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
-                job.segments = list(ev.segments) or job.segments
-                if isinstance(ev, JobStarted):
-                    job.state, job.started = "running", ev.ts
-                    self.actors, self._running_on = {}, {}  # a job's actors are its own
-                for sid in job.segments:
-                    s = self.seg(sid)
-                    if s.state not in ("rendering",):
-                        self.segments[sid] = SegmentLive(state="queued")
-                return {"segments", "jobs"}
+                return self._job_queued(ev)
             case StageStarted() if not ev.segment:
                 # A job-level stage (assembling the film): a timer row, no shot.
                 self._actor_started(ev)
@@ -153,47 +144,11 @@ class LiveState:
                 t.state, t.seconds = "done", ev.seconds
                 return {"timers"}
             case StageStarted():
-                self._actor_started(ev)
-                if ev.segment != self.timer_segment:
-                    self.timer_segment = ev.segment
-                    self.timers = {s: StageTimer(s) for s in STAGES}
-                t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
-                t.state, t.started, t.total, t.step, t.plan = "running", ev.ts, ev.total_steps, 0, ev.plan
-                s = self.seg(ev.segment)
-                s.state, s.stage, s.error = "rendering", ev.stage, ""
-                self._progress(ev.segment)
-                job = self.jobs.get(ev.job_id)
-                if job and job.state == "queued":
-                    job.state, job.started = "running", ev.ts
-                return {"segments", "timers", "jobs"}
+                return self._stage_started(ev)
             case StepProgress():
-                actor = self.actors.get(self._running_on.get((ev.segment, ev.stage), ""))
-                if actor is not None and actor.segment == ev.segment and actor.stage == ev.stage:
-                    actor.step, actor.total = ev.step, ev.total
-                if ev.segment == self.timer_segment and ev.stage in self.timers:
-                    t = self.timers[ev.stage]
-                    t.step, t.total = ev.step, ev.total
-                    if t.state == "pending":
-                        t.state, t.started = "running", ev.ts
-                s = self.seg(ev.segment)
-                s.state, s.stage = "rendering", ev.stage
-                self._progress(ev.segment, ev.step / ev.total if ev.total else 0.0)
-                return {"segments", "timers"}
+                return self._step(ev)
             case StageFinished() | StageCached():
-                cached = isinstance(ev, StageCached)
-                self._actor_finished(ev)
-                if ev.segment == self.timer_segment and ev.stage in self.timers:
-                    t = self.timers[ev.stage]
-                    t.state = "cached" if cached else "done"
-                    if not cached:
-                        t.seconds, t.plan, t.peak_allocated = ev.seconds, ev.plan or t.plan, ev.peak_allocated
-                        t.step = t.total = max(t.total, t.step)
-                if not cached:
-                    self.history.setdefault(ev.stage, []).append(ev.seconds)
-                s = self.seg(ev.segment)
-                s.stages_done.add(ev.stage)
-                self._progress(ev.segment)
-                return {"segments", "timers"}
+                return self._stage_finished(ev)
             case PlanFallback():
                 self.log.append(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}, "
                                 f"retrying with {ev.next_plan}")
@@ -204,18 +159,18 @@ class LiveState:
                 self.preview = ev
                 return {"preview"}
             case FlickerReport():
-                old = self.flicker.get(ev.segment)
-                if ev.seam_psnr is None and old is not None and old.seam_psnr is not None:
-                    # The seam is measured once (on the draft); later stages' reports keep it.
-                    ev = msgspec.structs.replace(ev, seam_psnr=old.seam_psnr)
-                self.flicker[ev.segment] = ev
-                return {"flicker"}
+                return self._flicker(ev)
             case DriftReport():
                 self.drift[ev.segment] = ev
                 return {"flicker"}
             case VramSample():
                 self.worker_gpus[ev.gpu] = ev
                 return {"vram"}
+        return self._apply_outcome(ev)
+
+    def _apply_outcome(self, ev: Event) -> set[str]:
+        """Events that end something: a shot, a job, an error; and log lines."""
+        match ev:
             case SegmentDone():
                 s = self.seg(ev.segment)
                 s.state, s.progress, s.finished_at, s.stage = "done", 1.0, ev.ts, ""
@@ -243,6 +198,71 @@ class LiveState:
                 self.log.append(ev.message)
                 return {"log"}
         return set()
+
+    def _job_queued(self, ev: JobQueued | JobStarted) -> set[str]:
+        job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
+        job.segments = list(ev.segments) or job.segments
+        if isinstance(ev, JobStarted):
+            job.state, job.started = "running", ev.ts
+            self.actors, self._running_on = {}, {}  # a job's actors are its own
+        for sid in job.segments:
+            s = self.seg(sid)
+            if s.state not in ("rendering",):
+                self.segments[sid] = SegmentLive(state="queued")
+        return {"segments", "jobs"}
+
+    def _stage_started(self, ev: StageStarted) -> set[str]:
+        self._actor_started(ev)
+        if ev.segment != self.timer_segment:
+            self.timer_segment = ev.segment
+            self.timers = {s: StageTimer(s) for s in STAGES}
+        t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
+        t.state, t.started, t.total, t.step, t.plan = "running", ev.ts, ev.total_steps, 0, ev.plan
+        s = self.seg(ev.segment)
+        s.state, s.stage, s.error = "rendering", ev.stage, ""
+        self._progress(ev.segment)
+        job = self.jobs.get(ev.job_id)
+        if job and job.state == "queued":
+            job.state, job.started = "running", ev.ts
+        return {"segments", "timers", "jobs"}
+
+    def _step(self, ev: StepProgress) -> set[str]:
+        actor = self.actors.get(self._running_on.get((ev.segment, ev.stage), ""))
+        if actor is not None and actor.segment == ev.segment and actor.stage == ev.stage:
+            actor.step, actor.total = ev.step, ev.total
+        if ev.segment == self.timer_segment and ev.stage in self.timers:
+            t = self.timers[ev.stage]
+            t.step, t.total = ev.step, ev.total
+            if t.state == "pending":
+                t.state, t.started = "running", ev.ts
+        s = self.seg(ev.segment)
+        s.state, s.stage = "rendering", ev.stage
+        self._progress(ev.segment, ev.step / ev.total if ev.total else 0.0)
+        return {"segments", "timers"}
+
+    def _stage_finished(self, ev: StageFinished | StageCached) -> set[str]:
+        cached = isinstance(ev, StageCached)
+        self._actor_finished(ev)
+        if ev.segment == self.timer_segment and ev.stage in self.timers:
+            t = self.timers[ev.stage]
+            t.state = "cached" if cached else "done"
+            if isinstance(ev, StageFinished):
+                t.seconds, t.plan, t.peak_allocated = ev.seconds, ev.plan or t.plan, ev.peak_allocated
+                t.step = t.total = max(t.total, t.step)
+        if isinstance(ev, StageFinished):
+            self.history.setdefault(ev.stage, []).append(ev.seconds)
+        s = self.seg(ev.segment)
+        s.stages_done.add(ev.stage)
+        self._progress(ev.segment)
+        return {"segments", "timers"}
+
+    def _flicker(self, ev: FlickerReport) -> set[str]:
+        old = self.flicker.get(ev.segment)
+        if ev.seam_psnr is None and old is not None and old.seam_psnr is not None:
+            # The seam is measured once (on the draft); later stages' reports keep it.
+            ev = msgspec.structs.replace(ev, seam_psnr=old.seam_psnr)
+        self.flicker[ev.segment] = ev
+        return {"flicker"}
 
     def _actor_started(self, ev: StageStarted) -> None:
         if not ev.worker:

@@ -1,0 +1,163 @@
+"""The editor's main screen: shots and the shot form on the left, the live render
+panels (GPU, stage timers, flicker, preview) on the right, a status line, the footer.
+
+It draws from the app's state (the document, the live reducer, the render folder)
+and turns the widgets' own messages into document edits; it starts nothing itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Label
+
+from sulphur_tui.messages import DocumentChanged
+from sulphur_tui.screens.dialogs import FilePicker
+from sulphur_tui.status import disk_states
+from sulphur_tui.widgets.editor import SegmentEditor
+from sulphur_tui.widgets.flicker import FlickerPanel
+from sulphur_tui.widgets.preview import PreviewPane
+from sulphur_tui.widgets.segments import SegmentList
+from sulphur_tui.widgets.stages import StageTimers
+from sulphur_tui.widgets.vram import GpuPanel, merge_samples
+
+if TYPE_CHECKING:
+    from sulphur_tui.app import SulphurApp
+
+TITLES = {"segments": "Shots", "editor": "Shot", "gpu": "GPU", "stages": "Render",
+          "flicker": "Flicker · PSNR-Y dB", "preview": "Preview"}
+
+
+class StoryboardScreen(Screen[None]):
+    """The app's default screen (also under the broken-file view, empty until the file loads)."""
+
+    app: SulphurApp  # type: ignore[assignment]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield SegmentList(id="segments")
+                yield SegmentEditor(id="editor")
+            with Vertical(id="right"):
+                yield GpuPanel(id="gpu")
+                yield StageTimers(self.app.live, self.app.clock, id="stages")
+                yield FlickerPanel(id="flicker")
+                yield PreviewPane(self.app.image_cls, id="preview")
+        yield Label("", id="statusline")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for widget_id, title in TITLES.items():
+            self.query_one(f"#{widget_id}").border_title = title
+        self.query_one("#segments").border_subtitle = "F4 project settings"
+        self.app.begin()
+
+    # ------------------------------------------------------------------ drawing
+    def refresh_document(self, select: str | None = None, editor: bool = False) -> None:
+        """Redraw what depends on the storyboard value."""
+        app = self.app
+        doc = app.doc
+        if doc is None:
+            return
+        sb = doc.storyboard
+        ids = [s.id for s in sb.segments]
+        if select in ids:
+            app.selected = select
+        elif app.selected not in ids:
+            app.selected = ids[0]
+        app.renders = disk_states(sb, app.baseline)
+        seglist = self.query_one(SegmentList)
+        seglist.show(sb, app.renders, app.live.segments, select=app.selected, now=app.clock())
+        if editor and app.selected:
+            self.query_one(SegmentEditor).load(sb, app.selected)
+        app.sub_title = f"{sb.project.title} — {doc.path.name}" + (" ● unsaved" if doc.dirty else "")
+        self.draw_gpus()
+
+    def draw_gpus(self) -> None:
+        app = self.app
+        budget = app.doc.storyboard.project.vram_budget_gb if app.doc else None
+        samples = merge_samples(app.local_gpus, app.live.worker_gpus)
+        for panel in self.query(GpuPanel):  # none while the app is shutting down
+            panel.show(samples, budget, app.gpu_reason)
+
+    def draw_status(self) -> None:
+        app = self.app
+        bits = [app.worker_detail]
+        if app.live.log:
+            bits.append(app.live.log[-1])
+        self.query_one("#statusline", Label).update(" · ".join(bits))
+
+    def refresh_live(self, areas: set[str]) -> None:
+        """Redraw the areas the live reducer says changed."""
+        app = self.app
+        if not areas or app.doc is None:
+            return
+        sb = app.doc.storyboard
+        if "disk" in areas:
+            app.renders = disk_states(sb, app.baseline)
+        if areas & {"segments", "disk"}:
+            self.query_one(SegmentList).show(sb, app.renders, app.live.segments, now=app.clock())
+        if areas & {"timers", "jobs"}:
+            self.query_one(StageTimers).refresh()
+        if "flicker" in areas:
+            self.query_one(FlickerPanel).show(app.live.flicker, [s.id for s in sb.segments])
+        if "vram" in areas:
+            self.draw_gpus()
+        if "preview" in areas and app.live.preview is not None:
+            p = app.live.preview
+            path = Path(p.path)
+            if not path.is_absolute():  # the runner writes paths relative to the storyboard's folder
+                path = app.doc.path.parent / path
+            self.query_one(PreviewPane).show(path, f"{p.segment} · after {p.stage}")
+        if "log" in areas:
+            self.draw_status()
+        if "enhanced" in areas:
+            app.disk.poll()  # the worker wrote an enhanced prompt into the file
+
+    def tick(self) -> None:
+        if self.app.live.running:
+            self.query_one(StageTimers).refresh()
+
+    def show_segment_frame(self, segment_id: str) -> None:
+        """Idle: the preview follows the selection (the runner keeps each shot's last
+        frame); while rendering it follows the render."""
+        app = self.app
+        if app.live.running or app.doc is None:
+            return
+        frame = app.doc.storyboard.render_dir() / "previews" / f"{segment_id}.png"
+        if frame.exists():
+            self.query_one(PreviewPane).show(frame, f"{segment_id} · last frame of its render")
+
+    # ------------------------------------------------------------------ the widgets' messages
+    @on(SegmentList.Selected)
+    def _selected(self, event: SegmentList.Selected) -> None:
+        app = self.app
+        editor = self.query_one(SegmentEditor)
+        if app.doc is None or (event.segment_id == app.selected and editor.segment_id == event.segment_id):
+            return
+        app.selected = event.segment_id
+        app.doc.break_coalescing()
+        editor.load(app.doc.storyboard, event.segment_id)
+        self.show_segment_frame(event.segment_id)
+
+    @on(SegmentEditor.Edited)
+    def _edited(self, event: SegmentEditor.Edited) -> None:
+        doc = self.app.doc
+        if doc is None or event.segment_id not in {s.id for s in doc.storyboard.segments}:
+            return
+        if doc.edit_segment(event.segment_id, coalesce=event.coalesce, **event.changes):
+            self.app.post_message(DocumentChanged(reason="edit"))
+
+    @on(SegmentEditor.BrowseAnchor)
+    def _browse(self, event: SegmentEditor.BrowseAnchor) -> None:
+        def picked(rel: str | None) -> None:
+            if rel:
+                self.query_one(SegmentEditor).set_anchor_path(event.kind, rel)
+
+        self.app.push_screen(FilePicker(self.app.path.parent, event.kind), picked)
