@@ -187,7 +187,12 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
                 yield Button("Cancel (esc)", id="cancel")
 
     def table(self) -> dict[str, Any]:
-        """The form as a ``[project]`` table; raises FieldError with the key in ``args[1]``."""
+        """The form as a ``[project]`` table; raises FieldError with the key in ``args[1]``.
+
+        A field whose value did not change keeps the value it had, not its text's reading:
+        ``drift_strength = 1.0`` shows as "1" and must not come back as the integer 1
+        (every shot's digest, hence its rendered/stale state, would change)."""
+        current = asdict(self.project)
         raw: dict[str, Any] = {}
         for key, f in FIELDS.items():
             text = self.query_one(f"#{key}", Input).value.strip()
@@ -196,9 +201,12 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
                     raise FieldError("must not be blank", key)
                 continue  # left out: the default applies
             try:
-                raw[key] = f.parse(text)
+                value = f.parse(text)
             except FieldError as exc:
                 raise FieldError(str(exc), key) from None
+            was = current.get(key)
+            same = list(was) == value if isinstance(was, tuple) else (was == value and type(was) is not bool)
+            raw[key] = (list(was) if isinstance(was, tuple) else was) if same else value
         for key in FLAGS:
             raw[key] = self.query_one(f"#{key}", Checkbox).value
         raw["drift_guard"] = self.query_one("#drift_guard", Select).value
