@@ -55,17 +55,20 @@ class SulphurApp(App[int]):
     TITLE = "Sulphur"
     COMMANDS = App.COMMANDS | {SulphurCommands}
     # Over SSH terminals are often 80 columns: the live panel narrows so the editor keeps room.
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", id="save"),
         # ^z / ^y are what every editor uses: listed in F1 help, kept out of the footer so the
         # render keys fit 120 columns.
         Binding("ctrl+z", "undo", "Undo", id="undo", priority=True, show=False),
         Binding("ctrl+y", "redo", "Redo", id="redo", priority=True, show=False),
-        Binding("f5", "render_all", "Render", id="render.all", tooltip="Render every shot that changed"),
-        Binding("f6", "render_segment", "Render shot", id="render.segment"),
-        Binding("f7", "render_from", "Render from", id="render.from", tooltip="Render this shot and every later one"),
-        Binding("f8", "cancel_render", "Cancel", id="render.cancel"),
+        # Priority: the render keys work from every field (the prompt's text area binds F6/F7).
+        Binding("f5", "render_all", "Render", id="render.all", tooltip="Render every shot that changed",
+                priority=True),
+        Binding("f6", "render_segment", "Render shot", id="render.segment", priority=True),
+        Binding("f7", "render_from", "Render from", id="render.from", tooltip="Render this shot and every later one",
+                priority=True),
+        Binding("f8", "cancel_render", "Cancel", id="render.cancel", priority=True),
         Binding("ctrl+n", "add_segment", "Add shot", id="segment.add_anywhere", show=False),
         Binding("ctrl+r", "randomise_seed", "Randomise seed", id="segment.randomise", show=False),
         Binding("f2", "focus('segments')", "Shots", id="focus.segments", show=False),
@@ -73,6 +76,8 @@ class SulphurApp(App[int]):
         # Out of the footer (full at 120 columns): named on the Shots panel, in F1 help, the palette.
         Binding("f4", "project_settings", "Project settings", id="project.settings", show=False,
                 tooltip="Frame rate, sizes, model preset, memory budgets, drift guard"),
+        Binding("f9", "toggle_view", "Shots/Render", id="view.toggle", show=False,
+                tooltip="Below 100 columns: switch between the shots and the live render panels"),
         Binding("f1", "help", "Help", id="help"),
         # Textual's quit key, in F1 help and the palette; out of the footer so F1 fits 120
         # columns. Not a priority binding, so a screen's own visible ctrl+q (the broken-file
@@ -258,6 +263,9 @@ class SulphurApp(App[int]):
 
     def action_cancel_render(self) -> None:
         self.jobs.cancel()
+
+    def action_toggle_view(self) -> None:
+        self.board.toggle_view()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

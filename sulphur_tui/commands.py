@@ -27,6 +27,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Reload from disk", "Take the version of the file on disk", "reload"),
     ("Focus shot list", "Move the cursor to the list of shots", "focus('segments')"),
     ("Edit prompt", "Edit the selected shot's prompt", "edit_prompt"),
+    ("Shots / render view", "Below 100 columns: switch between the shots and the live panels (f9)",
+     "toggle_view"),
     ("Help", "Keys and what the screen shows", "help"),
     ("Quit", "Leave the editor (asks about unsaved changes)", "quit"),
 ]

@@ -87,6 +87,9 @@ class RenderControl:
         """Fold one event into the live state, note what was rendered, redraw, tell the user."""
         app = self.app
         areas = app.live.apply(ev)
+        if app.worker_detail.startswith("starting") and app.replay is None:
+            app.worker_detail = "worker attached"  # it speaks: it has started
+            areas.add("log")
         doc = app.doc
         if isinstance(ev, SegmentDone) and doc is not None:
             seg = ev.segment
@@ -111,7 +114,11 @@ class RenderControl:
             app.notify(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}; retrying with "
                        f"{ev.next_plan}", title="Leaner memory plan", severity="warning", timeout=10)
         elif isinstance(ev, JobFinished):
-            app.notify(Path(ev.path).name + f" in {ev.seconds:.0f} s", title="Render finished", timeout=6)
+            path = Path(ev.path)
+            if app.doc is not None and path.is_relative_to(app.doc.path.parent):
+                path = path.relative_to(app.doc.path.parent)
+            app.notify(f"{path} in {ev.seconds:.0f} s (the status line keeps it)", title="Render finished",
+                       timeout=12)
 
     def set_worker_detail(self, detail: str) -> None:
         self.app.worker_detail = detail

@@ -7,14 +7,17 @@ and turns the widgets' own messages into document edits; it starts nothing itsel
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
+from textual.binding import ActiveBinding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label
+from textual.widgets import Footer, Header, Label, Tab, Tabs
 
 from sulphur_tui.messages import DocumentChanged
 from sulphur_tui.screens.dialogs import FilePicker
@@ -29,6 +32,7 @@ from sulphur_tui.widgets.vram import GpuPanel, merge_samples
 if TYPE_CHECKING:
     from sulphur_tui.app import SulphurApp
 
+NARROW_HIDDEN = {"segment.duplicate", "segment.delete"}
 TITLES = {"segments": "Shots", "editor": "Shot", "gpu": "GPU", "stages": "Render",
           "flicker": "Flicker · PSNR-Y dB", "preview": "Preview"}
 
@@ -40,6 +44,7 @@ class StoryboardScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield Tabs(Tab("Shots", id="tab-shots"), Tab("Render  f9", id="tab-live"), id="views")
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield SegmentList(id="segments")
@@ -57,6 +62,35 @@ class StoryboardScreen(Screen[None]):
             self.query_one(f"#{widget_id}").border_title = title
         self.query_one("#segments").border_subtitle = "F4 project settings"
         self.app.begin()
+
+    # ------------------------------------------------------------------ narrow terminals
+    def on_resize(self, event: events.Resize) -> None:
+        """Below 100 columns the footer drops its padding so every render key stays in it."""
+        narrow = event.size.width < 100
+        footer = self.query_one(Footer)
+        footer.compact = narrow
+        footer.show_command_palette = not narrow
+        self.refresh_bindings()
+
+    @property
+    def active_bindings(self) -> dict[str, ActiveBinding]:
+        """What the footer lists: below 100 columns without copy and delete (their keys still
+        work; F1 and the palette list them), so F5–F8 and F1 fit 80 columns."""
+        bindings = super().active_bindings
+        if self.size.width >= 100:
+            return bindings
+        return {key: (b._replace(binding=replace(b.binding, show=False)) if b.binding.id in NARROW_HIDDEN else b)
+                for key, b in bindings.items()}
+
+    def toggle_view(self) -> None:
+        tabs = self.query_one("#views", Tabs)
+        tabs.active = "tab-shots" if tabs.active == "tab-live" else "tab-live"
+
+    @on(Tabs.TabActivated, "#views")
+    def _view_chosen(self, event: Tabs.TabActivated) -> None:
+        self.set_class(event.tab.id == "tab-live", "-live")
+        if event.tab.id == "tab-shots":
+            self.query_one(SegmentList).focus()
 
     # ------------------------------------------------------------------ drawing
     def refresh_document(self, select: str | None = None, editor: bool = False) -> None:
@@ -89,8 +123,11 @@ class StoryboardScreen(Screen[None]):
     def draw_status(self) -> None:
         app = self.app
         bits = [app.worker_detail]
-        if app.live.log:
-            bits.append(app.live.log[-1])
+        if app.live.news:
+            news = app.live.news
+            if app.doc is not None:  # the worker names files by absolute path
+                news = news.replace(f"{app.doc.path.parent}{os.sep}", "")
+            bits.append(news)
         self.query_one("#statusline", Label).update(" · ".join(bits))
 
     def refresh_live(self, areas: set[str]) -> None:
@@ -104,9 +141,9 @@ class StoryboardScreen(Screen[None]):
         if areas & {"segments", "disk"}:
             self.query_one(SegmentList).show(sb, app.renders, app.live.segments, now=app.clock())
         if areas & {"timers", "jobs"}:
-            self.query_one(StageTimers).refresh()
+            self.query_one(StageTimers).redraw()
         if "flicker" in areas:
-            self.query_one(FlickerPanel).show(app.live.flicker, [s.id for s in sb.segments])
+            self.query_one(FlickerPanel).show(app.live.flicker, [s.id for s in sb.segments], app.live.seams)
         if "vram" in areas:
             self.draw_gpus()
         if "preview" in areas and app.live.preview is not None:
@@ -122,7 +159,7 @@ class StoryboardScreen(Screen[None]):
 
     def tick(self) -> None:
         if self.app.live.running:
-            self.query_one(StageTimers).refresh()
+            self.query_one(StageTimers).redraw()
 
     def show_segment_frame(self, segment_id: str) -> None:
         """Idle: the preview follows the selection (the runner keeps each shot's last

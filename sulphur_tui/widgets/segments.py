@@ -25,15 +25,16 @@ def first_words(text: str, limit: int = 28) -> str:
 
 
 def ago(mtime: float | None, now: float | None = None) -> str:
+    """``now``, ``5m ago``, ``3h ago``, ``04 Dec``: at most 7 cells, so the column is never cut."""
     if mtime is None:
         return ""
     d = max(0.0, (now or time.time()) - mtime)
     if d < 60:
-        return "just now"
+        return "now"
     if d < 3600:
-        return f"{int(d // 60)} min ago"
+        return f"{int(d // 60)}m ago"
     if d < 86400:
-        return f"{int(d // 3600)} h ago"
+        return f"{int(d // 3600)}h ago"
     return time.strftime("%d %b", time.localtime(mtime))
 
 
@@ -103,20 +104,24 @@ class SegmentList(DataTable):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self.selected_id: str | None = None
+        self._shown: tuple | None = None  # the last show()'s arguments, to redraw on resize
+        self._prompt_width = 0
 
     def on_mount(self) -> None:
         self.add_column("status", key="status", width=10)
         self.add_column("id", key="id")
         self.add_column("prompt", key="prompt")
         self.add_column("length", key="length")
-        self.add_column("last render", key="rendered")
+        self.add_column("rendered", key="rendered", width=8)
 
     def show(self, sb: Storyboard, disk: dict[str, DiskRender], live: dict[str, SegmentLive],
              select: str | None = None, now: float | None = None) -> None:
         """Redraw every row (a storyboard has tens of shots, not thousands)."""
         style = self.get_component_rich_style
+        self._shown = (sb, disk, live, None, now)
         want = select or self.selected_id
         ids = [s.id for s in sb.segments]
+        prompt_cells = self._prompt_cells(ids)
         rows = []
         for seg in sb.segments:
             glyph, cls = status_of(live.get(seg.id), disk.get(seg.id))
@@ -125,15 +130,16 @@ class SegmentList(DataTable):
             lv = live.get(seg.id)
             when = d.mtime if d and d.mtime else (lv.finished_at if lv else None)
             rows.append((Text(glyph, style(f"segment-list--{cls}")), Text(seg.id, "bold"),
-                         first_words(seg.prompt), Text(length, style("segment-list--dim")),
+                         first_words(seg.prompt, prompt_cells), Text(length, style("segment-list--dim")),
                          Text(ago(when, now), style("segment-list--dim"))))
         current = [str(k.value) for k in self.rows]
-        if current == ids:
+        if current == ids and prompt_cells == self._prompt_width:
             for sid, row in zip(ids, rows, strict=True):
                 for col, value in zip(("status", "id", "prompt", "length", "rendered"), row, strict=True):
                     self.update_cell(sid, col, value)
-        else:
-            self.clear()
+        else:  # a column's width is set when rows are added: rebuild when it must change
+            self._prompt_width = prompt_cells
+            self.clear(columns=False)
             for sid, row in zip(ids, rows, strict=True):
                 self.add_row(*row, key=sid)
         if want in ids:
@@ -141,6 +147,17 @@ class SegmentList(DataTable):
             if self.cursor_row != index:
                 self.move_cursor(row=index)
         self.selected_id = ids[self.cursor_row] if ids and 0 <= self.cursor_row < len(ids) else None
+
+    def _prompt_cells(self, ids: list[str]) -> int:
+        """The prompt column takes what the others leave, so the rendered column is never cut
+        (each column has a cell of padding on either side)."""
+        width = self.size.width or 60
+        others = (10 + 2) + (max(map(len, ids), default=2) + 2) + 2 + (6 + 2) + (8 + 2)
+        return max(12, min(80, width - others))
+
+    def on_resize(self) -> None:
+        if self._shown is not None:
+            self.show(*self._shown)
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -54,29 +54,46 @@ class VramBar(Widget):
 
     def update(self, sample: VramSample, budget_gb: float | None) -> None:
         self.sample, self.budget_gb = sample, budget_gb
+        self.styles.height = 3 if self._third_line() else 2
         self.refresh()
+
+    def on_mount(self) -> None:
+        self.styles.height = 3 if self._third_line() else 2
+
+    def _third_line(self) -> bool:
+        s = self.sample
+        return bool(self.budget_gb or s.torch_allocated or s.torch_reserved)
 
     def render(self) -> RenderResult:
         s = self.sample
         style = self.get_component_rich_style
         width = max(10, self.size.width - 2)
-        head = Text.assemble((f"GPU{s.gpu} ", style("vram-bar--label")), (s.name, style("vram-bar--dim")))
+        # One line each, cut rather than wrapped: a wrapped name pushed the bar out of sight.
+        head = Text.assemble((f"GPU{s.gpu} ", style("vram-bar--label")), (s.name, style("vram-bar--dim")),
+                             no_wrap=True, overflow="ellipsis")
         figures = f" {gib(s.used)}/{gib(s.total)} GiB"
         if s.utilisation is not None:
             figures += f"  {s.utilisation:>3d}%"
         if s.temperature is not None:
             figures += f"  {s.temperature}°C"
-        bar_w = max(8, width - len(figures))
-        bar = Text()
-        total = max(1, s.total)
-        used_cells = round(bar_w * min(1.0, s.used / total))
-        torch_cells = min(used_cells, round(bar_w * min(1.0, s.torch_reserved / total)))
-        budget_cell = None
-        if self.budget_gb:
-            budget_cell = min(bar_w - 1, round(bar_w * self.budget_gb * GIB / total))
         over = bool(self.budget_gb) and s.used > (self.budget_gb or 0) * GIB
-        for i in range(bar_w):
-            if i == budget_cell:
+        bar = self._bar(max(8, width - len(figures)), s.used, s.torch_reserved, s.total,
+                        self.budget_gb * GIB if self.budget_gb else None, over)
+        lines = [head, Text.assemble(bar, (figures, style("vram-bar--over") if over else ""), no_wrap=True)]
+        if self._third_line():
+            lines.append(self._budget_line(width))
+        return Text("\n").join(lines)
+
+    def _bar(self, cells: int, used: int, torch: int, total: int, mark: float | None, over: bool) -> Text:
+        """``cells`` wide: torch's share, the rest of ``used``, free; ``│`` at ``mark`` bytes."""
+        style = self.get_component_rich_style
+        total = max(1, total)
+        used_cells = round(cells * min(1.0, used / total))
+        torch_cells = min(used_cells, round(cells * min(1.0, torch / total)))
+        mark_cell = None if mark is None else min(cells - 1, round(cells * mark / total))
+        bar = Text()
+        for i in range(cells):
+            if i == mark_cell:
                 bar.append("│", style("vram-bar--budget"))
             elif i < torch_cells:
                 bar.append("█", style("vram-bar--torch"))
@@ -84,15 +101,27 @@ class VramBar(Widget):
                 bar.append("█", style("vram-bar--over" if over else "vram-bar--used"))
             else:
                 bar.append("░", style("vram-bar--free"))
-        line2 = Text.assemble(bar, (figures, style("vram-bar--over") if over else ""))
-        detail = []
-        if s.torch_allocated or s.torch_reserved:
-            detail.append(f"torch {gib(s.torch_allocated)} alloc / {gib(s.torch_reserved)} reserved")
-        if self.budget_gb:
-            detail.append(f"budget {self.budget_gb:g} GiB")
-        if detail:
-            head.append("  " + " · ".join(detail), style("vram-bar--dim"))
-        return Text("\n").join([head, line2])
+        return bar
+
+    def _budget_line(self, width: int) -> Text:
+        """What the planner works within: torch's memory (else NVML's) against the budget,
+        on a bar scaled to the budget — on a 140 GiB card an 8 GiB budget is a sliver."""
+        s, style = self.sample, self.get_component_rich_style
+        torch = f"torch {gib(s.torch_allocated)} alloc / {gib(s.torch_reserved)} reserved" \
+            if s.torch_allocated or s.torch_reserved else ""
+        if not self.budget_gb:
+            return Text(torch, style("vram-bar--dim"), no_wrap=True, overflow="ellipsis")
+        budget = self.budget_gb * GIB
+        mine = s.torch_reserved or s.used
+        label = f"budget {self.budget_gb:g} GiB "
+        tail = f" {torch}" if torch else f" {gib(s.used)} used"
+        if width - len(label) - len(tail) < 6:
+            tail = f" {gib(mine)}/{self.budget_gb:g}"
+        over = mine > budget
+        bar = self._bar(max(4, width - len(label) - len(tail)), mine, s.torch_reserved if s.torch_reserved else 0,
+                        int(budget), None, over)
+        return Text.assemble((label, style("vram-bar--budget")), bar, (tail, style("vram-bar--dim")),
+                             no_wrap=True, overflow="ellipsis")
 
 
 def merge_samples(local: list[VramSample], worker: dict[int, VramSample]) -> list[VramSample]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import TextArea
 
 from pipeline.wire.protocol import StepProgress
 from sulphur_tui.app import create_app
 from sulphur_tui.sources import read_events
 
-from .conftest import FIXED_NOW, RAY_RECORDING, RECORDING, fake_render
+from .conftest import FIXED_NOW, GPU_RECORDING, RAY_RECORDING, RECORDING, fake_render, with_budget
 
 SIZE = (120, 40)
 
@@ -91,3 +92,18 @@ def test_project_settings_refusing_a_value(snap_compare, story: Path) -> None:  
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=["80x24", "120x40", "200x50"])
+def test_rendering_on_a_gpu(snap_compare, story: Path, size: tuple[int, int]) -> None:  # noqa: ANN001
+    """A GPU render (long memory plans, an H200 under an 8 GiB budget) in the middle of the
+    second shot's draft, at the three sizes users run the editor at; at 80 columns the
+    render tab is shown (f9), where the timers and the preview are."""
+    app = replayed_to(with_budget(story), GPU_RECORDING, "beam", "draft", 4)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        if size[0] < 100:
+            await pilot.press("f9")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
