@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "storyboards" / "example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.memory.planner import planner as memory
+from pipeline.memory import planner as memory
 from pipeline.models.registry import PRESETS, LoadedModels, Preset, get_preset
 from pipeline.project.storyboard import (
     Storyboard,

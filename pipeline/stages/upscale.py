@@ -149,7 +149,7 @@ def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.
     try:
         return forward(x)[:n], forward
     except Exception as exc:  # noqa: BLE001 - a compiler failure must not fail the render
-        from pipeline.memory.planner import planner as memory
+        from pipeline.memory import planner as memory
         from pipeline.wire import protocol
 
         if memory.is_oom(exc):

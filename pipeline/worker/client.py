@@ -271,7 +271,7 @@ def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subpro
     if idle_timeout is not None:
         cmd += ["--idle-timeout", str(idle_timeout)]
     env = os.environ.copy()
-    root = str(Path(__file__).resolve().parent.parent)  # so `-m pipeline.worker.server` finds this checkout
+    root = str(Path(__file__).resolve().parents[2])  # so `-m pipeline.worker.server` finds this checkout
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(state / "worker.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -159,7 +159,8 @@ class StoryboardScreen(Screen[None]):
 
     def tick(self) -> None:
         if self.app.live.running:
-            self.query_one(StageTimers).redraw()
+            for timers in self.query(StageTimers):  # none while the app shuts down
+                timers.redraw()
 
     def show_segment_frame(self, segment_id: str) -> None:
         """Idle: the preview follows the selection (the runner keeps each shot's last

@@ -27,6 +27,17 @@ def fmt_seconds(s: float | None) -> str:
     return f"{h}h{m:02d}m"
 
 
+def split_at_comma(text: str, width: int) -> tuple[str, str]:
+    """``text`` as a first line of at most ``width`` cells ending after a comma (when one is
+    there to break at), and the rest."""
+    if len(text) <= width:
+        return text, ""
+    cut = text.rfind(", ", 0, width)
+    if cut <= 0:
+        return text[:width], text[width:]
+    return text[:cut + 1], text[cut + 2:]
+
+
 class StageTimers(Widget):
     """Five rows, one per stage, for the segment the worker is on; with the Ray engine,
     one more row per stage actor (several segments are in flight at once)."""
@@ -53,13 +64,13 @@ class StageTimers(Widget):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.live = live
         self.clock = clock  # () -> float: wall time live, event time in a replay
-        self._shape: tuple[int, bool, int] = (0, False, 0)
+        self._shape: tuple[int, int, int] = (0, 0, 0)
 
     def redraw(self) -> None:
         """Repaint; when rows came or went, measure again (an auto height is cached by width,
         so a film row or an actor row would otherwise stay below the panel's edge)."""
         live = self.live
-        shape = (len(live.timers), any(t.plan for t in live.timers.values()), len(live.actors))
+        shape = (len(live.timers), self._plan_lines(), len(live.actors))
         if shape != self._shape:
             self._shape = shape
             self.clear_cached_dimensions()
@@ -117,8 +128,13 @@ class StageTimers(Widget):
             "cached" if t.state == "cached" else "")
         return Text(f"{_GLYPH.get(t.state, '?')} {t.stage}", st, no_wrap=True), step, elapsed, eta_text
 
+    def _plan_lines(self) -> int:
+        line = self._plan_line()
+        return 0 if line is None else len(line.plain.splitlines())
+
     def _plan_line(self) -> Text | None:
-        """The memory plan of the running stage (else the last one that ran), on one line."""
+        """The memory plan of the running stage (else the last one that ran): two lines at
+        most, broken after a comma, the rest cut with an ellipsis."""
         timers = [t for t in self.live.timers.values() if t.plan]
         running = [t for t in timers if t.state == "running"]
         ran = [t for t in timers if t.state in ("done", "failed")]
@@ -126,9 +142,13 @@ class StageTimers(Widget):
         self.tooltip = "\n".join(f"{x.stage}: {x.plan}" for x in timers) or None
         if t is None:
             return None
+        head = f"{t.stage} plan "
+        first, rest = split_at_comma(t.plan, max(10, self.size.width - len(head)))
         line = Text(no_wrap=True, overflow="ellipsis")
-        line.append(f"{t.stage} plan ", self.get_component_rich_style("stage-timers--pending"))
-        line.append(t.plan, "dim")
+        line.append(head, self.get_component_rich_style("stage-timers--pending"))
+        line.append(first, "dim")
+        if rest:
+            line.append("\n" + " " * len(head) + rest, "dim")
         return line
 
     def _actors(self, now: float) -> Table:

@@ -365,7 +365,7 @@ def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
 
 def test_a_slow_subscriber_keeps_lifecycle_events_and_sheds_progress() -> None:
     """The per-client queue, driven through a real socket pair whose far end stops reading."""
-    from pipeline.worker.server import server as W
+    from pipeline.worker import server as W
 
     n_steps, every = 20000, 16
     n_life = len(range(0, n_steps, every))

@@ -12,7 +12,7 @@ from pipeline.wire.protocol import StepProgress
 from sulphur_tui.app import create_app
 from sulphur_tui.sources import read_events
 
-from .conftest import FIXED_NOW, GPU_RECORDING, RAY_RECORDING, RECORDING, fake_render, with_budget
+from .conftest import FIXED_NOW, GPU_RECORDING, RAY_RECORDING, RECORDING, fake_render, show_h200, with_budget
 
 SIZE = (120, 40)
 
@@ -102,6 +102,7 @@ def test_rendering_on_a_gpu(snap_compare, story: Path, size: tuple[int, int]) ->
     app = replayed_to(with_budget(story), GPU_RECORDING, "beam", "draft", 4)
 
     async def run_before(pilot) -> None:  # noqa: ANN001
+        show_h200(pilot.app)
         if size[0] < 100:
             await pilot.press("f9")
         await settle(pilot)
