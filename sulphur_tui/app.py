@@ -185,7 +185,7 @@ class SulphurApp(App[int]):
 
     @on(WorkerEvent)
     def _worker_event(self, message: WorkerEvent) -> None:
-        self.jobs.on_event(message.event)
+        self.jobs.on_event(message.event, message.history)
 
     @on(WorkerConnection)
     def _worker_connection(self, message: WorkerConnection) -> None:

@@ -22,6 +22,7 @@ from pipeline.wire.protocol import (
     JobFinished,
     JobQueued,
     JobStarted,
+    LatentPreview,
     Log,
     PlanFallback,
     Preview,
@@ -124,6 +125,7 @@ class LiveState:
         self.seams: dict[str, Seam] = {}
         self.worker_gpus: dict[int, VramSample] = {}
         self.preview: Preview | None = None
+        self.latent: LatentPreview | None = None  # the sampler's latest picture of its latent
         self.history: dict[str, list[float]] = {s: [] for s in STAGES}  # seconds per finished run
         self.log: deque[str] = deque(maxlen=200)
         # The status line's news: the last log line while a job runs, then how the last job
@@ -174,6 +176,9 @@ class LiveState:
             case Preview():
                 self.preview = ev
                 return {"preview"}
+            case LatentPreview():
+                self.latent = ev
+                return {"latent"}
             case FlickerReport():
                 return self._flicker(ev)
             case DriftReport():
@@ -323,6 +328,9 @@ class LiveState:
                 s = self.seg(info.segment)
                 s.state, s.stage = "rendering", info.stage
                 self._progress(info.segment, info.step / info.total if info.total else 0.0)
+                t = self.timers.get(info.stage)
+                if info.segment == self.timer_segment and t is not None and t.state == "running":
+                    t.step, t.total = info.step, info.total or t.total  # steps are not journaled
         return {"segments", "jobs"}
 
     def _end_job(self, job_id: str, state: str) -> None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from pipeline.wire.protocol import Event, ProtocolError, decode_event, encode
+from pipeline.wire.protocol import Event, ProtocolError, StatusSnapshot, decode_event, encode
 
 RETRY_S = 2.0
 
@@ -52,10 +52,11 @@ def paced(events: list[Event], speed: float, stop: threading.Event) -> Iterator[
         yield ev
 
 
-def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Callable[[bool, str], None],
+def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable[[bool, str], None],
                   stop: threading.Event) -> None:
     """Attach to the project's worker and forward its events until ``stop``; when no
     worker runs, try again every few seconds (a render started later attaches itself).
+    ``emit(event)`` for live events, ``emit(event, True)`` for a running job's history.
 
     Runs in a thread. Never starts a worker: only a render request does that.
     """
@@ -75,9 +76,14 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
                 status(True, "worker attached")
                 announced = "attached"
             _clients.setdefault(id(stop), []).append(client)
+            replayed: set[bytes] = set()
             for ev in client.events():
                 if stop.is_set():
                     break
+                if isinstance(ev, StatusSnapshot):
+                    replayed = _history(project_dir, ev, emit)
+                elif replayed and encode(ev) in replayed:
+                    continue  # journaled after the snapshot was taken: already replayed
                 emit(ev)
             # The stream ended: the worker stopped, or the connection idled out. The
             # next connect attempt tells which, so nothing is announced yet.
@@ -100,6 +106,23 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
         # worker's StatusSnapshot on subscribing redraws the state); otherwise poll.
         # A stream that ends as soon as it starts is a worker going away: poll slowly.
         stop.wait(0.05 if ended_at - connected_at > 1.0 else RETRY_S)
+
+
+def _history(project_dir: Path, snapshot: StatusSnapshot, emit: Callable[..., None]) -> set[bytes]:
+    """Attaching while jobs are queued or running: first what their journals say happened
+    (shots done, stages finished, flicker reports, previews), then the snapshot, so the
+    editor shows the job as it is rather than from the next event on. Returns the replayed
+    events' bytes, to drop the ones the live stream sends again."""
+    from pipeline.worker.client import journal_events  # the follower's thread only
+
+    seen: set[bytes] = set()
+    for info in snapshot.jobs:
+        if info.state not in ("queued", "running"):
+            continue
+        for ev in journal_events(project_dir, info.job_id):
+            seen.add(encode(ev))
+            emit(ev, True)
+    return seen
 
 
 # Clients currently blocked in events(), by the stop event of their thread, so the app

@@ -9,6 +9,7 @@ downstream and nowhere else.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import resource
@@ -635,6 +636,10 @@ def _host_peak() -> int:
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy unless ``dst`` already holds the same bytes: a cached segment keeps its file and
+    its mtime (which editors and file managers show as when it was rendered)."""
+    if dst.exists() and filecmp.cmp(src, dst, shallow=False):
+        return
     tmp = dst.with_name(f".{dst.name}.partial")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)

@@ -332,6 +332,21 @@ def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     return StatusSnapshot(pid=0, project=str(project_dir), jobs=jobs)
 
 
+def journal_events(project_dir: Path, job_id: str) -> list[Event]:
+    """The journaled events of one job (all but step progress and VRAM samples), oldest
+    first: what a client attaching mid-job needs to draw what happened before it came."""
+    from pipeline.worker.journal import Journal
+
+    db = Path(project_dir) / ".sulphur" / "journal.db"
+    if not db.exists():
+        return []
+    journal = Journal(db)
+    try:
+        return journal.events(job_id)
+    finally:
+        journal.close()
+
+
 def format_snapshot(snap: StatusSnapshot) -> str:
     head = f"worker PID {snap.pid}" if snap.pid else "no worker running"
     lines = [f"{head} · {snap.project}"]

@@ -96,6 +96,7 @@ from pipeline.wire.protocol import (
     JobFinished,
     JobInfo,
     JobQueued,
+    LatentPreview,
     Log,
     Message,
     ProtocolError,
@@ -124,7 +125,7 @@ QUEUE_HARD = 8192
 MAX_CRASHES = 3
 #: Finished jobs kept in the status snapshot.
 HISTORY = 50
-HIGH_RATE = (StepProgress, VramSample)
+HIGH_RATE = (StepProgress, VramSample, LatentPreview)
 FINISHED = ("done", "failed", "cancelled")
 
 

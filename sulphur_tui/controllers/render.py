@@ -52,7 +52,7 @@ class RenderControl:
     def _follow(self) -> None:
         app = self.app
         assert app.doc is not None
-        follow_worker(app.doc.path.parent, lambda ev: app.post_message(WorkerEvent(ev)),
+        follow_worker(app.doc.path.parent, lambda ev, history=False: app.post_message(WorkerEvent(ev, history)),
                       lambda ok, detail: app.post_message(WorkerConnection(ok, detail)), app.stop_event)
 
     def ensure_following(self) -> None:
@@ -83,8 +83,9 @@ class RenderControl:
             self.app.post_message(WorkerEvent(ev))
 
     # ------------------------------------------------------------------ events
-    def on_event(self, ev: Event) -> None:
-        """Fold one event into the live state, note what was rendered, redraw, tell the user."""
+    def on_event(self, ev: Event, history: bool = False) -> None:
+        """Fold one event into the live state, note what was rendered, redraw, tell the user
+        (not of ``history``: events from before the editor attached)."""
         app = self.app
         areas = app.live.apply(ev)
         if app.worker_detail.startswith("starting") and app.replay is None:
@@ -97,10 +98,11 @@ class RenderControl:
             if any(s.id == seg for s in doc.saved.segments):
                 app.baseline[seg] = segment_digest(doc.saved, seg)
                 remember_render(doc.saved, seg, app.baseline[seg])
-        if isinstance(ev, StageFinished) and ev.segment and doc is not None and app.replay is None:
+        if isinstance(ev, StageFinished) and ev.segment and doc is not None and app.replay is None and not history:
             remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
         app.board.refresh_live(areas)
-        self.announce(ev)
+        if not history:
+            self.announce(ev)
 
     def announce(self, ev: Event) -> None:
         """The few events a user must not miss get a notification, not just a log line."""

@@ -152,6 +152,12 @@ class StoryboardScreen(Screen[None]):
             if not path.is_absolute():  # the runner writes paths relative to the storyboard's folder
                 path = app.doc.path.parent / path
             self.query_one(PreviewPane).show(path, f"{p.segment} · after {p.stage}")
+        if "latent" in areas and app.live.latent is not None:
+            lp = app.live.latent
+            timer = app.live.timers.get(lp.stage)
+            of = f"/{timer.total}" if timer is not None and timer.total and lp.segment == app.live.timer_segment else ""
+            self.query_one(PreviewPane).show_rgb(lp.width, lp.height, lp.rgb,
+                                                 f"{lp.segment} · {lp.stage} step {lp.step}{of} · latent, false colour")
         if "log" in areas:
             self.draw_status()
         if "enhanced" in areas:

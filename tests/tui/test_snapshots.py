@@ -108,3 +108,15 @@ def test_rendering_on_a_gpu(snap_compare, story: Path, size: tuple[int, int]) ->
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_latent_preview(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """The tiny preset's first shot at its fourth draft step: the Preview panel shows the
+    sampler's latent (false colour) while the draft runs."""
+    from pipeline.wire.protocol import LatentPreview
+
+    latents = Path(__file__).parent / "data" / "render-tiny-latents.jsonl"
+    events = read_events(latents)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, LatentPreview) and e.stage == "draft" and e.step == 4)
+    app = create_app(story, connect_worker=False, replay=latents, replay_until=cut + 1)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
