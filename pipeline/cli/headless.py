@@ -67,7 +67,7 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
     and with ``--json`` the error is also an ``error`` event on stdout.
     """
     from pipeline.project.storyboard import StoryboardError
-    from pipeline.render.runner import RenderError
+    from pipeline.render.errors import RenderError
     from pipeline.stages.base import Cancelled
 
     cancel = threading.Event()

@@ -198,7 +198,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
-    from pipeline.render.runner import RenderError
+    from pipeline.render.errors import RenderError
 
     emit = json_printer if args.json else ProgressPrinter()
 

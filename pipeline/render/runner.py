@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.memory import planner as memory
-from pipeline.models.registry import PRESETS, LoadedModels, Preset, get_preset
+from pipeline.models.registry import PRESETS, LoadedModels, Preset
 from pipeline.project.storyboard import (
     Storyboard,
     StoryboardError,
@@ -36,23 +36,15 @@ from pipeline.project.storyboard import (
     with_segment,
 )
 from pipeline.render.cache import Artifact, StageCache, digest, stage_key
+from pipeline.render.errors import RenderError
+from pipeline.render.fallback import run_down_ladder
+from pipeline.render.film import CachedSegment, assemble_film
+from pipeline.render.job import Overrides, RenderJob
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
 
 Emit = Callable[[Event], None]
-
-
-class RenderError(RuntimeError):
-    """A render that cannot go on; ``kind`` is machine-readable (oom, missing_models, stage_failed…)."""
-
-    def __init__(self, kind: str, message: str, stage: str = "", segment: str = "") -> None:
-        super().__init__(message)
-        self.kind, self.message, self.stage, self.segment = kind, message, stage, segment
-
-    def to_event(self, job_id: str = "") -> protocol.ErrorEvent:
-        return protocol.ErrorEvent(job_id=job_id, kind=self.kind, message=self.message, stage=self.stage,
-                                   segment=self.segment)
 
 
 # ----------------------------------------------------------------- test-only faults
@@ -117,33 +109,36 @@ class _Chain:
 
 
 class Renderer:
-    """One render of one storyboard. Use :func:`render`; engines drive the per-segment methods."""
+    """One render of one job. Use :func:`render`; engines drive the per-segment methods."""
 
-    def __init__(self, storyboard: Storyboard, preset: Preset, emit: Emit, cancel: threading.Event,
-                 job_id: str, models: LoadedModels) -> None:
-        self.sb = storyboard
-        self.preset = preset
+    def __init__(self, job: RenderJob, emit: Emit, cancel: threading.Event, job_id: str,
+                 models: LoadedModels) -> None:
+        self.job = job
         self._emit = emit
         self.cancel = cancel
         self.job_id = job_id
         self.models = models
-        self.cache = StageCache(storyboard.state_dir() / "cache")
+        self.cache = StageCache(job.storyboard.state_dir() / "cache")
         self._stage_sets: dict[str, dict[str, Stage]] = {}
-        self._presets: dict[str, Preset] = {preset.name: preset}
         self.faults = _Faults()
-        self.out_dir = storyboard.render_dir()
+        self.out_dir = job.storyboard.render_dir()
         self.upscale_frames = 0  # frames this job upscales (set by preflight; decides compiling)
         self.chain = _Chain(reference=self._reference_image())
 
+    @property
+    def sb(self) -> Storyboard:
+        """The storyboard as read from its file (overrides live in ``job.project``)."""
+        return self.job.storyboard
+
+    @property
+    def preset(self) -> Preset:
+        return self.job.preset
+
     @classmethod
-    def create(cls, sb: Storyboard, *, emit: Emit, cancel: threading.Event, job_id: str,
+    def create(cls, job: RenderJob, *, emit: Emit, cancel: threading.Event, job_id: str,
                models: LoadedModels) -> Renderer:
-        """Resolve every preset the storyboard uses, refuse missing files, build tiny ones."""
-        chosen = _resolve_preset(sb.project.preset)
-        used = {chosen.name: chosen}
-        for seg in sb.segments:
-            if seg.preset and seg.preset not in used:
-                used[seg.preset] = _resolve_preset(seg.preset, seg.id)
+        """Refuse missing model files, build tiny ones, and hold the allocator to the budget."""
+        used = job.presets
         for preset in used.values():
             missing = preset.missing()
             if missing:
@@ -156,7 +151,8 @@ class Renderer:
                 preset.builder()
         # A worker keeps models between jobs; those of presets this storyboard does not use
         # would only hold memory (a kept text encoder is 24 GB).
-        stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in used]
+        names = {p.name for p in used.values()}
+        stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in names]
         if stale:
             models.evict(*stale)
         if memory.detect_device() == "cuda":
@@ -165,8 +161,8 @@ class Renderer:
             # without one, lift a cap an earlier job of this worker may have set.
             from pipeline.memory.offload import enforce_vram_budget
 
-            enforce_vram_budget(sb.project.vram_budget_gb)
-        return cls(sb, chosen, emit, cancel, job_id, models)
+            enforce_vram_budget(job.project.vram_budget_gb)
+        return cls(job, emit, cancel, job_id, models)
 
     def emit(self, event: Event) -> None:
         event.job_id = self.job_id
@@ -176,10 +172,7 @@ class Renderer:
 
     def preset_for(self, index: int) -> Preset:
         """The segment's own preset (``preset`` key of a [[segment]]), else the project's."""
-        name = self.sb.segments[index].preset or self.preset.name
-        if name not in self._presets:
-            self._presets[name] = _resolve_preset(name)
-        return self._presets[name]
+        return self.job.preset_for(index)
 
     def stages_for(self, preset: Preset) -> dict[str, Stage]:
         if preset.family not in self._stage_sets:
@@ -187,25 +180,7 @@ class Renderer:
         return self._stage_sets[preset.family]
 
     def job_for(self, index: int) -> SegmentJob:
-        seg = self.sb.segments[index]
-        p = self.sb.project
-        preset = self.preset_for(index)
-        draft = preset.round_size(p.draft_size or preset.draft_size)
-        # LTX-2 refines through a ×2 latent upsampler; families without one keep their
-        # native pixels for ESRGAN (refine_scale 1) instead of a blurry pixel ×2.
-        scale = int(preset.extra.get("refine_scale", 2))
-        refine = p.refine_size or (draft[0] * scale, draft[1] * scale)
-        return SegmentJob(
-            storyboard=self.sb, segment=seg, index=index, preset=preset,
-            frames=preset.round_frames(seg.frame_count(p.fps)),
-            seed=seg.seed if seg.seed is not None else p.seed + index,
-            fps=p.fps, draft_size=draft, refine_size=tuple(refine), output_size=p.output_size,
-            steps=seg.steps or p.steps or preset.steps,
-            refine_sigmas=seg.refine_sigmas or p.refine_sigmas or preset.refine_sigmas,
-            lora_strength=seg.lora_strength if seg.lora_strength is not None else (
-                p.lora_strength if p.lora_strength is not None else preset.lora_strength),
-            audio=p.audio and preset.audio,
-        )
+        return self.job.segment_job(index)
 
     def key_for(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> str:
         stage = self.stages_for(job.preset)[name]
@@ -221,7 +196,7 @@ class Renderer:
     def plans(self, stage: str, frames: int, segment: str = "", preset: Preset | None = None
               ) -> list[memory.StagePlan]:
         try:
-            plans = memory.plan_ladder(stage, preset or self.preset, self.sb.project, frames=frames)
+            plans = memory.plan_ladder(stage, preset or self.preset, self.job.project, frames=frames)
         except memory.PlanError as exc:
             raise RenderError("plan", str(exc), stage, segment) from None
         if stage == "upscale":
@@ -232,7 +207,7 @@ class Renderer:
 
     def preflight(self, selected: Sequence[str]) -> None:
         """Refuse, before any model is loaded, a render no memory plan can fit."""
-        jobs = [self.job_for(i) for i, s in enumerate(self.sb.segments) if s.id in selected]
+        jobs = self.job.segment_jobs(selected)
         for job in jobs:
             if job.segment.keep is not None and job.segment.keep > job.frames:
                 raise RenderError("bad_keep", f"keep = {job.segment.keep} is more than the {job.frames} frames "
@@ -244,8 +219,7 @@ class Renderer:
                 self.plans(stage, longest, preset=preset)
 
     def run_stage(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact:
-        stage = self.stages_for(job.preset)[name]
-        params = stage.params(job)
+        """A stage's cache entry: looked up, else built down its memory-plan ladder."""
         key = self.key_for(name, job, inputs)
         hit = self.cache.get(name, key)
         if hit is not None:
@@ -254,64 +228,38 @@ class Renderer:
         plans = self.plans(name, job.frames, job.segment.id, job.preset)
         if name == "upscale":
             # the upscaler uses none of the held models: fit it beside them rather than evict
-            plans = memory.beside_held(plans, memory.vram_room(self.sb.project))
-        last_error: BaseException | None = None
-        for i, plan in enumerate(plans):
-            if self.cancel.is_set():
-                raise Cancelled(name)
-            ctx = StageContext(emit=self.emit, cancel=self.cancel, models=self.models, plan=plan,
-                               job_id=self.job_id, segment_id=job.segment.id)
-            self.emit(protocol.StageStarted(segment=job.segment.id, stage=name, plan=plan.describe(),
-                                            total_steps=stage.total_steps(job)))
-            _reset_peaks()
-            t0 = time.perf_counter()
-            try:
-                with self.cache.build(name, key, params) as building:
-                    self.faults.at_stage_start(name, self.cancel)
-                    if name == "draft" and job.anchor is not None:
-                        # Kept beside the draft so chaining and the drift guard can be audited.
-                        np.save(building.path / "anchor.npy", job.anchor)
-                    meta = stage.run(ctx, job, inputs, building.path)
-                    building.meta.update(meta or {})
-            except Cancelled:
-                raise
-            except BaseException as exc:
-                if not memory.is_oom(exc):
-                    raise RenderError("stage_failed", f"{name} failed: {type(exc).__name__}: {exc}",
-                                      name, job.segment.id) from exc
-                last_error = exc
-                # Return every byte before the leaner attempt, except a transformer under
-                # Sulphur's streamer when the GPU ran out and the next plan streams too: it
-                # is re-streamed in place (its resident blocks go back to the host), which
-                # costs seconds where a reload costs a full load and a second host copy.
-                nxt = plans[i + 1] if i + 1 < len(plans) else None
-                restream = (memory.oom_kind(exc) == "cuda" and nxt is not None
-                            and nxt.options.get("streamer") == "sulphur")
-                if restream:
-                    from pipeline.memory.offload import streamer_of
+            plans = memory.beside_held(plans, memory.vram_room(self.job.project))
+        return run_down_ladder(name, job.segment.id, plans,
+                               lambda plan: self._attempt(name, job, inputs, key, plan),
+                               models=self.models, cancel=self.cancel, emit=self.emit)
 
-                    self.models.evict_all(keep=lambda obj: streamer_of(obj) is not None)
-                else:
-                    self.models.evict_all()
-                if i + 1 < len(plans):
-                    self.emit(protocol.PlanFallback(segment=job.segment.id, stage=name,
-                                                    failed_plan=plan.describe(),
-                                                    next_plan=plans[i + 1].describe(), reason=str(exc)))
-                continue
-            allocated, reserved = _peaks()
-            self.emit(protocol.StageFinished(segment=job.segment.id, stage=name,
-                                             seconds=time.perf_counter() - t0, peak_allocated=allocated,
-                                             peak_reserved=reserved, peak_host_rss=_host_peak(),
-                                             plan=plan.describe(), cache_key=key))
-            if plan.options.get("evict_between_stages"):
-                self.models.evict_all()
-            artifact = self.cache.get(name, key)
-            assert artifact is not None
-            return artifact
-        tried = ", ".join(p.describe() for p in plans)
-        raise RenderError("oom", f"{name} ran out of memory with every plan ({tried}): {last_error}. "
-                          "Lower draft_size/frames or raise vram_budget_gb/ram_budget_gb.",
-                          name, job.segment.id)
+    def _attempt(self, name: str, job: SegmentJob, inputs: dict[str, Artifact], key: str,
+                 plan: memory.StagePlan) -> Artifact:
+        """One run of a stage under one memory plan, into its cache entry."""
+        stage = self.stages_for(job.preset)[name]
+        ctx = StageContext(emit=self.emit, cancel=self.cancel, models=self.models, plan=plan,
+                           job_id=self.job_id, segment_id=job.segment.id)
+        self.emit(protocol.StageStarted(segment=job.segment.id, stage=name, plan=plan.describe(),
+                                        total_steps=stage.total_steps(job)))
+        _reset_peaks()
+        t0 = time.perf_counter()
+        with self.cache.build(name, key, stage.params(job)) as building:
+            self.faults.at_stage_start(name, self.cancel)
+            if name == "draft" and job.anchor is not None:
+                # Kept beside the draft so chaining and the drift guard can be audited.
+                np.save(building.path / "anchor.npy", job.anchor)
+            meta = stage.run(ctx, job, inputs, building.path)
+            building.meta.update(meta or {})
+        allocated, reserved = _peaks()
+        self.emit(protocol.StageFinished(segment=job.segment.id, stage=name,
+                                         seconds=time.perf_counter() - t0, peak_allocated=allocated,
+                                         peak_reserved=reserved, peak_host_rss=_host_peak(),
+                                         plan=plan.describe(), cache_key=key))
+        if plan.options.get("evict_between_stages"):
+            self.models.evict_all()
+        artifact = self.cache.get(name, key)
+        assert artifact is not None
+        return artifact
 
     # ---------------------------------------------------------- per segment
 
@@ -491,60 +439,10 @@ class Renderer:
         self.emit(protocol.Preview(segment=job.segment.id, stage="upscale", path=str(path)))
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
-        """final.mp4 from every segment's cached stages, when all of them exist.
+        """final.mp4 from every segment's cached stages, when all of them exist."""
+        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.out_dir, self.emit)
 
-        The video is the segments' own encoded H.264 copied one after the other (see
-        :func:`pipeline.stages.encode.join_film`); a full re-encode when they can't be joined.
-        """
-        from pipeline.stages.encode import EncodeStage, FilmPart, join_film, repeats_anchor
-
-        parts, manifest = [], []
-        for index, seg in enumerate(self.sb.segments):
-            art = self._cached_upscale_and_draft(index, drafts)
-            if art is None:
-                self.emit(protocol.Log(message=f"final film not assembled: segment {seg.id} is not rendered yet"))
-                return self.out_dir
-            upscale, draft, encode = art
-            frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:self.job_for(index).kept]
-            audio = np.load(draft.file("audio.npy")) if draft.file("audio.npy").exists() else None
-            skip = repeats_anchor(index, seg)
-            parts.append(FilmPart(frames=frames, audio=audio, sample_rate=int(draft.meta.get("sample_rate", 48000)),
-                                  skip_first=skip, encoded=encode.file("segment.mp4") if encode else None,
-                                  name=seg.id))
-            manifest.append({"id": seg.id, "frames": len(frames), "skip_first": skip,
-                             "upscale_key": upscale.key, "draft_key": draft.key,
-                             "encode_key": encode.key if encode else None})
-        final = self.out_dir / "final.mp4"
-        film_key = digest(json.dumps({"encoder": EncodeStage.version, "film": "remux", "segments": manifest},
-                                     sort_keys=True).encode())
-        manifest_path = self.out_dir / "film.json"
-        if final.exists() and manifest_path.exists():
-            try:
-                if json.loads(manifest_path.read_text()).get("key") == film_key:
-                    return final  # nothing changed since the last assembly
-            except json.JSONDecodeError:
-                pass
-        tmp = final.with_name(".final.partial.mp4")
-        total = sum(len(p.frames) - int(p.skip_first) for p in parts)
-        self.emit(protocol.StageStarted(segment="", stage="film", total_steps=total))
-        t0 = time.perf_counter()
-        _, reencoded = join_film(tmp, parts, fps=self.sb.project.fps, size=self.sb.project.output_size)
-        if reencoded:
-            self.emit(protocol.Log(level="warning", message=f"final film re-encoded, segments not joinable by "
-                                                             f"copy: {reencoded}"))
-        os.replace(tmp, final)
-        offset = 0
-        for entry in manifest:
-            entry["offset"] = offset
-            offset += entry["frames"] - int(entry["skip_first"])
-        manifest_path.write_text(json.dumps({"key": film_key, "fps": self.sb.project.fps, "frames": total,
-                                             "video": "re-encoded" if reencoded else "copied",
-                                             "reencode_reason": reencoded, "segments": manifest}, indent=1))
-        self.emit(protocol.StageFinished(segment="", stage="film", seconds=time.perf_counter() - t0))
-        return final
-
-    def _cached_upscale_and_draft(self, index: int, drafts: dict[str, Artifact]
-                                  ) -> tuple[Artifact, Artifact, Artifact | None] | None:
+    def _cached_segment(self, index: int, drafts: dict[str, Artifact]) -> CachedSegment | None:
         """Look up (without running) a segment's encoded-frames entry, its draft and its
         encode (None when only the frames are cached)."""
         seg = self.sb.segments[index]
@@ -561,19 +459,7 @@ class Renderer:
             arts[name] = art
         frames = arts[self.frames_chain(job)[-1][0]]
         encode = self.cache.get("encode", self.key_for("encode", job, {"upscale": frames, "draft": draft}))
-        return frames, draft, encode
-
-
-def select_segments(sb: Storyboard, segments: Sequence[str] | None, from_segment: str | None) -> list[str]:
-    ids = [s.id for s in sb.segments]
-    for sid in list(segments or []) + ([from_segment] if from_segment else []):
-        if sid not in ids:
-            raise StoryboardError(sb.path, f"no segment with id '{sid}' (ids: {', '.join(ids)})")
-    if segments:
-        return [i for i in ids if i in segments]
-    if from_segment:
-        return ids[ids.index(from_segment):]
-    return ids
+        return CachedSegment(frames=frames, draft=draft, encode=encode, kept=job.kept)
 
 
 def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] | None = None,
@@ -581,25 +467,16 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
            cancel: threading.Event | None = None, job_id: str = "",
            models: LoadedModels | None = None) -> Path:
     """Render a storyboard; returns ``final.mp4`` (or the render folder if not every segment exists)."""
-    sb = load(storyboard_path)
-    if preset:
-        sb = replace(sb, project=replace(sb.project, preset=preset))
-    selected = select_segments(sb, segments, from_segment)
-    renderer = Renderer.create(sb, emit=emit, cancel=cancel or threading.Event(),
+    job = RenderJob.resolve(load(storyboard_path), Overrides(preset=preset), segments=segments,
+                            from_segment=from_segment)
+    renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     renderer.cache.sweep_partials()
-    renderer.preflight(selected)
-    return renderer.run(selected)
+    renderer.preflight(job.selected)
+    return renderer.run(job.selected)
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def _resolve_preset(name: str, segment: str = "") -> Preset:
-    try:
-        return get_preset(name)
-    except KeyError as exc:
-        raise RenderError("unknown_preset", str(exc.args[0]), segment=segment) from None
 
 
 def quiet_libraries() -> None:
@@ -691,4 +568,4 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(img)
 
 
-__all__ = ["render", "RenderError", "Renderer", "select_segments"]
+__all__ = ["render", "RenderError", "Renderer"]

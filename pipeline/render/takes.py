@@ -14,17 +14,16 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.project.selection import segment_index
 from pipeline.project.storyboard import StoryboardError, load, save, with_segment
 
 
 def seeds_for(storyboard_path: str | os.PathLike[str], segment: str, count: int) -> list[int]:
     """``count`` seeds starting at the segment's current one (so take 1 is what a render makes)."""
     sb = load(storyboard_path)
-    ids = [s.id for s in sb.segments]
-    if segment not in ids:
-        raise StoryboardError(sb.path, f"no segment with id '{segment}' (ids: {', '.join(ids)})")
-    seg = sb.segments[ids.index(segment)]
-    base = seg.seed if seg.seed is not None else sb.project.seed + ids.index(segment)
+    index = segment_index(sb, segment)
+    seg = sb.segments[index]
+    base = seg.seed if seg.seed is not None else sb.project.seed + index
     return [base + i for i in range(max(1, count))]
 
 

@@ -219,15 +219,6 @@ def _info(rec: JobRecord) -> JobInfo:
                    error=rec.error)
 
 
-def _select(ids: list[str], mode: str, segments: list[str]) -> list[str]:
-    """The segment ids a request renders (mirrors pipeline.render.runner.select_segments)."""
-    if mode == "segments":
-        return [i for i in ids if i in segments]
-    if mode == "from":
-        return ids[ids.index(segments[0]):]
-    return list(ids)
-
-
 class _BadRequest(Exception):
     pass
 
@@ -442,6 +433,7 @@ class Worker:
             client.reply(Reject(id=request.id, error=f"internal error: {type(exc).__name__}: {exc}"))
 
     def _submit(self, req: Submit) -> Ack:
+        from pipeline.project.selection import select_segments
         from pipeline.project.storyboard import StoryboardError, load
 
         if self.stopping.is_set():
@@ -454,7 +446,6 @@ class Worker:
             sb = load(path)
         except StoryboardError as exc:
             raise _BadRequest(str(exc)) from None
-        ids = [s.id for s in sb.segments]
         wanted = list(req.segments)
         if req.mode == "segments" and not wanted:
             raise _BadRequest("mode 'segments' needs at least one segment id")
@@ -462,15 +453,16 @@ class Worker:
             raise _BadRequest("mode 'from' needs exactly one segment id")
         if req.mode == "all":
             wanted = []
-        unknown = [s for s in wanted if s not in ids]
-        if unknown:
-            raise _BadRequest(f"no segment with id {', '.join(map(repr, unknown))} (ids: {', '.join(ids)})")
+        try:
+            selected = select_segments(sb, wanted if req.mode == "segments" else None,
+                                       wanted[0] if req.mode == "from" else None)
+        except StoryboardError as exc:
+            raise _BadRequest(str(exc)) from None
         for job in self.jobs.values():
             r = job.record
             if job.info.state in ("queued", "running") and not job.cancel.is_set() and (
                     r.storyboard, r.mode, r.segments, r.preset) == (str(path), req.mode, wanted, req.preset):
                 return Ack(id=req.id, job_id=r.id)  # already pending: follow that one
-        selected = _select(ids, req.mode, wanted)
         rec = JobRecord(id=uuid.uuid4().hex[:12], storyboard=str(path), mode=req.mode, segments=wanted,
                         selected=selected, preset=req.preset)
         self.journal.add_job(rec)  # on disk before the Ack
@@ -554,7 +546,7 @@ class Worker:
         try:
             from pipeline.project.storyboard import StoryboardError
             from pipeline.render.engines import render  # $SULPHUR_ENGINE: local (default) or ray
-            from pipeline.render.runner import RenderError
+            from pipeline.render.errors import RenderError
             from pipeline.stages.base import Cancelled
 
             if self._models is None:

@@ -228,12 +228,12 @@ def test_an_actor_plans_within_its_shares(tmp_path: Path) -> None:
 
     story = _project(tmp_path)
     r = _renderer(str(story), None, "job", 40.0, 12.5, lambda e: None, threading.Event())
-    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (40.0, 12.5)
+    assert (r.job.project.vram_budget_gb, r.job.project.ram_budget_gb) == (40.0, 12.5)
     story.write_text(story.read_text().replace("[project]", "[project]\nvram_budget_gb = 8\nram_budget_gb = 64", 1))
     r = _renderer(str(story), None, "job", 40.0, 20.0, lambda e: None, threading.Event())
-    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (8.0, 20.0)
+    assert (r.job.project.vram_budget_gb, r.job.project.ram_budget_gb) == (8.0, 20.0)
     r = _renderer(str(story), None, "job", None, None, lambda e: None, threading.Event())
-    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (8.0, 64.0)
+    assert (r.job.project.vram_budget_gb, r.job.project.ram_budget_gb) == (8.0, 64.0)
 
 
 def test_the_host_need_comes_from_the_memory_planner() -> None:

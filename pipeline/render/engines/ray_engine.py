@@ -43,8 +43,9 @@ import ray
 from ray.util.actor_pool import ActorPool
 from ray.util.queue import Queue
 
+from pipeline.project.selection import segment_index, select_segments
 from pipeline.project.storyboard import StoryboardError, load
-from pipeline.render.runner import RenderError, select_segments
+from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -147,9 +148,9 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
 def _planned_ltx2(sb: Any, preset: str | None) -> Any:
     """The render's preset when the memory planner sizes it (full-size LTX-2 stacks), else
     None: tiny presets take a few MB, the I2V families carry fixed recipes."""
-    from pipeline.models.registry import get_preset
+    from pipeline.render.job import Overrides, RenderJob
 
-    p = get_preset(preset or sb.project.preset)
+    p = RenderJob.resolve(sb, Overrides(preset=preset)).preset
     if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
         return None
     return p
@@ -277,15 +278,16 @@ class StageWorker:
 
         self.ready()
         r = self.renderer
-        base = r.sb
-        seg_id = base.segments[index].id
-        r.sb = with_segment(base, seg_id, seed=seed, enhance_lock=True, enhanced_prompt=prompt)
+        base = r.job
+        seg_id = base.storyboard.segments[index].id
+        take = with_segment(base.storyboard, seg_id, seed=seed, enhance_lock=True, enhanced_prompt=prompt)
+        r.job = replace(base, storyboard=take)
         r.chain = copy.deepcopy(chain if chain is not None else self.first_chain)
         try:
             job, draft = r.draft_segment(index)
             encode = r.finish_stages(job, draft)
         finally:
-            r.sb = base
+            r.job = base
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
@@ -333,18 +335,15 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
               ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
     """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares."""
     from pipeline.models.registry import LoadedModels
+    from pipeline.render.job import Overrides, RenderJob
     from pipeline.render.runner import Renderer
 
     sb = load(storyboard)
-    if preset:
-        sb = replace(sb, project=replace(sb.project, preset=preset))
-    if share_gb and sb.project.vram_budget_gb is None:
-        # Several actors share this card: each plans within its Ray share, not the free VRAM.
-        sb = replace(sb, project=replace(sb.project, vram_budget_gb=share_gb))
-    if ram_gb:
-        # Every actor on this node keeps its own models: each plans within its part of the RAM.
-        sb = replace(sb, project=replace(sb.project, ram_budget_gb=ram_gb))
-    return Renderer.create(sb, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
+    # Several actors share this card: each plans within its Ray share, not the free VRAM;
+    # and every actor on this node keeps its own models: each plans within its part of the RAM.
+    vram = share_gb if share_gb and sb.project.vram_budget_gb is None else None
+    job = RenderJob.resolve(sb, Overrides(preset=preset, vram_budget_gb=vram, ram_budget_gb=ram_gb or None))
+    return Renderer.create(job, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
 
 
 StageActor = ray.remote(concurrency_groups={"control": 1})(StageWorker)
@@ -535,10 +534,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     with ``takes.json``; :func:`pipeline.render.takes.pick_take` makes one the segment's.
     """
     sb = load(storyboard_path)
-    ids = [s.id for s in sb.segments]
-    if segment not in ids:
-        raise StoryboardError(sb.path, f"no segment with id '{segment}' (ids: {', '.join(ids)})")
-    index = ids.index(segment)
+    index = segment_index(sb, segment)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     out_dir = sb.render_dir() / "takes" / segment
     job_id = job_id or uuid.uuid4().hex[:12]
