@@ -79,10 +79,13 @@ class SulphurApp(App[int]):
         Binding("f9", "toggle_view", "Shots/Render", id="view.toggle", show=False,
                 tooltip="Below 100 columns: switch between the shots and the live render panels"),
         Binding("f1", "help", "Help", id="help"),
+        Binding("question_mark", "help", "Help", id="help.question", show=False),
         # Textual's quit key, in F1 help and the palette; out of the footer so F1 fits 120
         # columns. Not a priority binding, so a screen's own visible ctrl+q (the broken-file
         # screen) shows in its footer; no widget here binds ctrl+q, so it always reaches us.
         Binding("ctrl+q", "quit", "Quit", id="quit", show=False),
+        # Plain q too (it asks when there are unsaved edits); text fields type it instead.
+        Binding("q", "quit", "Quit", id="quit.q", show=False),
     ]
 
     def __init__(self, storyboard_path: Path, *, gpu: GpuMonitor | None = None, connect_worker: bool = True,

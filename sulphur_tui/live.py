@@ -160,6 +160,7 @@ class LiveState:
                 self._actor_finished(ev)
                 t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
                 t.state, t.seconds = "done", ev.seconds
+                t.step = t.total  # the film sends no step progress: done is all of it
                 return {"timers"}
             case StageStarted():
                 return self._stage_started(ev)

@@ -17,7 +17,9 @@ a second bar measures the worker's torch memory against that budget), the stage 
 of the running shot with the memory plan of its stage, a flicker sparkline per rendered
 shot (PSNR-Y of every frame transition, from the stage it names; red bars are the worst;
 *seam* is the PSNR across the cut from the previous shot, on the stage it names, and is
-flagged when below that stage's worst transition) and the latest frame.
+flagged when below that stage's worst transition) and the latest frame; while a draft or
+refine samples, the Preview shows its latent after every step ("latent": no decoder runs,
+its channels are projected to false colours, so look for composition and motion).
 Below 100 columns the two sides are tabs: `f9` switches.
 
 **Status line:** the worker, then the latest news: a log line while rendering, how the

@@ -156,8 +156,9 @@ class StoryboardScreen(Screen[None]):
             lp = app.live.latent
             timer = app.live.timers.get(lp.stage)
             of = f"/{timer.total}" if timer is not None and timer.total and lp.segment == app.live.timer_segment else ""
+            # "latent": no decoder ran; the colours are a projection (F1 says so)
             self.query_one(PreviewPane).show_rgb(lp.width, lp.height, lp.rgb,
-                                                 f"{lp.segment} · {lp.stage} step {lp.step}{of} · latent, false colour")
+                                                 f"{lp.segment} · {lp.stage} step {lp.step}{of} · latent")
         if "log" in areas:
             self.draw_status()
         if "enhanced" in areas:

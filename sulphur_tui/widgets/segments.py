@@ -69,6 +69,11 @@ class SegmentList(DataTable):
         Binding("shift+down,J", "app.move_segment(1)", "Move down", id="segment.move_down", group=_MOVE,
                 key_display="⇧↓", show=False),
         Binding("t", "app.pick_take", "Takes", id="segment.takes"),
+        # lazygit / k9s habits; the arrows, Home and End do the same.
+        Binding("j", "cursor_down", "Next shot", id="segment.next", show=False),
+        Binding("k", "cursor_up", "Previous shot", id="segment.previous", show=False),
+        Binding("g", "scroll_top", "First shot", id="segment.first", show=False),
+        Binding("G", "scroll_bottom", "Last shot", id="segment.last", show=False),
         Binding("o", "app.open_output", "Open output", id="segment.open_output", show=False),
     ]
     COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {
@@ -108,6 +113,9 @@ class SegmentList(DataTable):
         self._prompt_width = 0
 
     def on_mount(self) -> None:
+        self._add_columns()
+
+    def _add_columns(self) -> None:
         self.add_column("status", key="status", width=10)
         self.add_column("id", key="id")
         self.add_column("prompt", key="prompt")
@@ -139,7 +147,8 @@ class SegmentList(DataTable):
                     self.update_cell(sid, col, value)
         else:  # a column's width is set when rows are added: rebuild when it must change
             self._prompt_width = prompt_cells
-            self.clear(columns=False)
+            self.clear(columns=True)  # a column keeps the widest cell it ever had: start afresh
+            self._add_columns()
             for sid, row in zip(ids, rows, strict=True):
                 self.add_row(*row, key=sid)
         if want in ids:

@@ -253,3 +253,41 @@ async def test_stage_started_for_the_film_is_a_row(story: Path) -> None:
         app.post_message(WorkerEvent(StageStarted(job_id="a", segment="", stage="film", total_steps=40)))
         await pilot.pause()
         assert any("▶ film" in r for r in panel(screen_text(app), "Render"))
+
+
+# ---------------------------------------------------------------------- keys users expect
+async def test_vim_keys_help_and_q(story: Path) -> None:
+    """j/k/g/G move through the shots, ? opens help, q asks when there are unsaved edits."""
+    from sulphur_tui.screens import ConfirmQuit, HelpScreen
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        seen = []
+        for key in ("j", "j", "k", "G", "g"):
+            await pilot.press(key)
+            await pilot.pause()
+            seen.append(app.selected)
+        assert seen == ["beam", "storm", "beam", "storm", "dawn"], seen
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "a")  # a new shot: unsaved
+        await pilot.pause()
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.is_running and app.doc.dirty
+
+
+async def test_shot_list_fits_after_the_terminal_narrows(story: Path) -> None:
+    """200 → 120 columns: the prompt column gives the room back; length and rendered stay."""
+    fake_render(story, "dawn", mtime=FIXED_NOW - 90)
+    app = create_app(story, connect_worker=False, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.pause()
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        await pilot.pause()
+        shots = panel_left(screen_text(app), "Shots")
+        assert "rendered" in shots[0] and "17 f" in shots[1] and "1m ago" in shots[1], shots
