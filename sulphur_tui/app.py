@@ -78,6 +78,8 @@ class SulphurApp(App[int]):
                 tooltip="Frame rate, sizes, model preset, memory budgets, drift guard"),
         Binding("f9", "toggle_view", "Shots/Render", id="view.toggle", show=False,
                 tooltip="Below 100 columns: switch between the shots and the live render panels"),
+        Binding("ctrl+l", "toggle_log", "Job log", id="view.log", show=False,
+                tooltip="Every job's start, stages, fallbacks, warnings and output"),
         Binding("f1", "help", "Help", id="help"),
         Binding("question_mark", "help", "Help", id="help.question", show=False),
         # Textual's quit key, in F1 help and the palette; out of the footer so F1 fits 120
@@ -266,6 +268,9 @@ class SulphurApp(App[int]):
 
     def action_cancel_render(self) -> None:
         self.jobs.cancel()
+
+    def action_toggle_log(self) -> None:
+        self.board.toggle_log()
 
     def action_toggle_view(self) -> None:
         self.board.toggle_view()

@@ -29,6 +29,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Edit prompt", "Edit the selected shot's prompt", "edit_prompt"),
     ("Shots / render view", "Below 100 columns: switch between the shots and the live panels (f9)",
      "toggle_view"),
+    ("Job log", "Show or hide every job's start, stages, fallbacks, warnings and output (ctrl+l)",
+     "toggle_log"),
     ("Help", "Keys and what the screen shows", "help"),
     ("Quit", "Leave the editor (asks about unsaved changes)", "quit"),
 ]

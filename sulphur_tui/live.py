@@ -131,6 +131,9 @@ class LiveState:
         # The status line's news: the last log line while a job runs, then how the last job
         # ended (the film's path, "cancelled", the error) until the next one starts.
         self.news = ""
+        # The job log panel's lines: (event time, text), and how many were ever added.
+        self.journal: deque[tuple[float, str]] = deque(maxlen=500)
+        self.journal_count = 0
         self.enhanced: list[PromptEnhanced] = []
         self.last_ts = 0.0
         self.worker_pid = 0
@@ -146,6 +149,15 @@ class LiveState:
     def apply(self, ev: Event) -> set[str]:
         """Fold one event in; returns the areas to redraw."""
         self.last_ts = max(self.last_ts, ev.ts)
+        line = log_line(ev)
+        areas = self._apply(ev)
+        if line:
+            self.journal.append((ev.ts, line))
+            self.journal_count += 1
+            areas = areas | {"journal"}
+        return areas
+
+    def _apply(self, ev: Event) -> set[str]:
         match ev:
             case StatusSnapshot():
                 return self._snapshot(ev)
@@ -408,6 +420,36 @@ class LiveState:
                 elif s is None or s.state == "queued":
                     left += seg_total
         return left
+
+
+def log_line(ev: Event) -> str:
+    """The job log's line for an event ("" for telemetry): each job's start, every stage of
+    every shot, fallbacks, warnings, errors and where the output went."""
+    where = "/".join(x for x in (getattr(ev, "segment", ""), getattr(ev, "stage", "")) if x)
+    match ev:
+        case JobStarted():
+            return f"job {ev.job_id[:8]} started: {', '.join(ev.segments)}"
+        case StageStarted():
+            return f"{where or ev.stage} started" + (f" · {ev.plan}" if ev.plan else "")
+        case StageFinished():
+            return f"{where or ev.stage} done in {ev.seconds:.1f} s"
+        case StageCached():
+            return f"{where} from the cache"
+        case PlanFallback():
+            return f"{where}: out of memory with {ev.failed_plan}; now {ev.next_plan}"
+        case SegmentDone():
+            return f"{ev.segment} rendered: {ev.path}"
+        case PromptEnhanced():
+            return f"{ev.segment}: enhanced prompt written"
+        case JobFinished():
+            return f"job {ev.job_id[:8]} finished in {ev.seconds:.0f} s: {ev.path}"
+        case JobCancelled():
+            return f"job {ev.job_id[:8]} cancelled"
+        case ErrorEvent():
+            return f"✖ {where or 'render'} failed ({ev.kind}): {ev.message}"
+        case Log():
+            return f"{ev.level}: {ev.message}" if ev.level in ("warning", "error") else ev.message
+    return ""
 
 
 def finite_psnr(values: list[float], cap: float = 60.0) -> list[float]:

@@ -24,6 +24,7 @@ from sulphur_tui.screens.dialogs import FilePicker
 from sulphur_tui.status import disk_states
 from sulphur_tui.widgets.editor import SegmentEditor
 from sulphur_tui.widgets.flicker import FlickerPanel
+from sulphur_tui.widgets.joblog import JobLog
 from sulphur_tui.widgets.preview import PreviewPane
 from sulphur_tui.widgets.segments import SegmentList
 from sulphur_tui.widgets.stages import StageTimers
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from sulphur_tui.app import SulphurApp
 
 NARROW_HIDDEN = {"segment.duplicate", "segment.delete"}
-TITLES = {"segments": "Shots", "editor": "Shot", "gpu": "GPU", "stages": "Render",
+TITLES = {"joblog": "Job log · ctrl+l hides", "segments": "Shots", "editor": "Shot", "gpu": "GPU", "stages": "Render",
           "flicker": "Flicker · PSNR-Y dB", "preview": "Preview"}
 
 
@@ -54,6 +55,7 @@ class StoryboardScreen(Screen[None]):
                 yield StageTimers(self.app.live, self.app.clock, id="stages")
                 yield FlickerPanel(id="flicker")
                 yield PreviewPane(self.app.image_cls, id="preview")
+        yield JobLog(id="joblog")
         yield Label("", id="statusline")
         yield Footer()
 
@@ -81,6 +83,9 @@ class StoryboardScreen(Screen[None]):
             return bindings
         return {key: (b._replace(binding=replace(b.binding, show=False)) if b.binding.id in NARROW_HIDDEN else b)
                 for key, b in bindings.items()}
+
+    def toggle_log(self) -> None:
+        self.toggle_class("-log")
 
     def toggle_view(self) -> None:
         tabs = self.query_one("#views", Tabs)
@@ -159,6 +164,8 @@ class StoryboardScreen(Screen[None]):
             # "latent": no decoder ran; the colours are a projection (F1 says so)
             self.query_one(PreviewPane).show_rgb(lp.width, lp.height, lp.rgb,
                                                  f"{lp.segment} · {lp.stage} step {lp.step}{of} · latent")
+        if "journal" in areas:
+            self.query_one(JobLog).catch_up(app.live)
         if "log" in areas:
             self.draw_status()
         if "enhanced" in areas:

@@ -291,3 +291,27 @@ async def test_shot_list_fits_after_the_terminal_narrows(story: Path) -> None:
         await pilot.pause()
         shots = panel_left(screen_text(app), "Shots")
         assert "rendered" in shots[0] and "17 f" in shots[1] and "1m ago" in shots[1], shots
+
+
+# ---------------------------------------------------------------------- the job log panel
+async def test_job_log_panel_tells_the_whole_job(story: Path) -> None:
+    """ctrl+l shows the job log: the job's start, every stage, the warnings, each shot's file
+    and the job's end; ctrl+l hides it again."""
+    from sulphur_tui.widgets.joblog import JobLog
+
+    app = create_app(story, connect_worker=False, replay=RECORDING)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        log = app.query_one(JobLog)
+        assert not log.display
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert log.display
+        text = "\n".join(log.lines)
+        for words in ("job f777096d started: dawn, beam, storm", "dawn/draft started · cpu, on cpu",
+                      "dawn/draft done in", "warning: dawn: prompt enhancer", "renders/story/segments/beam.mp4",
+                      "job f777096d finished in 110 s"):
+            assert words in text, (words, text)
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert not log.display
