@@ -26,6 +26,7 @@ from textual.worker import Worker, WorkerState
 
 from pipeline.project.storyboard import StoryboardError
 from pipeline.telemetry.gpu import GpuMonitor
+from pipeline.telemetry.host import HostSample, sample_host
 from pipeline.wire.protocol import VramSample
 from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.controllers import DiskWatcher, Editing, RenderControl
@@ -93,7 +94,7 @@ class SulphurApp(App[int]):
     def __init__(self, storyboard_path: Path, *, gpu: GpuMonitor | None = None, connect_worker: bool = True,
                  replay: Path | None = None, replay_until: int | None = None, replay_speed: float = 0.0,
                  image: str = "halfblock", clock: Callable[[], float] | None = None,
-                 poll_disk: float = DISK_POLL_S) -> None:
+                 poll_disk: float = DISK_POLL_S, host: Callable[[], HostSample | None] | None = None) -> None:
         super().__init__()
         self.path = Path(storyboard_path).resolve()
         self.gpu = gpu or GpuMonitor()
@@ -107,6 +108,8 @@ class SulphurApp(App[int]):
         self.load_error: StoryboardError | None = None
         self.live = LiveState()
         self.local_gpus: list[VramSample] = []
+        self.host: HostSample | None = None
+        self.host_sampler = host or sample_host
         self.gpu_reason = ""
         self.baseline: dict[str, str] = {}  # segment id -> digest when rendered
         self.renders: dict[str, DiskRender] = {}
@@ -171,18 +174,19 @@ class SulphurApp(App[int]):
     # ------------------------------------------------------------------ background
     @work(thread=True, exclusive=True, group="gpu", exit_on_error=False)
     def _sample_gpus(self) -> None:
-        """NVML every second in a thread (driver calls can stall); one message per reading."""
-        gpu = self.gpu
-        if not gpu.available:  # the first call initialises NVML: slow on some machines
-            self.post_message(GpuSamples([], gpu.reason))
-            return
+        """NVML and the host's RAM and CPU every second in a thread (driver calls can stall);
+        one message per reading. The first NVML call initialises it: slow on some machines."""
+        gpu, ok = self.gpu, self.gpu.available
         while not self.stop_event.is_set():
-            self.post_message(GpuSamples(gpu.sample()))
+            host = self.host_sampler()
+            self.post_message(GpuSamples(gpu.sample() if ok else [], "" if ok else gpu.reason, host))
+            if not ok and host is None:
+                return  # nothing that changes: one message says so
             self.stop_event.wait(GPU_EVERY_S)
 
     @on(GpuSamples)
     def _gpu_samples(self, message: GpuSamples) -> None:
-        self.local_gpus = message.samples
+        self.local_gpus, self.host = message.samples, message.host
         if not message.samples:
             self.gpu_reason = message.reason
         if self.doc is not None:

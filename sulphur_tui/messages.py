@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from pipeline.telemetry.host import HostSample
 from pipeline.wire.protocol import Event, LatentPreview, StepProgress, VramSample
 
 
@@ -39,6 +40,7 @@ class GpuSamples(Message):
 
     samples: list[VramSample]
     reason: str = ""  # why there are none (read in the thread: the monitor's lock may be held)
+    host: HostSample | None = None  # the host's RAM and CPU at the same time
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, GpuSamples)

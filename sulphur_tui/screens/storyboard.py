@@ -120,10 +120,11 @@ class StoryboardScreen(Screen[None]):
 
     def draw_gpus(self) -> None:
         app = self.app
-        budget = app.doc.storyboard.project.vram_budget_gb if app.doc else None
+        project = app.doc.storyboard.project if app.doc else None
         samples = merge_samples(app.local_gpus, app.live.worker_gpus)
         for panel in self.query(GpuPanel):  # none while the app is shutting down
-            panel.show(samples, budget, app.gpu_reason)
+            panel.show(samples, project.vram_budget_gb if project else None, app.gpu_reason)
+            panel.show_host(app.host, project.ram_budget_gb if project else None)
 
     def draw_status(self) -> None:
         app = self.app

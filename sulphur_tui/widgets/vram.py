@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
+from pipeline.telemetry.host import HostSample
 from pipeline.wire.protocol import VramSample
 
 GIB = 1024**3
@@ -51,14 +52,12 @@ class VramBar(Widget):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.sample = sample
         self.budget_gb = budget_gb
+        self.styles.height = 3 if self._third_line() else 2
 
     def update(self, sample: VramSample, budget_gb: float | None) -> None:
         self.sample, self.budget_gb = sample, budget_gb
         self.styles.height = 3 if self._third_line() else 2
         self.refresh()
-
-    def on_mount(self) -> None:
-        self.styles.height = 3 if self._third_line() else 2
 
     def _third_line(self) -> bool:
         s = self.sample
@@ -124,6 +123,41 @@ class VramBar(Widget):
                              no_wrap=True, overflow="ellipsis")
 
 
+class HostBar(VramBar):
+    """``RAM [███│░░] used/total GiB`` with the storyboard's RAM budget marked, and
+    ``CPU [██░░░░] 37% of 16 cores``: host memory is the other budget of an offloaded render."""
+
+    DEFAULT_CSS = """
+    HostBar { height: 2; width: 1fr; }
+    """
+
+    def __init__(self, host: HostSample, budget_gb: float | None = None, **kwargs: object) -> None:
+        Widget.__init__(self, **kwargs)  # type: ignore[arg-type]
+        self.host, self.budget_gb = host, budget_gb
+
+    def update_host(self, host: HostSample, budget_gb: float | None) -> None:
+        self.host, self.budget_gb = host, budget_gb
+        self.refresh()
+
+    def render(self) -> RenderResult:
+        h, style = self.host, self.get_component_rich_style
+        width = max(10, self.size.width - 2)
+        budget = self.budget_gb * GIB if self.budget_gb else None
+        over = budget is not None and h.ram_used > budget
+        ram = f" {gib(h.ram_used)}/{gib(h.ram_total)} GiB" + (f" · budget {self.budget_gb:g}" if budget else "")
+        cpu = f" {h.cpu_percent:3.0f}% of {h.cores} cores"
+        lines = []
+        for label, tail, used, total, mark in (("RAM ", ram, h.ram_used, h.ram_total, budget),
+                                               ("CPU ", cpu, h.cpu_percent, 100.0, None)):
+            cells = max(6, width - len(label) - len(tail))
+            bar = self._bar(cells, int(used * 1000), 0, int(total * 1000), None if mark is None else mark * 1000,
+                            over and label == "RAM ")
+            lines.append(Text.assemble((label, style("vram-bar--label")), bar,
+                                       (tail, style("vram-bar--over") if over and label == "RAM " else ""),
+                                       no_wrap=True, overflow="ellipsis"))
+        return Text("\n").join(lines)
+
+
 def merge_samples(local: list[VramSample], worker: dict[int, VramSample]) -> list[VramSample]:
     """NVML figures from this process, torch figures from the worker's samples.
 
@@ -180,3 +214,14 @@ class GpuPanel(Vertical):
                 bar.update(s, budget_gb)
         for gpu in set(self._bars) - seen:
             self._bars.pop(gpu).remove()
+
+    def show_host(self, host: HostSample | None, budget_gb: float | None) -> None:
+        """The host's RAM and CPU under the GPUs (alone where there is no GPU)."""
+        bars = list(self.query(HostBar))
+        if host is None:
+            for bar in bars:
+                bar.remove()
+        elif bars:
+            bars[0].update_host(host, budget_gb)
+        else:
+            self.mount(HostBar(host, budget_gb, id="host"))

@@ -32,6 +32,7 @@ FIXED_NOW = 1_795_000_000.0
 def no_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests see no local GPU unless they ask: the screen must not depend on the machine."""
     monkeypatch.setenv("SULPHUR_NO_NVML", "1")
+    monkeypatch.setenv("SULPHUR_NO_HOST", "1")  # nor this machine's RAM and CPU
 
 
 @pytest.fixture

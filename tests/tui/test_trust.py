@@ -315,3 +315,24 @@ async def test_job_log_panel_tells_the_whole_job(story: Path) -> None:
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert not log.display
+
+
+# ---------------------------------------------------------------------- host gauges
+async def test_host_ram_and_cpu_beside_vram(story: Path) -> None:
+    """No GPU here: the panel still shows the host's RAM (with the storyboard's RAM budget
+    marked) and CPU, the other budget of an offloaded render."""
+    from pipeline.telemetry.host import HostSample
+
+    story.write_text(story.read_text().replace("# ram_budget_gb = 32 ", "ram_budget_gb = 24   "))
+    reading = HostSample(ram_used=20 * 1024**3, ram_total=int(31.3 * 1024**3), cpu_percent=37.0, cores=16)
+    app = create_app(story, connect_worker=False, host=lambda: reading)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.pause()
+        rows = panel(screen_text(app), "GPU")
+        ram = next(r for r in rows if r.startswith("RAM "))
+        cpu = next(r for r in rows if r.startswith("CPU "))
+        assert "20.0/31.3 GiB · budget 24" in ram and "│" in ram, ram
+        assert ram.count("█") > ram.count("░"), ram  # 20 of 31 GiB
+        assert "37% of 16 cores" in cpu, cpu
+        assert any("No NVIDIA GPU" in r for r in rows), rows
