@@ -20,7 +20,6 @@ from pathlib import Path
 
 from textual import on, work
 from textual.app import App
-from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -31,6 +30,7 @@ from pipeline.wire.protocol import VramSample
 from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.controllers import DiskWatcher, Editing, RenderControl
 from sulphur_tui.document import Document
+from sulphur_tui.keys import APP_BINDINGS
 from sulphur_tui.live import LiveState
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
 from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, HelpScreen
@@ -57,39 +57,7 @@ class SulphurApp(App[int]):
     COMMANDS = App.COMMANDS | {SulphurCommands}
     # Over SSH terminals are often 80 columns: the live panel narrows so the editor keeps room.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
-    BINDINGS = [
-        Binding("ctrl+s", "save", "Save", id="save"),
-        # ^z / ^y are what every editor uses: listed in F1 help, kept out of the footer so the
-        # render keys fit 120 columns.
-        Binding("ctrl+z", "undo", "Undo", id="undo", priority=True, show=False),
-        Binding("ctrl+y", "redo", "Redo", id="redo", priority=True, show=False),
-        # Priority: the render keys work from every field (the prompt's text area binds F6/F7).
-        Binding("f5", "render_all", "Render", id="render.all", tooltip="Render every shot that changed",
-                priority=True),
-        Binding("f6", "render_segment", "Render shot", id="render.segment", priority=True),
-        Binding("f7", "render_from", "Render from", id="render.from", tooltip="Render this shot and every later one",
-                priority=True),
-        Binding("f8", "cancel_render", "Cancel", id="render.cancel", priority=True),
-        Binding("ctrl+n", "add_segment", "Add shot", id="segment.add_anywhere", show=False),
-        Binding("ctrl+r", "randomise_seed", "Randomise seed", id="segment.randomise", show=False),
-        Binding("f2", "focus('segments')", "Shots", id="focus.segments", show=False),
-        Binding("f3", "edit_prompt", "Prompt", id="focus.prompt", show=False),
-        # Out of the footer (full at 120 columns): named on the Shots panel, in F1 help, the palette.
-        Binding("f4", "project_settings", "Project settings", id="project.settings", show=False,
-                tooltip="Frame rate, sizes, model preset, memory budgets, drift guard"),
-        Binding("f9", "toggle_view", "Shots/Render", id="view.toggle", show=False,
-                tooltip="Below 100 columns: switch between the shots and the live render panels"),
-        Binding("ctrl+l", "toggle_log", "Job log", id="view.log", show=False,
-                tooltip="Every job's start, stages, fallbacks, warnings and output"),
-        Binding("f1", "help", "Help", id="help"),
-        Binding("question_mark", "help", "Help", id="help.question", show=False),
-        # Textual's quit key, in F1 help and the palette; out of the footer so F1 fits 120
-        # columns. Not a priority binding, so a screen's own visible ctrl+q (the broken-file
-        # screen) shows in its footer; no widget here binds ctrl+q, so it always reaches us.
-        Binding("ctrl+q", "quit", "Quit", id="quit", show=False),
-        # Plain q too (it asks when there are unsaved edits); text fields type it instead.
-        Binding("q", "quit", "Quit", id="quit.q", show=False),
-    ]
+    BINDINGS = APP_BINDINGS  # sulphur_tui/keys.py: every key of the editor in one list
 
     def __init__(self, storyboard_path: Path, *, gpu: GpuMonitor | None = None, connect_worker: bool = True,
                  replay: Path | None = None, replay_until: int | None = None, replay_speed: float = 0.0,
@@ -255,6 +223,9 @@ class SulphurApp(App[int]):
 
     def action_edit_prompt(self) -> None:
         self.edits.edit_prompt()
+
+    def action_edit_prompt_outside(self) -> None:
+        self.edits.edit_prompt_outside()
 
     def action_open_output(self) -> None:
         self.edits.open_output()

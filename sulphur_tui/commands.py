@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Reload from disk", "Take the version of the file on disk", "reload"),
     ("Focus shot list", "Move the cursor to the list of shots", "focus('segments')"),
     ("Edit prompt", "Edit the selected shot's prompt", "edit_prompt"),
+    ("Edit prompt in $EDITOR", "Open the selected shot's prompt in $VISUAL / $EDITOR (e)", "edit_prompt_outside"),
     ("Shots / render view", "Below 100 columns: switch between the shots and the live panels (f9)",
      "toggle_view"),
     ("Job log", "Show or hide every job's start, stages, fallbacks, warnings and output (ctrl+l)",

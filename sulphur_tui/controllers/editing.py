@@ -5,12 +5,16 @@ settings, undo/redo, save and reload. Each edit changes the :class:`Document` an
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from textual.app import SuspendNotSupported
 from textual.widgets import TextArea
 
 from pipeline.project.storyboard import StoryboardError
@@ -75,6 +79,31 @@ class Editing:
             area.select_all()
         else:
             area.move_cursor(area.document.end)
+
+    def edit_prompt_outside(self) -> None:
+        """The selected shot's prompt in ``$VISUAL`` / ``$EDITOR`` (vi without either), the
+        editor suspended meanwhile; what is saved there becomes one undoable edit."""
+        app = self.app
+        if app.doc is None or not app.selected:
+            return
+        seg = app.doc.storyboard.segment(app.selected)
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        with tempfile.TemporaryDirectory(prefix="sulphur-") as tmp:
+            path = Path(tmp) / f"{seg.id}.prompt.txt"
+            path.write_text(seg.prompt + "\n", encoding="utf-8")
+            try:
+                code = _run_editor(app, [*shlex.split(editor), str(path)])
+            except OSError as exc:
+                app.notify(f"{editor}: {exc}", title="No editor started", severity="error")
+                return
+            text = path.read_text(encoding="utf-8").strip()
+        if code != 0 or not text:
+            app.notify(f"{editor} exited with status {code}" if code else "An empty prompt is not taken.",
+                       title="Prompt unchanged", severity="warning")
+            return
+        app.doc.break_coalescing()
+        if app.doc.edit_segment(seg.id, prompt=text):
+            self.changed(seg.id)
 
     # ------------------------------------------------------------------ takes
     def pick_take(self) -> None:
@@ -204,6 +233,16 @@ class Editing:
         subprocess.Popen([opener, str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
         app.notify(f"Opening {target.name}", timeout=3)
+
+
+def _run_editor(app: SulphurApp, command: list[str]) -> int:
+    """Run the editor in the terminal (the app steps aside); headless (tests, ``--serve``)
+    there is no terminal to lend, so it just runs."""
+    try:
+        with app.suspend():
+            return subprocess.run(command).returncode
+    except SuspendNotSupported:
+        return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True).returncode
 
 
 def desktop_opener() -> str | None:

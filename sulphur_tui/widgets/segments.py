@@ -75,6 +75,7 @@ class SegmentList(DataTable):
         Binding("g", "scroll_top", "First shot", id="segment.first", show=False),
         Binding("G", "scroll_bottom", "Last shot", id="segment.last", show=False),
         Binding("o", "app.open_output", "Open output", id="segment.open_output", show=False),
+        Binding("e", "app.edit_prompt_outside", "Prompt in $EDITOR", id="segment.editor", show=False),
     ]
     COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {
         "segment-list--rendered",

@@ -336,3 +336,26 @@ async def test_host_ram_and_cpu_beside_vram(story: Path) -> None:
         assert ram.count("█") > ram.count("░"), ram  # 20 of 31 GiB
         assert "37% of 16 cores" in cpu, cpu
         assert any("No NVIDIA GPU" in r for r in rows), rows
+
+
+async def test_e_edits_the_prompt_in_the_users_editor(story: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """e runs $EDITOR (a real program here) on the selected shot's prompt; what it saves
+    becomes the prompt, one ctrl+z away; an editor that fails changes nothing."""
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\ngrep -q gulls "$1" || exit 3\nprintf "A storm over the lighthouse\\n" > "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", str(editor))
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("e")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").prompt == "A storm over the lighthouse"
+        assert app.query_one("#prompt", TextArea).text == "A storm over the lighthouse"
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").prompt.startswith("A lighthouse on a rocky cliff")
+        await pilot.press("j", "e")  # no gulls in beam's prompt: this editor fails
+        await pilot.pause()
+        assert app.doc.storyboard.segment("beam").prompt.startswith("The camera slowly pushes in")
