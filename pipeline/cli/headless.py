@@ -1,4 +1,4 @@
-"""Headless commands: ``sulphur render`` (in-process), ``sulphur demo``, ``sulphur models``."""
+"""Headless commands: ``sulphur render`` (in-process), ``sulphur demo``."""
 
 from __future__ import annotations
 
@@ -119,20 +119,3 @@ def main_demo(args: argparse.Namespace) -> int:
         shutil.copyfile(EXAMPLE, target)
     print(f"rendering {target}", file=sys.stderr)
     return render_with_cli_output(target, json_events=args.json)
-
-
-def main_models(args: argparse.Namespace) -> int:
-    from pipeline.models.registry import all_presets
-
-    for preset in all_presets():
-        print(f"{preset.name}  ({preset.family}) — {preset.description}")
-        if preset.builder is not None:
-            print("    built in: random weights built from configs on first use (output is noise)")
-        for f in preset.files:
-            path = f.local_path()
-            mark = "present" if path else "MISSING"
-            print(f"    [{mark:^7}] {f.role:<14} {f.description}")
-            if path is None and preset.builder is None:
-                print(f"              put it at {f.where()}")
-        print()
-    return 0

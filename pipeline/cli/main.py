@@ -41,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
 
     takes_arguments(sub.add_parser("takes", help="several seeds of one segment in parallel (Ray); --pick one"))
 
-    sub.add_parser("models", help="list model presets and which of their files are present")
+    from pipeline.cli.models import add_arguments as models_arguments  # argparse only
+
+    models_arguments(sub.add_parser("models", help="list model presets and where their files are; "
+                                                   "pull PRESET downloads them"))
 
     e = sub.add_parser("edit", help="open the storyboard editor (TUI)")
     e.add_argument("storyboard", type=Path)
@@ -119,9 +122,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return main_demo(args)
     if args.command == "models":
-        from pipeline.cli.headless import main_models
+        from pipeline.cli.models import main as models_main
 
-        return main_models(args)
+        return models_main(args)
     if args.command == "worker":
         from pipeline.worker.server import main as worker_main
 

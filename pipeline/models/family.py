@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models.registry import ModelFile, Preset, sulphur_home
+from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, sulphur_home
 
 if TYPE_CHECKING:
     import torch
@@ -58,8 +58,9 @@ def tiny_root(folder_name: str) -> Path:
 def build_once(root: Path, build: Callable[[Path], None], digest: str) -> Path:
     """Build a tiny twin's folder once (see :mod:`pipeline.models.build_once`)."""
     from pipeline.models.build_once import build_once as build_folder
+    from pipeline.models.enhancer import TINY_LLM_VERSION  # the shared tiny enhancer is in the folder too
 
-    return build_folder(root, build, {"digest": digest})
+    return build_folder(root, build, {"digest": digest, "llm": TINY_LLM_VERSION})
 
 
 def patch_model_index(d: Path, **entries: list[str]) -> None:
@@ -153,7 +154,7 @@ def real_support_files(home: str) -> tuple[ModelFile, ...]:
                   path=f"{home}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
                   repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),
         ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{home}/esrgan/RealESRGAN_x2plus.pth",
-                  env="SULPHUR_ESRGAN", repo="ai-forever/Real-ESRGAN", filename="RealESRGAN_x2plus.pth"),
+                  env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.models import ltx2_random, tiny_ltx2
-from pipeline.models.registry import ModelFile, Preset, register
+from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, register
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,7 +92,7 @@ REAL = register(Preset(
                   path=f"{_HOME}/ltx23/latent_upsampler", env="SULPHUR_LTX_UPSAMPLER",
                   repo="dg845/LTX-2.3-Spatial-Upsampler-Diffusers"),
         ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{_HOME}/esrgan/RealESRGAN_x2plus.pth",
-                  env="SULPHUR_ESRGAN", filename="RealESRGAN_x2plus.pth"),
+                  env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
         ModelFile("enhancer", "Gemma 3 12B instruct, GGUF, for prompt enhancement",
                   path=f"{_HOME}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
                   repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),

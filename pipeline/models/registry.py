@@ -15,10 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Real-ESRGAN x2plus is a release asset of xinntao/Real-ESRGAN, not a Hub file (the URL its
+#: own inference_realesrgan.py downloads).
+ESRGAN_X2PLUS_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"
+
 
 def sulphur_home() -> Path:
-    """Where built tiny models and downloaded weights live (``$SULPHUR_HOME``)."""
-    return Path(os.environ.get("SULPHUR_HOME", Path.home() / ".cache" / "sulphur"))
+    """Sulphur's own cache: built tiny twins and files published outside the Hub.
+
+    ``$SULPHUR_HOME`` wins; else ``$XDG_CACHE_HOME/sulphur`` (``~/.cache/sulphur``), as the
+    XDG base-directory spec asks of a cache. Hub weights live in the Hugging Face cache.
+    """
+    if os.environ.get("SULPHUR_HOME"):
+        return Path(os.environ["SULPHUR_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The spec says a relative $XDG_CACHE_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "sulphur"
 
 
 def _expand_home(path: str) -> str:
@@ -49,15 +62,25 @@ class ModelFile:
     sha256: str = ""
 
     def local_path(self) -> Path | None:
+        """Where the file is found: ``$env`` first, then ``path``, then what ``sulphur models pull`` fetched."""
         for candidate in (os.environ.get(self.env, "") if self.env else "", self.path):
             if candidate:
                 p = Path(os.path.expandvars(_expand_home(candidate))).expanduser()
                 if p.exists():
                     return p
+        if self.repo or self.url:
+            from pipeline.models.download import pulled_path  # same layer; stdlib only
+
+            return pulled_path(self)
         return None
 
     def where(self) -> str:
-        hint = _expand_home(self.path) or (f"{self.repo}/{self.filename}" if self.filename else self.repo)
+        """Where a missing file should come from, for one-line error messages."""
+        if self.repo or self.url:
+            source = f"{self.repo}/{self.filename}" if self.repo and self.filename else self.repo or self.url
+            hint = f"{source} (`sulphur models pull` fetches it)"
+        else:
+            hint = _expand_home(self.path)
         return f"{hint}" + (f" (or set ${self.env})" if self.env else "")
 
 

@@ -323,9 +323,10 @@ class Renderer:
         """
         chain = self.chain
         job = self.job_for(index)
-        job.prompt = self.prompt_for(job)
+        # The anchor first: an enhancer with a vision projector looks at it (I2V enhancement).
         job.anchor = self.anchor_for(job, chain.prev_last, chain.reference)
         job.anchor_digest = digest(job.anchor.tobytes()) if job.anchor is not None else ""
+        job.prompt = self.prompt_for(job)
         draft = self.run_stage("draft", job, {})
         frames = np.load(draft.file("frames.npy"), mmap_mode="r")[:job.kept]  # what the film shows of it
         if chain.reference is None and self.sb.project.drift_reference == "first":

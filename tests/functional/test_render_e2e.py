@@ -131,6 +131,10 @@ def test_enhanced_prompts_are_cached_in_the_storyboard_keeping_comments(demo: di
             assert seg.enhanced_prompt == ""
     assert any(m["fallback"] is False for m in metas) == bool(enhanced)
     assert enhanced, "the grammar-constrained tiny enhancer writes prose-shaped text that is cached"
+    # Shots that start from a frame (a chained shot, an image) get Lightricks' I2V prompt.
+    starts_from_frame = sum(seg.anchor.kind in ("image", "video") or (seg.anchor.kind == "previous" and i > 0)
+                            for i, seg in enumerate(sb.segments))
+    assert starts_from_frame and sum(m["image_to_video"] for m in metas) == starts_from_frame
     original = (ROOT / "storyboards" / "example.toml").read_text()
     comments = [line for line in original.splitlines() if line.lstrip().startswith("#")]
     assert all(c in text for c in comments)
