@@ -244,6 +244,9 @@ class SulphurApp(App[int]):
     def action_cancel_render(self) -> None:
         self.jobs.cancel()
 
+    def action_filter_shots(self) -> None:
+        self.board.action_filter_shots()
+
     def action_toggle_log(self) -> None:
         self.board.toggle_log()
 

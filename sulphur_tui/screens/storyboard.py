@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import ActiveBinding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, Tab, Tabs
+from textual.widgets import Footer, Header, Input, Label, Tab, Tabs
 
 from sulphur_tui.messages import DocumentChanged
 from sulphur_tui.screens.dialogs import FilePicker
@@ -48,6 +48,8 @@ class StoryboardScreen(Screen[None]):
         yield Tabs(Tab("Shots", id="tab-shots"), Tab("Render  f9", id="tab-live"), id="views")
         with Horizontal(id="main"):
             with Vertical(id="left"):
+                yield Input(placeholder="filter shots: words of their id or prompt · esc clears", id="shot-filter",
+                            compact=True)
                 yield SegmentList(id="segments")
                 yield SegmentEditor(id="editor")
             with Vertical(id="right"):
@@ -186,6 +188,29 @@ class StoryboardScreen(Screen[None]):
         frame = app.doc.storyboard.render_dir() / "previews" / f"{segment_id}.png"
         if frame.exists():
             self.query_one(PreviewPane).show(frame, f"{segment_id} · last frame of its render")
+
+    # ------------------------------------------------------------------ filtering the shots
+    def action_filter_shots(self) -> None:
+        """/ : a filter line above the shots; typing narrows the list, Enter goes back to it."""
+        field = self.query_one("#shot-filter", Input)
+        field.display = True
+        field.focus()
+
+    @on(Input.Changed, "#shot-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(SegmentList).set_filter(event.value)
+
+    @on(Input.Submitted, "#shot-filter")
+    def _filter_done(self) -> None:
+        self.query_one(SegmentList).focus()
+
+    def on_key(self, event: events.Key) -> None:
+        field = self.query_one("#shot-filter", Input)
+        if event.key == "escape" and field.display and (self.focused is field or field.value):
+            event.stop()
+            field.value = ""
+            field.display = False
+            self.query_one(SegmentList).focus()
 
     # ------------------------------------------------------------------ the widgets' messages
     @on(SegmentList.Selected)

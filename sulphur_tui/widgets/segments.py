@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from pipeline.project.storyboard import Storyboard
+from pipeline.project.storyboard import Segment, Storyboard
 from sulphur_tui.live import SegmentLive
 from sulphur_tui.status import DiskRender
 
@@ -76,6 +76,7 @@ class SegmentList(DataTable):
         Binding("G", "scroll_bottom", "Last shot", id="segment.last", show=False),
         Binding("o", "app.open_output", "Open output", id="segment.open_output", show=False),
         Binding("e", "app.edit_prompt_outside", "Prompt in $EDITOR", id="segment.editor", show=False),
+        Binding("slash", "app.filter_shots", "Filter shots", id="segment.filter", show=False),
     ]
     COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {
         "segment-list--rendered",
@@ -112,6 +113,7 @@ class SegmentList(DataTable):
         self.selected_id: str | None = None
         self._shown: tuple | None = None  # the last show()'s arguments, to redraw on resize
         self._prompt_width = 0
+        self.filter_words: list[str] = []
 
     def on_mount(self) -> None:
         self._add_columns()
@@ -129,10 +131,11 @@ class SegmentList(DataTable):
         style = self.get_component_rich_style
         self._shown = (sb, disk, live, None, now)
         want = select or self.selected_id
-        ids = [s.id for s in sb.segments]
+        shown = [s for s in sb.segments if self._matches(s)]
+        ids = [s.id for s in shown]
         prompt_cells = self._prompt_cells(ids)
         rows = []
-        for seg in sb.segments:
+        for seg in shown:
             glyph, cls = status_of(live.get(seg.id), disk.get(seg.id))
             length = f"{seg.seconds:g} s" if seg.seconds is not None else f"{seg.frame_count(sb.project.fps)} f"
             d = disk.get(seg.id)
@@ -157,6 +160,17 @@ class SegmentList(DataTable):
             if self.cursor_row != index:
                 self.move_cursor(row=index)
         self.selected_id = ids[self.cursor_row] if ids and 0 <= self.cursor_row < len(ids) else None
+
+    def set_filter(self, text: str) -> None:
+        """Show only the shots whose id or prompt holds every word of ``text`` (any case)."""
+        self.filter_words = text.lower().split()
+        self.border_subtitle = f"/ {text.strip()}" if self.filter_words else "F4 project settings"
+        if self._shown is not None:
+            self.show(*self._shown)
+
+    def _matches(self, seg: Segment) -> bool:
+        hay = f"{seg.id} {seg.prompt}".lower()
+        return all(word in hay for word in self.filter_words)
 
     def _prompt_cells(self, ids: list[str]) -> int:
         """The prompt column takes what the others leave, so the rendered column is never cut

@@ -142,7 +142,11 @@ async def test_seam_is_compared_with_its_own_stage(story: Path) -> None:
                                 median=29.0, minimum=27.0, worst=[0])
         app.post_message(WorkerEvent(draft))
         app.post_message(WorkerEvent(encoded))
-        await pilot.pause()
+        for _ in range(40):  # the row mounts with the first report, then takes the second
+            await pilot.pause(0.05)
+            rows = app.query(FlickerRow)
+            if rows and rows.first().report.stage == "encode" and "min 27.0" in screen_text(app):
+                break
         row = app.query_one(FlickerRow)
         assert not row.has_class("-seam-bad")
         text = " ".join(panel(screen_text(app), "Flicker · PSNR-Y dB"))
@@ -359,3 +363,26 @@ async def test_e_edits_the_prompt_in_the_users_editor(story: Path, tmp_path: Pat
         await pilot.press("j", "e")  # no gulls in beam's prompt: this editor fails
         await pilot.pause()
         assert app.doc.storyboard.segment("beam").prompt.startswith("The camera slowly pushes in")
+
+
+async def test_slash_filters_the_shots(story: Path) -> None:
+    """/ then words: only the shots whose id or prompt hold them; Enter returns to the list
+    (the matching shot selected), Esc clears the filter."""
+    from sulphur_tui.widgets.segments import SegmentList
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("slash")
+        for ch in "rain":
+            await pilot.press(ch)
+        await pilot.pause()
+        shown = [str(k.value) for k in app.query_one(SegmentList).rows]
+        assert shown == ["storm"], shown
+        assert "/ rain" in screen_text(app)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.focused, SegmentList) and app.selected == "storm"
+        await pilot.press("slash", "escape")
+        await pilot.pause()
+        assert [str(k.value) for k in app.query_one(SegmentList).rows] == ["dawn", "beam", "storm"]
+        assert isinstance(app.focused, SegmentList) and app.is_running
