@@ -15,11 +15,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -93,6 +93,11 @@ class SulphurApp(App[int]):
 
     def get_default_screen(self) -> Screen:
         return self.board
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Textual's own palette entries, less its "Quit" (it exits at once, unsaved edits
+        and all): the palette's one "Quit" is ours, which asks."""
+        return (c for c in super().get_system_commands(screen) if c.title != "Quit")
 
     def clock(self) -> float:
         """Wall time live; the newest event's time in a replay (so redraws are stable)."""

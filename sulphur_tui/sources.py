@@ -66,6 +66,7 @@ def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable
         status(False, f"render worker unavailable: {exc}")
         return
     announced = ""  # the last status sent: only changes are reported
+    replayed: set[bytes] = set()  # journal events already sent, across reconnections
     while not stop.is_set():
         client = None
         ended_at = connected_at = 0.0
@@ -76,12 +77,11 @@ def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable
                 status(True, "worker attached")
                 announced = "attached"
             _clients.setdefault(id(stop), []).append(client)
-            replayed: set[bytes] = set()
             for ev in client.events():
                 if stop.is_set():
                     break
                 if isinstance(ev, StatusSnapshot):
-                    replayed = _history(project_dir, ev, emit)
+                    _history(project_dir, ev, emit, replayed)
                 elif replayed and encode(ev) in replayed:
                     continue  # journaled after the snapshot was taken: already replayed
                 emit(ev)
@@ -108,21 +108,22 @@ def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable
         stop.wait(0.05 if ended_at - connected_at > 1.0 else RETRY_S)
 
 
-def _history(project_dir: Path, snapshot: StatusSnapshot, emit: Callable[..., None]) -> set[bytes]:
+def _history(project_dir: Path, snapshot: StatusSnapshot, emit: Callable[..., None], seen: set[bytes]) -> None:
     """Attaching while jobs are queued or running: first what their journals say happened
     (shots done, stages finished, flicker reports, previews), then the snapshot, so the
-    editor shows the job as it is rather than from the next event on. Returns the replayed
-    events' bytes, to drop the ones the live stream sends again."""
+    editor shows the job as it is rather than from the next event on. ``seen`` collects the
+    replayed events' bytes: a reconnection replays only what is new, and the live stream's
+    copies of them are dropped."""
     from pipeline.worker.client import journal_events  # the follower's thread only
 
-    seen: set[bytes] = set()
     for info in snapshot.jobs:
         if info.state not in ("queued", "running"):
             continue
         for ev in journal_events(project_dir, info.job_id):
-            seen.add(encode(ev))
-            emit(ev, True)
-    return seen
+            data = encode(ev)
+            if data not in seen:
+                seen.add(data)
+                emit(ev, True)
 
 
 # Clients currently blocked in events(), by the stop event of their thread, so the app

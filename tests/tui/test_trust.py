@@ -386,3 +386,20 @@ async def test_slash_filters_the_shots(story: Path) -> None:
         await pilot.pause()
         assert [str(k.value) for k in app.query_one(SegmentList).rows] == ["dawn", "beam", "storm"]
         assert isinstance(app.focused, SegmentList) and app.is_running
+
+
+async def test_the_palette_has_one_quit_and_it_asks(story: Path) -> None:
+    """Textual's own "Quit" (exits at once) is gone from the palette; ours asks when unsaved."""
+    from sulphur_tui.screens import ConfirmQuit
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Quit" not in titles and titles, titles
+        await pilot.press("a", "ctrl+p")
+        for ch in "Quit":
+            await pilot.press(ch)
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmQuit)
