@@ -403,3 +403,36 @@ async def test_the_palette_has_one_quit_and_it_asks(story: Path) -> None:
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert isinstance(app.screen, ConfirmQuit)
+
+
+async def test_project_form_checks_fields_as_they_are_typed_and_left(story: Path) -> None:
+    """F4: letters never enter a number field; leaving a field with a bad value says why
+    beside it; Esc with changes not applied asks once, the second Esc discards."""
+    from textual.widgets import Input
+
+    from sulphur_tui.screens import ProjectScreen
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        form = app.screen
+        assert isinstance(form, ProjectScreen)
+        fps = form.query_one("#fps", Input)
+        fps.focus()
+        await pilot.press("end", "x", "y", "2")
+        assert fps.value == "242"  # the letters were refused, the digit taken
+        draft = form.query_one("#draft_size", Input)
+        draft.focus()
+        await pilot.press(*"512 by 288")
+        await pilot.press("tab")
+        await pilot.pause()
+        row_error = str(draft.parent.query_one(".field-error").render())
+        assert row_error.startswith("expected WIDTHxHEIGHT"), row_error
+        assert draft.has_class("-invalid")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is form and "Esc again discards" in str(form.query_one("#error").render())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ProjectScreen) and not app.doc.dirty
