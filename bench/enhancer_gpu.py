@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.memory.loaded import LoadedModels  # noqa: E402
 from pipeline.memory.planner import StagePlan, detect_device  # noqa: E402
 from pipeline.models.enhancer import build_tiny_llm, cpu_only_build  # noqa: E402
-from pipeline.models.registry import LoadedModels, ModelFile, Preset  # noqa: E402
+from pipeline.models.registry import ModelFile, Preset  # noqa: E402
 from pipeline.project.storyboard import Project, Segment, Storyboard  # noqa: E402
 from pipeline.stages.base import SegmentJob, StageContext  # noqa: E402
 from pipeline.stages.enhance import EnhanceStage  # noqa: E402

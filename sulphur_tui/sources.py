@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from pipeline.wire.framing import LineBuffer
 from pipeline.wire.protocol import Event, ProtocolError, StatusSnapshot, decode_event, encode
 
 RETRY_S = 2.0
@@ -19,16 +20,28 @@ RETRY_S = 2.0
 
 def read_events(path: Path) -> list[Event]:
     """Every event of a JSONL file written by ``sulphur render --json`` (other lines,
-    such as human progress output mixed into a capture, are skipped)."""
+    such as human progress output mixed into a capture, are skipped).
+
+    Read through the socket's :class:`LineBuffer`, so a line over the protocol's limit is
+    skipped without ever being held whole, as the worker's clients skip one."""
     out = []
-    for line in Path(path).read_bytes().splitlines():
-        if not line.strip().startswith(b"{"):
+    for line in _lines(Path(path)):
+        if line is None or not line.strip().startswith(b"{"):
             continue
         try:
             out.append(decode_event(line))
         except ProtocolError:
             continue
     return out
+
+
+def _lines(path: Path) -> Iterator[bytes | None]:
+    buffer = LineBuffer()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            yield from buffer.feed(chunk)
+    if buffer.pending:
+        yield from buffer.feed(b"\n")  # a last line without its newline
 
 
 def write_events(events: Iterable[Event], path: Path) -> None:

@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sulphur", description="Local AI video studio: storyboard → 1920×1080 MP4.")
@@ -37,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --engine ray: finish actors beside the draft actor (default: "
                         "$SULPHUR_RAY_FINISHERS, else one per other GPU, one beside it on a single GPU)")
 
-    from pipeline.render.takes import add_arguments as takes_arguments  # torch- and Ray-free
+    from pipeline.cli.takes import add_arguments as takes_arguments  # torch- and Ray-free
 
     takes_arguments(sub.add_parser("takes", help="several seeds of one segment in parallel (Ray); --pick one"))
 
@@ -66,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--worst", type=int, default=5, metavar="N")
     f.add_argument("--seams", type=Path, default=None, metavar="DIR", help="renders/<story>/ folder: seam PSNR")
 
-    from pipeline.render.extend import add_arguments as extend_arguments  # torch-free, flags only
+    from pipeline.cli.extend import add_arguments as extend_arguments  # torch-free, flags only
 
     extend_arguments(sub.add_parser("extend", help="continue a video clip with an image-to-video model"))
     return p
@@ -107,11 +105,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return tui_main(args)
     if args.command == "render":
         if args.attach:
-            from pipeline.worker.client import main_render_attach
+            from pipeline.cli.attach import main_render_attach
 
             return main_render_attach(args)
         if args.engine == "ray":
-            from pipeline.render.engines.ray_engine import main as ray_main
+            from pipeline.cli.ray import main as ray_main
 
             return ray_main(args)
         from pipeline.cli.headless import main_render
@@ -126,23 +124,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return models_main(args)
     if args.command == "worker":
-        from pipeline.worker.server import main as worker_main
+        from pipeline.cli.worker import main as worker_main
 
         return worker_main(args)
     if args.command == "status":
-        from pipeline.worker.client import main_status
+        from pipeline.cli.attach import main_status
 
         return main_status(args)
     if args.command == "takes":
-        from pipeline.render.takes import main as takes_main
+        from pipeline.cli.takes import main as takes_main
 
         return takes_main(args)
     if args.command == "extend":
-        from pipeline.render.extend import main as extend_main
+        from pipeline.cli.extend import main as extend_main
 
         return extend_main(args)
     if args.command == "flicker":
-        from pipeline.quality.flicker import main as flicker_main
+        from pipeline.cli.flicker import main as flicker_main
 
         return flicker_main(args)
     raise AssertionError(args.command)

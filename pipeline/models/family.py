@@ -5,7 +5,7 @@ A family module (``pipeline/models/<family>.py``) registers its presets and expo
 its text encoder, how to turn the encoder's output into pipeline arguments, and the
 per-call arguments. The generic draft stage (``pipeline/stages/family_draft.py``) does
 the rest the same way for all of them: encode the prompt on the CPU, evict the encoder,
-place the pipeline by the preset's memory recipe (``pipeline/models/recipes.py``), run,
+place the pipeline by the preset's memory recipe (``pipeline/memory/recipes.py``), run,
 and write frames.
 
 None of these families has a latent upsampler, so their presets say ``refine_scale = 1``
@@ -34,7 +34,7 @@ from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, sulph
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.recipes import Recipe
+    from pipeline.memory.recipes import Recipe
 
 
 #: Words of the offline tiny tokenizers (anything else maps to <unk>).

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from pipeline.memory.planner import StagePlan
-    from pipeline.models.registry import LoadedModels
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.memory.plan import StagePlan
 
 FAMILY = "ltx2"
 _OFFLOAD_TAG = "_sulphur_offload"
@@ -184,7 +184,7 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
             streamer.detach()
             obj.__dict__.pop(_OFFLOAD_TAG, None)
             return obj
-        models.evict(key)
+        models.make_room(drop=[key], reason="placed for another plan")
     return models.get(key, loader)
 
 
@@ -279,7 +279,7 @@ def _key(preset: Preset, name: str) -> str:
 def evict_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> None:
     """Drop what the plan says must go before the stage (``options["evict"]``, component names)."""
     for name in plan.options.get("evict", ()):
-        models.evict(_key(preset, name), name)
+        models.make_room(drop=[_key(preset, name), name], reason="the plan evicts it")
 
 
 def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
@@ -407,7 +407,7 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
             text_encoder.__dict__.pop(_OFFLOAD_TAG, None)
         del pipe, text_encoder
         if not keep:
-            models.evict(key)
+            models.make_room(drop=[key], reason="the prompt is encoded")
     dev = torch.device(plan.device)
     return PromptEmbeds(embeds=embeds.detach().to(dev, torch_dtype(plan)), mask=mask.detach().to(dev))
 

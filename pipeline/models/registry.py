@@ -7,7 +7,6 @@ themselves in ``PRESETS`` from their own module (``pipeline/models/<family>.py``
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterable
@@ -15,23 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.models.home import sulphur_home
+
 #: Real-ESRGAN x2plus is a release asset of xinntao/Real-ESRGAN, not a Hub file (the URL its
 #: own inference_realesrgan.py downloads).
 ESRGAN_X2PLUS_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"
-
-
-def sulphur_home() -> Path:
-    """Sulphur's own cache: built tiny twins and files published outside the Hub.
-
-    ``$SULPHUR_HOME`` wins; else ``$XDG_CACHE_HOME/sulphur`` (``~/.cache/sulphur``), as the
-    XDG base-directory spec asks of a cache. Hub weights live in the Hugging Face cache.
-    """
-    if os.environ.get("SULPHUR_HOME"):
-        return Path(os.environ["SULPHUR_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The spec says a relative $XDG_CACHE_HOME is invalid and must be ignored.
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "sulphur"
 
 
 def _expand_home(path: str) -> str:
@@ -186,64 +173,3 @@ def _load_families() -> None:
 
     for family in ("ltx2", "wan", "ltxv", "svd", "cogvideox"):
         importlib.import_module(f"pipeline.models.{family}")
-
-
-class LoadedModels:
-    """Components kept between segments, evicted on demand to respect memory budgets.
-
-    Stages call ``get(name, loader)``; the loader runs only when the component is not
-    already held. ``evict`` drops a component and returns its memory to the allocator.
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[str, Any] = {}
-
-    def get(self, name: str, loader: Callable[[], Any]) -> Any:
-        if name not in self._items:
-            self._items[name] = loader()
-        return self._items[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
-
-    def evict(self, *names: str) -> None:
-        for name in names:
-            self._items.pop(name, None)
-        _release_memory()
-
-    def evict_all(self, keep: Callable[[Any], bool] | None = None) -> None:
-        """Drop every component (except those ``keep`` accepts) and return the memory."""
-        self._items = {k: v for k, v in self._items.items() if keep is not None and keep(v)}
-        _release_memory()
-
-    def names(self) -> list[str]:
-        return list(self._items)
-
-
-def _release_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency of the render side
-        return
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them by default).
-
-    Many weights are tensors of a few MB, below glibc's mmap threshold, so much of an
-    evicted transformer can stay in the worker's RSS while the next load adds its own
-    (the 19B segment bench peaked at 49 GiB of host RSS for plans of 13-23 GiB).
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc: nothing to trim with
-        pass

@@ -24,6 +24,9 @@ from typing import Any
 import tomlkit
 from tomlkit.items import AoT, Table
 
+from pipeline.project import layout
+from pipeline.project.layout import RenderFolder
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DRIFT_GUARDS = ("off", "anchor", "anchor+output")
@@ -129,11 +132,16 @@ class Storyboard:
         p = Path(relative).expanduser()
         return p if p.is_absolute() else (self.path.parent / p)
 
+    @property
+    def renders(self) -> RenderFolder:
+        """``renders/<stem>/``: where a render of this storyboard publishes its files."""
+        return RenderFolder.of(self.path)
+
     def render_dir(self) -> Path:
-        return self.path.parent / "renders" / self.stem
+        return self.renders.root
 
     def state_dir(self) -> Path:
-        return self.path.parent / ".sulphur"
+        return layout.state_dir(self.path.parent)
 
 
 # --------------------------------------------------------------------------- reading
@@ -451,9 +459,18 @@ def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, A
         if key not in new and key in defaults:
             del table[key]
     for key, value in new.items():
-        if key in table and _plain(table[key]) == _plain(value):
+        if key in table and (_plain(table[key]) == _plain(value) or _same_anchor(_plain(table[key]), value)):
             continue  # untouched: keep its formatting and comment
         table[key] = value
+
+
+def _same_anchor(old: Any, new: Any) -> bool:
+    """``anchor = "still.png"`` in the file is the ``{ image = "still.png" }`` a save writes."""
+    if not (isinstance(old, str) and isinstance(new, dict) and len(new) == 1):
+        return False
+    (kind, target), = new.items()
+    suffixes = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
+    return old == target and Path(old).suffix.lower() in suffixes
 
 
 def _plain(value: Any) -> Any:

@@ -16,9 +16,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.stages.base import Artifact
 
 _META = "meta.json"
 
@@ -31,19 +32,6 @@ def stage_key(stage: str, version: int, params: dict[str, Any], inputs: dict[str
     blob = json.dumps({"stage": stage, "version": version, "params": params, "inputs": inputs},
                       sort_keys=True, separators=(",", ":"), default=str)
     return digest(blob.encode())
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A finished cache entry: a folder of files plus the metadata the stage stored."""
-
-    stage: str
-    key: str
-    path: Path
-    meta: dict[str, Any]
-
-    def file(self, name: str) -> Path:
-        return self.path / name
 
 
 class StageCache:

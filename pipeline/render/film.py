@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.project.layout import RenderFolder
 from pipeline.render.cache import Artifact, digest
 from pipeline.render.job import RenderJob
 from pipeline.stages.encode import EncodeStage, FilmPart, join_film, repeats_anchor
@@ -35,15 +36,15 @@ class CachedSegment:
     kept: int                   # frames of it the film shows
 
 
-def assemble_film(job: RenderJob, lookup: Callable[[int], CachedSegment | None], out_dir: Path,
+def assemble_film(job: RenderJob, lookup: Callable[[int], CachedSegment | None], renders: RenderFolder,
                   emit: Callable[[Event], None]) -> Path:
-    """``out_dir/final.mp4`` when every segment is cached, else ``out_dir`` (and a log line)."""
+    """``renders/<stem>/final.mp4`` when every segment is cached, else the folder (and a log line)."""
     parts, manifest = [], []
     for index, seg in enumerate(job.storyboard.segments):
         cached = lookup(index)
         if cached is None:
             emit(protocol.Log(message=f"final film not assembled: segment {seg.id} is not rendered yet"))
-            return out_dir
+            return renders.root
         frames = np.load(cached.frames.file("frames.npy"), mmap_mode="r")[:cached.kept]
         draft, encode = cached.draft, cached.encode
         audio = np.load(draft.file("audio.npy")) if draft.file("audio.npy").exists() else None
@@ -54,10 +55,10 @@ def assemble_film(job: RenderJob, lookup: Callable[[int], CachedSegment | None],
         manifest.append({"id": seg.id, "frames": len(frames), "skip_first": skip,
                          "upscale_key": cached.frames.key, "draft_key": draft.key,
                          "encode_key": encode.key if encode else None})
-    final = out_dir / "final.mp4"
+    final = renders.final
     film_key = digest(json.dumps({"encoder": EncodeStage.version, "film": "remux", "segments": manifest},
                                  sort_keys=True).encode())
-    manifest_path = out_dir / "film.json"
+    manifest_path = renders.film_manifest
     if _unchanged(final, manifest_path, film_key):
         return final
     tmp = final.with_name(".final.partial.mp4")

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.memory import planner as memory
-from pipeline.models.registry import PRESETS, LoadedModels, Preset
+from pipeline.memory.loaded import LoadedModels
+from pipeline.models.registry import PRESETS, Preset
+from pipeline.project import layout
 from pipeline.project.storyboard import (
     Storyboard,
     StoryboardError,
@@ -35,6 +37,7 @@ from pipeline.project.storyboard import (
     segment_digest,
     with_segment,
 )
+from pipeline.quality import drift, flicker
 from pipeline.render.cache import Artifact, StageCache, digest, stage_key
 from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder
@@ -71,7 +74,7 @@ class _Faults:
 
 
 def _injected_oom(stage: str) -> BaseException:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free (tests only reach this)
 
     return torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by SULPHUR_FAULT_OOM at {stage})")
 
@@ -80,6 +83,7 @@ def _injected_oom(stage: str) -> BaseException:
 
 
 def _stages(preset: Preset) -> dict[str, Stage]:
+    # The stage modules import torch and diffusers: loaded when a render builds its stages.
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.enhance import EnhanceStage
     from pipeline.stages.grade import GradeStage
@@ -118,10 +122,10 @@ class Renderer:
         self.cancel = cancel
         self.job_id = job_id
         self.models = models
-        self.cache = StageCache(job.storyboard.state_dir() / "cache")
+        self.cache = StageCache(layout.cache_dir(job.storyboard.path.parent))
         self._stage_sets: dict[str, dict[str, Stage]] = {}
         self.faults = _Faults()
-        self.out_dir = job.storyboard.render_dir()
+        self.renders = job.storyboard.renders
         self.upscale_frames = 0  # frames this job upscales (set by preflight; decides compiling)
         self.chain = _Chain(reference=self._reference_image())
 
@@ -154,12 +158,12 @@ class Renderer:
         names = {p.name for p in used.values()}
         stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in names]
         if stale:
-            models.evict(*stale)
+            models.make_room(drop=stale, reason="presets this job does not use")
         if memory.detect_device() == "cuda":
             # The plans were made for this budget: hold the allocator to it, so a plan that
             # underestimates fails with an OOM (and steps down the ladder) instead of spilling;
             # without one, lift a cap an earlier job of this worker may have set.
-            from pipeline.memory.offload import enforce_vram_budget
+            from pipeline.memory.offload import enforce_vram_budget  # torch + diffusers hooks: CUDA only
 
             enforce_vram_budget(job.project.vram_budget_gb)
         return cls(job, emit, cancel, job_id, models)
@@ -256,7 +260,7 @@ class Renderer:
                                          peak_reserved=reserved, peak_host_rss=_host_peak(),
                                          plan=plan.describe(), cache_key=key))
         if plan.options.get("evict_between_stages"):
-            self.models.evict_all()
+            self.models.make_room(reason="the plan evicts between stages")
         artifact = self.cache.get(name, key)
         assert artifact is not None
         return artifact
@@ -308,9 +312,7 @@ class Renderer:
             frame = last_video_frame(self.sb.resolve(anchor.path))
         frame = _fit(frame, w, h)
         if job.drift_guard != "off" and reference is not None and anchor.kind == "previous":
-            from pipeline.quality.drift import match_colors
-
-            frame = match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
+            frame = drift.match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
         return frame
 
     # ---------------------------------------------------------------- the film
@@ -353,7 +355,7 @@ class Renderer:
         t_seg = time.perf_counter()
         seg_id = job.segment.id
         encode = self.finish_stages(job, draft)
-        target = self.out_dir / "segments" / f"{seg_id}.mp4"
+        target = self.renders.segment(seg_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
         self._record_rendered(seg_id, encode)
@@ -365,7 +367,7 @@ class Renderer:
     def _record_rendered(self, seg_id: str, encode: Artifact) -> None:
         """renders/<stem>/manifest.json: what each segment MP4 was made from, so any
         client (the TUI after a CLI render, say) can tell rendered from stale."""
-        path = self.out_dir / "manifest.json"
+        path = self.renders.manifest
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -399,10 +401,6 @@ class Renderer:
     def _quality(self, job: SegmentJob, stage: str, frames: np.ndarray, prev_last: np.ndarray | None,
                  reference: np.ndarray | None) -> None:
         """Flicker (and, for drafts, colour drift) of a stage's frames, as events."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         seam = None
         if prev_last is not None and job.segment.anchor.kind == "previous" and len(frames):
             after = np.ascontiguousarray(frames[min(1, len(frames) - 1)])
@@ -412,27 +410,19 @@ class Renderer:
         self.emit(stats.to_event(job.segment.id, stage, self.job_id, seam_psnr=seam))
         if stage != "draft":
             return
-        try:
-            from pipeline.quality import drift
-        except ImportError:
-            return
         first, last = np.asarray(frames[0]), np.asarray(frames[-1])
         ref = drift.frame_stats(reference if reference is not None else first)
         self.emit(drift.drift_event(job.segment.id, first, last, ref, job.drift_guard, self.job_id))
 
     def _quality_video(self, job: SegmentJob, path: Path) -> None:
         """Flicker of the encoded segment as a viewer will decode it."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         self.emit(flicker.analyze_video(path).to_event(job.segment.id, "encode", self.job_id))
 
     def _preview(self, job: SegmentJob, upscale: Artifact) -> None:
-        from PIL import Image
+        from PIL import Image  # deferred: keeps importing the runner light
 
         frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
-        path = self.out_dir / "previews" / f"{job.segment.id}.png"
+        path = self.renders.preview(job.segment.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.png")
         Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
@@ -441,7 +431,7 @@ class Renderer:
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
         """final.mp4 from every segment's cached stages, when all of them exist."""
-        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.out_dir, self.emit)
+        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.renders, self.emit)
 
     def _cached_segment(self, index: int, drafts: dict[str, Artifact]) -> CachedSegment | None:
         """Look up (without running) a segment's encoded-frames entry, its draft and its
@@ -483,7 +473,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
 def quiet_libraries() -> None:
     """Progress is reported through events; the libraries' own tqdm bars would garble it."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import diffusers
+    import diffusers  # deferred: heavy, and only a render that loads models needs them quiet
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -493,16 +483,13 @@ def quiet_libraries() -> None:
 
 
 def _reset_peaks() -> None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+    import torch  # deferred: importing the runner stays torch-free
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
 
 def _peaks() -> tuple[int, int]:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
@@ -524,7 +511,7 @@ def atomic_copy(src: Path, dst: Path) -> None:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # deferred: only image anchors need it
 
     try:
         with Image.open(path) as im:
@@ -535,7 +522,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def last_video_frame(path: Path) -> np.ndarray:
     """The last decoded frame of a video (RGB), or a RenderError naming the file."""
-    import av
+    import av  # deferred: only video anchors need it
 
     last = None
     try:
@@ -554,7 +541,7 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return np.ascontiguousarray(frame)
-    from PIL import Image
+    from PIL import Image  # deferred: only a resize needs it
 
     target = width / height
     if w / h > target:

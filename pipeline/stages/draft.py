@@ -17,7 +17,7 @@ from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 
 if TYPE_CHECKING:
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Adapter name of the distilled LoRA inside the held transformer.
 LORA_ADAPTER = "distilled"

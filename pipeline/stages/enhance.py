@@ -21,7 +21,7 @@ from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Key under which the loaded LLM lives in ``ctx.models``.
 MODEL_KEY = "enhancer"
@@ -115,7 +115,7 @@ class EnhanceStage(Stage):
             #    held next to the DiT), and even a CPU-placed LLM takes host RAM the offloaded
             #    DiT needs; only an all-CPU render keeps it for the next segment.
             if on_gpu_machine:
-                ctx.models.evict(MODEL_KEY)
+                ctx.models.make_room(drop=[MODEL_KEY], reason="the enhancer is done")
         if result.fallback:
             self._warn(ctx, f"{ctx.segment_id}: prompt enhancer gave no usable text ({result.reason}); "
                             "using the prompt as written")
@@ -137,7 +137,7 @@ class EnhanceStage(Stage):
             self._warn(ctx, CPU_BUILD_WARNING)
         held = ctx.models.get(MODEL_KEY, lambda: None) if MODEL_KEY in ctx.models else None
         if held is not None and Path(held.model_path) != path:
-            ctx.models.evict(MODEL_KEY)  # another preset's LLM
+            ctx.models.make_room(drop=[MODEL_KEY], reason="another preset's LLM")
         n_ctx = int(job.preset.extra.get("enhance_n_ctx", DEFAULT_N_CTX))
         mmproj = _mmproj(job.preset)
         return ctx.models.get(MODEL_KEY, lambda: load_enhancer(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from spandrel import ImageModelDescriptor
 
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Key under which ``(path, device, dtype, descriptor)`` lives in ``ctx.models``.
 MODEL_KEY = "upscaler"
@@ -124,7 +124,7 @@ COMPILED_KEY = "upscaler-compiled"
 
 def _drop(ctx: StageContext) -> None:
     """Evict the held upscaler and any compiled form of it (which keeps its weights alive)."""
-    ctx.models.evict(MODEL_KEY, COMPILED_KEY)
+    ctx.models.make_room(drop=[MODEL_KEY, COMPILED_KEY], reason="upscaler")
 
 
 def _compiled(ctx: StageContext, model: ImageModelDescriptor) -> Any:
@@ -156,7 +156,7 @@ def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.
             raise
         ctx.emit(protocol.Log(message=f"upscale: torch.compile failed ({type(exc).__name__}: {exc}); "
                                       "running eagerly"))
-        ctx.models.evict(COMPILED_KEY)
+        ctx.models.make_room(drop=[COMPILED_KEY], reason="torch.compile failed")
         return model(x)[:n], model
 
 

@@ -2,7 +2,7 @@
 
 Process model
     ``sulphur worker`` (or the first client that finds none running) spawns
-    ``python -m pipeline.worker.server --foreground --project DIR`` in a new session with its
+    ``python -m pipeline.cli worker --foreground --project DIR`` in a new session with its
     output in ``DIR/.sulphur/worker.log``; it is spawned, never forked, so no CUDA state
     crosses a fork, and it outlives the terminal and the SSH login that started it. It
     holds ``DIR/.sulphur/worker.lock`` (``flock`` + its PID) for its whole life: a
@@ -59,7 +59,6 @@ Stopping
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import logging
@@ -76,11 +75,11 @@ from pathlib import Path
 
 import msgspec
 
+from pipeline.project import layout
 from pipeline.wire.framing import (
     GOODBYE,
     LineBuffer,
     ProjectLock,
-    WorkerLocked,
     bind_unix,
     lock_path,
     socket_path,
@@ -231,7 +230,7 @@ class Worker:
 
     def __init__(self, project: Path, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self.project = Path(project).expanduser().resolve()
-        self.state_dir = self.project / ".sulphur"
+        self.state_dir = layout.state_dir(self.project)
         self.idle_timeout = idle_timeout
         self.lock = ProjectLock(lock_path(self.project))
         self.jobs: dict[str, _Job] = {}
@@ -260,7 +259,7 @@ class Worker:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
-        self.journal = Journal(self.state_dir / "journal.db")
+        self.journal = Journal(layout.journal_db(self.project))
         self._recover()
 
         path = socket_path(self.project)
@@ -550,7 +549,7 @@ class Worker:
             from pipeline.stages.base import Cancelled
 
             if self._models is None:
-                from pipeline.models.registry import LoadedModels
+                from pipeline.memory.loaded import LoadedModels
 
                 self._models = LoadedModels()
             try:
@@ -565,7 +564,7 @@ class Worker:
                 return "cancelled", "cancelled", "", JobCancelled(job_id=rec.id, segment=job.info.segment,
                                                                   stage=job.info.stage)
             except RenderError as exc:
-                self._models.evict_all()
+                self._models.make_room(reason="the job failed")
                 return "failed", f"{exc.kind}: {exc.message}", "", exc.to_event(rec.id)
             except StoryboardError as exc:
                 return "failed", f"storyboard: {exc}", "", ErrorEvent(job_id=rec.id, kind="storyboard",
@@ -573,7 +572,7 @@ class Worker:
         except Exception as exc:
             log.error("job %s crashed:\n%s", rec.id, traceback.format_exc())
             if self._models is not None:
-                self._models.evict_all()
+                self._models.make_room(reason="the job crashed")
             message = f"{type(exc).__name__}: {exc}"
             return "failed", f"internal: {message}", "", ErrorEvent(job_id=rec.id, kind="internal", message=message,
                                                                     stage=job.info.stage, segment=job.info.segment)
@@ -621,49 +620,3 @@ def _guess_id(line: bytes) -> str:
         return ""
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) else ""
-
-
-# ---------------------------------------------------------------------- CLI
-
-
-def main(args: argparse.Namespace) -> int:
-    """``sulphur worker``: start detached (default), run in this terminal, or ``--stop``."""
-    project = Path(getattr(args, "project", None) or Path.cwd()).expanduser().resolve()
-    idle = getattr(args, "idle_timeout", None)
-    idle = idle_timeout_default() if idle is None else float(idle)
-    if getattr(args, "stop", False):
-        from pipeline.worker.client import stop_worker
-
-        return stop_worker(project)
-    if not getattr(args, "foreground", False):
-        from pipeline.worker.client import WorkerClient, WorkerError
-
-        try:
-            client = WorkerClient.connect(project, start=True, idle_timeout=idle)
-        except WorkerError as exc:
-            print(f"sulphur worker: {exc}", file=sys.stderr)
-            return 1
-        snap = client.status()
-        client.close()
-        print(f"worker running for {project} (PID {snap.pid}); log: {project / '.sulphur' / 'worker.log'}")
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    try:
-        return Worker(project, idle).run()
-    except WorkerLocked as exc:
-        print(f"sulphur worker: {exc}", file=sys.stderr)
-        return 1
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.worker.server", description="Sulphur render worker.")
-    p.add_argument("--project", type=Path, default=None)
-    p.add_argument("--stop", action="store_true")
-    p.add_argument("--idle-timeout", type=float, default=None)
-    p.add_argument("--foreground", action="store_true")
-    return p
-
-
-if __name__ == "__main__":
-    sys.exit(main(_parser().parse_args()))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import StagePlan
 from pipeline.models import enhancer as enhancer_module
 from pipeline.models.enhancer import (
@@ -21,7 +22,7 @@ from pipeline.models.enhancer import (
     load_enhancer,
     unusable_reason,
 )
-from pipeline.models.registry import LoadedModels, ModelFile, Preset
+from pipeline.models.registry import ModelFile, Preset
 from pipeline.project.storyboard import Project, Segment, Storyboard
 from pipeline.stages import enhance as enhance_stage
 from pipeline.stages.base import SegmentJob, StageContext

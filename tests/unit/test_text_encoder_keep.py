@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import StagePlan, cpu_ladder, plan_ladder
 from pipeline.models import ltx2
-from pipeline.models.registry import LoadedModels, get_preset
+from pipeline.models.registry import get_preset
 from pipeline.project.storyboard import Project
 
 

@@ -23,7 +23,6 @@ the same absolute path, e.g. over NFS; artifacts travel through that shared cach
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -45,6 +44,7 @@ from ray.util.queue import Queue
 
 from pipeline.project.selection import segment_index, select_segments
 from pipeline.project.storyboard import StoryboardError, load
+from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
@@ -167,7 +167,7 @@ def halving_slows(sb: Any, preset: str | None, card_gb: float) -> bool:
     """Whether half of a ``card_gb`` card would put the draft or the refine on a slower memory
     plan than the whole card: then two actors sharing it cost more than their overlap saves
     (an 8 GB card: the streamer keeps fewer blocks resident, the VAE tiles smaller)."""
-    from pipeline.memory.planner import PlanError
+    from pipeline.memory.plan import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)
@@ -187,7 +187,7 @@ def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[flo
     plans within ``vram_gb`` that still streams from RAM (reading weights from disk every
     step is what a user would rather not run two of). None when the planner cannot tell
     (tiny presets: a few MB; the I2V families carry fixed recipes)."""
-    from pipeline.memory.planner import PlanError
+    from pipeline.memory.plan import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)
@@ -213,8 +213,8 @@ def _card_gb() -> float:
 # ----------------------------------------------------------------------- actor
 
 
-class StageWorker:
-    """One Renderer in one Ray worker process: drafts, finishes or assembles segments."""
+class StageActorBody:
+    """One Renderer in one Ray actor: drafts, finishes or assembles segments."""
 
     def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
                  share_gb: float | None, sweep: bool, user_threads: bool = False,
@@ -227,7 +227,7 @@ class StageWorker:
         self.error: BaseException | None = None
         ctx = ray.get_runtime_context()
         gpus = ray.get_gpu_ids()
-        self.worker = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
+        self.actor_name = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
                        + (f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU"))
         try:
             if not user_threads:
@@ -241,13 +241,13 @@ class StageWorker:
 
     def _emit(self, event: Event) -> None:
         if hasattr(event, "worker") and not event.worker:
-            event.worker = self.worker
+            event.worker = self.actor_name
         ray.get(self.events.put_nowait.remote(event))  # waited for: a task's events precede its result
 
     def ready(self) -> str:
         if self.error is not None:
             raise self.error
-        return self.worker
+        return self.actor_name
 
     @ray.method(concurrency_group="control")
     def cancel_now(self) -> None:
@@ -334,7 +334,7 @@ def _write_still(clip: Path) -> None:
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
               ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
     """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares."""
-    from pipeline.models.registry import LoadedModels
+    from pipeline.memory.loaded import LoadedModels
     from pipeline.render.job import Overrides, RenderJob
     from pipeline.render.runner import Renderer
 
@@ -346,7 +346,7 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
     return Renderer.create(job, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
 
 
-StageActor = ray.remote(concurrency_groups={"control": 1})(StageWorker)
+StageActor = ray.remote(concurrency_groups={"control": 1})(StageActorBody)
 
 
 # ---------------------------------------------------------------------- driver
@@ -489,8 +489,6 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     """
     del models
     if finishers is None:  # the CLI's --finishers, else the environment's, else the layout's default
-        from pipeline.render.engines import finishers_setting
-
         finishers = finishers_setting()
     sb = load(storyboard_path)
     selected = select_segments(sb, segments, from_segment)
@@ -536,7 +534,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     sb = load(storyboard_path)
     index = segment_index(sb, segment)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
-    out_dir = sb.render_dir() / "takes" / segment
+    out_dir = sb.renders.takes(segment)
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
@@ -549,12 +547,12 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
         prompt = drafter.prompt.remote(index)
         pool = ActorPool([drafter, *(h for h in helpers if h is not drafter)])
         for seed in seeds:
-            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(out_dir / f"seed-{s}.mp4")), seed)
+            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(sb.renders.take(segment, s))), seed)
         _drain_pool(d, pool)
         text = d.get([prompt])[0]
         d.poll(0)
-    takes = {seed: out_dir / f"seed-{seed}.mp4" for seed in seeds}
-    manifest = out_dir / "takes.json"
+    takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
+    manifest = sb.renders.takes_manifest(segment)
     known = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
     known.update({str(seed): {"path": str(p), "prompt": text} for seed, p in takes.items()})
     manifest.write_text(json.dumps({"segment": segment, "takes": known}, indent=1))
@@ -598,35 +596,4 @@ class _Driver:
             raise _unwrap(exc) from None
 
 
-# ------------------------------------------------------------------------- CLI
-
-
-def main(args: argparse.Namespace) -> int:
-    """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
-    from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
-
-    printer = ProgressPrinter()
-
-    def human(event: Event) -> None:
-        if isinstance(event, protocol.StageStarted) and event.worker:
-            print(f"{event.segment or 'film':>12} {event.stage:<8} started on {event.worker}", file=printer.stream)
-        else:
-            printer(event)
-
-    emit = json_printer if args.json else human
-    address = getattr(args, "address", None)
-
-    def work(cancel: threading.Event) -> Path:
-        try:
-            return render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
-                              emit=emit, cancel=cancel, address=address, finishers=getattr(args, "finishers", None))
-        except ConnectionError as exc:
-            raise RenderError("ray_unreachable", f"cannot reach the Ray cluster at {address}: {exc}") from None
-
-    code, final = run_job(work, json_events=args.json, emit=emit)
-    if code == 0 and not args.json:
-        print(final)
-    return code
-
-
-__all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor", "main"]
+__all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor"]
