@@ -168,7 +168,7 @@ class StoryboardScreen(Screen[None]):
             self.query_one(PreviewPane).show_rgb(lp.width, lp.height, lp.rgb,
                                                  f"{lp.segment} · {lp.stage} step {lp.step}{of} · latent")
         if "journal" in areas:
-            self.query_one(JobLog).catch_up(app.live)
+            self.query_one(JobLog).catch_up(app.live, app.doc.path.parent)
         if "log" in areas:
             self.draw_status()
         if "enhanced" in areas:

@@ -17,6 +17,7 @@ from pipeline.wire.protocol import (
     JobCancelled,
     JobFinished,
     JobStarted,
+    SegmentDone,
     StageStarted,
     StepProgress,
 )
@@ -319,6 +320,11 @@ async def test_job_log_panel_tells_the_whole_job(story: Path) -> None:
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert not log.display
+        # the worker names files by absolute path; the log, like the status line, relative
+        app.post_message(WorkerEvent(SegmentDone(job_id="b", segment="storm", frames=17, seconds=1.0,
+                                                 path=str(story.parent / "renders/story/segments/storm.mp4"))))
+        await pilot.pause()
+        assert log.lines[-1].endswith("storm rendered: renders/story/segments/storm.mp4"), log.lines[-1]
 
 
 # ---------------------------------------------------------------------- host gauges
