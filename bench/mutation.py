@@ -18,7 +18,7 @@ Usage:
 mutmut maps tests to mutants by tracing calls in the pytest process: code that only runs in a
 child (``python -m pipeline.cli`` in the functional tests, ``encode_in_fresh_process``) counts as
 "no tests" for the tests that spawn it, even though the child does run the mutant (the
-MUTANT_UNDER_TEST variable is inherited and tests/conftest.py's child_env puts the mutated copy
+MUTANT_UNDER_TEST variable is inherited and tests/functional/conftest.py's checkout_env puts the mutated copy
 first on PYTHONPATH). Read "no tests" on the runner, encode and stages modules with that in mind.
 
 Prints one JSON object per module (counts and kill rate) and writes

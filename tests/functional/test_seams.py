@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline.wire import protocol
-from tests.conftest import child_env
+from tests.functional.conftest import checkout_env
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ CLICKS = {"two": 3, "three": 6}
 
 def _render(folder: Path) -> list[protocol.Event]:
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "render", "seams.toml", "--json"], cwd=folder,
-                            capture_output=True, text=True, timeout=900, env=child_env())
+                            capture_output=True, text=True, timeout=900, env=checkout_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return [protocol.decode_event(line) for line in result.stdout.splitlines() if line.startswith("{")]
 

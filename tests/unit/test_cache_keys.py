@@ -79,7 +79,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 #: Settings some preset may hold in ``Preset.extra`` that a stage reads; perturbed on every preset.
 EXTRA_SETTINGS = ("negative_prompt", "enhance_max_tokens", "enhance_n_ctx", "max_sequence_length",
-                  "use_cross_timestep", "refine_scale", "recipe")
+                  "use_cross_timestep", "refine_scale", "recipe", "enhance_system_prompt")
 
 #: Nested parameter types inside a job, by the attribute that holds them.
 NESTED = {"segment": Segment, "preset": Preset, "storyboard": Storyboard}
@@ -134,7 +134,8 @@ _ENCODE = {"fps", "output_size", "audio", "index", "segment.keep", "segment.anch
 #: stage -> the paths that must change its own key (its inputs' keys carry the rest).
 REACHES: dict[str, set[str]] = {
     "enhance": {"seed", "segment.prompt", "preset.files", "preset.builder", "preset.extra[enhance_max_tokens]",
-                "preset.extra[max_sequence_length]"},  # the answer is held to what the encoder reads
+                "preset.extra[max_sequence_length]",  # the answer is held to what the encoder reads
+                "preset.extra[enhance_system_prompt]"},
     "draft": _LTX_DRAFT,
     "refine": _LTX_REFINE,
     "upscale": {"output_size", "preset.files", "preset.builder"},
@@ -441,5 +442,6 @@ def test_a_reference_or_an_anchor_appearing_moves_the_key(tmp_path: Path) -> Non
     assert _key(stages["grade"], job) != _key(stages["grade"], dataclasses.replace(job, reference=None))
     tall = dataclasses.replace(job, reference=job.reference.reshape(16, 4, 3))  # same bytes, other shape
     assert _key(stages["grade"], job) != _key(stages["grade"], tall)
-    t2v = dataclasses.replace(job, anchor=None, anchor_digest="")
-    assert _key(stages["draft"], job) != _key(stages["draft"], t2v)
+    t2v = dataclasses.replace(job, anchor=None, anchor_digest="", index=0)
+    for name in ("draft", "enhance"):  # the enhancer words a T2V prompt otherwise than an I2V one
+        assert _key(stages[name], job) != _key(stages[name], t2v)
