@@ -42,6 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module -> (files mutmut mutates, the tests that judge them). Fast unit tests only where they
 #: exist; the runner/encode/stages modules need the tiny-model renders (slow: 16 cores).
+def _pythonpath(dest: Path) -> str:
+    """The copy first, then any PYTHONPATH already set (offline wheels unpacked with pip --target)."""
+    rest = os.environ.get("PYTHONPATH", "")
+    return str(dest) + (os.pathsep + rest if rest else "")
+
+
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "wire": (["pipeline/wire/*"],
              ["tests/unit/test_wire.py", "tests/unit/test_cache_and_protocol.py"]),
@@ -106,7 +112,7 @@ def _write_config(dest: Path, mutate: list[str], tests: list[str]) -> None:
 
 def _mutmut(dest: Path, *args: str, log: Path | None = None) -> str:
     # The copy first on the path: the editable install may point at another checkout.
-    env = dict(os.environ, PYTHONPATH=str(dest), SULPHUR_TEST_HOME=os.environ.get("SULPHUR_TEST_HOME", ""))
+    env = dict(os.environ, PYTHONPATH=_pythonpath(dest), SULPHUR_TEST_HOME=os.environ.get("SULPHUR_TEST_HOME", ""))
     if not env["SULPHUR_TEST_HOME"]:
         env.pop("SULPHUR_TEST_HOME")
     proc = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env,
@@ -126,7 +132,7 @@ print(json.dumps({name: get_diff_for_mutant(name) for name in json.load(sys.stdi
 def _diffs(dest: Path, names: list[str]) -> dict[str, str]:
     """Each mutant's diff, in one process (``mutmut show`` starts one per mutant)."""
     proc = subprocess.run([sys.executable, "-c", _DIFFS], cwd=dest, input=json.dumps(names), text=True,
-                          capture_output=True, env=dict(os.environ, PYTHONPATH=str(dest)))
+                          capture_output=True, env=dict(os.environ, PYTHONPATH=_pythonpath(dest)))
     if proc.returncode:
         return {n: _mutmut(dest, "show", n) for n in names}
     return json.loads(proc.stdout)

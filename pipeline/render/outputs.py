@@ -18,6 +18,7 @@ every temporary had a fixed name. Here:
 from __future__ import annotations
 
 import errno
+import filecmp
 import os
 import secrets
 import shutil
@@ -85,7 +86,11 @@ def publishing(dst: Path, what: str) -> Iterator[Path]:
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a unique temporary (see :func:`publishing`)."""
+    """Copy ``src`` to ``dst`` through a unique temporary (see :func:`publishing`), unless ``dst``
+    already holds the same bytes: a cached segment keeps its file and its mtime (which editors
+    and file managers show as when it was rendered)."""
+    if dst.exists() and filecmp.cmp(src, dst, shallow=False):
+        return
     with publishing(dst, "segment copy") as tmp:
         shutil.copyfile(src, tmp)
 

@@ -99,6 +99,17 @@ class StageContext:
         if self.cancel.is_set():
             raise Cancelled(stage)
 
+    def latent_preview(self, previewer: Any, stage: str, step: int, latents: Any) -> None:
+        """Send a small picture of ``latents`` (see pipeline/stages/latent_preview.py), if it
+        can be made; called from a sampler's ``callback_on_step_end``."""
+        from pipeline.wire.protocol import LatentPreview
+
+        picture = previewer.picture(latents)
+        if picture is not None:
+            w, h, rgb = picture
+            self.emit(LatentPreview(job_id=self.job_id, segment=self.segment_id, stage=stage, step=step,
+                                    width=w, height=h, rgb=rgb))
+
 
 class Stage(ABC):
     """One step of the pipeline. Subclasses are stateless; models live in ``ctx.models``."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 
 if TYPE_CHECKING:
     from pipeline.stages.base import Artifact
@@ -69,8 +70,11 @@ class DraftStage(Stage):
         ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
         generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
 
+        previewer = LatentPreviewer(*latent_grid(pipe, job.frames, w, h))
+
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             ctx.progress(self.name, i + 1, job.steps)
+            ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
 
         extra: dict[str, Any] = {}

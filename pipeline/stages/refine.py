@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 
 if TYPE_CHECKING:
     from pipeline.stages.base import Artifact
@@ -98,8 +99,11 @@ class RefineStage(Stage):
         ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
         generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
 
+        previewer = LatentPreviewer(*latent_grid(pipe, job.frames, lw * scale, lh * scale))
+
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             ctx.progress(self.name, i + 1, n)
+            ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
 
         with torch.no_grad():

@@ -360,6 +360,22 @@ def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     return StatusSnapshot(pid=0, project=str(project_dir), jobs=jobs)
 
 
+def journal_events(project_dir: Path, job_id: str) -> list[Event]:
+    """The journaled events of one job (all but step progress, VRAM samples and latent
+    previews), oldest first: what a client attaching mid-job needs to draw what happened
+    before it came."""
+    from pipeline.worker.journal import Journal  # as in journal_snapshot
+
+    db = layout.journal_db(project_dir)
+    if not db.exists():
+        return []
+    journal = Journal(db)
+    try:
+        return journal.events(job_id)
+    finally:
+        journal.close()
+
+
 def journal_state(project: Path, job_id: str, wait: float = 10.0) -> str:
     """The job's state once no worker holds the project (a stopping worker finishes first)."""
     deadline = time.monotonic() + wait

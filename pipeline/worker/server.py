@@ -101,6 +101,7 @@ from pipeline.wire.protocol import (
     JobFinished,
     JobInfo,
     JobQueued,
+    LatentPreview,
     Log,
     Message,
     ProtocolError,
@@ -129,7 +130,7 @@ QUEUE_HARD = 8192
 MAX_CRASHES = 3
 #: Finished jobs kept in the status snapshot.
 HISTORY = 50
-HIGH_RATE = (StepProgress, VramSample)
+HIGH_RATE = (StepProgress, VramSample, LatentPreview)
 #: Seconds a submit may spend reading and parsing its storyboard (off the loop) before it is refused.
 SUBMIT_READ_TIMEOUT = 10.0
 FINISHED = ("done", "failed", "cancelled")
