@@ -3,6 +3,7 @@
 # 10-minute slot on a two-GPU machine. Results land in $OUT (default bench/results/new).
 #
 #   bench/gpu_suite.sh segment # one 121-frame segment under 8 GiB / 32 GiB (one GPU)
+#   bench/gpu_suite.sh chain   # 3 chained 121-frame segments, capped and uncapped in one run (one GPU)
 #   bench/gpu_suite.sh fit     # GPU 0: one 121-frame segment under 8 GiB / 32 GiB, ESRGAN vs compiled spandrel
 #                              # GPU 1: every draft family at full size under the seed's 12 GB recipes
 #   bench/gpu_suite.sh ray [local|ray_1gpu|ray_2gpu]   # 4 chained segments, one engine per call:
@@ -30,6 +31,10 @@ case "${1:-fit}" in
 segment)  # one GPU is enough: the whole-segment bench alone (~4 min)
     timeout 500 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 --ram-budget-gb 32 \
         --out "$OUT/segment_budget.json" >/dev/null 2>"$OUT/segment.log" || echo "segment failed: $?"
+    ;;
+chain)  # one GPU, < 9 min: 3 chained 121-frame segments capped (8/32) and uncapped, + resident steps (issue 20)
+    timeout 540 python bench/chain.py --segments 3 --frames 121 --out "$OUT/chain.json" >/dev/null \
+        2>"$OUT/chain.log" || echo "chain failed: $?"
     ;;
 fit)
     (
