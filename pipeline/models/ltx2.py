@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models import ltx2_random, tiny_ltx2
+from pipeline.models import ltx2_random, sigmas, tiny_ltx2
 from pipeline.models.registry import ModelFile, Preset, register
 
 if TYPE_CHECKING:
@@ -36,6 +36,12 @@ _OFFLOAD_TAG = "_sulphur_offload"
 
 
 # --------------------------------------------------------------------------- presets
+
+#: The seed pipeline's Pass 1: ComfyUI LTXVScheduler (max_shift 4.0, base_shift 1.5, stretch, terminal 0.1),
+#: computed for the draft's latent token count (pipeline.models.sigmas.ltxv_sigmas).
+SEED_PASS1_SCHEDULE = ("ltxv", 4.0, 1.5, True, 0.1)
+#: Lightricks' distilled recipe, stage 1 as published (DISTILLED_SIGMA_VALUES).
+DISTILLED_SCHEDULE = ("fixed", *sigmas.DISTILLED_SIGMAS)
 
 
 def _build_tiny() -> Path:
@@ -68,7 +74,7 @@ TINY = register(Preset(
     frame_multiple=8,    # the tiny VAE compresses time 8×, like the real one: frames = 8k + 1
     size_multiple=32,    # 32× spatial compression, and the pipeline's own /32 check
     builder=_build_tiny,
-    extra={"max_sequence_length": 64, "use_cross_timestep": True},
+    extra={"max_sequence_length": 64, "use_cross_timestep": True, "draft_schedule": SEED_PASS1_SCHEDULE},
 ))
 
 # Default places under $SULPHUR_HOME (~/.cache/sulphur); each file can be pointed elsewhere with its env var.
@@ -105,7 +111,26 @@ REAL = register(Preset(
     guidance_scale=1.0,
     frame_multiple=8,
     size_multiple=32,
-    extra={"max_sequence_length": 1024, "use_cross_timestep": True},
+    extra={"max_sequence_length": 1024, "use_cross_timestep": True, "draft_schedule": SEED_PASS1_SCHEDULE},
+))
+
+
+# Lightricks' distilled two-stage recipe (ltx-pipelines ``distilled``): 8 steps on DISTILLED_SIGMA_VALUES,
+# x2 latent upsample, 3 steps on STAGE_2_DISTILLED_SIGMA_VALUES, CFG 1. Same file roles as the real stack.
+# Verified 2026-12 (search, docs corpus): Lightricks/LTX-2/MODELS-LTX-2.3.md lists ltx-2.3-22b-dev.safetensors,
+# ltx-2.3-22b-distilled-1.1.safetensors and ltx-2.3-spatial-upscaler-x2-1.1.safetensors in Lightricks/LTX-2.3;
+# the Lightricks/LTX-2.3 README table names ltx-2.3-22b-distilled-lora-384 (exact 1.1 file name NOT verified);
+# rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers is the v1.1 upsampler as an LTX2LatentUpsamplePipeline
+# folder (unofficial conversion; model in latent_upsampler/). The seed's schedule and LoRA (…-distilled-lora-1.1
+# _fro90_ceil72_condsafe.safetensors, strength 0.7) are from doc.davidhsaiou.com/…/sulphur2-pipeline.html.
+DISTILLED = register(replace(
+    REAL,
+    name="ltx23-distilled",
+    description="LTX-2.3 22B, Lightricks' distilled two-stage recipe (8 + 3 published sigmas, CFG 1).",
+    steps=len(sigmas.DISTILLED_SIGMAS),
+    refine_sigmas=(*sigmas.STAGE_2_DISTILLED_SIGMAS, 0.0),
+    lora_strength=1.0,
+    extra={**REAL.extra, "draft_schedule": DISTILLED_SCHEDULE},
 ))
 
 
