@@ -308,29 +308,45 @@ def evict_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> Non
 
 
 def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
-    """The transformer from GGUF (preferred) or a diffusers folder, with the distilled LoRA loaded (not yet weighted)."""
-    from diffusers import GGUFQuantizationConfig, LTX2VideoTransformer3DModel
+    """The transformer from its published single file (GGUF or safetensors, Lightricks' names) or a
+    diffusers folder, every tensor accounted for, with the distilled LoRA loaded (not yet weighted)."""
+    from pipeline.models import published
 
     dtype = torch_dtype(plan)
     if preset.extra.get("random_weights"):
         return ltx2_random.transformer(dtype).eval()
-    gguf = file_path(preset, "transformer_gguf")
-    if gguf is not None:
-        transformer = LTX2VideoTransformer3DModel.from_single_file(
-            str(gguf), config=str(require(preset, "transformer_config")),
-            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), torch_dtype=dtype)
+    single = file_path(preset, "transformer_gguf")
+    if single is not None:
+        transformer = published.load_transformer(single, require(preset, "transformer_config"), dtype)
     else:
-        transformer = LTX2VideoTransformer3DModel.from_pretrained(
-            require(preset, "diffusers") / "transformer", torch_dtype=dtype)
+        from diffusers import LTX2VideoTransformer3DModel
+
+        transformer = published.load_folder(LTX2VideoTransformer3DModel, require(preset, "diffusers") / "transformer",
+                                            torch_dtype=dtype)
     lora = file_path(preset, "lora")
     if lora is not None:
-        # Loaded through the pipeline mixin's state-dict conversion (Lightricks' key layout),
-        # straight into the transformer so the adapter survives pipeline re-assembly.
-        from diffusers import LTX2Pipeline
-
-        sd = LTX2Pipeline.lora_state_dict(str(lora))
-        transformer.load_lora_adapter(sd, adapter_name=lora_adapter, prefix="transformer")
+        load_lora(transformer, lora, lora_adapter)
     return transformer.eval()
+
+
+def load_lora(transformer: Any, path: Path, adapter: str) -> None:
+    """Lightricks' LoRA through diffusers' LTX-2 conversion, straight into the transformer (so the adapter
+    survives pipeline re-assembly). Connector keys are not for the transformer; any other key that finds
+    no module is an error."""
+    from diffusers import LTX2Pipeline
+
+    from pipeline.models.published import WeightsMismatch
+
+    sd = LTX2Pipeline.lora_state_dict(str(path))
+    theirs = {k: v for k, v in sd.items() if k.startswith("transformer.")}
+    stray = [k for k in sd if not k.startswith(("transformer.", "connectors."))]
+    if stray:
+        raise WeightsMismatch(path, [], stray)
+    modules = dict(transformer.named_modules())
+    lost = [k for k in theirs if k.removeprefix("transformer.").split(".lora_")[0] not in modules]
+    if lost:
+        raise WeightsMismatch(path, [], lost)
+    transformer.load_lora_adapter(theirs, adapter_name=adapter, prefix="transformer")
 
 
 def set_lora_strength(transformer: Any, strength: float, adapter: str = "distilled") -> None:
@@ -347,26 +363,35 @@ def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any
     keep_fp32 = name in ("audio_vae", "vocoder")
     if preset.extra.get("random_weights"):
         return ltx2_random.component(name, torch.float32 if keep_fp32 else dtype)
+    from pipeline.models import published
+
     root = require(preset, "diffusers")
     if name == "vae":
         from diffusers import AutoencoderKLLTX2Video as cls
     elif name == "audio_vae":
         from diffusers import AutoencoderKLLTX2Audio as cls
     elif name == "vocoder":
-        from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder as cls
+        cls = published.vocoder_class(root / "vocoder")  # LTX-2.3: LTX2VocoderWithBWE
     elif name == "connectors":
         from diffusers.pipelines.ltx2 import LTX2TextConnectors as cls
     elif name == "text_encoder":
         from transformers import Gemma3ForConditionalGeneration
 
-        return Gemma3ForConditionalGeneration.from_pretrained(root / "text_encoder", dtype=dtype).eval()
+        return published.load_folder(Gemma3ForConditionalGeneration, root / "text_encoder", dtype=dtype).eval()
     elif name == "upsampler":
         from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
 
-        return LTX2LatentUpsamplerModel.from_pretrained(require(preset, "upsampler"), torch_dtype=dtype).eval()
+        return published.load_folder(LTX2LatentUpsamplerModel, upsampler_dir(require(preset, "upsampler")),
+                                     torch_dtype=dtype).eval()
     else:
         raise KeyError(name)
-    return cls.from_pretrained(root / name, torch_dtype=torch.float32 if keep_fp32 else dtype).eval()
+    return published.load_folder(cls, root / name, torch_dtype=torch.float32 if keep_fp32 else dtype).eval()
+
+
+def upsampler_dir(path: Path) -> Path:
+    """The upsampler model's folder: published as a pipeline folder with the model in latent_upsampler/."""
+    inner = path / "latent_upsampler"
+    return inner if inner.is_dir() else path
 
 
 def load_tokenizer(preset: Preset) -> Any:
