@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import StagePlan  # noqa: E402
 from pipeline.models.esrgan import build_tiny_x2plus, load_upscaler  # noqa: E402
-from pipeline.models.registry import LoadedModels, ModelFile, Preset  # noqa: E402
+from pipeline.models.registry import ModelFile, Preset  # noqa: E402
 from pipeline.project.storyboard import Project, Segment, Storyboard  # noqa: E402
 from pipeline.render.cache import Artifact  # noqa: E402
 from pipeline.stages.base import SegmentJob, StageContext  # noqa: E402

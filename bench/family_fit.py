@@ -1,13 +1,13 @@
-"""Do the full-size I2V family architectures fit a 12 GB card with the seed's recipes?
+"""Do the full-size I2V family architectures fit a 12 GB card with the brief's recipes?
 
 Builds one preset's full-size denoiser(s) and VAE with random weights (on the meta
 device, then filled from a random bank: seconds, not minutes), assembles the real
 diffusers pipeline without a text encoder (the recipes encode prompts on the CPU, so
 random embeddings of the real shape stand in), places it with the preset's recipe from
-``pipeline/models/recipes.py`` through ``pipeline.models.family.apply_recipe`` — the
+``pipeline/memory/recipes.py`` through ``pipeline.models.family.apply_recipe`` — the
 draft stage's own code — caps the process at ``--vram-gb`` and runs a few denoising
 steps plus the VAE decode. Wan2.2-I2V-A14B's experts are written as GGUF Q4_0 files of
-random blocks (≈0.56 B/param, like the seed's ~9 GB Q4 experts) and loaded with
+random blocks (≈0.56 B/param, like the brief's ~9 GB Q4 experts) and loaded with
 ``from_single_file`` + ``GGUFQuantizationConfig``.
 
 Prints one JSON document: seconds per step (median of steps after the first), decode
@@ -37,8 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.memory import recipes  # noqa: E402
 from pipeline.memory.planner import GiB  # noqa: E402
-from pipeline.models import random_weights, recipes  # noqa: E402
+from pipeline.models import random_weights  # noqa: E402
 from pipeline.models.family import apply_recipe  # noqa: E402
 from pipeline.models.registry import get_preset  # noqa: E402
 

@@ -33,9 +33,10 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from pipeline.memory.loaded import LoadedModels
     from pipeline.memory.planner import StagePlan
     from pipeline.models import tiny_ltx2
-    from pipeline.models.registry import LoadedModels, get_preset
+    from pipeline.models.registry import get_preset
     from pipeline.project.storyboard import Project, Segment, Storyboard
     from pipeline.render.cache import Artifact
     from pipeline.stages.base import SegmentJob, StageContext

@@ -1,5 +1,6 @@
-"""Sulphur's render side: storyboard model, stages, models, memory planning, worker.
+"""Sulphur's render side, in layers that import downward only (README, Architecture):
+cli → worker → render → stages → models → memory → quality | telemetry → project → wire.
 
-Only ``pipeline.wire.protocol`` and ``pipeline.project.storyboard`` may be imported by the TUI; every
-module that needs torch imports it lazily or lives under ``stages/`` and ``models/``.
+The TUI imports only ``pipeline.project``, ``pipeline.wire``, ``pipeline.worker.client`` and
+``pipeline.telemetry``; ``lint-imports`` (pyproject.toml) checks both rules.
 """

@@ -26,7 +26,13 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Open output", "Open the selected shot's video (or the film, or its folder)", "open_output"),
     ("Reload from disk", "Take the version of the file on disk", "reload"),
     ("Focus shot list", "Move the cursor to the list of shots", "focus('segments')"),
+    ("Filter shots", "Show only the shots whose id or prompt holds some words (/)", "filter_shots"),
     ("Edit prompt", "Edit the selected shot's prompt", "edit_prompt"),
+    ("Edit prompt in $EDITOR", "Open the selected shot's prompt in $VISUAL / $EDITOR (e)", "edit_prompt_outside"),
+    ("Shots / render view", "Below 100 columns: switch between the shots and the live panels (f9)",
+     "toggle_view"),
+    ("Job log", "Show or hide every job's start, stages, fallbacks, warnings and output (ctrl+l)",
+     "toggle_log"),
     ("Help", "Keys and what the screen shows", "help"),
     ("Quit", "Leave the editor (asks about unsaved changes)", "quit"),
 ]

@@ -12,8 +12,6 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-import msgspec
-
 from pipeline.wire.protocol import (
     STAGES,
     DriftReport,
@@ -24,6 +22,7 @@ from pipeline.wire.protocol import (
     JobFinished,
     JobQueued,
     JobStarted,
+    LatentPreview,
     Log,
     PlanFallback,
     Preview,
@@ -91,6 +90,20 @@ class ActorLive:
         return self.worker.partition("@")[2]
 
 
+@dataclass(frozen=True)
+class Seam:
+    """PSNR-Y across a chained shot's first transition, with the stage it was measured on
+    and that stage's worst transition inside the shot (what the seam is compared with)."""
+
+    stage: str
+    psnr: float
+    stage_minimum: float
+
+    @property
+    def bad(self) -> bool:
+        return self.psnr < self.stage_minimum
+
+
 @dataclass
 class JobLive:
     job_id: str
@@ -109,10 +122,18 @@ class LiveState:
         self.timer_segment = ""
         self.flicker: dict[str, FlickerReport] = {}
         self.drift: dict[str, DriftReport] = {}
+        self.seams: dict[str, Seam] = {}
         self.worker_gpus: dict[int, VramSample] = {}
         self.preview: Preview | None = None
+        self.latent: LatentPreview | None = None  # the sampler's latest picture of its latent
         self.history: dict[str, list[float]] = {s: [] for s in STAGES}  # seconds per finished run
         self.log: deque[str] = deque(maxlen=200)
+        # The status line's news: the last log line while a job runs, then how the last job
+        # ended (the film's path, "cancelled", the error) until the next one starts.
+        self.news = ""
+        # The job log panel's lines: (event time, text), and how many were ever added.
+        self.journal: deque[tuple[float, str]] = deque(maxlen=500)
+        self.journal_count = 0
         self.enhanced: list[PromptEnhanced] = []
         self.last_ts = 0.0
         self.worker_pid = 0
@@ -128,20 +149,20 @@ class LiveState:
     def apply(self, ev: Event) -> set[str]:
         """Fold one event in; returns the areas to redraw."""
         self.last_ts = max(self.last_ts, ev.ts)
+        line = log_line(ev)
+        areas = self._apply(ev)
+        if line:
+            self.journal.append((ev.ts, line))
+            self.journal_count += 1
+            areas = areas | {"journal"}
+        return areas
+
+    def _apply(self, ev: Event) -> set[str]:
         match ev:
             case StatusSnapshot():
                 return self._snapshot(ev)
             case JobQueued() | JobStarted():
-                job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
-                job.segments = list(ev.segments) or job.segments
-                if isinstance(ev, JobStarted):
-                    job.state, job.started = "running", ev.ts
-                    self.actors, self._running_on = {}, {}  # a job's actors are its own
-                for sid in job.segments:
-                    s = self.seg(sid)
-                    if s.state not in ("rendering",):
-                        self.segments[sid] = SegmentLive(state="queued")
-                return {"segments", "jobs"}
+                return self._job_queued(ev)
             case StageStarted() if not ev.segment:
                 # A job-level stage (assembling the film): a timer row, no shot.
                 self._actor_started(ev)
@@ -151,71 +172,39 @@ class LiveState:
                 self._actor_finished(ev)
                 t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
                 t.state, t.seconds = "done", ev.seconds
+                t.step = t.total  # the film sends no step progress: done is all of it
                 return {"timers"}
             case StageStarted():
-                self._actor_started(ev)
-                if ev.segment != self.timer_segment:
-                    self.timer_segment = ev.segment
-                    self.timers = {s: StageTimer(s) for s in STAGES}
-                t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
-                t.state, t.started, t.total, t.step, t.plan = "running", ev.ts, ev.total_steps, 0, ev.plan
-                s = self.seg(ev.segment)
-                s.state, s.stage, s.error = "rendering", ev.stage, ""
-                self._progress(ev.segment)
-                job = self.jobs.get(ev.job_id)
-                if job and job.state == "queued":
-                    job.state, job.started = "running", ev.ts
-                return {"segments", "timers", "jobs"}
+                return self._stage_started(ev)
             case StepProgress():
-                actor = self.actors.get(self._running_on.get((ev.segment, ev.stage), ""))
-                if actor is not None and actor.segment == ev.segment and actor.stage == ev.stage:
-                    actor.step, actor.total = ev.step, ev.total
-                if ev.segment == self.timer_segment and ev.stage in self.timers:
-                    t = self.timers[ev.stage]
-                    t.step, t.total = ev.step, ev.total
-                    if t.state == "pending":
-                        t.state, t.started = "running", ev.ts
-                s = self.seg(ev.segment)
-                s.state, s.stage = "rendering", ev.stage
-                self._progress(ev.segment, ev.step / ev.total if ev.total else 0.0)
-                return {"segments", "timers"}
+                return self._step(ev)
             case StageFinished() | StageCached():
-                cached = isinstance(ev, StageCached)
-                self._actor_finished(ev)
-                if ev.segment == self.timer_segment and ev.stage in self.timers:
-                    t = self.timers[ev.stage]
-                    t.state = "cached" if cached else "done"
-                    if not cached:
-                        t.seconds, t.plan, t.peak_allocated = ev.seconds, ev.plan or t.plan, ev.peak_allocated
-                        t.step = t.total = max(t.total, t.step)
-                if not cached:
-                    self.history.setdefault(ev.stage, []).append(ev.seconds)
-                s = self.seg(ev.segment)
-                s.stages_done.add(ev.stage)
-                self._progress(ev.segment)
-                return {"segments", "timers"}
+                return self._stage_finished(ev)
             case PlanFallback():
-                self.log.append(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}, "
-                                f"retrying with {ev.next_plan}")
+                self._say(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}, "
+                          f"retrying with {ev.next_plan}")
                 if ev.stage in self.timers:
                     self.timers[ev.stage].plan = ev.next_plan
                 return {"timers", "log"}
             case Preview():
                 self.preview = ev
                 return {"preview"}
+            case LatentPreview():
+                self.latent = ev
+                return {"latent"}
             case FlickerReport():
-                old = self.flicker.get(ev.segment)
-                if ev.seam_psnr is None and old is not None and old.seam_psnr is not None:
-                    # The seam is measured once (on the draft); later stages' reports keep it.
-                    ev = msgspec.structs.replace(ev, seam_psnr=old.seam_psnr)
-                self.flicker[ev.segment] = ev
-                return {"flicker"}
+                return self._flicker(ev)
             case DriftReport():
                 self.drift[ev.segment] = ev
                 return {"flicker"}
             case VramSample():
                 self.worker_gpus[ev.gpu] = ev
                 return {"vram"}
+        return self._apply_outcome(ev)
+
+    def _apply_outcome(self, ev: Event) -> set[str]:
+        """Events that end something: a shot, a job, an error; and log lines."""
+        match ev:
             case SegmentDone():
                 s = self.seg(ev.segment)
                 s.state, s.progress, s.finished_at, s.stage = "done", 1.0, ev.ts, ""
@@ -225,10 +214,14 @@ class LiveState:
                 return {"enhanced"}
             case JobFinished():
                 self._end_job(ev.job_id, "done")
-                return {"segments", "jobs", "timers", "disk"}
+                if ev.path.endswith(".mp4"):
+                    self._say(f"✔ film ready: {ev.path} ({ev.seconds:.0f} s)")
+                else:  # some shot is not rendered yet: no film, the shots are in the folder
+                    self._say(f"✔ done in {ev.seconds:.0f} s, no film yet: shots in {ev.path}")
+                return {"segments", "jobs", "timers", "disk", "log"}
             case JobCancelled():
                 self._end_job(ev.job_id, "cancelled")
-                self.log.append("render cancelled")
+                self._say("render cancelled")
                 return {"segments", "jobs", "timers", "log"}
             case ErrorEvent():
                 if ev.segment:
@@ -236,13 +229,84 @@ class LiveState:
                     s.state, s.error = "failed", f"{ev.kind}: {ev.message}"
                 if ev.stage in self.timers and ev.segment == self.timer_segment:
                     self.timers[ev.stage].state = "failed"
-                self.log.append(f"error {ev.segment}/{ev.stage}: {ev.message}".replace("/:", ":"))
+                self._say(f"✖ error {ev.segment}/{ev.stage}: {ev.message}".replace("/:", ":"))
                 self._end_job(ev.job_id, "failed")
                 return {"segments", "jobs", "timers", "log"}
             case Log():
-                self.log.append(ev.message)
+                self._say(ev.message)
                 return {"log"}
         return set()
+
+    def _job_queued(self, ev: JobQueued | JobStarted) -> set[str]:
+        job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
+        job.segments = list(ev.segments) or job.segments
+        if isinstance(ev, JobStarted):
+            job.state, job.started = "running", ev.ts
+            self.actors, self._running_on = {}, {}  # a job's actors are its own
+            self.news = f"rendering {len(job.segments)} shot{'s' if len(job.segments) != 1 else ''}…"
+        for sid in job.segments:
+            s = self.seg(sid)
+            if s.state not in ("rendering",):
+                self.segments[sid] = SegmentLive(state="queued")
+        return {"segments", "jobs", "log"}
+
+    def _stage_started(self, ev: StageStarted) -> set[str]:
+        self._actor_started(ev)
+        if ev.segment != self.timer_segment:
+            self.timer_segment = ev.segment
+            self.timers = {s: StageTimer(s) for s in STAGES}
+        t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
+        t.state, t.started, t.total, t.step, t.plan = "running", ev.ts, ev.total_steps, 0, ev.plan
+        s = self.seg(ev.segment)
+        s.state, s.stage, s.error = "rendering", ev.stage, ""
+        self._progress(ev.segment)
+        job = self.jobs.get(ev.job_id)
+        if job and job.state == "queued":
+            job.state, job.started = "running", ev.ts
+        return {"segments", "timers", "jobs"}
+
+    def _step(self, ev: StepProgress) -> set[str]:
+        actor = self.actors.get(self._running_on.get((ev.segment, ev.stage), ""))
+        if actor is not None and actor.segment == ev.segment and actor.stage == ev.stage:
+            actor.step, actor.total = ev.step, ev.total
+        if ev.segment == self.timer_segment and ev.stage in self.timers:
+            t = self.timers[ev.stage]
+            t.step, t.total = ev.step, ev.total
+            if t.state == "pending":
+                t.state, t.started = "running", ev.ts
+        s = self.seg(ev.segment)
+        s.state, s.stage = "rendering", ev.stage
+        self._progress(ev.segment, ev.step / ev.total if ev.total else 0.0)
+        return {"segments", "timers"}
+
+    def _stage_finished(self, ev: StageFinished | StageCached) -> set[str]:
+        cached = isinstance(ev, StageCached)
+        self._actor_finished(ev)
+        if ev.segment == self.timer_segment and ev.stage in self.timers:
+            t = self.timers[ev.stage]
+            t.state = "cached" if cached else "done"
+            if isinstance(ev, StageFinished):
+                t.seconds, t.plan, t.peak_allocated = ev.seconds, ev.plan or t.plan, ev.peak_allocated
+                t.step = t.total = max(t.total, t.step)
+        if isinstance(ev, StageFinished):
+            self.history.setdefault(ev.stage, []).append(ev.seconds)
+        s = self.seg(ev.segment)
+        s.stages_done.add(ev.stage)
+        self._progress(ev.segment)
+        return {"segments", "timers"}
+
+    def _flicker(self, ev: FlickerReport) -> set[str]:
+        # The seam is measured on one stage (the draft) and kept with that stage's own
+        # minimum: held against a later stage's figures (the encoded video's ~27 dB) a
+        # draft's ~17 dB seam would look like a flash on every chained shot.
+        if ev.seam_psnr is not None:
+            self.seams[ev.segment] = Seam(ev.stage, ev.seam_psnr, ev.minimum)
+        self.flicker[ev.segment] = ev
+        return {"flicker"}
+
+    def _say(self, line: str) -> None:
+        self.log.append(line)
+        self.news = line
 
     def _actor_started(self, ev: StageStarted) -> None:
         if not ev.worker:
@@ -277,6 +341,9 @@ class LiveState:
                 s = self.seg(info.segment)
                 s.state, s.stage = "rendering", info.stage
                 self._progress(info.segment, info.step / info.total if info.total else 0.0)
+                t = self.timers.get(info.stage)
+                if info.segment == self.timer_segment and t is not None and t.state == "running":
+                    t.step, t.total = info.step, info.total or t.total  # steps are not journaled
         return {"segments", "jobs"}
 
     def _end_job(self, job_id: str, state: str) -> None:
@@ -353,6 +420,36 @@ class LiveState:
                 elif s is None or s.state == "queued":
                     left += seg_total
         return left
+
+
+def log_line(ev: Event) -> str:
+    """The job log's line for an event ("" for telemetry): each job's start, every stage of
+    every shot, fallbacks, warnings, errors and where the output went."""
+    where = "/".join(x for x in (getattr(ev, "segment", ""), getattr(ev, "stage", "")) if x)
+    match ev:
+        case JobStarted():
+            return f"job {ev.job_id[:8]} started: {', '.join(ev.segments)}"
+        case StageStarted():
+            return f"{where or ev.stage} started" + (f" · {ev.plan}" if ev.plan else "")
+        case StageFinished():
+            return f"{where or ev.stage} done in {ev.seconds:.1f} s"
+        case StageCached():
+            return f"{where} from the cache"
+        case PlanFallback():
+            return f"{where}: out of memory with {ev.failed_plan}; now {ev.next_plan}"
+        case SegmentDone():
+            return f"{ev.segment} rendered: {ev.path}"
+        case PromptEnhanced():
+            return f"{ev.segment}: enhanced prompt written"
+        case JobFinished():
+            return f"job {ev.job_id[:8]} finished in {ev.seconds:.0f} s: {ev.path}"
+        case JobCancelled():
+            return f"job {ev.job_id[:8]} cancelled"
+        case ErrorEvent():
+            return f"✖ {where or 'render'} failed ({ev.kind}): {ev.message}"
+        case Log():
+            return f"{ev.level}: {ev.message}" if ev.level in ("warning", "error") else ev.message
+    return ""
 
 
 def finite_psnr(values: list[float], cap: float = 60.0) -> list[float]:

@@ -7,14 +7,17 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from pipeline.wire.protocol import Event, StepProgress, VramSample
+from pipeline.telemetry.host import HostSample
+from pipeline.wire.protocol import Event, LatentPreview, StepProgress, VramSample
 
 
 @dataclass
 class WorkerEvent(Message):
-    """One protocol event from the worker (or a replay), posted from a thread."""
+    """One protocol event from the worker (or a replay), posted from a thread. ``history``:
+    read back from the worker's journal on attaching (drawn, not announced or remembered)."""
 
     event: Event
+    history: bool = False
 
     def can_replace(self, message: Message) -> bool:
         # High-rate telemetry replaces its own older, unprocessed copy so no backlog
@@ -26,6 +29,8 @@ class WorkerEvent(Message):
             return (new.segment, new.stage) == (old.segment, old.stage)
         if isinstance(new, VramSample) and isinstance(old, VramSample):
             return new.gpu == old.gpu
+        if isinstance(new, LatentPreview) and isinstance(old, LatentPreview):
+            return True  # only the newest picture is worth drawing
         return False
 
 
@@ -35,6 +40,7 @@ class GpuSamples(Message):
 
     samples: list[VramSample]
     reason: str = ""  # why there are none (read in the thread: the monitor's lock may be held)
+    host: HostSample | None = None  # the host's RAM and CPU at the same time
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, GpuSamples)

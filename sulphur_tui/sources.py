@@ -12,23 +12,36 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from pipeline.wire.protocol import Event, ProtocolError, decode_event, encode
+from pipeline.wire.framing import LineBuffer
+from pipeline.wire.protocol import Event, ProtocolError, StatusSnapshot, decode_event, encode
 
 RETRY_S = 2.0
 
 
 def read_events(path: Path) -> list[Event]:
     """Every event of a JSONL file written by ``sulphur render --json`` (other lines,
-    such as human progress output mixed into a capture, are skipped)."""
+    such as human progress output mixed into a capture, are skipped).
+
+    Read through the socket's :class:`LineBuffer`, so a line over the protocol's limit is
+    skipped without ever being held whole, as the worker's clients skip one."""
     out = []
-    for line in Path(path).read_bytes().splitlines():
-        if not line.strip().startswith(b"{"):
+    for line in _lines(Path(path)):
+        if line is None or not line.strip().startswith(b"{"):
             continue
         try:
             out.append(decode_event(line))
         except ProtocolError:
             continue
     return out
+
+
+def _lines(path: Path) -> Iterator[bytes | None]:
+    buffer = LineBuffer()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            yield from buffer.feed(chunk)
+    if buffer.pending:
+        yield from buffer.feed(b"\n")  # a last line without its newline
 
 
 def write_events(events: Iterable[Event], path: Path) -> None:
@@ -52,10 +65,11 @@ def paced(events: list[Event], speed: float, stop: threading.Event) -> Iterator[
         yield ev
 
 
-def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Callable[[bool, str], None],
+def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable[[bool, str], None],
                   stop: threading.Event) -> None:
     """Attach to the project's worker and forward its events until ``stop``; when no
     worker runs, try again every few seconds (a render started later attaches itself).
+    ``emit(event)`` for live events, ``emit(event, True)`` for a running job's history.
 
     Runs in a thread. Never starts a worker: only a render request does that.
     """
@@ -65,6 +79,7 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
         status(False, f"render worker unavailable: {exc}")
         return
     announced = ""  # the last status sent: only changes are reported
+    replayed: set[bytes] = set()  # journal events already sent, across reconnections
     while not stop.is_set():
         client = None
         ended_at = connected_at = 0.0
@@ -78,6 +93,10 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
             for ev in client.events():
                 if stop.is_set():
                     break
+                if isinstance(ev, StatusSnapshot):
+                    _history(project_dir, ev, emit, replayed)
+                elif replayed and encode(ev) in replayed:
+                    continue  # journaled after the snapshot was taken: already replayed
                 emit(ev)
             # The stream ended: the worker stopped, or the connection idled out. The
             # next connect attempt tells which, so nothing is announced yet.
@@ -100,6 +119,24 @@ def follow_worker(project_dir: Path, emit: Callable[[Event], None], status: Call
         # worker's StatusSnapshot on subscribing redraws the state); otherwise poll.
         # A stream that ends as soon as it starts is a worker going away: poll slowly.
         stop.wait(0.05 if ended_at - connected_at > 1.0 else RETRY_S)
+
+
+def _history(project_dir: Path, snapshot: StatusSnapshot, emit: Callable[..., None], seen: set[bytes]) -> None:
+    """Attaching while jobs are queued or running: first what their journals say happened
+    (shots done, stages finished, flicker reports, previews), then the snapshot, so the
+    editor shows the job as it is rather than from the next event on. ``seen`` collects the
+    replayed events' bytes: a reconnection replays only what is new, and the live stream's
+    copies of them are dropped."""
+    from pipeline.worker.client import journal_events  # the follower's thread only
+
+    for info in snapshot.jobs:
+        if info.state not in ("queued", "running"):
+            continue
+        for ev in journal_events(project_dir, info.job_id):
+            data = encode(ev)
+            if data not in seen:
+                seen.add(data)
+                emit(ev, True)
 
 
 # Clients currently blocked in events(), by the stop event of their thread, so the app

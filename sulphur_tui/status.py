@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.project import layout
 from pipeline.project.storyboard import Storyboard, atomic_write, segment_digest
 
 
@@ -32,7 +33,7 @@ class DiskRender:
 
 def read_manifest(storyboard: Storyboard) -> dict[str, str]:
     """Per-segment digests from the runner's manifest, if it writes one."""
-    path = storyboard.render_dir() / "manifest.json"
+    path = storyboard.renders.manifest
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         segs = data.get("segments", {})
@@ -49,7 +50,7 @@ def disk_states(storyboard: Storyboard, baseline: dict[str, str]) -> dict[str, D
     taken as rendered (we cannot tell, and crying "stale" for every old render would
     teach users to ignore the glyph).
     """
-    seg_dir = storyboard.render_dir() / "segments"
+    seg_dir = storyboard.renders.segments
     manifest = read_manifest(storyboard)
     out: dict[str, DiskRender] = {}
     for seg in storyboard.segments:
@@ -66,7 +67,7 @@ def disk_states(storyboard: Storyboard, baseline: dict[str, str]) -> dict[str, D
 
 
 def _memory_path(storyboard: Storyboard) -> Path:
-    return storyboard.state_dir() / "tui-renders.json"
+    return layout.tui_renders(storyboard.path.parent)
 
 
 def remembered_baseline(storyboard: Storyboard) -> dict[str, str]:
@@ -81,7 +82,7 @@ def remembered_baseline(storyboard: Storyboard) -> dict[str, str]:
     except (OSError, ValueError, AttributeError):
         notes = {}
     out: dict[str, str] = {}
-    seg_dir = storyboard.render_dir() / "segments"
+    seg_dir = storyboard.renders.segments
     for seg in storyboard.segments:
         try:
             mtime = (seg_dir / f"{seg.id}.mp4").stat().st_mtime
@@ -99,7 +100,7 @@ def remember_render(storyboard: Storyboard, segment_id: str, digest: str) -> Non
     """Note what a finished segment was rendered from (best effort: a read-only
     project just forgets between sessions)."""
     try:
-        mtime = (storyboard.render_dir() / "segments" / f"{segment_id}.mp4").stat().st_mtime
+        mtime = storyboard.renders.segment(segment_id).stat().st_mtime
     except OSError:
         return
 
@@ -149,8 +150,8 @@ def remember_stage_time(storyboard: Storyboard, stage: str, seconds: float) -> N
 def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
     """The segment's mp4 or the film; the render folder if neither exists yet."""
     rd = storyboard.render_dir()
-    candidates = [rd / "segments" / f"{segment_id}.mp4"] if segment_id else []
-    candidates += [rd / "final.mp4", rd]
+    candidates = [storyboard.renders.segment(segment_id)] if segment_id else []
+    candidates += [storyboard.renders.final, rd]
     for c in candidates:
         if c.exists():
             return c

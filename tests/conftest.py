@@ -13,3 +13,4 @@ def sulphur_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = Path(os.environ.get("SULPHUR_TEST_HOME") or tmp_path_factory.mktemp("sulphur-home"))
     os.environ["SULPHUR_HOME"] = str(home)
     return home
+

@@ -1,5 +1,5 @@
-"""`python -m pipeline.cli.main`: the `sulphur` command."""
+"""`python -m pipeline.cli`: the `sulphur` command."""
 
-from pipeline.cli.main.main import main
+from pipeline.cli.main import main
 
 raise SystemExit(main())

@@ -1,93 +1,15 @@
-"""Headless commands: ``sulphur render`` (in-process), ``sulphur demo``, ``sulphur models``."""
+"""Headless commands: ``sulphur render`` (in-process), ``sulphur demo``."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
-import threading
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-from pipeline.wire import protocol
-from pipeline.wire.protocol import Event
+from pipeline.cli.output import ProgressPrinter, json_printer, run_job
 
-T = TypeVar("T")
-Emit = Callable[[Event], None]
-
-
-class ProgressPrinter:
-    """One readable line per lifecycle event; step progress overwrites itself on a TTY."""
-
-    def __init__(self, stream=None) -> None:  # noqa: ANN001 - a text stream
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-
-    def __call__(self, event: Event) -> None:
-        out = self.stream
-        match event:
-            case protocol.StageStarted(segment=seg, stage=stage, plan=plan):
-                print(f"{seg or 'film':>12} {stage:<8} started  ({plan})" if plan else
-                      f"{seg or 'film':>12} {stage:<8} started", file=out)
-            case protocol.StepProgress(segment=seg, stage=stage, step=i, total=n) if self.tty:
-                print(f"\r{seg:>12} {stage:<8} {i}/{n}", end="", file=out, flush=True)
-            case protocol.StageFinished(segment=seg, stage=stage, seconds=s, peak_allocated=pa):
-                mem = f", peak {pa / 2**30:.2f} GiB" if pa else ""
-                print(f"\r{seg or 'film':>12} {stage:<8} done in {s:.1f}s{mem}", file=out)
-            case protocol.StageCached(segment=seg, stage=stage):
-                print(f"{seg:>12} {stage:<8} cached", file=out)
-            case protocol.PlanFallback(segment=seg, stage=stage, failed_plan=a, next_plan=b):
-                print(f"{seg:>12} {stage:<8} out of memory with {a}; retrying with {b}", file=out)
-            case protocol.SegmentDone(segment=seg, path=path):
-                print(f"{seg:>12} → {path}", file=out)
-            case protocol.FlickerReport(segment=seg, stage=stage, mean=m, minimum=lo):
-                print(f"{seg:>12} {stage:<8} flicker PSNR-Y mean {m:.2f} dB, worst {lo:.2f} dB", file=out)
-            case protocol.Log(level=level, message=msg):
-                print(f"{level}: {msg}", file=out)
-            case protocol.ErrorEvent(message=msg):
-                print(f"error: {msg}", file=out)
-            case _:
-                pass
-
-
-def json_printer(event: Event) -> None:
-    """``--json``: one event per line on stdout."""
-    sys.stdout.buffer.write(protocol.encode(event))
-    sys.stdout.flush()
-
-
-def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Emit) -> tuple[int, T | None]:
-    """Run a render-like job for a CLI command; returns (exit code, result).
-
-    One place decides how failures look on a terminal: a bad storyboard is exit 2 with
-    its one-line file:line:col message, a failed render exit 1, a cancel exit 130 —
-    and with ``--json`` the error is also an ``error`` event on stdout.
-    """
-    from pipeline.project.storyboard import StoryboardError
-    from pipeline.render.runner import RenderError
-    from pipeline.stages.base import Cancelled
-
-    cancel = threading.Event()
-    try:
-        return 0, work(cancel)
-    except StoryboardError as exc:
-        code, kind, message = 2, "storyboard", str(exc)
-    except RenderError as exc:
-        code, kind, message = 1, exc.kind, exc.message
-        if os.environ.get("SULPHUR_DEBUG") and exc.__cause__ is not None:
-            # The one-line message is for users; whoever debugs a stage wants the stack.
-            traceback.print_exception(exc.__cause__, file=sys.stderr)
-    except (KeyboardInterrupt, Cancelled):
-        cancel.set()
-        print("cancelled; finished stages are kept in the cache", file=sys.stderr)
-        return 130, None
-    if json_events:
-        emit(protocol.ErrorEvent(kind=kind, message=message))
-    print(f"error: {message}", file=sys.stderr)
-    return code, None
+EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
 
 
 def render_with_cli_output(storyboard: Path, *, json_events: bool, segments: list[str] | None = None,
@@ -103,15 +25,40 @@ def render_with_cli_output(storyboard: Path, *, json_events: bool, segments: lis
     return code
 
 
+def preflight_storyboard(path: Path, json_events: bool, segments: list[str] | None = None) -> int:
+    """Exit code 2 with the one-line file:line:col message for a storyboard that cannot render, else 0.
+
+    Torch-free, so a bad file (or a FIFO, or an anchor typo in the last shot) is refused
+    in a fraction of a second instead of after the renderer's imports.
+    """
+    from pipeline.project.references import check_references
+    from pipeline.project.storyboard import StoryboardError, load
+    from pipeline.wire import protocol
+
+    try:
+        sb = load(path)
+        ids = [s.id for s in sb.segments]
+        # Shots up to the last one asked for are drafted (a later shot's anchor is not read).
+        last = max((ids.index(s) for s in segments or () if s in ids), default=len(ids) - 1)
+        check_references(sb, set(ids[:last + 1]))
+    except StoryboardError as exc:
+        if json_events:
+            json_printer(protocol.ErrorEvent(kind="storyboard", message=str(exc)))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main_render(args: argparse.Namespace) -> int:
+    code = preflight_storyboard(args.storyboard, args.json, args.segment)
+    if code:
+        return code
     return render_with_cli_output(args.storyboard, json_events=args.json, segments=args.segment,
                                   from_segment=args.from_, preset=args.preset)
 
 
 def main_demo(args: argparse.Namespace) -> int:
     """Copy the example storyboard into a folder of the user's and render it there."""
-    from pipeline.cli.main import EXAMPLE
-
     folder = (args.out or Path("sulphur-demo")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / EXAMPLE.name
@@ -119,20 +66,3 @@ def main_demo(args: argparse.Namespace) -> int:
         shutil.copyfile(EXAMPLE, target)
     print(f"rendering {target}", file=sys.stderr)
     return render_with_cli_output(target, json_events=args.json)
-
-
-def main_models(args: argparse.Namespace) -> int:
-    from pipeline.models.registry import all_presets
-
-    for preset in all_presets():
-        print(f"{preset.name}  ({preset.family}) — {preset.description}")
-        if preset.builder is not None:
-            print("    built in: random weights built from configs on first use (output is noise)")
-        for f in preset.files:
-            path = f.local_path()
-            mark = "present" if path else "MISSING"
-            print(f"    [{mark:^7}] {f.role:<14} {f.description}")
-            if path is None and preset.builder is None:
-                print(f"              put it at {f.where()}")
-        print()
-    return 0

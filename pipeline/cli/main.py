@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "storyboards" / "example.toml"
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sulphur", description="Local AI video studio: storyboard → 1920×1080 MP4.")
@@ -37,15 +35,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --engine ray: finish actors beside the draft actor (default: "
                         "$SULPHUR_RAY_FINISHERS, else one per other GPU, one beside it on a single GPU)")
 
-    from pipeline.render.takes import add_arguments as takes_arguments  # torch- and Ray-free
+    from pipeline.cli.takes import add_arguments as takes_arguments  # torch- and Ray-free
 
     takes_arguments(sub.add_parser("takes", help="several seeds of one segment in parallel (Ray); --pick one"))
 
-    sub.add_parser("models", help="list model presets and which of their files are present")
+    from pipeline.cli.models import add_arguments as models_arguments  # argparse only
+
+    models_arguments(sub.add_parser("models", help="list model presets and where their files are; "
+                                                   "pull PRESET downloads them"))
 
     e = sub.add_parser("edit", help="open the storyboard editor (TUI)")
     e.add_argument("storyboard", type=Path)
-    e.add_argument("--serve", action="store_true", help="serve the TUI in a browser (needs textual-serve)")
+    e.add_argument("--serve", action="store_true", help="serve the TUI in a browser (needs textual-serve); "
+                   "prints a URL with this launch's token")
+    e.add_argument("--host", default=None, help="with --serve: address to listen on (default localhost)")
+    e.add_argument("--port", default=None, help="with --serve: TCP port (default 8000)")
 
     w = sub.add_parser("worker", help="run or stop the background render worker of a project")
     w.add_argument("--project", type=Path, default=None, help="project folder (default: current folder)")
@@ -57,13 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--project", type=Path, default=None)
     s.add_argument("--json", action="store_true")
 
+    from pipeline.cli.cache_cmd import add_arguments as cache_arguments  # flags only
+
+    cache_arguments(sub.add_parser("cache", help="cache size per storyboard; --prune what none uses"))
+
     f = sub.add_parser("flicker", help="per-frame PSNR-Y flicker report of a video")
     f.add_argument("video", type=Path)
     f.add_argument("--json", action="store_true")
     f.add_argument("--worst", type=int, default=5, metavar="N")
     f.add_argument("--seams", type=Path, default=None, metavar="DIR", help="renders/<story>/ folder: seam PSNR")
 
-    from pipeline.render.extend import add_arguments as extend_arguments  # torch-free, flags only
+    from pipeline.cli.extend import add_arguments as extend_arguments  # torch-free, flags only
 
     extend_arguments(sub.add_parser("extend", help="continue a video clip with an image-to-video model"))
     return p
@@ -98,17 +106,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "edit" and args.serve:
+        from pipeline.cli.serve import main as serve_main
+
+        return serve_main(args)
     if args.command == "edit":
         from sulphur_tui.app import main as tui_main
 
         return tui_main(args)
     if args.command == "render":
         if args.attach:
-            from pipeline.worker.client import main_render_attach
+            from pipeline.cli.attach import main_render_attach
 
             return main_render_attach(args)
         if args.engine == "ray":
-            from pipeline.render.engines.ray_engine import main as ray_main
+            from pipeline.cli.ray import main as ray_main
 
             return ray_main(args)
         from pipeline.cli.headless import main_render
@@ -119,27 +131,31 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return main_demo(args)
     if args.command == "models":
-        from pipeline.cli.headless import main_models
+        from pipeline.cli.models import main as models_main
 
-        return main_models(args)
+        return models_main(args)
     if args.command == "worker":
-        from pipeline.worker.server import main as worker_main
+        from pipeline.cli.worker import main as worker_main
 
         return worker_main(args)
     if args.command == "status":
-        from pipeline.worker.client import main_status
+        from pipeline.cli.attach import main_status
 
         return main_status(args)
+    if args.command == "cache":
+        from pipeline.cli.cache_cmd import main as cache_main
+
+        return cache_main(args)
     if args.command == "takes":
-        from pipeline.render.takes import main as takes_main
+        from pipeline.cli.takes import main as takes_main
 
         return takes_main(args)
     if args.command == "extend":
-        from pipeline.render.extend import main as extend_main
+        from pipeline.cli.extend import main as extend_main
 
         return extend_main(args)
     if args.command == "flicker":
-        from pipeline.quality.flicker import main as flicker_main
+        from pipeline.cli.flicker import main as flicker_main
 
         return flicker_main(args)
     raise AssertionError(args.command)

@@ -1,1 +1,2 @@
-"""Memory planning: plan types, the planner, placement and offload, kernels."""
+"""Memory: plan types, the planner, per-family recipes, placement and offload, kernels,
+and what is loaded (LoadedModels)."""

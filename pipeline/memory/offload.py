@@ -1,4 +1,4 @@
-"""Applying a :class:`~pipeline.memory.planner.StagePlan` to diffusers pipelines and modules.
+"""Applying a :class:`~pipeline.memory.plan.StagePlan` to diffusers pipelines and modules.
 
 Everything goes through ``diffusers.hooks``: group offloading (block or leaf level,
 CUDA streams), model/sequential CPU offload, layerwise fp8 storage, VAE tiling, and
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
-from pipeline.memory.planner import StagePlan
+from pipeline.memory.plan import StagePlan
 
 _TAG = "_sulphur_plan"
 STREAMER_HOOK = "sulphur_block_streamer"

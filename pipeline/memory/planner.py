@@ -44,20 +44,28 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
 
 from __future__ import annotations
 
-import gc
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from pipeline.memory import recipes
+from pipeline.memory.plan import (
+    CUDA_CONTEXT,
+    HOST_RESERVE,
+    VRAM_MARGIN,
+    Budgets,
+    GiB,
+    MiB,
+    PlanError,
+    StagePlan,
+)
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
     from pipeline.project.storyboard import Project
-
-GiB = 1024**3
-MiB = 1024**2
 
 OFFLOAD_MODES = ("resident", "model", "group_block", "group_leaf", "sequential")
 
@@ -82,88 +90,10 @@ ESRGAN_BYTES_PER_INPUT_PIXEL = 0.55 * GiB / (1024 * 576)
 #: batch 4, H200) after a 61 s compile: it pays from 61 / (1/22.6 - 1/37.4) ≈ 3500 frames
 #: upscaled by one process (bench/results/esrgan_vs_compiled_h200_2026-11-27.json).
 ESRGAN_COMPILE_MIN_FRAMES = 3500
-CUDA_CONTEXT = int(0.5 * GiB)
-VRAM_MARGIN = 0.10
-HOST_RESERVE = int(2.5 * GiB)
 AUDIO_TOKENS_PER_SECOND = 25
 
 
-class PlanError(RuntimeError):
-    """No plan fits the budgets; the message names the component, the amount and a setting that fits."""
-
-    def __init__(self, stage: str, component: str, resource: str, need: int, have: int, hint: str) -> None:
-        self.stage, self.component, self.resource = stage, component, resource
-        self.need, self.have, self.hint = need, have, hint
-        super().__init__(
-            f"{stage}: {component} needs {need / GiB:.1f} GiB of {resource} in its leanest plan, "
-            f"but only {have / GiB:.1f} GiB is usable; {hint}")
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """How one stage runs. ``offload`` is one of: resident, model, group_block, group_leaf, sequential.
-
-    ``options`` carries the details the stage applies (see pipeline/memory/offload.py) and the
-    estimates the worker reports: ``vram_bytes``/``host_bytes`` (peaks), ``weights``
-    (stored format or "fp8" for layerwise upcast), ``use_stream``, ``low_cpu_mem_usage``,
-    ``text_encoder`` (resident / group / disk / cpu), ``evict`` (held
-    components to drop before the stage), ``esrgan_batch``, ``esrgan_tile``, ``n_gpu_layers``.
-    """
-
-    name: str
-    device: str = "cpu"
-    offload: str = "resident"
-    vae_tiling: bool = False
-    dtype: str = "float32"
-    notes: tuple[str, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def vram_bytes(self) -> int:
-        return int(self.options.get("vram_bytes", 0))
-
-    @property
-    def host_bytes(self) -> int:
-        return int(self.options.get("host_bytes", 0))
-
-    def describe(self) -> str:
-        parts = [self.name, f"on {self.device}"]
-        o = self.options
-        if self.offload != "resident":
-            parts.append(self.offload + ("+stream" if o.get("use_stream") else ""))
-        if o.get("weights"):
-            parts.append(f"weights {o['weights']}")
-        if o.get("text_encoder"):
-            parts.append(f"text encoder {o['text_encoder']}" + (" (transformer evicted)" if o.get("evict") else ""))
-        if self.vae_tiling:
-            parts.append("VAE tiling")
-        if o.get("esrgan_batch"):
-            parts.append(f"batch {o['esrgan_batch']}" + (f", tiles {o['esrgan_tile']}px" if o.get("esrgan_tile") else ""))
-        if "n_gpu_layers" in o:
-            parts.append("all layers on GPU" if o["n_gpu_layers"] < 0 else f"{o['n_gpu_layers']} layers on GPU")
-        if "vram_bytes" in o:
-            parts.append(f"est. {self.vram_bytes / GiB:.1f} GiB VRAM, {self.host_bytes / GiB:.1f} GiB host")
-        return ", ".join(parts)
-
-
 # --------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """Usable bytes on each side, after reserves, and where the figures came from."""
-
-    vram: int
-    host: int
-    vram_setting: float | None = None   # GB as written in the storyboard, or None (detected)
-    host_setting: float | None = None
-
-    @classmethod
-    def from_gb(cls, vram_gb: float, host_gb: float, *, detected: bool = False) -> Budgets:
-        """Budgets as a user states them: a card of ``vram_gb`` and a machine of ``host_gb``."""
-        vram = int(vram_gb * GiB) - (0 if detected else CUDA_CONTEXT)
-        return cls(vram=max(0, int(vram * (1 - VRAM_MARGIN))), host=max(0, int(host_gb * GiB) - HOST_RESERVE),
-                   vram_setting=None if detected else vram_gb, host_setting=None if detected else host_gb)
 
 
 def detect_device() -> str:
@@ -670,12 +600,10 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
     if device == "cpu":
         return cpu_ladder()
     if preset.family != "ltx2" and stage in ("draft", "refine"):
-        # the I2V families carry measured recipe ladders (pipeline/models/recipes.py);
+        # the I2V families carry measured recipe ladders (pipeline/memory/recipes.py);
         # their refine is a resize without a model
         if stage == "refine":
             return [_CPU_PLANS["cpu"]]
-        from pipeline.models import recipes
-
         try:
             return recipes.plans(preset, device, preset.round_size(project.draft_size or preset.draft_size),
                                  preset.round_frames(frames or 121))
@@ -788,81 +716,6 @@ def vram_room(project: Project | None) -> int | None:
     if not torch.cuda.is_available() or not torch.cuda.memory_allocated():
         return None
     return detect_budgets(project, "cuda").vram - int(torch.cuda.memory_allocated())
-
-
-def next_plan(plans: Sequence[StagePlan], index: int, kind: str) -> int | None:
-    """Index of the next plan to try after plan ``index`` ran out of ``kind`` memory: the
-    first later plan estimated to need less of that memory (a host OOM skips plans that
-    only save VRAM), else simply the next one; None when the ladder is exhausted."""
-    if index + 1 >= len(plans):
-        return None
-    key = "vram_bytes" if kind == "cuda" else "host_bytes"
-    current = plans[index].options.get(key)
-    if current is not None:
-        for j in range(index + 1, len(plans)):
-            if plans[j].options.get(key, current) < current:
-                return j
-    return index + 1
-
-
-T = TypeVar("T")
-
-
-def free_memory() -> None:
-    """Return freed memory to the allocators between attempts."""
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    except ImportError:  # pragma: no cover
-        pass
-    try:  # give freed heap pages back to the OS so the next plan's RSS starts low
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-def run_with_ladder(plans: Sequence[StagePlan], attempt: Callable[[StagePlan], T],
-                    on_fallback: Callable[[StagePlan, StagePlan, str, str], None] | None = None,
-                    release: Callable[[], None] | None = None) -> T:
-    """Run ``attempt(plan)`` down the ladder until one succeeds.
-
-    On an out-of-memory error the failed plan's memory is released (``release``, e.g.
-    evicting the stage's models, then :func:`free_memory`) and ``on_fallback(failed,
-    next, kind, message)`` is called before the next plan. Other errors propagate at
-    once; when the ladder is exhausted the last out-of-memory error propagates.
-    """
-    if not plans:
-        raise ValueError("empty plan ladder")
-    i: int | None = 0
-    while i is not None:
-        plan = plans[i]
-        try:
-            return attempt(plan)
-        except BaseException as exc:  # noqa: BLE001 - classified just below
-            kind = oom_kind(exc)
-            if kind is None:
-                raise
-            nxt = next_plan(plans, i, kind)
-            if nxt is None:
-                raise
-            message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            # drop the traceback (it pins the failed attempt's tensors) before freeing
-            exc.__traceback__ = None
-            del exc
-        if release is not None:
-            release()
-        free_memory()
-        if on_fallback is not None:
-            on_fallback(plan, plans[nxt], kind, message)
-        i = nxt
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def plan_summary(ladders: dict[str, list[StagePlan]]) -> str:

@@ -1,4 +1,4 @@
-"""CogVideoX-5B-I2V: the smoothest long clips of the seed's comparison, and the slowest.
+"""CogVideoX-5B-I2V: the smoothest long clips of the brief's comparison, and the slowest.
 
 Image-to-video only, at exactly 720×480 (its learned positional embeddings fix the
 size), 49 frames at 8 fps natively. Frames are 8k+1: the VAE decodes an odd number of

@@ -1,5 +1,14 @@
-"""Prompt enhancer: a small chat LLM run through llama.cpp that turns a shot description
-into the dense cinematic language LTX-2 was trained on.
+"""Prompt enhancer: a chat LLM run through llama.cpp that rewrites a shot description in
+the language LTX-2 was trained on.
+
+By default it is instructed as Lightricks instructs it: the T2V and I2V system prompts of
+Lightricks' LTX-2 repository (``packages/ltx-core/src/ltx_core/text_encoders/gemma/
+encoders/prompts/gemma_{t2v,i2v}_system_prompt.txt``), read from diffusers, which ships
+them byte for byte as ``diffusers.pipelines.ltx2.utils.T2V_DEFAULT_SYSTEM_PROMPT`` /
+``I2V_DEFAULT_SYSTEM_PROMPT``, with ltx-core's user-turn wording. Those prompts ask for
+dialogue in quotes and forbid invented camera motion, so the output grammar allows
+quotes, punctuation and any script. A preset may instead name ``"none"`` (a finetuned
+enhancer used as its publisher says, with no system prompt) or its own text.
 
 Real presets point at a Gemma-3 GGUF; the tiny preset builds a 2-layer random llama
 GGUF with :func:`build_tiny_llm` so tests run the very same llama.cpp code path. A
@@ -28,26 +37,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bump when :func:`build_tiny_llm` writes a different file (part of the enhance cache key).
-TINY_LLM_VERSION = 1
-#: Bump when the system prompt or the cleaning rules change (part of the enhance cache key).
-SYSTEM_PROMPT_VERSION = 1
+TINY_LLM_VERSION = 2  # 2: 8192-token context, the system prompts' words in the vocabulary
+#: Bump when the message layout, grammar or cleaning rules change (part of the enhance cache key).
+SYSTEM_PROMPT_VERSION = 2  # 2: Lightricks' T2V/I2V prompts, quotes and any script allowed
 
-SYSTEM_PROMPT = (
-    "You rewrite a user's shot description into one prompt for a video model that also "
-    "generates the soundtrack. Keep every subject, action and setting the user gave; invent "
-    "nothing that contradicts them. Write one flowing paragraph of 60 to 120 words in present "
-    "tense: the shot type and camera (lens, angle, movement), the lighting and colour, how the "
-    "subjects move through the shot, and what is heard (ambience, effects, voices, music). "
-    "No lists, no headings, no quotes, no preamble: answer with the prompt only."
-)
+#: ``enhance_system_prompt`` values with a meaning; anything else is the system prompt itself.
+LTX_PROMPTS = "ltx"       # Lightricks' published T2V / I2V prompts (the default)
+NO_SYSTEM_PROMPT = "none"  # the enhancer's own training: the user's words only
 
-#: Longest enhanced prompt kept; LTX-2's text encoder reads ~256 tokens, a bit over 1 KB.
+#: Safety cap on an enhanced prompt's length; the stage passes one matched to the text encoder.
 MAX_CHARS = 1200
+#: Characters per token allowed when a token budget becomes a character cap (Gemma: ~4 for English).
+CHARS_PER_TOKEN = 6
+#: Lightricks resizes the I2V reference frame to this long side before the enhancer sees it.
+IMAGE_LONG_SIDE = 896
 # Chat markup a model may echo (Gemma turns with their role word, <|tags|>, [INST]).
 _MARKUP = re.compile(r"<start_of_turn>(?:model|user|system)?|<end_of_turn>|<\|?/?[A-Za-z_]+[^<>]{0,20}\|?>|\[/?INST\]")
 _PREAMBLE = re.compile(r"^(?:sure|here(?:'s| is)|okay|ok)\b[^:\n]{0,60}:\s*", re.IGNORECASE)
 # A word as prose has it: letters (any script), digits, and inner ' - / . (35mm, f/1.8, dolly-in).
 _WORD = re.compile(r"(?=.*[^\W\d_])[\w'’./-]+")
+_QUOTES = "\"'“”‘’"
 _EDGE_PUNCT = "\"'“”‘’()[],.;:!?—–-…"
 
 
@@ -57,6 +66,26 @@ class EnhanceResult:
     raw: str        # what the model said, before cleaning
     fallback: bool  # True when the model's answer was unusable and ``text`` is the user's prompt
     reason: str = ""
+
+
+def system_prompt(mode: str, *, image_to_video: bool) -> str:
+    """The system turn for ``mode`` (see :data:`LTX_PROMPTS`, :data:`NO_SYSTEM_PROMPT`); "" for none."""
+    if mode == NO_SYSTEM_PROMPT:
+        return ""
+    if mode == LTX_PROMPTS:
+        # diffusers imports torch here; the enhance stage runs in the render process, which has it.
+        from diffusers.pipelines.ltx2.utils import I2V_DEFAULT_SYSTEM_PROMPT, T2V_DEFAULT_SYSTEM_PROMPT
+
+        return (I2V_DEFAULT_SYSTEM_PROMPT if image_to_video else T2V_DEFAULT_SYSTEM_PROMPT).strip()
+    return mode
+
+
+def user_text(prompt: str, mode: str, *, image_to_video: bool) -> str:
+    """The user turn: ltx-core's wording with Lightricks' prompts, the bare prompt otherwise."""
+    prompt = prompt.strip()
+    if mode != LTX_PROMPTS:
+        return prompt
+    return f"User Raw Input Prompt: {prompt}." if image_to_video else f"user prompt: {prompt}"
 
 
 # --------------------------------------------------------------------------- tiny model
@@ -76,16 +105,17 @@ def build_tiny_llm(path: Path, *, chat_template: str = TINY_CHAT_TEMPLATE) -> Pa
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n_embd, n_layer, n_head, n_ff, n_ctx = 64, 2, 4, 128, 2048
+    n_embd, n_layer, n_head, n_ff, n_ctx = 64, 2, 4, 128, 8192
 
-    # SPM vocabulary: specials, the 256 byte-fallback tokens, then a few whole words so
-    # the tokenizer has merges to choose between.
-    words = ["▁the", "▁a", "▁camera", "▁light", "▁slow", "▁shot", "▁sound", "▁wide", "▁close",
-             "▁warm", "▁cold", "▁rain", "▁city", "▁night", "▁pans", "▁music", "▁and", "▁of"]
+    # SPM vocabulary: specials, the 256 byte-fallback tokens, then whole words so the
+    # tokenizer has merges to choose between and the system prompts take ~1k tokens, as
+    # they do in Gemma's vocabulary, not ~5k bytes.
+    # SPM merges adjacent pieces only into pieces the vocab has, so every prefix is there.
+    words = sorted({"▁" + w[:i] for w in _TINY_WORDS for i in range(1, len(w) + 1)}, key=lambda t: (len(t), t))
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + words
     types = ([gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
              + [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(words))
-    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(words))]
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [float(len(w)) for w in words]
     n_vocab = len(tokens)
 
     rng = np.random.default_rng(20261127)
@@ -137,22 +167,72 @@ def build_tiny_llm(path: Path, *, chat_template: str = TINY_CHAT_TEMPLATE) -> Pa
     return path
 
 
+# The tiny LLM's words: a shot's and those of Lightricks' system prompts, so the prompts
+# tokenize into ~1.9k word pieces, near Gemma's ~1k tokens, rather than ~5k bytes (which
+# would not fit a 4k context and would slow every tiny render's enhance).
+_TINY_WORDS = sorted(set(re.findall(r"[A-Za-z]+", " ".join([
+    "the a camera light slow shot sound wide close warm cold rain city night pans music and of",
+    "You are a Creative Assistant Given user raw input prompt describing scene or concept expand it into",
+    "detailed video generation with specific visuals integrated audio to guide text model image first frame",
+    "Guidelines Strictly follow all aspects include every element requested style motions actions movement",
+    "If is vague invent concrete details lighting textures materials settings etc For characters describe",
+    "gender clothing hair expressions DO NOT unrequested Use active language present progressive verbs walking",
+    "speaking no action specified natural movements Maintain chronological flow temporal connectors as then while",
+    "Audio layer Describe complete soundscape background ambient sounds SFX speech when Integrate sounds",
+    "alongside Be e g soft footsteps on tile not present Speech only ANY related talking conversation singing",
+    "ALWAYS exact words in quotes voice characteristics man says an excited won t believe what I just saw",
+    "Specify if English accent relevant Style at beginning rest Default cinematic realistic unspecified Omit",
+    "unclear Visual auditory senses smell taste touch Restrained Avoid dramatic exaggerated terms mild phrasing",
+    "Colors plain red dress intensified vibrant blue bright Lighting neutral descriptions overhead harsh",
+    "blinding Facial features delicate modifiers subtle freckles Important notes Analyze carefully In cases FPV",
+    "POV exclude description subject whose requested Camera motion unless by modify provided character dialogue",
+    "typo No timestamps cuts use Format phrases like opens Start directly optional Output Strict Single",
+    "continuous paragraph titles headings prefaces code fences Markdown unsafe invalid return original Never ask",
+    "questions clarifications Your output quality CRITICAL Generate visually rich dynamic prompts high Example",
+    "woman coffee phone concise focused Analyze Identify Setting Elements Mood changes from established",
+    "Inaccurate may cause cuts intensity tempo effects Objective interpret emotions intentions observable",
+    "performance fidelity correct accurate essential goal flawless execution rules smiles speaks voice",
+]))))
+
 # --------------------------------------------------------------------------- running
 
-def load_enhancer(path: Path, *, n_gpu_layers: int, n_ctx: int, seed: int) -> llama_cpp.Llama:
-    """Load a chat GGUF with llama.cpp; ``n_gpu_layers`` is 0 on CPU plans, -1 for all on CUDA."""
+def load_enhancer(path: Path, *, n_gpu_layers: int, n_ctx: int, seed: int,
+                  mmproj: Path | None = None) -> llama_cpp.Llama:
+    """Load a chat GGUF with llama.cpp; ``n_gpu_layers`` is 0 on CPU plans, -1 for all on CUDA.
+
+    ``mmproj`` is the GGUF's vision projector, when the preset has one: the enhancer then
+    sees the I2V anchor frame, as Lightricks' I2V enhancement does.
+    """
     import llama_cpp
 
+    handler = None
+    if mmproj is not None:
+        from llama_cpp.llama_chat_format import MTMDChatHandler
+
+        handler = MTMDChatHandler(clip_model_path=str(mmproj), verbose=False, use_gpu=n_gpu_layers != 0)
     return llama_cpp.Llama(model_path=str(path), n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
-                           seed=seed, verbose=False)
+                           seed=seed, verbose=False, chat_handler=handler)
 
 
-# One paragraph of plain prose: no lists, markdown, quotes or line breaks, which a video
-# model's text encoder would read literally. llama.cpp enforces it while sampling, so a
-# chatty model cannot wrap its answer, and a random-weight one still writes word-shaped text.
+def cpu_only_build() -> bool:
+    """True when this llama.cpp cannot offload to a GPU (the default PyPI wheel)."""
+    import llama_cpp
+
+    return not llama_cpp.llama_supports_gpu_offload()
+
+
+# One paragraph of prose: no line breaks, lists or markdown, which a video model's text
+# encoder would read literally; but quotes (dialogue for LTX-2's joint audio), dashes and
+# any script are allowed. Each word starts with a letter or digit after an optional
+# opening quote, which is what keeps even a random-weight model's text word-shaped.
 PROSE_GBNF = r"""
-root ::= word (" " word){7,}
-word ::= [A-Za-z0-9] [A-Za-z0-9'-]* [,.;:!?]?
+root  ::= word (gap word){7,}
+gap   ::= " " | ", " | ". " | ": " | "; " | " - "
+word  ::= open? alnum inner* close
+open  ::= ["'(\u201c\u2018]
+alnum ::= [A-Za-z0-9] | [^\x00-\x7F]
+inner ::= [A-Za-z0-9'./-] | [^\x00-\x7F]
+close ::= [,.;:!?]? ["')\u201d\u2019]? [,.;:!?]?
 """
 
 
@@ -163,28 +243,76 @@ def _prose_grammar() -> llama_cpp.LlamaGrammar:
     return LlamaGrammar.from_string(PROSE_GBNF, verbose=False)
 
 
-def enhance(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int,
-            temperature: float = 0.3) -> EnhanceResult:
-    """Ask the LLM for a cinematic version of ``prompt``; fall back to ``prompt`` if unusable."""
+def _image_data_uri(image: np.ndarray) -> str:
+    """The anchor frame as a PNG data URI, long side :data:`IMAGE_LONG_SIDE` (Lightricks' prep)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    frame = Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))
+    scale = IMAGE_LONG_SIDE / max(frame.size)
+    frame = frame.resize((int(frame.width * scale), int(frame.height * scale)), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    frame.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _messages(prompt: str, mode: str, image_to_video: bool, image: np.ndarray | None) -> list[dict]:
+    system = system_prompt(mode, image_to_video=image_to_video)
+    text = user_text(prompt, mode, image_to_video=image_to_video)
+    user: dict = {"role": "user", "content": text}
+    if image is not None:
+        user["content"] = [{"type": "image_url", "image_url": {"url": _image_data_uri(image)}},
+                           {"type": "text", "text": text}]
+    return ([{"role": "system", "content": system}] if system else []) + [user]
+
+
+def prompt_tokens(llm: llama_cpp.Llama, messages: list[dict]) -> int:
+    """Tokens the chat turns take before the answer (text only; an image adds its own)."""
+    text = "\n".join(m["content"] if isinstance(m["content"], str) else
+                     " ".join(p.get("text", "") for p in m["content"]) for m in messages)
+    return len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)) + 16 * len(messages)
+
+
+def enhance(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int, temperature: float = 0.7,
+            mode: str = LTX_PROMPTS, image_to_video: bool = False, image: np.ndarray | None = None,
+            max_chars: int = MAX_CHARS) -> EnhanceResult:
+    """Ask the LLM for an enhanced ``prompt``; fall back to ``prompt`` if unusable or too long.
+
+    ``temperature`` 0.7 is ltx-core's sampling for Gemma 3 enhancement. ``image`` (H×W×3)
+    is shown to the model only when it was loaded with a vision projector.
+    """
     import jinja2
 
     llm.reset()  # no KV reuse from an earlier call, so the answer depends on the inputs only
+    if image is not None and getattr(llm, "chat_handler", None) is None:
+        image = None  # no vision projector: the I2V prompt alone
+    messages = _messages(prompt, mode, image_to_video, image)
+    need = prompt_tokens(llm, messages) + max_tokens
+    if need > llm.n_ctx():
+        return _too_long(prompt, f"the prompt and instructions need {need} tokens, "
+                                 f"the enhancer's context holds {llm.n_ctx()}")
     # Turn enders as stop strings too, for GGUFs whose vocab does not mark them end-of-generation.
-    sampling = dict(seed=seed, temperature=temperature, top_p=0.95, top_k=40, max_tokens=max_tokens,
+    sampling = dict(seed=seed, temperature=temperature, top_p=0.95, top_k=64, max_tokens=max_tokens,
                     stop=["<end_of_turn>", "<|eot_id|>", "<|im_end|>"], grammar=_prose_grammar())
     try:
-        reply = llm.create_chat_completion(
-            messages=[{"role": "system", "content": SYSTEM_PROMPT},
-                      {"role": "user", "content": prompt.strip()}], **sampling)
-    except (jinja2.TemplateError, ValueError) as exc:
-        # Some chat templates (Gemma 2's) refuse a system turn via raise_exception, which
-        # llama-cpp-python surfaces as ValueError: put the instructions in the user turn.
-        if "role" not in str(exc).lower():
+        try:
+            reply = llm.create_chat_completion(messages=messages, **sampling)
+        except (jinja2.TemplateError, ValueError) as exc:
+            # Some chat templates (Gemma 2's) refuse a system turn via raise_exception, which
+            # llama-cpp-python surfaces as ValueError: put the instructions in the user turn.
+            if "role" not in str(exc).lower() or messages[0]["role"] != "system":
+                raise
+            merged = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}] \
+                if isinstance(messages[1]["content"], str) else messages[1:]
+            reply = llm.create_chat_completion(messages=merged, **sampling)
+    except ValueError as exc:
+        if "context window" not in str(exc):
             raise
-        reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{prompt.strip()}"}], **sampling)
+        return _too_long(prompt, str(exc))
     raw = reply["choices"][0]["message"].get("content") or ""  # type: ignore[index]
-    text = clean_enhanced(raw)
+    text = clean_enhanced(raw, max_chars)
     reason = unusable_reason(text)
     if reason:
         log.warning("prompt enhancer output unusable (%s); keeping the user's prompt", reason)
@@ -192,9 +320,14 @@ def enhance(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int,
     return EnhanceResult(text=text, raw=raw, fallback=False)
 
 
-def enhance_prompt(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int) -> str:
+def _too_long(prompt: str, why: str) -> EnhanceResult:
+    log.warning("prompt not enhanced: %s", why)
+    return EnhanceResult(text=prompt.strip(), raw="", fallback=True, reason=f"too long to enhance: {why}")
+
+
+def enhance_prompt(llm: llama_cpp.Llama, prompt: str, *, seed: int, max_tokens: int, **kwargs: object) -> str:
     """The enhanced prompt as text (the user's own prompt when the model's answer was unusable)."""
-    return enhance(llm, prompt, seed=seed, max_tokens=max_tokens).text
+    return enhance(llm, prompt, seed=seed, max_tokens=max_tokens, **kwargs).text  # type: ignore[arg-type]
 
 
 def clean_enhanced(text: str, max_chars: int = MAX_CHARS) -> str:
@@ -208,7 +341,8 @@ def clean_enhanced(text: str, max_chars: int = MAX_CHARS) -> str:
     text = " ".join(text.split())
     text = text.replace("**", "").replace("__", "")
     text = _PREAMBLE.sub("", text).strip()
-    if len(text) >= 2 and text[0] in "\"'“”" and text[-1] in "\"'“”":
+    # A whole answer wrapped in quotes loses them; dialogue quotes inside the prose stay.
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES and not any(q in text[1:-1] for q in _QUOTES):
         text = text[1:-1].strip()
     if len(text) > max_chars:
         cut = text[:max_chars]

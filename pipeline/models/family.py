@@ -5,7 +5,7 @@ A family module (``pipeline/models/<family>.py``) registers its presets and expo
 its text encoder, how to turn the encoder's output into pipeline arguments, and the
 per-call arguments. The generic draft stage (``pipeline/stages/family_draft.py``) does
 the rest the same way for all of them: encode the prompt on the CPU, evict the encoder,
-place the pipeline by the preset's memory recipe (``pipeline/models/recipes.py``), run,
+place the pipeline by the preset's memory recipe (``pipeline/memory/recipes.py``), run,
 and write frames.
 
 None of these families has a latent upsampler, so their presets say ``refine_scale = 1``
@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models.registry import ModelFile, Preset, sulphur_home
+from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, sulphur_home
 
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.recipes import Recipe
+    from pipeline.memory.recipes import Recipe
 
 
 #: Words of the offline tiny tokenizers (anything else maps to <unk>).
@@ -58,8 +58,9 @@ def tiny_root(folder_name: str) -> Path:
 def build_once(root: Path, build: Callable[[Path], None], digest: str) -> Path:
     """Build a tiny twin's folder once (see :mod:`pipeline.models.build_once`)."""
     from pipeline.models.build_once import build_once as build_folder
+    from pipeline.models.enhancer import TINY_LLM_VERSION  # the shared tiny enhancer is in the folder too
 
-    return build_folder(root, build, {"digest": digest})
+    return build_folder(root, build, {"digest": digest, "llm": TINY_LLM_VERSION})
 
 
 def patch_model_index(d: Path, **entries: list[str]) -> None:
@@ -153,7 +154,7 @@ def real_support_files(home: str) -> tuple[ModelFile, ...]:
                   path=f"{home}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
                   repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),
         ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{home}/esrgan/RealESRGAN_x2plus.pth",
-                  env="SULPHUR_ESRGAN", repo="ai-forever/Real-ESRGAN", filename="RealESRGAN_x2plus.pth"),
+                  env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
     )
 
 

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.models import ltx2_random, sigmas, tiny_ltx2
-from pipeline.models.registry import ModelFile, Preset, register
+from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, register
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from pipeline.memory.planner import StagePlan
-    from pipeline.models.registry import LoadedModels
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.memory.plan import StagePlan
 
 FAMILY = "ltx2"
 _OFFLOAD_TAG = "_sulphur_offload"
@@ -98,7 +98,7 @@ REAL = register(Preset(
                   path=f"{_HOME}/ltx23/latent_upsampler", env="SULPHUR_LTX_UPSAMPLER",
                   repo="dg845/LTX-2.3-Spatial-Upsampler-Diffusers"),
         ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{_HOME}/esrgan/RealESRGAN_x2plus.pth",
-                  env="SULPHUR_ESRGAN", filename="RealESRGAN_x2plus.pth"),
+                  env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
         ModelFile("enhancer", "Gemma 3 12B instruct, GGUF, for prompt enhancement",
                   path=f"{_HOME}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
                   repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),
@@ -209,7 +209,7 @@ def _held(models: LoadedModels, key: str, plan: StagePlan, loader: Callable[[], 
             streamer.detach()
             obj.__dict__.pop(_OFFLOAD_TAG, None)
             return obj
-        models.evict(key)
+        models.make_room(drop=[key], reason="placed for another plan")
     return models.get(key, loader)
 
 
@@ -304,7 +304,7 @@ def _key(preset: Preset, name: str) -> str:
 def evict_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> None:
     """Drop what the plan says must go before the stage (``options["evict"]``, component names)."""
     for name in plan.options.get("evict", ()):
-        models.evict(_key(preset, name), name)
+        models.make_room(drop=[_key(preset, name), name], reason="the plan evicts it")
 
 
 def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
@@ -457,7 +457,7 @@ def encode_prompt(models: LoadedModels, preset: Preset, plan: StagePlan, prompt:
             text_encoder.__dict__.pop(_OFFLOAD_TAG, None)
         del pipe, text_encoder
         if not keep:
-            models.evict(key)
+            models.make_room(drop=[key], reason="the prompt is encoded")
     dev = torch.device(plan.device)
     return PromptEmbeds(embeds=embeds.detach().to(dev, torch_dtype(plan)), mask=mask.detach().to(dev))
 

@@ -1,6 +1,6 @@
 """LTX-Video 0.9.x (2B): fast, prompt-guided text- or image-to-video, no audio.
 
-The seed's pick for quick, directed extensions (768×512, ~3 min a clip on 12 GB). Its
+The brief's pick for quick, directed extensions (768×512, ~3 min a clip on 12 GB). Its
 T5-XXL encoder is the same 11 GB trap as Wan's, so the prompt is encoded on the CPU and
 the transformer runs under sequential offload (see recipes.py). Needs ``sentencepiece``
 for the real T5 tokenizer.

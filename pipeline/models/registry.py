@@ -7,7 +7,6 @@ themselves in ``PRESETS`` from their own module (``pipeline/models/<family>.py``
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterable
@@ -15,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.models.home import sulphur_home
 
-def sulphur_home() -> Path:
-    """Where built tiny models and downloaded weights live (``$SULPHUR_HOME``)."""
-    return Path(os.environ.get("SULPHUR_HOME", Path.home() / ".cache" / "sulphur"))
+#: Real-ESRGAN x2plus is a release asset of xinntao/Real-ESRGAN, not a Hub file (the URL its
+#: own inference_realesrgan.py downloads).
+ESRGAN_X2PLUS_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"
 
 
 def _expand_home(path: str) -> str:
@@ -49,15 +49,25 @@ class ModelFile:
     sha256: str = ""
 
     def local_path(self) -> Path | None:
+        """Where the file is found: ``$env`` first, then ``path``, then what ``sulphur models pull`` fetched."""
         for candidate in (os.environ.get(self.env, "") if self.env else "", self.path):
             if candidate:
                 p = Path(os.path.expandvars(_expand_home(candidate))).expanduser()
                 if p.exists():
                     return p
+        if self.repo or self.url:
+            from pipeline.models.download import pulled_path  # same layer; stdlib only
+
+            return pulled_path(self)
         return None
 
     def where(self) -> str:
-        hint = _expand_home(self.path) or (f"{self.repo}/{self.filename}" if self.filename else self.repo)
+        """Where a missing file should come from, for one-line error messages."""
+        if self.repo or self.url:
+            source = f"{self.repo}/{self.filename}" if self.repo and self.filename else self.repo or self.url
+            hint = f"{source} (`sulphur models pull` fetches it)"
+        else:
+            hint = _expand_home(self.path)
         return f"{hint}" + (f" (or set ${self.env})" if self.env else "")
 
 
@@ -163,64 +173,3 @@ def _load_families() -> None:
 
     for family in ("ltx2", "wan", "ltxv", "svd", "cogvideox"):
         importlib.import_module(f"pipeline.models.{family}")
-
-
-class LoadedModels:
-    """Components kept between segments, evicted on demand to respect memory budgets.
-
-    Stages call ``get(name, loader)``; the loader runs only when the component is not
-    already held. ``evict`` drops a component and returns its memory to the allocator.
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[str, Any] = {}
-
-    def get(self, name: str, loader: Callable[[], Any]) -> Any:
-        if name not in self._items:
-            self._items[name] = loader()
-        return self._items[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
-
-    def evict(self, *names: str) -> None:
-        for name in names:
-            self._items.pop(name, None)
-        _release_memory()
-
-    def evict_all(self, keep: Callable[[Any], bool] | None = None) -> None:
-        """Drop every component (except those ``keep`` accepts) and return the memory."""
-        self._items = {k: v for k, v in self._items.items() if keep is not None and keep(v)}
-        _release_memory()
-
-    def names(self) -> list[str]:
-        return list(self._items)
-
-
-def _release_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency of the render side
-        return
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them by default).
-
-    Many weights are tensors of a few MB, below glibc's mmap threshold, so much of an
-    evicted transformer can stay in the worker's RSS while the next load adds its own
-    (the 19B segment bench peaked at 49 GiB of host RSS for plans of 13-23 GiB).
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc: nothing to trim with
-        pass

@@ -3,7 +3,7 @@
 SVD conditions on a CLIP image embedding of the anchor frame and on motion / fps
 "micro-conditions" only, so its motion is ambient (drift, breeze) rather than directed;
 the preset says ``takes_prompt=False`` and the UI shows that the prompt is ignored.
-Memory (seed): model offload + ``unet.enable_forward_chunking()`` at 1024×576, decoding a
+Memory (the brief): model offload + ``unet.enable_forward_chunking()`` at 1024×576, decoding a
 few frames at a time.
 
 The tiny twin keeps the real layout: spatio-temporal UNet, temporal-decoder VAE with

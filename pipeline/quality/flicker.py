@@ -29,17 +29,17 @@ Conventions (fixed, so numbers are comparable everywhere):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pipeline.project.layout import RenderFolder
 
 if TYPE_CHECKING:
     from pipeline.wire.protocol import FlickerReport
@@ -359,7 +359,7 @@ class Seam:
 
 def _storyboard_of(render_dir: Path) -> Any:
     """The storyboard that rendered ``renders/<story>/`` (the runner's layout), or None."""
-    toml_path = render_dir.parent.parent / f"{render_dir.name}.toml"
+    toml_path = RenderFolder(render_dir).storyboard_path
     if not toml_path.is_file():
         return None
     from pipeline.project.storyboard import StoryboardError, load
@@ -377,11 +377,11 @@ def segment_order(render_dir: Path) -> tuple[list[Path], str]:
     ``{"segments": [{"id": ..., "frames": ..., "offset": ...}, ...]}``), then the
     storyboard ``<render_dir>/../../<story>.toml``, then file modification time.
     """
-    seg_dir = render_dir / "segments"
+    seg_dir = RenderFolder(render_dir).segments
     files = {p.stem: p for p in seg_dir.glob("*.mp4")} if seg_dir.is_dir() else {}
     if not files:
         raise FlickerError(f"{render_dir}: no segments/*.mp4")
-    manifest = render_dir / "film.json"
+    manifest = RenderFolder(render_dir).film_manifest
     if manifest.is_file():
         try:
             data = json.loads(manifest.read_text())
@@ -404,7 +404,7 @@ def _manifest_entries(render_dir: Path) -> dict[str, dict[str, Any]]:
     segment's first kept frame lands) and ``skip_first`` (frame 0 repeats the previous
     segment's last frame, the anchor, and is left out of the film)."""
     try:
-        data = json.loads((render_dir / "film.json").read_text())
+        data = json.loads(RenderFolder(render_dir).film_manifest.read_text())
         return {str(s["id"]): s for s in data.get("segments", []) if isinstance(s, dict) and "id" in s}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
@@ -540,40 +540,3 @@ def format_seams(report: dict[str, Any]) -> str:
         if d.get("film_psnr") is not None:
             lines.append(f"  in the film, frame {d['frame'] - 1} → {d['frame']}: {d['film_psnr']:.2f} dB")
     return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> int:
-    """``sulphur flicker VIDEO [--json] [--worst N] [--seams DIR]``; 2 on unusable input."""
-    worst = max(0, int(getattr(args, "worst", 5) or 0))
-    try:
-        stats = analyze_video(args.video, worst=worst)
-        seams = analyze_seams(args.seams, worst=worst) if getattr(args, "seams", None) else None
-    except FlickerError as exc:
-        print(f"sulphur flicker: {exc}", file=sys.stderr)
-        return 2
-    if seams is not None and seams["segments"] and \
-            stats.frames == seams["segments"][-1]["offset"] + seams["segments"][-1]["frames"] \
-            - int(seams["segments"][-1]["skip_first"]):
-        # Where the film is the concatenation of the segments, show what the viewer sees
-        # at each seam in the film itself too.
-        for seam, d in zip(seams["_seams"], seams["seams"], strict=True):
-            i = seam.frame - 1
-            d["film_psnr"] = _json_db(stats.psnr[i]) if 0 <= i < len(stats.psnr) else None
-    try:
-        _print_report(stats, seams, as_json=bool(getattr(args, "json", False)))
-    except BrokenPipeError:
-        # `sulphur flicker x.mp4 --json | head`: the reader left; not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
-
-
-def _print_report(stats: FlickerStats, seams: dict[str, Any] | None, as_json: bool) -> None:
-    if as_json:
-        out: dict[str, Any] = {"video": stats.to_dict(), "inf": "null means identical frames (PSNR +inf)"}
-        if seams is not None:
-            out["seams"] = {k: v for k, v in seams.items() if not k.startswith("_")}
-        print(json.dumps(out, ensure_ascii=False))
-    else:
-        print(format_report(stats))
-        if seams is not None:
-            print(format_seams(seams))

@@ -1,1 +1,2 @@
-"""Rendering a storyboard: the runner, the stage cache, engines (local, Ray), takes, extend."""
+"""Rendering a storyboard: the job (storyboard + overrides), the runner, the fallback loop,
+film assembly, the stage cache, engines (local, Ray), takes, extend."""

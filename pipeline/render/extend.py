@@ -11,17 +11,17 @@ continuation gets silence.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pipeline.project import layout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pipeline.project.storyboard import Storyboard
     from pipeline.wire.protocol import Event
 
-DEFAULT_PRESET = "ltxv-0.9"   # the seed's pick for quick, directed extensions
+DEFAULT_PRESET = "ltxv-0.9"   # the brief's pick for quick, directed extensions
 SEGMENT_ID = "continuation"
 
 
@@ -48,14 +48,23 @@ def probe(path: Path) -> ClipInfo:
     """fps, size and the decoded frame count of a video (containers' frame counts are not trusted)."""
     import av
 
-    with av.open(str(path)) as c:
-        if not c.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        v = c.streams.video[0]
-        fps = Fraction(v.average_rate) if v.average_rate else Fraction(v.guessed_rate or 24)
-        size = (v.codec_context.width, v.codec_context.height)
-        audio = bool(c.streams.audio)
-        frames = sum(1 for _ in c.decode(video=0))
+    from pipeline.project.files import check_regular, describe_os_error
+
+    try:
+        if check_regular(path).st_size == 0:  # a FIFO or device would hang av.open: refused unopened
+            raise ValueError(f"{path}: empty file, not a video")
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            v = c.streams.video[0]
+            fps = Fraction(v.average_rate) if v.average_rate else Fraction(v.guessed_rate or 24)
+            size = (v.codec_context.width, v.codec_context.height)
+            audio = bool(c.streams.audio)
+            frames = sum(1 for _ in c.decode(video=0))
+    except av.error.FFmpegError as exc:  # str() of some is a bare errno (1094995529): use the words
+        raise ValueError(f"{path}: not a readable video ({exc.strerror or type(exc).__name__})") from None
+    except OSError as exc:
+        raise ValueError(describe_os_error(path, exc)) from None
     if frames == 0:
         raise ValueError(f"{path} has no decodable video frames")
     return ClipInfo(fps=fps, size=size, frames=frames, audio=audio)
@@ -143,9 +152,9 @@ def _rendered_frames(sb: Storyboard) -> np.ndarray:
 
     from pipeline.render.cache import StageCache
 
-    manifest = json.loads((sb.render_dir() / "film.json").read_text())
+    manifest = json.loads(sb.renders.film_manifest.read_text())
     entry = next(s for s in manifest["segments"] if s["id"] == SEGMENT_ID)
-    art = StageCache(sb.state_dir() / "cache").get("upscale", entry["upscale_key"])
+    art = StageCache(layout.cache_dir(sb.path.parent)).get("upscale", entry["upscale_key"])
     if art is None:
         raise RuntimeError("the continuation's frames are missing from the cache")
     return np.load(art.file("frames.npy"), mmap_mode="r")
@@ -179,41 +188,3 @@ def _join(clip: Path, info: ClipInfo, continuation: np.ndarray, out: Path) -> No
         encode_film(tmp, parts, fps=info.fps, size=info.size)  # type: ignore[arg-type]  # Fraction works
         del head
         os.replace(tmp, out)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``sulphur extend`` flags (pipeline/cli/main.py mounts them as a subcommand)."""
-    p.add_argument("clip", type=Path, help="video to continue (its last frame is the anchor)")
-    p.add_argument("--prompt", required=True, help="what happens next (ignored by presets without a prompt, e.g. SVD)")
-    p.add_argument("--model", default=DEFAULT_PRESET, metavar="PRESET", help=f"model preset (default {DEFAULT_PRESET})")
-    p.add_argument("--frames", type=int, default=None, metavar="N",
-                   help="frames to generate, rounded to the model's rule (default: 2 s at the clip's fps)")
-    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="output video (default CLIP-extended.mp4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
-    p.add_argument("--enhance", action="store_true", help="rewrite the prompt with the enhancer LLM first")
-    p.add_argument("--json", action="store_true", help="print one JSON event per line")
-    return p
-
-
-def main(args: argparse.Namespace) -> int:
-    from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
-    from pipeline.render.runner import RenderError
-
-    emit = json_printer if args.json else ProgressPrinter()
-
-    def work(cancel: threading.Event) -> Path:
-        try:
-            return extend(args.clip, args.prompt, preset=args.model, frames=args.frames, out=args.out,
-                          seed=args.seed, steps=args.steps, enhance=args.enhance, emit=emit, cancel=cancel)
-        except (ValueError, KeyError, OSError) as exc:  # unreadable clip, unknown preset, …
-            raise RenderError("extend", str(exc.args[0] if exc.args else exc)) from None
-
-    code, out = run_job(work, json_events=args.json, emit=emit)
-    if code == 0 and not args.json:
-        print(out)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main(add_arguments(argparse.ArgumentParser(prog="sulphur extend")).parse_args()))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import socket
 import threading
 import time
@@ -23,35 +22,30 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.memory.planner import planner as memory
-from pipeline.models.registry import PRESETS, LoadedModels, Preset, get_preset
+from pipeline.memory import planner as memory
+from pipeline.memory.loaded import LoadedModels
+from pipeline.models.registry import PRESETS, Preset
+from pipeline.project import layout
+from pipeline.project.references import check_references
 from pipeline.project.storyboard import (
     Storyboard,
-    StoryboardError,
     atomic_write,
     load,
-    save,
     segment_digest,
-    with_segment,
 )
+from pipeline.project.writeback import PINNED, set_enhanced_prompt
+from pipeline.quality import drift, flicker
 from pipeline.render.cache import Artifact, StageCache, digest, stage_key
+from pipeline.render.errors import RenderError
+from pipeline.render.fallback import run_down_ladder
+from pipeline.render.film import CachedSegment, assemble_film
+from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
 
 Emit = Callable[[Event], None]
-
-
-class RenderError(RuntimeError):
-    """A render that cannot go on; ``kind`` is machine-readable (oom, missing_models, stage_failed…)."""
-
-    def __init__(self, kind: str, message: str, stage: str = "", segment: str = "") -> None:
-        super().__init__(message)
-        self.kind, self.message, self.stage, self.segment = kind, message, stage, segment
-
-    def to_event(self, job_id: str = "") -> protocol.ErrorEvent:
-        return protocol.ErrorEvent(job_id=job_id, kind=self.kind, message=self.message, stage=self.stage,
-                                   segment=self.segment)
 
 
 # ----------------------------------------------------------------- test-only faults
@@ -78,7 +72,7 @@ class _Faults:
 
 
 def _injected_oom(stage: str) -> BaseException:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free (tests only reach this)
 
     return torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by SULPHUR_FAULT_OOM at {stage})")
 
@@ -87,6 +81,7 @@ def _injected_oom(stage: str) -> BaseException:
 
 
 def _stages(preset: Preset) -> dict[str, Stage]:
+    # The stage modules import torch and diffusers: loaded when a render builds its stages.
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.enhance import EnhanceStage
     from pipeline.stages.grade import GradeStage
@@ -116,33 +111,36 @@ class _Chain:
 
 
 class Renderer:
-    """One render of one storyboard. Use :func:`render`; engines drive the per-segment methods."""
+    """One render of one job. Use :func:`render`; engines drive the per-segment methods."""
 
-    def __init__(self, storyboard: Storyboard, preset: Preset, emit: Emit, cancel: threading.Event,
-                 job_id: str, models: LoadedModels) -> None:
-        self.sb = storyboard
-        self.preset = preset
+    def __init__(self, job: RenderJob, emit: Emit, cancel: threading.Event, job_id: str,
+                 models: LoadedModels) -> None:
+        self.job = job
         self._emit = emit
         self.cancel = cancel
         self.job_id = job_id
         self.models = models
-        self.cache = StageCache(storyboard.state_dir() / "cache")
+        self.cache = StageCache(layout.cache_dir(job.storyboard.path.parent))
         self._stage_sets: dict[str, dict[str, Stage]] = {}
-        self._presets: dict[str, Preset] = {preset.name: preset}
         self.faults = _Faults()
-        self.out_dir = storyboard.render_dir()
+        self.renders = job.storyboard.renders
         self.upscale_frames = 0  # frames this job upscales (set by preflight; decides compiling)
         self.chain = _Chain(reference=self._reference_image())
 
+    @property
+    def sb(self) -> Storyboard:
+        """The storyboard as read from its file (overrides live in ``job.project``)."""
+        return self.job.storyboard
+
+    @property
+    def preset(self) -> Preset:
+        return self.job.preset
+
     @classmethod
-    def create(cls, sb: Storyboard, *, emit: Emit, cancel: threading.Event, job_id: str,
+    def create(cls, job: RenderJob, *, emit: Emit, cancel: threading.Event, job_id: str,
                models: LoadedModels) -> Renderer:
-        """Resolve every preset the storyboard uses, refuse missing files, build tiny ones."""
-        chosen = _resolve_preset(sb.project.preset)
-        used = {chosen.name: chosen}
-        for seg in sb.segments:
-            if seg.preset and seg.preset not in used:
-                used[seg.preset] = _resolve_preset(seg.preset, seg.id)
+        """Refuse missing model files, build tiny ones, and hold the allocator to the budget."""
+        used = job.presets
         for preset in used.values():
             missing = preset.missing()
             if missing:
@@ -155,17 +153,18 @@ class Renderer:
                 preset.builder()
         # A worker keeps models between jobs; those of presets this storyboard does not use
         # would only hold memory (a kept text encoder is 24 GB).
-        stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in used]
+        names = {p.name for p in used.values()}
+        stale = [n for n in models.names() if n.partition(":")[0] in PRESETS and n.partition(":")[0] not in names]
         if stale:
-            models.evict(*stale)
+            models.make_room(drop=stale, reason="presets this job does not use")
         if memory.detect_device() == "cuda":
             # The plans were made for this budget: hold the allocator to it, so a plan that
             # underestimates fails with an OOM (and steps down the ladder) instead of spilling;
             # without one, lift a cap an earlier job of this worker may have set.
-            from pipeline.memory.offload import enforce_vram_budget
+            from pipeline.memory.offload import enforce_vram_budget  # torch + diffusers hooks: CUDA only
 
-            enforce_vram_budget(sb.project.vram_budget_gb)
-        return cls(sb, chosen, emit, cancel, job_id, models)
+            enforce_vram_budget(job.project.vram_budget_gb)
+        return cls(job, emit, cancel, job_id, models)
 
     def emit(self, event: Event) -> None:
         event.job_id = self.job_id
@@ -175,10 +174,7 @@ class Renderer:
 
     def preset_for(self, index: int) -> Preset:
         """The segment's own preset (``preset`` key of a [[segment]]), else the project's."""
-        name = self.sb.segments[index].preset or self.preset.name
-        if name not in self._presets:
-            self._presets[name] = _resolve_preset(name)
-        return self._presets[name]
+        return self.job.preset_for(index)
 
     def stages_for(self, preset: Preset) -> dict[str, Stage]:
         if preset.family not in self._stage_sets:
@@ -186,25 +182,7 @@ class Renderer:
         return self._stage_sets[preset.family]
 
     def job_for(self, index: int) -> SegmentJob:
-        seg = self.sb.segments[index]
-        p = self.sb.project
-        preset = self.preset_for(index)
-        draft = preset.round_size(p.draft_size or preset.draft_size)
-        # LTX-2 refines through a ×2 latent upsampler; families without one keep their
-        # native pixels for ESRGAN (refine_scale 1) instead of a blurry pixel ×2.
-        scale = int(preset.extra.get("refine_scale", 2))
-        refine = p.refine_size or (draft[0] * scale, draft[1] * scale)
-        return SegmentJob(
-            storyboard=self.sb, segment=seg, index=index, preset=preset,
-            frames=preset.round_frames(seg.frame_count(p.fps)),
-            seed=seg.seed if seg.seed is not None else p.seed + index,
-            fps=p.fps, draft_size=draft, refine_size=tuple(refine), output_size=p.output_size,
-            steps=seg.steps or p.steps or preset.steps,
-            refine_sigmas=seg.refine_sigmas or p.refine_sigmas or preset.refine_sigmas,
-            lora_strength=seg.lora_strength if seg.lora_strength is not None else (
-                p.lora_strength if p.lora_strength is not None else preset.lora_strength),
-            audio=p.audio and preset.audio,
-        )
+        return self.job.segment_job(index)
 
     def key_for(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> str:
         stage = self.stages_for(job.preset)[name]
@@ -220,7 +198,7 @@ class Renderer:
     def plans(self, stage: str, frames: int, segment: str = "", preset: Preset | None = None
               ) -> list[memory.StagePlan]:
         try:
-            plans = memory.plan_ladder(stage, preset or self.preset, self.sb.project, frames=frames)
+            plans = memory.plan_ladder(stage, preset or self.preset, self.job.project, frames=frames)
         except memory.PlanError as exc:
             raise RenderError("plan", str(exc), stage, segment) from None
         if stage == "upscale":
@@ -231,7 +209,7 @@ class Renderer:
 
     def preflight(self, selected: Sequence[str]) -> None:
         """Refuse, before any model is loaded, a render no memory plan can fit."""
-        jobs = [self.job_for(i) for i, s in enumerate(self.sb.segments) if s.id in selected]
+        jobs = self.job.segment_jobs(selected)
         for job in jobs:
             if job.segment.keep is not None and job.segment.keep > job.frames:
                 raise RenderError("bad_keep", f"keep = {job.segment.keep} is more than the {job.frames} frames "
@@ -243,8 +221,7 @@ class Renderer:
                 self.plans(stage, longest, preset=preset)
 
     def run_stage(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact:
-        stage = self.stages_for(job.preset)[name]
-        params = stage.params(job)
+        """A stage's cache entry: looked up, else built down its memory-plan ladder."""
         key = self.key_for(name, job, inputs)
         hit = self.cache.get(name, key)
         if hit is not None:
@@ -253,64 +230,38 @@ class Renderer:
         plans = self.plans(name, job.frames, job.segment.id, job.preset)
         if name == "upscale":
             # the upscaler uses none of the held models: fit it beside them rather than evict
-            plans = memory.beside_held(plans, memory.vram_room(self.sb.project))
-        last_error: BaseException | None = None
-        for i, plan in enumerate(plans):
-            if self.cancel.is_set():
-                raise Cancelled(name)
-            ctx = StageContext(emit=self.emit, cancel=self.cancel, models=self.models, plan=plan,
-                               job_id=self.job_id, segment_id=job.segment.id)
-            self.emit(protocol.StageStarted(segment=job.segment.id, stage=name, plan=plan.describe(),
-                                            total_steps=stage.total_steps(job)))
-            _reset_peaks()
-            t0 = time.perf_counter()
-            try:
-                with self.cache.build(name, key, params) as building:
-                    self.faults.at_stage_start(name, self.cancel)
-                    if name == "draft" and job.anchor is not None:
-                        # Kept beside the draft so chaining and the drift guard can be audited.
-                        np.save(building.path / "anchor.npy", job.anchor)
-                    meta = stage.run(ctx, job, inputs, building.path)
-                    building.meta.update(meta or {})
-            except Cancelled:
-                raise
-            except BaseException as exc:
-                if not memory.is_oom(exc):
-                    raise RenderError("stage_failed", f"{name} failed: {type(exc).__name__}: {exc}",
-                                      name, job.segment.id) from exc
-                last_error = exc
-                # Return every byte before the leaner attempt, except a transformer under
-                # Sulphur's streamer when the GPU ran out and the next plan streams too: it
-                # is re-streamed in place (its resident blocks go back to the host), which
-                # costs seconds where a reload costs a full load and a second host copy.
-                nxt = plans[i + 1] if i + 1 < len(plans) else None
-                restream = (memory.oom_kind(exc) == "cuda" and nxt is not None
-                            and nxt.options.get("streamer") == "sulphur")
-                if restream:
-                    from pipeline.memory.offload import streamer_of
+            plans = memory.beside_held(plans, memory.vram_room(self.job.project))
+        return run_down_ladder(name, job.segment.id, plans,
+                               lambda plan: self._attempt(name, job, inputs, key, plan),
+                               models=self.models, cancel=self.cancel, emit=self.emit)
 
-                    self.models.evict_all(keep=lambda obj: streamer_of(obj) is not None)
-                else:
-                    self.models.evict_all()
-                if i + 1 < len(plans):
-                    self.emit(protocol.PlanFallback(segment=job.segment.id, stage=name,
-                                                    failed_plan=plan.describe(),
-                                                    next_plan=plans[i + 1].describe(), reason=str(exc)))
-                continue
-            allocated, reserved = _peaks()
-            self.emit(protocol.StageFinished(segment=job.segment.id, stage=name,
-                                             seconds=time.perf_counter() - t0, peak_allocated=allocated,
-                                             peak_reserved=reserved, peak_host_rss=_host_peak(),
-                                             plan=plan.describe(), cache_key=key))
-            if plan.options.get("evict_between_stages"):
-                self.models.evict_all()
-            artifact = self.cache.get(name, key)
-            assert artifact is not None
-            return artifact
-        tried = ", ".join(p.describe() for p in plans)
-        raise RenderError("oom", f"{name} ran out of memory with every plan ({tried}): {last_error}. "
-                          "Lower draft_size/frames or raise vram_budget_gb/ram_budget_gb.",
-                          name, job.segment.id)
+    def _attempt(self, name: str, job: SegmentJob, inputs: dict[str, Artifact], key: str,
+                 plan: memory.StagePlan) -> Artifact:
+        """One run of a stage under one memory plan, into its cache entry."""
+        stage = self.stages_for(job.preset)[name]
+        ctx = StageContext(emit=self.emit, cancel=self.cancel, models=self.models, plan=plan,
+                           job_id=self.job_id, segment_id=job.segment.id)
+        self.emit(protocol.StageStarted(segment=job.segment.id, stage=name, plan=plan.describe(),
+                                        total_steps=stage.total_steps(job)))
+        _reset_peaks()
+        t0 = time.perf_counter()
+        with self.cache.build(name, key, stage.params(job)) as building:
+            self.faults.at_stage_start(name, self.cancel)
+            if name == "draft" and job.anchor is not None:
+                # Kept beside the draft so chaining and the drift guard can be audited.
+                np.save(building.path / "anchor.npy", job.anchor)
+            meta = stage.run(ctx, job, inputs, building.path)
+            building.meta.update(meta or {})
+        allocated, reserved = _peaks()
+        self.emit(protocol.StageFinished(segment=job.segment.id, stage=name,
+                                         seconds=time.perf_counter() - t0, peak_allocated=allocated,
+                                         peak_reserved=reserved, peak_host_rss=_host_peak(),
+                                         plan=plan.describe(), cache_key=key))
+        if plan.options.get("evict_between_stages"):
+            self.models.make_room(reason="the plan evicts between stages")
+        artifact = self.cache.get(name, key)
+        assert artifact is not None
+        return artifact
 
     # ---------------------------------------------------------- per segment
 
@@ -332,16 +283,14 @@ class Renderer:
         return text
 
     def _write_enhanced(self, segment_id: str, text: str) -> None:
-        """Cache the enhanced prompt in the storyboard file, merging into what is on disk now."""
-        try:
-            current = load(self.sb.path)
-            seg = current.segment(segment_id)
-        except (StoryboardError, KeyError) as exc:
-            self.emit(protocol.Log(level="warning", message=f"enhanced prompt not saved: {exc}"))
+        """Cache the enhanced prompt in the storyboard (pipeline.project.writeback owns the write);
+        a file that cannot take it is a warning, never the render's failure."""
+        why = set_enhanced_prompt(self.sb.path, segment_id, text)
+        if why == PINNED:
             return
-        if seg.enhance_lock:
-            return
-        save(with_segment(current, segment_id, enhanced_prompt=text))
+        if why:
+            self.emit(protocol.Log(level="warning", message=f"enhanced prompt of {segment_id} not saved in the "
+                                   f"storyboard ({why}); it stays in the cache"))
         self.emit(protocol.PromptEnhanced(segment=segment_id, enhanced_prompt=text))
 
     def anchor_for(self, job: SegmentJob, previous_last: np.ndarray | None,
@@ -359,9 +308,7 @@ class Renderer:
             frame = last_video_frame(self.sb.resolve(anchor.path))
         frame = _fit(frame, w, h)
         if job.drift_guard != "off" and reference is not None and anchor.kind == "previous":
-            from pipeline.quality.drift import match_colors
-
-            frame = match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
+            frame = drift.match_colors(frame, _fit(reference, w, h), self.sb.project.drift_strength)
         return frame
 
     # ---------------------------------------------------------------- the film
@@ -374,9 +321,10 @@ class Renderer:
         """
         chain = self.chain
         job = self.job_for(index)
-        job.prompt = self.prompt_for(job)
+        # The anchor first: an enhancer with a vision projector looks at it (I2V enhancement).
         job.anchor = self.anchor_for(job, chain.prev_last, chain.reference)
         job.anchor_digest = digest(job.anchor.tobytes()) if job.anchor is not None else ""
+        job.prompt = self.prompt_for(job)
         draft = self.run_stage("draft", job, {})
         frames = np.load(draft.file("frames.npy"), mmap_mode="r")[:job.kept]  # what the film shows of it
         if chain.reference is None and self.sb.project.drift_reference == "first":
@@ -403,7 +351,7 @@ class Renderer:
         t_seg = time.perf_counter()
         seg_id = job.segment.id
         encode = self.finish_stages(job, draft)
-        target = self.out_dir / "segments" / f"{seg_id}.mp4"
+        target = self.renders.segment(seg_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
         self._record_rendered(seg_id, encode)
@@ -415,7 +363,7 @@ class Renderer:
     def _record_rendered(self, seg_id: str, encode: Artifact) -> None:
         """renders/<stem>/manifest.json: what each segment MP4 was made from, so any
         client (the TUI after a CLI render, say) can tell rendered from stale."""
-        path = self.out_dir / "manifest.json"
+        path = self.renders.manifest
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -449,10 +397,6 @@ class Renderer:
     def _quality(self, job: SegmentJob, stage: str, frames: np.ndarray, prev_last: np.ndarray | None,
                  reference: np.ndarray | None) -> None:
         """Flicker (and, for drafts, colour drift) of a stage's frames, as events."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         seam = None
         if prev_last is not None and job.segment.anchor.kind == "previous" and len(frames):
             after = np.ascontiguousarray(frames[min(1, len(frames) - 1)])
@@ -462,88 +406,32 @@ class Renderer:
         self.emit(stats.to_event(job.segment.id, stage, self.job_id, seam_psnr=seam))
         if stage != "draft":
             return
-        try:
-            from pipeline.quality import drift
-        except ImportError:
-            return
         first, last = np.asarray(frames[0]), np.asarray(frames[-1])
         ref = drift.frame_stats(reference if reference is not None else first)
         self.emit(drift.drift_event(job.segment.id, first, last, ref, job.drift_guard, self.job_id))
 
     def _quality_video(self, job: SegmentJob, path: Path) -> None:
         """Flicker of the encoded segment as a viewer will decode it."""
-        try:
-            from pipeline.quality import flicker
-        except ImportError:
-            return
         self.emit(flicker.analyze_video(path).to_event(job.segment.id, "encode", self.job_id))
 
     def _preview(self, job: SegmentJob, upscale: Artifact) -> None:
-        from PIL import Image
+        from PIL import Image  # deferred: keeps importing the runner light
 
         frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:job.kept]
-        path = self.out_dir / "previews" / f"{job.segment.id}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
-        os.replace(tmp, path)
+        path = self.renders.preview(job.segment.id)
+        try:
+            with publishing(path, "preview") as tmp:  # a unique temporary: two renders never share one
+                Image.fromarray(np.ascontiguousarray(frames[-1])).save(tmp)
+        except RenderError as exc:  # a preview is a convenience: the render goes on without it
+            self.emit(protocol.Log(level="warning", message=exc.message))
+            return
         self.emit(protocol.Preview(segment=job.segment.id, stage="upscale", path=str(path)))
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
-        """final.mp4 from every segment's cached stages, when all of them exist.
+        """final.mp4 from every segment's cached stages, when all of them exist."""
+        return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.renders, self.emit)
 
-        The video is the segments' own encoded H.264 copied one after the other (see
-        :func:`pipeline.stages.encode.join_film`); a full re-encode when they can't be joined.
-        """
-        from pipeline.stages.encode import EncodeStage, FilmPart, join_film, repeats_anchor
-
-        parts, manifest = [], []
-        for index, seg in enumerate(self.sb.segments):
-            art = self._cached_upscale_and_draft(index, drafts)
-            if art is None:
-                self.emit(protocol.Log(message=f"final film not assembled: segment {seg.id} is not rendered yet"))
-                return self.out_dir
-            upscale, draft, encode = art
-            frames = np.load(upscale.file("frames.npy"), mmap_mode="r")[:self.job_for(index).kept]
-            audio = np.load(draft.file("audio.npy")) if draft.file("audio.npy").exists() else None
-            skip = repeats_anchor(index, seg)
-            parts.append(FilmPart(frames=frames, audio=audio, sample_rate=int(draft.meta.get("sample_rate", 48000)),
-                                  skip_first=skip, encoded=encode.file("segment.mp4") if encode else None,
-                                  name=seg.id))
-            manifest.append({"id": seg.id, "frames": len(frames), "skip_first": skip,
-                             "upscale_key": upscale.key, "draft_key": draft.key,
-                             "encode_key": encode.key if encode else None})
-        final = self.out_dir / "final.mp4"
-        film_key = digest(json.dumps({"encoder": EncodeStage.version, "film": "remux", "segments": manifest},
-                                     sort_keys=True).encode())
-        manifest_path = self.out_dir / "film.json"
-        if final.exists() and manifest_path.exists():
-            try:
-                if json.loads(manifest_path.read_text()).get("key") == film_key:
-                    return final  # nothing changed since the last assembly
-            except json.JSONDecodeError:
-                pass
-        tmp = final.with_name(".final.partial.mp4")
-        total = sum(len(p.frames) - int(p.skip_first) for p in parts)
-        self.emit(protocol.StageStarted(segment="", stage="film", total_steps=total))
-        t0 = time.perf_counter()
-        _, reencoded = join_film(tmp, parts, fps=self.sb.project.fps, size=self.sb.project.output_size)
-        if reencoded:
-            self.emit(protocol.Log(level="warning", message=f"final film re-encoded, segments not joinable by "
-                                                             f"copy: {reencoded}"))
-        os.replace(tmp, final)
-        offset = 0
-        for entry in manifest:
-            entry["offset"] = offset
-            offset += entry["frames"] - int(entry["skip_first"])
-        manifest_path.write_text(json.dumps({"key": film_key, "fps": self.sb.project.fps, "frames": total,
-                                             "video": "re-encoded" if reencoded else "copied",
-                                             "reencode_reason": reencoded, "segments": manifest}, indent=1))
-        self.emit(protocol.StageFinished(segment="", stage="film", seconds=time.perf_counter() - t0))
-        return final
-
-    def _cached_upscale_and_draft(self, index: int, drafts: dict[str, Artifact]
-                                  ) -> tuple[Artifact, Artifact, Artifact | None] | None:
+    def _cached_segment(self, index: int, drafts: dict[str, Artifact]) -> CachedSegment | None:
         """Look up (without running) a segment's encoded-frames entry, its draft and its
         encode (None when only the frames are cached)."""
         seg = self.sb.segments[index]
@@ -560,19 +448,7 @@ class Renderer:
             arts[name] = art
         frames = arts[self.frames_chain(job)[-1][0]]
         encode = self.cache.get("encode", self.key_for("encode", job, {"upscale": frames, "draft": draft}))
-        return frames, draft, encode
-
-
-def select_segments(sb: Storyboard, segments: Sequence[str] | None, from_segment: str | None) -> list[str]:
-    ids = [s.id for s in sb.segments]
-    for sid in list(segments or []) + ([from_segment] if from_segment else []):
-        if sid not in ids:
-            raise StoryboardError(sb.path, f"no segment with id '{sid}' (ids: {', '.join(ids)})")
-    if segments:
-        return [i for i in ids if i in segments]
-    if from_segment:
-        return ids[ids.index(from_segment):]
-    return ids
+        return CachedSegment(frames=frames, draft=draft, encode=encode, kept=job.kept)
 
 
 def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] | None = None,
@@ -580,31 +456,50 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
            cancel: threading.Event | None = None, job_id: str = "",
            models: LoadedModels | None = None) -> Path:
     """Render a storyboard; returns ``final.mp4`` (or the render folder if not every segment exists)."""
-    sb = load(storyboard_path)
-    if preset:
-        sb = replace(sb, project=replace(sb.project, preset=preset))
-    selected = select_segments(sb, segments, from_segment)
-    renderer = Renderer.create(sb, emit=emit, cancel=cancel or threading.Event(),
+    job = RenderJob.resolve(load(storyboard_path), Overrides(preset=preset), segments=segments,
+                            from_segment=from_segment)
+    sb = job.storyboard
+    last = max(sb.index(s) for s in job.selected)  # shots 0..last are drafted: their anchors must be usable
+    check_references(sb, {s.id for s in sb.segments[:last + 1]})
+    renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
-    renderer.cache.sweep_partials()
-    renderer.preflight(selected)
-    return renderer.run(selected)
+    with OutputLock(renderer.renders.root, sb.path):  # one render per output folder at a time
+        renderer.cache.sweep_partials()
+        sweep_temporaries(renderer.renders.root)
+        renderer.preflight(job.selected)
+        complete = False
+        try:
+            final = renderer.run(job.selected)
+            complete = True
+            return final
+        finally:
+            _keep_cache_tidy(sb, renderer.cache.used, complete, emit)
 
 
 # ------------------------------------------------------------------- helpers
 
 
-def _resolve_preset(name: str, segment: str = "") -> Preset:
+def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit) -> None:
+    """Record what this render used (`sulphur cache`), then hold the cache to
+    ``[project] cache_limit_gb`` by pruning entries no storyboard uses. Never fails a render."""
+    from pipeline.render.usage import human, prune, record
+
     try:
-        return get_preset(name)
-    except KeyError as exc:
-        raise RenderError("unknown_preset", str(exc.args[0]), segment=segment) from None
+        record(sb.path, used, complete=complete)
+        if complete and sb.project.cache_limit_gb is not None:
+            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30))
+            if removed:
+                emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
+                                          f"unused entries ({human(freed)})"))
+    except OSError as exc:
+        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {exc}"))
+
 
 
 def quiet_libraries() -> None:
     """Progress is reported through events; the libraries' own tqdm bars would garble it."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import diffusers
+    import diffusers  # deferred: heavy, and only a render that loads models needs them quiet
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -614,16 +509,13 @@ def quiet_libraries() -> None:
 
 
 def _reset_peaks() -> None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+    import torch  # deferred: importing the runner stays torch-free
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
 
 def _peaks() -> tuple[int, int]:
-    import torch
+    import torch  # deferred: importing the runner stays torch-free
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
@@ -634,14 +526,8 @@ def _host_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # deferred: only image anchors need it
 
     try:
         with Image.open(path) as im:
@@ -652,7 +538,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def last_video_frame(path: Path) -> np.ndarray:
     """The last decoded frame of a video (RGB), or a RenderError naming the file."""
-    import av
+    import av  # deferred: only video anchors need it
 
     last = None
     try:
@@ -671,7 +557,7 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return np.ascontiguousarray(frame)
-    from PIL import Image
+    from PIL import Image  # deferred: only a resize needs it
 
     target = width / height
     if w / h > target:
@@ -686,4 +572,4 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(img)
 
 
-__all__ = ["render", "RenderError", "Renderer", "select_segments"]
+__all__ = ["render", "RenderError", "Renderer"]

@@ -20,14 +20,27 @@ from pipeline.wire.protocol import Event
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.memory.planner import StagePlan
-    from pipeline.models.registry import LoadedModels, Preset
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.memory.plan import StagePlan
+    from pipeline.models.registry import Preset
     from pipeline.project.storyboard import Project, Segment, Storyboard
-    from pipeline.render.cache import Artifact
 
 
 class Cancelled(Exception):
     """Raised inside a stage when the user cancelled; the stage leaves no cache entry."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished stage output (a cache entry): a folder of files plus the metadata the stage stored."""
+
+    stage: str
+    key: str
+    path: Path
+    meta: dict[str, Any]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
 
 
 @dataclass
@@ -85,6 +98,17 @@ class StageContext:
         self.emit(StepProgress(job_id=self.job_id, segment=self.segment_id, stage=stage, step=step, total=total))
         if self.cancel.is_set():
             raise Cancelled(stage)
+
+    def latent_preview(self, previewer: Any, stage: str, step: int, latents: Any) -> None:
+        """Send a small picture of ``latents`` (see pipeline/stages/latent_preview.py), if it
+        can be made; called from a sampler's ``callback_on_step_end``."""
+        from pipeline.wire.protocol import LatentPreview
+
+        picture = previewer.picture(latents)
+        if picture is not None:
+            w, h, rgb = picture
+            self.emit(LatentPreview(job_id=self.job_id, segment=self.segment_id, stage=stage, step=step,
+                                    width=w, height=h, rgb=rgb))
 
 
 class Stage(ABC):

@@ -15,9 +15,10 @@ import numpy as np
 
 from pipeline.models.sigmas import draft_sigmas
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 
 if TYPE_CHECKING:
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Adapter name of the distilled LoRA inside the held transformer.
 LORA_ADAPTER = "distilled"
@@ -86,8 +87,11 @@ class DraftStage(Stage):
         ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
         generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
 
+        previewer = LatentPreviewer(*latent_grid(pipe, job.frames, w, h))
+
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             ctx.progress(self.name, i + 1, _steps(job))
+            ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
 
         extra: dict[str, Any] = {}

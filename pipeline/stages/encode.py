@@ -318,11 +318,15 @@ def join_film(path: Path, parts: list[FilmPart], *, fps: int, size: tuple[int, i
     """``final.mp4`` from its segments: :func:`remux_film` when every part has an encoded MP4
     and they can be joined, else :func:`encode_film` from the frames. Returns the number of
     frames and, for a re-encode, why the segments could not be copied (None after a copy)."""
+    import errno
+
     import av
 
     try:
         return remux_film(path, parts, fps=fps, size=size), None
     except (NotJoinable, av.error.FFmpegError) as exc:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            raise  # a full disk: a re-encode would only fill it again
         reason = str(exc) if isinstance(exc, NotJoinable) else f"muxer error: {exc}"
     Path(path).unlink(missing_ok=True)
     return encode_film(path, parts, fps=fps, size=size), reason

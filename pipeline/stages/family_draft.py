@@ -3,10 +3,10 @@
 Same artifact contract as the LTX-2 draft: ``frames.npy`` uint8 (T, H, W, 3) at
 ``job.draft_size``; no ``audio.npy`` (the film gets silence for these segments). What
 differs per model lives in the family object (``pipeline/models/<family>.py``) and the
-memory recipe (``pipeline/models/recipes.py``); this stage runs them the same way:
+memory recipe (``pipeline/memory/recipes.py``); this stage runs them the same way:
 
 1. Encode the prompt on the CPU in fp32 with the family's T5 / umT5, cast the
-   embeddings to the run dtype, evict the encoder (the seed's fix for the 11 GB
+   embeddings to the run dtype, evict the encoder (the brief's fix for the 11 GB
    encoder that OOMs a 12 GB card before the video model even starts).
 2. Load (or reuse from ``ctx.models``) the pipeline without its text encoder, placed
    by the recipe: model / leaf-level group offload with streams / sequential, VAE
@@ -29,7 +29,7 @@ from pipeline.stages.base import SegmentJob, Stage, StageContext
 if TYPE_CHECKING:
     from pipeline.models.family import Family
     from pipeline.models.registry import Preset
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: family name → module that defines ``FAMILY`` (and registers the presets).
 FAMILY_MODULES = {
@@ -83,7 +83,7 @@ class FamilyDraftStage(Stage):
         import torch
         from PIL import Image
 
-        from pipeline.models import recipes
+        from pipeline.memory import recipes
         from pipeline.models.family import apply_recipe, torch_dtype
 
         preset = job.preset
@@ -106,7 +106,7 @@ class FamilyDraftStage(Stage):
         key = f"{_KEY_PREFIX}{preset.name}:{mode}:{recipe.name}:{ctx.plan.device}"
         stale = [n for n in ctx.models.names() if n.startswith(_KEY_PREFIX) and n != key]
         if stale:
-            ctx.models.evict(*stale)
+            ctx.models.make_room(drop=stale, reason="another pipeline of this family")
 
         def load() -> Any:
             pipe = fam.load_pipeline(preset, mode, dtype)
@@ -169,4 +169,4 @@ def _encode_prompt(ctx: StageContext, fam: Family, preset: Preset, mode: str, pr
             return fam.encode(text_pipe, prompt, str(preset.extra.get("negative_prompt", "")),
                               fam.uses_cfg(guidance), max_len, dtype)
     finally:
-        ctx.models.evict(key)
+        ctx.models.make_room(drop=[key], reason="the prompt is encoded")

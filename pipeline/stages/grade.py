@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.quality.drift import DEFAULT_METHOD, match_colors_chunks
-from pipeline.render.cache import Artifact, digest
-from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.base import Artifact, SegmentJob, Stage, StageContext
 from pipeline.stages.frame_files import FrameFile, write_frames_header
 
 CHUNK = 8  # frames graded at a time: ~50 MB at 1080p
@@ -24,7 +24,7 @@ class GradeStage(Stage):
     def params(self, job: SegmentJob) -> dict[str, Any]:
         ref = job.reference
         return {"strength": job.storyboard.project.drift_strength, "method": DEFAULT_METHOD,
-                "reference": digest(ref.tobytes()) + str(ref.shape) if ref is not None else ""}
+                "reference": hashlib.sha256(ref.tobytes()).hexdigest() + str(ref.shape) if ref is not None else ""}
 
     def total_steps(self, job: SegmentJob) -> int:
         return job.frames

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 
 if TYPE_CHECKING:
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 
 def refine_sigmas(job: SegmentJob) -> list[float]:
@@ -83,7 +84,8 @@ class RefineStage(Stage):
         up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
         with torch.no_grad():
             video = up_pipe(latents=draft["video"].to(device), output_type="latent", return_dict=False)[0]
-        ctx.models.evict(f"{preset.name}:upsampler")  # small, and not needed until the next refine
+        # small, and not needed until the next refine
+        ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
         del up_pipe, upsampler
         _, _, _, lh, lw = video.shape
         scale = pipe.vae_spatial_compression_ratio
@@ -96,8 +98,11 @@ class RefineStage(Stage):
         ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
         generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
 
+        previewer = LatentPreviewer(*latent_grid(pipe, job.frames, lw * scale, lh * scale))
+
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             ctx.progress(self.name, i + 1, n)
+            ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
 
         with torch.no_grad():

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 
 def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

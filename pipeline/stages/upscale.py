@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from spandrel import ImageModelDescriptor
 
-    from pipeline.render.cache import Artifact
+    from pipeline.stages.base import Artifact
 
 #: Key under which ``(path, device, dtype, descriptor)`` lives in ``ctx.models``.
 MODEL_KEY = "upscaler"
@@ -124,7 +124,7 @@ COMPILED_KEY = "upscaler-compiled"
 
 def _drop(ctx: StageContext) -> None:
     """Evict the held upscaler and any compiled form of it (which keeps its weights alive)."""
-    ctx.models.evict(MODEL_KEY, COMPILED_KEY)
+    ctx.models.make_room(drop=[MODEL_KEY, COMPILED_KEY], reason="upscaler")
 
 
 def _compiled(ctx: StageContext, model: ImageModelDescriptor) -> Any:
@@ -149,14 +149,14 @@ def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.
     try:
         return forward(x)[:n], forward
     except Exception as exc:  # noqa: BLE001 - a compiler failure must not fail the render
-        from pipeline.memory.planner import planner as memory
+        from pipeline.memory import planner as memory
         from pipeline.wire import protocol
 
         if memory.is_oom(exc):
             raise
         ctx.emit(protocol.Log(message=f"upscale: torch.compile failed ({type(exc).__name__}: {exc}); "
                                       "running eagerly"))
-        ctx.models.evict(COMPILED_KEY)
+        ctx.models.make_room(drop=[COMPILED_KEY], reason="torch.compile failed")
         return model(x)[:n], model
 
 

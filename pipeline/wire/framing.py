@@ -95,16 +95,52 @@ class _ShortPath:
 
 
 def connect_unix(path: Path, timeout: float | None = None) -> socket.socket:
-    """A connected blocking socket; raises ``FileNotFoundError``/``ConnectionRefusedError`` if no one listens."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    """A connected blocking socket; raises ``FileNotFoundError``/``ConnectionRefusedError`` if no one listens.
+
+    A listener whose backlog is full answers ``EAGAIN`` at once (a socket with a timeout
+    is non-blocking inside): that is a busy worker, not a missing one, so the connect is
+    retried with a growing pause until ``timeout`` (10 s when None) has passed.
+    """
+    deadline = time.monotonic() + (10.0 if timeout is None else timeout)
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            with _ShortPath(path) as address:
+                sock.connect(address)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() + pause > deadline:
+                raise TimeoutError(f"{path}: the worker's connection queue stayed full") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (a project's ``.sulphur``) readable by its owner only, and tighten an old one.
+
+    It holds the journal (every prompt), the log and the cache: nobody else on the
+    machine has any business reading them.
+    """
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        with _ShortPath(path) as address:
-            sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+        st = path.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            os.chmod(path, 0o700)
+    except OSError:
+        pass  # not ours to change: leave it as the owner set it
+    return path
+
+
+def state_dir(project_dir: Path) -> Path:
+    """``<project>/.sulphur``, created 0700."""
+    return private_dir(Path(project_dir) / ".sulphur")
 
 
 def bind_unix(path: Path, mode: int = 0o600) -> socket.socket:
@@ -157,7 +193,7 @@ class ProjectLock:
     def acquire(self) -> None:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         # A few tries: `lock_holder` in a client takes a shared lock for a moment.
         for attempt in range(10):

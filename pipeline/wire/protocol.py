@@ -105,6 +105,19 @@ class Preview(Event, tag="preview", kw_only=True):
     path: str
 
 
+class LatentPreview(Event, tag="latent_preview", kw_only=True):
+    """The latent being denoised, as a small picture, after a sampling step: a linear map of
+    its channels to RGB (no decoder; see pipeline/stages/latent_preview.py). ``rgb`` holds
+    ``width`` × ``height`` pixels, 3 bytes each, row by row. High-rate: not journaled."""
+
+    segment: str
+    stage: str
+    step: int
+    width: int
+    height: int
+    rgb: bytes
+
+
 class FlickerReport(Event, tag="flicker", kw_only=True):
     segment: str
     stage: str
@@ -200,6 +213,7 @@ EventType = (
     | StageCached
     | PlanFallback
     | Preview
+    | LatentPreview
     | FlickerReport
     | DriftReport
     | VramSample

@@ -1,4 +1,6 @@
-"""Talking to the background worker: :class:`WorkerClient`, ``sulphur status``, ``sulphur render --attach``.
+"""Talking to the background worker: :class:`WorkerClient`, starting and stopping it, its journal.
+
+A library: it prints nothing (``sulphur status`` and ``render --attach`` are in :mod:`pipeline.cli.attach`).
 
 Torch-free on purpose: the TUI imports this module. The worker's side of the protocol
 and its design note are in :mod:`pipeline.worker.server`.
@@ -6,7 +8,6 @@ and its design note are in :mod:`pipeline.worker.server`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -17,18 +18,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.project import layout
 from pipeline.wire import protocol
-from pipeline.wire.framing import GOODBYE, LineBuffer, connect_unix, lock_holder, socket_path
+from pipeline.wire.framing import LineBuffer, connect_unix, lock_holder, private_dir, socket_path
 from pipeline.wire.protocol import (
     Ack,
     Cancel,
-    ErrorEvent,
     Event,
     GetStatus,
-    JobCancelled,
-    JobFinished,
     JobInfo,
-    Log,
     Message,
     ProtocolError,
     Reject,
@@ -156,6 +154,9 @@ class WorkerClient:
             if proc.poll() is not None and lock_holder(project_dir) is None:
                 # Ours exited and nobody holds the lock (e.g. it lost a race with a worker
                 # that was stopping then): try again, but not forever.
+                full = _disk_full(project_dir)
+                if full:  # its log may well be empty: say why instead
+                    raise WorkerError(f"the worker for {project_dir} could not start: {full}")
                 if spawns >= 3:
                     raise WorkerError(f"the worker for {project_dir} exited with status {proc.returncode}; "
                                       f"last lines of its log:\n{_log_tail(project_dir)}")
@@ -260,20 +261,20 @@ def _try_connect(path: Path) -> socket.socket | None:
 
 
 def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subprocess.Popen:
-    """Start ``python -m pipeline.worker.server`` detached: its own session, output to ``.sulphur/worker.log``.
+    """Start ``python -m pipeline.cli worker --foreground`` detached: its own session, output to ``.sulphur/worker.log``.
 
     Spawned (fork+exec), never forked from this process, so no CUDA state is shared, and
     in a new session so a closing terminal or SSH login does not take it down.
     """
-    state = Path(project_dir) / ".sulphur"
-    state.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pipeline.worker.server", "--foreground", "--project", str(project_dir)]
+    log_path = layout.worker_log(project_dir)
+    private_dir(log_path.parent)  # 0700: the log names every prompt
+    cmd = [sys.executable, "-m", "pipeline.cli", "worker", "--foreground", "--project", str(project_dir)]
     if idle_timeout is not None:
         cmd += ["--idle-timeout", str(idle_timeout)]
     env = os.environ.copy()
-    root = str(Path(__file__).resolve().parent.parent)  # so `-m pipeline.worker.server` finds this checkout
+    root = str(Path(__file__).resolve().parents[2])  # so `-m pipeline.cli` finds this checkout
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(state / "worker.log", "ab") as log:
+    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=project_dir, env=env)
     # Reap it when it exits, so a long-lived client (the TUI) collects no zombies.
@@ -281,34 +282,53 @@ def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subpro
     return proc
 
 
+#: Free bytes below which a worker that died at start is blamed on a full disk.
+LOW_DISK = 1 << 20
+
+
+def _disk_full(project_dir: Path) -> str:
+    """"the disk holding X is full (N bytes free)" when it is, else ""."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(Path(project_dir) / ".sulphur").free
+    except OSError:
+        return ""
+    if free >= LOW_DISK:
+        return ""
+    return f"the disk holding {project_dir} is full ({free} bytes free); free some space and try again"
+
+
 def _log_tail(project_dir: Path, lines: int = 15) -> str:
     try:
-        text = (Path(project_dir) / ".sulphur" / "worker.log").read_text(errors="replace")
+        text = layout.worker_log(project_dir).read_text(errors="replace")
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
 
 
-def stop_worker(project_dir: Path, timeout: float = 300.0) -> int:
-    """``sulphur worker --stop``: ask for a clean stop and wait until the lock is released."""
+def stop_worker(project_dir: Path, timeout: float = 300.0, say: Callable[[str, bool], None] | None = None) -> int:
+    """Ask the project's worker for a clean stop and wait until the lock is released; 0 when
+    none runs or it stopped. ``say(line, is_error)`` hears what happens (the CLI prints it)."""
+    tell = say or (lambda line, is_error: None)
     pid = lock_holder(project_dir)
     if pid is None:
-        print(f"no worker is running for {project_dir}")
+        tell(f"no worker is running for {project_dir}", False)
         return 0
     try:
         with WorkerClient.connect(project_dir, start=False) as client:
             client.shutdown()
     except WorkerError as exc:
-        print(f"sulphur worker --stop: {exc} (PID {pid})", file=sys.stderr)
+        tell(f"sulphur worker --stop: {exc} (PID {pid})", True)
         return 1
-    print(f"stopping worker PID {pid} (checkpointing the running stage)…", file=sys.stderr)
+    tell(f"stopping worker PID {pid} (checkpointing the running stage)…", True)
     deadline = time.monotonic() + timeout
     while lock_holder(project_dir) is not None:
         if time.monotonic() > deadline:
-            print(f"worker PID {pid} is still finishing after {timeout:g} s", file=sys.stderr)
+            tell(f"worker PID {pid} is still finishing after {timeout:g} s", True)
             return 1
         time.sleep(0.1)
-    print(f"worker PID {pid} stopped")
+    tell(f"worker PID {pid} stopped", False)
     return 0
 
 
@@ -320,179 +340,43 @@ def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     from pipeline.worker.journal import Journal
 
     jobs: list[JobInfo] = []
-    db = Path(project_dir) / ".sulphur" / "journal.db"
+    db = layout.journal_db(project_dir)
     if db.exists():
-        journal = Journal(db)
+        import sqlite3
+
         try:
-            for rec in journal.jobs(limit=limit):
-                jobs.append(JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=rec.selected,
-                                    state=rec.state, error=rec.error))  # type: ignore[arg-type]
-        finally:
-            journal.close()
+            journal = Journal(db)
+            try:
+                for rec in journal.jobs(limit=limit):
+                    jobs.append(JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=rec.selected,
+                                        state=rec.state, error=rec.error))  # type: ignore[arg-type]
+            finally:
+                journal.close()
+        except sqlite3.DatabaseError as exc:
+            # Reading only: the next worker moves the file aside (Journal.open_or_reset).
+            print(f"warning: {db} is unreadable ({exc}); the next worker moves it aside and starts a new one",
+                  file=sys.stderr)
+            return StatusSnapshot(pid=0, project=str(project_dir), jobs=[])
     return StatusSnapshot(pid=0, project=str(project_dir), jobs=jobs)
 
 
-def format_snapshot(snap: StatusSnapshot) -> str:
-    head = f"worker PID {snap.pid}" if snap.pid else "no worker running"
-    lines = [f"{head} · {snap.project}"]
-    if not snap.jobs:
-        lines.append("  no jobs")
-    for job in snap.jobs:
-        where = ""
-        if job.state == "running" and job.stage:
-            steps = f" {job.step}/{job.total}" if job.total else ""
-            where = f"  {job.segment or 'film'} › {job.stage}{steps}"
-        elif job.error:
-            where = f"  {job.error}"
-        segs = ",".join(job.segments)
-        lines.append(f"  {job.job_id}  {job.state:<9} {Path(job.storyboard).name} [{segs}]{where}")
-    return "\n".join(lines)
+def journal_events(project_dir: Path, job_id: str) -> list[Event]:
+    """The journaled events of one job (all but step progress, VRAM samples and latent
+    previews), oldest first: what a client attaching mid-job needs to draw what happened
+    before it came."""
+    from pipeline.worker.journal import Journal  # as in journal_snapshot
 
-
-def main_status(args: argparse.Namespace) -> int:
-    """``sulphur status``: the worker's snapshot; with no worker, the journal's history.
-
-    A journal with unfinished jobs and no worker means the worker died: the command
-    starts one, which resumes them, and reports its status.
-    """
-    project = Path(getattr(args, "project", None) or Path.cwd()).expanduser().resolve()
+    db = layout.journal_db(project_dir)
+    if not db.exists():
+        return []
+    journal = Journal(db)
     try:
-        client = WorkerClient.connect(project, start=False)
-    except WorkerNotRunning:
-        offline = journal_snapshot(project)
-        pending = [j for j in offline.jobs if j.state in ("queued", "running")]
-        if not pending:
-            _print_snapshot(offline, args)
-            return 0
-        print(f"resuming {len(pending)} unfinished job(s) in a new worker", file=sys.stderr)
-        try:
-            client = WorkerClient.connect(project, start=True)
-        except WorkerError as exc:
-            print(f"sulphur status: {exc}", file=sys.stderr)
-            _print_snapshot(offline, args)
-            return 1
-    except WorkerError as exc:
-        print(f"sulphur status: {exc}", file=sys.stderr)
-        return 1
-    with client:
-        _print_snapshot(client.status(), args)
-    return 0
+        return journal.events(job_id)
+    finally:
+        journal.close()
 
 
-def _print_snapshot(snap: StatusSnapshot, args: argparse.Namespace) -> None:
-    if getattr(args, "json", False):
-        sys.stdout.buffer.write(protocol.encode(snap))
-        sys.stdout.flush()
-    else:
-        print(format_snapshot(snap))
-
-
-# ------------------------------------------------------------ render --attach
-
-
-def main_render_attach(args: argparse.Namespace) -> int:
-    """``sulphur render FILE --attach``: submit to the worker (starting it if needed) and follow the job.
-
-    Ctrl-C detaches (the render goes on in the worker). If the worker dies mid-job the
-    command starts a new one, which resumes the job, and keeps following; if it was
-    stopped on purpose the job stays queued and the command says so.
-    """
-    from pipeline.cli.headless import ProgressPrinter
-
-    storyboard = Path(args.storyboard).expanduser().resolve()
-    if not storyboard.is_file():
-        print(f"error: {storyboard}: file not found", file=sys.stderr)
-        return 2
-    segments = list(getattr(args, "segment", None) or [])
-    from_ = getattr(args, "from_", None)
-    if segments and from_:
-        print("error: give --segment or --from, not both", file=sys.stderr)
-        return 2
-    mode = "segments" if segments else "from" if from_ else "all"
-    json_events = bool(getattr(args, "json", False))
-    show = _json_line if json_events else ProgressPrinter()
-    project = storyboard.parent
-    try:
-        client = WorkerClient.connect(project, start=True)
-        stream = client.events()  # subscribe before submitting: no event can slip by
-    except WorkerError as exc:
-        return _attach_error(exc, "worker", json_events, 1)
-    try:
-        job_id = client.submit(storyboard, mode, segments or ([from_] if from_ else []),
-                               preset=getattr(args, "preset", None) or "")
-    except WorkerError as exc:  # refused: bad storyboard or segment id
-        client.close()
-        return _attach_error(exc, "rejected", json_events, 2)
-    print(f"job {job_id} on worker for {project} (Ctrl-C detaches; the render goes on)", file=sys.stderr)
-    crashes = 0
-    try:
-        while True:
-            code, said_goodbye = _follow(stream, job_id, show, print_path=not json_events)
-            client.close()
-            if code is not None:
-                return code
-            # The stream ended before the job did: the worker stopped (it says goodbye) or died.
-            state = _journal_state(project, job_id)
-            if state in ("done", "failed", "cancelled"):
-                return {"done": 0, "failed": 1, "cancelled": 130}[state]
-            if said_goodbye and state == "queued":
-                print(f"the worker stopped; job {job_id} stays queued and resumes when a worker starts "
-                      "(any sulphur command for this project starts one)", file=sys.stderr)
-                return 75
-            crashes += 1
-            if crashes > 3:
-                print(f"the worker keeps dying; see {project / '.sulphur' / 'worker.log'}", file=sys.stderr)
-                return 1
-            why = ("the worker stopped and another took over" if said_goodbye else
-                   "the worker died mid-job; starting a new one to resume it")
-            show(Log(job_id=job_id, level="warning", message=why))
-            client = WorkerClient.connect(project, start=True)
-            stream = client.events()
-    except KeyboardInterrupt:
-        print(f"\ndetached; job {job_id} goes on in the worker (sulphur status)", file=sys.stderr)
-        return 130
-    except WorkerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-def _attach_error(exc: WorkerError, kind: str, json_events: bool, code: int) -> int:
-    if json_events:
-        _json_line(ErrorEvent(kind=kind, message=str(exc)))
-    print(f"error: {exc}", file=sys.stderr)
-    return code
-
-
-def _follow(stream: EventStream, job_id: str, show: Callable[[Event], None], *,
-            print_path: bool) -> tuple[int | None, bool]:
-    """Print the job's events until it ends (exit code) or the stream does (None).
-
-    The flag says whether the worker said goodbye (a clean stop) before the stream ended.
-    """
-    goodbye = False
-    for event in stream:
-        if isinstance(event, StatusSnapshot):
-            for job in event.jobs:  # attached late (after a restart): the job may be over already
-                if job.job_id == job_id and job.state in ("done", "failed", "cancelled"):
-                    return {"done": 0, "failed": 1, "cancelled": 130}[job.state], goodbye
-            continue
-        if isinstance(event, Log) and not event.job_id and event.message.startswith(GOODBYE):
-            goodbye = True
-        if event.job_id != job_id:
-            continue
-        show(event)
-        if isinstance(event, JobFinished):
-            if print_path:
-                print(event.path)
-            return 0, goodbye
-        if isinstance(event, ErrorEvent):
-            return 1, goodbye
-        if isinstance(event, JobCancelled):
-            return 130, goodbye
-    return None, goodbye
-
-
-def _journal_state(project: Path, job_id: str, wait: float = 10.0) -> str:
+def journal_state(project: Path, job_id: str, wait: float = 10.0) -> str:
     """The job's state once no worker holds the project (a stopping worker finishes first)."""
     deadline = time.monotonic() + wait
     while lock_holder(project) is not None and time.monotonic() < deadline:
@@ -503,28 +387,3 @@ def _journal_state(project: Path, job_id: str, wait: float = 10.0) -> str:
         if job.job_id == job_id:
             return job.state
     return "failed"
-
-
-def _json_line(event: Event) -> None:
-    sys.stdout.buffer.write(protocol.encode(event))
-    sys.stdout.flush()
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.worker.client")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("status")
-    s.add_argument("--project", type=Path, default=None)
-    s.add_argument("--json", action="store_true")
-    r = sub.add_parser("attach")
-    r.add_argument("storyboard", type=Path)
-    r.add_argument("--segment", action="append")
-    r.add_argument("--from", dest="from_")
-    r.add_argument("--preset")
-    r.add_argument("--json", action="store_true")
-    return p
-
-
-if __name__ == "__main__":  # the same entry points as `sulphur status` / `sulphur render --attach`
-    _args = _parser().parse_args()
-    sys.exit(main_status(_args) if _args.command == "status" else main_render_attach(_args))

@@ -83,6 +83,51 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
+    @classmethod
+    def open_or_reset(cls, path: Path) -> tuple[Journal, str]:
+        """Open the journal; a corrupt one is moved aside and a fresh one started.
+
+        Returns the journal and a warning ("" when the file was sound). A journal that
+        cannot be read must not keep the worker from starting: the jobs it held are lost
+        from the history, but the cache still holds every finished stage.
+        """
+        path = Path(path)
+        try:
+            journal = cls(path)
+            verdict = journal.quick_check()
+            if verdict == "ok":
+                return journal, ""
+            journal.close()
+        except sqlite3.OperationalError:
+            raise  # a full disk, a locked or unreadable file: not corruption, nothing to move aside
+        except sqlite3.DatabaseError as exc:
+            verdict = str(exc)
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{path}{suffix}")
+            if part.exists():
+                part.rename(Path(f"{aside}{suffix}"))
+        return cls(path), (f"{path} was corrupt ({verdict}); moved it to {aside.name} and started a new "
+                           "journal (the job history before it is lost; cached stages are kept)")
+
+    def quick_check(self) -> str:
+        """SQLite's quick check: ``"ok"`` for a sound file (reads every page, not every index)."""
+        with self._lock:
+            return str(self._db.execute("PRAGMA quick_check").fetchone()[0])
+
+    def prune(self, older_than: float) -> int:
+        """Forget finished jobs (and their events) last updated before ``older_than``; returns how many."""
+        with self._lock:
+            cur = self._db.execute("SELECT id FROM jobs WHERE state IN ('done','failed','cancelled') AND updated<?",
+                                   (older_than,))
+            ids = [r[0] for r in cur.fetchall()]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                self._db.execute(f"DELETE FROM events WHERE job_id IN ({marks})", chunk)
+                self._db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+        return len(ids)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

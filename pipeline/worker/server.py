@@ -2,7 +2,7 @@
 
 Process model
     ``sulphur worker`` (or the first client that finds none running) spawns
-    ``python -m pipeline.worker.server --foreground --project DIR`` in a new session with its
+    ``python -m pipeline.cli worker --foreground --project DIR`` in a new session with its
     output in ``DIR/.sulphur/worker.log``; it is spawned, never forked, so no CUDA state
     crosses a fork, and it outlives the terminal and the SSH login that started it. It
     holds ``DIR/.sulphur/worker.lock`` (``flock`` + its PID) for its whole life: a
@@ -59,7 +59,6 @@ Stopping
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import logging
@@ -76,13 +75,19 @@ from pathlib import Path
 
 import msgspec
 
+from pipeline.project import layout
+
+# Imported here, not in the submit thread: a first import there would queue behind the
+# render thread's import of torch (the import lock) and outlast a client's timeout.
+from pipeline.project.selection import select_segments
+from pipeline.project.storyboard import Storyboard, StoryboardError, load
 from pipeline.wire.framing import (
     GOODBYE,
     LineBuffer,
     ProjectLock,
-    WorkerLocked,
     bind_unix,
     lock_path,
+    private_dir,
     socket_path,
 )
 from pipeline.wire.protocol import (
@@ -96,6 +101,7 @@ from pipeline.wire.protocol import (
     JobFinished,
     JobInfo,
     JobQueued,
+    LatentPreview,
     Log,
     Message,
     ProtocolError,
@@ -124,8 +130,23 @@ QUEUE_HARD = 8192
 MAX_CRASHES = 3
 #: Finished jobs kept in the status snapshot.
 HISTORY = 50
-HIGH_RATE = (StepProgress, VramSample)
+HIGH_RATE = (StepProgress, VramSample, LatentPreview)
+#: Seconds a submit may spend reading and parsing its storyboard (off the loop) before it is refused.
+SUBMIT_READ_TIMEOUT = 10.0
 FINISHED = ("done", "failed", "cancelled")
+
+
+#: Finished jobs older than this leave the journal when a worker starts ($SULPHUR_JOURNAL_RETENTION_DAYS).
+DEFAULT_RETENTION_DAYS = 30.0
+
+
+def journal_retention() -> float:
+    """Seconds a finished job stays in the journal."""
+    try:
+        days = float(os.environ.get("SULPHUR_JOURNAL_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
+    except ValueError:
+        days = DEFAULT_RETENTION_DAYS
+    return max(0.0, days) * 86400
 
 
 def idle_timeout_default() -> float:
@@ -147,6 +168,7 @@ class _Client:
         self.subscribed = False
         self.dropped = 0
         self.closed = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()  # its submits still reading their storyboard
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._drain())
 
@@ -218,15 +240,6 @@ def _info(rec: JobRecord) -> JobInfo:
                    error=rec.error)
 
 
-def _select(ids: list[str], mode: str, segments: list[str]) -> list[str]:
-    """The segment ids a request renders (mirrors pipeline.render.runner.select_segments)."""
-    if mode == "segments":
-        return [i for i in ids if i in segments]
-    if mode == "from":
-        return ids[ids.index(segments[0]):]
-    return list(ids)
-
-
 class _BadRequest(Exception):
     pass
 
@@ -239,7 +252,7 @@ class Worker:
 
     def __init__(self, project: Path, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self.project = Path(project).expanduser().resolve()
-        self.state_dir = self.project / ".sulphur"
+        self.state_dir = layout.state_dir(self.project)
         self.idle_timeout = idle_timeout
         self.lock = ProjectLock(lock_path(self.project))
         self.jobs: dict[str, _Job] = {}
@@ -268,7 +281,13 @@ class Worker:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
-        self.journal = Journal(self.state_dir / "journal.db")
+        private_dir(layout.state_dir(self.project))  # 0700: the journal holds every prompt
+        self.journal, warning = Journal.open_or_reset(layout.journal_db(self.project))
+        if warning:
+            log.warning("%s", warning)
+        pruned = self.journal.prune(time.time() - journal_retention())
+        if pruned:
+            log.info("forgot %d finished job(s) older than the journal's retention", pruned)
         self._recover()
 
         path = socket_path(self.project)
@@ -403,6 +422,8 @@ class Worker:
                                                   "the next newline"))
                     elif line.strip():
                         self._dispatch(client, line)
+            if client.tasks:  # a client that sent a submit and closed its side still gets the reply
+                await asyncio.wait(set(client.tasks), timeout=SUBMIT_READ_TIMEOUT + 1)
             if client.subscribed:
                 await client.closed.wait()  # half-closed subscriber: keep sending events
             else:
@@ -420,10 +441,18 @@ class Worker:
         except ProtocolError as exc:
             client.reply(Reject(id=_guess_id(line), error=f"bad request: {exc}"))
             return
+        except RecursionError:  # msgspec's depth limit: a reply, never a dropped connection
+            client.reply(Reject(id=_guess_id(line), error="bad request: JSON nested too deeply"))
+            return
+        if isinstance(request, Submit):
+            # The storyboard is read and parsed off the loop: a slow or hostile file must
+            # never freeze status, cancel or SIGTERM for everyone else.
+            task = asyncio.create_task(self._submit_async(client, request))
+            client.tasks.add(task)
+            task.add_done_callback(client.tasks.discard)
+            return
         try:
-            if isinstance(request, Submit):
-                client.reply(self._submit(request))
-            elif isinstance(request, Cancel):
+            if isinstance(request, Cancel):
                 client.reply(self._cancel(request))
             elif isinstance(request, GetStatus):
                 client.reply(self.snapshot())
@@ -440,20 +469,34 @@ class Worker:
             log.exception("request failed")
             client.reply(Reject(id=request.id, error=f"internal error: {type(exc).__name__}: {exc}"))
 
-    def _submit(self, req: Submit) -> Ack:
-        from pipeline.project.storyboard import StoryboardError, load
+    async def _submit_async(self, client: _Client, req: Submit) -> None:
+        """Read the storyboard in a thread under :data:`SUBMIT_READ_TIMEOUT`, then queue on the loop."""
+        try:
+            path = self._submit_path(req)
+            try:
+                sb = await asyncio.wait_for(_off_loop(_read_storyboard, path), SUBMIT_READ_TIMEOUT)
+            except TimeoutError:
+                raise _BadRequest(f"{path}: not read within {SUBMIT_READ_TIMEOUT:g} s; refused") from None
+            client.reply(self._submit(req, path, sb))
+        except _BadRequest as exc:
+            client.reply(Reject(id=req.id, error=str(exc)))
+        except Exception as exc:
+            log.exception("submit failed")
+            client.reply(Reject(id=req.id, error=f"internal error: {type(exc).__name__}: {exc}"))
 
+    def _submit_path(self, req: Submit) -> Path:
         if self.stopping.is_set():
             raise _BadRequest("the worker is shutting down; submit again to start a new one")
         path = Path(req.storyboard).expanduser()
         path = (path if path.is_absolute() else self.project / path).resolve()
         if path.parent != self.project:
             raise _BadRequest(f"{path} is not in this worker's project folder {self.project}")
-        try:
-            sb = load(path)
-        except StoryboardError as exc:
-            raise _BadRequest(str(exc)) from None
-        ids = [s.id for s in sb.segments]
+        return path
+
+    def _submit(self, req: Submit, path: Path, sb: Storyboard) -> Ack:
+        """(Loop thread.) Queue a job for a storyboard already read and validated."""
+        if self.stopping.is_set():
+            raise _BadRequest("the worker is shutting down; submit again to start a new one")
         wanted = list(req.segments)
         if req.mode == "segments" and not wanted:
             raise _BadRequest("mode 'segments' needs at least one segment id")
@@ -461,15 +504,16 @@ class Worker:
             raise _BadRequest("mode 'from' needs exactly one segment id")
         if req.mode == "all":
             wanted = []
-        unknown = [s for s in wanted if s not in ids]
-        if unknown:
-            raise _BadRequest(f"no segment with id {', '.join(map(repr, unknown))} (ids: {', '.join(ids)})")
+        try:
+            selected = select_segments(sb, wanted if req.mode == "segments" else None,
+                                       wanted[0] if req.mode == "from" else None)
+        except StoryboardError as exc:
+            raise _BadRequest(str(exc)) from None
         for job in self.jobs.values():
             r = job.record
             if job.info.state in ("queued", "running") and not job.cancel.is_set() and (
                     r.storyboard, r.mode, r.segments, r.preset) == (str(path), req.mode, wanted, req.preset):
                 return Ack(id=req.id, job_id=r.id)  # already pending: follow that one
-        selected = _select(ids, req.mode, wanted)
         rec = JobRecord(id=uuid.uuid4().hex[:12], storyboard=str(path), mode=req.mode, segments=wanted,
                         selected=selected, preset=req.preset)
         self.journal.add_job(rec)  # on disk before the Ack
@@ -553,11 +597,11 @@ class Worker:
         try:
             from pipeline.project.storyboard import StoryboardError
             from pipeline.render.engines import render  # $SULPHUR_ENGINE: local (default) or ray
-            from pipeline.render.runner import RenderError
+            from pipeline.render.errors import RenderError
             from pipeline.stages.base import Cancelled
 
             if self._models is None:
-                from pipeline.models.registry import LoadedModels
+                from pipeline.memory.loaded import LoadedModels
 
                 self._models = LoadedModels()
             try:
@@ -572,7 +616,7 @@ class Worker:
                 return "cancelled", "cancelled", "", JobCancelled(job_id=rec.id, segment=job.info.segment,
                                                                   stage=job.info.stage)
             except RenderError as exc:
-                self._models.evict_all()
+                self._models.make_room(reason="the job failed")
                 return "failed", f"{exc.kind}: {exc.message}", "", exc.to_event(rec.id)
             except StoryboardError as exc:
                 return "failed", f"storyboard: {exc}", "", ErrorEvent(job_id=rec.id, kind="storyboard",
@@ -580,7 +624,7 @@ class Worker:
         except Exception as exc:
             log.error("job %s crashed:\n%s", rec.id, traceback.format_exc())
             if self._models is not None:
-                self._models.evict_all()
+                self._models.make_room(reason="the job crashed")
             message = f"{type(exc).__name__}: {exc}"
             return "failed", f"internal: {message}", "", ErrorEvent(job_id=rec.id, kind="internal", message=message,
                                                                     stage=job.info.stage, segment=job.info.segment)
@@ -620,57 +664,47 @@ def _torch_memory() -> tuple[int, int, int]:
     return torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device), device
 
 
+def _off_loop(fn: object, *args: object) -> asyncio.Future:
+    """Run ``fn(*args)`` in a daemon thread: one stuck in the kernel can neither freeze the
+    loop nor hold up the worker's exit (``asyncio.to_thread`` joins its threads at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if future.done():  # the submit timed out and went away
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None  # type: ignore[operator]
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile: nobody is waiting
+            pass
+
+    threading.Thread(target=run, name="submit-read", daemon=True).start()
+    return future
+
+
+def _read_storyboard(path: Path) -> Storyboard:
+    """(A thread.) Load a storyboard; special files are refused unopened."""
+    try:
+        return load(path)
+    except StoryboardError as exc:
+        raise _BadRequest(str(exc)) from None
+
+
 def _guess_id(line: bytes) -> str:
     """The ``id`` of a request that failed validation, when the line is JSON at all."""
     try:
         data = msgspec.json.decode(line)
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return ""
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) else ""
-
-
-# ---------------------------------------------------------------------- CLI
-
-
-def main(args: argparse.Namespace) -> int:
-    """``sulphur worker``: start detached (default), run in this terminal, or ``--stop``."""
-    project = Path(getattr(args, "project", None) or Path.cwd()).expanduser().resolve()
-    idle = getattr(args, "idle_timeout", None)
-    idle = idle_timeout_default() if idle is None else float(idle)
-    if getattr(args, "stop", False):
-        from pipeline.worker.client import stop_worker
-
-        return stop_worker(project)
-    if not getattr(args, "foreground", False):
-        from pipeline.worker.client import WorkerClient, WorkerError
-
-        try:
-            client = WorkerClient.connect(project, start=True, idle_timeout=idle)
-        except WorkerError as exc:
-            print(f"sulphur worker: {exc}", file=sys.stderr)
-            return 1
-        snap = client.status()
-        client.close()
-        print(f"worker running for {project} (PID {snap.pid}); log: {project / '.sulphur' / 'worker.log'}")
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    try:
-        return Worker(project, idle).run()
-    except WorkerLocked as exc:
-        print(f"sulphur worker: {exc}", file=sys.stderr)
-        return 1
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.worker.server", description="Sulphur render worker.")
-    p.add_argument("--project", type=Path, default=None)
-    p.add_argument("--stop", action="store_true")
-    p.add_argument("--idle-timeout", type=float, default=None)
-    p.add_argument("--foreground", action="store_true")
-    return p
-
-
-if __name__ == "__main__":
-    sys.exit(main(_parser().parse_args()))

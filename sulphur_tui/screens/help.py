@@ -12,10 +12,18 @@ ABOUT = """\
 # Sulphur editor
 
 **Left:** the shots of the storyboard and the editor of the selected one.
-**Right:** GPU memory (NVML used/total, the storyboard's `vram_budget_gb` marked `│`,
-the worker's torch allocated/reserved), the stage timers of the running shot, a flicker
-sparkline per rendered shot (PSNR-Y of every frame transition; red bars are the worst;
-*seam* is the PSNR across the cut from the previous shot) and the latest frame.
+**Right:** GPU memory (NVML used/total, the storyboard's `vram_budget_gb` marked `│`;
+a second bar measures the worker's torch memory against that budget), the stage timers
+of the running shot with the memory plan of its stage, a flicker sparkline per rendered
+shot (PSNR-Y of every frame transition, from the stage it names; red bars are the worst;
+*seam* is the PSNR across the cut from the previous shot, on the stage it names, and is
+flagged when below that stage's worst transition) and the latest frame; while a draft or
+refine samples, the Preview shows its latent after every step ("latent": no decoder runs,
+its channels are projected to false colours, so look for composition and motion).
+Below 100 columns the two sides are tabs: `f9` switches.
+
+**Status line:** the worker, then the latest news: a log line while rendering, how the
+last job ended (the film's path, or why not) until the next one starts.
 
 **Status:** `● rendered` · `◐ stale` (it or a shot it continues from changed since its
 render) · `◷ queued` · `▶ 42%` rendering · `✖ failed` · `○ new`.

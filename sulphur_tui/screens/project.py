@@ -114,6 +114,8 @@ SECTIONS: list[tuple[str, list[Field]]] = [
     ]),
 ]
 FIELDS = {f.key: f for _, group in SECTIONS for f in group}
+# Number fields refuse letters as they are typed (Textual's restricted Input types).
+INPUT_TYPES: dict[Callable[[str], Any], str] = {_int: "integer", _number: "number"}
 FLAGS = {"audio": "Keep the generated audio", "enhance": "Enhance prompts with the LLM"}
 
 
@@ -141,19 +143,54 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
     ProjectScreen .row > Select { width: 1fr; }
     ProjectScreen .row > Checkbox { width: 1fr; }
     ProjectScreen Input.-invalid { background: $error 30%; }
+    ProjectScreen .row > .field-error { width: auto; max-width: 40%; color: $error; padding-left: 1; }
     ProjectScreen #error { color: $error; height: auto; margin: 1 1 0 1; }
     ProjectScreen #buttons { height: auto; align-horizontal: right; margin: 1 0; }
     ProjectScreen Button { margin-left: 1; }
     """
     AUTO_FOCUS = "Input"  # the first field, not the scroll container around the form
     BINDINGS = [
-        Binding("escape", "dismiss(None)", "Cancel", id="project.cancel"),
+        Binding("escape", "cancel", "Cancel", id="project.cancel"),
         Binding("ctrl+s", "apply(True)", "Apply and save", id="project.save", priority=True),
     ]
 
     def __init__(self, project: Project) -> None:
         super().__init__()
         self.project = project
+        self._initial: dict[str, object] = {}
+        self._discard_armed = False
+
+    def on_mount(self) -> None:
+        self._initial = self._values()
+
+    def _values(self) -> dict[str, object]:
+        return {w.id or "": getattr(w, "value", None) for w in self.query("Input, Checkbox, Select")}
+
+    def action_cancel(self) -> None:
+        """Esc: leave; with changes not applied, the first Esc asks and the second discards."""
+        if self._values() == self._initial or self._discard_armed:
+            self.dismiss(None)
+            return
+        self._discard_armed = True
+        self.query_one("#error", Static).update("Changes not applied: Esc again discards them, Enter applies.")
+
+    @on(Input.Blurred)
+    def _left_field(self, event: Input.Blurred) -> None:
+        """A field says what is wrong with it as soon as it is left, beside it."""
+        f = FIELDS.get(event.input.id or "")
+        if f is None:
+            return
+        text = event.input.value.strip()
+        problem = "must not be blank" if not text and not f.blank else ""
+        if text and not problem:
+            try:
+                f.parse(text)
+            except FieldError as exc:
+                problem = str(exc)
+        event.input.set_class(bool(problem), "-invalid")
+        note = event.input.parent.query_one(".field-error", Label) if event.input.parent else None
+        if note is not None:
+            note.update(problem)
 
     def compose(self) -> ComposeResult:
         values = asdict(self.project)
@@ -166,7 +203,9 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
                         with Horizontal(classes="row"):
                             yield Label(f.label)
                             yield Input(_show(values[f.key]), id=f.key, compact=True, tooltip=f.tip or None,
-                                        placeholder=f"blank: {f.blank}" if f.blank else "")
+                                        placeholder=f"blank: {f.blank}" if f.blank else "",
+                                        type=INPUT_TYPES.get(f.parse, "text"))  # type: ignore[arg-type]
+                            yield Label("", classes="field-error")
                     if title == "Model":
                         with Horizontal(classes="row"):
                             yield Label("")
@@ -187,7 +226,12 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
                 yield Button("Cancel (esc)", id="cancel")
 
     def table(self) -> dict[str, Any]:
-        """The form as a ``[project]`` table; raises FieldError with the key in ``args[1]``."""
+        """The form as a ``[project]`` table; raises FieldError with the key in ``args[1]``.
+
+        A field whose value did not change keeps the value it had, not its text's reading:
+        ``drift_strength = 1.0`` shows as "1" and must not come back as the integer 1
+        (every shot's digest, hence its rendered/stale state, would change)."""
+        current = asdict(self.project)
         raw: dict[str, Any] = {}
         for key, f in FIELDS.items():
             text = self.query_one(f"#{key}", Input).value.strip()
@@ -196,9 +240,12 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
                     raise FieldError("must not be blank", key)
                 continue  # left out: the default applies
             try:
-                raw[key] = f.parse(text)
+                value = f.parse(text)
             except FieldError as exc:
                 raise FieldError(str(exc), key) from None
+            was = current.get(key)
+            same = list(was) == value if isinstance(was, tuple) else (was == value and type(was) is not bool)
+            raw[key] = (list(was) if isinstance(was, tuple) else was) if same else value
         for key in FLAGS:
             raw[key] = self.query_one(f"#{key}", Checkbox).value
         raw["drift_guard"] = self.query_one("#drift_guard", Select).value
@@ -239,4 +286,4 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
 
     @on(Button.Pressed, "#cancel")
     def _cancel_pressed(self) -> None:
-        self.dismiss(None)
+        self.action_cancel()

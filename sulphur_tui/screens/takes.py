@@ -45,7 +45,7 @@ class Take:
 
 
 def takes_manifest(sb: Storyboard, segment_id: str) -> Path:
-    return sb.render_dir() / "takes" / segment_id / "takes.json"
+    return sb.renders.takes_manifest(segment_id)
 
 
 def read_takes(sb: Storyboard, segment_id: str) -> list[Take]:

@@ -54,13 +54,13 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor #enhanced.-locked { border: tall $warning; }
     SegmentEditor .row { height: 1; margin-top: 1; }
     SegmentEditor .row > Label { width: auto; color: $text-muted; padding: 0 1 0 0; }
-    SegmentEditor .row > Input { width: 1fr; height: 1; margin-right: 2; }
-    SegmentEditor .row > Select { width: 1fr; margin-right: 2; }
-    SegmentEditor .row > Button { width: auto; margin-right: 2; }
-    SegmentEditor .row > Checkbox { width: auto; margin-right: 2; }
-    SegmentEditor #seed { width: 11; }
-    SegmentEditor #frames, SegmentEditor #seconds, SegmentEditor #steps, SegmentEditor #lora,
-    SegmentEditor #keep { width: 8; }
+    SegmentEditor .row > Input { width: 1fr; height: 1; margin-right: 1; }
+    SegmentEditor .row > Select { width: 1fr; margin-right: 1; }
+    SegmentEditor .row > Button { width: auto; margin-right: 1; }
+    SegmentEditor .row > Checkbox { width: auto; margin-right: 1; }
+    SegmentEditor #seed { width: 10; }
+    SegmentEditor #frames, SegmentEditor #seconds { width: 7; }
+    SegmentEditor #steps, SegmentEditor #lora, SegmentEditor #keep { width: 8; }
     SegmentEditor #preset { width: 24; }
     SegmentEditor #anchor-kind { width: 22; }
     SegmentEditor #drift { width: 28; }

@@ -7,7 +7,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
 from pipeline.wire.protocol import FlickerReport
-from sulphur_tui.live import finite_psnr
+from sulphur_tui.live import Seam, finite_psnr
 
 
 def _db(v: float | None) -> str:
@@ -29,9 +29,10 @@ class FlickerRow(Horizontal):
     FlickerRow.-seam-bad > .flicker-stats { color: $warning; }
     """
 
-    def __init__(self, report: FlickerReport, **kwargs: object) -> None:
+    def __init__(self, report: FlickerReport, seam: Seam | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.report = report
+        self.seam = seam
 
     def compose(self) -> ComposeResult:
         yield Label(self.report.segment[:9], classes="flicker-id")
@@ -40,31 +41,42 @@ class FlickerRow(Horizontal):
         yield Label(self._stats(), classes="flicker-stats")
 
     def _stats(self) -> str:
-        r = self.report
-        parts = [f"min {_db(r.minimum)}", f"mean {_db(r.mean)}"]
-        if r.seam_psnr is not None:
-            parts.append(f"seam {_db(r.seam_psnr)}")
+        """``encode min 27.0 · draft seam 17.1``: every figure names the stage it is from
+        (the mean moves to the tooltip when there is a seam, to keep the sparkline)."""
+        r, seam = self.report, self.seam
+        parts = [f"{r.stage} min {_db(r.minimum)}"]
+        if seam is None:
+            parts.append(f"mean {_db(r.mean)}")
+        elif seam.stage == r.stage:
+            parts.append(f"seam {_db(seam.psnr)}")
+        else:
+            parts.append(f"{seam.stage} seam {_db(seam.psnr)}")
         return " · ".join(parts)
 
     def _describe(self) -> str:
         r = self.report
         worst = ", ".join(f"{i}→{i + 1}" for i in r.worst) or "none"
-        return f"{r.segment} after {r.stage}: PSNR-Y in dB, worst transitions {worst}"
+        text = f"{r.segment} after {r.stage}: PSNR-Y in dB, mean {_db(r.mean)}, worst transitions {worst}"
+        if self.seam is not None:
+            s = self.seam
+            text += f"; seam {_db(s.psnr)} on the {s.stage} (its worst transition {_db(s.stage_minimum)})"
+        return text
 
     def on_mount(self) -> None:
         self._mark_seam()
 
-    def update(self, report: FlickerReport) -> None:
-        self.report = report
+    def update(self, report: FlickerReport, seam: Seam | None = None) -> None:
+        self.report, self.seam = report, seam
+        if not self.is_mounted or not self.children:  # composed on mount, from the new report
+            return
         self.query_one(Sparkline).data = finite_psnr(report.psnr)
         self.query_one(".flicker-stats", Label).update(self._stats())
         self._mark_seam()
 
     def _mark_seam(self) -> None:
-        report = self.report
         self.tooltip = self._describe()
-        # A seam far below the segment's own transitions is the flash users complain about.
-        self.set_class(report.seam_psnr is not None and report.seam_psnr < report.minimum, "-seam-bad")
+        # A seam below the worst transition of its own stage is the flash users complain about.
+        self.set_class(self.seam is not None and self.seam.bad, "-seam-bad")
 
 
 class FlickerPanel(VerticalScroll):
@@ -78,7 +90,7 @@ class FlickerPanel(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("No flicker reports yet: they arrive as segments finish.", id="flicker-empty")
 
-    def show(self, reports: dict[str, FlickerReport], order: list[str]) -> None:
+    def show(self, reports: dict[str, FlickerReport], order: list[str], seams: dict[str, Seam] | None = None) -> None:
         self.query_one("#flicker-empty").display = not reports
         rows = {r.report.segment: r for r in self.query(FlickerRow)}
         wanted = [s for s in order if s in reports] + [s for s in reports if s not in order]
@@ -91,7 +103,7 @@ class FlickerPanel(VerticalScroll):
             if row is None:
                 # Mount in storyboard order: before the first later segment already shown.
                 later = next((rows[s] for s in wanted[i + 1:] if s in rows), None)
-                rows[sid] = FlickerRow(rep)
+                rows[sid] = FlickerRow(rep, (seams or {}).get(sid))
                 self.mount(rows[sid], before=later) if later else self.mount(rows[sid])
-            elif row.report is not rep:
-                row.update(rep)
+            elif row.report is not rep or row.seam is not (seams or {}).get(sid):
+                row.update(rep, (seams or {}).get(sid))

@@ -133,6 +133,15 @@ class PreviewPane(Vertical):
             return
         self._load(path, caption)
 
+    def show_rgb(self, width: int, height: int, rgb: bytes, caption: str) -> None:
+        """A small picture sent in an event (the sampler's latent): drawn at once."""
+        if self.image_cls is None or len(rgb) != width * height * 3:
+            return
+        from PIL import Image as PILImage
+
+        self.workers.cancel_group(self, "default")  # an older file must not draw over it
+        self._draw(None, PILImage.frombytes("RGB", (width, height), rgb), caption)
+
     @work(thread=True, exclusive=True, exit_on_error=False)
     def _load(self, path: Path, caption: str) -> None:
         try:
@@ -152,7 +161,7 @@ class PreviewPane(Vertical):
     def _caption(self, text: str) -> None:
         self.query_one("#preview-caption", Label).update(text)
 
-    def _draw(self, path: Path, frame: object, caption: str) -> None:
+    def _draw(self, path: Path | None, frame: object, caption: str) -> None:
         self.path = path
         image = self.query_one("#preview-image")
         image.image = frame  # type: ignore[attr-defined]

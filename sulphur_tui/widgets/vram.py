@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
+from pipeline.telemetry.host import HostSample
 from pipeline.wire.protocol import VramSample
 
 GIB = 1024**3
@@ -51,32 +52,47 @@ class VramBar(Widget):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.sample = sample
         self.budget_gb = budget_gb
+        self.styles.height = 3 if self._third_line() else 2
 
     def update(self, sample: VramSample, budget_gb: float | None) -> None:
         self.sample, self.budget_gb = sample, budget_gb
+        self.styles.height = 3 if self._third_line() else 2
         self.refresh()
+
+    def _third_line(self) -> bool:
+        s = self.sample
+        return bool(self.budget_gb or s.torch_allocated or s.torch_reserved)
 
     def render(self) -> RenderResult:
         s = self.sample
         style = self.get_component_rich_style
         width = max(10, self.size.width - 2)
-        head = Text.assemble((f"GPU{s.gpu} ", style("vram-bar--label")), (s.name, style("vram-bar--dim")))
+        # One line each, cut rather than wrapped: a wrapped name pushed the bar out of sight.
+        head = Text.assemble((f"GPU{s.gpu} ", style("vram-bar--label")), (s.name, style("vram-bar--dim")),
+                             no_wrap=True, overflow="ellipsis")
         figures = f" {gib(s.used)}/{gib(s.total)} GiB"
         if s.utilisation is not None:
             figures += f"  {s.utilisation:>3d}%"
         if s.temperature is not None:
             figures += f"  {s.temperature}°C"
-        bar_w = max(8, width - len(figures))
-        bar = Text()
-        total = max(1, s.total)
-        used_cells = round(bar_w * min(1.0, s.used / total))
-        torch_cells = min(used_cells, round(bar_w * min(1.0, s.torch_reserved / total)))
-        budget_cell = None
-        if self.budget_gb:
-            budget_cell = min(bar_w - 1, round(bar_w * self.budget_gb * GIB / total))
         over = bool(self.budget_gb) and s.used > (self.budget_gb or 0) * GIB
-        for i in range(bar_w):
-            if i == budget_cell:
+        bar = self._bar(max(8, width - len(figures)), s.used, s.torch_reserved, s.total,
+                        self.budget_gb * GIB if self.budget_gb else None, over)
+        lines = [head, Text.assemble(bar, (figures, style("vram-bar--over") if over else ""), no_wrap=True)]
+        if self._third_line():
+            lines.append(self._budget_line(width))
+        return Text("\n").join(lines)
+
+    def _bar(self, cells: int, used: int, torch: int, total: int, mark: float | None, over: bool) -> Text:
+        """``cells`` wide: torch's share, the rest of ``used``, free; ``│`` at ``mark`` bytes."""
+        style = self.get_component_rich_style
+        total = max(1, total)
+        used_cells = round(cells * min(1.0, used / total))
+        torch_cells = min(used_cells, round(cells * min(1.0, torch / total)))
+        mark_cell = None if mark is None else min(cells - 1, round(cells * mark / total))
+        bar = Text()
+        for i in range(cells):
+            if i == mark_cell:
                 bar.append("│", style("vram-bar--budget"))
             elif i < torch_cells:
                 bar.append("█", style("vram-bar--torch"))
@@ -84,15 +100,62 @@ class VramBar(Widget):
                 bar.append("█", style("vram-bar--over" if over else "vram-bar--used"))
             else:
                 bar.append("░", style("vram-bar--free"))
-        line2 = Text.assemble(bar, (figures, style("vram-bar--over") if over else ""))
-        detail = []
-        if s.torch_allocated or s.torch_reserved:
-            detail.append(f"torch {gib(s.torch_allocated)} alloc / {gib(s.torch_reserved)} reserved")
-        if self.budget_gb:
-            detail.append(f"budget {self.budget_gb:g} GiB")
-        if detail:
-            head.append("  " + " · ".join(detail), style("vram-bar--dim"))
-        return Text("\n").join([head, line2])
+        return bar
+
+    def _budget_line(self, width: int) -> Text:
+        """What the planner works within: torch's memory (else NVML's) against the budget,
+        on a bar scaled to the budget — on a 140 GiB card an 8 GiB budget is a sliver."""
+        s, style = self.sample, self.get_component_rich_style
+        torch = f"torch {gib(s.torch_allocated)} alloc / {gib(s.torch_reserved)} reserved" \
+            if s.torch_allocated or s.torch_reserved else ""
+        if not self.budget_gb:
+            return Text(torch, style("vram-bar--dim"), no_wrap=True, overflow="ellipsis")
+        budget = self.budget_gb * GIB
+        mine = s.torch_reserved or s.used
+        label = f"budget {self.budget_gb:g} GiB "
+        tail = f" {torch}" if torch else f" {gib(s.used)} used"
+        if width - len(label) - len(tail) < 6:
+            tail = f" {gib(mine)}/{self.budget_gb:g}"
+        over = mine > budget
+        bar = self._bar(max(4, width - len(label) - len(tail)), mine, s.torch_reserved if s.torch_reserved else 0,
+                        int(budget), None, over)
+        return Text.assemble((label, style("vram-bar--budget")), bar, (tail, style("vram-bar--dim")),
+                             no_wrap=True, overflow="ellipsis")
+
+
+class HostBar(VramBar):
+    """``RAM [███│░░] used/total GiB`` with the storyboard's RAM budget marked, and
+    ``CPU [██░░░░] 37% of 16 cores``: host memory is the other budget of an offloaded render."""
+
+    DEFAULT_CSS = """
+    HostBar { height: 2; width: 1fr; }
+    """
+
+    def __init__(self, host: HostSample, budget_gb: float | None = None, **kwargs: object) -> None:
+        Widget.__init__(self, **kwargs)  # type: ignore[arg-type]
+        self.host, self.budget_gb = host, budget_gb
+
+    def update_host(self, host: HostSample, budget_gb: float | None) -> None:
+        self.host, self.budget_gb = host, budget_gb
+        self.refresh()
+
+    def render(self) -> RenderResult:
+        h, style = self.host, self.get_component_rich_style
+        width = max(10, self.size.width - 2)
+        budget = self.budget_gb * GIB if self.budget_gb else None
+        over = budget is not None and h.ram_used > budget
+        ram = f" {gib(h.ram_used)}/{gib(h.ram_total)} GiB" + (f" · budget {self.budget_gb:g}" if budget else "")
+        cpu = f" {h.cpu_percent:3.0f}% of {h.cores} cores"
+        lines = []
+        for label, tail, used, total, mark in (("RAM ", ram, h.ram_used, h.ram_total, budget),
+                                               ("CPU ", cpu, h.cpu_percent, 100.0, None)):
+            cells = max(6, width - len(label) - len(tail))
+            bar = self._bar(cells, int(used * 1000), 0, int(total * 1000), None if mark is None else mark * 1000,
+                            over and label == "RAM ")
+            lines.append(Text.assemble((label, style("vram-bar--label")), bar,
+                                       (tail, style("vram-bar--over") if over and label == "RAM " else ""),
+                                       no_wrap=True, overflow="ellipsis"))
+        return Text("\n").join(lines)
 
 
 def merge_samples(local: list[VramSample], worker: dict[int, VramSample]) -> list[VramSample]:
@@ -151,3 +214,14 @@ class GpuPanel(Vertical):
                 bar.update(s, budget_gb)
         for gpu in set(self._bars) - seen:
             self._bars.pop(gpu).remove()
+
+    def show_host(self, host: HostSample | None, budget_gb: float | None) -> None:
+        """The host's RAM and CPU under the GPUs (alone where there is no GPU)."""
+        bars = list(self.query(HostBar))
+        if host is None:
+            for bar in bars:
+                bar.remove()
+        elif bars:
+            bars[0].update_host(host, budget_gb)
+        else:
+            self.mount(HostBar(host, budget_gb, id="host"))

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import StagePlan
-from pipeline.models.registry import LoadedModels, get_preset
+from pipeline.models.registry import get_preset
 from pipeline.project.storyboard import Project, Segment, Storyboard
 from pipeline.render.cache import Artifact
 from pipeline.stages.base import Cancelled, SegmentJob, StageContext

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.stages.encode import AUDIO_RATE, encode_mp4
+from tests.functional.conftest import checkout_env
 
 ROOT = Path(__file__).resolve().parents[2]
 FPS, SIZE, FRAMES = 8, (64, 48), 12
@@ -88,7 +89,7 @@ def test_extend_cli_writes_the_requested_output(clip: Path, tmp_path: Path) -> N
     out = tmp_path / "longer" / "result.mp4"
     result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "extend", str(clip), "--prompt", "dust rises",
                              "--model", "tiny-svd", "--frames", "4", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False, env=checkout_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith(str(out))
     extended, fps, size = _decode(out)

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.wire import protocol
+from tests.functional.conftest import checkout_env, tiny_storyboard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,37 +36,23 @@ OUTPUT = (128, 64)
 
 
 def _storyboard(folder: Path, preset: str, text_start: bool, enhance: bool) -> Path:
-    first_anchor = ""
+    first = dict(id="dig", prompt="an excavator digging dirt in the forest", frames=5)
     if not text_start:
         rng = np.random.default_rng(0)
         y, x = np.mgrid[0:32, 0:64]
         start = np.stack([x * 4, y * 8, 128 + rng.integers(0, 40, (32, 64))], -1).clip(0, 255).astype(np.uint8)
         Image.fromarray(start).save(folder / "start.png")
-        first_anchor = 'anchor = { image = "start.png" }\n'
+        first["anchor"] = {"image": "start.png"}
     path = folder / "story.toml"
-    path.write_text(f"""
-[project]
-preset = "{preset}"
-fps = 8
-output_size = [{OUTPUT[0]}, {OUTPUT[1]}]
-enhance = {"true" if enhance else "false"}
-
-[[segment]]
-id = "dig"
-prompt = "an excavator digging dirt in the forest"
-frames = 5
-{first_anchor}
-[[segment]]
-id = "more"
-prompt = "the excavator keeps digging slowly"
-frames = 5
-""")
+    path.write_text(tiny_storyboard([first, dict(id="more", prompt="the excavator keeps digging slowly", frames=5)],
+                                    preset=preset, fps=8, output_size=list(OUTPUT), enhance=enhance))
     return path
 
 
 @pytest.mark.parametrize("preset", list(TINY))
 def test_tiny_twin_renders_a_chained_two_segment_film(preset: str, tmp_path: Path) -> None:
-    from pipeline.models.registry import LoadedModels, get_preset
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.models.registry import get_preset
     from pipeline.project.storyboard import load
     from pipeline.render.runner import render
 
@@ -135,13 +122,14 @@ def test_image_only_preset_without_an_anchor_fails_clearly(tmp_path: Path) -> No
 def test_models_lists_real_presets_with_missing_files(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SULPHUR_")}
     env["SULPHUR_HOME"] = str(tmp_path / "empty-home")
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "models"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "models"], cwd=ROOT, env=checkout_env(env),
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     blocks = {b.split()[0]: b for b in result.stdout.split("\n\n") if b.strip()}
     for name in REAL:
         assert name in blocks, f"{name} not listed"
-        assert "MISSING" in blocks[name] and "put it at" in blocks[name]
+        assert "MISSING" in blocks[name]
+        assert "put it at" in blocks[name] or f"sulphur models pull {name}" in blocks[name]
     assert "ignored" in blocks["svd-xt"]  # SVD says it takes no prompt
     for name in TINY:  # built on first use, so never a download the user has to make
         assert name in blocks and "built in" in blocks[name]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.functional.conftest import checkout_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -14,7 +16,7 @@ def test_render_with_missing_weights_names_each_file_and_runs_nothing(tmp_path: 
     story.write_text((ROOT / "storyboards" / "example.toml").read_text()
                      .replace('preset = "tiny"', 'preset = "sulphur2-ltx23"'))
     before = story.read_bytes()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SULPHUR_HOME": str(tmp_path / "home")}
+    env = checkout_env({"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SULPHUR_HOME": str(tmp_path / "home")})
     result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "render", str(story), "--json"], cwd=tmp_path,
                             capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 1
@@ -31,8 +33,7 @@ def test_render_with_missing_weights_names_each_file_and_runs_nothing(tmp_path: 
 
 def test_models_into_a_reader_that_leaves_early_is_not_an_error(tmp_path: Path) -> None:
     """`sulphur models | head -1`: no traceback when the pipe closes under the listing."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SULPHUR_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(ROOT)}
+    env = checkout_env({"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SULPHUR_HOME": str(tmp_path / "home")})
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "models"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None

@@ -12,32 +12,19 @@ import pytest
 
 from pipeline.render.runner import RenderError, render
 from pipeline.wire import protocol
+from tests.functional.conftest import tiny_storyboard
 
 pytestmark = pytest.mark.slow
 
-STORY = """\
-[project]
-fps = 24
-seed = 3
-output_size = [320, 180]
-enhance = false
-
-[[segment]]
-id = "opening"
-prompt = "a harbour at dawn"
-frames = 9
-
-[[segment]]
-id = "continue"
-preset = "{second}"
-prompt = "the fishing boats leave the harbour"
-frames = 9
-"""
+def _story(second: str) -> str:
+    return tiny_storyboard([dict(id="opening", prompt="a harbour at dawn", frames=9),
+                            dict(id="continue", preset=second, prompt="the fishing boats leave the harbour", frames=9)],
+                           fps=24, seed=3, output_size=[320, 180], enhance=False)
 
 
 def test_each_shot_uses_its_own_preset_and_the_film_joins_them(tmp_path: Path) -> None:
     path = tmp_path / "mixed.toml"
-    path.write_text(STORY.replace("{second}", "tiny-ltxv"))
+    path.write_text(_story("tiny-ltxv"))
     events: list[protocol.Event] = []
     final = render(path, emit=events.append)
     drafts = {e.segment: e for e in events if isinstance(e, protocol.StageFinished) and e.stage == "draft"}
@@ -61,7 +48,7 @@ def test_each_shot_uses_its_own_preset_and_the_film_joins_them(tmp_path: Path) -
 
 def test_an_unknown_shot_preset_is_refused_before_anything_runs(tmp_path: Path) -> None:
     path = tmp_path / "mixed.toml"
-    path.write_text(STORY.replace("{second}", "no-such-model"))
+    path.write_text(_story("no-such-model"))
     events: list[protocol.Event] = []
     with pytest.raises(RenderError) as info:
         render(path, emit=events.append)

@@ -16,7 +16,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,6 +26,7 @@ from pipeline.wire import protocol
 ray = pytest.importorskip("ray")
 
 from pipeline.render.engines.ray_engine import NAMESPACE, plan_layout  # noqa: E402  (after the skip)
+from tests.functional.conftest import cache_keys, checkout_env, decode_frames  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "storyboards" / "example.toml"
@@ -36,16 +36,6 @@ def _project(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(EXAMPLE, folder / "example.toml")
     return folder / "example.toml"
-
-
-def _frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def _keys(folder: Path) -> dict[str, set[str]]:
-    root = folder / ".sulphur" / "cache"
-    return {stage: {m.parent.name for m in (root / stage).glob("*/*/meta.json")} for stage in protocol.STAGES}
 
 
 def _count(events: list, cls: type) -> Counter:
@@ -97,11 +87,11 @@ def test_ray_film_equals_the_local_film_frame_for_frame(renders: dict) -> None:
     assert renders["ray"].name == "final.mp4" and renders["ray"].is_file()
     finished = [e for e in renders["events"] if isinstance(e, protocol.JobFinished)]
     assert len(finished) == 1 and Path(finished[0].path) == renders["ray"]
-    ray_frames, local_frames = _frames(renders["ray"]), _frames(renders["local"])
+    ray_frames, local_frames = decode_frames(renders["ray"]), decode_frames(renders["local"])
     assert ray_frames.shape == local_frames.shape
     assert np.array_equal(ray_frames, local_frames)
     # Same stage cache keys as the local path, so either engine resumes the other's render.
-    assert _keys(renders["ray"].parents[2]) == _keys(renders["local"].parents[2])
+    assert cache_keys(renders["ray"].parents[2]) == cache_keys(renders["local"].parents[2])
 
 
 @pytest.mark.slow
@@ -228,12 +218,12 @@ def test_an_actor_plans_within_its_shares(tmp_path: Path) -> None:
 
     story = _project(tmp_path)
     r = _renderer(str(story), None, "job", 40.0, 12.5, lambda e: None, threading.Event())
-    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (40.0, 12.5)
+    assert (r.job.project.vram_budget_gb, r.job.project.ram_budget_gb) == (40.0, 12.5)
     story.write_text(story.read_text().replace("[project]", "[project]\nvram_budget_gb = 8\nram_budget_gb = 64", 1))
     r = _renderer(str(story), None, "job", 40.0, 20.0, lambda e: None, threading.Event())
-    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (8.0, 20.0)
+    assert (r.job.project.vram_budget_gb, r.job.project.ram_budget_gb) == (8.0, 20.0)
     r = _renderer(str(story), None, "job", None, None, lambda e: None, threading.Event())
-    assert (r.sb.project.vram_budget_gb, r.sb.project.ram_budget_gb) == (8.0, 64.0)
+    assert (r.job.project.vram_budget_gb, r.job.project.ram_budget_gb) == (8.0, 64.0)
 
 
 def test_the_host_need_comes_from_the_memory_planner() -> None:
@@ -257,7 +247,7 @@ def test_ray_is_imported_only_when_asked_for() -> None:
             "pipeline.cli.main._parser().parse_args(['render', 'x.toml', '--engine', 'ray']); "
             "print('ray' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env=checkout_env())
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -286,12 +276,12 @@ def test_takes_render_seeds_in_parallel_and_the_chain_continues_from_the_pick(re
     ran = _count(events, protocol.StageFinished)
     assert ran[(seg, "draft")] == 1 and ran[(seg, "encode")] == 1, "only the new seed's take ran"
     assert not ran[(ids[0], "draft")], "the chain before the segment came from the cache"
-    same = _frames(takes[seeds[0]])
-    assert np.array_equal(same, _frames(renders["ray"].parent / "segments" / f"{seg}.mp4"))
-    assert not np.array_equal(same, _frames(takes[seeds[1]]))
+    same = decode_frames(takes[seeds[0]])
+    assert np.array_equal(same, decode_frames(renders["ray"].parent / "segments" / f"{seg}.mp4"))
+    assert not np.array_equal(same, decode_frames(takes[seeds[1]]))
     for clip in takes.values():  # the picker's still: the take's last frame, beside it
         with Image.open(clip.with_suffix(".png")) as still:
-            assert np.array_equal(np.asarray(still.convert("RGB")), _frames(clip)[-1])
+            assert np.array_equal(np.asarray(still.convert("RGB")), decode_frames(clip)[-1])
 
     pick_take(story, seg, seeds[1])
     picked = S.load(story).segments[1]

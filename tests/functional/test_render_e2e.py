@@ -20,6 +20,7 @@ import pytest
 
 from pipeline.project import storyboard as S
 from pipeline.wire import protocol
+from tests.functional.conftest import cache_entries, checkout_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def _sulphur(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900, check=False)
+                          text=True, timeout=900, check=False, env=checkout_env())
 
 
 def _events(stdout: str) -> list[protocol.Event]:
@@ -47,13 +48,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     return {"folder": folder, "events": _events(result.stdout), "stderr": result.stderr,
             "storyboard": folder / "example.toml"}
-
-
-def _cache_entries(folder: Path, stage: str) -> dict[str, Path]:
-    out = {}
-    for meta in (folder / ".sulphur" / "cache" / stage).glob("*/*/meta.json"):
-        out[meta.parent.name] = meta.parent
-    return out
 
 
 def test_demo_produces_a_1080p_h264_film_with_synced_audio(demo: dict) -> None:
@@ -122,7 +116,7 @@ def test_enhanced_prompts_are_cached_in_the_storyboard_keeping_comments(demo: di
     sb = S.load(demo["storyboard"])
     enhanced = {e.segment: e.enhanced_prompt for e in demo["events"] if isinstance(e, protocol.PromptEnhanced)}
     for seg in sb.segments:
-        entry = _cache_entries(demo["folder"], "enhance")
+        entry = cache_entries(demo["folder"], "enhance")
         metas = [json.loads((p / "meta.json").read_text())["meta"] for p in entry.values()]
         assert metas, "the enhancer ran"
         if seg.id in enhanced:
@@ -131,13 +125,17 @@ def test_enhanced_prompts_are_cached_in_the_storyboard_keeping_comments(demo: di
             assert seg.enhanced_prompt == ""
     assert any(m["fallback"] is False for m in metas) == bool(enhanced)
     assert enhanced, "the grammar-constrained tiny enhancer writes prose-shaped text that is cached"
+    # Shots that start from a frame (a chained shot, an image) get Lightricks' I2V prompt.
+    starts_from_frame = sum(seg.anchor.kind in ("image", "video") or (seg.anchor.kind == "previous" and i > 0)
+                            for i, seg in enumerate(sb.segments))
+    assert starts_from_frame and sum(m["image_to_video"] for m in metas) == starts_from_frame
     original = (ROOT / "storyboards" / "example.toml").read_text()
     comments = [line for line in original.splitlines() if line.lstrip().startswith("#")]
     assert all(c in text for c in comments)
 
 
 def test_each_anchor_is_the_previous_segments_last_draft_frame(demo: dict) -> None:
-    drafts = _cache_entries(demo["folder"], "draft")
+    drafts = cache_entries(demo["folder"], "draft")
     by_seg: dict[str, Path] = {}
     for e in demo["events"]:
         if isinstance(e, protocol.StageFinished) and e.stage == "draft":
@@ -229,7 +227,7 @@ def test_keeping_part_of_a_shot_reuses_its_frames_and_the_next_continues_from_th
         for stage in ("draft", "refine", "upscale", "encode"):
             assert ran[(seg, stage)] == 1, (seg, stage)
 
-    drafts = _cache_entries(folder, "draft")
+    drafts = cache_entries(folder, "draft")
     by_seg = {e.segment: drafts[e.cache_key] for e in events
               if isinstance(e, protocol.StageFinished | protocol.StageCached) and e.stage == "draft"}
     anchor = np.load(by_seg[ids[1]] / "anchor.npy")

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from pipeline.wire import protocol
-from pipeline.wire.framing import lock_holder
-from pipeline.worker.client import WorkerClient, stop_worker
+from pipeline.worker.client import WorkerClient
+from tests.functional.conftest import stop_worker_or_kill, tiny_storyboard
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
-STORYBOARD = """\
-[project]
-title = "worker gpu test"
-fps = 8
-seed = 5
-preset = "tiny"
-output_size = [192, 128]
-draft_size = [96, 64]
-enhance = false
-
-[[segment]]
-id = "one"
-prompt = "a red lighthouse at dawn"
-frames = 17
-"""
+STORYBOARD = tiny_storyboard([dict(id="one", prompt="a red lighthouse at dawn", frames=17)],
+                             title="worker gpu test", fps=8, seed=5, preset="tiny", output_size=[192, 128],
+                             draft_size=[96, 64], enhance=False)
 
 
 def _cuda() -> bool:
@@ -66,9 +52,7 @@ def test_vram_samples_and_oom_fallback_on_cuda(tmp_path: Path, monkeypatch: pyte
         stream.close()
     finally:
         client.close()
-        pid = lock_holder(tmp_path)
-        if pid is not None and stop_worker(tmp_path, timeout=120) != 0 and pid > 0:
-            os.kill(pid, signal.SIGKILL)
+        stop_worker_or_kill(tmp_path)
     assert isinstance(events[-1], protocol.JobFinished), events[-1]
     if len(ladder) > 1:
         (fallback,) = [e for e in events if isinstance(e, protocol.PlanFallback)]

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import socket
 import stat
 import subprocess
@@ -22,48 +21,19 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli.attach import main_status
 from pipeline.wire import protocol
 from pipeline.wire.framing import connect_unix, lock_holder, socket_path
-from pipeline.worker.client import WorkerClient, WorkerError, main_status, stop_worker
+from pipeline.worker.client import WorkerClient, WorkerError, stop_worker
 from pipeline.worker.journal import Journal
+from tests.functional.conftest import checkout_env, stop_worker_or_kill, tiny_storyboard, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
-STORYBOARD = """\
-[project]
-title = "protocol test"
-fps = 8
-preset = "no-such-preset"
-output_size = [192, 128]
-draft_size = [96, 64]
-enhance = false
-
-[[segment]]
-id = "one"
-prompt = "a red lighthouse"
-frames = 9
-
-[[segment]]
-id = "two"
-prompt = "the beam sweeps"
-frames = 9
-"""
-
-
-def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _kill_worker(project: Path) -> None:
-    pid = lock_holder(project)
-    if pid is None:
-        return
-    if stop_worker(project, timeout=60) != 0 and pid > 0:
-        os.kill(pid, signal.SIGKILL)
+STORYBOARD = tiny_storyboard(
+    [dict(id="one", prompt="a red lighthouse", frames=9), dict(id="two", prompt="the beam sweeps", frames=9)],
+    title="protocol test", fps=8, preset="no-such-preset", output_size=[192, 128], draft_size=[96, 64],
+    enhance=False)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +43,7 @@ def project(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     client = WorkerClient.connect(folder, idle_timeout=300)
     client.close()
     yield folder
-    _kill_worker(folder)
+    stop_worker_or_kill(folder)
 
 
 class Raw:
@@ -133,7 +103,7 @@ def test_two_hundred_bad_messages_each_get_a_reject_and_change_nothing(project: 
     story = project / "story.toml"
     with WorkerClient.connect(project, start=False) as client:
         job = client.submit(story, "segments", ["one"])
-        _wait(lambda: next(j for j in client.status().jobs if j.job_id == job).state == "failed",
+        wait_until(lambda: next(j for j in client.status().jobs if j.job_id == job).state == "failed",
               what="the job with an unknown preset to fail")
         before = client.status()
     journal_before = Journal(project / ".sulphur" / "journal.db")
@@ -234,8 +204,8 @@ def test_socket_is_private_and_a_second_worker_refuses(project: Path) -> None:
     assert mode == 0o600
     holder = lock_holder(project)
     assert holder and holder > 0
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    second = subprocess.run([sys.executable, "-m", "pipeline.worker.server", "--foreground", "--project", str(project)],
+    env = checkout_env()
+    second = subprocess.run([sys.executable, "-m", "pipeline.cli", "worker", "--foreground", "--project", str(project)],
                             capture_output=True, text=True, timeout=60, env=env, check=False)
     assert second.returncode == 1
     assert f"PID {holder}" in second.stderr
@@ -265,11 +235,11 @@ def test_stop_idle_timeout_and_offline_status(tmp_path: Path, capsys: pytest.Cap
     assert stop_worker(tmp_path, timeout=60) == 0
     assert lock_holder(tmp_path) is None and not socket_path(tmp_path).exists()
     with pytest.raises(ProcessLookupError):
-        _wait(lambda: os.kill(pid, 0) and False, timeout=10)  # the process is gone
+        wait_until(lambda: os.kill(pid, 0) and False, timeout=10)  # the process is gone
     # The idle timeout stops a worker nobody uses.
     client = WorkerClient.connect(tmp_path, idle_timeout=1.0)
     client.close()
-    _wait(lambda: lock_holder(tmp_path) is None, timeout=60, what="the idle worker to exit")
+    wait_until(lambda: lock_holder(tmp_path) is None, timeout=60, what="the idle worker to exit")
     assert "idle for 1 s" in (tmp_path / ".sulphur" / "worker.log").read_text()
     # With no worker and nothing pending, status reads the journal and starts nothing.
     assert main_status(argparse.Namespace(project=tmp_path, json=False)) == 0
@@ -295,10 +265,10 @@ def test_interrupted_jobs_resume_and_a_crash_loop_stops(tmp_path: Path) -> None:
     assert main_status(argparse.Namespace(project=tmp_path, json=True)) == 0
     assert lock_holder(tmp_path) is not None
     with WorkerClient.connect(tmp_path, start=False) as client:
-        _wait(lambda: all(j.state not in ("queued", "running") for j in client.status().jobs),
+        wait_until(lambda: all(j.state not in ("queued", "running") for j in client.status().jobs),
               what="the recovered jobs to be dealt with")
         jobs = {j.job_id: j for j in client.status().jobs}
-    _kill_worker(tmp_path)
+    stop_worker_or_kill(tmp_path)
     assert jobs["crashy"].state == "failed" and "died 3 times" in jobs["crashy"].error
     # The others were run again (and fail in the runner: their preset does not exist).
     assert jobs["victim"].state == jobs["waiting"].state == "failed"
@@ -348,9 +318,9 @@ def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
 
         # --stop while a job sits in its draft: the stage is abandoned, the job stays queued, and
         # the client following it (`sulphur render --attach`) says so instead of restarting the worker.
-        attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--segment", "one"],
+        attach = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "render", str(story), "--attach", "--segment", "one"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                  env=checkout_env())
         again = until(lambda e: isinstance(e, protocol.StageStarted) and e.stage == "draft").job_id
         assert stop_worker(tmp_path, timeout=60) == 0
         assert any(isinstance(e, protocol.Log) and "checkpointed" in e.message for e in stream)
@@ -365,7 +335,7 @@ def test_cancel_queued_and_running_jobs_and_stop_checkpoints(tmp_path: Path,
 
 def test_a_slow_subscriber_keeps_lifecycle_events_and_sheds_progress() -> None:
     """The per-client queue, driven through a real socket pair whose far end stops reading."""
-    from pipeline.worker.server import server as W
+    from pipeline.worker import server as W
 
     n_steps, every = 20000, 16
     n_life = len(range(0, n_steps, every))

@@ -17,44 +17,33 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from pipeline.wire import protocol
 from pipeline.wire.framing import lock_holder
-from pipeline.worker.client import EventStream, WorkerClient, stop_worker
+from pipeline.worker.client import EventStream, WorkerClient
 from pipeline.worker.journal import Journal
+from tests.functional.conftest import (
+    checkout_env,
+    decode_frames,
+    stop_worker_or_kill,
+    tiny_storyboard,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 
-STORYBOARD = """\
-[project]
-title = "worker render test"
-fps = 8
-seed = 5
-preset = "tiny"
-output_size = [192, 128]
-draft_size = [96, 64]
-enhance = false
-
-[[segment]]
-id = "one"
-prompt = "a red lighthouse at dawn"
-frames = 9
-
-[[segment]]
-id = "two"
-prompt = "the beam sweeps over the sea"
-frames = 9
-"""
-
+STORYBOARD = tiny_storyboard(
+    [dict(id="one", prompt="a red lighthouse at dawn", frames=9),
+     dict(id="two", prompt="the beam sweeps over the sea", frames=9)],
+    title="worker render test", fps=8, seed=5, preset="tiny", output_size=[192, 128], draft_size=[96, 64],
+    enhance=False)
 TERMINAL = (protocol.JobFinished, protocol.ErrorEvent, protocol.JobCancelled)
 RENDER_TIMEOUT = 600
 
@@ -64,20 +53,6 @@ def _project(folder: Path) -> Path:
     story = folder / "story.toml"
     story.write_text(STORYBOARD)
     return story
-
-
-def _stop(project: Path) -> None:
-    pid = lock_holder(project)
-    if pid is not None and stop_worker(project, timeout=120) != 0 and pid > 0:
-        os.kill(pid, signal.SIGKILL)
-
-
-def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Collector(threading.Thread):
@@ -103,11 +78,6 @@ class Collector(threading.Thread):
         return self.events
 
 
-def _frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
 def _final(project: Path) -> Path:
     return project / "renders" / "story" / "final.mp4"
 
@@ -124,8 +94,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
         # The submitting client is its own process (`sulphur render --attach --json`)...
         with open(folder / "attach.stderr", "wb") as err:
-            attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--json"],
-                                      stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            attach = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "render", str(story), "--attach", "--json"],
+                                      stdout=subprocess.PIPE, stderr=err, env=checkout_env())
         lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in attach.stdout], daemon=True).start()  # type: ignore[union-attr]
         printed: list[protocol.Event] = []
@@ -146,7 +116,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         yield {"folder": folder, "story": story, "printed": printed, "late_snapshot": late_snapshot,
                "late": late_watcher, "watchers": watchers, "events": events, "status_after": status_after}
     finally:
-        _stop(folder)
+        stop_worker_or_kill(folder)
 
 
 def test_killing_the_submitting_client_does_not_stop_the_render(reference: dict) -> None:
@@ -168,7 +138,7 @@ def test_killing_the_submitting_client_does_not_stop_the_render(reference: dict)
     assert late_lines and reference["watchers"][0].lines[-len(late_lines):] == late_lines
     (done,) = [j for j in reference["status_after"].jobs if j.job_id == job]
     assert done.state == "done"
-    assert len(_frames(_final(reference["folder"]))) == 9 + 9 - 1  # the chained seam frame is shared
+    assert len(decode_frames(_final(reference["folder"]))) == 9 + 9 - 1  # the chained seam frame is shared
 
 
 def test_two_subscribers_receive_the_same_event_sequence(reference: dict) -> None:
@@ -185,7 +155,7 @@ def test_two_subscribers_receive_the_same_event_sequence(reference: dict) -> Non
 def stopped_after(tmp_path: Path):  # noqa: ANN201
     """Whatever worker a test leaves running in its tmp_path is stopped afterwards."""
     yield tmp_path
-    _stop(tmp_path)
+    stop_worker_or_kill(tmp_path)
 
 
 def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict, stopped_after: Path,
@@ -199,8 +169,8 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
     next(stream)
     # The client command that submits and follows: `sulphur render --attach --json`, its own process.
     env = {k: v for k, v in os.environ.items() if k != "SULPHUR_FAULT_SLOW"}
-    attach = subprocess.Popen([sys.executable, "-m", "pipeline.worker.client", "attach", str(story), "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env, PYTHONPATH=str(ROOT)))
+    attach = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "render", str(story), "--attach", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=checkout_env(env))
     job = ""
     for event in stream:
         assert not isinstance(event, TERMINAL), event
@@ -209,7 +179,7 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
             break
     cache = tmp_path / ".sulphur" / "cache"
     # Inside the stage: its output folder is being built (and the 3 s fault sleep has begun).
-    _wait(lambda: list((cache / "draft").glob("*/.*.partial")), timeout=10, what="the draft's partial entry")
+    wait_until(lambda: list((cache / "draft").glob("*/.*.partial")), timeout=10, what="the draft's partial entry")
     pid = lock_holder(tmp_path)
     assert pid and pid > 0
     os.kill(pid, signal.SIGKILL)
@@ -242,7 +212,7 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
     assert any(isinstance(e, protocol.Log) and "resuming job" in e.message for e in history)
     assert not list(cache.rglob("*.partial"))
     # Same seed, same film: the resumed render decodes to the uninterrupted one's frames.
-    np.testing.assert_array_equal(_frames(_final(tmp_path)), _frames(_final(reference["folder"])))
+    np.testing.assert_array_equal(decode_frames(_final(tmp_path)), decode_frames(_final(reference["folder"])))
 
 
 def _seeded(reference: dict, folder: Path) -> Path:
@@ -279,7 +249,7 @@ def test_planted_oom_falls_back_to_the_next_plan_and_finishes(reference: dict, t
     try:
         events = _run_job(tmp_path, story)
     finally:
-        _stop(tmp_path)
+        stop_worker_or_kill(tmp_path)
     (fallback,) = [e for e in events if isinstance(e, protocol.PlanFallback)]
     assert (fallback.segment, fallback.stage) == ("one", "refine")
     assert (fallback.failed_plan, fallback.next_plan) == (ladder[0].describe(), ladder[1].describe())
@@ -298,7 +268,7 @@ def test_oom_on_every_plan_fails_clearly_and_leaves_no_cache_entry(reference: di
         with WorkerClient.connect(tmp_path, start=False) as client:
             jobs = client.status().jobs  # the worker is still up and says what happened
     finally:
-        _stop(tmp_path)
+        stop_worker_or_kill(tmp_path)
     error = events[-1]
     assert isinstance(error, protocol.ErrorEvent), error
     assert (error.kind, error.stage, error.segment) == ("oom", "refine", "one")

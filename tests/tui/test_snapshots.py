@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import TextArea
 
 from pipeline.wire.protocol import StepProgress
 from sulphur_tui.app import create_app
 from sulphur_tui.sources import read_events
 
-from .conftest import FIXED_NOW, RAY_RECORDING, RECORDING, fake_render
+from .conftest import FIXED_NOW, GPU_RECORDING, RAY_RECORDING, RECORDING, fake_render, show_h200, with_budget
 
 SIZE = (120, 40)
 
@@ -91,3 +92,31 @@ def test_project_settings_refusing_a_value(snap_compare, story: Path) -> None:  
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=["80x24", "120x40", "200x50"])
+def test_rendering_on_a_gpu(snap_compare, story: Path, size: tuple[int, int]) -> None:  # noqa: ANN001
+    """A GPU render (long memory plans, an H200 under an 8 GiB budget) in the middle of the
+    second shot's draft, at the three sizes users run the editor at; at 80 columns the
+    render tab is shown (f9), where the timers and the preview are."""
+    app = replayed_to(with_budget(story), GPU_RECORDING, "beam", "draft", 4)
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        show_h200(pilot.app)
+        if size[0] < 100:
+            await pilot.press("f9")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_latent_preview(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """The tiny preset's first shot at its fourth draft step: the Preview panel shows the
+    sampler's latent (false colour) while the draft runs."""
+    from pipeline.wire.protocol import LatentPreview
+
+    latents = Path(__file__).parent / "data" / "render-tiny-latents.jsonl"
+    events = read_events(latents)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, LatentPreview) and e.stage == "draft" and e.step == 4)
+    app = create_app(story, connect_worker=False, replay=latents, replay_until=cut + 1)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)

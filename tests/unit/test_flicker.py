@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.cli import flicker as flicker_cli
 from pipeline.quality import flicker
 from pipeline.wire.protocol import decode_event, encode
 
@@ -176,7 +177,7 @@ def test_one_frame_video_is_defined(tmp_path: Path, capsys: pytest.CaptureFixtur
     stats = flicker.analyze_video(path)
     assert stats.frames == 1 and stats.psnr == [] and stats.worst == []
     assert math.isinf(stats.minimum)
-    assert flicker.main(cli(path)) == 0
+    assert flicker_cli.main(cli(path)) == 0
     assert "no transitions" in capsys.readouterr().out
 
 
@@ -196,7 +197,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     cases = {no_frames: "no frames", no_stream: "no video stream", garbage: "not a readable video",
              truncated: "not a readable video", tmp_path / "missing.mp4": "no such file", tmp_path: "not a file"}
     for path, why in cases.items():
-        assert flicker.main(cli(path)) == 2, path
+        assert flicker_cli.main(cli(path)) == 2, path
         err = capsys.readouterr().err.strip()
         assert err.startswith("sulphur flicker: ") and why in err, err
         assert "\n" not in err and "Traceback" not in err
@@ -265,7 +266,7 @@ def test_seams_follow_film_json_when_frame_0_repeats_the_anchor(tmp_path: Path,
     assert [s["flagged"] for s in seams] == [False, True]
     assert seams[0]["psnr"] == pytest.approx(flicker.psnr_y(ys[9], ys[10]), abs=0.01)
     film = write_video(tmp_path / "final.mp4", ys[:19] + bright)
-    assert flicker.main(cli(film, "--json", seams=render)) == 0
+    assert flicker_cli.main(cli(film, "--json", seams=render)) == 0
     data = json.loads(capsys.readouterr().out)
     assert [s["film_psnr"] for s in data["seams"]["seams"]] == pytest.approx([s["psnr"] for s in seams], abs=0.01)
 
@@ -273,11 +274,11 @@ def test_seams_follow_film_json_when_frame_0_repeats_the_anchor(tmp_path: Path,
 def test_cli_report_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     render, _ = _film(tmp_path, "manifest")
     film = write_video(tmp_path / "film.mp4", moving_y(24, {9: 20}))
-    assert flicker.main(cli(film, seams=render)) == 0
+    assert flicker_cli.main(cli(film, seams=render)) == 0
     out = capsys.readouterr().out
     assert any(ch in out for ch in flicker.SPARK) and "worst transitions" in out
     assert "frame     8 → 9" in out and "FLASH" in out
-    assert flicker.main(cli(film, "--json", seams=render)) == 0
+    assert flicker_cli.main(cli(film, "--json", seams=render)) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["video"]["frames"] == 24
     assert {w["from"] for w in data["video"]["worst"][:2]} == {8, 9}
@@ -287,7 +288,7 @@ def test_cli_report_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert [p[2] for p in parts] == [10, 10, 10]
     whole = write_video(tmp_path / "whole.mp4", moving_y(20) + [
         np.clip(y.astype(int) + 25, 0, 255).astype(np.uint8) for y in moving_y(30)[20:]])
-    assert flicker.main(cli(whole, "--json", seams=render)) == 0
+    assert flicker_cli.main(cli(whole, "--json", seams=render)) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["seams"]["seams"][1]["film_psnr"] == pytest.approx(data["seams"]["seams"][1]["psnr"], abs=0.05)
     assert data["video"]["worst"][0]["from"] == 19

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from pipeline.memory.planner import (
     is_oom,
     oom_kind,
     plan_ladder,
-    run_with_ladder,
 )
 from pipeline.models.registry import ModelFile, Preset
 from pipeline.project.storyboard import Project
@@ -81,7 +78,7 @@ def test_upscale_fits_beside_held_models_before_it_evicts_them() -> None:
 
 
 def test_seed_machine_8gb_32gb() -> None:
-    """The seed's laptop: the 11 GB transformer streams, the text encoder runs without
+    """The brief's laptop: the 11 GB transformer streams, the text encoder runs without
     pinning 24 GB, everything stays inside 8 GiB of VRAM and 32 GiB of RAM."""
     lad = ladders(8, 32)
     weights = component_sizes(REAL)["transformer"].nbytes
@@ -123,16 +120,31 @@ def test_a_streamer_that_runs_out_of_vram_falls_back_to_streaming_every_block() 
     assert second.host_bytes == first.host_bytes  # the same weights, just fewer of them on the GPU
 
 
-def test_evict_all_can_keep_what_will_be_reused() -> None:
-    from pipeline.models.registry import LoadedModels
+def test_make_room_can_keep_what_will_be_reused() -> None:
+    from pipeline.memory.loaded import LoadedModels
 
     models = LoadedModels()
     models.get("a", lambda: "streamed")
     models.get("b", lambda: "vae")
-    models.evict_all(keep=lambda obj: obj == "streamed")
+    assert models.make_room(keep=lambda name, obj: obj == "streamed") == ["b"]
     assert models.names() == ["a"]
-    models.evict_all()
+    assert models.make_room() == ["a"]
     assert models.names() == []
+
+
+def test_make_room_drops_exactly_what_it_is_told_and_frees_it() -> None:
+    import weakref
+
+    from pipeline.memory.loaded import LoadedModels
+
+    class Weights:
+        pass
+
+    models = LoadedModels()
+    held = {name: weakref.ref(models.get(name, Weights)) for name in ("tiny:transformer", "tiny:vae", "upscaler")}
+    assert models.make_room(drop=["tiny:vae", "not-held", "tiny:vae"]) == ["tiny:vae"]
+    assert models.names() == ["tiny:transformer", "upscaler"]
+    assert held["tiny:vae"]() is None and held["upscaler"]() is not None  # no other reference kept it
 
 
 def test_small_host_avoids_pinned_copy() -> None:
@@ -219,67 +231,6 @@ def _seed_ladder() -> list[StagePlan]:
     return ladders(8, 32)["draft"]
 
 
-def test_cuda_oom_steps_down_one_plan_and_frees_memory() -> None:
-    plans = _seed_ladder()
-    tried: list[str] = []
-    fallbacks: list[tuple[str, str, str]] = []
-    leaked: list[weakref.ref] = []
-
-    def attempt(plan: StagePlan) -> str:
-        tried.append(plan.name)
-        if len(tried) == 1:
-            held = torch.empty(8 * 2**20, dtype=torch.uint8)  # pinned by the traceback if not freed
-            leaked.append(weakref.ref(held))
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        gc.collect()
-        assert leaked[0]() is None, "the failed attempt's tensors are still alive"
-        return plan.name
-
-    result = run_with_ladder(plans, attempt, on_fallback=lambda a, b, k, m: fallbacks.append((a.name, b.name, k)))
-    # the next plan tried is the first one estimated to need less VRAM
-    leaner = next(p for p in plans if p.vram_bytes < plans[0].vram_bytes)
-    assert all(p.vram_bytes >= plans[0].vram_bytes for p in plans[:plans.index(leaner)])
-    assert tried == [plans[0].name, leaner.name]
-    assert result == leaner.name
-    assert fallbacks == [(plans[0].name, leaner.name, "cuda")]
-
-
-def test_host_oom_skips_to_a_plan_that_needs_less_ram() -> None:
-    plans = _seed_ladder()
-    tried: list[StagePlan] = []
-
-    def attempt(plan: StagePlan) -> StagePlan:
-        tried.append(plan)
-        if len(tried) == 1:
-            torch.empty(2**50, dtype=torch.uint8)  # a real host allocation failure
-        return plan
-
-    got = run_with_ladder(plans, attempt)
-    assert got.host_bytes < plans[0].host_bytes
-    assert len(tried) == 2
-
-
-def test_ladder_exhausted_and_other_errors_propagate() -> None:
-    plans = _seed_ladder()[:3]
-    calls: list[str] = []
-
-    def always_oom(plan: StagePlan) -> None:
-        calls.append(plan.name)
-        raise MemoryError("no RAM")
-
-    with pytest.raises(MemoryError):
-        run_with_ladder(plans, always_oom)
-    assert calls[0] == plans[0].name and len(calls) >= 2
-
-    def broken(plan: StagePlan) -> None:
-        raise ValueError("not memory")
-
-    released: list[int] = []
-    with pytest.raises(ValueError):
-        run_with_ladder(plans, broken, release=lambda: released.append(1))
-    assert released == []
-
-
 def test_describe_is_one_readable_line() -> None:
     text = _seed_ladder()[0].describe()
     assert "\n" not in text and "group_block+stream" in text and "GiB VRAM" in text
@@ -287,7 +238,7 @@ def test_describe_is_one_readable_line() -> None:
 
 
 def test_other_families_use_their_recipe_ladders() -> None:
-    from pipeline.models import recipes
+    from pipeline.memory import recipes
     from pipeline.models.registry import all_presets
 
     wan = next(p for p in all_presets() if p.family == "wan" and p.builder is None)

@@ -331,8 +331,9 @@ def test_a_streamed_transformer_is_restreamed_in_place_not_reloaded(gguf_referen
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Draft and refine plans differ in how many blocks stay on the device: the held
     transformer is re-streamed (same object, no second load) and computes the same."""
+    from pipeline.memory.loaded import LoadedModels
     from pipeline.models import ltx2
-    from pipeline.models.registry import LoadedModels, get_preset
+    from pipeline.models.registry import get_preset
 
     preset, models, loads = get_preset("tiny"), LoadedModels(), []
     real_load = ltx2.load_transformer
@@ -357,8 +358,9 @@ def test_a_streamed_transformer_is_restreamed_in_place_not_reloaded(gguf_referen
 def test_components_that_ride_along_are_not_reloaded_for_a_transformer_only_change() -> None:
     """Draft → refine changes the transformer's streaming options; the VAE is placed the
     same way under both (it rides along), so it is kept, not loaded from disk again."""
+    from pipeline.memory.loaded import LoadedModels
     from pipeline.models import ltx2
-    from pipeline.models.registry import LoadedModels, get_preset
+    from pipeline.models.registry import get_preset
 
     preset, models = get_preset("tiny"), LoadedModels()
     draft = plan("group_block", streamer="sulphur", resident_blocks=0, dequant="block")

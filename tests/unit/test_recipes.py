@@ -1,11 +1,11 @@
-"""The memory recipes are data the draft stage looks up: check the seed's rules hold in it."""
+"""The memory recipes are data the draft stage looks up: check the brief's rules hold in it."""
 
 from __future__ import annotations
 
 import pytest
 
+from pipeline.memory import recipes
 from pipeline.memory.planner import StagePlan
-from pipeline.models import recipes
 from pipeline.models.registry import all_presets, get_preset
 
 FAMILIES = ("wan", "svd", "ltxv", "cogvideox")

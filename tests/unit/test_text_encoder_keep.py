@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import StagePlan, cpu_ladder, plan_ladder
 from pipeline.models import ltx2
-from pipeline.models.registry import LoadedModels, get_preset
+from pipeline.models.registry import get_preset
 from pipeline.project.storyboard import Project
 
 
@@ -71,6 +72,7 @@ def test_a_new_job_drops_what_other_presets_left_loaded(tmp_path) -> None:  # no
     from pathlib import Path
 
     from pipeline.project.storyboard import load
+    from pipeline.render.job import RenderJob
     from pipeline.render.runner import Renderer
 
     story = tmp_path / "story.toml"
@@ -79,5 +81,5 @@ def test_a_new_job_drops_what_other_presets_left_loaded(tmp_path) -> None:  # no
     models.get("sulphur2-ltx23:text_encoder", lambda: "another job's encoder")
     models.get("tiny:transformer", lambda: "this preset's transformer")
     models.get("upscaler", lambda: "shared upscaler")
-    Renderer.create(load(story), emit=lambda e: None, cancel=threading.Event(), job_id="t", models=models)
+    Renderer.create(RenderJob.resolve(load(story)), emit=lambda e: None, cancel=threading.Event(), job_id="t", models=models)
     assert sorted(models.names()) == ["tiny:transformer", "upscaler"]

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import StagePlan
 from pipeline.models.esrgan import UpscalerError, build_tiny_x2plus, load_upscaler
-from pipeline.models.registry import LoadedModels, ModelFile, Preset
+from pipeline.models.registry import ModelFile, Preset
 from pipeline.project.storyboard import Project, Segment, Storyboard
 from pipeline.render.cache import Artifact
 from pipeline.stages.base import Cancelled, SegmentJob, StageContext

@@ -16,29 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.render.engines.settings import ENGINES, engine_setting, finishers_setting
+
 if TYPE_CHECKING:
     from pipeline.wire.protocol import Event
-
-ENGINES: tuple[str, ...] = ("local", "ray")
-
-
-def engine_setting() -> tuple[str, str | None]:
-    """The engine a worker uses: ``$SULPHUR_ENGINE`` (local|ray) and ``$SULPHUR_RAY_ADDRESS``."""
-    engine = os.environ.get("SULPHUR_ENGINE", "").strip().lower() or "local"
-    if engine not in ENGINES:
-        raise ValueError(f"SULPHUR_ENGINE={engine!r}: expected one of {', '.join(ENGINES)}")
-    return engine, os.environ.get("SULPHUR_RAY_ADDRESS") or None
-
-
-def finishers_setting() -> int | None:
-    """``$SULPHUR_RAY_FINISHERS``: finish actors beside the draft actor (the CLI's ``--finishers``)."""
-    raw = os.environ.get("SULPHUR_RAY_FINISHERS", "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit():
-        raise ValueError(f"SULPHUR_RAY_FINISHERS={raw!r}: expected a whole number of actors (0 or more)")
-    return int(raw)
-
 
 def render(storyboard_path: str | os.PathLike[str], *, engine: str | None = None, address: str | None = None,
            emit: Callable[[Event], None] = lambda e: None, **kwargs: Any) -> Path:

@@ -23,7 +23,6 @@ the same absolute path, e.g. over NFS; artifacts travel through that shared cach
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -43,8 +42,12 @@ import ray
 from ray.util.actor_pool import ActorPool
 from ray.util.queue import Queue
 
+from pipeline.project.references import check_references
+from pipeline.project.selection import segment_index, select_segments
 from pipeline.project.storyboard import StoryboardError, load
-from pipeline.render.runner import RenderError, select_segments
+from pipeline.render.engines.settings import finishers_setting
+from pipeline.render.errors import RenderError
+from pipeline.render.outputs import OutputLock
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -147,9 +150,9 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
 def _planned_ltx2(sb: Any, preset: str | None) -> Any:
     """The render's preset when the memory planner sizes it (full-size LTX-2 stacks), else
     None: tiny presets take a few MB, the I2V families carry fixed recipes."""
-    from pipeline.models.registry import get_preset
+    from pipeline.render.job import Overrides, RenderJob
 
-    p = get_preset(preset or sb.project.preset)
+    p = RenderJob.resolve(sb, Overrides(preset=preset)).preset
     if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
         return None
     return p
@@ -166,7 +169,7 @@ def halving_slows(sb: Any, preset: str | None, card_gb: float) -> bool:
     """Whether half of a ``card_gb`` card would put the draft or the refine on a slower memory
     plan than the whole card: then two actors sharing it cost more than their overlap saves
     (an 8 GB card: the streamer keeps fewer blocks resident, the VAE tiles smaller)."""
-    from pipeline.memory.planner import PlanError
+    from pipeline.memory.plan import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)
@@ -186,7 +189,7 @@ def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[flo
     plans within ``vram_gb`` that still streams from RAM (reading weights from disk every
     step is what a user would rather not run two of). None when the planner cannot tell
     (tiny presets: a few MB; the I2V families carry fixed recipes)."""
-    from pipeline.memory.planner import PlanError
+    from pipeline.memory.plan import PlanError
 
     try:
         p = _planned_ltx2(sb, preset)
@@ -212,8 +215,8 @@ def _card_gb() -> float:
 # ----------------------------------------------------------------------- actor
 
 
-class StageWorker:
-    """One Renderer in one Ray worker process: drafts, finishes or assembles segments."""
+class StageActorBody:
+    """One Renderer in one Ray actor: drafts, finishes or assembles segments."""
 
     def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
                  share_gb: float | None, sweep: bool, user_threads: bool = False,
@@ -226,7 +229,7 @@ class StageWorker:
         self.error: BaseException | None = None
         ctx = ray.get_runtime_context()
         gpus = ray.get_gpu_ids()
-        self.worker = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
+        self.actor_name = (f"{ctx.get_actor_name() or role}@{socket.gethostname()} "
                        + (f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU"))
         try:
             if not user_threads:
@@ -240,13 +243,13 @@ class StageWorker:
 
     def _emit(self, event: Event) -> None:
         if hasattr(event, "worker") and not event.worker:
-            event.worker = self.worker
+            event.worker = self.actor_name
         ray.get(self.events.put_nowait.remote(event))  # waited for: a task's events precede its result
 
     def ready(self) -> str:
         if self.error is not None:
             raise self.error
-        return self.worker
+        return self.actor_name
 
     @ray.method(concurrency_group="control")
     def cancel_now(self) -> None:
@@ -277,15 +280,16 @@ class StageWorker:
 
         self.ready()
         r = self.renderer
-        base = r.sb
-        seg_id = base.segments[index].id
-        r.sb = with_segment(base, seg_id, seed=seed, enhance_lock=True, enhanced_prompt=prompt)
+        base = r.job
+        seg_id = base.storyboard.segments[index].id
+        take = with_segment(base.storyboard, seg_id, seed=seed, enhance_lock=True, enhanced_prompt=prompt)
+        r.job = replace(base, storyboard=take)
         r.chain = copy.deepcopy(chain if chain is not None else self.first_chain)
         try:
             job, draft = r.draft_segment(index)
             encode = r.finish_stages(job, draft)
         finally:
-            r.sb = base
+            r.job = base
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
@@ -332,22 +336,19 @@ def _write_still(clip: Path) -> None:
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
               ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
     """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares."""
-    from pipeline.models.registry import LoadedModels
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.render.job import Overrides, RenderJob
     from pipeline.render.runner import Renderer
 
     sb = load(storyboard)
-    if preset:
-        sb = replace(sb, project=replace(sb.project, preset=preset))
-    if share_gb and sb.project.vram_budget_gb is None:
-        # Several actors share this card: each plans within its Ray share, not the free VRAM.
-        sb = replace(sb, project=replace(sb.project, vram_budget_gb=share_gb))
-    if ram_gb:
-        # Every actor on this node keeps its own models: each plans within its part of the RAM.
-        sb = replace(sb, project=replace(sb.project, ram_budget_gb=ram_gb))
-    return Renderer.create(sb, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
+    # Several actors share this card: each plans within its Ray share, not the free VRAM;
+    # and every actor on this node keeps its own models: each plans within its part of the RAM.
+    vram = share_gb if share_gb and sb.project.vram_budget_gb is None else None
+    job = RenderJob.resolve(sb, Overrides(preset=preset, vram_budget_gb=vram, ram_budget_gb=ram_gb or None))
+    return Renderer.create(job, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
 
 
-StageActor = ray.remote(concurrency_groups={"control": 1})(StageWorker)
+StageActor = ray.remote(concurrency_groups={"control": 1})(StageActorBody)
 
 
 # ---------------------------------------------------------------------- driver
@@ -490,18 +491,17 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     """
     del models
     if finishers is None:  # the CLI's --finishers, else the environment's, else the layout's default
-        from pipeline.render.engines import finishers_setting
-
         finishers = finishers_setting()
     sb = load(storyboard_path)
     selected = select_segments(sb, segments, from_segment)
     ids = [s.id for s in sb.segments]
     last_needed = max(ids.index(s) for s in selected)
+    check_references(sb, set(ids[:last_needed + 1]))  # every anchor usable before any actor starts
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
-    with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
+    with OutputLock(sb.render_dir(), sb.path), _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                        len(selected), finishers) as (d, drafter, finishers_):
         # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
         chain = None
@@ -535,12 +535,9 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     with ``takes.json``; :func:`pipeline.render.takes.pick_take` makes one the segment's.
     """
     sb = load(storyboard_path)
-    ids = [s.id for s in sb.segments]
-    if segment not in ids:
-        raise StoryboardError(sb.path, f"no segment with id '{segment}' (ids: {', '.join(ids)})")
-    index = ids.index(segment)
+    index = segment_index(sb, segment)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
-    out_dir = sb.render_dir() / "takes" / segment
+    out_dir = sb.renders.takes(segment)
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
@@ -553,12 +550,12 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
         prompt = drafter.prompt.remote(index)
         pool = ActorPool([drafter, *(h for h in helpers if h is not drafter)])
         for seed in seeds:
-            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(out_dir / f"seed-{s}.mp4")), seed)
+            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(sb.renders.take(segment, s))), seed)
         _drain_pool(d, pool)
         text = d.get([prompt])[0]
         d.poll(0)
-    takes = {seed: out_dir / f"seed-{seed}.mp4" for seed in seeds}
-    manifest = out_dir / "takes.json"
+    takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
+    manifest = sb.renders.takes_manifest(segment)
     known = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
     known.update({str(seed): {"path": str(p), "prompt": text} for seed, p in takes.items()})
     manifest.write_text(json.dumps({"segment": segment, "takes": known}, indent=1))
@@ -602,35 +599,4 @@ class _Driver:
             raise _unwrap(exc) from None
 
 
-# ------------------------------------------------------------------------- CLI
-
-
-def main(args: argparse.Namespace) -> int:
-    """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
-    from pipeline.cli.headless import ProgressPrinter, json_printer, run_job
-
-    printer = ProgressPrinter()
-
-    def human(event: Event) -> None:
-        if isinstance(event, protocol.StageStarted) and event.worker:
-            print(f"{event.segment or 'film':>12} {event.stage:<8} started on {event.worker}", file=printer.stream)
-        else:
-            printer(event)
-
-    emit = json_printer if args.json else human
-    address = getattr(args, "address", None)
-
-    def work(cancel: threading.Event) -> Path:
-        try:
-            return render_ray(args.storyboard, segments=args.segment, from_segment=args.from_, preset=args.preset,
-                              emit=emit, cancel=cancel, address=address, finishers=getattr(args, "finishers", None))
-        except ConnectionError as exc:
-            raise RenderError("ray_unreachable", f"cannot reach the Ray cluster at {address}: {exc}") from None
-
-    code, final = run_job(work, json_events=args.json, emit=emit)
-    if code == 0 and not args.json:
-        print(final)
-    return code
-
-
-__all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor", "main"]
+__all__ = ["Layout", "plan_layout", "render_ray", "render_takes", "StageActor"]

@@ -6,7 +6,7 @@ GPU. A recipe says how the draft stage places every component — where the text
 runs, which offload mode the denoiser gets, VAE tiling, UNet forward chunking — so the
 stage applies data instead of branching per model.
 
-Source: shared/seeds/003 ("six models compared on a 12 GB RTX 4070 Ti", 125 GB RAM):
+Source: the brief, shared/seeds/003 ("six models compared on a 12 GB RTX 4070 Ti", 125 GB RAM):
 
 * T5 / umT5-XXL is ~11 GB: encode the prompt on the CPU in fp32 (bf16 matmuls on CPU
   are pathologically slow), cast the embeddings, drop the encoder, then start the video
@@ -30,8 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.memory.plan import StagePlan
+
 if TYPE_CHECKING:
-    from pipeline.memory.planner import StagePlan
     from pipeline.models.registry import Preset
 
 #: Where the prompt is encoded. ``cpu_fp32``: on the CPU in fp32, embeddings cast to the
@@ -52,7 +53,7 @@ class Recipe:
     forward_chunking: bool = False     # UNet feed-forward in chunks (SVD)
     decode_chunk_size: int | None = None  # frames decoded at once (SVD)
     dtype: str = "bfloat16"
-    #: Largest draft the seed ran with this recipe within 12 GB: (width, height, frames).
+    #: Largest draft the brief ran with this recipe within 12 GB: (width, height, frames).
     measured: tuple[int, int, int] | None = None
     #: Smallest draft measured to overflow 12 GiB with this recipe (bench/family_fit.py).
     overflowed: tuple[int, int, int] | None = None
@@ -60,7 +61,7 @@ class Recipe:
 
     def fits(self, size: tuple[int, int], frames: int) -> bool:
         """True when a draft of ``size``×``frames`` is smaller than what overflowed and no
-        bigger than what the seed measured."""
+        bigger than what the brief measured."""
         volume = size[0] * size[1] * frames
         if self.overflowed is not None:
             w, h, n = self.overflowed
@@ -124,10 +125,8 @@ def plans(preset: Preset, device: str, size: tuple[int, int], frames: int) -> li
 
     Fastest first; recipes whose measured envelope is smaller than this draft are moved
     behind the ones that were measured at this size or more (they may still work, but
-    the seed says they overflowed).
+    the brief says they overflowed).
     """
-    from pipeline.memory.planner import StagePlan
-
     if device == "cpu":
         return [StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32",
                           options={"recipe": CPU.name})]

@@ -1,0 +1,226 @@
+"""Mutation testing of Sulphur's core, one module at a time, with the tests that module has.
+
+Not run in CI: it is slow (every mutant re-runs the module's tests). Each module is run in
+its own copy of the checkout, with ``[tool.mutmut]`` rewritten to mutate only that module
+and to select only its tests, so a module's mutants are never judged by the whole suite
+(minutes) and the copies can be inspected afterwards (``cd <workdir>/<module>; mutmut show``).
+
+Needs (all pure wheels; offline: ``pip install --no-index --find-links <wheels> mutmut==3.8.1``):
+    mutmut==3.8.1 (libcst, coverage, click, rich, textual, setproctitle) and the project's own
+    test dependencies (pytest, pytest-timeout, pytest-asyncio, msgspec, tomlkit, numpy; torch,
+    av and diffusers for the stages/encode/runner modules).
+
+Usage:
+    python bench/mutation.py -j 2 wire storyboard journal cache     # the fast modules (2 cores: ~15 min)
+    python bench/mutation.py -j 16                                  # every module below (16 cores)
+    python bench/mutation.py --list
+
+mutmut maps tests to mutants by tracing calls in the pytest process: code that only runs in a
+child (``python -m pipeline.cli`` in the functional tests, ``encode_in_fresh_process``) counts as
+"no tests" for the tests that spawn it, even though the child does run the mutant (the
+MUTANT_UNDER_TEST variable is inherited and tests/functional/conftest.py's checkout_env puts the mutated copy
+first on PYTHONPATH). Read "no tests" on the runner, encode and stages modules with that in mind.
+
+Prints one JSON object per module (counts and kill rate) and writes
+``<out>/<module>.json`` with every surviving mutant's name and diff, for the report
+(``bench/results/mutation_<date>.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: module -> (files mutmut mutates, the tests that judge them). Fast unit tests only where they
+#: exist; the runner/encode/stages modules need the tiny-model renders (slow: 16 cores).
+def _pythonpath(dest: Path) -> str:
+    """The copy first, then any PYTHONPATH already set (offline wheels unpacked with pip --target)."""
+    rest = os.environ.get("PYTHONPATH", "")
+    return str(dest) + (os.pathsep + rest if rest else "")
+
+
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "wire": (["pipeline/wire/*"],
+             ["tests/unit/test_wire.py", "tests/unit/test_cache_and_protocol.py"]),
+    "storyboard": (["pipeline/project/storyboard.py"],
+                   ["tests/unit/test_storyboard.py", "tests/unit/test_storyboard_bites.py"]),
+    "journal": (["pipeline/worker/journal.py"],
+                ["tests/unit/test_journal.py", "tests/unit/test_journal_bites.py", "tests/unit/test_wire.py"]),
+    "cache": (["pipeline/render/cache.py"],
+              ["tests/unit/test_cache_and_protocol.py", "tests/unit/test_cache_bites.py",
+               "tests/unit/test_cache_keys.py"]),
+    # The stages' cache-key functions: only params()/identity code is reached by these tests, so
+    # read the kill rate of the mutants in those functions (the rest are "no tests" here).
+    "keys": (["pipeline/stages/*", "pipeline/render/job.py"], ["tests/unit/test_cache_keys.py"]),
+    "planner": (["pipeline/memory/planner.py"],
+                ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py",
+                 "tests/unit/test_text_encoder_keep.py"]),
+    "encode": (["pipeline/stages/encode.py"],
+               ["tests/unit/test_encode.py", "tests/functional/test_seams.py", "tests/functional/test_render_e2e.py"]),
+    "stages": (["pipeline/stages/*"],
+               ["tests/unit/test_cache_keys.py", "tests/unit/test_encode.py", "tests/unit/test_upscale.py",
+                "tests/functional/test_render_e2e.py", "tests/functional/test_seams.py"]),
+    "runner": (["pipeline/render/*"],
+               ["tests/unit/test_cache_keys.py", "tests/functional/test_render_e2e.py",
+                "tests/functional/test_seams.py", "tests/functional/test_draft_refine.py"]),
+}
+
+#: What each copy carries besides the mutated package.
+ALSO_COPY = ["tests", "pyproject.toml", "storyboards", "sulphur_tui", "bench"]
+
+
+def _checkout_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
+
+
+def _copy_checkout(dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    for rel in _checkout_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def _write_config(dest: Path, mutate: list[str], tests: list[str]) -> None:
+    """Replace the [tool.mutmut] section of the copy's pyproject with one scoped to a module."""
+    py = dest / "pyproject.toml"
+    text = re.sub(r"\n\[tool\.mutmut\]\n(?:(?!\n\[).)*", "\n", py.read_text(), flags=re.S)
+    text += ("\n[tool.mutmut]\n"
+             'source_paths = ["pipeline"]\n'
+             f"only_mutate = {_toml_list(mutate)}\n"
+             f"also_copy = {_toml_list(ALSO_COPY)}\n"
+             f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-m", "not gpu"]\n')
+    py.write_text(text)
+
+
+def _mutmut(dest: Path, *args: str, log: Path | None = None) -> str:
+    # The copy first on the path: the editable install may point at another checkout.
+    env = dict(os.environ, PYTHONPATH=_pythonpath(dest), SULPHUR_TEST_HOME=os.environ.get("SULPHUR_TEST_HOME", ""))
+    if not env["SULPHUR_TEST_HOME"]:
+        env.pop("SULPHUR_TEST_HOME")
+    proc = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env,
+                          capture_output=True, text=True)
+    if log is not None:
+        log.write_text(proc.stdout + proc.stderr)
+    return proc.stdout
+
+
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({name: get_diff_for_mutant(name) for name in json.load(sys.stdin)}))
+"""
+
+
+def _diffs(dest: Path, names: list[str]) -> dict[str, str]:
+    """Each mutant's diff, in one process (``mutmut show`` starts one per mutant)."""
+    proc = subprocess.run([sys.executable, "-c", _DIFFS], cwd=dest, input=json.dumps(names), text=True,
+                          capture_output=True, env=dict(os.environ, PYTHONPATH=_pythonpath(dest)))
+    if proc.returncode:
+        return {n: _mutmut(dest, "show", n) for n in names}
+    return json.loads(proc.stdout)
+
+
+def run_module(name: str, workdir: Path, out: Path, jobs: int) -> dict:
+    mutate, tests = MODULES[name]
+    tests = [t for t in tests if (ROOT / t).exists()]
+    dest = workdir / name
+    _copy_checkout(dest)
+    _write_config(dest, mutate, tests)
+    t0 = time.perf_counter()
+    _mutmut(dest, "run", "--max-children", str(jobs), log=out / f"{name}.log")
+    listing = _mutmut(dest, "results", "--all", "true")
+    status: dict[str, str] = {}
+    for line in listing.splitlines():
+        key, _, state = line.strip().rpartition(": ")
+        if key:
+            status[key] = state
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    survivors = _diffs(dest, [k for k, s in status.items() if s in ("survived", "no tests")])
+    judged = sum(n for s, n in counts.items() if s in ("killed", "survived", "timeout", "no tests"))
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    summary = {"module": name, "files": mutate, "tests": tests, "mutants": len(status), "counts": counts,
+               "kill_rate": round(killed / judged, 3) if judged else None,
+               "seconds": round(time.perf_counter() - t0, 1), "jobs": jobs}
+    (out / f"{name}.json").write_text(json.dumps({**summary, "survivors": survivors}, indent=1))
+    return summary
+
+
+#: Survivors recognised by their diff, with the reason they need no test (equivalent mutants).
+EQUIVALENT = [
+    (re.compile(r'^[-+].*"(?:PRAGMA|SELECT|INSERT|UPDATE|WHERE|pragma|select|insert|update|where)\b', re.M),
+     "equivalent: SQL keywords and column names are case-insensitive"),
+]
+
+
+def report(out: Path, reasons: dict[str, str]) -> str:
+    """Markdown: kill rate per module, then every survivor with its one-line reason."""
+    lines = ["| module | mutants | killed | survived | no tests | equivalent | kill rate | "
+             "kill rate w/o equivalent | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    body = []
+    for path in sorted(out.glob("*.json")):
+        data = json.loads(path.read_text())
+        c = data["counts"]
+        killed = c.get("killed", 0) + c.get("timeout", 0) + c.get("suspicious", 0)
+        judged = data["mutants"] - c.get("skipped", 0)
+        why = {k: reasons.get(k) or next((r for rx, r in EQUIVALENT if rx.search(d)), "") for k, d in
+               data["survivors"].items()}
+        eq = sum(1 for r in why.values() if r.startswith("equivalent"))
+        lines.append(f"| {data['module']} | {data['mutants']} | {killed} | {c.get('survived', 0)} | "
+                     f"{c.get('no tests', 0)} | {eq} | {killed / judged:.1%} | {killed / (judged - eq):.1%} | "
+                     f"{data['seconds']} |")
+        body += [f"\n### {data['module']} ({', '.join(data['files'])})\n", f"Tests: {', '.join(data['tests'])}\n"]
+        for k, d in data["survivors"].items():
+            change = " → ".join(x[1:].strip() for x in d.splitlines()
+                                if x[:1] in "+-" and not x.startswith(("+++", "---")))[:160]
+            body.append(f"- `{k.rsplit('.', 1)[-1]}`: `{change}` — {why[k] or 'TODO'}")
+    return "\n".join(lines + body) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="mutmut --max-children")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/sulphur-mutation"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", type=Path, help="write a markdown report of --out's results to this file")
+    ap.add_argument("--reasons", type=Path, help="JSON {mutant name: one-line reason} for the report")
+    args = ap.parse_args()
+    if args.report:
+        reasons = json.loads(args.reasons.read_text()) if args.reasons else {}
+        args.report.write_text(report(args.out, reasons))
+        return
+    if args.list:
+        for name, (mutate, tests) in MODULES.items():
+            print(f"{name:11} {' '.join(mutate)}  <- {' '.join(tests)}")
+        return
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        sys.exit(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.modules or list(MODULES):
+        print(json.dumps(run_module(name, args.workdir, args.out, args.jobs)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

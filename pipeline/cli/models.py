@@ -1,0 +1,99 @@
+"""``sulphur models``: what each preset needs and where it is found; ``pull`` fetches it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print every preset's files as JSON (for scripts)")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    pull = sub.add_parser("pull", help="download a preset's files into the Hugging Face cache (resumable)")
+    pull.add_argument("preset", metavar="PRESET")
+    pull.add_argument("--dry-run", action="store_true", help="list the files and sizes; download nothing")
+
+
+def main(args: argparse.Namespace) -> int:
+    if getattr(args, "models_command", None) == "pull":
+        return main_pull(args)
+    return main_list(args)
+
+
+def main_pull(args: argparse.Namespace) -> int:
+    from pipeline.models.download import PullError, human, pull
+    from pipeline.models.registry import get_preset
+
+    try:
+        preset = get_preset(args.preset)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if preset.builder is not None:
+        print(f"{preset.name} is built on this machine on first use; nothing to pull", file=sys.stderr)
+        return 0
+    try:
+        paths = pull(preset, dry_run=args.dry_run)
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not args.dry_run:
+        total = sum(p.stat().st_size for p in paths if p.is_file())
+        print(f"{preset.name}: {len(paths)} file(s) ready, {human(total)}; "
+              f"next: sulphur models verify {preset.name}", file=sys.stderr)
+    return 0
+
+
+def _file_row(f: Any) -> dict[str, Any]:
+    from pipeline.models.download import pattern_root, where_found
+
+    path = f.local_path()
+    size = f.size
+    if size is None and path is not None:  # what is on disk: a file, or a folder's files
+        size = path.stat().st_size if path.is_file() else sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
+    row: dict[str, Any] = {"role": f.role, "description": f.description, "repo": f.repo or None,
+            "filename": f.filename or None, "revision": f.revision if f.repo else None,
+            "url": f.url or None, "size": size, "sha256": f.sha256 or None, "env": f.env or None,
+            "found": where_found(f), "path": str(path) if path else None}
+    if path is not None and path.is_dir() and f.repo:
+        # A folder pattern's files, as repo paths (what `pull` fetched).
+        root = pattern_root(f.filename or "*")
+        row["parts"] = [{"filename": "/".join(filter(None, (root, q.relative_to(path).as_posix()))),
+                         "size": q.stat().st_size} for q in sorted(path.rglob("*")) if q.is_file()]
+    return row
+
+
+def main_list(args: argparse.Namespace) -> int:
+    from pipeline.models.download import human
+    from pipeline.models.registry import all_presets
+
+    presets = all_presets()
+    if args.json:
+        rows = [{"name": p.name, "family": p.family, "description": p.description,
+                 "built_in": p.builder is not None, "files": [_file_row(f) for f in p.files]} for p in presets]
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for preset in presets:
+        print(f"{preset.name}  ({preset.family}) — {preset.description}")
+        if preset.builder is not None:
+            print("    built in: random weights built from configs on first use (output is noise)")
+        for f in preset.files:
+            row = _file_row(f)
+            if preset.builder is not None:
+                print(f"    {f.role:<18} {f.description}  [{'built' if row['path'] else 'built on first use'}]")
+                continue
+            source = (f"{f.repo}/{f.filename}" if f.filename else f.repo) if f.repo else f.url or f.description
+            size = f"  {human(row['size'])}" if row["size"] is not None else ""
+            found = "MISSING" if row["found"] == "missing" else row["found"]
+            print(f"    {f.role:<18} {source}{size}  [{found}]")
+            if row["path"]:
+                print(f"{'':<23}{row['path']}")
+            elif not (f.repo or f.url):
+                print(f"{'':<23}put it at {f.where()}")
+        if preset.builder is None and preset.missing():
+            print(f"    get them: sulphur models pull {preset.name}")
+        print()
+    return 0

@@ -1,0 +1,53 @@
+"""``sulphur takes FILE SEGMENT``: several seeds of one segment in parallel (Ray), or ``--pick`` one.
+
+Nothing here imports Ray or torch until takes are rendered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli.output import ProgressPrinter, json_printer, run_job
+from pipeline.project.storyboard import StoryboardError
+from pipeline.render.takes import pick_take, seeds_for
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("storyboard", type=Path)
+    p.add_argument("segment", metavar="SEGMENT", help="id of the segment to take again")
+    p.add_argument("--seeds", type=int, default=4, metavar="N", help="how many takes (default 4)")
+    p.add_argument("--seed", type=int, action="append", metavar="S", help="take exactly these seeds (repeatable)")
+    p.add_argument("--pick", type=int, metavar="S", help="make take S the segment's; renders nothing")
+    p.add_argument("--preset", metavar="NAME")
+    p.add_argument("--address", metavar="ADDR", default=None, help="Ray address (default: start one here)")
+    p.add_argument("--json", action="store_true", help="print one JSON event per line")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.pick is not None:
+            path = pick_take(args.storyboard, args.segment, args.pick)
+            print(f"{args.segment} now uses seed {args.pick} ({path}); `sulphur render` continues from it")
+            return 0
+        seeds = args.seed or seeds_for(args.storyboard, args.segment, args.seeds)
+    except StoryboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        from pipeline.render.engines.ray_engine import render_takes
+    except ImportError as exc:
+        print(f"error: takes render in parallel through Ray: pip install 'sulphur[ray]' ({exc})", file=sys.stderr)
+        return 1
+    emit = json_printer if args.json else ProgressPrinter()
+    code, takes = run_job(lambda cancel: render_takes(args.storyboard, args.segment, seeds, preset=args.preset,
+                                                      emit=emit, cancel=cancel, address=args.address),
+                          json_events=args.json, emit=emit)
+    if code:
+        return code
+    if not args.json:
+        for seed, path in takes.items():
+            print(f"seed {seed}: {path}")
+        print(f"pick one: sulphur takes {args.storyboard} {args.segment} --pick SEED")
+    return 0

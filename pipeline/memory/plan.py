@@ -1,0 +1,93 @@
+"""The memory plan types: how one stage runs (:class:`StagePlan`), the budgets it must fit
+(:class:`Budgets`) and the refusal when nothing fits (:class:`PlanError`).
+
+Kept apart from the planner so the family recipes (:mod:`pipeline.memory.recipes`) and
+the offload code can build and read plans without importing the planner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+GiB = 1024**3
+MiB = 1024**2
+
+CUDA_CONTEXT = int(0.5 * GiB)
+VRAM_MARGIN = 0.10
+HOST_RESERVE = int(2.5 * GiB)
+
+
+class PlanError(RuntimeError):
+    """No plan fits the budgets; the message names the component, the amount and a setting that fits."""
+
+    def __init__(self, stage: str, component: str, resource: str, need: int, have: int, hint: str) -> None:
+        self.stage, self.component, self.resource = stage, component, resource
+        self.need, self.have, self.hint = need, have, hint
+        super().__init__(
+            f"{stage}: {component} needs {need / GiB:.1f} GiB of {resource} in its leanest plan, "
+            f"but only {have / GiB:.1f} GiB is usable; {hint}")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How one stage runs. ``offload`` is one of: resident, model, group_block, group_leaf, sequential.
+
+    ``options`` carries the details the stage applies (see pipeline/memory/offload.py) and the
+    estimates the worker reports: ``vram_bytes``/``host_bytes`` (peaks), ``weights``
+    (stored format or "fp8" for layerwise upcast), ``use_stream``, ``low_cpu_mem_usage``,
+    ``text_encoder`` (resident / group / disk / cpu), ``evict`` (held
+    components to drop before the stage), ``esrgan_batch``, ``esrgan_tile``, ``n_gpu_layers``.
+    """
+
+    name: str
+    device: str = "cpu"
+    offload: str = "resident"
+    vae_tiling: bool = False
+    dtype: str = "float32"
+    notes: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vram_bytes(self) -> int:
+        return int(self.options.get("vram_bytes", 0))
+
+    @property
+    def host_bytes(self) -> int:
+        return int(self.options.get("host_bytes", 0))
+
+    def describe(self) -> str:
+        parts = [self.name, f"on {self.device}"]
+        o = self.options
+        if self.offload != "resident":
+            parts.append(self.offload + ("+stream" if o.get("use_stream") else ""))
+        if o.get("weights"):
+            parts.append(f"weights {o['weights']}")
+        if o.get("text_encoder"):
+            parts.append(f"text encoder {o['text_encoder']}" + (" (transformer evicted)" if o.get("evict") else ""))
+        if self.vae_tiling:
+            parts.append("VAE tiling")
+        if o.get("esrgan_batch"):
+            parts.append(f"batch {o['esrgan_batch']}" + (f", tiles {o['esrgan_tile']}px" if o.get("esrgan_tile") else ""))
+        if "n_gpu_layers" in o:
+            parts.append("all layers on GPU" if o["n_gpu_layers"] < 0 else f"{o['n_gpu_layers']} layers on GPU")
+        if "vram_bytes" in o:
+            parts.append(f"est. {self.vram_bytes / GiB:.1f} GiB VRAM, {self.host_bytes / GiB:.1f} GiB host")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Usable bytes on each side, after reserves, and where the figures came from."""
+
+    vram: int
+    host: int
+    vram_setting: float | None = None   # GB as written in the storyboard, or None (detected)
+    host_setting: float | None = None
+
+    @classmethod
+    def from_gb(cls, vram_gb: float, host_gb: float, *, detected: bool = False) -> Budgets:
+        """Budgets as a user states them: a card of ``vram_gb`` and a machine of ``host_gb``."""
+        vram = int(vram_gb * GiB) - (0 if detected else CUDA_CONTEXT)
+        return cls(vram=max(0, int(vram * (1 - VRAM_MARGIN))), host=max(0, int(host_gb * GiB) - HOST_RESERVE),
+                   vram_setting=None if detected else vram_gb, host_setting=None if detected else host_gb)

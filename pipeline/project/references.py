@@ -1,0 +1,90 @@
+"""Every file a storyboard names, checked before the first stage runs.
+
+An anchor typo in shot 3 used to fail after shots 1–2 had rendered; a FIFO anchor hung
+the render; a decompression-bomb PNG gave a traceback. :func:`check_references` looks
+at every anchor image or video and the drift reference up front — exists, is a regular
+file, and (images) has a header PIL can read with a sane pixel count — and names the
+first bad one as ``file:line:col: key: message``, the storyboard's own error form.
+
+Only headers are read: a 20 000 × 20 000 PNG is refused from its 33-byte IHDR, never
+decoded. Torch-free; PIL is imported when a storyboard has an image to check.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.project.files import NotAFile, check_regular, describe_os_error
+from pipeline.project.storyboard import IMAGE_SUFFIXES, Storyboard, StoryboardError, _Locator
+
+#: Pixels an anchor or reference image may have (8K × 8K); a bigger one is a bomb or a mistake.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> None:
+    """Raise :class:`StoryboardError` for the first referenced file that cannot be used.
+
+    ``segment_ids`` limits the anchors checked to the shots a render will draft (all of
+    them by default); the drift reference is checked whenever a drift guard is on.
+    """
+    locator: _Locator | None = None
+
+    def fail(index: int | None, key: str, message: str) -> StoryboardError:
+        nonlocal locator
+        if locator is None:
+            try:
+                locator = _Locator(sb.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                locator = _Locator("")
+        table = "segment" if index is not None else "project"
+        where = f"segment[{index}].{key}" if index is not None else f"project.{key}"
+        return StoryboardError(sb.path, message, *locator.find(table, index, key), where)
+
+    for i, seg in enumerate(sb.segments):
+        if seg.anchor.kind not in ("image", "video") or segment_ids is not None and seg.id not in segment_ids:
+            continue
+        problem = _problem(sb.resolve(seg.anchor.path), image=seg.anchor.kind == "image")
+        if problem:
+            raise fail(i, "anchor", problem)
+    guarded = sb.project.drift_guard != "off" or any(s.drift_guard not in (None, "off") for s in sb.segments)
+    ref = sb.project.drift_reference
+    if guarded and ref != "first":
+        path = sb.resolve(ref)
+        problem = _problem(path, image=True) if path.suffix.lower() in IMAGE_SUFFIXES else \
+            f"{ref}: expected \"first\" or an image ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        if problem:
+            raise fail(None, "drift_reference", problem)
+
+
+def _problem(path: Path, *, image: bool) -> str:
+    """What is wrong with one referenced file, or "" when it is usable."""
+    try:
+        st = check_regular(path)
+    except FileNotFoundError:
+        return f"{path}: file not found"
+    except (NotAFile, OSError) as exc:
+        return describe_os_error(path, exc)
+    if st.st_size == 0:
+        return f"{path}: empty file"
+    if not os.access(path, os.R_OK):
+        return f"{path}: not readable (permission denied)"
+    return _image_problem(path) if image else ""
+
+
+def _image_problem(path: Path) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            width, height = im.size
+    except Image.DecompressionBombError:
+        return f"{path}: image too large (a decompression bomb?)"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return f"{path}: not a readable image ({exc.__class__.__name__})"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"{path}: {width}×{height} is more than {MAX_IMAGE_PIXELS // 10**6} Mpx; not an anchor"
+    return ""
+
+
+__all__ = ["MAX_IMAGE_PIXELS", "check_references"]

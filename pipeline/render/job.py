@@ -1,0 +1,94 @@
+"""A render job: one storyboard plus the request's overrides, resolved once.
+
+The storyboard stays as it was read from the file; what a flag changes (``--preset``,
+a Ray actor's memory share) lives in :attr:`RenderJob.project`, the settings the
+render actually uses. Every preset the storyboard names is looked up here and nowhere
+else, and each segment's settings (:class:`SegmentJob`) are derived from this object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from pipeline.models.registry import Preset, get_preset
+from pipeline.project.selection import select_segments
+from pipeline.project.storyboard import Project, Storyboard
+from pipeline.render.errors import RenderError
+from pipeline.stages.base import SegmentJob
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What a request changes for this render only (None: the storyboard's own value)."""
+
+    preset: str | None = None
+    vram_budget_gb: float | None = None
+    ram_budget_gb: float | None = None
+
+
+@dataclass
+class RenderJob:
+    """A storyboard + overrides: the project settings, presets and segments of one render."""
+
+    storyboard: Storyboard
+    project: Project                  # the storyboard's [project] with the overrides applied
+    presets: dict[str, Preset]        # every preset this render uses, the project's first
+    selected: list[str] = field(default_factory=list)
+
+    @classmethod
+    def resolve(cls, sb: Storyboard, overrides: Overrides | None = None, *,
+                segments: Sequence[str] | None = None, from_segment: str | None = None) -> RenderJob:
+        """Select the segments, apply the overrides, look up every preset (unknown ones refused)."""
+        selected = select_segments(sb, segments, from_segment)
+        o = overrides or Overrides()
+        changes = {k: v for k, v in (("preset", o.preset), ("vram_budget_gb", o.vram_budget_gb),
+                                     ("ram_budget_gb", o.ram_budget_gb)) if v}
+        project = replace(sb.project, **changes)
+        presets = {project.preset: _resolve_preset(project.preset)}
+        for seg in sb.segments:
+            if seg.preset and seg.preset not in presets:
+                presets[seg.preset] = _resolve_preset(seg.preset, seg.id)
+        return cls(sb, project, presets, selected)
+
+    @property
+    def preset(self) -> Preset:
+        """The project's preset (after ``--preset``)."""
+        return self.presets[self.project.preset]
+
+    def preset_for(self, index: int) -> Preset:
+        """The segment's own preset (``preset`` key of a [[segment]]), else the project's."""
+        return self.presets[self.storyboard.segments[index].preset or self.project.preset]
+
+    def segment_job(self, index: int) -> SegmentJob:
+        """Everything resolved about segment ``index`` before its stages run."""
+        seg = self.storyboard.segments[index]
+        p = self.project
+        preset = self.preset_for(index)
+        draft = preset.round_size(p.draft_size or preset.draft_size)
+        # LTX-2 refines through a ×2 latent upsampler; families without one keep their
+        # native pixels for ESRGAN (refine_scale 1) instead of a blurry pixel ×2.
+        scale = int(preset.extra.get("refine_scale", 2))
+        refine = p.refine_size or (draft[0] * scale, draft[1] * scale)
+        return SegmentJob(
+            storyboard=self.storyboard, segment=seg, index=index, preset=preset,
+            frames=preset.round_frames(seg.frame_count(p.fps)),
+            seed=seg.seed if seg.seed is not None else p.seed + index,
+            fps=p.fps, draft_size=draft, refine_size=tuple(refine), output_size=p.output_size,
+            steps=seg.steps or p.steps or preset.steps,
+            refine_sigmas=seg.refine_sigmas or p.refine_sigmas or preset.refine_sigmas,
+            lora_strength=seg.lora_strength if seg.lora_strength is not None else (
+                p.lora_strength if p.lora_strength is not None else preset.lora_strength),
+            audio=p.audio and preset.audio,
+        )
+
+    def segment_jobs(self, ids: Sequence[str]) -> list[SegmentJob]:
+        """The segment jobs of ``ids``, in storyboard order."""
+        return [self.segment_job(i) for i, s in enumerate(self.storyboard.segments) if s.id in ids]
+
+
+def _resolve_preset(name: str, segment: str = "") -> Preset:
+    try:
+        return get_preset(name)
+    except KeyError as exc:
+        raise RenderError("unknown_preset", str(exc.args[0]), segment=segment) from None

@@ -1,0 +1,120 @@
+"""What each storyboard's cache entries are, and pruning what none uses any more.
+
+The stage cache is content-addressed and grows forever (a 3-shot tiny film used 331 MB):
+every edit leaves the old entries behind. A render records the entries it found or
+built in ``.sulphur/uses/<storyboard>.json`` (a failed render adds to the last record
+instead of replacing it, so nothing a finished film needs is forgotten). Then:
+
+- :func:`report` — size per storyboard (entries shared by two count for both), and the
+  size of entries no existing storyboard's record names;
+- :func:`prune` — removes those unreferenced entries (``sulphur cache --prune``), and,
+  with a size cap (``[project] cache_limit_gb``), also the least recently used
+  entries that no storyboard references until the cache fits.
+
+Torch-free: ``sulphur cache`` imports only this and the storyboard model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.project.storyboard import atomic_write
+
+
+def uses_dir(project_dir: Path) -> Path:
+    return Path(project_dir) / ".sulphur" / "uses"
+
+
+def record(storyboard: Path, used: set[str], *, complete: bool) -> None:
+    """Remember the entries a render of ``storyboard`` used (replace when ``complete``, else add)."""
+    folder = uses_dir(storyboard.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{storyboard.name}.json"
+    entries = set(used)
+    if not complete:
+        entries |= set(_read(path))
+    atomic_write(path, json.dumps({"storyboard": storyboard.name, "entries": sorted(entries)}, indent=1))
+
+
+def _read(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text())
+        return [e for e in data.get("entries", []) if isinstance(e, str)]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def entries(cache_root: Path) -> dict[str, tuple[Path, int, float]]:
+    """Every complete entry: "stage/key" → (folder, bytes, last modified)."""
+    out: dict[str, tuple[Path, int, float]] = {}
+    if not cache_root.is_dir():
+        return out
+    for meta in cache_root.glob("*/*/*/meta.json"):
+        folder = meta.parent
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        out[f"{folder.parent.parent.name}/{folder.name}"] = (folder, size, meta.stat().st_mtime)
+    return out
+
+
+@dataclass
+class Report:
+    total: int = 0
+    per_storyboard: dict[str, int] = field(default_factory=dict)
+    unreferenced: list[str] = field(default_factory=list)
+    unreferenced_bytes: int = 0
+
+
+def report(project_dir: Path) -> Report:
+    """Sizes per storyboard that still exists, and the entries none of them uses."""
+    project_dir = Path(project_dir)
+    all_entries = entries(project_dir / ".sulphur" / "cache")
+    rep = Report(total=sum(size for _, size, _ in all_entries.values()))
+    referenced: set[str] = set()
+    folder = uses_dir(project_dir)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        name = path.name.removesuffix(".json")
+        if not (project_dir / name).is_file():
+            continue  # the storyboard is gone: its entries are unreferenced now
+        used = set(_read(path)) & set(all_entries)
+        referenced |= used
+        rep.per_storyboard[name] = sum(all_entries[e][1] for e in used)
+    rep.unreferenced = sorted(set(all_entries) - referenced)
+    rep.unreferenced_bytes = sum(all_entries[e][1] for e in rep.unreferenced)
+    return rep
+
+
+def prune(project_dir: Path, limit_bytes: int | None = None) -> tuple[int, int]:
+    """Remove unreferenced entries (oldest first; with ``limit_bytes`` only until the cache
+    fits). Returns (entries removed, bytes freed)."""
+    project_dir = Path(project_dir)
+    all_entries = entries(project_dir / ".sulphur" / "cache")
+    rep = report(project_dir)
+    total = rep.total
+    removed = freed = 0
+    for key in sorted(rep.unreferenced, key=lambda e: all_entries[e][2]):
+        if limit_bytes is not None and total <= limit_bytes:
+            break
+        folder, size, _ = all_entries[key]
+        aside = folder.with_name(f".{folder.name}.{os.getpid()}.prune.partial")
+        try:
+            os.replace(folder, aside)  # a reader sees the entry whole or not at all
+        except OSError:
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+        removed, freed, total = removed + 1, freed + size, total - size
+    return removed, freed
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+__all__ = ["Report", "entries", "human", "prune", "record", "report", "uses_dir"]

@@ -1,0 +1,256 @@
+"""Edits of the storyboard the keys and the palette ask for: shots, takes, project
+settings, undo/redo, save and reload. Each edit changes the :class:`Document` and posts
+:class:`DocumentChanged`; the screen redraws from the document."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual.app import SuspendNotSupported
+from textual.widgets import TextArea
+
+from pipeline.project.storyboard import StoryboardError
+from sulphur_tui.document import NEW_PROMPT
+from sulphur_tui.messages import DocumentChanged
+from sulphur_tui.screens import ProjectEdit, ProjectScreen
+from sulphur_tui.screens.takes import Take, TakesScreen
+from sulphur_tui.status import output_path
+from sulphur_tui.widgets.segments import SegmentList
+
+if TYPE_CHECKING:
+    from sulphur_tui.app import SulphurApp
+
+
+class Editing:
+    """The editing actions of the app, on its document."""
+
+    def __init__(self, app: SulphurApp) -> None:
+        self.app = app
+
+    def changed(self, select: str | None = None) -> None:
+        self.app.post_message(DocumentChanged(select=select, reason="structure"))
+
+    # ------------------------------------------------------------------ shots
+    def add_segment(self) -> None:
+        app = self.app
+        if app.doc:
+            self.changed(app.doc.add_segment(app.selected))
+
+    def duplicate_segment(self) -> None:
+        app = self.app
+        if app.doc and app.selected:
+            self.changed(app.doc.duplicate_segment(app.selected))
+
+    def delete_segment(self) -> None:
+        app = self.app
+        if app.doc and app.selected:
+            nxt = app.doc.delete_segment(app.selected)
+            if nxt is None:
+                app.notify("A storyboard needs at least one shot.", severity="warning")
+                return
+            app.notify(f"Deleted {app.selected} (ctrl+z brings it back)")
+            self.changed(nxt)
+
+    def move_segment(self, delta: int) -> None:
+        app = self.app
+        if app.doc and app.selected and app.doc.move_segment(app.selected, delta):
+            self.changed(app.selected)
+
+    def randomise_seed(self) -> None:
+        app = self.app
+        if app.doc and app.selected:
+            app.doc.randomise_seed(app.selected)
+            self.changed(app.selected)
+
+    def edit_prompt(self) -> None:
+        """Focus the prompt, cursor at the end; a new shot's placeholder is selected so
+        typing replaces it."""
+        area = self.app.query_one("#prompt", TextArea)
+        area.focus()
+        if area.text == NEW_PROMPT:
+            area.select_all()
+        else:
+            area.move_cursor(area.document.end)
+
+    def edit_prompt_outside(self) -> None:
+        """The selected shot's prompt in ``$VISUAL`` / ``$EDITOR`` (vi without either), the
+        editor suspended meanwhile; what is saved there becomes one undoable edit."""
+        app = self.app
+        if app.doc is None or not app.selected:
+            return
+        seg = app.doc.storyboard.segment(app.selected)
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        with tempfile.TemporaryDirectory(prefix="sulphur-") as tmp:
+            path = Path(tmp) / f"{seg.id}.prompt.txt"
+            path.write_text(seg.prompt + "\n", encoding="utf-8")
+            try:
+                code = _run_editor(app, [*shlex.split(editor), str(path)])
+            except OSError as exc:
+                app.notify(f"{editor}: {exc}", title="No editor started", severity="error")
+                return
+            text = path.read_text(encoding="utf-8").strip()
+        if code != 0 or not text:
+            app.notify(f"{editor} exited with status {code}" if code else "An empty prompt is not taken.",
+                       title="Prompt unchanged", severity="warning")
+            return
+        app.doc.break_coalescing()
+        if app.doc.edit_segment(seg.id, prompt=text):
+            self.changed(seg.id)
+
+    # ------------------------------------------------------------------ takes
+    def pick_take(self) -> None:
+        """The takes of the selected shot (``sulphur takes``); the picked one becomes its seed + locked prompt."""
+        app = self.app
+        if app.doc is None or not app.selected:
+            return
+        # The list's cursor, not app.selected: keys typed in a burst (tmux, SSH) run
+        # this before the list's Selected message for the last cursor move arrives.
+        seglist = app.query_one(SegmentList)
+        rows = seglist.ordered_rows
+        row = seglist.cursor_row
+        segment_id = str(rows[row].key.value) if 0 <= row < len(rows) else app.selected
+
+        def picked(take: Take | None) -> None:
+            if take is not None:
+                self.use_take(segment_id, take)
+
+        app.push_screen(TakesScreen(app.doc.storyboard, segment_id, app.image_cls), picked)
+
+    def use_take(self, segment_id: str, take: Take) -> None:
+        app = self.app
+        doc = app.doc
+        if doc is None or segment_id not in {s.id for s in doc.storyboard.segments}:
+            return
+        # Saving would also write the user's other unsaved edits: only do that when asked.
+        others_unsaved = doc.dirty
+        doc.break_coalescing()
+        if not doc.edit_segment(segment_id, seed=take.seed, enhanced_prompt=take.prompt, enhance_lock=True):
+            app.notify(f"{segment_id} already uses take {take.seed}.", timeout=3)
+            return
+        self.changed(segment_id)
+        if others_unsaved:
+            app.notify(f"{segment_id} uses take {take.seed} once saved (ctrl+s, with your other edits); "
+                       "the next render continues from it.", title="Take picked")
+        elif self.save():
+            app.notify(f"{segment_id} now uses take {take.seed}: the next render continues from it.",
+                       title="Take picked")
+        else:
+            app.notify(f"{segment_id} uses take {take.seed} in the editor, not yet on disk.",
+                       title="Take picked", severity="warning")
+
+    # ------------------------------------------------------------------ project
+    def project_settings(self) -> None:
+        """The ``[project]`` form; what it returns is one undoable edit."""
+        app = self.app
+        if app.doc is None:
+            return
+
+        def applied(edit: ProjectEdit | None) -> None:
+            doc = app.doc
+            if edit is None or doc is None:
+                return
+            doc.break_coalescing()
+            changed = doc.apply(replace(doc.storyboard, project=edit.project), "edit project settings")
+            if changed:
+                self.changed()
+            if edit.save:
+                self.save()
+            elif changed:
+                app.notify("Every shot renders again with the new settings once saved (ctrl+s); "
+                           "ctrl+z undoes.", title="Project settings changed", timeout=4)
+
+        app.push_screen(ProjectScreen(app.doc.storyboard.project), applied)
+
+    # ------------------------------------------------------------------ history and file
+    def undo(self) -> None:
+        app = self.app
+        if app.doc is None:
+            return
+        if app.doc.undo() is None:
+            app.notify("Nothing to undo.", timeout=2)
+        else:
+            self.changed()
+
+    def redo(self) -> None:
+        app = self.app
+        if app.doc is None:
+            return
+        if app.doc.redo() is None:
+            app.notify("Nothing to redo.", timeout=2)
+        else:
+            self.changed()
+
+    def save(self) -> bool:
+        app = self.app
+        doc = app.doc
+        if doc is None:
+            return False
+        if doc.disk_changed():
+            app.disk.poll()  # ask first: never overwrite someone else's change silently
+            return False
+        try:
+            doc.save(over_broken=app.disk.over_broken)
+        except StoryboardError as exc:
+            app.notify(str(exc), title="Not saved", severity="error", timeout=10)
+            return False
+        except OSError as exc:
+            app.notify(f"{exc}", title="Not saved", severity="error", timeout=10)
+            return False
+        app.disk.over_broken = False
+        app.board.refresh_document()
+        app.notify(f"Saved {doc.path.name}", timeout=2)
+        return True
+
+    def reload(self) -> None:
+        app = self.app
+        if app.doc is None:
+            return
+        try:
+            app.doc.reload()
+        except StoryboardError as exc:
+            app.notify(str(exc), title="Reload failed", severity="error")
+            return
+        app.board.refresh_document(editor=True)
+
+    def open_output(self) -> None:
+        app = self.app
+        if app.doc is None:
+            return
+        target = output_path(app.doc.storyboard, app.selected)
+        opener = desktop_opener()
+        if opener is None or not target.exists():
+            app.notify(str(target), title="Output" if target.exists() else "Not rendered yet — output goes to",
+                       timeout=10)
+            return
+        subprocess.Popen([opener, str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        app.notify(f"Opening {target.name}", timeout=3)
+
+
+def _run_editor(app: SulphurApp, command: list[str]) -> int:
+    """Run the editor in the terminal (the app steps aside); headless (tests, ``--serve``)
+    there is no terminal to lend, so it just runs."""
+    try:
+        with app.suspend():
+            return subprocess.run(command).returncode
+    except SuspendNotSupported:
+        return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True).returncode
+
+
+def desktop_opener() -> str | None:
+    """xdg-open / open where a desktop can show the file; None over plain SSH."""
+    if sys.platform == "darwin":
+        return shutil.which("open")
+    if os.environ.get("SSH_CONNECTION") and not os.environ.get("DISPLAY"):
+        return None
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return None
+    return shutil.which("xdg-open")

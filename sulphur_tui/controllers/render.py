@@ -1,0 +1,177 @@
+"""Render jobs: submit and cancel them, follow the worker's events, replay recordings.
+
+The only module of the editor that talks to the render worker, and only through
+``pipeline.worker.client`` (imported where used: it is not needed to draw the editor).
+Background threads post :class:`WorkerEvent` messages; the app hands each one back to
+:meth:`RenderControl.on_event` on the UI thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual.worker import WorkerState
+
+from pipeline.wire.protocol import (
+    ErrorEvent,
+    Event,
+    JobFinished,
+    JobQueued,
+    PlanFallback,
+    SegmentDone,
+    StageFinished,
+)
+from sulphur_tui.messages import WorkerConnection, WorkerEvent
+from sulphur_tui.sources import follow_worker, paced, read_events
+from sulphur_tui.status import remember_render, remember_stage_time, segment_digest
+
+if TYPE_CHECKING:
+    from sulphur_tui.app import SulphurApp
+
+
+class RenderControl:
+    """The editor's side of the render worker."""
+
+    def __init__(self, app: SulphurApp) -> None:
+        self.app = app
+
+    # ------------------------------------------------------------------ following
+    def start(self) -> None:
+        """Replay a recording, or follow the worker of this project if one runs."""
+        app = self.app
+        if app.replay is not None:
+            self.start_replay()
+        elif app.connect_worker:
+            app.call_after_refresh(self.follow)
+
+    def follow(self) -> None:
+        self.app.run_worker(self._follow, name="_follow_worker", group="follow", exclusive=True, thread=True,
+                            exit_on_error=False)
+
+    def _follow(self) -> None:
+        app = self.app
+        assert app.doc is not None
+        follow_worker(app.doc.path.parent, lambda ev, history=False: app.post_message(WorkerEvent(ev, history)),
+                      lambda ok, detail: app.post_message(WorkerConnection(ok, detail)), app.stop_event)
+
+    def ensure_following(self) -> None:
+        running = [w for w in self.app.workers if w.group == "follow" and w.state == WorkerState.RUNNING]
+        if not running:
+            self.follow()
+
+    def start_replay(self) -> None:
+        app = self.app
+        assert app.replay is not None
+        events = read_events(app.replay)
+        if app.replay_until is not None:
+            events = events[: app.replay_until]
+        app.worker_detail = f"replaying {app.replay.name}"
+        if app.replay_speed > 0:
+            app.run_worker(lambda: self._replay_paced(events), name="_replay_paced", group="replay",
+                           exclusive=True, thread=True, exit_on_error=False)
+        else:
+            # Instant replay: fold everything now, draw once (snapshot tests).
+            areas: set[str] = set()
+            for ev in events:
+                areas |= app.live.apply(ev)
+            app.board.refresh_live(areas | {"segments", "timers", "flicker", "vram", "log"})
+        app.board.draw_status()
+
+    def _replay_paced(self, events: list[Event]) -> None:
+        for ev in paced(events, self.app.replay_speed, self.app.stop_event):
+            self.app.post_message(WorkerEvent(ev))
+
+    # ------------------------------------------------------------------ events
+    def on_event(self, ev: Event, history: bool = False) -> None:
+        """Fold one event into the live state, note what was rendered, redraw, tell the user
+        (not of ``history``: events from before the editor attached)."""
+        app = self.app
+        areas = app.live.apply(ev)
+        if app.worker_detail.startswith("starting") and app.replay is None:
+            app.worker_detail = "worker attached"  # it speaks: it has started
+            areas.add("log")
+        doc = app.doc
+        if isinstance(ev, SegmentDone) and doc is not None:
+            seg = ev.segment
+            # Rendered from the saved file (renders always start from a saved file).
+            if any(s.id == seg for s in doc.saved.segments):
+                app.baseline[seg] = segment_digest(doc.saved, seg)
+                remember_render(doc.saved, seg, app.baseline[seg])
+        if isinstance(ev, StageFinished) and ev.segment and doc is not None and app.replay is None and not history:
+            remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
+        app.board.refresh_live(areas)
+        if not history:
+            self.announce(ev)
+
+    def announce(self, ev: Event) -> None:
+        """The few events a user must not miss get a notification, not just a log line."""
+        app = self.app
+        if app.replay is not None:
+            return
+        if isinstance(ev, ErrorEvent):
+            where = "/".join(x for x in (ev.segment, ev.stage) if x) or "render"
+            app.notify(ev.message, title=f"{where} failed ({ev.kind})", severity="error", timeout=20)
+        elif isinstance(ev, PlanFallback):
+            app.notify(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}; retrying with "
+                       f"{ev.next_plan}", title="Leaner memory plan", severity="warning", timeout=10)
+        elif isinstance(ev, JobFinished):
+            path = Path(ev.path)
+            if app.doc is not None and path.is_relative_to(app.doc.path.parent):
+                path = path.relative_to(app.doc.path.parent)
+            app.notify(f"{path} in {ev.seconds:.0f} s (the status line keeps it)", title="Render finished",
+                       timeout=12)
+
+    def set_worker_detail(self, detail: str) -> None:
+        self.app.worker_detail = detail
+        self.app.board.draw_status()
+
+    # ------------------------------------------------------------------ jobs
+    def render(self, mode: str, segments: list[str]) -> None:
+        """Queue a job: ``all`` shots, the listed ``segments``, or everything ``from`` one shot."""
+        app = self.app
+        doc = app.doc
+        if doc is None:
+            return
+        if doc.dirty and not app.edits.save():
+            app.notify("Save the storyboard first: renders read the file.", severity="warning")
+            return
+        ids = [s.id for s in doc.storyboard.segments]
+        if mode == "all":
+            queued = ids
+        elif mode == "from":
+            queued = ids[ids.index(segments[0]):]
+        else:
+            queued = segments
+        app.run_worker(lambda: self._submit(mode, segments, queued), name="_submit", group="submit", thread=True,
+                       exit_on_error=False)
+
+    def _submit(self, mode: str, segments: list[str], queued: list[str]) -> None:
+        from pipeline.worker.client import WorkerClient  # only when rendering: not needed to draw
+
+        app = self.app
+        assert app.doc is not None
+        app.call_from_thread(self.set_worker_detail, "starting the render worker…")
+        with WorkerClient.connect(app.doc.path.parent, start=True, timeout=120.0) as client:
+            job_id = client.submit(app.doc.path, mode=mode, segments=segments)
+        # Show the queue at once; the worker's own JobQueued confirms it.
+        app.post_message(WorkerEvent(JobQueued(job_id=job_id, storyboard=str(app.doc.path), segments=queued)))
+        if app.connect_worker and app.replay is None:
+            app.call_from_thread(self.ensure_following)
+
+    def cancel(self) -> None:
+        job = self.app.live.active_job()
+        job_id = job.job_id if job else ""
+        self.app.run_worker(lambda: self._cancel(job_id), name="_cancel", group="cancel", thread=True,
+                            exit_on_error=False)
+
+    def _cancel(self, job_id: str) -> None:
+        from pipeline.worker.client import WorkerClient, WorkerNotRunning  # as in _submit
+
+        app = self.app
+        assert app.doc is not None
+        try:
+            with WorkerClient.connect(app.doc.path.parent, start=False, timeout=5.0) as client:
+                client.cancel(job_id)
+        except WorkerNotRunning:
+            app.call_from_thread(app.notify, "No render is running.", timeout=3)

@@ -1,0 +1,92 @@
+"""Helpers shared by the functional tests: real processes, real files, tiny storyboards.
+
+Import them as ``from tests.functional.conftest import …``; pytest also loads this file
+as the folder's conftest (it holds no fixtures of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.project import layout
+from pipeline.wire import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "storyboards" / "example.toml"
+
+
+def checkout_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a child process: this checkout first on PYTHONPATH (so a child
+    imports the code under test, not another install), plus ``extra``."""
+    env = dict(os.environ if base is None else base, **extra)
+    rest = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + rest if rest and rest != str(ROOT) else "")
+    return env
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``predicate`` every 50 ms until it is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def decode_frames(path: Path) -> np.ndarray:
+    """Every decoded video frame of ``path`` (RGB, frames × H × W × 3), through PyAV."""
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def stop_worker_or_kill(project: Path, timeout: float = 120) -> None:
+    """Stop the project's worker cleanly, else SIGKILL it, so no test leaves one running."""
+    from pipeline.wire.framing import lock_holder
+    from pipeline.worker.client import stop_worker
+
+    pid = lock_holder(project)
+    if pid is not None and stop_worker(project, timeout=timeout) != 0 and pid > 0:
+        os.kill(pid, signal.SIGKILL)
+
+
+def cache_entries(project: Path, stage: str) -> dict[str, Path]:
+    """A stage's finished cache entries in a project: {key: folder}."""
+    return {meta.parent.name: meta.parent for meta in (layout.cache_dir(project) / stage).glob("*/*/meta.json")}
+
+
+def cache_keys(project: Path, stages: Iterable[str] = protocol.STAGES) -> dict[str, set[str]]:
+    """Every stage's cache keys in a project."""
+    return {stage: set(cache_entries(project, stage)) for stage in stages}
+
+
+def cache_entry(project: Path, stage: str, key: str) -> Path:
+    """Where the cache keeps ``stage``'s entry ``key`` (whether it exists or not)."""
+    return layout.cache_dir(project) / stage / key[:2] / key
+
+
+def tiny_storyboard(segments: Iterable[Mapping[str, Any]], **project: Any) -> str:
+    """A storyboard's TOML text: ``[project]`` from the keywords, one ``[[segment]]`` per mapping."""
+    lines = ["[project]", *(f"{k} = {_toml(v)}" for k, v in project.items())]
+    for seg in segments:
+        lines += ["", "[[segment]]", *(f"{k} = {_toml(v)}" for k, v in seg.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)  # strings (quoted, escaped), ints, floats

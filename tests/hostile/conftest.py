@@ -1,0 +1,97 @@
+"""Shared helpers of the hostile-input suite: a real worker, raw sockets, the one-line rule."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.wire import protocol
+from pipeline.wire.framing import connect_unix, lock_holder, socket_path
+from pipeline.worker.client import WorkerClient, stop_worker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: A storyboard whose jobs fail at once in the runner (unknown preset): no model is loaded.
+QUICK = """\
+[project]
+title = "hostile"
+fps = 8
+preset = "no-such-preset"
+output_size = [192, 128]
+enhance = false
+
+[[segment]]
+id = "one"
+prompt = "a red lighthouse"
+frames = 9
+"""
+
+
+def sulphur(*args: str, cwd: Path, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``sulphur`` command of this checkout with a hard time limit."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line(result: subprocess.CompletedProcess, names: str) -> str:
+    """The hostile-input rule: non-zero exit, no traceback, one line on stderr naming the file."""
+    err = result.stderr.strip()
+    assert result.returncode != 0, (result.returncode, err)
+    assert "Traceback" not in err and "Traceback" not in result.stdout, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert names in lines[0], (names, lines[0])
+    return lines[0]
+
+
+class Raw:
+    """A bare socket speaking lines, to send what no well-behaved client would."""
+
+    def __init__(self, project: Path) -> None:
+        self.sock = connect_unix(socket_path(project), timeout=30)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> protocol.Message:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(1 << 16)
+            assert chunk, "worker closed the connection"
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return protocol.decode(line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def kill_worker(project: Path) -> None:
+    pid = lock_holder(project)
+    if pid is None:
+        return
+    if stop_worker(project, timeout=60) != 0 and pid > 0:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def worker_project(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A project folder with a live worker (module-wide: starting one costs seconds)."""
+    folder = tmp_path_factory.mktemp("hostile-worker")
+    (folder / "story.toml").write_text(QUICK)
+    WorkerClient.connect(folder, idle_timeout=300).close()
+    yield folder
+    kill_worker(folder)
+
+
+def timed(fn, *args):  # noqa: ANN001, ANN201
+    t = time.monotonic()
+    out = fn(*args)
+    return out, time.monotonic() - t

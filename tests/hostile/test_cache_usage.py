@@ -1,0 +1,97 @@
+"""Issue 19 item 9: `sulphur cache` — size per storyboard, --prune, a size cap; journal retention."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.render.cache import StageCache
+from tests.hostile.conftest import sulphur
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _entry(cache: StageCache, stage: str, key: str, size: int) -> str:
+    with cache.build(stage, key) as b:
+        (b.path / "frames.npy").write_bytes(b"\0" * size)
+    assert cache.get(stage, key) is not None
+    return f"{stage}/{key}"
+
+
+def _project(tmp_path: Path) -> tuple[StageCache, dict[str, str]]:
+    from pipeline.render.usage import record
+
+    for name in ("one.toml", "two.toml"):
+        (tmp_path / name).write_text('[[segment]]\nid = "a"\nprompt = "x"\n')
+    cache = StageCache(tmp_path / ".sulphur" / "cache")
+    keys = {n: _entry(cache, "draft", n * 32, size)
+            for n, size in (("a", 100_000), ("b", 200_000), ("c", 400_000), ("d", 800_000))}
+    record(tmp_path / "one.toml", {keys["a"], keys["b"]}, complete=True)
+    record(tmp_path / "two.toml", {keys["b"], keys["c"]}, complete=True)
+    return cache, keys  # d: used by nobody
+
+
+def test_sizes_per_storyboard_and_prune(tmp_path: Path) -> None:
+    cache, keys = _project(tmp_path)
+    result = sulphur("cache", "--project", str(tmp_path), "--json", cwd=tmp_path)
+    data = json.loads(result.stdout)
+    assert data["storyboards"]["one.toml"] >= 300_000 and data["storyboards"]["two.toml"] >= 600_000
+    assert 800_000 <= data["unreferenced"] < 810_000
+    result = sulphur("cache", "--project", str(tmp_path), "--prune", cwd=tmp_path)
+    assert result.returncode == 0 and "pruned 1 entries" in result.stdout, result.stdout + result.stderr
+    assert cache.get("draft", "d" * 32) is None
+    assert all(cache.get("draft", k * 32) is not None for k in "abc")
+
+
+def test_a_deleted_storyboard_frees_what_only_it_used(tmp_path: Path) -> None:
+    from pipeline.render.usage import prune
+
+    cache, _ = _project(tmp_path)
+    (tmp_path / "two.toml").unlink()
+    removed, _ = prune(tmp_path)
+    assert removed == 2  # c (two.toml only) and d; b is still one.toml's
+    assert [k for k in "abcd" if cache.get("draft", k * 32) is not None] == ["a", "b"]
+
+
+def test_a_failed_render_adds_to_the_record_instead_of_forgetting(tmp_path: Path) -> None:
+    from pipeline.render.usage import record, report
+
+    cache, keys = _project(tmp_path)
+    record(tmp_path / "one.toml", {keys["d"]}, complete=False)
+    assert report(tmp_path).unreferenced == []
+
+
+def test_the_size_cap_prunes_oldest_unused_first(tmp_path: Path) -> None:
+    from pipeline.render.usage import prune, report
+
+    cache, keys = _project(tmp_path)
+    old = _entry(cache, "upscale", "e" * 64, 300_000)  # unused, and newer than d
+    time.sleep(0.01)
+    total = report(tmp_path).total
+    removed, freed = prune(tmp_path, limit_bytes=total - 500_000)
+    assert removed == 1 and freed >= 800_000  # d alone (the oldest unused) brings it under
+    assert cache.get("upscale", old.split("/")[1]) is not None
+
+
+def test_the_cap_is_a_project_setting(tmp_path: Path) -> None:
+    from pipeline.project.storyboard import StoryboardError, parse
+
+    assert parse('[project]\ncache_limit_gb = 20\n[[segment]]\nid = "a"\nprompt = "x"\n').project.cache_limit_gb == 20
+    with pytest.raises(StoryboardError, match=":2:1: project.cache_limit_gb"):
+        parse('[project]\ncache_limit_gb = 0\n[[segment]]\nid = "a"\nprompt = "x"\n')
+
+
+def test_finished_jobs_leave_the_journal_after_the_retention(tmp_path: Path) -> None:
+    from pipeline.worker.journal import JobRecord, Journal
+
+    journal = Journal(tmp_path / "journal.db")
+    old, new, pending = (JobRecord(id=i, storyboard="s.toml", state=s) for i, s in
+                         (("old", "done"), ("new", "failed"), ("pending", "queued")))
+    for rec in (old, new, pending):
+        journal.add_job(rec)
+    journal._db.execute("UPDATE jobs SET updated=? WHERE id IN ('old', 'pending')", (time.time() - 90 * 86400,))
+    assert journal.prune(time.time() - 30 * 86400) == 1
+    assert sorted(r.id for r in journal.jobs()) == ["new", "pending"]

@@ -1,0 +1,444 @@
+"""Issue 21: what the editor shows must be true at a glance — on a GPU's long memory
+plans, at every terminal size, inside every field, after every kind of job end.
+
+Each test drives the real app with Pilot (replayed events or posted worker events) and
+reads the screen as a user would."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from textual.widgets import TextArea
+
+from pipeline.wire.protocol import (
+    FlickerReport,
+    JobCancelled,
+    JobFinished,
+    JobStarted,
+    SegmentDone,
+    StageStarted,
+    StepProgress,
+)
+from sulphur_tui.app import create_app
+from sulphur_tui.messages import WorkerEvent
+from sulphur_tui.sources import read_events
+from sulphur_tui.widgets.flicker import FlickerRow
+from sulphur_tui.widgets.segments import status_of
+
+from .conftest import FIXED_NOW, GPU_RECORDING, RECORDING, fake_render, screen_text, show_h200, with_budget
+
+pytestmark = pytest.mark.asyncio
+STAGES = ("enhance", "draft", "refine", "upscale", "encode")
+
+
+def replay_to(story: Path, recording: Path, segment: str, stage: str, step: int, **kw: object):  # noqa: ANN201
+    events = read_events(recording)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, StepProgress) and e.segment == segment
+               and e.stage == stage and e.step == step)
+    return create_app(story, connect_worker=False, replay=recording, replay_until=cut + 1, **kw)
+
+
+def panel(text: str, title: str) -> list[str]:
+    """The inside of the bordered panel titled ``title`` (right column), one string per row."""
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if f"─ {title} " in line)
+    left = lines[top].index(f"╭─ {title}")
+    right = lines[top].index("╮", left)
+    out = []
+    for line in lines[top + 1:]:
+        inner = line[left:right + 1]
+        if inner.startswith("╰"):
+            break
+        out.append(inner[1:-1])
+    return out
+
+
+# ---------------------------------------------------------------------- 1. stale after F4
+async def test_project_settings_edit_keeps_shots_rendered(story: Path) -> None:
+    """F4, a new title (it decides no pixel), ctrl+s: every rendered shot stays rendered —
+    the form must not turn ``drift_strength`` 1.0 into 1 and so change every shot's digest."""
+    for seg in ("dawn", "beam", "storm"):
+        fake_render(story, seg)
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        app.screen.query_one("#title").value = "Lighthouse at noon"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.doc.storyboard.project.title == "Lighthouse at noon" and not app.doc.dirty
+        states = {s: status_of(app.live.segments.get(s), app.renders.get(s))[0] for s in ("dawn", "beam", "storm")}
+        assert all(v == "● rendered" for v in states.values()), states
+
+
+# ---------------------------------------------------------------------- 2. GPU plans
+async def test_stage_timers_readable_with_gpu_plans(story: Path) -> None:
+    """With real memory-plan strings every stage row still shows the stage's whole name and
+    its time; the running stage's plan is there too, cut with an ellipsis, not the names."""
+    app = replay_to(with_budget(story), GPU_RECORDING, "beam", "refine", 1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        rows = panel(screen_text(app), "Render")
+        for stage in STAGES:
+            row = next((r for r in rows if re.search(rf"[·▶✔≡✖] {stage}\b", r)), None)
+            assert row is not None, (stage, rows)
+        done = next(r for r in rows if "✔ draft" in r)
+        assert "45.5s" in done, done  # the recorded draft took 45.54 s
+        running = next(r for r in rows if "▶ refine" in r)
+        assert "1/3" in running and re.search(r"ETA \d", running), running
+        assert any("refine plan stream, on cuda, group_block+stream" in r for r in rows), rows
+
+
+async def test_vram_bar_on_a_big_card_with_a_small_budget(story: Path) -> None:
+    """H200 (140 GiB) under an 8 GiB budget: the name and the budget are apart, the card bar
+    is drawn, and a second bar measures torch's memory against the budget, not the card."""
+    app = replay_to(with_budget(story), GPU_RECORDING, "beam", "draft", 4)
+    async with app.run_test(size=(120, 40)) as pilot:
+        show_h200(app)
+        await pilot.pause()
+        rows = panel(screen_text(app), "GPU")
+        text = "\n".join(rows)
+        assert "NVIDIA H200budget" not in text.replace("\n", "")
+        assert "NVIDIA H200" in rows[0], rows
+        assert any("/140.4 GiB" in r and "░" in r for r in rows), rows
+        budget_row = next(r for r in rows if "budget 8 GiB" in r)
+        cells = [c for c in budget_row if c in "█░"]
+        # torch reserves 7.7 of the 8 GiB: most of that bar is full
+        assert cells.count("█") > 3 * cells.count("░"), budget_row
+
+
+# ---------------------------------------------------------------------- 3. keys inside the prompt
+async def test_render_keys_work_inside_the_prompt(story: Path) -> None:
+    """F5–F8 reach the render actions while typing a prompt, and the footer lists them."""
+    app = create_app(story, connect_worker=False)
+    notes: list[str] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.notify = lambda message, **kw: notes.append(message)  # type: ignore[method-assign]
+        await pilot.press("f3")
+        await pilot.pause()
+        assert isinstance(app.focused, TextArea) and app.focused.id == "prompt"
+        actions = {key: app.screen.active_bindings[key].binding.action for key in ("f5", "f6", "f7", "f8")}
+        assert actions == {"f5": "render_all", "f6": "render_segment", "f7": "render_from",
+                           "f8": "cancel_render"}, actions
+        footer = screen_text(app).splitlines()[-1]
+        for words in ("Render", "Render shot", "Render from", "Cancel"):
+            assert words in footer, footer
+        await pilot.press("f8")  # no worker runs: cancelling says so
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "No render is running." in notes, notes
+
+
+# ---------------------------------------------------------------------- 4. seams
+async def test_seam_is_compared_with_its_own_stage(story: Path) -> None:
+    """The draft's seam (17 dB) is not held against the encoded video's minimum (27 dB),
+    and the row says which stage its figures come from."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        draft = FlickerReport(job_id="j", segment="beam", stage="draft", psnr=[16.7, 17.0, 17.2], mean=17.0,
+                              median=17.0, minimum=16.7, worst=[0], seam_psnr=17.1)
+        encoded = FlickerReport(job_id="j", segment="beam", stage="encode", psnr=[27.0, 29.0, 31.0], mean=29.0,
+                                median=29.0, minimum=27.0, worst=[0])
+        app.post_message(WorkerEvent(draft))
+        app.post_message(WorkerEvent(encoded))
+        for _ in range(40):  # the row mounts with the first report, then takes the second
+            await pilot.pause(0.05)
+            rows = app.query(FlickerRow)
+            if rows and rows.first().report.stage == "encode" and "min 27.0" in screen_text(app):
+                break
+        row = app.query_one(FlickerRow)
+        assert not row.has_class("-seam-bad")
+        text = " ".join(panel(screen_text(app), "Flicker · PSNR-Y dB"))
+        assert "encode" in text and "min 27.0" in text, text
+        assert "draft seam 17.1" in text, text
+
+
+# ---------------------------------------------------------------------- 5. status line
+async def test_status_line_keeps_where_the_output_is(story: Path) -> None:
+    """After a whole render the status line says where the output went, and keeps it
+    (the recorded job ended without a film: it names the shots' folder)."""
+    app = create_app(story, connect_worker=False, replay=RECORDING)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        status = screen_text(app).splitlines()[-2]
+        assert "✔ done in 110 s" in status and "renders/story" in status, status
+
+
+async def test_status_line_says_how_the_last_job_ended(story: Path) -> None:
+    """A cancelled job, then one that finishes: the status line tells the second's outcome."""
+    app = create_app(story, connect_worker=False)
+    film = story.parent / "renders" / "story" / "final.mp4"
+    async with app.run_test(size=(120, 40)) as pilot:
+        for ev in (JobStarted(job_id="a", storyboard=str(story), segments=["dawn"]), JobCancelled(job_id="a"),
+                   JobStarted(job_id="b", storyboard=str(story), segments=["dawn"]),
+                   JobFinished(job_id="b", path=str(film), seconds=42.0)):
+            app.post_message(WorkerEvent(ev))
+        await pilot.pause()
+        status = screen_text(app).splitlines()[-2]
+        assert "cancelled" not in status and "renders/story/final.mp4" in status, status
+
+
+async def test_status_line_leaves_starting_once_the_worker_speaks(story: Path) -> None:
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.jobs.set_worker_detail("starting the render worker…")
+        app.post_message(WorkerEvent(JobStarted(job_id="a", storyboard=str(story), segments=["dawn"])))
+        await pilot.pause()
+        status = screen_text(app).splitlines()[-2]
+        assert "starting the render worker" not in status, status
+
+
+# ---------------------------------------------------------------------- 8. layout
+async def test_layout_at_80x24(story: Path) -> None:
+    """80 columns: stage names whole, a preview with rows, every render key in the footer."""
+    app = replay_to(with_budget(story), GPU_RECORDING, "beam", "draft", 4)
+    async with app.run_test(size=(80, 24)) as pilot:
+        show_h200(app)
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        for key in ("f5", "f6", "f7", "f8", "f1"):
+            assert key in footer, footer
+        await pilot.press("f9")  # the render view
+        await pilot.pause()
+        text = screen_text(app)
+        rows = panel(text, "Render")
+        for stage in STAGES:
+            assert any(re.search(rf"[·▶✔≡✖] {stage}\b", r) for r in rows), (stage, text)
+        assert len(panel(text, "Preview")) >= 4, text
+
+
+async def test_layout_at_120x40(story: Path) -> None:
+    """120 columns: the job header is one line and the encode and film rows show; the shot
+    form shows "or secs" with its field; the last-render column is not cut."""
+    for seg in ("dawn", "beam", "storm"):
+        fake_render(story, seg, mtime=FIXED_NOW - 90)
+    app = create_app(with_budget(story), connect_worker=False, replay=GPU_RECORDING, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        rows = panel(text, "Render")
+        assert re.match(r" [·▶✔≡✖] enhance", rows[1]), rows  # the header took one line
+        assert any("✔ encode" in r for r in rows), rows  # (the film row: test_stage_started_for_the_film…)
+        assert "or secs" in text
+        seconds = app.query_one("#seconds")
+        assert seconds.size.width >= 6, seconds.size  # "0.7", "12.5" fit
+        shots = panel_left(text, "Shots")
+        assert any(re.search(r"\b1m ago\b", r) for r in shots), shots
+
+
+def panel_left(text: str, title: str) -> list[str]:
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if f"╭─ {title} " in line)
+    right = lines[top].index("╮")
+    out = []
+    for line in lines[top + 1:]:
+        if line.startswith("╰"):
+            break
+        out.append(line[1:right])
+    return out
+
+
+async def test_layout_at_200x50(story: Path) -> None:
+    """200 columns: the live column grows with the terminal."""
+    app = replay_to(with_budget(story), GPU_RECORDING, "beam", "draft", 4)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.pause()
+        assert app.query_one("#right").size.width >= 70
+        rows = panel(screen_text(app), "Render")
+        assert any("stream/text-group-evict, on cuda, group_block+stream," in r for r in rows), rows
+
+
+async def test_stage_started_for_the_film_is_a_row(story: Path) -> None:
+    """The job-level film stage gets its own row (kept visible with the others)."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(WorkerEvent(JobStarted(job_id="a", storyboard=str(story), segments=["dawn"])))
+        app.post_message(WorkerEvent(StageStarted(job_id="a", segment="", stage="film", total_steps=40)))
+        await pilot.pause()
+        assert any("▶ film" in r for r in panel(screen_text(app), "Render"))
+
+
+# ---------------------------------------------------------------------- keys users expect
+async def test_vim_keys_help_and_q(story: Path) -> None:
+    """j/k/g/G move through the shots, ? opens help, q asks when there are unsaved edits."""
+    from sulphur_tui.screens import ConfirmQuit, HelpScreen
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        seen = []
+        for key in ("j", "j", "k", "G", "g"):
+            await pilot.press(key)
+            await pilot.pause()
+            seen.append(app.selected)
+        assert seen == ["beam", "storm", "beam", "storm", "dawn"], seen
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "a")  # a new shot: unsaved
+        await pilot.pause()
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.is_running and app.doc.dirty
+
+
+async def test_shot_list_fits_after_the_terminal_narrows(story: Path) -> None:
+    """200 → 120 columns: the prompt column gives the room back; length and rendered stay."""
+    fake_render(story, "dawn", mtime=FIXED_NOW - 90)
+    app = create_app(story, connect_worker=False, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.pause()
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        await pilot.pause()
+        shots = panel_left(screen_text(app), "Shots")
+        assert "rendered" in shots[0] and "17 f" in shots[1] and "1m ago" in shots[1], shots
+
+
+# ---------------------------------------------------------------------- the job log panel
+async def test_job_log_panel_tells_the_whole_job(story: Path) -> None:
+    """ctrl+l shows the job log: the job's start, every stage, the warnings, each shot's file
+    and the job's end; ctrl+l hides it again."""
+    from sulphur_tui.widgets.joblog import JobLog
+
+    app = create_app(story, connect_worker=False, replay=RECORDING)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        log = app.query_one(JobLog)
+        assert not log.display
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert log.display
+        text = "\n".join(log.lines)
+        for words in ("job f777096d started: dawn, beam, storm", "dawn/draft started · cpu, on cpu",
+                      "dawn/draft done in", "warning: dawn: prompt enhancer", "renders/story/segments/beam.mp4",
+                      "job f777096d finished in 110 s"):
+            assert words in text, (words, text)
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert not log.display
+        # the worker names files by absolute path; the log, like the status line, relative
+        app.post_message(WorkerEvent(SegmentDone(job_id="b", segment="storm", frames=17, seconds=1.0,
+                                                 path=str(story.parent / "renders/story/segments/storm.mp4"))))
+        await pilot.pause()
+        assert log.lines[-1].endswith("storm rendered: renders/story/segments/storm.mp4"), log.lines[-1]
+
+
+# ---------------------------------------------------------------------- host gauges
+async def test_host_ram_and_cpu_beside_vram(story: Path) -> None:
+    """No GPU here: the panel still shows the host's RAM (with the storyboard's RAM budget
+    marked) and CPU, the other budget of an offloaded render."""
+    from pipeline.telemetry.host import HostSample
+
+    story.write_text(story.read_text().replace("# ram_budget_gb = 32 ", "ram_budget_gb = 24   "))
+    reading = HostSample(ram_used=20 * 1024**3, ram_total=int(31.3 * 1024**3), cpu_percent=37.0, cores=16)
+    app = create_app(story, connect_worker=False, host=lambda: reading)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.pause()
+        rows = panel(screen_text(app), "GPU")
+        ram = next(r for r in rows if r.startswith("RAM "))
+        cpu = next(r for r in rows if r.startswith("CPU "))
+        assert "20.0/31.3 GiB · budget 24" in ram and "│" in ram, ram
+        assert ram.count("█") > ram.count("░"), ram  # 20 of 31 GiB
+        assert "37% of 16 cores" in cpu, cpu
+        assert any("No NVIDIA GPU" in r for r in rows), rows
+
+
+async def test_e_edits_the_prompt_in_the_users_editor(story: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """e runs $EDITOR (a real program here) on the selected shot's prompt; what it saves
+    becomes the prompt, one ctrl+z away; an editor that fails changes nothing."""
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\ngrep -q gulls "$1" || exit 3\nprintf "A storm over the lighthouse\\n" > "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", str(editor))
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("e")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").prompt == "A storm over the lighthouse"
+        assert app.query_one("#prompt", TextArea).text == "A storm over the lighthouse"
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").prompt.startswith("A lighthouse on a rocky cliff")
+        await pilot.press("j", "e")  # no gulls in beam's prompt: this editor fails
+        await pilot.pause()
+        assert app.doc.storyboard.segment("beam").prompt.startswith("The camera slowly pushes in")
+
+
+async def test_slash_filters_the_shots(story: Path) -> None:
+    """/ then words: only the shots whose id or prompt hold them; Enter returns to the list
+    (the matching shot selected), Esc clears the filter."""
+    from sulphur_tui.widgets.segments import SegmentList
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("slash")
+        for ch in "rain":
+            await pilot.press(ch)
+        await pilot.pause()
+        shown = [str(k.value) for k in app.query_one(SegmentList).rows]
+        assert shown == ["storm"], shown
+        assert "/ rain" in screen_text(app)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.focused, SegmentList) and app.selected == "storm"
+        await pilot.press("slash", "escape")
+        await pilot.pause()
+        assert [str(k.value) for k in app.query_one(SegmentList).rows] == ["dawn", "beam", "storm"]
+        assert isinstance(app.focused, SegmentList) and app.is_running
+
+
+async def test_the_palette_has_one_quit_and_it_asks(story: Path) -> None:
+    """Textual's own "Quit" (exits at once) is gone from the palette; ours asks when unsaved."""
+    from sulphur_tui.screens import ConfirmQuit
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Quit" not in titles and titles, titles
+        await pilot.press("a", "ctrl+p")
+        for ch in "Quit":
+            await pilot.press(ch)
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmQuit)
+
+
+async def test_project_form_checks_fields_as_they_are_typed_and_left(story: Path) -> None:
+    """F4: letters never enter a number field; leaving a field with a bad value says why
+    beside it; Esc with changes not applied asks once, the second Esc discards."""
+    from textual.widgets import Input
+
+    from sulphur_tui.screens import ProjectScreen
+
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        form = app.screen
+        assert isinstance(form, ProjectScreen)
+        fps = form.query_one("#fps", Input)
+        fps.focus()
+        await pilot.press("end", "x", "y", "2")
+        assert fps.value == "242"  # the letters were refused, the digit taken
+        draft = form.query_one("#draft_size", Input)
+        draft.focus()
+        await pilot.press(*"512 by 288")
+        await pilot.press("tab")
+        await pilot.pause()
+        row_error = str(draft.parent.query_one(".field-error").render())
+        assert row_error.startswith("expected WIDTHxHEIGHT"), row_error
+        assert draft.has_class("-invalid")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is form and "Esc again discards" in str(form.query_one("#error").render())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ProjectScreen) and not app.doc.dirty
