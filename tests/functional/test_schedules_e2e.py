@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.models.registry import LoadedModels
+from pipeline.memory.loaded import LoadedModels
 from pipeline.stages.draft import DraftStage
 from pipeline.stages.refine import RefineStage
 from tests.functional.test_draft_refine import Runner, make_job
@@ -62,6 +62,11 @@ def test_draft_and_refine_receive_the_seed_schedules(tmp_path: Path, seen: list[
     for passed, used in draft_calls:
         assert passed == pytest.approx(want, abs=1e-9)
         assert used == pytest.approx([*want, 0.0], abs=1e-6)
+    # the BWE vocoder's waveform (48 kHz) is not silence
+    import numpy as np
+
+    audio = np.load(draft.file("audio.npy"))
+    assert draft.meta["sample_rate"] == 48000 and float(np.sqrt(np.mean(audio ** 2))) > 1e-3
     seen.clear()
     run(RefineStage(), job, {"draft": draft})
     for passed, used in seen:
