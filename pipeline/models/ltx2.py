@@ -92,11 +92,11 @@ REAL = register(Preset(
         ModelFile("diffusers", "LTX-2.3 diffusers folder: vae/ audio_vae/ vocoder/ connectors/ text_encoder/ "
                   "tokenizer/ scheduler/", path=f"{_HOME}/ltx23/diffusers", env="SULPHUR_LTX_DIFFUSERS"),
         ModelFile("lora", "LTX-2.3 distilled LoRA (rank 384)",
-                  path=f"{_HOME}/ltx23/ltx-2.3-22b-distilled-lora-384.safetensors", env="SULPHUR_LTX_LORA",
-                  repo="Lightricks/LTX-2.3", filename="ltx-2.3-22b-distilled-lora-384.safetensors"),
-        ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler, diffusers folder",
-                  path=f"{_HOME}/ltx23/latent_upsampler", env="SULPHUR_LTX_UPSAMPLER",
-                  repo="dg845/LTX-2.3-Spatial-Upsampler-Diffusers"),
+                  path=f"{_HOME}/ltx23/ltx-2.3-22b-distilled-lora-384-1.1.safetensors", env="SULPHUR_LTX_LORA",
+                  repo="Lightricks/LTX-2.3", filename="ltx-2.3-22b-distilled-lora-384-1.1.safetensors"),
+        ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler v1.1, pipeline folder (latent_upsampler/)",
+                  path=f"{_HOME}/ltx23/spatial-upsampler", env="SULPHUR_LTX_UPSAMPLER",
+                  repo="rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers", filename="latent_upsampler/*"),
         ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{_HOME}/esrgan/RealESRGAN_x2plus.pth",
                   env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
         ModelFile("enhancer", "Gemma 3 12B instruct, GGUF, for prompt enhancement",
@@ -119,7 +119,9 @@ REAL = register(Preset(
 # x2 latent upsample, 3 steps on STAGE_2_DISTILLED_SIGMA_VALUES, CFG 1. Same file roles as the real stack.
 # Verified 2026-12 (search, docs corpus): Lightricks/LTX-2/MODELS-LTX-2.3.md lists ltx-2.3-22b-dev.safetensors,
 # ltx-2.3-22b-distilled-1.1.safetensors and ltx-2.3-spatial-upscaler-x2-1.1.safetensors in Lightricks/LTX-2.3;
-# the Lightricks/LTX-2.3 README table names ltx-2.3-22b-distilled-lora-384 (exact 1.1 file name NOT verified);
+# the Lightricks/LTX-2.3 README table names ltx-2.3-22b-distilled-lora-384, and a diffusers LTX-2.3 LoRA converter's
+# docstring (find_string, code index) names the official ltx-2.3-22b-distilled-lora-384-1.1.safetensors (its size
+# and sha256 NOT verified); the GGUF file names in unsloth/ and QuantStack/LTX-2.3-GGUF were NOT verified;
 # rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers is the v1.1 upsampler as an LTX2LatentUpsamplePipeline
 # folder (unofficial conversion; model in latent_upsampler/). The seed's schedule and LoRA (…-distilled-lora-1.1
 # _fro90_ceil72_condsafe.safetensors, strength 0.7) are from doc.davidhsaiou.com/…/sulphur2-pipeline.html.
