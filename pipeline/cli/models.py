@@ -14,12 +14,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pull = sub.add_parser("pull", help="download a preset's files into the Hugging Face cache (resumable)")
     pull.add_argument("preset", metavar="PRESET")
     pull.add_argument("--dry-run", action="store_true", help="list the files and sizes; download nothing")
+    verify = sub.add_parser("verify", help="load every component of a preset from its files (no render)")
+    verify.add_argument("preset", metavar="PRESET")
 
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "models_command", None) == "pull":
         return main_pull(args)
+    if getattr(args, "models_command", None) == "verify":
+        return main_verify(args)
     return main_list(args)
+
+
+def main_verify(args: argparse.Namespace) -> int:
+    from pipeline.models.registry import get_preset
+    from pipeline.models.verify import verify
+
+    try:
+        checks = verify(get_preset(args.preset))
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    for c in checks:
+        print(c.line(), file=sys.stdout if c.ok else sys.stderr)
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def main_pull(args: argparse.Namespace) -> int:

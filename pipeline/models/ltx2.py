@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models import ltx2_random, tiny_ltx2
+from pipeline.models import ltx2_random, sigmas, tiny_ltx2
 from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, register
 
 if TYPE_CHECKING:
@@ -36,6 +36,12 @@ _OFFLOAD_TAG = "_sulphur_offload"
 
 
 # --------------------------------------------------------------------------- presets
+
+#: The seed pipeline's Pass 1: ComfyUI LTXVScheduler (max_shift 4.0, base_shift 1.5, stretch, terminal 0.1),
+#: computed for the draft's latent token count (pipeline.models.sigmas.ltxv_sigmas).
+SEED_PASS1_SCHEDULE = ("ltxv", 4.0, 1.5, True, 0.1)
+#: Lightricks' distilled recipe, stage 1 as published (DISTILLED_SIGMA_VALUES).
+DISTILLED_SCHEDULE = ("fixed", *sigmas.DISTILLED_SIGMAS)
 
 
 def _build_tiny() -> Path:
@@ -68,7 +74,7 @@ TINY = register(Preset(
     frame_multiple=8,    # the tiny VAE compresses time 8×, like the real one: frames = 8k + 1
     size_multiple=32,    # 32× spatial compression, and the pipeline's own /32 check
     builder=_build_tiny,
-    extra={"max_sequence_length": 64, "use_cross_timestep": True},
+    extra={"max_sequence_length": 64, "use_cross_timestep": True, "draft_schedule": SEED_PASS1_SCHEDULE},
 ))
 
 # Default places under $SULPHUR_HOME (~/.cache/sulphur); each file can be pointed elsewhere with its env var.
@@ -86,11 +92,11 @@ REAL = register(Preset(
         ModelFile("diffusers", "LTX-2.3 diffusers folder: vae/ audio_vae/ vocoder/ connectors/ text_encoder/ "
                   "tokenizer/ scheduler/", path=f"{_HOME}/ltx23/diffusers", env="SULPHUR_LTX_DIFFUSERS"),
         ModelFile("lora", "LTX-2.3 distilled LoRA (rank 384)",
-                  path=f"{_HOME}/ltx23/ltx-2.3-22b-distilled-lora-384.safetensors", env="SULPHUR_LTX_LORA",
-                  repo="Lightricks/LTX-2.3", filename="ltx-2.3-22b-distilled-lora-384.safetensors"),
-        ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler, diffusers folder",
-                  path=f"{_HOME}/ltx23/latent_upsampler", env="SULPHUR_LTX_UPSAMPLER",
-                  repo="dg845/LTX-2.3-Spatial-Upsampler-Diffusers"),
+                  path=f"{_HOME}/ltx23/ltx-2.3-22b-distilled-lora-384-1.1.safetensors", env="SULPHUR_LTX_LORA",
+                  repo="Lightricks/LTX-2.3", filename="ltx-2.3-22b-distilled-lora-384-1.1.safetensors"),
+        ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler v1.1, pipeline folder (latent_upsampler/)",
+                  path=f"{_HOME}/ltx23/spatial-upsampler", env="SULPHUR_LTX_UPSAMPLER",
+                  repo="rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers", filename="latent_upsampler/*"),
         ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{_HOME}/esrgan/RealESRGAN_x2plus.pth",
                   env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
         ModelFile("enhancer", "Gemma 3 12B instruct, GGUF, for prompt enhancement",
@@ -105,7 +111,28 @@ REAL = register(Preset(
     guidance_scale=1.0,
     frame_multiple=8,
     size_multiple=32,
-    extra={"max_sequence_length": 1024, "use_cross_timestep": True},
+    extra={"max_sequence_length": 1024, "use_cross_timestep": True, "draft_schedule": SEED_PASS1_SCHEDULE},
+))
+
+
+# Lightricks' distilled two-stage recipe (ltx-pipelines ``distilled``): 8 steps on DISTILLED_SIGMA_VALUES,
+# x2 latent upsample, 3 steps on STAGE_2_DISTILLED_SIGMA_VALUES, CFG 1. Same file roles as the real stack.
+# Verified 2026-12 (search, docs corpus): Lightricks/LTX-2/MODELS-LTX-2.3.md lists ltx-2.3-22b-dev.safetensors,
+# ltx-2.3-22b-distilled-1.1.safetensors and ltx-2.3-spatial-upscaler-x2-1.1.safetensors in Lightricks/LTX-2.3;
+# the Lightricks/LTX-2.3 README table names ltx-2.3-22b-distilled-lora-384, and a diffusers LTX-2.3 LoRA converter's
+# docstring (find_string, code index) names the official ltx-2.3-22b-distilled-lora-384-1.1.safetensors (its size
+# and sha256 NOT verified); the GGUF file names in unsloth/ and QuantStack/LTX-2.3-GGUF were NOT verified;
+# rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers is the v1.1 upsampler as an LTX2LatentUpsamplePipeline
+# folder (unofficial conversion; model in latent_upsampler/). The seed's schedule and LoRA (…-distilled-lora-1.1
+# _fro90_ceil72_condsafe.safetensors, strength 0.7) are from doc.davidhsaiou.com/…/sulphur2-pipeline.html.
+DISTILLED = register(replace(
+    REAL,
+    name="ltx23-distilled",
+    description="LTX-2.3 22B, Lightricks' distilled two-stage recipe (8 + 3 published sigmas, CFG 1).",
+    steps=len(sigmas.DISTILLED_SIGMAS),
+    refine_sigmas=(*sigmas.STAGE_2_DISTILLED_SIGMAS, 0.0),
+    lora_strength=1.0,
+    extra={**REAL.extra, "draft_schedule": DISTILLED_SCHEDULE},
 ))
 
 
@@ -290,29 +317,45 @@ def evict_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> Non
 
 
 def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
-    """The transformer from GGUF (preferred) or a diffusers folder, with the distilled LoRA loaded (not yet weighted)."""
-    from diffusers import GGUFQuantizationConfig, LTX2VideoTransformer3DModel
+    """The transformer from its published single file (GGUF or safetensors, Lightricks' names) or a
+    diffusers folder, every tensor accounted for, with the distilled LoRA loaded (not yet weighted)."""
+    from pipeline.models import published
 
     dtype = torch_dtype(plan)
     if preset.extra.get("random_weights"):
         return ltx2_random.transformer(dtype).eval()
-    gguf = file_path(preset, "transformer_gguf")
-    if gguf is not None:
-        transformer = LTX2VideoTransformer3DModel.from_single_file(
-            str(gguf), config=str(require(preset, "transformer_config")),
-            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), torch_dtype=dtype)
+    single = file_path(preset, "transformer_gguf")
+    if single is not None:
+        transformer = published.load_transformer(single, require(preset, "transformer_config"), dtype)
     else:
-        transformer = LTX2VideoTransformer3DModel.from_pretrained(
-            require(preset, "diffusers") / "transformer", torch_dtype=dtype)
+        from diffusers import LTX2VideoTransformer3DModel
+
+        transformer = published.load_folder(LTX2VideoTransformer3DModel, require(preset, "diffusers") / "transformer",
+                                            torch_dtype=dtype)
     lora = file_path(preset, "lora")
     if lora is not None:
-        # Loaded through the pipeline mixin's state-dict conversion (Lightricks' key layout),
-        # straight into the transformer so the adapter survives pipeline re-assembly.
-        from diffusers import LTX2Pipeline
-
-        sd = LTX2Pipeline.lora_state_dict(str(lora))
-        transformer.load_lora_adapter(sd, adapter_name=lora_adapter, prefix="transformer")
+        load_lora(transformer, lora, lora_adapter)
     return transformer.eval()
+
+
+def load_lora(transformer: Any, path: Path, adapter: str) -> None:
+    """Lightricks' LoRA through diffusers' LTX-2 conversion, straight into the transformer (so the adapter
+    survives pipeline re-assembly). Connector keys are not for the transformer; any other key that finds
+    no module is an error."""
+    from diffusers import LTX2Pipeline
+
+    from pipeline.models.published import WeightsMismatch
+
+    sd = LTX2Pipeline.lora_state_dict(str(path))
+    theirs = {k: v for k, v in sd.items() if k.startswith("transformer.")}
+    stray = [k for k in sd if not k.startswith(("transformer.", "connectors."))]
+    if stray:
+        raise WeightsMismatch(path, [], stray)
+    modules = dict(transformer.named_modules())
+    lost = [k for k in theirs if k.removeprefix("transformer.").split(".lora_")[0] not in modules]
+    if lost:
+        raise WeightsMismatch(path, [], lost)
+    transformer.load_lora_adapter(theirs, adapter_name=adapter, prefix="transformer")
 
 
 def set_lora_strength(transformer: Any, strength: float, adapter: str = "distilled") -> None:
@@ -329,26 +372,35 @@ def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any
     keep_fp32 = name in ("audio_vae", "vocoder")
     if preset.extra.get("random_weights"):
         return ltx2_random.component(name, torch.float32 if keep_fp32 else dtype)
+    from pipeline.models import published
+
     root = require(preset, "diffusers")
     if name == "vae":
         from diffusers import AutoencoderKLLTX2Video as cls
     elif name == "audio_vae":
         from diffusers import AutoencoderKLLTX2Audio as cls
     elif name == "vocoder":
-        from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder as cls
+        cls = published.vocoder_class(root / "vocoder")  # LTX-2.3: LTX2VocoderWithBWE
     elif name == "connectors":
         from diffusers.pipelines.ltx2 import LTX2TextConnectors as cls
     elif name == "text_encoder":
         from transformers import Gemma3ForConditionalGeneration
 
-        return Gemma3ForConditionalGeneration.from_pretrained(root / "text_encoder", dtype=dtype).eval()
+        return published.load_folder(Gemma3ForConditionalGeneration, root / "text_encoder", dtype=dtype).eval()
     elif name == "upsampler":
         from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
 
-        return LTX2LatentUpsamplerModel.from_pretrained(require(preset, "upsampler"), torch_dtype=dtype).eval()
+        return published.load_folder(LTX2LatentUpsamplerModel, upsampler_dir(require(preset, "upsampler")),
+                                     torch_dtype=dtype).eval()
     else:
         raise KeyError(name)
-    return cls.from_pretrained(root / name, torch_dtype=torch.float32 if keep_fp32 else dtype).eval()
+    return published.load_folder(cls, root / name, torch_dtype=torch.float32 if keep_fp32 else dtype).eval()
+
+
+def upsampler_dir(path: Path) -> Path:
+    """The upsampler model's folder: published as a pipeline folder with the model in latent_upsampler/."""
+    inner = path / "latent_upsampler"
+    return inner if inner.is_dir() else path
 
 
 def load_tokenizer(preset: Preset) -> Any:

@@ -23,15 +23,18 @@ from pipeline.models.build_once import DONE_MARKER  # noqa: F401 - where the bui
 
 #: Bump whenever a config or the file layout below changes: the folder name and the
 #: model identity (cache keys) follow it, so stale builds are never reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 FOLDER_NAME = f"tiny-ltx2-v{BUILDER_VERSION}"
 
 # Files inside the built folder (relative paths), shared with pipeline.models.ltx2.
 DIFFUSERS_DIR = "diffusers"
-GGUF_FILE = "transformer-gguf/ltx2-tiny-Q8_0.gguf"
+GGUF_FILE = "transformer-gguf/ltx23-tiny-Q8_0.gguf"
+#: The same transformer as Lightricks publishes it: one safetensors file, original tensor names.
+SAFETENSORS_FILE = "ltx23-tiny-dev.safetensors"
 GGUF_CONFIG_DIR = "transformer-gguf"
 LORA_FILE = "lora/ltx2-tiny-distilled-lora.safetensors"
-UPSAMPLER_DIR = "latent_upsampler"
+#: Published as an LTX2LatentUpsamplePipeline folder; the model sits in its latent_upsampler/.
+UPSAMPLER_DIR = "spatial-upsampler"
 ENHANCER_FILE = "enhancer/tiny-llm.gguf"
 ESRGAN_FILE = "esrgan/tiny_x2plus.pth"
 
@@ -85,6 +88,9 @@ TRANSFORMER_CONFIG: dict[str, Any] = {
     "audio_num_attention_heads": 2, "audio_attention_head_dim": 16, "audio_cross_attention_dim": 32,
     "num_layers": 2, "qk_norm": "rms_norm_across_heads", "caption_channels": TEXT_HIDDEN,
     "rope_double_precision": False, "rope_type": "split",
+    # LTX-2.3's shape: gated attention, cross-attention modulation, prompt AdaLN (video and audio).
+    "gated_attn": True, "cross_attn_mod": True, "audio_gated_attn": True, "audio_cross_attn_mod": True,
+    "use_prompt_adaln_single": True,
 }
 
 CONNECTORS_CONFIG: dict[str, Any] = {
@@ -119,11 +125,17 @@ AUDIO_VAE_CONFIG: dict[str, Any] = {
 }
 
 VOCODER_CONFIG: dict[str, Any] = {
-    # 100 mel frames/s × (5·4·3·2·2 = 240) = 24 kHz, the real vocoder's rate, so durations are honest.
-    "in_channels": 2 * AUDIO_MEL_BINS, "hidden_channels": 64, "out_channels": 2,
-    "upsample_kernel_sizes": [10, 8, 6, 4, 4], "upsample_factors": [5, 4, 3, 2, 2],
-    "resnet_kernel_sizes": [3], "resnet_dilations": [[1, 3]], "leaky_relu_negative_slope": 0.1,
-    "output_sampling_rate": 24000,
+    # LTX-2.3's LTX2VocoderWithBWE, tiny: 100 mel frames/s × 160 = 16 kHz, then the bandwidth
+    # extension's mel (hop 80) × 240 = 48 kHz, the real vocoder's rates. Kernels 2×factor (11 for 5)
+    # keep every transposed convolution's length exact, as the BWE's residual + skip sum needs.
+    "in_channels": 2 * AUDIO_MEL_BINS, "hidden_channels": 32, "out_channels": 2,
+    "upsample_kernel_sizes": [11, 8, 4, 4, 4], "upsample_factors": [5, 4, 2, 2, 2],
+    "resnet_kernel_sizes": [3], "resnet_dilations": [[1, 3]],
+    "bwe_in_channels": 2 * 16, "bwe_hidden_channels": 32, "bwe_out_channels": 2,
+    "bwe_upsample_kernel_sizes": [12, 11, 4, 4, 4], "bwe_upsample_factors": [6, 5, 2, 2, 2],
+    "bwe_resnet_kernel_sizes": [3], "bwe_resnet_dilations": [[1, 3]],
+    "filter_length": 160, "hop_length": 80, "window_length": 160, "num_mel_channels": 16,
+    "input_sampling_rate": 16000, "output_sampling_rate": 48000,
 }
 
 UPSAMPLER_CONFIG: dict[str, Any] = {
@@ -210,7 +222,7 @@ def build_ltx2_parts(root: Path) -> Path:
         LTX2VideoTransformer3DModel,
     )
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel, LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     root = Path(root)
@@ -234,13 +246,16 @@ def build_ltx2_parts(root: Path) -> Path:
     torch.manual_seed(4)
     AutoencoderKLLTX2Audio(**AUDIO_VAE_CONFIG).save_pretrained(d / "audio_vae")
     torch.manual_seed(5)
-    LTX2Vocoder(**VOCODER_CONFIG).save_pretrained(d / "vocoder")
+    LTX2VocoderWithBWE(**VOCODER_CONFIG).save_pretrained(d / "vocoder")
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(d / "scheduler")
     torch.manual_seed(6)
-    LTX2LatentUpsamplerModel(**UPSAMPLER_CONFIG).save_pretrained(root / UPSAMPLER_DIR)
+    LTX2LatentUpsamplerModel(**UPSAMPLER_CONFIG).save_pretrained(root / UPSAMPLER_DIR / "latent_upsampler")
+    _write_upsampler_index(root / UPSAMPLER_DIR)
     _write_model_index(d)
 
-    write_transformer_gguf(transformer.state_dict(), root / GGUF_FILE)
+    published = lightricks_state_dict(transformer.state_dict())
+    write_transformer_gguf(published, root / GGUF_FILE)
+    _save_safetensors(published, root / SAFETENSORS_FILE)
     transformer.save_config(root / GGUF_CONFIG_DIR)
     write_lora(transformer, root / LORA_FILE)
     return root
@@ -272,9 +287,30 @@ def _write_model_index(d: Path) -> None:
         "text_encoder": ["transformers", "Gemma3ForConditionalGeneration"],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
         "transformer": ["diffusers", "LTX2VideoTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLLTX2Video"],
-        "vocoder": ["ltx2", "LTX2Vocoder"],
+        "vocoder": ["ltx2", "LTX2VocoderWithBWE"],
     }
     (d / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def _write_upsampler_index(d: Path) -> None:
+    # The published upsampler folder is an LTX2LatentUpsamplePipeline; its VAE is the main folder's.
+    index = {"_class_name": "LTX2LatentUpsamplePipeline", "_diffusers_version": "0.42.1",
+             "latent_upsampler": ["ltx2", "LTX2LatentUpsamplerModel"]}
+    (d / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def lightricks_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers transformer state dict under Lightricks' published names (``model.diffusion_model.…``)."""
+    from pipeline.models.ltx_keys import to_lightricks
+
+    return {to_lightricks(k): v.detach().contiguous() for k, v in state_dict.items()}
+
+
+def _save_safetensors(state_dict: dict[str, Any], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict, str(path))
 
 
 def write_transformer_gguf(state_dict: dict[str, Any], path: Path) -> Path:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.models.sigmas import draft_sigmas
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 
@@ -23,9 +24,25 @@ if TYPE_CHECKING:
 LORA_ADAPTER = "distilled"
 
 
+def _latent_tokens(pipe: Any, job: SegmentJob) -> int:
+    """Video latent tokens of the draft (frames × height × width after VAE compression), as LTXVScheduler counts them."""
+    w, h = job.draft_size
+    frames = (job.frames - 1) // pipe.vae_temporal_compression_ratio + 1
+    ratio = pipe.vae_spatial_compression_ratio
+    return frames * (h // ratio) * (w // ratio)
+
+
+def _steps(job: SegmentJob) -> int:
+    """Denoising steps: a fixed published array sets its own count; otherwise the job's."""
+    schedule = job.preset.extra.get("draft_schedule")
+    if schedule and schedule[0] == "fixed":
+        return len(draft_sigmas(schedule, job.steps, 0) or ())
+    return job.steps
+
+
 class DraftStage(Stage):
     name = "draft"
-    version = 1
+    version = 2
     inputs = ()
 
     def params(self, job: SegmentJob) -> dict[str, Any]:
@@ -39,6 +56,7 @@ class DraftStage(Stage):
             "frames": job.frames,
             "size": [w, h],
             "steps": job.steps,
+            "schedule": list(job.preset.extra.get("draft_schedule") or ()),
             "lora_strength": job.lora_strength,
             "guidance_scale": job.preset.guidance_scale,
             "fps": job.fps,
@@ -47,7 +65,7 @@ class DraftStage(Stage):
         }
 
     def total_steps(self, job: SegmentJob) -> int:
-        return job.steps
+        return _steps(job)
 
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
         import torch
@@ -58,7 +76,7 @@ class DraftStage(Stage):
 
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size
-        ctx.progress(self.name, 0, job.steps)
+        ctx.progress(self.name, 0, _steps(job))
         ltx2.evict_for_plan(ctx.models, preset, plan)
 
         # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
@@ -73,7 +91,7 @@ class DraftStage(Stage):
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, w, h))
 
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            ctx.progress(self.name, i + 1, job.steps)
+            ctx.progress(self.name, i + 1, _steps(job))
             ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
 
@@ -81,12 +99,19 @@ class DraftStage(Stage):
         if i2v:
             extra["image"] = ltx2.fit_image(job.anchor, (w, h))
 
-        # 3. Denoise to latents.
+        # 3. Denoise to latents on the preset's published schedule, used as given (no dynamic shift).
+        sigmas = draft_sigmas(preset.extra.get("draft_schedule"), job.steps, _latent_tokens(pipe, job))
+        if sigmas is not None:
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+                pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
+            extra["sigmas"] = sigmas
         with torch.no_grad():
             video_latents, audio_latents = pipe(
                 prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
                 width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),
-                num_inference_steps=job.steps, generator=generator, output_type="latent",
+                num_inference_steps=_steps(job), generator=generator, output_type="latent",
                 return_dict=False, callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
 
         # 4. Decode frames (and the waveform); keep latents for refine.

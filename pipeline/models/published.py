@@ -1,0 +1,112 @@
+"""One loading layer for files as they are published, strict about every tensor.
+
+diffusers warns about missing or unexpected weights and initialises what it did not find;
+a real render would then produce noise. Here any load whose tensors do not map one to one
+onto the model is a :class:`WeightsMismatch` naming the file and the first keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.models import ltx_keys
+
+if TYPE_CHECKING:
+    import torch
+
+_SHOW = 3
+
+
+class WeightsMismatch(RuntimeError):
+    """A file whose tensors do not match the model they are loaded into."""
+
+    def __init__(self, path: Path | str, missing: list[str], unexpected: list[str]) -> None:
+        self.path, self.missing, self.unexpected = Path(path), sorted(missing), sorted(unexpected)
+        bits = []
+        if self.missing:
+            bits.append(f"{len(self.missing)} missing ({', '.join(self.missing[:_SHOW])})")
+        if self.unexpected:
+            bits.append(f"{len(self.unexpected)} unexpected ({', '.join(self.unexpected[:_SHOW])})")
+        super().__init__(f"{self.path}: weights do not map: {'; '.join(bits)}")
+
+
+def check_keys(path: Path | str, expected: set[str], found: set[str]) -> None:
+    """Raise unless ``found`` names exactly the ``expected`` tensors."""
+    if expected != found:
+        raise WeightsMismatch(path, list(expected - found), list(found - expected))
+
+
+def read_transformer_file(path: Path) -> dict[str, Any]:
+    """A published LTX-2 transformer (GGUF or safetensors, Lightricks' names) under diffusers' names.
+
+    GGUF tensors stay quantized (``GGUFParameter``); the bundled text connectors are dropped.
+    """
+    if path.suffix == ".gguf":
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+        raw = load_gguf_checkpoint(str(path))
+    else:
+        from safetensors.torch import load_file
+
+        raw = load_file(str(path))
+    return {ltx_keys.to_diffusers(k): v for k, v in raw.items() if not ltx_keys.is_connector(k)}
+
+
+def expected_transformer_keys(config_dir: Path) -> set[str]:
+    """The tensor names an LTX-2 transformer of this config has (built on the meta device)."""
+    from accelerate import init_empty_weights
+    from diffusers import LTX2VideoTransformer3DModel
+
+    config = json.loads((Path(config_dir) / "config.json").read_text())
+    with init_empty_weights():
+        model = LTX2VideoTransformer3DModel.from_config(config)
+    return set(model.state_dict())
+
+
+def load_transformer(path: Path, config_dir: Path, dtype: torch.dtype) -> Any:
+    """The transformer from a published single file, every tensor accounted for."""
+    from diffusers import GGUFQuantizationConfig, LTX2VideoTransformer3DModel
+
+    state = read_transformer_file(path)
+    check_keys(path, expected_transformer_keys(config_dir), set(state))
+    kwargs: dict[str, Any] = {}
+    if path.suffix == ".gguf":
+        kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
+    model = LTX2VideoTransformer3DModel.from_single_file(state, config=str(config_dir), torch_dtype=dtype, **kwargs)
+    assert_materialized(path, model)
+    return model
+
+
+def assert_materialized(path: Path | str, model: Any) -> None:
+    """No tensor left on the meta device (diffusers' sign of a weight that never arrived)."""
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise WeightsMismatch(path, left, [])
+
+
+def load_folder(cls: Any, folder: Path, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(folder)`` that fails on any missing, unexpected or mismatched weight."""
+    model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    missing = list(info.get("missing_keys", ()))
+    unexpected = list(info.get("unexpected_keys", ())) + [str(m[0]) for m in info.get("mismatched_keys", ())]
+    if missing or unexpected:
+        raise WeightsMismatch(_weights_file(folder), missing, unexpected)
+    assert_materialized(_weights_file(folder), model)
+    return model
+
+
+def _weights_file(folder: Path) -> Path:
+    files = sorted(Path(folder).glob("*.safetensors"))
+    return files[0] if len(files) == 1 else Path(folder)
+
+
+def vocoder_class(folder: Path) -> Any:
+    """The vocoder class its published config names (LTX-2.3 ships ``LTX2VocoderWithBWE``)."""
+    from diffusers.pipelines.ltx2 import vocoder
+
+    name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name", "LTX2Vocoder")
+    if name not in ("LTX2Vocoder", "LTX2VocoderWithBWE"):
+        raise WeightsMismatch(folder, [], [f"_class_name={name}"])
+    return getattr(vocoder, name)
