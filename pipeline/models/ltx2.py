@@ -338,30 +338,55 @@ def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "di
     return transformer.eval()
 
 
-def load_lora(transformer: Any, path: Path, adapter: str) -> None:
-    """Lightricks' LoRA through diffusers' LTX-2 conversion, straight into the transformer (so the adapter
-    survives pipeline re-assembly). Connector keys are not for the transformer; any other key that finds
-    no module is an error."""
+def lora_parts(path: Path) -> dict[str, dict[str, Any]]:
+    """Lightricks' LoRA through diffusers' LTX-2 conversion, split by the module it adapts:
+    ``transformer`` (``diffusion_model.*``) and ``connectors`` (``text_embedding_projection.*``, which
+    diffusers' LTX-2 LoRA loader routes to the connectors). A key of any other prefix is an error (the
+    conversion would drop it without a word)."""
     from diffusers import LTX2Pipeline
+    from safetensors import safe_open
 
     from pipeline.models.published import WeightsMismatch
 
+    with safe_open(str(path), framework="pt") as f:
+        raw = list(f.keys())
+    published = ("diffusion_model.", "text_embedding_projection.")
+    if any(k.startswith(published) for k in raw):
+        stray = [k for k in raw if not k.startswith(published)]
+        if stray:
+            raise WeightsMismatch(path, [], stray)
     sd = LTX2Pipeline.lora_state_dict(str(path))
-    theirs = {k: v for k, v in sd.items() if k.startswith("transformer.")}
-    stray = [k for k in sd if not k.startswith(("transformer.", "connectors."))]
+    parts: dict[str, dict[str, Any]] = {"transformer": {}, "connectors": {}}
+    stray = [k for k in sd if k.split(".", 1)[0] not in parts]
     if stray:
         raise WeightsMismatch(path, [], stray)
-    modules = dict(transformer.named_modules())
-    lost = [k for k in theirs if k.removeprefix("transformer.").split(".lora_")[0] not in modules]
+    for key, value in sd.items():
+        parts[key.split(".", 1)[0]][key] = value
+    return parts
+
+
+def load_lora(module: Any, path: Path, adapter: str, *, part: str = "transformer") -> None:
+    """One part of Lightricks' LoRA (``transformer`` or ``connectors``) straight into its module, so the
+    adapter survives pipeline re-assembly; a key naming no module there is an error, where diffusers warns."""
+    from pipeline.models.published import WeightsMismatch
+
+    sd = lora_parts(path)[part]
+    if not sd:
+        return
+    modules = dict(module.named_modules())
+    lost = [k for k in sd if k.removeprefix(f"{part}.").split(".lora_")[0] not in modules]
     if lost:
         raise WeightsMismatch(path, [], lost)
-    transformer.load_lora_adapter(theirs, adapter_name=adapter, prefix="transformer")
+    module.load_lora_adapter(sd, adapter_name=adapter, prefix=part)
 
 
-def set_lora_strength(transformer: Any, strength: float, adapter: str = "distilled") -> None:
-    """Weight the distilled LoRA (0 disables it) without reloading anything."""
-    if getattr(transformer, "peft_config", None) and adapter in transformer.peft_config:
-        transformer.set_adapters([adapter], weights=[float(strength)])
+def set_lora_strength(transformer: Any, strength: float, adapter: str = "distilled", *,
+                      connectors: Any = None) -> None:
+    """Weight the distilled LoRA (0 disables it) without reloading anything; on the connectors too,
+    where its text-projection part is loaded."""
+    for module in (transformer, connectors):
+        if getattr(module, "peft_config", None) and adapter in module.peft_config:
+            module.set_adapters([adapter], weights=[float(strength)])
 
 
 def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any:
@@ -394,7 +419,11 @@ def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any
                                      torch_dtype=dtype).eval()
     else:
         raise KeyError(name)
-    return published.load_folder(cls, root / name, torch_dtype=torch.float32 if keep_fp32 else dtype).eval()
+    module = published.load_folder(cls, root / name, torch_dtype=torch.float32 if keep_fp32 else dtype)
+    lora = file_path(preset, "lora") if name == "connectors" else None
+    if lora is not None:  # the LoRA's text-projection part (Lightricks' text_embedding_projection.*)
+        load_lora(module, lora, "distilled", part="connectors")
+    return module.eval()
 
 
 def upsampler_dir(path: Path) -> Path:

@@ -85,7 +85,8 @@ class DraftStage(Stage):
         # 2. Pipeline from held components, distilled LoRA weighted for this segment.
         i2v = job.anchor is not None
         pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
-        ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
+        ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER,
+                               connectors=pipe.connectors)
         generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
 
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, w, h))

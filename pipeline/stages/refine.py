@@ -96,7 +96,8 @@ class RefineStage(Stage):
             pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
         if plan.offload == "model" and plan.device != "cpu":
             pipe.enable_model_cpu_offload(device=plan.device)  # the upsample pipeline re-hooked the VAE
-        ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER)
+        ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER,
+                               connectors=pipe.connectors)
         generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
 
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, lw * scale, lh * scale))
