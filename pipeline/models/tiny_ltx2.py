@@ -23,7 +23,7 @@ from pipeline.models.build_once import DONE_MARKER  # noqa: F401 - where the bui
 
 #: Bump whenever a config or the file layout below changes: the folder name and the
 #: model identity (cache keys) follow it, so stale builds are never reused.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 FOLDER_NAME = f"tiny-ltx2-v{BUILDER_VERSION}"
 
 # Files inside the built folder (relative paths), shared with pipeline.models.ltx2.
@@ -321,7 +321,9 @@ def write_transformer_gguf(state_dict: dict[str, Any], path: Path) -> Path:
 
 
 def write_lora(transformer: Any, path: Path) -> Path:
-    """A rank-4 LoRA over the video self-attention projections, keyed like Lightricks' files."""
+    """A rank-4 LoRA over the video self-attention projections and the connectors' text projection,
+    keyed like Lightricks' files (``diffusion_model.*`` and ``text_embedding_projection.aggregate_embed``,
+    which diffusers' LTX-2 LoRA loader routes to the connectors' ``text_proj_in``)."""
     import torch
     from safetensors.torch import save_file
 
@@ -335,5 +337,9 @@ def write_lora(transformer: Any, path: Path) -> Path:
             key = f"diffusion_model.transformer_blocks.{i}.{target}"
             tensors[f"{key}.lora_A.weight"] = torch.randn(LORA_RANK, in_f, generator=gen) * 0.3
             tensors[f"{key}.lora_B.weight"] = torch.randn(out_f, LORA_RANK, generator=gen) * 0.3
+    key = "text_embedding_projection.aggregate_embed"
+    text_in = CONNECTORS_CONFIG["caption_channels"] * CONNECTORS_CONFIG["text_proj_in_factor"]
+    tensors[f"{key}.lora_A.weight"] = torch.randn(LORA_RANK, text_in, generator=gen) * 0.3
+    tensors[f"{key}.lora_B.weight"] = torch.randn(TEXT_HIDDEN, LORA_RANK, generator=gen) * 0.3
     save_file(tensors, str(path))
     return path
