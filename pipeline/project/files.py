@@ -135,4 +135,31 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         raise PermissionError(13, "the file is read-only", str(target))
 
 
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename in ``folder`` durable (the folder's entry is data too)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the rename still happened
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a lock or partial file's owner); never signals."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 __all__ = ["LOCK_WAIT", "NotAFile", "check_writable", "real_target", "storyboard_lock", "check_regular", "describe_os_error", "kind_of", "open_regular", "read_regular"]

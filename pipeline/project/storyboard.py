@@ -28,6 +28,7 @@ from pipeline.project import layout
 from pipeline.project.files import (
     check_writable,
     describe_os_error,
+    fsync_dir,
     read_regular,
     real_target,
     storyboard_lock,
@@ -630,24 +631,11 @@ def atomic_write(path: Path, text: str) -> None:
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (the folder's entry is data too)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a folder; the rename still happened
-    finally:
-        os.close(fd)
 
 
 def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> str:

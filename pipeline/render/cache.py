@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.project.files import pid_alive
 from pipeline.stages.base import Artifact
 from pipeline.wire.framing import private_dir
 
@@ -105,7 +106,7 @@ class StageCache:
         n = 0
         if self.root.is_dir():
             for p in self.root.glob("*/*/.*.partial"):
-                if _pid_alive(_builder_pid(p.name)):
+                if pid_alive(_builder_pid(p.name)):
                     continue  # another process (a worker beside a CLI render) is still building it
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
@@ -152,16 +153,6 @@ def _builder_pid(name: str) -> int:
     parts = name.split(".")
     return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

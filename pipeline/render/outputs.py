@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.project.files import fsync_dir, pid_alive
 from pipeline.render.errors import RenderError
 
 
@@ -33,19 +34,6 @@ def unique_tmp(dst: Path) -> Path:
     """A temporary beside ``dst`` that no other process or thread will pick."""
     return dst.with_name(f".{dst.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial{dst.suffix}")
 
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # a filesystem that cannot fsync a folder: the rename still happened
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:
@@ -103,7 +91,7 @@ def sweep_temporaries(folder: Path) -> int:
     for p in folder.rglob(".*.partial*"):
         parts = p.name.split(".")
         pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
-        if pid and _alive(pid):
+        if pid_alive(pid):
             continue
         try:
             p.unlink()
@@ -112,14 +100,6 @@ def sweep_temporaries(folder: Path) -> int:
             pass
     return n
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.project.files import pid_alive
 from pipeline.render import cache as C
 from pipeline.render.cache import StageCache, stage_key
 
@@ -90,8 +91,8 @@ def test_builder_pid_parsing(other_process: int) -> None:
     assert C._builder_pid(".abcdef012345.x.partial") == 0
     assert C._builder_pid(".abc12.partial") == 0  # too few parts to be ours
     assert C._builder_pid(".abc.12.partial") == 12
-    assert not C._pid_alive(0) and not C._pid_alive(-3)
-    assert C._pid_alive(other_process)
+    assert not pid_alive(0) and not pid_alive(-3)
+    assert pid_alive(other_process)
 
 
 def test_digest_and_key_are_sha256_of_canonical_json() -> None:
