@@ -168,7 +168,8 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
 
 def steady(run: dict[str, Any]) -> float | None:
     """Mean seconds of segments 2..N (None when the render failed or had one segment)."""
-    segs = list(run.get("segments", {}).values())[1:]
+    # the film's own entry (stage "film") is not a segment
+    segs = [s for s in run.get("segments", {}).values() if set(s["stages"]) - {"film"}][1:]
     return round(sum(s["seconds"] for s in segs) / len(segs), 2) if segs and run["returncode"] == 0 else None
 
 
