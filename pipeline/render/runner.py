@@ -499,9 +499,12 @@ def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit)
 
 def quiet_libraries() -> None:
     """Progress is reported through events; the libraries' own tqdm bars would garble it."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import diffusers  # deferred: heavy, and only a render that loads models needs them quiet
+    import huggingface_hub.utils
     import transformers
+
+    # The API, not the environment: child processes (a `models pull`) keep their own bars.
+    huggingface_hub.utils.disable_progress_bars()
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

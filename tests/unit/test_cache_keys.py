@@ -53,6 +53,8 @@ def _other(value: Any, hint: Any, name: str) -> Any:
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value) \
             and name.endswith("size"):
         return (value[0] + 32, value[1] + 32)
+    if isinstance(value, tuple) and value and isinstance(value[0], str):  # a named schedule: (kind, *numbers)
+        return (value[0], float(value[1]) / 2 + 0.125, *value[2:])
     if isinstance(value, tuple):
         return tuple(float(v) / 2 for v in value) if value else (0.5, 0.0)
     if isinstance(value, dict):
@@ -79,7 +81,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 #: Settings some preset may hold in ``Preset.extra`` that a stage reads; perturbed on every preset.
 EXTRA_SETTINGS = ("negative_prompt", "enhance_max_tokens", "enhance_n_ctx", "max_sequence_length",
-                  "use_cross_timestep", "refine_scale", "recipe", "enhance_system_prompt")
+                  "use_cross_timestep", "refine_scale", "recipe", "enhance_system_prompt", "draft_schedule")
 
 #: Nested parameter types inside a job, by the attribute that holds them.
 NESTED = {"segment": Segment, "preset": Preset, "storyboard": Storyboard}
@@ -125,7 +127,7 @@ def perturbations(job: SegmentJob) -> list[tuple[str, SegmentJob]]:
 # ------------------------------------------------------------------ what reaches what
 
 _LTX_DRAFT = {"prompt", "anchor", "anchor_digest", "seed", "frames", "draft_size", "steps", "lora_strength", "fps", "audio",
-              "preset.name", "preset.guidance_scale", "preset.builder"}
+              "preset.name", "preset.guidance_scale", "preset.builder", "preset.extra[draft_schedule]"}
 _LTX_REFINE = {"seed", "refine_size", "refine_sigmas", "lora_strength", "fps",
                "preset.name", "preset.guidance_scale", "preset.builder"}
 # job.frames reaches encode only through `kept` when keep is unset (this job sets keep).

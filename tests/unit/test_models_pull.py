@@ -194,7 +194,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _cli(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"} | {"PYTHONPATH": str(ROOT)} | extra_env
+    # Neither a token nor a bar switch leaks in from the developer's shell or an earlier test.
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env |= {"PYTHONPATH": str(ROOT)} | extra_env
     return subprocess.run([sys.executable, "-c", _REGISTER, *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
 
