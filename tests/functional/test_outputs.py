@@ -16,21 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.functional.conftest import tiny_storyboard
+
 ROOT = Path(__file__).resolve().parents[2]
 
-STORY = """\
-[project]
-preset = "tiny"
-fps = 8
-enhance = false
-draft_size = [64, 64]
-output_size = [128, 128]
-
-[[segment]]
-id = "a"
-prompt = "a lighthouse"
-frames = 9
-"""
+STORY = tiny_storyboard([{"id": "a", "prompt": "a lighthouse", "frames": 9}], preset="tiny", fps=8, enhance=False,
+                        draft_size=[64, 64], output_size=[128, 128])
 
 
 @pytest.fixture()

@@ -18,35 +18,15 @@ import numpy as np
 import pytest
 
 from pipeline.wire import protocol
-from tests.functional.conftest import checkout_env
+from tests.functional.conftest import checkout_env, tiny_storyboard
 
 pytestmark = pytest.mark.slow
 
 FPS = 8
-BOARD = f"""\
-[project]
-title = "seams"
-fps = {FPS}
-preset = "tiny"
-output_size = [448, 256]
-enhance = false
-
-[[segment]]
-id = "one"
-prompt = "a lighthouse at dawn"
-frames = 9
-keep = 6
-
-[[segment]]
-id = "two"
-prompt = "the beam sweeps the sea"
-frames = 9
-
-[[segment]]
-id = "three"
-prompt = "a storm rolls in"
-frames = 9
-"""
+BOARD = tiny_storyboard([{"id": "one", "prompt": "a lighthouse at dawn", "frames": 9, "keep": 6},
+                         {"id": "two", "prompt": "the beam sweeps the sea", "frames": 9},
+                         {"id": "three", "prompt": "a storm rolls in", "frames": 9}],
+                        title="seams", fps=FPS, preset="tiny", output_size=[448, 256], enhance=False)
 #: (segment, frame of that segment's draft) where a click is planted
 CLICKS = {"two": 3, "three": 6}
 

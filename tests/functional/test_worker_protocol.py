@@ -23,10 +23,11 @@ import pytest
 
 from pipeline.cli.attach import main_status
 from pipeline.wire import protocol
-from pipeline.wire.framing import connect_unix, lock_holder, socket_path
+from pipeline.wire.framing import lock_holder, socket_path
 from pipeline.worker.client import WorkerClient, WorkerError, stop_worker
 from pipeline.worker.journal import Journal
 from tests.functional.conftest import checkout_env, stop_worker_or_kill, tiny_storyboard, wait_until
+from tests.raw_socket import Raw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,28 +45,6 @@ def project(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     client.close()
     yield folder
     stop_worker_or_kill(folder)
-
-
-class Raw:
-    """A bare socket speaking lines, to send what no well-behaved client would."""
-
-    def __init__(self, project: Path) -> None:
-        self.sock = connect_unix(socket_path(project), timeout=30)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> protocol.Message:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(1 << 16)
-            assert chunk, "worker closed the connection"
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return protocol.decode(line)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _bad_messages(story: Path) -> list[bytes]:

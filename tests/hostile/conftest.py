@@ -11,26 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.wire import protocol
-from pipeline.wire.framing import connect_unix, lock_holder, socket_path
+from pipeline.wire.framing import lock_holder
 from pipeline.worker.client import WorkerClient, stop_worker
+from tests.functional.conftest import tiny_storyboard
+from tests.raw_socket import Raw  # noqa: F401  (the hostile tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 #: A storyboard whose jobs fail at once in the runner (unknown preset): no model is loaded.
-QUICK = """\
-[project]
-title = "hostile"
-fps = 8
-preset = "no-such-preset"
-output_size = [192, 128]
-enhance = false
-
-[[segment]]
-id = "one"
-prompt = "a red lighthouse"
-frames = 9
-"""
+QUICK = tiny_storyboard([{"id": "one", "prompt": "a red lighthouse", "frames": 9}], title="hostile", fps=8,
+                        preset="no-such-preset", output_size=[192, 128], enhance=False)
 
 
 def sulphur(*args: str, cwd: Path, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -49,28 +39,6 @@ def assert_one_line(result: subprocess.CompletedProcess, names: str) -> str:
     assert len(lines) == 1, err
     assert names in lines[0], (names, lines[0])
     return lines[0]
-
-
-class Raw:
-    """A bare socket speaking lines, to send what no well-behaved client would."""
-
-    def __init__(self, project: Path) -> None:
-        self.sock = connect_unix(socket_path(project), timeout=30)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> protocol.Message:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(1 << 16)
-            assert chunk, "worker closed the connection"
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return protocol.decode(line)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def kill_worker(project: Path) -> None:
