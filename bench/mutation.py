@@ -7,19 +7,27 @@ and to select only its tests, so a module's mutants are never judged by the whol
 
 Needs (all pure wheels; offline: ``pip install --no-index --find-links <wheels> mutmut==3.8.1``):
     mutmut==3.8.1 (libcst, coverage, click, rich, textual, setproctitle) and the project's own
-    test dependencies (pytest, pytest-timeout, pytest-asyncio, msgspec, tomlkit, numpy; torch,
-    av and diffusers for the stages/encode/runner modules).
+    test dependencies (pytest, pytest-timeout, pytest-asyncio, msgspec, tomlkit, numpy, torch
+    (the planner's OOM test), av (encode, film); diffusers for the slow stages/runner modules).
 
 Usage:
-    python bench/mutation.py -j 2 wire storyboard journal cache     # the fast modules (2 cores: ~15 min)
-    python bench/mutation.py -j 16                                  # every module below (16 cores)
-    python bench/mutation.py --list
+    python bench/mutation.py -j 16                          # the core modules (group "core", the default)
+    python bench/mutation.py -j 2 wire storyboard           # some modules
+    python bench/mutation.py -j 16 planner --mutants 'pipeline.memory.planner.x__refuse*'
+                                                            # some mutants only (written to <module>_subset.json)
+    python bench/mutation.py -j 16 slow                     # stages + runner through tiny-model renders (slow)
+    python bench/mutation.py --list                         # modules, their files and tests
+    python bench/mutation.py --report bench/results/mutation_<date>.md --reasons bench/results/mutation_reasons.json
+
+Modules and groups are listed under --help. ``-j`` is mutmut's ``--max-children``: mutants run
+in that many forked pytest processes at once, so use the host's core count.
 
 mutmut maps tests to mutants by tracing calls in the pytest process: code that only runs in a
 child (``python -m pipeline.cli`` in the functional tests, ``encode_in_fresh_process``) counts as
 "no tests" for the tests that spawn it, even though the child does run the mutant (the
 MUTANT_UNDER_TEST variable is inherited and tests/functional/conftest.py's checkout_env puts the mutated copy
 first on PYTHONPATH). Read "no tests" on the runner, encode and stages modules with that in mind.
+The core encode/film modules are judged by unit tests that call the functions in-process.
 
 Prints one JSON object per module (counts and kill rate) and writes
 ``<out>/<module>.json`` with every surviving mutant's name and diff, for the report
@@ -29,6 +37,7 @@ Prints one JSON object per module (counts and kill rate) and writes
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -40,14 +49,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: module -> (files mutmut mutates, the tests that judge them). Fast unit tests only where they
-#: exist; the runner/encode/stages modules need the tiny-model renders (slow: 16 cores).
 def _pythonpath(dest: Path) -> str:
     """The copy first, then any PYTHONPATH already set (offline wheels unpacked with pip --target)."""
     rest = os.environ.get("PYTHONPATH", "")
     return str(dest) + (os.pathsep + rest if rest else "")
 
 
+#: module -> (files mutmut mutates, the tests that judge them). Fast unit tests only, except
+#: the "slow" group, which needs the tiny-model renders (16 cores).
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "wire": (["pipeline/wire/*"],
              ["tests/unit/test_wire.py", "tests/unit/test_cache_and_protocol.py"]),
@@ -63,15 +72,23 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "keys": (["pipeline/stages/*", "pipeline/render/job.py"], ["tests/unit/test_cache_keys.py"]),
     "planner": (["pipeline/memory/planner.py"],
                 ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py",
-                 "tests/unit/test_text_encoder_keep.py"]),
-    "encode": (["pipeline/stages/encode.py"],
-               ["tests/unit/test_encode.py", "tests/functional/test_seams.py", "tests/functional/test_render_e2e.py"]),
+                 "tests/unit/test_text_encoder_keep.py", "tests/unit/test_planner_choices.py"]),
+    # PyAV on tiny synthetic frames (about a minute for the whole selection on one core).
+    "encode": (["pipeline/stages/encode.py"], ["tests/unit/test_encode.py", "tests/unit/test_film.py"]),
+    "film": (["pipeline/render/film.py"], ["tests/unit/test_film.py"]),
     "stages": (["pipeline/stages/*"],
                ["tests/unit/test_cache_keys.py", "tests/unit/test_encode.py", "tests/unit/test_upscale.py",
                 "tests/functional/test_render_e2e.py", "tests/functional/test_seams.py"]),
     "runner": (["pipeline/render/*"],
                ["tests/unit/test_cache_keys.py", "tests/functional/test_render_e2e.py",
                 "tests/functional/test_seams.py", "tests/functional/test_draft_refine.py"]),
+}
+
+#: Names that stand for several modules on the command line.
+GROUPS: dict[str, list[str]] = {
+    "core": ["wire", "storyboard", "journal", "cache", "keys", "planner", "encode", "film"],
+    "slow": ["stages", "runner"],
+    "all": list(MODULES),
 }
 
 #: What each copy carries besides the mutated package.
@@ -138,19 +155,21 @@ def _diffs(dest: Path, names: list[str]) -> dict[str, str]:
     return json.loads(proc.stdout)
 
 
-def run_module(name: str, workdir: Path, out: Path, jobs: int) -> dict:
+def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str] | None = None) -> dict:
+    """Mutate one module in its own copy and judge it by its tests; ``mutants``: only these (globs)."""
     mutate, tests = MODULES[name]
     tests = [t for t in tests if (ROOT / t).exists()]
     dest = workdir / name
     _copy_checkout(dest)
     _write_config(dest, mutate, tests)
     t0 = time.perf_counter()
-    _mutmut(dest, "run", "--max-children", str(jobs), log=out / f"{name}.log")
+    stem = name + ("_subset" if mutants else "")
+    _mutmut(dest, "run", "--max-children", str(jobs), *(mutants or []), log=out / f"{stem}.log")
     listing = _mutmut(dest, "results", "--all", "true")
     status: dict[str, str] = {}
     for line in listing.splitlines():
         key, _, state = line.strip().rpartition(": ")
-        if key:
+        if key and (not mutants or any(fnmatch.fnmatchcase(key, m) for m in mutants)):
             status[key] = state
     counts: dict[str, int] = {}
     for s in status.values():
@@ -161,7 +180,7 @@ def run_module(name: str, workdir: Path, out: Path, jobs: int) -> dict:
     summary = {"module": name, "files": mutate, "tests": tests, "mutants": len(status), "counts": counts,
                "kill_rate": round(killed / judged, 3) if judged else None,
                "seconds": round(time.perf_counter() - t0, 1), "jobs": jobs}
-    (out / f"{name}.json").write_text(json.dumps({**summary, "survivors": survivors}, indent=1))
+    (out / f"{stem}.json").write_text(json.dumps({**summary, "survivors": survivors}, indent=1))
     return summary
 
 
@@ -177,7 +196,7 @@ def report(out: Path, reasons: dict[str, str]) -> str:
     lines = ["| module | mutants | killed | survived | no tests | equivalent | kill rate | "
              "kill rate w/o equivalent | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     body = []
-    for path in sorted(out.glob("*.json")):
+    for path in sorted(p for p in out.glob("*.json") if not p.stem.endswith("_subset")):
         data = json.loads(path.read_text())
         c = data["counts"]
         killed = c.get("killed", 0) + c.get("timeout", 0) + c.get("suspicious", 0)
@@ -196,13 +215,38 @@ def report(out: Path, reasons: dict[str, str]) -> str:
     return "\n".join(lines + body) + "\n"
 
 
+def _epilog() -> str:
+    lines = ["modules (files mutated <- the tests that judge them):"]
+    for name, (mutate, tests) in MODULES.items():
+        lines.append(f"  {name:10} {' '.join(mutate)}")
+        lines.append(f"  {'':10}   <- {' '.join(tests)}")
+    lines.append("groups:")
+    lines += [f"  {g:10} {' '.join(ms)}" for g, ms in GROUPS.items()]
+    lines.append("the lead's run on a 16-core host (core modules, ~10 min): python bench/mutation.py -j 16 core")
+    return "\n".join(lines)
+
+
+def _modules(names: list[str]) -> list[str]:
+    """Module names in the order given, groups expanded, each once; exits naming an unknown one."""
+    out: list[str] = []
+    for n in names or ["core"]:
+        if n not in MODULES and n not in GROUPS:
+            sys.exit(f"unknown module {n!r}; known: {', '.join(MODULES)}; groups: {', '.join(GROUPS)}")
+        out += [m for m in GROUPS.get(n, [n]) if m not in out]
+    return out
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
-    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="mutmut --max-children")
+    ap = argparse.ArgumentParser(description=__doc__, epilog=_epilog(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help="modules or groups (default: core)")
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
+                    help="mutants run at once (mutmut --max-children; default: every core)")
+    ap.add_argument("--mutants", nargs="+", metavar="GLOB",
+                    help="run only these mutants (mutmut names, globs allowed); results go to <module>_subset.json")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sulphur-mutation"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation")
-    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--list", action="store_true", help="print the modules, their files and tests")
     ap.add_argument("--report", type=Path, help="write a markdown report of --out's results to this file")
     ap.add_argument("--reasons", type=Path, help="JSON {mutant name: one-line reason} for the report")
     args = ap.parse_args()
@@ -211,15 +255,12 @@ def main() -> None:
         args.report.write_text(report(args.out, reasons))
         return
     if args.list:
-        for name, (mutate, tests) in MODULES.items():
-            print(f"{name:11} {' '.join(mutate)}  <- {' '.join(tests)}")
+        print(_epilog())
         return
-    unknown = [m for m in args.modules if m not in MODULES]
-    if unknown:
-        sys.exit(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
+    modules = _modules(args.modules)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.modules or list(MODULES):
-        print(json.dumps(run_module(name, args.workdir, args.out, args.jobs)), flush=True)
+    for name in modules:
+        print(json.dumps(run_module(name, args.workdir, args.out, args.jobs, args.mutants)), flush=True)
 
 
 if __name__ == "__main__":
