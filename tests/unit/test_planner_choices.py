@@ -22,10 +22,12 @@ from pipeline.memory.planner import (
     PlanError,
     StagePlan,
     audio_tokens,
+    beside_held,
     component_sizes,
     cpu_ladder,
     detect_budgets,
     esrgan_compile_pays,
+    is_oom,
     oom_kind,
     plan_ladder,
     plan_summary,
@@ -802,3 +804,168 @@ def test_option_values_are_ones_the_stages_know() -> None:
     assert {p.options["text_encoder"] for p in drafts} <= {"resident", "group", "disk", "cpu"}
     for mode in ("group", "disk", "cpu"):
         assert f'"{mode}"' in (ROOT / "pipeline/models/ltx2.py").read_text()
+
+
+# --------------------------------------------------------------------------- second round: what still survived
+
+
+def _text_modes(preset: Preset = GGUF) -> list[tuple[str, int, int]]:
+    """(placement, VRAM, host) of each text-encoder placement, fastest first."""
+    from pipeline.memory import planner
+
+    return [(m, e.vram, e.host) for m, e in planner._text_estimates(component_sizes(preset))]
+
+
+@pytest.mark.parametrize("vram_gb,host_gb", [(8, 32), (8, 44), (12, 64), (24, 40), (48, 128), (96, 64), (96, 256)])
+def test_each_draft_plan_encodes_with_the_fastest_placement_that_fits_beside_what_it_keeps(
+        vram_gb: int, host_gb: int) -> None:
+    from pipeline.memory import planner
+
+    b = Budgets.from_gb(vram_gb, host_gb)
+    job = planner._job_from(GGUF, Project(), "draft", 121)
+    bases = by_name(planner._transformer_plans("draft", job, component_sizes(GGUF), "cuda", b))
+    firsts: dict[tuple[str, bool], str] = {}
+    for p in candidates("draft", GGUF, b):
+        firsts.setdefault((p.name.split("/text-")[0], bool(p.options["evict"])), p.options["text_encoder"])
+        base, o = bases[p.name.split("/text-")[0]], p.options
+        held = (0, 0) if o["evict"] else (base.options["held_vram_bytes"], base.options["held_host_bytes"])
+        assert p.vram_bytes == max(base.vram_bytes, o["text_vram_bytes"] + held[0]), p.name
+        assert p.host_bytes == max(base.host_bytes, o["text_host_bytes"] + held[1]), p.name
+    for (name, evict), mode in firsts.items():
+        base = bases[name]
+        held = (0, 0) if evict else (base.options["held_vram_bytes"], base.options["held_host_bytes"])
+        fitting = [m for m, v, h in _text_modes() if v + held[0] <= b.vram and h + held[1] <= b.host]
+        assert mode == fitting[0], (name, evict)
+
+
+def test_the_encoder_is_kept_exactly_when_every_component_fits_the_host_at_once() -> None:
+    comps = component_sizes(GGUF)
+    everything = sum(c.nbytes for n, c in comps.items() if n != "enhancer")  # the LLM runs before, alone
+    first = ladder("draft", Budgets.from_gb(8, 64))[0]
+    threshold = everything + first.options["pinned_bytes"]
+    vram = Budgets.from_gb(8, 64).vram
+    for host, keep in ((threshold, True), (threshold - 1, False)):
+        same = by_name(ladder("draft", Budgets(vram=vram, host=host))).get(first.name.replace("disk", "group"))
+        if same is None:
+            same = by_name(ladder("draft", Budgets(vram=vram, host=host)))[first.name]
+        if same.options["text_encoder"] != "disk":
+            assert same.options["keep_text_encoder"] is keep, host - threshold
+    for p in ladder("draft", Budgets.from_gb(8, 44)) + ladder("draft", Budgets.from_gb(8, 128)):
+        kept = p.options["keep_text_encoder"]
+        text = " ".join(p.notes)
+        assert ("then is kept in host RAM for the next segment" in text) == kept
+        assert ("then is evicted" in text) == (not kept)
+        assert f"text encoder ({p.options['text_encoder']}) runs first" in text
+        assert not p.notes[0].startswith("text encoder")  # the transformer plan's own notes come first
+
+
+def test_the_cpu_encoder_needs_no_vram_so_a_host_short_of_it_is_a_host_refusal() -> None:
+    comps = component_sizes(GGUF)
+    with pytest.raises(PlanError) as info:
+        ladder("draft", Budgets(vram=0, host=GiB))
+    err = info.value
+    assert err.resource == "host RAM" and err.component == "text encoder + connectors"
+    assert err.need == comps["text_encoder"].nbytes + 256 * MiB + comps["connectors"].nbytes
+
+
+def test_large_connectors_set_the_text_encoders_vram() -> None:
+    """The connectors run after the encoder, alone: whichever is larger is the peak."""
+    big = replace(GGUF, extra={"memory": {"connectors": {"params": 4e9}}})
+    conn = component_sizes(big)["connectors"].nbytes
+    modes = {m: (v, h) for m, v, h in _text_modes(big)}
+    assert modes["group"][0] == modes["disk"][0] == conn + 256 * MiB
+    assert modes["cpu"][0] == 0
+    plans = [p for p in candidates("draft", big, Budgets.from_gb(12, 128)) if p.options["text_encoder"] != "cpu"]
+    assert plans and all(p.options["text_vram_bytes"] >= conn + 256 * MiB for p in plans)
+
+
+def test_resident_weights_cost_what_the_format_says() -> None:
+    """A resident GGUF transformer is mapped, not loaded through RAM, and needs a bf16 scratch of its
+    largest layer; a bf16 one passes through RAM once; model offload keeps every weight in RAM."""
+    project = Project(refine_size=(1024, 576))
+    for preset in (GGUF, BF16):
+        comps = component_sizes(preset)
+        t = comps["transformer"]
+        side = comps["vae"].nbytes + comps["upsampler"].nbytes
+        plans = by_name(candidates("refine", preset, HUGE, project))
+        res = plans["resident+vaetiles256"]
+        assert res.vram_bytes == t.nbytes + res.options["activation_bytes"] + t.scratch_bytes + side
+        assert res.host_bytes == (0 if preset is GGUF else t.nbytes) + side
+        model = plans["model"]
+        assert model.options["held_host_bytes"] == t.nbytes + side and model.options["held_vram_bytes"] == 0
+    assert component_sizes(GGUF)["transformer"].scratch_bytes == int(100.7e6 * 2)
+
+
+def test_a_mapped_gguf_holds_none_of_the_transformer_in_ram() -> None:
+    comps = component_sizes(GGUF)
+    for p in ladder("refine", Budgets.from_gb(8, 10)):
+        assert p.options["held_host_bytes"] == comps["vae"].nbytes + comps["upsampler"].nbytes
+        assert p.host_bytes == comps["vae"].nbytes + comps["upsampler"].nbytes
+
+
+def test_a_single_layer_llm_runs_all_on_the_gpu_or_all_on_the_cpu() -> None:
+    one = replace(GGUF, extra={"memory": {"enhancer": {"blocks": 0}}})
+    assert [p.name for p in ladder("enhance", HUGE, one)] == ["llm-gpu1", "llm-cpu"]
+
+
+def test_measured_sizes_count_gguf_bin_and_pth_files(tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for name, size in (("t.gguf", 100), ("u.pth", 20), ("v.bin", 3), ("w.safetensors", 4000), ("x.json", 9)):
+        (folder / name).write_bytes(b"\0" * size)
+    preset = replace(GGUF, files=(ModelFile("upsampler", "u", path=str(folder)),))
+    assert component_sizes(preset)["upsampler"].nbytes == 4123
+
+
+def test_a_vram_refusal_at_exactly_the_leanest_plans_vram_is_about_host_ram() -> None:
+    leanest = min(candidates("upscale", GGUF, HUGE), key=lambda p: p.vram_bytes)
+    with pytest.raises(PlanError) as info:
+        ladder("upscale", Budgets(vram=leanest.vram_bytes, host=1))
+    assert info.value.resource == "host RAM"
+    with pytest.raises(PlanError) as info:
+        ladder("upscale", Budgets(vram=leanest.vram_bytes - 1, host=1))
+    assert info.value.resource == "VRAM"
+
+
+def test_the_size_a_refusal_suggests_keeps_the_drafts_shape_and_grows_with_the_card() -> None:
+    project = Project(draft_size=(1536, 864), refine_size=(512, 288))
+    sizes = []
+    for vram_gb in (3.5, 4, 4.5, 5):
+        with pytest.raises(PlanError) as info:
+            ladder("draft", Budgets.from_gb(vram_gb, 256), project=project)
+        m = re.search(r"a smaller draft_size such as \[(\d+), (\d+)\] or fewer frames per segment", str(info.value))
+        assert m, str(info.value)
+        w, h = int(m[1]), int(m[2])
+        assert w % 32 == 0 and h % 32 == 0 and 512 < w < 1536 and 288 < h < 864
+        # one scale for both sides, each rounded down to the model's 32 px
+        assert max(w / 1536, h / 864) < min((w + 32) / 1536, (h + 32) / 864)
+        sizes.append((w, h))
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+
+
+def test_a_host_refusal_says_when_pinned_memory_is_part_of_it() -> None:
+    with pytest.raises(PlanError) as info:
+        ladder("refine", Budgets.from_gb(6, 16), BF16)
+    assert "GiB of host RAM (pinned + pageable) in its leanest plan" in str(info.value)
+    with pytest.raises(PlanError) as info:
+        ladder("upscale", Budgets.from_gb(24, 2.6))
+    assert "GiB of host RAM in its leanest plan" in str(info.value)
+
+
+def test_is_oom_is_true_for_both_kinds() -> None:
+    import torch
+
+    assert is_oom(MemoryError()) and is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+
+
+def test_a_plan_needing_exactly_the_room_beside_held_models_goes_first() -> None:
+    plans = ladder("upscale", Budgets.from_gb(8, 32))
+    one = next(p for p in plans if p.name == "batch1")
+    assert beside_held(plans, one.vram_bytes)[0].name == "batch1"
+    assert beside_held(plans, one.vram_bytes - 1)[0].name != "batch1"
+
+
+def test_a_ladder_of_two_plans_has_one_fallback() -> None:
+    two = [StagePlan(name="a", device="cuda"), StagePlan(name="b", device="cuda")]
+    assert plan_summary({"upscale": two}) == "upscale: a, on cuda (+1 fallbacks)"
