@@ -969,3 +969,161 @@ def test_a_plan_needing_exactly_the_room_beside_held_models_goes_first() -> None
 def test_a_ladder_of_two_plans_has_one_fallback() -> None:
     two = [StagePlan(name="a", device="cuda"), StagePlan(name="b", device="cuda")]
     assert plan_summary({"upscale": two}) == "upscale: a, on cuda (+1 fallbacks)"
+
+
+# --------------------------------------------------------------------------- third round: the documented cost model
+
+
+BIG_ACT = Project(refine_size=(1536, 864))  # activations large enough to be each plan's peak
+
+
+@pytest.mark.parametrize("preset", [GGUF, BF16], ids=lambda p: p.name)
+def test_each_offload_mode_needs_on_the_card_what_the_cost_model_says(preset: Preset) -> None:
+    """block-level group offload: non-block weights + 2 blocks; leaf-level: 2 largest layers;
+    sequential: 1 layer; model offload: the whole model; each + activations + dequant scratch."""
+    plans = by_name(candidates("refine", preset, Budgets.from_gb(8, 256), BIG_ACT))
+    for fmt in ("", "/fp8") if preset is BF16 else ("",):
+        t = component_sizes(preset)["transformer"]
+        t = t.as_format("fp8") if fmt else t
+        extra = {"group_block+stream": t.nonblock_bytes + 2 * t.block_bytes,
+                 "group_block+stream+lowmem": t.nonblock_bytes + 2 * t.block_bytes,
+                 "group_block": t.nonblock_bytes + 2 * t.block_bytes,
+                 "group_leaf+stream+lowmem": 2 * t.layer_bytes,
+                 "sequential": t.layer_bytes, "model": t.nbytes}
+        for rung, weights in extra.items():
+            p = plans[f"{rung}{fmt}+vaetiles256"]
+            assert p.vram_bytes == weights + p.options["activation_bytes"] + t.scratch_bytes, (rung, fmt)
+
+
+def test_each_offload_mode_holds_in_host_ram_what_the_cost_model_says() -> None:
+    comps = component_sizes(BF16)
+    t, side = comps["transformer"], comps["vae"].nbytes + comps["upsampler"].nbytes
+    plans = by_name(candidates("refine", BF16, Budgets.from_gb(8, 256), BIG_ACT))
+    expect = {"group_block+stream": 2 * t.nbytes,                        # pageable + a pinned copy
+              "group_block+stream+lowmem": t.nbytes + 2 * t.block_bytes,  # pinned two blocks at a time
+              "group_leaf+stream+lowmem": t.nbytes + 2 * t.layer_bytes,
+              "group_block": t.nbytes, "sequential": t.nbytes, "model": t.nbytes}
+    for rung, host in expect.items():
+        p = plans[f"{rung}+vaetiles256"]
+        assert p.host_bytes == host + side and p.options["held_host_bytes"] == host + side, rung
+        assert p.options["pinned_bytes"] == host - t.nbytes, rung
+
+
+def test_streamed_blocks_are_upcast_into_one_bf16_block() -> None:
+    """fp8 storage: half-size slots and one bf16 block to compute in; GGUF: a bf16 block plus
+    the per-layer scratch of the layers outside the blocks (dequant per block)."""
+    b = Budgets.from_gb(8, 256)
+    bf16 = component_sizes(BF16)["transformer"]
+    fp8 = bf16.as_format("fp8")
+    lean = by_name(candidates("refine", BF16, b, BIG_ACT))["stream-lean/fp8+vaetiles256"]
+    assert lean.vram_bytes == fp8.nonblock_bytes + 2 * fp8.block_bytes + bf16.block_bytes + \
+        lean.options["activation_bytes"]
+    g = component_sizes(GGUF)["transformer"]
+    gl = by_name(candidates("refine", GGUF, b, Project(refine_size=(1024, 576))))["stream-lean+vaetiles256"]
+    bf16_block = int(g.params * g.block_fraction / g.blocks * 2)
+    assert gl.vram_bytes == g.nonblock_bytes + 2 * g.block_bytes + bf16_block + g.scratch_bytes + \
+        gl.options["activation_bytes"]
+    plain = by_name(candidates("refine", BF16, b, BIG_ACT))
+    s = next(p for n, p in plain.items() if n.startswith("stream") and p.options["weights"] == "bfloat16")
+    assert isinstance(s.options["resident_blocks"], int)
+
+
+def test_every_float_format_may_be_stored_in_fp8_and_no_quantized_one() -> None:
+    for fmt in ("bfloat16", "float16", "float32"):
+        preset = replace(GGUF, extra={"memory": {"transformer": {"fmt": fmt, "params": 2e9}}})
+        weights = {p.options["weights"] for p in candidates("refine", preset, HUGE)}
+        assert weights == {fmt, "fp8"}, fmt
+    for fmt in ("Q3_K_M", "Q8_0"):
+        preset = replace(GGUF, extra={"memory": {"transformer": {"fmt": fmt}}})
+        assert {p.options["weights"] for p in candidates("refine", preset, HUGE)} == {fmt}
+
+
+def test_a_preset_preferring_fp8_still_offers_its_bf16_streamer_after_it() -> None:
+    streams = [p.options["weights"] for p in candidates("refine", BF16_FP8_FIRST, Budgets.from_gb(8, 64))
+               if p.name.startswith("stream+") or p.name.startswith("stream/")]
+    assert streams[0] == "fp8" and "bfloat16" in streams
+
+
+def test_plans_use_the_measured_size_of_the_transformer_file(tmp_path: Path) -> None:
+    gguf = tmp_path / "t.gguf"
+    gguf.write_bytes(b"\0" * 54321)
+    preset = replace(GGUF, files=(ModelFile("transformer_gguf", "transformer", path=str(gguf)),))
+    comps = component_sizes(preset)
+    res = by_name(candidates("refine", preset, HUGE))["resident"]
+    assert res.options["held_vram_bytes"] == 54321 + comps["vae"].nbytes + comps["upsampler"].nbytes
+
+
+def test_a_transformer_without_blocks_is_offloaded_layer_by_layer() -> None:
+    flat = replace(GGUF, extra={"memory": {"transformer": {"blocks": 0}}})
+    t = component_sizes(flat)["transformer"]
+    group = [p for p in candidates("refine", flat, Budgets.from_gb(8, 256), BIG_ACT)
+             if p.name == "group_block+vaetiles256"]
+    assert group and group[0].vram_bytes == 2 * t.layer_bytes + group[0].options["activation_bytes"] + t.scratch_bytes
+
+
+def test_a_tiny_or_random_preset_ignores_the_files_it_has(tmp_path: Path) -> None:
+    big = tmp_path / "t.gguf"
+    big.write_bytes(b"\0" * 4096)
+    files = (ModelFile("transformer_gguf", "transformer", path=str(big)),)
+    tiny = replace(get_preset("tiny"), files=files)
+    assert component_sizes(tiny)["transformer"].nbytes == component_sizes(get_preset("tiny"))["transformer"].nbytes
+    rnd = replace(get_preset("ltx2-19b-random"), files=files)
+    assert component_sizes(rnd)["transformer"].nbytes == int(18.9e9 * 18 / 32)
+
+
+def test_a_component_missing_from_the_diffusers_folder_is_measured_from_its_own_file(tmp_path: Path) -> None:
+    folder = tmp_path / "ltx"
+    (folder / "text_encoder").mkdir(parents=True)
+    (folder / "text_encoder" / "m.safetensors").write_bytes(b"\0" * 10)
+    vae = tmp_path / "vae.safetensors"
+    vae.write_bytes(b"\0" * 321)
+    preset = replace(GGUF, files=(ModelFile("diffusers", "ltx", path=str(folder)),
+                                  ModelFile("vae", "vae", path=str(vae))))
+    assert component_sizes(preset)["vae"].nbytes == 321
+
+
+def test_latent_tokens_of_sizes_off_the_grid_round_down() -> None:
+    assert video_tokens((100, 70), 1) == 3 * 2
+    assert video_tokens((100, 70), 9) == 2 * 3 * 2
+
+
+def test_any_guidance_above_one_doubles_the_batch() -> None:
+    plain = _first("refine").options["activation_bytes"]
+    assert _first("refine", replace(GGUF, guidance_scale=1.5)).options["activation_bytes"] == 2 * plain
+
+
+def test_activations_are_proportional_to_the_tokens() -> None:
+    one = ladder("refine", HUGE, GGUF, Project(refine_size=(32, 32)), frames=1)[0].options["activation_bytes"]
+    many = ladder("refine", HUGE, GGUF, Project(refine_size=(512, 288)), frames=1)[0].options["activation_bytes"]
+    assert abs(many - 144 * one) <= 144
+    silent = ladder("draft", HUGE, GGUF, Project(draft_size=(32, 32), audio=False), frames=1)[0]
+    assert silent.options["activation_bytes"] == one
+
+
+def test_a_vae_tile_costs_about_the_measured_two_and_a_half_gib() -> None:
+    """bench/results/segment_budget_*: 2.5 GiB per 512 px tile beside the weights (19B refine)."""
+    comps = component_sizes(GGUF)
+    t, vae = comps["transformer"], comps["vae"]
+    plans = by_name(candidates("refine", GGUF, Budgets.from_gb(8, 256), Project(refine_size=(1024, 576))))
+    for tile, expected in ((512, 2.5), (256, 2.5 / 4)):
+        p = plans[f"group_leaf+stream+lowmem+vaetiles{'' if tile == 512 else tile}"]
+        decode = p.vram_bytes - vae.nbytes - t.nonblock_bytes
+        assert abs(decode / GiB - expected) <= 0.05 * expected, tile
+
+
+def test_other_families_run_their_recipes_on_the_card_for_the_default_segment() -> None:
+    wan = get_preset("wan22-ti2v-5b")
+    default = plan_ladder("draft", wan, Project(), "cuda", budgets=Budgets.from_gb(12, 64))
+    explicit = plan_ladder("draft", wan, Project(), "cuda", budgets=Budgets.from_gb(12, 64), frames=121)
+    assert [p.name for p in default] == [p.name for p in explicit]
+    assert {p.device for p in default} == {"cuda"}
+
+
+def test_without_a_budget_the_free_vram_is_planned_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.memory.planner as planner
+
+    monkeypatch.setattr(planner, "_free_vram", lambda: 80 * GiB)
+    plans = plan_ladder("refine", GGUF, Project(ram_budget_gb=256), "cuda")
+    assert plans[0].offload == "resident"
+    monkeypatch.setattr(planner, "_free_vram", lambda: 6 * GiB)
+    assert plan_ladder("refine", GGUF, Project(ram_budget_gb=256), "cuda")[0].offload != "resident"
