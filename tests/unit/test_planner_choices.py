@@ -1127,3 +1127,10 @@ def test_without_a_budget_the_free_vram_is_planned_for(monkeypatch: pytest.Monke
     assert plans[0].offload == "resident"
     monkeypatch.setattr(planner, "_free_vram", lambda: 6 * GiB)
     assert plan_ladder("refine", GGUF, Project(ram_budget_gb=256), "cuda")[0].offload != "resident"
+
+
+def test_even_the_smallest_size_a_refusal_suggests_is_one_the_model_takes() -> None:
+    with pytest.raises(PlanError) as info:
+        ladder("refine", Budgets.from_gb(2.0, 64), project=Project(refine_size=(1280, 704)))
+    m = re.search(r"refine_size such as \[(\d+), (\d+)\]", str(info.value))
+    assert m and int(m[1]) == int(m[2]) == 32  # the floor: one latent patch a side
