@@ -136,7 +136,9 @@ def test_the_film_is_the_segments_copied_and_film_json_says_where_each_starts(tm
     assert abs(means[9] - (20 + 60 + 10)) < 3 and abs(means[8] - (20 + 80)) < 3
     started = [e for e in film.events if isinstance(e, protocol.StageStarted)]
     assert [(e.stage, e.segment, e.total_steps) for e in started] == [("film", "", 26)]
-    assert [e.stage for e in film.events if isinstance(e, protocol.StageFinished)] == ["film"]
+    finished = [e for e in film.events if isinstance(e, protocol.StageFinished)]
+    assert [(e.stage, e.segment) for e in finished] == [("film", "")]  # "" : the film, not a segment
+    assert 0 <= finished[0].seconds < 120
     assert not [e for e in film.events if isinstance(e, protocol.Log)]
 
 
@@ -214,3 +216,22 @@ def test_a_click_lands_at_the_film_sample_of_its_frame(tmp_path: Path) -> None:
         found = at - per_frame // 4 + int(np.argmax(window))
         assert abs(found - at) < per_frame // 4, (s["id"], found, at)
     assert audio.shape[0] == round(26 * per_frame) or abs(audio.shape[0] - 26 * per_frame) <= 1024
+
+
+def test_a_silent_draft_is_silence_and_a_draft_without_a_rate_is_at_48_khz(tmp_path: Path) -> None:
+    film = Film(tmp_path, clicks={"three": [3]})
+    (film.segments[0].draft.path / "audio.npy").unlink()  # a shot rendered without audio
+    three = film.segments[2].draft
+    per_frame = AUDIO_RATE // FPS
+    audio48 = np.zeros((2, 9 * per_frame), np.float32)
+    audio48[:, 3 * per_frame] = 0.9
+    np.save(three.path / "audio.npy", audio48)
+    film.segments[2] = CachedSegment(film.segments[2].frames, Artifact("draft", "d-three", three.path, {}),
+                                     film.segments[2].encode, 9)
+    film.assemble()
+    audio = np.abs(_audio(film.renders.final)[0])
+    assert audio.shape[0] >= 26 * per_frame - 1024
+    assert audio[: 8 * per_frame].max() < 0.05  # silence where the silent shot plays
+    at = (17 + 3) * per_frame
+    window = audio[at - per_frame // 4: at + per_frame // 4]
+    assert window.max() > 0.3 and abs(int(np.argmax(window)) - per_frame // 4) < per_frame // 8
