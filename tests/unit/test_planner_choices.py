@@ -1135,3 +1135,12 @@ def test_even_the_smallest_size_a_refusal_suggests_is_one_the_model_takes() -> N
     m = re.search(r"refine_size such as \[(\d+), (\d+)\]", str(info.value))
     assert m is not None  # here the scaled size falls below the floor: one latent patch a side
     assert all(int(v) >= 32 and int(v) % 32 == 0 for v in (m[1], m[2])), m[0]
+
+
+def test_a_refine_refusal_scales_the_refine_size_not_the_drafts() -> None:
+    with pytest.raises(PlanError) as info:
+        ladder("refine", Budgets.from_gb(2.2, 64), project=Project(refine_size=(1280, 960)))
+    m = re.search(r"a smaller refine_size such as \[(\d+), (\d+)\]", str(info.value))
+    assert m, str(info.value)
+    w, h = int(m[1]), int(m[2])
+    assert w < 1280 and h < 960 and max(w / 1280, h / 960) < min((w + 32) / 1280, (h + 32) / 960)  # 4:3 kept
