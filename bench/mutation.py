@@ -80,7 +80,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                  "tests/unit/test_planner_choices.py"]),
     # PyAV on tiny synthetic frames (about a minute for the whole selection on one core).
     "encode": (["pipeline/stages/encode.py"],
-               ["tests/unit/test_encode.py", "tests/unit/test_encode_bites.py", "tests/unit/test_film.py"]),
+               ["tests/unit/test_encode.py", "tests/unit/test_encode_bites.py", "tests/unit/test_film.py",
+                "tests/unit/test_cache_keys.py"]),  # the encode key (params)
     "film": (["pipeline/render/film.py"], ["tests/unit/test_film.py"]),
     "stages": (["pipeline/stages/*"],
                ["tests/unit/test_cache_keys.py", "tests/unit/test_encode.py", "tests/unit/test_upscale.py",

@@ -235,3 +235,60 @@ def test_a_silent_draft_is_silence_and_a_draft_without_a_rate_is_at_48_khz(tmp_p
     at = (17 + 3) * per_frame
     window = audio[at - per_frame // 4: at + per_frame // 4]
     assert window.max() > 0.3 and abs(int(np.argmax(window)) - per_frame // 4) < per_frame // 8
+
+
+# ------------------------------------------------------------------ the encode stage on a segment
+
+
+def _run_encode(film: Film, index: int, tmp: Path, **changes: object) -> tuple[dict, Path, list]:
+    import threading
+    from dataclasses import replace as dc_replace
+
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.memory.plan import StagePlan
+    from pipeline.stages.base import StageContext
+    from pipeline.stages.encode import EncodeStage
+
+    job = film.job.segment_job(index)
+    if "keep" in changes:
+        job.segment = dc_replace(job.segment, keep=changes.pop("keep"))
+    job = dc_replace(job, **changes)
+    events: list = []
+    cancel = threading.Event()
+    ctx = StageContext(emit=events.append, cancel=cancel, models=LoadedModels(), plan=StagePlan(name="cpu"))
+    out = tmp / f"enc-{index}"
+    out.mkdir()
+    seg = film.segments[index]
+    meta = EncodeStage().run(ctx, job, {"upscale": seg.frames, "draft": seg.draft}, out)
+    return meta, out / "segment.mp4", events
+
+
+def test_the_encode_stage_writes_the_kept_frames_at_the_storyboards_fps_with_an_idr_after_the_anchor(
+        tmp_path: Path) -> None:
+    film = Film(tmp_path, encoded=False)
+    meta, mp4, events = _run_encode(film, 1, tmp_path)
+    assert meta == {"frames": 9, "size": [W, H], "fps": FPS}
+    means, rate, times = _video(mp4)
+    assert len(means) == 9 and rate == FPS and times == pytest.approx([i / FPS for i in range(9)])
+    with av.open(str(mp4)) as c:
+        keys = [bool(f.key_frame) for f in c.decode(video=0)]
+    assert keys[:2] == [True, True] and not any(keys[2:])  # frame 1 starts over: the film can drop frame 0
+    assert _audio(mp4).shape[1] == pytest.approx(9 * AUDIO_RATE / FPS, abs=1024)
+    steps = [(e.stage, e.step, e.total) for e in events if isinstance(e, protocol.StepProgress)]
+    assert steps[-1] == ("encode", 9, 9) and [s[1] for s in steps] == list(range(1, 10))
+    meta, mp4, _ = _run_encode(film, 0, tmp_path, keep=5)  # a shot that keeps 5 frames, not chained
+    assert meta["frames"] == 5 and len(_video(mp4)[0]) == 5
+    with av.open(str(mp4)) as c:
+        assert [bool(f.key_frame) for f in c.decode(video=0)] == [True, False, False, False, False]
+
+
+def test_the_encode_stage_leaves_out_audio_the_storyboard_turned_off(tmp_path: Path) -> None:
+    film = Film(tmp_path, encoded=False)
+    _, mp4, _ = _run_encode(film, 2, tmp_path, audio=False)
+    with av.open(str(mp4)) as c:
+        assert len(c.streams.audio) == 0 and len(c.streams.video) == 1
+    (film.segments[2].draft.path / "audio.npy").unlink()  # a draft without audio: silent, not an error
+    (tmp_path / "again").mkdir()
+    _, mp4, _ = _run_encode(film, 2, tmp_path / "again")
+    with av.open(str(mp4)) as c:
+        assert len(c.streams.audio) == 0
