@@ -176,3 +176,34 @@ def test_segments_the_film_cannot_copy_say_which_and_why(tmp_path: Path) -> None
         remux_film(tmp_path / "x.mp4", [_encoded(tmp_path, "a", 9, 8),
                                         FilmPart(_frames(9), None, AUDIO_RATE, encoded=short)],
                    fps=8, size=(W, H))
+
+
+def _mp4(path: Path, codecs: tuple[str, ...], n: int = 3) -> Path:
+    """An MP4 with one video stream per codec (what another tool might have left as segment.mp4)."""
+    with av.open(str(path), mode="w", format="mp4") as c:
+        streams = []
+        for codec in codecs:
+            s = c.add_stream(codec, rate=8)
+            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            streams.append(s)
+        for i, frame in enumerate(_frames(n)):
+            for s in streams:
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+                vf.pts = i
+                c.mux(s.encode(vf))
+        for s in streams:
+            c.mux(s.encode())
+    return path
+
+
+@pytest.mark.parametrize("codecs,why", [(("libx264", "libx264"), "segment b's MP4 has 2 video streams"),
+                                        (("mpeg4",), "segment b is mpeg4, not H.264")])
+def test_a_segment_mp4_that_is_not_one_h264_stream_is_named_and_reencoded(tmp_path: Path, codecs: tuple,
+                                                                           why: str) -> None:
+    parts = [FilmPart(_frames(3), None, AUDIO_RATE, encoded=_mp4(tmp_path / "b.mp4", codecs), name="b"),
+             _encoded(tmp_path, "c", 3, 8)]
+    with pytest.raises(NotJoinable) as info:
+        remux_film(tmp_path / "x.mp4", parts, fps=8, size=(W, H))
+    assert str(info.value) == why
+    n, reason = join_film(tmp_path / "film.mp4", parts, fps=8, size=(W, H))
+    assert n == 6 and reason == why  # the reason as it is, not dressed as a muxer error
