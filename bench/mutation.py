@@ -77,6 +77,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                  # the ladder tests of this file, not the ones that load the tiny models (30 s+)
                  "tests/unit/test_text_encoder_keep.py::test_the_planner_keeps_the_encoder_when_it_fits_beside_the_rest",
                  "tests/unit/test_text_encoder_keep.py::test_with_too_little_host_for_everything_a_ram_resident_encoder_is_evicted",
+                 "tests/unit/test_text_encoder_keep.py::test_the_cpu_plan_keeps_it_and_the_lean_rung_does_not",
                  "tests/unit/test_planner_choices.py"]),
     # PyAV on tiny synthetic frames (about a minute for the whole selection on one core).
     "encode": (["pipeline/stages/encode.py"],
