@@ -1,0 +1,102 @@
+"""The keyframes and retake keys of a [[segment]]: parsed, checked, written back, files checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.project import storyboard as S
+from pipeline.project.keyframes import Keyframe, retake_seed
+from pipeline.project.references import check_references
+
+BOARD = """\
+[project]
+fps = 8
+
+[[segment]]
+id = "a"
+prompt = "a red fox in the snow"
+frames = 17
+# the shot lands on the next one's planned first frame
+keyframes = [{ frame = 0, image = "start.png" }, { frame = -1, image = "end.png", strength = 0.5 }]
+retake = [5, 8]
+"""
+
+
+def test_the_keys_parse_into_typed_values() -> None:
+    seg = S.parse(BOARD, "b.toml").segments[0]
+    assert seg.keyframes == (Keyframe(0, "start.png"), Keyframe(-1, "end.png", 0.5))
+    assert [k.index(17) for k in seg.keyframes] == [0, 16]
+    assert seg.retake == (5, 8)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('keyframes = [{ frame = 17, image = "a.png" }]', "keyframes: keyframe 1: frame 17 is outside the shot's 17 frames"),
+    ('keyframes = [{ frame = -18, image = "a.png" }]', "keyframes: keyframe 1: frame -18 is outside"),
+    ('keyframes = [{ frame = 2 }]', "keyframes: keyframe 1: image must be a file path"),
+    ('keyframes = [{ frame = 2, image = "a.png", strength = 1.5 }]', "strength must be a number between 0 and 1"),
+    ('keyframes = [{ frame = 2, image = "a.png", strength = nan }]', "strength must be a number between 0 and 1"),
+    ('keyframes = [{ frame = 2.0, image = "a.png" }]', "frame must be an integer"),
+    ('keyframes = [{ frame = 2, image = "a.png", at = 3 }]', "unknown key 'at'"),
+    ('keyframes = [{ frame = 16, image = "a.png" }, { frame = -1, image = "b.png" }]',
+     "keyframe 2: frame 16 already has keyframe 1"),
+    ('keyframes = ["a.png"]', "keyframe 1: expected { frame = N"),
+    ('keyframes = { frame = 1, image = "a.png" }', "expected an array of"),
+    ("retake = [8, 5]", "retake: [8, 5] must satisfy 0 <= first <= last <= 16"),
+    ("retake = [5, 17]", "retake: [5, 17] must satisfy"),
+    ("retake = [5]", "retake: expected [first, last]"),
+    ("retake = [0, 16]", "retake: a retake of every frame is a new shot"),
+])
+def test_bad_values_are_one_line_naming_file_line_column_and_key(line: str, message: str) -> None:
+    key = "retake" if line.startswith("retake") else "keyframes"
+    text = BOARD.replace("retake = [5, 8]" if key == "retake" else BOARD.splitlines()[8], line)
+    with pytest.raises(S.StoryboardError) as err:
+        S.parse(text, "b.toml")
+    where = text.splitlines().index(line) + 1
+    assert str(err.value).startswith(f"b.toml:{where}:1: segment[0].{key}: "), str(err.value)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_frame_range_follows_seconds_and_fps() -> None:
+    text = BOARD.replace("frames = 17", "seconds = 1.0").replace("retake = [5, 8]", "retake = [2, 7]")
+    assert S.parse(text, "b.toml").segments[0].retake == (2, 7)  # 1 s at 8 fps: frames 0..7
+    with pytest.raises(S.StoryboardError, match="retake: \\[2, 8\\] must satisfy"):
+        S.parse(text.replace("retake = [2, 7]", "retake = [2, 8]"), "b.toml")
+
+
+def test_saving_keeps_the_keys_and_their_comment_and_undo_removes_them(tmp_path: Path) -> None:
+    path = tmp_path / "b.toml"
+    path.write_text(BOARD)
+    sb = S.load(path)
+    assert S.save(sb) == BOARD  # unchanged: byte-identical
+    S.save(S.with_segment(sb, "a", retake=None, keyframes=()))
+    text = path.read_text()
+    assert "retake" not in text and "keyframes =" not in text and "# the shot lands" in text
+    S.save(S.with_segment(S.load(path), "a", keyframes=(Keyframe(-1, "end.png", 0.25),), retake=(1, 2)))
+    seg = S.load(path).segments[0]
+    assert seg.keyframes == (Keyframe(-1, "end.png", 0.25),) and seg.retake == (1, 2)
+    assert "[[segment.keyframes]]" not in path.read_text()  # inline tables, as a person writes them
+
+
+def test_keyframe_stills_are_checked_like_anchors(tmp_path: Path) -> None:
+    path = tmp_path / "b.toml"
+    path.write_text(BOARD)
+    Image.new("RGB", (64, 64)).save(tmp_path / "start.png")
+    sb = S.load(path)
+    with pytest.raises(S.StoryboardError) as err:
+        check_references(sb)
+    assert str(err.value) == f"{path}:9:1: segment[0].keyframes: {tmp_path / 'end.png'}: file not found"
+    (tmp_path / "end.png").write_text("not a picture")
+    with pytest.raises(S.StoryboardError, match="segment\\[0\\].keyframes: .*not a readable image"):
+        check_references(sb)
+    Image.new("RGB", (64, 64)).save(tmp_path / "end.png")
+    check_references(sb)
+    check_references(sb, set())  # a render that drafts no shot reads none of its stills
+
+
+def test_a_retake_has_noise_of_its_own_per_span() -> None:
+    seeds = {retake_seed(3, (5, 8)), retake_seed(3, (5, 9)), retake_seed(4, (5, 8)), 3}
+    assert len(seeds) == 4 and retake_seed(3, (5, 8)) == retake_seed(3, (5, 8))
+    assert all(0 <= s < 2**63 for s in seeds)
