@@ -14,8 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.models.ltx2 import fit_image
+
 if TYPE_CHECKING:
     from pipeline.stages.base import SegmentJob
+
+# Deferred imports: diffusers, PIL — the runner reads cache keys through the draft stage without them; they
+#   load when a draft with conditions runs
 
 #: LTX-2's VAE compresses 8 frames into one latent frame, in every preset (frames are 8k + 1).
 TEMPORAL_RATIO = 8
@@ -33,8 +38,6 @@ def latent_count(frames: int, ratio: int) -> int:
 def read_still(path: Any, size: tuple[int, int]) -> np.ndarray:
     """A still as the draft takes it: RGB uint8, covered and centre-cropped to ``size`` (w, h)."""
     from PIL import Image
-
-    from pipeline.models.ltx2 import fit_image
 
     with Image.open(path) as im:
         return np.asarray(fit_image(np.asarray(im.convert("RGB")), size))

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.models import ltx2
 from pipeline.models.ltx2 import model_identity
 from pipeline.models.sigmas import draft_sigmas
+from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
@@ -72,8 +73,6 @@ class DraftStage(Stage):
 
     def condition_params(self, job: SegmentJob) -> dict[str, Any]:
         """Keyframes reach the key only when a shot has them, so every other key stays as it was."""
-        from pipeline.project.keyframes import keyframe_params
-
         if not job.segment.keyframes:
             return {}
         return {"keyframes": keyframe_params(job.segment.keyframes, job.frames, job.storyboard.resolve)}
