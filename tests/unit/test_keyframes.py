@@ -100,3 +100,28 @@ def test_a_retake_has_noise_of_its_own_per_span() -> None:
     seeds = {retake_seed(3, (5, 8)), retake_seed(3, (5, 9)), retake_seed(4, (5, 8)), 3}
     assert len(seeds) == 4 and retake_seed(3, (5, 8)) == retake_seed(3, (5, 8))
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_the_example_storyboard_parses_and_its_stills_are_usable() -> None:
+    sb = S.load(Path(__file__).resolve().parents[2] / "storyboards" / "creative.toml")
+    check_references(sb)
+    assert any(s.keyframes for s in sb.segments) and any(s.retake for s in sb.segments)
+
+
+@pytest.mark.parametrize("preset", ["tiny-wan-ti2v", "tiny-ltxv", "tiny-svd", "tiny-cogvideox", "wan22-ti2v-5b"])
+@pytest.mark.parametrize("key", ["keyframes", "retake"])
+def test_other_families_refuse_the_keys_in_one_line(preset: str, key: str, tmp_path: Path) -> None:
+    from pipeline.render.errors import RenderError
+    from pipeline.render.job import RenderJob
+
+    text = BOARD.replace("frames = 17", f'frames = 17\npreset = "{preset}"')
+    text = text.replace("retake = [5, 8]\n", "") if key == "keyframes" else text.replace(BOARD.splitlines()[8], "")
+    path = tmp_path / "b.toml"
+    path.write_text(text)
+    with pytest.raises(RenderError) as err:
+        RenderJob.resolve(S.load(path))
+    line = text.splitlines().index(next(t for t in text.splitlines() if t.startswith(key))) + 1
+    assert str(err.value).startswith(f"{path}:{line}:1: segment[0].{key}: preset {preset} (")
+    assert "cannot honour" in str(err.value) and "\n" not in str(err.value)
+    path.write_text(text.replace(f'preset = "{preset}"', 'preset = "tiny"'))
+    RenderJob.resolve(S.load(path))  # the same shot on LTX-2 is accepted
