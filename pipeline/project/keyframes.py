@@ -83,6 +83,45 @@ def parse_retake(value: list[Any], frames: int) -> tuple[int, int]:
     return int(a), int(b)
 
 
+# ------------------------------------------------------------ one line of text (the editor)
+
+
+def format_keyframes(keyframes: tuple[Keyframe, ...]) -> str:
+    """``0=start.png, -1=end.png@0.8``: the keyframes as the shot editor shows them on one line."""
+    return ", ".join(f"{kf.frame}={kf.image}" + (f"@{kf.strength:g}" if kf.strength != 1.0 else "")
+                     for kf in keyframes)
+
+
+def keyframes_from_text(text: str, frames: int) -> tuple[Keyframe, ...]:
+    """The editor's line back into keyframes, through the storyboard's own checks."""
+    items: list[dict[str, Any]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        frame, sep, image = part.partition("=")
+        if not sep:
+            raise ValueError(f"'{part}': write frame=image, e.g. -1=end.png")
+        item: dict[str, Any] = {"frame": _number(frame.strip(), int), "image": image.strip()}
+        path, at, strength = item["image"].rpartition("@")
+        if at:
+            item.update(image=path.strip(), strength=_number(strength.strip(), float))
+        items.append(item)
+    return parse_keyframes(items, frames)
+
+
+def retake_from_text(text: str, frames: int) -> tuple[int, int] | None:
+    """``5-8`` (or ``5, 8``) into a retake span; blank is no retake."""
+    if not text.strip():
+        return None
+    parts = text.replace("-", " ", 1).replace(",", " ").split() if not text.lstrip().startswith("-") else [text]
+    return parse_retake([_number(p, int) for p in parts], frames)
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+
+
 def _tname(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array"}.get(
         type(value), type(value).__name__)
@@ -122,5 +161,5 @@ def unsupported(segment: Any, family: str) -> str:
     return ""
 
 
-__all__ = ["FAMILIES", "Keyframe", "file_digest", "keyframe_params", "parse_keyframes", "parse_retake",
-           "retake_seed", "unsupported"]
+__all__ = ["FAMILIES", "Keyframe", "file_digest", "format_keyframes", "keyframe_params", "keyframes_from_text",
+           "parse_keyframes", "parse_retake", "retake_from_text", "retake_seed", "unsupported"]

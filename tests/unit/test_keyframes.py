@@ -125,3 +125,21 @@ def test_other_families_refuse_the_keys_in_one_line(preset: str, key: str, tmp_p
     assert "cannot honour" in str(err.value) and "\n" not in str(err.value)
     path.write_text(text.replace(f'preset = "{preset}"', 'preset = "tiny"'))
     RenderJob.resolve(S.load(path))  # the same shot on LTX-2 is accepted
+
+
+def test_the_editor_line_round_trips_and_refuses_what_the_file_would() -> None:
+    from pipeline.project.keyframes import format_keyframes, keyframes_from_text, retake_from_text
+
+    kfs = (Keyframe(0, "stills/a.png"), Keyframe(-1, "b.png", 0.8))
+    assert format_keyframes(kfs) == "0=stills/a.png, -1=b.png@0.8"
+    assert keyframes_from_text(format_keyframes(kfs), 17) == kfs
+    assert keyframes_from_text("", 17) == ()
+    assert retake_from_text("5-8", 17) == retake_from_text(" 5, 8 ", 17) == (5, 8)
+    assert retake_from_text("", 17) is None
+    for bad, says in (("3", "write frame=image"), ("x=a.png", "'x' is not an integer"),
+                      ("1=a.png@hi", "'hi' is not a number"), ("17=a.png", "outside the shot's 17 frames")):
+        with pytest.raises(ValueError, match=says):
+            keyframes_from_text(bad, 17)
+    for bad, says in (("8-5", "must satisfy"), ("5", "two frame numbers"), ("-2-3", "not an integer")):
+        with pytest.raises(ValueError, match=says):
+            retake_from_text(bad, 17)
