@@ -1,5 +1,8 @@
 """Retake a span end to end on the tiny twin: render, retake frames 5..8, undo.
 
+The shot also has an end keyframe, so keyframes run through the whole render too
+(condition-pipeline draft → refine → upscale → encode) and combine with the retake.
+
 In process (``pipeline.render.runner.render``) with one model holder, as a worker keeps
 them. What a user sees of a shot is its segment MP4; H.264 is not lossless, so "outside
 the span byte-identical" is asserted on the frames the encode stage is given (the
@@ -27,6 +30,10 @@ SPAN = (5, 8)
 
 
 def _board(path: Path, **shot: object) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (300, 200), (220, 120, 40)).save(path.parent / "end.png")
+    shot = {"keyframes": [{"frame": -1, "image": "end.png"}], **shot}
     path.write_text(tiny_storyboard([{"id": "a", "prompt": "a red fox in the snow", "frames": 17, **shot}],
                                     title="retake", fps=8, seed=3, preset="tiny", output_size=[448, 256],
                                     enhance=False))
@@ -98,7 +105,7 @@ def decode_frames_of(data: bytes, tmp: Path) -> np.ndarray:
 
 def test_other_families_refuse_keyframes_and_retake_before_any_stage(tmp_path: Path) -> None:
     for key, value in (("retake", [1, 2]), ("keyframes", [{"frame": -1, "image": "end.png"}])):
-        board = _board(tmp_path / "wan.toml", preset="tiny-wan-ti2v", **{key: value})
+        board = _board(tmp_path / "wan.toml", preset="tiny-wan-ti2v", **{"keyframes": [], key: value})
         events: list[protocol.Event] = []
         with pytest.raises(RenderError) as err:
             render(board, emit=events.append)
