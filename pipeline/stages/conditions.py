@@ -3,9 +3,10 @@
 Everything here is handed to diffusers' ``LTX2ConditionPipeline`` as ``LTX2VideoCondition``
 items, so the conditioning is the library's (and Lightricks'): a condition at latent
 index 0 replaces the first latent frame (as the image-to-video anchor does), one at any
-later index is appended as guide tokens at that frame's position (keyframe
-interpolation). Condition indices are *latent* frames: pixel frame ``f`` > 0 lies in
-latent ``(f - 1) // 8 + 1`` (LTX-2's causal VAE keeps frame 0 in a latent of its own).
+later index is appended as guide tokens (keyframe interpolation), positioned at its own
+pixel frame (:mod:`pipeline.models.ltx2_condition`). Condition indices are *latent*
+frames: pixel frame ``f`` > 0 lies in latent ``(f - 1) // 8 + 1`` (LTX-2's causal VAE
+keeps frame 0 in a latent of its own).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pipeline.models.ltx2 import fit_image
 if TYPE_CHECKING:
     from pipeline.stages.base import SegmentJob
 
-# Deferred imports: diffusers, PIL — the runner reads cache keys through the draft stage without them; they
-#   load when a draft with conditions runs
+# Deferred imports: PIL, pipeline.models.ltx2_condition (diffusers) — the runner reads cache keys through the
+#   draft stage without them; they load when a draft with conditions runs
 
 #: LTX-2's VAE compresses 8 frames into one latent frame, in every preset (frames are 8k + 1).
 TEMPORAL_RATIO = 8
@@ -46,17 +47,18 @@ def read_still(path: Any, size: tuple[int, int]) -> np.ndarray:
 def keyframe_conditions(job: SegmentJob, ratio: int) -> list[Any]:
     """The anchor (frame 0) and the shot's keyframes, in that order: a keyframe at frame 0 is
     applied after the anchor, so the user's own still wins over the chained one."""
-    from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+    from pipeline.models.ltx2_condition import FrameCondition
 
     if not job.segment.keyframes:
         return []
     out = []
     if job.anchor is not None:
-        out.append(LTX2VideoCondition(frames=np.ascontiguousarray(job.anchor), index=0, strength=1.0))
+        out.append(FrameCondition(frames=np.ascontiguousarray(job.anchor), index=0, strength=1.0, frame=0))
     for kf in job.segment.keyframes:
         still = read_still(job.storyboard.resolve(kf.image), job.draft_size)
-        out.append(LTX2VideoCondition(frames=still, index=latent_index(kf.index(job.frames), ratio),
-                                      strength=kf.strength))
+        frame = kf.index(job.frames)
+        out.append(FrameCondition(frames=still, index=latent_index(frame, ratio), strength=kf.strength,
+                                  frame=frame))
     return out
 
 
@@ -64,17 +66,18 @@ def retake_conditions(original: np.ndarray, span: tuple[int, int], ratio: int) -
     """The original draft's frames around ``span`` as video conditions: those before it at latent
     0, those after it from the first latent frame wholly past the span (the library trims each
     to whole latent frames). Frames inside the span are left to the model."""
-    from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+    from pipeline.models.ltx2_condition import FrameCondition
 
     a, b = span
     frames = len(original)
     out = []
     if a > 0:
-        out.append(LTX2VideoCondition(frames=np.ascontiguousarray(original[:a]), index=0, strength=1.0))
+        out.append(FrameCondition(frames=np.ascontiguousarray(original[:a]), index=0, strength=1.0, frame=0))
     after = -(-b // ratio) + 1  # first latent whose pixels (after-1)*ratio+1.. all lie past b
     start = (after - 1) * ratio + 1
     if after < latent_count(frames, ratio) and start < frames:
-        out.append(LTX2VideoCondition(frames=np.ascontiguousarray(original[start:]), index=after, strength=1.0))
+        out.append(FrameCondition(frames=np.ascontiguousarray(original[start:]), index=after, strength=1.0,
+                                  frame=start))
     return out
 
 

@@ -96,6 +96,29 @@ def test_an_end_keyframe_reaches_the_model_and_the_key(run: Runner, tmp_path: Pa
     assert "keyframes" not in DraftStage().params(job)  # shots without keyframes keep their keys
 
 
+def test_an_end_keyframe_guides_the_last_frame_not_its_latents_first(run: Runner, models: LoadedModels,
+                                                                     tmp_path: Path) -> None:
+    # diffusers would place a guide at its latent's first frame (9 of 0..16); Lightricks' reference,
+    # and Sulphur, at the keyframe's own frame: the guide tokens' time coordinates start at 16 / fps.
+    from pipeline.models import ltx2
+
+    job = make_job(tmp_path, frames=17, seed=1)
+    _still(tmp_path, "end.png", job.draft_size, 1)
+    transformer = ltx2.component(models, job.preset, "transformer", StagePlan(name="cpu"))
+    guide_tokens = (job.draft_size[0] // 32) * (job.draft_size[1] // 32)
+    starts: list[float] = []
+
+    def look(_module: object, _args: object, kwargs: dict) -> None:
+        starts.append(float(kwargs["video_coords"][0, 0, -guide_tokens:, 0].min()))
+
+    handle = transformer.register_forward_pre_hook(look, with_kwargs=True)
+    try:
+        run(DraftStage(), _with(job, Keyframe(-1, "end.png")))
+    finally:
+        handle.remove()
+    assert starts and all(abs(s - 16 / job.fps) < 1e-6 for s in starts), starts
+
+
 def test_the_anchor_and_keyframes_combine(run: Runner, models: LoadedModels, tmp_path: Path) -> None:
     # A chained shot with an end keyframe: the anchor still owns frame 0, the keyframe is seen.
     anchor = _still(tmp_path, "anchor.png", (224, 128), 3)
