@@ -1,7 +1,9 @@
 """Draft: the LTX-2 first pass, video + audio together, at the draft size.
 
 Text-to-video when the segment has no anchor, image-to-video from ``job.anchor``
-(the previous segment's last frame or a user image) otherwise. The pipeline returns
+(the previous segment's last frame or a user image) otherwise; LTX-2's condition
+pipeline when other frames are conditioned too (``keyframes``; a retake's kept frames,
+pipeline/stages/retake.py), with the anchor as the condition on frame 0. The pipeline returns
 latents (``output_type="latent"``); this stage decodes them itself so it can keep both
 the latents (for refine) and the frames/waveform (for preview, anchors and audio).
 """
@@ -90,7 +92,6 @@ class DraftStage(Stage):
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
         import torch
         from safetensors.torch import save_file
-
 
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size
