@@ -143,3 +143,21 @@ def test_the_editor_line_round_trips_and_refuses_what_the_file_would() -> None:
     for bad, says in (("8-5", "must satisfy"), ("5", "two frame numbers"), ("-2-3", "not an integer")):
         with pytest.raises(ValueError, match=says):
             retake_from_text(bad, 17)
+
+
+def test_a_retake_is_conditioned_on_whole_latent_frames_around_its_span() -> None:
+    import numpy as np
+
+    from pipeline.stages.conditions import latent_index, retake_conditions
+
+    assert [latent_index(f, 8) for f in (0, 1, 8, 9, 16)] == [0, 1, 1, 2, 2]
+    frames = np.arange(17, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
+
+    def placed(span: tuple[int, int]) -> list[tuple[int, int, list[int]]]:
+        return [(c.index, c.frame, [int(f[0, 0, 0]) for f in c.frames])
+                for c in retake_conditions(frames, span, 8)]
+
+    # frames 0-4 before the span on latent 0; after it, latent 2 (frames 9-16) is the first wholly past 8
+    assert placed((5, 8)) == [(0, 0, [0, 1, 2, 3, 4]), (2, 9, list(range(9, 17)))]
+    assert placed((5, 9)) == [(0, 0, [0, 1, 2, 3, 4])]  # frames 10-16 share latent 2 with 9: left to the model
+    assert placed((0, 3)) == [(2, 9, list(range(9, 17)))]
