@@ -240,8 +240,8 @@ class StageActorBody:
             self.error = exc
 
     def _emit(self, event: Event) -> None:
-        if hasattr(event, "worker") and not event.worker:
-            event.worker = self.actor_name
+        if hasattr(event, "actor") and not event.actor:
+            event.actor = self.actor_name
         ray.get(self.events.put_nowait.remote(event))  # waited for: a task's events precede its result
 
     def ready(self) -> str:
