@@ -204,7 +204,8 @@ def report(out: Path, reasons: dict[str, str]) -> str:
     lines = ["| module | mutants | killed | survived | no tests | equivalent | kill rate | "
              "kill rate w/o equivalent | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     body = []
-    for path in sorted(p for p in out.glob("*.json") if not p.stem.endswith("_subset")):
+    # <module>.json only: not the --mutants subsets, nor earlier runs kept under another name
+    for path in sorted(p for p in out.glob("*.json") if p.stem in MODULES):
         data = json.loads(path.read_text())
         c = data["counts"]
         killed = c.get("killed", 0) + c.get("timeout", 0) + c.get("suspicious", 0)
