@@ -292,3 +292,19 @@ def test_the_encode_stage_leaves_out_audio_the_storyboard_turned_off(tmp_path: P
     _, mp4, _ = _run_encode(film, 2, tmp_path / "again")
     with av.open(str(mp4)) as c:
         assert len(c.streams.audio) == 0
+
+
+@pytest.mark.parametrize("blocked,what", [("final.mp4", "final film"), ("film.json", "film manifest")])
+def test_a_film_that_cannot_be_written_is_one_line_naming_the_file(tmp_path: Path, blocked: str, what: str) -> None:
+    from pipeline.render.errors import RenderError
+
+    film = Film(tmp_path)
+    target = film.renders.root / blocked
+    (target / "in-the-way").mkdir(parents=True)  # a folder where the file goes: replacing it fails
+    with pytest.raises(RenderError) as info:
+        film.assemble()
+    msg = info.value.message
+    assert msg.startswith(f"{what} not written: {target}: ") and "\n" not in msg
+    assert info.value.kind == "write_failed"
+    assert sorted(p.name for p in film.renders.root.iterdir()) == (["final.mp4"] if blocked == "final.mp4"
+                                                                  else ["film.json", "final.mp4"])
