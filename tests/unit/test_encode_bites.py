@@ -8,6 +8,7 @@ the encoder child's own entry point, and segments the film cannot copy.
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -159,7 +160,7 @@ def test_a_copied_film_counts_each_kept_frame_once(tmp_path: Path) -> None:
 
 
 def test_segments_the_film_cannot_copy_say_which_and_why(tmp_path: Path) -> None:
-    with pytest.raises(NotJoinable, match="no segments"):
+    with pytest.raises(NotJoinable, match="^no segments$"):
         remux_film(tmp_path / "x.mp4", [], fps=8, size=(W, H))
     anchor_only = _encoded(tmp_path, "b", 1, 8, chained=True)
     with pytest.raises(NotJoinable, match="segment b adds no frame"):
@@ -178,18 +179,25 @@ def test_segments_the_film_cannot_copy_say_which_and_why(tmp_path: Path) -> None
                    fps=8, size=(W, H))
 
 
-def _mp4(path: Path, codecs: tuple[str, ...], n: int = 3) -> Path:
+def _mp4(path: Path, codecs: tuple[str, ...], n: int = 3, *, fps: int = 8, first_pts: int = 0,
+         size: tuple[int, int] = (W, H), options: dict | None = None) -> Path:
     """An MP4 with one video stream per codec (what another tool might have left as segment.mp4)."""
     with av.open(str(path), mode="w", format="mp4") as c:
         streams = []
         for codec in codecs:
-            s = c.add_stream(codec, rate=8)
-            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            s = c.add_stream(codec, rate=fps)
+            s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+            s.options = {"crf": "18", "preset": "medium", "forced-idr": "1", **(options or {})} \
+                if codec == "libx264" else {}
+            cc = s.codec_context
+            cc.thread_type = "FRAME"
+            cc.color_primaries = cc.color_trc = cc.colorspace = cc.color_range = 1  # BT.709, limited, as ours
             streams.append(s)
         for i, frame in enumerate(_frames(n)):
             for s in streams:
-                vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
-                vf.pts = i
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:size[1], :size[0]]), format="rgb24")
+                vf = vf.reformat(format="yuv420p")
+                vf.pts = first_pts + i
                 c.mux(s.encode(vf))
         for s in streams:
             c.mux(s.encode())
@@ -207,3 +215,58 @@ def test_a_segment_mp4_that_is_not_one_h264_stream_is_named_and_reencoded(tmp_pa
     assert str(info.value) == why
     n, reason = join_film(tmp_path / "film.mp4", parts, fps=8, size=(W, H))
     assert n == 6 and reason == why  # the reason as it is, not dressed as a muxer error
+
+
+def test_a_film_of_one_segment_is_its_copy(tmp_path: Path) -> None:
+    part = _encoded(tmp_path, "only", 9, 8)
+    n, reason = join_film(tmp_path / "film.mp4", [part], fps=8, size=(W, H))
+    assert (n, reason) == (9, None)
+    assert _times(tmp_path / "film.mp4")[1] == pytest.approx([i / 8 for i in range(9)])
+
+
+def test_a_chained_segment_of_two_frames_adds_one(tmp_path: Path) -> None:
+    parts = [_encoded(tmp_path, "a", 9, 8), _encoded(tmp_path, "b", 2, 8, chained=True)]
+    n, reason = join_film(tmp_path / "film.mp4", parts, fps=8, size=(W, H))
+    assert (n, reason) == (10, None)
+
+
+def test_a_segment_whose_timestamps_start_late_is_copied_into_place(tmp_path: Path) -> None:
+    """Another muxer may start a stream at a later pts: the film shifts it to where it belongs."""
+    late = FilmPart(_frames(5), None, AUDIO_RATE, encoded=_mp4(tmp_path / "late.mp4", ("libx264",), 5, first_pts=7,
+                                                                ), name="late")
+    parts = [_encoded(tmp_path, "a", 9, 8), late]
+    n, reason = join_film(tmp_path / "film.mp4", parts, fps=8, size=(W, H))
+    assert (n, reason) == (14, None)
+    assert _times(tmp_path / "film.mp4")[1] == pytest.approx([i / 8 for i in range(14)])
+
+
+def test_a_frame_rate_the_segments_time_base_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:
+    parts = [_encoded(tmp_path, "a", 6, 30)]
+    with av.open(str(parts[0].encoded)) as c:
+        tb = c.streams.video[0].time_base
+    if (Fraction(1, 7) / tb).denominator == 1:  # pragma: no cover - another muxer's time base
+        pytest.skip(f"time base {tb} holds 7 fps")
+    with pytest.raises(NotJoinable) as info:
+        remux_film(tmp_path / "x.mp4", parts, fps=7, size=(W, H))
+    assert str(info.value) == f"a frame at 7 fps is not a whole number of {tb} ticks"
+
+
+def test_an_mp4_with_more_frames_than_its_segment_is_refused_by_name(tmp_path: Path) -> None:
+    longer = _encoded(tmp_path, "b", 10, 8).encoded
+    parts = [_encoded(tmp_path, "a", 9, 8), FilmPart(_frames(9), None, AUDIO_RATE, encoded=longer, name="b")]
+    with pytest.raises(NotJoinable) as info:
+        remux_film(tmp_path / "x.mp4", parts, fps=8, size=(W, H))
+    assert str(info.value) == "segment b's frame timestamps are not 9 frames at 8 fps"
+
+
+def test_a_segment_of_another_size_or_other_x264_settings_is_named_with_what_differs(tmp_path: Path) -> None:
+    small = FilmPart(_frames(3), None, AUDIO_RATE, name="c",
+                     encoded=_mp4(tmp_path / "c.mp4", ("libx264",), 3, size=(32, 24)))
+    with pytest.raises(NotJoinable) as info:
+        remux_film(tmp_path / "x.mp4", [_encoded(tmp_path, "a", 3, 8), small], fps=8, size=(W, H))
+    assert str(info.value) == "segment c's size differs from segment a's: (32, 24) vs (64, 48)"
+    fast = FilmPart(_frames(3), None, AUDIO_RATE, name="d",
+                    encoded=_mp4(tmp_path / "d.mp4", ("libx264",), 3, options={"preset": "ultrafast"}))
+    with pytest.raises(NotJoinable) as info:
+        remux_film(tmp_path / "x.mp4", [_encoded(tmp_path, "a", 3, 8), fast], fps=8, size=(W, H))
+    assert str(info.value).startswith("segment d's ") and str(info.value).endswith("differs from segment a's")
