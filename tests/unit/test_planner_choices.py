@@ -690,7 +690,7 @@ def test_budgets_mix_settings_and_detection(monkeypatch: pytest.MonkeyPatch) -> 
     assert only_vram.vram == Budgets.from_gb(8, 1).vram and only_vram.vram_setting == 8
     assert only_vram.host_setting is None
     avail = psutil.virtual_memory().available
-    assert abs(only_vram.host - avail) < 2 * GiB  # the reserve is not taken twice
+    assert abs(only_vram.host - avail) < 3 * GiB  # the reserve is not taken twice (that would be 5 GiB off)
     only_host = detect_budgets(Project(ram_budget_gb=32), device="cpu")
     assert only_host.vram == 0 and only_host.vram_setting is None and only_host.host_setting == 32
     assert only_host.host == Budgets.from_gb(0, 32).host
