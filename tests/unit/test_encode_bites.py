@@ -270,3 +270,23 @@ def test_a_segment_of_another_size_or_other_x264_settings_is_named_with_what_dif
     with pytest.raises(NotJoinable) as info:
         remux_film(tmp_path / "x.mp4", [_encoded(tmp_path, "a", 3, 8), fast], fps=8, size=(W, H))
     assert str(info.value).startswith("segment d's ") and str(info.value).endswith("differs from segment a's")
+
+
+def test_a_chained_segment_without_an_idr_after_its_anchor_says_so(tmp_path: Path) -> None:
+    old = tmp_path / "b-old.mp4"
+    encode_mp4(old, _frames(9), fps=8, size=(W, H))  # encoded before frame 1 was made an IDR
+    parts = [_encoded(tmp_path, "a", 9, 8), FilmPart(_frames(9), None, AUDIO_RATE, skip_first=True, encoded=old,
+                                                     name="b")]
+    with pytest.raises(NotJoinable) as info:
+        remux_film(tmp_path / "x.mp4", parts, fps=8, size=(W, H))
+    assert str(info.value) == "segment b's first kept frame is not an IDR (encoded without a keyframe after the anchor)"
+
+
+@pytest.mark.parametrize("level", [3.0, -3.0])
+def test_audio_beyond_full_scale_is_clipped_to_it(tmp_path: Path, level: float) -> None:
+    out = tmp_path / "loud.mp4"
+    encode_mp4(out, _frames(8), fps=8, size=(W, H), audio=np.full((2, AUDIO_RATE), level, np.float32))
+    with av.open(str(out)) as c:
+        pcm = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
+    assert np.abs(pcm).max() < 1.3  # AAC rings a little past a clipped edge, never to 2 or 3
+    assert np.median(pcm[:, AUDIO_RATE // 4: AUDIO_RATE // 2]) * np.sign(level) > 0.8
