@@ -290,3 +290,17 @@ def test_audio_beyond_full_scale_is_clipped_to_it(tmp_path: Path, level: float) 
         pcm = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
     assert np.abs(pcm).max() < 1.3  # AAC rings a little past a clipped edge, never to 2 or 3
     assert np.median(pcm[:, AUDIO_RATE // 4: AUDIO_RATE // 2]) * np.sign(level) > 0.8
+
+
+def test_a_segment_starts_playing_before_it_is_fully_read(tmp_path: Path) -> None:
+    out = tmp_path / "seg.mp4"
+    encode_mp4(out, _frames(3), fps=8, size=(W, H))
+    data = out.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # +faststart: the index first
+
+
+@pytest.mark.parametrize("shape", [(2, H, W + 2, 3), (2, H + 2, W, 3)])
+def test_a_frame_of_the_wrong_width_or_height_is_refused_with_both_sizes(tmp_path: Path, shape: tuple) -> None:
+    with pytest.raises(ValueError) as info:
+        encode_mp4(tmp_path / "x.mp4", np.zeros(shape, np.uint8), fps=8, size=(W, H))
+    assert str(info.value) == f"frame 0 is {shape[2]}×{shape[1]}, expected {W}×{H}"
