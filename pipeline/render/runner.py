@@ -335,8 +335,10 @@ class Renderer:
         chain.prev_last = np.ascontiguousarray(frames[-1])
         return job, draft
 
-    def finish_stages(self, job: SegmentJob, draft: Artifact) -> Artifact:
-        """Refine → upscale (→ grade) → encode of one drafted segment; returns the encode entry."""
+    def finish_stages(self, job: SegmentJob, draft: Artifact, *, preview: bool = True) -> Artifact:
+        """Refine → upscale (→ grade) → encode of one drafted segment; returns the encode entry.
+
+        ``preview``: publish the shot's preview PNG (a take must not replace the shot's own)."""
         arts = {"draft": draft}
         for name, source in self.frames_chain(job):
             arts[name] = self.run_stage(name, job, {source: arts[source]})
@@ -344,7 +346,8 @@ class Renderer:
                 refined = np.load(arts[name].file("frames.npy"), mmap_mode="r")[:job.kept]  # what the film shows
                 self._quality(job, "refine", refined, None, None)
         frames = arts[self.frames_chain(job)[-1][0]]
-        self._preview(job, frames)
+        if preview:
+            self._preview(job, frames)
         return self.run_stage("encode", job, {"upscale": frames, "draft": draft})
 
     def finish_segment(self, job: SegmentJob, draft: Artifact) -> Path:
