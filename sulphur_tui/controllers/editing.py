@@ -107,7 +107,8 @@ class Editing:
 
     # ------------------------------------------------------------------ takes
     def pick_take(self) -> None:
-        """The takes of the selected shot (``sulphur takes``); the picked one becomes its seed + locked prompt."""
+        """The takes of the selected shot: render more (through the worker), watch them, pick
+        one; the picked one becomes its seed + locked prompt."""
         app = self.app
         if app.doc is None or not app.selected:
             return
@@ -122,7 +123,7 @@ class Editing:
             if take is not None:
                 self.use_take(segment_id, take)
 
-        app.push_screen(TakesScreen(app.doc.storyboard, segment_id, app.image_cls), picked)
+        app.push_screen(TakesScreen(app.doc.storyboard, segment_id, app.image_cls, app.live), picked)
 
     def use_take(self, segment_id: str, take: Take) -> None:
         app = self.app

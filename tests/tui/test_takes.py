@@ -86,8 +86,9 @@ async def test_pick_the_second_take(story: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_no_takes_says_how_to_make_them(story: Path) -> None:
-    """Through the command palette; nothing is written."""
+async def test_no_takes_offers_to_render_them(story: Path) -> None:
+    """Through the command palette: no rows, the render button focused, the shell command
+    named as the other way; nothing is written."""
     original = story.read_text()
     app = make(story)
     async with app.run_test(size=SIZE) as pilot:
@@ -99,7 +100,8 @@ async def test_no_takes_says_how_to_make_them(story: Path) -> None:
         text = " ".join(str(w.render()) for w in app.screen.query(Static))
         assert "No takes of “dawn” yet." in text
         assert "sulphur takes story.toml dawn --seeds 4" in text
-        assert not app.screen.query("#takes")
+        assert not app.screen.query_one("#takes").display
+        assert app.screen.focused is app.screen.query_one("#render-takes")
         await pilot.press("escape")
         assert not isinstance(app.screen, TakesScreen)
     assert story.read_text() == original
