@@ -270,10 +270,13 @@ class TakesScreen(ModalScreen[Take | None]):
         else:
             keep = self.seeds[options.highlighted] if options.highlighted is not None and \
                 options.highlighted < len(self.seeds) else None
+            first_rows = seeds and not self.seeds
             self.seeds = seeds
             options.set_options(Option(self._row(s), id=str(s)) for s in seeds)
             if seeds:
                 options.highlighted = seeds.index(keep) if keep in seeds else 0
+            if first_rows and isinstance(self.focused, Button):
+                self.call_after_refresh(options.focus)  # the rows are what the keys work on now
         options.display = bool(seeds)
         self.query_one("#takes-empty").display = not seeds
         self.query_one("#take-detail").display = bool(seeds)

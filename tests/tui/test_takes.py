@@ -176,3 +176,55 @@ def test_takes_snapshot(snap_compare, story: Path) -> None:  # noqa: ANN001
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.mark.asyncio
+async def test_rows_follow_a_takes_job(story: Path) -> None:
+    """A takes job's events as the worker sends them: a row per seed, queued; the running
+    take's stage, steps and progress; then its clip, pickable while the next one renders."""
+    from pipeline.wire import protocol as p
+    from sulphur_tui.messages import WorkerEvent
+
+    app = make(story)
+    job = "takes0001"
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "t")
+        screen = app.screen
+        assert isinstance(screen, TakesScreen)
+
+        def post(ev: p.Event) -> None:
+            ev.job_id = job
+            app.post_message(WorkerEvent(ev))
+
+        def rows() -> list[str]:
+            options = screen.query_one("#takes", OptionList)
+            return [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+
+        post(p.JobQueued(storyboard=str(story), segments=["beam"], seeds=[7, 8]))
+        post(p.JobStarted(storyboard=str(story), segments=["beam"], seeds=[7, 8]))
+        post(p.TakeStarted(segment="beam", seed=7))
+        post(p.StageFinished(segment="beam", stage="enhance", seconds=0.1))
+        post(p.StageStarted(segment="beam", stage="draft", total_steps=8))
+        post(p.StepProgress(segment="beam", stage="draft", step=4, total=8))
+        await pilot.pause(0.2)
+        assert "▶ draft 4/8" in rows()[0] and "◷ queued" in rows()[1], rows()
+        assert "28%" in rows()[0], rows()  # enhance (5%) + half the draft (45%): 27.5%
+        assert "rendering 0/2" in str(screen.query_one("#takes-title").render())
+        assert screen.focused is screen.query_one("#takes")  # the rows took the keys from the button
+        await pilot.press("enter")  # not rendered yet: not picked
+        assert app.screen is screen and app.live.jobs.keys() == {job}
+        clips = write_takes(story, "beam", [7])  # what the worker records before TakeFinished
+        post(p.TakeFinished(segment="beam", seed=7, path=str(clips[7])))
+        post(p.TakeStarted(segment="beam", seed=8))
+        post(p.StageStarted(segment="beam", stage="draft", total_steps=8))
+        await pilot.pause(0.2)
+        assert "▶" not in rows()[0] and "current" in rows()[0] and "▶ draft 0/8" in rows()[1], rows()
+        assert "rendering 1/2" in str(screen.query_one("#takes-title").render())
+        await pilot.press("enter")  # seed 7, done: picked while 8 renders
+        await pilot.pause(0.2)
+        assert app.screen is not screen
+        assert app.doc is not None and app.doc.storyboard.segment("beam").enhance_lock
+        post(p.JobCancelled())
+        await pilot.pause(0.1)
+        assert [t.state for t in app.live.takes["beam"].takes.values()] == ["done", "cancelled"]
+        assert "render cancelled" in app.live.news
