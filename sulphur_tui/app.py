@@ -136,7 +136,7 @@ class SulphurApp(App[int]):
 
     _NEEDS_DOCUMENT = {"save", "undo", "redo", "render_all", "render_segment", "render_from", "add_segment",
                        "duplicate_segment", "delete_segment", "move_segment", "randomise_seed", "open_output",
-                       "reload", "cancel_render", "pick_take"}
+                       "reload", "cancel_render", "pick_take", "rename_segment"}
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide editing actions while there is no loaded storyboard (broken-file view)."""
@@ -226,6 +226,9 @@ class SulphurApp(App[int]):
 
     def action_pick_take(self) -> None:
         self.edits.pick_take()
+
+    def action_rename_segment(self) -> None:
+        self.edits.rename_segment()
 
     def action_project_settings(self) -> None:
         self.edits.project_settings()

@@ -16,6 +16,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Delete shot", "Remove the selected shot", "delete_segment"),
     ("Move shot up", "Swap the selected shot with the one before it", "move_segment(-1)"),
     ("Move shot down", "Swap the selected shot with the one after it", "move_segment(1)"),
+    ("Rename shot…", "Give the selected shot a new id, and its rendered files too if you like (n)",
+     "rename_segment"),
     ("Takes…", "Render several seeds of the shot, watch each, pick the one the film continues from (t)",
      "pick_take"),
     ("Project settings…", "Frame rate, sizes, model preset, memory budgets, drift guard", "project_settings"),

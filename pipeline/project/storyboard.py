@@ -16,13 +16,13 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import tomlkit
-from tomlkit.items import AoT, Table
+from tomlkit.items import AoT, InlineTable, Table
 
 from pipeline.project import layout
 from pipeline.project.files import (
@@ -543,6 +543,16 @@ def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, A
     for key, value in new.items():
         if key in table and (_plain(table[key]) == _plain(value) or _same_anchor(_plain(table[key]), value)):
             continue  # untouched: keep its formatting and comment
+        old = table.get(key)
+        if isinstance(old, InlineTable) and isinstance(value, dict):
+            # `anchor = { video = … }` stays an inline table on its line, spacing and comment kept
+            if set(old.keys()) == set(value.keys()):
+                for k, v in value.items():
+                    old[k] = v
+                continue
+            inline = tomlkit.inline_table()
+            inline.update(value)
+            value = inline
         table[key] = value
 
 
@@ -563,8 +573,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render_toml(storyboard: Storyboard, original: str) -> str:
-    """The file text after merging ``storyboard`` into ``original`` (which must parse)."""
+def render_toml(storyboard: Storyboard, original: str, renames: Mapping[str, str] | None = None) -> str:
+    """The file text after merging ``storyboard`` into ``original`` (which must parse).
+
+    ``renames`` (id in ``original`` → id in ``storyboard``): a renamed shot keeps its table,
+    so its comments and key order survive the new id."""
     doc = tomlkit.parse(original)
     proj_defaults = {f.name: _field_default(f) for f in fields(Project)}
     project_new = {}
@@ -584,6 +597,9 @@ def render_toml(storyboard: Storyboard, original: str) -> str:
     if isinstance(aot, AoT):
         for table in aot.body:
             existing[str(table.get("id"))] = table
+    for old, new in (renames or {}).items():
+        if old in existing and new not in existing:
+            existing[new] = existing.pop(old)
     new_tables = []
     for seg in storyboard.segments:
         table = existing.pop(seg.id, None)
@@ -638,8 +654,9 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 
-def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> str:
-    """Merge-write ``storyboard``; returns the text written.
+def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None,
+         renames: Mapping[str, str] | None = None) -> str:
+    """Merge-write ``storyboard``; returns the text written (``renames``: see :func:`render_toml`).
 
     The file on disk must still parse: a file that was broken in the meantime is never
     overwritten (the caller decides what to do).
@@ -649,7 +666,7 @@ def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> 
         original = target.read_text(encoding="utf-8") if target.exists() else ""
         if original:
             parse(original, target)  # refuse to merge into a broken file
-        text = render_toml(storyboard, original)
+        text = render_toml(storyboard, original, renames)
         parse(text, target)  # never write something we could not read back
         if text != original:
             atomic_write(target, text)
@@ -699,6 +716,17 @@ def segment_digest(storyboard: Storyboard, segment_id: str) -> str:
 
 
 
+def segment_id_problem(storyboard: Storyboard, new_id: str, current: str | None = None) -> str:
+    """Why ``new_id`` cannot name a shot (the rules :func:`parse` enforces), or "" when it can.
+    ``current``: the shot being renamed (its own id is not a duplicate)."""
+    if not _ID_RE.fullmatch(new_id):
+        return "ids are 1-64 letters, digits, '-' or '_'"
+    for i, seg in enumerate(storyboard.segments):
+        if seg.id == new_id and seg.id != current:
+            return f"duplicate id '{new_id}' (used by segment[{i}])"
+    return ""
+
+
 def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
     taken = {s.id for s in storyboard.segments}
     n = len(taken) + 1
@@ -709,6 +737,7 @@ def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
 
 __all__ = [
     "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "check_sigmas", "load", "parse",
+    "segment_id_problem",
     "project_from_table", "save",
     "render_toml", "with_segment", "new_segment_id", "atomic_write", "segment_digest",
 ]

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from textual.app import SuspendNotSupported
 from textual.widgets import TextArea
 
+from pipeline.project.renaming import Move, planned_moves, rename_outputs, retarget_anchors
 from pipeline.project.storyboard import StoryboardError
 from sulphur_tui.document import NEW_PROMPT
 from sulphur_tui.messages import DocumentChanged
-from sulphur_tui.screens import ProjectEdit, ProjectScreen
+from sulphur_tui.screens import ConfirmRenameFiles, ProjectEdit, ProjectScreen, RenameScreen
 from sulphur_tui.screens.takes import Take, TakesScreen
 from sulphur_tui.status import output_path
 from sulphur_tui.widgets.segments import SegmentList
@@ -63,6 +64,79 @@ class Editing:
         app = self.app
         if app.doc and app.selected and app.doc.move_segment(app.selected, delta):
             self.changed(app.selected)
+
+    def cursor_segment(self) -> str | None:
+        """The shot under the list's cursor: keys typed in a burst (tmux, SSH) run an action
+        before the list's Selected message for the last cursor move arrives."""
+        app = self.app
+        seglist = app.query_one(SegmentList)
+        rows = seglist.ordered_rows
+        row = seglist.cursor_row
+        return str(rows[row].key.value) if 0 <= row < len(rows) else app.selected
+
+    def rename_segment(self) -> None:
+        """A new id for the selected shot; when it has rendered files, ask whether to rename them too."""
+        app = self.app
+        segment_id = self.cursor_segment()
+        if app.doc is None or not segment_id:
+            return
+
+        def named(new_id: str | None) -> None:
+            doc = app.doc
+            if new_id is None or doc is None or segment_id not in {s.id for s in doc.storyboard.segments}:
+                return
+            moves = planned_moves(doc.storyboard.renders, segment_id, new_id)
+            if not moves:
+                self._rename(segment_id, new_id, files=False)
+                return
+            if app.live.running:
+                app.notify("A job is running: only the id is renamed (its files may be being written).",
+                           severity="warning", timeout=6)
+                self._rename(segment_id, new_id, files=False)
+                return
+            root = doc.path.parent
+            shown = [(str(m.source.relative_to(root)), str(m.target.relative_to(root))) for m in moves]
+            note = "Saves the storyboard now, with your other unsaved edits." if doc.dirty else ""
+
+            def answered(choice: str | None) -> None:
+                if choice in ("files", "id"):
+                    self._rename(segment_id, new_id, files=choice == "files")
+
+            app.push_screen(ConfirmRenameFiles(segment_id, new_id, shown, note), answered)
+
+        app.push_screen(RenameScreen(app.doc.storyboard, segment_id), named)
+
+    def _rename(self, old: str, new: str, *, files: bool) -> None:
+        """Rename in the document (one undo step), its files first when asked; save when the files moved."""
+        app = self.app
+        doc = app.doc
+        assert doc is not None
+        moved: list[Move] = []
+        if files:
+            try:
+                moved = rename_outputs(doc.storyboard.renders, old, new)
+            except OSError as exc:
+                app.notify(str(exc), title="Not renamed", severity="error", timeout=10)
+                return
+        segs = tuple(replace(s, id=new) if s.id == old else s for s in doc.storyboard.segments)
+        sb, pointed = retarget_anchors(replace(doc.storyboard, segments=segs), moved)
+        try:
+            doc.rename_segment(old, new, sb)
+        except ValueError as exc:  # checked in the dialog; the document may have changed since
+            app.notify(str(exc), title="Not renamed", severity="error")
+            return
+        if old in app.baseline:
+            app.baseline[new] = app.baseline.pop(old)
+        self.changed(new)
+        also = f"; anchors of {', '.join(pointed)} follow" if pointed else ""
+        if moved:
+            saved = self.save()
+            app.notify(f"{old} is now {new}: {len(moved)} file(s) renamed{also}"
+                       + ("" if saved else "; the storyboard is NOT saved yet (ctrl+s)"),
+                       title="Shot renamed", severity="information" if saved else "warning", timeout=8)
+        else:
+            app.notify(f"{old} is now {new}{also} (ctrl+s saves, ctrl+z undoes)", title="Shot renamed",
+                       timeout=5)
 
     def randomise_seed(self) -> None:
         app = self.app
@@ -112,12 +186,9 @@ class Editing:
         app = self.app
         if app.doc is None or not app.selected:
             return
-        # The list's cursor, not app.selected: keys typed in a burst (tmux, SSH) run
-        # this before the list's Selected message for the last cursor move arrives.
-        seglist = app.query_one(SegmentList)
-        rows = seglist.ordered_rows
-        row = seglist.cursor_row
-        segment_id = str(rows[row].key.value) if 0 <= row < len(rows) else app.selected
+        segment_id = self.cursor_segment()
+        if segment_id is None:
+            return
 
         def picked(take: Take | None) -> None:
             if take is not None:
