@@ -33,7 +33,9 @@ from sulphur_tui.widgets.vram import GpuPanel, merge_samples
 if TYPE_CHECKING:
     from sulphur_tui.app import SulphurApp
 
-NARROW_HIDDEN = {"segment.duplicate", "segment.delete"}
+NARROW_HIDDEN = {"segment.duplicate", "segment.delete", "segment.rename"}
+#: Below this many columns the footer drops the padding between keys (every key fits 120).
+COMPACT_BELOW = 130
 TITLES = {"joblog": "Job log · ctrl+l hides", "segments": "Shots", "editor": "Shot", "gpu": "GPU", "stages": "Render",
           "flicker": "Flicker · PSNR-Y dB", "preview": "Preview"}
 
@@ -69,17 +71,18 @@ class StoryboardScreen(Screen[None]):
 
     # ------------------------------------------------------------------ narrow terminals
     def on_resize(self, event: events.Resize) -> None:
-        """Below 100 columns the footer drops its padding so every render key stays in it."""
+        """Below 130 columns the footer drops its padding so every key of the shot list, the
+        render keys and F1 stay in it at 120; below 100 it also hides a few (active_bindings)."""
         narrow = event.size.width < 100
         footer = self.query_one(Footer)
-        footer.compact = narrow
+        footer.compact = event.size.width < COMPACT_BELOW
         footer.show_command_palette = not narrow
         self.refresh_bindings()
 
     @property
     def active_bindings(self) -> dict[str, ActiveBinding]:
-        """What the footer lists: below 100 columns without copy and delete (their keys still
-        work; F1 and the palette list them), so F5–F8 and F1 fit 80 columns."""
+        """What the footer lists: below 100 columns without copy, delete and rename (their keys
+        still work; F1 and the palette list them), so F5–F8 and F1 fit 80 columns."""
         bindings = super().active_bindings
         if self.size.width >= 100:
             return bindings

@@ -115,3 +115,28 @@ async def test_rename_keeping_file_names_then_undo(story: Path) -> None:
     assert changed_lines(original, story.read_text()) == [
         '-id = "beam"', '+id = "beam-2"', '-id = "storm"', '+id = "squall"']
     assert "seed = 7                  # a segment's own seed" in story.read_text()
+
+
+async def test_footer_help_and_palette_name_the_new_keys(story: Path) -> None:
+    """At 120 columns the footer holds rename and takes beside every render key and F1;
+    F1 lists them; the palette finds "Rename shot…" and it opens the dialog."""
+    from textual.widgets import Markdown
+
+    from .conftest import screen_text
+
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        for words in ("t Takes", "n Rename", "f5 Render", "f8 Cancel", "f1 Help", "^p palette"):
+            assert words in footer, footer
+        await pilot.press("f1")
+        await pilot.pause()
+        help_text = app.screen.query_one(Markdown).source
+        assert "| `n` | Rename |" in help_text and "| `t` | Takes |" in help_text
+        assert "`r` renders the next N seeds" in help_text
+        await pilot.press("escape", "ctrl+p", *"rename")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, RenameScreen) and app.screen.segment_id == "dawn"
