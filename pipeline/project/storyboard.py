@@ -35,6 +35,8 @@ from pipeline.project.files import (
 )
 from pipeline.project.layout import RenderFolder
 
+# Deferred imports: tomlkit — only writing a storyboard needs the comment-preserving parser
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DRIFT_GUARDS = ("off", "anchor", "anchor+output")

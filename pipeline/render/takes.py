@@ -26,6 +26,10 @@ from pipeline.project.storyboard import Storyboard, StoryboardError, atomic_writ
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
 
+# Deferred imports: PIL, pipeline.render.runner, pipeline.render.job, pipeline.render.outputs,
+#   pipeline.render.cache, pipeline.memory.loaded, pipeline.project.references — numpy, torch and
+#   PyAV load only when takes are rendered (``sulphur takes --pick`` and the editor need none)
+
 Emit = Callable[[Event], None]
 
 
@@ -69,7 +73,7 @@ def record_takes(sb: Storyboard, segment: str, takes: dict[int, Path], prompt: s
 def write_still(clip: Path) -> Path:
     """The take's last frame as a PNG beside it (``seed-N.png``): the editor's takes list
     shows it (it decodes no video), and it is where the chain would continue from."""
-    from PIL import Image  # deferred: PIL and PyAV only when a take was rendered
+    from PIL import Image
 
     from pipeline.render.runner import last_video_frame
 
@@ -93,7 +97,6 @@ def render_takes_local(storyboard_path: str | os.PathLike[str], segment: str, se
     ``takes.json`` as soon as it is done. The storyboard and the shot's own outputs
     (``segments/<id>.mp4``, its preview) are not touched.
     """
-    # Deferred: the runner imports torch; the worker loads it in its render thread only.
     from pipeline.memory.loaded import LoadedModels
     from pipeline.project.references import check_references
     from pipeline.render.job import Overrides, RenderJob

@@ -22,6 +22,7 @@ from pipeline.wire.protocol import (
     SegmentDone,
     StageFinished,
 )
+from pipeline.worker.client import WorkerClient, WorkerNotRunning
 from sulphur_tui.messages import WorkerConnection, WorkerEvent
 from sulphur_tui.screens.takes import TakesScreen
 from sulphur_tui.sources import follow_worker, paced, read_events
@@ -167,8 +168,6 @@ class RenderControl:
                        group="submit", thread=True, exit_on_error=False)
 
     def _submit(self, mode: str, segments: list[str], queued: list[str], seeds: list[int] | None = None) -> None:
-        from pipeline.worker.client import WorkerClient  # only when rendering: not needed to draw
-
         app = self.app
         assert app.doc is not None
         app.call_from_thread(self.set_worker_detail, "starting the render worker…")
@@ -187,8 +186,6 @@ class RenderControl:
                             exit_on_error=False)
 
     def _cancel(self, job_id: str) -> None:
-        from pipeline.worker.client import WorkerClient, WorkerNotRunning  # as in _submit
-
         app = self.app
         assert app.doc is not None
         try:
