@@ -390,6 +390,9 @@ class LiveState:
     def _end_job(self, job_id: str, state: str) -> None:
         job = self.jobs.get(job_id)
         segs = job.segments if job else [k for k, v in self.segments.items() if v.state in ("queued", "rendering")]
+        # A job drafts the shots before the ones it renders (a takes job, `render beam`): one job
+        # runs at a time, so whatever still shows rendering was this job's.
+        segs = [*segs, *(k for k, v in self.segments.items() if v.state == "rendering" and k not in segs)]
         if job:
             job.state = state
         for sid in segs:

@@ -315,7 +315,8 @@ class TakesScreen(ModalScreen[Take | None]):
             clip = _shown(Path(live.path), self.root)
         else:
             clip = "not rendered yet"
-        self.query_one("#take-prompt", Static).update(prompt or "(no prompt recorded)")
+        self.query_one("#take-prompt", Static).update(prompt or ("(no prompt recorded)" if take is not None else
+                                                                 "Its prompt shows when it is rendered."))
         self.query_one("#take-clip", Static).update(f"clip: {clip}")
         if self.image_cls is None:
             return

@@ -202,6 +202,10 @@ async def test_rows_follow_a_takes_job(story: Path) -> None:
 
         post(p.JobQueued(storyboard=str(story), segments=["beam"], seeds=[7, 8]))
         post(p.JobStarted(storyboard=str(story), segments=["beam"], seeds=[7, 8]))
+        post(p.StageStarted(segment="dawn", stage="draft", total_steps=8))  # the shot before, drafted once
+        post(p.StageFinished(segment="dawn", stage="draft", seconds=1.0))
+        await pilot.pause(0.1)
+        assert all(t.state == "queued" for t in app.live.takes["beam"].takes.values())
         post(p.TakeStarted(segment="beam", seed=7))
         post(p.StageFinished(segment="beam", stage="enhance", seconds=0.1))
         post(p.StageStarted(segment="beam", stage="draft", total_steps=8))
@@ -228,3 +232,5 @@ async def test_rows_follow_a_takes_job(story: Path) -> None:
         await pilot.pause(0.1)
         assert [t.state for t in app.live.takes["beam"].takes.values()] == ["done", "cancelled"]
         assert "render cancelled" in app.live.news
+        # No shot is left showing "rendering": dawn was drafted by this job too.
+        assert {sid: s.state for sid, s in app.live.segments.items() if s.state} == {}
