@@ -241,7 +241,8 @@ class TakesScreen(ModalScreen[Take | None]):
             row.append(f"{state:<34}", style)
         elif take is not None:
             row.append(f"{'' if take.path.exists() else 'no clip':<9}", "red")
-            row.append(first_words(take.prompt, 52), "dim")
+            # One line per take at any width: the dialog is the terminal's width less ~10 columns.
+            row.append(first_words(take.prompt, max(12, min(52, self.app.size.width - 52))), "dim")
         elif live is not None:  # done, its manifest entry not read yet
             row.append(Path(live.path).name, "green")
         return row
