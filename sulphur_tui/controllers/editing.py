@@ -132,7 +132,8 @@ class Editing:
         if moved:
             saved = self.save()
             app.notify(f"{old} is now {new}: {len(moved)} file(s) renamed{also}"
-                       + ("" if saved else "; the storyboard is NOT saved yet (ctrl+s)"),
+                       + ("; ctrl+z restores the id, not the file names (n renames them back)" if saved
+                          else "; the storyboard is NOT saved yet (ctrl+s)"),
                        title="Shot renamed", severity="information" if saved else "warning", timeout=8)
         else:
             app.notify(f"{old} is now {new}{also} (ctrl+s saves, ctrl+z undoes)", title="Shot renamed",
