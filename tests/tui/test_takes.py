@@ -248,3 +248,41 @@ async def test_one_line_per_take_at_80_columns(story: Path) -> None:
         lines = screen_text(app).splitlines()
         row = next(i for i, line in enumerate(lines) if "● seed 7" in line)
         assert "A slow push-in on the…" in lines[row] and "seed 8" in lines[row + 1], lines[row:row + 2]
+
+
+@pytest.mark.asyncio
+async def test_reopened_mid_job_the_rows_come_back(story: Path) -> None:
+    """Reattaching: the worker's snapshot names the takes job's seeds, the journal's events
+    say take 7 is done and 8 drafting; t shows exactly that, and 7 can be picked."""
+    from pipeline.wire import protocol as p
+    from sulphur_tui.messages import WorkerEvent
+
+    clips = write_takes(story, "beam", [7])
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        job = "takes0002"
+        history = [
+            p.StatusSnapshot(pid=1, project=str(story.parent), jobs=[p.JobInfo(
+                job_id=job, storyboard=str(story), segments=["beam"], seeds=[7, 8], state="running",
+                segment="beam", stage="draft", step=3, total=8)]),
+            p.JobQueued(storyboard=str(story), segments=["beam"], seeds=[7, 8]),
+            p.JobStarted(storyboard=str(story), segments=["beam"], seeds=[7, 8]),
+            p.TakeStarted(segment="beam", seed=7),
+            p.TakeFinished(segment="beam", seed=7, path=str(clips[7])),
+            p.TakeStarted(segment="beam", seed=8),
+            p.StageStarted(segment="beam", stage="draft", total_steps=8),
+        ]
+        for ev in history:
+            ev.job_id = job if not isinstance(ev, p.StatusSnapshot) else ""
+            app.post_message(WorkerEvent(ev, history=True))
+        await pilot.pause(0.2)
+        await pilot.press("down", "t")
+        screen = app.screen
+        assert isinstance(screen, TakesScreen)
+        options = screen.query_one("#takes", OptionList)
+        rows = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert "current" in rows[0] and "▶" not in rows[0] and "▶ draft 0/8" in rows[1], rows
+        assert "rendering 1/2" in str(screen.query_one("#takes-title").render())
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is not screen and app.doc is not None and app.doc.storyboard.segment("beam").enhance_lock
