@@ -88,25 +88,37 @@ def _rewrite_takes(renders: RenderFolder, old: str, new: str) -> None:
 
 
 def retarget_anchors(sb: Storyboard, moves: list[Move]) -> tuple[Storyboard, list[str]]:
-    """``sb`` with every image/video anchor that named a moved file naming its new place
-    (relative paths stay relative to the storyboard's folder); and the ids of those shots."""
+    """``sb`` with every image/video anchor (and the drift reference) that named a moved file
+    naming its new place (relative paths stay relative to the storyboard's folder); and the
+    ids of those shots (``drift_reference`` for the reference)."""
     where: dict[Path, Path] = {}
     for m in moves:
         where[m.source.resolve()] = m.target
         if m.source.is_dir() or m.target.is_dir():  # a takes folder: every clip in it
             for child in m.target.iterdir():
                 where[(m.source / child.name).resolve()] = child
+    def moved(path: str) -> str | None:
+        """``path`` (as the file has it) naming where its file went, or None if it did not move."""
+        target = where.get(sb.resolve(path).resolve())
+        if target is None:
+            return None
+        text = str(target) if Path(path).expanduser().is_absolute() else os.path.relpath(target, sb.path.parent)
+        return Path(text).as_posix()
+
     changed, segments = [], []
     for seg in sb.segments:
         anchor = seg.anchor
-        target = where.get(sb.resolve(anchor.path).resolve()) if anchor.kind in ("image", "video") else None
-        if target is not None:
-            relative = not Path(anchor.path).expanduser().is_absolute()
-            text = os.path.relpath(target, sb.path.parent) if relative else str(target)
-            seg = replace(seg, anchor=replace(anchor, path=Path(text).as_posix()))
+        path = moved(anchor.path) if anchor.kind in ("image", "video") else None
+        if path is not None:
+            seg = replace(seg, anchor=replace(anchor, path=path))
             changed.append(seg.id)
         segments.append(seg)
-    return replace(sb, segments=tuple(segments)), changed
+    project = sb.project
+    reference = moved(project.drift_reference) if project.drift_reference != "first" else None
+    if reference is not None:  # the drift guard's reference image was a moved preview
+        project = replace(project, drift_reference=reference)
+        changed.append("drift_reference")
+    return replace(sb, project=project, segments=tuple(segments)), changed
 
 
 __all__ = ["Move", "planned_moves", "rename_outputs", "retarget_anchors"]

@@ -128,7 +128,7 @@ class Editing:
         if old in app.baseline:
             app.baseline[new] = app.baseline.pop(old)
         self.changed(new)
-        also = f"; anchors of {', '.join(pointed)} follow" if pointed else ""
+        also = f"; {', '.join(pointed)} now point at the new names" if pointed else ""
         if moved:
             saved = self.save()
             app.notify(f"{old} is now {new}: {len(moved)} file(s) renamed{also}"

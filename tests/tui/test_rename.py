@@ -40,7 +40,8 @@ async def test_rename_with_its_files(story: Path) -> None:
     write_takes(story, "beam", [7, 8])
     story.write_text(story.read_text().replace(
         'anchor = "previous"       # default.',
-        'anchor = { video = "renders/story/segments/beam.mp4" }  # default.'))
+        'anchor = { video = "renders/story/segments/beam.mp4" }  # default.').replace(
+        '# drift_reference = "first"   #', 'drift_reference = "renders/story/previews/beam.png"   #'))
     original = story.read_text()
     app = create_app(story, connect_worker=False, image="none")
     async with app.run_test(size=SIZE) as pilot:
@@ -74,6 +75,10 @@ async def test_rename_with_its_files(story: Path) -> None:
         renders / "takes" / "glow" / "seed-7.mp4", renders / "takes" / "glow" / "seed-8.mp4"}
     assert json.loads((renders / "manifest.json").read_text()) == {"segments": {"glow": {"digest": "d"}}}
     assert changed_lines(original, story.read_text()) == [
+        '-drift_reference = "renders/story/previews/beam.png"   # "first" (the first segment\'s last frame) or an '
+        'image path',
+        '+drift_reference = "renders/story/previews/glow.png"   # "first" (the first segment\'s last frame) or an '
+        'image path',
         '-id = "beam"',
         '+id = "glow"',
         '-anchor = { video = "renders/story/segments/beam.mp4" }  # default. Or { image = "still.png" } or '
