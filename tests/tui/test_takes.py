@@ -286,3 +286,33 @@ async def test_reopened_mid_job_the_rows_come_back(story: Path) -> None:
         await pilot.press("enter")
         await pilot.pause()
         assert app.screen is not screen and app.doc is not None and app.doc.storyboard.segment("beam").enhance_lock
+
+
+def test_takes_job_snapshot(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """A takes job of beam mid-way: seed 7 rendered (its still beside it), 8 refining, 9 queued."""
+    from pipeline.wire import protocol as p
+    from sulphur_tui.messages import WorkerEvent
+
+    clips = write_takes(story, "beam", [7])
+    shutil.copy(DATA / "previews" / "beam.png", clips[7].with_suffix(".png"))
+    from .conftest import FIXED_NOW
+
+    app = create_app(story, connect_worker=False, clock=lambda: FIXED_NOW + 10)  # timers drawn at a fixed time
+    events = [p.JobQueued(storyboard=str(story), segments=["beam"], seeds=[7, 8, 9]),
+              p.JobStarted(storyboard=str(story), segments=["beam"], seeds=[7, 8, 9]),
+              p.TakeStarted(segment="beam", seed=7),
+              p.TakeFinished(segment="beam", seed=7, path=str(clips[7]), still=str(clips[7].with_suffix(".png"))),
+              p.TakeStarted(segment="beam", seed=8),
+              p.StageFinished(segment="beam", stage="draft", seconds=20.0),
+              p.StageStarted(segment="beam", stage="refine", total_steps=3),
+              p.StepProgress(segment="beam", stage="refine", step=2, total=3)]
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)  # the editor is up before the worker speaks, as when attaching
+        for i, ev in enumerate(events):
+            ev.job_id, ev.ts = "takes0003", FIXED_NOW + i
+            app.post_message(WorkerEvent(ev))
+        await pilot.press("down", "t")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
