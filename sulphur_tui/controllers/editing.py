@@ -35,6 +35,9 @@ class Editing:
 
     def __init__(self, app: SulphurApp) -> None:
         self.app = app
+        # Undo labels of renames that moved files ("rename beam to glow"): undoing or redoing
+        # one offers to move the files along.
+        self._moved_files: set[str] = set()
 
     def changed(self, select: str | None = None) -> None:
         self.app.post_message(DocumentChanged(select=select, reason="structure"))
@@ -125,6 +128,8 @@ class Editing:
         except ValueError as exc:  # checked in the dialog; the document may have changed since
             app.notify(str(exc), title="Not renamed", severity="error")
             return
+        if moved:
+            self._moved_files.add(f"rename {old} to {new}")
         if old in app.baseline:
             app.baseline[new] = app.baseline.pop(old)
         self.changed(new)
@@ -132,7 +137,7 @@ class Editing:
         if moved:
             saved = self.save()
             app.notify(f"{old} is now {new}: {len(moved)} file(s) renamed{also}"
-                       + ("; ctrl+z restores the id, not the file names (n renames them back)" if saved
+                       + ("; ctrl+z undoes (and offers to move them back)" if saved
                           else "; the storyboard is NOT saved yet (ctrl+s)"),
                        title="Shot renamed", severity="information" if saved else "warning", timeout=8)
         else:
@@ -247,19 +252,54 @@ class Editing:
         app = self.app
         if app.doc is None:
             return
-        if app.doc.undo() is None:
+        label = app.doc.undo()
+        if label is None:
             app.notify("Nothing to undo.", timeout=2)
         else:
             self.changed()
+            self._files_follow(label, undone=True)
 
     def redo(self) -> None:
         app = self.app
         if app.doc is None:
             return
-        if app.doc.redo() is None:
+        label = app.doc.redo()
+        if label is None:
             app.notify("Nothing to redo.", timeout=2)
         else:
             self.changed()
+            self._files_follow(label, undone=False)
+
+    def _files_follow(self, label: str, *, undone: bool) -> None:
+        """An undone (or redone) rename whose files were moved: offer to move them back (again)."""
+        app = self.app
+        doc = app.doc
+        if doc is None or label not in self._moved_files:
+            return
+        _, old, _, new = label.split(" ")  # ids hold no spaces
+        source, target = (new, old) if undone else (old, new)
+        moves = planned_moves(doc.storyboard.renders, source, target)
+        if not moves or app.live.running:
+            return
+        root = doc.path.parent
+        shown = [(str(m.source.relative_to(root)), str(m.target.relative_to(root))) for m in moves]
+
+        def answered(choice: str | None) -> None:
+            if choice != "files" or app.doc is None:
+                return
+            try:
+                rename_outputs(app.doc.storyboard.renders, source, target)
+            except OSError as exc:
+                app.notify(str(exc), title="Files not renamed", severity="error", timeout=10)
+                return
+            if source in app.baseline:
+                app.baseline[target] = app.baseline.pop(source)
+            if self.save():
+                app.notify(f"{len(moves)} file(s) of {target} renamed back" if undone else
+                           f"{len(moves)} file(s) of {target} renamed", title="Files renamed", timeout=5)
+
+        note = "ctrl+z restored the id." if undone else "ctrl+y renamed it again."
+        app.push_screen(ConfirmRenameFiles(source, target, shown, note), answered)
 
     def save(self) -> bool:
         app = self.app

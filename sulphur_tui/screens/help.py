@@ -34,7 +34,8 @@ render) · `◷ queued` · `▶ 42%` rendering · `✖ failed` · `○ new`.
 the worker, one row each (its stage, steps and progress, then its clip and last frame);
 `enter` on a rendered take makes it the shot's (its seed, its prompt locked; `ctrl+z`
 undoes). **Rename (`n`):** a new id for the shot; if it has rendered files (its MP4,
-preview, takes) you are asked whether to rename them too, and anchors pointing at them follow.
+preview, takes) you are asked whether to rename them too, and anchors pointing at them follow;
+`ctrl+z` offers to move them back.
 
 Saving merges your edits into the file: comments and key order stay. If another program
 changes the file you are asked before anything is overwritten. Renders run in a

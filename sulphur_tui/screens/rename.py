@@ -82,7 +82,7 @@ class ConfirmRenameFiles(ModalScreen[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"“{self.old}” has rendered files. Rename them to “{self.new}” too?", classes="question")
+            yield Label(f"The files are named “{self.old}”. Rename them to “{self.new}” too?", classes="question")
             yield Static("\n".join(f"{a}  →  {b}" for a, b in self.moves), id="rename-moves", classes="detail")
             yield Static("Kept, the old files are orphaned and the next render makes them again "
                          "(from the cache)." + (f"\n{self.note}" if self.note else ""), classes="detail")

@@ -67,6 +67,19 @@ async def test_rename_with_its_files(story: Path) -> None:
         assert app.doc is not None and not app.doc.dirty
         assert [s.id for s in app.doc.storyboard.segments] == ["dawn", "glow", "storm"]
         assert app.selected == "glow"
+        renamed = story.read_text()
+        await pilot.press("ctrl+z")  # the id back, and the offer to move the files back
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmRenameFiles)
+        assert "renders/story/segments/glow.mp4  →  renders/story/segments/beam.mp4" in str(
+            app.screen.query_one("#rename-moves", Static).render())
+        await pilot.press("r")
+        await pilot.pause()
+        assert (renders / "segments" / "beam.mp4").exists() and not (renders / "takes" / "glow").exists()
+        assert story.read_text() == original and not app.doc.dirty
+        await pilot.press("ctrl+y", "r")  # and forward again
+        await pilot.pause()
+        assert story.read_text() == renamed and (renders / "segments" / "glow.mp4").exists()
     assert not (renders / "segments" / "beam.mp4").exists() and (renders / "segments" / "glow.mp4").exists()
     assert (renders / "previews" / "glow.png").exists() and not (renders / "previews" / "beam.png").exists()
     takes = json.loads((renders / "takes" / "glow" / "takes.json").read_text())
