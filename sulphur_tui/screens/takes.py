@@ -258,7 +258,7 @@ class TakesScreen(ModalScreen[Take | None]):
             title += f" — {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
         if running and job is not None:
             done = sum(1 for t in job.takes.values() if t.state == "done")
-            title += f" · rendering {done}/{len(job.takes)}"
+            title += f" · rendering {done}/{len(job.takes)} (f8 cancels)"
         elif not seeds:
             title = f"No takes of “{self.segment_id}” yet."
         self.query_one("#takes-title", Label).update(title)
