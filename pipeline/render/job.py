@@ -15,6 +15,7 @@ from pipeline.models.registry import Preset, get_preset
 from pipeline.project.selection import select_segments
 from pipeline.project.storyboard import Project, Storyboard
 from pipeline.render.errors import RenderError
+from pipeline.render.lora_audio import refuse_unsupported
 from pipeline.stages.base import SegmentJob
 
 
@@ -49,6 +50,7 @@ class RenderJob:
         for seg in sb.segments:
             if seg.preset and seg.preset not in presets:
                 presets[seg.preset] = _resolve_preset(seg.preset, seg.id)
+        refuse_unsupported(sb, project, presets)
         return cls(sb, project, presets, selected)
 
     @property
