@@ -59,13 +59,14 @@ def key_params(sb: Storyboard, seg: Segment) -> list[list[Any]]:
     return [[u.digest, u.strength] for u in resolve(sb, seg)]
 
 
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime, inode): keys are asked for often."""
+    """sha256 of a file's bytes, remembered per (path, size, mtime, ctime, inode): keys are asked for
+    often. ctime too: a copy that keeps the mtime (``cp -p``, an edit then ``touch -r``) still moves it."""
     st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if memo not in _DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
