@@ -136,7 +136,7 @@ class DraftStage(Stage):
             np.save(out / "audio.npy", wave)
         pipe.maybe_free_model_hooks()
         return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v,
-                "audio_driven": track is not None}
+                **({"audio_driven": True} if track is not None else {})}
 
 
 @dataclass
