@@ -84,13 +84,12 @@ def check(preset: Preset, path: Path) -> None:
     every tensor of the LoRA adapts a module of this preset's model with matching shapes.
 
     Runs before any stage: the model is built on the meta device from its config, so nothing loads."""
-    from pipeline.models import ltx2
     from pipeline.models.published import WeightsMismatch
 
     shapes = _module_shapes(preset)
     if shapes is None:
         return  # built in memory (random weights): checked when loaded
-    parts = ltx2.lora_parts(path)
+    parts = read_parts(path)
     if not any(parts.values()):
         raise WeightsMismatch(path, ["lora_A/lora_B tensors"], [])
     wrong = []
@@ -102,6 +101,23 @@ def check(preset: Preset, path: Path) -> None:
                 wrong.append(key)
     if wrong:
         raise WeightsMismatch(path, [], wrong)
+
+
+class LoraUnreadable(ValueError):
+    """A file named as a LoRA that safetensors cannot read; ``str()`` is one line naming it."""
+
+
+def read_parts(path: Path) -> dict[str, dict[str, Any]]:
+    """:func:`pipeline.models.ltx2.lora_parts`, with a file that is no safetensors at all refused in one line."""
+    from safetensors import SafetensorError
+
+    from pipeline.models import ltx2
+
+    try:
+        return ltx2.lora_parts(path)
+    except (SafetensorError, OSError) as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise LoraUnreadable(f"{path}: not a safetensors LoRA ({first})") from None
 
 
 def _fits(kind: str, tensor: tuple[int, ...], weight: tuple[int, ...]) -> bool:
@@ -157,7 +173,7 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
         for n, lora in enumerate(loras):
             if lora.path is None:
                 raise FileNotFoundError(f"{lora.label}: LoRA file not found")
-            name, parts = adapter_name(n, lora), ltx2.lora_parts(lora.path)
+            name, parts = adapter_name(n, lora), read_parts(lora.path)
             loaded.append((name, lora.strength))  # before loading: a part that fails leaves none behind
             for part, module in modules.items():
                 ltx2.load_lora(module, lora.path, name, part=part, parts=parts)

@@ -53,7 +53,7 @@ def check_loras(jobs: Sequence[SegmentJob]) -> None:
                 continue
             try:
                 user_loras.check(job.preset, lora.path)
-            except WeightsMismatch as exc:
+            except (WeightsMismatch, user_loras.LoraUnreadable) as exc:
                 raise RenderError("bad_lora", f"segment {job.segment.id}: LoRA does not fit {job.preset.name}: "
                                   f"{exc}", segment=job.segment.id) from None
             checked.add((job.preset.name, lora.digest))

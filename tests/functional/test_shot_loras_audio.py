@@ -23,7 +23,7 @@ from pipeline.memory.planner import StagePlan
 from pipeline.models.registry import get_preset
 from pipeline.project.audio_track import AudioTrack
 from pipeline.project.loras import LoraRef
-from pipeline.project.storyboard import Anchor, Project, Segment, Storyboard
+from pipeline.project.storyboard import Project, Segment, Storyboard
 from pipeline.stages.base import SegmentJob, StageContext
 from pipeline.stages.draft import DraftStage
 from pipeline.stages.refine import RefineStage

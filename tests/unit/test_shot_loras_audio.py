@@ -183,3 +183,15 @@ def test_the_mel_filterbank_is_slaneys() -> None:
     area = (fb * (hz[1] - hz[0])).sum(axis=1)
     assert np.allclose(area, 1.0, atol=0.1)  # Slaney norm: each filter has unit area (in Hz)
 
+
+
+def test_a_file_that_is_no_safetensors_is_one_line_naming_it_before_any_stage(tmp_path: Path) -> None:
+    from pipeline.render.lora_audio import check_loras
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    job = _job(tmp_path, loras=(LoraRef("junk.safetensors", 1.0),))
+    with pytest.raises(RenderError) as exc:
+        check_loras([job])
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"segment a: LoRA does not fit tiny: {junk}: not a safetensors LoRA")
