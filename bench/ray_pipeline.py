@@ -94,7 +94,7 @@ def run(engine: str, folder: Path, address: str | None, timeout: float, *, name:
             open_[(e.segment, e.stage)] = e.ts
         elif isinstance(e, protocol.StageFinished) and e.segment:
             start = open_.pop((e.segment, e.stage), e.ts - e.seconds)
-            worker = e.worker or "local"
+            worker = e.actor or "local"
             busy[worker] = busy.get(worker, 0.0) + e.seconds
             intervals["draft" if e.stage in ("enhance", "draft") else "finish"].append((start, e.ts))
             # start/end on the job's clock, so the critical path (the chain of drafts) can be read off

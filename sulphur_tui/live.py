@@ -65,9 +65,9 @@ class SegmentLive:
 
 @dataclass
 class ActorLive:
-    """One engine worker (a Ray stage actor): what it runs now and how busy it has been."""
+    """One Ray stage actor: what it runs now and how busy it has been."""
 
-    worker: str            # as the events name it: "sulphur-<job>-draft-0@host GPU 0"
+    name: str              # as the events name it: "sulphur-<job>-draft-0@host GPU 0"
     segment: str = ""
     stage: str = ""
     state: str = "idle"    # running | idle
@@ -80,14 +80,14 @@ class ActorLive:
     @property
     def label(self) -> str:
         """``draft-0`` out of ``sulphur-<job>-draft-0``: the job is already on screen."""
-        name = self.worker.partition("@")[0]
+        name = self.name.partition("@")[0]
         parts = name.split("-")
         return "-".join(parts[2:]) if len(parts) > 3 and parts[0] == "sulphur" else name
 
     @property
     def where(self) -> str:
         """``host GPU 0`` (or ``host CPU``)."""
-        return self.worker.partition("@")[2]
+        return self.name.partition("@")[2]
 
 
 @dataclass(frozen=True)
@@ -309,16 +309,16 @@ class LiveState:
         self.news = line
 
     def _actor_started(self, ev: StageStarted) -> None:
-        if not ev.worker:
+        if not ev.actor:
             return
-        actor = self.actors.setdefault(ev.worker, ActorLive(ev.worker))
+        actor = self.actors.setdefault(ev.actor, ActorLive(ev.actor))
         actor.segment, actor.stage, actor.state = ev.segment, ev.stage, "running"
         actor.started, actor.step, actor.total = ev.ts, 0, ev.total_steps
-        self._running_on[(ev.segment, ev.stage)] = ev.worker
+        self._running_on[(ev.segment, ev.stage)] = ev.actor
 
     def _actor_finished(self, ev: StageFinished | StageCached) -> None:
-        worker = ev.worker or self._running_on.get((ev.segment, ev.stage), "")
-        actor = self.actors.get(worker)
+        name = ev.actor or self._running_on.get((ev.segment, ev.stage), "")
+        actor = self.actors.get(name)
         if actor is None:
             return
         self._running_on.pop((ev.segment, ev.stage), None)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.wire.framing import LineBuffer
 from pipeline.wire.protocol import Event, ProtocolError, StatusSnapshot, decode_event, encode
+from pipeline.worker.client import WorkerClient, journal_events
 
 RETRY_S = 2.0
 
@@ -73,11 +74,6 @@ def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable
 
     Runs in a thread. Never starts a worker: only a render request does that.
     """
-    try:
-        from pipeline.worker.client import WorkerClient
-    except ImportError as exc:  # the client module is not there (partial install)
-        status(False, f"render worker unavailable: {exc}")
-        return
     announced = ""  # the last status sent: only changes are reported
     replayed: set[bytes] = set()  # journal events already sent, across reconnections
     while not stop.is_set():
@@ -127,8 +123,6 @@ def _history(project_dir: Path, snapshot: StatusSnapshot, emit: Callable[..., No
     editor shows the job as it is rather than from the next event on. ``seen`` collects the
     replayed events' bytes: a reconnection replays only what is new, and the live stream's
     copies of them are dropped."""
-    from pipeline.worker.client import journal_events  # the follower's thread only
-
     for info in snapshot.jobs:
         if info.state not in ("queued", "running"):
             continue

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.render.usage import human, prune, report
+
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--project", type=Path, default=None, help="project folder (default: current folder)")
@@ -18,8 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Print sizes per storyboard (and what is unreferenced); ``--prune`` removes the latter."""
-    from pipeline.render.usage import human, prune, report
-
     project = Path(args.project or Path.cwd()).expanduser().resolve()
     if not project.is_dir():
         print(f"sulphur cache: {project}: not a folder", file=sys.stderr)

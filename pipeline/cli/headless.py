@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.output import ProgressPrinter, json_printer, run_job
+from pipeline.project.references import check_references
+from pipeline.project.storyboard import StoryboardError, load
+from pipeline.wire import protocol
+
+# Deferred imports: pipeline.render.runner — loads the render stack only when a render starts, so `sulphur --help`
+#   and errors stay instant
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
 
@@ -31,10 +37,6 @@ def preflight_storyboard(path: Path, json_events: bool, segments: list[str] | No
     Torch-free, so a bad file (or a FIFO, or an anchor typo in the last shot) is refused
     in a fraction of a second instead of after the renderer's imports.
     """
-    from pipeline.project.references import check_references
-    from pipeline.project.storyboard import StoryboardError, load
-    from pipeline.wire import protocol
-
     try:
         sb = load(path)
         ids = [s.id for s in sb.segments]

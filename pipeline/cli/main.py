@@ -11,6 +11,14 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.cli.cache_cmd import add_arguments as cache_arguments
+from pipeline.cli.extend import add_arguments as extend_arguments
+from pipeline.cli.models import add_arguments as models_arguments
+from pipeline.cli.takes import add_arguments as takes_arguments
+
+# Deferred imports: pipeline.cli.*, sulphur_tui.app — each command loads only its own module: `sulphur --help`
+#   starts in well under a second
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sulphur", description="Local AI video studio: storyboard → 1920×1080 MP4.")
@@ -35,11 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --engine ray: finish actors beside the draft actor (default: "
                         "$SULPHUR_RAY_FINISHERS, else one per other GPU, one beside it on a single GPU)")
 
-    from pipeline.cli.takes import add_arguments as takes_arguments  # torch- and Ray-free
 
     takes_arguments(sub.add_parser("takes", help="several seeds of one segment in parallel (Ray); --pick one"))
 
-    from pipeline.cli.models import add_arguments as models_arguments  # argparse only
 
     models_arguments(sub.add_parser("models", help="list model presets and where their files are; "
                                                    "pull PRESET downloads them"))
@@ -61,7 +67,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--project", type=Path, default=None)
     s.add_argument("--json", action="store_true")
 
-    from pipeline.cli.cache_cmd import add_arguments as cache_arguments  # flags only
 
     cache_arguments(sub.add_parser("cache", help="cache size per storyboard; --prune what none uses"))
 
@@ -71,7 +76,6 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--worst", type=int, default=5, metavar="N")
     f.add_argument("--seams", type=Path, default=None, metavar="DIR", help="renders/<story>/ folder: seam PSNR")
 
-    from pipeline.cli.extend import add_arguments as extend_arguments  # torch-free, flags only
 
     extend_arguments(sub.add_parser("extend", help="continue a video clip with an image-to-video model"))
     return p

@@ -7,6 +7,10 @@ import json
 import sys
 from typing import Any
 
+from pipeline.models.download import PullError, human, pattern_root, pull, where_found
+from pipeline.models.registry import all_presets, get_preset
+from pipeline.models.verify import verify
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print every preset's files as JSON (for scripts)")
@@ -28,9 +32,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def main_verify(args: argparse.Namespace) -> int:
-    from pipeline.models.registry import get_preset
-    from pipeline.models.verify import verify
-
     try:
         checks = verify(get_preset(args.preset))
     except (KeyError, ValueError) as exc:
@@ -42,9 +43,6 @@ def main_verify(args: argparse.Namespace) -> int:
 
 
 def main_pull(args: argparse.Namespace) -> int:
-    from pipeline.models.download import PullError, human, pull
-    from pipeline.models.registry import get_preset
-
     try:
         preset = storyboard_loras(args.preset) if args.preset.endswith(".toml") else get_preset(args.preset)
     except ValueError as exc:  # a storyboard that does not load: its one line
@@ -82,8 +80,6 @@ def storyboard_loras(path: str) -> Any:
 
 
 def _file_row(f: Any) -> dict[str, Any]:
-    from pipeline.models.download import pattern_root, where_found
-
     path = f.local_path()
     size = f.size
     if size is None and path is not None:  # what is on disk: a file, or a folder's files
@@ -101,9 +97,6 @@ def _file_row(f: Any) -> dict[str, Any]:
 
 
 def main_list(args: argparse.Namespace) -> int:
-    from pipeline.models.download import human
-    from pipeline.models.registry import all_presets
-
     presets = all_presets()
     if args.json:
         rows = [{"name": p.name, "family": p.family, "description": p.description,

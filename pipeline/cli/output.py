@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
+from pipeline.project.storyboard import StoryboardError
+from pipeline.render.errors import RenderError
+from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
 
@@ -68,8 +72,6 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def terminate_like_ctrl_c() -> None:
     """Install the SIGTERM handler of a CLI render (main thread only; a no-op elsewhere)."""
-    import signal
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
 
@@ -91,10 +93,6 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
     its one-line file:line:col message, a failed render exit 1, a cancel exit 130 —
     and with ``--json`` the error is also an ``error`` event on stdout.
     """
-    from pipeline.project.storyboard import StoryboardError
-    from pipeline.render.errors import RenderError
-    from pipeline.stages.base import Cancelled
-
     cancel = threading.Event()
     terminate_like_ctrl_c()
     try:

@@ -18,8 +18,8 @@ def main(args: argparse.Namespace) -> int:
     printer = ProgressPrinter()
 
     def human(event: Event) -> None:
-        if isinstance(event, protocol.StageStarted) and event.worker:
-            print(f"{event.segment or 'film':>12} {event.stage:<8} started on {event.worker}", file=printer.stream)
+        if isinstance(event, protocol.StageStarted) and event.actor:
+            print(f"{event.segment or 'film':>12} {event.stage:<8} started on {event.actor}", file=printer.stream)
         else:
             printer(event)
 

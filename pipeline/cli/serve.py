@@ -17,16 +17,21 @@ textual-serve is the ``serve`` extra (``pip install 'sulphur[serve]'``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import hmac
 import ipaddress
 import os
 import secrets
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+# Deferred imports: aiohttp, aiohttp_jinja2, textual_serve — the optional `serve` extra; its absence is reported
+#   in one line
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -81,8 +86,6 @@ def origin_allowed(origin: str | None, host_header: str | None, names: set[str],
 
 
 def _family(host: str) -> int:
-    import socket
-
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host.strip("[]")).version == 6 else socket.AF_INET
     except ValueError:
@@ -111,9 +114,6 @@ def make_server(command: str, host: str, port: int, title: str, token: str) -> A
 
         def serve(self, debug: bool = False) -> None:
             """Bind first (a busy port fails before anything is printed), then serve until ctrl+c."""
-            import asyncio
-            import socket
-
             sock = socket.create_server((host.strip("[]"), port), family=_family(host))
             web.run_app(self._make_app(), sock=sock, handle_signals=True, print=lambda *a: None,
                         loop=asyncio.new_event_loop())

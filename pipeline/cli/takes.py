@@ -13,6 +13,8 @@ from pipeline.cli.output import ProgressPrinter, json_printer, run_job
 from pipeline.project.storyboard import StoryboardError
 from pipeline.render.takes import pick_take, seeds_for
 
+# Deferred imports: pipeline.render.engines.ray_engine — ray is optional and loads only for `--engine ray`
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("storyboard", type=Path)

@@ -8,10 +8,14 @@ the memory to the allocators, so what is held can be reasoned about in one place
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
+
+# Deferred imports: torch — the worker holds this registry before (and without) loading torch
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +75,6 @@ def _trim_heap() -> None:
     evicted transformer can stay in the worker's RSS while the next load adds its own
     (the 19B segment bench peaked at 49 GiB of host RSS for plans of 13-23 GiB).
     """
-    import ctypes
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     try:

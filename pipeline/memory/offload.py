@@ -24,6 +24,7 @@ small card with a small host:
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,8 +34,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
 
 from pipeline.memory.plan import StagePlan
+
+# Deferred imports: diffusers, accelerate, pipeline.memory.kernels.gguf_dequant — hooks and the Triton kernel load
+#   only for the plans that use them
 
 _TAG = "_sulphur_plan"
 STREAMER_HOOK = "sulphur_block_streamer"
@@ -567,8 +572,6 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -585,7 +588,6 @@ def _dequantizable(mod: torch.nn.Module) -> bool:
     type diffusers can dequantize (the Triton kernels cover a subset), whole rows of blocks."""
     if type(mod).__name__ != "GGUFLinear":
         return False
-    from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
 
     w = mod._parameters.get("weight")
     qtype = getattr(w, "quant_type", None)

@@ -67,6 +67,9 @@ if TYPE_CHECKING:
     from pipeline.models.registry import Preset
     from pipeline.project.storyboard import Project
 
+# Deferred imports: torch, psutil, pynvml — plans are made from sizes without them; the probes load them to
+#   measure a real machine
+
 OFFLOAD_MODES = ("resident", "model", "group_block", "group_leaf", "sequential")
 
 #: Bytes per parameter of each stored weight format (GGUF: block size incl. scales).

@@ -16,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.models.registry import sulphur_home
+
+# Deferred imports: filelock — only building a tiny twin takes the lock
+
 DONE_MARKER = ".complete"
 
 
@@ -30,7 +34,6 @@ def build_once(root: Path, build: Callable[[Path], None], marker: dict[str, Any]
     """Run ``build(tmp)`` unless ``root`` was already built from ``marker``; returns ``root``."""
     from filelock import FileLock
 
-    from pipeline.models.registry import sulphur_home
 
     # Presets name tiny files as "${SULPHUR_HOME}/…" (expanded when looked up), so the
     # default home must be visible to expandvars too.

@@ -18,6 +18,9 @@ from typing import Any
 from pipeline.models import family
 from pipeline.models.registry import ModelFile, Preset, register, sulphur_home
 
+# Deferred imports: torch, diffusers — the preset is read by the CLI and storyboard checks without them; they load
+#   with the model
+
 BUILDER_VERSION = 1
 FOLDER = f"tiny-cogvideox-v{BUILDER_VERSION}"
 TINY_SIZE = (64, 32)      # draft (width, height); the learned positional embeddings are made for it

@@ -34,8 +34,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from pipeline.models.home import sulphur_home
+
 if TYPE_CHECKING:
     from pipeline.models.registry import ModelFile, Preset
+
+# Deferred imports: httpx2, huggingface_hub — only a pull or a dry run talks to the Hub
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PART_SUFFIX = ".sulphur-part"
@@ -100,8 +104,6 @@ def repo_cache_folder(repo: str) -> Path:
 
 def url_download_path(spec: ModelFile) -> Path:
     """Files published outside the Hub live in Sulphur's cache, named as their URL names them."""
-    from pipeline.models.home import sulphur_home
-
     name = Path(urlparse(spec.url).path).name or "download"
     return sulphur_home() / "downloads" / name
 
@@ -135,7 +137,6 @@ def pattern_root(pattern: str) -> str:
 def _manifest_path(spec: ModelFile, commit: str) -> Path:
     # Which files a pattern matched when it was pulled: a folder that holds some of them
     # (an interrupted pull) must not count as present.
-    from pipeline.models.home import sulphur_home
 
     key = hashlib.sha256(f"{spec.repo}\0{spec.filename}".encode()).hexdigest()[:16]
     return sulphur_home() / "pulled" / spec.repo.replace("/", "--") / commit / f"{key}.json"
@@ -366,7 +367,6 @@ def resumable_get(url: str, dest: Path, *, size: int | None, sha256: str, header
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Two pulls of the same file would append to one part: the second waits, then finds dest.
-    from pipeline.models.home import sulphur_home
 
     lock = sulphur_home() / "locks" / (hashlib.sha256(str(dest).encode()).hexdigest()[:24] + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)

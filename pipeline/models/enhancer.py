@@ -19,7 +19,9 @@ before it can reach a storyboard.
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import logging
 import os
 import re
@@ -33,6 +35,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     import llama_cpp
+
+# Deferred imports: gguf, llama_cpp, PIL, jinja2 — the prompt constants are read by cache keys without loading
+#   llama.cpp
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +250,6 @@ def _prose_grammar() -> llama_cpp.LlamaGrammar:
 
 def _image_data_uri(image: np.ndarray) -> str:
     """The anchor frame as a PNG data URI, long side :data:`IMAGE_LONG_SIDE` (Lightricks' prep)."""
-    import base64
-    import io
-
     from PIL import Image
 
     frame = Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import torch
     from spandrel import ImageModelDescriptor
 
+# Deferred imports: torch, spandrel, safetensors — the upscaler's file checks run without them; they load with the
+#   model
+
 #: Bump when :func:`build_tiny_x2plus` writes a different file (part of the upscale cache key).
 TINY_X2PLUS_VERSION = 1
 

@@ -29,12 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.models.build_once import build_once as build_folder
+from pipeline.models.gguf_writer import write_state_dict_gguf
 from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, sulphur_home
 
 if TYPE_CHECKING:
     import torch
 
     from pipeline.memory.recipes import Recipe
+
+# Deferred imports: torch, diffusers, transformers, tokenizers, pipeline.models.enhancer, pipeline.models.esrgan —
+#   the presets are read without them; they load with a model or a tiny build
 
 
 #: Words of the offline tiny tokenizers (anything else maps to <unk>).
@@ -57,7 +62,6 @@ def tiny_root(folder_name: str) -> Path:
 
 def build_once(root: Path, build: Callable[[Path], None], digest: str) -> Path:
     """Build a tiny twin's folder once (see :mod:`pipeline.models.build_once`)."""
-    from pipeline.models.build_once import build_once as build_folder
     from pipeline.models.enhancer import TINY_LLM_VERSION  # the shared tiny enhancer is in the folder too
 
     return build_folder(root, build, {"digest": digest, "llm": TINY_LLM_VERSION})
@@ -121,8 +125,6 @@ def save_t5(root: Path, kind: str, d_model: int, seed: int) -> None:
 
 def write_gguf(state_dict: dict[str, Any], path: Path, arch: str) -> Path:
     """A state dict as GGUF: Q8_0 for 2-D weights whose rows split into 32-blocks, F32 elsewhere."""
-    from pipeline.models.gguf_writer import write_state_dict_gguf
-
     return write_state_dict_gguf(state_dict, path, arch)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Deferred imports: gguf, numpy — only writing a tiny twin needs them
+
 
 def write_state_dict_gguf(state_dict: dict[str, Any], path: Path, arch: str) -> Path:
     """Q8_0 for 2-D ``.weight`` tensors whose rows split into 32-blocks, F32 for the rest."""

@@ -16,13 +16,15 @@ between segments. Each carries the offload mode it was placed with; a different 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models import ltx2_random, sigmas, tiny_ltx2
-from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, register
+from pipeline.models import ltx2_random, published, sigmas, tiny_ltx2
+from pipeline.models.published import WeightsMismatch
+from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, register, sulphur_home
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 
     from pipeline.memory.loaded import LoadedModels
     from pipeline.memory.plan import StagePlan
+
+# Deferred imports: torch, diffusers, transformers, safetensors, numpy, PIL, pipeline.memory.offload — the presets
+#   are read by the CLI, the registry and cache keys without them; they load with the model
 
 FAMILY = "ltx2"
 _OFFLOAD_TAG = "_sulphur_offload"
@@ -319,8 +324,6 @@ def evict_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> Non
 def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
     """The transformer from its published single file (GGUF or safetensors, Lightricks' names) or a
     diffusers folder, every tensor accounted for, with the distilled LoRA loaded (not yet weighted)."""
-    from pipeline.models import published
-
     dtype = torch_dtype(plan)
     if preset.extra.get("random_weights"):
         return ltx2_random.transformer(dtype).eval()
@@ -346,7 +349,6 @@ def lora_parts(path: Path) -> dict[str, dict[str, Any]]:
     from diffusers import LTX2Pipeline
     from safetensors import safe_open
 
-    from pipeline.models.published import WeightsMismatch
 
     with safe_open(str(path), framework="pt") as f:
         raw = list(f.keys())
@@ -370,8 +372,6 @@ def load_lora(module: Any, path: Path, adapter: str, *, part: str = "transformer
     """One part of Lightricks' LoRA (``transformer`` or ``connectors``) straight into its module, so the
     adapter survives pipeline re-assembly; a key naming no module there is an error, where diffusers warns.
     ``parts``: the file's :func:`lora_parts`, when the caller already has them (one read per file)."""
-    from pipeline.models.published import WeightsMismatch
-
     sd = (parts if parts is not None else lora_parts(path))[part]
     if not sd:
         return
@@ -399,7 +399,6 @@ def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any
     keep_fp32 = name in ("audio_vae", "vocoder")
     if preset.extra.get("random_weights"):
         return ltx2_random.component(name, torch.float32 if keep_fp32 else dtype)
-    from pipeline.models import published
 
     root = require(preset, "diffusers")
     if name == "vae":
@@ -544,10 +543,6 @@ def _disk_copy_dir(preset: Preset) -> Path:
     changed file) must never read this one's copy; older copies (24 GB each for Gemma 3
     12B) are deleted, so the disk holds one.
     """
-    import shutil
-
-    from pipeline.models.registry import sulphur_home
-
     identity = (model_identity(preset) if preset.builder is not None
                 else preset.files_identity(["diffusers"]))
     root = sulphur_home() / "offload" / "text_encoder"

@@ -17,8 +17,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.models import tiny_ltx2
+from pipeline.models.build_once import build_once
+from pipeline.models.registry import sulphur_home
+
 if TYPE_CHECKING:
     import torch
+
+# Deferred imports: diffusers, transformers, pipeline.models, pipeline.models.esrgan — only a random-weight build
+#   needs them
 
 #: Bump when a config below changes (the model identity in cache keys follows it).
 VERSION = 1
@@ -66,10 +73,7 @@ def identity() -> str:
 
 def build_files(root: Path | None = None) -> Path:
     """The few files this preset reads: the tiny stack (tokenizer, scheduler) and a full-size x2plus."""
-    from pipeline.models import tiny_ltx2
-    from pipeline.models.build_once import build_once
     from pipeline.models.esrgan import build_tiny_x2plus
-    from pipeline.models.registry import sulphur_home
 
     tiny_ltx2.build_tiny()
 

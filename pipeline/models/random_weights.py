@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+# Deferred imports: accelerate, diffusers — only a random-weight build needs them
+
 #: GGML type id and bytes per 32-weight block of the quant types random blocks can fill.
 GGUF_BLOCKS: dict[str, tuple[int, int]] = {"Q8_0": (8, 34), "Q4_0": (2, 18)}
 _BANK_SIZE = 1 << 24

@@ -8,6 +8,7 @@ themselves in ``PRESETS`` from their own module (``pipeline/models/<family>.py``
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -169,7 +170,6 @@ def _load_families() -> None:
     # Importing a family module registers its presets; kept lazy so `sulphur --help`
     # and the TUI never pay for it.
     # LTX-2 first, so the default presets list first.
-    import importlib
 
     for family in ("ltx2", "wan", "ltxv", "svd", "cogvideox"):
         importlib.import_module(f"pipeline.models.{family}")

@@ -22,6 +22,8 @@ from pipeline.models.registry import ModelFile, Preset, register, sulphur_home
 if TYPE_CHECKING:
     import torch
 
+# Deferred imports: torch, diffusers, transformers — the presets are read without them; they load with the model
+
 BUILDER_VERSION = 1
 FOLDER = f"tiny-svd-v{BUILDER_VERSION}"
 

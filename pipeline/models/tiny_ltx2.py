@@ -19,7 +19,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.models.build_once import DONE_MARKER  # noqa: F401 - where the build marker lives
+from pipeline.models.build_once import (
+    DONE_MARKER,  # noqa: F401 - where the build marker lives
+    build_once,
+)
+from pipeline.models.gguf_writer import write_state_dict_gguf
+from pipeline.models.ltx_keys import to_lightricks
+from pipeline.models.registry import sulphur_home
+
+# Deferred imports: torch, diffusers, transformers, tokenizers, safetensors, pipeline.models.enhancer,
+#   pipeline.models.esrgan — only building the tiny twin needs them
 
 #: Bump whenever a config or the file layout below changes: the folder name and the
 #: model identity (cache keys) follow it, so stale builds are never reused.
@@ -175,8 +184,6 @@ def config_digest() -> str:
 
 
 def default_root() -> Path:
-    from pipeline.models.registry import sulphur_home
-
     return sulphur_home() / FOLDER_NAME
 
 
@@ -185,8 +192,6 @@ def build_tiny(root: Path | None = None) -> Path:
 
     Idempotent and safe against concurrent callers (see :mod:`pipeline.models.build_once`).
     """
-    from pipeline.models.build_once import build_once
-
     def build(tmp: Path) -> None:
         build_ltx2_parts(tmp)
         _build_other_families(tmp)
@@ -303,8 +308,6 @@ def _write_upsampler_index(d: Path) -> None:
 
 def lightricks_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A diffusers transformer state dict under Lightricks' published names (``model.diffusion_model.…``)."""
-    from pipeline.models.ltx_keys import to_lightricks
-
     return {to_lightricks(k): v.detach().contiguous() for k, v in state_dict.items()}
 
 
@@ -317,8 +320,6 @@ def _save_safetensors(state_dict: dict[str, Any], path: Path) -> None:
 
 def write_transformer_gguf(state_dict: dict[str, Any], path: Path) -> Path:
     """Write a transformer state dict as GGUF: Q8_0 for 2-D weights whose rows split into 32-blocks, else F32."""
-    from pipeline.models.gguf_writer import write_state_dict_gguf
-
     return write_state_dict_gguf(state_dict, path, "ltxv")
 
 

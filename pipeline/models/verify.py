@@ -11,7 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.memory.planner import StagePlan
+from pipeline.models import ltx2
 from pipeline.models.registry import Preset
+
+# Deferred imports: pipeline.models, pipeline.models.esrgan — each file kind loads its own loader (and torch) only
+#   when a file of that kind is verified
 
 #: Component → the file role it is loaded from (LTX-2 family).
 _LTX_PARTS = (("transformer", "transformer_gguf"), ("lora", "lora"), ("vae", "diffusers"),
@@ -35,9 +40,6 @@ class Check:
 
 def verify(preset: Preset) -> list[Check]:
     """Load each component once (on the CPU, float32) and report per file."""
-    from pipeline.memory.planner import StagePlan
-    from pipeline.models import ltx2
-
     if preset.family != ltx2.FAMILY or preset.extra.get("random_weights"):
         raise ValueError(f"{preset.name}: verify covers LTX-2 presets with files")
     plan = StagePlan(name="cpu")
@@ -64,8 +66,6 @@ def _try(component: str, where: str, fn: Callable[[], Any]) -> Check:
 
 
 def _load(preset: Preset, component: str, plan: Any) -> None:
-    from pipeline.models import ltx2
-
     if component == "transformer":
         from pipeline.models import published
 

@@ -16,6 +16,7 @@ checkpoint conversion runs exactly as for the QuantStack files.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ from pipeline.models.registry import ModelFile, Preset, register, sulphur_home
 
 if TYPE_CHECKING:
     import torch
+
+# Deferred imports: torch, diffusers — the presets are read without them; they load with the model
 
 BUILDER_VERSION = 1
 TI2V_FOLDER = f"tiny-wan-ti2v-v{BUILDER_VERSION}"
@@ -254,8 +257,6 @@ class Wan(family.Family):
 
     def encode(self, pipe: Any, prompt: str, negative: str, cfg: bool, max_len: int,
                dtype: torch.dtype) -> dict[str, Any]:
-        import importlib.util
-
         # diffusers' Wan pipelines clean prompts with ftfy and fail with a NameError without it.
         if importlib.util.find_spec("ftfy") is None:
             raise RuntimeError("Wan prompts need the ftfy package (pip install ftfy)")

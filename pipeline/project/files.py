@@ -12,6 +12,7 @@ Torch-free; the worker, the CLI and the storyboard loader share it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import time
@@ -92,8 +93,6 @@ def real_target(path: str | os.PathLike[str]) -> Path:
 @contextmanager
 def storyboard_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold the storyboard's advisory write lock (best effort: no lock where none can be made)."""
-    import fcntl
-
     target = real_target(path)
     try:
         # The folder itself is the lock (flock works on a directory descriptor): no lock
@@ -123,8 +122,6 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     A rename needs only the folder's write bit, so a 0444 storyboard would be silently
     replaced; a user who set 0444 meant "do not change this".
     """
-    import stat
-
     target = real_target(path)
     try:
         mode = target.stat().st_mode

@@ -19,6 +19,8 @@ from pipeline.project.audio_track import audio_problem
 from pipeline.project.files import NotAFile, check_regular, describe_os_error
 from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, _Locator
 
+# Deferred imports: PIL — only checking an image reference needs it
+
 #: Pixels an anchor or reference image may have (8K × 8K); a bigger one is a bomb or a mistake.
 MAX_IMAGE_PIXELS = 8192 * 8192
 

@@ -37,6 +37,8 @@ from pipeline.project.files import (
 from pipeline.project.layout import RenderFolder
 from pipeline.project.loras import LoraRef, loras_to_toml, parse_loras
 
+# Deferred imports: tomlkit — only writing a storyboard needs the comment-preserving parser
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DRIFT_GUARDS = ("off", "anchor", "anchor+output")

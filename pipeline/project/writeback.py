@@ -23,7 +23,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.project.files import check_writable, real_target, storyboard_lock
+from pipeline.project.files import check_writable, read_regular, real_target, storyboard_lock
+from pipeline.project.storyboard import MAX_STORYBOARD_BYTES, StoryboardError, atomic_write, parse
+
+# Deferred imports: tomlkit — only a write-back needs the comment-preserving parser
 
 #: What :func:`set_enhanced_prompt` returns for a segment whose user pinned its enhanced prompt.
 PINNED = "enhance_lock = true: the user's enhanced prompt is kept"
@@ -38,8 +41,6 @@ def set_segment_fields(path: str | os.PathLike[str], segment_id: str, *, respect
     import tomlkit
     from tomlkit.items import AoT
 
-    from pipeline.project.files import read_regular
-    from pipeline.project.storyboard import MAX_STORYBOARD_BYTES, StoryboardError, atomic_write, parse
 
     target = real_target(path)
     try:

@@ -55,8 +55,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.wire.protocol import DriftReport
+
 if TYPE_CHECKING:
     from pipeline.wire.protocol import DriftReport
+
+# Deferred imports: torch — the colour statistics run on numpy; torch only for frames already on the GPU
 
 METHODS = ("meanstd", "histogram")
 DEFAULT_METHOD = "meanstd"
@@ -174,8 +178,6 @@ def drift_event(segment: str, first: np.ndarray, last: np.ndarray, reference: di
     last frame's drift against ``reference`` (``frame_stats`` of the film's reference).
     Non-finite values (a ratio against a flat reference) go on the wire as 999.0, since
     the protocol's floats cannot carry inf."""
-    from pipeline.wire.protocol import DriftReport
-
     def wire(d: dict[str, float]) -> dict[str, float]:
         return {k: (v if math.isfinite(v) else 999.0) for k, v in d.items()}
 

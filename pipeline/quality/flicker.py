@@ -40,9 +40,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.project.layout import RenderFolder
+from pipeline.project.storyboard import StoryboardError, load
+from pipeline.quality import drift as drift_mod
+from pipeline.wire.protocol import FlickerReport
 
 if TYPE_CHECKING:
     from pipeline.wire.protocol import FlickerReport
+
+# Deferred imports: av — only reading a video file needs PyAV
 
 # Luma coefficients (Kr, Kg, Kb) of R'G'B' → Y'.
 MATRICES: dict[str, tuple[float, float, float]] = {
@@ -98,8 +103,6 @@ class FlickerStats:
                  seam_psnr: float | None = None) -> FlickerReport:
         """The ``FlickerReport`` the worker emits. ``inf`` becomes ``WIRE_INF_DB`` (999 dB)
         because the protocol's float fields cannot carry inf through JSON."""
-        from pipeline.wire.protocol import FlickerReport
-
         def wire(v: float) -> float:
             return WIRE_INF_DB if math.isinf(v) else float(v)
 
@@ -362,7 +365,6 @@ def _storyboard_of(render_dir: Path) -> Any:
     toml_path = RenderFolder(render_dir).storyboard_path
     if not toml_path.is_file():
         return None
-    from pipeline.project.storyboard import StoryboardError, load
 
     try:
         return load(toml_path)
@@ -431,8 +433,6 @@ def _reference_image(render_dir: Path) -> tuple[np.ndarray | None, str]:
 def analyze_seams(render_dir: str | os.PathLike[str], worst: int = 5) -> dict[str, Any]:
     """Per-segment flicker, seam PSNR at every boundary, and colour drift of each segment's
     first/last frame against the film's reference (the first segment's last frame)."""
-    from pipeline.quality import drift as drift_mod
-
     render_dir = Path(render_dir)
     files, order = segment_order(render_dir)
     manifest = _manifest_entries(render_dir)

@@ -21,7 +21,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.models.registry import get_preset
 from pipeline.project import layout
+from pipeline.project.files import check_regular, describe_os_error
+from pipeline.project.storyboard import load
+from pipeline.render.cache import StageCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
     from pipeline.models.registry import Preset
     from pipeline.project.storyboard import Storyboard
     from pipeline.wire.protocol import Event
+
+# Deferred imports: av, numpy, tomlkit, pipeline.render.runner, pipeline.stages.encode — `sulphur extend` checks
+#   its arguments before loading them
 
 DEFAULT_PRESET = "ltxv-0.9"   # the brief's pick for quick, directed extensions
 SEGMENT_ID = "continuation"
@@ -48,7 +55,6 @@ def probe(path: Path) -> ClipInfo:
     """fps, size and the decoded frame count of a video (containers' frame counts are not trusted)."""
     import av
 
-    from pipeline.project.files import check_regular, describe_os_error
 
     try:
         if check_regular(path).st_size == 0:  # a FIFO or device would hang av.open: refused unopened
@@ -125,8 +131,6 @@ def extend(clip: Path, prompt: str, *, preset: str = DEFAULT_PRESET, frames: int
            out: Path | None = None, seed: int = 0, steps: int | None = None, enhance: bool = False,
            emit: Callable[[Event], None] = lambda e: None, cancel: threading.Event | None = None) -> Path:
     """Extend ``clip`` by about ``frames`` generated frames; returns the written video."""
-    from pipeline.models.registry import get_preset
-    from pipeline.project.storyboard import load
     from pipeline.render.runner import render
 
     clip = Path(clip)
@@ -150,7 +154,6 @@ def extend(clip: Path, prompt: str, *, preset: str = DEFAULT_PRESET, frames: int
 def _rendered_frames(sb: Storyboard) -> np.ndarray:
     import numpy as np
 
-    from pipeline.render.cache import StageCache
 
     manifest = json.loads(sb.renders.film_manifest.read_text())
     entry = next(s for s in manifest["segments"] if s["id"] == SEGMENT_ID)

@@ -18,6 +18,7 @@ every temporary had a fixed name. Here:
 from __future__ import annotations
 
 import errno
+import fcntl
 import filecmp
 import os
 import secrets
@@ -116,8 +117,6 @@ class OutputLock:
         self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.memory import planner as memory
 from pipeline.memory.loaded import LoadedModels
+from pipeline.memory.plan import set_context_cost
 from pipeline.models.registry import PRESETS, Preset
 from pipeline.project import layout
 from pipeline.project.references import check_references
@@ -42,9 +43,18 @@ from pipeline.render.film import CachedSegment, assemble_film
 from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
+from pipeline.render.usage import human, prune, record
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
+from pipeline.stages.encode import EncodeStage
+from pipeline.stages.enhance import EnhanceStage
+from pipeline.stages.grade import GradeStage
+from pipeline.stages.upscale import UpscaleStage
+from pipeline.telemetry.gpu import context_bytes, process_gpu_bytes
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
+
+# Deferred imports: pipeline.stages.*, huggingface_hub, transformers — a family's stages load only for that
+#   family; a fully cached render loads no model library
 
 Emit = Callable[[Event], None]
 
@@ -83,10 +93,6 @@ def _injected_oom(stage: str) -> BaseException:
 
 def _stages(preset: Preset) -> dict[str, Stage]:
     # The stage modules import torch and diffusers: loaded when a render builds its stages.
-    from pipeline.stages.encode import EncodeStage
-    from pipeline.stages.enhance import EnhanceStage
-    from pipeline.stages.grade import GradeStage
-    from pipeline.stages.upscale import UpscaleStage
 
     if preset.family == "ltx2":
         from pipeline.stages.draft import DraftStage
@@ -485,8 +491,6 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
 def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit) -> None:
     """Record what this render used (`sulphur cache`), then hold the cache to
     ``[project] cache_limit_gb`` by pruning entries no storyboard uses. Never fails a render."""
-    from pipeline.render.usage import human, prune, record
-
     try:
         record(sb.path, used, complete=complete)
         if complete and sb.project.cache_limit_gb is not None:
@@ -587,8 +591,6 @@ def measure_context_cost() -> int | None:
     job's start (it only grows); the planner and the allocator cap then keep the whole process
     within ``vram_budget_gb``. None without NVML (the estimate stays)."""
     from pipeline.memory.offload import warm_cuda_libraries  # torch: CUDA only
-    from pipeline.memory.plan import set_context_cost
-    from pipeline.telemetry.gpu import context_bytes, process_gpu_bytes
 
     reserved = warm_cuda_libraries()
     used = process_gpu_bytes()

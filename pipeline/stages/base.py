@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline.wire.protocol import Event
+from pipeline.wire.protocol import Event, LatentPreview, StepProgress
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,8 +93,6 @@ class StageContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def progress(self, stage: str, step: int, total: int) -> None:
-        from pipeline.wire.protocol import StepProgress
-
         self.emit(StepProgress(job_id=self.job_id, segment=self.segment_id, stage=stage, step=step, total=total))
         if self.cancel.is_set():
             raise Cancelled(stage)
@@ -102,8 +100,6 @@ class StageContext:
     def latent_preview(self, previewer: Any, stage: str, step: int, latents: Any) -> None:
         """Send a small picture of ``latents`` (see pipeline/stages/latent_preview.py), if it
         can be made; called from a sampler's ``callback_on_step_end``."""
-        from pipeline.wire.protocol import LatentPreview
-
         picture = previewer.picture(latents)
         if picture is not None:
             w, h, rgb = picture

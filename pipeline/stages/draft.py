@@ -16,12 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.models import ltx2
+from pipeline.models.ltx2 import model_identity
 from pipeline.models.sigmas import draft_sigmas
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
+from pipeline.stages.prompt_embeds import prompt_embeds
 
 if TYPE_CHECKING:
     from pipeline.stages.base import Artifact
+
+# Deferred imports: torch, diffusers, safetensors — the runner reads every stage's cache key without them; they
+#   load only when the stage runs
 
 #: Adapter name of the distilled LoRA inside the held transformer.
 LORA_ADAPTER = "distilled"
@@ -49,8 +55,6 @@ class DraftStage(Stage):
     inputs = ()
 
     def params(self, job: SegmentJob) -> dict[str, Any]:
-        from pipeline.models.ltx2 import model_identity
-
         w, h = job.draft_size
         return {
             "prompt": job.prompt,
@@ -75,8 +79,6 @@ class DraftStage(Stage):
         import torch
         from safetensors.torch import save_file
 
-        from pipeline.models import ltx2
-        from pipeline.stages.prompt_embeds import prompt_embeds
 
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size

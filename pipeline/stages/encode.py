@@ -13,6 +13,12 @@ missing encode) make the film a full re-encode from the frames, as before.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import ExitStack
@@ -24,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+
+# Deferred imports: av — the runner reads the stage's cache key without PyAV; it loads when the stage runs
 
 CRF = 18               # visually lossless for generated footage; a 1080p segment stays small
 PRESET = "medium"
@@ -318,8 +326,6 @@ def join_film(path: Path, parts: list[FilmPart], *, fps: int, size: tuple[int, i
     """``final.mp4`` from its segments: :func:`remux_film` when every part has an encoded MP4
     and they can be joined, else :func:`encode_film` from the frames. Returns the number of
     frames and, for a re-encode, why the segments could not be copied (None after a copy)."""
-    import errno
-
     import av
 
     try:
@@ -375,12 +381,6 @@ def encode_in_fresh_process(path: Path, frames: Path, audio: Path | None, sample
     segment to the same bytes, because the film copies them. ``on_frame`` may raise (a
     cancel): the child is killed.
     """
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
     root = Path(__file__).resolve().parents[2]  # the folder holding the ``pipeline`` package
     spec = json.dumps({"path": str(path), "frames": str(frames), "audio": str(audio) if audio else None,
                        "sample_rate": sample_rate, "fps": fps, "size": list(size), "keyframes": list(keyframes),
@@ -411,8 +411,6 @@ def encode_in_fresh_process(path: Path, frames: Path, audio: Path | None, sample
 
 def _child(spec: str) -> int:
     """``python -m pipeline.stages.encode SPEC``: prints each encoded frame's number."""
-    import json
-
     args = json.loads(spec)
     frames = np.load(args["frames"], mmap_mode="r")
     part = FilmPart(frames=frames[:args.get("limit") or len(frames)], audio=None, sample_rate=args["sample_rate"])

@@ -17,11 +17,15 @@ import importlib.metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.memory.planner import detect_device
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.wire.protocol import Log
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
     from pipeline.stages.base import Artifact
+
+# Deferred imports: pipeline.models.enhancer — its numpy and llama.cpp load only when a prompt is enhanced
 
 #: Key under which the loaded LLM lives in ``ctx.models``.
 MODEL_KEY = "enhancer"
@@ -97,7 +101,6 @@ class EnhanceStage(Stage):
         return 1
 
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
-        from pipeline.memory.planner import detect_device
         from pipeline.models.enhancer import CHARS_PER_TOKEN, enhance
 
         ctx.progress(self.name, 0, 1)
@@ -145,8 +148,6 @@ class EnhanceStage(Stage):
 
     @staticmethod
     def _warn(ctx: StageContext, message: str) -> None:
-        from pipeline.wire.protocol import Log
-
         ctx.emit(Log(job_id=ctx.job_id, level="warning", message=message))
 
 

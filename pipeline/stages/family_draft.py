@@ -19,17 +19,23 @@ memory recipe (``pipeline/memory/recipes.py``); this stage runs them the same wa
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.memory import recipes
+from pipeline.models.family import apply_recipe, identity, torch_dtype
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 
 if TYPE_CHECKING:
     from pipeline.models.family import Family
     from pipeline.models.registry import Preset
     from pipeline.stages.base import Artifact
+
+# Deferred imports: torch, diffusers, PIL — the runner reads the stage's cache key without them; they load when it
+#   runs
 
 #: family name → module that defines ``FAMILY`` (and registers the presets).
 FAMILY_MODULES = {
@@ -59,8 +65,6 @@ class FamilyDraftStage(Stage):
     inputs = ()
 
     def params(self, job: SegmentJob) -> dict[str, Any]:
-        from pipeline.models.family import identity
-
         preset = job.preset
         return {
             "preset": preset.name,
@@ -83,8 +87,6 @@ class FamilyDraftStage(Stage):
         import torch
         from PIL import Image
 
-        from pipeline.memory import recipes
-        from pipeline.models.family import apply_recipe, torch_dtype
 
         preset = job.preset
         fam = family_of(preset)
@@ -150,8 +152,6 @@ class FamilyDraftStage(Stage):
 def _encode_prompt(ctx: StageContext, fam: Family, preset: Preset, mode: str, prompt: str, guidance: float,
                    dtype: Any) -> dict[str, Any]:
     """Prompt embeddings as pipeline arguments; the text encoder is evicted before returning."""
-    import inspect
-
     import diffusers
     import torch
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Deferred imports: torch — the projection runs inside a sampling callback, where torch is already loaded
+
 MAX_SIDE = 64  # pixels: a terminal preview shows at most a few dozen cells across
 
 

@@ -19,9 +19,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.models import ltx2
+from pipeline.models.ltx2 import model_identity
+from pipeline.wire.protocol import Log
+
 if TYPE_CHECKING:
     from pipeline.models.ltx2 import PromptEmbeds
     from pipeline.stages.base import SegmentJob, StageContext
+
+# Deferred imports: torch, safetensors — the cache key is read without them; they load when embeddings are made or
+#   read
 
 #: Bump when the stored embeddings' meaning changes.
 VERSION = 1
@@ -29,8 +36,6 @@ VERSION = 1
 
 def embeds_key(job: SegmentJob, te_dtype: str, prompt: str) -> str:
     """Content address of one prompt's embeddings under this job's weights."""
-    from pipeline.models.ltx2 import model_identity
-
     preset = job.preset
     doc = {"v": VERSION, "prompt": prompt, "model": model_identity(preset), "dtype": te_dtype,
            "max_sequence_length": int(preset.extra.get("max_sequence_length", 1024))}
@@ -65,8 +70,6 @@ def prompt_embeds(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
     import torch
     from safetensors.torch import load_file
 
-    from pipeline.models import ltx2
-    from pipeline.wire.protocol import Log
 
     plan = ctx.plan
     te_dtype = ltx2.text_encoder_dtype(plan, job.preset)

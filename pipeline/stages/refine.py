@@ -15,12 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.models import ltx2
+from pipeline.models.ltx2 import model_identity
 from pipeline.stages.base import SegmentJob, Stage, StageContext
-from pipeline.stages.draft import shot_control_params, shot_controls
+from pipeline.stages.draft import LORA_ADAPTER, shot_control_params, shot_controls
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
+from pipeline.stages.prompt_embeds import prompt_embeds
 
 if TYPE_CHECKING:
     from pipeline.stages.base import Artifact
+
+# Deferred imports: torch, diffusers, safetensors, PIL — the runner reads the stage's cache key without them; they
+#   load when it runs
 
 
 def refine_sigmas(job: SegmentJob) -> list[float]:
@@ -37,8 +43,6 @@ class RefineStage(Stage):
     inputs = ("draft",)
 
     def params(self, job: SegmentJob) -> dict[str, Any]:
-        from pipeline.models.ltx2 import model_identity
-
         return {
             "size": list(job.refine_size),
             "sigmas": [float(s) for s in job.refine_sigmas],
@@ -60,9 +64,6 @@ class RefineStage(Stage):
         from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
         from safetensors.torch import load_file
 
-        from pipeline.models import ltx2
-        from pipeline.stages.draft import LORA_ADAPTER
-        from pipeline.stages.prompt_embeds import prompt_embeds
 
         preset, plan = job.preset, ctx.plan
         sigmas = refine_sigmas(job)

@@ -22,6 +22,8 @@ from pipeline.stages.base import SegmentJob, Stage, StageContext
 if TYPE_CHECKING:
     from pipeline.stages.base import Artifact
 
+# Deferred imports: PIL — only running the stage needs it
+
 
 def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One uint8 H×W×3 frame resized to ``size`` = (width, height) with Lanczos."""

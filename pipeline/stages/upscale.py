@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.models.esrgan import TINY_X2PLUS_VERSION, load_upscaler
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.enhance import model_identity, resolve_model_file
 from pipeline.stages.frame_files import FrameFile, write_frames_header
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
 
     from pipeline.stages.base import Artifact
+
+# Deferred imports: torch, pipeline.memory, pipeline.wire — the runner reads the stage's cache key without them;
+#   they load when it runs
 
 #: Key under which ``(path, device, dtype, descriptor)`` lives in ``ctx.models``.
 MODEL_KEY = "upscaler"
@@ -34,8 +38,6 @@ class UpscaleStage(Stage):
     inputs = ("refine",)
 
     def params(self, job: SegmentJob) -> dict[str, Any]:
-        from pipeline.models.esrgan import TINY_X2PLUS_VERSION
-
         return {
             "model": model_identity(job.preset, "upscaler", TINY_X2PLUS_VERSION),
             "output_size": list(job.output_size),
@@ -95,7 +97,6 @@ def _upscaler(ctx: StageContext, job: SegmentJob, device: torch.device, dtype: t
     """The held upscaler, reloaded only when the preset's file changed; moved if the plan did."""
     import torch
 
-    from pipeline.models.esrgan import load_upscaler
 
     path = resolve_model_file(job.preset, "upscaler")
     if MODEL_KEY in ctx.models:

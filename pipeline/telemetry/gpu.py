@@ -19,6 +19,8 @@ from typing import Any
 
 from pipeline.wire.protocol import VramSample
 
+# Deferred imports: pynvml — a machine without NVML reports no GPU instead of failing to import
+
 # One process-wide NVML session: nvmlInit is reference-counted by the driver, but a
 # single init + one shutdown at exit is what nvitop does and avoids churn per monitor.
 _lock = threading.RLock()

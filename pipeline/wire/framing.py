@@ -5,6 +5,7 @@ Torch-free and import-light: the TUI imports it through :mod:`pipeline.worker.cl
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
@@ -191,8 +192,6 @@ class ProjectLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        import fcntl
-
         private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         # A few tries: `lock_holder` in a client takes a shared lock for a moment.
@@ -211,8 +210,6 @@ class ProjectLock:
         self._fd = fd
 
     def release(self) -> None:
-        import fcntl
-
         if self._fd is None:
             return
         os.ftruncate(self._fd, 0)
@@ -223,8 +220,6 @@ class ProjectLock:
 
 def lock_holder(project_dir: Path) -> int | None:
     """PID of the live worker holding the project's lock, or None when no worker runs."""
-    import fcntl
-
     path = lock_path(project_dir)
     try:
         fd = os.open(path, os.O_RDONLY)

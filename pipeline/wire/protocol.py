@@ -55,7 +55,7 @@ class StageStarted(Event, tag="stage_started", kw_only=True):
     stage: str
     plan: str = ""
     total_steps: int = 0
-    worker: str = ""  # which engine worker ran it (Ray: actor@host GPU n); "" = this process
+    actor: str = ""  # the Ray actor that ran it ("name@host GPU n"); "" = the local engine
 
 
 class StepProgress(Event, tag="step_progress", kw_only=True):
@@ -76,7 +76,7 @@ class StageFinished(Event, tag="stage_finished", kw_only=True):
     peak_host_rss: int = 0
     plan: str = ""
     cache_key: str = ""
-    worker: str = ""  # which engine worker ran it (Ray: actor@host GPU n); "" = this process
+    actor: str = ""  # the Ray actor that ran it ("name@host GPU n"); "" = the local engine
 
 
 class StageCached(Event, tag="stage_cached", kw_only=True):
@@ -85,7 +85,7 @@ class StageCached(Event, tag="stage_cached", kw_only=True):
     segment: str
     stage: str
     cache_key: str
-    worker: str = ""  # which engine worker ran it (Ray: actor@host GPU n); "" = this process
+    actor: str = ""  # the Ray actor that ran it ("name@host GPU n"); "" = the local engine
 
 
 class PlanFallback(Event, tag="plan_fallback", kw_only=True):
@@ -96,7 +96,7 @@ class PlanFallback(Event, tag="plan_fallback", kw_only=True):
     failed_plan: str
     next_plan: str
     reason: str
-    worker: str = ""  # which engine worker ran it (Ray: actor@host GPU n); "" = this process
+    actor: str = ""  # the Ray actor that ran it ("name@host GPU n"); "" = the local engine
 
 
 class Preview(Event, tag="preview", kw_only=True):

@@ -9,7 +9,9 @@ and its design note are in :mod:`pipeline.worker.server`.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,6 +38,7 @@ from pipeline.wire.protocol import (
     Submit,
     Subscribe,
 )
+from pipeline.worker.journal import Journal
 
 #: Seconds a request waits for its reply.
 REQUEST_TIMEOUT = 30.0
@@ -288,8 +291,6 @@ LOW_DISK = 1 << 20
 
 def _disk_full(project_dir: Path) -> str:
     """"the disk holding X is full (N bytes free)" when it is, else ""."""
-    import shutil
-
     try:
         free = shutil.disk_usage(Path(project_dir) / ".sulphur").free
     except OSError:
@@ -337,13 +338,9 @@ def stop_worker(project_dir: Path, timeout: float = 300.0, say: Callable[[str, b
 
 def journal_snapshot(project_dir: Path, limit: int = 50) -> StatusSnapshot:
     """What the journal says when no worker runs (``pid`` 0)."""
-    from pipeline.worker.journal import Journal
-
     jobs: list[JobInfo] = []
     db = layout.journal_db(project_dir)
     if db.exists():
-        import sqlite3
-
         try:
             journal = Journal(db)
             try:
@@ -364,8 +361,6 @@ def journal_events(project_dir: Path, job_id: str) -> list[Event]:
     """The journaled events of one job (all but step progress, VRAM samples and latent
     previews), oldest first: what a client attaching mid-job needs to draw what happened
     before it came."""
-    from pipeline.worker.journal import Journal  # as in journal_snapshot
-
     db = layout.journal_db(project_dir)
     if not db.exists():
         return []

@@ -75,12 +75,16 @@ from pathlib import Path
 
 import msgspec
 
+from pipeline.memory.loaded import LoadedModels
 from pipeline.project import layout
 
 # Imported here, not in the submit thread: a first import there would queue behind the
 # render thread's import of torch (the import lock) and outlast a client's timeout.
 from pipeline.project.selection import select_segments
 from pipeline.project.storyboard import Storyboard, StoryboardError, load
+from pipeline.render.errors import RenderError
+from pipeline.stages.base import Cancelled
+from pipeline.telemetry.gpu import GpuMonitor
 from pipeline.wire.framing import (
     GOODBYE,
     LineBuffer,
@@ -595,14 +599,9 @@ class Worker:
         stop_sampler = threading.Event()
         threading.Thread(target=self._sample_vram, args=(rec.id, stop_sampler), name="vram", daemon=True).start()
         try:
-            from pipeline.project.storyboard import StoryboardError
             from pipeline.render.engines import render  # $SULPHUR_ENGINE: local (default) or ray
-            from pipeline.render.errors import RenderError
-            from pipeline.stages.base import Cancelled
 
             if self._models is None:
-                from pipeline.memory.loaded import LoadedModels
-
                 self._models = LoadedModels()
             try:
                 path = render(rec.storyboard, segments=rec.segments if rec.mode == "segments" else None,
@@ -634,10 +633,6 @@ class Worker:
     def _sample_vram(self, job_id: str, stop: threading.Event) -> None:
         """VramSample about once a second while a job runs (NVML through pipeline.telemetry.gpu)."""
         if self._gpu is None:
-            try:
-                from pipeline.telemetry.gpu import GpuMonitor
-            except ImportError:
-                return
             self._gpu = GpuMonitor()
         if not getattr(self._gpu, "available", False):
             return

@@ -22,6 +22,7 @@ from pipeline.wire.protocol import (
     SegmentDone,
     StageFinished,
 )
+from pipeline.worker.client import WorkerClient, WorkerNotRunning
 from sulphur_tui.messages import WorkerConnection, WorkerEvent
 from sulphur_tui.sources import follow_worker, paced, read_events
 from sulphur_tui.status import remember_render, remember_stage_time, segment_digest
@@ -147,8 +148,6 @@ class RenderControl:
                        exit_on_error=False)
 
     def _submit(self, mode: str, segments: list[str], queued: list[str]) -> None:
-        from pipeline.worker.client import WorkerClient  # only when rendering: not needed to draw
-
         app = self.app
         assert app.doc is not None
         app.call_from_thread(self.set_worker_detail, "starting the render worker…")
@@ -166,8 +165,6 @@ class RenderControl:
                             exit_on_error=False)
 
     def _cancel(self, job_id: str) -> None:
-        from pipeline.worker.client import WorkerClient, WorkerNotRunning  # as in _submit
-
         app = self.app
         assert app.doc is not None
         try:

@@ -8,6 +8,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
+from sulphur_tui.widgets.segments import SegmentList
+
 ABOUT = """\
 # Sulphur editor
 
@@ -54,8 +56,6 @@ class HelpScreen(ModalScreen[None]):
             yield Markdown("\n".join(lines))
 
     def _bindings_to_list(self) -> list[Binding]:
-        from sulphur_tui.widgets.segments import SegmentList
-
         out: list[Binding] = []
         for b in list(self.app.BINDINGS) + list(SegmentList.BINDINGS):
             if isinstance(b, Binding):

@@ -22,6 +22,8 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 from textual.worker import get_current_worker
 
+# Deferred imports: textual_image, PIL — the preview panel draws pictures only in a terminal that can show them
+
 THUMB_WIDTH = 320
 
 

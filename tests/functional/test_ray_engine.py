@@ -61,7 +61,7 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # Kill the finish actor once, while segment 1's (slowed) upscale runs on it.
         if (isinstance(event, protocol.StageStarted) and event.stage == "upscale" and event.segment == ids[0]
                 and not killed):
-            name = event.worker.split("@")[0]
+            name = event.actor.split("@")[0]
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
             killed.append(name)
 
@@ -105,8 +105,8 @@ def test_drafting_of_the_next_segment_overlaps_finishing_of_the_previous(renders
     workers: dict[str, set[str]] = {}
     for e in events:
         if isinstance(e, protocol.StageStarted) and e.segment:
-            assert e.worker, e
-            workers.setdefault(e.stage, set()).add(e.worker.split("@")[0])
+            assert e.actor, e
+            workers.setdefault(e.stage, set()).add(e.actor.split("@")[0])
     assert all(w.endswith("-draft-0") for w in workers["draft"] | workers["enhance"])
     assert all("-finish-" in w for st in ("refine", "upscale", "encode") for w in workers[st])
 

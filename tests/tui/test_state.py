@@ -108,8 +108,8 @@ def test_live_state_follows_each_ray_actor() -> None:
     assert all(a.state == "idle" for a in live.actors.values())
     busy: dict[str, float] = {}
     for ev in events:
-        if isinstance(ev, StageFinished) and ev.worker:
-            busy[ev.worker] = busy.get(ev.worker, 0.0) + ev.seconds
+        if isinstance(ev, StageFinished) and ev.actor:
+            busy[ev.actor] = busy.get(ev.actor, 0.0) + ev.seconds
     assert {w: round(a.busy, 6) for w, a in live.actors.items()} == {w: round(s, 6) for w, s in busy.items()}
     # A local render's events name no worker: no actor rows.
     local = LiveState()
@@ -186,7 +186,7 @@ def test_tui_never_imports_torch(story: Path, tmp_path: Path) -> None:
             heavy = sorted(m for m in ("torch", "diffusers", "transformers", "av", "llama_cpp", "spandrel")
                            if m in sys.modules)
             allowed = {{"pipeline", "pipeline.wire", "pipeline.wire.protocol", "pipeline.wire.framing", "pipeline.project",
-                       "pipeline.project.storyboard", "pipeline.project.layout", "pipeline.project.files", "pipeline.worker", "pipeline.worker.client",
+                       "pipeline.project.storyboard", "pipeline.project.layout", "pipeline.project.files", "pipeline.worker", "pipeline.worker.client", "pipeline.worker.journal",
                        "pipeline.telemetry", "pipeline.telemetry.gpu", "pipeline.telemetry.host"}}
             pipeline = sorted(m for m in sys.modules if m.startswith("pipeline") and m not in allowed)
             print("HEAVY", heavy, "PIPELINE", pipeline)

@@ -1,4 +1,4 @@
-"""No function in ``pipeline/`` is longer than 80 lines (the house rule in TEAM.md/STYLE.md)."""
+"""No function in ``pipeline/`` or ``sulphur_tui/`` is longer than 80 lines (the house rule in TEAM.md/STYLE.md)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def long_functions(folder: Path, limit: int = LIMIT) -> list[str]:
     return found
 
 
-def test_no_function_in_pipeline_is_over_80_lines() -> None:
-    assert not long_functions(ROOT / "pipeline")
+def test_no_function_in_pipeline_or_the_tui_is_over_80_lines() -> None:
+    assert not long_functions(ROOT / "pipeline") + long_functions(ROOT / "sulphur_tui")
 
 
 def test_the_check_counts_every_line_of_a_method(tmp_path: Path) -> None:

@@ -10,9 +10,13 @@ bf16 weight once. ``TRITON_INTERPRET=1`` runs it on the CPU for tests.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+# Deferred imports: diffusers — only patching a loaded GGUF model needs its quantizer classes
 
 Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 8, 11, 12, 13, 14
 _BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}
@@ -180,6 +184,4 @@ def _fast_forward(self: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET") == "1"

@@ -21,6 +21,9 @@ from pipeline.render.engines.settings import ENGINES, engine_setting, finishers_
 if TYPE_CHECKING:
     from pipeline.wire.protocol import Event
 
+# Deferred imports: pipeline.render.runner, pipeline.render.engines.ray_engine — the engine chosen loads; ray is
+#   optional
+
 def render(storyboard_path: str | os.PathLike[str], *, engine: str | None = None, address: str | None = None,
            emit: Callable[[Event], None] = lambda e: None, **kwargs: Any) -> Path:
     """:func:`pipeline.render.runner.render` through the chosen engine (default: the environment's).

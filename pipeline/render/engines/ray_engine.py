@@ -42,15 +42,21 @@ import ray
 from ray.util.actor_pool import ActorPool
 from ray.util.queue import Queue
 
+from pipeline.memory.loaded import LoadedModels
+from pipeline.memory.plan import PlanError
+from pipeline.memory.planner import Budgets, plan_ladder
 from pipeline.project.references import check_references
 from pipeline.project.selection import segment_index, select_segments
-from pipeline.project.storyboard import StoryboardError, load
+from pipeline.project.storyboard import StoryboardError, load, with_segment
 from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
+from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.outputs import OutputLock
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
+
+# Deferred imports: torch, psutil, PIL, pipeline.render.runner — loaded inside the Ray actors, not in the driver
 
 Emit = Callable[[Event], None]
 NAMESPACE = "sulphur"
@@ -150,8 +156,6 @@ def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | 
 def _planned_ltx2(sb: Any, preset: str | None) -> Any:
     """The render's preset when the memory planner sizes it (full-size LTX-2 stacks), else
     None: tiny presets take a few MB, the I2V families carry fixed recipes."""
-    from pipeline.render.job import Overrides, RenderJob
-
     p = RenderJob.resolve(sb, Overrides(preset=preset)).preset
     if p.family != "ltx2" or (p.builder is not None and not p.extra.get("random_weights")):
         return None
@@ -160,8 +164,6 @@ def _planned_ltx2(sb: Any, preset: str | None) -> Any:
 
 def _ladder(stage: str, p: Any, sb: Any, vram_gb: float) -> list[Any]:
     """``stage``'s plans on a card of ``vram_gb``, host RAM left unbounded."""
-    from pipeline.memory.planner import Budgets, plan_ladder
-
     return plan_ladder(stage, p, sb.project, "cuda", budgets=Budgets.from_gb(vram_gb, 1 << 20))
 
 
@@ -169,8 +171,6 @@ def halving_slows(sb: Any, preset: str | None, card_gb: float) -> bool:
     """Whether half of a ``card_gb`` card would put the draft or the refine on a slower memory
     plan than the whole card: then two actors sharing it cost more than their overlap saves
     (an 8 GB card: the streamer keeps fewer blocks resident, the VAE tiles smaller)."""
-    from pipeline.memory.plan import PlanError
-
     try:
         p = _planned_ltx2(sb, preset)
         if p is None:
@@ -189,8 +189,6 @@ def actor_host_need_gb(sb: Any, preset: str | None, vram_gb: float) -> tuple[flo
     plans within ``vram_gb`` that still streams from RAM (reading weights from disk every
     step is what a user would rather not run two of). None when the planner cannot tell
     (tiny presets: a few MB; the I2V families carry fixed recipes)."""
-    from pipeline.memory.plan import PlanError
-
     try:
         p = _planned_ltx2(sb, preset)
         if p is None:
@@ -242,8 +240,8 @@ class StageActorBody:
             self.error = exc
 
     def _emit(self, event: Event) -> None:
-        if hasattr(event, "worker") and not event.worker:
-            event.worker = self.actor_name
+        if hasattr(event, "actor") and not event.actor:
+            event.actor = self.actor_name
         ray.get(self.events.put_nowait.remote(event))  # waited for: a task's events precede its result
 
     def ready(self) -> str:
@@ -275,7 +273,6 @@ class StageActorBody:
         The prompt is fixed (locked) so every take differs only by its seed, and a picked
         take's stages are exactly what a render with that seed and prompt looks up.
         """
-        from pipeline.project.storyboard import with_segment
         from pipeline.render.runner import atomic_copy
 
         self.ready()
@@ -336,8 +333,6 @@ def _write_still(clip: Path) -> None:
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
               ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
     """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares."""
-    from pipeline.memory.loaded import LoadedModels
-    from pipeline.render.job import Overrides, RenderJob
     from pipeline.render.runner import Renderer
 
     sb = load(storyboard)
