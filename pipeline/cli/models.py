@@ -8,8 +8,10 @@ import sys
 from typing import Any
 
 from pipeline.models.download import PullError, human, pattern_root, pull, where_found
-from pipeline.models.registry import all_presets, get_preset
+from pipeline.models.registry import Preset, all_presets, get_preset
+from pipeline.models.user_loras import hub_file
 from pipeline.models.verify import verify
+from pipeline.project.storyboard import load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,13 +68,9 @@ def main_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def storyboard_loras(path: str) -> Any:
+def storyboard_loras(path: str) -> Preset:
     """The Hub LoRAs a storyboard's shots name (``loras = [{ repo = …, path = … }]``), as a preset
     of files, so the preset downloader fetches them the same way (resumable, into the HF cache)."""
-    from pipeline.models.registry import Preset
-    from pipeline.models.user_loras import hub_file
-    from pipeline.project.storyboard import load
-
     sb = load(path)
     files = {ref.label: hub_file(ref) for seg in sb.segments for ref in seg.loras if ref.repo}
     return Preset(name=sb.path.name, family="loras", description="the storyboard's Hub LoRAs",

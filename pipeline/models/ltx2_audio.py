@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+# Deferred imports: av, torch — the draft stage imports this module to build cache keys without them;
+#   they load when a track is read or encoded
+
 #: FFT size of LTX-2's audio processor (torchaudio MelSpectrogram: n_fft = win_length = 1024,
 #: hop from the audio VAE config, Hann window, centred, magnitude, Slaney mel scale and norm).
 N_FFT = 1024

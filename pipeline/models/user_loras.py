@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.models import ltx2
+from pipeline.models.published import WeightsMismatch
 from pipeline.models.registry import ModelFile
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
     from pipeline.project.loras import LoraRef
     from pipeline.project.storyboard import Segment, Storyboard
+
+# Deferred imports: safetensors, accelerate, diffusers — cache keys and the CLI read LoRA digests without them;
+#   they load when a LoRA is checked or applied
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,6 @@ def check(preset: Preset, path: Path) -> None:
     every tensor of the LoRA adapts a module of this preset's model with matching shapes.
 
     Runs before any stage: the model is built on the meta device from its config, so nothing loads."""
-    from pipeline.models.published import WeightsMismatch
 
     shapes = _module_shapes(preset)
     if shapes is None:
@@ -111,8 +115,6 @@ def read_parts(path: Path) -> dict[str, dict[str, Any]]:
     """:func:`pipeline.models.ltx2.lora_parts`, with a file that is no safetensors at all refused in one line."""
     from safetensors import SafetensorError
 
-    from pipeline.models import ltx2
-
     try:
         return ltx2.lora_parts(path)
     except (SafetensorError, OSError) as exc:
@@ -134,8 +136,6 @@ def _module_shapes(preset: Preset) -> dict[str, dict[str, tuple[int, ...]]] | No
     from accelerate import init_empty_weights
     from diffusers import LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
-
-    from pipeline.models import ltx2
 
     if preset.extra.get("random_weights"):
         return None
@@ -165,7 +165,6 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
 
     On the way out (finished, cancelled or failed) they are deleted and the distilled LoRA is
     weighted alone again, so nothing of this shot stays in the held model."""
-    from pipeline.models import ltx2
 
     modules = {"transformer": pipe.transformer, "connectors": pipe.connectors}
     loaded: list[tuple[str, float]] = []

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import tomlkit
+
+# Deferred imports: av — the storyboard (and the TUI) import this module; only checking a track reads a file
+
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}
 _KEYS = ("path", "start")
 
@@ -29,8 +33,6 @@ class AudioTrack:
     def to_toml(self) -> Any:
         if not self.start:
             return self.path
-        import tomlkit
-
         t = tomlkit.inline_table()
         t.update({"path": self.path, "start": self.start})
         return t

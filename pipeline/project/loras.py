@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+import tomlkit
+
 #: Stacked LoRAs one shot may have; past this a typo, not a look.
 MAX_LORAS = 8
 STRENGTH_RANGE = (-10.0, 10.0)
@@ -84,8 +86,6 @@ def _entry(n: int, entry: Any) -> LoraRef:
 
 def loras_to_toml(loras: tuple[LoraRef, ...]) -> Any:
     """An array of inline tables (a plain list of dicts would become ``[[segment.loras]]`` tables)."""
-    import tomlkit
-
     arr = tomlkit.array()
     for ref in loras:
         t = tomlkit.inline_table()

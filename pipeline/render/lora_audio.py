@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from pipeline.models import user_loras
+from pipeline.models.published import WeightsMismatch
 from pipeline.render.errors import RenderError
 
 if TYPE_CHECKING:
@@ -37,9 +39,6 @@ def refuse_unsupported(sb: Storyboard, project: Project, presets: Mapping[str, P
 
 def check_loras(jobs: Sequence[SegmentJob]) -> None:
     """Every LoRA of the shots to render is on this machine and fits its model, else one line naming it."""
-    from pipeline.models import user_loras
-    from pipeline.models.published import WeightsMismatch
-
     checked: set[tuple[str, str]] = set()
     for job in jobs:
         for ref, lora in zip(job.segment.loras, user_loras.resolve(job.storyboard, job.segment), strict=True):

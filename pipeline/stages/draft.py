@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.models import ltx2
+from pipeline.models import ltx2, ltx2_audio, user_loras
 from pipeline.models.ltx2 import model_identity
 from pipeline.models.sigmas import draft_sigmas
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.encode import repeats_anchor
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.prompt_embeds import prompt_embeds
 
@@ -153,17 +154,14 @@ class GivenAudio:
 def shot_control_params(job: SegmentJob) -> dict[str, Any]:
     """What the shot's own LoRAs and given sound add to a draft or refine key (nothing when unused,
     so a storyboard without them keeps its keys)."""
-    from pipeline.models import user_loras
 
     out: dict[str, Any] = {}
     if job.segment.loras:
         out["loras"] = user_loras.key_params(job.storyboard, job.segment)
     if job.segment.audio is not None:
-        from pipeline.models.user_loras import file_digest
-
         track = job.segment.audio
         path = job.storyboard.resolve(track.path)
-        out["audio_track"] = [file_digest(path) if path.is_file() else f"missing:{track.path}", track.start]
+        out["audio_track"] = [user_loras.file_digest(path) if path.is_file() else f"missing:{track.path}", track.start]
     return out
 
 
@@ -172,8 +170,6 @@ def given_audio(pipe: Any, job: SegmentJob) -> GivenAudio | None:
 
     A chained shot's frame 0 repeats the previous shot's last frame and the film leaves it
     out, so the track starts at frame 1: the sound begins exactly where the shot appears."""
-    from pipeline.models import ltx2_audio
-    from pipeline.stages.encode import repeats_anchor
 
     track = job.segment.audio
     if track is None:
@@ -193,7 +189,6 @@ def given_audio(pipe: Any, job: SegmentJob) -> GivenAudio | None:
 def shot_controls(pipe: Any, job: SegmentJob, track: GivenAudio | None,
                   audio_latents: Any = None) -> Iterator[None]:
     """The shot's own LoRAs applied, and its given sound held fixed, for one denoise."""
-    from pipeline.models import ltx2_audio, user_loras
 
     with ExitStack() as stack:
         if job.segment.loras:
