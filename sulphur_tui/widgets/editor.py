@@ -42,6 +42,17 @@ def _float(text: str, lo: float, hi: float) -> float:
     return value
 
 
+def shot_extras(seg: Segment) -> str:
+    """The shot's own LoRAs and sound in one line (read-only here; set in the file)."""
+    parts = []
+    if seg.loras:
+        parts.append("LoRAs: " + ", ".join(f"{ref.label} ×{ref.strength:g}" for ref in seg.loras))
+    if seg.audio is not None:
+        start = f" from {seg.audio.start:g} s" if seg.audio.start else ""
+        parts.append(f"follows sound: {seg.audio.path}{start}")
+    return " · ".join(parts) + ("  (edit in the storyboard file)" if parts else "")
+
+
 class SegmentEditor(VerticalScroll):
     """Fields of the selected shot."""
 
@@ -66,6 +77,7 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor #drift { width: 28; }
     SegmentEditor Input.-bad { background: $error 30%; }
     SegmentEditor #field-error { color: $error; width: 1fr; height: 1; margin-top: 1; }
+    SegmentEditor #shot-extras { display: none; width: 1fr; height: auto; }
     """
 
     @dataclass
@@ -142,6 +154,8 @@ class SegmentEditor(VerticalScroll):
             yield Label("keep")
             yield Input(placeholder="all", id="keep", type="integer", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="The film keeps this many of the shot's frames; the next shot continues from the last")
+        # Shown only for a shot that has them; edited in the storyboard file (README: `loras`, `audio`).
+        yield Label("", id="shot-extras", classes="field-label")
         yield Label("", id="field-error")
 
     # ------------------------------------------------------------------ loading
@@ -172,6 +186,9 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#sigmas", format_sigmas(seg.refine_sigmas) if seg.refine_sigmas else None)
             self._set_input("#keep", seg.keep)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
+            extras = self.query_one("#shot-extras", Label)
+            extras.update(shot_extras(seg), layout=False)
+            extras.display = bool(seg.loras or seg.audio)
             for inp in self.query(Input):
                 inp.remove_class("-bad")
             self._error("")
