@@ -159,12 +159,14 @@ def adapter_name(n: int, lora: UserLora) -> str:
 
 
 @contextmanager
-def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_adapter: str = "distilled"
-            ) -> Iterator[None]:
+def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_adapter: str = "distilled",
+            device: str = "cpu") -> Iterator[None]:
     """The shot's LoRAs loaded next to the distilled one and weighted, for the ``with`` body only.
 
-    On the way out (finished, cancelled or failed) they are deleted and the distilled LoRA is
-    weighted alone again, so nothing of this shot stays in the held model."""
+    The held model was placed (offload hooks, streamer) before these adapters existed, so no hook
+    moves them: their small A/B matrices go to ``device`` once and stay there while in use. On the
+    way out (finished, cancelled or failed) they are deleted and the distilled LoRA is weighted
+    alone again, so nothing of this shot stays in the held model."""
 
     modules = {"transformer": pipe.transformer, "connectors": pipe.connectors}
     loaded: list[tuple[str, float]] = []
@@ -176,6 +178,7 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
             loaded.append((name, lora.strength))  # before loading: a part that fails leaves none behind
             for part, module in modules.items():
                 ltx2.load_lora(module, lora.path, name, part=part, parts=parts)
+                _adapter_to(module, name, device)
         for module in modules.values():
             _weigh(module, [(base_adapter, base_strength), *loaded])
         yield
@@ -185,6 +188,17 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
             if mine:
                 module.delete_adapters(mine)
         ltx2.set_lora_strength(pipe.transformer, base_strength, base_adapter, connectors=pipe.connectors)
+
+
+def _adapter_to(module: Any, name: str, device: str) -> None:
+    """Move one adapter's lora_A / lora_B layers (rank × features: megabytes) to ``device``."""
+    if device == "cpu":
+        return
+    for sub in module.modules():
+        for attr in ("lora_A", "lora_B"):
+            layers = getattr(sub, attr, None)
+            if layers is not None and hasattr(layers, "keys") and name in layers:
+                layers[name].to(device)
 
 
 def _weigh(module: Any, adapters: list[tuple[str, float]]) -> None:

@@ -117,7 +117,7 @@ class DraftStage(Stage):
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
             extra["sigmas"] = sigmas
-        with torch.no_grad(), shot_controls(pipe, job, track):
+        with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device):
             video_latents, audio_latents = pipe(
                 prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
                 width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),
@@ -187,13 +187,14 @@ def given_audio(pipe: Any, job: SegmentJob) -> GivenAudio | None:
 
 @contextmanager
 def shot_controls(pipe: Any, job: SegmentJob, track: GivenAudio | None,
-                  audio_latents: Any = None) -> Iterator[None]:
-    """The shot's own LoRAs applied, and its given sound held fixed, for one denoise."""
+                  audio_latents: Any = None, device: str = "cpu") -> Iterator[None]:
+    """The shot's own LoRAs applied (their layers on ``device``), and its given sound held fixed,
+    for one denoise."""
 
     with ExitStack() as stack:
         if job.segment.loras:
             stack.enter_context(user_loras.applied(pipe, user_loras.resolve(job.storyboard, job.segment),
-                                                   job.lora_strength, LORA_ADAPTER))
+                                                   job.lora_strength, LORA_ADAPTER, device))
         fixed = track.latents if track is not None else audio_latents
         if fixed is not None:
             stack.enter_context(ltx2_audio.held_fixed(pipe.transformer, ltx2_audio.packed(pipe, fixed)))

@@ -112,7 +112,7 @@ class RefineStage(Stage):
 
         # The shot's own LoRAs again, and an audio-driven draft's sound held fixed (not re-noised).
         fixed = draft["audio"].to(device) if inputs["draft"].meta.get("audio_driven") else None
-        with torch.no_grad(), shot_controls(pipe, job, None, fixed):
+        with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
             frames, _audio = pipe(
                 prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,

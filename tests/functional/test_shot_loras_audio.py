@@ -196,3 +196,76 @@ def test_an_audio_driven_shots_film_carries_the_given_sound_from_its_first_frame
     assert lags[int(np.argmax(score))] == 0  # the sound starts exactly where the shot does
     err = np.abs(part[:, 2048:-2048] - want[:, 2048:-2048]).mean() / np.abs(want).mean()
     assert err < 0.2  # the same sound, through AAC
+
+
+def _draft_under(plan: StagePlan, seg: Segment, folder: Path, models: LoadedModels, out: Path) -> np.ndarray:
+    out.mkdir(parents=True)
+    ctx = StageContext(emit=lambda e: None, cancel=threading.Event(), models=models, plan=plan)
+    DraftStage().run(ctx, _job(folder, seg), {}, out)
+    return np.load(out / "frames.npy")
+
+
+def test_a_lora_joins_a_transformer_already_under_the_block_streamer(folder: Path, tmp_path: Path) -> None:
+    """The held transformer was placed (Sulphur's block streamer) before the shot's LoRA existed:
+    the LoRA still applies, as on a resident model, and leaves with the shot."""
+    styled = Segment(id="s", prompt="p", loras=(LoraRef("style.safetensors", 1.0),))
+    plain = Segment(id="s", prompt="p")
+    resident = _draft_under(StagePlan(name="cpu"), styled, folder, LoadedModels(), tmp_path / "resident")
+    streamed_models = LoadedModels()
+    plan = StagePlan(name="group_block", device="cpu", offload="group_block", dtype="float32",
+                     options={"streamer": "sulphur"})
+    before = _draft_under(plan, plain, folder, streamed_models, tmp_path / "before")
+    streamed = _draft_under(plan, styled, folder, streamed_models, tmp_path / "streamed")
+    after = _draft_under(plan, plain, folder, streamed_models, tmp_path / "after")
+    assert np.abs(streamed.astype(int) - resident).mean() < 1.0
+    assert np.abs(streamed.astype(int) - before).mean() > 1.0 and np.array_equal(after, before)
+
+
+@pytest.mark.gpu
+def test_a_lora_applies_under_every_offload_plan_on_cuda(folder: Path, tmp_path: Path) -> None:
+    """Every rung of the memory ladder places the transformer before the shot's LoRA is loaded;
+    the LoRA's layers must reach the GPU and give (nearly) the resident result, then leave."""
+    import torch
+
+    from tests.functional.test_draft_refine import GPU_PLANS
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    models = LoadedModels()
+    styled = Segment(id="s", prompt="p", loras=(LoraRef("style.safetensors", 1.0),))
+    plain = Segment(id="s", prompt="p")
+    results = {}
+    for i, (mode, options, tiling) in enumerate(GPU_PLANS):
+        plan = StagePlan(name=mode, device="cuda", offload=mode, vae_tiling=tiling, dtype="bfloat16",
+                         options=options)
+        results[(mode, str(options))] = (_draft_under(plan, styled, folder, models, tmp_path / f"{i}-lora"),
+                                         _draft_under(plan, plain, folder, models, tmp_path / f"{i}-plain"))
+    base_lora, base_plain = next(iter(results.values()))
+    assert np.abs(base_lora.astype(int) - base_plain).mean() > 1.0
+    for key, (lora, plain_frames) in results.items():
+        assert np.abs(lora.astype(int) - base_lora).mean() < 3.0, key
+        assert np.abs(plain_frames.astype(int) - base_plain).mean() < 3.0, key
+
+
+@pytest.mark.gpu
+def test_an_audio_driven_draft_renders_under_every_offload_plan_on_cuda(folder: Path, tmp_path: Path) -> None:
+    """The track is encoded by an audio VAE wherever the plan put it, and held fixed on the GPU."""
+    import torch
+
+    from tests.functional.test_draft_refine import GPU_PLANS
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    given = write_track(folder / "gpu-track.wav", 2.0)
+    models = LoadedModels()
+    seg = Segment(id="s", prompt="p", audio=AudioTrack("gpu-track.wav"))
+    results = {}
+    for i, (mode, options, tiling) in enumerate(GPU_PLANS):
+        plan = StagePlan(name=mode, device="cuda", offload=mode, vae_tiling=tiling, dtype="bfloat16",
+                         options=options)
+        results[(mode, str(options))] = _draft_under(plan, seg, folder, models, tmp_path / str(i))
+        wave = np.load(tmp_path / str(i) / "audio.npy")
+        np.testing.assert_array_equal(wave, given[:, :wave.shape[1]])
+    base = next(iter(results.values()))
+    for key, frames in results.items():
+        assert np.abs(frames.astype(int) - base).mean() < 3.0, key
