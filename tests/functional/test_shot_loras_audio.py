@@ -269,3 +269,17 @@ def test_an_audio_driven_draft_renders_under_every_offload_plan_on_cuda(folder: 
     base = next(iter(results.values()))
     for key, frames in results.items():
         assert np.abs(frames.astype(int) - base).mean() < 3.0, key
+
+
+def test_the_ray_engine_refuses_a_lora_that_does_not_fit_before_ray_starts(tmp_path: Path) -> None:
+    import ray
+
+    from pipeline.render.engines.ray_engine import render_ray
+    from pipeline.render.errors import RenderError
+
+    write_lora(tmp_path / "bad.safetensors", rename={"ff.net.0.proj": "ff.proj"})
+    board = _board(tmp_path, [{"id": "a", "prompt": "p", "frames": 9,
+                               "loras": [{"path": "bad.safetensors"}]}])
+    with pytest.raises(RenderError, match=r"^segment a: LoRA does not fit tiny: .*bad.safetensors: weights do not map"):
+        render_ray(board)
+    assert not ray.is_initialized()
