@@ -161,7 +161,8 @@ def shot_control_params(job: SegmentJob) -> dict[str, Any]:
     if job.segment.audio is not None:
         track = job.segment.audio
         path = job.storyboard.resolve(track.path)
-        out["audio_track"] = [user_loras.file_digest(path) if path.is_file() else f"missing:{track.path}", track.start]
+        out["audio_track"] = [user_loras.file_digest(path) if path.is_file() else f"missing:{track.path}", track.start,
+                              repeats_anchor(job.index, job.segment)]  # chained: the track starts at frame 1
     return out
 
 
