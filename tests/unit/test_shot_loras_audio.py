@@ -195,3 +195,23 @@ def test_a_file_that_is_no_safetensors_is_one_line_naming_it_before_any_stage(tm
         check_loras([job])
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith(f"segment a: LoRA does not fit tiny: {junk}: not a safetensors LoRA")
+
+
+@pytest.mark.parametrize("key", ["loras", "audio"])
+def test_a_fifo_named_as_a_lora_or_track_is_refused_unopened(tmp_path: Path, key: str) -> None:
+    """A FIFO would hang a reader (the digest, PyAV): refused from its stat, in one line."""
+    name = "pipe.safetensors" if key == "loras" else "pipe.wav"
+    os.mkfifo(tmp_path / name)
+    value = f'loras = [{{ path = "{name}" }}]' if key == "loras" else f'audio = "{name}"'
+    path = tmp_path / "board.toml"
+    path.write_text(f'[project]\npreset = "tiny"\n\n[[segment]]\nid = "a"\nprompt = "p"\n{value}\n')
+    sb = sbmod.load(path)
+    with pytest.raises(sbmod.StoryboardError) as exc:
+        check_references(sb)
+    assert f"board.toml:7:1: segment[0].{key}: " in str(exc.value) and name in str(exc.value)
+    assert "\n" not in str(exc.value)
+    if key == "loras":
+        from pipeline.models import user_loras
+
+        (found,) = user_loras.resolve(sb, sb.segments[0])  # a cache key never reads it either
+        assert found.path is None and found.digest.startswith("missing:")
