@@ -23,7 +23,9 @@ import numpy as np
 #   they load when a track is read or encoded
 
 #: FFT size of LTX-2's audio processor (torchaudio MelSpectrogram: n_fft = win_length = 1024,
-#: hop from the audio VAE config, Hann window, centred, magnitude, Slaney mel scale and norm).
+#: hop from the audio VAE config, Hann window, centred, magnitude, Slaney mel scale and norm, log
+#: clamped at 1e-5), as SimpleTuner's port of Lightricks' audio VAE (helpers/models/ltxvideo2/
+#: audio_autoencoder.py) has it; diffusers 0.42.1 ships no audio encoder front end.
 N_FFT = 1024
 
 
