@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -177,7 +178,10 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
             name, parts = adapter_name(n, lora), read_parts(lora.path)
             loaded.append((name, lora.strength))  # before loading: a part that fails leaves none behind
             for part, module in modules.items():
-                ltx2.load_lora(module, lora.path, name, part=part, parts=parts)
+                with warnings.catch_warnings():
+                    # PEFT warns when a model already has adapters: stacking them is the point here.
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    ltx2.load_lora(module, lora.path, name, part=part, parts=parts)
                 _adapter_to(module, name, device)
         for module in modules.values():
             _weigh(module, [(base_adapter, base_strength), *loaded])
