@@ -554,11 +554,16 @@ def _disk_copy_dir(preset: Preset) -> Path:
     return here
 
 
-def assemble(models: LoadedModels, preset: Preset, plan: StagePlan, *, image_to_video: bool) -> Any:
-    """``LTX2Pipeline`` / ``LTX2ImageToVideoPipeline`` from held components (no text encoder: embeds are passed)."""
+def assemble(models: LoadedModels, preset: Preset, plan: StagePlan, *, image_to_video: bool,
+             conditions: bool = False) -> Any:
+    """``LTX2Pipeline`` / ``LTX2ImageToVideoPipeline`` (or, for frames conditioned anywhere,
+    ``LTX2ConditionPipeline`` as :mod:`pipeline.models.ltx2_condition` places guides) from held components (no text encoder: embeds are passed)."""
     from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 
-    cls = LTX2ImageToVideoPipeline if image_to_video else LTX2Pipeline
+    # diffusers at import time: loaded with the model
+    from pipeline.models.ltx2_condition import FrameExactConditionPipeline
+
+    cls = FrameExactConditionPipeline if conditions else LTX2ImageToVideoPipeline if image_to_video else LTX2Pipeline
     parts = {name: component(models, preset, name, plan)
              for name in ("transformer", "vae", "audio_vae", "vocoder", "connectors")}
     pipe = cls(scheduler=load_scheduler(preset), text_encoder=None,

@@ -45,11 +45,16 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
         return StoryboardError(sb.path, message, *locator.find(table, index, key), where)
 
     for i, seg in enumerate(sb.segments):
-        if segment_ids is None or seg.id in segment_ids:
-            problem = _lora_audio_problem(sb, seg)
+        if segment_ids is not None and seg.id not in segment_ids:
+            continue
+        for kf in seg.keyframes:  # keyframes/retake
+            problem = _problem(sb.resolve(kf.image), image=True)
             if problem:
-                raise fail(i, *problem)
-        if seg.anchor.kind not in ("image", "video") or segment_ids is not None and seg.id not in segment_ids:
+                raise fail(i, "keyframes", problem)
+        problem_at = _lora_audio_problem(sb, seg)  # loras/audio
+        if problem_at:
+            raise fail(i, *problem_at)
+        if seg.anchor.kind not in ("image", "video"):
             continue
         problem = _problem(sb.resolve(seg.anchor.path), image=seg.anchor.kind == "image")
         if problem:

@@ -34,6 +34,7 @@ from pipeline.project.files import (
     real_target,
     storyboard_lock,
 )
+from pipeline.project.keyframes import Keyframe, parse_keyframes, parse_retake
 from pipeline.project.layout import RenderFolder
 from pipeline.project.loras import LoraRef, loras_to_toml, parse_loras
 
@@ -111,6 +112,12 @@ class Segment:
     lora_strength: float | None = None
     drift_guard: str | None = None
     keep: int | None = None           # the film takes its first `keep` frames; the next shot continues from the last
+    #
+    # keyframes/retake
+    keyframes: tuple[Keyframe, ...] = ()  # stills that frames of this shot are conditioned on
+    retake: tuple[int, int] | None = None  # frames first..last regenerated; the rest kept as rendered
+    #
+    # loras/audio
     loras: tuple[LoraRef, ...] = ()   # the user's LoRAs for this shot, on top of the preset's (project/loras.py)
     audio: AudioTrack | None = None   # the sound this shot follows and keeps (project/audio_track.py)
 
@@ -197,6 +204,12 @@ _SEGMENT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "lora_strength": ((int, float), "a number"),
     "drift_guard": ((str,), "a string"),
     "keep": ((int,), "an integer"),
+    #
+    # keyframes/retake
+    "keyframes": ((list,), 'an array of { frame = N, image = "still.png" } tables'),
+    "retake": ((list,), "a [first, last] pair of frame numbers"),
+    #
+    # loras/audio
     "loras": ((list,), 'an array of { path = "file.safetensors", strength = 0.8 } tables'),
     "audio": ((str, dict), 'a sound file ("track.wav") or { path = "track.wav", start = seconds }'),
 }
@@ -405,11 +418,25 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
             raise StoryboardError(path, f"duplicate id '{sid}' (first used by segment[{seen[sid]}])",
                                   *loc.find("segment", i, "id"), f"segment[{i}].id")
         seen[sid] = i
+        shot_keys = {k: seg_kwargs.pop(k) for k in ("keyframes", "retake") if k in seg_kwargs}
         seg = Segment(**seg_kwargs)
         _check_segment(path, loc, i, seg)
         _check_length(path, loc, i, seg, project.fps)
+        if shot_keys:
+            seg = replace(seg, **_shot_keys(path, loc, i, shot_keys, seg.frame_count(project.fps)))
         segments.append(seg)
     return Storyboard(path=path, project=project, segments=tuple(segments))
+
+
+def _shot_keys(path: Path, loc: _Locator, i: int, raw: dict[str, Any], frames: int) -> dict[str, Any]:
+    """``keyframes`` / ``retake``, checked against the shot's frame count (pipeline.project.keyframes)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            out[key] = parse_keyframes(value, frames) if key == "keyframes" else parse_retake(value, frames)
+        except ValueError as exc:
+            raise StoryboardError(path, str(exc), *loc.find("segment", i, key), f"segment[{i}].{key}") from None
+    return out
 
 
 def _project(path: Path, loc: _Locator, raw: dict[str, Any]) -> Project:
@@ -528,6 +555,13 @@ def load(path: str | os.PathLike[str]) -> Storyboard:
 def _to_toml_value(value: Any) -> Any:
     if isinstance(value, Anchor | AudioTrack):
         return value.to_toml()
+    if isinstance(value, tuple) and value and isinstance(value[0], Keyframe):
+        array = tomlkit.array()  # inline tables: a list of dicts would become [[segment.keyframes]]
+        for kf in value:
+            table = tomlkit.inline_table()
+            table.update(kf.to_toml())
+            array.append(table)
+        return array
     if isinstance(value, tuple) and value and isinstance(value[0], LoraRef):
         return loras_to_toml(value)
     if isinstance(value, tuple):
@@ -549,7 +583,7 @@ def _segment_items(seg: Segment, present: Any = ()) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(Segment):
         value = getattr(seg, f.name)
-        if value is None:
+        if value is None or value == ():  # unset (no keyframes is no key, as no keep is)
             continue
         if f.name in ("id", "prompt") or f.name in present or value != _field_default(f):
             out[f.name] = _to_toml_value(value)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from pipeline.models.registry import Preset, get_preset
+from pipeline.project.keyframes import unsupported
 from pipeline.project.selection import select_segments
-from pipeline.project.storyboard import Project, Storyboard
+from pipeline.project.storyboard import Project, Storyboard, StoryboardError, _Locator
 from pipeline.render.errors import RenderError
 from pipeline.render.lora_audio import refuse_unsupported
 from pipeline.stages.base import SegmentJob
@@ -50,6 +51,7 @@ class RenderJob:
         for seg in sb.segments:
             if seg.preset and seg.preset not in presets:
                 presets[seg.preset] = _resolve_preset(seg.preset, seg.id)
+        _refuse_unsupported(sb, project, presets)
         refuse_unsupported(sb, project, presets)
         return cls(sb, project, presets, selected)
 
@@ -87,6 +89,24 @@ class RenderJob:
     def segment_jobs(self, ids: Sequence[str]) -> list[SegmentJob]:
         """The segment jobs of ``ids``, in storyboard order."""
         return [self.segment_job(i) for i, s in enumerate(self.storyboard.segments) if s.id in ids]
+
+
+def _refuse_unsupported(sb: Storyboard, project: Project, presets: dict[str, Preset]) -> None:
+    """A shot key its model family cannot honour (keyframes, retake) fails the job before any stage,
+    in the storyboard's one-line form (file:line:col: segment[i].key: ...)."""
+    for i, seg in enumerate(sb.segments):
+        preset = presets[seg.preset or project.preset]
+        key = unsupported(seg, preset.family)
+        if not key:
+            continue
+        try:
+            loc = _Locator(sb.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            loc = _Locator("")
+        where = StoryboardError(sb.path, f"preset {preset.name} ({preset.family}) cannot honour {key}; "
+                                f"use an LTX-2 preset for this shot", *loc.find("segment", i, key),
+                                f"segment[{i}].{key}")
+        raise RenderError("unsupported_key", str(where), segment=seg.id)
 
 
 def _resolve_preset(name: str, segment: str = "") -> Preset:

@@ -97,8 +97,10 @@ def _stages(preset: Preset) -> dict[str, Stage]:
     if preset.family == "ltx2":
         from pipeline.stages.draft import DraftStage
         from pipeline.stages.refine import RefineStage
+        from pipeline.stages.retake import RetakeDraftStage, RetakeStage
 
         draft, refine = DraftStage(), RefineStage()
+        retakes: tuple[Stage, ...] = (RetakeDraftStage(), RetakeStage())  # keyframes/retake
     else:
         # I2V families (Wan2.2, SVD, LTX-Video 0.9, CogVideoX): video-only draft, and no
         # latent upsampler, so refine is an antialiased resize to refine_size.
@@ -106,7 +108,13 @@ def _stages(preset: Preset) -> dict[str, Stage]:
         from pipeline.stages.resize_refine import ResizeRefineStage
 
         draft, refine = FamilyDraftStage(), ResizeRefineStage()
-    return {s.name: s for s in (EnhanceStage(), draft, refine, UpscaleStage(), GradeStage(), EncodeStage())}
+        retakes = ()
+    return {s.name: s for s in (EnhanceStage(), draft, refine, UpscaleStage(), GradeStage(), EncodeStage(),
+                                *retakes)}
+
+
+#: Stages planned (memory) as another: a retake's draft is a draft; its splice moves frames only.
+_PLANNED_AS = {"retake-draft": "draft", "retake": "encode"}
 
 
 @dataclass
@@ -206,7 +214,8 @@ class Renderer:
     def plans(self, stage: str, frames: int, segment: str = "", preset: Preset | None = None
               ) -> list[memory.StagePlan]:
         try:
-            plans = memory.plan_ladder(stage, preset or self.preset, self.job.project, frames=frames)
+            plans = memory.plan_ladder(_PLANNED_AS.get(stage, stage), preset or self.preset, self.job.project,
+                                       frames=frames)
         except memory.PlanError as exc:
             raise RenderError("plan", str(exc), stage, segment) from None
         if stage == "upscale":
@@ -352,8 +361,24 @@ class Renderer:
                 refined = np.load(arts[name].file("frames.npy"), mmap_mode="r")[:job.kept]  # what the film shows
                 self._quality(job, "refine", refined, None, None)
         frames = arts[self.frames_chain(job)[-1][0]]
+        if job.segment.retake is not None:  # keyframes/retake
+            frames = self.retake(job, draft, frames, self.run_stage)
         self._preview(job, frames)
         return self.run_stage("encode", job, {"upscale": frames, "draft": draft})
+
+    def retake(self, job: SegmentJob, draft: Artifact, original: Artifact,
+               stage: Callable[[str, SegmentJob, dict[str, Artifact]], Artifact | None]) -> Artifact | None:
+        """The shot's frames with its ``retake`` span drafted again and spliced in (pipeline/stages/retake.py);
+        ``stage`` runs a stage (rendering) or only looks its entry up (assembling the film: None if missing)."""
+        arts: dict[str, Artifact | None] = {"draft": stage("retake-draft", job, {"draft": draft})}
+        for name, source in self.frames_chain(job):
+            given = arts[source]
+            arts[name] = None if given is None else stage(name, job, {source: given})
+        take = arts[self.frames_chain(job)[-1][0]]
+        return None if take is None else stage("retake", job, {"upscale": original, "take": take})
+
+    def _lookup(self, name: str, job: SegmentJob, inputs: dict[str, Artifact]) -> Artifact | None:
+        return self.cache.get(name, self.key_for(name, job, inputs))
 
     def finish_segment(self, job: SegmentJob, draft: Artifact) -> Path:
         """Finish one drafted segment and publish it as renders/<stem>/segments/<id>.mp4."""
@@ -456,6 +481,11 @@ class Renderer:
                 return None
             arts[name] = art
         frames = arts[self.frames_chain(job)[-1][0]]
+        if job.segment.retake is not None:  # keyframes/retake: the film shows the retake
+            retaken = self.retake(job, draft, frames, self._lookup)
+            if retaken is None:
+                return None
+            frames = retaken
         encode = self.cache.get("encode", self.key_for("encode", job, {"upscale": frames, "draft": draft}))
         return CachedSegment(frames=frames, draft=draft, encode=encode, kept=job.kept)
 

@@ -1,7 +1,9 @@
 """Draft: the LTX-2 first pass, video + audio together, at the draft size.
 
 Text-to-video when the segment has no anchor, image-to-video from ``job.anchor``
-(the previous segment's last frame or a user image) otherwise. The pipeline returns
+(the previous segment's last frame or a user image) otherwise; LTX-2's condition
+pipeline when other frames are conditioned too (``keyframes``; a retake's kept frames,
+pipeline/stages/retake.py), with the anchor as the condition on frame 0. The pipeline returns
 latents (``output_type="latent"``); this stage decodes them itself so it can keep both
 the latents (for refine) and the frames/waveform (for preview, anchors and audio).
 """
@@ -19,7 +21,9 @@ import numpy as np
 from pipeline.models import ltx2, ltx2_audio, user_loras
 from pipeline.models.ltx2 import model_identity
 from pipeline.models.sigmas import draft_sigmas
+from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
 from pipeline.stages.encode import repeats_anchor
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.prompt_embeds import prompt_embeds
@@ -70,8 +74,22 @@ class DraftStage(Stage):
             "fps": job.fps,
             "audio": job.audio,
             "model": model_identity(job.preset),
+            **self.condition_params(job),
             **shot_control_params(job),
         }
+
+    def condition_params(self, job: SegmentJob) -> dict[str, Any]:
+        """Keyframes reach the key only when a shot has them, so every other key stays as it was."""
+        if not job.segment.keyframes:
+            return {}
+        return {"keyframes": keyframe_params(job.segment.keyframes, job.frames, job.storyboard.resolve)}
+
+    def conditions(self, job: SegmentJob, inputs: dict[str, Artifact], ratio: int) -> list[Any]:
+        """Frame conditions for diffusers' LTX2ConditionPipeline; none: the T2V / I2V pipelines as before."""
+        return keyframe_conditions(job, ratio)
+
+    def seed(self, job: SegmentJob) -> int:
+        return int(job.seed)
 
     def total_steps(self, job: SegmentJob) -> int:
         return _steps(job)
@@ -79,7 +97,6 @@ class DraftStage(Stage):
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
         import torch
         from safetensors.torch import save_file
-
 
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size
@@ -89,14 +106,16 @@ class DraftStage(Stage):
         # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
         prompt = prompt_embeds(ctx, job)
 
-        # 2. Pipeline from held components, distilled LoRA weighted for this segment (the shot's
-        #    own LoRAs join it in step 3, for the denoise only).
-        i2v = job.anchor is not None
-        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
+        # 2. Pipeline from held components, distilled LoRA weighted for this segment; the
+        #    condition pipeline when frames other than the anchor are conditioned (keyframes, retake).
+        conditions = self.conditions(job, inputs, TEMPORAL_RATIO)
+        i2v = job.anchor is not None or any(c.index == 0 for c in conditions)
+        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v, conditions=bool(conditions))
+        assert pipe.vae_temporal_compression_ratio == TEMPORAL_RATIO  # the conditions' latent indices
         ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER,
                                connectors=pipe.connectors)
-        track = given_audio(pipe, job)
-        generator = torch.Generator(device="cpu").manual_seed(int(job.seed))
+        track = given_audio(pipe, job)  # an audio-driven shot's sound, encoded (its own LoRAs join in step 3)
+        generator = torch.Generator(device="cpu").manual_seed(self.seed(job))
 
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, w, h))
 
@@ -106,7 +125,9 @@ class DraftStage(Stage):
             return kwargs
 
         extra: dict[str, Any] = {}
-        if i2v:
+        if conditions:
+            extra["conditions"] = conditions
+        elif i2v:
             extra["image"] = ltx2.fit_image(job.anchor, (w, h))
 
         # 3. Denoise to latents on the preset's published schedule, used as given (no dynamic shift).

@@ -17,6 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
+from pipeline.project.keyframes import format_keyframes, keyframes_from_text, retake_from_text
 from pipeline.project.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard, check_sigmas
 from sulphur_tui.values import format_sigmas, parse_sigmas
 
@@ -75,6 +76,7 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor #preset { width: 24; }
     SegmentEditor #anchor-kind { width: 22; }
     SegmentEditor #drift { width: 28; }
+    SegmentEditor #retake { width: 9; }
     SegmentEditor Input.-bad { background: $error 30%; }
     SegmentEditor #field-error { color: $error; width: 1fr; height: 1; margin-top: 1; }
     SegmentEditor #shot-extras { display: none; width: 1fr; height: auto; }
@@ -109,6 +111,7 @@ class SegmentEditor(VerticalScroll):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.segment_id: str | None = None
         self.segment: Segment | None = None
+        self.fps = 24  # the project's: a shot's frame count (keyframe and retake frames are checked against it)
 
     def compose(self) -> ComposeResult:
         yield Label("", id="seg-title")
@@ -154,6 +157,13 @@ class SegmentEditor(VerticalScroll):
             yield Label("keep")
             yield Input(placeholder="all", id="keep", type="integer", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="The film keeps this many of the shot's frames; the next shot continues from the last")
+        with Horizontal(classes="row"):  # keyframes/retake
+            yield Label("keyframes")
+            yield Input(placeholder="none", id="keyframes", compact=True, validate_on=_OWN_VALIDATION,
+                        tooltip="frame=still, …: e.g. 0=start.png, -1=end.png@0.8 (-1: the last frame; @ strength)")
+            yield Label("retake")
+            yield Input(placeholder="–", id="retake", compact=True, validate_on=_OWN_VALIDATION,
+                        tooltip="first-last: regenerate those frames of the rendered shot, keep the rest")
         # Shown only for a shot that has them; edited in the storyboard file (README: `loras`, `audio`).
         yield Label("", id="shot-extras", classes="field-label")
         yield Label("", id="field-error")
@@ -163,6 +173,7 @@ class SegmentEditor(VerticalScroll):
         """Show a shot; nothing posted."""
         seg = sb.segment(segment_id)
         self.segment_id, self.segment = segment_id, seg
+        self.fps = sb.project.fps
         i = sb.index(segment_id)
         with self.prevent(TextArea.Changed, Input.Changed, Select.Changed, Checkbox.Changed):
             # Fixed-size labels: no layout pass needed (it would re-arrange the whole screen).
@@ -185,6 +196,8 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#preset", seg.preset)
             self._set_input("#sigmas", format_sigmas(seg.refine_sigmas) if seg.refine_sigmas else None)
             self._set_input("#keep", seg.keep)
+            self._set_input("#keyframes", format_keyframes(seg.keyframes) or None)
+            self._set_input("#retake", f"{seg.retake[0]}-{seg.retake[1]}" if seg.retake else None)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
             extras = self.query_one("#shot-extras", Label)
             extras.update(shot_extras(seg), layout=False)
@@ -274,8 +287,11 @@ class SegmentEditor(VerticalScroll):
                 value = check_sigmas(parse_sigmas(text)) if text else None
             elif key == "keep":
                 value = _int(text, 1, 2000) if text else None
+            elif key in ("keyframes", "retake") and self.segment is not None:
+                frames = self.segment.frame_count(self.fps)
+                value = keyframes_from_text(text, frames) if key == "keyframes" else retake_from_text(text, frames)
         except ValueError as exc:
-            says = key == "sigmas" or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
+            says = key in ("sigmas", "keyframes", "retake") or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
             error = f"{key}: {exc}" if says else f"{key}: not a number"
         inp.set_class(bool(error), "-bad")
         self._error(error)
@@ -306,6 +322,8 @@ class SegmentEditor(VerticalScroll):
             self._post(coalesce=coalesce, refine_sigmas=value)
         elif key == "keep":
             self._post(coalesce=coalesce, keep=value)
+        elif key in ("keyframes", "retake"):
+            self._post(coalesce=coalesce, **{key: value})
         elif key == "anchor-path":
             kind = str(self.query_one("#anchor-kind", Select).value)
             if kind in ("image", "video") and value:

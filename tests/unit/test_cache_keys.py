@@ -50,6 +50,11 @@ def _other(value: Any, hint: Any, name: str) -> Any:
         return (value.astype(np.int16) + 1).clip(0, 255).astype(value.dtype)
     if isinstance(value, Anchor):
         return Anchor("none") if value.kind != "none" else Anchor("previous")
+    # keyframes/retake: a still (kf.png beside the board, written by the tests) or its strength; a span
+    if name == "keyframes":
+        return (sbmod.Keyframe(-1, "kf.png"),) if not value else (replace_strength(value[0]),)
+    if name == "retake":
+        return (1, 2) if value is None else (value[0], value[1] + 1)
     if name == "loras":  # a LoRA appears, or the first one's strength changes
         return (LoraRef("style.safetensors", 0.5),) if not value else (
             dataclasses.replace(value[0], strength=value[0].strength / 2 + 0.125), *value[1:])
@@ -76,6 +81,17 @@ def _other(value: Any, hint: Any, name: str) -> Any:
             if kind in text:
                 return v
     raise TypeError(f"no perturbation for {name}={value!r} ({hint})")
+
+
+def replace_strength(kf: Any) -> Any:
+    return dataclasses.replace(kf, strength=kf.strength / 2)
+
+
+def _still(folder: Path) -> None:
+    """The keyframe still the perturbations name (a draft key holds its digest)."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "kf.png")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -147,7 +163,7 @@ REACHES: dict[str, set[str]] = {
     "enhance": {"seed", "segment.prompt", "preset.files", "preset.builder", "preset.extra[enhance_max_tokens]",
                 "preset.extra[max_sequence_length]",  # the answer is held to what the encoder reads
                 "preset.extra[enhance_system_prompt]"},
-    "draft": _LTX_DRAFT,
+    "draft": _LTX_DRAFT | {"segment.keyframes"},
     "refine": _LTX_REFINE,
     "upscale": {"output_size", "preset.files", "preset.builder"},
     "grade": {"reference", "project.drift_strength"},
@@ -156,6 +172,9 @@ REACHES: dict[str, set[str]] = {
                      "preset.name", "preset.guidance_scale", "preset.builder", "preset.takes_prompt",
                      "preset.extra[tiny_digest]", "preset.extra[negative_prompt]"},
     "resize_refine": {"refine_size"},
+    # keyframes/retake: a retake's draft reaches the rest through the original draft's key (its input)
+    "retake-draft": {"seed", "segment.retake"},
+    "retake": {"segment.retake"},
 }
 
 # Fields no stage reads directly, and why (the runner resolves them into the job's own fields,
@@ -178,15 +197,17 @@ def _stages() -> dict[str, Stage]:
     from pipeline.stages.grade import GradeStage
     from pipeline.stages.refine import RefineStage
     from pipeline.stages.resize_refine import ResizeRefineStage
+    from pipeline.stages.retake import RetakeDraftStage, RetakeStage
     from pipeline.stages.upscale import UpscaleStage
 
     return {"enhance": EnhanceStage(), "draft": DraftStage(), "refine": RefineStage(), "upscale": UpscaleStage(),
             "grade": GradeStage(), "encode": EncodeStage(), "family_draft": FamilyDraftStage(),
-            "resize_refine": ResizeRefineStage()}
+            "resize_refine": ResizeRefineStage(), "retake-draft": RetakeDraftStage(), "retake": RetakeStage()}
 
 
 def _job(tmp: Path, preset: Preset, index: int = 1) -> SegmentJob:
-    segs = (Segment(id="a", prompt="a red fox", keep=9), Segment(id="b", prompt="the fox sleeps"))
+    _still(tmp)
+    segs = (Segment(id="a", prompt="a red fox", keep=9, retake=(3, 5)), Segment(id="b", prompt="the fox sleeps"))
     seg = segs[0]
     board = Storyboard(path=tmp / "board.toml", project=Project(fps=8, drift_guard="anchor+output"),
                        segments=segs)
@@ -308,6 +329,8 @@ FIRST_REACHED = {
     "project.steps": "draft", "project.refine_sigmas": "refine", "project.lora_strength": "draft",
     "project.enhance": "", "project.drift_guard": "", "project.drift_reference": "",
     "project.drift_strength": "grade", "project.cache_limit_gb": "",
+    # keyframes/retake: a retake moves none of the original's keys (undo finds them again)
+    "segment.keyframes": "draft", "segment.retake": "",
 }
 # Notes on the "" entries above, each checked by this test: segment.seconds loses to frames;
 # segment.preset/project.preset —
@@ -341,6 +364,7 @@ def _storyboard_perturbations(sb: Storyboard) -> list[tuple[str, Storyboard]]:
 
 def test_every_storyboard_field_reaches_the_stages_it_should(tmp_path: Path) -> None:
     sb = sbmod.parse(BOARD, tmp_path / "keys.toml")
+    _still(tmp_path)
     base = chained_keys(sb)
     problems = []
     for path, changed in _storyboard_perturbations(sb):
