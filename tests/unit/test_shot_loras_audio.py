@@ -215,3 +215,17 @@ def test_a_fifo_named_as_a_lora_or_track_is_refused_unopened(tmp_path: Path, key
 
         (found,) = user_loras.resolve(sb, sb.segments[0])  # a cache key never reads it either
         assert found.path is None and found.digest.startswith("missing:")
+
+
+def test_the_example_storyboards_lora_and_sound_are_usable() -> None:
+    """storyboards/creative.toml: its LoRA fits the tiny preset it names, its sound is readable."""
+    from pipeline.models import user_loras
+
+    sb = sbmod.load(Path(__file__).resolve().parents[2] / "storyboards" / "creative.toml")
+    check_references(sb)
+    night, bell = sb.segment("night"), sb.segment("bell")
+    assert night.loras and bell.audio is not None and bell.audio.start == 0.25
+    (lora,) = user_loras.resolve(sb, night)
+    assert lora.path is not None
+    user_loras.check(get_preset(sb.project.preset), lora.path)
+    RenderJob.resolve(sb)  # an LTX-2 preset: nothing refused
