@@ -44,18 +44,18 @@ def write_lora(path: Path, *, seed: int = 11, scale: float = 0.5, targets: tuple
     return path
 
 
-def write_track(path: Path, seconds: float, *, rate: int = 48_000, seed: int = 3) -> np.ndarray:
-    """A stereo 16-bit WAV of band-limited noise bursts (a sharp correlation peak); returns the
-    samples as float32 (2, n), exactly as a decoder reads them (int16 / 32768)."""
+def write_track(path: Path, seconds: float, *, rate: int = 48_000, seed: int = 3, channels: int = 2) -> np.ndarray:
+    """A 16-bit WAV (stereo, or mono) of band-limited noise bursts (a sharp correlation peak); returns
+    the samples as float32 (channels, n), exactly as a decoder reads them (int16 / 32768)."""
     n = round(seconds * rate)
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal((2, n)).cumsum(axis=1)
     noise -= np.convolve(noise[0], np.ones(64) / 64, mode="same")[None, :]
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * np.arange(n) / rate)
-    signal = noise / (np.abs(noise).max() + 1e-9) * 0.6 * envelope
+    signal = (noise / (np.abs(noise).max() + 1e-9) * 0.6 * envelope)[:channels]
     pcm = np.round(signal * 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
-        w.setnchannels(2)
+        w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(np.ascontiguousarray(pcm.T).tobytes())

@@ -41,7 +41,10 @@ def read_track(path: Path, start: float, samples_at: Any) -> tuple[np.ndarray, i
         stream = container.streams.audio[0]
         rate = int(stream.rate or stream.codec_context.sample_rate)
         first, n = round(start * rate), int(samples_at(rate))
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+        # Mono stays mono here and is copied to both channels below: libswresample's
+        # mono → stereo upmix would lower it by 3 dB, and the film keeps the track's own samples.
+        mono = stream.codec_context.channels == 1
+        resampler = av.AudioResampler(format="fltp", layout="mono" if mono else "stereo", rate=rate)
         chunks, have = [], 0
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
@@ -51,6 +54,8 @@ def read_track(path: Path, start: float, samples_at: Any) -> tuple[np.ndarray, i
                 break
     wave = np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), np.float32)
     wave = wave[:, first:first + n].astype(np.float32)
+    if wave.shape[0] == 1:
+        wave = np.repeat(wave, 2, axis=0)
     if wave.shape[1] < n:
         wave = np.pad(wave, ((0, 0), (0, n - wave.shape[1])))
     return np.ascontiguousarray(wave), rate

@@ -229,3 +229,19 @@ def test_the_example_storyboards_lora_and_sound_are_usable() -> None:
     assert lora.path is not None
     user_loras.check(get_preset(sb.project.preset), lora.path)
     RenderJob.resolve(sb)  # an LTX-2 preset: nothing refused
+
+
+@pytest.mark.parametrize(("channels", "rate"), [(2, 48_000), (1, 22_050)])
+def test_a_track_is_read_sample_exact_from_its_start_mono_in_both_channels(
+        tmp_path: Path, channels: int, rate: int) -> None:
+    """The samples an audio-driven shot keeps: from ``start`` exactly, at the file's own rate, a mono
+    file copied to both channels at full level (a stereo upmix would lower it 3 dB), padded past the end."""
+    from pipeline.models.ltx2_audio import read_track
+
+    given = write_track(tmp_path / "t.wav", 1.0, rate=rate, channels=channels)
+    wave, got_rate = read_track(tmp_path / "t.wav", 0.5, lambda r: r)  # 1 s from 0.5 s: half of it is past the end
+    first, half = rate // 2, rate - rate // 2
+    assert got_rate == rate and wave.shape == (2, rate)
+    for ch in range(2):
+        np.testing.assert_array_equal(wave[ch, :half], given[min(ch, channels - 1), first:])
+    assert not wave[:, half:].any()
