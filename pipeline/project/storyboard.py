@@ -25,6 +25,7 @@ import tomlkit
 from tomlkit.items import AoT, InlineTable, Table
 
 from pipeline.project import layout
+from pipeline.project.audio_track import AudioTrack, parse_audio
 from pipeline.project.files import (
     check_writable,
     describe_os_error,
@@ -35,6 +36,7 @@ from pipeline.project.files import (
 )
 from pipeline.project.keyframes import Keyframe, parse_keyframes, parse_retake
 from pipeline.project.layout import RenderFolder
+from pipeline.project.loras import LoraRef, loras_to_toml, parse_loras
 
 # Deferred imports: tomlkit — only writing a storyboard needs the comment-preserving parser
 
@@ -114,6 +116,10 @@ class Segment:
     # keyframes/retake
     keyframes: tuple[Keyframe, ...] = ()  # stills that frames of this shot are conditioned on
     retake: tuple[int, int] | None = None  # frames first..last regenerated; the rest kept as rendered
+    #
+    # loras/audio
+    loras: tuple[LoraRef, ...] = ()   # the user's LoRAs for this shot, on top of the preset's (project/loras.py)
+    audio: AudioTrack | None = None   # the sound this shot follows and keeps (project/audio_track.py)
 
     def frame_count(self, fps: int) -> int:
         """Frames requested; the model preset may round up to what it can generate."""
@@ -202,6 +208,10 @@ _SEGMENT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     # keyframes/retake
     "keyframes": ((list,), 'an array of { frame = N, image = "still.png" } tables'),
     "retake": ((list,), "a [first, last] pair of frame numbers"),
+    #
+    # loras/audio
+    "loras": ((list,), 'an array of { path = "file.safetensors", strength = 0.8 } tables'),
+    "audio": ((str, dict), 'a sound file ("track.wav") or { path = "track.wav", start = seconds }'),
 }
 
 
@@ -345,6 +355,14 @@ def _anchor(path: Path, loc: _Locator, index: int, value: Any) -> Anchor:
     raise StoryboardError(path, 'expected { image = "path" } or { video = "path" }', line, col, where)
 
 
+def _shot_sound_and_loras(path: Path, loc: _Locator, index: int, key: str, value: Any) -> Any:
+    """``loras`` / ``audio`` of a segment, parsed by their own modules; errors at the key's line."""
+    try:
+        return parse_loras(value) if key == "loras" else parse_audio(value)
+    except ValueError as exc:
+        raise StoryboardError(path, str(exc), *loc.find("segment", index, key), f"segment[{index}].{key}") from None
+
+
 def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storyboard:
     """Validate TOML text into a :class:`Storyboard`; raises :class:`StoryboardError`."""
     path = Path(path)
@@ -384,6 +402,8 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
                 value = _anchor(path, loc, i, value)
             elif key == "refine_sigmas":
                 value = _sigmas(path, loc, "segment", i, key, value)
+            elif key in ("loras", "audio"):
+                value = _shot_sound_and_loras(path, loc, i, key, value)
             seg_kwargs[key] = value
         for required in ("id", "prompt"):
             if required not in seg_kwargs:
@@ -533,7 +553,7 @@ def load(path: str | os.PathLike[str]) -> Storyboard:
 
 
 def _to_toml_value(value: Any) -> Any:
-    if isinstance(value, Anchor):
+    if isinstance(value, Anchor | AudioTrack):
         return value.to_toml()
     if isinstance(value, tuple) and value and isinstance(value[0], Keyframe):
         array = tomlkit.array()  # inline tables: a list of dicts would become [[segment.keyframes]]
@@ -542,6 +562,8 @@ def _to_toml_value(value: Any) -> Any:
             table.update(kf.to_toml())
             array.append(table)
         return array
+    if isinstance(value, tuple) and value and isinstance(value[0], LoraRef):
+        return loras_to_toml(value)
     if isinstance(value, tuple):
         return list(value)
     return value
@@ -573,7 +595,8 @@ def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, A
         if key not in new and key in defaults:
             del table[key]
     for key, value in new.items():
-        if key in table and (_plain(table[key]) == _plain(value) or _same_anchor(_plain(table[key]), value)):
+        if key in table and (_plain(table[key]) == _plain(value) or _same_anchor(_plain(table[key]), value)
+                             or _same_parsed(key, _plain(table[key]), _plain(value))):
             continue  # untouched: keep its formatting and comment
         old = table.get(key)
         if isinstance(old, InlineTable) and isinstance(value, dict):
@@ -595,6 +618,16 @@ def _same_anchor(old: Any, new: Any) -> bool:
     (kind, target), = new.items()
     suffixes = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
     return old == target and Path(old).suffix.lower() in suffixes
+
+
+def _same_parsed(key: str, old: Any, new: Any) -> bool:
+    """``loras`` / ``audio`` spelled otherwise in the file (``strength`` left at 1, ``{ path = … }``
+    for a plain path) but meaning what a save would write: the file's spelling stays."""
+    parser = {"loras": parse_loras, "audio": parse_audio}.get(key)
+    try:
+        return parser is not None and parser(old) == parser(new)
+    except (ValueError, TypeError, AttributeError):
+        return False
 
 
 def _plain(value: Any) -> Any:

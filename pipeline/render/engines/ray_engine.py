@@ -50,6 +50,7 @@ from pipeline.project.storyboard import StoryboardError, load, with_segment
 from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
 from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock
 from pipeline.render.takes import record_takes, write_still
 from pipeline.stages.base import Cancelled
@@ -481,6 +482,8 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     ids = [s.id for s in sb.segments]
     last_needed = max(ids.index(s) for s in selected)
     check_references(sb, set(ids[:last_needed + 1]))  # every anchor usable before any actor starts
+    # every shot's LoRAs here and fitting their model (and no LoRA or sound on a family without them)
+    check_loras(RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs(selected))
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
