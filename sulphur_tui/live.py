@@ -169,9 +169,9 @@ class LiveState:
         # whose events name no worker.
         self.actors: dict[str, ActorLive] = {}
         self._running_on: dict[tuple[str, str], str] = {}  # (segment, stage) -> worker, for StepProgress
-        # Takes jobs by shot (the latest one each), and which take each engine worker runs now.
+        # Takes jobs by shot (the latest one each), and which take each Ray actor runs now.
         self.takes: dict[str, TakesLive] = {}
-        self._take_on: dict[str, TakeLive] = {}  # worker ("" in a local job) -> its running take
+        self._take_on: dict[str, TakeLive] = {}  # Ray actor ("" in a local job) -> its running take
 
     # ------------------------------------------------------------------ folding
     def seg(self, segment_id: str) -> SegmentLive:
@@ -421,7 +421,7 @@ class LiveState:
         return current
 
     def _apply_takes(self, ev: Event) -> set[str]:
-        """Takes jobs: a row per seed, and the stage events of each take's engine worker folded into it."""
+        """Takes jobs: a row per seed, and the stage events of each take's actor folded into it."""
         job = self.jobs.get(ev.job_id)
         if job is None or not job.seeds or not job.segments:
             return set()
@@ -432,15 +432,15 @@ class LiveState:
             case TakeStarted():
                 take = rows.takes.setdefault(ev.seed, TakeLive(ev.seed))
                 take.state, take.stage, take.progress, take.stages_done = "rendering", "", 0.0, set()
-                self._take_on[ev.worker] = take
+                self._take_on[ev.actor] = take
             case TakeFinished():
                 take = rows.takes.setdefault(ev.seed, TakeLive(ev.seed))
                 take.state, take.stage, take.progress, take.path, take.still = "done", "", 1.0, ev.path, ev.still
-                if self._take_on.get(ev.worker) is take:
-                    del self._take_on[ev.worker]
+                if self._take_on.get(ev.actor) is take:
+                    del self._take_on[ev.actor]
             case StageStarted() | StepProgress() | StageFinished() | StageCached() if ev.segment == rows.segment:
-                worker = getattr(ev, "worker", "") or self._running_on.get((ev.segment, ev.stage), "")
-                take = self._take_on.get(worker)
+                actor = getattr(ev, "actor", "") or self._running_on.get((ev.segment, ev.stage), "")
+                take = self._take_on.get(actor)
                 if take is None:
                     return set()
                 _fold_take(take, ev)
@@ -511,7 +511,7 @@ class LiveState:
 
 
 def _fold_take(take: TakeLive, ev: StageStarted | StepProgress | StageFinished | StageCached) -> None:
-    """A stage event of the take's own engine worker: its stage, steps and weighted progress."""
+    """A stage event of the take's own actor: its stage, steps and weighted progress."""
     if isinstance(ev, StageStarted):
         take.stage, take.step, take.total = ev.stage, 0, ev.total_steps
     elif isinstance(ev, StepProgress):

@@ -159,11 +159,11 @@ class SegmentDone(Event, tag="segment_done", kw_only=True):
 
 class TakeStarted(Event, tag="take_started", kw_only=True):
     """One take (seed) of a takes job begins; the stage events that follow from the same
-    ``worker`` belong to it until its :class:`TakeFinished`."""
+    ``actor`` belong to it until its :class:`TakeFinished`."""
 
     segment: str
     seed: int
-    worker: str = ""  # which engine worker ran it (Ray: actor@host GPU n); "" = this process
+    actor: str = ""  # the Ray actor that ran it ("name@host GPU n"); "" = the local engine
 
 
 class TakeFinished(Event, tag="take_finished", kw_only=True):
@@ -173,7 +173,7 @@ class TakeFinished(Event, tag="take_finished", kw_only=True):
     seed: int
     path: str
     still: str = ""  # its last frame as a PNG beside it ("" when it could not be written)
-    worker: str = ""
+    actor: str = ""
 
 
 class PromptEnhanced(Event, tag="prompt_enhanced", kw_only=True):
