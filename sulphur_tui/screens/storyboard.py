@@ -44,6 +44,7 @@ class StoryboardScreen(Screen[None]):
     """The app's default screen (also under the broken-file view, empty until the file loads)."""
 
     app: SulphurApp  # type: ignore[assignment]
+    _unmounted_areas: frozenset[str] = frozenset()  # redraws asked for before the screen was mounted
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -68,6 +69,9 @@ class StoryboardScreen(Screen[None]):
             self.query_one(f"#{widget_id}").border_title = title
         self.query_one("#segments").border_subtitle = "F4 project settings"
         self.app.begin()
+        if self._unmounted_areas:
+            areas, self._unmounted_areas = set(self._unmounted_areas), frozenset()
+            self.refresh_live(areas)
 
     # ------------------------------------------------------------------ narrow terminals
     def on_resize(self, event: events.Resize) -> None:
@@ -142,7 +146,11 @@ class StoryboardScreen(Screen[None]):
         self.query_one("#statusline", Label).update(" · ".join(bits))
 
     def refresh_live(self, areas: set[str]) -> None:
-        """Redraw the areas the live reducer says changed."""
+        """Redraw the areas the live reducer says changed (held until the screen is mounted:
+        a worker's first events can arrive before it is)."""
+        if not self.is_mounted:
+            self._unmounted_areas = self._unmounted_areas | areas
+            return
         app = self.app
         if not areas or app.doc is None:
             return
