@@ -33,7 +33,7 @@ from sulphur_tui.document import Document
 from sulphur_tui.keys import APP_BINDINGS
 from sulphur_tui.live import LiveState
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
-from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, HelpScreen
+from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, HelpScreen, TakesScreen
 from sulphur_tui.screens.storyboard import StoryboardScreen
 from sulphur_tui.sources import close_followers
 from sulphur_tui.status import DiskRender, remembered_baseline, remembered_stage_times
@@ -136,7 +136,7 @@ class SulphurApp(App[int]):
 
     _NEEDS_DOCUMENT = {"save", "undo", "redo", "render_all", "render_segment", "render_from", "add_segment",
                        "duplicate_segment", "delete_segment", "move_segment", "randomise_seed", "open_output",
-                       "reload", "cancel_render", "pick_take"}
+                       "reload", "cancel_render", "pick_take", "rename_segment"}
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide editing actions while there is no loaded storyboard (broken-file view)."""
@@ -168,6 +168,10 @@ class SulphurApp(App[int]):
     @on(WorkerEvent)
     def _worker_event(self, message: WorkerEvent) -> None:
         self.jobs.on_event(message.event, message.history)
+
+    @on(TakesScreen.Render)
+    def _render_takes(self, message: TakesScreen.Render) -> None:
+        self.jobs.render_takes(message.segment, message.seeds)
 
     @on(WorkerConnection)
     def _worker_connection(self, message: WorkerConnection) -> None:
@@ -222,6 +226,9 @@ class SulphurApp(App[int]):
 
     def action_pick_take(self) -> None:
         self.edits.pick_take()
+
+    def action_rename_segment(self) -> None:
+        self.edits.rename_segment()
 
     def action_project_settings(self) -> None:
         self.edits.project_settings()

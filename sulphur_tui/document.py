@@ -22,6 +22,7 @@ from pipeline.project.storyboard import (
     parse,
     render_toml,
     save,
+    segment_id_problem,
 )
 
 UNDO_LIMIT = 500
@@ -68,6 +69,9 @@ class Document:
         self._undo: list[tuple[Storyboard, str]] = []
         self._redo: list[tuple[Storyboard, str]] = []
         self._last_key = ""
+        # Every rename made in this session (old id, new id), undone ones too: a save maps the
+        # file's tables to the shots they became, so a renamed shot keeps its comments.
+        self._renames: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ editing
     @property
@@ -164,6 +168,44 @@ class Document:
         segs[i], segs[j] = segs[j], segs[i]
         return self.apply(replace(sb, segments=tuple(segs)), f"move {segment_id}")
 
+    def rename_segment(self, segment_id: str, new_id: str, storyboard: Storyboard | None = None) -> bool:
+        """Give a shot a new id (one undo step). ``storyboard``: the document with the rename
+        already made and other shots' references updated (see pipeline.project.renaming).
+        Raises ValueError with the storyboard's own message for an id it would refuse."""
+        problem = segment_id_problem(self.storyboard, new_id, segment_id)
+        if problem:
+            raise ValueError(problem)
+        if storyboard is None:
+            segs = tuple(replace(s, id=new_id) if s.id == segment_id else s for s in self.storyboard.segments)
+            storyboard = replace(self.storyboard, segments=segs)
+        self.break_coalescing()
+        if not self.apply(storyboard, f"rename {segment_id} to {new_id}"):
+            return False
+        self._renames.append((segment_id, new_id))
+        return True
+
+    def renames_since_saved(self) -> dict[str, str]:
+        """The file's id → the id that shot has now, for every shot renamed (and not back)
+        since the file was last read or written, following undo and redo."""
+        now = {s.id for s in self.storyboard.segments}
+        before = {s.id for s in self.saved.segments}
+        edges: dict[str, set[str]] = {}
+        for a, b in self._renames:
+            edges.setdefault(a, set()).add(b)
+            edges.setdefault(b, set()).add(a)
+        found: dict[str, str] = {}
+        for old in sorted(before - now):
+            seen, todo = {old}, [old]
+            while todo:  # the ids this one was renamed to, and back, in any order
+                for nxt in edges.get(todo.pop(), ()):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+            match = sorted(i for i in seen if i in now and i not in before and i not in found.values())
+            if match:
+                found[old] = match[0]
+        return found
+
     def randomise_seed(self, segment_id: str, rng: random.Random | None = None) -> int:
         seed = (rng or random.SystemRandom()).randrange(0, 2**31 - 1)
         self.edit_segment(segment_id, seed=seed)
@@ -219,12 +261,13 @@ class Document:
         ``over_broken``: the user chose to keep their version over a disk copy that no
         longer parses; merge into the last text that did, so its comments survive.
         """
+        renames = self.renames_since_saved()
         if over_broken:
-            text = render_toml(self.storyboard, self._good_text)
+            text = render_toml(self.storyboard, self._good_text, renames)
             parse(text, self.path)
             atomic_write(self.path, text)
         else:
-            text = save(self.storyboard, self.path)
+            text = save(self.storyboard, self.path, renames)
         self._good_text = text
         self.saved = self.storyboard
         self.disk = _disk_state(self.path)

@@ -33,6 +33,8 @@ from pipeline.wire.protocol import (
     StageStarted,
     StatusSnapshot,
     StepProgress,
+    TakeFinished,
+    TakeStarted,
     VramSample,
 )
 
@@ -110,6 +112,32 @@ class JobLive:
     segments: list[str]
     state: str = "queued"  # queued | running | done | failed | cancelled
     started: float = 0.0
+    seeds: list[int] = field(default_factory=list)  # a takes job: these seeds of segments[0]
+
+
+@dataclass
+class TakeLive:
+    """One take (seed) of a takes job, as its row in the takes list draws it."""
+
+    seed: int
+    state: str = "queued"  # queued | rendering | done | failed | cancelled
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    progress: float = 0.0  # 0..1, weighted by stage as a shot's is
+    stages_done: set[str] = field(default_factory=set)
+    path: str = ""  # its MP4, once done
+    still: str = ""  # its last frame as a PNG, once done
+
+
+@dataclass
+class TakesLive:
+    """The latest takes job of one shot."""
+
+    job_id: str
+    segment: str
+    takes: dict[int, TakeLive]  # by seed, in the order asked
+    state: str = "queued"  # as the job's
 
 
 class LiveState:
@@ -141,6 +169,9 @@ class LiveState:
         # whose events name no worker.
         self.actors: dict[str, ActorLive] = {}
         self._running_on: dict[tuple[str, str], str] = {}  # (segment, stage) -> worker, for StepProgress
+        # Takes jobs by shot (the latest one each), and which take each Ray actor runs now.
+        self.takes: dict[str, TakesLive] = {}
+        self._take_on: dict[str, TakeLive] = {}  # Ray actor ("" in a local job) -> its running take
 
     # ------------------------------------------------------------------ folding
     def seg(self, segment_id: str) -> SegmentLive:
@@ -150,7 +181,7 @@ class LiveState:
         """Fold one event in; returns the areas to redraw."""
         self.last_ts = max(self.last_ts, ev.ts)
         line = log_line(ev)
-        areas = self._apply(ev)
+        areas = self._apply(ev) | self._apply_takes(ev)
         if line:
             self.journal.append((ev.ts, line))
             self.journal_count += 1
@@ -213,8 +244,13 @@ class LiveState:
                 self.enhanced.append(ev)
                 return {"enhanced"}
             case JobFinished():
+                job = self.jobs.get(ev.job_id)
                 self._end_job(ev.job_id, "done")
-                if ev.path.endswith(".mp4"):
+                if job is not None and job.seeds:
+                    n = len(job.seeds)
+                    self._say(f"✔ {n} take{'s' if n != 1 else ''} of {job.segments[0]} in {ev.seconds:.0f} s: "
+                              "pick one (t)")
+                elif ev.path.endswith(".mp4"):
                     self._say(f"✔ film ready: {ev.path} ({ev.seconds:.0f} s)")
                 else:  # some shot is not rendered yet: no film, the shots are in the folder
                     self._say(f"✔ done in {ev.seconds:.0f} s, no film yet: shots in {ev.path}")
@@ -240,10 +276,13 @@ class LiveState:
     def _job_queued(self, ev: JobQueued | JobStarted) -> set[str]:
         job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
         job.segments = list(ev.segments) or job.segments
+        job.seeds = list(ev.seeds) or job.seeds
         if isinstance(ev, JobStarted):
             job.state, job.started = "running", ev.ts
-            self.actors, self._running_on = {}, {}  # a job's actors are its own
+            self.actors, self._running_on, self._take_on = {}, {}, {}  # a job's actors are its own
             self.news = f"rendering {len(job.segments)} shot{'s' if len(job.segments) != 1 else ''}…"
+            if job.seeds:
+                self.news = f"rendering {len(job.seeds)} takes of {job.segments[0]}…"
         for sid in job.segments:
             s = self.seg(sid)
             if s.state not in ("rendering",):
@@ -332,7 +371,9 @@ class LiveState:
         self.worker_pid = ev.pid
         for info in ev.jobs:
             job = self.jobs.setdefault(info.job_id, JobLive(info.job_id, list(info.segments)))
-            job.state = info.state
+            job.state, job.seeds = info.state, list(info.seeds) or job.seeds
+            if job.seeds and info.segments:
+                self._takes_job(job).state = info.state
             if info.state in ("queued", "running"):
                 for sid in info.segments:
                     if self.seg(sid).state not in ("rendering", "done"):
@@ -349,6 +390,9 @@ class LiveState:
     def _end_job(self, job_id: str, state: str) -> None:
         job = self.jobs.get(job_id)
         segs = job.segments if job else [k for k, v in self.segments.items() if v.state in ("queued", "rendering")]
+        # A job drafts the shots before the ones it renders (a takes job, `render beam`): one job
+        # runs at a time, so whatever still shows rendering was this job's.
+        segs = [*segs, *(k for k, v in self.segments.items() if v.state == "rendering" and k not in segs)]
         if job:
             job.state = state
         for sid in segs:
@@ -366,6 +410,50 @@ class LiveState:
         done = sum(STAGE_WEIGHT.get(x, 0.0) for x in s.stages_done)
         current = STAGE_WEIGHT.get(s.stage, 0.0) * fraction if s.stage not in s.stages_done else 0.0
         s.progress = min(1.0, max(s.progress if s.state == "rendering" else 0.0, done + current))
+
+    # ------------------------------------------------------------------ takes
+    def _takes_job(self, job: JobLive) -> TakesLive:
+        """The rows of a takes job, every seed queued until it starts."""
+        current = self.takes.get(job.segments[0])
+        if current is None or current.job_id != job.job_id:
+            current = TakesLive(job.job_id, job.segments[0], {s: TakeLive(s) for s in job.seeds})
+            self.takes[job.segments[0]] = current
+        return current
+
+    def _apply_takes(self, ev: Event) -> set[str]:
+        """Takes jobs: a row per seed, and the stage events of each take's actor folded into it."""
+        job = self.jobs.get(ev.job_id)
+        if job is None or not job.seeds or not job.segments:
+            return set()
+        rows = self._takes_job(job)
+        match ev:
+            case JobQueued() | JobStarted():
+                rows.state = job.state
+            case TakeStarted():
+                take = rows.takes.setdefault(ev.seed, TakeLive(ev.seed))
+                take.state, take.stage, take.progress, take.stages_done = "rendering", "", 0.0, set()
+                self._take_on[ev.actor] = take
+            case TakeFinished():
+                take = rows.takes.setdefault(ev.seed, TakeLive(ev.seed))
+                take.state, take.stage, take.progress, take.path, take.still = "done", "", 1.0, ev.path, ev.still
+                if self._take_on.get(ev.actor) is take:
+                    del self._take_on[ev.actor]
+            case StageStarted() | StepProgress() | StageFinished() | StageCached() if ev.segment == rows.segment:
+                actor = getattr(ev, "actor", "") or self._running_on.get((ev.segment, ev.stage), "")
+                take = self._take_on.get(actor)
+                if take is None:
+                    return set()
+                _fold_take(take, ev)
+            case JobFinished() | JobCancelled() | ErrorEvent():
+                rows.state = job.state
+                for take in rows.takes.values():  # what did not finish never will in this job
+                    if take.state in ("queued", "rendering"):
+                        cancelled = isinstance(ev, JobCancelled) or take.state == "queued"
+                        take.state = "cancelled" if cancelled else "failed"
+                self._take_on = {}
+            case _:
+                return set()
+        return {"takes"}
 
     # ------------------------------------------------------------------ reading
     @property
@@ -422,6 +510,21 @@ class LiveState:
         return left
 
 
+def _fold_take(take: TakeLive, ev: StageStarted | StepProgress | StageFinished | StageCached) -> None:
+    """A stage event of the take's own actor: its stage, steps and weighted progress."""
+    if isinstance(ev, StageStarted):
+        take.stage, take.step, take.total = ev.stage, 0, ev.total_steps
+    elif isinstance(ev, StepProgress):
+        take.stage, take.step, take.total = ev.stage, ev.step, ev.total
+    else:
+        take.stages_done.add(ev.stage)
+        take.step = take.total
+    done = sum(STAGE_WEIGHT.get(x, 0.0) for x in take.stages_done)
+    running = 0.0 if take.stage in take.stages_done else STAGE_WEIGHT.get(take.stage, 0.0) * (
+        take.step / take.total if take.total else 0.0)
+    take.progress = min(1.0, max(take.progress, done + running))
+
+
 def log_line(ev: Event) -> str:
     """The job log's line for an event ("" for telemetry): each job's start, every stage of
     every shot, fallbacks, warnings, errors and where the output went."""
@@ -441,6 +544,10 @@ def log_line(ev: Event) -> str:
             return f"{ev.segment} rendered: {ev.path}"
         case PromptEnhanced():
             return f"{ev.segment}: enhanced prompt written"
+        case TakeStarted():
+            return f"{ev.segment}: take {ev.seed} started"
+        case TakeFinished():
+            return f"{ev.segment}: take {ev.seed} rendered: {ev.path}"
         case JobFinished():
             return f"job {ev.job_id[:8]} finished in {ev.seconds:.0f} s: {ev.path}"
         case JobCancelled():
@@ -457,4 +564,5 @@ def finite_psnr(values: list[float], cap: float = 60.0) -> list[float]:
     return [cap if (math.isinf(v) or math.isnan(v) or v > cap) else v for v in values]
 
 
-__all__ = ["LiveState", "StageTimer", "SegmentLive", "JobLive", "STAGE_WEIGHT", "finite_psnr"]
+__all__ = ["LiveState", "StageTimer", "SegmentLive", "JobLive", "TakeLive", "TakesLive", "STAGE_WEIGHT",
+           "finite_psnr"]

@@ -8,15 +8,18 @@ import sys
 from typing import Any
 
 from pipeline.models.download import PullError, human, pattern_root, pull, where_found
-from pipeline.models.registry import all_presets, get_preset
+from pipeline.models.registry import Preset, all_presets, get_preset
+from pipeline.models.user_loras import hub_file
 from pipeline.models.verify import verify
+from pipeline.project.storyboard import load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print every preset's files as JSON (for scripts)")
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
-    pull = sub.add_parser("pull", help="download a preset's files into the Hugging Face cache (resumable)")
-    pull.add_argument("preset", metavar="PRESET")
+    pull = sub.add_parser("pull", help="download a preset's files (or a storyboard's Hub LoRAs: pull board.toml) "
+                          "into the Hugging Face cache (resumable)")
+    pull.add_argument("preset", metavar="PRESET|STORYBOARD")
     pull.add_argument("--dry-run", action="store_true", help="list the files and sizes; download nothing")
     verify = sub.add_parser("verify", help="load every component of a preset from its files (no render)")
     verify.add_argument("preset", metavar="PRESET")
@@ -43,7 +46,10 @@ def main_verify(args: argparse.Namespace) -> int:
 
 def main_pull(args: argparse.Namespace) -> int:
     try:
-        preset = get_preset(args.preset)
+        preset = storyboard_loras(args.preset) if args.preset.endswith(".toml") else get_preset(args.preset)
+    except ValueError as exc:  # a storyboard that does not load: its one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -57,9 +63,18 @@ def main_pull(args: argparse.Namespace) -> int:
         return 1
     if not args.dry_run:
         total = sum(p.stat().st_size for p in paths if p.is_file())
-        print(f"{preset.name}: {len(paths)} file(s) ready, {human(total)}; "
-              f"next: sulphur models verify {preset.name}", file=sys.stderr)
+        nxt = f"sulphur render {args.preset}" if preset.family == "loras" else f"sulphur models verify {preset.name}"
+        print(f"{preset.name}: {len(paths)} file(s) ready, {human(total)}; next: {nxt}", file=sys.stderr)
     return 0
+
+
+def storyboard_loras(path: str) -> Preset:
+    """The Hub LoRAs a storyboard's shots name (``loras = [{ repo = …, path = … }]``), as a preset
+    of files, so the preset downloader fetches them the same way (resumable, into the HF cache)."""
+    sb = load(path)
+    files = {ref.label: hub_file(ref) for seg in sb.segments for ref in seg.loras if ref.repo}
+    return Preset(name=sb.path.name, family="loras", description="the storyboard's Hub LoRAs",
+                  files=tuple(files.values()))
 
 
 def _file_row(f: Any) -> dict[str, Any]:

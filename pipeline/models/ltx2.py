@@ -367,10 +367,12 @@ def lora_parts(path: Path) -> dict[str, dict[str, Any]]:
     return parts
 
 
-def load_lora(module: Any, path: Path, adapter: str, *, part: str = "transformer") -> None:
+def load_lora(module: Any, path: Path, adapter: str, *, part: str = "transformer",
+              parts: dict[str, dict[str, Any]] | None = None) -> None:
     """One part of Lightricks' LoRA (``transformer`` or ``connectors``) straight into its module, so the
-    adapter survives pipeline re-assembly; a key naming no module there is an error, where diffusers warns."""
-    sd = lora_parts(path)[part]
+    adapter survives pipeline re-assembly; a key naming no module there is an error, where diffusers warns.
+    ``parts``: the file's :func:`lora_parts`, when the caller already has them (one read per file)."""
+    sd = (parts if parts is not None else lora_parts(path))[part]
     if not sd:
         return
     modules = dict(module.named_modules())

@@ -32,7 +32,7 @@ from pipeline.models.registry import sulphur_home
 
 #: Bump whenever a config or the file layout below changes: the folder name and the
 #: model identity (cache keys) follow it, so stale builds are never reused.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4  # 4: the audio VAE encodes too (ch_mult 1, 2, 4)
 FOLDER_NAME = f"tiny-ltx2-v{BUILDER_VERSION}"
 
 # Files inside the built folder (relative paths), shared with pipeline.models.ltx2.
@@ -126,7 +126,9 @@ VAE_CONFIG: dict[str, Any] = {
 
 AUDIO_VAE_CONFIG: dict[str, Any] = {
     # base_channels must equal latent channels × latent mel bins (the pipeline normalizes packed latents).
-    "base_channels": AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4, "output_channels": 2, "ch_mult": [1],
+    # ch_mult (1, 2, 4) like the real VAE: two 2× downsamples make the encoder compress time and
+    # mel bins 4×, as the pipeline assumes (with [1] only the decoder did; encoding audio broke).
+    "base_channels": AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4, "output_channels": 2, "ch_mult": [1, 2, 4],
     "num_res_blocks": 1, "attn_resolutions": None, "in_channels": 2, "resolution": 32,
     "latent_channels": AUDIO_LATENT_CHANNELS, "norm_type": "pixel", "causality_axis": "height",
     "dropout": 0.0, "mid_block_add_attention": False, "sample_rate": 16000, "mel_hop_length": 160,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.project.audio_track import audio_problem
 from pipeline.project.files import NotAFile, check_regular, describe_os_error
-from pipeline.project.storyboard import IMAGE_SUFFIXES, Storyboard, StoryboardError, _Locator
+from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, _Locator
 
 # Deferred imports: PIL — only checking an image reference needs it
 
@@ -50,6 +51,9 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
             problem = _problem(sb.resolve(kf.image), image=True)
             if problem:
                 raise fail(i, "keyframes", problem)
+        problem_at = _lora_audio_problem(sb, seg)  # loras/audio
+        if problem_at:
+            raise fail(i, *problem_at)
         if seg.anchor.kind not in ("image", "video"):
             continue
         problem = _problem(sb.resolve(seg.anchor.path), image=seg.anchor.kind == "image")
@@ -63,6 +67,21 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
             f"{ref}: expected \"first\" or an image ({', '.join(sorted(IMAGE_SUFFIXES))})"
         if problem:
             raise fail(None, "drift_reference", problem)
+
+
+def _lora_audio_problem(sb: Storyboard, seg: Segment) -> tuple[str, str] | None:
+    """(key, message) for a shot's local LoRA or sound file that cannot be used (Hub LoRAs are
+    the renderer's to find: they live in the Hugging Face cache)."""
+    for ref in seg.loras:
+        problem = "" if ref.repo else _problem(sb.resolve(ref.path), image=False)
+        if problem:
+            return "loras", problem
+    if seg.audio is not None:
+        path = sb.resolve(seg.audio.path)
+        problem = _problem(path, image=False) or audio_problem(path, seg.audio.start)
+        if problem:
+            return "audio", problem
+    return None
 
 
 def _problem(path: Path, *, image: bool) -> str:

@@ -16,15 +16,16 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import tomlkit
-from tomlkit.items import AoT, Table
+from tomlkit.items import AoT, InlineTable, Table
 
 from pipeline.project import layout
+from pipeline.project.audio_track import AudioTrack, parse_audio
 from pipeline.project.files import (
     check_writable,
     describe_os_error,
@@ -35,6 +36,7 @@ from pipeline.project.files import (
 )
 from pipeline.project.keyframes import Keyframe, parse_keyframes, parse_retake
 from pipeline.project.layout import RenderFolder
+from pipeline.project.loras import LoraRef, loras_to_toml, parse_loras
 
 # Deferred imports: tomlkit — only writing a storyboard needs the comment-preserving parser
 
@@ -114,6 +116,10 @@ class Segment:
     # keyframes/retake
     keyframes: tuple[Keyframe, ...] = ()  # stills that frames of this shot are conditioned on
     retake: tuple[int, int] | None = None  # frames first..last regenerated; the rest kept as rendered
+    #
+    # loras/audio
+    loras: tuple[LoraRef, ...] = ()   # the user's LoRAs for this shot, on top of the preset's (project/loras.py)
+    audio: AudioTrack | None = None   # the sound this shot follows and keeps (project/audio_track.py)
 
     def frame_count(self, fps: int) -> int:
         """Frames requested; the model preset may round up to what it can generate."""
@@ -202,6 +208,10 @@ _SEGMENT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     # keyframes/retake
     "keyframes": ((list,), 'an array of { frame = N, image = "still.png" } tables'),
     "retake": ((list,), "a [first, last] pair of frame numbers"),
+    #
+    # loras/audio
+    "loras": ((list,), 'an array of { path = "file.safetensors", strength = 0.8 } tables'),
+    "audio": ((str, dict), 'a sound file ("track.wav") or { path = "track.wav", start = seconds }'),
 }
 
 
@@ -345,6 +355,14 @@ def _anchor(path: Path, loc: _Locator, index: int, value: Any) -> Anchor:
     raise StoryboardError(path, 'expected { image = "path" } or { video = "path" }', line, col, where)
 
 
+def _shot_sound_and_loras(path: Path, loc: _Locator, index: int, key: str, value: Any) -> Any:
+    """``loras`` / ``audio`` of a segment, parsed by their own modules; errors at the key's line."""
+    try:
+        return parse_loras(value) if key == "loras" else parse_audio(value)
+    except ValueError as exc:
+        raise StoryboardError(path, str(exc), *loc.find("segment", index, key), f"segment[{index}].{key}") from None
+
+
 def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storyboard:
     """Validate TOML text into a :class:`Storyboard`; raises :class:`StoryboardError`."""
     path = Path(path)
@@ -384,6 +402,8 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
                 value = _anchor(path, loc, i, value)
             elif key == "refine_sigmas":
                 value = _sigmas(path, loc, "segment", i, key, value)
+            elif key in ("loras", "audio"):
+                value = _shot_sound_and_loras(path, loc, i, key, value)
             seg_kwargs[key] = value
         for required in ("id", "prompt"):
             if required not in seg_kwargs:
@@ -533,7 +553,7 @@ def load(path: str | os.PathLike[str]) -> Storyboard:
 
 
 def _to_toml_value(value: Any) -> Any:
-    if isinstance(value, Anchor):
+    if isinstance(value, Anchor | AudioTrack):
         return value.to_toml()
     if isinstance(value, tuple) and value and isinstance(value[0], Keyframe):
         array = tomlkit.array()  # inline tables: a list of dicts would become [[segment.keyframes]]
@@ -542,6 +562,8 @@ def _to_toml_value(value: Any) -> Any:
             table.update(kf.to_toml())
             array.append(table)
         return array
+    if isinstance(value, tuple) and value and isinstance(value[0], LoraRef):
+        return loras_to_toml(value)
     if isinstance(value, tuple):
         return list(value)
     return value
@@ -573,8 +595,19 @@ def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, A
         if key not in new and key in defaults:
             del table[key]
     for key, value in new.items():
-        if key in table and (_plain(table[key]) == _plain(value) or _same_anchor(_plain(table[key]), value)):
+        if key in table and (_plain(table[key]) == _plain(value) or _same_anchor(_plain(table[key]), value)
+                             or _same_parsed(key, _plain(table[key]), _plain(value))):
             continue  # untouched: keep its formatting and comment
+        old = table.get(key)
+        if isinstance(old, InlineTable) and isinstance(value, dict):
+            # `anchor = { video = … }` stays an inline table on its line, spacing and comment kept
+            if set(old.keys()) == set(value.keys()):
+                for k, v in value.items():
+                    old[k] = v
+                continue
+            inline = tomlkit.inline_table()
+            inline.update(value)
+            value = inline
         table[key] = value
 
 
@@ -587,6 +620,16 @@ def _same_anchor(old: Any, new: Any) -> bool:
     return old == target and Path(old).suffix.lower() in suffixes
 
 
+def _same_parsed(key: str, old: Any, new: Any) -> bool:
+    """``loras`` / ``audio`` spelled otherwise in the file (``strength`` left at 1, ``{ path = … }``
+    for a plain path) but meaning what a save would write: the file's spelling stays."""
+    parser = {"loras": parse_loras, "audio": parse_audio}.get(key)
+    try:
+        return parser is not None and parser(old) == parser(new)
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "unwrap"):
         value = value.unwrap()
@@ -595,8 +638,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render_toml(storyboard: Storyboard, original: str) -> str:
-    """The file text after merging ``storyboard`` into ``original`` (which must parse)."""
+def render_toml(storyboard: Storyboard, original: str, renames: Mapping[str, str] | None = None) -> str:
+    """The file text after merging ``storyboard`` into ``original`` (which must parse).
+
+    ``renames`` (id in ``original`` → id in ``storyboard``): a renamed shot keeps its table,
+    so its comments and key order survive the new id."""
     doc = tomlkit.parse(original)
     proj_defaults = {f.name: _field_default(f) for f in fields(Project)}
     project_new = {}
@@ -616,6 +662,9 @@ def render_toml(storyboard: Storyboard, original: str) -> str:
     if isinstance(aot, AoT):
         for table in aot.body:
             existing[str(table.get("id"))] = table
+    for old, new in (renames or {}).items():
+        if old in existing and new not in existing:
+            existing[new] = existing.pop(old)
     new_tables = []
     for seg in storyboard.segments:
         table = existing.pop(seg.id, None)
@@ -670,8 +719,9 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 
-def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> str:
-    """Merge-write ``storyboard``; returns the text written.
+def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None,
+         renames: Mapping[str, str] | None = None) -> str:
+    """Merge-write ``storyboard``; returns the text written (``renames``: see :func:`render_toml`).
 
     The file on disk must still parse: a file that was broken in the meantime is never
     overwritten (the caller decides what to do).
@@ -681,7 +731,7 @@ def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None) -> 
         original = target.read_text(encoding="utf-8") if target.exists() else ""
         if original:
             parse(original, target)  # refuse to merge into a broken file
-        text = render_toml(storyboard, original)
+        text = render_toml(storyboard, original, renames)
         parse(text, target)  # never write something we could not read back
         if text != original:
             atomic_write(target, text)
@@ -731,6 +781,17 @@ def segment_digest(storyboard: Storyboard, segment_id: str) -> str:
 
 
 
+def segment_id_problem(storyboard: Storyboard, new_id: str, current: str | None = None) -> str:
+    """Why ``new_id`` cannot name a shot (the rules :func:`parse` enforces), or "" when it can.
+    ``current``: the shot being renamed (its own id is not a duplicate)."""
+    if not _ID_RE.fullmatch(new_id):
+        return "ids are 1-64 letters, digits, '-' or '_'"
+    for i, seg in enumerate(storyboard.segments):
+        if seg.id == new_id and seg.id != current:
+            return f"duplicate id '{new_id}' (used by segment[{i}])"
+    return ""
+
+
 def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
     taken = {s.id for s in storyboard.segments}
     n = len(taken) + 1
@@ -741,6 +802,7 @@ def new_segment_id(storyboard: Storyboard, base: str = "shot") -> str:
 
 __all__ = [
     "Anchor", "Project", "Segment", "Storyboard", "StoryboardError", "check_sigmas", "load", "parse",
+    "segment_id_problem",
     "project_from_table", "save",
     "render_toml", "with_segment", "new_segment_id", "atomic_write", "segment_digest",
 ]

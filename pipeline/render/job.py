@@ -16,6 +16,7 @@ from pipeline.project.keyframes import unsupported
 from pipeline.project.selection import select_segments
 from pipeline.project.storyboard import Project, Storyboard, StoryboardError, _Locator
 from pipeline.render.errors import RenderError
+from pipeline.render.lora_audio import refuse_unsupported
 from pipeline.stages.base import SegmentJob
 
 
@@ -51,6 +52,7 @@ class RenderJob:
             if seg.preset and seg.preset not in presets:
                 presets[seg.preset] = _resolve_preset(seg.preset, seg.id)
         _refuse_unsupported(sb, project, presets)
+        refuse_unsupported(sb, project, presets)
         return cls(sb, project, presets, selected)
 
     @property

@@ -41,6 +41,7 @@ from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder
 from pipeline.render.film import CachedSegment, assemble_film
 from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
 from pipeline.render.usage import human, prune, record
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
@@ -230,6 +231,7 @@ class Renderer:
             if job.segment.keep is not None and job.segment.keep > job.frames:
                 raise RenderError("bad_keep", f"keep = {job.segment.keep} is more than the {job.frames} frames "
                                   f"segment {job.segment.id} has", segment=job.segment.id)
+        check_loras([job for job in jobs if job.segment.loras])
         self.upscale_frames = sum(job.frames for job in jobs)
         for preset in {job.preset.name: job.preset for job in jobs}.values():
             longest = max(job.frames for job in jobs if job.preset is preset)
@@ -350,8 +352,10 @@ class Renderer:
         chain.prev_last = np.ascontiguousarray(frames[-1])
         return job, draft
 
-    def finish_stages(self, job: SegmentJob, draft: Artifact) -> Artifact:
-        """Refine → upscale (→ grade) → encode of one drafted segment; returns the encode entry."""
+    def finish_stages(self, job: SegmentJob, draft: Artifact, *, preview: bool = True) -> Artifact:
+        """Refine → upscale (→ grade) → encode of one drafted segment; returns the encode entry.
+
+        ``preview``: publish the shot's preview PNG (a take must not replace the shot's own)."""
         arts = {"draft": draft}
         for name, source in self.frames_chain(job):
             arts[name] = self.run_stage(name, job, {source: arts[source]})
@@ -361,7 +365,8 @@ class Renderer:
         frames = arts[self.frames_chain(job)[-1][0]]
         if job.segment.retake is not None:  # keyframes/retake
             frames = self.retake(job, draft, frames, self.run_stage)
-        self._preview(job, frames)
+        if preview:
+            self._preview(job, frames)
         return self.run_stage("encode", job, {"upscale": frames, "draft": draft})
 
     def retake(self, job: SegmentJob, draft: Artifact, original: Artifact,

@@ -10,17 +10,21 @@ the latents (for refine) and the frames/waveform (for preview, anchors and audio
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.models import ltx2
+from pipeline.models import ltx2, ltx2_audio, user_loras
 from pipeline.models.ltx2 import model_identity
 from pipeline.models.sigmas import draft_sigmas
 from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
+from pipeline.stages.encode import repeats_anchor
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.prompt_embeds import prompt_embeds
 
@@ -71,6 +75,7 @@ class DraftStage(Stage):
             "audio": job.audio,
             "model": model_identity(job.preset),
             **self.condition_params(job),
+            **shot_control_params(job),
         }
 
     def condition_params(self, job: SegmentJob) -> dict[str, Any]:
@@ -109,6 +114,7 @@ class DraftStage(Stage):
         assert pipe.vae_temporal_compression_ratio == TEMPORAL_RATIO  # the conditions' latent indices
         ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER,
                                connectors=pipe.connectors)
+        track = given_audio(pipe, job)  # an audio-driven shot's sound, encoded (its own LoRAs join in step 3)
         generator = torch.Generator(device="cpu").manual_seed(self.seed(job))
 
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, w, h))
@@ -132,12 +138,14 @@ class DraftStage(Stage):
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
             extra["sigmas"] = sigmas
-        with torch.no_grad():
+        with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device):
             video_latents, audio_latents = pipe(
                 prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
                 width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),
                 num_inference_steps=_steps(job), generator=generator, output_type="latent",
                 return_dict=False, callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
+        if track is not None:
+            audio_latents = track.latents  # the given sound, as it conditioned the video
 
         # 4. Decode frames (and the waveform); keep latents for refine.
         frames = ltx2.decode_video(pipe, video_latents, generator)
@@ -146,8 +154,70 @@ class DraftStage(Stage):
                    "audio": audio_latents.detach().float().cpu().contiguous()}
         save_file(tensors, str(out / "latents.safetensors"))
         np.save(out / "frames.npy", frames)
-        sample_rate = int(pipe.vocoder.config.output_sampling_rate)
+        sample_rate = int(pipe.vocoder.config.output_sampling_rate) if track is None else track.rate
         if job.audio:
-            np.save(out / "audio.npy", ltx2.decode_audio(pipe, audio_latents))
+            wave = ltx2.decode_audio(pipe, audio_latents) if track is None else track.wave
+            np.save(out / "audio.npy", wave)
         pipe.maybe_free_model_hooks()
-        return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v}
+        return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v,
+                **({"audio_driven": True} if track is not None else {})}
+
+
+@dataclass
+class GivenAudio:
+    """An audio-driven shot's sound: the samples the film keeps and the latents the video follows."""
+
+    wave: np.ndarray          # (2, n) float32 at ``rate``, from the shot's first frame
+    rate: int
+    latents: Any              # [1, C, L, M] denormalized, as the pipeline returns audio latents
+
+
+def shot_control_params(job: SegmentJob) -> dict[str, Any]:
+    """What the shot's own LoRAs and given sound add to a draft or refine key (nothing when unused,
+    so a storyboard without them keeps its keys)."""
+
+    out: dict[str, Any] = {}
+    if job.segment.loras:
+        out["loras"] = user_loras.key_params(job.storyboard, job.segment)
+    if job.segment.audio is not None:
+        track = job.segment.audio
+        path = job.storyboard.resolve(track.path)
+        out["audio_track"] = [user_loras.file_digest(path) if path.is_file() else f"missing:{track.path}", track.start,
+                              repeats_anchor(job.index, job.segment)]  # chained: the track starts at frame 1
+    return out
+
+
+def given_audio(pipe: Any, job: SegmentJob) -> GivenAudio | None:
+    """The shot's ``audio`` track, read and encoded; None when the shot makes its own sound.
+
+    A chained shot's frame 0 repeats the previous shot's last frame and the film leaves it
+    out, so the track starts at frame 1: the sound begins exactly where the shot appears."""
+
+    track = job.segment.audio
+    if track is None:
+        return None
+    lead = 1 if repeats_anchor(job.index, job.segment) else 0
+
+    def samples(rate: int) -> int:
+        return round(job.frames * rate / job.fps) - round(lead * rate / job.fps)
+
+    wave, rate = ltx2_audio.read_track(job.storyboard.resolve(track.path), track.start, samples)
+    wave = np.pad(wave, ((0, 0), (round(lead * rate / job.fps), 0)))
+    latents = ltx2_audio.encode(pipe, wave, rate, ltx2_audio.latent_frames(pipe, job.frames, job.fps))
+    return GivenAudio(wave=wave, rate=rate, latents=latents)
+
+
+@contextmanager
+def shot_controls(pipe: Any, job: SegmentJob, track: GivenAudio | None,
+                  audio_latents: Any = None, device: str = "cpu") -> Iterator[None]:
+    """The shot's own LoRAs applied (their layers on ``device``), and its given sound held fixed,
+    for one denoise."""
+
+    with ExitStack() as stack:
+        if job.segment.loras:
+            stack.enter_context(user_loras.applied(pipe, user_loras.resolve(job.storyboard, job.segment),
+                                                   job.lora_strength, LORA_ADAPTER, device))
+        fixed = track.latents if track is not None else audio_latents
+        if fixed is not None:
+            stack.enter_context(ltx2_audio.held_fixed(pipe.transformer, ltx2_audio.packed(pipe, fixed)))
+        yield

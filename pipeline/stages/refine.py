@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.models import ltx2
 from pipeline.models.ltx2 import model_identity
 from pipeline.stages.base import SegmentJob, Stage, StageContext
-from pipeline.stages.draft import LORA_ADAPTER
+from pipeline.stages.draft import LORA_ADAPTER, shot_control_params, shot_controls
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.prompt_embeds import prompt_embeds
 
@@ -52,6 +52,7 @@ class RefineStage(Stage):
             "fps": job.fps,
             # Prompt and anchor reach refine through the draft (its key covers them).
             "model": model_identity(job.preset),
+            **shot_control_params(job),
         }
 
     def total_steps(self, job: SegmentJob) -> int:
@@ -109,7 +110,9 @@ class RefineStage(Stage):
             ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
 
-        with torch.no_grad():
+        # The shot's own LoRAs again, and an audio-driven draft's sound held fixed (not re-noised).
+        fixed = draft["audio"].to(device) if inputs["draft"].meta.get("audio_driven") else None
+        with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
             frames, _audio = pipe(
                 prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,

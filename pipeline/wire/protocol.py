@@ -43,11 +43,13 @@ class Event(Message, kw_only=True):
 class JobQueued(Event, tag="job_queued", kw_only=True):
     storyboard: str
     segments: list[str]
+    seeds: list[int] = []  # a takes job: these seeds of segments[0] (see TakeStarted)
 
 
 class JobStarted(Event, tag="job_started", kw_only=True):
     storyboard: str
     segments: list[str]
+    seeds: list[int] = []  # a takes job: these seeds of segments[0]
 
 
 class StageStarted(Event, tag="stage_started", kw_only=True):
@@ -155,6 +157,25 @@ class SegmentDone(Event, tag="segment_done", kw_only=True):
     seconds: float
 
 
+class TakeStarted(Event, tag="take_started", kw_only=True):
+    """One take (seed) of a takes job begins; the stage events that follow from the same
+    ``actor`` belong to it until its :class:`TakeFinished`."""
+
+    segment: str
+    seed: int
+    actor: str = ""  # the Ray actor that ran it ("name@host GPU n"); "" = the local engine
+
+
+class TakeFinished(Event, tag="take_finished", kw_only=True):
+    """A take's MP4 is in ``renders/<stem>/takes/<id>/`` and recorded in its ``takes.json``."""
+
+    segment: str
+    seed: int
+    path: str
+    still: str = ""  # its last frame as a PNG beside it ("" when it could not be written)
+    actor: str = ""
+
+
 class PromptEnhanced(Event, tag="prompt_enhanced", kw_only=True):
     """The worker wrote a new ``enhanced_prompt`` into the storyboard."""
 
@@ -189,6 +210,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
     storyboard: str
     segments: list[str]
     state: Literal["queued", "running", "done", "failed", "cancelled"]
+    seeds: list[int] = []  # a takes job: these seeds of segments[0]
     segment: str = ""
     stage: str = ""
     step: int = 0
@@ -218,6 +240,8 @@ EventType = (
     | DriftReport
     | VramSample
     | SegmentDone
+    | TakeStarted
+    | TakeFinished
     | PromptEnhanced
     | JobFinished
     | JobCancelled
@@ -235,10 +259,18 @@ class Request(Message, kw_only=True):
     id: str = ""
 
 
+#: Seeds one takes job may render.
+MAX_TAKES = 16
+
+
 class Submit(Request, tag="submit", kw_only=True):
+    """Queue a job. ``mode`` "takes": the one segment in ``segments``, once per seed in ``seeds``
+    (into ``renders/<stem>/takes/<id>/``; the storyboard is not changed)."""
+
     storyboard: str
-    mode: Literal["all", "segments", "from"] = "all"
+    mode: Literal["all", "segments", "from", "takes"] = "all"
     segments: list[str] = []
+    seeds: list[int] = []
     preset: str = ""
 
 

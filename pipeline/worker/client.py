@@ -195,10 +195,12 @@ class WorkerClient:
         return reply
 
     def submit(self, storyboard: Path, mode: str = "all", segments: Sequence[str] = (), *,
-               preset: str = "") -> str:
-        """Queue a render; returns the job id (an identical pending job's id if there is one)."""
+               preset: str = "", seeds: Sequence[int] = ()) -> str:
+        """Queue a render; returns the job id (an identical pending job's id if there is one).
+
+        ``mode="takes"`` renders ``seeds`` of the one segment in ``segments`` as takes."""
         reply = self._request(Submit(storyboard=str(Path(storyboard).expanduser().resolve()), mode=mode,
-                                     segments=list(segments), preset=preset))
+                                     segments=list(segments), seeds=list(seeds), preset=preset))
         if not isinstance(reply, Ack):
             raise WorkerError(f"unexpected reply {type(reply).__name__}")
         return reply.job_id

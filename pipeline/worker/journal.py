@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts   INTEGER NOT NULL DEFAULT 0,  -- times a worker started running it
     crashes    INTEGER NOT NULL DEFAULT 0,  -- times its worker died while running it
     error      TEXT NOT NULL DEFAULT '',
-    result     TEXT NOT NULL DEFAULT ''     -- path of the film when done
+    result     TEXT NOT NULL DEFAULT '',    -- path of the film when done
+    seeds      TEXT NOT NULL DEFAULT '[]'   -- JSON list: a takes job's seeds
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 CREATE TABLE IF NOT EXISTS events (
@@ -67,6 +68,7 @@ class JobRecord:
     crashes: int = 0
     error: str = ""
     result: str = ""
+    seeds: list[int] = field(default_factory=list)  # a takes job: the seeds of segments[0]
 
 
 class Journal:
@@ -82,6 +84,9 @@ class Journal:
         # FULL: an Ack promises the job is on disk even if the machine loses power.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "seeds" not in columns:  # a journal from before takes jobs
+            self._db.execute("ALTER TABLE jobs ADD COLUMN seeds TEXT NOT NULL DEFAULT '[]'")
 
     @classmethod
     def open_or_reset(cls, path: Path) -> tuple[Journal, str]:
@@ -138,10 +143,10 @@ class Journal:
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, storyboard, mode, segments, selected, preset, state, created, updated,"
-                " attempts, crashes, error, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " attempts, crashes, error, result, seeds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job.id, job.storyboard, job.mode, json.dumps(job.segments), json.dumps(job.selected),
                  job.preset, job.state, job.created, job.updated, job.attempts, job.crashes, job.error,
-                 job.result))
+                 job.result, json.dumps(job.seeds)))
 
     def set_state(self, job_id: str, state: str, *, error: str | None = None, result: str | None = None,
                   started: bool = False) -> None:
@@ -186,11 +191,12 @@ class Journal:
         with self._lock:
             cur = self._db.execute(
                 "SELECT id, storyboard, mode, segments, selected, preset, state, created, updated, attempts,"
-                f" crashes, error, result FROM jobs {tail}", args)
+                f" crashes, error, result, seeds FROM jobs {tail}", args)
             rows = cur.fetchall()
         return [JobRecord(id=r[0], storyboard=r[1], mode=r[2], segments=json.loads(r[3]),
                           selected=json.loads(r[4]), preset=r[5], state=r[6], created=r[7], updated=r[8],
-                          attempts=r[9], crashes=r[10], error=r[11], result=r[12]) for r in rows]
+                          attempts=r[9], crashes=r[10], error=r[11], result=r[12], seeds=json.loads(r[13]))
+                for r in rows]
 
     # ----------------------------------------------------------------- events
 

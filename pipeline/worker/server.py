@@ -81,8 +81,9 @@ from pipeline.project import layout
 # Imported here, not in the submit thread: a first import there would queue behind the
 # render thread's import of torch (the import lock) and outlast a client's timeout.
 from pipeline.project.selection import select_segments
-from pipeline.project.storyboard import Storyboard, StoryboardError, load
+from pipeline.project.storyboard import MAX_SEED, Storyboard, StoryboardError, load
 from pipeline.render.errors import RenderError
+from pipeline.render.takes import render_takes_local
 from pipeline.stages.base import Cancelled
 from pipeline.telemetry.gpu import GpuMonitor
 from pipeline.wire.framing import (
@@ -96,6 +97,7 @@ from pipeline.wire.framing import (
 )
 from pipeline.wire.protocol import (
     MAX_LINE_BYTES,
+    MAX_TAKES,
     Ack,
     Cancel,
     ErrorEvent,
@@ -241,7 +243,7 @@ class _Job:
 def _info(rec: JobRecord) -> JobInfo:
     state = rec.state if rec.state in ("queued", "running", *FINISHED) else "failed"
     return JobInfo(job_id=rec.id, storyboard=rec.storyboard, segments=list(rec.selected), state=state,
-                   error=rec.error)
+                   seeds=list(rec.seeds), error=rec.error)
 
 
 class _BadRequest(Exception):
@@ -504,25 +506,27 @@ class Worker:
         wanted = list(req.segments)
         if req.mode == "segments" and not wanted:
             raise _BadRequest("mode 'segments' needs at least one segment id")
-        if req.mode == "from" and len(wanted) != 1:
-            raise _BadRequest("mode 'from' needs exactly one segment id")
+        if req.mode in ("from", "takes") and len(wanted) != 1:
+            raise _BadRequest(f"mode '{req.mode}' needs exactly one segment id")
+        seeds = _takes_seeds(req)
         if req.mode == "all":
             wanted = []
         try:
-            selected = select_segments(sb, wanted if req.mode == "segments" else None,
+            selected = select_segments(sb, wanted if req.mode in ("segments", "takes") else None,
                                        wanted[0] if req.mode == "from" else None)
         except StoryboardError as exc:
             raise _BadRequest(str(exc)) from None
         for job in self.jobs.values():
             r = job.record
             if job.info.state in ("queued", "running") and not job.cancel.is_set() and (
-                    r.storyboard, r.mode, r.segments, r.preset) == (str(path), req.mode, wanted, req.preset):
+                    r.storyboard, r.mode, r.segments, r.preset, r.seeds) == (str(path), req.mode, wanted,
+                                                                            req.preset, seeds):
                 return Ack(id=req.id, job_id=r.id)  # already pending: follow that one
         rec = JobRecord(id=uuid.uuid4().hex[:12], storyboard=str(path), mode=req.mode, segments=wanted,
-                        selected=selected, preset=req.preset)
+                        selected=selected, preset=req.preset, seeds=seeds)
         self.journal.add_job(rec)  # on disk before the Ack
         self.jobs[rec.id] = _Job(rec, _info(rec))
-        self._publish(JobQueued(job_id=rec.id, storyboard=rec.storyboard, segments=selected))
+        self._publish(JobQueued(job_id=rec.id, storyboard=rec.storyboard, segments=selected, seeds=seeds))
         self.pending.put(rec.id)
         return Ack(id=req.id, job_id=rec.id)
 
@@ -604,6 +608,11 @@ class Worker:
             if self._models is None:
                 self._models = LoadedModels()
             try:
+                if rec.mode == "takes":  # one after another, with the models this worker keeps
+                    takes = render_takes_local(rec.storyboard, rec.segments[0], rec.seeds, preset=rec.preset or None,
+                                               emit=self.emit_threadsafe, cancel=job.cancel, job_id=rec.id,
+                                               models=self._models)
+                    return "done", "", str(next(iter(takes.values())).parent), None
                 path = render(rec.storyboard, segments=rec.segments if rec.mode == "segments" else None,
                               from_segment=rec.segments[0] if rec.mode == "from" else None,
                               preset=rec.preset or None, emit=self.emit_threadsafe, cancel=job.cancel,
@@ -693,6 +702,22 @@ def _read_storyboard(path: Path) -> Storyboard:
         return load(path)
     except StoryboardError as exc:
         raise _BadRequest(str(exc)) from None
+
+
+def _takes_seeds(req: Submit) -> list[int]:
+    """A takes job's seeds, each once, in the order asked; refused outside ``mode = "takes"``."""
+    if req.mode != "takes":
+        if req.seeds:
+            raise _BadRequest(f"seeds are for mode 'takes', not '{req.mode}'")
+        return []
+    seeds = list(dict.fromkeys(req.seeds))
+    if not seeds:
+        raise _BadRequest("mode 'takes' needs at least one seed")
+    if len(seeds) > MAX_TAKES:
+        raise _BadRequest(f"at most {MAX_TAKES} takes per job ({len(seeds)} asked)")
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise _BadRequest(f"seeds are whole numbers from 0 to {MAX_SEED}")
+    return seeds
 
 
 def _guess_id(line: bytes) -> str:

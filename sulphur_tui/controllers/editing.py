@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from textual.app import SuspendNotSupported
 from textual.widgets import TextArea
 
+from pipeline.project.renaming import Move, planned_moves, rename_outputs, retarget_anchors
 from pipeline.project.storyboard import StoryboardError
 from sulphur_tui.document import NEW_PROMPT
 from sulphur_tui.messages import DocumentChanged
-from sulphur_tui.screens import ProjectEdit, ProjectScreen
+from sulphur_tui.screens import ConfirmRenameFiles, ProjectEdit, ProjectScreen, RenameScreen
 from sulphur_tui.screens.takes import Take, TakesScreen
 from sulphur_tui.status import output_path
 from sulphur_tui.widgets.segments import SegmentList
@@ -34,6 +35,9 @@ class Editing:
 
     def __init__(self, app: SulphurApp) -> None:
         self.app = app
+        # Undo labels of renames that moved files ("rename beam to glow"): undoing or redoing
+        # one offers to move the files along.
+        self._moved_files: set[str] = set()
 
     def changed(self, select: str | None = None) -> None:
         self.app.post_message(DocumentChanged(select=select, reason="structure"))
@@ -63,6 +67,82 @@ class Editing:
         app = self.app
         if app.doc and app.selected and app.doc.move_segment(app.selected, delta):
             self.changed(app.selected)
+
+    def cursor_segment(self) -> str | None:
+        """The shot under the list's cursor: keys typed in a burst (tmux, SSH) run an action
+        before the list's Selected message for the last cursor move arrives."""
+        app = self.app
+        seglist = app.query_one(SegmentList)
+        rows = seglist.ordered_rows
+        row = seglist.cursor_row
+        return str(rows[row].key.value) if 0 <= row < len(rows) else app.selected
+
+    def rename_segment(self) -> None:
+        """A new id for the selected shot; when it has rendered files, ask whether to rename them too."""
+        app = self.app
+        segment_id = self.cursor_segment()
+        if app.doc is None or not segment_id:
+            return
+
+        def named(new_id: str | None) -> None:
+            doc = app.doc
+            if new_id is None or doc is None or segment_id not in {s.id for s in doc.storyboard.segments}:
+                return
+            moves = planned_moves(doc.storyboard.renders, segment_id, new_id)
+            if not moves:
+                self._rename(segment_id, new_id, files=False)
+                return
+            if app.live.running:
+                app.notify("A job is running: only the id is renamed (its files may be being written).",
+                           severity="warning", timeout=6)
+                self._rename(segment_id, new_id, files=False)
+                return
+            root = doc.path.parent
+            shown = [(str(m.source.relative_to(root)), str(m.target.relative_to(root))) for m in moves]
+            note = "Saves the storyboard now, with your other unsaved edits." if doc.dirty else ""
+
+            def answered(choice: str | None) -> None:
+                if choice in ("files", "id"):
+                    self._rename(segment_id, new_id, files=choice == "files")
+
+            app.push_screen(ConfirmRenameFiles(segment_id, new_id, shown, note), answered)
+
+        app.push_screen(RenameScreen(app.doc.storyboard, segment_id), named)
+
+    def _rename(self, old: str, new: str, *, files: bool) -> None:
+        """Rename in the document (one undo step), its files first when asked; save when the files moved."""
+        app = self.app
+        doc = app.doc
+        assert doc is not None
+        moved: list[Move] = []
+        if files:
+            try:
+                moved = rename_outputs(doc.storyboard.renders, old, new)
+            except OSError as exc:
+                app.notify(str(exc), title="Not renamed", severity="error", timeout=10)
+                return
+        segs = tuple(replace(s, id=new) if s.id == old else s for s in doc.storyboard.segments)
+        sb, pointed = retarget_anchors(replace(doc.storyboard, segments=segs), moved)
+        try:
+            doc.rename_segment(old, new, sb)
+        except ValueError as exc:  # checked in the dialog; the document may have changed since
+            app.notify(str(exc), title="Not renamed", severity="error")
+            return
+        if moved:
+            self._moved_files.add(f"rename {old} to {new}")
+        if old in app.baseline:
+            app.baseline[new] = app.baseline.pop(old)
+        self.changed(new)
+        also = f"; {', '.join(pointed)} now point at the new names" if pointed else ""
+        if moved:
+            saved = self.save()
+            app.notify(f"{old} is now {new}: {len(moved)} file(s) renamed{also}"
+                       + ("; ctrl+z undoes (and offers to move them back)" if saved
+                          else "; the storyboard is NOT saved yet (ctrl+s)"),
+                       title="Shot renamed", severity="information" if saved else "warning", timeout=8)
+        else:
+            app.notify(f"{old} is now {new}{also} (ctrl+s saves, ctrl+z undoes)", title="Shot renamed",
+                       timeout=5)
 
     def randomise_seed(self) -> None:
         app = self.app
@@ -107,22 +187,20 @@ class Editing:
 
     # ------------------------------------------------------------------ takes
     def pick_take(self) -> None:
-        """The takes of the selected shot (``sulphur takes``); the picked one becomes its seed + locked prompt."""
+        """The takes of the selected shot: render more (through the worker), watch them, pick
+        one; the picked one becomes its seed + locked prompt."""
         app = self.app
         if app.doc is None or not app.selected:
             return
-        # The list's cursor, not app.selected: keys typed in a burst (tmux, SSH) run
-        # this before the list's Selected message for the last cursor move arrives.
-        seglist = app.query_one(SegmentList)
-        rows = seglist.ordered_rows
-        row = seglist.cursor_row
-        segment_id = str(rows[row].key.value) if 0 <= row < len(rows) else app.selected
+        segment_id = self.cursor_segment()
+        if segment_id is None:
+            return
 
         def picked(take: Take | None) -> None:
             if take is not None:
                 self.use_take(segment_id, take)
 
-        app.push_screen(TakesScreen(app.doc.storyboard, segment_id, app.image_cls), picked)
+        app.push_screen(TakesScreen(app.doc.storyboard, segment_id, app.image_cls, app.live), picked)
 
     def use_take(self, segment_id: str, take: Take) -> None:
         app = self.app
@@ -174,19 +252,54 @@ class Editing:
         app = self.app
         if app.doc is None:
             return
-        if app.doc.undo() is None:
+        label = app.doc.undo()
+        if label is None:
             app.notify("Nothing to undo.", timeout=2)
         else:
             self.changed()
+            self._files_follow(label, undone=True)
 
     def redo(self) -> None:
         app = self.app
         if app.doc is None:
             return
-        if app.doc.redo() is None:
+        label = app.doc.redo()
+        if label is None:
             app.notify("Nothing to redo.", timeout=2)
         else:
             self.changed()
+            self._files_follow(label, undone=False)
+
+    def _files_follow(self, label: str, *, undone: bool) -> None:
+        """An undone (or redone) rename whose files were moved: offer to move them back (again)."""
+        app = self.app
+        doc = app.doc
+        if doc is None or label not in self._moved_files:
+            return
+        _, old, _, new = label.split(" ")  # ids hold no spaces
+        source, target = (new, old) if undone else (old, new)
+        moves = planned_moves(doc.storyboard.renders, source, target)
+        if not moves or app.live.running:
+            return
+        root = doc.path.parent
+        shown = [(str(m.source.relative_to(root)), str(m.target.relative_to(root))) for m in moves]
+
+        def answered(choice: str | None) -> None:
+            if choice != "files" or app.doc is None:
+                return
+            try:
+                rename_outputs(app.doc.storyboard.renders, source, target)
+            except OSError as exc:
+                app.notify(str(exc), title="Files not renamed", severity="error", timeout=10)
+                return
+            if source in app.baseline:
+                app.baseline[target] = app.baseline.pop(source)
+            if self.save():
+                app.notify(f"{len(moves)} file(s) of {target} renamed back" if undone else
+                           f"{len(moves)} file(s) of {target} renamed", title="Files renamed", timeout=5)
+
+        note = "ctrl+z restored the id." if undone else "ctrl+y renamed it again."
+        app.push_screen(ConfirmRenameFiles(source, target, shown, note), answered)
 
     def save(self) -> bool:
         app = self.app

@@ -24,6 +24,7 @@ from pipeline.wire.protocol import (
 )
 from pipeline.worker.client import WorkerClient, WorkerNotRunning
 from sulphur_tui.messages import WorkerConnection, WorkerEvent
+from sulphur_tui.screens.takes import TakesScreen
 from sulphur_tui.sources import follow_worker, paced, read_events
 from sulphur_tui.status import remember_render, remember_stage_time, segment_digest
 
@@ -102,6 +103,8 @@ class RenderControl:
         if isinstance(ev, StageFinished) and ev.segment and doc is not None and app.replay is None and not history:
             remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
         app.board.refresh_live(areas)
+        if areas & {"takes", "latent"} and isinstance(app.screen, TakesScreen):
+            app.screen.refresh_live(areas)
         if not history:
             self.announce(ev)
 
@@ -120,6 +123,11 @@ class RenderControl:
             path = Path(ev.path)
             if app.doc is not None and path.is_relative_to(app.doc.path.parent):
                 path = path.relative_to(app.doc.path.parent)
+            job = app.live.jobs.get(ev.job_id)
+            if job is not None and job.seeds:
+                app.notify(f"{len(job.seeds)} takes of {job.segments[0]} in {path}: t to pick one",
+                           title="Takes rendered", timeout=12)
+                return
             app.notify(f"{path} in {ev.seconds:.0f} s (the status line keeps it)", title="Render finished",
                        timeout=12)
 
@@ -147,14 +155,27 @@ class RenderControl:
         app.run_worker(lambda: self._submit(mode, segments, queued), name="_submit", group="submit", thread=True,
                        exit_on_error=False)
 
-    def _submit(self, mode: str, segments: list[str], queued: list[str]) -> None:
+    def render_takes(self, segment: str, seeds: list[int]) -> None:
+        """Queue a takes job: ``seeds`` of one shot, one after another, into its takes folder."""
+        app = self.app
+        doc = app.doc
+        if doc is None:
+            return
+        if doc.dirty and not app.edits.save():
+            app.notify("Save the storyboard first: takes read the file.", severity="warning")
+            return
+        app.run_worker(lambda: self._submit("takes", [segment], [segment], seeds), name="_submit_takes",
+                       group="submit", thread=True, exit_on_error=False)
+
+    def _submit(self, mode: str, segments: list[str], queued: list[str], seeds: list[int] | None = None) -> None:
         app = self.app
         assert app.doc is not None
         app.call_from_thread(self.set_worker_detail, "starting the render worker…")
         with WorkerClient.connect(app.doc.path.parent, start=True, timeout=120.0) as client:
-            job_id = client.submit(app.doc.path, mode=mode, segments=segments)
+            job_id = client.submit(app.doc.path, mode=mode, segments=segments, seeds=seeds or ())
         # Show the queue at once; the worker's own JobQueued confirms it.
-        app.post_message(WorkerEvent(JobQueued(job_id=job_id, storyboard=str(app.doc.path), segments=queued)))
+        app.post_message(WorkerEvent(JobQueued(job_id=job_id, storyboard=str(app.doc.path), segments=queued,
+                                               seeds=seeds or [])))
         if app.connect_worker and app.replay is None:
             app.call_from_thread(self.ensure_following)
 

@@ -30,6 +30,13 @@ last job ended (the film's path, or why not) until the next one starts.
 **Status:** `● rendered` · `◐ stale` (it or a shot it continues from changed since its
 render) · `◷ queued` · `▶ 42%` rendering · `✖ failed` · `○ new`.
 
+**Takes (`t`):** several seeds of the selected shot. `r` renders the next N seeds through
+the worker, one row each (its stage, steps and progress, then its clip and last frame);
+`enter` on a rendered take makes it the shot's (its seed, its prompt locked; `ctrl+z`
+undoes). **Rename (`n`):** a new id for the shot; if it has rendered files (its MP4,
+preview, takes) you are asked whether to rename them too, and anchors pointing at them follow;
+`ctrl+z` offers to move them back.
+
 Saving merges your edits into the file: comments and key order stay. If another program
 changes the file you are asked before anything is overwritten. Renders run in a
 background worker; quitting the editor does not stop them.

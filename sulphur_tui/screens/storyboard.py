@@ -33,7 +33,9 @@ from sulphur_tui.widgets.vram import GpuPanel, merge_samples
 if TYPE_CHECKING:
     from sulphur_tui.app import SulphurApp
 
-NARROW_HIDDEN = {"segment.duplicate", "segment.delete"}
+NARROW_HIDDEN = {"segment.duplicate", "segment.delete", "segment.rename"}
+#: Below this many columns the footer drops the padding between keys (every key fits 120).
+COMPACT_BELOW = 130
 TITLES = {"joblog": "Job log · ctrl+l hides", "segments": "Shots", "editor": "Shot", "gpu": "GPU", "stages": "Render",
           "flicker": "Flicker · PSNR-Y dB", "preview": "Preview"}
 
@@ -42,6 +44,7 @@ class StoryboardScreen(Screen[None]):
     """The app's default screen (also under the broken-file view, empty until the file loads)."""
 
     app: SulphurApp  # type: ignore[assignment]
+    _unmounted_areas: frozenset[str] = frozenset()  # redraws asked for before the screen was mounted
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -66,20 +69,24 @@ class StoryboardScreen(Screen[None]):
             self.query_one(f"#{widget_id}").border_title = title
         self.query_one("#segments").border_subtitle = "F4 project settings"
         self.app.begin()
+        if self._unmounted_areas:
+            areas, self._unmounted_areas = set(self._unmounted_areas), frozenset()
+            self.refresh_live(areas)
 
     # ------------------------------------------------------------------ narrow terminals
     def on_resize(self, event: events.Resize) -> None:
-        """Below 100 columns the footer drops its padding so every render key stays in it."""
+        """Below 130 columns the footer drops its padding so every key of the shot list, the
+        render keys and F1 stay in it at 120; below 100 it also hides a few (active_bindings)."""
         narrow = event.size.width < 100
         footer = self.query_one(Footer)
-        footer.compact = narrow
+        footer.compact = event.size.width < COMPACT_BELOW
         footer.show_command_palette = not narrow
         self.refresh_bindings()
 
     @property
     def active_bindings(self) -> dict[str, ActiveBinding]:
-        """What the footer lists: below 100 columns without copy and delete (their keys still
-        work; F1 and the palette list them), so F5–F8 and F1 fit 80 columns."""
+        """What the footer lists: below 100 columns without copy, delete and rename (their keys
+        still work; F1 and the palette list them), so F5–F8 and F1 fit 80 columns."""
         bindings = super().active_bindings
         if self.size.width >= 100:
             return bindings
@@ -139,7 +146,11 @@ class StoryboardScreen(Screen[None]):
         self.query_one("#statusline", Label).update(" · ".join(bits))
 
     def refresh_live(self, areas: set[str]) -> None:
-        """Redraw the areas the live reducer says changed."""
+        """Redraw the areas the live reducer says changed (held until the screen is mounted:
+        a worker's first events can arrive before it is)."""
+        if not self.is_mounted:
+            self._unmounted_areas = self._unmounted_areas | areas
+            return
         app = self.app
         if not areas or app.doc is None:
             return

@@ -43,6 +43,17 @@ def _float(text: str, lo: float, hi: float) -> float:
     return value
 
 
+def shot_extras(seg: Segment) -> str:
+    """The shot's own LoRAs and sound in one line (read-only here; set in the file)."""
+    parts = []
+    if seg.loras:
+        parts.append("LoRAs: " + ", ".join(f"{ref.label} ×{ref.strength:g}" for ref in seg.loras))
+    if seg.audio is not None:
+        start = f" from {seg.audio.start:g} s" if seg.audio.start else ""
+        parts.append(f"follows sound: {seg.audio.path}{start}")
+    return " · ".join(parts) + ("  (edit in the storyboard file)" if parts else "")
+
+
 class SegmentEditor(VerticalScroll):
     """Fields of the selected shot."""
 
@@ -68,6 +79,7 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor #retake { width: 9; }
     SegmentEditor Input.-bad { background: $error 30%; }
     SegmentEditor #field-error { color: $error; width: 1fr; height: 1; margin-top: 1; }
+    SegmentEditor #shot-extras { display: none; width: 1fr; height: auto; }
     """
 
     @dataclass
@@ -152,6 +164,8 @@ class SegmentEditor(VerticalScroll):
             yield Label("retake")
             yield Input(placeholder="–", id="retake", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="first-last: regenerate those frames of the rendered shot, keep the rest")
+        # Shown only for a shot that has them; edited in the storyboard file (README: `loras`, `audio`).
+        yield Label("", id="shot-extras", classes="field-label")
         yield Label("", id="field-error")
 
     # ------------------------------------------------------------------ loading
@@ -185,6 +199,9 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#keyframes", format_keyframes(seg.keyframes) or None)
             self._set_input("#retake", f"{seg.retake[0]}-{seg.retake[1]}" if seg.retake else None)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
+            extras = self.query_one("#shot-extras", Label)
+            extras.update(shot_extras(seg), layout=False)
+            extras.display = bool(seg.loras or seg.audio)
             for inp in self.query(Input):
                 inp.remove_class("-bad")
             self._error("")

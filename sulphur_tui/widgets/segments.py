@@ -69,6 +69,8 @@ class SegmentList(DataTable):
         Binding("shift+down,J", "app.move_segment(1)", "Move down", id="segment.move_down", group=_MOVE,
                 key_display="⇧↓", show=False),
         Binding("t", "app.pick_take", "Takes", id="segment.takes"),
+        Binding("n", "app.rename_segment", "Rename", id="segment.rename",
+                tooltip="A new id for the shot (and its rendered files)"),
         # lazygit / k9s habits; the arrows, Home and End do the same.
         Binding("j", "cursor_down", "Next shot", id="segment.next", show=False),
         Binding("k", "cursor_up", "Previous shot", id="segment.previous", show=False),

@@ -86,8 +86,9 @@ async def test_pick_the_second_take(story: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_no_takes_says_how_to_make_them(story: Path) -> None:
-    """Through the command palette; nothing is written."""
+async def test_no_takes_offers_to_render_them(story: Path) -> None:
+    """Through the command palette: no rows, the render button focused, the shell command
+    named as the other way; nothing is written."""
     original = story.read_text()
     app = make(story)
     async with app.run_test(size=SIZE) as pilot:
@@ -99,7 +100,8 @@ async def test_no_takes_says_how_to_make_them(story: Path) -> None:
         text = " ".join(str(w.render()) for w in app.screen.query(Static))
         assert "No takes of “dawn” yet." in text
         assert "sulphur takes story.toml dawn --seeds 4" in text
-        assert not app.screen.query("#takes")
+        assert not app.screen.query_one("#takes").display
+        assert app.screen.focused is app.screen.query_one("#render-takes")
         await pilot.press("escape")
         assert not isinstance(app.screen, TakesScreen)
     assert story.read_text() == original
@@ -170,6 +172,146 @@ def test_takes_snapshot(snap_compare, story: Path) -> None:  # noqa: ANN001
     app = create_app(story, connect_worker=False)
 
     async def run_before(pilot) -> None:  # noqa: ANN001
+        await pilot.press("down", "t")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.mark.asyncio
+async def test_rows_follow_a_takes_job(story: Path) -> None:
+    """A takes job's events as the worker sends them: a row per seed, queued; the running
+    take's stage, steps and progress; then its clip, pickable while the next one renders."""
+    from pipeline.wire import protocol as p
+    from sulphur_tui.messages import WorkerEvent
+
+    app = make(story)
+    job = "takes0001"
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "t")
+        screen = app.screen
+        assert isinstance(screen, TakesScreen)
+
+        def post(ev: p.Event) -> None:
+            ev.job_id = job
+            app.post_message(WorkerEvent(ev))
+
+        def rows() -> list[str]:
+            options = screen.query_one("#takes", OptionList)
+            return [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+
+        post(p.JobQueued(storyboard=str(story), segments=["beam"], seeds=[7, 8]))
+        post(p.JobStarted(storyboard=str(story), segments=["beam"], seeds=[7, 8]))
+        post(p.StageStarted(segment="dawn", stage="draft", total_steps=8))  # the shot before, drafted once
+        post(p.StageFinished(segment="dawn", stage="draft", seconds=1.0))
+        await pilot.pause(0.1)
+        assert all(t.state == "queued" for t in app.live.takes["beam"].takes.values())
+        post(p.TakeStarted(segment="beam", seed=7))
+        post(p.StageFinished(segment="beam", stage="enhance", seconds=0.1))
+        post(p.StageStarted(segment="beam", stage="draft", total_steps=8))
+        post(p.StepProgress(segment="beam", stage="draft", step=4, total=8))
+        await pilot.pause(0.2)
+        assert "▶ draft 4/8" in rows()[0] and "◷ queued" in rows()[1], rows()
+        assert "28%" in rows()[0], rows()  # enhance (5%) + half the draft (45%): 27.5%
+        assert "rendering 0/2" in str(screen.query_one("#takes-title").render())
+        assert screen.focused is screen.query_one("#takes")  # the rows took the keys from the button
+        await pilot.press("enter")  # not rendered yet: not picked
+        assert app.screen is screen and app.live.jobs.keys() == {job}
+        clips = write_takes(story, "beam", [7])  # what the worker records before TakeFinished
+        post(p.TakeFinished(segment="beam", seed=7, path=str(clips[7])))
+        post(p.TakeStarted(segment="beam", seed=8))
+        post(p.StageStarted(segment="beam", stage="draft", total_steps=8))
+        await pilot.pause(0.2)
+        assert "▶" not in rows()[0] and "current" in rows()[0] and "▶ draft 0/8" in rows()[1], rows()
+        assert "rendering 1/2" in str(screen.query_one("#takes-title").render())
+        await pilot.press("enter")  # seed 7, done: picked while 8 renders
+        await pilot.pause(0.2)
+        assert app.screen is not screen
+        assert app.doc is not None and app.doc.storyboard.segment("beam").enhance_lock
+        post(p.JobCancelled())
+        await pilot.pause(0.1)
+        assert [t.state for t in app.live.takes["beam"].takes.values()] == ["done", "cancelled"]
+        assert "render cancelled" in app.live.news
+        # No shot is left showing "rendering": dawn was drafted by this job too.
+        assert {sid: s.state for sid, s in app.live.segments.items() if s.state} == {}
+
+
+@pytest.mark.asyncio
+async def test_one_line_per_take_at_80_columns(story: Path) -> None:
+    from .conftest import screen_text
+
+    write_takes(story, "beam", [7, 8, 9])
+    app = make(story)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("down", "t")
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        row = next(i for i, line in enumerate(lines) if "● seed 7" in line)
+        assert "A slow push-in on the…" in lines[row] and "seed 8" in lines[row + 1], lines[row:row + 2]
+
+
+@pytest.mark.asyncio
+async def test_reopened_mid_job_the_rows_come_back(story: Path) -> None:
+    """Reattaching: the worker's snapshot names the takes job's seeds, the journal's events
+    say take 7 is done and 8 drafting; t shows exactly that, and 7 can be picked."""
+    from pipeline.wire import protocol as p
+    from sulphur_tui.messages import WorkerEvent
+
+    clips = write_takes(story, "beam", [7])
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        job = "takes0002"
+        history = [
+            p.StatusSnapshot(pid=1, project=str(story.parent), jobs=[p.JobInfo(
+                job_id=job, storyboard=str(story), segments=["beam"], seeds=[7, 8], state="running",
+                segment="beam", stage="draft", step=3, total=8)]),
+            p.JobQueued(storyboard=str(story), segments=["beam"], seeds=[7, 8]),
+            p.JobStarted(storyboard=str(story), segments=["beam"], seeds=[7, 8]),
+            p.TakeStarted(segment="beam", seed=7),
+            p.TakeFinished(segment="beam", seed=7, path=str(clips[7])),
+            p.TakeStarted(segment="beam", seed=8),
+            p.StageStarted(segment="beam", stage="draft", total_steps=8),
+        ]
+        for ev in history:
+            ev.job_id = job if not isinstance(ev, p.StatusSnapshot) else ""
+            app.post_message(WorkerEvent(ev, history=True))
+        await pilot.pause(0.2)
+        await pilot.press("down", "t")
+        screen = app.screen
+        assert isinstance(screen, TakesScreen)
+        options = screen.query_one("#takes", OptionList)
+        rows = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert "current" in rows[0] and "▶" not in rows[0] and "▶ draft 0/8" in rows[1], rows
+        assert "rendering 1/2" in str(screen.query_one("#takes-title").render())
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is not screen and app.doc is not None and app.doc.storyboard.segment("beam").enhance_lock
+
+
+def test_takes_job_snapshot(snap_compare, story: Path) -> None:  # noqa: ANN001
+    """A takes job of beam mid-way: seed 7 rendered (its still beside it), 8 refining, 9 queued."""
+    from pipeline.wire import protocol as p
+    from sulphur_tui.messages import WorkerEvent
+
+    clips = write_takes(story, "beam", [7])
+    shutil.copy(DATA / "previews" / "beam.png", clips[7].with_suffix(".png"))
+    from .conftest import FIXED_NOW
+
+    app = create_app(story, connect_worker=False, clock=lambda: FIXED_NOW + 10)  # timers drawn at a fixed time
+    events = [p.JobQueued(storyboard=str(story), segments=["beam"], seeds=[7, 8, 9]),
+              p.JobStarted(storyboard=str(story), segments=["beam"], seeds=[7, 8, 9]),
+              p.TakeStarted(segment="beam", seed=7),
+              p.TakeFinished(segment="beam", seed=7, path=str(clips[7]), still=str(clips[7].with_suffix(".png"))),
+              p.TakeStarted(segment="beam", seed=8),
+              p.StageFinished(segment="beam", stage="draft", seconds=20.0),
+              p.StageStarted(segment="beam", stage="refine", total_steps=3),
+              p.StepProgress(segment="beam", stage="refine", step=2, total=3)]
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)  # the editor is up before the worker speaks, as when attaching
+        for i, ev in enumerate(events):
+            ev.job_id, ev.ts = "takes0003", FIXED_NOW + i
+            app.post_message(WorkerEvent(ev))
         await pilot.press("down", "t")
         await settle(pilot)
 

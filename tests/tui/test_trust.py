@@ -442,3 +442,18 @@ async def test_project_form_checks_fields_as_they_are_typed_and_left(story: Path
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, ProjectScreen) and not app.doc.dirty
+
+
+# ------------------------------------------------- events before the editor is on screen
+async def test_a_worker_event_before_the_screen_is_mounted_is_drawn_once_it_is(story: Path) -> None:
+    """An attached worker can speak before the first frame: the editor neither crashes
+    nor drops what it said."""
+    app = create_app(story, connect_worker=False)
+    app.live.apply(JobStarted(job_id="j1", storyboard=str(story), segments=["dawn"]))
+    app.live.apply(StageStarted(job_id="j1", segment="dawn", stage="draft", total_steps=8))
+    app.board.refresh_live({"segments", "timers"})  # what on_event does; the screen is not mounted yet
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        row = next(line for line in screen_text(app).splitlines() if " dawn " in line and "│" in line)
+        assert "▶" in row, row
+        assert "▶ draft" in "\n".join(panel(screen_text(app), "Render"))

@@ -27,6 +27,8 @@ import pytest
 from pipeline.memory.loaded import LoadedModels
 from pipeline.models.registry import ModelFile, Preset, get_preset
 from pipeline.project import storyboard as sbmod
+from pipeline.project.audio_track import AudioTrack
+from pipeline.project.loras import LoraRef
 from pipeline.project.storyboard import Anchor, Project, Segment, Storyboard
 from pipeline.render.cache import stage_key
 from pipeline.stages.base import SegmentJob, Stage
@@ -53,6 +55,11 @@ def _other(value: Any, hint: Any, name: str) -> Any:
         return (sbmod.Keyframe(-1, "kf.png"),) if not value else (replace_strength(value[0]),)
     if name == "retake":
         return (1, 2) if value is None else (value[0], value[1] + 1)
+    if name == "loras":  # a LoRA appears, or the first one's strength changes
+        return (LoraRef("style.safetensors", 0.5),) if not value else (
+            dataclasses.replace(value[0], strength=value[0].strength / 2 + 0.125), *value[1:])
+    if isinstance(value, AudioTrack) or value is None and "AudioTrack" in str(hint):
+        return AudioTrack("track.wav") if value is None else dataclasses.replace(value, start=value.start + 0.5)
     if isinstance(value, tuple) and value and isinstance(value[0], ModelFile):
         return tuple(dataclasses.replace(f, path=f.path + "-x") for f in value)
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value) \
@@ -143,9 +150,11 @@ def perturbations(job: SegmentJob) -> list[tuple[str, SegmentJob]]:
 # ------------------------------------------------------------------ what reaches what
 
 _LTX_DRAFT = {"prompt", "anchor", "anchor_digest", "seed", "frames", "draft_size", "steps", "lora_strength", "fps", "audio",
-              "preset.name", "preset.guidance_scale", "preset.builder", "preset.extra[draft_schedule]"}
+              "preset.name", "preset.guidance_scale", "preset.builder", "preset.extra[draft_schedule]",
+              "segment.loras", "segment.audio"}
+# A shot's own LoRAs apply in refine too; a given sound is held fixed there as well.
 _LTX_REFINE = {"seed", "refine_size", "refine_sigmas", "lora_strength", "fps",
-               "preset.name", "preset.guidance_scale", "preset.builder"}
+               "preset.name", "preset.guidance_scale", "preset.builder", "segment.loras", "segment.audio"}
 # job.frames reaches encode only through `kept` when keep is unset (this job sets keep).
 _ENCODE = {"fps", "output_size", "audio", "index", "segment.keep", "segment.anchor"}
 
@@ -313,7 +322,7 @@ FIRST_REACHED = {
     "segment.enhance_lock": "", "segment.frames": "draft", "segment.seconds": "",  # frames wins
     "segment.seed": "enhance", "segment.anchor": "",  # anchor: segment 0 repeats none "segment.preset": "",
     "segment.steps": "draft", "segment.refine_sigmas": "refine", "segment.lora_strength": "draft",
-    "segment.drift_guard": "", "segment.keep": "encode",
+    "segment.drift_guard": "", "segment.keep": "encode", "segment.loras": "draft", "segment.audio": "draft",
     "project.title": "", "project.fps": "draft", "project.seed": "enhance", "project.preset": "",
     "project.vram_budget_gb": "", "project.ram_budget_gb": "", "project.draft_size": "draft",
     "project.refine_size": "refine", "project.output_size": "upscale", "project.audio": "draft",

@@ -333,3 +333,32 @@ def test_ctrl_c_keeps_the_partial_file_and_the_next_pull_resumes(hub: HubServer)
     found = json.loads(_cli("models", "--json").stdout)
     (gguf,) = [f for p in found if p["name"] == "hubtest" for f in p["files"] if f["role"] == "transformer_gguf"]
     assert Path(gguf["path"]).read_bytes() == data
+
+
+def test_pulling_a_storyboard_fetches_its_hub_loras_and_the_render_finds_them(hub: HubServer, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """``sulphur models pull board.toml``: the shots' Hub LoRAs land in the HF cache, where the
+    render's LoRA lookup finds them (before the pull: one line saying to pull)."""
+    import argparse
+
+    from pipeline.cli.models import main_pull
+    from pipeline.models import user_loras
+    from pipeline.project.storyboard import load
+    from pipeline.render.errors import RenderError
+    from pipeline.render.job import RenderJob
+    from pipeline.render.lora_audio import check_loras
+
+    lora = _blob(4_000, 7)
+    hub.add("org/camera-loras", {"dolly-in.safetensors": lora, "other.safetensors": _blob(100, 8)})
+    board = tmp_path / "board.toml"
+    board.write_text('[project]\npreset = "tiny"\n\n[[segment]]\nid = "a"\nprompt = "p"\n'
+                     'loras = [{ repo = "org/camera-loras", path = "dolly-in.safetensors", strength = 0.6 }]\n')
+    job = RenderJob.resolve(load(board)).segment_job(0)
+    with pytest.raises(RenderError, match=r"^segment a: LoRA org/camera-loras/dolly-in.safetensors is not on "
+                                          r"this machine: `sulphur models pull board.toml` fetches it$"):
+        check_loras([job])
+    assert main_pull(argparse.Namespace(preset=str(board), dry_run=False)) == 0
+    assert f"next: sulphur render {board}" in capsys.readouterr().err
+    (found,) = user_loras.resolve(job.storyboard, job.segment)
+    assert found.path is not None and found.path.read_bytes() == lora and found.digest == _sha(lora)
+    assert [r[1] for r in hub.requests if "other.safetensors" in r[1]] == []  # only what the shots name

@@ -141,7 +141,7 @@ EXPECTED = dict([
     ('no_segments', 's.toml: segment: a storyboard needs at least one [[segment]]'),
     ('segment_not_list', 's.toml: segment: a storyboard needs at least one [[segment]]'),
     ('unknown_project_key', 's.toml:3:3: project.colour: unknown key (allowed: title, fps, seed, preset, vram_budget_gb, ram_budget_gb, draft_size, refine_size, output_size, audio, steps, refine_sigmas, lora_strength, enhance, drift_guard, drift_reference, drift_strength, cache_limit_gb)'),
-    ('unknown_segment_key', 's.toml:4:1: segment[0].colour: unknown key (allowed: id, prompt, enhanced_prompt, enhance_lock, frames, seconds, seed, anchor, preset, steps, refine_sigmas, lora_strength, drift_guard, keep, keyframes, retake)'),
+    ('unknown_segment_key', 's.toml:4:1: segment[0].colour: unknown key (allowed: id, prompt, enhanced_prompt, enhance_lock, frames, seconds, seed, anchor, preset, steps, refine_sigmas, lora_strength, drift_guard, keep, keyframes, retake, loras, audio)'),
     ('bool_for_int', 's.toml:2:1: project.fps: expected an integer, got a boolean'),
     ('str_for_number', 's.toml:2:1: project.drift_strength: expected a number, got a string'),
     ('float_for_int', 's.toml:4:1: segment[0].seed: expected an integer, got a float'),

@@ -24,7 +24,6 @@ the same absolute path, e.g. over NFS; artifacts travel through that shared cach
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import queue as stdlib_queue
@@ -51,7 +50,9 @@ from pipeline.project.storyboard import StoryboardError, load, with_segment
 from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
 from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock
+from pipeline.render.takes import record_takes, write_still
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -279,18 +280,20 @@ class StageActorBody:
         r = self.renderer
         base = r.job
         seg_id = base.storyboard.segments[index].id
+        self._emit(protocol.TakeStarted(segment=seg_id, seed=seed))
         take = with_segment(base.storyboard, seg_id, seed=seed, enhance_lock=True, enhanced_prompt=prompt)
         r.job = replace(base, storyboard=take)
         r.chain = copy.deepcopy(chain if chain is not None else self.first_chain)
         try:
             job, draft = r.draft_segment(index)
-            encode = r.finish_stages(job, draft)
+            encode = r.finish_stages(job, draft, preview=False)  # the shot's own preview stays
         finally:
             r.job = base
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
-        _write_still(target)
+        still = write_still(target)
+        self._emit(protocol.TakeFinished(segment=seg_id, seed=seed, path=str(target), still=str(still)))
         return str(target)
 
     def finish(self, job: Any, draft: Any) -> str:
@@ -315,19 +318,6 @@ def _local_threads() -> None:
     import torch
 
     torch.set_num_threads(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-
-
-def _write_still(clip: Path) -> None:
-    """The take's last frame as a PNG beside it (``seed-N.png``): the TUI's takes picker
-    shows it, and it is where the chain would continue from."""
-    from PIL import Image
-
-    from pipeline.render.runner import last_video_frame
-
-    still = clip.with_suffix(".png")
-    tmp = still.with_name(f".{still.name}.partial")
-    Image.fromarray(last_video_frame(clip)).save(tmp, format="PNG")
-    os.replace(tmp, still)
 
 
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
@@ -492,6 +482,8 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     ids = [s.id for s in sb.segments]
     last_needed = max(ids.index(s) for s in selected)
     check_references(sb, set(ids[:last_needed + 1]))  # every anchor usable before any actor starts
+    # every shot's LoRAs here and fitting their model (and no LoRA or sound on a family without them)
+    check_loras(RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs(selected))
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
@@ -536,7 +528,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
-    stamp(protocol.JobStarted(storyboard=str(sb.path), segments=[segment]))
+    stamp(protocol.JobStarted(storyboard=str(sb.path), segments=[segment], seeds=seeds))
     with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                        len(seeds) - 1, None, helper_role="take") as (d, drafter, helpers):
         chain = None
@@ -550,10 +542,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
         text = d.get([prompt])[0]
         d.poll(0)
     takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
-    manifest = sb.renders.takes_manifest(segment)
-    known = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
-    known.update({str(seed): {"path": str(p), "prompt": text} for seed, p in takes.items()})
-    manifest.write_text(json.dumps({"segment": segment, "takes": known}, indent=1))
+    record_takes(sb, segment, takes, text)
     stamp(protocol.JobFinished(path=str(out_dir), seconds=time.perf_counter() - t_job))
     return takes
 

@@ -1,0 +1,75 @@
+"""``audio = "track.wav"`` on a ``[[segment]]``: a shot driven by given sound.
+
+The shot's audio latents are the encoded track, held fixed while the video is denoised, so
+LTX-2's picture follows the sound; the film keeps the track itself. ``audio = { path =
+"song.wav", start = 12.5 }`` takes the span of a longer file that starts 12.5 s in. (The
+``[project]`` key ``audio = true/false`` is another thing: whether films have sound at all.)
+
+Parsing and a header check only (torch-free; PyAV is imported when a file is checked).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import tomlkit
+
+# Deferred imports: av — the storyboard (and the TUI) import this module; only checking a track reads a file
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}
+_KEYS = ("path", "start")
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """The sound a shot follows: a file, from ``start`` seconds on, for the shot's length."""
+
+    path: str
+    start: float = 0.0
+
+    def to_toml(self) -> Any:
+        if not self.start:
+            return self.path
+        t = tomlkit.inline_table()
+        t.update({"path": self.path, "start": self.start})
+        return t
+
+
+def parse_audio(value: str | dict[str, Any]) -> AudioTrack:
+    """The segment's ``audio`` value as TOML gives it; raises ValueError saying what is wrong."""
+    if isinstance(value, str):
+        value = {"path": value}
+    unknown = [k for k in value if k not in _KEYS]
+    if unknown:
+        raise ValueError(f"unknown key '{unknown[0]}' (allowed: {', '.join(_KEYS)})")
+    path, start = value.get("path"), value.get("start", 0.0)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError('expected a sound file ("track.wav") or { path = "track.wav", start = seconds }')
+    if PurePosixPath(path).suffix.lower() not in AUDIO_SUFFIXES:
+        raise ValueError(f"{path}: expected a sound file ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start) or start < 0:
+        raise ValueError("start must be a number of seconds, 0 or more")
+    return AudioTrack(path=path, start=float(start))
+
+
+def audio_problem(path: Path, start: float) -> str:
+    """What is wrong with a track file (no audio stream, shorter than ``start``), or "" if usable.
+
+    Reads the container header only; the caller has checked that the file exists."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return f"{path}: no audio stream"
+            stream = container.streams.audio[0]
+            seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                       else container.duration / 1e6 if container.duration else None)
+    except (av.error.FFmpegError, OSError, ValueError) as exc:  # noqa: B014 - PyAV's errors are OSError too
+        return f"{path}: not a sound file PyAV can read ({str(exc).splitlines()[0][:80]})"
+    if seconds is not None and start >= seconds:
+        return f"{path}: start = {start:g} s is past its end ({seconds:.2f} s)"
+    return ""
