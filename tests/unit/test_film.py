@@ -308,3 +308,14 @@ def test_a_film_that_cannot_be_written_is_one_line_naming_the_file(tmp_path: Pat
     assert info.value.kind == "write_failed"
     assert sorted(p.name for p in film.renders.root.iterdir()) == (["final.mp4"] if blocked == "final.mp4"
                                                                   else ["film.json", "final.mp4"])
+
+
+def test_the_encode_stage_reads_the_drafts_sample_rate(tmp_path: Path) -> None:
+    """The vocoder's 24 kHz audio is resampled, not played at 48 kHz: a click stays at its frame."""
+    film = Film(tmp_path, encoded=False, clicks={"two": [5]})
+    _, mp4, _ = _run_encode(film, 1, tmp_path)
+    audio = np.abs(_audio(mp4)[0])
+    per_frame = AUDIO_RATE // FPS
+    at = 5 * per_frame
+    window = audio[at - per_frame // 4: at + per_frame // 4]
+    assert window.max() > 0.3 and abs(int(np.argmax(window)) - per_frame // 4) < per_frame // 8
