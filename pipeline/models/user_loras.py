@@ -184,6 +184,7 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
                     ltx2.load_lora(module, lora.path, name, part=part, parts=parts)
                 _adapter_to(module, name, device)
         for module in modules.values():
+            _regroup(module)
             _weigh(module, [(base_adapter, base_strength), *loaded])
         yield
     finally:
@@ -192,6 +193,16 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
             if mine:
                 module.delete_adapters(mine)
         ltx2.set_lora_strength(pipe.transformer, base_strength, base_adapter, connectors=pipe.connectors)
+
+
+def _regroup(module: Any) -> None:
+    """Re-apply diffusers' group offloading over the new adapter layers, as diffusers does itself
+    after a pipeline-level LoRA load (``delete_adapters`` does it on the way out): a group that
+    streams from pinned memory knows only the parameters it was built with, and its next onload
+    fails with a KeyError on the adapter's. No-op for a model without group offloading."""
+    from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
+
+    _maybe_remove_and_reapply_group_offloading(module)
 
 
 def _adapter_to(module: Any, name: str, device: str) -> None:
