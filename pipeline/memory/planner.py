@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -563,23 +563,22 @@ def _fits(p: StagePlan, b: Budgets) -> bool:
     return p.vram_bytes <= b.vram and p.host_bytes <= b.host
 
 
-def _refuse(stage: str, plans: list[StagePlan], b: Budgets, job: _Job, component: str | None = None) -> PlanError:
-    """Explain the shortfall of the leanest plan on the side that is short."""
+def _refuse(stage: str, plans: list[StagePlan], b: Budgets, job: _Job, component: str | None = None,
+            fits_at: Callable[[tuple[int, int]], bool] | None = None) -> PlanError:
+    """Explain the shortfall of the leanest plan on the side that is short. ``fits_at(size)``
+    says whether some plan of the stage fits at another draft/refine size: a size is offered
+    only if the planner itself would accept it."""
     vram_low = min(plans, key=lambda p: p.vram_bytes)
     component = component or vram_low.options.get("component", stage)
     if vram_low.vram_bytes > b.vram:
         need = vram_low.vram_bytes
         setting = math.ceil(need / (1 - VRAM_MARGIN) / GiB + context_cost() / GiB)
         hint = f"set vram_budget_gb = {setting} or more"
-        act = vram_low.options.get("activation_bytes", 0)
-        if stage in ("draft", "refine") and act:
+        if stage in ("draft", "refine") and fits_at is not None:
             key = "draft_size" if stage == "draft" else "refine_size"
-            size = job.draft_size if stage == "draft" else job.refine_size
-            room = b.vram - (need - act)
-            scale = math.sqrt(room / act) if room > 0 else 0.0
-            if 0 < scale < 1:
-                hint += (f", or a smaller {key} such as [{max(32, int(size[0] * scale) // 32 * 32)}, "
-                         f"{max(32, int(size[1] * scale) // 32 * 32)}] or fewer frames per segment")
+            smaller = _largest_fitting_size(job.draft_size if stage == "draft" else job.refine_size, fits_at)
+            if smaller is not None:
+                hint += f", or a smaller {key} such as [{smaller[0]}, {smaller[1]}] or fewer frames per segment"
         return PlanError(stage, component, "VRAM", need, b.vram, hint)
     # some plan fits the VRAM, so host RAM is what is short: name the leanest such plan
     low = min((p for p in plans if p.vram_bytes <= b.vram), key=lambda p: p.host_bytes)
@@ -589,6 +588,24 @@ def _refuse(stage: str, plans: list[StagePlan], b: Budgets, job: _Job, component
     return PlanError(stage, component, what, need, b.host,
                      f"set ram_budget_gb = {setting} or more (plan {low.name}), or use a smaller "
                      f"quantized file for it")
+
+
+def _largest_fitting_size(size: tuple[int, int], fits_at: Callable[[tuple[int, int]], bool],
+                          ) -> tuple[int, int] | None:
+    """The largest size of the same shape (sides multiples of 32, 5% steps) at which some plan
+    fits; None when not even the smallest does (then the hint names only the budget)."""
+    seen = set()
+    for k in range(1, 100):
+        scale = 0.95 ** k
+        smaller = (max(32, int(size[0] * scale) // 32 * 32), max(32, int(size[1] * scale) // 32 * 32))
+        if smaller in seen:
+            continue
+        seen.add(smaller)
+        if fits_at(smaller):
+            return smaller
+        if smaller == (32, 32):
+            break
+    return None
 
 
 def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None = None, *,
@@ -633,7 +650,12 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
         return [_CPU_PLANS["cpu"]]
     ladder = _dedupe([p for p in candidates if _fits(p, b)])
     if not ladder:
-        raise _refuse(stage, candidates, b, job)
+        def fits_at(size: tuple[int, int]) -> bool:
+            resized = replace(job, **{"draft_size" if stage == "draft" else "refine_size": size})
+            plans = _transformer_plans(stage, resized, comps, device, b)
+            return any(_fits(p, b) for p in (_attach_text(plans, comps, b) if stage == "draft" else plans))
+
+        raise _refuse(stage, candidates, b, job, fits_at=fits_at if stage in ("draft", "refine") else None)
     return ladder
 
 

@@ -179,7 +179,7 @@ def test_longer_and_larger_jobs_need_more_vram() -> None:
 def test_refusal_names_component_amount_and_a_setting_that_fits() -> None:
     project = Project(refine_size=(1280, 704))
     with pytest.raises(PlanError) as info:
-        plan_ladder("refine", REAL, project, "cuda", budgets=Budgets.from_gb(2, 64))
+        plan_ladder("refine", REAL, project, "cuda", budgets=Budgets.from_gb(3.5, 64))
     err = info.value
     msg = str(err)
     assert msg.startswith("refine: transformer needs ")
@@ -187,6 +187,8 @@ def test_refusal_names_component_amount_and_a_setting_that_fits() -> None:
     assert err.need > err.have
     suggested = int(msg.split("vram_budget_gb = ")[1].split()[0])
     assert plan_ladder("refine", REAL, project, "cuda", budgets=Budgets.from_gb(suggested, 64))
+    w, h = (int(v) for v in msg.split("refine_size such as [")[1].split("]")[0].split(", "))
+    assert plan_ladder("refine", REAL, Project(refine_size=(w, h)), "cuda", budgets=Budgets.from_gb(3.5, 64))
 
 
 def test_refusal_for_host_ram() -> None:
