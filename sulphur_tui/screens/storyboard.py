@@ -44,7 +44,8 @@ class StoryboardScreen(Screen[None]):
     """The app's default screen (also under the broken-file view, empty until the file loads)."""
 
     app: SulphurApp  # type: ignore[assignment]
-    _unmounted_areas: frozenset[str] = frozenset()  # redraws asked for before the screen was mounted
+    _unmounted_areas: frozenset[str] = frozenset()  # redraws asked for before on_mount ran
+    _composed = False  # on_mount has started: the widgets exist
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -68,6 +69,7 @@ class StoryboardScreen(Screen[None]):
         for widget_id, title in TITLES.items():
             self.query_one(f"#{widget_id}").border_title = title
         self.query_one("#segments").border_subtitle = "F4 project settings"
+        self._composed = True
         self.app.begin()
         if self._unmounted_areas:
             areas, self._unmounted_areas = set(self._unmounted_areas), frozenset()
@@ -148,7 +150,7 @@ class StoryboardScreen(Screen[None]):
     def refresh_live(self, areas: set[str]) -> None:
         """Redraw the areas the live reducer says changed (held until the screen is mounted:
         a worker's first events can arrive before it is)."""
-        if not self.is_mounted:
+        if not self._composed:
             self._unmounted_areas = self._unmounted_areas | areas
             return
         app = self.app

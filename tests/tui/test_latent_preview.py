@@ -15,6 +15,7 @@ from pipeline.wire.protocol import LatentPreview, StageFinished, StageStarted, S
 from sulphur_tui.app import create_app
 from sulphur_tui.sources import read_events
 from sulphur_tui.widgets.preview import PreviewPane
+from tests.functional.conftest import checkout_env
 
 from .conftest import DATA
 
@@ -28,7 +29,7 @@ def test_tiny_render_sends_a_picture_every_sampling_step(story: Path) -> None:
     """A real render (tiny preset, CPU): each draft and refine step is followed by its picture
     before the next step starts — the pictures come during sampling, not after the stage."""
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "render", str(story), "--segment", "dawn", "--json"],
-                         capture_output=True, text=True, timeout=900, cwd=story.parent)
+                         capture_output=True, text=True, timeout=900, cwd=story.parent, env=checkout_env())
     assert out.returncode == 0, out.stderr[-2000:]
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     for stage, steps in (("draft", 8), ("refine", 3)):

@@ -314,7 +314,9 @@ def test_cli_entry_point_exit_code(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from tests.functional.conftest import checkout_env
+
     root = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "flicker", str(tmp_path / "nope.mp4")],
-                       cwd=root, capture_output=True, text=True, timeout=120)
+                       cwd=root, capture_output=True, text=True, timeout=120, env=checkout_env())
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
