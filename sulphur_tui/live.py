@@ -149,6 +149,7 @@ class LiveState:
         self.timers: dict[str, StageTimer] = {s: StageTimer(s) for s in STAGES}
         self.timer_segment = ""
         self.flicker: dict[str, FlickerReport] = {}
+        self._cached_drafts: set[tuple[str, str]] = set()  # (job, segment) whose draft came from the cache
         self.drift: dict[str, DriftReport] = {}
         self.seams: dict[str, Seam] = {}
         self.worker_gpus: dict[int, VramSample] = {}
@@ -210,6 +211,8 @@ class LiveState:
             case StepProgress():
                 return self._step(ev)
             case StageFinished() | StageCached():
+                if isinstance(ev, StageCached) and ev.stage == "draft":
+                    self._cached_drafts.add((ev.job_id, ev.segment))
                 return self._stage_finished(ev)
             case PlanFallback():
                 self._say(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}, "
@@ -340,6 +343,12 @@ class LiveState:
         # draft's ~17 dB seam would look like a flash on every chained shot.
         if ev.seam_psnr is not None:
             self.seams[ev.segment] = Seam(ev.stage, ev.seam_psnr, ev.minimum)
+        held = self.flicker.get(ev.segment)
+        if ev.stage == "draft" and held is not None and held.stage == "encode" \
+                and (ev.job_id, ev.segment) in self._cached_drafts:
+            # A job re-reads an earlier shot's cached draft to chain from it: the shot's video is
+            # what the encode report measured, so its row keeps that figure.
+            return set()
         self.flicker[ev.segment] = ev
         return {"flicker"}
 

@@ -229,3 +229,27 @@ def test_stage_times_are_remembered(story: Path) -> None:
         remember_stage_time(sb, "draft", 10.0 + i)
     times = remembered_stage_times(sb)["draft"]
     assert len(times) == STAGE_HISTORY and times[-1] == 10.0 + STAGE_HISTORY + 1
+
+
+def test_a_shot_only_chained_from_keeps_its_encoded_flicker_figure() -> None:
+    """Rendering shot 2 alone re-reads shot 1's cached draft to chain from it; shot 1's row
+    keeps the figure of its encoded video (~27 dB), not the draft's (~17 dB) — seen in tmux."""
+    from pipeline.wire.protocol import FlickerReport, JobStarted, StageCached
+
+    def report(job: str, seg: str, stage: str, low: float) -> FlickerReport:
+        return FlickerReport(job_id=job, segment=seg, stage=stage, psnr=[low], mean=low, median=low,
+                             minimum=low, worst=[0])
+
+    live = LiveState()
+    for ev in (JobStarted(job_id="j1", storyboard="s.toml", segments=["dawn"]),
+               report("j1", "dawn", "draft", 16.8), report("j1", "dawn", "encode", 26.9),
+               JobStarted(job_id="j2", storyboard="s.toml", segments=["beam"]),
+               StageCached(job_id="j2", segment="dawn", stage="draft", cache_key="k"),
+               report("j2", "dawn", "draft", 16.8), report("j2", "beam", "draft", 17.0)):
+        live.apply(ev)
+    assert (live.flicker["dawn"].stage, live.flicker["dawn"].minimum) == ("encode", 26.9)
+    assert live.flicker["beam"].stage == "draft"
+    # an edited shot 1 is drafted anew: its row follows the new draft until the new encode
+    live.apply(JobStarted(job_id="j3", storyboard="s.toml", segments=["dawn"]))
+    live.apply(report("j3", "dawn", "draft", 15.0))
+    assert (live.flicker["dawn"].stage, live.flicker["dawn"].minimum) == ("draft", 15.0)
