@@ -136,16 +136,23 @@ class RenderControl:
         self.app.board.draw_status()
 
     # ------------------------------------------------------------------ jobs
+    def _saved(self, what: str) -> bool:
+        """Save a dirty storyboard before a job (jobs read the file); False if it cannot be."""
+        app = self.app
+        if app.doc is None:
+            return False
+        if app.doc.dirty and not app.edits.save():
+            app.notify(f"Save the storyboard first: {what} read the file.", severity="warning")
+            return False
+        return True
+
     def render(self, mode: str, segments: list[str]) -> None:
         """Queue a job: ``all`` shots, the listed ``segments``, or everything ``from`` one shot."""
         app = self.app
-        doc = app.doc
-        if doc is None:
+        if not self._saved("renders"):
             return
-        if doc.dirty and not app.edits.save():
-            app.notify("Save the storyboard first: renders read the file.", severity="warning")
-            return
-        ids = [s.id for s in doc.storyboard.segments]
+        assert app.doc is not None
+        ids = [s.id for s in app.doc.storyboard.segments]
         if mode == "all":
             queued = ids
         elif mode == "from":
@@ -158,11 +165,7 @@ class RenderControl:
     def render_takes(self, segment: str, seeds: list[int]) -> None:
         """Queue a takes job: ``seeds`` of one shot, one after another, into its takes folder."""
         app = self.app
-        doc = app.doc
-        if doc is None:
-            return
-        if doc.dirty and not app.edits.save():
-            app.notify("Save the storyboard first: takes read the file.", severity="warning")
+        if not self._saved("takes"):
             return
         app.run_worker(lambda: self._submit("takes", [segment], [segment], seeds), name="_submit_takes",
                        group="submit", thread=True, exit_on_error=False)
