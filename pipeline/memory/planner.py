@@ -415,6 +415,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
     weights_options = [tr.fmt] + (["fp8"] if tr.fmt in ("bfloat16", "float16", "float32") else [])
     out: list[StagePlan] = []
     for rung, stream, low_cpu, mmap in _TRANSFORMER_RUNGS:
+        if rung == "stream" and tr.blocks < 1:
+            continue  # Sulphur's streamer moves repeated blocks; a model without them cannot use it
         mode = "group_block" if rung == "stream" else rung
         order = weights_options[::-1] if rung == "stream" and job.stream_fp8 else weights_options
         for wfmt in order:

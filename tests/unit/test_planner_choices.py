@@ -1158,3 +1158,13 @@ def test_a_refine_refusal_scales_the_refine_size_not_the_drafts() -> None:
     assert m, str(info.value)
     w, h = int(m[1]), int(m[2])
     assert w < 1280 and h < 960 and max(w / 1280, h / 960) < min((w + 32) / 1280, (h + 32) / 960)  # 4:3 kept
+
+
+def test_a_transformer_without_blocks_is_never_offered_the_block_streamer() -> None:
+    """Sulphur's streamer moves repeated blocks one at a time; a transformer the planner knows
+    no blocks of would get a plan its stage cannot run (found by the mutation run)."""
+    blockless = replace(GGUF, extra={**GGUF.extra, "memory": {"transformer": {"blocks": 0}}})
+    for stage in ("draft", "refine"):
+        offered = candidates(stage, blockless, Budgets.from_gb(8, 64))
+        assert offered and not [p for p in offered if p.options.get("streamer")], stage
+        assert [p for p in candidates(stage, GGUF, Budgets.from_gb(8, 64)) if p.options.get("streamer")]
