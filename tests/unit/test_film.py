@@ -22,34 +22,15 @@ from pipeline.render.job import RenderJob
 from pipeline.stages.base import Artifact
 from pipeline.stages.encode import AUDIO_RATE, FilmPart, encode_film
 from pipeline.wire import protocol
+from tests.functional.conftest import tiny_storyboard
 
 FPS = 8
 W, H = 64, 48
 VOCODER_RATE = 24_000
-BOARD = f"""
-[project]
-title = "film"
-fps = {FPS}
-preset = "tiny"
-output_size = [{W}, {H}]
-enhance = false
-
-[[segment]]
-id = "one"
-prompt = "a lighthouse at dawn"
-frames = 9
-
-[[segment]]
-id = "two"
-prompt = "the beam sweeps the sea"
-frames = 9
-
-[[segment]]
-id = "three"
-prompt = "a storm rolls in"
-frames = 9
-anchor = "none"
-"""
+BOARD = tiny_storyboard([{"id": "one", "prompt": "a lighthouse at dawn", "frames": 9},
+                         {"id": "two", "prompt": "the beam sweeps the sea", "frames": 9},
+                         {"id": "three", "prompt": "a storm rolls in", "frames": 9, "anchor": "none"}],
+                        title="film", fps=FPS, preset="tiny", output_size=[W, H], enhance=False)
 
 
 def _frames(n: int, base: int) -> np.ndarray:
