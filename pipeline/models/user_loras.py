@@ -9,7 +9,6 @@ the next shot sees the model as loaded. Their identity in cache keys is a conten
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.models import ltx2
 from pipeline.models.published import WeightsMismatch
 from pipeline.models.registry import ModelFile
+from pipeline.project.files import file_digest
 
 if TYPE_CHECKING:
     from pipeline.models.registry import Preset
@@ -65,21 +65,6 @@ def key_params(sb: Storyboard, seg: Segment) -> list[list[Any]]:
     return [[u.digest, u.strength] for u in resolve(sb, seg)]
 
 
-_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime, ctime, inode): keys are asked for
-    often. ctime too: a copy that keeps the mtime (``cp -p``, an edit then ``touch -r``) still moves it."""
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[memo] = h.hexdigest()
-    return _DIGESTS[memo]
 
 
 # --------------------------------------------------------------------------- checking

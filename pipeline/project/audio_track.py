@@ -17,6 +17,8 @@ from typing import Any
 
 import tomlkit
 
+from pipeline.project.tables import check_keys
+
 # Deferred imports: av — the storyboard (and the TUI) import this module; only checking a track reads a file
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}
@@ -42,9 +44,7 @@ def parse_audio(value: str | dict[str, Any]) -> AudioTrack:
     """The segment's ``audio`` value as TOML gives it; raises ValueError saying what is wrong."""
     if isinstance(value, str):
         value = {"path": value}
-    unknown = [k for k in value if k not in _KEYS]
-    if unknown:
-        raise ValueError(f"unknown key '{unknown[0]}' (allowed: {', '.join(_KEYS)})")
+    check_keys("", value, _KEYS)
     path, start = value.get("path"), value.get("start", 0.0)
     if not isinstance(path, str) or not path.strip():
         raise ValueError('expected a sound file ("track.wav") or { path = "track.wav", start = seconds }')

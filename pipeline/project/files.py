@@ -13,6 +13,7 @@ Torch-free; the worker, the CLI and the storyboard loader share it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import stat
 import time
@@ -160,3 +161,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 __all__ = ["LOCK_WAIT", "NotAFile", "check_writable", "real_target", "storyboard_lock", "check_regular", "describe_os_error", "kind_of", "open_regular", "read_regular"]
+
+
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (LoRAs, stills, sound tracks in cache keys), remembered per
+    (path, size, mtime, ctime, inode): keys are asked for often. ctime too: a copy that keeps
+    the mtime (``cp -p``, an edit then ``touch -r``) still moves it."""
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo] = h.hexdigest()
+    return _DIGESTS[memo]

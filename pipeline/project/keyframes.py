@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from pipeline.project.files import file_digest
+from pipeline.project.tables import check_keys, type_name
 
 #: The model families that honour keyframes and retakes (LTX-2's condition pipeline).
 FAMILIES = ("ltx2",)
@@ -47,10 +49,8 @@ def parse_keyframes(value: list[Any], frames: int) -> tuple[Keyframe, ...]:
     for n, item in enumerate(value):
         where = f"keyframe {n + 1}"
         if not isinstance(item, dict):
-            raise ValueError(f'{where}: expected {{ frame = N, image = "still.png" }}, got {_tname(item)}')
-        unknown = [k for k in item if k not in _KEYFRAME_KEYS]
-        if unknown:
-            raise ValueError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(_KEYFRAME_KEYS)})")
+            raise ValueError(f'{where}: expected {{ frame = N, image = "still.png" }}, got {type_name(item)}')
+        check_keys(where, item, _KEYFRAME_KEYS)
         frame, image, strength = item.get("frame"), item.get("image"), item.get("strength", 1.0)
         if not isinstance(frame, int) or isinstance(frame, bool):
             raise ValueError(f"{where}: frame must be an integer (negative counts from the end)")
@@ -122,21 +122,7 @@ def _number(text: str, kind: type) -> Any:
         raise ValueError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
 
 
-def _tname(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array"}.get(
-        type(value), type(value).__name__)
-
-
 # ------------------------------------------------------------------ what reaches a key
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a still's bytes: an edited image re-renders its shot, a renamed one does not."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def keyframe_params(keyframes: tuple[Keyframe, ...], frames: int, resolve: Any) -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ from typing import Any
 
 import tomlkit
 
+from pipeline.project.tables import check_keys
+
 #: Stacked LoRAs one shot may have; past this a typo, not a look.
 MAX_LORAS = 8
 STRENGTH_RANGE = (-10.0, 10.0)
@@ -64,9 +66,7 @@ def _entry(n: int, entry: Any) -> LoraRef:
     where = f"entry {n + 1}"
     if not isinstance(entry, dict):
         raise ValueError(f'{where}: expected {{ path = "file.safetensors", strength = 0.8 }}')
-    unknown = [k for k in entry if k not in _KEYS]
-    if unknown:
-        raise ValueError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(_KEYS)})")
+    check_keys(where, entry, _KEYS)
     path, repo, strength = entry.get("path"), entry.get("repo", ""), entry.get("strength", 1.0)
     if not isinstance(path, str) or not path.strip():
         raise ValueError(f'{where}: needs path = "file.safetensors"')

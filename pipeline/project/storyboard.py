@@ -37,6 +37,7 @@ from pipeline.project.files import (
 from pipeline.project.keyframes import Keyframe, parse_keyframes, parse_retake
 from pipeline.project.layout import RenderFolder
 from pipeline.project.loras import LoraRef, loras_to_toml, parse_loras
+from pipeline.project.tables import type_name
 
 # Deferred imports: tomlkit — only writing a storyboard needs the comment-preserving parser
 
@@ -281,18 +282,13 @@ def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: s
     types, human = spec[key]
     # bool is an int in Python; a flag given where a number is wanted is a mistake.
     if isinstance(value, bool) and bool not in types:
-        raise StoryboardError(path, f"expected {human}, got {_tname(value)}", line, col, where)
+        raise StoryboardError(path, f"expected {human}, got {type_name(value)}", line, col, where)
     if not isinstance(value, types):
-        raise StoryboardError(path, f"expected {human}, got {_tname(value)}", line, col, where)
+        raise StoryboardError(path, f"expected {human}, got {type_name(value)}", line, col, where)
     # TOML spells nan and inf; no setting means either (nan compares false with every bound).
     if isinstance(value, float) and not math.isfinite(value) or isinstance(value, list) and any(
             isinstance(v, float) and not math.isfinite(v) for v in value):
         raise StoryboardError(path, "must be a number", line, col, where)  # not nan, not inf
-
-
-def _tname(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
 
 
 #: The widest and tallest frame any stage is asked for (8K): past it a typo, not a film.

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.models import ltx2, ltx2_audio, user_loras
 from pipeline.models.ltx2 import model_identity
 from pipeline.models.sigmas import draft_sigmas
+from pipeline.project.files import file_digest
 from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
@@ -182,7 +183,7 @@ def shot_control_params(job: SegmentJob) -> dict[str, Any]:
     if job.segment.audio is not None:
         track = job.segment.audio
         path = job.storyboard.resolve(track.path)
-        out["audio_track"] = [user_loras.file_digest(path) if path.is_file() else f"missing:{track.path}", track.start,
+        out["audio_track"] = [file_digest(path) if path.is_file() else f"missing:{track.path}", track.start,
                               repeats_anchor(job.index, job.segment)]  # chained: the track starts at frame 1
     return out
 
