@@ -128,6 +128,8 @@ _HOME = "$SULPHUR_HOME"
 # ltx-2.3-22b-distilled-lora-384-1.1.safetensors is named by its README table and diffusers' LTX-2.3 LoRA
 # converter docstring (size and sha256 NOT verified). rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers
 # is the v1.1 upsampler as an unofficial LTX2LatentUpsamplePipeline folder (model in latent_upsampler/).
+# unsloth/gemma-3-12b-it-GGUF's gemma-3-12b-it-Q4_K_M.gguf is named in many download scripts (one records
+# 7,300,778,336 bytes; not pinned here). Real-ESRGAN x2plus: see ESRGAN_X2PLUS_* in registry.py.
 SULPHUR_REPO = "SulphurAI/Sulphur-2-base"
 SULPHUR_GGUF_REPO = "aman5g/Sulphur-2-base-GGUF"
 SULPHUR_LORA = "distill_loras/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsafe.safetensors"
