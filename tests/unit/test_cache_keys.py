@@ -480,3 +480,27 @@ def test_a_reference_or_an_anchor_appearing_moves_the_key(tmp_path: Path) -> Non
     t2v = dataclasses.replace(job, anchor=None, anchor_digest="", index=0)
     for name in ("draft", "enhance"):  # the enhancer words a T2V prompt otherwise than an I2V one
         assert _key(stages[name], job) != _key(stages[name], t2v)
+
+
+def test_the_enhancers_vision_projector_is_part_of_the_enhance_key(tmp_path: Path) -> None:
+    """The mmproj loads with the LLM (another chat handler) even for a T2V prompt: replacing,
+    adding or removing it must re-run the enhancer, and must not touch the draft's key."""
+    files = {role: tmp_path / f"{role}.gguf" for role in ("diffusers", "enhancer", "enhancer_mmproj")}
+    for p in files.values():
+        p.write_bytes(b"v1")
+    preset = dataclasses.replace(get_preset("tiny"), name="real-ltx", builder=None,
+                                 files=tuple(ModelFile(r, r, path=str(p)) for r, p in files.items()))
+    stages = _stages()
+    job = dataclasses.replace(_job(tmp_path, preset), anchor=None, anchor_digest="", index=0)  # T2V
+
+    def key() -> str:
+        return _key(stages["enhance"], job)
+
+    before = key()
+    files["enhancer_mmproj"].write_bytes(b"version 2")
+    replaced = key()
+    assert replaced != before
+    files["enhancer_mmproj"].unlink()
+    assert key() not in (before, replaced)  # a missing projector is not the projector
+    without = dataclasses.replace(preset, files=tuple(f for f in preset.files if f.role != "enhancer_mmproj"))
+    assert _key(stages["enhance"], dataclasses.replace(job, preset=without)) != replaced
