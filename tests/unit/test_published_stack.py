@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from pipeline.models import ltx_keys
 from pipeline.models import published_stack as stack
 
@@ -36,7 +34,6 @@ def test_transformer_and_connectors_add_up_to_the_published_22b() -> None:
     assert cfg["connectors"]["text_proj_in_factor"] == cfg["text_encoder"]["text_config"]["num_hidden_layers"] + 1
 
 
-@pytest.mark.slow  # writes a 0.7 GB one-block GGUF
 def test_the_gguf_names_every_tensor_as_lightricks_does_and_maps_one_to_one(tmp_path: Path) -> None:
     import gguf
 
