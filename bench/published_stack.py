@@ -131,6 +131,18 @@ def verify(preset: str, env: dict[str, str], timeout: float) -> dict[str, Any]:
             "stderr_tail": "" if lines else r.stderr[-2000:]}
 
 
+def cold_start(report: dict[str, Any]) -> dict[str, Any]:
+    """Issue 20 goal 3's figures: time to the first draft step against the bytes the draft reads
+    (everything but the upsampler and x2plus) at the measured cold read bandwidth."""
+    parts = report["write"]["parts"]
+    draft_bytes = sum(parts[k]["bytes"] for k in ("transformer_gguf", "lora", "text_encoder", "diffusers_parts"))
+    draft = next((s for s in report["render"].get("stages", []) if s.get("stage") == "draft"), {})
+    bw = report.get("disk_read_gb_per_s") or 0
+    return {"to_first_draft_step_s": draft.get("to_first_step_s"), "draft_bytes": draft_bytes,
+            "io_bound_s": round(draft_bytes / 1e9 / bw, 1) if bw else None,
+            "note": "to_first_draft_step_s includes the text-encoder pass and the first step"}
+
+
 def caps_from(args: argparse.Namespace) -> stack.Caps:
     layers = args.layers or (int(os.environ["SULPHUR_RANDOM_LAYERS"]) if os.environ.get("SULPHUR_RANDOM_LAYERS")
                              else None)
@@ -213,6 +225,7 @@ def main() -> int:
                                 "stderr_tail": (folder / "stderr.txt").read_text()[-3000:]}
             args.skip_verify = True  # the render may still hold the machine
         report["film"] = check_film(report["render"].get("final", ""))
+        report["cold_start"] = cold_start(report)
         save()
         if not args.skip_verify:
             report["verify"] = verify(args.preset, env, args.verify_timeout)
