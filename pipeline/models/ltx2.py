@@ -105,7 +105,8 @@ _HOME = "$SULPHUR_HOME"
 # - distill_loras/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsafe.safetensors: the seed's LoRA
 #   (doc.davidhsaiou.com/…/sulphur2-pipeline.html, strength 0.7). Path in SulphurAI/Sulphur-2-base found
 #   in many download scripts (exact search); size 662072824 and sha256 e970f64a… as pinned by one of them
-#   at revision 65587bbb38c700622f9434a16e732c8b280c115e (NOT checked against the Hub by us).
+#   at revision 65587bbb38c700622f9434a16e732c8b280c115e (NOT checked against the Hub by us, so not pinned:
+#   a wrong pin would refuse the real file, and the Hub's own etag already checks what is downloaded).
 # - prompt_enhancer/sulphur_prompt_enhancer_model-q8_0.gguf + prompt_enhancer/mmproj-BF16.gguf: named in
 #   the Hub's own llama-cpp-python snippet on the model page (mmproj-BF16.gguf) and in download scripts.
 #   Its architecture is NOT verified: a third-party ComfyUI node loads it with its "qwen35" chat handler
@@ -163,8 +164,7 @@ REAL = register(Preset(
         _DIFFUSERS,
         ModelFile("lora", "Sulphur 2's distill LoRA (LTX-2.3 distilled LoRA 1.1, fro90 ceil72 condsafe)",
                   path=f"{_HOME}/sulphur2/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsafe.safetensors",
-                  env="SULPHUR_LTX_LORA", repo=SULPHUR_REPO, filename=SULPHUR_LORA, size=662_072_824,
-                  sha256="e970f64a2ce5469491fb1714a3fa72c8b606fa82affff0531e836dbc91d31f34"),
+                  env="SULPHUR_LTX_LORA", repo=SULPHUR_REPO, filename=SULPHUR_LORA),
         _UPSAMPLER,
         _UPSCALER,
         ModelFile("enhancer", "Sulphur 2 prompt enhancer, GGUF Q8_0",

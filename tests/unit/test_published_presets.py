@@ -33,8 +33,8 @@ def test_sulphur2_preset_uses_the_seeds_lora_from_sulphurs_repo_at_0_7() -> None
     lora = preset.file("lora")
     assert lora.repo == SULPHUR
     assert lora.filename == "distill_loras/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsafe.safetensors"
-    assert (lora.size, lora.sha256) == (662_072_824,
-                                        "e970f64a2ce5469491fb1714a3fa72c8b606fa82affff0531e836dbc91d31f34")
+    # Unverified against the Hub, so not pinned: a wrong pin would refuse the real file.
+    assert not lora.size and not lora.sha256
     assert preset.lora_strength == 0.7
 
 
