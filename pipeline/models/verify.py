@@ -93,8 +93,10 @@ def _load(preset: Preset, component: str, plan: Any, path: Path) -> None:
 def check_enhancer(path: Path) -> None:
     """The enhancer GGUF as llama.cpp loads it, vocabulary only: that reads the header, knows the
     architecture and checks every tensor's bytes lie inside the file, without reading gigabytes."""
-    import llama_cpp
-
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ValueError("llama-cpp-python is not installed here: the enhancer cannot be loaded") from None
     try:
         llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     except (ValueError, RuntimeError) as exc:
