@@ -26,7 +26,7 @@ from pipeline.models import ltx_keys, tiny_ltx2
 from pipeline.models.gguf_writer import write_random_gguf
 from pipeline.models.ltx2_random import GEMMA3_12B
 
-# Deferred imports: torch, diffusers, transformers, safetensors, pipeline.models.random_weights,
+# Deferred imports: torch, accelerate, diffusers, transformers, safetensors, pipeline.models.random_weights,
 #   pipeline.models.esrgan, pipeline.models.enhancer — only writing the stack needs them
 
 VERSION = 1
