@@ -162,9 +162,11 @@ def departures(caps: stack.Caps) -> list[str]:
         out.append(f"transformer and connector layers capped at {caps.layers} (published: 48 and 8)")
     if caps.text_layers:
         out.append(f"Gemma 3 12B text layers capped at {caps.text_layers} of 48 (connector projections take "
-                   f"{caps.text_layers + 1} stacked states, not 49): 24 GB of bf16 Gemma + the 24 GB disk-offload "
-                   "copy a 32 GiB host budget makes + the 11 GB GGUF do not fit the 64 GiB device disk with "
-                   "the rest, nor its write and the render one 10-minute call")
+                   f"{caps.text_layers + 1} stacked states, not 49): the full stack is ~45 GB (GGUF 11, Gemma "
+                   "24.4, connectors 6.4, VAE/upsampler/LoRA ~3) and a 32 GiB host budget plans the text encoder "
+                   "through a disk-offload copy (another 24 GB): ~69 GB on a 64 GiB (68.7 GB) disk, and writing, "
+                   "reading and copying it would not fit one 10-minute call with the render and the verify. The "
+                   "planner still sizes the text encoder from its files (48 blocks assumed)")
     if caps.vision_layers:
         out.append(f"Gemma vision tower capped at {caps.vision_layers} of 27 layers")
     if caps.vocab:
