@@ -3,7 +3,7 @@ the published formats, loaded through the real loaders, one segment under 8 GiB 
 
 1. Writes the stack (:mod:`pipeline.models.published_stack`): the transformer as a GGUF with
    Lightricks' names (streamed tensor by tensor, never in bf16 on the host), the diffusers folder
-   (Gemma 3 sharded bf16, connectors, VAEs, BWE vocoder, tokenizer, scheduler), the upsampler
+   (Gemma 3 and the connectors in fp32 as that repo stores them, VAEs, BWE vocoder, tokenizer, scheduler), the upsampler
    pipeline folder, the distilled LoRA, Real-ESRGAN x2plus; then evicts it from the page cache
    (``posix_fadvise(DONTNEED)`` after a sync) so the render reads it from disk, as a first render does.
 2. Renders one segment of a ``preset = "ltx23-distilled"`` storyboard with ``sulphur render --json``
@@ -162,11 +162,11 @@ def departures(caps: stack.Caps) -> list[str]:
         out.append(f"transformer and connector layers capped at {caps.layers} (published: 48 and 8)")
     if caps.text_layers:
         out.append(f"Gemma 3 12B text layers capped at {caps.text_layers} of 48 (connector projections take "
-                   f"{caps.text_layers + 1} stacked states, not 49): the full stack is ~45 GB (GGUF 11, Gemma "
-                   "24.4, connectors 6.4, VAE/upsampler/LoRA ~3) and a 32 GiB host budget plans the text encoder "
-                   "through a disk-offload copy (another 24 GB): ~69 GB on a 64 GiB (68.7 GB) disk, and writing, "
-                   "reading and copying it would not fit one 10-minute call with the render and the verify. The "
-                   "planner still sizes the text encoder from its files (48 blocks assumed)")
+                   f"{caps.text_layers + 1} stacked states, not 49): the full stack is ~76 GB (GGUF 11, Gemma "
+                   "48.75 in fp32 as published, connectors 12.7, VAE/upsampler/LoRA ~3) on a 64 GiB (68.7 GB) "
+                   "disk, before the text encoder's disk-offload copy a 32 GiB host budget plans; nor would "
+                   "writing and reading it fit one 10-minute call with the render and the verify. The planner "
+                   "still sizes the text encoder from its files (48 blocks assumed)")
     if caps.vision_layers:
         out.append(f"Gemma vision tower capped at {caps.vision_layers} of 27 layers")
     if caps.vocab:

@@ -9,7 +9,8 @@ the layout, not the weights, is what it checks.
 
 The configs are LTX-2.3's as diffusers converts it (``scripts/convert_ltx2_to_diffusers.py``,
 ``version == "2.3"``, diffusers commit 17b53f08: transformer, connectors, video VAE, audio VAE,
-``LTX2VocoderWithBWE``), and Gemma 3 12B (google/gemma-3-12b-it) as the text encoder. Caps
+``LTX2VocoderWithBWE``), and Gemma 3 12B (google/gemma-3-12b-it) as the text encoder, each stored
+in the dtype that repo uses (:data:`STORAGE_DTYPES`). Caps
 (:class:`Caps`) shrink the repeated layers for a smoke run on a small machine, and the text
 encoder for a device whose disk or time cannot take 24 GB of bf16 (say so where it is used).
 """
@@ -96,7 +97,8 @@ VOCODER: dict[str, Any] = {
     "output_sampling_rate": 48000,
 }
 
-#: LTX2LatentUpsamplerModel at the class defaults (x2 spatial, 1024 wide).
+#: LTX2LatentUpsamplerModel at the class defaults (x2 spatial, 1024 wide): 497.9M parameters, the count the
+#: same third-party script records for ltx-2.3-spatial-upscaler-x2-1.1.safetensors.
 UPSAMPLER: dict[str, Any] = {}
 
 #: What the distilled LoRA adapts in every block (Lightricks' names = diffusers' names inside a block).
@@ -104,6 +106,13 @@ LORA_TARGETS = tuple(f"{attn}.{proj}" for attn in ("attn1", "attn2", "audio_attn
                                                    "audio_to_video_attn", "video_to_audio_attn")
                      for proj in ("to_q", "to_k", "to_v", "to_out.0")) + (
     "ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.net.2")
+
+#: Storage dtypes in diffusers/LTX-2.3-Diffusers. Not read by us (nothing was downloaded): a third-party
+#: script that fetched the repo records text_encoder/ as "48.75GB of fp32" (12.19B params x 4), connectors/
+#: as 12.7 GB (3.2B x 4: fp32), vae/ as 1.45 GB (0.73B x 2: bf16) and transformer/ as 37.99 GB of bf16.
+#: The audio VAE and vocoder are not recorded there; bf16 is assumed.
+STORAGE_DTYPES = {"text_encoder": "float32", "connectors": "float32", "vae": "bfloat16", "audio_vae": "bfloat16",
+                  "vocoder": "bfloat16", "upsampler": "bfloat16"}
 
 # Files inside the written folder.
 GGUF_FILE = "ltx-2.3-22b-dev-Q4_0.gguf"
@@ -234,13 +243,14 @@ def _write_lora(path: Path, config: dict[str, Any], rank: int) -> list[Path]:
 
 
 def _write_text_encoder(d: Path, config: dict[str, Any]) -> list[Path]:
-    """Gemma 3 in bf16, sharded at 5 GB as google/gemma-3-12b-it is, plus the tokenizer."""
+    """Gemma 3 in its published storage dtype, sharded at 5 GB (transformers' usual), plus the tokenizer."""
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     from pipeline.models import random_weights
 
-    model = random_weights.build(lambda: Gemma3ForConditionalGeneration(Gemma3Config(**config)), torch.bfloat16)
+    dtype = getattr(torch, STORAGE_DTYPES["text_encoder"])
+    model = random_weights.build(lambda: Gemma3ForConditionalGeneration(Gemma3Config(**config)), dtype)
     model.save_pretrained(d / "text_encoder", max_shard_size="5GB")
     del model
     # Gemma's own tokenizer cannot be made offline; the twin's stands in (ids stay below the vocabulary).
@@ -258,7 +268,7 @@ def _write_diffusers_parts(d: Path, cfg: dict[str, dict[str, Any]]) -> list[Path
 
     for name, cls in (("vae", AutoencoderKLLTX2Video), ("audio_vae", AutoencoderKLLTX2Audio),
                       ("vocoder", LTX2VocoderWithBWE), ("connectors", LTX2TextConnectors)):
-        model = random_weights.build(lambda c=cls, n=name: c(**cfg[n]), torch.bfloat16)
+        model = random_weights.build(lambda c=cls, n=name: c(**cfg[n]), getattr(torch, STORAGE_DTYPES[name]))
         model.save_pretrained(d / name)
         del model
     FlowMatchEulerDiscreteScheduler(**tiny_ltx2.SCHEDULER_CONFIG).save_pretrained(d / "scheduler")
@@ -272,7 +282,8 @@ def _write_upsampler(d: Path) -> list[Path]:
 
     from pipeline.models import random_weights
 
-    random_weights.build(lambda: LTX2LatentUpsamplerModel(**UPSAMPLER), torch.bfloat16).save_pretrained(
+    dtype = getattr(torch, STORAGE_DTYPES["upsampler"])
+    random_weights.build(lambda: LTX2LatentUpsamplerModel(**UPSAMPLER), dtype).save_pretrained(
         d / "latent_upsampler")
     tiny_ltx2.write_upsampler_index(d)
     return [d]
