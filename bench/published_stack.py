@@ -211,6 +211,8 @@ def main() -> int:
             args.out.write_text(doc + "\n")
 
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        report["disk_free_before_gb"] = round(shutil.disk_usage(root).free / 1e9, 1)
         report["write"] = stack.write_stack(root, caps)
         report["write"]["gb_per_s"] = round(report["write"]["bytes"] / 1e9 / max(1e-9, report["write"]["seconds"]), 2)
         report["page_cache"] = evict(root)
