@@ -42,7 +42,7 @@ chain)  # one GPU, < 9 min: 3 chained 121-frame segments capped (8/32) and uncap
     ;;
 published)  # Gemma capped at 12 of 48 text layers: see "departures" in the JSON for why
     df -h /tmp | tail -1
-    timeout 550 python bench/published_stack.py --text-layers 12 --root /tmp/published-stack \
+    timeout 560 python bench/published_stack.py --text-layers 12 --budget-s 540 --root /tmp/published-stack \
         --out "$OUT/published_stack.json" >/dev/null 2>"$OUT/published.log" || echo "published failed: $?"
     rm -rf /tmp/published-stack
     ;;

@@ -12,7 +12,7 @@ the published formats, loaded through the real loaders, one segment under 8 GiB 
    a missing, unexpected or never-materialised tensor fails the render naming the file.
 3. Checks the film (``ffmpeg -v error``, else a PyAV decode) and runs ``sulphur models verify``.
 
-    python bench/published_stack.py --text-layers 12 --out bench/results/published_stack.json   # GPU
+    python bench/published_stack.py --text-layers 12 --budget-s 540 --out bench/results/published_stack.json
     SULPHUR_RANDOM_LAYERS=1 python bench/published_stack.py --text-layers 1 --vision-layers 1 \\
         --vocab 2048 --frames 9 --draft 64x64 --refine 128x128 --output 256x256          # CPU smoke
 """
@@ -193,10 +193,19 @@ def main() -> int:
     ap.add_argument("--render-timeout", type=float, default=300)
     ap.add_argument("--verify-timeout", type=float, default=150)
     ap.add_argument("--skip-verify", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=0, help="whole-run budget: the render and the verify get "
+                    "at most what is left of it (0: no budget)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     caps = caps_from(args)
+    t_start = time.perf_counter()
+
+    def left(limit: float, reserve: float) -> float:
+        if not args.budget_s:
+            return limit
+        return max(30.0, min(limit, args.budget_s - (time.perf_counter() - t_start) - reserve))
+
     root = args.root or Path(tempfile.mkdtemp(prefix="published-stack-"))
     report: dict[str, Any] = {
         "bench": "published_stack", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -222,17 +231,18 @@ def main() -> int:
         os.environ.update(stack.overrides(root, caps))  # the render harness passes os.environ on
         folder = Path(tempfile.mkdtemp(prefix="published-render-"))
         (folder / "story.toml").write_text(storyboard(args))
+        render_timeout = left(args.render_timeout, 20)
         try:
-            report["render"] = render(folder, args.render_timeout)
+            report["render"] = render(folder, render_timeout)
         except subprocess.TimeoutExpired:
-            report["render"] = {"returncode": None, "error": f"timed out after {args.render_timeout:.0f} s",
+            report["render"] = {"returncode": None, "error": f"timed out after {render_timeout:.0f} s",
                                 "stderr_tail": (folder / "stderr.txt").read_text()[-3000:]}
             args.skip_verify = True  # the render may still hold the machine
         report["film"] = check_film(report["render"].get("final", ""))
         report["cold_start"] = cold_start(report)
         save()
         if not args.skip_verify:
-            report["verify"] = verify(args.preset, env, args.verify_timeout)
+            report["verify"] = verify(args.preset, env, left(args.verify_timeout, 10))
         rendered = report["render"]["returncode"] == 0
         fails = [ln for ln in report.get("verify", {}).get("lines", []) if " FAIL " in ln]
         # Every load is strict (pipeline.models.published): a render or verify that got through had
