@@ -1,8 +1,9 @@
 """``sulphur models verify``: load every component of a preset from its files, render nothing.
 
 Each file is reported as OK or with the one line that says what does not map (the strict
-loaders of :mod:`pipeline.models.published`). Paths resolve as the render resolves them,
-``SULPHUR_*`` overrides included (``ModelFile.local_path``).
+loaders of :mod:`pipeline.models.published`; llama.cpp for the enhancer GGUF, the GGUF reader for
+its vision projector). Paths resolve as the render resolves them, ``SULPHUR_*`` overrides included
+(``ModelFile.local_path``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pipeline.memory.planner import StagePlan
 from pipeline.models import ltx2
 from pipeline.models.registry import Preset
 
-# Deferred imports: pipeline.models, pipeline.models.esrgan, llama_cpp, gguf — each file kind loads its own loader (and torch) only
-#   when a file of that kind is verified
+# Deferred imports: pipeline.models, pipeline.models.esrgan, llama_cpp, gguf — each file kind loads its own
+#   loader (and torch) only when a file of that kind is verified
 
 #: Component → the file role it is loaded from (LTX-2 family).
 _LTX_PARTS = (("transformer", "transformer_gguf"), ("lora", "lora"), ("vae", "diffusers"),
