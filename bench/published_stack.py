@@ -174,7 +174,7 @@ def departures(caps: stack.Caps) -> list[str]:
     return out
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=None, help="where to write the stack (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the written stack")
@@ -196,7 +196,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=0, help="whole-run budget: the render and the verify get "
                     "at most what is left of it (0: no budget)")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
 
     caps = caps_from(args)
     t_start = time.perf_counter()
