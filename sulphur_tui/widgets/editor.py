@@ -27,6 +27,13 @@ INHERIT = "inherit"
 # Fields are validated here (see _input), not by Input: its per-keystroke -valid/-invalid
 # class toggling restyles the editor on every shot change.
 _OWN_VALIDATION = ["submitted"]
+#: Integer fields and their ranges.
+NUMBER_FIELDS = {"seed": (0, 2**63 - 1), "frames": (1, 2000), "steps": (1, 200), "keep": (1, 2000)}
+#: Field id → the Segment field it sets, where that is all there is to it.
+FIELD_KEYS = {"seed": "seed", "steps": "steps", "lora": "lora_strength", "sigmas": "refine_sigmas",
+              "keep": "keep", "keyframes": "keyframes", "retake": "retake"}
+#: Fields whose parse errors say what is wrong (the others: "not a number").
+SAYS_WHY = ("sigmas", "keyframes", "retake")
 
 
 def _int(text: str, lo: int, hi: int) -> int | None:
@@ -271,59 +278,47 @@ class SegmentEditor(VerticalScroll):
         error = ""
         value: Any = None
         try:
-            if key == "seed":
-                value = _int(text, 0, 2**63 - 1) if text else None
-            elif key == "frames":
-                value = _int(text, 1, 2000) if text else None
-            elif key == "seconds":
-                value = _float(text, 0, 120) if text else None
-            elif key == "steps":
-                value = _int(text, 1, 200) if text else None
-            elif key == "lora":
-                value = float(text) if text else None
-            elif key in ("anchor-path", "preset"):
-                value = text
-            elif key == "sigmas":
-                value = check_sigmas(parse_sigmas(text)) if text else None
-            elif key == "keep":
-                value = _int(text, 1, 2000) if text else None
-            elif key in ("keyframes", "retake") and self.segment is not None:
-                frames = self.segment.frame_count(self.fps)
-                value = keyframes_from_text(text, frames) if key == "keyframes" else retake_from_text(text, frames)
+            value = self._parse(key, text)
         except ValueError as exc:
-            says = key in ("sigmas", "keyframes", "retake") or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
+            says = key in SAYS_WHY or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
             error = f"{key}: {exc}" if says else f"{key}: not a number"
         inp.set_class(bool(error), "-bad")
         self._error(error)
-        if error:
-            return
+        if not error:
+            self._apply(key, value)
+
+    def _parse(self, key: str, text: str) -> Any:
+        """The field's text as the value its storyboard key holds (None: blank, the default);
+        ValueError says what is wrong."""
+        if key in NUMBER_FIELDS:
+            return _int(text, *NUMBER_FIELDS[key]) if text else None
+        if key == "seconds":
+            return _float(text, 0, 120) if text else None
+        if key == "lora":
+            return float(text) if text else None
+        if key in ("anchor-path", "preset"):
+            return text
+        if key == "sigmas":
+            return check_sigmas(parse_sigmas(text)) if text else None
+        if key in ("keyframes", "retake") and self.segment is not None:
+            frames = self.segment.frame_count(self.fps)
+            return keyframes_from_text(text, frames) if key == "keyframes" else retake_from_text(text, frames)
+        return None
+
+    def _apply(self, key: str, value: Any) -> None:
+        """Post a good field's value as a change of its key (one undo step per field and shot)."""
         coalesce = f"{key}:{self.segment_id}"
-        if key == "frames":
-            changes = {"frames": value}
+        if key in ("frames", "seconds"):
+            changes = {key: value}
             if value is not None:
-                changes["seconds"] = None  # one or the other, never both
-                self._clear("#seconds")
+                other = "seconds" if key == "frames" else "frames"
+                changes[other] = None  # one or the other, never both
+                self._clear(f"#{other}")
             self._post(coalesce=coalesce, **changes)
-        elif key == "seconds":
-            changes = {"seconds": value}
-            if value is not None:
-                changes["frames"] = None
-                self._clear("#frames")
-            self._post(coalesce=coalesce, **changes)
-        elif key == "seed":
-            self._post(coalesce=coalesce, seed=value)
-        elif key == "steps":
-            self._post(coalesce=coalesce, steps=value)
-        elif key == "lora":
-            self._post(coalesce=coalesce, lora_strength=value)
         elif key == "preset":
             self._post(coalesce=coalesce, preset=value or None)
-        elif key == "sigmas":
-            self._post(coalesce=coalesce, refine_sigmas=value)
-        elif key == "keep":
-            self._post(coalesce=coalesce, keep=value)
-        elif key in ("keyframes", "retake"):
-            self._post(coalesce=coalesce, **{key: value})
+        elif key in FIELD_KEYS:
+            self._post(coalesce=coalesce, **{FIELD_KEYS[key]: value})
         elif key == "anchor-path":
             kind = str(self.query_one("#anchor-kind", Select).value)
             if kind in ("image", "video") and value:
