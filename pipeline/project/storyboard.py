@@ -617,9 +617,12 @@ def _same_anchor(old: Any, new: Any) -> bool:
 
 
 def _same_parsed(key: str, old: Any, new: Any) -> bool:
-    """``loras`` / ``audio`` spelled otherwise in the file (``strength`` left at 1, ``{ path = … }``
-    for a plain path) but meaning what a save would write: the file's spelling stays."""
-    parser = {"loras": parse_loras, "audio": parse_audio}.get(key)
+    """``loras`` / ``audio`` / ``keyframes`` spelled otherwise in the file (``strength`` left at
+    1 or spelled 1.0, ``{ path = … }`` for a plain path) but meaning what a save would write:
+    the file's spelling stays."""
+    parser = {"loras": parse_loras, "audio": parse_audio,
+              # any frame count: both sides are checked against the same one
+              "keyframes": lambda value: parse_keyframes(value, 2**31)}.get(key)
     try:
         return parser is not None and parser(old) == parser(new)
     except (ValueError, TypeError, AttributeError):
