@@ -18,8 +18,16 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
 from pipeline.project.keyframes import format_keyframes, keyframes_from_text, retake_from_text
+from pipeline.project.references import shot_file_problem
 from pipeline.project.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard, check_sigmas
-from sulphur_tui.values import format_sigmas, parse_sigmas
+from sulphur_tui.values import (
+    format_audio,
+    format_loras,
+    format_sigmas,
+    parse_audio_text,
+    parse_loras_text,
+    parse_sigmas,
+)
 
 ANCHOR_KINDS = [("previous shot", "previous"), ("image file", "image"), ("video (last frame)", "video"),
                 ("none (text only)", "none")]
@@ -31,9 +39,9 @@ _OWN_VALIDATION = ["submitted"]
 NUMBER_FIELDS = {"seed": (0, 2**63 - 1), "frames": (1, 2000), "steps": (1, 200), "keep": (1, 2000)}
 #: Field id → the Segment field it sets, where that is all there is to it.
 FIELD_KEYS = {"seed": "seed", "steps": "steps", "lora": "lora_strength", "sigmas": "refine_sigmas",
-              "keep": "keep", "keyframes": "keyframes", "retake": "retake"}
+              "keep": "keep", "keyframes": "keyframes", "retake": "retake", "loras": "loras", "audio": "audio"}
 #: Fields whose parse errors say what is wrong (the others: "not a number").
-SAYS_WHY = ("sigmas", "keyframes", "retake")
+SAYS_WHY = ("sigmas", "keyframes", "retake", "loras", "audio")
 
 
 def _int(text: str, lo: int, hi: int) -> int | None:
@@ -50,15 +58,13 @@ def _float(text: str, lo: float, hi: float) -> float:
     return value
 
 
-def shot_extras(seg: Segment) -> str:
-    """The shot's own LoRAs and sound in one line (read-only here; set in the file)."""
-    parts = []
-    if seg.loras:
-        parts.append("LoRAs: " + ", ".join(f"{ref.label} ×{ref.strength:g}" for ref in seg.loras))
-    if seg.audio is not None:
-        start = f" from {seg.audio.start:g} s" if seg.audio.start else ""
-        parts.append(f"follows sound: {seg.audio.path}{start}")
-    return " · ".join(parts) + ("  (edit in the storyboard file)" if parts else "")
+def _named_files(seg: Segment, key: str) -> list[str]:
+    """The local files a shot's ``key`` names, as the storyboard spells them."""
+    if key == "keyframes":
+        return [kf.image for kf in seg.keyframes]
+    if key == "loras":
+        return [ref.path for ref in seg.loras if not ref.repo]
+    return [seg.audio.path] if key == "audio" and seg.audio is not None else []
 
 
 class SegmentEditor(VerticalScroll):
@@ -85,8 +91,9 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor #drift { width: 28; }
     SegmentEditor #retake { width: 9; }
     SegmentEditor Input.-bad { background: $error 30%; }
-    SegmentEditor #field-error { color: $error; width: 1fr; height: 1; margin-top: 1; }
-    SegmentEditor #shot-extras { display: none; width: 1fr; height: auto; }
+    /* docked: the message stays in sight however far the form is scrolled (80x24 shows ten rows) */
+    SegmentEditor #field-error { dock: bottom; display: none; color: $error; background: $panel;
+                                 width: 1fr; height: 1; }
     """
 
     @dataclass
@@ -119,6 +126,7 @@ class SegmentEditor(VerticalScroll):
         self.segment_id: str | None = None
         self.segment: Segment | None = None
         self.fps = 24  # the project's: a shot's frame count (keyframe and retake frames are checked against it)
+        self.storyboard: Storyboard | None = None  # where the shot's files are looked for (its folder)
 
     def compose(self) -> ComposeResult:
         yield Label("", id="seg-title")
@@ -171,8 +179,16 @@ class SegmentEditor(VerticalScroll):
             yield Label("retake")
             yield Input(placeholder="–", id="retake", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="first-last: regenerate those frames of the rendered shot, keep the rest")
-        # Shown only for a shot that has them; edited in the storyboard file (README: `loras`, `audio`).
-        yield Label("", id="shot-extras", classes="field-label")
+        with Horizontal(classes="row"):  # loras/audio
+            yield Label("LoRAs")
+            yield Input(placeholder="none", id="loras", compact=True, validate_on=_OWN_VALIDATION,
+                        tooltip="file@strength, …: e.g. loras/grain.safetensors@0.8, "
+                                "hf://owner/name/file.safetensors@1 (a Hub file; sulphur models pull)")
+        with Horizontal(classes="row"):
+            yield Label("audio")
+            yield Input(placeholder="none: the shot makes its own sound", id="audio", compact=True,
+                        validate_on=_OWN_VALIDATION,
+                        tooltip="a sound file the shot follows, e.g. voice.wav; score.flac+12.5 starts 12.5 s in")
         yield Label("", id="field-error")
 
     # ------------------------------------------------------------------ loading
@@ -180,7 +196,7 @@ class SegmentEditor(VerticalScroll):
         """Show a shot; nothing posted."""
         seg = sb.segment(segment_id)
         self.segment_id, self.segment = segment_id, seg
-        self.fps = sb.project.fps
+        self.fps, self.storyboard = sb.project.fps, sb
         i = sb.index(segment_id)
         with self.prevent(TextArea.Changed, Input.Changed, Select.Changed, Checkbox.Changed):
             # Fixed-size labels: no layout pass needed (it would re-arrange the whole screen).
@@ -206,9 +222,8 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#keyframes", format_keyframes(seg.keyframes) or None)
             self._set_input("#retake", f"{seg.retake[0]}-{seg.retake[1]}" if seg.retake else None)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
-            extras = self.query_one("#shot-extras", Label)
-            extras.update(shot_extras(seg), layout=False)
-            extras.display = bool(seg.loras or seg.audio)
+            self._set_input("#loras", format_loras(seg.loras) or None)
+            self._set_input("#audio", format_audio(seg.audio) or None)
             for inp in self.query(Input):
                 inp.remove_class("-bad")
             self._error("")
@@ -217,6 +232,7 @@ class SegmentEditor(VerticalScroll):
         label = self.query_one("#field-error", Label)
         if str(label.content) != text:
             label.update(text, layout=False)
+            label.display = bool(text)
 
     def _set_text(self, selector: str, text: str) -> None:
         area = self.query_one(selector, TextArea)
@@ -302,8 +318,27 @@ class SegmentEditor(VerticalScroll):
             return check_sigmas(parse_sigmas(text)) if text else None
         if key in ("keyframes", "retake") and self.segment is not None:
             frames = self.segment.frame_count(self.fps)
-            return keyframes_from_text(text, frames) if key == "keyframes" else retake_from_text(text, frames)
+            if key == "retake":
+                return retake_from_text(text, frames)
+            return self._files_exist(key, keyframes_from_text(text, frames))
+        if key == "loras":
+            return self._files_exist(key, parse_loras_text(text))
+        if key == "audio":
+            return self._files_exist(key, parse_audio_text(text))
         return None
+
+    def _files_exist(self, key: str, value: Any) -> Any:
+        """``value`` if the files it names are usable (the render's own check, relative to the
+        storyboard's folder); else ValueError naming the file as written."""
+        if self.segment is None or self.storyboard is None:
+            return value
+        seg = replace(self.segment, **{key: value})
+        problem = shot_file_problem(self.storyboard, seg, key)
+        for name in _named_files(seg, key):
+            problem = problem.replace(str(self.storyboard.resolve(name)), name)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     def _apply(self, key: str, value: Any) -> None:
         """Post a good field's value as a change of its key (one undo step per field and shot)."""
