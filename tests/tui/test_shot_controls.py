@@ -17,7 +17,7 @@ from pipeline.project.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.values import format_audio, format_loras, parse_audio_text, parse_loras_text
 
-from .conftest import changed_lines
+from .conftest import changed_lines, screen_text
 from .test_editing import type_text
 
 SIZE = (120, 40)
@@ -178,3 +178,16 @@ def test_lora_text_round_trips(loras: tuple[LoraRef, ...]) -> None:
 def test_audio_text_round_trips(track: AudioTrack | None) -> None:
     """A ``+`` in a file's name is the name; after a sound file's suffix it is the start."""
     assert parse_audio_text(format_audio(track)) == track
+
+
+@pytest.mark.asyncio
+async def test_f1_help_gives_the_one_line_forms(story: Path) -> None:
+    """What a user reads in F1 before typing into the four fields."""
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        await pilot.pause()
+        text = " ".join(screen_text(app).split())
+        for form in ("0=start.png, -1=end.png@0.8", "40-56", "hf://owner/name/file.safetensors@1",
+                     "score.flac+12.5"):
+            assert form in text
