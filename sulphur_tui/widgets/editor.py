@@ -232,7 +232,16 @@ class SegmentEditor(VerticalScroll):
         label = self.query_one("#field-error", Label)
         if str(label.content) != text:
             label.update(text, layout=False)
-            label.display = bool(text)
+            if label.display != bool(text):
+                label.display = bool(text)
+                self.call_after_refresh(self._focus_in_sight)
+
+    def _focus_in_sight(self) -> None:
+        """The message's line is docked over the form's foot: scroll the field being typed in
+        out from under it (scroll_visible leaves room for docked widgets)."""
+        focused = self.screen.focused
+        if focused is not None and self in focused.ancestors:
+            focused.scroll_visible(animate=False)
 
     def _set_text(self, selector: str, text: str) -> None:
         area = self.query_one(selector, TextArea)

@@ -191,3 +191,54 @@ async def test_f1_help_gives_the_one_line_forms(story: Path) -> None:
         for form in ("0=start.png, -1=end.png@0.8", "40-56", "hf://owner/name/file.safetensors@1",
                      "score.flac+12.5"):
             assert form in text
+
+
+# ------------------------------------------------------------------ snapshots
+
+ALL_FOUR = ('keyframes = [{ frame = 0, image = "stills/harbour-dusk.png" }, '
+            '{ frame = -1, image = "stills/beam.png", strength = 0.8 }]\n'
+            'retake = [8, 16]\n'
+            'loras = [{ path = "loras/tiny-grain.safetensors", strength = 0.8 }, '
+            f'{{ repo = "{HUB_REPO}", path = "dolly-in.safetensors", strength = 1.0 }}]\n'
+            'audio = { path = "sounds/harbour-bell.flac", start = 0.25 }\n')
+
+
+def creative_with_all_four(tmp_path: Path) -> Path:
+    """storyboards/creative.toml and its files, its "night" shot using all four controls."""
+    folder = tmp_path / "creative"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("example.toml"))
+    story = folder / "creative.toml"
+    text = story.read_text()
+    story.write_text(text.replace('loras = [{ path = "loras/tiny-grain.safetensors", strength = 0.8 }]\n', ALL_FOUR))
+    return story
+
+
+async def show_the_controls(pilot, typed: str = "") -> None:  # noqa: ANN001
+    """Select "night", focus its audio field (the form scrolls down to the four controls), type."""
+    await pilot.press("down", "down", "down")
+    await pilot.pause()
+    audio = pilot.app.query_one("#audio", Input)
+    audio.focus()
+    if typed:
+        audio.value = typed
+    for widget in [*pilot.app.query(TextArea), *pilot.app.query(Input)]:
+        widget.cursor_blink = False
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_the_controls_filled(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:  # noqa: ANN001
+    """A shot with keyframes, a retake, two LoRAs (one on the Hub) and a sound, in its form."""
+    app = make(creative_with_all_four(tmp_path))
+    assert snap_compare(app, terminal_size=size, run_before=show_the_controls)
+
+
+def test_the_controls_refusing_a_file(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
+    """At 80x24 the field's message stays in sight at the foot of the form, naming the file."""
+    app = make(creative_with_all_four(tmp_path))
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await show_the_controls(pilot, "sounds/harbour-bel.flac")
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
