@@ -68,9 +68,9 @@ def make(story: Path) -> SulphurApp:
     return create_app(story, connect_worker=False, image="none")
 
 
-async def open_field(pilot, field: str) -> Input:  # noqa: ANN001
-    """Select the second shot (beam: 17 frames) and focus one of its fields."""
-    await pilot.press("down")
+async def open_field(pilot, field: str, shot: int = 1) -> Input:  # noqa: ANN001
+    """Select a shot (by default the second, beam: 17 frames) and focus one of its fields."""
+    await pilot.press(*["down"] * shot)
     await pilot.pause()
     inp = pilot.app.query_one(f"#{field}", Input)
     inp.focus()
@@ -242,3 +242,21 @@ def test_the_controls_refusing_a_file(snap_compare, tmp_path: Path) -> None:  # 
         await show_the_controls(pilot, "sounds/harbour-bel.flac")
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+@pytest.mark.asyncio
+async def test_a_new_key_stays_with_its_shot_above_the_next_sections_comments(tmp_path: Path) -> None:
+    """creative.toml heads each section with a comment block after a blank line: a key the form
+    adds to the shot above it goes under that shot's keys, not under the next section's heading."""
+    story = creative_with_all_four(tmp_path)
+    story.write_text(story.read_text().replace(ALL_FOUR, ""))  # night: id, prompt, seconds
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        inp = await open_field(pilot, "audio", shot=3)  # night
+        inp.value = "sounds/harbour-bell.flac"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    text = story.read_text()
+    assert 'seconds = 2\naudio = "sounds/harbour-bell.flac"\n\n# ------' in text
+    assert load(story).segment("night").audio == AudioTrack("sounds/harbour-bell.flac")
