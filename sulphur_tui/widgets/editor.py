@@ -93,7 +93,7 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor Input.-bad { background: $error 30%; }
     /* docked: the message stays in sight however far the form is scrolled (80x24 shows ten rows) */
     SegmentEditor #field-error { dock: bottom; display: none; color: $error; background: $panel;
-                                 width: 1fr; height: 1; }
+                                 width: 1fr; height: auto; max-height: 3; }
     """
 
     @dataclass
@@ -231,10 +231,9 @@ class SegmentEditor(VerticalScroll):
     def _error(self, text: str) -> None:
         label = self.query_one("#field-error", Label)
         if str(label.content) != text:
-            label.update(text, layout=False)
-            if label.display != bool(text):
-                label.display = bool(text)
-                self.call_after_refresh(self._focus_in_sight)
+            label.update(text)  # a layout: its height follows the message (up to three lines)
+            label.display = bool(text)
+            self.call_after_refresh(self._focus_in_sight)
 
     def _focus_in_sight(self) -> None:
         """The message's line is docked over the form's foot: scroll the field being typed in
