@@ -260,3 +260,19 @@ async def test_a_new_key_stays_with_its_shot_above_the_next_sections_comments(tm
     text = story.read_text()
     assert 'seconds = 2\naudio = "sounds/harbour-bell.flac"\n\n# ------' in text
     assert load(story).segment("night").audio == AudioTrack("sounds/harbour-bell.flac")
+
+
+@pytest.mark.asyncio
+async def test_at_80_columns_the_save_toast_leaves_the_status_line_readable(studio: Path) -> None:
+    """The toast (half the width at 80 columns) sits above the status line, not over its tail."""
+    app = make(studio)
+    status = "no render worker running (F5 starts one) · the last job ended: film.mp4"
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        inp = await open_field(pilot, "retake")
+        inp.value = "2-4"
+        await pilot.press("ctrl+s")
+        app.query_one("#statusline").update(status)
+        await pilot.pause(0.2)
+        rows = screen_text(app).splitlines()
+        assert any("Saved story.toml" in row for row in rows)
+        assert rows[-2].strip() == status
