@@ -182,3 +182,19 @@ async def test_keys_typed_in_one_burst_reach_the_new_id(story: Path) -> None:
     assert [s.id for s in load(story).segments] == ["dawn", "glow", "storm"]  # renaming files saves
 
 
+
+async def test_undoing_a_rename_keeps_that_shot_selected(story: Path) -> None:
+    """ctrl+z after renaming the second shot leaves the cursor on it (it used to jump to the first)."""
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "n")
+        await _type_id(pilot, app, "glow")
+        await pilot.press("enter", "k")  # rename the id only
+        await pilot.pause()
+        assert app.selected == "glow"
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert app.selected == "beam" and app.query_one("#seg-title").render().plain.endswith("beam")
+        await pilot.press("ctrl+y")
+        await pilot.pause()
+        assert app.selected == "glow"
