@@ -17,7 +17,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
-from pipeline.project.keyframes import format_keyframes, keyframes_from_text, retake_from_text
+from pipeline.project.keyframes import (
+    format_keyframes,
+    keyframes_from_text,
+    parse_keyframes,
+    parse_retake,
+    retake_from_text,
+)
 from pipeline.project.references import shot_file_problem
 from pipeline.project.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard, check_sigmas
 from sulphur_tui.values import (
@@ -314,10 +320,12 @@ class SegmentEditor(VerticalScroll):
     def _parse(self, key: str, text: str) -> Any:
         """The field's text as the value its storyboard key holds (None: blank, the default);
         ValueError says what is wrong."""
+        if key == "frames":
+            return self._length_fits(key, _int(text, *NUMBER_FIELDS[key]) if text else None)
         if key in NUMBER_FIELDS:
             return _int(text, *NUMBER_FIELDS[key]) if text else None
         if key == "seconds":
-            return _float(text, 0, 120) if text else None
+            return self._length_fits(key, _float(text, 0, 120) if text else None)
         if key == "lora":
             return float(text) if text else None
         if key in ("anchor-path", "preset"):
@@ -334,6 +342,22 @@ class SegmentEditor(VerticalScroll):
         if key == "audio":
             return self._files_exist(key, parse_audio_text(text))
         return None
+
+    def _length_fits(self, key: str, value: int | float | None) -> int | float | None:
+        """``value`` (frames or seconds) if the shot's keyframes and retake still fall inside it,
+        as a load checks them; else ValueError saying which does not."""
+        if self.segment is None:
+            return value
+        other = "seconds" if key == "frames" else "frames"
+        seg = replace(self.segment, **{key: value, other: None if value is not None else getattr(self.segment, other)})
+        frames = seg.frame_count(self.fps)
+        parse_keyframes([kf.to_toml() for kf in seg.keyframes], frames)
+        if seg.retake is not None:
+            try:
+                parse_retake(list(seg.retake), frames)
+            except ValueError as exc:
+                raise ValueError(f"the retake {exc}") from None
+        return value
 
     def _files_exist(self, key: str, value: Any) -> Any:
         """``value`` if the files it names are usable (the render's own check, relative to the

@@ -276,3 +276,39 @@ async def test_at_80_columns_the_save_toast_leaves_the_status_line_readable(stud
         rows = screen_text(app).splitlines()
         assert any("Saved story.toml" in row for row in rows)
         assert rows[-2].strip() == status
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("field", "typed", "message"), [
+    ("frames", "9", "frames: keyframe 1: frame 16 is outside the shot's 9 frames"),
+    ("seconds", "0.25", "seconds: keyframe 1: frame 16 is outside the shot's 6 frames"),
+])
+async def test_a_shorter_shot_is_refused_while_its_keyframes_or_retake_fall_outside(
+        studio: Path, field: str, typed: str, message: str) -> None:
+    """A length that would leave a keyframe (or the retake) past the shot's end is refused on the
+    length field, as a load would refuse the file; without them it is taken."""
+    app = make(studio)
+    async with app.run_test(size=SIZE) as pilot:
+        keyframes = await open_field(pilot, "keyframes")
+        keyframes.value = "16=stills/beam.png"
+        app.query_one("#retake", Input).value = "12-14"
+        await pilot.pause()
+        app.query_one(f"#{field}", Input).value = typed
+        await pilot.pause()
+        assert form_error(app).startswith(message)
+        assert app.doc.storyboard.segment("beam").frame_count(24) == 17
+        length = app.query_one(f"#{field}", Input)
+        keyframes.value = length.value = ""
+        await pilot.pause()
+        length.value = typed  # typed again: checked again
+        await pilot.pause()
+        assert form_error(app).startswith(f"{field}: the retake [12, 14] must satisfy 0 <= first <= last")
+        app.query_one("#retake", Input).value = length.value = ""
+        await pilot.pause()
+        length.value = typed
+        await pilot.pause()
+        assert form_error(app) == ""
+        assert app.doc.storyboard.segment("beam").frame_count(24) == (9 if field == "frames" else 6)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    load(studio)  # the file still loads
