@@ -26,6 +26,7 @@ from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
 from pipeline.stages.encode import repeats_anchor
+from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.prompt_embeds import prompt_embeds
 
@@ -148,18 +149,19 @@ class DraftStage(Stage):
         if track is not None:
             audio_latents = track.latents  # the given sound, as it conditioned the video
 
-        # 4. Decode frames (and the waveform); keep latents for refine.
+        # 4. Decode frames (uint8 on the device); they are written while the latents are kept for
+        #    refine and the waveform is decoded.
         frames = ltx2.decode_video(pipe, video_latents, generator)
-        tensors = {"video": video_latents.detach().float().cpu().contiguous(),
-                   # (refine reads the prompt's embeddings from their own cache: 0.8 GB each at full size)
-                   "audio": audio_latents.detach().float().cpu().contiguous()}
-        save_file(tensors, str(out / "latents.safetensors"))
-        np.save(out / "frames.npy", frames)
-        sample_rate = int(pipe.vocoder.config.output_sampling_rate) if track is None else track.rate
-        if job.audio:
-            wave = ltx2.decode_audio(pipe, audio_latents) if track is None else track.wave
-            np.save(out / "audio.npy", wave)
-        pipe.maybe_free_model_hooks()
+        with SaveInBackground(out / "frames.npy", frames):
+            tensors = {"video": video_latents.detach().float().cpu().contiguous(),
+                       # (refine reads the prompt's embeddings from their own cache: 0.8 GB each at full size)
+                       "audio": audio_latents.detach().float().cpu().contiguous()}
+            save_file(tensors, str(out / "latents.safetensors"))
+            sample_rate = int(pipe.vocoder.config.output_sampling_rate) if track is None else track.rate
+            if job.audio:
+                wave = ltx2.decode_audio(pipe, audio_latents) if track is None else track.wave
+                np.save(out / "audio.npy", wave)
+            pipe.maybe_free_model_hooks()
         return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v,
                 **({"audio_driven": True} if track is not None else {})}
 

@@ -19,6 +19,7 @@ from pipeline.models import ltx2
 from pipeline.models.ltx2 import model_identity
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.draft import LORA_ADAPTER, shot_control_params, shot_controls
+from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.prompt_embeds import prompt_embeds
 
@@ -111,23 +112,27 @@ class RefineStage(Stage):
             return kwargs
 
         # The shot's own LoRAs again, and an audio-driven draft's sound held fixed (not re-noised).
+        # The denoise returns latents and the VAE decode below makes the frames: output_type="np"
+        # would also decode (and drop) the audio, and do the float32 postprocess on the CPU.
         fixed = draft["audio"].to(device) if inputs["draft"].meta.get("audio_driven") else None
         with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
-            frames, _audio = pipe(
+            latents, _audio = pipe(
                 prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
                 num_frames=job.frames, frame_rate=float(job.fps), num_inference_steps=n, sigmas=sigmas,
-                noise_scale=sigmas[0], generator=generator, output_type="np", return_dict=False,
+                noise_scale=sigmas[0], generator=generator, output_type="latent", return_dict=False,
                 callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset))
-        pipe.maybe_free_model_hooks()
+            del _audio, video, draft
 
-        # 4. Frames at the refine size (the upsampler gives exactly 2× the draft; a storyboard
-        #    may ask for another refine size, which is a resize here, not a model change).
-        frames = ltx2.to_uint8(frames)
+            # 4. Frames at the refine size (the upsampler gives exactly 2× the draft; a storyboard
+            #    may ask for another refine size, which is a resize here, not a model change).
+            frames = ltx2.decode_video(pipe, latents, generator)
+        del latents
         w, h = job.refine_size
         if frames.shape[1:3] != (h, w):
             frames = _resize(frames, (w, h))
-        np.save(out / "frames.npy", frames)
+        with SaveInBackground(out / "frames.npy", frames):
+            pipe.maybe_free_model_hooks()  # under model offload, models go back to the host meanwhile
         return {"frames": int(frames.shape[0]), "size": [w, h]}
 
 
