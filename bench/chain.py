@@ -153,6 +153,7 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
         elif isinstance(e, protocol.PlanFallback):
             segments.setdefault(e.segment, {"stages": {}, "fallbacks": []})["fallbacks"].append(
                 {"stage": e.stage, "next_plan": e.next_plan, "reason": e.reason[:300]})
+    _phase_peaks(events, segments)
     te = [e for e in events if isinstance(e, protocol.Log) and e.message.startswith("text encoder: ")]
     out["text_encoder_passes"] = [e.message for e in te]
     out["text_encoder_s"] = round(sum(float(e.message.split(" in ")[-1].split()[0]) for e in te), 2)
@@ -169,6 +170,21 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
         out["cold_to_first_step_s"] = round(first_step_ts - started[0], 2)
         out["bytes_read_to_first_step"] = reads.at(first_step_ts) - reads.at(started[0])
     return out
+
+
+def _phase_peaks(events: list[Any], segments: dict[str, dict[str, Any]]) -> None:
+    """The draft's and refine's "<stage> memory: peak after <phase> A/R, ..." lines (pipeline/stages/
+    phase_peaks.py) into their stage's entry as ``phase_peaks``: which phase set the GPU peak,
+    to hold the planner's per-phase estimate against (one list per attempt, fallbacks included)."""
+    running: dict[str, str] = {}
+    for e in events:
+        if isinstance(e, protocol.StageStarted):
+            running[e.stage] = e.segment
+        elif isinstance(e, protocol.Log) and " memory: peak " in e.message:
+            stage = e.message.split(" memory: ")[0]
+            seg = segments.get(running.get(stage, ""), {}).get("stages", {}).get(stage)
+            if seg is not None:
+                seg.setdefault("phase_peaks", []).append(e.message.split(" memory: ")[1])
 
 
 def steady(run: dict[str, Any]) -> float | None:

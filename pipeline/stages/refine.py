@@ -21,6 +21,7 @@ from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.draft import LORA_ADAPTER, shot_control_params, shot_controls
 from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
+from pipeline.stages.phase_peaks import PhasePeaks
 from pipeline.stages.prompt_embeds import prompt_embeds
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class RefineStage(Stage):
         ctx.progress(self.name, 0, n)
         ltx2.evict_for_plan(ctx.models, preset, plan)
         device, dtype = torch.device(plan.device), ltx2.torch_dtype(plan)
+        peaks = PhasePeaks(self.name, plan.device)
 
         # 1. The draft's latents (and its prompt embeddings, so no second text-encoder load).
         draft = load_file(str(inputs["draft"].file("latents.safetensors")))
@@ -90,6 +92,7 @@ class RefineStage(Stage):
         with torch.no_grad():
             video = up_pipe(latents=draft["video"].to(device), output_type="latent", return_dict=False)[0]
         # small, and not needed until the next refine
+        peaks.mark("upsample")
         ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
         del up_pipe, upsampler
         _, _, _, lh, lw = video.shape
@@ -123,11 +126,14 @@ class RefineStage(Stage):
                 noise_scale=sigmas[0], generator=generator, output_type="latent", return_dict=False,
                 callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset))
             del _audio, video, draft
+            peaks.mark("denoise")
 
             # 4. Frames at the refine size (the upsampler gives exactly 2× the draft; a storyboard
             #    may ask for another refine size, which is a resize here, not a model change).
             frames = ltx2.decode_video(pipe, latents, generator)
         del latents
+        peaks.mark("decode")
+        peaks.emit(ctx.emit)
         w, h = job.refine_size
         if frames.shape[1:3] != (h, w):
             frames = _resize(frames, (w, h))
