@@ -91,9 +91,11 @@ class RefineStage(Stage):
         up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
         with torch.no_grad():
             video = up_pipe(latents=draft["video"].to(device), output_type="latent", return_dict=False)[0]
-        # small, and not needed until the next refine
         peaks.mark("upsample")
-        ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
+        if plan.offload != "resident":
+            # not needed until the next refine; a resident plan counts it among what it holds
+            # (planner: held_vram_bytes), so it stays rather than being loaded again per segment
+            ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
         del up_pipe, upsampler
         _, _, _, lh, lw = video.shape
         scale = pipe.vae_spatial_compression_ratio
