@@ -25,6 +25,7 @@ from pipeline.stages.phase_peaks import PhasePeaks
 from pipeline.stages.prompt_embeds import prompt_embeds
 
 if TYPE_CHECKING:
+    from pipeline.models.registry import Preset
     from pipeline.stages.base import Artifact
 
 # Deferred imports: torch, diffusers, safetensors, PIL — the runner reads the stage's cache key without them; they
@@ -63,9 +64,7 @@ class RefineStage(Stage):
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler
-        from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
         from safetensors.torch import load_file
-
 
         preset, plan = job.preset, ctx.plan
         sigmas = refine_sigmas(job)
@@ -87,16 +86,8 @@ class RefineStage(Stage):
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
         i2v = bool(inputs["draft"].meta.get("image_to_video", job.anchor is not None))
         pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
-        upsampler = ltx2.component(ctx.models, preset, "upsampler", plan)
-        up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
-        with torch.no_grad():
-            video = up_pipe(latents=draft["video"].to(device), output_type="latent", return_dict=False)[0]
+        video = _upsample(ctx, preset, pipe, draft["video"].to(device))
         peaks.mark("upsample")
-        if plan.offload != "resident":
-            # not needed until the next refine; a resident plan counts it among what it holds
-            # (planner: held_vram_bytes), so it stays rather than being loaded again per segment
-            ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
-        del up_pipe, upsampler
         _, _, _, lh, lw = video.shape
         scale = pipe.vae_spatial_compression_ratio
 
@@ -142,6 +133,23 @@ class RefineStage(Stage):
         with SaveInBackground(out / "frames.npy", frames):
             pipe.maybe_free_model_hooks()  # under model offload, models go back to the host meanwhile
         return {"frames": int(frames.shape[0]), "size": [w, h]}
+
+
+def _upsample(ctx: StageContext, preset: Preset, pipe: Any, latents: Any) -> Any:
+    """The draft's latents ×2 in space through the held upsampler. It is dropped afterwards (not
+    needed until the next refine) unless the plan is resident: a resident plan counts it among
+    what it holds (planner: held_vram_bytes), so it stays rather than being loaded per segment."""
+    import torch
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
+
+    plan = ctx.plan
+    upsampler = ltx2.component(ctx.models, preset, "upsampler", plan)
+    up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
+    with torch.no_grad():
+        video = up_pipe(latents=latents, output_type="latent", return_dict=False)[0]
+    if plan.offload != "resident":
+        ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
+    return video
 
 
 def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
