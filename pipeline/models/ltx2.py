@@ -660,8 +660,12 @@ def guidance_kwargs(preset: Preset) -> dict[str, Any]:
 
 
 def decode_video(pipe: Any, latents: torch.Tensor, generator: torch.Generator | None = None,
-                 decode_timestep: float = 0.0) -> np.ndarray:
-    """Denormalized video latents [B,C,F,H,W] → uint8 frames (F,H,W,3), as the pipeline decodes them."""
+                 decode_timestep: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+    """Denormalized video latents [B,C,F,H,W] → uint8 frames (F,H,W,3), as the pipeline decodes them.
+
+    The pixels are made uint8 on the decoding device and cross to the host once (a quarter of
+    the float32 bytes ``output_type="np"`` copies, and no float math on the CPU); ``out``, when
+    given, receives them (e.g. a :class:`pipeline.stages.frame_files.FrameWriter`'s buffer)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -675,8 +679,32 @@ def decode_video(pipe: Any, latents: torch.Tensor, generator: torch.Generator | 
             timestep = torch.tensor([decode_timestep], device=device, dtype=lat.dtype)
             lat = (1 - decode_timestep) * lat + decode_timestep * noise
         video = vae.decode(lat, timestep, return_dict=False)[0]
-        frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-    return to_uint8(frames)
+        return video_to_uint8(pipe, video, out)
+
+
+#: Frames converted per chunk on the device: bounds the float32 workspace (8 × 3 × 544 × 960 × 4 B = 50 MB
+#: at the refine size) beside a decoded clip, which matters under a VRAM cap.
+UINT8_CHUNK = 8
+
+
+def video_to_uint8(pipe: Any, video: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
+    """The VAE's output [1,C,F,H,W] → uint8 (F,H,W,C) on the host, bit for bit what
+    ``postprocess_video(output_type="np")`` followed by :func:`to_uint8` gives: the same
+    denormalize in the VAE's dtype (diffusers' own postprocess), then float32 ×255, round half
+    to even, clip, cast — done on the device in chunks, copied once per chunk."""
+    import numpy as np
+    import torch
+
+    _, c, f, h, w = video.shape
+    if out is None:
+        out = np.empty((f, h, w, c), np.uint8)
+    host = torch.from_numpy(out)
+    for start in range(0, f, UINT8_CHUNK):
+        stop = min(f, start + UINT8_CHUNK)
+        x = pipe.video_processor.postprocess_video(video[:1, :, start:stop], output_type="pt")[0]  # f,C,H,W
+        x = x.float().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        host[start:stop].copy_(x.permute(0, 2, 3, 1).contiguous())
+    return out
 
 
 def decode_audio(pipe: Any, audio_latents: torch.Tensor) -> np.ndarray:

@@ -74,10 +74,13 @@ RUNGS = ("resident", "model", "stream", "group_block+stream", "group_block+strea
          "group_leaf+stream+lowmem", "group_block", "group_block+mmap", "sequential", "sequential+mmap")
 
 
-def rank(p: StagePlan) -> tuple[int, int]:
-    """How fast a transformer plan is: its rung, then untiled before 512 px tiles before 256 px."""
+def rank(p: StagePlan) -> tuple[int, int, int]:
+    """How fast (and exact) a transformer plan is: its rung, then stored weights before fp8 (lossy;
+    the planner tries a rung's stored weights at every tile size first), then untiled before 512 px
+    tiles before 256 px."""
     base = p.name.split("/")[0].split("+vaetiles")[0].replace("-lean", "")
-    return RUNGS.index(base), (0, 512, 256).index(p.options["vae_tile"])
+    fp8 = int(p.options.get("weights") == "fp8")
+    return RUNGS.index(base), fp8, (0, 512, 256).index(p.options["vae_tile"])
 
 
 def candidates(stage: str, preset: Preset, b: Budgets, project: Project | None = None) -> list[StagePlan]:
@@ -213,9 +216,11 @@ def test_a_preset_that_prefers_fp8_streams_fp8_first() -> None:
 def test_an_fp8_streamer_needs_a_bf16_upcast_buffer_and_gguf_one_of_a_block() -> None:
     comps = component_sizes(BF16)
     block_bf16 = comps["transformer"].block_bytes
-    b = Budgets.from_gb(8, 64)
-    lean = {p.options["weights"]: p for p in ladder("refine", b, BF16)
-            if p.name.startswith("stream-lean") and p.options["vae_tile"] == 512}
+    # activations large enough that the denoise, not the decode, is the streamer's peak; room
+    # for resident blocks, so each format has its lean twin
+    b = Budgets.from_gb(16, 64)
+    lean = {p.options["weights"]: p for p in candidates("refine", BF16, b, BIGGER_ACT)
+            if p.name.startswith("stream-lean") and p.options["vae_tile"] == 256}
     assert set(lean) == {"bfloat16", "fp8"}
     # fp8: half-size blocks in the slots, plus one bf16 block to compute in
     saved = lean["bfloat16"].vram_bytes - lean["fp8"].vram_bytes
@@ -234,20 +239,26 @@ def test_an_fp8_streamer_needs_a_bf16_upcast_buffer_and_gguf_one_of_a_block() ->
 
 def test_the_streamer_keeps_as_many_blocks_resident_as_the_card_leaves_room_for() -> None:
     t = component_sizes(GGUF)["transformer"]
-    for vram_gb in (8, 10, 12, 16, 20):
+    # between calls it holds its non-block weights, two slots and the bf16 block it dequantizes into
+    kept = t.nonblock_bytes + 2 * t.block_bytes + int(t.params * t.block_fraction / t.blocks * 2)
+    eight = Budgets.from_gb(8, 64)
+    s = next(p for p in candidates("refine", GGUF, eight) if p.name == "stream+vaetiles")
+    assert s.options["resident_blocks"] == 0 and s.vram_bytes > eight.vram  # 512 px tiles do not fit beside it
+    assert ladder("refine", eight)[0].name == "stream+vaetiles256"
+    for vram_gb in (10, 12, 16, 20):
         b = Budgets.from_gb(vram_gb, 64)
         s = next(p for p in candidates("refine", GGUF, b) if p.name == "stream+vaetiles")
         k = s.options["resident_blocks"]
         assert isinstance(k, int) and 0 <= k <= t.blocks - 2 and s.vram_bytes <= b.vram  # whole blocks
         assert s.vram_bytes + t.block_bytes > b.vram or k == t.blocks - 2  # one more would not fit
-        assert s.options["held_vram_bytes"] == t.nonblock_bytes + k * t.block_bytes
+        assert s.options["held_vram_bytes"] == kept + k * t.block_bytes
         assert f"streams {t.blocks - k} of {t.blocks} blocks" in " ".join(s.notes)
         lean = next((p for p in candidates("refine", GGUF, b) if p.name == "stream-lean+vaetiles"), None)
         if k == 0:
             assert lean is None  # nothing resident: no leaner twin to fall back to
             continue
         assert lean.options["resident_blocks"] == 0 and lean.vram_bytes == s.vram_bytes - k * t.block_bytes
-        assert lean.options["held_vram_bytes"] == t.nonblock_bytes
+        assert lean.options["held_vram_bytes"] == kept
     huge = next(p for p in candidates("refine", GGUF, HUGE) if p.name.startswith("stream"))
     assert huge.options["resident_blocks"] == t.blocks - 2  # two blocks always stream through the slots
 
@@ -393,7 +404,7 @@ def test_vae_tiles_bound_the_decode_and_smaller_tiles_bound_it_more() -> None:
 def test_a_tile_decode_costs_about_what_was_measured() -> None:
     """2.5 GiB per 512²×16-frame tile beside the weights (19B refine, 1024×576×121)."""
     project = Project(refine_size=(1024, 576))
-    plans = ladder("refine", Budgets.from_gb(4, 256), GGUF, project)
+    plans = ladder("refine", Budgets.from_gb(6, 256), GGUF, project)
     t = component_sizes(GGUF)
     swap = [p for p in plans if p.offload == "group_block" and "streamer" not in p.options and p.options["vae_tile"]]
     assert swap
@@ -746,7 +757,7 @@ def test_the_summary_names_each_stages_first_plan_and_its_fallbacks() -> None:
     text = plan_summary({"draft": ladder("draft", Budgets.from_gb(8, 32)), "encode": [one]})
     lines = text.split("\n")
     n = len(ladder("draft", Budgets.from_gb(8, 32)))
-    assert lines[0].startswith("draft: stream/text-disk, on cuda,") and lines[0].endswith(f" (+{n - 1} fallbacks)")
+    assert lines[0].startswith("draft: stream+vaetiles/text-disk, on cuda,") and lines[0].endswith(f" (+{n - 1} fallbacks)")
     assert lines[1] == "encode: only, on cuda"
 
 
@@ -867,7 +878,8 @@ def test_the_encoder_is_kept_exactly_when_every_component_fits_the_host_at_once(
         assert ("then is kept in host RAM for the next segment" in text) == kept
         assert ("then is evicted" in text) == (not kept)
         assert f"text encoder ({p.options['text_encoder']}) runs first" in text
-        assert not p.notes[0].startswith("text encoder")  # the transformer plan's own notes come first
+        own = [n for n in p.notes if not n.startswith(("text encoder", "transformer dropped"))]
+        assert list(p.notes[:len(own)]) == own  # the transformer plan's own notes come first
 
 
 def test_the_cpu_encoder_needs_no_vram_so_a_host_short_of_it_is_a_host_refusal() -> None:
@@ -941,7 +953,7 @@ def test_a_vram_refusal_at_exactly_the_leanest_plans_vram_is_about_host_ram() ->
 def test_the_size_a_refusal_suggests_keeps_the_drafts_shape_and_grows_with_the_card() -> None:
     project = Project(draft_size=(1536, 864), refine_size=(512, 288))
     sizes = []
-    for vram_gb in (4, 4.5, 5):
+    for vram_gb in (4.25, 4.5, 5):
         with pytest.raises(PlanError) as info:
             ladder("draft", Budgets.from_gb(vram_gb, 256), project=project)
         m = re.search(r"a smaller draft_size such as \[(\d+), (\d+)\] or fewer frames per segment", str(info.value))
@@ -987,13 +999,15 @@ def test_a_ladder_of_two_plans_has_one_fallback() -> None:
 
 
 BIG_ACT = Project(refine_size=(1536, 864))  # activations large enough to be each plan's peak
+#: ... even beside the decode of a rung that swaps the VAE in (its tiles are kept until blended)
+BIGGER_ACT = Project(refine_size=(1920, 1088))
 
 
 @pytest.mark.parametrize("preset", [GGUF, BF16], ids=lambda p: p.name)
 def test_each_offload_mode_needs_on_the_card_what_the_cost_model_says(preset: Preset) -> None:
     """block-level group offload: non-block weights + 2 blocks; leaf-level: 2 largest layers;
     sequential: 1 layer; model offload: the whole model; each + activations + dequant scratch."""
-    plans = by_name(candidates("refine", preset, Budgets.from_gb(8, 256), BIG_ACT))
+    plans = by_name(candidates("refine", preset, Budgets.from_gb(8, 256), BIGGER_ACT))
     for fmt in ("", "/fp8") if preset is BF16 else ("",):
         t = component_sizes(preset)["transformer"]
         t = t.as_format("fp8") if fmt else t
@@ -1031,7 +1045,7 @@ def test_streamed_blocks_are_upcast_into_one_bf16_block() -> None:
     assert lean.vram_bytes == fp8.nonblock_bytes + 2 * fp8.block_bytes + bf16.block_bytes + \
         lean.options["activation_bytes"]
     g = component_sizes(GGUF)["transformer"]
-    gl = by_name(candidates("refine", GGUF, b, Project(refine_size=(1024, 576))))["stream-lean+vaetiles256"]
+    gl = by_name(candidates("refine", GGUF, Budgets.from_gb(10, 256), BIG_ACT))["stream-lean+vaetiles256"]
     bf16_block = int(g.params * g.block_fraction / g.blocks * 2)
     assert gl.vram_bytes == g.nonblock_bytes + 2 * g.block_bytes + bf16_block + g.scratch_bytes + \
         gl.options["activation_bytes"]
@@ -1117,10 +1131,41 @@ def test_a_vae_tile_costs_about_the_measured_two_and_a_half_gib() -> None:
     comps = component_sizes(GGUF)
     t, vae = comps["transformer"], comps["vae"]
     plans = by_name(candidates("refine", GGUF, Budgets.from_gb(8, 256), Project(refine_size=(1024, 576))))
+    # every decoded tile is kept until the blend: at 1024×576 the 512 px tiles (stride 448) cover
+    # 512+512+128 × 512+128 px, the 256 px ones (stride 224) 4×256+128 × 2×256+128: the same
+    # 1152 × 640 px, over 121 frames of bf16 RGB
+    kept = 1152 * 640 * 121 * 3 * 2
     for tile, expected in ((512, 2.5), (256, 2.5 / 4)):
         p = plans[f"group_leaf+stream+lowmem+vaetiles{'' if tile == 512 else tile}"]
-        decode = p.vram_bytes - vae.nbytes - t.nonblock_bytes
+        decode = p.vram_bytes - vae.nbytes - t.nonblock_bytes - kept
         assert abs(decode / GiB - expected) <= 0.05 * expected, tile
+
+
+def test_the_refine_at_the_seed_budget_picks_a_plan_that_fits_what_was_measured() -> None:
+    """bench/results/chain_h200_2026-12-04_run2.json (19B Q4_0, 1024×576×121, 8 GiB, 0.8 GiB context):
+    every capped shot's refine ran out of memory under stream+vaetiles (7 blocks resident, est.
+    6.4 GiB) and then peaked at 7.35-7.53 GiB reserved under stream-lean+vaetiles (est. 5.0).
+    Counting the streamer's slots and dequant scratch beside the decode and the decoded tiles,
+    that rung needs 6.65 GiB (7.3 with 10% fragmentation): more than the 6.48 GiB the planner
+    may use, so the first plan is the 256 px tiled decode, which leaves room for resident blocks."""
+    random19b = get_preset("ltx2-19b-random")
+    project = Project(vram_budget_gb=8, ram_budget_gb=32, output_size=(1920, 1080))
+    b = Budgets.from_gb(8, 32, context=int(0.8 * GiB))
+    measured_lean = by_name(candidates("refine", random19b, b, project))["stream+vaetiles"]
+    assert measured_lean.options["resident_blocks"] == 0
+    assert 6.5 * GiB < measured_lean.vram_bytes * (1 + 0.10) < 7.6 * GiB  # the measured peak, reserved
+    assert measured_lean.vram_bytes > b.vram  # so it is not tried
+    first = plan_ladder("refine", random19b, project, "cuda", budgets=b, frames=121)[0]
+    assert first.name == "stream+vaetiles256" and first.options["resident_blocks"] > 0
+    assert first.vram_bytes <= b.vram
+    # its held blocks and buffers leave the upscaler room beside them for batch 4, not 8
+    room = b.vram - first.options["held_vram_bytes"]
+    up = plan_ladder("upscale", random19b, project, "cuda", budgets=b, frames=121)
+    assert [p.name for p in beside_held(up, room)][0] == "batch4"
+    # the draft (512×288, measured 7.93 GiB reserved with 7 blocks resident) keeps one block now
+    draft = plan_ladder("draft", random19b, project, "cuda", budgets=b, frames=121)[0]
+    assert draft.name.startswith("stream+vaetiles/") and draft.options["resident_blocks"] == 1
+    assert draft.vram_bytes <= b.vram
 
 
 def test_other_families_run_their_recipes_on_the_card_for_the_default_segment() -> None:
