@@ -370,13 +370,17 @@ def _vae_decode(size: tuple[int, int], frames: int, tile: int) -> int:
 
     diffusers' LTX-2 VAE tiles in space only: each tile is decoded over all frames and kept
     until the tiles are blended, so a tiled decode holds one tile's working set plus every
-    decoded tile (:func:`_decoded_tiles`)."""
+    decoded tile (:func:`_decoded_tiles`), and at the blend two more clips beside the tiles:
+    ``tiled_decode`` concatenates each row's blended tiles, then the rows. Without those two
+    the 19B refine at 1024×576×121 peaked 1.0 GiB over its estimate under 256 px tiles
+    (bench/results/chain_h200_2026-12-04_run3.json: 5.74 GiB allocated against 4.72)."""
     w, h = size
     full = w * h * frames * VAE_BYTES_PER_PIXEL_FRAME
     if not tile:
         return full
+    blend = 2 * w * h * frames * 3 * 2  # the rows and the clip, bf16 RGB
     return min(full, tile * tile * (VAE_TILE_FRAMES + 8) * VAE_TILE_BYTES_PER_PIXEL_FRAME) \
-        + _decoded_tiles(size, frames, tile)
+        + _decoded_tiles(size, frames, tile) + blend
 
 
 def _decoded_tiles(size: tuple[int, int], frames: int, tile: int) -> int:
