@@ -122,8 +122,11 @@ _HOME = "$SULPHUR_HOME"
 # at the repo root (distilled ones under distilled/ and distilled-1.1/); QuantStack/LTX-2.3-GGUF uses
 # LTX-2.3-dev/LTX-2.3-dev-<Q>.gguf. Both from two third-party model catalogues and many scripts, not from
 # the repos' own file lists; sizes NOT verified. diffusers 0.42.1 names the diffusers folder
-# diffusers/LTX-2.3-Diffusers (LTX2InContextPipeline's docstring); it is not pulled by `sulphur models
-# pull` (one folder minus its 40 GB transformer is not a single file pattern).
+# diffusers/LTX-2.3-Diffusers (LTX2InContextPipeline's docstring). `sulphur models pull` fetches its
+# model_index.json and the vae/ audio_vae/ vocoder/ connectors/ text_encoder/ tokenizer/ scheduler/
+# folders, and of transformer/ only config.json (the GGUF stands in for its ~40 GB of weights). Its
+# folder names are those of LTX2Pipeline's components; the repo's own file list and sizes NOT verified
+# (a third-party script also names a processor/ folder there, which Sulphur does not load).
 # Lightricks/LTX-2.3: MODELS-LTX-2.3.md lists ltx-2.3-22b-dev.safetensors, ltx-2.3-22b-distilled-1.1
 # .safetensors and ltx-2.3-spatial-upscaler-x2-1.1.safetensors; the distilled LoRA
 # ltx-2.3-22b-distilled-lora-384-1.1.safetensors is named by its README table and diffusers' LTX-2.3 LoRA
@@ -137,12 +140,17 @@ SULPHUR_LORA = "distill_loras/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsa
 SULPHUR_ENHANCER = "prompt_enhancer/sulphur_prompt_enhancer_model-q8_0.gguf"
 SULPHUR_MMPROJ = "prompt_enhancer/mmproj-BF16.gguf"
 
+LTX23_DIFFUSERS_REPO = "diffusers/LTX-2.3-Diffusers"
+#: The diffusers folder without transformer/ (its weights are the GGUF's job).
+LTX23_DIFFUSERS_PARTS = ("model_index.json", "vae/*", "audio_vae/*", "vocoder/*", "connectors/*",
+                         "text_encoder/*", "tokenizer/*", "scheduler/*")
+
 _CONFIG = ModelFile("transformer_config", "LTX-2.3 transformer config folder (config.json; transformer/ of "
                     "diffusers/LTX-2.3-Diffusers)", path=f"{_HOME}/ltx23/diffusers/transformer",
-                    env="SULPHUR_LTX_CONFIG")
+                    env="SULPHUR_LTX_CONFIG", repo=LTX23_DIFFUSERS_REPO, filename=("transformer/config.json",))
 _DIFFUSERS = ModelFile("diffusers", "LTX-2.3 diffusers folder (diffusers/LTX-2.3-Diffusers): vae/ audio_vae/ "
                        "vocoder/ connectors/ text_encoder/ tokenizer/ scheduler/", path=f"{_HOME}/ltx23/diffusers",
-                       env="SULPHUR_LTX_DIFFUSERS")
+                       env="SULPHUR_LTX_DIFFUSERS", repo=LTX23_DIFFUSERS_REPO, filename=LTX23_DIFFUSERS_PARTS)
 _UPSAMPLER = ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler v1.1, pipeline folder (latent_upsampler/)",
                        path=f"{_HOME}/ltx23/spatial-upsampler", env="SULPHUR_LTX_UPSAMPLER",
                        repo="rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers", filename="latent_upsampler/*")
