@@ -44,9 +44,11 @@ def read_still(path: Any, size: tuple[int, int]) -> np.ndarray:
         return np.asarray(fit_image(np.asarray(im.convert("RGB")), size))
 
 
-def keyframe_conditions(job: SegmentJob, ratio: int) -> list[Any]:
+def keyframe_conditions(job: SegmentJob, ratio: int, size: tuple[int, int] | None = None) -> list[Any]:
     """The anchor (frame 0) and the shot's keyframes, in that order: a keyframe at frame 0 is
-    applied after the anchor, so the user's own still wins over the chained one."""
+    applied after the anchor, so the user's own still wins over the chained one. Stills are
+    read at ``size`` (w, h; the draft size unless given): refine conditions on them again at
+    its own size, as Lightricks' two-stage pipelines condition stage 2."""
     from pipeline.models.ltx2_condition import FrameCondition
 
     if not job.segment.keyframes:
@@ -55,7 +57,7 @@ def keyframe_conditions(job: SegmentJob, ratio: int) -> list[Any]:
     if job.anchor is not None:
         out.append(FrameCondition(frames=np.ascontiguousarray(job.anchor), index=0, strength=1.0, frame=0))
     for kf in job.segment.keyframes:
-        still = read_still(job.storyboard.resolve(kf.image), job.draft_size)
+        still = read_still(job.storyboard.resolve(kf.image), size or job.draft_size)
         frame = kf.index(job.frames)
         out.append(FrameCondition(frames=still, index=latent_index(frame, ratio), strength=kf.strength,
                                   frame=frame))
