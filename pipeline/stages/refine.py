@@ -5,7 +5,10 @@ draft's (denormalized) video latents, a scheduler without dynamic shifting so th
 manual sigmas are used as given, re-noising to the first sigma (``noise_scale``), and
 the draft's audio latents passed along so the joint model sees both modalities.
 Segments drafted from an anchor are refined with the image-to-video pipeline, whose
-conditioning mask keeps the first latent frame (the anchor) clean.
+conditioning mask keeps the first latent frame (the upsampled anchor) clean. A shot with
+``keyframes`` is refined through the condition pipeline on the same stills (and the anchor
+on frame 0), read again at the refine size, as Lightricks' two-stage pipelines condition
+their second stage; without keyframes nothing changes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import numpy as np
 
 from pipeline.models import ltx2
 from pipeline.models.ltx2 import model_identity
+from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
+from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
 from pipeline.stages.draft import LORA_ADAPTER, shot_control_params, shot_controls
 from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
@@ -55,6 +60,9 @@ class RefineStage(Stage):
             "fps": job.fps,
             # Prompt and anchor reach refine through the draft (its key covers them).
             "model": model_identity(job.preset),
+            # Keyframes condition refine too (read at its size); only shots with them carry the key.
+            **({"keyframes": keyframe_params(job.segment.keyframes, job.frames, job.storyboard.resolve)}
+               if job.segment.keyframes else {}),
             **shot_control_params(job),
         }
 
@@ -84,12 +92,15 @@ class RefineStage(Stage):
             embeds, mask = enc.embeds, enc.mask
 
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
+        #    Keyframes (and the anchor with them) go through the condition pipeline, at the refine size.
         i2v = bool(inputs["draft"].meta.get("image_to_video", job.anchor is not None))
-        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
+        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v, conditions=bool(job.segment.keyframes))
         video = _upsample(ctx, preset, pipe, draft["video"].to(device))
         peaks.mark("upsample")
         _, _, _, lh, lw = video.shape
         scale = pipe.vae_spatial_compression_ratio
+        conditions = keyframe_conditions(job, TEMPORAL_RATIO, (lw * scale, lh * scale))
+        extra = {"conditions": conditions} if conditions else {}
 
         # 3. Distilled refine: manual sigmas as given (no dynamic shift), re-noised to sigmas[0].
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
@@ -117,7 +128,7 @@ class RefineStage(Stage):
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
                 num_frames=job.frames, frame_rate=float(job.fps), num_inference_steps=n, sigmas=sigmas,
                 noise_scale=sigmas[0], generator=generator, output_type="latent", return_dict=False,
-                callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset))
+                callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
             del _audio, video, draft
             peaks.mark("denoise")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +20,10 @@ from PIL import Image
 from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.planner import StagePlan
 from pipeline.project.keyframes import Keyframe
+from pipeline.render.cache import Artifact
 from pipeline.stages.base import SegmentJob
 from pipeline.stages.draft import DraftStage
+from pipeline.stages.refine import RefineStage
 from tests.functional.test_draft_refine import Runner, frames_of, latents_of, make_job
 
 
@@ -163,3 +166,80 @@ def test_the_anchor_and_keyframes_combine(run: Runner, models: LoadedModels, tmp
     alone = latents_of(run(DraftStage(), _with(make_job(tmp_path, frames=17, seed=2), Keyframe(-1, "end.png"))))
     assert _mad(alone["video"][:, :, 0], lat[:, :, 0]) > 1e-2  # without the anchor frame 0 is free
     assert both.meta["image_to_video"] is True
+
+
+# ------------------------------------------------------------------ refine
+
+def _refined_latents(run: Runner, job: SegmentJob, draft: Artifact, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+    """The refine's denoised latents as its own decode receives them (the stage keeps only frames)."""
+    from pipeline.stages import refine
+
+    seen: list[np.ndarray] = []
+    real = refine.ltx2.decode_video
+
+    def decode(pipe: object, latents: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        seen.append(latents.detach().float().cpu().numpy())
+        return real(pipe, latents, *args, **kwargs)
+
+    monkeypatch.setattr(refine.ltx2, "decode_video", decode)
+    run(RefineStage(), job, {"draft": draft})
+    monkeypatch.undo()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_refine_lands_a_first_frame_keyframe_on_the_still_at_its_size(
+        run: Runner, models: LoadedModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lightricks' two-stage pipelines condition stage 2 on the same stills at stage 2's size: the
+    # refined latent frame 0 is the still's encoding at the refine size, not the upsampled draft's.
+    job = make_job(tmp_path, frames=9, seed=1)
+    keyed = _with(job, Keyframe(0, "still.png"))
+    target = _still_latent(models, job, _still(tmp_path, "still.png", job.refine_size, 0))[:, :, 0]
+    with_kf = _refined_latents(run, keyed, run(DraftStage(), keyed), monkeypatch)[:, :, 0]
+    without = _refined_latents(run, job, run(DraftStage(), job), monkeypatch)[:, :, 0]
+    near, far = _mad(with_kf, target), _mad(without, target)
+    print(f"refined latent frame 0 to the still's encoding at the refine size: {near:.5f} with, {far:.3f} without")
+    assert with_kf.shape == target.shape  # the refine size: twice the draft's latents
+    assert near < 1e-3 < far
+
+
+def test_a_keyframe_shows_in_the_decoded_refine(run: Runner, models: LoadedModels, tmp_path: Path) -> None:
+    # The refine's frames (what the user sees) on a one-frame shot are the VAE's round trip of the
+    # still at the refine size; the yardstick and why one frame: test_a_keyframe_shows_in_the_decoded_draft.
+    import torch
+
+    from pipeline.models import ltx2
+
+    job = make_job(tmp_path, frames=1, seed=1)
+    still = _still(tmp_path, "still.png", job.refine_size, 0)
+    keyed = _with(job, Keyframe(0, "still.png"))
+    with_kf = frames_of(run(RefineStage(), keyed, {"draft": run(DraftStage(), keyed)}))[0]
+    without = frames_of(run(RefineStage(), job, {"draft": run(DraftStage(), job)}))[0]
+    pipe = ltx2.assemble(models, job.preset, StagePlan(name="cpu"), image_to_video=True, conditions=True)
+    round_trip = ltx2.decode_video(pipe, torch.from_numpy(_still_latent(models, job, still)),
+                                   torch.Generator(device="cpu").manual_seed(job.seed))[0]
+    near, far = _mad(with_kf, round_trip), _mad(without, round_trip)
+    print(f"refined frame 0 to the round trip at the refine size: {near:.3f} with the keyframe, {far:.2f} without")
+    assert with_kf.shape == (job.refine_size[1], job.refine_size[0], 3)
+    assert near < 0.5 and far > 20.0
+
+
+def test_refine_conditions_on_an_end_keyframe_and_the_anchor(
+        run: Runner, models: LoadedModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A chained shot with an end keyframe: refine sees the guide (the same draft refined with and
+    # without the key differs) and re-encodes the anchor on frame 0 at the refine size; the refine
+    # key names the still, so a changed still re-refines and a shot without keyframes keeps its key.
+    anchor = _still(tmp_path, "anchor.png", (448, 256), 3)
+    job = make_job(tmp_path, frames=17, seed=2, anchor=anchor)
+    _still(tmp_path, "end.png", job.refine_size, 4)
+    _still(tmp_path, "other.png", job.refine_size, 5)
+    keyed = _with(job, Keyframe(-1, "end.png"))
+    draft = run(DraftStage(), keyed)
+    with_kf = _refined_latents(run, keyed, draft, monkeypatch)
+    plain = _refined_latents(run, job, draft, monkeypatch)  # the same draft, refined as before
+    assert np.abs(with_kf - plain).mean() > 1e-4
+    assert _mad(with_kf[:, :, 0], _still_latent(models, job, anchor)[:, :, 0]) < 1e-3
+    params = RefineStage().params(keyed)
+    assert params["keyframes"] == DraftStage().params(keyed)["keyframes"]
+    assert RefineStage().params(_with(job, Keyframe(-1, "other.png"))) != params
+    assert "keyframes" not in RefineStage().params(job)

@@ -164,7 +164,7 @@ REACHES: dict[str, set[str]] = {
                 "preset.extra[max_sequence_length]",  # the answer is held to what the encoder reads
                 "preset.extra[enhance_system_prompt]"},
     "draft": _LTX_DRAFT | {"segment.keyframes"},
-    "refine": _LTX_REFINE,
+    "refine": _LTX_REFINE | {"segment.keyframes"},  # refine conditions on the stills again, at its size
     "upscale": {"output_size", "preset.files", "preset.builder"},
     "grade": {"reference", "project.drift_strength"},
     "encode": _ENCODE,
