@@ -1,8 +1,9 @@
 """Two per-shot keys of a ``[[segment]]``: ``keyframes`` and ``retake``.
 
 ``keyframes = [{ frame = 0, image = "a.png" }, { frame = -1, image = "b.png", strength = 0.8 }]``
-conditions any frames of a shot on stills; ``retake = [a, b]`` regenerates frames a..b
-of a rendered shot and keeps every other frame as it was. Parsing here returns plain
+conditions any frames of a shot on stills, in the draft and again at the refine size;
+``retake = [a, b]`` regenerates frames a..b of a rendered shot and keeps every other frame
+as it was. Parsing here returns plain
 values or raises ``ValueError`` with the one-line reason; :mod:`pipeline.project.storyboard`
 adds file:line:col. Torch-free and import-light (the TUI reads storyboards).
 """
