@@ -264,6 +264,12 @@ def test_a_decoding_error_says_what_was_wrong() -> None:
         protocol.decode_event(b'{"type": "nope"}')
 
 
+def _child_env() -> dict[str, str]:
+    """This checkout first on the child's path, the rest kept (mutmut or wheels may live there)."""
+    path = [str(Path(framing.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
 def test_the_project_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp_path: Path) -> None:
     assert framing.lock_holder(tmp_path) is None  # no file yet
     lock = framing.ProjectLock(framing.lock_path(tmp_path))
@@ -274,13 +280,13 @@ def test_the_project_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp
                 "l = f.ProjectLock(f.lock_path(Path(sys.argv[1])))\n"
                 "try: l.acquire()\nexcept f.WorkerLocked as e: print(e.pid, e)\n")
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(framing.__file__).parents[2])},
+                             env=_child_env(),
                              timeout=60).stdout
         assert out.startswith(f"{os.getpid()} a worker is already running for {tmp_path} (PID {os.getpid()} holds")
         holder = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
                                  "from pipeline.wire import framing as f; print(f.lock_holder(Path(sys.argv[1])))",
                                  str(tmp_path)], capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "PYTHONPATH": str(Path(framing.__file__).parents[2])}).stdout
+                                env=_child_env()).stdout
         assert holder.strip() == str(os.getpid())
     finally:
         lock.release()
