@@ -8,6 +8,10 @@
 #                              # GPU 1: every draft family at full size under the seed's 12 GB recipes
 #   bench/gpu_suite.sh ray [local|ray_1gpu|ray_2gpu]   # 4 chained segments, one engine per call:
 #                              # the single worker, Ray on GPU 0, Ray on GPUs 0,1 (BASELINE=the local JSON)
+#   bench/gpu_suite.sh published # one GPU, < 9 min: a full-size LTX-2.3 random stack written to disk in the
+#                              # published formats (GGUF + diffusers folder + upsampler + LoRA + x2plus), then one
+#                              # 121-frame ltx23-distilled segment from those files under 8 GiB / 32 GiB, and
+#                              # `sulphur models verify` on them (issue 17; issue 20's cold start)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
 #                              # samples and OOM fallback in a real worker, ESRGAN on CUDA)
 #   bench/gpu_suite.sh recheck # two GPUs, ~7 min: the segment bench on GPU 0, then Ray on GPUs 0,1 against
@@ -35,6 +39,12 @@ segment)  # one GPU is enough: the whole-segment bench alone (~4 min)
 chain)  # one GPU, < 9 min: 3 chained 121-frame segments capped (8/32) and uncapped, + resident steps (issue 20)
     timeout 540 python bench/chain.py --segments 3 --frames 121 --out "$OUT/chain.json" >/dev/null \
         2>"$OUT/chain.log" || echo "chain failed: $?"
+    ;;
+published)  # Gemma capped at 12 of 48 text layers: see "departures" in the JSON for why
+    df -h /tmp | tail -1
+    timeout 560 python bench/published_stack.py --text-layers 12 --budget-s 540 --root /tmp/published-stack \
+        --out "$OUT/published_stack.json" >/dev/null 2>"$OUT/published.log" || echo "published failed: $?"
+    rm -rf /tmp/published-stack
     ;;
 fit)
     (

@@ -15,10 +15,11 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
@@ -67,6 +68,7 @@ class SulphurApp(App[int]):
         self.path = Path(storyboard_path).resolve()
         self.gpu = gpu or GpuMonitor()
         self.connect_worker = connect_worker
+        self._routed_on: weakref.WeakKeyDictionary[events.Key, Screen] = weakref.WeakKeyDictionary()
         self.replay = Path(replay) if replay is not None else None
         self.replay_until, self.replay_speed = replay_until, replay_speed
         self.image_cls = image_widget_class(image) if image != "none" else None
@@ -192,6 +194,20 @@ class SulphurApp(App[int]):
 
     def on_unmount(self) -> None:
         close_followers(self.stop_event)
+
+    async def on_event(self, event: events.Event) -> None:
+        """Keys typed in a burst (tmux send-keys, a paste over SSH) are all routed to the widget
+        focused when they arrive; the first may open a dialog (``n``: rename) before the others
+        come back up to the app, whose bindings then look at the dialog: they were lost, or ran
+        the wrong thing. A key that comes back to another screen than the one it was routed on
+        is sent again, to the screen now on top."""
+        if isinstance(event, events.Key):
+            if not event.is_forwarded:
+                self._routed_on[event] = self.screen
+            elif self._routed_on.get(event, self.screen) is not self.screen:
+                self.post_message(events.Key(event.key, event.character))
+                return
+        await super().on_event(event)
 
     # ------------------------------------------------------------------ actions (keys and palette)
     def action_save(self) -> bool:

@@ -44,8 +44,10 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -247,9 +249,34 @@ def _measured(preset: Preset, roles: Sequence[tuple[str, str]]) -> int | None:
 
 
 def _disk_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".gguf", ".bin", ".pth"))
+    """Bytes the weights take once loaded. A safetensors file counts its float tensors at 2 bytes
+    each: the loaders cast them to the plan's 16-bit dtype, and diffusers/LTX-2.3-Diffusers stores
+    its text encoder and connectors in fp32 (48.75 + 12.7 GB on disk, half that loaded)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()
+                                           and p.suffix in (".safetensors", ".gguf", ".bin", ".pth")]
+    return sum(_safetensors_loaded_bytes(f) if f.suffix == ".safetensors" else f.stat().st_size for f in files)
+
+
+#: safetensors float dtypes wider than 16 bits, which the loaders cast to bf16/fp16.
+_WIDE_FLOATS = {"F32": 4, "F64": 8}
+
+
+def _safetensors_loaded_bytes(path: Path) -> int:
+    """A safetensors file's size with its fp32/fp64 tensors counted at 2 bytes (header only is read)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n)) if 0 < n < size else {}
+    except (OSError, ValueError, struct.error):
+        return size
+    saved = 0
+    for name, info in header.items():
+        width = _WIDE_FLOATS.get(info.get("dtype", "")) if name != "__metadata__" else None
+        if width:
+            start, end = info["data_offsets"]
+            saved += (end - start) * (width - 2) // width
+    return size - saved
 
 
 def video_tokens(size: tuple[int, int], frames: int) -> int:

@@ -10,8 +10,9 @@ dialogue in quotes and forbid invented camera motion, so the output grammar allo
 quotes, punctuation and any script. A preset may instead name ``"none"`` (a finetuned
 enhancer used as its publisher says, with no system prompt) or its own text.
 
-Real presets point at a Gemma-3 GGUF; the tiny preset builds a 2-layer random llama
-GGUF with :func:`build_tiny_llm` so tests run the very same llama.cpp code path. A
+Real presets point at a Gemma-3 GGUF (or, for Sulphur 2, its own enhancer); the tiny
+preset builds a 2-layer random GGUF of llama.cpp's ``gemma3`` architecture with
+:func:`build_tiny_llm` so tests run the very same llama.cpp code path. A
 random model emits arbitrary bytes, and even a real one sometimes wraps its answer in
 quotes or chat markup, so everything it returns goes through :func:`clean_enhanced`
 before it can reach a storyboard.
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    import gguf
     import llama_cpp
 
 # Deferred imports: gguf, llama_cpp, PIL, jinja2 — the prompt constants are read by cache keys without loading
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bump when :func:`build_tiny_llm` writes a different file (part of the enhance cache key).
-TINY_LLM_VERSION = 2  # 2: 8192-token context, the system prompts' words in the vocabulary
+TINY_LLM_VERSION = 3  # 3: gemma3 architecture, Gemma's specials and turn format
 #: Bump when the message layout, grammar or cleaning rules change (part of the enhance cache key).
 SYSTEM_PROMPT_VERSION = 2  # 2: Lightricks' T2V/I2V prompts, quotes and any script allowed
 
@@ -96,71 +98,41 @@ def user_text(prompt: str, mode: str, *, image_to_video: bool) -> str:
 # --------------------------------------------------------------------------- tiny model
 
 TINY_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    # Gemma 3's turn format, as its own template lays it out: <bos>, a system turn folded into
+    # the first user turn, the assistant speaking as "model", each turn closed by <end_of_turn>.
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% if messages and messages[0]['role'] == 'system' %}{% set ns.system = messages[0]['content'] + '\\n\\n' %}"
+    "{% set messages = messages[1:] %}{% endif %}"
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{% if loop.first %}{{ ns.system }}{% endif %}{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+#: Gemma's own special tokens, at Gemma's ids (pad 0, eos 1, bos 2, unk 3), then its turn markers.
+_GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
+#: The tiny twin's shape: Gemma 3's (grouped KV heads, a head size that is not n_embd / n_head,
+#: query/key RMS norms, norms after attention and FFN, a sliding window), only small.
+_TINY_GEMMA = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "head_dim": 32, "n_ff": 128,
+               "n_ctx": 8192, "sliding_window": 1024}
 
 
 def build_tiny_llm(path: Path, *, chat_template: str = TINY_CHAT_TEMPLATE) -> Path:
-    """Write a deterministic 2-layer, 64-wide llama GGUF (F32, SPM vocab with byte tokens).
+    """Write a deterministic 2-layer Gemma-3-architecture GGUF (F32, Gemma's SPM specials and byte tokens).
 
-    Written to a temp file beside ``path`` and renamed, so a killed build never leaves a
-    half file that llama.cpp would later choke on.
+    Metadata and tensor names are llama.cpp's ``gemma3`` ones, as ``convert_hf_to_gguf`` writes
+    a Gemma 3 checkpoint (no ``output.weight``: Gemma ties it to the embedding; norm weights
+    near 1, as the converter stores Gemma's ``1 + w``). Written to a temp file beside
+    ``path`` and renamed, so a killed build never leaves a half file that llama.cpp would
+    later choke on.
     """
     import gguf
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n_embd, n_layer, n_head, n_ff, n_ctx = 64, 2, 4, 128, 8192
-
-    # SPM vocabulary: specials, the 256 byte-fallback tokens, then whole words so the
-    # tokenizer has merges to choose between and the system prompts take ~1k tokens, as
-    # they do in Gemma's vocabulary, not ~5k bytes.
-    # SPM merges adjacent pieces only into pieces the vocab has, so every prefix is there.
-    words = sorted({"▁" + w[:i] for w in _TINY_WORDS for i in range(1, len(w) + 1)}, key=lambda t: (len(t), t))
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + words
-    types = ([gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-             + [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(words))
-    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [float(len(w)) for w in words]
-    n_vocab = len(tokens)
-
-    rng = np.random.default_rng(20261127)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
     tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)[1])
     try:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
-        writer.add_name("sulphur-tiny-enhancer")
-        writer.add_context_length(n_ctx)
-        writer.add_embedding_length(n_embd)
-        writer.add_block_count(n_layer)
-        writer.add_feed_forward_length(n_ff)
-        writer.add_head_count(n_head)
-        writer.add_head_count_kv(n_head)
-        writer.add_rope_dimension_count(n_embd // n_head)
-        writer.add_layer_norm_rms_eps(1e-5)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        writer.add_unk_token_id(0)
-        writer.add_bos_token_id(1)
-        writer.add_eos_token_id(2)
-        writer.add_add_bos_token(True)
-        writer.add_chat_template(chat_template)
-        writer.add_tensor("token_embd.weight", w(n_vocab, n_embd))
-        for i in range(n_layer):
-            writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, np.float32))
-            for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-                writer.add_tensor(f"blk.{i}.{name}.weight", w(n_embd, n_embd))
-            writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, np.float32))
-            writer.add_tensor(f"blk.{i}.ffn_gate.weight", w(n_ff, n_embd))
-            writer.add_tensor(f"blk.{i}.ffn_up.weight", w(n_ff, n_embd))
-            writer.add_tensor(f"blk.{i}.ffn_down.weight", w(n_embd, n_ff))
-        writer.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
-        writer.add_tensor("output.weight", w(n_vocab, n_embd))
+        writer = gguf.GGUFWriter(str(tmp), "gemma3")
+        _write_gemma3_header(writer, chat_template)
+        _write_gemma3_tensors(writer, n_vocab=len(_tiny_vocab()[0]))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -170,6 +142,85 @@ def build_tiny_llm(path: Path, *, chat_template: str = TINY_CHAT_TEMPLATE) -> Pa
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _tiny_vocab() -> tuple[list[str], list[int], list[float]]:
+    """Gemma's specials, the 256 byte-fallback tokens, then whole words (tokens, types, scores).
+
+    The words are a shot's and those of the system prompts, so the prompts take ~1k tokens as
+    in Gemma's vocabulary, not ~5k bytes; SPM merges only into pieces the vocab has, so every
+    prefix is there.
+    """
+    import gguf
+
+    words = sorted({"▁" + w[:i] for w in _TINY_WORDS for i in range(1, len(w) + 1)}, key=lambda t: (len(t), t))
+    t = gguf.TokenType
+    tokens = list(_GEMMA_SPECIALS) + [f"<0x{b:02X}>" for b in range(256)] + words
+    types = [t.CONTROL, t.CONTROL, t.CONTROL, t.UNKNOWN, t.CONTROL, t.CONTROL] + [t.BYTE] * 256 + [t.NORMAL] * len(words)
+    scores = [0.0] * (len(_GEMMA_SPECIALS) + 256) + [float(len(w)) for w in words]
+    return tokens, types, scores
+
+
+def _write_gemma3_header(w: gguf.GGUFWriter, chat_template: str) -> None:
+    import gguf
+
+    g = _TINY_GEMMA
+    w.add_name("sulphur-tiny-enhancer")
+    w.add_context_length(g["n_ctx"])
+    w.add_embedding_length(g["n_embd"])
+    w.add_block_count(g["n_layer"])
+    w.add_feed_forward_length(g["n_ff"])
+    w.add_head_count(g["n_head"])
+    w.add_head_count_kv(g["n_head_kv"])
+    w.add_key_length(g["head_dim"])
+    w.add_value_length(g["head_dim"])
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_sliding_window(g["sliding_window"])
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    tokens, types, scores = _tiny_vocab()
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_pad_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_bos_token_id(2)
+    w.add_unk_token_id(3)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_chat_template(chat_template)
+
+
+def _write_gemma3_tensors(writer: gguf.GGUFWriter, *, n_vocab: int) -> None:
+    g = _TINY_GEMMA
+    rng = np.random.default_rng(20261127)
+    n_embd, hd, n_ff = g["n_embd"], g["head_dim"], g["n_ff"]
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    def norm(n: int) -> np.ndarray:
+        return np.ones(n, np.float32)
+
+    add = writer.add_tensor
+    add("token_embd.weight", w(n_vocab, n_embd))
+    for i in range(g["n_layer"]):
+        b = f"blk.{i}."
+        add(b + "attn_norm.weight", norm(n_embd))
+        add(b + "attn_q.weight", w(g["n_head"] * hd, n_embd))
+        add(b + "attn_k.weight", w(g["n_head_kv"] * hd, n_embd))
+        add(b + "attn_v.weight", w(g["n_head_kv"] * hd, n_embd))
+        add(b + "attn_q_norm.weight", norm(hd))
+        add(b + "attn_k_norm.weight", norm(hd))
+        add(b + "attn_output.weight", w(n_embd, g["n_head"] * hd))
+        add(b + "post_attention_norm.weight", norm(n_embd))
+        add(b + "ffn_norm.weight", norm(n_embd))
+        add(b + "ffn_gate.weight", w(n_ff, n_embd))
+        add(b + "ffn_up.weight", w(n_ff, n_embd))
+        add(b + "ffn_down.weight", w(n_embd, n_ff))
+        add(b + "post_ffw_norm.weight", norm(n_embd))
+    add("output_norm.weight", norm(n_embd))
 
 
 # The tiny LLM's words: a shot's and those of Lightricks' system prompts, so the prompts

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.models import ltx2_random, published, sigmas, tiny_ltx2
 from pipeline.models.published import WeightsMismatch
-from pipeline.models.registry import ESRGAN_X2PLUS_URL, ModelFile, Preset, register, sulphur_home
+from pipeline.models.registry import (
+    ESRGAN_X2PLUS_SHA256,
+    ESRGAN_X2PLUS_SIZE,
+    ESRGAN_X2PLUS_URL,
+    ModelFile,
+    Preset,
+    register,
+    sulphur_home,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,28 +93,86 @@ TINY = register(Preset(
 # Default places under $SULPHUR_HOME (~/.cache/sulphur); each file can be pointed elsewhere with its env var.
 _HOME = "$SULPHUR_HOME"
 
+# What was verified, and where (2026-12-04, with the search tools; no file was downloaded, so no
+# tensor of these files was read: their key layout is what the loaders expect, not what was checked).
+#
+# Sulphur 2 (SulphurAI/Sulphur-2-base, https://huggingface.co/SulphurAI/Sulphur-2-base): an LTX-2.3
+# finetune. Its model card says: use a dev build (fp8mixed or bf16) with the distill LoRA it provides;
+# its prompt enhancer is a GGUF plus an mmproj, and "There is no system prompt for it, just send the text
+# (and an image)". The repo publishes the DiT as single-file safetensors (sulphur_dev_bf16,
+# sulphur_dev_fp8mixed, sulphur_distil_bf16 .safetensors), NOT as GGUF: every GGUF of it is a community
+# quantization. Files used here:
+# - distill_loras/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsafe.safetensors: the seed's LoRA
+#   (doc.davidhsaiou.com/…/sulphur2-pipeline.html, strength 0.7). Path in SulphurAI/Sulphur-2-base found
+#   in many download scripts (exact search); size 662072824 and sha256 e970f64a… as pinned by one of them
+#   at revision 65587bbb38c700622f9434a16e732c8b280c115e (NOT checked against the Hub by us, so not pinned:
+#   a wrong pin would refuse the real file, and the Hub's own etag already checks what is downloaded).
+# - prompt_enhancer/sulphur_prompt_enhancer_model-q8_0.gguf + prompt_enhancer/mmproj-BF16.gguf: named in
+#   the Hub's own llama-cpp-python snippet on the model page (mmproj-BF16.gguf) and in download scripts.
+#   Its architecture is NOT verified: a third-party ComfyUI node loads it with its "qwen35" chat handler
+#   (KLL535/ComfyUI_Simple_Qwen3-VL-gguf issue #28) and one split repo calls it
+#   "Qwen3.5-sulphur_prompt_enhancer-Q8_0.gguf", so it is likely Qwen3.5-based, not Gemma 3.
+# - The GGUF transformer: aman5g/Sulphur-2-base-GGUF lists sulphur_dev-Q3_K_M.gguf on its own model card
+#   (https://huggingface.co/aman5g/Sulphur-2-base-GGUF, architecture ltxv). The same file name is also
+#   published by vantagewithai/Sulphur-2-Base-GGUF and Abiray/Sulphur-2-base-GGUF (third-party catalogues
+#   and scripts only). Size and sha256 NOT verified; whether these GGUFs bundle the text connectors (which
+#   the loader drops) or a finetuned VAE is NOT verified either: the VAEs, vocoder and connectors come from
+#   the stock LTX-2.3 diffusers folder.
+# Stock LTX-2.3 (for ltx23-distilled): unsloth/LTX-2.3-GGUF names its dev quants ltx-2.3-22b-dev-<Q>.gguf
+# at the repo root (distilled ones under distilled/ and distilled-1.1/); QuantStack/LTX-2.3-GGUF uses
+# LTX-2.3-dev/LTX-2.3-dev-<Q>.gguf. Both from two third-party model catalogues and many scripts, not from
+# the repos' own file lists; sizes NOT verified. diffusers 0.42.1 names the diffusers folder
+# diffusers/LTX-2.3-Diffusers (LTX2InContextPipeline's docstring); it is not pulled by `sulphur models
+# pull` (one folder minus its 40 GB transformer is not a single file pattern).
+# Lightricks/LTX-2.3: MODELS-LTX-2.3.md lists ltx-2.3-22b-dev.safetensors, ltx-2.3-22b-distilled-1.1
+# .safetensors and ltx-2.3-spatial-upscaler-x2-1.1.safetensors; the distilled LoRA
+# ltx-2.3-22b-distilled-lora-384-1.1.safetensors is named by its README table and diffusers' LTX-2.3 LoRA
+# converter docstring (size and sha256 NOT verified). rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers
+# is the v1.1 upsampler as an unofficial LTX2LatentUpsamplePipeline folder (model in latent_upsampler/).
+# unsloth/gemma-3-12b-it-GGUF's gemma-3-12b-it-Q4_K_M.gguf is named in many download scripts (one records
+# 7,300,778,336 bytes; not pinned here). Real-ESRGAN x2plus: see ESRGAN_X2PLUS_* in registry.py.
+SULPHUR_REPO = "SulphurAI/Sulphur-2-base"
+SULPHUR_GGUF_REPO = "aman5g/Sulphur-2-base-GGUF"
+SULPHUR_LORA = "distill_loras/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsafe.safetensors"
+SULPHUR_ENHANCER = "prompt_enhancer/sulphur_prompt_enhancer_model-q8_0.gguf"
+SULPHUR_MMPROJ = "prompt_enhancer/mmproj-BF16.gguf"
+
+_CONFIG = ModelFile("transformer_config", "LTX-2.3 transformer config folder (config.json; transformer/ of "
+                    "diffusers/LTX-2.3-Diffusers)", path=f"{_HOME}/ltx23/diffusers/transformer",
+                    env="SULPHUR_LTX_CONFIG")
+_DIFFUSERS = ModelFile("diffusers", "LTX-2.3 diffusers folder (diffusers/LTX-2.3-Diffusers): vae/ audio_vae/ "
+                       "vocoder/ connectors/ text_encoder/ tokenizer/ scheduler/", path=f"{_HOME}/ltx23/diffusers",
+                       env="SULPHUR_LTX_DIFFUSERS")
+_UPSAMPLER = ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler v1.1, pipeline folder (latent_upsampler/)",
+                       path=f"{_HOME}/ltx23/spatial-upsampler", env="SULPHUR_LTX_UPSAMPLER",
+                       repo="rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers", filename="latent_upsampler/*")
+_UPSCALER = ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{_HOME}/esrgan/RealESRGAN_x2plus.pth",
+                      env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL, size=ESRGAN_X2PLUS_SIZE,
+                      sha256=ESRGAN_X2PLUS_SHA256)
+_LTX23_EXTRA = {"max_sequence_length": 1024, "use_cross_timestep": True, "draft_schedule": SEED_PASS1_SCHEDULE}
+
 REAL = register(Preset(
     name="sulphur2-ltx23",
     family=FAMILY,
-    description="LTX-2.3 22B (GGUF Q3_K_M) + distilled LoRA, two-stage 8+3 steps; Gemma 3 12B enhancer.",
+    description="Sulphur 2 (LTX-2.3 22B finetune, GGUF Q3_K_M) + its distill LoRA at 0.7, two-stage 8+3 "
+                "steps; Sulphur 2's own prompt enhancer, no system prompt.",
     files=(
-        ModelFile("transformer_gguf", "LTX-2.3 22B transformer, GGUF Q3_K_M",
-                  path=f"{_HOME}/ltx23/ltx-2.3-22b-dev-Q3_K_M.gguf", env="SULPHUR_LTX_GGUF"),
-        ModelFile("transformer_config", "LTX-2.3 transformer config folder (config.json)",
-                  path=f"{_HOME}/ltx23/diffusers/transformer", env="SULPHUR_LTX_CONFIG"),
-        ModelFile("diffusers", "LTX-2.3 diffusers folder: vae/ audio_vae/ vocoder/ connectors/ text_encoder/ "
-                  "tokenizer/ scheduler/", path=f"{_HOME}/ltx23/diffusers", env="SULPHUR_LTX_DIFFUSERS"),
-        ModelFile("lora", "LTX-2.3 distilled LoRA (rank 384)",
-                  path=f"{_HOME}/ltx23/ltx-2.3-22b-distilled-lora-384-1.1.safetensors", env="SULPHUR_LTX_LORA",
-                  repo="Lightricks/LTX-2.3", filename="ltx-2.3-22b-distilled-lora-384-1.1.safetensors"),
-        ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler v1.1, pipeline folder (latent_upsampler/)",
-                  path=f"{_HOME}/ltx23/spatial-upsampler", env="SULPHUR_LTX_UPSAMPLER",
-                  repo="rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers", filename="latent_upsampler/*"),
-        ModelFile("upscaler", "Real-ESRGAN x2plus weights", path=f"{_HOME}/esrgan/RealESRGAN_x2plus.pth",
-                  env="SULPHUR_ESRGAN", url=ESRGAN_X2PLUS_URL),
-        ModelFile("enhancer", "Gemma 3 12B instruct, GGUF, for prompt enhancement",
-                  path=f"{_HOME}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
-                  repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),
+        ModelFile("transformer_gguf", "Sulphur 2 dev transformer, GGUF Q3_K_M (community quantization)",
+                  path=f"{_HOME}/sulphur2/sulphur_dev-Q3_K_M.gguf", env="SULPHUR_LTX_GGUF",
+                  repo=SULPHUR_GGUF_REPO, filename="sulphur_dev-Q3_K_M.gguf"),
+        _CONFIG,
+        _DIFFUSERS,
+        ModelFile("lora", "Sulphur 2's distill LoRA (LTX-2.3 distilled LoRA 1.1, fro90 ceil72 condsafe)",
+                  path=f"{_HOME}/sulphur2/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsafe.safetensors",
+                  env="SULPHUR_LTX_LORA", repo=SULPHUR_REPO, filename=SULPHUR_LORA),
+        _UPSAMPLER,
+        _UPSCALER,
+        ModelFile("enhancer", "Sulphur 2 prompt enhancer, GGUF Q8_0",
+                  path=f"{_HOME}/sulphur2/sulphur_prompt_enhancer_model-q8_0.gguf", env="SULPHUR_ENHANCER_GGUF",
+                  repo=SULPHUR_REPO, filename=SULPHUR_ENHANCER),
+        ModelFile("enhancer_mmproj", "Sulphur 2 prompt enhancer's vision projector (sees the I2V anchor frame)",
+                  path=f"{_HOME}/sulphur2/mmproj-BF16.gguf", env="SULPHUR_ENHANCER_MMPROJ",
+                  repo=SULPHUR_REPO, filename=SULPHUR_MMPROJ),
     ),
     draft_size=(512, 288),
     refine_size=(1024, 576),
@@ -116,28 +182,37 @@ REAL = register(Preset(
     guidance_scale=1.0,
     frame_multiple=8,
     size_multiple=32,
-    extra={"max_sequence_length": 1024, "use_cross_timestep": True, "draft_schedule": SEED_PASS1_SCHEDULE},
+    # The publisher's usage: no system prompt, just the text (and the image).
+    extra={**_LTX23_EXTRA, "enhance_system_prompt": "none"},
 ))
 
 
 # Lightricks' distilled two-stage recipe (ltx-pipelines ``distilled``): 8 steps on DISTILLED_SIGMA_VALUES,
-# x2 latent upsample, 3 steps on STAGE_2_DISTILLED_SIGMA_VALUES, CFG 1. Same file roles as the real stack.
-# Verified 2026-12 (search, docs corpus): Lightricks/LTX-2/MODELS-LTX-2.3.md lists ltx-2.3-22b-dev.safetensors,
-# ltx-2.3-22b-distilled-1.1.safetensors and ltx-2.3-spatial-upscaler-x2-1.1.safetensors in Lightricks/LTX-2.3;
-# the Lightricks/LTX-2.3 README table names ltx-2.3-22b-distilled-lora-384, and a diffusers LTX-2.3 LoRA converter's
-# docstring (find_string, code index) names the official ltx-2.3-22b-distilled-lora-384-1.1.safetensors (its size
-# and sha256 NOT verified); the GGUF file names in unsloth/ and QuantStack/LTX-2.3-GGUF were NOT verified;
-# rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers is the v1.1 upsampler as an LTX2LatentUpsamplePipeline
-# folder (unofficial conversion; model in latent_upsampler/). The seed's schedule and LoRA (…-distilled-lora-1.1
-# _fro90_ceil72_condsafe.safetensors, strength 0.7) are from doc.davidhsaiou.com/…/sulphur2-pipeline.html.
+# x2 latent upsample, 3 steps on STAGE_2_DISTILLED_SIGMA_VALUES, CFG 1, on the stock LTX-2.3 dev weights with
+# Lightricks' distilled LoRA, and Gemma 3 12B instructed with Lightricks' T2V/I2V prompts.
 DISTILLED = register(replace(
     REAL,
     name="ltx23-distilled",
     description="LTX-2.3 22B, Lightricks' distilled two-stage recipe (8 + 3 published sigmas, CFG 1).",
+    files=(
+        ModelFile("transformer_gguf", "LTX-2.3 22B dev transformer, GGUF Q3_K_M",
+                  path=f"{_HOME}/ltx23/ltx-2.3-22b-dev-Q3_K_M.gguf", env="SULPHUR_LTX_GGUF",
+                  repo="unsloth/LTX-2.3-GGUF", filename="ltx-2.3-22b-dev-Q3_K_M.gguf"),
+        _CONFIG,
+        _DIFFUSERS,
+        ModelFile("lora", "LTX-2.3 distilled LoRA (rank 384)",
+                  path=f"{_HOME}/ltx23/ltx-2.3-22b-distilled-lora-384-1.1.safetensors", env="SULPHUR_LTX_LORA",
+                  repo="Lightricks/LTX-2.3", filename="ltx-2.3-22b-distilled-lora-384-1.1.safetensors"),
+        _UPSAMPLER,
+        _UPSCALER,
+        ModelFile("enhancer", "Gemma 3 12B instruct, GGUF, for prompt enhancement",
+                  path=f"{_HOME}/gemma/gemma-3-12b-it-Q4_K_M.gguf", env="SULPHUR_ENHANCER_GGUF",
+                  repo="unsloth/gemma-3-12b-it-GGUF", filename="gemma-3-12b-it-Q4_K_M.gguf"),
+    ),
     steps=len(sigmas.DISTILLED_SIGMAS),
     refine_sigmas=(*sigmas.STAGE_2_DISTILLED_SIGMAS, 0.0),
     lora_strength=1.0,
-    extra={**REAL.extra, "draft_schedule": DISTILLED_SCHEDULE},
+    extra={**_LTX23_EXTRA, "draft_schedule": DISTILLED_SCHEDULE},
 ))
 
 
@@ -156,7 +231,7 @@ RANDOM_FULL = register(replace(
     ),
     lora_strength=0.0,
     builder=ltx2_random.build_files,
-    extra={**REAL.extra, "random_weights": ltx2_random.VERSION, "memory": ltx2_random.MEMORY},
+    extra={**_LTX23_EXTRA, "random_weights": ltx2_random.VERSION, "memory": ltx2_random.MEMORY},
 ))
 
 

@@ -18,8 +18,13 @@ from typing import Any
 from pipeline.models.home import sulphur_home
 
 #: Real-ESRGAN x2plus is a release asset of xinntao/Real-ESRGAN, not a Hub file (the URL its
-#: own inference_realesrgan.py downloads).
+#: own inference_realesrgan.py downloads: xinntao/Real-ESRGAN@07e2323, the RealESRGAN_x2plus branch).
 ESRGAN_X2PLUS_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"
+#: Its content hash and size. xinntao publishes none; these are what independent projects
+#: record for that asset (TensoRaws/ccrestoration ccrestoration/config/realesrgan_config.py, and
+#: several download manifests found by exact search), all agreeing. A pull refuses any other bytes.
+ESRGAN_X2PLUS_SHA256 = "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb"
+ESRGAN_X2PLUS_SIZE = 67_061_725
 
 
 def _expand_home(path: str) -> str:

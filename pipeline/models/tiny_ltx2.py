@@ -257,8 +257,8 @@ def build_ltx2_parts(root: Path) -> Path:
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(d / "scheduler")
     torch.manual_seed(6)
     LTX2LatentUpsamplerModel(**UPSAMPLER_CONFIG).save_pretrained(root / UPSAMPLER_DIR / "latent_upsampler")
-    _write_upsampler_index(root / UPSAMPLER_DIR)
-    _write_model_index(d)
+    write_upsampler_index(root / UPSAMPLER_DIR)
+    write_model_index(d)
 
     published = lightricks_state_dict(transformer.state_dict())
     write_transformer_gguf(published, root / GGUF_FILE)
@@ -285,7 +285,7 @@ def make_tokenizer() -> Any:
     )
 
 
-def _write_model_index(d: Path) -> None:
+def write_model_index(d: Path) -> None:
     # Makes the folder loadable as a whole with LTX2Pipeline.from_pretrained too.
     index = {
         "_class_name": "LTX2Pipeline", "_diffusers_version": "0.42.1",
@@ -299,7 +299,7 @@ def _write_model_index(d: Path) -> None:
     (d / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def _write_upsampler_index(d: Path) -> None:
+def write_upsampler_index(d: Path) -> None:
     # The published upsampler folder is an LTX2LatentUpsamplePipeline; its VAE is the main folder's.
     index = {"_class_name": "LTX2LatentUpsamplePipeline", "_diffusers_version": "0.42.1",
              "latent_upsampler": ["ltx2", "LTX2LatentUpsamplerModel"]}

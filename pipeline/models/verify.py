@@ -1,27 +1,30 @@
 """``sulphur models verify``: load every component of a preset from its files, render nothing.
 
 Each file is reported as OK or with the one line that says what does not map (the strict
-loaders of :mod:`pipeline.models.published`). Paths resolve as the render resolves them,
-``SULPHUR_*`` overrides included (``ModelFile.local_path``).
+loaders of :mod:`pipeline.models.published`; llama.cpp for the enhancer GGUF, the GGUF reader for
+its vision projector). Paths resolve as the render resolves them, ``SULPHUR_*`` overrides included
+(``ModelFile.local_path``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.memory.planner import StagePlan
 from pipeline.models import ltx2
 from pipeline.models.registry import Preset
 
-# Deferred imports: pipeline.models, pipeline.models.esrgan — each file kind loads its own loader (and torch) only
-#   when a file of that kind is verified
+# Deferred imports: pipeline.models, pipeline.models.esrgan, llama_cpp, gguf — each file kind loads its own
+#   loader (and torch) only when a file of that kind is verified
 
 #: Component → the file role it is loaded from (LTX-2 family).
 _LTX_PARTS = (("transformer", "transformer_gguf"), ("lora", "lora"), ("vae", "diffusers"),
               ("audio_vae", "diffusers"), ("vocoder", "diffusers"), ("connectors", "diffusers"),
-              ("text_encoder", "diffusers"), ("upsampler", "upsampler"), ("upscaler", "upscaler"))
+              ("text_encoder", "diffusers"), ("upsampler", "upsampler"), ("upscaler", "upscaler"),
+              ("enhancer", "enhancer"), ("enhancer_mmproj", "enhancer_mmproj"))
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,10 @@ class Check:
         return not self.error
 
     def line(self) -> str:
-        return f"{self.component:<13} {'OK' if self.ok else 'FAIL'}  {self.where if self.ok else self.error}"
+        if self.ok:
+            return f"{self.component:<15} OK  {self.where}"
+        named = self.error if not self.where or self.where in self.error else f"{self.where}: {self.error}"
+        return f"{self.component:<15} FAIL  {named}"
 
 
 def verify(preset: Preset) -> list[Check]:
@@ -52,7 +58,7 @@ def verify(preset: Preset) -> list[Check]:
         if path is None:
             out.append(Check(component, "", f"missing: {preset.file(role).where()}"))
             continue
-        out.append(_try(component, str(path), lambda c=component: _load(preset, c, plan)))
+        out.append(_try(component, str(path), lambda c=component, p=path: _load(preset, c, plan, p)))
     return out
 
 
@@ -65,8 +71,12 @@ def _try(component: str, where: str, fn: Callable[[], Any]) -> Check:
     return Check(component, where)
 
 
-def _load(preset: Preset, component: str, plan: Any) -> None:
-    if component == "transformer":
+def _load(preset: Preset, component: str, plan: Any, path: Path) -> None:
+    if component == "enhancer":
+        check_enhancer(path)
+    elif component == "enhancer_mmproj":
+        check_mmproj(path)
+    elif component == "transformer":
         from pipeline.models import published
 
         published.load_transformer(ltx2.require(preset, "transformer_gguf"),
@@ -79,3 +89,45 @@ def _load(preset: Preset, component: str, plan: Any) -> None:
         load_upscaler(ltx2.require(preset, "upscaler"), device="cpu", dtype=ltx2.torch_dtype(plan))
     else:
         ltx2._load_diffusers_component(preset, component, plan)
+
+
+def check_enhancer(path: Path) -> None:
+    """The enhancer GGUF as llama.cpp loads it, vocabulary only: that reads the header, knows the
+    architecture and checks every tensor's bytes lie inside the file, without reading gigabytes."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ValueError("llama-cpp-python is not installed here: the enhancer cannot be loaded") from None
+    try:
+        llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        # llama.cpp says only "Failed to load model"; the GGUF reader says why when it can.
+        raise ValueError(f"llama.cpp cannot load it: {_gguf_problem(path) or exc}") from None
+
+
+def check_mmproj(path: Path) -> None:
+    """A llama.cpp vision projector: a whole GGUF file of architecture ``clip``."""
+    problem = _gguf_problem(path)
+    if problem:
+        raise ValueError(problem)
+    arch = _gguf_arch(path)
+    if arch != "clip":
+        raise ValueError(f"not a vision projector: general.architecture is {arch!r}, not 'clip'")
+
+
+def _gguf_problem(path: Path) -> str:
+    """Why the GGUF reader rejects a file (truncated, not GGUF), or '' if it reads every tensor."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # noqa: BLE001 - the reader's errors are of many kinds; each is the file's fault
+        return f"not a whole GGUF file ({' '.join(str(exc).split()) or type(exc).__name__})"
+    return "" if reader.tensors else "a GGUF file without tensors"
+
+
+def _gguf_arch(path: Path) -> str:
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("general.architecture")
+    return str(field.contents()) if field is not None else ""

@@ -23,6 +23,8 @@ from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, Sto
 
 #: Pixels an anchor or reference image may have (8K × 8K); a bigger one is a bomb or a mistake.
 MAX_IMAGE_PIXELS = 8192 * 8192
+#: The shot keys that name files, in the order a render checks them (before the anchor).
+SHOT_FILE_KEYS = ("keyframes", "loras", "audio")
 
 
 def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> None:
@@ -47,13 +49,10 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
     for i, seg in enumerate(sb.segments):
         if segment_ids is not None and seg.id not in segment_ids:
             continue
-        for kf in seg.keyframes:  # keyframes/retake
-            problem = _problem(sb.resolve(kf.image), image=True)
+        for key in SHOT_FILE_KEYS:
+            problem = shot_file_problem(sb, seg, key)
             if problem:
-                raise fail(i, "keyframes", problem)
-        problem_at = _lora_audio_problem(sb, seg)  # loras/audio
-        if problem_at:
-            raise fail(i, *problem_at)
+                raise fail(i, key, problem)
         if seg.anchor.kind not in ("image", "video"):
             continue
         problem = _problem(sb.resolve(seg.anchor.path), image=seg.anchor.kind == "image")
@@ -69,19 +68,20 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
             raise fail(None, "drift_reference", problem)
 
 
-def _lora_audio_problem(sb: Storyboard, seg: Segment) -> tuple[str, str] | None:
-    """(key, message) for a shot's local LoRA or sound file that cannot be used (Hub LoRAs are
-    the renderer's to find: they live in the Hugging Face cache)."""
-    for ref in seg.loras:
-        problem = "" if ref.repo else _problem(sb.resolve(ref.path), image=False)
-        if problem:
-            return "loras", problem
-    if seg.audio is not None:
+def shot_file_problem(sb: Storyboard, seg: Segment, key: str) -> str:
+    """What is wrong with the first file a shot's ``key`` (one of :data:`SHOT_FILE_KEYS`) names,
+    or "": the render's check, one key at a time so the editor can refuse a field. Hub LoRAs
+    are the renderer's to find (they live in the Hugging Face cache)."""
+    if key == "keyframes":
+        problems = (_problem(sb.resolve(kf.image), image=True) for kf in seg.keyframes)
+    elif key == "loras":
+        problems = (_problem(sb.resolve(ref.path), image=False) for ref in seg.loras if not ref.repo)
+    elif key == "audio" and seg.audio is not None:
         path = sb.resolve(seg.audio.path)
-        problem = _problem(path, image=False) or audio_problem(path, seg.audio.start)
-        if problem:
-            return "audio", problem
-    return None
+        problems = iter([_problem(path, image=False) or audio_problem(path, seg.audio.start)])
+    else:
+        return ""
+    return next(filter(None, problems), "")
 
 
 def _problem(path: Path, *, image: bool) -> str:
@@ -114,4 +114,4 @@ def _image_problem(path: Path) -> str:
     return ""
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "check_references"]
+__all__ = ["MAX_IMAGE_PIXELS", "SHOT_FILE_KEYS", "check_references", "shot_file_problem"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
-from tomlkit.items import AoT, InlineTable, Table
+from tomlkit.items import AoT, Comment, InlineTable, Table, Whitespace
 
 from pipeline.project import layout
 from pipeline.project.audio_track import AudioTrack, parse_audio
@@ -604,6 +604,24 @@ def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, A
             inline = tomlkit.inline_table()
             inline.update(value)
             value = inline
+        if key in table or not isinstance(table, Table):
+            table[key] = value
+        else:
+            _add_key(table, key, value)
+
+
+def _add_key(table: Table, key: str, value: Any) -> None:
+    """A new key goes below the table's last key, above a comment block that a blank line
+    sets apart from it: such a block introduces what follows (the next shot, a section), and
+    a key added after it would read as the next one's. Comments right under the keys (say a
+    commented-out key) are the table's own and stay above the new key."""
+    body = table.value.body
+    last = max((i for i, (k, _) in enumerate(body) if k is not None), default=-1)
+    tail = [item for _, item in body[last + 1:]]
+    blank = next((i for i, item in enumerate(tail) if isinstance(item, Whitespace)), None)
+    if blank is not None and any(isinstance(item, Comment) for item in tail[blank:]):
+        table.value._insert_at(last + 1, key, value)  # tomlkit has no public insert at a position
+    else:
         table[key] = value
 
 
@@ -617,9 +635,12 @@ def _same_anchor(old: Any, new: Any) -> bool:
 
 
 def _same_parsed(key: str, old: Any, new: Any) -> bool:
-    """``loras`` / ``audio`` spelled otherwise in the file (``strength`` left at 1, ``{ path = … }``
-    for a plain path) but meaning what a save would write: the file's spelling stays."""
-    parser = {"loras": parse_loras, "audio": parse_audio}.get(key)
+    """``loras`` / ``audio`` / ``keyframes`` spelled otherwise in the file (``strength`` left at
+    1 or spelled 1.0, ``{ path = … }`` for a plain path) but meaning what a save would write:
+    the file's spelling stays."""
+    parser = {"loras": parse_loras, "audio": parse_audio,
+              # any frame count: both sides are checked against the same one
+              "keyframes": lambda value: parse_keyframes(value, 2**31)}.get(key)
     try:
         return parser is not None and parser(old) == parser(new)
     except (ValueError, TypeError, AttributeError):

@@ -67,9 +67,13 @@ def image_to_video(job: SegmentJob) -> bool:
     return job.anchor is not None or kind in ("image", "video") or (kind == "previous" and job.index > 0)
 
 
+def _has_role(preset: Preset, role: str) -> bool:
+    return any(f.role == role for f in preset.files)
+
+
 def _mmproj(preset: Preset) -> Path | None:
     """The enhancer's vision projector, when the preset names one (role ``enhancer_mmproj``)."""
-    if not any(f.role == "enhancer_mmproj" for f in preset.files):
+    if not _has_role(preset, "enhancer_mmproj"):
         return None
     return preset.file("enhancer_mmproj").local_path()
 
@@ -87,6 +91,9 @@ class EnhanceStage(Stage):
         return {
             "prompt": job.segment.prompt,
             "model": model_identity(job.preset, "enhancer", TINY_LLM_VERSION),
+            # The vision projector loads with the LLM (another chat handler) even without an image.
+            "mmproj": (model_identity(job.preset, "enhancer_mmproj", TINY_LLM_VERSION)
+                       if _has_role(job.preset, "enhancer_mmproj") else None),
             "seed": job.seed,
             "max_tokens": _max_tokens(job),
             "system_prompt": SYSTEM_PROMPT_VERSION,

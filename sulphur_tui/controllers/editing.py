@@ -256,7 +256,7 @@ class Editing:
         if label is None:
             app.notify("Nothing to undo.", timeout=2)
         else:
-            self.changed()
+            self.changed(_renamed(label, undone=True))
             self._files_follow(label, undone=True)
 
     def redo(self) -> None:
@@ -267,7 +267,7 @@ class Editing:
         if label is None:
             app.notify("Nothing to redo.", timeout=2)
         else:
-            self.changed()
+            self.changed(_renamed(label, undone=False))
             self._files_follow(label, undone=False)
 
     def _files_follow(self, label: str, *, undone: bool) -> None:
@@ -367,3 +367,13 @@ def desktop_opener() -> str | None:
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return None
     return shutil.which("xdg-open")
+
+
+def _renamed(label: str, *, undone: bool) -> str | None:
+    """The id a shot has after undoing (or redoing) the edit ``label``, when that edit was a rename
+    ("rename beam to glow"): the list keeps that shot selected instead of jumping to the first."""
+    parts = label.split(" ")  # ids hold no spaces
+    if len(parts) == 4 and parts[0] == "rename" and parts[2] == "to":
+        return parts[1] if undone else parts[3]
+    return None
+

@@ -30,6 +30,15 @@ last job ended (the film's path, or why not) until the next one starts.
 **Status:** `● rendered` · `◐ stale` (it or a shot it continues from changed since its
 render) · `◷ queued` · `▶ 42%` rendering · `✖ failed` · `○ new`.
 
+**Shot form:** a blank field is the project's value (or none). The per-shot controls are
+one line each, checked as a load and a render check them (a file that is not there is
+refused on the field, by name; paths are relative to the storyboard's folder):
+`keyframes` `0=start.png, -1=end.png@0.8` (frame=still, -1 the last frame, `@` a strength
+0–1) · `retake` `40-56` (regenerate those frames, keep the rest) · `LoRAs`
+`loras/grain.safetensors@0.8, hf://owner/name/file.safetensors@1` (`@` a strength −10…10,
+default 1; `hf://` a Hub file, fetched by `sulphur models pull`) · `audio` `voice.wav`, or
+`score.flac+12.5` to start 12.5 s into the file. Typing in one field is one `ctrl+z`.
+
 **Takes (`t`):** several seeds of the selected shot. `r` renders the next N seeds through
 the worker, one row each (its stage, steps and progress, then its clip and last frame);
 `enter` on a rendered take makes it the shot's (its seed, its prompt locked; `ctrl+z`

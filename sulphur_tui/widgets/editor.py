@@ -17,9 +17,23 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
-from pipeline.project.keyframes import format_keyframes, keyframes_from_text, retake_from_text
+from pipeline.project.keyframes import (
+    format_keyframes,
+    keyframes_from_text,
+    parse_keyframes,
+    parse_retake,
+    retake_from_text,
+)
+from pipeline.project.references import shot_file_problem
 from pipeline.project.storyboard import DRIFT_GUARDS, Anchor, Segment, Storyboard, check_sigmas
-from sulphur_tui.values import format_sigmas, parse_sigmas
+from sulphur_tui.values import (
+    format_audio,
+    format_loras,
+    format_sigmas,
+    parse_audio_text,
+    parse_loras_text,
+    parse_sigmas,
+)
 
 ANCHOR_KINDS = [("previous shot", "previous"), ("image file", "image"), ("video (last frame)", "video"),
                 ("none (text only)", "none")]
@@ -27,6 +41,13 @@ INHERIT = "inherit"
 # Fields are validated here (see _input), not by Input: its per-keystroke -valid/-invalid
 # class toggling restyles the editor on every shot change.
 _OWN_VALIDATION = ["submitted"]
+#: Integer fields and their ranges.
+NUMBER_FIELDS = {"seed": (0, 2**63 - 1), "frames": (1, 2000), "steps": (1, 200), "keep": (1, 2000)}
+#: Field id → the Segment field it sets, where that is all there is to it.
+FIELD_KEYS = {"seed": "seed", "steps": "steps", "lora": "lora_strength", "sigmas": "refine_sigmas",
+              "keep": "keep", "keyframes": "keyframes", "retake": "retake", "loras": "loras", "audio": "audio"}
+#: Fields whose parse errors say what is wrong (the others: "not a number").
+SAYS_WHY = ("sigmas", "keyframes", "retake", "loras", "audio")
 
 
 def _int(text: str, lo: int, hi: int) -> int | None:
@@ -43,15 +64,13 @@ def _float(text: str, lo: float, hi: float) -> float:
     return value
 
 
-def shot_extras(seg: Segment) -> str:
-    """The shot's own LoRAs and sound in one line (read-only here; set in the file)."""
-    parts = []
-    if seg.loras:
-        parts.append("LoRAs: " + ", ".join(f"{ref.label} ×{ref.strength:g}" for ref in seg.loras))
-    if seg.audio is not None:
-        start = f" from {seg.audio.start:g} s" if seg.audio.start else ""
-        parts.append(f"follows sound: {seg.audio.path}{start}")
-    return " · ".join(parts) + ("  (edit in the storyboard file)" if parts else "")
+def _named_files(seg: Segment, key: str) -> list[str]:
+    """The local files a shot's ``key`` names, as the storyboard spells them."""
+    if key == "keyframes":
+        return [kf.image for kf in seg.keyframes]
+    if key == "loras":
+        return [ref.path for ref in seg.loras if not ref.repo]
+    return [seg.audio.path] if key == "audio" and seg.audio is not None else []
 
 
 class SegmentEditor(VerticalScroll):
@@ -78,8 +97,9 @@ class SegmentEditor(VerticalScroll):
     SegmentEditor #drift { width: 28; }
     SegmentEditor #retake { width: 9; }
     SegmentEditor Input.-bad { background: $error 30%; }
-    SegmentEditor #field-error { color: $error; width: 1fr; height: 1; margin-top: 1; }
-    SegmentEditor #shot-extras { display: none; width: 1fr; height: auto; }
+    /* docked: the message stays in sight however far the form is scrolled (80x24 shows ten rows) */
+    SegmentEditor #field-error { dock: bottom; display: none; color: $error; background: $panel;
+                                 width: 1fr; height: auto; max-height: 3; }
     """
 
     @dataclass
@@ -112,6 +132,7 @@ class SegmentEditor(VerticalScroll):
         self.segment_id: str | None = None
         self.segment: Segment | None = None
         self.fps = 24  # the project's: a shot's frame count (keyframe and retake frames are checked against it)
+        self.storyboard: Storyboard | None = None  # where the shot's files are looked for (its folder)
 
     def compose(self) -> ComposeResult:
         yield Label("", id="seg-title")
@@ -164,8 +185,16 @@ class SegmentEditor(VerticalScroll):
             yield Label("retake")
             yield Input(placeholder="–", id="retake", compact=True, validate_on=_OWN_VALIDATION,
                         tooltip="first-last: regenerate those frames of the rendered shot, keep the rest")
-        # Shown only for a shot that has them; edited in the storyboard file (README: `loras`, `audio`).
-        yield Label("", id="shot-extras", classes="field-label")
+        with Horizontal(classes="row"):  # loras/audio
+            yield Label("LoRAs")
+            yield Input(placeholder="none", id="loras", compact=True, validate_on=_OWN_VALIDATION,
+                        tooltip="file@strength, …: e.g. loras/grain.safetensors@0.8, "
+                                "hf://owner/name/file.safetensors@1 (a Hub file; sulphur models pull)")
+        with Horizontal(classes="row"):
+            yield Label("audio")
+            yield Input(placeholder="none: the shot makes its own sound", id="audio", compact=True,
+                        validate_on=_OWN_VALIDATION,
+                        tooltip="a sound file the shot follows, e.g. voice.wav; score.flac+12.5 starts 12.5 s in")
         yield Label("", id="field-error")
 
     # ------------------------------------------------------------------ loading
@@ -173,7 +202,7 @@ class SegmentEditor(VerticalScroll):
         """Show a shot; nothing posted."""
         seg = sb.segment(segment_id)
         self.segment_id, self.segment = segment_id, seg
-        self.fps = sb.project.fps
+        self.fps, self.storyboard = sb.project.fps, sb
         i = sb.index(segment_id)
         with self.prevent(TextArea.Changed, Input.Changed, Select.Changed, Checkbox.Changed):
             # Fixed-size labels: no layout pass needed (it would re-arrange the whole screen).
@@ -199,9 +228,8 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#keyframes", format_keyframes(seg.keyframes) or None)
             self._set_input("#retake", f"{seg.retake[0]}-{seg.retake[1]}" if seg.retake else None)
             self.query_one("#drift", Select).value = seg.drift_guard or INHERIT
-            extras = self.query_one("#shot-extras", Label)
-            extras.update(shot_extras(seg), layout=False)
-            extras.display = bool(seg.loras or seg.audio)
+            self._set_input("#loras", format_loras(seg.loras) or None)
+            self._set_input("#audio", format_audio(seg.audio) or None)
             for inp in self.query(Input):
                 inp.remove_class("-bad")
             self._error("")
@@ -209,7 +237,16 @@ class SegmentEditor(VerticalScroll):
     def _error(self, text: str) -> None:
         label = self.query_one("#field-error", Label)
         if str(label.content) != text:
-            label.update(text, layout=False)
+            label.update(text)  # a layout: its height follows the message (up to three lines)
+            label.display = bool(text)
+            self.call_after_refresh(self._focus_in_sight)
+
+    def _focus_in_sight(self) -> None:
+        """The message's line is docked over the form's foot: scroll the field being typed in
+        out from under it (scroll_visible leaves room for docked widgets)."""
+        focused = self.screen.focused
+        if focused is not None and self in focused.ancestors:
+            focused.scroll_visible(animate=False)
 
     def _set_text(self, selector: str, text: str) -> None:
         area = self.query_one(selector, TextArea)
@@ -271,59 +308,84 @@ class SegmentEditor(VerticalScroll):
         error = ""
         value: Any = None
         try:
-            if key == "seed":
-                value = _int(text, 0, 2**63 - 1) if text else None
-            elif key == "frames":
-                value = _int(text, 1, 2000) if text else None
-            elif key == "seconds":
-                value = _float(text, 0, 120) if text else None
-            elif key == "steps":
-                value = _int(text, 1, 200) if text else None
-            elif key == "lora":
-                value = float(text) if text else None
-            elif key in ("anchor-path", "preset"):
-                value = text
-            elif key == "sigmas":
-                value = check_sigmas(parse_sigmas(text)) if text else None
-            elif key == "keep":
-                value = _int(text, 1, 2000) if text else None
-            elif key in ("keyframes", "retake") and self.segment is not None:
-                frames = self.segment.frame_count(self.fps)
-                value = keyframes_from_text(text, frames) if key == "keyframes" else retake_from_text(text, frames)
+            value = self._parse(key, text)
         except ValueError as exc:
-            says = key in ("sigmas", "keyframes", "retake") or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
+            says = key in SAYS_WHY or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
             error = f"{key}: {exc}" if says else f"{key}: not a number"
         inp.set_class(bool(error), "-bad")
         self._error(error)
-        if error:
-            return
-        coalesce = f"{key}:{self.segment_id}"
+        if not error:
+            self._apply(key, value)
+
+    def _parse(self, key: str, text: str) -> Any:
+        """The field's text as the value its storyboard key holds (None: blank, the default);
+        ValueError says what is wrong."""
         if key == "frames":
-            changes = {"frames": value}
+            return self._length_fits(key, _int(text, *NUMBER_FIELDS[key]) if text else None)
+        if key in NUMBER_FIELDS:
+            return _int(text, *NUMBER_FIELDS[key]) if text else None
+        if key == "seconds":
+            return self._length_fits(key, _float(text, 0, 120) if text else None)
+        if key == "lora":
+            return float(text) if text else None
+        if key in ("anchor-path", "preset"):
+            return text
+        if key == "sigmas":
+            return check_sigmas(parse_sigmas(text)) if text else None
+        if key in ("keyframes", "retake") and self.segment is not None:
+            frames = self.segment.frame_count(self.fps)
+            if key == "retake":
+                return retake_from_text(text, frames)
+            return self._files_exist(key, keyframes_from_text(text, frames))
+        if key == "loras":
+            return self._files_exist(key, parse_loras_text(text))
+        if key == "audio":
+            return self._files_exist(key, parse_audio_text(text))
+        return None
+
+    def _length_fits(self, key: str, value: int | float | None) -> int | float | None:
+        """``value`` (frames or seconds) if the shot's keyframes and retake still fall inside it,
+        as a load checks them; else ValueError saying which does not."""
+        if self.segment is None:
+            return value
+        other = "seconds" if key == "frames" else "frames"
+        seg = replace(self.segment, **{key: value, other: None if value is not None else getattr(self.segment, other)})
+        frames = seg.frame_count(self.fps)
+        parse_keyframes([kf.to_toml() for kf in seg.keyframes], frames)
+        if seg.retake is not None:
+            try:
+                parse_retake(list(seg.retake), frames)
+            except ValueError as exc:
+                raise ValueError(f"the retake {exc}") from None
+        return value
+
+    def _files_exist(self, key: str, value: Any) -> Any:
+        """``value`` if the files it names are usable (the render's own check, relative to the
+        storyboard's folder); else ValueError naming the file as written."""
+        if self.segment is None or self.storyboard is None:
+            return value
+        seg = replace(self.segment, **{key: value})
+        problem = shot_file_problem(self.storyboard, seg, key)
+        for name in _named_files(seg, key):
+            problem = problem.replace(str(self.storyboard.resolve(name)), name)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    def _apply(self, key: str, value: Any) -> None:
+        """Post a good field's value as a change of its key (one undo step per field and shot)."""
+        coalesce = f"{key}:{self.segment_id}"
+        if key in ("frames", "seconds"):
+            changes = {key: value}
             if value is not None:
-                changes["seconds"] = None  # one or the other, never both
-                self._clear("#seconds")
+                other = "seconds" if key == "frames" else "frames"
+                changes[other] = None  # one or the other, never both
+                self._clear(f"#{other}")
             self._post(coalesce=coalesce, **changes)
-        elif key == "seconds":
-            changes = {"seconds": value}
-            if value is not None:
-                changes["frames"] = None
-                self._clear("#frames")
-            self._post(coalesce=coalesce, **changes)
-        elif key == "seed":
-            self._post(coalesce=coalesce, seed=value)
-        elif key == "steps":
-            self._post(coalesce=coalesce, steps=value)
-        elif key == "lora":
-            self._post(coalesce=coalesce, lora_strength=value)
         elif key == "preset":
             self._post(coalesce=coalesce, preset=value or None)
-        elif key == "sigmas":
-            self._post(coalesce=coalesce, refine_sigmas=value)
-        elif key == "keep":
-            self._post(coalesce=coalesce, keep=value)
-        elif key in ("keyframes", "retake"):
-            self._post(coalesce=coalesce, **{key: value})
+        elif key in FIELD_KEYS:
+            self._post(coalesce=coalesce, **{FIELD_KEYS[key]: value})
         elif key == "anchor-path":
             kind = str(self.query_one("#anchor-kind", Select).value)
             if kind in ("image", "video") and value:

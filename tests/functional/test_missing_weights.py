@@ -21,8 +21,8 @@ def test_render_with_missing_weights_names_each_file_and_runs_nothing(tmp_path: 
                             capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 1
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: preset sulphur2-ltx23 is missing 7 file(s)")
-    for role in ("transformer_gguf", "lora", "upsampler", "upscaler", "enhancer"):
+    assert error.startswith("error: preset sulphur2-ltx23 is missing 8 file(s)")
+    for role in ("transformer_gguf", "lora", "upsampler", "upscaler", "enhancer", "enhancer_mmproj"):
         assert f"{role}:" in error
     assert str(tmp_path / "home") in error  # where to put them
     events = [line for line in result.stdout.splitlines() if line.strip()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,12 @@ from pipeline.project.storyboard import load
 from .test_editing import SIZE, make
 
 pytestmark = pytest.mark.asyncio
+STILL = Path(__file__).resolve().parents[2] / "storyboards" / "stills" / "beam.png"
 
 
 async def test_keyframes_and_retake_are_edited_checked_and_saved(story: Path) -> None:
+    for name in ("start.png", "end.png", "late.png"):  # the form refuses stills that are not there
+        shutil.copy(STILL, story.parent / name)
     app = make(story)
     async with app.run_test(size=SIZE) as pilot:
         keyframes, retake = app.query_one("#keyframes", Input), app.query_one("#retake", Input)

@@ -65,6 +65,7 @@ async def test_rename_with_its_files(story: Path) -> None:
         await pilot.press("r")
         await pilot.pause()
         assert app.doc is not None and not app.doc.dirty
+        print("DBG", getattr(app.screen, "new", None), app.screen, app.screen.focused, [i.value for i in app.screen.query(Input)][:3])
         assert [s.id for s in app.doc.storyboard.segments] == ["dawn", "glow", "storm"]
         assert app.selected == "glow"
         renamed = story.read_text()
@@ -158,3 +159,47 @@ async def test_footer_help_and_palette_name_the_new_keys(story: Path) -> None:
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert isinstance(app.screen, RenameScreen) and app.screen.segment_id == "dawn"
+
+
+async def test_keys_typed_in_one_burst_reach_the_new_id(story: Path) -> None:
+    """tmux send-keys / a paste over SSH: "n", the id and enter arrive before the dialog has
+    opened. None is lost: the shot is renamed; then "r" renames its preview too."""
+    from textual import events
+
+    previews = story.parent / "renders" / "story" / "previews"
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down")  # beam
+        await pilot.pause()
+        for key in ["n", "g", "l", "o", "w", "enter"]:
+            app._driver.send_message(events.Key(key, "\r" if key == "enter" else key))  # no wait between keys
+        for _ in range(50):  # a loaded machine: give the dialogs time, not the keys
+            await pilot.pause(0.1)
+            if isinstance(app.screen, ConfirmRenameFiles):
+                break
+        field = app.screen.query("#new-id")
+        assert isinstance(app.screen, ConfirmRenameFiles), field.first().value if field else app.screen
+        assert app.screen.new == "glow"
+        await pilot.press("r")
+        await pilot.pause()
+        assert [s.id for s in app.doc.storyboard.segments] == ["dawn", "glow", "storm"]
+    assert (previews / "glow.png").exists() and not (previews / "beam.png").exists()
+    assert [s.id for s in load(story).segments] == ["dawn", "glow", "storm"]  # renaming files saves
+
+
+
+async def test_undoing_a_rename_keeps_that_shot_selected(story: Path) -> None:
+    """ctrl+z after renaming the second shot leaves the cursor on it (it used to jump to the first)."""
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "n")
+        await _type_id(pilot, app, "glow")
+        await pilot.press("enter", "k")  # rename the id only
+        await pilot.pause()
+        assert app.selected == "glow"
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert app.selected == "beam" and app.query_one("#seg-title").render().plain.endswith("beam")
+        await pilot.press("ctrl+y")
+        await pilot.pause()
+        assert app.selected == "glow"

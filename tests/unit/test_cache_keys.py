@@ -482,14 +482,39 @@ def test_a_reference_or_an_anchor_appearing_moves_the_key(tmp_path: Path) -> Non
         assert _key(stages[name], job) != _key(stages[name], t2v)
 
 
+def test_the_enhancers_vision_projector_is_part_of_the_enhance_key(tmp_path: Path) -> None:
+    """The mmproj loads with the LLM (another chat handler) even for a T2V prompt: replacing,
+    adding or removing it must re-run the enhancer, and must not touch the draft's key."""
+    files = {role: tmp_path / f"{role}.gguf" for role in ("diffusers", "enhancer", "enhancer_mmproj")}
+    for p in files.values():
+        p.write_bytes(b"v1")
+    preset = dataclasses.replace(get_preset("tiny"), name="real-ltx", builder=None,
+                                 files=tuple(ModelFile(r, r, path=str(p)) for r, p in files.items()))
+    stages = _stages()
+    job = dataclasses.replace(_job(tmp_path, preset), anchor=None, anchor_digest="", index=0)  # T2V
+
+    def key() -> str:
+        return _key(stages["enhance"], job)
+
+    before = key()
+    files["enhancer_mmproj"].write_bytes(b"version 2")
+    replaced = key()
+    assert replaced != before
+    files["enhancer_mmproj"].unlink()
+    assert key() not in (before, replaced)  # a missing projector is not the projector
+    without = dataclasses.replace(preset, files=tuple(f for f in preset.files if f.role != "enhancer_mmproj"))
+    assert _key(stages["enhance"], dataclasses.replace(job, preset=without)) != replaced
+
+
 # ------------------------------------------------------------------ the key's own field names
 
 #: stage -> (its version, every field name its key can hold, nested as dotted paths). A user's
 #: cache on disk is keyed by these names: renaming one silently re-renders every cached shot
-#: (hours of GPU time) after an upgrade. A deliberate change bumps the stage's version and this line.
+#: (hours of GPU time) after an upgrade. A deliberate change updates this line (and the version
+#: when the stage's output changes meaning).
 KEY_FIELDS: dict[str, tuple[int, str]] = {
-    "enhance": (3, "anchor image_to_video max_tokens mode model model.file model.missing model.mtime_ns model.size "
-                   "model.tiny prompt prompts_from seed system_prompt"),
+    "enhance": (3, "anchor image_to_video max_tokens mmproj mode model model.file model.missing model.mtime_ns "
+                   "model.size model.tiny prompt prompts_from seed system_prompt"),
     "draft": (2, "anchor audio audio_track fps frames guidance_scale keyframes keyframes.[].frame keyframes.[].image "
                  "keyframes.[].strength lora_strength loras model prompt schedule seed size steps"),
     "refine": (1, "audio_track fps guidance_scale lora_strength loras model seed sigmas size"),
@@ -529,4 +554,4 @@ def test_a_stage_keys_its_cache_by_the_field_names_it_was_released_with(stage_na
     version, expected = KEY_FIELDS[stage_name]
     assert (stage.version, " ".join(sorted(names))) == (version, expected), (
         f"{stage_name}'s key fields changed: every cached entry would be rendered again; "
-        "if that is meant, bump the stage's version and update KEY_FIELDS")
+        "if that is meant, update KEY_FIELDS (and the stage's version if its output changes)")

@@ -91,9 +91,9 @@ def test_real_preset_says_what_is_missing_and_where(tmp_path: Path, monkeypatch:
     gguf = preset.file("transformer_gguf")
     assert "SULPHUR_LTX_GGUF" in gguf.where() and "Q3_K_M" in gguf.where()
     # The default place resolves under $SULPHUR_HOME; an env var overrides it.
-    (tmp_path / "ltx23").mkdir()
-    (tmp_path / "ltx23" / "ltx-2.3-22b-dev-Q3_K_M.gguf").write_bytes(b"x")
-    assert gguf.local_path() == tmp_path / "ltx23" / "ltx-2.3-22b-dev-Q3_K_M.gguf"
+    (tmp_path / "sulphur2").mkdir()
+    (tmp_path / "sulphur2" / "sulphur_dev-Q3_K_M.gguf").write_bytes(b"x")
+    assert gguf.local_path() == tmp_path / "sulphur2" / "sulphur_dev-Q3_K_M.gguf"
     other = tmp_path / "elsewhere.gguf"
     other.write_bytes(b"y")
     monkeypatch.setenv("SULPHUR_LTX_GGUF", str(other))

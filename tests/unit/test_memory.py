@@ -267,3 +267,18 @@ def test_the_text_encoders_disk_copy_is_named_after_its_weights(tmp_path, monkey
     other = ltx2._text_encoder_plan(plan, get_preset("ltx2-19b-random")).options["offload_to_disk_path"]
     assert other != tiny_dir and Path(other).parent == Path(tiny_dir).parent
     assert not Path(tiny_dir).exists()  # the other model's copy is gone, not reused
+
+
+def test_measured_safetensors_count_float32_at_the_16_bits_they_load_in(tmp_path) -> None:
+    """diffusers/LTX-2.3-Diffusers stores Gemma and the connectors in fp32 (48.75 GB on disk); the
+    loaders cast them to bf16, so the planner must not take the file size for their footprint."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "diffusers"
+    (folder / "connectors").mkdir(parents=True)
+    save_file({"w": torch.zeros(1000, 1000), "ids": torch.zeros(1000, dtype=torch.int64)},
+              str(folder / "connectors" / "model.safetensors"))
+    file_size = (folder / "connectors" / "model.safetensors").stat().st_size
+    preset = replace(REAL, files=(ModelFile("diffusers", "folder", path=str(folder)),))
+    loaded = component_sizes(preset)["connectors"].nbytes
+    assert loaded == file_size - 2 * 1000 * 1000  # fp32 at 2 bytes; the int64 ids as stored

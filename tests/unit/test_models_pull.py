@@ -281,7 +281,8 @@ def test_the_real_presets_files_are_found_after_a_pull(hub: HubServer) -> None:
 
     real = get_preset("sulphur2-ltx23")
     # URL files (GitHub release assets) are covered above; this machine reaches no GitHub.
-    preset = replace(real, files=tuple(f for f in real.files if f.repo))
+    # The loopback Hub serves stand-in bytes, so the published sha256/size pins are left out here.
+    preset = replace(real, files=tuple(replace(f, sha256="", size=None) for f in real.files if f.repo))
     assert preset.files, "the preset names no Hub repo"
     for i, spec in enumerate(preset.files):
         pattern = spec.filename or "*"
