@@ -16,7 +16,11 @@ Usage:
     python bench/mutation.py -j 2 wire storyboard           # some modules
     python bench/mutation.py -j 16 planner --mutants 'pipeline.memory.planner.x__refuse*'
                                                             # some mutants only (written to <module>_subset.json)
-    python bench/mutation.py -j 16 slow                     # stages + runner through tiny-model renders (slow)
+    timeout 570 python bench/mutation.py -j 16 -m 2 --resume slow
+                                                            # stages + runner (~5,000 mutants, tiny-model runs
+                                                            # in-process): repeat the call until it prints both
+                                                            # modules' results (each call picks up where the
+                                                            # last stopped)
     python bench/mutation.py --list                         # modules, their files and tests
     python bench/mutation.py --report bench/results/mutation_<date>.md --reasons bench/results/mutation_reasons.json
 
@@ -183,13 +187,17 @@ def _diffs(dest: Path, names: list[str]) -> dict[str, str]:
     return json.loads(proc.stdout)
 
 
-def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str] | None = None) -> dict:
-    """Mutate one module in its own copy and judge it by its tests; ``mutants``: only these (globs)."""
+def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str] | None = None,
+               resume: bool = False) -> dict:
+    """Mutate one module in its own copy and judge it by its tests; ``mutants``: only these (globs).
+    ``resume``: reuse the copy a timed-out run left (mutmut keeps each verdict as it goes and
+    skips the mutants that have one), so a long module can run over several calls."""
     mutate, tests = MODULES[name]
     tests = [t for t in tests if (ROOT / t.split("::")[0]).exists()]
     dest = workdir / name
-    _copy_checkout(dest)
-    _write_config(dest, mutate, tests)
+    if not (resume and (dest / "mutants").is_dir()):
+        _copy_checkout(dest)
+        _write_config(dest, mutate, tests)
     t0 = time.perf_counter()
     stem = name + ("_subset" if mutants else "")
     mutants = mutants or ONLY.get(name)
@@ -302,6 +310,9 @@ def main() -> None:
                     help="run only these mutants (mutmut names, globs allowed); results go to <module>_subset.json")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sulphur-mutation"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue in the copies a timed-out run left in --workdir (the slow group needs several "
+                         "10-minute calls)")
     ap.add_argument("--list", action="store_true", help="print the modules, their files and tests")
     ap.add_argument("--report", type=Path, help="write a markdown report of --out's results to this file")
     ap.add_argument("--reasons", type=Path, help="JSON {mutant name: one-line reason} for the report")
@@ -318,7 +329,8 @@ def main() -> None:
     at_once = max(1, min(args.modules_at_once, len(modules)))
     jobs = max(1, args.jobs // at_once)
     with ThreadPoolExecutor(at_once) as pool:  # each module is its own mutmut process; threads only wait
-        runs = [pool.submit(run_module, name, args.workdir, args.out, jobs, args.mutants) for name in modules]
+        runs = [pool.submit(run_module, name, args.workdir, args.out, jobs, args.mutants, args.resume)
+                for name in modules]
         for run in runs:
             print(json.dumps(run.result()), flush=True)
 
