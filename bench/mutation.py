@@ -47,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -164,11 +165,31 @@ def _mutmut(dest: Path, *args: str, log: Path | None = None) -> str:
     env = dict(os.environ, PYTHONPATH=_pythonpath(dest), SULPHUR_TEST_HOME=os.environ.get("SULPHUR_TEST_HOME", ""))
     if not env["SULPHUR_TEST_HOME"]:
         env.pop("SULPHUR_TEST_HOME")
-    proc = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env,
-                          capture_output=True, text=True)
+    # Its own session: a timeout that ends this script ends mutmut and its forked children too
+    # (an orphan would go on writing verdicts into the copy that --resume picks up).
+    proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    _LIVE.add(proc)
+    try:
+        out, err = proc.communicate()
+    finally:
+        _LIVE.discard(proc)
     if log is not None:
-        log.write_text(proc.stdout + proc.stderr)
-    return proc.stdout
+        log.write_text(out + err)
+    return out
+
+
+#: mutmut processes running now, ended with their process groups when this script is told to stop.
+_LIVE: set[subprocess.Popen] = set()
+
+
+def _stop(signum: int, _frame: object) -> None:
+    for proc in list(_LIVE):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(128 + signum)  # now: the worker threads wait on the processes just killed
 
 
 _DIFFS = """
@@ -326,6 +347,8 @@ def main() -> None:
         return
     modules = _modules(args.modules)
     args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _stop)  # `timeout` sends it
+    signal.signal(signal.SIGINT, _stop)
     at_once = max(1, min(args.modules_at_once, len(modules)))
     jobs = max(1, args.jobs // at_once)
     with ThreadPoolExecutor(at_once) as pool:  # each module is its own mutmut process; threads only wait
