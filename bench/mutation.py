@@ -97,12 +97,18 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                                      "refine", "resize_refine", "retake", "upscale")],
                ["tests/functional/test_draft_refine.py", "tests/unit/test_upscale.py", "tests/unit/test_drift.py",
                 "tests/unit/test_enhancer.py", "tests/unit/test_keyframes.py", "tests/unit/test_sigmas.py",
-                "tests/unit/test_shot_loras_audio.py", "tests/unit/test_cache_keys.py"]),
+                "tests/unit/test_shot_loras_audio.py", "tests/unit/test_cache_keys.py",
+                # in-process renders: the only callers of GradeStage.run, the retake, family and
+                # prompt-embedding stages (a subset run of grade.py left its run() "no tests" without them)
+                "tests/functional/test_drift_guard_e2e.py", "tests/functional/test_retake.py",
+                "tests/functional/test_families.py", "tests/functional/test_prompt_embeds.py",
+                "tests/functional/test_keyframes.py"]),
     "runner": ([f"pipeline/render/{f}.py" for f in ("runner", "job", "extend", "fallback", "takes", "outputs",
                                                      "usage", "errors", "lora_audio")],
                ["tests/unit/test_fallback.py", "tests/unit/test_cache_keys.py", "tests/functional/test_outputs.py",
                 "tests/functional/test_retake.py", "tests/functional/test_mixed_presets.py",
-                "tests/functional/test_shot_loras_audio.py", "tests/functional/test_drift_guard_e2e.py"]),
+                "tests/functional/test_shot_loras_audio.py", "tests/functional/test_drift_guard_e2e.py",
+                "tests/functional/test_prompt_embeds.py", "tests/functional/test_families.py"]),
 }
 
 #: Modules whose files hold much more than their tests aim at: only these mutants are run and
