@@ -252,7 +252,8 @@ def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str
 
 #: Survivors recognised by their diff, with the reason they need no test (equivalent mutants).
 EQUIVALENT = [
-    (re.compile(r'^[-+].*"(?:PRAGMA|SELECT|INSERT|UPDATE|WHERE|pragma|select|insert|update|where)\b', re.M),
+    (re.compile(r'^[-+].*"(?:PRAGMA|SELECT|INSERT|UPDATE|WHERE|ALTER|pragma|select|insert|update|where|alter)\b',
+                re.M),
      "equivalent: SQL keywords and column names are case-insensitive"),
 ]
 
