@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from pipeline.models.download import PullError, human, pattern_root, pull, where_found
+from pipeline.models.download import (
+    PullError,
+    folder_root,
+    human,
+    pull,
+    pulled_files,
+    pulled_path,
+    where_found,
+)
 from pipeline.models.registry import Preset, all_presets, get_preset
 from pipeline.models.user_loras import hub_file
 from pipeline.models.verify import verify
@@ -79,19 +88,30 @@ def storyboard_loras(path: str) -> Preset:
 
 def _file_row(f: Any) -> dict[str, Any]:
     path = f.local_path()
+    parts = _parts(f, path)
     size = f.size
     if size is None and path is not None:  # what is on disk: a file, or a folder's files
-        size = path.stat().st_size if path.is_file() else sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
+        size = path.stat().st_size if path.is_file() else sum(q["size"] for q in parts or ())
+    filename = list(f.filename) if isinstance(f.filename, tuple) else f.filename or None
     row: dict[str, Any] = {"role": f.role, "description": f.description, "repo": f.repo or None,
-            "filename": f.filename or None, "revision": f.revision if f.repo else None,
+            "filename": filename, "revision": f.revision if f.repo else None,
             "url": f.url or None, "size": size, "sha256": f.sha256 or None, "env": f.env or None,
             "found": where_found(f), "path": str(path) if path else None}
-    if path is not None and path.is_dir() and f.repo:
-        # A folder pattern's files, as repo paths (what `pull` fetched).
-        root = pattern_root(f.filename or "*")
-        row["parts"] = [{"filename": "/".join(filter(None, (root, q.relative_to(path).as_posix()))),
-                         "size": q.stat().st_size} for q in sorted(path.rglob("*")) if q.is_file()]
+    if parts is not None and f.repo:
+        row["parts"] = parts
     return row
+
+
+def _parts(f: Any, path: Path | None) -> list[dict[str, Any]] | None:
+    """A folder's files as repo paths with sizes: what `pull` fetched, else what is in the folder."""
+    if path is None or not path.is_dir():
+        return None
+    pulled = pulled_files(f) if f.repo and path == pulled_path(f) else None
+    if pulled is not None:  # this spec's files only: a snapshot root also holds other specs' files
+        return [{"filename": rel, "size": q.stat().st_size} for rel, q in pulled.items()]
+    root = folder_root(f) if f.repo else ""
+    return [{"filename": "/".join(filter(None, (root, q.relative_to(path).as_posix()))),
+             "size": q.stat().st_size} for q in sorted(path.rglob("*")) if q.is_file()]
 
 
 def main_list(args: argparse.Namespace) -> int:
@@ -111,7 +131,7 @@ def main_list(args: argparse.Namespace) -> int:
             if preset.builder is not None:
                 print(f"    {f.role:<18} {f.description}  [{'built' if row['path'] else 'built on first use'}]")
                 continue
-            source = (f"{f.repo}/{f.filename}" if f.filename else f.repo) if f.repo else f.url or f.description
+            source = f.source() or f.description
             size = f"  {human(row['size'])}" if row["size"] is not None else ""
             found = "MISSING" if row["found"] == "missing" else row["found"]
             print(f"    {f.role:<18} {source}{size}  [{found}]")

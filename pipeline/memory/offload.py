@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
 
-from pipeline.memory.plan import StagePlan
+from pipeline.memory.plan import StagePlan, allocator_cap
 
 # Deferred imports: diffusers, accelerate, pipeline.memory.kernels.gguf_dequant — hooks and the Triton kernel load
 #   only for the plans that use them
@@ -47,18 +47,19 @@ _ALIGN = 256
 
 
 def enforce_vram_budget(budget_gb: float | None, device: int = 0) -> None:
-    """Cap this process's CUDA allocator at ``budget_gb`` (the storyboard's vram_budget_gb), so a
-    plan that underestimates fails with an OOM (and falls back) instead of spilling. ``None``
+    """Cap this process's CUDA allocator so NVML's figure for the whole process stays within
+    ``budget_gb`` (the storyboard's vram_budget_gb): the budget less the context measured at
+    start-up and the libraries' later growth (:func:`pipeline.memory.plan.allocator_cap`). A plan
+    that underestimates then fails with an OOM (and falls back) instead of spilling. ``None``
     lifts the cap (a worker's next job may have no budget).
 
-    The planner already plans within budget - measured context; capping the allocator there too
-    was tried and measured (bench/results/chain_h200_2026-12-04.json): 2-3 OOM fallbacks per
-    121-frame shot at 8 GiB, because the plans' estimates run short, and NVML still peaked at
-    8.13 GiB. Until the estimates are right, the cap stays at the budget."""
+    Capping at budget - context was tried before the planner counted what a streamed refine
+    holds beside its tiled decode (bench/results/chain_h200_2026-12-04.json: 2-3 fallbacks per
+    shot); the estimates now count it (pipeline/memory/planner.py, "VAE decode")."""
     if not torch.cuda.is_available():
         return
     total = torch.cuda.get_device_properties(device).total_memory
-    cap = None if budget_gb is None else int(budget_gb * 1024**3)
+    cap = allocator_cap(budget_gb)
     torch.cuda.set_per_process_memory_fraction(1.0 if cap is None else min(1.0, cap / total), device)
 
 

@@ -30,6 +30,22 @@ def context_cost() -> int:
     return _measured_context[0] if _measured_context else CUDA_CONTEXT
 
 
+#: GPU memory the libraries take after the start-up measurement (kernels loaded on first use:
+#: Triton's GGUF dequant, cuDNN's algorithms for the VAE's 3D convolutions). NVML peaked at
+#: 8.13 GiB with the allocator reserving 7.23 of a 7.2 GiB cap and 0.8 GiB measured at start-up
+#: (bench/results/chain_h200_2026-12-04.json): 0.1 GiB came later; this allows 2.5×.
+LIBRARY_GROWTH = int(0.25 * GiB)
+
+
+def allocator_cap(budget_gb: float | None) -> int | None:
+    """Bytes the CUDA allocator may reserve so that NVML's figure for the whole process (context,
+    library workspaces, the allocator's reserve) stays within ``budget_gb``: the budget less the
+    measured context and :data:`LIBRARY_GROWTH`. None: no budget, no cap."""
+    if budget_gb is None:
+        return None
+    return max(0, int(budget_gb * GiB) - context_cost() - LIBRARY_GROWTH)
+
+
 class PlanError(RuntimeError):
     """No plan fits the budgets; the message names the component, the amount and a setting that fits."""
 
@@ -103,5 +119,7 @@ class Budgets:
         """Budgets as a user states them: a card of ``vram_gb`` and a machine of ``host_gb``.
         A stated card includes the process's context (``context``, default :func:`context_cost`)."""
         vram = int(vram_gb * GiB) - (0 if detected else context_cost() if context is None else context)
-        return cls(vram=max(0, int(vram * (1 - VRAM_MARGIN))), host=max(0, int(host_gb * GiB) - HOST_RESERVE),
+        # plans stay under the allocator's cap (allocator_cap) on small cards too
+        usable = int(vram * (1 - VRAM_MARGIN)) if detected else min(int(vram * (1 - VRAM_MARGIN)), vram - LIBRARY_GROWTH)
+        return cls(vram=max(0, usable), host=max(0, int(host_gb * GiB) - HOST_RESERVE),
                    vram_setting=None if detected else vram_gb, host_setting=None if detected else host_gb)

@@ -36,8 +36,15 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
   VRAM is kept for fragmentation; the render process itself (torch, CUDA libraries,
   frame buffers) takes about 2.5 GiB of host RAM.
 * **VAE decode**: 250 B per output pixel×frame untiled (the draft decode measured
-  ~110, so this is conservative); tiled (512² px × 16-frame tiles, 8 frames overlap) it
-  is bounded by one tile at 440 B per pixel×frame (2.5 GiB measured beside the weights).
+  ~110, so this is conservative); tiled (512² px tiles) it is bounded by one tile at 440 B
+  per pixel×frame over 24 frames (2.5 GiB measured beside the weights) plus every decoded
+  tile, which diffusers keeps until it blends them (LTX-2 tiles in space only: each tile
+  holds all the frames). Beside the decode sit the VAE's weights and, under the block
+  streamer, its non-block weights, its two slots and its dequant scratch, which it keeps
+  while the transformer is held. The chain bench (bench/results/chain_h200_2026-12-04_run2.json,
+  19B Q4_0 at 8 GiB) shows the sum: its refine under stream-lean+vaetiles peaked at
+  7.35-7.53 GiB reserved where the estimate without the streamer's buffers and the decoded
+  tiles said 5.0 (6.65 with them, 7.3 with 10% fragmentation).
 * **ESRGAN x2plus** fp16: 0.55 GiB of VRAM per 1024×576 input frame (2.4 GiB measured
   at batch 4), proportional to pixels; tiles only when one frame does not fit.
 """
@@ -359,11 +366,32 @@ def _transformer_act(job: _Job, size: tuple[int, int], with_audio: bool) -> int:
 
 
 def _vae_decode(size: tuple[int, int], frames: int, tile: int) -> int:
-    """Decode working set; ``tile`` is the tile edge in pixels (0 = untiled)."""
-    full = size[0] * size[1] * frames * VAE_BYTES_PER_PIXEL_FRAME
+    """Decode working set; ``tile`` is the tile edge in pixels (0 = untiled).
+
+    diffusers' LTX-2 VAE tiles in space only: each tile is decoded over all frames and kept
+    until the tiles are blended, so a tiled decode holds one tile's working set plus every
+    decoded tile (:func:`_decoded_tiles`), and at the blend two more clips beside the tiles:
+    ``tiled_decode`` concatenates each row's blended tiles, then the rows. Without those two
+    the 19B refine at 1024×576×121 peaked 1.0 GiB over its estimate under 256 px tiles
+    (bench/results/chain_h200_2026-12-04_run3.json: 5.74 GiB allocated against 4.72)."""
+    w, h = size
+    full = w * h * frames * VAE_BYTES_PER_PIXEL_FRAME
     if not tile:
         return full
-    return min(full, tile * tile * (VAE_TILE_FRAMES + 8) * VAE_TILE_BYTES_PER_PIXEL_FRAME)
+    blend = 2 * w * h * frames * 3 * 2  # the rows and the clip, bf16 RGB
+    return min(full, tile * tile * (VAE_TILE_FRAMES + 8) * VAE_TILE_BYTES_PER_PIXEL_FRAME) \
+        + _decoded_tiles(size, frames, tile) + blend
+
+
+def _decoded_tiles(size: tuple[int, int], frames: int, tile: int) -> int:
+    """Bytes of every decoded tile held until the blend (bf16 RGB, overlaps included): tiles start
+    every 7/8 of an edge, as :func:`pipeline.memory.offload.enable_vae_tiling` sets them."""
+    stride = tile * 7 // 8
+
+    def extents(n: int) -> int:
+        return sum(min(tile, n - start) for start in range(0, n, stride))
+
+    return extents(size[0]) * extents(size[1]) * frames * 3 * 2
 
 
 #: VAE tile edges the planner tries, fastest first: untiled, diffusers' default 512 px,
@@ -412,20 +440,27 @@ def _text_estimates(comps: dict[str, Component]) -> list[tuple[str, _Est]]:
 
 def _streamer_estimate(t: Component, act: int, decode_phase: int, b: Budgets) -> tuple[_Est, int]:
     """Sulphur's streamer: non-block weights + two slots + the upcast/dequant scratch +
-    activations, plus as many resident blocks as the VRAM budget leaves room for."""
+    activations while it denoises; what it keeps between calls (non-block weights, slots, the
+    block-dequant scratch) beside the VAE decode and the upsampler; plus as many resident
+    blocks as the VRAM budget leaves room for."""
     blk = t.block_bytes
+    kept = 0  # buffers BlockStreamer allocates once and holds while the transformer is held
     if t.fmt == "fp8":
         upcast = int(t.block_bytes * 2 / max(1e-9, BYTES_PER_PARAM.get(t.fmt, 2.0)))
     elif t.fmt in QUANTIZED:
-        # dequant="block": one bf16 scratch the size of a block, plus the per-layer scratch
-        # of the GGUF layers outside the blocks.
-        upcast = int(t.params * t.block_fraction / max(1, t.blocks) * 2) + t.scratch_bytes
+        # dequant="block": one bf16 scratch the size of a block (kept), plus the per-layer
+        # scratch of the GGUF layers outside the blocks.
+        kept = int(t.params * t.block_fraction / max(1, t.blocks) * 2)
+        upcast = kept + t.scratch_bytes
     else:
         upcast = t.scratch_bytes
-    base = max(t.nonblock_bytes + 2 * blk + upcast + act, decode_phase + t.nonblock_bytes)
+    # The slots and the scratch sit beside the VAE decode and the upsampler too
+    # (pipeline/memory/offload.py BlockStreamer.__init__), not only beside the denoise.
+    held = t.nonblock_bytes + 2 * blk + kept
+    base = max(t.nonblock_bytes + 2 * blk + upcast + act, held + decode_phase)
     k = max(0, min(t.blocks - 2, (b.vram - base) // blk)) if blk else 0
     w = t.nbytes
-    return _Est(base + k * blk, w, w, held_vram=t.nonblock_bytes + k * blk, held_host=w), k
+    return _Est(base + k * blk, w, w, held_vram=held + k * blk, held_host=w), k
 
 
 def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], device: str,
@@ -464,7 +499,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                         if k == 0:
                             continue
                         est = _Est(est.vram - k * t.block_bytes, est.host, est.pinned,
-                                   held_vram=t.nonblock_bytes, held_host=est.held_host)
+                                   held_vram=est.held_vram - k * t.block_bytes, held_host=est.held_host)
                         k = 0
                     vram, held_vram = est.vram, est.held_vram
                     extra = {"streamer": "sulphur", "resident_blocks": k}

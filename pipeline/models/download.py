@@ -25,6 +25,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import sys
@@ -134,12 +135,41 @@ def pattern_root(pattern: str) -> str:
     return "/".join(fixed)
 
 
+def is_folder(spec: ModelFile) -> bool:
+    """Whether ``spec`` names a folder of files (a glob, several patterns, or none) rather than one file."""
+    return isinstance(spec.filename, tuple) or bool(_GLOB.search(spec.filename or "*"))
+
+
+def folder_root(spec: ModelFile) -> str:
+    """The repo folder a folder spec is found at: the deepest folder all its patterns share.
+
+    ``latent_upsampler/*`` -> ``latent_upsampler``; ``("model_index.json", "vae/*")`` -> ``""``
+    (the snapshot root); ``("transformer/config.json",)`` -> ``transformer``.
+    """
+    roots = [pattern_root(p) if _GLOB.search(p) else posixpath.dirname(p) for p in spec.patterns or ("*",)]
+    return posixpath.commonpath(roots) if all(roots) else ""
+
+
 def _manifest_path(spec: ModelFile, commit: str) -> Path:
     # Which files a pattern matched when it was pulled: a folder that holds some of them
-    # (an interrupted pull) must not count as present.
+    # (an interrupted pull) must not count as present. (A one-pattern key is what it always was.)
 
-    key = hashlib.sha256(f"{spec.repo}\0{spec.filename}".encode()).hexdigest()[:16]
+    names = spec.filename if isinstance(spec.filename, str) else "\0".join(spec.filename)
+    key = hashlib.sha256(f"{spec.repo}\0{names}".encode()).hexdigest()[:16]
     return sulphur_home() / "pulled" / spec.repo.replace("/", "--") / commit / f"{key}.json"
+
+
+def pulled_files(spec: ModelFile) -> dict[str, Path] | None:
+    """Repo path -> cached file, for what a pull of folder spec ``spec`` fetched (None unless all there)."""
+    snap = _snapshot(spec) if spec.repo and is_folder(spec) else None
+    if snap is None:
+        return None
+    try:
+        listed = json.loads(_manifest_path(spec, snap.name).read_text())
+    except (OSError, ValueError):
+        return None
+    files = {rel: snap / rel for rel in sorted(listed)}
+    return files if all(p.is_file() for p in files.values()) else None
 
 
 def pulled_path(spec: ModelFile) -> Path | None:
@@ -152,16 +182,12 @@ def pulled_path(spec: ModelFile) -> Path | None:
     snap = _snapshot(spec)
     if snap is None:
         return None
-    if spec.filename and not _GLOB.search(spec.filename):
+    if not is_folder(spec):
         p = snap / spec.filename
         return p if p.exists() else None
-    try:
-        listed = json.loads(_manifest_path(spec, snap.name).read_text())
-    except (OSError, ValueError):
+    if pulled_files(spec) is None:
         return None
-    if not all((snap / rel).is_file() for rel in listed):
-        return None
-    return snap / pattern_root(spec.filename or "*")
+    return snap / folder_root(spec)
 
 
 def where_found(spec: ModelFile) -> str:
@@ -223,13 +249,16 @@ def _list_tree(repo: str, revision: str) -> list[Any]:
 
 
 def _match(spec: ModelFile, tree: list[Any]) -> list[RemoteFile]:
-    pattern = spec.filename or "*"
-    if _GLOB.search(pattern):
-        hits = [e for e in tree if fnmatch.fnmatchcase(e.path, pattern)]
-    else:
-        hits = [e for e in tree if e.path == pattern]
-    if not hits:
-        raise PullError(f"{spec.repo}@{spec.revision or 'main'} has no file matching {pattern!r} ({spec.role})")
+    found: dict[str, Any] = {}
+    for pattern in spec.patterns or ("*",):
+        if _GLOB.search(pattern):
+            hits = [e for e in tree if fnmatch.fnmatchcase(e.path, pattern)]
+        else:
+            hits = [e for e in tree if e.path == pattern]
+        if not hits:  # every pattern must match: a folder missing one part would not load
+            raise PullError(f"{spec.repo}@{spec.revision or 'main'} has no file matching {pattern!r} ({spec.role})")
+        found |= {e.path: e for e in hits}
+    hits = list(found.values())
     files = []
     for e in sorted(hits, key=lambda e: e.path):
         lfs_sha = e.lfs.sha256 if e.lfs is not None else ""
@@ -346,7 +375,7 @@ def _fetch(f: RemoteFile, meta: Any = None) -> Path:
 def _write_manifests(files: list[RemoteFile]) -> None:
     by_spec: dict[ModelFile, list[str]] = {}
     for f in files:
-        if f.spec.repo and (not f.spec.filename or _GLOB.search(f.spec.filename)):
+        if f.spec.repo and is_folder(f.spec):
             by_spec.setdefault(f.spec, []).append(f.path)
     for spec, paths in by_spec.items():
         snap = _snapshot(spec)

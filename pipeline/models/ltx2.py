@@ -122,8 +122,11 @@ _HOME = "$SULPHUR_HOME"
 # at the repo root (distilled ones under distilled/ and distilled-1.1/); QuantStack/LTX-2.3-GGUF uses
 # LTX-2.3-dev/LTX-2.3-dev-<Q>.gguf. Both from two third-party model catalogues and many scripts, not from
 # the repos' own file lists; sizes NOT verified. diffusers 0.42.1 names the diffusers folder
-# diffusers/LTX-2.3-Diffusers (LTX2InContextPipeline's docstring); it is not pulled by `sulphur models
-# pull` (one folder minus its 40 GB transformer is not a single file pattern).
+# diffusers/LTX-2.3-Diffusers (LTX2InContextPipeline's docstring). `sulphur models pull` fetches its
+# model_index.json and the vae/ audio_vae/ vocoder/ connectors/ text_encoder/ tokenizer/ scheduler/
+# folders, and of transformer/ only config.json (the GGUF stands in for its ~40 GB of weights). Its
+# folder names are those of LTX2Pipeline's components; the repo's own file list and sizes NOT verified
+# (a third-party script also names a processor/ folder there, which Sulphur does not load).
 # Lightricks/LTX-2.3: MODELS-LTX-2.3.md lists ltx-2.3-22b-dev.safetensors, ltx-2.3-22b-distilled-1.1
 # .safetensors and ltx-2.3-spatial-upscaler-x2-1.1.safetensors; the distilled LoRA
 # ltx-2.3-22b-distilled-lora-384-1.1.safetensors is named by its README table and diffusers' LTX-2.3 LoRA
@@ -137,12 +140,17 @@ SULPHUR_LORA = "distill_loras/ltx-2.3-22b-distilled-lora-1.1_fro90_ceil72_condsa
 SULPHUR_ENHANCER = "prompt_enhancer/sulphur_prompt_enhancer_model-q8_0.gguf"
 SULPHUR_MMPROJ = "prompt_enhancer/mmproj-BF16.gguf"
 
+LTX23_DIFFUSERS_REPO = "diffusers/LTX-2.3-Diffusers"
+#: The diffusers folder without transformer/ (its weights are the GGUF's job).
+LTX23_DIFFUSERS_PARTS = ("model_index.json", "vae/*", "audio_vae/*", "vocoder/*", "connectors/*",
+                         "text_encoder/*", "tokenizer/*", "scheduler/*")
+
 _CONFIG = ModelFile("transformer_config", "LTX-2.3 transformer config folder (config.json; transformer/ of "
                     "diffusers/LTX-2.3-Diffusers)", path=f"{_HOME}/ltx23/diffusers/transformer",
-                    env="SULPHUR_LTX_CONFIG")
+                    env="SULPHUR_LTX_CONFIG", repo=LTX23_DIFFUSERS_REPO, filename=("transformer/config.json",))
 _DIFFUSERS = ModelFile("diffusers", "LTX-2.3 diffusers folder (diffusers/LTX-2.3-Diffusers): vae/ audio_vae/ "
                        "vocoder/ connectors/ text_encoder/ tokenizer/ scheduler/", path=f"{_HOME}/ltx23/diffusers",
-                       env="SULPHUR_LTX_DIFFUSERS")
+                       env="SULPHUR_LTX_DIFFUSERS", repo=LTX23_DIFFUSERS_REPO, filename=LTX23_DIFFUSERS_PARTS)
 _UPSAMPLER = ModelFile("upsampler", "LTX-2.3 latent x2 spatial upsampler v1.1, pipeline folder (latent_upsampler/)",
                        path=f"{_HOME}/ltx23/spatial-upsampler", env="SULPHUR_LTX_UPSAMPLER",
                        repo="rootonchair/LTX-2.3-spatial-upscaler-x2-v1.1-Diffusers", filename="latent_upsampler/*")
@@ -660,8 +668,12 @@ def guidance_kwargs(preset: Preset) -> dict[str, Any]:
 
 
 def decode_video(pipe: Any, latents: torch.Tensor, generator: torch.Generator | None = None,
-                 decode_timestep: float = 0.0) -> np.ndarray:
-    """Denormalized video latents [B,C,F,H,W] → uint8 frames (F,H,W,3), as the pipeline decodes them."""
+                 decode_timestep: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+    """Denormalized video latents [B,C,F,H,W] → uint8 frames (F,H,W,3), as the pipeline decodes them.
+
+    The pixels are made uint8 on the decoding device and cross to the host once (a quarter of
+    the float32 bytes ``output_type="np"`` copies, and no float math on the CPU); ``out``, when
+    given, receives them (e.g. a :class:`pipeline.stages.frame_files.FrameWriter`'s buffer)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -675,8 +687,32 @@ def decode_video(pipe: Any, latents: torch.Tensor, generator: torch.Generator | 
             timestep = torch.tensor([decode_timestep], device=device, dtype=lat.dtype)
             lat = (1 - decode_timestep) * lat + decode_timestep * noise
         video = vae.decode(lat, timestep, return_dict=False)[0]
-        frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-    return to_uint8(frames)
+        return video_to_uint8(pipe, video, out)
+
+
+#: Frames converted per chunk on the device: bounds the float32 workspace (8 × 3 × 544 × 960 × 4 B = 50 MB
+#: at the refine size) beside a decoded clip, which matters under a VRAM cap.
+UINT8_CHUNK = 8
+
+
+def video_to_uint8(pipe: Any, video: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
+    """The VAE's output [1,C,F,H,W] → uint8 (F,H,W,C) on the host, bit for bit what
+    ``postprocess_video(output_type="np")`` followed by :func:`to_uint8` gives: the same
+    denormalize in the VAE's dtype (diffusers' own postprocess), then float32 ×255, round half
+    to even, clip, cast — done on the device in chunks, copied once per chunk."""
+    import numpy as np
+    import torch
+
+    _, c, f, h, w = video.shape
+    if out is None:
+        out = np.empty((f, h, w, c), np.uint8)
+    host = torch.from_numpy(out)
+    for start in range(0, f, UINT8_CHUNK):
+        stop = min(f, start + UINT8_CHUNK)
+        x = pipe.video_processor.postprocess_video(video[:1, :, start:stop], output_type="pt")[0]  # f,C,H,W
+        x = x.float().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        host[start:stop].copy_(x.permute(0, 2, 3, 1).contiguous())
+    return out
 
 
 def decode_audio(pipe: Any, audio_latents: torch.Tensor) -> np.ndarray:

@@ -37,8 +37,11 @@ class ModelFile:
     """One file or folder a preset needs.
 
     ``path`` is a local path (``~`` and ``$VARS`` expanded); ``repo``/``filename`` name
-    a Hugging Face location (``filename`` may be a folder pattern such as
-    ``latent_upsampler/*``) at ``revision``; ``url`` is an HTTPS location for files
+    a Hugging Face location at ``revision``. ``filename`` is one file, a folder pattern
+    such as ``latent_upsampler/*``, or a tuple of patterns that together make a folder
+    (a pipeline folder without its transformer weights: ``("model_index.json", "vae/*")``;
+    one file inside a folder: ``("transformer/config.json",)``); a folder is found where
+    its patterns meet (see ``download.folder_root``). ``url`` is an HTTPS location for files
     published outside the Hub. ``size`` (bytes) and ``sha256`` are what was verified
     upstream, when known. ``env`` lets a user point at a file without editing code.
     """
@@ -47,7 +50,7 @@ class ModelFile:
     description: str
     path: str = ""
     repo: str = ""
-    filename: str = ""
+    filename: str | tuple[str, ...] = ""
     env: str = ""
     revision: str = "main"
     url: str = ""
@@ -67,11 +70,26 @@ class ModelFile:
             return pulled_path(self)
         return None
 
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """``filename`` as a tuple of patterns (empty when it names none)."""
+        if isinstance(self.filename, tuple):
+            return self.filename
+        return (self.filename,) if self.filename else ()
+
+    def source(self) -> str:
+        """``repo/file``, ``repo/{a,b}`` for several patterns, the bare repo, or the URL."""
+        if not self.repo:
+            return self.url
+        names = self.patterns
+        if not names:
+            return self.repo
+        return f"{self.repo}/{names[0]}" if len(names) == 1 else f"{self.repo}/{{{','.join(names)}}}"
+
     def where(self) -> str:
         """Where a missing file should come from, for one-line error messages."""
         if self.repo or self.url:
-            source = f"{self.repo}/{self.filename}" if self.repo and self.filename else self.repo or self.url
-            hint = f"{source} (`sulphur models pull` fetches it)"
+            hint = f"{self.source()} (`sulphur models pull` fetches it)"
         else:
             hint = _expand_home(self.path)
         return f"{hint}" + (f" (or set ${self.env})" if self.env else "")

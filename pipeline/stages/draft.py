@@ -26,7 +26,9 @@ from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
 from pipeline.stages.encode import repeats_anchor
+from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
+from pipeline.stages.phase_peaks import PhasePeaks
 from pipeline.stages.prompt_embeds import prompt_embeds
 
 if TYPE_CHECKING:
@@ -105,7 +107,9 @@ class DraftStage(Stage):
         ltx2.evict_for_plan(ctx.models, preset, plan)
 
         # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
+        peaks = PhasePeaks(self.name, plan.device)
         prompt = prompt_embeds(ctx, job)
+        peaks.mark("text")
 
         # 2. Pipeline from held components, distilled LoRA weighted for this segment; the
         #    condition pipeline when frames other than the anchor are conditioned (keyframes, retake).
@@ -147,19 +151,24 @@ class DraftStage(Stage):
                 return_dict=False, callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
         if track is not None:
             audio_latents = track.latents  # the given sound, as it conditioned the video
+        peaks.mark("denoise")
 
-        # 4. Decode frames (and the waveform); keep latents for refine.
+        # 4. Decode frames (uint8 on the device); they are written while the latents are kept for
+        #    refine and the waveform is decoded.
         frames = ltx2.decode_video(pipe, video_latents, generator)
-        tensors = {"video": video_latents.detach().float().cpu().contiguous(),
-                   # (refine reads the prompt's embeddings from their own cache: 0.8 GB each at full size)
-                   "audio": audio_latents.detach().float().cpu().contiguous()}
-        save_file(tensors, str(out / "latents.safetensors"))
-        np.save(out / "frames.npy", frames)
-        sample_rate = int(pipe.vocoder.config.output_sampling_rate) if track is None else track.rate
-        if job.audio:
-            wave = ltx2.decode_audio(pipe, audio_latents) if track is None else track.wave
-            np.save(out / "audio.npy", wave)
-        pipe.maybe_free_model_hooks()
+        peaks.mark("decode")
+        with SaveInBackground(out / "frames.npy", frames):
+            tensors = {"video": video_latents.detach().float().cpu().contiguous(),
+                       # (refine reads the prompt's embeddings from their own cache: 0.8 GB each at full size)
+                       "audio": audio_latents.detach().float().cpu().contiguous()}
+            save_file(tensors, str(out / "latents.safetensors"))
+            sample_rate = int(pipe.vocoder.config.output_sampling_rate) if track is None else track.rate
+            if job.audio:
+                wave = ltx2.decode_audio(pipe, audio_latents) if track is None else track.wave
+                np.save(out / "audio.npy", wave)
+            pipe.maybe_free_model_hooks()
+        peaks.mark("audio")
+        peaks.emit(ctx.emit)
         return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v,
                 **({"audio_driven": True} if track is not None else {})}
 

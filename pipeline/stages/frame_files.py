@@ -7,7 +7,10 @@ segment through a stage with bounded host memory.
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 import numpy as np
@@ -34,3 +37,34 @@ def write_frames_header(f: BinaryIO, shape: tuple[int, ...]) -> None:
     """Start a uint8 ``.npy`` of ``shape``; the caller appends the frames' bytes in order."""
     np.lib.format.write_array_header_1_0(
         f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape})
+
+
+class SaveInBackground:
+    """``np.save`` of ``array`` to ``path``, flushed to disk (fsync), on a thread, while the stage
+    goes on (the draft decodes its audio meanwhile). Leaving the ``with`` block joins the writer
+    and re-raises its error, so a stage returns (and its cache entry becomes complete) only once
+    its files are whole; the stage's own error wins over the writer's."""
+
+    def __init__(self, path: Path, array: np.ndarray) -> None:
+        self.path, self.array = path, array
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name=f"save {path.name}", daemon=True)
+
+    def _write(self) -> None:
+        try:
+            with open(self.path, "wb") as f:
+                np.save(f, self.array)
+                f.flush()
+                os.fsync(f.fileno())  # the cache's fsync at commit then finds nothing left to write
+        except BaseException as exc:  # noqa: BLE001 - handed to the stage's thread in __exit__
+            self.error = exc
+
+    def __enter__(self) -> SaveInBackground:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._thread.join()
+        if self.error is not None and kind is None:
+            raise self.error

@@ -19,10 +19,13 @@ from pipeline.models import ltx2
 from pipeline.models.ltx2 import model_identity
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.draft import LORA_ADAPTER, shot_control_params, shot_controls
+from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
+from pipeline.stages.phase_peaks import PhasePeaks
 from pipeline.stages.prompt_embeds import prompt_embeds
 
 if TYPE_CHECKING:
+    from pipeline.models.registry import Preset
     from pipeline.stages.base import Artifact
 
 # Deferred imports: torch, diffusers, safetensors, PIL — the runner reads the stage's cache key without them; they
@@ -61,9 +64,7 @@ class RefineStage(Stage):
     def run(self, ctx: StageContext, job: SegmentJob, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler
-        from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
         from safetensors.torch import load_file
-
 
         preset, plan = job.preset, ctx.plan
         sigmas = refine_sigmas(job)
@@ -71,6 +72,7 @@ class RefineStage(Stage):
         ctx.progress(self.name, 0, n)
         ltx2.evict_for_plan(ctx.models, preset, plan)
         device, dtype = torch.device(plan.device), ltx2.torch_dtype(plan)
+        peaks = PhasePeaks(self.name, plan.device)
 
         # 1. The draft's latents (and its prompt embeddings, so no second text-encoder load).
         draft = load_file(str(inputs["draft"].file("latents.safetensors")))
@@ -84,13 +86,8 @@ class RefineStage(Stage):
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
         i2v = bool(inputs["draft"].meta.get("image_to_video", job.anchor is not None))
         pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v)
-        upsampler = ltx2.component(ctx.models, preset, "upsampler", plan)
-        up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
-        with torch.no_grad():
-            video = up_pipe(latents=draft["video"].to(device), output_type="latent", return_dict=False)[0]
-        # small, and not needed until the next refine
-        ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
-        del up_pipe, upsampler
+        video = _upsample(ctx, preset, pipe, draft["video"].to(device))
+        peaks.mark("upsample")
         _, _, _, lh, lw = video.shape
         scale = pipe.vae_spatial_compression_ratio
 
@@ -111,24 +108,48 @@ class RefineStage(Stage):
             return kwargs
 
         # The shot's own LoRAs again, and an audio-driven draft's sound held fixed (not re-noised).
+        # The denoise returns latents and the VAE decode below makes the frames: output_type="np"
+        # would also decode (and drop) the audio, and do the float32 postprocess on the CPU.
         fixed = draft["audio"].to(device) if inputs["draft"].meta.get("audio_driven") else None
         with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
-            frames, _audio = pipe(
+            latents, _audio = pipe(
                 prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
                 num_frames=job.frames, frame_rate=float(job.fps), num_inference_steps=n, sigmas=sigmas,
-                noise_scale=sigmas[0], generator=generator, output_type="np", return_dict=False,
+                noise_scale=sigmas[0], generator=generator, output_type="latent", return_dict=False,
                 callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset))
-        pipe.maybe_free_model_hooks()
+            del _audio, video, draft
+            peaks.mark("denoise")
 
-        # 4. Frames at the refine size (the upsampler gives exactly 2× the draft; a storyboard
-        #    may ask for another refine size, which is a resize here, not a model change).
-        frames = ltx2.to_uint8(frames)
+            # 4. Frames at the refine size (the upsampler gives exactly 2× the draft; a storyboard
+            #    may ask for another refine size, which is a resize here, not a model change).
+            frames = ltx2.decode_video(pipe, latents, generator)
+        del latents
+        peaks.mark("decode")
+        peaks.emit(ctx.emit)
         w, h = job.refine_size
         if frames.shape[1:3] != (h, w):
             frames = _resize(frames, (w, h))
-        np.save(out / "frames.npy", frames)
+        with SaveInBackground(out / "frames.npy", frames):
+            pipe.maybe_free_model_hooks()  # under model offload, models go back to the host meanwhile
         return {"frames": int(frames.shape[0]), "size": [w, h]}
+
+
+def _upsample(ctx: StageContext, preset: Preset, pipe: Any, latents: Any) -> Any:
+    """The draft's latents ×2 in space through the held upsampler. It is dropped afterwards (not
+    needed until the next refine) unless the plan is resident: a resident plan counts it among
+    what it holds (planner: held_vram_bytes), so it stays rather than being loaded per segment."""
+    import torch
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
+
+    plan = ctx.plan
+    upsampler = ltx2.component(ctx.models, preset, "upsampler", plan)
+    up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
+    with torch.no_grad():
+        video = up_pipe(latents=latents, output_type="latent", return_dict=False)[0]
+    if plan.offload != "resident":
+        ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
+    return video
 
 
 def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

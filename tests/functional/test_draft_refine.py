@@ -236,3 +236,13 @@ def test_every_offload_plan_renders_the_same_clip_on_cuda(tmp_path: Path) -> Non
     for key, (draft, refine) in results.items():
         assert np.abs(draft.astype(int) - base_draft).mean() < 3.0, key
         assert np.abs(refine.astype(int) - base_refine).mean() < 3.0, key
+
+
+def test_a_resident_refine_keeps_its_upsampler_for_the_next_segment(run: Runner, tmp_path: Path,
+                                                                     models: LoadedModels) -> None:
+    # the planner counts the upsampler among what a resident refine holds (held_vram_bytes):
+    # loading it again for every segment cost the uncapped refine its seconds before the first step
+    job = make_job(tmp_path, seed=6)
+    draft = run(DraftStage(), job)
+    run(RefineStage(), job, {"draft": draft})
+    assert f"{job.preset.name}:upsampler" in models

@@ -24,7 +24,9 @@ def test_render_with_missing_weights_names_each_file_and_runs_nothing(tmp_path: 
     assert error.startswith("error: preset sulphur2-ltx23 is missing 8 file(s)")
     for role in ("transformer_gguf", "lora", "upsampler", "upscaler", "enhancer", "enhancer_mmproj"):
         assert f"{role}:" in error
-    assert str(tmp_path / "home") in error  # where to put them
+    # Where each comes from: all eight, the LTX-2.3 diffusers folder included, are fetched by a pull.
+    assert error.count("(`sulphur models pull` fetches it)") == 8, error
+    assert "diffusers: LTX-2.3 diffusers folder" in error and "diffusers/LTX-2.3-Diffusers/{model_index.json," in error
     events = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(events) == 1 and '"kind":"missing_models"' in events[0]
     assert story.read_bytes() == before and not (tmp_path / "renders").exists()

@@ -162,8 +162,9 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     tmp_path = stopped_after
     story = _project(tmp_path)
-    # The first worker's drafts dawdle 3 s at their start, so the kill lands inside segment two's draft.
-    monkeypatch.setenv("SULPHUR_FAULT_SLOW", "draft:3")
+    # The first worker's drafts dawdle 6 s at their start, so the kill lands inside segment two's draft
+    # (and after segment one's encode, which runs behind that draft: issue 20).
+    monkeypatch.setenv("SULPHUR_FAULT_SLOW", "draft:6")
     client = WorkerClient.connect(tmp_path, idle_timeout=600)
     stream = client.events()
     next(stream)
@@ -171,11 +172,13 @@ def test_kill_9_mid_stage_resumes_with_only_that_stage_run_twice(reference: dict
     env = {k: v for k, v in os.environ.items() if k != "SULPHUR_FAULT_SLOW"}
     attach = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "render", str(story), "--attach", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=checkout_env(env))
-    job = ""
+    job, seen = "", set()
     for event in stream:
         assert not isinstance(event, TERMINAL), event
         job = job or event.job_id
-        if isinstance(event, protocol.StageStarted) and (event.segment, event.stage) == ("two", "draft"):
+        if isinstance(event, protocol.StageStarted | protocol.StageFinished):
+            seen.add((type(event).__name__, event.segment, event.stage))
+        if {("StageStarted", "two", "draft"), ("StageFinished", "one", "encode")} <= seen:
             break
     cache = tmp_path / ".sulphur" / "cache"
     # Inside the stage: its output folder is being built (and the 3 s fault sleep has begun).

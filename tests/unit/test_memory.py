@@ -94,9 +94,14 @@ def test_seed_machine_8gb_32gb() -> None:
 
     peer = _weights_mode(component_sizes(REAL)["transformer"], "group_block", 0, stream=True, low_cpu=False)
     assert peer.pinned == weights and peer.host >= 2 * weights
-    assert not any(p.name.startswith("group_block+stream+vaetiles") for p in lad["draft"])
+    # ... it stays only as a fallback after the streamer, for the VRAM the streamer's slots and
+    # dequant scratch hold beside the decode
     lean = next(p for p in lad["draft"] if p.name.startswith("stream-lean"))
     assert lean.host_bytes < peer.host
+    names = [p.name for p in lad["draft"]]
+    for i, p in enumerate(lad["draft"]):
+        if p.name.startswith("group_block+stream+vaetiles"):
+            assert names.index(lean.name) < i and p.vram_bytes < lean.vram_bytes
     assert lad["refine"][0].options.get("streamer") == "sulphur"
     assert lad["upscale"][0].options["esrgan_tile"] == 0  # ×2plus needs no tiles on 8 GB
 

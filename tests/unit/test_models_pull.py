@@ -272,11 +272,27 @@ def test_models_json_names_repo_file_and_size_of_every_file(hub: HubServer) -> N
     assert "org/model/model.gguf  123.5 KB  [HF cache]" in listing.stdout
 
 
+def _stand_ins(hub: HubServer, preset: Preset) -> None:
+    """Small files for each of ``preset``'s Hub patterns that the loopback Hub does not serve yet."""
+    from pipeline.models.download import pattern_root
+
+    for i, spec in enumerate(f for f in preset.files if f.repo):
+        names = []
+        for pattern in spec.patterns or ("*",):
+            if "*" in pattern or "?" in pattern:
+                root = pattern_root(pattern)
+                names += [f"{root}/config.json" if root else "config.json",
+                          f"{root}/diffusion_pytorch_model.safetensors" if root else "model.safetensors"]
+            else:
+                names.append(pattern)
+        repo = hub.repos.get(spec.repo)
+        hub.add(spec.repo, {name: _blob(100 + i, 100 + i) for name in names} | (dict(repo.files) if repo else {}))
+
+
 def test_the_real_presets_files_are_found_after_a_pull(hub: HubServer) -> None:
     """sulphur2-ltx23's own repo ids and patterns, served by the loopback Hub with small files."""
     from dataclasses import replace
 
-    from pipeline.models.download import pattern_root
     from pipeline.models.registry import get_preset
 
     real = get_preset("sulphur2-ltx23")
@@ -284,18 +300,7 @@ def test_the_real_presets_files_are_found_after_a_pull(hub: HubServer) -> None:
     # The loopback Hub serves stand-in bytes, so the published sha256/size pins are left out here.
     preset = replace(real, files=tuple(replace(f, sha256="", size=None) for f in real.files if f.repo))
     assert preset.files, "the preset names no Hub repo"
-    for i, spec in enumerate(preset.files):
-        pattern = spec.filename or "*"
-        if "*" in pattern or "?" in pattern:
-            root = pattern_root(pattern)
-            names = [f"{root}/config.json" if root else "config.json",
-                     f"{root}/diffusion_pytorch_model.safetensors" if root else "model.safetensors"]
-        else:
-            names = [pattern]
-        repo = hub.repos.get(spec.repo)
-        files = dict(repo.files) if repo else {}
-        files |= {name: _blob(100 + i, 100 + i) for name in names}
-        hub.add(spec.repo, files)
+    _stand_ins(hub, preset)
 
     pull(preset)
 
@@ -303,6 +308,81 @@ def test_the_real_presets_files_are_found_after_a_pull(hub: HubServer) -> None:
         path = spec.local_path()
         assert path is not None and download.where_found(spec) == "HF cache", spec
         assert str(path).startswith(str(download.hf_cache_dir()))
+
+
+#: diffusers/LTX-2.3-Diffusers as LTX2Pipeline's components lay it out, in small files (the real
+#: transformer/ holds ~40 GB of shards; text_encoder/ is Gemma 3 12B in fp32).
+_LTX23_TREE = {
+    "model_index.json": b'{"_class_name": "LTX2Pipeline"}', "README.md": b"# LTX-2.3", ".gitattributes": b"*.st lfs",
+    **{f"{part}/config.json": b'{"part": "%s"}' % part.encode()
+       for part in ("vae", "audio_vae", "vocoder", "connectors", "text_encoder", "transformer")},
+    **{f"{part}/diffusion_pytorch_model.safetensors": _blob(1_000 + i, 20 + i)
+       for i, part in enumerate(("vae", "audio_vae", "vocoder", "connectors"))},
+    "text_encoder/model-00001-of-00002.safetensors": _blob(3_000, 30),
+    "text_encoder/model-00002-of-00002.safetensors": _blob(2_000, 31),
+    "text_encoder/model.safetensors.index.json": b'{"weight_map": {}}',
+    "tokenizer/tokenizer.json": _blob(700, 32), "tokenizer/tokenizer_config.json": b"{}",
+    "scheduler/scheduler_config.json": b'{"_class_name": "FlowMatchEulerDiscreteScheduler"}',
+    "transformer/diffusion_pytorch_model-00001-of-00002.safetensors": _blob(40_000, 33),
+    "transformer/diffusion_pytorch_model-00002-of-00002.safetensors": _blob(30_000, 34),
+    "transformer/diffusion_pytorch_model.safetensors.index.json": b'{"weight_map": {}}',
+    "processor/processor_config.json": b"{}",
+}
+_PULLED_DIFFUSERS = sorted(k for k in _LTX23_TREE if k.split("/")[0] in {
+    "model_index.json", "vae", "audio_vae", "vocoder", "connectors", "text_encoder", "tokenizer", "scheduler"})
+
+
+def test_the_readme_order_pulls_the_ltx23_diffusers_folder_without_its_transformer(hub: HubServer,
+                                                                                   tmp_path: Path) -> None:
+    """`sulphur models pull sulphur2-ltx23` fetches every folder the render loads from
+    diffusers/LTX-2.3-Diffusers and transformer/config.json, never the transformer's shards;
+    `--dry-run` counts them, and `sulphur models --json` finds each part in the HF cache."""
+    from dataclasses import replace
+
+    from pipeline.models.registry import get_preset
+
+    preset = get_preset("sulphur2-ltx23")
+    hub.add("diffusers/LTX-2.3-Diffusers", _LTX23_TREE)
+    # The GGUF, LoRA, enhancer and upsampler repos.
+    _stand_ins(hub, replace(preset, files=tuple(f for f in preset.files if f.repo != "diffusers/LTX-2.3-Diffusers")))
+    esrgan = tmp_path / "x2plus.pth"  # a GitHub release asset: this machine reaches no GitHub
+    esrgan.write_bytes(b"x2")
+    env = {"SULPHUR_ESRGAN": str(esrgan)}
+
+    dry = _cli("models", "pull", "sulphur2-ltx23", "--dry-run", **env)
+    assert dry.returncode == 0, dry.stderr
+    wanted = [*_PULLED_DIFFUSERS, "transformer/config.json"]
+    for name in wanted:
+        size = download.human(len(_LTX23_TREE[name]))
+        assert f"diffusers/LTX-2.3-Diffusers/{name}  {size}  [to fetch]" in dry.stderr, (name, dry.stderr)
+    assert "diffusers/LTX-2.3-Diffusers/transformer/diffusion_pytorch_model" not in dry.stderr
+    assert "processor/" not in dry.stderr and "README.md" not in dry.stderr
+    # The total (what the free-disk check compares) counts the diffusers parts too.
+    others = sum(len(data) for repo_id, repo in hub.repos.items() if repo_id != "diffusers/LTX-2.3-Diffusers"
+                 for data in repo.files.values())
+    total = others + sum(len(_LTX23_TREE[name]) for name in wanted)
+    count = len(wanted) + sum(len(r.files) for i, r in hub.repos.items() if i != "diffusers/LTX-2.3-Diffusers")
+    assert f"sulphur2-ltx23: {count} file(s), {download.human(total)}; {count} to fetch" in dry.stderr
+
+    done = _cli("models", "pull", "sulphur2-ltx23", **env)
+    assert done.returncode == 0, done.stderr
+    assert not hub.gets("/transformer/diffusion_pytorch_model-00001-of-00002.safetensors")
+    assert not [r for r in hub.requests if "transformer/diffusion_pytorch_model" in r[1]]
+
+    listed = {p["name"]: p for p in json.loads(_cli("models", "--json", **env).stdout)}["sulphur2-ltx23"]
+    rows = {f["role"]: f for f in listed["files"]}
+    snap = download.repo_cache_folder("diffusers/LTX-2.3-Diffusers") / "snapshots" / hub.repos[
+        "diffusers/LTX-2.3-Diffusers"].commit
+    folder, config = rows["diffusers"], rows["transformer_config"]
+    assert (folder["repo"], folder["found"], folder["path"]) == ("diffusers/LTX-2.3-Diffusers", "HF cache", str(snap))
+    assert folder["parts"] == [{"filename": n, "size": len(_LTX23_TREE[n])} for n in _PULLED_DIFFUSERS]
+    assert folder["size"] == sum(len(_LTX23_TREE[n]) for n in _PULLED_DIFFUSERS)
+    assert (config["found"], config["path"]) == ("HF cache", str(snap / "transformer"))
+    assert config["parts"] == [{"filename": "transformer/config.json", "size": len(_LTX23_TREE["transformer/config.json"])}]
+    for name in wanted:
+        assert (snap / name).read_bytes() == _LTX23_TREE[name], name
+    assert sorted(q.name for q in (snap / "transformer").iterdir()) == ["config.json"]
+    assert all(f["found"] != "missing" for f in listed["files"]), listed["files"]
 
 
 def test_ctrl_c_keeps_the_partial_file_and_the_next_pull_resumes(hub: HubServer) -> None:

@@ -74,10 +74,13 @@ RUNGS = ("resident", "model", "stream", "group_block+stream", "group_block+strea
          "group_leaf+stream+lowmem", "group_block", "group_block+mmap", "sequential", "sequential+mmap")
 
 
-def rank(p: StagePlan) -> tuple[int, int]:
-    """How fast a transformer plan is: its rung, then untiled before 512 px tiles before 256 px."""
+def rank(p: StagePlan) -> tuple[int, int, int]:
+    """How fast (and exact) a transformer plan is: its rung, then stored weights before fp8 (lossy;
+    the planner tries a rung's stored weights at every tile size first), then untiled before 512 px
+    tiles before 256 px."""
     base = p.name.split("/")[0].split("+vaetiles")[0].replace("-lean", "")
-    return RUNGS.index(base), (0, 512, 256).index(p.options["vae_tile"])
+    fp8 = int(p.options.get("weights") == "fp8")
+    return RUNGS.index(base), fp8, (0, 512, 256).index(p.options["vae_tile"])
 
 
 def candidates(stage: str, preset: Preset, b: Budgets, project: Project | None = None) -> list[StagePlan]:
@@ -213,9 +216,11 @@ def test_a_preset_that_prefers_fp8_streams_fp8_first() -> None:
 def test_an_fp8_streamer_needs_a_bf16_upcast_buffer_and_gguf_one_of_a_block() -> None:
     comps = component_sizes(BF16)
     block_bf16 = comps["transformer"].block_bytes
-    b = Budgets.from_gb(8, 64)
-    lean = {p.options["weights"]: p for p in ladder("refine", b, BF16)
-            if p.name.startswith("stream-lean") and p.options["vae_tile"] == 512}
+    # activations large enough that the denoise, not the decode, is the streamer's peak; room
+    # for resident blocks (3 bf16, 8 fp8 at 24 GB), so each format has its lean twin
+    b = Budgets.from_gb(24, 64)
+    lean = {p.options["weights"]: p for p in candidates("refine", BF16, b, BIGGER_ACT)
+            if p.name.startswith("stream-lean") and p.options["vae_tile"] == 256}
     assert set(lean) == {"bfloat16", "fp8"}
     # fp8: half-size blocks in the slots, plus one bf16 block to compute in
     saved = lean["bfloat16"].vram_bytes - lean["fp8"].vram_bytes
@@ -234,20 +239,26 @@ def test_an_fp8_streamer_needs_a_bf16_upcast_buffer_and_gguf_one_of_a_block() ->
 
 def test_the_streamer_keeps_as_many_blocks_resident_as_the_card_leaves_room_for() -> None:
     t = component_sizes(GGUF)["transformer"]
-    for vram_gb in (8, 10, 12, 16, 20):
+    # between calls it holds its non-block weights, two slots and the bf16 block it dequantizes into
+    kept = t.nonblock_bytes + 2 * t.block_bytes + int(t.params * t.block_fraction / t.blocks * 2)
+    eight = Budgets.from_gb(8, 64)
+    s = next(p for p in candidates("refine", GGUF, eight) if p.name == "stream+vaetiles")
+    assert s.options["resident_blocks"] == 0 and s.vram_bytes > eight.vram  # 512 px tiles do not fit beside it
+    assert ladder("refine", eight)[0].name == "stream+vaetiles256"
+    for vram_gb in (10, 12, 16, 20):
         b = Budgets.from_gb(vram_gb, 64)
         s = next(p for p in candidates("refine", GGUF, b) if p.name == "stream+vaetiles")
         k = s.options["resident_blocks"]
         assert isinstance(k, int) and 0 <= k <= t.blocks - 2 and s.vram_bytes <= b.vram  # whole blocks
         assert s.vram_bytes + t.block_bytes > b.vram or k == t.blocks - 2  # one more would not fit
-        assert s.options["held_vram_bytes"] == t.nonblock_bytes + k * t.block_bytes
+        assert s.options["held_vram_bytes"] == kept + k * t.block_bytes
         assert f"streams {t.blocks - k} of {t.blocks} blocks" in " ".join(s.notes)
         lean = next((p for p in candidates("refine", GGUF, b) if p.name == "stream-lean+vaetiles"), None)
         if k == 0:
             assert lean is None  # nothing resident: no leaner twin to fall back to
             continue
         assert lean.options["resident_blocks"] == 0 and lean.vram_bytes == s.vram_bytes - k * t.block_bytes
-        assert lean.options["held_vram_bytes"] == t.nonblock_bytes
+        assert lean.options["held_vram_bytes"] == kept
     huge = next(p for p in candidates("refine", GGUF, HUGE) if p.name.startswith("stream"))
     assert huge.options["resident_blocks"] == t.blocks - 2  # two blocks always stream through the slots
 
@@ -393,7 +404,7 @@ def test_vae_tiles_bound_the_decode_and_smaller_tiles_bound_it_more() -> None:
 def test_a_tile_decode_costs_about_what_was_measured() -> None:
     """2.5 GiB per 512²×16-frame tile beside the weights (19B refine, 1024×576×121)."""
     project = Project(refine_size=(1024, 576))
-    plans = ladder("refine", Budgets.from_gb(4, 256), GGUF, project)
+    plans = ladder("refine", Budgets.from_gb(6, 256), GGUF, project)
     t = component_sizes(GGUF)
     swap = [p for p in plans if p.offload == "group_block" and "streamer" not in p.options and p.options["vae_tile"]]
     assert swap
@@ -746,7 +757,7 @@ def test_the_summary_names_each_stages_first_plan_and_its_fallbacks() -> None:
     text = plan_summary({"draft": ladder("draft", Budgets.from_gb(8, 32)), "encode": [one]})
     lines = text.split("\n")
     n = len(ladder("draft", Budgets.from_gb(8, 32)))
-    assert lines[0].startswith("draft: stream/text-disk, on cuda,") and lines[0].endswith(f" (+{n - 1} fallbacks)")
+    assert lines[0].startswith("draft: stream+vaetiles/text-disk, on cuda,") and lines[0].endswith(f" (+{n - 1} fallbacks)")
     assert lines[1] == "encode: only, on cuda"
 
 
@@ -867,7 +878,8 @@ def test_the_encoder_is_kept_exactly_when_every_component_fits_the_host_at_once(
         assert ("then is kept in host RAM for the next segment" in text) == kept
         assert ("then is evicted" in text) == (not kept)
         assert f"text encoder ({p.options['text_encoder']}) runs first" in text
-        assert not p.notes[0].startswith("text encoder")  # the transformer plan's own notes come first
+        own = [n for n in p.notes if not n.startswith(("text encoder", "transformer dropped"))]
+        assert list(p.notes[:len(own)]) == own  # the transformer plan's own notes come first
 
 
 def test_the_cpu_encoder_needs_no_vram_so_a_host_short_of_it_is_a_host_refusal() -> None:
@@ -893,7 +905,7 @@ def test_large_connectors_set_the_text_encoders_vram() -> None:
 def test_resident_weights_cost_what_the_format_says() -> None:
     """A resident GGUF transformer is mapped, not loaded through RAM, and needs a bf16 scratch of its
     largest layer; a bf16 one passes through RAM once; model offload keeps every weight in RAM."""
-    project = Project(refine_size=(1024, 576))
+    project = BIGGER_ACT  # the weights + activations, not the decode beside them, are the peak
     for preset in (GGUF, BF16):
         comps = component_sizes(preset)
         t = comps["transformer"]
@@ -941,7 +953,7 @@ def test_a_vram_refusal_at_exactly_the_leanest_plans_vram_is_about_host_ram() ->
 def test_the_size_a_refusal_suggests_keeps_the_drafts_shape_and_grows_with_the_card() -> None:
     project = Project(draft_size=(1536, 864), refine_size=(512, 288))
     sizes = []
-    for vram_gb in (4, 4.5, 5):
+    for vram_gb in (4.5, 5, 5.5):  # at 4.25 GB only a draft smaller than 512×288 would fit
         with pytest.raises(PlanError) as info:
             ladder("draft", Budgets.from_gb(vram_gb, 256), project=project)
         m = re.search(r"a smaller draft_size such as \[(\d+), (\d+)\] or fewer frames per segment", str(info.value))
@@ -956,8 +968,9 @@ def test_the_size_a_refusal_suggests_keeps_the_drafts_shape_and_grows_with_the_c
 
 
 def test_a_host_refusal_says_when_pinned_memory_is_part_of_it() -> None:
+    # 7 GB: the streamer (pinned in place) fits the card, and no plan needs less host RAM
     with pytest.raises(PlanError) as info:
-        ladder("refine", Budgets.from_gb(6, 16), BF16)
+        ladder("refine", Budgets.from_gb(7, 16), BF16)
     assert "GiB of host RAM (pinned + pageable) in its leanest plan" in str(info.value)
     with pytest.raises(PlanError) as info:
         ladder("upscale", Budgets.from_gb(24, 2.6))
@@ -987,13 +1000,16 @@ def test_a_ladder_of_two_plans_has_one_fallback() -> None:
 
 
 BIG_ACT = Project(refine_size=(1536, 864))  # activations large enough to be each plan's peak
+#: ... even beside the decode of a rung that swaps the VAE in (its tiles are kept until blended, and
+#: two clips sit beside them at the blend): over 1 GiB of margin on every rung
+BIGGER_ACT = Project(refine_size=(3072, 1728))
 
 
 @pytest.mark.parametrize("preset", [GGUF, BF16], ids=lambda p: p.name)
 def test_each_offload_mode_needs_on_the_card_what_the_cost_model_says(preset: Preset) -> None:
     """block-level group offload: non-block weights + 2 blocks; leaf-level: 2 largest layers;
     sequential: 1 layer; model offload: the whole model; each + activations + dequant scratch."""
-    plans = by_name(candidates("refine", preset, Budgets.from_gb(8, 256), BIG_ACT))
+    plans = by_name(candidates("refine", preset, Budgets.from_gb(8, 256), BIGGER_ACT))
     for fmt in ("", "/fp8") if preset is BF16 else ("",):
         t = component_sizes(preset)["transformer"]
         t = t.as_format("fp8") if fmt else t
@@ -1024,18 +1040,18 @@ def test_each_offload_mode_holds_in_host_ram_what_the_cost_model_says() -> None:
 def test_streamed_blocks_are_upcast_into_one_bf16_block() -> None:
     """fp8 storage: half-size slots and one bf16 block to compute in; GGUF: a bf16 block plus
     the per-layer scratch of the layers outside the blocks (dequant per block)."""
-    b = Budgets.from_gb(8, 256)
+    b = Budgets.from_gb(24, 256)  # room for resident blocks, so the lean twins exist
     bf16 = component_sizes(BF16)["transformer"]
     fp8 = bf16.as_format("fp8")
-    lean = by_name(candidates("refine", BF16, b, BIG_ACT))["stream-lean/fp8+vaetiles256"]
+    lean = by_name(candidates("refine", BF16, b, BIGGER_ACT))["stream-lean/fp8+vaetiles256"]
     assert lean.vram_bytes == fp8.nonblock_bytes + 2 * fp8.block_bytes + bf16.block_bytes + \
         lean.options["activation_bytes"]
     g = component_sizes(GGUF)["transformer"]
-    gl = by_name(candidates("refine", GGUF, b, Project(refine_size=(1024, 576))))["stream-lean+vaetiles256"]
+    gl = by_name(candidates("refine", GGUF, b, BIGGER_ACT))["stream-lean+vaetiles256"]
     bf16_block = int(g.params * g.block_fraction / g.blocks * 2)
     assert gl.vram_bytes == g.nonblock_bytes + 2 * g.block_bytes + bf16_block + g.scratch_bytes + \
         gl.options["activation_bytes"]
-    plain = by_name(candidates("refine", BF16, b, BIG_ACT))
+    plain = by_name(candidates("refine", BF16, b, BIGGER_ACT))
     s = next(p for n, p in plain.items() if n.startswith("stream") and p.options["weights"] == "bfloat16")
     assert isinstance(s.options["resident_blocks"], int)
 
@@ -1068,7 +1084,7 @@ def test_plans_use_the_measured_size_of_the_transformer_file(tmp_path: Path) -> 
 def test_a_transformer_without_blocks_is_offloaded_layer_by_layer() -> None:
     flat = replace(GGUF, extra={"memory": {"transformer": {"blocks": 0}}})
     t = component_sizes(flat)["transformer"]
-    group = [p for p in candidates("refine", flat, Budgets.from_gb(8, 256), BIG_ACT)
+    group = [p for p in candidates("refine", flat, Budgets.from_gb(8, 256), BIGGER_ACT)
              if p.name == "group_block+vaetiles256"]
     assert group and group[0].vram_bytes == 2 * t.layer_bytes + group[0].options["activation_bytes"] + t.scratch_bytes
 
@@ -1117,10 +1133,61 @@ def test_a_vae_tile_costs_about_the_measured_two_and_a_half_gib() -> None:
     comps = component_sizes(GGUF)
     t, vae = comps["transformer"], comps["vae"]
     plans = by_name(candidates("refine", GGUF, Budgets.from_gb(8, 256), Project(refine_size=(1024, 576))))
+    # every decoded tile is kept until the blend: at 1024×576 the 512 px tiles (stride 448) cover
+    # 512+512+128 × 512+128 px, the 256 px ones (stride 224) 4×256+128 × 2×256+128: the same
+    # 1152 × 640 px, over 121 frames of bf16 RGB
+    kept = 1152 * 640 * 121 * 3 * 2
+    # and at the blend the rows, then the clip, concatenated beside them: two 1024×576×121 clips
+    blend = 2 * 1024 * 576 * 121 * 3 * 2
     for tile, expected in ((512, 2.5), (256, 2.5 / 4)):
         p = plans[f"group_leaf+stream+lowmem+vaetiles{'' if tile == 512 else tile}"]
-        decode = p.vram_bytes - vae.nbytes - t.nonblock_bytes
+        decode = p.vram_bytes - vae.nbytes - t.nonblock_bytes - kept - blend
         assert abs(decode / GiB - expected) <= 0.05 * expected, tile
+
+
+def test_the_refine_at_the_seed_budget_picks_a_plan_that_fits_what_was_measured() -> None:
+    """bench/results/chain_h200_2026-12-04_run3.json (19B Q4_0, 1024×576×121, 8 GiB, allocator capped
+    at 7.08 GiB): every capped shot's first refine plan, stream+vaetiles256 with 8 blocks resident,
+    ran out of memory, and its lean twin stream-lean+vaetiles256 then peaked at 5.74 GiB allocated
+    (5.75-5.77 reserved) after the decode, where the planner said 4.72. Counting the two clips
+    beside the kept tiles at the blend it says 5.52, so at run2's 0.8 GiB context the first plan
+    keeps 4 blocks (est. 6.33 GiB): the measured peak plus 4 blocks stays under the cap, plus 8
+    did not. run2 (before the decoded tiles were counted) peaked at 7.35-7.53 GiB reserved under
+    the 512 px lean rung, which the planner now does not try at all. run4 (..._run4_capped.json)
+    ran the chain under the fixed planner."""
+    random19b = get_preset("ltx2-19b-random")
+    project = Project(vram_budget_gb=8, ram_budget_gb=32, output_size=(1920, 1080))
+    b = Budgets.from_gb(8, 32, context=int(0.8 * GiB))
+    cap = 7.08 * GiB  # what run3's out-of-memory errors say the allocator was allowed
+    plans = by_name(candidates("refine", random19b, b, project))
+    blk = component_sizes(random19b)["transformer"].block_bytes
+    measured = 5.74 * GiB  # run3's lean 256 px rung, allocated
+    lean = plans["stream-lean+vaetiles256"]
+    assert lean.options["resident_blocks"] == 0
+    assert abs(lean.vram_bytes - measured) <= 0.05 * measured  # est. 5.52 GiB
+    assert measured + 8 * blk > cap  # run3's first plan: 8 blocks beside it could not fit
+    run2_lean = plans["stream+vaetiles"]
+    assert run2_lean.options["resident_blocks"] == 0
+    assert run2_lean.vram_bytes > b.vram  # so it is not tried
+    first = plan_ladder("refine", random19b, project, "cuda", budgets=b, frames=121)[0]
+    assert first.name == "stream+vaetiles256" and first.options["resident_blocks"] == 4
+    assert first.vram_bytes == lean.vram_bytes + 4 * blk  # est. 6.33 GiB
+    assert first.vram_bytes <= b.vram < first.vram_bytes + blk  # a fifth block would not fit
+    assert measured + 4 * blk < cap  # what run3 measured, with the 4 blocks beside it
+    # run4 (the same chain after the fix; its 7.08 GiB cap implies a 0.67 GiB context): the first
+    # plan kept 5 blocks, peaked at 6.78 GiB allocated after the decode and never fell back
+    run4 = plan_ladder("refine", random19b, project, "cuda", budgets=Budgets.from_gb(8, 32, context=int(0.67 * GiB)),
+                       frames=121)[0]
+    assert run4.name == "stream+vaetiles256" and run4.options["resident_blocks"] == 5
+    assert abs(run4.vram_bytes - 6.78 * GiB) <= 0.05 * 6.78 * GiB and 6.78 * GiB < cap  # est. 6.53 GiB
+    # its held blocks and buffers leave the upscaler room beside them for batch 4, not 8
+    room = b.vram - first.options["held_vram_bytes"]
+    up = plan_ladder("upscale", random19b, project, "cuda", budgets=b, frames=121)
+    assert [p.name for p in beside_held(up, room)][0] == "batch4"
+    # the draft (512×288, run3: 6.61 GiB allocated with 1 block resident) keeps none now
+    draft = plan_ladder("draft", random19b, project, "cuda", budgets=b, frames=121)[0]
+    assert draft.name.startswith("stream+vaetiles/") and draft.options["resident_blocks"] == 0
+    assert draft.vram_bytes <= b.vram
 
 
 def test_other_families_run_their_recipes_on_the_card_for_the_default_segment() -> None:

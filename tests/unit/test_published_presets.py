@@ -65,6 +65,23 @@ def test_ltx23_distilled_keeps_the_stock_weights_and_lightricks_prompts() -> Non
 
 
 @pytest.mark.parametrize("name", ["sulphur2-ltx23", "ltx23-distilled"])
+def test_the_diffusers_folder_is_pulled_without_the_transformer_weights(name: str) -> None:
+    """diffusers/LTX-2.3-Diffusers (diffusers 0.42.1's LTX2InContextPipeline docstring): the
+    components the render loads, and of transformer/ only its config (the GGUF is the weights)."""
+    import fnmatch
+
+    preset = get_preset(name)
+    folder, config = preset.file("diffusers"), preset.file("transformer_config")
+    assert folder.repo == config.repo == "diffusers/LTX-2.3-Diffusers"
+    assert set(folder.patterns) == {"model_index.json", "vae/*", "audio_vae/*", "vocoder/*", "connectors/*",
+                                    "text_encoder/*", "tokenizer/*", "scheduler/*"}
+    assert config.patterns == ("transformer/config.json",)
+    shard = "transformer/diffusion_pytorch_model-00001-of-00002.safetensors"
+    assert not any(fnmatch.fnmatchcase(shard, p) for p in (*folder.patterns, *config.patterns))
+    assert (download.folder_root(folder), download.folder_root(config)) == ("", "transformer")
+
+
+@pytest.mark.parametrize("name", ["sulphur2-ltx23", "ltx23-distilled"])
 def test_x2plus_is_the_release_asset_with_its_hash(name: str) -> None:
     up = get_preset(name).file("upscaler")
     assert up.url == "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"

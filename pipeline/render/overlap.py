@@ -1,0 +1,74 @@
+"""Work the local engine runs behind the GPU stages: segment k's encode while segment k+1 drafts.
+
+A chained storyboard is a chain only through the draft (draft k → its last frame → draft
+k+1). The encode (libx264 in a child process, see :mod:`pipeline.stages.encode`) and the
+publishing of a segment need no GPU, so the local runner hands them to :class:`Behind`, one
+at a time and in storyboard order, and goes on with the next segment's draft, refine and
+upscale. The cache contract is unchanged (an entry is complete when its files are); the film
+is assembled only after :meth:`Behind.drain` has seen every encode through.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+
+class LinkedCancel(threading.Event):
+    """Set when the caller's cancel is, or when set itself: the runner abandons what it started
+    behind the GPU stages (a ctrl+c, a failed draft) without touching the caller's event, which
+    decides whether a job reads as cancelled."""
+
+    def __init__(self, parent: threading.Event) -> None:
+        super().__init__()
+        self.parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.parent.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                break
+            super().wait(left)
+        return self.is_set()
+
+
+class Behind:
+    """One worker thread running submitted work in order; failures come back to the caller's
+    thread at :meth:`check` (before each new segment) and :meth:`drain` (before the film)."""
+
+    def __init__(self, cancel: LinkedCancel) -> None:
+        self.cancel = cancel
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sulphur-behind")
+        self._futures: list[Future[None]] = []
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.check()
+        self._futures.append(self._pool.submit(work))
+
+    def check(self) -> None:
+        """Raise the error of the first finished work that failed."""
+        for f in self._futures:
+            if f.done() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+
+    def drain(self) -> None:
+        """Wait for every submitted work, in order; raise the first failure."""
+        try:
+            for f in self._futures:
+                f.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """The caller's thread is failing: cancel what runs behind, wait for it to stop (a stage
+        leaves no partial entry), and drop its errors (the caller's own error is the one to report)."""
+        self.cancel.set()
+        for f in self._futures:
+            f.cancel()
+        self._pool.shutdown(wait=True)

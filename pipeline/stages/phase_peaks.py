@@ -1,0 +1,40 @@
+"""GPU memory high-water marks at the phase boundaries of a stage, as one log line.
+
+The runner reports a stage's peak; the planner's estimate is a maximum over phases (text
+encoder, denoise, upsample, VAE decode), so a bench needs to know which phase set the peak
+to check the estimate against it (bench/chain.py collects these lines). The marks read the
+allocator's running maximum and never reset it, so the stage's own peak is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.wire.protocol import Event, Log
+
+GiB = 1024**3
+
+# Deferred imports: torch — only a stage that runs on CUDA marks anything
+
+
+class PhasePeaks:
+    """``mark(phase)`` after each phase; ``emit()`` once at the end (nothing without CUDA)."""
+
+    def __init__(self, stage: str, device: str) -> None:
+        self.stage, self.marks = stage, []
+        self.cuda = device.startswith("cuda")
+
+    def mark(self, phase: str) -> None:
+        if self.cuda:
+            import torch
+
+            self.marks.append((phase, torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()))
+
+    def line(self) -> str:
+        """``"<stage> memory: peak after text 1.20/1.50, after denoise 3.10/3.40 GiB allocated/reserved"``."""
+        parts = ", ".join(f"after {p} {a / GiB:.2f}/{r / GiB:.2f}" for p, a, r in self.marks)
+        return f"{self.stage} memory: peak {parts} GiB allocated/reserved"
+
+    def emit(self, emit: Callable[[Event], None]) -> None:
+        if self.marks:
+            emit(Log(level="debug", message=self.line()))
