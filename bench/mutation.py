@@ -93,11 +93,12 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     # which render in a child, would leave every mutant "no tests"). Seconds to a minute per
     # mutant; encode, cache and film are their own modules above.
     "stages": ([f"pipeline/stages/{f}.py" for f in ("base", "conditions", "draft", "enhance", "family_draft",
-                                                     "frame_files", "grade", "latent_preview", "prompt_embeds",
+                                                     "frame_files", "grade", "latent_preview", "phase_peaks", "prompt_embeds",
                                                      "refine", "resize_refine", "retake", "upscale")],
                ["tests/functional/test_draft_refine.py", "tests/unit/test_upscale.py", "tests/unit/test_drift.py",
                 "tests/unit/test_enhancer.py", "tests/unit/test_keyframes.py", "tests/unit/test_sigmas.py",
-                "tests/unit/test_shot_loras_audio.py", "tests/unit/test_cache_keys.py",
+                "tests/unit/test_shot_loras_audio.py", "tests/unit/test_cache_keys.py", "tests/unit/test_phase_peaks.py",
+                "tests/unit/test_frames_on_device.py",
                 # in-process renders: the only callers of GradeStage.run, the retake, family and
                 # prompt-embedding stages (a subset run of grade.py left its run() "no tests" without them)
                 "tests/functional/test_drift_guard_e2e.py", "tests/functional/test_retake.py",
