@@ -76,7 +76,12 @@ def test_a_segment_is_what_ffprobe_should_report(tmp_path: Path) -> None:
     assert float(video["start_time"]) == 0.0 and float(audio["start_time"]) == 0.0  # they start together
     assert abs(int(audio["bit_rate"]) - 192_000) < 40_000
     assert "mp4" in info["format"]["format_name"]
-    # x264 at CRF 18, preset medium (its defaults would be CRF 23), frame threads, no slices
+
+
+def test_x264_records_crf_18_and_preset_medium(tmp_path: Path) -> None:
+    """What ``mediainfo`` shows as "Encoding settings" (x264's defaults would be CRF 23); no ffprobe needed."""
+    out = tmp_path / "seg.mp4"
+    encode_mp4(out, _frames(3), fps=8, size=(W, H))
     settings = _x264_settings(out)
     assert settings["rc"] == "crf" and settings["crf"] == "18.0"
     assert (settings["subme"], settings["ref"], settings["me"], settings["bframes"]) == ("7", "3", "hex", "3")
