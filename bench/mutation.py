@@ -16,7 +16,11 @@ Usage:
     python bench/mutation.py -j 2 wire storyboard           # some modules
     python bench/mutation.py -j 16 planner --mutants 'pipeline.memory.planner.x__refuse*'
                                                             # some mutants only (written to <module>_subset.json)
-    python bench/mutation.py -j 16 slow                     # stages + runner through tiny-model renders (slow)
+    timeout 570 python bench/mutation.py -j 16 -m 2 --resume slow
+                                                            # stages + runner (~5,000 mutants, tiny-model runs
+                                                            # in-process): repeat the call until it prints both
+                                                            # modules' results (each call picks up where the
+                                                            # last stopped)
     python bench/mutation.py --list                         # modules, their files and tests
     python bench/mutation.py --report bench/results/mutation_<date>.md --reasons bench/results/mutation_reasons.json
 
@@ -43,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -69,8 +74,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "cache": (["pipeline/render/cache.py"],
               ["tests/unit/test_cache_and_protocol.py", "tests/unit/test_cache_bites.py",
                "tests/unit/test_cache_keys.py"]),
-    # The stages' cache-key functions: only params()/identity code is reached by these tests, so
-    # read the kill rate of the mutants in those functions (the rest are "no tests" here).
+    # The stages' cache-key functions (params() and what it calls, ONLY below) and the job resolution.
     "keys": (["pipeline/stages/*", "pipeline/render/job.py"], ["tests/unit/test_cache_keys.py"]),
     "planner": (["pipeline/memory/planner.py"],
                 ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py",
@@ -81,15 +85,43 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                  "tests/unit/test_planner_choices.py"]),
     # PyAV on tiny synthetic frames (about a minute for the whole selection on one core).
     "encode": (["pipeline/stages/encode.py"],
-               ["tests/unit/test_encode.py", "tests/unit/test_encode_bites.py", "tests/unit/test_film.py",
-                "tests/unit/test_cache_keys.py"]),  # the encode key (params)
+               ["tests/unit/test_encode.py", "tests/unit/test_encode_bites.py", "tests/unit/test_encode_mp4_as_probed.py",
+                "tests/unit/test_film.py", "tests/unit/test_cache_keys.py"]),  # the encode key (params)
     "film": (["pipeline/render/film.py"], ["tests/unit/test_film.py"]),
-    "stages": (["pipeline/stages/*"],
-               ["tests/unit/test_cache_keys.py", "tests/unit/test_encode.py", "tests/unit/test_upscale.py",
-                "tests/functional/test_render_e2e.py", "tests/functional/test_seams.py"]),
-    "runner": (["pipeline/render/*"],
-               ["tests/unit/test_cache_keys.py", "tests/functional/test_render_e2e.py",
-                "tests/functional/test_seams.py", "tests/functional/test_draft_refine.py"]),
+    # The slow group: the stages and the runner judged by tests that run them in this process on
+    # the tiny models (mutmut only sees code the pytest process runs: the CLI end-to-end tests,
+    # which render in a child, would leave every mutant "no tests"). Seconds to a minute per
+    # mutant; encode, cache and film are their own modules above.
+    "stages": ([f"pipeline/stages/{f}.py" for f in ("base", "conditions", "draft", "enhance", "family_draft",
+                                                     "frame_files", "grade", "latent_preview", "phase_peaks", "prompt_embeds",
+                                                     "refine", "resize_refine", "retake", "upscale")],
+               ["tests/functional/test_draft_refine.py", "tests/unit/test_upscale.py", "tests/unit/test_drift.py",
+                "tests/unit/test_enhancer.py", "tests/unit/test_keyframes.py", "tests/unit/test_sigmas.py",
+                "tests/unit/test_shot_loras_audio.py", "tests/unit/test_cache_keys.py", "tests/unit/test_phase_peaks.py",
+                "tests/unit/test_frames_on_device.py",
+                # in-process renders: the only callers of GradeStage.run, the retake, family and
+                # prompt-embedding stages (a subset run of grade.py left its run() "no tests" without them)
+                "tests/functional/test_drift_guard_e2e.py", "tests/functional/test_retake.py",
+                "tests/functional/test_families.py", "tests/functional/test_prompt_embeds.py",
+                "tests/functional/test_keyframes.py"]),
+    "runner": ([f"pipeline/render/{f}.py" for f in ("runner", "job", "extend", "fallback", "takes", "outputs",
+                                                     "usage", "errors", "lora_audio")],
+               ["tests/unit/test_fallback.py", "tests/unit/test_cache_keys.py", "tests/functional/test_outputs.py",
+                "tests/functional/test_retake.py", "tests/functional/test_mixed_presets.py",
+                "tests/functional/test_shot_loras_audio.py", "tests/functional/test_drift_guard_e2e.py",
+                "tests/functional/test_prompt_embeds.py", "tests/functional/test_families.py"]),
+}
+
+#: Modules whose files hold much more than their tests aim at: only these mutants are run and
+#: counted (mutmut names, globs). "keys" mutates pipeline/stages/* for the cache-key functions only.
+ONLY: dict[str, list[str]] = {
+    "keys": ["pipeline.stages.*ǁparams__mutmut_*", "pipeline.stages.*ǁcondition_params__mutmut_*",
+             "pipeline.stages.*ǁseed__mutmut_*", "pipeline.stages.*.x_shot_control_params__mutmut_*",
+             "pipeline.stages.*.x_model_identity__mutmut_*", "pipeline.stages.*.x_image_to_video__mutmut_*",
+             "pipeline.stages.*.x__mmproj__mutmut_*", "pipeline.stages.*.x__mode__mutmut_*",
+             "pipeline.stages.*.x__max_tokens__mutmut_*", "pipeline.stages.*.x__roles__mutmut_*",
+             "pipeline.stages.*.x_span__mutmut_*", "pipeline.stages.*.x_repeats_anchor__mutmut_*",
+             "pipeline.render.job.*"],
 }
 
 #: Names that stand for several modules on the command line.
@@ -140,11 +172,31 @@ def _mutmut(dest: Path, *args: str, log: Path | None = None) -> str:
     env = dict(os.environ, PYTHONPATH=_pythonpath(dest), SULPHUR_TEST_HOME=os.environ.get("SULPHUR_TEST_HOME", ""))
     if not env["SULPHUR_TEST_HOME"]:
         env.pop("SULPHUR_TEST_HOME")
-    proc = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env,
-                          capture_output=True, text=True)
+    # Its own session: a timeout that ends this script ends mutmut and its forked children too
+    # (an orphan would go on writing verdicts into the copy that --resume picks up).
+    proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    _LIVE.add(proc)
+    try:
+        out, err = proc.communicate()
+    finally:
+        _LIVE.discard(proc)
     if log is not None:
-        log.write_text(proc.stdout + proc.stderr)
-    return proc.stdout
+        log.write_text(out + err)
+    return out
+
+
+#: mutmut processes running now, ended with their process groups when this script is told to stop.
+_LIVE: set[subprocess.Popen] = set()
+
+
+def _stop(signum: int, _frame: object) -> None:
+    for proc in list(_LIVE):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(128 + signum)  # now: the worker threads wait on the processes just killed
 
 
 _DIFFS = """
@@ -163,15 +215,20 @@ def _diffs(dest: Path, names: list[str]) -> dict[str, str]:
     return json.loads(proc.stdout)
 
 
-def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str] | None = None) -> dict:
-    """Mutate one module in its own copy and judge it by its tests; ``mutants``: only these (globs)."""
+def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str] | None = None,
+               resume: bool = False) -> dict:
+    """Mutate one module in its own copy and judge it by its tests; ``mutants``: only these (globs).
+    ``resume``: reuse the copy a timed-out run left (mutmut keeps each verdict as it goes and
+    skips the mutants that have one), so a long module can run over several calls."""
     mutate, tests = MODULES[name]
     tests = [t for t in tests if (ROOT / t.split("::")[0]).exists()]
     dest = workdir / name
-    _copy_checkout(dest)
-    _write_config(dest, mutate, tests)
+    if not (resume and (dest / "mutants").is_dir()):
+        _copy_checkout(dest)
+        _write_config(dest, mutate, tests)
     t0 = time.perf_counter()
     stem = name + ("_subset" if mutants else "")
+    mutants = mutants or ONLY.get(name)
     _mutmut(dest, "run", "--max-children", str(jobs), *(mutants or []), log=out / f"{stem}.log")
     listing = _mutmut(dest, "results", "--all", "true")
     status: dict[str, str] = {}
@@ -185,6 +242,8 @@ def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str
     survivors = _diffs(dest, [k for k, s in status.items() if s in ("survived", "no tests")])
     judged = sum(n for s, n in counts.items() if s in ("killed", "survived", "timeout", "no tests"))
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    if counts.get("not checked") == len(status):  # mutmut's first pass of the tests failed: say why
+        sys.stderr.write(f"{name}: no mutant checked; see {out / (stem + '.log')}\n")
     summary = {"module": name, "files": mutate, "tests": tests, "mutants": len(status), "counts": counts,
                "kill_rate": round(killed / judged, 3) if judged else None,
                "seconds": round(time.perf_counter() - t0, 1), "jobs": jobs}
@@ -194,40 +253,62 @@ def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str
 
 #: Survivors recognised by their diff, with the reason they need no test (equivalent mutants).
 EQUIVALENT = [
-    (re.compile(r'^[-+].*"(?:PRAGMA|SELECT|INSERT|UPDATE|WHERE|pragma|select|insert|update|where)\b', re.M),
+    (re.compile(r'^[-+].*"(?:PRAGMA|SELECT|INSERT|UPDATE|WHERE|ALTER|pragma|select|insert|update|where|alter)\b',
+                re.M),
      "equivalent: SQL keywords and column names are case-insensitive"),
 ]
 
 
+#: In a report, the line below which --report rewrites the file; what is above it is kept
+#: (the hand-written method, the named mutants of issue 24, findings).
+MARKER = "<!-- generated by bench/mutation.py --report: everything below is rewritten -->"
+
+
+def _survivor_line(name: str, diff: str, why: str) -> str:
+    change = " → ".join(x[1:].strip() for x in diff.splitlines()
+                        if x[:1] in "+-" and not x.startswith(("+++", "---")))[:160]
+    return f"- `{name.rsplit('.', 1)[-1]}`: `{change}` — {why or 'TODO: no reason yet'}"
+
+
 def report(out: Path, reasons: dict[str, str]) -> str:
     """Markdown: kill rate per module, then every survivor with its one-line reason."""
-    lines = ["| module | mutants | killed | survived | no tests | equivalent | kill rate | "
-             "kill rate w/o equivalent | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| module | mutants | killed | survived | no tests | equivalent | no reason yet | kill rate | "
+             "kill rate w/o equivalent | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     body = []
     # <module>.json only: not the --mutants subsets, nor earlier runs kept under another name
-    for path in sorted(p for p in out.glob("*.json") if p.stem in MODULES):
+    for path in sorted((p for p in out.glob("*.json") if p.stem in MODULES), key=lambda p: list(MODULES).index(p.stem)):
         data = json.loads(path.read_text())
         c = data["counts"]
+        if c.get("not checked") == data["mutants"]:
+            lines.append(f"| {data['module']} | {data['mutants']} | – | – | – | – | – | not checked: mutmut's "
+                         f"first pass of the tests failed ({path.stem}.log) | | {data['seconds']} |")
+            continue
         killed = c.get("killed", 0) + c.get("timeout", 0) + c.get("suspicious", 0)
         judged = data["mutants"] - c.get("skipped", 0)
         why = {k: reasons.get(k) or next((r for rx, r in EQUIVALENT if rx.search(d)), "") for k, d in
                data["survivors"].items()}
         eq = sum(1 for r in why.values() if r.startswith("equivalent"))
+        todo = sum(1 for r in why.values() if not r)
         lines.append(f"| {data['module']} | {data['mutants']} | {killed} | {c.get('survived', 0)} | "
-                     f"{c.get('no tests', 0)} | {eq} | {killed / judged:.1%} | {killed / (judged - eq):.1%} | "
-                     f"{data['seconds']} |")
+                     f"{c.get('no tests', 0)} | {eq} | {todo} | {killed / judged:.1%} | "
+                     f"{killed / (judged - eq):.1%} | {data['seconds']} |")
         body += [f"\n### {data['module']} ({', '.join(data['files'])})\n", f"Tests: {', '.join(data['tests'])}\n"]
-        for k, d in data["survivors"].items():
-            change = " → ".join(x[1:].strip() for x in d.splitlines()
-                                if x[:1] in "+-" and not x.startswith(("+++", "---")))[:160]
-            body.append(f"- `{k.rsplit('.', 1)[-1]}`: `{change}` — {why[k] or 'TODO'}")
+        body += [_survivor_line(k, d, why[k]) for k, d in data["survivors"].items()]
     return "\n".join(lines + body) + "\n"
+
+
+def write_report(target: Path, out: Path, reasons: dict[str, str]) -> None:
+    """Rewrite ``target`` below :data:`MARKER` (all of it when the marker is absent)."""
+    head = target.read_text().split(MARKER)[0] if target.exists() and MARKER in target.read_text() else ""
+    target.write_text(head + MARKER + "\n\n" + report(out, reasons))
 
 
 def _epilog() -> str:
     lines = ["modules (files mutated <- the tests that judge them):"]
     for name, (mutate, tests) in MODULES.items():
         lines.append(f"  {name:10} {' '.join(mutate)}")
+        if name in ONLY:
+            lines.append(f"  {'':10}   only the mutants {' '.join(ONLY[name])}")
         lines.append(f"  {'':10}   <- {' '.join(tests)}")
     lines.append("groups:")
     lines += [f"  {g:10} {' '.join(ms)}" for g, ms in GROUPS.items()]
@@ -258,23 +339,29 @@ def main() -> None:
                     help="run only these mutants (mutmut names, globs allowed); results go to <module>_subset.json")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sulphur-mutation"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue in the copies a timed-out run left in --workdir (the slow group needs several "
+                         "10-minute calls)")
     ap.add_argument("--list", action="store_true", help="print the modules, their files and tests")
     ap.add_argument("--report", type=Path, help="write a markdown report of --out's results to this file")
     ap.add_argument("--reasons", type=Path, help="JSON {mutant name: one-line reason} for the report")
     args = ap.parse_args()
     if args.report:
         reasons = json.loads(args.reasons.read_text()) if args.reasons else {}
-        args.report.write_text(report(args.out, reasons))
+        write_report(args.report, args.out, reasons)
         return
     if args.list:
         print(_epilog())
         return
     modules = _modules(args.modules)
     args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _stop)  # `timeout` sends it
+    signal.signal(signal.SIGINT, _stop)
     at_once = max(1, min(args.modules_at_once, len(modules)))
     jobs = max(1, args.jobs // at_once)
     with ThreadPoolExecutor(at_once) as pool:  # each module is its own mutmut process; threads only wait
-        runs = [pool.submit(run_module, name, args.workdir, args.out, jobs, args.mutants) for name in modules]
+        runs = [pool.submit(run_module, name, args.workdir, args.out, jobs, args.mutants, args.resume)
+                for name in modules]
         for run in runs:
             print(json.dumps(run.result()), flush=True)
 

@@ -107,3 +107,45 @@ def test_sweep_survives_junk_that_is_not_a_folder(tmp_path: Path) -> None:
     junk.parent.mkdir(parents=True)
     junk.write_text("not a folder")
     assert StageCache(tmp_path).sweep_partials() == 1  # counted, and the sweep goes on
+
+
+def _entry(cache: StageCache, stage: str = "draft") -> Path:
+    """An entry with a frames file and one in a sub-folder, as a stage leaves them."""
+    with cache.build(stage, KEY) as b:
+        (b.path / "frames.npy").write_bytes(b"\x93NUMPY" + bytes(1000))
+        (b.path / "sub").mkdir()
+        (b.path / "sub" / "audio.npy").write_bytes(bytes(500))
+    return cache.root / stage / KEY[:2] / KEY
+
+
+@pytest.mark.parametrize("damage", ["cut short", "deleted", "emptied"])
+def test_a_damaged_entry_is_absent_and_leaves_nothing_behind(tmp_path: Path, damage: str) -> None:
+    """A file cut short by a disk error (not empty), removed, or emptied: the stage runs again,
+    and the entry is gone entirely (no folder set aside and left on the disk)."""
+    cache = StageCache(tmp_path)
+    entry = _entry(cache)
+    assert json.loads((entry / "meta.json").read_text())["files"] == {"frames.npy": 1006, "sub/audio.npy": 500}
+    victim = entry / "sub" / "audio.npy"
+    {"cut short": lambda: victim.write_bytes(bytes(499)), "deleted": victim.unlink,
+     "emptied": lambda: victim.write_bytes(b"")}[damage]()
+    assert cache.get("draft", KEY) is None
+    assert list((tmp_path / "draft" / KEY[:2]).iterdir()) == []
+    assert cache.used == set()
+
+
+def test_an_intact_entry_is_found_and_recorded_as_used(tmp_path: Path) -> None:
+    """What a render found is what ``sulphur cache --prune`` keeps."""
+    cache = StageCache(tmp_path)
+    _entry(cache, "upscale")
+    assert cache.get("upscale", KEY) is not None
+    assert cache.used == {f"upscale/{KEY}"}
+
+
+@pytest.mark.parametrize("size,found", [(0, False), (1, True)])
+def test_an_entry_from_before_sizes_were_recorded_is_damaged_only_by_an_empty_file(tmp_path: Path, size: int,
+                                                                                    found: bool) -> None:
+    entry = tmp_path / "draft" / "ab" / KEY
+    entry.mkdir(parents=True)
+    (entry / "meta.json").write_text(json.dumps({"stage": "draft", "key": KEY, "params": {}, "meta": {}}))
+    (entry / "frames.npy").write_bytes(bytes(size))
+    assert (StageCache(tmp_path).get("draft", KEY) is not None) is found

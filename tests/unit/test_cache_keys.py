@@ -504,3 +504,54 @@ def test_the_enhancers_vision_projector_is_part_of_the_enhance_key(tmp_path: Pat
     assert key() not in (before, replaced)  # a missing projector is not the projector
     without = dataclasses.replace(preset, files=tuple(f for f in preset.files if f.role != "enhancer_mmproj"))
     assert _key(stages["enhance"], dataclasses.replace(job, preset=without)) != replaced
+
+
+# ------------------------------------------------------------------ the key's own field names
+
+#: stage -> (its version, every field name its key can hold, nested as dotted paths). A user's
+#: cache on disk is keyed by these names: renaming one silently re-renders every cached shot
+#: (hours of GPU time) after an upgrade. A deliberate change updates this line (and the version
+#: when the stage's output changes meaning).
+KEY_FIELDS: dict[str, tuple[int, str]] = {
+    "enhance": (3, "anchor image_to_video max_tokens mmproj mode model model.file model.missing model.mtime_ns "
+                   "model.size model.tiny prompt prompts_from seed system_prompt"),
+    "draft": (2, "anchor audio audio_track fps frames guidance_scale keyframes keyframes.[].frame keyframes.[].image "
+                 "keyframes.[].strength lora_strength loras model prompt schedule seed size steps"),
+    "refine": (1, "audio_track fps guidance_scale lora_strength loras model seed sigmas size"),
+    "upscale": (1, "model model.file model.missing model.mtime_ns model.size model.tiny output_size resize"),
+    "grade": (1, "method reference strength"),
+    "encode": (4, "audio audio_rate crf fps idr_after_anchor kept preset size"),
+    "family_draft": (1, "anchor fps frames guidance model negative preset prompt seed size steps"),
+    "resize_refine": (1, "method size"),
+    "retake-draft": (1, "retake retake_seed"),
+    "retake": (1, "span"),
+}
+
+
+def _field_names(value: Any, prefix: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return {n for k, v in value.items() for n in {prefix + k, *_field_names(v, prefix + k + ".")}}
+    if isinstance(value, list | tuple):
+        return {n for v in value for n in _field_names(v, prefix + "[].")}
+    return set()
+
+
+def _weights_found_or_not(job: SegmentJob, tmp_path: Path) -> list[SegmentJob]:
+    """The job with real (not tiny) weights files, once present and once absent: both key shapes."""
+    present = tmp_path / "weights.safetensors"
+    present.write_bytes(b"0")
+    return [dataclasses.replace(job, preset=dataclasses.replace(job.preset, builder=None, files=tuple(
+        dataclasses.replace(f, path=str(path), repo="", url="", env="") for f in job.preset.files)))
+        for path in (present, tmp_path / "absent.safetensors")]
+
+
+@pytest.mark.parametrize("stage_name", list(KEY_FIELDS))
+def test_a_stage_keys_its_cache_by_the_field_names_it_was_released_with(stage_name: str, tmp_path: Path) -> None:
+    stage = _stages()[stage_name]
+    job = _job(tmp_path, _preset_for(stage_name))
+    jobs = [job, *(j for _, j in perturbations(job)), *_weights_found_or_not(job, tmp_path)]
+    names = set().union(*(_field_names(stage.params(j)) for j in jobs))
+    version, expected = KEY_FIELDS[stage_name]
+    assert (stage.version, " ".join(sorted(names))) == (version, expected), (
+        f"{stage_name}'s key fields changed: every cached entry would be rendered again; "
+        "if that is meant, update KEY_FIELDS (and the stage's version if its output changes)")

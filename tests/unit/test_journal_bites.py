@@ -3,6 +3,7 @@ from any thread, in a project folder that does not exist yet."""
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -88,3 +89,83 @@ def test_events_keep_their_order_and_skip_unknown_types_in_the_middle(tmp_path: 
     with j._lock:
         kinds = [r[0] for r in j._db.execute("SELECT type FROM events ORDER BY seq")]
     assert kinds == ["log", "future", "step_progress", "log"]
+
+
+# ------------------------------------------------------------------ a worker's start and its housekeeping
+
+
+def test_a_sound_journal_opens_as_it_is(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "journal.db")
+    j.add_job(_record(1))
+    j.close()
+    again, warning = Journal.open_or_reset(tmp_path / "journal.db")
+    assert warning == "" and again.quick_check() == "ok" and [r.id for r in again.jobs()] == ["job1"]
+    again.close()
+
+
+def test_a_corrupt_journal_is_moved_aside_with_its_wal_and_a_new_one_started(tmp_path: Path) -> None:
+    """A worker must start even when its journal is damaged (a disk error, a copied half file)."""
+    path = tmp_path / "journal.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4080)  # a header, then garbage
+    Path(f"{path}-wal").write_bytes(b"wal")
+    Path(f"{path}-shm").write_bytes(b"shm")
+    journal, warning = Journal.open_or_reset(path)
+    aside = {p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name}
+    base = min(aside, key=len)
+    assert re.fullmatch(r"journal\.db\.corrupt-\d{8}-\d{6}", base)  # when it was found, sortable
+    assert aside == {base, f"{base}-wal", f"{base}-shm"}
+    assert Path(tmp_path / base).read_bytes().startswith(b"SQLite format 3\x00\xff")
+    assert warning == (f"{path} was corrupt (file is not a database); moved it to {base} and started a new "
+                       "journal (the job history before it is lost; cached stages are kept)")
+    assert journal.jobs() == [] and journal.quick_check() == "ok"
+    journal.add_job(_record(2))
+    assert [r.id for r in journal.jobs()] == ["job2"]
+    journal.close()
+
+
+def test_a_journal_that_cannot_be_opened_is_an_error_not_corruption(tmp_path: Path) -> None:
+    """A folder where the file should be (or a full disk) is not a damaged journal: nothing is moved."""
+    import sqlite3
+
+    (tmp_path / "journal.db").mkdir()
+    with pytest.raises(sqlite3.OperationalError):
+        Journal.open_or_reset(tmp_path / "journal.db")
+    assert [p.name for p in tmp_path.iterdir()] == ["journal.db"]
+
+
+def test_a_journal_from_before_takes_gains_the_seeds_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "journal.db")
+    db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, storyboard TEXT NOT NULL, mode TEXT NOT NULL, segments "
+               "TEXT NOT NULL, selected TEXT NOT NULL, preset TEXT NOT NULL DEFAULT '', state TEXT NOT NULL, created "
+               "REAL NOT NULL, updated REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, crashes INTEGER NOT NULL "
+               "DEFAULT 0, error TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT '')")
+    db.execute("INSERT INTO jobs VALUES ('old', '/p.toml', 'all', '[]', '[]', '', 'done', 1, 2, 1, 0, '', '')")
+    db.commit()
+    db.close()
+    for _ in range(2):  # migrated once; the second open finds the column
+        j = Journal(tmp_path / "journal.db")
+        assert j.get("old") is not None and j.get("old").seeds == []
+        j.add_job(JobRecord(id=f"takes{_}", storyboard="/p.toml", seeds=[3, 4]))
+        assert j.get(f"takes{_}").seeds == [3, 4]
+        j.close()
+
+
+def test_prune_forgets_only_finished_jobs_older_than_the_cut_and_their_events(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "journal.db")
+    states = ["done", "failed", "cancelled", "queued", "running"]
+    n = 2003
+    for i in range(n):
+        state = states[i % 5]
+        j.add_job(JobRecord(id=f"j{i}", storyboard="/p.toml", state=state, created=1.0, updated=float(i)))
+        j.append_event(protocol.Log(message=str(i), job_id=f"j{i}", ts=1.0))
+    cut = 1900.0
+    gone = {f"j{i}" for i in range(n) if states[i % 5] in ("done", "failed", "cancelled") and i < cut}
+    assert len(gone) > 1000  # deleted in chunks of 500 (SQLite's limit on bound variables)
+    assert j.prune(cut) == len(gone)
+    left = {r.id for r in j.jobs()}
+    assert left == {f"j{i}" for i in range(n)} - gone
+    assert {e.job_id for e in j.events()} == left
+    assert j.prune(cut) == 0
+    j.close()

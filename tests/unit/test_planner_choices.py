@@ -1235,3 +1235,28 @@ def test_a_transformer_without_blocks_is_never_offered_the_block_streamer() -> N
         offered = candidates(stage, blockless, Budgets.from_gb(8, 64))
         assert offered and not [p for p in offered if p.options.get("streamer")], stage
         assert [p for p in candidates(stage, GGUF, Budgets.from_gb(8, 64)) if p.options.get("streamer")]
+
+
+def test_the_planner_plans_for_the_device_torch_can_use() -> None:
+    import torch
+
+    from pipeline.memory.planner import detect_device
+
+    assert detect_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("wide_enough,expected", [(40, (32, 32)), (96, (96, 32)), (0, None)])
+def test_a_suggested_smaller_size_keeps_sides_multiple_of_32_down_to_the_32_floor(wide_enough: int,
+                                                                                  expected: tuple | None) -> None:
+    """A refusal's "or a smaller size such as W×H" must be a size the storyboard accepts."""
+    from pipeline.memory.planner import _largest_fitting_size
+
+    assert _largest_fitting_size((1280, 64), lambda s: s[0] <= wide_enough) == expected
+
+
+def test_an_upscaler_short_of_vram_is_refused_naming_only_the_budget() -> None:
+    """The upscaler's size is the output size, not one a smaller draft/refine_size would change."""
+    with pytest.raises(PlanError) as info:
+        ladder("upscale", Budgets.from_gb(0.05, 256))
+    assert info.value.resource == "VRAM" and info.value.stage == "upscale"
+    assert "vram_budget_gb" in str(info.value) and "such as" not in str(info.value)

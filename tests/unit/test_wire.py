@@ -264,6 +264,12 @@ def test_a_decoding_error_says_what_was_wrong() -> None:
         protocol.decode_event(b'{"type": "nope"}')
 
 
+def _child_env() -> dict[str, str]:
+    """This checkout first on the child's path, the rest kept (mutmut or wheels may live there)."""
+    path = [str(Path(framing.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
 def test_the_project_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp_path: Path) -> None:
     assert framing.lock_holder(tmp_path) is None  # no file yet
     lock = framing.ProjectLock(framing.lock_path(tmp_path))
@@ -274,13 +280,13 @@ def test_the_project_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp
                 "l = f.ProjectLock(f.lock_path(Path(sys.argv[1])))\n"
                 "try: l.acquire()\nexcept f.WorkerLocked as e: print(e.pid, e)\n")
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(framing.__file__).parents[2])},
+                             env=_child_env(),
                              timeout=60).stdout
         assert out.startswith(f"{os.getpid()} a worker is already running for {tmp_path} (PID {os.getpid()} holds")
         holder = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
                                  "from pipeline.wire import framing as f; print(f.lock_holder(Path(sys.argv[1])))",
                                  str(tmp_path)], capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "PYTHONPATH": str(Path(framing.__file__).parents[2])}).stdout
+                                env=_child_env()).stdout
         assert holder.strip() == str(os.getpid())
     finally:
         lock.release()
@@ -288,3 +294,59 @@ def test_the_project_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp
     assert framing.lock_holder(tmp_path) is None
     lock.release()  # twice is harmless
     assert "another process" in str(framing.WorkerLocked(None, framing.lock_path(tmp_path)))
+
+
+# ------------------------------------------------------------------ the project's state folder, a busy worker
+
+
+def test_the_state_folder_is_the_owners_only_and_an_old_one_is_tightened(tmp_path: Path) -> None:
+    """.sulphur holds every prompt (the journal), the log and the cache."""
+    made = framing.state_dir(tmp_path / "project")
+    assert made == tmp_path / "project" / ".sulphur" and stat.S_IMODE(made.stat().st_mode) == 0o700
+    old = tmp_path / "old" / ".sulphur"
+    old.mkdir(parents=True)
+    old.chmod(0o755)
+    assert framing.state_dir(tmp_path / "old") == old and stat.S_IMODE(old.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a folder someone else's needs root")
+def test_someone_elses_state_folder_is_left_as_its_owner_set_it(tmp_path: Path) -> None:
+    theirs = tmp_path / ".sulphur"
+    theirs.mkdir(mode=0o755)
+    theirs.chmod(0o755)
+    os.chown(theirs, 4242, 4242)
+    framing.private_dir(theirs)
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
+
+
+def test_a_connection_queue_that_stays_full_times_out_naming_the_socket(tmp_path: Path) -> None:
+    """A busy worker (its backlog full: EAGAIN at once) is retried until the timeout, then named."""
+    import time
+
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(64):  # fill the backlog until a non-blocking connect says EAGAIN
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except BlockingIOError:
+                s.close()
+                break
+            fillers.append(s)
+        else:
+            pytest.skip("the kernel never reported a full backlog")
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError) as info:
+            framing.connect_unix(path, timeout=0.6)
+        elapsed = time.monotonic() - t0
+        assert str(info.value) == f"{path}: the worker's connection queue stayed full"
+        assert 0.35 <= elapsed <= 2.0  # retried for about the timeout, not given up at once nor after 10 s
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
