@@ -517,7 +517,9 @@ KEY_FIELDS: dict[str, tuple[int, str]] = {
                    "model.size model.tiny prompt prompts_from seed system_prompt"),
     "draft": (2, "anchor audio audio_track fps frames guidance_scale keyframes keyframes.[].frame keyframes.[].image "
                  "keyframes.[].strength lora_strength loras model prompt schedule seed size steps"),
-    "refine": (1, "audio_track fps guidance_scale lora_strength loras model seed sigmas size"),
+    # keyframes: only a shot that has them carries the field (and only its refine output changed)
+    "refine": (1, "audio_track fps guidance_scale keyframes keyframes.[].frame keyframes.[].image "
+                  "keyframes.[].strength lora_strength loras model seed sigmas size"),
     "upscale": (1, "model model.file model.missing model.mtime_ns model.size model.tiny output_size resize"),
     "grade": (1, "method reference strength"),
     "encode": (4, "audio audio_rate crf fps idr_after_anchor kept preset size"),
