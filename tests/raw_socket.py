@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from pipeline.wire import protocol
 from pipeline.wire.framing import connect_unix, socket_path
@@ -28,3 +33,30 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextmanager
+def full_backlog(path: Path) -> Iterator[tuple[socket.socket, int]]:
+    """A listener at ``path`` whose connection queue is full (a non-blocking connect says
+    EAGAIN), as a busy worker's is; yields it and how many connections fill it."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except BlockingIOError:
+                s.close()
+                break
+            fillers.append(s)
+        else:
+            pytest.skip("the kernel never reported a full backlog")
+        yield listener, len(fillers)
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()

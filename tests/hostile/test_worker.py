@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import threading
 import time
@@ -15,6 +14,7 @@ from pipeline.wire import protocol
 from pipeline.wire.framing import connect_unix
 from pipeline.worker.client import WorkerClient, WorkerError
 from tests.hostile.conftest import QUICK, Raw, kill_worker, sulphur
+from tests.raw_socket import full_backlog
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,35 +126,16 @@ def test_an_old_open_state_folder_is_tightened(tmp_path: Path) -> None:
 def test_a_client_retries_a_full_connection_queue(tmp_path: Path) -> None:
     """Item 10: EAGAIN from a listener with a full backlog made the client give up at once."""
     path = tmp_path / "busy.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(0)
-    fillers = []
-    try:
-        for _ in range(64):  # fill the backlog until a non-blocking connect says EAGAIN
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                s.connect(str(path))
-            except BlockingIOError:
-                s.close()
-                break
-            fillers.append(s)
-        else:
-            pytest.skip("the kernel never reported a full backlog")
+    with full_backlog(path) as (listener, filled):
 
         def drain() -> None:
             time.sleep(0.5)
-            for _ in range(len(fillers) + 1):
+            for _ in range(filled + 1):
                 listener.accept()[0].close()
 
         threading.Thread(target=drain, daemon=True).start()
         sock = connect_unix(path, timeout=10)
         sock.close()
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 def test_a_corrupt_journal_is_moved_aside_and_status_has_no_traceback(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from pipeline.wire import framing, protocol
 from pipeline.wire.framing import LineBuffer
 from pipeline.wire.protocol import MAX_LINE_BYTES, Log, ProtocolError, StepProgress
+from tests.raw_socket import full_backlog
 
 
 def oversized() -> bytes:
@@ -324,29 +325,10 @@ def test_a_connection_queue_that_stays_full_times_out_naming_the_socket(tmp_path
     import time
 
     path = tmp_path / "busy.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(0)
-    fillers = []
-    try:
-        for _ in range(64):  # fill the backlog until a non-blocking connect says EAGAIN
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                s.connect(str(path))
-            except BlockingIOError:
-                s.close()
-                break
-            fillers.append(s)
-        else:
-            pytest.skip("the kernel never reported a full backlog")
+    with full_backlog(path):
         t0 = time.monotonic()
         with pytest.raises(TimeoutError) as info:
             framing.connect_unix(path, timeout=0.6)
         elapsed = time.monotonic() - t0
         assert str(info.value) == f"{path}: the worker's connection queue stayed full"
         assert 0.35 <= elapsed <= 2.0  # retried for about the timeout, not given up at once nor after 10 s
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
