@@ -153,8 +153,6 @@ def _builder_pid(name: str) -> int:
     parts = name.split(".")
     return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
 
-    return True
-
 
 class _Building:
     def __init__(self, path: Path) -> None:
