@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import machine  # noqa: E402
-from segment_budget import render  # noqa: E402
+from segment_budget import _size, render  # noqa: E402
 
 from pipeline.models import published_stack as stack  # noqa: E402
 
@@ -44,11 +44,6 @@ GiB = 1024**3
 #: Components `sulphur models verify` loads from the LTX-2.3 files (the enhancer is llama.cpp's).
 LTX_COMPONENTS = ("transformer", "lora", "vae", "audio_vae", "vocoder", "connectors", "text_encoder",
                   "upsampler", "upscaler")
-
-
-def _size(text: str) -> tuple[int, int]:
-    w, h = text.lower().split("x")
-    return int(w), int(h)
 
 
 def evict(root: Path) -> dict[str, Any]:

@@ -51,6 +51,7 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -270,7 +271,13 @@ _WIDE_FLOATS = {"F32": 4, "F64": 8}
 
 def _safetensors_loaded_bytes(path: Path) -> int:
     """A safetensors file's size with its fp32/fp64 tensors counted at 2 bytes (header only is read)."""
-    size = path.stat().st_size
+    st = path.stat()
+    return _loaded_bytes(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _loaded_bytes(path: Path, size: int, _mtime_ns: int) -> int:
+    """:func:`_safetensors_loaded_bytes` for one version of a file (every stage's plan asks again)."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))

@@ -673,7 +673,7 @@ def decode_video(pipe: Any, latents: torch.Tensor, generator: torch.Generator | 
 
     The pixels are made uint8 on the decoding device and cross to the host once (a quarter of
     the float32 bytes ``output_type="np"`` copies, and no float math on the CPU); ``out``, when
-    given, receives them (e.g. a :class:`pipeline.stages.frame_files.FrameWriter`'s buffer)."""
+    given, receives them (a caller's preallocated buffer)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 

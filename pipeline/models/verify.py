@@ -107,27 +107,26 @@ def check_enhancer(path: Path) -> None:
 
 def check_mmproj(path: Path) -> None:
     """A llama.cpp vision projector: a whole GGUF file of architecture ``clip``."""
-    problem = _gguf_problem(path)
+    reader, problem = _gguf_read(path)
     if problem:
         raise ValueError(problem)
-    arch = _gguf_arch(path)
+    field = reader.fields.get("general.architecture")
+    arch = str(field.contents()) if field is not None else ""
     if arch != "clip":
         raise ValueError(f"not a vision projector: general.architecture is {arch!r}, not 'clip'")
 
 
 def _gguf_problem(path: Path) -> str:
     """Why the GGUF reader rejects a file (truncated, not GGUF), or '' if it reads every tensor."""
+    return _gguf_read(path)[1]
+
+
+def _gguf_read(path: Path) -> tuple[Any, str]:
+    """The file's GGUF reader (one parse), and why it is not a whole GGUF file ('' if it is)."""
     import gguf
 
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # noqa: BLE001 - the reader's errors are of many kinds; each is the file's fault
-        return f"not a whole GGUF file ({' '.join(str(exc).split()) or type(exc).__name__})"
-    return "" if reader.tensors else "a GGUF file without tensors"
-
-
-def _gguf_arch(path: Path) -> str:
-    import gguf
-
-    field = gguf.GGUFReader(str(path)).fields.get("general.architecture")
-    return str(field.contents()) if field is not None else ""
+        return None, f"not a whole GGUF file ({' '.join(str(exc).split()) or type(exc).__name__})"
+    return reader, "" if reader.tensors else "a GGUF file without tensors"

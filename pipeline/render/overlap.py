@@ -54,8 +54,9 @@ class Behind:
     def check(self) -> None:
         """Raise the error of the first finished work that failed."""
         for f in self._futures:
-            if f.done() and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
+            exc = f.exception() if f.done() else None
+            if exc is not None:
+                raise exc
 
     def drain(self) -> None:
         """Wait for every submitted work, in order; raise the first failure."""

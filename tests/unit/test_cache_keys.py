@@ -440,14 +440,22 @@ def test_each_setting_comes_from_the_segment_else_the_project_else_the_preset(tm
         tiny.steps, tiny.lora_strength, tiny.refine_sigmas, 0)
 
 
+def _preset_of_files(tmp_path: Path, base: str, name: str, roles: tuple[str, ...],
+                     suffix: str) -> tuple[Preset, dict[str, Path]]:
+    """``base`` without a builder, identified by one small file per role (each holding b"v1")."""
+    files = {role: tmp_path / f"{role}{suffix}" for role in roles}
+    for p in files.values():
+        p.write_bytes(b"v1")
+    preset = dataclasses.replace(get_preset(base), name=name, builder=None,
+                                 files=tuple(ModelFile(r, r, path=str(p)) for r, p in files.items()))
+    return preset, files
+
+
 def test_real_weights_files_are_part_of_the_keys_that_use_them(tmp_path: Path) -> None:
     """Presets without a builder are identified by their files: replacing the upscaler's file
     moves the upscale key and not the family draft's; replacing the model moves the draft's."""
-    files = {role: tmp_path / f"{role}.bin" for role in ("diffusers", "upscaler", "enhancer")}
-    for p in files.values():
-        p.write_bytes(b"v1")
-    preset = dataclasses.replace(get_preset("tiny-wan-ti2v"), name="real-wan", builder=None,
-                                 files=tuple(ModelFile(r, r, path=str(p)) for r, p in files.items()))
+    preset, files = _preset_of_files(tmp_path, "tiny-wan-ti2v", "real-wan", ("diffusers", "upscaler", "enhancer"),
+                                     ".bin")
     stages = _stages()
     job = _job(tmp_path, preset)
 
@@ -485,11 +493,8 @@ def test_a_reference_or_an_anchor_appearing_moves_the_key(tmp_path: Path) -> Non
 def test_the_enhancers_vision_projector_is_part_of_the_enhance_key(tmp_path: Path) -> None:
     """The mmproj loads with the LLM (another chat handler) even for a T2V prompt: replacing,
     adding or removing it must re-run the enhancer, and must not touch the draft's key."""
-    files = {role: tmp_path / f"{role}.gguf" for role in ("diffusers", "enhancer", "enhancer_mmproj")}
-    for p in files.values():
-        p.write_bytes(b"v1")
-    preset = dataclasses.replace(get_preset("tiny"), name="real-ltx", builder=None,
-                                 files=tuple(ModelFile(r, r, path=str(p)) for r, p in files.items()))
+    preset, files = _preset_of_files(tmp_path, "tiny", "real-ltx", ("diffusers", "enhancer", "enhancer_mmproj"),
+                                     ".gguf")
     stages = _stages()
     job = dataclasses.replace(_job(tmp_path, preset), anchor=None, anchor_digest="", index=0)  # T2V
 

@@ -20,12 +20,13 @@ def _preset(enhancer: Path, mmproj: Path | None = None) -> object:
     return replace(get_preset("tiny"), name="real-enhancer", builder=None, files=tuple(files))
 
 
-def _clip_gguf(path: Path) -> Path:
+def _gguf(path: Path, arch: str, tensor: str) -> Path:
+    """A one-tensor GGUF of architecture ``arch``."""
     import gguf
     import numpy as np
 
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_tensor("mm.0.weight", np.ones((8, 32), np.float32))
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_tensor(tensor, np.ones((8, 32), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -35,7 +36,7 @@ def _clip_gguf(path: Path) -> Path:
 
 def test_verify_loads_the_enhancer_and_its_projector_and_names_a_bad_file(tmp_path: Path) -> None:
     llm = build_tiny_llm(tmp_path / "llm.gguf")
-    proj = _clip_gguf(tmp_path / "mmproj.gguf")
+    proj = _gguf(tmp_path / "mmproj.gguf", "clip", "mm.0.weight")
     checks = {c.component: c for c in verify(_preset(llm, proj))}
     assert set(checks) == {"enhancer", "enhancer_mmproj"}
     assert checks["enhancer"].ok and checks["enhancer_mmproj"].ok, [c.line() for c in checks.values()]
@@ -50,15 +51,6 @@ def test_verify_loads_the_enhancer_and_its_projector_and_names_a_bad_file(tmp_pa
 
 
 def test_a_gguf_llama_cpp_has_no_architecture_for_fails_the_enhancer_check(tmp_path: Path) -> None:
-    import gguf
-    import numpy as np
-
-    path = tmp_path / "transformer.gguf"  # a video transformer's GGUF where the LLM should be
-    w = gguf.GGUFWriter(str(path), "ltxv")
-    w.add_tensor("proj_in.weight", np.ones((8, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = _gguf(tmp_path / "transformer.gguf", "ltxv", "proj_in.weight")  # a video transformer where the LLM should be
     (check,) = verify(_preset(path))
     assert not check.ok and check.error.startswith("llama.cpp cannot load it"), check.line()
