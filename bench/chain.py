@@ -117,14 +117,36 @@ def disk_read_gbps(folder: Path, size: int = 1 << 30) -> float:
     return size / seconds / 1e9
 
 
-def render(folder: Path, timeout: float) -> dict[str, Any]:
-    """One ``sulphur render --json``: per segment and stage figures, peaks, bytes read."""
+def _render_pid(proc: subprocess.Popen, profiled: bool) -> int:
+    """The render's own pid: py-spy's child when the render runs under ``py-spy record``."""
+    if not profiled:
+        return proc.pid
+    import psutil
+
+    for _ in range(200):
+        children = psutil.Process(proc.pid).children()
+        if children:
+            return children[0].pid
+        time.sleep(0.025)
+    return proc.pid
+
+
+def render(folder: Path, timeout: float, profile: Path | None = None) -> dict[str, Any]:
+    """One ``sulphur render --json``: per segment and stage figures, peaks, bytes read.
+
+    With ``profile``, the render runs under ``py-spy record`` (wall clock, idle included) and
+    its chrome trace lands there, its clock starting at the render's ``profile_t0`` (epoch s)."""
     cmd = [sys.executable, "-m", "pipeline.cli.main", "render", str(folder / "story.toml"), "--json"]
+    if profile is not None:
+        cmd = ["py-spy", "record", "--format", "chrometrace", "--rate", "25", "--idle", "--nonblocking",
+               "--threads", "-o", str(profile), "--", *cmd]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     with open(folder / "stderr.txt", "w") as err:
+        profile_t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        sampler, reads = ProcessSampler(proc.pid), ReadSampler(proc.pid)
+        pid = _render_pid(proc, profile is not None)
+        sampler, reads = ProcessSampler(pid), ReadSampler(pid)
         try:
             stdout, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -133,10 +155,14 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
         finally:
             sampler.stop()
             reads.stop()
-    events = [protocol.decode_event(line) for line in stdout.splitlines() if line.strip()]
+    # py-spy prints its own "py-spy> ..." lines on the same stdout
+    events = [protocol.decode_event(line) for line in stdout.splitlines()
+              if line.strip() and not line.startswith("py-spy> ")]
     out: dict[str, Any] = {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - t0, 2),
                            "host_peak_gib": round(sampler.peak_rss / GiB, 2),
                            "nvml_peak_gib": round(sampler.peak_gpu / GiB, 2)}
+    if profile is not None:
+        out["profile"], out["profile_t0"] = str(profile), profile_t0
     if proc.returncode != 0:
         out["stderr_tail"] = (folder / "stderr.txt").read_text()[-3000:]
     split = phases(events)
@@ -163,6 +189,14 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
     # SegmentDone timestamps: with the encode of k behind the draft of k+1, stage seconds overlap
     # and no longer add up to a segment's cost; the time between completions does.
     out["segment_done_ts"] = {e.segment: e.ts for e in events if isinstance(e, protocol.SegmentDone)}
+    # (segment, stage, started, finished) in epoch seconds: windows into a profile's trace
+    began: dict[tuple[str, str], float] = {}
+    out["stage_ts"] = []
+    for e in events:
+        if isinstance(e, protocol.StageStarted):
+            began[(e.segment, e.stage)] = e.ts
+        elif isinstance(e, protocol.StageFinished) and (e.segment, e.stage) in began:
+            out["stage_ts"].append([e.segment, e.stage, began[(e.segment, e.stage)], e.ts])
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
     out["render_s"] = round(finished[-1].seconds, 2) if finished else None
     started = [e.ts for e in events if isinstance(e, protocol.StageStarted)]
@@ -227,6 +261,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--capped-only", action="store_true",
                     help="only the capped render (checks plans and NVML in half the time; no ratios)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="folder for a py-spy chrome trace of each render (bench/profile_window.py reads them)")
     args = ap.parse_args()
     draft, output = None, (1920, 1080)
     if args.smoke:
@@ -242,7 +278,10 @@ def main() -> int:
         folder = base / name
         folder.mkdir()
         (folder / "story.toml").write_text(storyboard(args.preset, args.segments, args.frames, vram, ram, draft, output))
-        runs[name] = render(folder, args.timeout)
+        trace = args.profile / f"profile_{name}.json" if args.profile else None
+        if trace:
+            trace.parent.mkdir(parents=True, exist_ok=True)
+        runs[name] = render(folder, args.timeout, trace)
     report: dict[str, Any] = {
         "bench": "chain", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(("torch", "diffusers", "transformers", "triton", "av")), "preset": args.preset,
