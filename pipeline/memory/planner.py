@@ -99,10 +99,12 @@ VAE_TILE_BYTES_PER_PIXEL_FRAME = 440
 VAE_TILE_PIXELS = 512 * 512
 VAE_TILE_FRAMES = 16
 ESRGAN_BYTES_PER_INPUT_PIXEL = 0.55 * GiB / (1024 * 576)
-#: torch.compile of ESRGAN x2plus ran 37.4 frames/s against 22.6 eager (fp16, channels_last,
-#: batch 4, H200) after a 61 s compile: it pays from 61 / (1/22.6 - 1/37.4) ≈ 3500 frames
-#: upscaled by one process (bench/results/esrgan_vs_compiled_h200_2026-11-27.json).
-ESRGAN_COMPILE_MIN_FRAMES = 3500
+#: Frames from which compiling the upscaler pays in one process. The whole network's compile
+#: took 61 s for 37.4 frames/s against 22.6 eager (H200, bench/results/esrgan_vs_compiled_h200_2026-11-27.json):
+#: ≈ 3500 frames. The stage now compiles one RRDB block (the 23 share its graph) into a persistent
+#: cache, so a process pays a warm compile of a few seconds: ≈ 2 segments. An estimate until
+#: bench/esrgan.py's `compile_pays_from_frames` (warm) is measured.
+ESRGAN_COMPILE_MIN_FRAMES = 242
 AUDIO_TOKENS_PER_SECOND = 25
 
 
@@ -558,10 +560,12 @@ def _upscale_plans(job: _Job, comps: dict[str, Component], device: str) -> list[
     # host: input frames + 2× output frames (uint8) + one float16 batch on the way back
     out_bytes = job.output_size[0] * job.output_size[1] * 3 * job.frames
     host_base = w * h * 3 * job.frames + 2 * out_bytes + esr.nbytes
+    # two batches in flight on CUDA: uint8 results on the device, pinned uint8 buffers on the host
+    in_flight = 2 * (w * h * 3 + job.output_size[0] * job.output_size[1] * 3)
     plans = []
     for batch in (8, 4, 2, 1):
-        vram = esr.nbytes + batch * per_frame
-        host = host_base + batch * (2 * w) * (2 * h) * 3 * 2
+        vram = esr.nbytes + batch * per_frame + batch * in_flight
+        host = host_base + batch * (2 * w) * (2 * h) * 3 * 2 + batch * in_flight
         plans.append(StagePlan(name=f"batch{batch}", device=device, offload="resident", dtype="float16",
                                options={"esrgan_batch": batch, "esrgan_tile": 0, "vram_bytes": vram,
                                         "host_bytes": host, "component": "esrgan"}))

@@ -224,8 +224,9 @@ class Renderer:
             raise RenderError("plan", str(exc), stage, segment) from None
         if stage == "upscale":
             # This job upscales upscale_frames frames with one held model: compile it if that pays.
-            plans = [replace(p, options={**p.options, "esrgan_compile": True})
-                     if memory.esrgan_compile_pays(self.upscale_frames, p) else p for p in plans]
+            plans = [replace(p, options={**p.options,
+                                         "esrgan_compile": memory.esrgan_compile_pays(self.upscale_frames, p)})
+                     for p in plans]
         return plans
 
     def preflight(self, selected: Sequence[str]) -> None:

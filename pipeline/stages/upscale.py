@@ -5,12 +5,25 @@ appended to the output ``.npy`` one batch at a time, never held whole (ESRGAN ×
 for a full clip once OOM-killed a 32 GB host). Frames go through in batches of
 ``plan.options["esrgan_batch"]`` (default 4); ``plan.options["esrgan_tile"]`` (input
 pixels) tiles each frame for small cards.
+
+On CUDA (untiled) the network runs under ``torch.compile`` (``esrgan_compile``, default by
+device), held in :class:`LoadedModels` for the worker's life, with inductor's caches in
+Sulphur's own cache folder so a new process reuses the kernels. By default only the RRDB
+block is compiled (one graph the 23 blocks share) rather than the whole network: the
+same fused kernels for a fraction of the compile. Frames cross to and from the GPU as
+uint8 through pinned buffers on copy streams, and a thread writes the output file, so the
+GPU never waits on the disk (``esrgan_overlap``, default on CUDA).
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.models.esrgan import TINY_X2PLUS_VERSION, load_upscaler
 from pipeline.stages.base import SegmentJob, Stage, StageContext
@@ -28,8 +41,15 @@ if TYPE_CHECKING:
 
 #: Key under which ``(path, device, dtype, descriptor)`` lives in ``ctx.models``.
 MODEL_KEY = "upscaler"
+#: Key under which ``((scope, mode), forward)`` lives: the compiled network, kept with the upscaler.
+COMPILED_KEY = "upscaler-compiled"
 DEFAULT_BATCH = 4
 TILE_OVERLAP = 16  # input pixels of context on each side of a tile
+#: ``esrgan_compile_scope``: "blocks" compiles each RRDB block (one shared graph), "whole" the network.
+COMPILE_SCOPES = ("blocks", "whole")
+#: ``esrgan_compile_mode``: torch.compile modes; "reduce-overhead" adds CUDA graphs (fixed batch: padded).
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
+INDUCTOR_CACHE = "inductor"  # under sulphur_home(): compiled kernels, FX graphs, autotune results
 
 
 class UpscaleStage(Stage):
@@ -65,38 +85,59 @@ class UpscaleStage(Stage):
         source = FrameFile(inputs["refine"].file("frames.npy"))
         total = source.count
         model = _upscaler(ctx, job, device, dtype)
-        forward = _compiled(ctx, model) if cuda and not tile and o.get("esrgan_compile") else model
+        # Compiling is decided by device: never on the CPU (CI), nor for tiles (every edge tile
+        # is another shape to compile).
+        compiled = cuda and not tile and o.get("esrgan_compile", True) is not False
+        up = _Upscale(ctx, model, batch, tile, (height, width),
+                      _compiled(ctx, model, o) if compiled else model)
 
         # 2. Output written batch by batch with plain file writes: a memmap would count
         #    every written page in the process's RSS (and the reported host peak).
         ctx.progress(self.name, 0, total)
-        with open(out / "frames.npy", "wb") as sink, torch.inference_mode():
+        with open(out / "frames.npy", "wb") as sink, torch.inference_mode(), _cudnn_benchmark(o, cuda):
             write_frames_header(sink, (total, height, width, 3))
-            for start in range(0, total, batch):
-                stop = min(total, start + batch)
-                x = torch.from_numpy(source.read(start, stop)).to(device)
-                x = x.permute(0, 3, 1, 2).to(dtype).div_(255.0)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                # 3. ESRGAN ×2 (tiled if the plan asks), then resize in fp32 for accuracy.
-                if tile:
-                    y = _tiled(model, x, tile)
-                else:
-                    y, forward = _run(ctx, forward, model, x, batch)
-                y = y.float()
-                if (y.shape[-1], y.shape[-2]) != (width, height):
-                    y = torch.nn.functional.interpolate(y, size=(height, width), mode="bicubic",
-                                                        antialias=True, align_corners=False)
-                y = y.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-                sink.write(y.permute(0, 2, 3, 1).contiguous().cpu().numpy().data)
-                ctx.progress(self.name, stop, total)
+            if cuda and o.get("esrgan_overlap", True) is not False:
+                _overlapped(ctx, self.name, source, sink, up, device)
+            else:
+                for start in range(0, total, batch):
+                    stop = min(total, start + batch)
+                    y = up(torch.from_numpy(source.read(start, stop)).to(device))
+                    sink.write(y.cpu().numpy().data)
+                    ctx.progress(self.name, stop, total)
         return {"frames": total, "size": [width, height]}
+
+
+class _Upscale:
+    """One batch of (N, H, W, 3) uint8 frames on the device → (N, h, w, 3) uint8 at output size:
+    ESRGAN ×2 (compiled, tiled or plain), then the resize in fp32 for accuracy."""
+
+    def __init__(self, ctx: StageContext, model: ImageModelDescriptor, batch: int, tile: int,
+                 size: tuple[int, int], forward: Any) -> None:
+        self.ctx, self.model, self.batch, self.tile, self.size, self.forward = ctx, model, batch, tile, size, forward
+        self.dtype = next(model.model.parameters()).dtype
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        # NHWC uint8 permuted to NCHW is already channels_last in memory; the cast keeps it.
+        x = frames.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.tile:
+            y = _tiled(self.model, x, self.tile)
+        else:
+            y, self.forward = _run(self.ctx, self.forward, self.model, x, self.batch)
+        y = y.float()
+        if tuple(y.shape[-2:]) != self.size:
+            y = torch.nn.functional.interpolate(y, size=self.size, mode="bicubic", antialias=True,
+                                                align_corners=False)
+        y = y.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+        return y.permute(0, 2, 3, 1).contiguous()
 
 
 def _upscaler(ctx: StageContext, job: SegmentJob, device: torch.device, dtype: torch.dtype) -> ImageModelDescriptor:
     """The held upscaler, reloaded only when the preset's file changed; moved if the plan did."""
     import torch
-
 
     path = resolve_model_file(job.preset, "upscaler")
     if MODEL_KEY in ctx.models:
@@ -120,20 +161,98 @@ def _upscaler(ctx: StageContext, job: SegmentJob, device: torch.device, dtype: t
     return ctx.models.get(MODEL_KEY, load)[3]
 
 
-COMPILED_KEY = "upscaler-compiled"
-
-
 def _drop(ctx: StageContext) -> None:
     """Evict the held upscaler and any compiled form of it (which keeps its weights alive)."""
     ctx.models.make_room(drop=[MODEL_KEY, COMPILED_KEY], reason="upscaler")
 
 
-def _compiled(ctx: StageContext, model: ImageModelDescriptor) -> Any:
-    """The held upscaler's network under ``torch.compile`` (kept as long as the upscaler is):
-    1.65× the eager frames/s once compiled, after about a minute of compiling (H200)."""
+def _compiled(ctx: StageContext, model: ImageModelDescriptor, options: dict[str, Any]) -> Any:
+    """The held upscaler's network under ``torch.compile``, kept as long as the upscaler is (a
+    worker compiles once; a new process finds the kernels in the persistent cache)."""
+    scope = options.get("esrgan_compile_scope") or "blocks"
+    mode = options.get("esrgan_compile_mode") or "default"
+    if scope not in COMPILE_SCOPES or mode not in COMPILE_MODES:
+        raise ValueError(f"upscale: unknown compile scope/mode {scope!r}/{mode!r}")
+    if COMPILED_KEY in ctx.models and ctx.models.get(COMPILED_KEY, lambda: None)[0] != (scope, mode):
+        ctx.models.make_room(drop=[COMPILED_KEY], reason="another compile mode")
+    return ctx.models.get(COMPILED_KEY, lambda: ((scope, mode), compile_network(model.model, scope, mode)))[1]
+
+
+def compile_network(net: torch.nn.Module, scope: str, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``net`` under ``torch.compile`` (lazy: the compile happens at the first call of a shape).
+
+    "blocks": each RRDB block compiled, the rest eager. Dynamo treats the blocks' weights as
+    inputs, so the 23 blocks share one graph: a twentieth of the whole network's compile, and
+    the same kernels, since the fusions (activations, dense concatenations, residual scaling)
+    live inside a block and the convolutions are cuDNN's either way. "whole": the network.
+    """
     import torch
 
-    return ctx.models.get(COMPILED_KEY, lambda: torch.compile(model.model, dynamic=False))
+    use_persistent_cache()
+    kwargs: dict[str, Any] = {"dynamic": False, "mode": None if mode == "default" else mode}
+    if scope == "whole":
+        fn: Any = torch.compile(net, **kwargs)
+    else:
+        fn = _with_blocks(net, lambda block: torch.compile(block, **kwargs))
+        if fn is net:  # not an RRDB network (another ×2 architecture): compile it whole
+            fn = torch.compile(net, **kwargs)
+    return _CudaGraphSteps(fn) if mode == "reduce-overhead" else fn
+
+
+class _CudaGraphSteps:
+    """Marks each call a new CUDA-graph step: the previous call's outputs (already consumed:
+    the stage casts them at once) may be overwritten by the replay."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.fn(x)
+
+
+def _with_blocks(module: torch.nn.Module, wrap: Callable[[torch.nn.Module], Any]) -> Any:
+    """A copy of ``module`` whose RRDB blocks are ``wrap(block)``; the copy shares every
+    parameter with ``module``, which stays as it was (the eager fallback)."""
+    if type(module).__name__ == "RRDB":
+        return wrap(module)
+    children = dict(module.named_children())
+    wrapped = {name: _with_blocks(child, wrap) for name, child in children.items()}
+    if all(wrapped[name] is child for name, child in children.items()):
+        return module
+    clone = copy.copy(module)  # shallow: same parameters and buffers, its own child table
+    clone._modules = {**module._modules, **wrapped}
+    return clone
+
+
+def use_persistent_cache() -> Path:
+    """Point inductor's caches (FX graphs, Triton kernels, autotuning) at Sulphur's cache folder,
+    unless the user chose one with ``TORCHINDUCTOR_CACHE_DIR``: /tmp does not survive reboots."""
+    from pipeline.models.home import sulphur_home
+
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sulphur_home() / INDUCTOR_CACHE)))
+
+
+class _cudnn_benchmark:  # noqa: N801 - used as a context manager, like torch's own
+    """``torch.backends.cudnn.benchmark`` on for the stage when the plan asks
+    (``esrgan_cudnn_benchmark``), restored after: other stages' convolutions keep theirs."""
+
+    def __init__(self, options: dict[str, Any], cuda: bool) -> None:
+        self.on = cuda and bool(options.get("esrgan_cudnn_benchmark"))
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.saved = torch.backends.cudnn.benchmark
+        if self.on:
+            torch.backends.cudnn.benchmark = True
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.backends.cudnn.benchmark = self.saved
 
 
 def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.Tensor,
@@ -146,7 +265,8 @@ def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.
     if n < batch:  # the last, short batch: padded, so the compiled shape (and no recompile) holds
         import torch
 
-        x = torch.cat([x, x[-1:].expand(batch - n, *x.shape[1:])]).contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        x = torch.cat([x, x[-1:].expand(batch - n, *x.shape[1:])]).contiguous(memory_format=layout)
     try:
         return forward(x)[:n], forward
     except Exception as exc:  # noqa: BLE001 - a compiler failure must not fail the render
@@ -159,6 +279,96 @@ def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.
                                       "running eagerly"))
         ctx.models.make_room(drop=[COMPILED_KEY], reason="torch.compile failed")
         return model(x)[:n], model
+
+
+class _Slot:
+    """One batch in flight: pinned host buffers, the device input buffer and the events that
+    order the copy streams against the compute stream."""
+
+    def __init__(self, batch: int, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 device: torch.device) -> None:
+        import torch
+
+        self.host_in = torch.empty((batch, *in_shape), dtype=torch.uint8, pin_memory=True)
+        self.host_out = torch.empty((batch, *out_shape), dtype=torch.uint8, pin_memory=True)
+        self.device_in = torch.empty((batch, *in_shape), dtype=torch.uint8, device=device)
+        self.loaded, self.consumed, self.fetched = (torch.cuda.Event() for _ in range(3))
+        self.written = threading.Event()
+        self.written.set()
+
+
+def _overlapped(ctx: StageContext, name: str, source: FrameFile, sink: BinaryIO, up: _Upscale,
+                device: torch.device) -> None:
+    """Upscale ``source`` into ``sink`` with the GPU kept busy: batch k+1 is read into pinned
+    memory and copied up on one stream while batch k computes; batch k's uint8 result is
+    copied down on another stream and written to the file by a thread. Two slots of buffers
+    alternate; the events make each wait for exactly what it reuses."""
+    import torch
+
+    compute = torch.cuda.current_stream(device)
+    up_stream, down_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
+    h, w = up.size
+    slots = [_Slot(up.batch, tuple(source.shape[1:]), (h, w, 3), device) for _ in range(2)]
+    todo: queue.Queue[tuple[_Slot, int] | None] = queue.Queue()
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        while (item := todo.get()) is not None:
+            slot, n = item
+            try:
+                if not failed:
+                    slot.fetched.synchronize()
+                    sink.write(slot.host_out[:n].numpy().data)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the stage's thread
+                failed.append(exc)
+            slot.written.set()
+
+    thread = threading.Thread(target=writer, name="upscale writer", daemon=True)
+    thread.start()
+    total = source.count
+    try:
+        with open(source.path, "rb") as f:
+            for i, start in enumerate(range(0, total, up.batch)):
+                slot, stop = slots[i % 2], min(total, start + up.batch)
+                n = stop - start
+                slot.loaded.synchronize()  # the last upload from this pinned buffer is done
+                _read_into(f, source, start, slot.host_in[:n])
+                with torch.cuda.stream(up_stream):
+                    up_stream.wait_event(slot.consumed)  # compute is done with this device buffer
+                    slot.device_in[:n].copy_(slot.host_in[:n], non_blocking=True)
+                    slot.loaded.record(up_stream)
+                compute.wait_event(slot.loaded)
+                y = up(slot.device_in[:n])
+                slot.consumed.record(compute)
+                slot.written.wait()  # the writer is done with this pinned output buffer
+                if failed:
+                    break
+                slot.written.clear()
+                with torch.cuda.stream(down_stream):
+                    down_stream.wait_stream(compute)
+                    slot.host_out[:n].copy_(y, non_blocking=True)
+                    y.record_stream(down_stream)  # the allocator must not reuse y before the copy
+                    slot.fetched.record(down_stream)
+                todo.put((slot, n))
+                ctx.progress(name, stop, total)
+    finally:
+        todo.put(None)
+        thread.join()
+        torch.cuda.synchronize(device)
+    if failed:
+        raise failed[0]
+
+
+def _read_into(f: BinaryIO, source: FrameFile, start: int, out: torch.Tensor) -> None:
+    """Frames ``start..start+len(out)`` of ``source`` straight into ``out`` (pinned host memory)."""
+    view = memoryview(out.numpy()).cast("B")
+    f.seek(source.offset + start * source.frame_bytes)
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])
+        if not got:
+            raise ValueError(f"{source.path}: ends before frame {start + len(out)}")
+        done += got
 
 
 def _tiled(model: ImageModelDescriptor, x: torch.Tensor, tile: int) -> torch.Tensor:
