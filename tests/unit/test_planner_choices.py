@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.memory.planner import (
+    ESRGAN_COMPILE_MIN_FRAMES,
     Budgets,
     GiB,
     MiB,
@@ -500,12 +501,13 @@ def test_esrgan_host_ram_holds_the_input_two_outputs_and_a_batch() -> None:
     frames_in = 1024 * 576 * 3 * 121
     frames_out = 1920 * 1080 * 3 * 121
     base = frames_in + 2 * frames_out + component_sizes(GGUF)["esrgan"].nbytes
+    in_flight = 2 * (1024 * 576 * 3 + 1920 * 1080 * 3)  # two batches of pinned uint8 buffers
     for batch in (1, 2, 4, 8):
-        assert plans[f"batch{batch}"].host_bytes == base + batch * 2048 * 1152 * 3 * 2
+        assert plans[f"batch{batch}"].host_bytes == base + batch * (2048 * 1152 * 3 * 2 + in_flight)
     for tile in (512, 256, 128):
         assert plans[f"tiles{tile}"].host_bytes == base
     wider = by_name(ladder("upscale", HUGE, GGUF, replace(project, output_size=(3840, 1080)), frames=121))
-    assert wider["batch1"].host_bytes - plans["batch1"].host_bytes == 2 * 1920 * 1080 * 3 * 121
+    assert wider["batch1"].host_bytes - plans["batch1"].host_bytes == 2 * 1920 * 1080 * 3 * (121 + 1)
 
 
 def test_esrgan_tiles_are_the_last_resort_and_bounded_by_the_tile() -> None:
@@ -525,8 +527,8 @@ def test_esrgan_tiles_are_the_last_resort_and_bounded_by_the_tile() -> None:
 
 def test_compiling_esrgan_pays_only_untiled_on_cuda_from_the_break_even_frame_count() -> None:
     cuda = StagePlan(name="batch4", device="cuda", options={"esrgan_tile": 0})
-    assert esrgan_compile_pays(3500, cuda) and esrgan_compile_pays(10_000, cuda)
-    assert not esrgan_compile_pays(3499, cuda)
+    assert esrgan_compile_pays(ESRGAN_COMPILE_MIN_FRAMES, cuda) and esrgan_compile_pays(10_000, cuda)
+    assert not esrgan_compile_pays(ESRGAN_COMPILE_MIN_FRAMES - 1, cuda)
     assert not esrgan_compile_pays(10_000, replace(cuda, device="cpu"))
     assert not esrgan_compile_pays(10_000, replace(cuda, options={"esrgan_tile": 256}))
     assert esrgan_compile_pays(10_000, replace(cuda, options={}))
