@@ -1,18 +1,30 @@
-"""Benchmark the upscale stage: Real-ESRGAN x2plus (full-size layout, random weights) + resize.
+"""Benchmark the upscale stage against a torch.compiled spandrel x2plus, in one process and one GPU call.
 
-Runs :class:`pipeline.stages.upscale.UpscaleStage` exactly as the runner does, on
-synthetic refine frames, for several batch sizes; prints one JSON object with frames/s,
-peak VRAM, peak host RSS growth and the model-only speed (to show what the stage adds:
-host↔device copies, the antialiased resize, the memmap writes).
+Real-ESRGAN x2plus layout (full size, random weights), synthetic refine frames. Measures,
+on the same frames and in this order (each step skipped, and said so, once --budget-s is spent):
+- the stage as the runner calls it (``UpscaleStage.run``), eager without and with the
+  overlapped copies, and compiled: RRDB blocks or the whole network, modes default /
+  reduce-overhead (CUDA graphs) / max-autotune-no-cudagraphs, batch 4 and 8, cudnn.benchmark;
+  each compiled candidate's compile timed cold (a fresh inductor cache folder) and, for the
+  stage's default, warm in a second process (the persistent cache a new worker finds);
+- the model alone, eager;
+- the peer: spandrel's network under ``torch.compile`` (default mode), fp16, channels_last,
+  batch 4, cudnn.benchmark on, its own cold cache.
+Every candidate's frames are compared with the eager stage's (max |Δ| in levels, PSNR;
+null PSNR = identical frames).
+Writes JSON (after every step, so a cut-off run keeps what it measured) with
+``stage_over_compiled_peer`` = the best stage candidate's frames/s ÷ the peer's.
 
-    python bench/esrgan.py                       # 1024×576 → 1920×1080, 48 frames
-    python bench/esrgan.py --frames 8 --size 256x144 --out 480x270 --nb 1   # CPU smoke
+    python bench/esrgan.py --json-out bench/results/esrgan_h200_<date>.json      # GPU: 121 frames
+    python bench/esrgan.py --frames 8 --size 256x144 --out 480x270 --nb 1        # CPU smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,14 +37,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.memory.loaded import LoadedModels
+from pipeline.memory.loaded import LoadedModels  # noqa: E402
 from pipeline.memory.planner import StagePlan  # noqa: E402
 from pipeline.models.esrgan import build_tiny_x2plus, load_upscaler  # noqa: E402
 from pipeline.models.registry import ModelFile, Preset  # noqa: E402
 from pipeline.project.storyboard import Project, Segment, Storyboard  # noqa: E402
 from pipeline.render.cache import Artifact  # noqa: E402
 from pipeline.stages.base import SegmentJob, StageContext  # noqa: E402
-from pipeline.stages.upscale import UpscaleStage  # noqa: E402
+from pipeline.stages.upscale import COMPILED_KEY, MODEL_KEY, UpscaleStage, compile_network  # noqa: E402
+from pipeline.wire.protocol import Log  # noqa: E402
+
+#: name → (stage options, inductor cache folder name or None, estimated seconds for the budget).
+#: In run order: what the goal needs first; the cheap variants of the default last.
+CANDIDATES: dict[str, tuple[dict[str, Any], str | None, float]] = {
+    "eager_overlap": ({"esrgan_compile": False}, None, 10),
+    "blocks_default": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default"}, "blocks", 40),
+    "blocks_reduce_overhead": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "reduce-overhead"},
+                               "blocks", 30),
+    "blocks_max_autotune": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "max-autotune-no-cudagraphs"},
+                            "autotune", 100),
+    "whole_default": ({"esrgan_compile_scope": "whole", "esrgan_compile_mode": "default"}, "peer", 30),
+    "blocks_default_batch8": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default",
+                               "esrgan_batch": 8}, "blocks", 30),
+    "blocks_default_cudnn_benchmark": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default",
+                                        "esrgan_cudnn_benchmark": True}, "blocks", 15),
+}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -40,175 +69,300 @@ def _size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _rss_mib() -> tuple[float, float]:
-    """(anonymous, file-backed) resident MiB: anonymous memory is what an OOM kill counts;
-    file pages (mapped .npy files) are reclaimable but still show up in RSS and ru_maxrss."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("RssAnon:", "RssFile:")):
-                key, value, _ = line.split()
-                fields[key] = int(value) / 1024
-    return fields["RssAnon:"], fields["RssFile:"]
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
-class _RssPeak:
-    """Samples RSS every 10 ms on a thread: the peaks during one stage run."""
+class Bench:
+    """The frames, the job and the held models shared by every measurement."""
 
-    def __enter__(self) -> _RssPeak:
-        self.base = _rss_mib()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-        return self
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.cuda = args, args.device == "cuda"
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-esrgan-"))
+        self.weights = build_tiny_x2plus(self.tmp / "x2plus.pth", nf=args.nf, nb=args.nb)
+        (w, h), (ow, oh) = args.size, args.out
+        yy, xx = np.mgrid[0:h, 0:w]
+        rng = np.random.default_rng(0)
+        frames = np.lib.format.open_memmap(self.tmp / "frames.npy", mode="w+", dtype=np.uint8,
+                                           shape=(args.frames, h, w, 3))
+        for i in range(args.frames):  # textured, moving content: ramps plus noise
+            base = np.stack([(xx + 3 * i) % 256, (yy * 2) % 256, (xx + yy) % 256], -1)
+            frames[i] = np.clip(base + rng.integers(-12, 12, base.shape), 0, 255)
+        frames.flush()
+        del frames
+        self.refine = Artifact(stage="refine", key="bench", path=self.tmp, meta={})
+        preset = Preset(name="bench", family="ltx2", description="",
+                        files=(ModelFile(role="upscaler", description="x2plus layout", path=str(self.weights)),))
+        seg = Segment(id="bench", prompt="")
+        board = Storyboard(path=self.tmp / "bench.toml", project=Project(output_size=(ow, oh)), segments=(seg,))
+        self.job = SegmentJob(storyboard=board, segment=seg, index=0, preset=preset, frames=args.frames, seed=0,
+                              fps=24, draft_size=(w // 2, h // 2), refine_size=(w, h), output_size=(ow, oh),
+                              steps=1, refine_sigmas=(0.0,), lora_strength=0.0, audio=False)
+        self.models = LoadedModels()
+        self.dtype = torch.float16 if self.cuda else torch.float32
+        self.reference: Path | None = None
 
-    def _loop(self) -> None:
-        while not self._stop.wait(0.01):
-            self._sample()
+    def stage(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """``UpscaleStage.run`` as the runner calls it; the frames compared with the eager reference."""
+        out = self.tmp / name
+        out.mkdir()
+        plan = StagePlan(name="bench", device=self.args.device, dtype="float16" if self.cuda else "float32",
+                         options={"esrgan_batch": self.args.batch, "esrgan_tile": 0, **options})
+        logs: list[str] = []  # a compile that fell back to eager says so here
+        ctx = StageContext(emit=lambda e: logs.append(e.message) if isinstance(e, Log) else None,
+                           cancel=threading.Event(), models=self.models, plan=plan)
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        UpscaleStage().run(ctx, self.job, {"refine": self.refine}, out)
+        _sync()
+        seconds = time.perf_counter() - t0
+        frames = out / "frames.npy"
+        result: dict[str, Any] = {"seconds": round(seconds, 3), "frames_per_s": round(self.args.frames / seconds, 2),
+                                  "batch": plan.options["esrgan_batch"],
+                                  "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                                  if self.cuda else None}
+        if logs:
+            result["logs"] = logs
+        if self.reference is None:
+            self.reference = frames
+        else:
+            result.update(_compare(frames, self.reference))
+            frames.unlink()
+        return result
 
-    def _sample(self) -> None:
-        now = _rss_mib()
-        self.peak = (max(self.peak[0], now[0]), max(self.peak[1], now[1]))
+    def compile_first_call(self, scope: str, mode: str) -> float:
+        """Compile as the stage would, timing the first call at the stage's shape; the compiled
+        forward is then held in the models, where the stage picks it up (as a worker keeps it)."""
+        model = self.models.get(MODEL_KEY, lambda: None)[3]
+        self.models.make_room(drop=[COMPILED_KEY], reason="next candidate")
+        torch._dynamo.reset()
+        fn = compile_network(model.model, scope, mode, backend=self.args.backend)
+        w, h = self.args.size
+        x = _batch(self.args.batch, h, w, self.args.device, self.dtype)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fn(x)
+            _sync()
+        self.models.get(COMPILED_KEY, lambda: ((scope, mode), fn))
+        return round(time.perf_counter() - t0, 2)
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-        self._sample()
+
+def _batch(n: int, h: int, w: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.rand(n, 3, h, w, device=device, dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last) if device == "cuda" else x
+
+
+def _compare(a: Path, b: Path) -> dict[str, float]:
+    """Max |Δ| (of 255 levels) and PSNR of two frame files, a few frames at a time."""
+    x, y = np.load(a, mmap_mode="r"), np.load(b, mmap_mode="r")
+    worst, sq = 0, 0.0
+    for i in range(0, len(x), 8):
+        d = x[i:i + 8].astype(np.int16) - y[i:i + 8].astype(np.int16)
+        worst = max(worst, int(np.abs(d).max()))
+        sq += float(np.square(d, dtype=np.float64).sum())
+    mse = sq / x.size
+    return {"vs_eager_max_abs": worst, "vs_eager_psnr_db": round(10 * np.log10(255**2 / mse), 1) if mse else None}
 
 
 def _fps(fn: Any, xb: torch.Tensor, frames: int) -> float:
     with torch.inference_mode():
         fn(xb)
-        torch.cuda.synchronize()
+        _sync()
         n = max(2, frames // xb.shape[0])
         t0 = time.perf_counter()
         for _ in range(n):
             fn(xb)
-        torch.cuda.synchronize()
+        _sync()
     return round(n * xb.shape[0] / (time.perf_counter() - t0), 2)
 
 
-def _peer(model: Any, h: int, w: int, frames: int, device: str) -> dict[str, Any]:
-    """The same weights the way a peer runs them at their best: cudnn.benchmark, then torch.compile."""
-    xb = torch.rand(4, 3, h, w, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    out: dict[str, Any] = {}
+def _peer(bench: Bench) -> dict[str, Any]:
+    """The same weights the way a peer runs them at their best: cudnn.benchmark, then
+    torch.compile of the whole network (default mode), fp16, channels_last, batch 4."""
+    model = bench.models.get(MODEL_KEY, lambda: None)[3]
+    w, h = bench.args.size
+    xb = _batch(4, h, w, bench.args.device, bench.dtype)
+    saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
-    out["eager_cudnn_benchmark_batch4"] = _fps(model, xb, frames)
-    compiled = torch.compile(model.model)
+    out: dict[str, Any] = {"eager_cudnn_benchmark_batch4": _fps(model, xb, bench.args.frames)}
+    torch._dynamo.reset()
+    compiled = torch.compile(model.model, backend=bench.args.backend)
     t0 = time.perf_counter()
     with torch.inference_mode():
         compiled(xb)
-        torch.cuda.synchronize()
+        _sync()
     out["compile_s"] = round(time.perf_counter() - t0, 1)
-    out["compiled_batch4"] = _fps(compiled, xb, frames)
-    torch.backends.cudnn.benchmark = False
+    out["compiled_batch4"] = _fps(compiled, xb, bench.args.frames)
+    torch.backends.cudnn.benchmark = saved
+    torch._dynamo.reset()
     return out
 
 
-def main() -> int:
+def _warm_probe(bench: Bench, scope: str, mode: str, cache: Path) -> dict[str, Any]:
+    """A second process compiling with the cache the first one filled: what a new worker pays."""
+    a = bench.args
+    cmd = [sys.executable, __file__, "--probe", f"{scope}:{mode}", "--weights", str(bench.weights),
+           "--size", f"{a.size[0]}x{a.size[1]}", "--batch", str(a.batch), "--device", a.device,
+           "--backend", a.backend]
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    if run.returncode:
+        return {"error": run.stderr.strip().splitlines()[-1:] or [f"exit {run.returncode}"]}
+    return {**json.loads(run.stdout.strip().splitlines()[-1]), "process_s": round(time.perf_counter() - t0, 1)}
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """--probe: load the model, compile, time the first call; print one JSON line."""
+    scope, mode = args.probe.split(":")
+    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    model = load_upscaler(Path(args.weights), device=args.device, dtype=dtype)
+    if args.device == "cuda":
+        model.model.to(memory_format=torch.channels_last)
+    load_s = time.perf_counter() - t0
+    fn = compile_network(model.model, scope, mode, backend=args.backend)
+    w, h = args.size
+    x = _batch(args.batch, h, w, args.device, dtype)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        fn(x)
+        _sync()
+    print(json.dumps({"load_s": round(load_s, 2), "compile_s": round(time.perf_counter() - t0, 2)}))
+    return 0
+
+
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--frames", type=int, default=121)
     ap.add_argument("--size", type=_size, default=(1024, 576), help="refine frame size WxH")
     ap.add_argument("--out", type=_size, default=(1920, 1080), help="output size WxH")
-    ap.add_argument("--batches", default="1,4,8")
-    ap.add_argument("--tile", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=4, help="the stage's batch (the peer's is 4)")
     ap.add_argument("--nf", type=int, default=64, help="features (64 = RealESRGAN_x2plus)")
     ap.add_argument("--nb", type=int, default=23, help="RRDB blocks (23 = RealESRGAN_x2plus)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--peer", action="store_true",
-                    help="also time the peer: spandrel x2plus under torch.compile (fp16, channels_last, batch 4), "
-                         "and the model with cudnn.benchmark on")
+    ap.add_argument("--backend", default=None,
+                    help="torch.compile backend (default: inductor on CUDA, eager for the CPU smoke)")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated, from: " + ",".join(CANDIDATES))
+    ap.add_argument("--budget-s", type=float, default=345, help="skip what would not fit in this many seconds")
+    ap.add_argument("--json-out", type=Path, help="also write the JSON here (after every step)")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    cuda = args.device == "cuda"
+    args.backend = args.backend or ("inductor" if args.device == "cuda" else "eager")
+    return args
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-esrgan-"))
-    weights = build_tiny_x2plus(tmp / "x2plus.pth", nf=args.nf, nb=args.nb)
-    (w, h), (ow, oh) = args.size, args.out
-    y, x = np.mgrid[0:h, 0:w]
-    rng = np.random.default_rng(0)
-    frames = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.uint8, shape=(args.frames, h, w, 3))
-    for i in range(args.frames):  # textured, moving content: ramps plus noise
-        base = np.stack([(x + 3 * i) % 256, (y * 2) % 256, (x + y) % 256], -1)
-        frames[i] = np.clip(base + rng.integers(-12, 12, base.shape), 0, 255)
-    frames.flush()
-    del frames
-    refine = Artifact(stage="refine", key="bench", path=tmp, meta={})
 
-    preset = Preset(name="bench", family="ltx2", description="",
-                    files=(ModelFile(role="upscaler", description="x2plus layout", path=str(weights)),))
-    seg = Segment(id="bench", prompt="")
-    board = Storyboard(path=tmp / "bench.toml", project=Project(output_size=(ow, oh)), segments=(seg,))
-    job = SegmentJob(storyboard=board, segment=seg, index=0, preset=preset, frames=args.frames, seed=0,
-                     fps=24, draft_size=(w // 2, h // 2), refine_size=(w, h), output_size=(ow, oh), steps=1,
-                     refine_sigmas=(0.0,), lora_strength=0.0, audio=False)
-    models = LoadedModels()
+def _cache_dir(bench: Bench, folder: str) -> Any:
+    """A fresh-per-run inductor cache folder, its in-memory caches cleared on the way in (so a
+    first use is a cold compile, and a later use of the same folder warm from disk only)."""
+    from contextlib import nullcontext
 
-    def run(batch: int, name: str) -> dict[str, float]:
-        out = tmp / name
-        out.mkdir()
-        plan = StagePlan(name="bench", device=args.device, dtype="float16" if cuda else "float32",
-                         options={"esrgan_batch": batch, "esrgan_tile": args.tile})
-        ctx = StageContext(emit=lambda e: None, cancel=threading.Event(), models=models, plan=plan)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        with _RssPeak() as rss:
-            t0 = time.perf_counter()
-            UpscaleStage().run(ctx, job, {"refine": refine}, out)
-            if cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-        result = np.load(out / "frames.npy", mmap_mode="r")
-        assert result.shape == (args.frames, oh, ow, 3)
-        (out / "frames.npy").unlink()
-        return {"seconds": round(seconds, 3), "frames_per_s": round(args.frames / seconds, 2),
-                "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-                "host_anon_growth_mib": round(rss.peak[0] - rss.base[0], 1),
-                "host_file_rss_growth_mib": round(rss.peak[1] - rss.base[1], 1)}
+    if bench.args.backend != "inductor":
+        return nullcontext()
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
-    t0 = time.perf_counter()
-    load = load_upscaler(weights, device=args.device, dtype=torch.float16 if cuda else torch.float32)
-    load_s = time.perf_counter() - t0
-    params = sum(p.numel() for p in load.model.parameters())
-    del load
+    return temporary_cache_dir(str(bench.tmp / "inductor" / folder))
 
-    run(1, "warmup")  # loads into `models`, initialises CUDA/cuDNN kernels
-    results = {f"batch{b}": run(int(b), f"b{b}") for b in args.batches.split(",")}
 
-    # Model alone on the same batch sizes: the stage's overhead is the difference.
-    model_only = {}
-    model = models.get("upscaler", lambda: None)[3]
-    dtype = torch.float16 if cuda else torch.float32
-    with torch.inference_mode():
-        for b in (int(v) for v in args.batches.split(",")):
-            xb = torch.rand(b, 3, h, w, device=args.device, dtype=dtype)
-            if cuda:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            model(xb)
-            n = max(1, args.frames // b)
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                model(xb)
-            if cuda:
-                torch.cuda.synchronize()
-            model_only[f"batch{b}"] = round(n * b / (time.perf_counter() - t0), 2)
+def _candidate(bench: Bench, name: str, used: set[str]) -> dict[str, Any]:
+    options, folder, _ = CANDIDATES[name]
+    if folder is None:
+        return {"options": options, **bench.stage(name, options)}
+    scope, mode = options["esrgan_compile_scope"], options["esrgan_compile_mode"]
+    batch = options.get("esrgan_batch", bench.args.batch)
+    cache = "warm (disk, same process)" if folder in used else "cold"
+    used.add(folder)
+    with _cache_dir(bench, folder):
+        saved, bench.args.batch = bench.args.batch, batch
+        try:
+            compile_s = bench.compile_first_call(scope, mode)
+            return {"options": options, "compile_s": compile_s, "compile_cache": cache,
+                    **bench.stage(name, {**options, "esrgan_compile": True})}
+        finally:
+            bench.args.batch = saved
 
-    peer = _peer(model, h, w, args.frames, args.device) if args.peer and cuda else None
 
+def _summary(out: dict[str, Any]) -> dict[str, Any]:
+    """The best stage candidate, its ratio to the compiled peer, and when compiling pays."""
+    stage = out["stage"]
+    measured = {k: v for k, v in stage.items() if "frames_per_s" in v and k != "warmup"}
+    best = max(measured, key=lambda k: measured[k]["frames_per_s"])
+    res: dict[str, Any] = {"best_stage_candidate": best, "best_stage_frames_per_s": measured[best]["frames_per_s"]}
+    peer = out.get("peer") or {}
+    if peer.get("compiled_batch4"):
+        res["stage_over_compiled_peer"] = round(measured[best]["frames_per_s"] / peer["compiled_batch4"], 3)
+        res["goal"] = ">= 1.5"
+    eager = stage.get("eager", {}).get("frames_per_s")
+    default = stage.get("blocks_default", {})
+    if eager and default.get("frames_per_s", 0) > eager:
+        saved_per_frame = 1 / eager - 1 / default["frames_per_s"]
+        warm = (out.get("warm_compile") or {}).get("blocks_default", {}).get("compile_s")
+        res["compile_pays_from_frames"] = {
+            "cold": round(default["compile_s"] / saved_per_frame),
+            "warm": round(warm / saved_per_frame) if warm else None}
+    return res
+
+
+def main() -> int:
+    args = _args()
+    if args.probe:
+        return _probe(args)
+    start = time.perf_counter()
+    bench = Bench(args)
     import spandrel
 
-    print(json.dumps({
-        "bench": "esrgan", "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__, "spandrel": spandrel.__version__,
-        "model": {"layout": "RealESRGAN x2plus (pixel-unshuffle, 12 in)", "nf": args.nf, "nb": args.nb,
-                  "params": params, "load_s": round(load_s, 3)},
-        "frames": args.frames, "in": [w, h], "out": [ow, oh], "tile": args.tile,
-        "output_mib": round(args.frames * ow * oh * 3 / 2**20, 1),
-        "stage": results, "model_only_frames_per_s": model_only, "peer": peer,
-    }, indent=1))
+    out: dict[str, Any] = {
+        "bench": "esrgan", "device": torch.cuda.get_device_name() if bench.cuda else "cpu",
+        "torch": torch.__version__, "spandrel": spandrel.__version__, "backend": args.backend,
+        "model": {"layout": "RealESRGAN x2plus (pixel-unshuffle, 12 in)", "nf": args.nf, "nb": args.nb},
+        "frames": args.frames, "in": list(args.size), "out": list(args.out), "batch": args.batch,
+        "trt_onnxruntime": "not measured: their GPU wheels (TensorRT ~1 GB, onnxruntime-gpu ~300 MB with its "
+                           "CUDA libraries) exceed the 64 MiB that can be carried to the GPU machine",
+        "stage": {}, "skipped": {}}
+
+    def write() -> str:
+        out["elapsed_s"] = round(time.perf_counter() - start, 1)
+        text = json.dumps(out, indent=1)
+        if args.json_out:
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(text + "\n")
+        return text
+
+    def fits(name: str, est: float) -> bool:
+        if time.perf_counter() - start + est <= args.budget_s:
+            return True
+        out["skipped"][name] = f"over --budget-s {args.budget_s:g} (estimated {est:g} s)"
+        return False
+
+    plain = {"esrgan_compile": False, "esrgan_overlap": False}  # the stage before this work
+    out["stage"]["warmup"] = bench.stage("warmup", plain)  # loads the model; its frames are the reference
+    out["stage"]["eager"] = bench.stage("eager", plain)
+    model = bench.models.get(MODEL_KEY, lambda: None)[3]
+    w, h = args.size
+    out["model_only_eager_frames_per_s"] = {
+        f"batch{b}": _fps(model, _batch(b, h, w, args.device, bench.dtype), args.frames) for b in (4, 8)}
+    write()
+    if fits("peer", 80):
+        with _cache_dir(bench, "peer"):
+            out["peer"] = _peer(bench)
+        write()
+    used = {"peer"}
+    out["warm_compile"] = {}
+    for name in args.candidates.split(","):
+        if fits(name, CANDIDATES[name][2]):
+            out["stage"][name] = _candidate(bench, name, used)
+            write()
+        if name in ("blocks_default", "whole_default") and name in out["stage"] and fits(f"warm {name}", 25):
+            options, folder, _ = CANDIDATES[name]
+            out["warm_compile"][name] = _warm_probe(bench, options["esrgan_compile_scope"], "default",
+                                                    bench.tmp / "inductor" / folder)
+            write()
+    out["summary"] = _summary(out)
+    print(write())
     return 0
 
 

@@ -61,7 +61,7 @@ fit)
     CUDA_VISIBLE_DEVICES=0 timeout 330 python bench/segment_budget.py --frames 121 --vram-budget-gb 8 \
         --ram-budget-gb 32 --out "$OUT/segment_budget.json" >/dev/null 2>"$OUT/segment.log" || echo "segment failed: $?"
     pkill -f "pipeline.cli.main render" || true  # a render outliving its timed-out bench would hold GPU 0
-    [ -n "${SKIP_ESRGAN:-}" ] || CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/esrgan.py --batches 1,4 --peer >"$OUT/esrgan.json" \
+    [ -n "${SKIP_ESRGAN:-}" ] || CUDA_VISIBLE_DEVICES=0 timeout 420 python bench/esrgan.py --budget-s 345 >"$OUT/esrgan.json" \
         2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     wait
     ;;

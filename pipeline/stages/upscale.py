@@ -178,25 +178,28 @@ def _compiled(ctx: StageContext, model: ImageModelDescriptor, options: dict[str,
     return ctx.models.get(COMPILED_KEY, lambda: ((scope, mode), compile_network(model.model, scope, mode)))[1]
 
 
-def compile_network(net: torch.nn.Module, scope: str, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_network(net: torch.nn.Module, scope: str, mode: str,
+                    backend: str = "inductor") -> Callable[[torch.Tensor], torch.Tensor]:
     """``net`` under ``torch.compile`` (lazy: the compile happens at the first call of a shape).
 
     "blocks": each RRDB block compiled, the rest eager. Dynamo treats the blocks' weights as
     inputs, so the 23 blocks share one graph: a twentieth of the whole network's compile, and
     the same kernels, since the fusions (activations, dense concatenations, residual scaling)
     live inside a block and the convolutions are cuDNN's either way. "whole": the network.
+    ``backend``: inductor; the bench's CPU smoke passes "eager" (tracing only, no compiler).
     """
     import torch
 
     use_persistent_cache()
-    kwargs: dict[str, Any] = {"dynamic": False, "mode": None if mode == "default" else mode}
+    kwargs: dict[str, Any] = {"dynamic": False, "backend": backend,
+                              "mode": None if mode == "default" or backend != "inductor" else mode}
     if scope == "whole":
         fn: Any = torch.compile(net, **kwargs)
     else:
         fn = _with_blocks(net, lambda block: torch.compile(block, **kwargs))
         if fn is net:  # not an RRDB network (another ×2 architecture): compile it whole
             fn = torch.compile(net, **kwargs)
-    return _CudaGraphSteps(fn) if mode == "reduce-overhead" else fn
+    return _CudaGraphSteps(fn) if mode == "reduce-overhead" and backend == "inductor" else fn
 
 
 class _CudaGraphSteps:
