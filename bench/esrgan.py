@@ -52,6 +52,8 @@ from pipeline.wire.protocol import Log  # noqa: E402
 CANDIDATES: dict[str, tuple[dict[str, Any], str | None, float]] = {
     "eager_overlap": ({"esrgan_compile": False}, None, 10),
     "blocks_default": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default"}, "blocks", 40),
+    "blocks_wide": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default", "esrgan_dense": "wide"},
+                    "wide", 40),
     "blocks_reduce_overhead": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "reduce-overhead"},
                                "blocks", 30),
     "blocks_max_autotune": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "max-autotune-no-cudagraphs"},
@@ -133,20 +135,20 @@ class Bench:
             frames.unlink()
         return result
 
-    def compile_first_call(self, scope: str, mode: str) -> float:
+    def compile_first_call(self, scope: str, mode: str, dense: str) -> float:
         """Compile as the stage would, timing the first call at the stage's shape; the compiled
         forward is then held in the models, where the stage picks it up (as a worker keeps it)."""
         model = self.models.get(MODEL_KEY, lambda: None)[3]
         self.models.make_room(drop=[COMPILED_KEY], reason="next candidate")
         torch._dynamo.reset()
-        fn = compile_network(model.model, scope, mode, backend=self.args.backend)
+        fn = compile_network(model.model, scope, mode, dense, backend=self.args.backend)
         w, h = self.args.size
         x = _batch(self.args.batch, h, w, self.args.device, self.dtype)
         t0 = time.perf_counter()
         with torch.inference_mode():
             fn(x)
             _sync()
-        self.models.get(COMPILED_KEY, lambda: ((scope, mode), fn))
+        self.models.get(COMPILED_KEY, lambda: ((scope, mode, dense), fn))
         return round(time.perf_counter() - t0, 2)
 
 
@@ -201,10 +203,10 @@ def _peer(bench: Bench) -> dict[str, Any]:
     return out
 
 
-def _warm_probe(bench: Bench, scope: str, mode: str, cache: Path) -> dict[str, Any]:
+def _warm_probe(bench: Bench, scope: str, mode: str, dense: str, cache: Path) -> dict[str, Any]:
     """A second process compiling with the cache the first one filled: what a new worker pays."""
     a = bench.args
-    cmd = [sys.executable, __file__, "--probe", f"{scope}:{mode}", "--weights", str(bench.weights),
+    cmd = [sys.executable, __file__, "--probe", f"{scope}:{mode}:{dense}", "--weights", str(bench.weights),
            "--size", f"{a.size[0]}x{a.size[1]}", "--batch", str(a.batch), "--device", a.device,
            "--backend", a.backend]
     t0 = time.perf_counter()
@@ -217,14 +219,14 @@ def _warm_probe(bench: Bench, scope: str, mode: str, cache: Path) -> dict[str, A
 
 def _probe(args: argparse.Namespace) -> int:
     """--probe: load the model, compile, time the first call; print one JSON line."""
-    scope, mode = args.probe.split(":")
+    scope, mode, dense = args.probe.split(":")
     dtype = torch.float16 if args.device == "cuda" else torch.float32
     t0 = time.perf_counter()
     model = load_upscaler(Path(args.weights), device=args.device, dtype=dtype)
     if args.device == "cuda":
         model.model.to(memory_format=torch.channels_last)
     load_s = time.perf_counter() - t0
-    fn = compile_network(model.model, scope, mode, backend=args.backend)
+    fn = compile_network(model.model, scope, mode, dense, backend=args.backend)
     w, h = args.size
     x = _batch(args.batch, h, w, args.device, dtype)
     t0 = time.perf_counter()
@@ -273,13 +275,14 @@ def _candidate(bench: Bench, name: str, used: set[str]) -> dict[str, Any]:
     if folder is None:
         return {"options": options, **bench.stage(name, options)}
     scope, mode = options["esrgan_compile_scope"], options["esrgan_compile_mode"]
+    dense = options.get("esrgan_dense", "concat")
     batch = options.get("esrgan_batch", bench.args.batch)
     cache = "warm (disk, same process)" if folder in used else "cold"
     used.add(folder)
     with _cache_dir(bench, folder):
         saved, bench.args.batch = bench.args.batch, batch
         try:
-            compile_s = bench.compile_first_call(scope, mode)
+            compile_s = bench.compile_first_call(scope, mode, dense)
             return {"options": options, "compile_s": compile_s, "compile_cache": cache,
                     **bench.stage(name, {**options, "esrgan_compile": True})}
         finally:
@@ -297,13 +300,15 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
         res["stage_over_compiled_peer"] = round(measured[best]["frames_per_s"] / peer["compiled_batch4"], 3)
         res["goal"] = ">= 1.5"
     eager = stage.get("eager", {}).get("frames_per_s")
-    default = stage.get("blocks_default", {})
-    if eager and default.get("frames_per_s", 0) > eager:
-        saved_per_frame = 1 / eager - 1 / default["frames_per_s"]
-        warm = (out.get("warm_compile") or {}).get("blocks_default", {}).get("compile_s")
-        res["compile_pays_from_frames"] = {
-            "cold": round(default["compile_s"] / saved_per_frame),
-            "warm": round(warm / saved_per_frame) if warm else None}
+    pays = {}
+    for name in ("blocks_default", "blocks_wide"):  # the stage's default, and the regrouped blocks
+        compiled = stage.get(name, {})
+        if eager and compiled.get("frames_per_s", 0) > eager:
+            saved_per_frame = 1 / eager - 1 / compiled["frames_per_s"]
+            warm = (out.get("warm_compile") or {}).get(name, {}).get("compile_s")
+            pays[name] = {"cold": round(compiled["compile_s"] / saved_per_frame),
+                          "warm": round(warm / saved_per_frame) if warm else None}
+    res["compile_pays_from_frames"] = pays
     return res
 
 
@@ -356,9 +361,11 @@ def main() -> int:
         if fits(name, CANDIDATES[name][2]):
             out["stage"][name] = _candidate(bench, name, used)
             write()
-        if name in ("blocks_default", "whole_default") and name in out["stage"] and fits(f"warm {name}", 25):
+        if name in ("blocks_default", "blocks_wide", "whole_default") and name in out["stage"] \
+                and fits(f"warm {name}", 25):
             options, folder, _ = CANDIDATES[name]
             out["warm_compile"][name] = _warm_probe(bench, options["esrgan_compile_scope"], "default",
+                                                    options.get("esrgan_dense", "concat"),
                                                     bench.tmp / "inductor" / folder)
             write()
     out["summary"] = _summary(out)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.models.esrgan import TINY_X2PLUS_VERSION, load_upscaler
+from pipeline.models.home import sulphur_home
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.enhance import model_identity, resolve_model_file
 from pipeline.stages.frame_files import FrameFile, write_frames_header
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 #: Key under which ``(path, device, dtype, descriptor)`` lives in ``ctx.models``.
 MODEL_KEY = "upscaler"
-#: Key under which ``((scope, mode), forward)`` lives: the compiled network, kept with the upscaler.
+#: Key under which ``((scope, mode, dense), forward)`` lives: the compiled network, kept with the upscaler.
 COMPILED_KEY = "upscaler-compiled"
 DEFAULT_BATCH = 4
 TILE_OVERLAP = 16  # input pixels of context on each side of a tile
@@ -49,6 +50,9 @@ TILE_OVERLAP = 16  # input pixels of context on each side of a tile
 COMPILE_SCOPES = ("blocks", "whole")
 #: ``esrgan_compile_mode``: torch.compile modes; "reduce-overhead" adds CUDA graphs (fixed batch: padded).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
+#: ``esrgan_dense``: "concat" runs the dense blocks as published; "wide" regroups their convolutions
+#: by input (pipeline/models/esrgan_dense.py: the same sums, wider GEMMs, no concatenations).
+DENSE_FORMS = ("concat", "wide")
 INDUCTOR_CACHE = "inductor"  # under sulphur_home(): compiled kernels, FX graphs, autotune results
 
 
@@ -169,16 +173,16 @@ def _drop(ctx: StageContext) -> None:
 def _compiled(ctx: StageContext, model: ImageModelDescriptor, options: dict[str, Any]) -> Any:
     """The held upscaler's network under ``torch.compile``, kept as long as the upscaler is (a
     worker compiles once; a new process finds the kernels in the persistent cache)."""
-    scope = options.get("esrgan_compile_scope") or "blocks"
-    mode = options.get("esrgan_compile_mode") or "default"
-    if scope not in COMPILE_SCOPES or mode not in COMPILE_MODES:
-        raise ValueError(f"upscale: unknown compile scope/mode {scope!r}/{mode!r}")
-    if COMPILED_KEY in ctx.models and ctx.models.get(COMPILED_KEY, lambda: None)[0] != (scope, mode):
+    config = (options.get("esrgan_compile_scope") or "blocks", options.get("esrgan_compile_mode") or "default",
+              options.get("esrgan_dense") or "concat")
+    if config[0] not in COMPILE_SCOPES or config[1] not in COMPILE_MODES or config[2] not in DENSE_FORMS:
+        raise ValueError(f"upscale: unknown compile scope/mode/dense form {config}")
+    if COMPILED_KEY in ctx.models and ctx.models.get(COMPILED_KEY, lambda: None)[0] != config:
         ctx.models.make_room(drop=[COMPILED_KEY], reason="another compile mode")
-    return ctx.models.get(COMPILED_KEY, lambda: ((scope, mode), compile_network(model.model, scope, mode)))[1]
+    return ctx.models.get(COMPILED_KEY, lambda: (config, compile_network(model.model, *config)))[1]
 
 
-def compile_network(net: torch.nn.Module, scope: str, mode: str,
+def compile_network(net: torch.nn.Module, scope: str, mode: str, dense: str = "concat",
                     backend: str = "inductor") -> Callable[[torch.Tensor], torch.Tensor]:
     """``net`` under ``torch.compile`` (lazy: the compile happens at the first call of a shape).
 
@@ -186,11 +190,16 @@ def compile_network(net: torch.nn.Module, scope: str, mode: str,
     inputs, so the 23 blocks share one graph: a twentieth of the whole network's compile, and
     the same kernels, since the fusions (activations, dense concatenations, residual scaling)
     live inside a block and the convolutions are cuDNN's either way. "whole": the network.
+    ``dense``: "wide" regroups the dense blocks first (new weights; ``net`` is left as it is).
     ``backend``: inductor; the bench's CPU smoke passes "eager" (tracing only, no compiler).
     """
     import torch
 
     use_persistent_cache()
+    if dense == "wide":
+        from pipeline.models.esrgan_dense import widen_dense_blocks  # torch at its top
+
+        net = widen_dense_blocks(net)
     kwargs: dict[str, Any] = {"dynamic": False, "backend": backend,
                               "mode": None if mode == "default" or backend != "inductor" else mode}
     if scope == "whole":
@@ -233,8 +242,6 @@ def _with_blocks(module: torch.nn.Module, wrap: Callable[[torch.nn.Module], Any]
 def use_persistent_cache() -> Path:
     """Point inductor's caches (FX graphs, Triton kernels, autotuning) at Sulphur's cache folder,
     unless the user chose one with ``TORCHINDUCTOR_CACHE_DIR``: /tmp does not survive reboots."""
-    from pipeline.models.home import sulphur_home
-
     return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sulphur_home() / INDUCTOR_CACHE)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 
@@ -291,7 +292,7 @@ def test_a_compiled_fp16_forward_is_the_same_picture_and_a_broken_one_falls_back
     def broken(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("InductorError: no working C++ compiler")
 
-    ctx.models.get(COMPILED_KEY, lambda: (("blocks", "default"), broken))
+    ctx.models.get(COMPILED_KEY, lambda: (("blocks", "default", "concat"), broken))
     up = _Upscale(ctx, desc, 2, 0, (44, 72), broken)
     with torch.inference_mode():
         out = np.concatenate([up(torch.from_numpy(frames[i:i + 2])).numpy() for i in range(0, 5, 2)])
@@ -342,3 +343,41 @@ def test_cuda_overlapped_and_compiled_match_the_plain_eager_stage(tmp_path: Path
                                device="cuda")
     assert np.array_equal(outs["plain"], outs["overlap"])  # same kernels, only the copies moved
     assert psnr(outs["compiled"], outs["plain"]) > 45  # fused fp16 kernels: last-bit differences
+
+
+def test_wide_dense_blocks_are_the_same_sums_regrouped(tmp_path: Path) -> None:
+    """The regrouped block (convolutions by input piece, no concatenations) against the published
+    one on random features: equal in fp32; in fp16 (the GPU's dtype) its few extra roundings of
+    partial sums stay within a small multiple of the published block's own fp16 error."""
+    from pipeline.models.esrgan_dense import WideDenseBlock, widen_dense_blocks
+
+    desc = load_upscaler(build_tiny_x2plus(tmp_path / "x2.pth", nf=24, nb=2), device="cpu", dtype=torch.float32)
+    net = widen_dense_blocks(desc.model)
+    assert sum(isinstance(m, WideDenseBlock) for m in net.modules()) == 6  # 2 RRDB × 3 dense blocks
+    assert not any(isinstance(m, WideDenseBlock) for m in desc.model.modules())  # the original is untouched
+    image = torch.rand(1, 3, 20, 28)
+    with torch.inference_mode():
+        assert torch.allclose(net(image), desc.model(image), atol=1e-5)
+    block = desc.model.model[1].sub[1].RDB2
+    torch.manual_seed(0)
+    for m in block.modules():  # full-scale random weights: every piece's share must land right
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=(2 / (9 * m.in_channels)) ** 0.5)
+            torch.nn.init.normal_(m.bias, std=0.1)
+    wide = WideDenseBlock(block)
+    x = torch.randn(2, 24, 12, 16)
+    with torch.inference_mode():
+        ref = block(x)
+        assert torch.allclose(wide(x), ref, atol=1e-5, rtol=1e-5)
+        concat16 = (copy.deepcopy(block).half()(x.half()).float() - ref).abs().max()
+        wide16 = (WideDenseBlock(block).half()(x.half()).float() - ref).abs().max()
+    assert wide16 <= 4 * concat16 + 1e-3 and wide16 < 0.01 * ref.abs().max()
+
+
+def test_dense_blocks_of_other_layouts_are_left_as_published() -> None:
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from pipeline.models.esrgan_dense import widen_dense_blocks
+
+    plus = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2, plus=True)  # ESRGAN+: 1×1 paths
+    assert widen_dense_blocks(plus) is plus
