@@ -368,8 +368,9 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
                                low_cpu_mem_usage=use_stream and bool(opts.get("low_cpu_mem_usage", False)),
                                **kwargs)
         if not use_stream:
-            from pipeline.memory.offload import resident_while_working
+            from pipeline.memory.offload import keep_host_copies, resident_while_working
 
+            keep_host_copies(module)  # offloading swaps back to one host copy instead of copying out
             resident_while_working(module)  # a (tiled) VAE decode onloads once, not per leaf per tile
     setattr(module, _OFFLOAD_TAG, tag)
     return module
