@@ -88,7 +88,12 @@ BYTES_PER_PARAM: dict[str, float] = {
     "Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K_M": 0.71, "Q5_0": 22 / 32, "Q4_K_M": 0.60,
     "Q4_0": 18 / 32, "Q4_K": 144 / 256, "Q3_K_M": 0.52, "Q3_K": 110 / 256, "Q2_K": 84 / 256,
 }
-QUANTIZED = {k for k in BYTES_PER_PARAM if k.startswith("Q")}
+
+
+def is_quantized(fmt: str) -> bool:
+    """A GGML block format (Q*, IQ*, TQ*): dequantized per layer or block, mapped from its file."""
+    return fmt.startswith(("Q", "IQ", "TQ"))
+
 
 ACT_BYTES_PER_TOKEN = 0.2 * MiB       # transformer activations per token, batch 1, bf16 (measured 0.17)
 VAE_BYTES_PER_PIXEL_FRAME = 250       # untiled VAE decode, per output pixel × frame
@@ -188,7 +193,7 @@ class Component:
     @property
     def scratch_bytes(self) -> int:
         """bf16 copy of the largest layer while a quantized layer is dequantized for its matmul."""
-        return int((self.largest_layer_params or 0) * 2) if self.fmt in QUANTIZED or self.fmt == "fp8" else 0
+        return int((self.largest_layer_params or 0) * 2) if is_quantized(self.fmt) or self.fmt == "fp8" else 0
 
     def as_format(self, fmt: str) -> Component:
         return replace(self, fmt=fmt, file_bytes=None)
@@ -327,7 +332,7 @@ def _weights_mode(c: Component, mode: str, act: int, *, stream: bool, low_cpu: b
     scratch = c.scratch_bytes
     if mode == "resident":
         # a safetensors/bf16 load passes through RAM once; GGUF pages are mapped, then copied
-        return _Est(w + act + scratch, 0 if c.fmt in QUANTIZED else pageable, held_vram=w)
+        return _Est(w + act + scratch, 0 if is_quantized(c.fmt) else pageable, held_vram=w)
     if mode == "model":
         return _Est(w + act + scratch, pageable, held_host=pageable)
     if mode == "group_block" and c.blocks:
@@ -454,7 +459,7 @@ def _streamer_estimate(t: Component, act: int, decode_phase: int, b: Budgets) ->
     kept = 0  # buffers BlockStreamer allocates once and holds while the transformer is held
     if t.fmt == "fp8":
         upcast = int(t.block_bytes * 2 / max(1e-9, BYTES_PER_PARAM.get(t.fmt, 2.0)))
-    elif t.fmt in QUANTIZED:
+    elif is_quantized(t.fmt):
         # dequant="block": one bf16 scratch the size of a block (kept), plus the per-layer
         # scratch of the GGUF layers outside the blocks.
         kept = int(t.params * t.block_fraction / max(1, t.blocks) * 2)
@@ -489,7 +494,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
         mode = "group_block" if rung == "stream" else rung
         order = weights_options[::-1] if rung == "stream" and job.stream_fp8 else weights_options
         for wfmt in order:
-            if mmap and wfmt not in QUANTIZED:
+            if mmap and not is_quantized(wfmt):
                 continue
             t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
             est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
@@ -510,7 +515,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                         k = 0
                     vram, held_vram = est.vram, est.held_vram
                     extra = {"streamer": "sulphur", "resident_blocks": k}
-                    if wfmt in QUANTIZED:
+                    if is_quantized(wfmt):
                         # Dequantize each streamed block once, not each layer (1.05× vs 1.14× resident, H200).
                         extra["dequant"] = "block"
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
