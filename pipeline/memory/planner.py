@@ -8,9 +8,10 @@ weights are loaded.
 
 The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold):
 
-* **Weights** come from the preset: measured file sizes where the files exist, else
-  parameter counts × bytes per parameter of the stored format (bf16 2, fp8 1, GGUF
-  Q8_0 1.06, Q4_K_M 0.60, Q3_K_M 0.52 ...). Default parameter counts were counted on
+* **Weights** come from the preset: measured file sizes where the files exist, else the
+  size a GGUF's entry records, else parameter counts × bytes per parameter of the stored
+  format (bf16 2, fp8 1, GGUF Q8_0 1.06, Q4_K_M 0.60, Q3_K_M 0.52 ...; a GGUF entry's
+  file name says which, ``…-q8_0.gguf``). Default parameter counts were counted on
   the meta device from diffusers 0.42.1's LTX-2 configs; the 22B LTX-2.3 transformer
   keeps LTX-2's 48-block layout.
 * **Transformer activations** grow with tokens = (frames-1)/8+1 × h/32 × w/32 (+ audio
@@ -74,7 +75,7 @@ from pipeline.memory.plan import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.models.registry import Preset
+    from pipeline.models.registry import ModelFile, Preset
     from pipeline.project.storyboard import Project
 
 # Deferred imports: torch, psutil, pynvml — plans are made from sizes without them; the probes load them to
@@ -239,15 +240,52 @@ def component_sizes(preset: Preset) -> dict[str, Component]:
     random = bool(preset.extra.get("random_weights"))
     tiny = (preset.builder is not None or preset.name == "tiny") and not random
     table = dict(_TINY_COMPONENTS if tiny else _LTX2_COMPONENTS)
+    files = not tiny and not random
+    if files:  # a file not on disk yet: as the preset's entry names it
+        table.update({n: _as_named(table[n], spec) for n in _GGUF_ROLES
+                      if (spec := _gguf_entry(preset, n)) and spec.local_path() is None})
     for name, spec in (preset.extra.get("memory") or {}).items():
         base = table.get(name, Component(name, 0.0))
         table[name] = replace(base, **spec) if isinstance(spec, dict) else replace(base, file_bytes=int(spec))
-    if not tiny and not random:
+    if files:
         for name, roles in _ROLES.items():
             size = _measured(preset, roles)
             if size and name in table:
                 table[name] = replace(table[name], file_bytes=size)
     return table
+
+
+#: Components a preset ships as one GGUF file, and the roles of the entry that names it.
+_GGUF_ROLES: dict[str, tuple[str, ...]] = {"transformer": ("transformer_gguf", "transformer"),
+                                           "enhancer": ("enhancer",)}
+#: GGML's float type names as the planner's formats.
+_GGML_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _gguf_entry(preset: Preset, name: str) -> ModelFile | None:
+    """The preset's entry for component ``name`` when it is one GGUF file."""
+    for role in _GGUF_ROLES[name]:
+        try:
+            spec = preset.file(role)
+        except KeyError:
+            continue
+        if _entry_file_name(spec).lower().endswith(".gguf"):
+            return spec
+    return None
+
+
+def _entry_file_name(spec: ModelFile) -> str:
+    return Path(spec.filename if isinstance(spec.filename, str) and spec.filename else spec.path).name
+
+
+def _as_named(c: Component, spec: ModelFile) -> Component:
+    """``c`` as the preset's entry names its file: the size it records, the quantization its
+    file name carries (``…-Q3_K_M.gguf``, ``…-q8_0.gguf``), else the table's guess."""
+    token = Path(_entry_file_name(spec)).stem.replace(".", "-").rsplit("-", 1)[-1].upper()
+    fmt = _GGML_FLOATS.get(token, token)
+    if fmt not in BYTES_PER_PARAM:
+        return replace(c, file_bytes=spec.size) if spec.size else c
+    return replace(c, fmt=fmt, file_bytes=spec.size or None)
 
 
 def _measured(preset: Preset, roles: Sequence[tuple[str, str]]) -> int | None:

@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,6 +270,56 @@ def test_streamer_has_no_lean_twin_when_it_keeps_nothing_resident() -> None:
     for p in ladder("refine", b):
         if p.name.startswith("stream+") and p.options["resident_blocks"] == 0:
             assert p.name.replace("stream", "stream-lean", 1) not in names
+
+
+def _q8_gguf_with_file_type(path: Path) -> Path:
+    """A Q8_0 GGUF as llama.cpp's converters write one: Q8_0 blocks and ``general.file_type``."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "ltxv")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    writer.add_tensor("blk.0.w", gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
+                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("norm", np.ones(64, np.float32))
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file,
+                 writer.close):
+        step()
+    return path
+
+
+def _all_on_gpu(preset: Preset) -> int:
+    """The VRAM the enhance stage's fastest plan (every layer on the GPU) is estimated at."""
+    plan = ladder("enhance", HUGE, preset)[0]
+    assert plan.options["n_gpu_layers"] == -1
+    return plan.vram_bytes
+
+
+def test_an_absent_enhancer_is_planned_from_the_presets_own_entry(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a fixed Gemma 3 12B Q3_K_M: sulphur2-ltx23 names its own Q8_0 GGUF, ltx23-distilled
+    Gemma's Q4_K_M; a size the entry records is the estimate's, the file's bytes once it is there."""
+    monkeypatch.delenv("SULPHUR_ENHANCER_GGUF", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    kv = 512 * MiB  # the KV cache the llama.cpp plans add
+
+    def with_enhancer(name: str, **entry: Any) -> Preset:
+        preset = get_preset(name)
+        spec = replace(preset.file("enhancer"), path=str(tmp_path / "absent" / "enhancer.gguf"), **entry)
+        return replace(preset, files=tuple(spec if f.role == "enhancer" else f for f in preset.files))
+
+    q8 = _all_on_gpu(with_enhancer("sulphur2-ltx23"))
+    q4km = _all_on_gpu(with_enhancer("ltx23-distilled"))
+    assert q8 - kv == pytest.approx(12.2e9 * 34 / 32, rel=1e-6)  # Q8_0, not Q3_K_M's 0.52 bytes a weight
+    assert q4km - kv == pytest.approx(12.2e9 * 0.60, rel=1e-6)
+    recorded = _all_on_gpu(with_enhancer("sulphur2-ltx23", size=9_090_000_000))
+    assert recorded - kv == pytest.approx(9_090_000_000, abs=1 * MiB)
+    on_disk = tmp_path / "absent" / "enhancer.gguf"
+    on_disk.parent.mkdir()
+    _q8_gguf_with_file_type(on_disk)
+    assert _all_on_gpu(with_enhancer("sulphur2-ltx23", size=9_090_000_000)) - kv == pytest.approx(
+        on_disk.stat().st_size, abs=1 * MiB)
 
 
 # --------------------------------------------------------------------------- offload modes
