@@ -11,7 +11,8 @@ The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold
 * **Weights** come from the preset: measured file sizes where the files exist, else the
   size a GGUF's entry records, else parameter counts × bytes per parameter of the stored
   format (bf16 2, fp8 1, GGUF Q8_0 1.06, Q4_K_M 0.60, Q3_K_M 0.52 ...; a GGUF entry's
-  file name says which, ``…-q8_0.gguf``). Default parameter counts were counted on
+  file name says which, ``…-q8_0.gguf``). A GGUF on disk says its format in its header,
+  and a plan names that format and where it was learnt. Default parameter counts were counted on
   the meta device from diffusers 0.42.1's LTX-2 configs; the 22B LTX-2.3 transformer
   keeps LTX-2's 48-block layout.
 * **Transformer activations** grow with tokens = (frames-1)/8+1 × h/32 × w/32 (+ audio
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
     from pipeline.project.storyboard import Project
 
 # Deferred imports: torch, psutil, pynvml — plans are made from sizes without them; the probes load them to
-#   measure a real machine
+#   measure a real machine; gguf — only a GGUF on disk has a header to read
 
 OFFLOAD_MODES = ("resident", "model", "group_block", "group_leaf", "sequential")
 
@@ -170,6 +171,7 @@ class Component:
     block_fraction: float = 1.0      # share of the weights inside the blocks
     largest_layer_params: float = 0  # for leaf-level/sequential and the dequant scratch
     file_bytes: int | None = None    # measured on disk; wins over params × format
+    fmt_source: str = ""             # where ``fmt`` was learnt ("": the planner's own table)
 
     @property
     def nbytes(self) -> int:
@@ -252,6 +254,7 @@ def component_sizes(preset: Preset) -> dict[str, Component]:
             size = _measured(preset, roles)
             if size and name in table:
                 table[name] = replace(table[name], file_bytes=size)
+        table.update({n: _as_read(table[n], spec) for n in _GGUF_ROLES if (spec := _gguf_entry(preset, n))})
     return table
 
 
@@ -285,7 +288,45 @@ def _as_named(c: Component, spec: ModelFile) -> Component:
     fmt = _GGML_FLOATS.get(token, token)
     if fmt not in BYTES_PER_PARAM:
         return replace(c, file_bytes=spec.size) if spec.size else c
-    return replace(c, fmt=fmt, file_bytes=spec.size or None)
+    return replace(c, fmt=fmt, file_bytes=spec.size or None, fmt_source="per the preset; file absent")
+
+
+def _as_read(c: Component, spec: ModelFile) -> Component:
+    """``c`` stored as the GGUF on disk says (its header), when the file is there."""
+    path = spec.local_path()
+    if path is None or not path.is_file():
+        return c
+    st = path.stat()
+    fmt = _gguf_format(path, st.st_size, st.st_mtime_ns)
+    return replace(c, fmt=fmt, fmt_source="read from the GGUF") if fmt else c
+
+
+@functools.lru_cache(maxsize=64)
+def _gguf_format(path: Path, _size: int, _mtime_ns: int) -> str | None:
+    """The format one version of a GGUF file holds its weights in: the mix its
+    ``general.file_type`` names (Q3_K_M holds Q3_K, Q4_K and Q5_K tensors), else the type that
+    stores most of its weights. None for a file gguf-py cannot read (the loader says why)."""
+    import gguf  # deferred: see the module's deferred imports
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (OSError, ValueError, IndexError, struct.error):
+        return None
+    field = reader.get_field("general.file_type")
+    try:
+        ftype = gguf.LlamaFileType(int(field.contents())).name if field is not None else "GUESSED"
+    except (TypeError, ValueError):
+        ftype = "GUESSED"
+    if ftype != "GUESSED":
+        name = ftype.split("_", 1)[1]  # MOSTLY_Q3_K_M, ALL_F32
+    else:
+        weights: dict[str, int] = {}
+        for t in reader.tensors:
+            weights[t.tensor_type.name] = weights.get(t.tensor_type.name, 0) + int(t.n_elements)
+        if not weights:
+            return None
+        name = max(weights, key=weights.__getitem__)
+    return _GGML_FLOATS.get(name, name)
 
 
 def _measured(preset: Preset, roles: Sequence[tuple[str, str]]) -> int | None:
@@ -583,7 +624,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                              "host_bytes": int(est.host + side_bytes), "pinned_bytes": est.pinned,
                              "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes,
                              "activation_bytes": act, "component": "transformer", "vae_tile": tile,
-                             **extra}))
+                             **({"weights_source": t.fmt_source} if t.fmt_source else {}), **extra}))
     return out
 
 

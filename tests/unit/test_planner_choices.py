@@ -289,6 +289,40 @@ def _q8_gguf_with_file_type(path: Path) -> Path:
     return path
 
 
+def _q4_gguf(path: Path) -> Path:
+    """Q4_0 blocks without ``general.file_type`` (how pipeline.models.gguf_writer writes them)."""
+    from pipeline.models.gguf_writer import write_random_gguf
+
+    write_random_gguf(path, "ltxv", [("blk.0.w", (64, 64), "Q4_0"), ("blk.1.w", (64, 64), "Q4_0"),
+                                     ("norm", (64,), "F32")])
+    return path
+
+
+@pytest.mark.parametrize(("write", "stored"), [(_q4_gguf, "Q4_0"), (_q8_gguf_with_file_type, "Q8_0")],
+                         ids=["tensor-types", "file-type"])
+def test_a_plan_names_the_quantization_of_the_transformer_file_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Any, stored: str) -> None:
+    """sulphur2-ltx23's entry names a Q3_K_M file; the file found there holds another
+    quantization: the plans say the file's (read from its header), and say so; with the file
+    gone they say the entry's, and that the file is absent."""
+    monkeypatch.delenv("SULPHUR_LTX_GGUF", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no pulled copy to find
+    real = get_preset("sulphur2-ltx23")
+    gguf_file = write(tmp_path / "sulphur_dev-Q3_K_M.gguf")  # the name says Q3_K_M; the file does not
+    entry = replace(real.file("transformer_gguf"), path=str(gguf_file))
+    preset = replace(real, files=tuple(entry if f.role == "transformer_gguf" else f for f in real.files))
+    for stage in ("draft", "refine"):
+        for plan in ladder(stage, HUGE, preset):
+            assert f"weights {stored} (read from the GGUF)" in plan.describe()
+            assert "Q3_K_M" not in plan.describe(), plan.describe()
+    gguf_file.unlink()
+    for plan in ladder("draft", HUGE, preset):
+        assert "weights Q3_K_M (per the preset; file absent)" in plan.describe(), plan.describe()
+    named_q4 = replace(entry, path=str(tmp_path / "other-Q4_0.gguf"), filename="other-Q4_0.gguf")
+    preset_q4 = replace(real, files=tuple(named_q4 if f.role == "transformer_gguf" else f for f in real.files))
+    assert "weights Q4_0 (per the preset; file absent)" in ladder("draft", HUGE, preset_q4)[0].describe()
+
+
 def _all_on_gpu(preset: Preset) -> int:
     """The VRAM the enhance stage's fastest plan (every layer on the GPU) is estimated at."""
     plan = ladder("enhance", HUGE, preset)[0]
