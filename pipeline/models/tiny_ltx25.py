@@ -103,12 +103,18 @@ def write_twin(root: Path) -> Path:
     return root
 
 
-def _write_text_encoder(folder: Path) -> None:
+def text_encoder_model() -> Any:
+    """The twin's text encoder in memory (seed 0): what its folder holds, for tests to compare against
+    (transformers renames some Gemma 4 keys on save, so the file's names are not the module's)."""
     import torch
     from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration
 
     torch.manual_seed(0)
-    Gemma4UnifiedForConditionalGeneration(Gemma4UnifiedConfig(**text_encoder_config())).eval().save_pretrained(folder)
+    return Gemma4UnifiedForConditionalGeneration(Gemma4UnifiedConfig(**text_encoder_config())).eval()
+
+
+def _write_text_encoder(folder: Path) -> None:
+    text_encoder_model().save_pretrained(folder)
 
 
 def _write_transformer(root: Path) -> None:
