@@ -86,6 +86,7 @@ def system_prompt(mode: str, *, image_to_video: bool) -> str:
 
         return (I2V_DEFAULT_SYSTEM_PROMPT if image_to_video else T2V_DEFAULT_SYSTEM_PROMPT).strip()
     if mode == LTX25_PROMPTS:
+        # diffusers (and torch) as above: only the render process enhances
         from diffusers.pipelines.ltx2.utils import (
             LTX2_5_I2V_DEFAULT_SYSTEM_PROMPT,
             LTX2_5_T2V_DEFAULT_SYSTEM_PROMPT,

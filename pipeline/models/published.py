@@ -16,7 +16,7 @@ from pipeline.models import ltx_keys
 if TYPE_CHECKING:
     import torch
 
-# Deferred imports: diffusers, safetensors, accelerate — only a strict load of a published file needs them
+# Deferred imports: diffusers, safetensors, accelerate, transformers — only a strict load of a published file needs them
 
 _SHOW = 3
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from pipeline.models import tiny_ltx2
 
-# Deferred imports: torch, diffusers, transformers, safetensors — only writing the twin needs them
+# Deferred imports: torch, diffusers, transformers, safetensors, pipeline.models.enhancer, pipeline.models.esrgan —
+#   only writing the twin needs them
 
 #: The 2.3 twin's transformer with LTX-2.5's two config changes.
 TRANSFORMER_CONFIG: dict[str, Any] = {**tiny_ltx2.TRANSFORMER_CONFIG, "ff_bias": False,
