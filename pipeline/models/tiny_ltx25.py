@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.models import tiny_ltx2
+from pipeline.models import published_stack, tiny_ltx2
 
 # Deferred imports: torch, diffusers, transformers, safetensors, pipeline.models.enhancer, pipeline.models.esrgan —
 #   only writing the twin needs them
@@ -33,6 +33,11 @@ from pipeline.models import tiny_ltx2
 #: The 2.3 twin's transformer with LTX-2.5's two config changes.
 TRANSFORMER_CONFIG: dict[str, Any] = {**tiny_ltx2.TRANSFORMER_CONFIG, "ff_bias": False,
                                       "use_keyframes_abs_pos_embedding": True}
+
+#: LTX-2.5's full-size transformer as diffusers builds it from LTX-2.3's converted config plus the two 2.5 keys:
+#: 4091 tensors, 18.99B parameters, what a third-party read of the real distilled file's header counts.
+PUBLISHED_TRANSFORMER_CONFIG: dict[str, Any] = {**published_stack.TRANSFORMER, "ff_bias": False,
+                                                "use_keyframes_abs_pos_embedding": True}
 
 # Files inside the written folder.
 DIFFUSERS_DIR = "diffusers"

@@ -84,6 +84,23 @@ def test_transformer_twin_loads_every_tensor_equal(root: Path, rel: str) -> None
             assert torch.equal(got, want.float()), name
 
 
+def test_the_full_size_25_config_has_the_published_tensor_count() -> None:
+    """A third-party read of the real ltx-2.5 distilled header: 4091 DiT tensors (the 2.3 layout's 4186, less
+    the 48 blocks' two video FFN biases, plus the keyframe parameter), 18.99B parameters."""
+    from accelerate import init_empty_weights
+    from diffusers import LTX2VideoTransformer3DModel
+
+    from pipeline.models import ltx_keys
+
+    with init_empty_weights():
+        model = LTX2VideoTransformer3DModel.from_config(tiny_ltx25.PUBLISHED_TRANSFORMER_CONFIG)
+    sd = model.state_dict()
+    assert len(sd) == 4186 - 2 * 48 + 1
+    assert round(sum(t.numel() for t in sd.values()) / 1e9, 2) == 18.99
+    assert tuple(sd["keyframes_abs_pos_embedding"].shape) == (1, 4096)
+    assert all(ltx_keys.to_diffusers(ltx_keys.to_lightricks(k)) == k for k in sd)
+
+
 def test_a_23_config_refuses_the_25_file_naming_what_differs(root: Path, tmp_path: Path) -> None:
     cfg = json.loads((root / "diffusers" / "transformer" / "config.json").read_text())
     cfg.update(ff_bias=True, use_keyframes_abs_pos_embedding=False)
