@@ -222,3 +222,38 @@ def _overrides(preset: str):  # noqa: ANN202
     from pipeline.render.job import Overrides
 
     return Overrides(preset=preset)
+
+
+def test_the_enhance_stage_runs_the_25_enhancer_greedily(root: Path, preset, tmp_path: Path,  # noqa: ANN001
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real preset's enhance stage (its GGUF pointed at the twin's) asks for the 2.5 prompts, 600 tokens
+    and temperature 0, and the cache key says so; another preset's key keeps no temperature."""
+    import threading
+
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.models import enhancer
+    from pipeline.project.storyboard import Project, Segment, Storyboard
+    from pipeline.stages.base import SegmentJob, StageContext
+    from pipeline.stages.enhance import EnhanceStage
+
+    asked: list[dict] = []
+    real = enhancer.enhance
+    monkeypatch.setattr(enhancer, "enhance", lambda llm, prompt, **kw: asked.append(kw) or real(llm, prompt, **kw))
+    seg = Segment(id="s1", prompt="a fox in the snow")
+    board = Storyboard(path=tmp_path / "board.toml", project=Project(), segments=(seg,))
+    job = SegmentJob(storyboard=board, segment=seg, index=0, preset=preset, frames=9, seed=3, fps=24,
+                     draft_size=(128, 64), refine_size=(256, 128), output_size=(256, 128), steps=8,
+                     refine_sigmas=preset.refine_sigmas, lora_strength=0.0, audio=False)
+    ctx = StageContext(emit=lambda e: None, cancel=threading.Event(), models=LoadedModels(),
+                       plan=StagePlan(name="cpu"), segment_id="s1")
+    out = tmp_path / "out"
+    out.mkdir()
+    meta = EnhanceStage().run(ctx, job, {}, out)
+    assert (out / "prompt.txt").read_text(encoding="utf-8") == meta["prompt"]
+    assert len(asked) == 1
+    assert (asked[0]["mode"], asked[0]["temperature"], asked[0]["max_tokens"]) == ("ltx25", 0.0, 600)
+    params = EnhanceStage().params(job)
+    assert params["temperature"] == 0.0 and params["mode"] == "ltx25" and params["prompts_from"]
+    from dataclasses import replace
+
+    assert "temperature" not in EnhanceStage().params(replace(job, preset=get_preset("ltx23-distilled")))
