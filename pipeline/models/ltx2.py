@@ -230,7 +230,8 @@ DISTILLED = register(replace(
 # - In the installed diffusers 0.42.1 (read here): the transformer config keys ff_bias and
 #   use_keyframes_abs_pos_embedding (a (1, dim) parameter), Gemma4UnifiedForConditionalGeneration as a text encoder,
 #   DISTILLED_SIGMA_VALUES / STAGE_2_DISTILLED_SIGMA_VALUES (the 2.3 numbers), LTX2_5_T2V/I2V_DEFAULT_SYSTEM_PROMPT
-#   with the same user turns as 2.3 ("user prompt: …" for T2V, "User Raw Input Prompt: ….") for I2V), greedy
+#   with the same user turns as 2.3 (T2V "user prompt: …", I2V "User Raw Input Prompt: ….", in
+#   LTX2Pipeline.enhance_prompt; the research note's "user prompt" for both is not what 0.42.1 does), greedy
 #   enhancement with 600 new tokens (GEMMA4_PROMPT_ENHANCEMENT_CONFIG), image CRF 18 when the text encoder is
 #   gemma4_unified (LTX2_5_IMAGE_CRF; Sulphur passes it itself because its pipelines run without a text encoder).
 #   The installed llama.cpp (llama-cpp-python 0.3.36) knows the gemma4 architecture (its libllama names it).
