@@ -251,9 +251,10 @@ DISTILLED = register(replace(
 #   says community GGUFs store keyframes_abs_pos_embedding 1-D (published.read_transformer_file reshapes it).
 #   Alternatives seen: vantagewithai/LTX-2.5-GGUF (ltx-2.5-22b-distilled-transformer-Q4_K_M.gguf), molbal/LTX-2.5-GGUF.
 # - Lightricks/LTX-2.5 (the native single files; third-party Hub listing): diffusion_models/ltx-2.5-22b-distilled-
-#   transformer-bf16.safetensors (42.0 GB) loads through the same loader (point SULPHUR_LTX25_TRANSFORMER at it);
-#   its vae/ files keep their keys at the root and bundle the diffusion decoder, so the VAEs come from the Diffusers
-#   folder instead.
+#   transformer-bf16.safetensors (42.0 GB) goes through the same loader (point SULPHUR_LTX25_TRANSFORMER at it):
+#   Lightricks' names, its bundled text connectors dropped as for 2.3 (the twin's safetensors has the names but no
+#   bundled connectors; the real file NOT tried). Its vae/ files keep their keys at the root and bundle the
+#   diffusion decoder, so the VAEs come from the Diffusers folder instead.
 # - No stage-2 LoRA: the distilled DiT runs both stages as is (the distilled-lora-450 is for the SFT DiT).
 # - Enhancer: google/gemma-4-E2B-it as a llama.cpp GGUF, unsloth/gemma-4-E2B-it-GGUF gemma-4-E2B-it-Q4_K_M.gguf
 #   (named by many download scripts; size NOT verified). Its mmproj (mmproj-F16.gguf there) is not used: the I2V
