@@ -450,8 +450,9 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
                                low_cpu_mem_usage=use_stream and bool(opts.get("low_cpu_mem_usage", False)),
                                **kwargs)
         if not use_stream:
-            from pipeline.memory.offload import resident_while_working
+            from pipeline.memory.offload import keep_host_copies, resident_while_working
 
+            keep_host_copies(module)  # offloading swaps back to one host copy instead of copying out
             resident_while_working(module)  # a (tiled) VAE decode onloads once, not per leaf per tile
     setattr(module, _OFFLOAD_TAG, tag)
     return module
@@ -778,7 +779,7 @@ UINT8_CHUNK = 8
 
 def video_to_uint8(pipe: Any, video: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
     """The VAE's output [1,C,F,H,W] → uint8 (F,H,W,C) on the host, bit for bit what
-    ``postprocess_video(output_type="np")`` followed by :func:`to_uint8` gives: the same
+    ``postprocess_video(output_type="np")`` then float32 ×255, round, clip gives: the same
     denormalize in the VAE's dtype (diffusers' own postprocess), then float32 ×255, round half
     to even, clip, cast — done on the device in chunks, copied once per chunk."""
     import numpy as np
@@ -806,15 +807,6 @@ def decode_audio(pipe: Any, audio_latents: torch.Tensor) -> np.ndarray:
         mel = pipe.audio_vae.decode(lat, return_dict=False)[0]
         wav = pipe.vocoder(mel.to(pipe.vocoder.dtype))
     return np.ascontiguousarray(wav[0].float().cpu().numpy(), dtype=np.float32)
-
-
-def to_uint8(frames: Any) -> np.ndarray:
-    import numpy as np
-
-    arr = np.asarray(frames, dtype=np.float32)
-    if arr.ndim == 5:
-        arr = arr[0]
-    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
 
 
 def fit_image(image: np.ndarray, size: tuple[int, int]) -> Any:
