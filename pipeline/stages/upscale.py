@@ -12,7 +12,9 @@ Sulphur's own cache folder so a new process reuses the kernels. By default only 
 block is compiled (one graph the 23 blocks share) rather than the whole network: the
 same fused kernels for a fraction of the compile. Frames cross to and from the GPU as
 uint8 through pinned buffers on copy streams, and a thread writes the output file, so the
-GPU never waits on the disk (``esrgan_overlap``, default on CUDA).
+GPU never waits on the disk (``esrgan_overlap``, default on CUDA). The other knobs, for the
+bench to compare (bench/esrgan.py): ``esrgan_compile_scope``, ``esrgan_compile_mode``,
+``esrgan_dense``, ``esrgan_cudnn_benchmark``.
 """
 
 from __future__ import annotations
