@@ -373,21 +373,18 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
 
     for key in data:
         if key not in ("project", "segment"):
-            line, col = loc.find(key, None, None)
-            if not line:
-                line, col = next(((i, 1) for i, t in enumerate(loc.lines, 1) if t.lstrip().startswith(key)),
-                                 (0, 0))
             raise StoryboardError(path, "unknown top-level key (expected [project] and [[segment]])",
-                                  line, col, key)
+                                  *_top_level(loc, key), key)
 
     raw_project = data.get("project", {})
     if not isinstance(raw_project, dict):
-        raise StoryboardError(path, "[project] must be a table", *loc.find("project", None, None), "project")
+        raise StoryboardError(path, "[project] must be a table", *_top_level(loc, "project"), "project")
     project = _project(path, loc, raw_project)
 
     raw_segments = data.get("segment", [])
     if not isinstance(raw_segments, list) or not raw_segments:
-        raise StoryboardError(path, "a storyboard needs at least one [[segment]]", 0, 0, "segment")
+        raise StoryboardError(path, "a storyboard needs at least one [[segment]]", *_top_level(loc, "segment"),
+                              "segment")
     segments: list[Segment] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_segments):
@@ -422,6 +419,15 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
             seg = replace(seg, **_shot_keys(path, loc, i, shot_keys, seg.frame_count(project.fps)))
         segments.append(seg)
     return Storyboard(path=path, project=project, segments=tuple(segments))
+
+
+def _top_level(loc: _Locator, key: str) -> tuple[int, int]:
+    """Where a top-level table or key is: its header, else the first line that starts with it
+    (``project = 3``); (0, 0) when the file does not spell it (no ``[[segment]]`` at all)."""
+    line, col = loc.find(key, None, None)
+    if line:
+        return line, col
+    return next(((i, 1) for i, t in enumerate(loc.lines, 1) if t.lstrip().startswith(key)), (0, 0))
 
 
 def _shot_keys(path: Path, loc: _Locator, i: int, raw: dict[str, Any], frames: int) -> dict[str, Any]:
