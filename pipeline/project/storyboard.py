@@ -626,7 +626,7 @@ def _add_key(table: Table, key: str, value: Any) -> None:
     tail = [item for _, item in body[last + 1:]]
     blank = next((i for i, item in enumerate(tail) if isinstance(item, Whitespace)), None)
     if blank is not None and any(isinstance(item, Comment) for item in tail[blank:]):
-        table.value._insert_at(last + 1, key, value)  # tomlkit has no public insert at a position
+        table.value._insert_at(last + 1 + blank, key, value)  # tomlkit has no public insert at a position
     else:
         table[key] = value
 
