@@ -675,9 +675,10 @@ def render_toml(storyboard: Storyboard, original: str, renames: Mapping[str, str
             if value is None:
                 continue
             project_new[f.name] = _to_toml_value(value)
-    if "project" not in doc:
+    if "project" not in doc and project_new:  # nothing to write: a file without one stays without
         doc.add("project", tomlkit.table())
-    _merge_table(doc["project"], project_new, proj_defaults)
+    if "project" in doc:
+        _merge_table(doc["project"], project_new, proj_defaults)
 
     seg_defaults = {f.name: None for f in fields(Segment)}
     existing: dict[str, Table] = {}
