@@ -147,6 +147,14 @@ def test_loras_and_audio_arrive_typed() -> None:
     assert second.audio == AudioTrack("song.wav", 1.5)
 
 
+def test_the_project_forms_refusal_names_the_setting_and_no_line() -> None:
+    with pytest.raises(S.StoryboardError) as info:
+        S.project_from_table({"fps": 8, "steps": 0}, "form")
+    err = info.value
+    assert (str(err), err.key, err.line, err.column) == ("form: project.steps: must be between 1 and 200",
+                                                         "project.steps", 0, 0)
+
+
 def test_a_new_or_renamed_shots_id_is_checked_like_the_files() -> None:
     sb = S.parse(TWO, "s.toml")
     assert S.segment_id_problem(sb, "a b") == "ids are 1-64 letters, digits, '-' or '_'"
