@@ -63,7 +63,8 @@ class StagePlan:
 
     ``options`` carries the details the stage applies (see pipeline/memory/offload.py) and the
     estimates the worker reports: ``vram_bytes``/``host_bytes`` (peaks), ``weights``
-    (stored format or "fp8" for layerwise upcast), ``use_stream``, ``low_cpu_mem_usage``,
+    (stored format or "fp8" for layerwise upcast), ``weights_source`` (where the stored format
+    was learnt: the GGUF's header, or the preset's entry while the file is absent), ``use_stream``, ``low_cpu_mem_usage``,
     ``text_encoder`` (resident / group / disk / cpu), ``evict`` (held
     components to drop before the stage), ``esrgan_batch``, ``esrgan_tile``, ``n_gpu_layers``.
     """
@@ -89,8 +90,8 @@ class StagePlan:
         o = self.options
         if self.offload != "resident":
             parts.append(self.offload + ("+stream" if o.get("use_stream") else ""))
-        if o.get("weights"):
-            parts.append(f"weights {o['weights']}")
+        if o.get("weights"):  # and where the format was learnt: the file's header, or the preset
+            parts.append(f"weights {o['weights']}" + (f" ({o['weights_source']})" if o.get("weights_source") else ""))
         if o.get("text_encoder"):
             parts.append(f"text encoder {o['text_encoder']}" + (" (transformer evicted)" if o.get("evict") else ""))
         if self.vae_tiling:

@@ -8,9 +8,11 @@ weights are loaded.
 
 The model (all sizes in bytes; settings in GB are read as GiB, as cards are sold):
 
-* **Weights** come from the preset: measured file sizes where the files exist, else
-  parameter counts × bytes per parameter of the stored format (bf16 2, fp8 1, GGUF
-  Q8_0 1.06, Q4_K_M 0.60, Q3_K_M 0.52 ...). Default parameter counts were counted on
+* **Weights** come from the preset: measured file sizes where the files exist, else the
+  size a GGUF's entry records, else parameter counts × bytes per parameter of the stored
+  format (bf16 2, fp8 1, GGUF Q8_0 1.06, Q4_K_M 0.60, Q3_K_M 0.52 ...; a GGUF entry's
+  file name says which, ``…-q8_0.gguf``). A GGUF on disk says its format in its header,
+  and a plan names that format and where it was learnt. Default parameter counts were counted on
   the meta device from diffusers 0.42.1's LTX-2 configs; the 22B LTX-2.3 transformer
   keeps LTX-2's 48-block layout.
 * **Transformer activations** grow with tokens = (frames-1)/8+1 × h/32 × w/32 (+ audio
@@ -74,11 +76,11 @@ from pipeline.memory.plan import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.models.registry import Preset
+    from pipeline.models.registry import ModelFile, Preset
     from pipeline.project.storyboard import Project
 
 # Deferred imports: torch, psutil, pynvml — plans are made from sizes without them; the probes load them to
-#   measure a real machine
+#   measure a real machine; gguf — only a GGUF on disk has a header to read
 
 OFFLOAD_MODES = ("resident", "model", "group_block", "group_leaf", "sequential")
 
@@ -88,7 +90,12 @@ BYTES_PER_PARAM: dict[str, float] = {
     "Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K_M": 0.71, "Q5_0": 22 / 32, "Q4_K_M": 0.60,
     "Q4_0": 18 / 32, "Q4_K": 144 / 256, "Q3_K_M": 0.52, "Q3_K": 110 / 256, "Q2_K": 84 / 256,
 }
-QUANTIZED = {k for k in BYTES_PER_PARAM if k.startswith("Q")}
+
+
+def is_quantized(fmt: str) -> bool:
+    """A GGML block format (Q*, IQ*, TQ*): dequantized per layer or block, mapped from its file."""
+    return fmt.startswith(("Q", "IQ", "TQ"))
+
 
 ACT_BYTES_PER_TOKEN = 0.2 * MiB       # transformer activations per token, batch 1, bf16 (measured 0.17)
 VAE_BYTES_PER_PIXEL_FRAME = 250       # untiled VAE decode, per output pixel × frame
@@ -164,6 +171,7 @@ class Component:
     block_fraction: float = 1.0      # share of the weights inside the blocks
     largest_layer_params: float = 0  # for leaf-level/sequential and the dequant scratch
     file_bytes: int | None = None    # measured on disk; wins over params × format
+    fmt_source: str = ""             # where ``fmt`` was learnt ("": the planner's own table)
 
     @property
     def nbytes(self) -> int:
@@ -188,7 +196,7 @@ class Component:
     @property
     def scratch_bytes(self) -> int:
         """bf16 copy of the largest layer while a quantized layer is dequantized for its matmul."""
-        return int((self.largest_layer_params or 0) * 2) if self.fmt in QUANTIZED or self.fmt == "fp8" else 0
+        return int((self.largest_layer_params or 0) * 2) if is_quantized(self.fmt) or self.fmt == "fp8" else 0
 
     def as_format(self, fmt: str) -> Component:
         return replace(self, fmt=fmt, file_bytes=None)
@@ -234,15 +242,91 @@ def component_sizes(preset: Preset) -> dict[str, Component]:
     random = bool(preset.extra.get("random_weights"))
     tiny = (preset.builder is not None or preset.name == "tiny") and not random
     table = dict(_TINY_COMPONENTS if tiny else _LTX2_COMPONENTS)
+    files = not tiny and not random
+    if files:  # a file not on disk yet: as the preset's entry names it
+        table.update({n: _as_named(table[n], spec) for n in _GGUF_ROLES
+                      if (spec := _gguf_entry(preset, n)) and spec.local_path() is None})
     for name, spec in (preset.extra.get("memory") or {}).items():
         base = table.get(name, Component(name, 0.0))
         table[name] = replace(base, **spec) if isinstance(spec, dict) else replace(base, file_bytes=int(spec))
-    if not tiny and not random:
+    if files:
         for name, roles in _ROLES.items():
             size = _measured(preset, roles)
             if size and name in table:
                 table[name] = replace(table[name], file_bytes=size)
+        table.update({n: _as_read(table[n], spec) for n in _GGUF_ROLES if (spec := _gguf_entry(preset, n))})
     return table
+
+
+#: Components a preset ships as one GGUF file, and the roles of the entry that names it.
+_GGUF_ROLES: dict[str, tuple[str, ...]] = {"transformer": ("transformer_gguf", "transformer"),
+                                           "enhancer": ("enhancer",)}
+#: GGML's float type names as the planner's formats.
+_GGML_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _gguf_entry(preset: Preset, name: str) -> ModelFile | None:
+    """The preset's entry for component ``name`` when it is one GGUF file."""
+    for role in _GGUF_ROLES[name]:
+        try:
+            spec = preset.file(role)
+        except KeyError:
+            continue
+        if _entry_file_name(spec).lower().endswith(".gguf"):
+            return spec
+    return None
+
+
+def _entry_file_name(spec: ModelFile) -> str:
+    return Path(spec.filename if isinstance(spec.filename, str) and spec.filename else spec.path).name
+
+
+def _as_named(c: Component, spec: ModelFile) -> Component:
+    """``c`` as the preset's entry names its file: the size it records, the quantization its
+    file name carries (``…-Q3_K_M.gguf``, ``…-q8_0.gguf``), else the table's guess."""
+    token = Path(_entry_file_name(spec)).stem.replace(".", "-").rsplit("-", 1)[-1].upper()
+    fmt = _GGML_FLOATS.get(token, token)
+    if fmt not in BYTES_PER_PARAM:
+        return replace(c, file_bytes=spec.size) if spec.size else c
+    return replace(c, fmt=fmt, file_bytes=spec.size or None, fmt_source="per the preset; file absent")
+
+
+def _as_read(c: Component, spec: ModelFile) -> Component:
+    """``c`` stored as the GGUF on disk says (its header), when the file is there."""
+    path = spec.local_path()
+    if path is None or not path.is_file():
+        return c
+    st = path.stat()
+    fmt = _gguf_format(path, st.st_size, st.st_mtime_ns)
+    return replace(c, fmt=fmt, fmt_source="read from the GGUF") if fmt else c
+
+
+@functools.lru_cache(maxsize=64)
+def _gguf_format(path: Path, _size: int, _mtime_ns: int) -> str | None:
+    """The format one version of a GGUF file holds its weights in: the mix its
+    ``general.file_type`` names (Q3_K_M holds Q3_K, Q4_K and Q5_K tensors), else the type that
+    stores most of its weights. None for a file gguf-py cannot read (the loader says why)."""
+    import gguf  # deferred: see the module's deferred imports
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (OSError, ValueError, IndexError, struct.error):
+        return None
+    field = reader.get_field("general.file_type")
+    try:
+        ftype = gguf.LlamaFileType(int(field.contents())).name if field is not None else "GUESSED"
+    except (TypeError, ValueError):
+        ftype = "GUESSED"
+    if ftype != "GUESSED":
+        name = ftype.split("_", 1)[1]  # MOSTLY_Q3_K_M, ALL_F32
+    else:
+        weights: dict[str, int] = {}
+        for t in reader.tensors:
+            weights[t.tensor_type.name] = weights.get(t.tensor_type.name, 0) + int(t.n_elements)
+        if not weights:
+            return None
+        name = max(weights, key=weights.__getitem__)
+    return _GGML_FLOATS.get(name, name)
 
 
 def _measured(preset: Preset, roles: Sequence[tuple[str, str]]) -> int | None:
@@ -327,7 +411,7 @@ def _weights_mode(c: Component, mode: str, act: int, *, stream: bool, low_cpu: b
     scratch = c.scratch_bytes
     if mode == "resident":
         # a safetensors/bf16 load passes through RAM once; GGUF pages are mapped, then copied
-        return _Est(w + act + scratch, 0 if c.fmt in QUANTIZED else pageable, held_vram=w)
+        return _Est(w + act + scratch, 0 if is_quantized(c.fmt) else pageable, held_vram=w)
     if mode == "model":
         return _Est(w + act + scratch, pageable, held_host=pageable)
     if mode == "group_block" and c.blocks:
@@ -454,7 +538,7 @@ def _streamer_estimate(t: Component, act: int, decode_phase: int, b: Budgets) ->
     kept = 0  # buffers BlockStreamer allocates once and holds while the transformer is held
     if t.fmt == "fp8":
         upcast = int(t.block_bytes * 2 / max(1e-9, BYTES_PER_PARAM.get(t.fmt, 2.0)))
-    elif t.fmt in QUANTIZED:
+    elif is_quantized(t.fmt):
         # dequant="block": one bf16 scratch the size of a block (kept), plus the per-layer
         # scratch of the GGUF layers outside the blocks.
         kept = int(t.params * t.block_fraction / max(1, t.blocks) * 2)
@@ -489,7 +573,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
         mode = "group_block" if rung == "stream" else rung
         order = weights_options[::-1] if rung == "stream" and job.stream_fp8 else weights_options
         for wfmt in order:
-            if mmap and wfmt not in QUANTIZED:
+            if mmap and not is_quantized(wfmt):
                 continue
             t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
             est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
@@ -510,7 +594,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                         k = 0
                     vram, held_vram = est.vram, est.held_vram
                     extra = {"streamer": "sulphur", "resident_blocks": k}
-                    if wfmt in QUANTIZED:
+                    if is_quantized(wfmt):
                         # Dequantize each streamed block once, not each layer (1.05× vs 1.14× resident, H200).
                         extra["dequant"] = "block"
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
@@ -540,7 +624,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                              "host_bytes": int(est.host + side_bytes), "pinned_bytes": est.pinned,
                              "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes,
                              "activation_bytes": act, "component": "transformer", "vae_tile": tile,
-                             **extra}))
+                             **({"weights_source": t.fmt_source} if t.fmt_source else {}), **extra}))
     return out
 
 

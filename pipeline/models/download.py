@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from pipeline.models.home import sulphur_home
+from pipeline.project.files import file_version
 
 if TYPE_CHECKING:
     from pipeline.models.registry import ModelFile, Preset
@@ -164,12 +165,32 @@ def pulled_files(spec: ModelFile) -> dict[str, Path] | None:
     snap = _snapshot(spec) if spec.repo and is_folder(spec) else None
     if snap is None:
         return None
-    try:
-        listed = json.loads(_manifest_path(spec, snap.name).read_text())
-    except (OSError, ValueError):
+    listed = _pull_record(_manifest_path(spec, snap.name))
+    if listed is None:
         return None
     files = {rel: snap / rel for rel in sorted(listed)}
     return files if all(p.is_file() for p in files.values()) else None
+
+
+#: Pull records read, per file_version: `sulphur models` asks of each folder row where it
+#: is, whether it is whole and what it holds, and `missing()` asks again.
+_RECORDS: dict[tuple[str, int, int, int, int], list[str] | None] = {}
+
+
+def _pull_record(path: Path) -> list[str] | None:
+    """The repo paths a pull of one folder spec fetched (None: no record, or not one we wrote);
+    read once per version of the file."""
+    try:
+        memo = file_version(path, path.stat())
+    except OSError:
+        return None
+    if memo not in _RECORDS:
+        try:
+            listed = json.loads(path.read_text())
+        except (OSError, ValueError):
+            listed = None
+        _RECORDS[memo] = listed if isinstance(listed, list) and all(isinstance(n, str) for n in listed) else None
+    return _RECORDS[memo]
 
 
 def pulled_path(spec: ModelFile) -> Path | None:

@@ -46,10 +46,11 @@ log = logging.getLogger(__name__)
 #: Bump when :func:`build_tiny_llm` writes a different file (part of the enhance cache key).
 TINY_LLM_VERSION = 3  # 3: gemma3 architecture, Gemma's specials and turn format
 #: Bump when the message layout, grammar or cleaning rules change (part of the enhance cache key).
-SYSTEM_PROMPT_VERSION = 2  # 2: Lightricks' T2V/I2V prompts, quotes and any script allowed
+SYSTEM_PROMPT_VERSION = 3  # 3: Lightricks' LTX-2.5 prompts ("ltx25")
 
 #: ``enhance_system_prompt`` values with a meaning; anything else is the system prompt itself.
 LTX_PROMPTS = "ltx"       # Lightricks' published T2V / I2V prompts (the default)
+LTX25_PROMPTS = "ltx25"   # Lightricks' LTX-2.5 T2V / I2V prompts (for gemma-4-E2B-it), the same user turns
 NO_SYSTEM_PROMPT = "none"  # the enhancer's own training: the user's words only
 
 #: Safety cap on an enhanced prompt's length; the stage passes one matched to the text encoder.
@@ -84,13 +85,21 @@ def system_prompt(mode: str, *, image_to_video: bool) -> str:
         from diffusers.pipelines.ltx2.utils import I2V_DEFAULT_SYSTEM_PROMPT, T2V_DEFAULT_SYSTEM_PROMPT
 
         return (I2V_DEFAULT_SYSTEM_PROMPT if image_to_video else T2V_DEFAULT_SYSTEM_PROMPT).strip()
+    if mode == LTX25_PROMPTS:
+        # diffusers (and torch) as above: only the render process enhances
+        from diffusers.pipelines.ltx2.utils import (
+            LTX2_5_I2V_DEFAULT_SYSTEM_PROMPT,
+            LTX2_5_T2V_DEFAULT_SYSTEM_PROMPT,
+        )
+
+        return (LTX2_5_I2V_DEFAULT_SYSTEM_PROMPT if image_to_video else LTX2_5_T2V_DEFAULT_SYSTEM_PROMPT).strip()
     return mode
 
 
 def user_text(prompt: str, mode: str, *, image_to_video: bool) -> str:
     """The user turn: ltx-core's wording with Lightricks' prompts, the bare prompt otherwise."""
     prompt = prompt.strip()
-    if mode != LTX_PROMPTS:
+    if mode not in (LTX_PROMPTS, LTX25_PROMPTS):  # diffusers words 2.5's user turns as 2.3's
         return prompt
     return f"User Raw Input Prompt: {prompt}." if image_to_video else f"user prompt: {prompt}"
 

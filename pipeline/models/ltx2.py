@@ -224,6 +224,81 @@ DISTILLED = register(replace(
 ))
 
 
+# LTX-2.5, "the same way" (issue 17). diffusers 0.42.1 loads it through the same LTX-2 classes (its docs: "there is no
+# separate pipeline class"); what changes is in the files. What was verified, and where (2026-12-04; nothing was
+# downloaded and the Hub was not reached, so every name below comes from stored third-party pages and code):
+# - In the installed diffusers 0.42.1 (read here): the transformer config keys ff_bias and
+#   use_keyframes_abs_pos_embedding (a (1, dim) parameter), Gemma4UnifiedForConditionalGeneration as a text encoder,
+#   DISTILLED_SIGMA_VALUES / STAGE_2_DISTILLED_SIGMA_VALUES (the 2.3 numbers), LTX2_5_T2V/I2V_DEFAULT_SYSTEM_PROMPT
+#   with the same user turns as 2.3 (T2V "user prompt: …", I2V "User Raw Input Prompt: ….", in
+#   LTX2Pipeline.enhance_prompt; the research note's "user prompt" for both is not what 0.42.1 does), greedy
+#   enhancement with 600 new tokens (GEMMA4_PROMPT_ENHANCEMENT_CONFIG), image CRF 18 when the text encoder is
+#   gemma4_unified (LTX2_5_IMAGE_CRF; Sulphur passes it itself because its pipelines run without a text encoder).
+#   The installed llama.cpp (llama-cpp-python 0.3.36) knows the gemma4 architecture (its libllama names it).
+# - Lightricks/LTX-2.5-Diffusers (gated, "auto" approval): named by diffusers' LTX-2.5 docs and by several third-party
+#   projects; one that listed it through the Hub API records 66 files, transformer/ in 4 shards, connectors/, and a
+#   port spec that read its configs records transformer ff_bias false + use_keyframes_abs_pos_embedding true,
+#   connectors text_proj_in_factor 49, text_encoder gemma4_unified (Gemma 4 12B, 48 layers), vocoder
+#   LTX2VocoderWithBWE, latent_upsampler/ (mid_channels 1024, 4 blocks per stage). `sulphur models pull` fetches
+#   the same folders as for 2.3 plus latent_upsampler/, and of transformer/ only config.json. Folder names NOT
+#   checked against the repo's own file list; the scheduler/ class NOT verified (load_scheduler reads it as
+#   FlowMatchEulerDiscreteScheduler; ltx-pipelines samples 2.5 with ancestral Euler, which this preset does not do).
+# - The transformer: realrebelai/LTX-2.5_GGUFs, LTX-2.5-Distilled-Q3_K_M.gguf (community quantization of the distilled
+#   DiT, ungated): one third-party pinned manifest records 11,525,623,808 bytes and sha256 4286f8de1074c0c4fddfb9
+#   2f38bd7df9161782b53c1717ebd69f1189c7933265 at revision 112436f97aaf99ce13ecb7b7eca7e2f6c128d3ec. One source, so
+#   NOT pinned here (a wrong pin would refuse the real file; the Hub's etag checks the download). Its tensor names
+#   NOT read: the loader takes Lightricks' names with or without the model.diffusion_model. prefix, and one source
+#   says community GGUFs store keyframes_abs_pos_embedding 1-D (published.read_transformer_file reshapes it).
+#   Alternatives seen: vantagewithai/LTX-2.5-GGUF (ltx-2.5-22b-distilled-transformer-Q4_K_M.gguf), molbal/LTX-2.5-GGUF.
+# - Lightricks/LTX-2.5 (the native single files; third-party Hub listing): diffusion_models/ltx-2.5-22b-distilled-
+#   transformer-bf16.safetensors (42.0 GB) goes through the same loader (point SULPHUR_LTX25_TRANSFORMER at it):
+#   Lightricks' names, its bundled text connectors dropped as for 2.3 (the twin's safetensors has the names but no
+#   bundled connectors; the real file NOT tried). Its vae/ files keep their keys at the root and bundle the
+#   diffusion decoder, so the VAEs come from the Diffusers folder instead.
+# - No stage-2 LoRA: the distilled DiT runs both stages as is (the distilled-lora-450 is for the SFT DiT).
+# - Enhancer: google/gemma-4-E2B-it as a llama.cpp GGUF, unsloth/gemma-4-E2B-it-GGUF gemma-4-E2B-it-Q4_K_M.gguf
+#   (named by many download scripts; size NOT verified). Its mmproj (mmproj-F16.gguf there) is not used: the I2V
+#   prompt goes in as text, as for ltx23-distilled. llama.cpp has no no_repeat_ngram_size, so greedy decoding here
+#   is temperature 0 without it. Enhancement stays on, as for every LTX-2 preset.
+LTX25_DIFFUSERS_REPO = "Lightricks/LTX-2.5-Diffusers"
+LTX25_GGUF_REPO = "realrebelai/LTX-2.5_GGUFs"
+LTX25_GGUF = "LTX-2.5-Distilled-Q3_K_M.gguf"
+#: LTX-2.5 wants widths and heights divisible by 64 (diffusers' LTX-2.5 docs); the draft keeps 16:9 as near as
+#: that allows (576×320 is 1.8:1) and the x2 upsampler's refine size (1152×640) stays divisible too.
+LTX25_SIZE_MULTIPLE = 64
+
+LTX25_DISTILLED = register(replace(
+    DISTILLED,
+    name="ltx25-distilled",
+    description="LTX-2.5 22B distilled (GGUF Q3_K_M), Lightricks' distilled two-stage recipe (8 + 3 published "
+                "sigmas, CFG 1, no LoRA), Gemma 4 text encoder, gemma-4-E2B enhancer.",
+    files=(
+        ModelFile("transformer_gguf", "LTX-2.5 22B distilled transformer, GGUF Q3_K_M (community quantization)",
+                  path=f"{_HOME}/ltx25/{LTX25_GGUF}", env="SULPHUR_LTX25_TRANSFORMER",
+                  repo=LTX25_GGUF_REPO, filename=LTX25_GGUF),
+        ModelFile("transformer_config", "LTX-2.5 transformer config folder (config.json; transformer/ of "
+                  "Lightricks/LTX-2.5-Diffusers)", path=f"{_HOME}/ltx25/diffusers/transformer",
+                  env="SULPHUR_LTX25_CONFIG", repo=LTX25_DIFFUSERS_REPO, filename=("transformer/config.json",)),
+        ModelFile("diffusers", "LTX-2.5 diffusers folder (Lightricks/LTX-2.5-Diffusers): vae/ audio_vae/ vocoder/ "
+                  "connectors/ text_encoder/ (Gemma 4) tokenizer/ scheduler/", path=f"{_HOME}/ltx25/diffusers",
+                  env="SULPHUR_LTX25_DIFFUSERS", repo=LTX25_DIFFUSERS_REPO, filename=LTX23_DIFFUSERS_PARTS),
+        ModelFile("upsampler", "LTX-2.5 latent x2 spatial upsampler (latent_upsampler/ of Lightricks/LTX-2.5-Diffusers)",
+                  path=f"{_HOME}/ltx25/diffusers/latent_upsampler", env="SULPHUR_LTX25_UPSAMPLER",
+                  repo=LTX25_DIFFUSERS_REPO, filename="latent_upsampler/*"),
+        _UPSCALER,
+        ModelFile("enhancer", "Gemma 4 E2B instruct, GGUF Q4_K_M, for prompt enhancement",
+                  path=f"{_HOME}/gemma/gemma-4-E2B-it-Q4_K_M.gguf", env="SULPHUR_LTX25_ENHANCER_GGUF",
+                  repo="unsloth/gemma-4-E2B-it-GGUF", filename="gemma-4-E2B-it-Q4_K_M.gguf"),
+    ),
+    draft_size=(576, 320),
+    refine_size=(1152, 640),
+    size_multiple=LTX25_SIZE_MULTIPLE,
+    lora_strength=0.0,
+    extra={**_LTX23_EXTRA, "draft_schedule": DISTILLED_SCHEDULE, "enhance_system_prompt": "ltx25",
+           "enhance_max_tokens": 600, "enhance_temperature": 0.0, "image_crf": 18, "strict_sizes": True},
+))
+
+
 _RANDOM_HOME = f"$SULPHUR_HOME/{ltx2_random.FOLDER_NAME}"
 
 # The real stack's sizes, steps and sigmas, with weights built in memory (no LoRA).
@@ -251,6 +326,13 @@ def file_path(preset: Preset, role: str) -> Path | None:
         preset.builder()
         p = mf.local_path()
     return p
+
+
+def optional_file(preset: Preset, role: str) -> Path | None:
+    """:func:`file_path` for a role a preset may not have at all (``ltx25-distilled`` has no LoRA)."""
+    if not any(f.role == role for f in preset.files):
+        return None
+    return file_path(preset, role)
 
 
 def require(preset: Preset, role: str) -> Path:
@@ -368,8 +450,9 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
                                low_cpu_mem_usage=use_stream and bool(opts.get("low_cpu_mem_usage", False)),
                                **kwargs)
         if not use_stream:
-            from pipeline.memory.offload import resident_while_working
+            from pipeline.memory.offload import keep_host_copies, resident_while_working
 
+            keep_host_copies(module)  # offloading swaps back to one host copy instead of copying out
             resident_while_working(module)  # a (tiled) VAE decode onloads once, not per leaf per tile
     setattr(module, _OFFLOAD_TAG, tag)
     return module
@@ -418,7 +501,7 @@ def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "di
 
         transformer = published.load_folder(LTX2VideoTransformer3DModel, require(preset, "diffusers") / "transformer",
                                             torch_dtype=dtype)
-    lora = file_path(preset, "lora")
+    lora = optional_file(preset, "lora")
     if lora is not None:
         load_lora(transformer, lora, lora_adapter)
     return transformer.eval()
@@ -492,10 +575,9 @@ def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any
         cls = published.vocoder_class(root / "vocoder")  # LTX-2.3: LTX2VocoderWithBWE
     elif name == "connectors":
         from diffusers.pipelines.ltx2 import LTX2TextConnectors as cls
-    elif name == "text_encoder":
-        from transformers import Gemma3ForConditionalGeneration
-
-        return published.load_folder(Gemma3ForConditionalGeneration, root / "text_encoder", dtype=dtype).eval()
+    elif name == "text_encoder":  # Gemma 3 (LTX-2.3) or Gemma 4 unified (LTX-2.5), as its config says
+        folder = root / "text_encoder"
+        return published.load_folder(published.text_encoder_class(folder), folder, dtype=dtype).eval()
     elif name == "upsampler":
         from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
 
@@ -504,7 +586,7 @@ def _load_diffusers_component(preset: Preset, name: str, plan: StagePlan) -> Any
     else:
         raise KeyError(name)
     module = published.load_folder(cls, root / name, torch_dtype=torch.float32 if keep_fp32 else dtype)
-    lora = file_path(preset, "lora") if name == "connectors" else None
+    lora = optional_file(preset, "lora") if name == "connectors" else None
     if lora is not None:  # the LoRA's text-projection part (Lightricks' text_embedding_projection.*)
         load_lora(module, lora, "distilled", part="connectors")
     return module.eval()
@@ -697,7 +779,7 @@ UINT8_CHUNK = 8
 
 def video_to_uint8(pipe: Any, video: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
     """The VAE's output [1,C,F,H,W] → uint8 (F,H,W,C) on the host, bit for bit what
-    ``postprocess_video(output_type="np")`` followed by :func:`to_uint8` gives: the same
+    ``postprocess_video(output_type="np")`` then float32 ×255, round, clip gives: the same
     denormalize in the VAE's dtype (diffusers' own postprocess), then float32 ×255, round half
     to even, clip, cast — done on the device in chunks, copied once per chunk."""
     import numpy as np
@@ -725,15 +807,6 @@ def decode_audio(pipe: Any, audio_latents: torch.Tensor) -> np.ndarray:
         mel = pipe.audio_vae.decode(lat, return_dict=False)[0]
         wav = pipe.vocoder(mel.to(pipe.vocoder.dtype))
     return np.ascontiguousarray(wav[0].float().cpu().numpy(), dtype=np.float32)
-
-
-def to_uint8(frames: Any) -> np.ndarray:
-    import numpy as np
-
-    arr = np.asarray(frames, dtype=np.float32)
-    if arr.ndim == 5:
-        arr = arr[0]
-    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
 
 
 def fit_image(image: np.ndarray, size: tuple[int, int]) -> Any:

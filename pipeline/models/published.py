@@ -16,7 +16,7 @@ from pipeline.models import ltx_keys
 if TYPE_CHECKING:
     import torch
 
-# Deferred imports: diffusers, safetensors, accelerate — only a strict load of a published file needs them
+# Deferred imports: diffusers, safetensors, accelerate, transformers — only a strict load of a published file needs them
 
 _SHOW = 3
 
@@ -40,6 +40,10 @@ def check_keys(path: Path | str, expected: set[str], found: set[str]) -> None:
         raise WeightsMismatch(path, list(expected - found), list(found - expected))
 
 
+#: LTX-2.5's keyframe-slot marker, a (1, dim) parameter, named alike by Lightricks and diffusers.
+KEYFRAMES_EMBEDDING = "keyframes_abs_pos_embedding"
+
+
 def read_transformer_file(path: Path) -> dict[str, Any]:
     """A published LTX-2 transformer (GGUF or safetensors, Lightricks' names) under diffusers' names.
 
@@ -53,7 +57,12 @@ def read_transformer_file(path: Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         raw = load_file(str(path))
-    return {ltx_keys.to_diffusers(k): v for k, v in raw.items() if not ltx_keys.is_connector(k)}
+    out = {ltx_keys.to_diffusers(k): v for k, v in raw.items() if not ltx_keys.is_connector(k)}
+    keyframes = out.get(KEYFRAMES_EMBEDDING)
+    if keyframes is not None and keyframes.ndim == 1:
+        # LTX-2.5: some community GGUFs store the (1, dim) parameter flattened; the values are the same.
+        out[KEYFRAMES_EMBEDDING] = keyframes.reshape(1, -1)
+    return out
 
 
 def expected_transformer_keys(config_dir: Path) -> set[str]:
@@ -112,3 +121,19 @@ def vocoder_class(folder: Path) -> Any:
     if name not in ("LTX2Vocoder", "LTX2VocoderWithBWE"):
         raise WeightsMismatch(folder, [], [f"_class_name={name}"])
     return getattr(vocoder, name)
+
+
+#: Text encoder classes by the ``model_type`` of their published config: Gemma 3 12B for LTX-2.0/2.3,
+#: Lightricks' Gemma 4 12B finetune (``gemma4_unified``) for LTX-2.5.
+TEXT_ENCODERS = {"gemma3": "Gemma3ForConditionalGeneration", "gemma4_unified": "Gemma4UnifiedForConditionalGeneration"}
+
+
+def text_encoder_class(folder: Path) -> Any:
+    """The transformers class the text encoder folder's ``config.json`` names (by ``model_type``)."""
+    import transformers
+
+    config = Path(folder) / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type", "") if config.is_file() else ""
+    if model_type not in TEXT_ENCODERS:
+        raise WeightsMismatch(config, [], [f"model_type={model_type or '(none)'}"])
+    return getattr(transformers, TEXT_ENCODERS[model_type])

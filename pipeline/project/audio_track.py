@@ -55,21 +55,32 @@ def parse_audio(value: str | dict[str, Any]) -> AudioTrack:
     return AudioTrack(path=path, start=float(start))
 
 
-def audio_problem(path: Path, start: float) -> str:
+def audio_problem(path: Path, start: float, header: tuple[str, float | None] | None = None) -> str:
     """What is wrong with a track file (no audio stream, shorter than ``start``), or "" if usable.
 
-    Reads the container header only; the caller has checked that the file exists."""
+    ``header`` is :func:`audio_header`'s answer when the caller already has it (the editor
+    asks on every keystroke); else the header is read. The caller has checked the file exists."""
+    problem, seconds = header if header is not None else audio_header(path)
+    if problem:
+        return problem
+    if seconds is not None and start >= seconds:
+        return f"{path}: start = {start:g} s is past its end ({seconds:.2f} s)"
+    return ""
+
+
+def audio_header(path: Path) -> tuple[str, float | None]:
+    """(what makes the file no track, or ""; its length in seconds when the header says it).
+
+    Reads the container header only."""
     import av
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                return f"{path}: no audio stream"
+                return f"{path}: no audio stream", None
             stream = container.streams.audio[0]
             seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                        else container.duration / 1e6 if container.duration else None)
     except (av.error.FFmpegError, OSError, ValueError) as exc:  # noqa: B014 - PyAV's errors are OSError too
-        return f"{path}: not a sound file PyAV can read ({str(exc).splitlines()[0][:80]})"
-    if seconds is not None and start >= seconds:
-        return f"{path}: start = {start:g} s is past its end ({seconds:.2f} s)"
-    return ""
+        return f"{path}: not a sound file PyAV can read ({str(exc).splitlines()[0][:80]})", None
+    return "", seconds

@@ -160,18 +160,22 @@ def pid_alive(pid: int) -> bool:
         return True
     return True
 
-__all__ = ["LOCK_WAIT", "NotAFile", "check_writable", "real_target", "storyboard_lock", "check_regular", "describe_os_error", "kind_of", "open_regular", "read_regular"]
+__all__ = ["LOCK_WAIT", "NotAFile", "check_writable", "real_target", "storyboard_lock", "check_regular", "describe_os_error", "file_version", "kind_of", "open_regular", "read_regular"]
 
 
 _DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 
 
+def file_version(path: Path, st: os.stat_result) -> tuple[str, int, int, int, int]:
+    """(path, size, mtime, ctime, inode): a key that moves whenever the file's bytes may have.
+    ctime too: a copy that keeps the mtime (``cp -p``, an edit then ``touch -r``) still moves it."""
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (LoRAs, stills, sound tracks in cache keys), remembered per
-    (path, size, mtime, ctime, inode): keys are asked for often. ctime too: a copy that keeps
-    the mtime (``cp -p``, an edit then ``touch -r``) still moves it."""
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    :func:`file_version`: keys are asked for often."""
+    memo = file_version(path, path.stat())
     if memo not in _DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as fh:

@@ -13,10 +13,12 @@ decoded. Torch-free; PIL is imported when a storyboard has an image to check.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pipeline.project.audio_track import audio_problem
-from pipeline.project.files import NotAFile, check_regular, describe_os_error
+from pipeline.project.audio_track import audio_header, audio_problem
+from pipeline.project.files import NotAFile, check_regular, describe_os_error, file_version
 from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, _Locator
 
 # Deferred imports: PIL — only checking an image reference needs it
@@ -55,14 +57,14 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
                 raise fail(i, key, problem)
         if seg.anchor.kind not in ("image", "video"):
             continue
-        problem = _problem(sb.resolve(seg.anchor.path), image=seg.anchor.kind == "image")
+        problem = _problem(sb.resolve(seg.anchor.path), "image" if seg.anchor.kind == "image" else "")
         if problem:
             raise fail(i, "anchor", problem)
     guarded = sb.project.drift_guard != "off" or any(s.drift_guard not in (None, "off") for s in sb.segments)
     ref = sb.project.drift_reference
     if guarded and ref != "first":
         path = sb.resolve(ref)
-        problem = _problem(path, image=True) if path.suffix.lower() in IMAGE_SUFFIXES else \
+        problem = _problem(path, "image") if path.suffix.lower() in IMAGE_SUFFIXES else \
             f"{ref}: expected \"first\" or an image ({', '.join(sorted(IMAGE_SUFFIXES))})"
         if problem:
             raise fail(None, "drift_reference", problem)
@@ -73,19 +75,19 @@ def shot_file_problem(sb: Storyboard, seg: Segment, key: str) -> str:
     or "": the render's check, one key at a time so the editor can refuse a field. Hub LoRAs
     are the renderer's to find (they live in the Hugging Face cache)."""
     if key == "keyframes":
-        problems = (_problem(sb.resolve(kf.image), image=True) for kf in seg.keyframes)
+        problems = (_problem(sb.resolve(kf.image), "image") for kf in seg.keyframes)
     elif key == "loras":
-        problems = (_problem(sb.resolve(ref.path), image=False) for ref in seg.loras if not ref.repo)
+        problems = (_problem(sb.resolve(ref.path)) for ref in seg.loras if not ref.repo)
     elif key == "audio" and seg.audio is not None:
-        path = sb.resolve(seg.audio.path)
-        problems = iter([_problem(path, image=False) or audio_problem(path, seg.audio.start)])
+        problems = iter([_problem(sb.resolve(seg.audio.path), "audio", seg.audio.start)])
     else:
         return ""
     return next(filter(None, problems), "")
 
 
-def _problem(path: Path, *, image: bool) -> str:
-    """What is wrong with one referenced file, or "" when it is usable."""
+def _problem(path: Path, header: str = "", start: float = 0.0) -> str:
+    """What is wrong with one referenced file, or "" when it is usable. ``header``: "image"
+    or "audio" (from ``start`` s on) also reads the file's header, once per version of it."""
     try:
         st = check_regular(path)
     except FileNotFoundError:
@@ -96,7 +98,24 @@ def _problem(path: Path, *, image: bool) -> str:
         return f"{path}: empty file"
     if not os.access(path, os.R_OK):
         return f"{path}: not readable (permission denied)"
-    return _image_problem(path) if image else ""
+    if header == "image":
+        return _remembered(path, st, _image_problem)
+    if header == "audio":
+        return audio_problem(path, start, _remembered(path, st, audio_header))
+    return ""
+
+
+#: Header checks made, per reader and :func:`file_version`: the editor checks a field's files
+#: on every keystroke, and a header read (PIL, PyAV) is what a keystroke must not wait for.
+_HEADERS: dict[tuple[Any, ...], Any] = {}
+
+
+def _remembered(path: Path, st: os.stat_result, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``, read again only when the file is another version than last time."""
+    memo = (read.__name__, str(path), *file_version(path, st))  # str(path): the messages name it
+    if memo not in _HEADERS:
+        _HEADERS[memo] = read(path)
+    return _HEADERS[memo]
 
 
 def _image_problem(path: Path) -> str:

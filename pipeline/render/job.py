@@ -53,6 +53,7 @@ class RenderJob:
                 presets[seg.preset] = _resolve_preset(seg.preset, seg.id)
         _refuse_unsupported(sb, project, presets)
         refuse_unsupported(sb, project, presets)
+        _refuse_sizes(sb, project, presets)
         return cls(sb, project, presets, selected)
 
     @property
@@ -107,6 +108,30 @@ def _refuse_unsupported(sb: Storyboard, project: Project, presets: dict[str, Pre
                                 f"use an LTX-2 preset for this shot", *loc.find("segment", i, key),
                                 f"segment[{i}].{key}")
         raise RenderError("unsupported_key", str(where), segment=seg.id)
+
+
+def _refuse_sizes(sb: Storyboard, project: Project, presets: dict[str, Preset]) -> None:
+    """A draft or refine size a strict-size preset (``extra["strict_sizes"]``: LTX-2.5, /64) cannot take
+    fails the job in the storyboard's one-line form. Refused, not rounded: rounding 288 to 256 or 320
+    would change the picture's shape without a word, and the refine size must stay twice the draft."""
+    for preset in presets.values():
+        if not preset.extra.get("strict_sizes"):
+            continue
+        m = preset.size_multiple
+        for key in ("draft_size", "refine_size"):
+            size = getattr(project, key)
+            if size is None or all(v % m == 0 for v in size):
+                continue
+            try:
+                loc = _Locator(sb.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                loc = _Locator("")
+            width, height = size
+            where = StoryboardError(sb.path, f"{width}x{height} is not valid for preset {preset.name}: width and "
+                                    f"height must be multiples of {m} (its default is "
+                                    f"{preset.draft_size[0]}x{preset.draft_size[1]})",
+                                    *loc.find("project", None, key), f"project.{key}")
+            raise RenderError("invalid_size", str(where))
 
 
 def _resolve_preset(name: str, segment: str = "") -> Preset:

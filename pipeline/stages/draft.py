@@ -134,6 +134,8 @@ class DraftStage(Stage):
             extra["conditions"] = conditions
         elif i2v:
             extra["image"] = ltx2.fit_image(job.anchor, (w, h))
+            if "image_crf" in preset.extra:  # diffusers picks the CRF from a text encoder these pipelines lack
+                extra["image_crf"] = int(preset.extra["image_crf"])
 
         # 3. Denoise to latents on the preset's published schedule, used as given (no dynamic shift).
         sigmas = draft_sigmas(preset.extra.get("draft_schedule"), job.steps, _latent_tokens(pipe, job))

@@ -2,10 +2,12 @@
 
 Preset settings (``preset.extra``), all optional:
 
-- ``enhance_system_prompt``: ``"ltx"`` (Lightricks' T2V/I2V prompts, the default),
+- ``enhance_system_prompt``: ``"ltx"`` (Lightricks' T2V/I2V prompts, the default), ``"ltx25"``
+  (Lightricks' LTX-2.5 prompts),
   ``"none"`` (a finetuned enhancer used as published, e.g. Sulphur 2's), or the text;
 - ``max_sequence_length``: the text encoder's token limit; the answer is held to it;
-- ``enhance_max_tokens`` (ltx-core's 512 for Gemma 3) and ``enhance_n_ctx``.
+- ``enhance_max_tokens`` (ltx-core's 512 for Gemma 3, 600 for LTX-2.5's Gemma 4 E2B), ``enhance_n_ctx``
+  and ``enhance_temperature`` (0.7; 0 is greedy, as LTX-2.5's enhancer is run).
 
 A prompt that does not fit the enhancer's context is passed through as written, with a
 warning event; it never fails the job.
@@ -84,7 +86,12 @@ class EnhanceStage(Stage):
     inputs = ()
 
     def params(self, job: SegmentJob) -> dict[str, Any]:
-        from pipeline.models.enhancer import LTX_PROMPTS, SYSTEM_PROMPT_VERSION, TINY_LLM_VERSION
+        from pipeline.models.enhancer import (
+            LTX25_PROMPTS,
+            LTX_PROMPTS,
+            SYSTEM_PROMPT_VERSION,
+            TINY_LLM_VERSION,
+        )
 
         mode = _mode(job.preset)
         vision = _mmproj(job.preset) is not None and job.anchor is not None
@@ -98,8 +105,10 @@ class EnhanceStage(Stage):
             "max_tokens": _max_tokens(job),
             "system_prompt": SYSTEM_PROMPT_VERSION,
             "mode": mode,
+            # only where a preset departs from 0.7, so other presets' cached prompts stay valid
+            **({"temperature": _temperature(job.preset)} if _temperature(job.preset) != 0.7 else {}),
             # Lightricks' prompt text comes from diffusers: another release may word it anew.
-            "prompts_from": importlib.metadata.version("diffusers") if mode == LTX_PROMPTS else "",
+            "prompts_from": importlib.metadata.version("diffusers") if mode in (LTX_PROMPTS, LTX25_PROMPTS) else "",
             "image_to_video": image_to_video(job),
             "anchor": job.anchor_digest if vision else "",
         }
@@ -118,6 +127,7 @@ class EnhanceStage(Stage):
         try:
             # 2. Generate and clean; the anchor frame is shown only to a model with a vision projector.
             result = enhance(llm, job.segment.prompt, seed=job.seed, max_tokens=max_tokens, mode=_mode(job.preset),
+                             temperature=_temperature(job.preset),
                              image_to_video=i2v, image=job.anchor if i2v else None,
                              max_chars=CHARS_PER_TOKEN * max_tokens)
         finally:
@@ -162,6 +172,11 @@ def _mode(preset: Preset) -> str:
     from pipeline.models.enhancer import LTX_PROMPTS
 
     return str(preset.extra.get("enhance_system_prompt", LTX_PROMPTS))
+
+
+def _temperature(preset: Preset) -> float:
+    """ltx-core samples Gemma 3 at 0.7; LTX-2.5's gemma-4-E2B enhancer decodes greedily (``enhance_temperature`` 0)."""
+    return float(preset.extra.get("enhance_temperature", 0.7))
 
 
 def _max_tokens(job: SegmentJob) -> int:

@@ -154,6 +154,8 @@ class PreviewPane(Vertical):
             # The terminal shows at most a few hundred pixels across: shrink once here
             # instead of at every redraw.
             frame.thumbnail((THUMB_WIDTH, THUMB_WIDTH))
+        except FileNotFoundError:
+            return  # not written here (a replay away from its render, a file since removed): no frame, no error
         except (OSError, ValueError) as exc:
             self.app.call_from_thread(self._caption, f"Preview unreadable: {exc}")
             return

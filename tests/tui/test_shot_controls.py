@@ -16,6 +16,7 @@ from pipeline.project.loras import LoraRef
 from pipeline.project.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.values import format_audio, format_loras, parse_audio_text, parse_loras_text
+from tests.opens import Opens
 
 from .conftest import changed_lines, screen_text
 from .test_editing import type_text
@@ -165,6 +166,37 @@ async def test_the_form_shows_a_files_values_and_another_edit_keeps_their_spelli
         assert all(app.query_one(f"#{f}", Input).value == "" for f in shown)
     diff = changed_lines(text, studio.read_text())
     assert len(diff) == 2 and all(line[1:].startswith("prompt = ") for line in diff)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("field", "name", "rest", "other", "broken"), [
+    ("audio", "sounds/harbour-bell.flac", "+0.25", "stills/beam.png", "audio: sounds/harbour-bell.flac: no audio stream"),
+    ("keyframes", "-1=stills/beam.png", "@0.5", "sounds/harbour-bell.flac",
+     "keyframes: stills/beam.png: not a readable image"),
+])
+async def test_keystrokes_read_a_files_header_once_until_the_file_changes(
+        studio: Path, field: str, name: str, rest: str, other: str, broken: str) -> None:
+    """Typing on after a file's name resolves checks the field at every key, but opens the
+    file once (the kernel counts the opens); a file changed on disk is read again at the next
+    key, and the form says what is now wrong with it."""
+    path = studio.parent / name.split("=")[-1]
+    opens = Opens(path)
+    app = make(studio)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            inp = await open_field(pilot, field)
+            await type_text(pilot, name + rest)
+            await pilot.pause()
+            assert form_error(app) == "" and inp.value == name + rest
+            seen = opens()
+            assert seen == 1, f"{path.name} opened {seen} times while {rest!r} was typed"
+            path.write_bytes((studio.parent / other).read_bytes())  # a picture for a sound, or back
+            await pilot.press("backspace", rest[-1])
+            await pilot.pause()
+            assert form_error(app).startswith(broken), form_error(app)
+            assert opens() >= 3  # the write, then the check
+    finally:
+        opens.close()
 
 
 @pytest.mark.parametrize("loras", [

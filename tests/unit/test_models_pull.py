@@ -20,6 +20,7 @@ from pipeline.models import download
 from pipeline.models.download import PullError, pull
 from pipeline.models.registry import ModelFile, Preset, sulphur_home
 from tests.hubserver import HubServer
+from tests.opens import Opens
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 10 * 1024 * 1024  # huggingface_hub writes what it streams in chunks of this size
@@ -270,6 +271,29 @@ def test_models_json_names_repo_file_and_size_of_every_file(hub: HubServer) -> N
                                {"filename": "latent_upsampler/model.safetensors", "size": 2_000}]
     listing = _cli("models")
     assert "org/model/model.gguf  123.5 KB  [HF cache]" in listing.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("--json",)], ids=["table", "json"])
+def test_sulphur_models_reads_a_pull_record_once(hub: HubServer, args: tuple[str, ...]) -> None:
+    """A folder's pull record (which files the pull fetched) is opened once per `sulphur models`,
+    though its row asks several times where the folder is and whether it is whole."""
+    _hubtest_repos(hub)
+    assert _cli("models", "pull", "hubtest", HF_TOKEN=hub.token).returncode == 0
+    [record] = (sulphur_home() / "pulled").rglob("*.json")  # latent_upsampler/*'s
+    opens = Opens(record)
+    try:
+        result = _cli("models", *args)
+        assert result.returncode == 0, result.stderr
+        if args:
+            [hubtest] = (p for p in json.loads(result.stdout) if p["name"] == "hubtest")
+            assert hubtest["files"][1]["found"] == "HF cache"
+        else:
+            assert any("org/model/latent_upsampler/*" in line and line.endswith("[HF cache]")
+                       for line in result.stdout.splitlines()), result.stdout
+        seen = opens()
+        assert seen == 1, f"the pull record was opened {seen} times"
+    finally:
+        opens.close()
 
 
 def _stand_ins(hub: HubServer, preset: Preset) -> None:

@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,6 +270,90 @@ def test_streamer_has_no_lean_twin_when_it_keeps_nothing_resident() -> None:
     for p in ladder("refine", b):
         if p.name.startswith("stream+") and p.options["resident_blocks"] == 0:
             assert p.name.replace("stream", "stream-lean", 1) not in names
+
+
+def _q8_gguf_with_file_type(path: Path) -> Path:
+    """A Q8_0 GGUF as llama.cpp's converters write one: Q8_0 blocks and ``general.file_type``."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "ltxv")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    writer.add_tensor("blk.0.w", gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
+                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("norm", np.ones(64, np.float32))
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file,
+                 writer.close):
+        step()
+    return path
+
+
+def _q4_gguf(path: Path) -> Path:
+    """Q4_0 blocks without ``general.file_type`` (how pipeline.models.gguf_writer writes them)."""
+    from pipeline.models.gguf_writer import write_random_gguf
+
+    write_random_gguf(path, "ltxv", [("blk.0.w", (64, 64), "Q4_0"), ("blk.1.w", (64, 64), "Q4_0"),
+                                     ("norm", (64,), "F32")])
+    return path
+
+
+@pytest.mark.parametrize(("write", "stored"), [(_q4_gguf, "Q4_0"), (_q8_gguf_with_file_type, "Q8_0")],
+                         ids=["tensor-types", "file-type"])
+def test_a_plan_names_the_quantization_of_the_transformer_file_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Any, stored: str) -> None:
+    """sulphur2-ltx23's entry names a Q3_K_M file; the file found there holds another
+    quantization: the plans say the file's (read from its header), and say so; with the file
+    gone they say the entry's, and that the file is absent."""
+    monkeypatch.delenv("SULPHUR_LTX_GGUF", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no pulled copy to find
+    real = get_preset("sulphur2-ltx23")
+    gguf_file = write(tmp_path / "sulphur_dev-Q3_K_M.gguf")  # the name says Q3_K_M; the file does not
+    entry = replace(real.file("transformer_gguf"), path=str(gguf_file))
+    preset = replace(real, files=tuple(entry if f.role == "transformer_gguf" else f for f in real.files))
+    for stage in ("draft", "refine"):
+        for plan in ladder(stage, HUGE, preset):
+            assert f"weights {stored} (read from the GGUF)" in plan.describe()
+            assert "Q3_K_M" not in plan.describe(), plan.describe()
+    gguf_file.unlink()
+    for plan in ladder("draft", HUGE, preset):
+        assert "weights Q3_K_M (per the preset; file absent)" in plan.describe(), plan.describe()
+    named_q4 = replace(entry, path=str(tmp_path / "other-Q4_0.gguf"), filename="other-Q4_0.gguf")
+    preset_q4 = replace(real, files=tuple(named_q4 if f.role == "transformer_gguf" else f for f in real.files))
+    assert "weights Q4_0 (per the preset; file absent)" in ladder("draft", HUGE, preset_q4)[0].describe()
+
+
+def _all_on_gpu(preset: Preset) -> int:
+    """The VRAM the enhance stage's fastest plan (every layer on the GPU) is estimated at."""
+    plan = ladder("enhance", HUGE, preset)[0]
+    assert plan.options["n_gpu_layers"] == -1
+    return plan.vram_bytes
+
+
+def test_an_absent_enhancer_is_planned_from_the_presets_own_entry(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a fixed Gemma 3 12B Q3_K_M: sulphur2-ltx23 names its own Q8_0 GGUF, ltx23-distilled
+    Gemma's Q4_K_M; a size the entry records is the estimate's, the file's bytes once it is there."""
+    monkeypatch.delenv("SULPHUR_ENHANCER_GGUF", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    kv = 512 * MiB  # the KV cache the llama.cpp plans add
+
+    def with_enhancer(name: str, **entry: Any) -> Preset:
+        preset = get_preset(name)
+        spec = replace(preset.file("enhancer"), path=str(tmp_path / "absent" / "enhancer.gguf"), **entry)
+        return replace(preset, files=tuple(spec if f.role == "enhancer" else f for f in preset.files))
+
+    q8 = _all_on_gpu(with_enhancer("sulphur2-ltx23"))
+    q4km = _all_on_gpu(with_enhancer("ltx23-distilled"))
+    assert q8 - kv == pytest.approx(12.2e9 * 34 / 32, rel=1e-6)  # Q8_0, not Q3_K_M's 0.52 bytes a weight
+    assert q4km - kv == pytest.approx(12.2e9 * 0.60, rel=1e-6)
+    recorded = _all_on_gpu(with_enhancer("sulphur2-ltx23", size=9_090_000_000))
+    assert recorded - kv == pytest.approx(9_090_000_000, abs=1 * MiB)
+    on_disk = tmp_path / "absent" / "enhancer.gguf"
+    on_disk.parent.mkdir()
+    _q8_gguf_with_file_type(on_disk)
+    assert _all_on_gpu(with_enhancer("sulphur2-ltx23", size=9_090_000_000)) - kv == pytest.approx(
+        on_disk.stat().st_size, abs=1 * MiB)
 
 
 # --------------------------------------------------------------------------- offload modes

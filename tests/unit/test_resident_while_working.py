@@ -8,7 +8,7 @@ import torch
 from diffusers.hooks import apply_group_offloading
 from diffusers.hooks.group_offloading import ModuleGroup
 
-from pipeline.memory.offload import resident_while_working
+from pipeline.memory.offload import keep_host_copies, resident_while_working
 from pipeline.memory.plan import StagePlan
 
 
@@ -74,3 +74,45 @@ def test_the_placement_decides_it_for_stream_less_leaf_offload() -> None:
     assert getattr(vae.decode, "_sulphur_onloaded", False)
     resident = ltx2.place(_vae(), StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32"))
     assert not getattr(resident.decode, "_sulphur_onloaded", False)
+    kinds = {type(h.group).__name__ for m in vae.modules()
+             if (r := getattr(m, "_diffusers_hook", None)) and (h := r.get_hook("group_offloading"))}
+    assert kinds == {"_KeptCopyGroup"}, "every leaf of the ride-along VAE swaps back to its host copy"
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_offloading_swaps_back_to_one_host_copy_instead_of_copying(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stream-less group offload no longer runs ``module.to("cpu")`` after each use (a device
+    to host copy of unchanged weights): every weight lives in one host buffer, offloading
+    points it back there, and the decode and the weights stay what they were."""
+    reference_vae = _vae()
+    reference, weights = _decode(reference_vae), _weights(reference_vae)
+    vae = _vae()
+    apply_group_offloading(vae, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type="leaf_level")
+    changed = keep_host_copies(vae)
+    groups = {id(h.group) for m in vae.modules()
+              if (r := getattr(m, "_diffusers_hook", None)) and (h := r.get_hook("group_offloading"))}
+    assert changed == len(groups) > 0
+    home = {name: t.data_ptr() for name, t in vae.state_dict().items()}
+    lo, hi = min(home.values()), max(home.values())
+    nbytes = sum(t.numel() * t.element_size() for t in vae.state_dict().values())
+    assert hi - lo < 2 * nbytes, "one packed buffer, not scattered allocations"
+
+    moved = [0]
+    real_to = torch.nn.Module.to
+
+    def counting_to(self: torch.nn.Module, *a: object, **k: object) -> torch.nn.Module:
+        moved[0] += 1
+        return real_to(self, *a, **k)
+
+    monkeypatch.setattr(torch.nn.Module, "to", counting_to)
+    for _ in range(2):
+        assert torch.equal(_decode(vae), reference)
+    assert moved[0] == 0, "no group moved its module to the host"
+    assert {name: t.data_ptr() for name, t in vae.state_dict().items()} == home, "offload points back home"
+    after = _weights(vae)
+    assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
+    assert keep_host_copies(vae) == 0, "a second call changes nothing"

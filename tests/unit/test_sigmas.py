@@ -36,6 +36,26 @@ def test_seed_pass1_schedule_matches_ltxv_scheduler(tokens: int, steps: int) -> 
     assert got[0] == pytest.approx(1.0) and got[-1] == pytest.approx(0.1)
 
 
+#: Lightricks' ltx-pipelines ``utils/constants.py`` (DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES),
+#: written out here so a change in diffusers or in the preset both show: LTX-2.5's distilled recipe uses the
+#: same arrays as 2.3's (diffusers' LTX-2.5 docs; ``pipelines/ltx2/utils.py`` has one constant for both).
+DISTILLED_REFERENCE = [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875]
+STAGE_2_REFERENCE = [0.909375, 0.725, 0.421875]
+
+
+@pytest.mark.parametrize("name", ["ltx23-distilled", "ltx25-distilled"])
+def test_distilled_presets_use_the_published_reference_values(name: str) -> None:
+    from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
+
+    assert list(DISTILLED_SIGMA_VALUES) == DISTILLED_REFERENCE
+    assert list(STAGE_2_DISTILLED_SIGMA_VALUES) == STAGE_2_REFERENCE
+    p = get_preset(name)
+    for tokens in (1, 360, 12345):  # a fixed array does not depend on the token count
+        assert draft_sigmas(p.extra["draft_schedule"], p.steps, tokens) == DISTILLED_REFERENCE
+    assert list(p.refine_sigmas) == [*STAGE_2_REFERENCE, 0.0]
+    assert p.steps == 8 and p.guidance_scale == 1.0
+
+
 def test_distilled_preset_uses_lightricks_arrays() -> None:
     from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 
