@@ -373,21 +373,18 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
 
     for key in data:
         if key not in ("project", "segment"):
-            line, col = loc.find(key, None, None)
-            if not line:
-                line, col = next(((i, 1) for i, t in enumerate(loc.lines, 1) if t.lstrip().startswith(key)),
-                                 (0, 0))
             raise StoryboardError(path, "unknown top-level key (expected [project] and [[segment]])",
-                                  line, col, key)
+                                  *_top_level(loc, key), key)
 
     raw_project = data.get("project", {})
     if not isinstance(raw_project, dict):
-        raise StoryboardError(path, "[project] must be a table", *loc.find("project", None, None), "project")
+        raise StoryboardError(path, "[project] must be a table", *_top_level(loc, "project"), "project")
     project = _project(path, loc, raw_project)
 
     raw_segments = data.get("segment", [])
     if not isinstance(raw_segments, list) or not raw_segments:
-        raise StoryboardError(path, "a storyboard needs at least one [[segment]]", 0, 0, "segment")
+        raise StoryboardError(path, "a storyboard needs at least one [[segment]]", *_top_level(loc, "segment"),
+                              "segment")
     segments: list[Segment] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_segments):
@@ -422,6 +419,15 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
             seg = replace(seg, **_shot_keys(path, loc, i, shot_keys, seg.frame_count(project.fps)))
         segments.append(seg)
     return Storyboard(path=path, project=project, segments=tuple(segments))
+
+
+def _top_level(loc: _Locator, key: str) -> tuple[int, int]:
+    """Where a top-level table or key is: its header, else the first line that starts with it
+    (``project = 3``); (0, 0) when the file does not spell it (no ``[[segment]]`` at all)."""
+    line, col = loc.find(key, None, None)
+    if line:
+        return line, col
+    return next(((i, 1) for i, t in enumerate(loc.lines, 1) if t.lstrip().startswith(key)), (0, 0))
 
 
 def _shot_keys(path: Path, loc: _Locator, i: int, raw: dict[str, Any], frames: int) -> dict[str, Any]:
@@ -620,7 +626,7 @@ def _add_key(table: Table, key: str, value: Any) -> None:
     tail = [item for _, item in body[last + 1:]]
     blank = next((i for i, item in enumerate(tail) if isinstance(item, Whitespace)), None)
     if blank is not None and any(isinstance(item, Comment) for item in tail[blank:]):
-        table.value._insert_at(last + 1, key, value)  # tomlkit has no public insert at a position
+        table.value._insert_at(last + 1 + blank, key, value)  # tomlkit has no public insert at a position
     else:
         table[key] = value
 
@@ -669,9 +675,10 @@ def render_toml(storyboard: Storyboard, original: str, renames: Mapping[str, str
             if value is None:
                 continue
             project_new[f.name] = _to_toml_value(value)
-    if "project" not in doc:
+    if "project" not in doc and project_new:  # nothing to write: a file without one stays without
         doc.add("project", tomlkit.table())
-    _merge_table(doc["project"], project_new, proj_defaults)
+    if "project" in doc:
+        _merge_table(doc["project"], project_new, proj_defaults)
 
     seg_defaults = {f.name: None for f in fields(Segment)}
     existing: dict[str, Table] = {}
