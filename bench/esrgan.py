@@ -33,6 +33,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +243,11 @@ def _probe(args: argparse.Namespace) -> int:
         x = _batch(args.batch, h, w, args.device, dtype)
         fn(x)
         _sync()
-    print(json.dumps({"load_s": round(load_s, 2), "compile_s": round(time.perf_counter() - t0, 2)}))
+    compile_s = round(time.perf_counter() - t0, 2)
+    from torch._dynamo.utils import counters
+
+    hits = {k: v for k, v in counters["inductor"].items() if "cache" in k}  # did the persistent cache serve it
+    print(json.dumps({"load_s": round(load_s, 2), "compile_s": compile_s, "inductor_cache": hits}))
     return 0
 
 
@@ -266,16 +272,28 @@ def _args() -> argparse.Namespace:
     return args
 
 
-def _cache_dir(bench: Bench, folder: str) -> Any:
-    """A fresh-per-run inductor cache folder, its in-memory caches cleared on the way in (so a
+@contextmanager
+def _cache_dir(bench: Bench, folder: str) -> Iterator[None]:
+    """A fresh-per-run inductor cache folder, in-memory caches cleared on the way in and out (so a
     first use is a cold compile, and a later use of the same folder warm from disk only)."""
-    from contextlib import nullcontext
-
     if bench.args.backend != "inductor":
-        return nullcontext()
-    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+        yield
+        return
+    import torch._inductor.utils as inductor_utils
 
-    return temporary_cache_dir(str(bench.tmp / "inductor" / folder))
+    # older torch releases name it clear_inductor_caches
+    clear = getattr(inductor_utils, "clear_caches", None) or inductor_utils.clear_inductor_caches
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(bench.tmp / "inductor" / folder)
+    clear()
+    try:
+        yield
+    finally:
+        clear()
+        if saved is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
 
 
 def _candidate(bench: Bench, name: str, used: set[str]) -> dict[str, Any]:

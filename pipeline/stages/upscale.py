@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import os
 import queue
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -243,8 +244,17 @@ def _with_blocks(module: torch.nn.Module, wrap: Callable[[torch.nn.Module], Any]
 
 def use_persistent_cache() -> Path:
     """Point inductor's caches (FX graphs, Triton kernels, autotuning) at Sulphur's cache folder,
-    unless the user chose one with ``TORCHINDUCTOR_CACHE_DIR``: /tmp does not survive reboots."""
-    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sulphur_home() / INDUCTOR_CACHE)))
+    unless the user chose one with ``TORCHINDUCTOR_CACHE_DIR``: /tmp does not survive reboots.
+
+    Torch writes its default (``<tmp>/torchinductor_<user>``) into that variable the first time
+    anything asks for the folder (loading the upscaler does), so its default counts as unset.
+    """
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+    torch_default = Path(current).parent == Path(tempfile.gettempdir()) and \
+        Path(current).name.startswith("torchinductor_")
+    if not current or torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(sulphur_home() / INDUCTOR_CACHE)
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 class _cudnn_benchmark:  # noqa: N801 - used as a context manager, like torch's own

@@ -311,6 +311,11 @@ def test_inductor_caches_persist_under_sulphur_home(tmp_path: Path, monkeypatch:
     import os
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "inductor")
+    import tempfile
+
+    # torch sets its /tmp default the first time anything asks (loading the upscaler does)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "torchinductor_someone"))
+    assert use_persistent_cache() == tmp_path / "home" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert use_persistent_cache() == tmp_path / "mine"  # the user's choice wins
 
