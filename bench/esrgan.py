@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -395,6 +396,7 @@ def main() -> int:
             write()
     out["summary"] = _summary(out)
     print(write())
+    shutil.rmtree(bench.tmp, ignore_errors=True)  # the frames of every run: up to a GB at 121 frames
     return 0
 
 
