@@ -285,13 +285,13 @@ def make_tokenizer() -> Any:
     )
 
 
-def write_model_index(d: Path) -> None:
+def write_model_index(d: Path, text_encoder: str = "Gemma3ForConditionalGeneration") -> None:
     # Makes the folder loadable as a whole with LTX2Pipeline.from_pretrained too.
     index = {
         "_class_name": "LTX2Pipeline", "_diffusers_version": "0.42.1",
         "audio_vae": ["diffusers", "AutoencoderKLLTX2Audio"], "connectors": ["ltx2", "LTX2TextConnectors"],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "Gemma3ForConditionalGeneration"],
+        "text_encoder": ["transformers", text_encoder],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
         "transformer": ["diffusers", "LTX2VideoTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLLTX2Video"],
         "vocoder": ["ltx2", "LTX2VocoderWithBWE"],

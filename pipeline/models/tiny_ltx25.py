@@ -21,7 +21,6 @@ The widths are :mod:`pipeline.models.tiny_ltx2`'s, so a segment renders in secon
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def write_twin(root: Path) -> Path:
         torch.manual_seed(seed)
         cls(**config).save_pretrained(d / name)
     FlowMatchEulerDiscreteScheduler(**tiny_ltx2.SCHEDULER_CONFIG).save_pretrained(d / "scheduler")
-    _write_model_index(d)
+    tiny_ltx2.write_model_index(d, text_encoder="Gemma4UnifiedForConditionalGeneration")
     _write_others(root)
     return root
 
@@ -138,19 +137,6 @@ def _write_transformer(root: Path) -> None:
     tiny_ltx2._save_safetensors(lightricks, root / SAFETENSORS_FILE)
     key = next(k for k in lightricks if k.endswith("keyframes_abs_pos_embedding"))
     tiny_ltx2.write_transformer_gguf({**lightricks, key: lightricks[key].reshape(-1)}, root / GGUF_FILE)
-
-
-def _write_model_index(d: Path) -> None:
-    index = {
-        "_class_name": "LTX2Pipeline", "_diffusers_version": "0.42.1",
-        "audio_vae": ["diffusers", "AutoencoderKLLTX2Audio"], "connectors": ["ltx2", "LTX2TextConnectors"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "Gemma4UnifiedForConditionalGeneration"],
-        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "transformer": ["diffusers", "LTX2VideoTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLLTX2Video"],
-        "vocoder": ["ltx2", "LTX2VocoderWithBWE"],
-    }
-    (d / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
 def _write_others(root: Path) -> None:
