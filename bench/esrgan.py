@@ -58,21 +58,26 @@ from pipeline.wire.protocol import Log  # noqa: E402
 #: In run order: what the goal needs first; the cheap variants of the default last.
 CANDIDATES: dict[str, tuple[dict[str, Any], str | None, float]] = {
     "eager_overlap": ({"esrgan_compile": False}, None, 8),
-    "blocks_default": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default"}, "blocks", 30),
-    "whole_default": ({"esrgan_compile_scope": "whole", "esrgan_compile_mode": "default"}, "peer", 25),
+    "blocks_default": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default",
+                        "esrgan_dense": "concat"}, "blocks", 30),
+    "whole_default": ({"esrgan_compile_scope": "whole", "esrgan_compile_mode": "default",
+                       "esrgan_dense": "concat"}, "peer", 25),
     "blocks_wide": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default", "esrgan_dense": "wide"},
                     "wide", 30),
-    "blocks_max_autotune": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "max-autotune-no-cudagraphs"},
+    "blocks_max_autotune": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "max-autotune-no-cudagraphs",
+                             "esrgan_dense": "concat"},
                             "autotune", 90),
     # CUDA graphs on the whole network: one graph, fixed weights. Per block, the 23 blocks' weights
     # are different static inputs of one graph, which CUDA-graph trees may re-record or give up on.
-    "whole_reduce_overhead": ({"esrgan_compile_scope": "whole", "esrgan_compile_mode": "reduce-overhead"},
+    "whole_reduce_overhead": ({"esrgan_compile_scope": "whole", "esrgan_compile_mode": "reduce-overhead",
+                               "esrgan_dense": "concat"},
                               "peer", 30),
     "blocks_default_batch8": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default",
-                               "esrgan_batch": 8}, "blocks", 20),
+                               "esrgan_batch": 8, "esrgan_dense": "concat"}, "blocks", 20),
     "blocks_default_cudnn_benchmark": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default",
-                                        "esrgan_cudnn_benchmark": True}, "blocks", 12),
-    "blocks_reduce_overhead": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "reduce-overhead"},
+                                        "esrgan_cudnn_benchmark": True, "esrgan_dense": "concat"}, "blocks", 12),
+    "blocks_reduce_overhead": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "reduce-overhead",
+                                "esrgan_dense": "concat"},
                                "blocks", 20),
 }
 

@@ -106,12 +106,11 @@ VAE_TILE_BYTES_PER_PIXEL_FRAME = 440
 VAE_TILE_PIXELS = 512 * 512
 VAE_TILE_FRAMES = 16
 ESRGAN_BYTES_PER_INPUT_PIXEL = 0.55 * GiB / (1024 * 576)
-#: Frames from which compiling the upscaler pays in one process. The whole network's compile
-#: took 61 s for 37.4 frames/s against 22.6 eager (H200, bench/results/esrgan_vs_compiled_h200_2026-11-27.json):
-#: ≈ 3500 frames. The stage now compiles one RRDB block (the 23 share its graph) into a persistent
-#: cache, so a process pays a warm compile of a few seconds: ≈ 2 segments. An estimate until
-#: bench/esrgan.py's `compile_pays_from_frames` (warm) is measured.
-ESRGAN_COMPILE_MIN_FRAMES = 242
+#: Frames from which compiling the upscaler pays in one process: the default (compiled RRDB
+#: block, regrouped dense blocks) compiles in 1.9 s from the persistent cache (2.9 s cold) and
+#: saves 2.5 s per 121 frames, so it pays from 93 frames warm, 144 cold (H200,
+#: bench/results/esrgan_vs_compiled_h200_2026-12-04.json `compile_pays_from_frames`).
+ESRGAN_COMPILE_MIN_FRAMES = 93
 AUDIO_TOKENS_PER_SECOND = 25
 
 

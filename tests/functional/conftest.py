@@ -6,6 +6,7 @@ as the folder's conftest (it holds no fixtures of its own).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from pipeline.project import layout
 from pipeline.wire import protocol
@@ -90,3 +92,23 @@ def _toml(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(value)  # strings (quoted, escaped), ints, floats
+
+
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[float], list[float]]]:
+    """(sigmas passed, sigmas the scheduler then steps through) per ``set_timesteps`` call of a
+    flow-match scheduler; the real ``set_timesteps`` still runs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    calls: list[tuple[list[float], list[float]]] = []
+    real = FlowMatchEulerDiscreteScheduler.set_timesteps
+
+    @functools.wraps(real)  # the pipeline inspects the signature for `sigmas`
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = real(self, *args, **kwargs)
+        passed = [float(x) for x in kwargs.get("sigmas")] if kwargs.get("sigmas") is not None else []
+        calls.append((passed, [float(x) for x in self.sigmas]))
+        return out
+
+    monkeypatch.setattr(FlowMatchEulerDiscreteScheduler, "set_timesteps", spy)
+    return calls

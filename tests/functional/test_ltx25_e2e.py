@@ -4,7 +4,6 @@ real files go through; ``sulphur models verify ltx25-distilled`` reports every f
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -33,23 +32,6 @@ STAGE_2 = [0.909375, 0.725, 0.421875]
 def twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_ltx25.write_twin(tmp_path_factory.mktemp("ltx25"))
 
-
-@pytest.fixture
-def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[float], list[float]]]:
-    """(sigmas passed, sigmas the scheduler then steps through) per call; the real set_timesteps still runs."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    calls: list[tuple[list[float], list[float]]] = []
-    real = FlowMatchEulerDiscreteScheduler.set_timesteps
-
-    @functools.wraps(real)  # the pipeline inspects the signature for `sigmas`
-    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = real(self, *args, **kwargs)
-        calls.append(([float(x) for x in kwargs.get("sigmas") or []], [float(x) for x in self.sigmas]))
-        return out
-
-    monkeypatch.setattr(FlowMatchEulerDiscreteScheduler, "set_timesteps", spy)
-    return calls
 
 
 def _job(tmp: Path, anchor: np.ndarray | None = None) -> SegmentJob:

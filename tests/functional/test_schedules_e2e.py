@@ -8,7 +8,6 @@ under test.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -30,23 +29,6 @@ def ltxv_reference(steps: int, tokens: int) -> list[float]:
     factor = (1 - shifted[-1]) / (1 - 0.1)
     return [1 - (1 - x) / factor for x in shifted]
 
-
-@pytest.fixture
-def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[float], list[float]]]:
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    calls: list[tuple[list[float], list[float]]] = []
-    real = FlowMatchEulerDiscreteScheduler.set_timesteps
-
-    @functools.wraps(real)  # the pipeline inspects the signature for `sigmas`
-    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = real(self, *args, **kwargs)
-        passed = [float(x) for x in kwargs.get("sigmas")] if kwargs.get("sigmas") is not None else []
-        calls.append((passed, [float(x) for x in self.sigmas]))
-        return out
-
-    monkeypatch.setattr(FlowMatchEulerDiscreteScheduler, "set_timesteps", spy)
-    return calls
 
 
 def test_draft_and_refine_receive_the_seed_schedules(tmp_path: Path, seen: list[Any]) -> None:

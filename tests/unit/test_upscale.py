@@ -272,7 +272,7 @@ def test_a_compiled_fp16_forward_is_the_same_picture_and_a_broken_one_falls_back
     as on the GPU, against the fp32 eager frames. fp16 keeps 11 bits: a relative error of
     ~5e-4 per layer over the tiny net's ~20 layers stays under 1% of full scale, i.e. ≤ 2
     of 255 levels on a pixel and far less on average (PSNR > 45 dB)."""
-    from pipeline.stages.upscale import COMPILED_KEY, _Upscale, _with_blocks
+    from pipeline.stages.upscale import COMPILED_KEY, DEFAULT_COMPILE, _Upscale, _with_blocks
     from pipeline.wire.protocol import Log
 
     frames = noisy_frames(5, 24, 40)
@@ -292,7 +292,7 @@ def test_a_compiled_fp16_forward_is_the_same_picture_and_a_broken_one_falls_back
     def broken(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("InductorError: no working C++ compiler")
 
-    ctx.models.get(COMPILED_KEY, lambda: (("blocks", "default", "concat"), broken))
+    ctx.models.get(COMPILED_KEY, lambda: (DEFAULT_COMPILE, broken))
     up = _Upscale(ctx, desc, 2, 0, (44, 72), broken)
     with torch.inference_mode():
         out = np.concatenate([up(torch.from_numpy(frames[i:i + 2])).numpy() for i in range(0, 5, 2)])
