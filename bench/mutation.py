@@ -75,8 +75,15 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "cache": (["pipeline/render/cache.py"],
               ["tests/unit/test_cache_and_protocol.py", "tests/unit/test_cache_bites.py",
                "tests/unit/test_cache_keys.py"]),
-    # The stages' cache-key functions (params() and what it calls, ONLY below) and the job resolution.
-    "keys": (["pipeline/stages/*", "pipeline/render/job.py"], ["tests/unit/test_cache_keys.py"]),
+    # The stages' cache-key functions (params() and what it calls, ONLY below) and the job resolution
+    # (the refusals of job.py, and the LoRA/track keys, are tested beside their features: those few, ~3 s).
+    "keys": (["pipeline/stages/*", "pipeline/render/job.py"],
+             ["tests/unit/test_cache_keys.py", "tests/unit/test_job_bites.py",
+              "tests/unit/test_keyframes.py::test_other_families_refuse_the_keys_in_one_line",
+              "tests/unit/test_ltx25.py::test_a_size_not_divisible_by_64_is_refused_in_one_line",
+              "tests/unit/test_shot_loras_audio.py::"
+              "test_the_lora_files_bytes_and_strength_reach_draft_and_refine_keys_its_name_does_not",
+              "tests/unit/test_shot_loras_audio.py::test_the_tracks_bytes_and_start_reach_the_draft_key"]),
     "planner": (["pipeline/memory/planner.py"],
                 ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py",
                  # the ladder tests of this file, not the ones that load the tiny models (30 s+)
