@@ -85,7 +85,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
               "test_the_lora_files_bytes_and_strength_reach_draft_and_refine_keys_its_name_does_not",
               "tests/unit/test_shot_loras_audio.py::test_the_tracks_bytes_and_start_reach_the_draft_key"]),
     "planner": (["pipeline/memory/planner.py"],
-                ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py",
+                ["tests/unit/test_memory.py", "tests/unit/test_planner_bites.py", "tests/unit/test_planner_bites2.py",
                  # the ladder tests of this file, not the ones that load the tiny models (30 s+)
                  "tests/unit/test_text_encoder_keep.py::test_the_planner_keeps_the_encoder_when_it_fits_beside_the_rest",
                  "tests/unit/test_text_encoder_keep.py::test_with_too_little_host_for_everything_a_ram_resident_encoder_is_evicted",
