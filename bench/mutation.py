@@ -232,7 +232,8 @@ def run_module(name: str, workdir: Path, out: Path, jobs: int, mutants: list[str
     ``resume``: reuse the copy a timed-out run left (mutmut keeps each verdict as it goes and
     skips the mutants that have one), so a long module can run over several calls."""
     mutate, tests = MODULES[name]
-    tests = [t for t in tests if (ROOT / t.split("::")[0]).exists()]
+    # pytest options (``--deselect``) pass as they are; a test file not in this checkout is dropped
+    tests = [t for t in tests if t.startswith("-") or (ROOT / t.split("::")[0]).exists()]
     dest = workdir / name
     if not (resume and (dest / "mutants").is_dir()):
         _copy_checkout(dest)
