@@ -240,9 +240,13 @@ class _Locator:
         index: dict[tuple[str, int | None], tuple[tuple[int, int], dict[str, tuple[int, int]]]] = {}
         counts: dict[str, int] = {}
         keys: dict[str, tuple[int, int]] | None = None
+        root = True  # before the first header: ``project = { fps = 0 }`` is a table on one line
         for lineno, text in enumerate(self.lines, 1):
             m = self._header.match(text)
+            if root and not m:
+                self._inline_table(index, lineno, text)
             if m:
+                root = False
                 name = m.group(2).strip('"')
                 pos = (lineno, text.index(m.group(1)) + 1)
                 if m.group(1) == "[[":
@@ -261,6 +265,17 @@ class _Locator:
                 if k:
                     keys.setdefault(k.group(2).strip('"'), (lineno, len(k.group(1)) + 1))
         return index
+
+    _inline_key = re.compile(r"[{,]\s*([A-Za-z0-9_\"-]+)\s*=")
+
+    def _inline_table(self, index: dict, lineno: int, text: str) -> None:
+        """A root-level inline table (TOML keeps one on one line): its key's and its keys' positions."""
+        k = self._key.match(text)
+        if not k or not text[k.end():].lstrip().startswith("{"):
+            return
+        body = text.index("{", k.end())
+        keys = {m.group(1).strip('"'): (lineno, m.start(1) + 1) for m in self._inline_key.finditer(text, body)}
+        index.setdefault((k.group(2).strip('"'), None), ((lineno, len(k.group(1)) + 1), keys))
 
     def find(self, table: str, index: int | None, key: str | None) -> tuple[int, int]:
         if self._index is None:

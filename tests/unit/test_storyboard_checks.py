@@ -87,6 +87,13 @@ REFUSED = {
     "project_is_a_number": ('# my film\nproject = 3\n' + SEG, "s.toml:2:1: project: [project] must be a table"),
     "segment_is_a_number": ('segment = 3\n[project]\nfps = 8\n',
                             "s.toml:1:1: segment: a storyboard needs at least one [[segment]]"),
+    # [project] written as an inline table: the key inside it, on that line
+    "inline_project_value": ('# film\nproject = { title = "x", fps = 0 }\n' + SEG,
+                             "s.toml:2:26: project.fps: must be between 1 and 240"),
+    "inline_project_quoted_key": ('project = {"fps" = 300}\n' + SEG,
+                                  "s.toml:1:12: project.fps: must be between 1 and 240"),
+    "inline_project_unknown_key": ('project = { fps = 24, bogus = 1 }\n' + SEG,
+                                   f"s.toml:1:23: project.bogus: unknown key (allowed: {PROJECT_KEYS})"),
 }
 
 
