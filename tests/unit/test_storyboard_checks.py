@@ -94,6 +94,14 @@ REFUSED = {
                                   "s.toml:1:12: project.fps: must be between 1 and 240"),
     "inline_project_unknown_key": ('project = { fps = 24, bogus = 1 }\n' + SEG,
                                    f"s.toml:1:23: project.bogus: unknown key (allowed: {PROJECT_KEYS})"),
+    "inline_project_nested_table": ('project = { x = { y = 1 } }\n' + SEG,
+                                    f"s.toml:1:13: project.x: unknown key (allowed: {PROJECT_KEYS})"),
+    "inline_project_key_with_x": ('project = { Xray = 1 }\n' + SEG,
+                                  f"s.toml:1:13: project.Xray: unknown key (allowed: {PROJECT_KEYS})"),
+    "inline_project_quoted_name": ('"project" = { fps = 0 }\n' + SEG, "s.toml:1:15: project.fps: must be between 1 and 240"),
+    # a dotted key is not spelled as one name: the table's own position, indent included
+    "inline_project_dotted_key": ('  project = { x.y = 1 }\n' + SEG,
+                                  f"s.toml:1:3: project.x: unknown key (allowed: {PROJECT_KEYS})"),
 }
 
 
