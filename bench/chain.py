@@ -135,9 +135,9 @@ def _render_pid(proc: subprocess.Popen, profiled: bool) -> int:
 def _start_worker(folder: Path, env: dict[str, str]) -> subprocess.Popen:
     """The project's render worker in the foreground, as the TUI's client spawns it, so its
     own memory is what the samplers watch; returns once it answers."""
-    log = open(folder / "worker.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker", "--foreground",
-                             "--project", str(folder)], cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(folder / "worker.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker", "--foreground",
+                                 "--project", str(folder)], cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
     from pipeline.worker.client import WorkerClient
 
     for _ in range(240):
