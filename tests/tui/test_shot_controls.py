@@ -250,12 +250,18 @@ async def show_the_controls(pilot, typed: str = "") -> None:  # noqa: ANN001
     await pilot.press("down", "down", "down")
     await pilot.pause()
     audio = pilot.app.query_one("#audio", Input)
-    audio.focus()
-    if typed:
-        audio.value = typed
     for widget in [*pilot.app.query(TextArea), *pilot.app.query(Input)]:
         widget.cursor_blink = False
+    audio.focus()
+    # Focusing scrolls the form (animated) to centre the field; a person types after that, and
+    # typing first would race the message's own scroll against it.
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    if typed:
+        audio.value = typed
     await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
     await pilot.pause()
 
 
