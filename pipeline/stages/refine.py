@@ -90,6 +90,7 @@ class RefineStage(Stage):
         else:
             enc = prompt_embeds(ctx, job)
             embeds, mask = enc.embeds, enc.mask
+        peaks.mark("inputs")
 
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
         #    Keyframes (and the anchor with them) go through the condition pipeline, at the refine size.
@@ -114,6 +115,8 @@ class RefineStage(Stage):
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, lw * scale, lh * scale))
 
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if i == 0:
+                peaks.mark("step 1")
             ctx.progress(self.name, i + 1, n)
             ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
@@ -123,6 +126,7 @@ class RefineStage(Stage):
         # would also decode (and drop) the audio, and do the float32 postprocess on the CPU.
         fixed = draft["audio"].to(device) if inputs["draft"].meta.get("audio_driven") else None
         with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
+            peaks.mark("ready")
             latents, _audio = pipe(
                 prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
