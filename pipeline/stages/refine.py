@@ -151,9 +151,9 @@ class RefineStage(Stage):
 
 
 def _upsample(ctx: StageContext, preset: Preset, pipe: Any, latents: Any) -> Any:
-    """The draft's latents ×2 in space through the held upsampler. It is dropped afterwards (not
-    needed until the next refine) unless the plan is resident: a resident plan counts it among
-    what it holds (planner: held_vram_bytes), so it stays rather than being loaded per segment."""
+    """The draft's latents ×2 in space through the held upsampler. It stays held for the next
+    refine: the draft's plans count it among what they hold (planner: held_*_bytes), and
+    dropping it meant loading and pinning it again every segment."""
     import torch
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
 
@@ -162,8 +162,6 @@ def _upsample(ctx: StageContext, preset: Preset, pipe: Any, latents: Any) -> Any
     up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
     with torch.no_grad():
         video = up_pipe(latents=latents, output_type="latent", return_dict=False)[0]
-    if plan.offload != "resident":
-        ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
     return video
 
 
