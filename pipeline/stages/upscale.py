@@ -19,7 +19,6 @@ bench to compare (bench/esrgan.py): ``esrgan_compile_scope``, ``esrgan_compile_m
 
 from __future__ import annotations
 
-import copy
 import os
 import queue
 import tempfile
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.models.esrgan import TINY_X2PLUS_VERSION, load_upscaler
 from pipeline.models.home import sulphur_home
+from pipeline.models.module_tree import replace_modules
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.enhance import model_identity, resolve_model_file
 from pipeline.stages.frame_files import FrameFile, write_frames_header
@@ -234,15 +234,7 @@ class _CudaGraphSteps:
 def _with_blocks(module: torch.nn.Module, wrap: Callable[[torch.nn.Module], Any]) -> Any:
     """A copy of ``module`` whose RRDB blocks are ``wrap(block)``; the copy shares every
     parameter with ``module``, which stays as it was (the eager fallback)."""
-    if type(module).__name__ == "RRDB":
-        return wrap(module)
-    children = dict(module.named_children())
-    wrapped = {name: _with_blocks(child, wrap) for name, child in children.items()}
-    if all(wrapped[name] is child for name, child in children.items()):
-        return module
-    clone = copy.copy(module)  # shallow: same parameters and buffers, its own child table
-    clone._modules = {**module._modules, **wrapped}
-    return clone
+    return replace_modules(module, lambda m: type(m).__name__ == "RRDB", wrap)
 
 
 def use_persistent_cache() -> Path:
