@@ -98,7 +98,7 @@ class UpscaleStage(Stage):
         # Compiling is decided by device: never on the CPU (CI), nor for tiles (every edge tile
         # is another shape to compile).
         compiled = cuda and not tile and o.get("esrgan_compile", True) is not False
-        up = _Upscale(ctx, model, batch, tile, (height, width),
+        up = _Upscale(ctx, model, dtype, batch, tile, (height, width),
                       _compiled(ctx, model, o) if compiled else model)
 
         # 2. Output written batch by batch with plain file writes: a memmap would count
@@ -119,12 +119,13 @@ class UpscaleStage(Stage):
 
 class _Upscale:
     """One batch of (N, H, W, 3) uint8 frames on the device → (N, h, w, 3) uint8 at output size:
-    ESRGAN ×2 (compiled, tiled or plain), then the resize in fp32 for accuracy."""
+    ESRGAN ×2 (compiled, tiled or plain), then the resize in fp32 for accuracy. ``dtype`` is
+    the one ``model`` was loaded in (the frames are cast to it)."""
 
-    def __init__(self, ctx: StageContext, model: ImageModelDescriptor, batch: int, tile: int,
+    def __init__(self, ctx: StageContext, model: ImageModelDescriptor, dtype: torch.dtype, batch: int, tile: int,
                  size: tuple[int, int], forward: Any) -> None:
-        self.ctx, self.model, self.batch, self.tile, self.size, self.forward = ctx, model, batch, tile, size, forward
-        self.dtype = next(model.model.parameters()).dtype
+        self.ctx, self.model, self.dtype, self.batch, self.tile = ctx, model, dtype, batch, tile
+        self.size, self.forward = size, forward
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         import torch
