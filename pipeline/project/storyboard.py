@@ -438,11 +438,16 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
 
 def _top_level(loc: _Locator, key: str) -> tuple[int, int]:
     """Where a top-level table or key is: its header, else the first line that starts with it
-    (``project = 3``); (0, 0) when the file does not spell it (no ``[[segment]]`` at all)."""
+    (``project = 3``), at the column where it starts (after any indent, as keys in a table are
+    located); (0, 0) when the file does not spell it (no ``[[segment]]`` at all)."""
     line, col = loc.find(key, None, None)
     if line:
         return line, col
-    return next(((i, 1) for i, t in enumerate(loc.lines, 1) if t.lstrip().startswith(key)), (0, 0))
+    for i, text in enumerate(loc.lines, 1):
+        name = text.lstrip()
+        if name.startswith(key):
+            return i, len(text) - len(name) + 1
+    return 0, 0
 
 
 def _shot_keys(path: Path, loc: _Locator, i: int, raw: dict[str, Any], frames: int) -> dict[str, Any]:

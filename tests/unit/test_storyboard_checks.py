@@ -75,6 +75,8 @@ REFUSED = {
     # where the locator looks: names starting with X, repeated sub-tables, the end of the file
     "unknown_table_named_x": ('[Xtra]\nk = 1\n' + SEG,
                               "s.toml:1:1: Xtra: unknown top-level key (expected [project] and [[segment]])"),
+    "unknown_top_level_key_indented": ('# film\n\t  bogus = 1\n' + SEG,
+                                       "s.toml:2:4: bogus: unknown top-level key (expected [project] and [[segment]])"),
     "unknown_project_key_named_x": ('[project]\nfps = 8\nXmas = 1\n' + SEG,
                                     f"s.toml:3:1: project.Xmas: unknown key (allowed: {PROJECT_KEYS})"),
     "after_repeated_anchor_tables": (
