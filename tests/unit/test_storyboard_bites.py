@@ -190,7 +190,7 @@ EXPECTED = dict([
     ('quoted_key', 's.toml:2:1: project.fps: must be between 1 and 240'),
     ('quoted_header', 's.toml:2:1: project.fps: must be between 1 and 240'),
     ('indented_top_key', 's.toml:1:3: odd: unknown top-level key (expected [project] and [[segment]])'),
-    ('quoted_top_key', 's.toml: odd key: unknown top-level key (expected [project] and [[segment]])'),
+    ('quoted_top_key', 's.toml:1:1: odd key: unknown top-level key (expected [project] and [[segment]])'),
     ('header_comment', "s.toml:1:1: segment[0].prompt: missing required key 'prompt'"),
     ('sigmas_in_segment_1', 's.toml:8:1: segment[1].refine_sigmas: expected a non-increasing list of sigmas in [0, 1]'),
     ('anchor_in_segment_1', 's.toml:8:1: segment[1].anchor: "x.txt" is neither "previous", "none", an image nor a video path'),
