@@ -208,3 +208,21 @@ def test_kept_host_copies_stay_page_locked() -> None:
     with onloaded(vae):
         assert all(t.device.type == "cuda" for t in vae.parameters())
     assert all(t.device.type == "cpu" and t.data.is_pinned() for t in vae.parameters())
+
+
+def test_the_text_encoder_keeps_diffusers_path_and_the_vae_its_host_copy() -> None:
+    """Leaf-offloaded under the same plan, the VAE (used on every segment) gets its kept host
+    copy; the text encoder (once per batch of prompts; 24 GB at full size, copied twice over
+    while a copy is made) does not."""
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    preset, models = get_preset("tiny"), LoadedModels()
+    plan = StagePlan(name="group", device="cuda", offload="group_leaf", dtype="float32",
+                     options={"use_stream": False})
+    text_encoder = ltx2.component(models, preset, "text_encoder", plan)
+    vae = ltx2.component(models, preset, "vae", plan)
+    assert _group_kinds(text_encoder) == {"ModuleGroup"}
+    assert not hasattr(text_encoder, "_sulphur_host_buffers")
+    assert _group_kinds(vae) == {"_KeptCopyGroup"}
