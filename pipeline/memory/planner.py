@@ -613,16 +613,7 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 # what stays held besides the transformer (a draft that evicts it keeps these)
                 side_vram = side_bytes if mode == "resident" else 0
                 side_host = between + (0 if mode == "resident" else side_bytes)
-                notes = []
-                if wfmt == "fp8":
-                    notes.append("transformer stored in fp8, upcast to bf16 per layer (slightly lossy)")
-                if low_cpu:
-                    notes.append("pins one block at a time (slower copies, half the host RAM)")
-                if mmap:
-                    notes.append("weights paged from the memory-mapped file (disk-speed when RAM is short)")
-                if extra:
-                    notes.append(f"streams {t.blocks - extra['resident_blocks']} of {t.blocks} blocks through "
-                                 f"two GPU slots; weights pinned in place (one host copy)")
+                notes = _transformer_notes(t, wfmt, low_cpu, mmap, extra)
                 out.append(StagePlan(
                     name=(rung + ("-lean" if lean else "") if rung == "stream"
                           else _rung_name(mode, stream, low_cpu, mmap))
@@ -637,6 +628,21 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                              "activation_bytes": act, "component": "transformer", "vae_tile": tile,
                              **({"weights_source": t.fmt_source} if t.fmt_source else {}), **extra}))
     return out
+
+
+def _transformer_notes(t: Component, wfmt: str, low_cpu: bool, mmap: bool, extra: dict[str, Any]) -> list[str]:
+    """What a transformer plan trades, in words the TUI shows."""
+    notes = []
+    if wfmt == "fp8":
+        notes.append("transformer stored in fp8, upcast to bf16 per layer (slightly lossy)")
+    if low_cpu:
+        notes.append("pins one block at a time (slower copies, half the host RAM)")
+    if mmap:
+        notes.append("weights paged from the memory-mapped file (disk-speed when RAM is short)")
+    if extra:
+        notes.append(f"streams {t.blocks - extra['resident_blocks']} of {t.blocks} blocks through "
+                     f"two GPU slots; weights pinned in place (one host copy)")
+    return notes
 
 
 def esrgan_compile_pays(frames: int, plan: StagePlan) -> bool:
@@ -807,9 +813,13 @@ def plan_ladder(stage: str, preset: Preset, project: Project, device: str | None
         if stage == "draft":
             with_text = _attach_text(candidates, comps, b)
             if not with_text:
-                texts = [StagePlan(name=f"text-{m}", options={"vram_bytes": e.vram, "host_bytes": e.host,
+                # each placement beside what each plan still holds with the transformer evicted
+                # (VAEs, the upsampler), as _attach_text tries them
+                held = {(p.options.get("side_held_vram_bytes", 0), p.options.get("side_held_host_bytes", 0))
+                        for p in candidates}
+                texts = [StagePlan(name=f"text-{m}", options={"vram_bytes": e.vram + v, "host_bytes": e.host + h,
                                                               "component": "text_encoder"})
-                         for m, e in _text_estimates(comps)]
+                         for v, h in sorted(held) for m, e in _text_estimates(comps)]
                 raise _refuse(stage, texts, b, job, "text encoder + connectors")
             candidates = with_text
     elif stage == "upscale":
