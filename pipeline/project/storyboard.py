@@ -384,6 +384,10 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
         msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else _end_of(source)
         raise StoryboardError(path, f"TOML syntax error: {msg}", line, col) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: thousands of "[" overflow it.
+        raise StoryboardError(path, f"values nested more than {MAX_NESTING} deep: not a storyboard",
+                              *_too_deep(source)) from None
     loc = _Locator(source)
 
     for key in data:
@@ -434,6 +438,32 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
             seg = replace(seg, **_shot_keys(path, loc, i, shot_keys, seg.frame_count(project.fps)))
         segments.append(seg)
     return Storyboard(path=path, project=project, segments=tuple(segments))
+
+
+#: Deeper nesting than this is no storyboard's; it is where a nesting error is located.
+MAX_NESTING = 64
+
+
+def _too_deep(source: str) -> tuple[int, int]:
+    """Line and column of the first bracket or brace nested deeper than :data:`MAX_NESTING`
+    (quoted strings and comments skipped); (0, 0) when none is found."""
+    depth, quote, line, col = 0, "", 1, 0
+    for ch in source:
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+            quote = "" if quote == "#" else quote  # a comment ends here; a multi-line string does not
+        elif quote:
+            quote = "" if ch == quote and quote != "#" else quote
+        elif ch in "\"'#":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line, col
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return 0, 0
 
 
 def _top_level(loc: _Locator, key: str) -> tuple[int, int]:
