@@ -583,8 +583,15 @@ MAX_STORYBOARD_BYTES = 16 << 20
 def load(path: str | os.PathLike[str]) -> Storyboard:
     """Read and validate a storyboard file; a FIFO, device or directory is refused unopened."""
     path = Path(path)
+    return parse(read_source(path), path)
+
+
+def read_source(path: str | os.PathLike[str]) -> str:
+    """A storyboard file's text, for whoever parses or edits it (the editor too): a FIFO,
+    device or directory is refused unopened, a file past 16 MiB unread; StoryboardError."""
+    path = Path(path)
     try:
-        source = read_regular(path, MAX_STORYBOARD_BYTES).decode("utf-8")
+        return read_regular(path, MAX_STORYBOARD_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise StoryboardError(path, "file not found") from None
     except UnicodeDecodeError as exc:
@@ -593,7 +600,6 @@ def load(path: str | os.PathLike[str]) -> Storyboard:
         raise StoryboardError(path, describe_os_error(path, exc).removeprefix(f"{path}: ")) from None
     except ValueError:
         raise StoryboardError(path, f"larger than {MAX_STORYBOARD_BYTES >> 20} MiB: not a storyboard") from None
-    return parse(source, path)
 
 
 # --------------------------------------------------------------------------- writing
@@ -797,7 +803,7 @@ def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None,
     """
     target = Path(path or storyboard.path)
     with storyboard_lock(target):  # the renderer's write-back takes it too (pipeline.project.writeback)
-        original = target.read_text(encoding="utf-8") if target.exists() else ""
+        original = read_source(target) if target.exists() else ""  # a FIFO put there: refused, not waited on
         if original:
             parse(original, target)  # refuse to merge into a broken file
         text = render_toml(storyboard, original, renames)

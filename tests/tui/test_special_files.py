@@ -1,0 +1,78 @@
+"""The editor on a path that is no storyboard file: a FIFO, a folder, a device, a huge file.
+
+`sulphur edit fifo.toml` used to wait forever for a writer before its first frame, a
+symlink to /dev/zero read until memory ran out, a folder was a traceback; and a file
+swapped for a FIFO while it was open froze the editor at its next poll. Each must show
+the broken-file view (or the disk-changed question) in words, without opening the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.project.storyboard import load
+from sulphur_tui.app import SulphurApp, create_app
+from sulphur_tui.screens import BrokenFileScreen, DiskChangedDialog
+
+from .conftest import screen_text
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+SIZE = (100, 30)
+
+
+def _special(story: Path, kind: str) -> Path:
+    """``story``'s path made into ``kind`` (the good storyboard removed first)."""
+    story.unlink()
+    if kind == "fifo":
+        os.mkfifo(story)
+    elif kind == "directory":
+        story.mkdir()
+    elif kind == "symlink-to-dev-zero":
+        story.symlink_to("/dev/zero")
+    elif kind == "oversized":
+        story.write_bytes(b"# " + b"x" * (17 << 20) + b"\n")
+    return story
+
+
+WORDS = {"fifo": "FIFO (named pipe)", "directory": "is a directory", "symlink-to-dev-zero": "character device",
+         "oversized": "larger than 16 MiB"}
+
+
+@pytest.mark.parametrize("kind", list(WORDS))
+async def test_a_special_file_opens_the_broken_view_unread(kind: str, story: Path) -> None:
+    path = _special(story, kind)
+    app = create_app(path, connect_worker=False, image="none", poll_disk=0.05)  # hung here on a FIFO
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)  # a few polls of the broken view: each must refuse, not read
+        assert isinstance(app.screen, BrokenFileScreen)
+        assert app.doc is None and WORDS[kind] in screen_text(app)
+
+
+async def test_a_file_swapped_for_a_fifo_while_open_is_asked_about(story: Path) -> None:
+    app: SulphurApp = create_app(story, connect_worker=False, image="none", poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")  # an unsaved edit: a new shot
+        assert app.doc is not None and app.doc.dirty
+        _special(story, "fifo")
+        for _ in range(40):  # the poll runs on the event loop: a blocking read froze the editor here
+            await pilot.pause(0.05)
+            if isinstance(app.screen, DiskChangedDialog):
+                break
+        assert isinstance(app.screen, DiskChangedDialog)
+        assert "FIFO (named pipe)" in screen_text(app)
+        await pilot.press("k")  # keep mine, then save: the user's version replaces the FIFO
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert story.is_file() and len(load(story).segments) == 4
+
+
+async def test_a_storyboard_still_opens_and_saves(story: Path) -> None:
+    """The guarded reads keep the ordinary path: open, edit, save, read back."""
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a", "ctrl+s")
+        await pilot.pause()
+    assert len(load(story).segments) == 4
