@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline.cli.output import ProgressPrinter, json_printer, run_job
+from pipeline.cli.output import ProgressPrinter, json_printer, os_error_line, run_job
 from pipeline.render.errors import RenderError
 from pipeline.render.extend import DEFAULT_PRESET, extend, probe
 
@@ -39,7 +39,9 @@ def main(args: argparse.Namespace) -> int:
         try:
             return extend(args.clip, args.prompt, preset=args.model, frames=args.frames, out=args.out,
                           seed=args.seed, steps=args.steps, enhance=args.enhance, emit=emit, cancel=cancel)
-        except (ValueError, KeyError, OSError) as exc:  # unreadable clip, unknown preset, …
+        except OSError as exc:  # an unwritable --out folder: its errno in words, not "error: 30"
+            raise RenderError("extend", os_error_line(exc)) from None
+        except (ValueError, KeyError) as exc:  # unreadable clip, unknown preset, …
             raise RenderError("extend", str(exc.args[0] if exc.args else exc)) from None
 
     code, out = run_job(work, json_events=args.json, emit=emit)
