@@ -123,11 +123,18 @@ def _group_tensors(group: ModuleGroup) -> list[torch.Tensor]:
     return list(seen.values())
 
 
+_HOST_BUFFERS = "_sulphur_host_buffers"
+
+
 def keep_host_copies(module: torch.nn.Module) -> int:
     """Give each stream-less, in-memory group-offload group under ``module`` one host copy
     of its weights, packed into one page-locked buffer for the module (exact size, see
     :func:`_pinned`), and make offloading swap back to it instead of copying (see
     :class:`_KeptCopyGroup`). Host memory stays 1×: the pageable tensors are released.
+
+    Calling it again after diffusers rebuilt the groups (a LoRA loaded or deleted re-applies
+    group offloading) re-uses the copies already kept and packs only new tensors (the LoRA's).
+    The module holds its buffers: they stay page-locked as long as a weight lives in them.
     Returns the number of groups changed (groups with a stream or a disk path, and groups
     holding tensor subclasses such as ``GGUFParameter``, keep diffusers' own path)."""
     groups = [g for g in _offload_groups(module)
@@ -139,18 +146,28 @@ def keep_host_copies(module: torch.nn.Module) -> int:
             chosen.append((g, tensors))
     if not chosen:
         return 0
+    held: list[torch.Tensor] = getattr(module, _HOST_BUFFERS, [])
+    homes = {b.untyped_storage().data_ptr() for b in held}
+
+    def at_home(t: torch.Tensor) -> bool:
+        return t.data.untyped_storage().data_ptr() in homes
+
     align = 64  # keeps every view aligned for any dtype
 
     def span(t: torch.Tensor) -> int:
         return -(-t.numel() * t.element_size() // align) * align
 
-    total = sum(span(t) for _, ts in chosen for t in ts)
-    cuda = torch.cuda.is_available()
-    buf = _pinned(total) if cuda else torch.empty(total, dtype=torch.uint8)
+    total = sum(span(t) for _, ts in chosen for t in ts if not at_home(t))
+    buf = None
+    if total:
+        buf = _pinned(total) if torch.cuda.is_available() else torch.empty(total, dtype=torch.uint8)
     off = 0
     for g, tensors in chosen:
         kept: dict[torch.Tensor, torch.Tensor] = {}
         for t in tensors:
+            if at_home(t):
+                kept[t] = t.data
+                continue
             view = _view(buf, off, t.shape, t.dtype)
             view.copy_(t.data)
             t.data = view  # the pageable copy goes
@@ -158,7 +175,17 @@ def keep_host_copies(module: torch.nn.Module) -> int:
             off += span(t)
         g.__class__ = _KeptCopyGroup
         g._kept = kept
+    # Drop the buffers no weight lives in any more (a deleted LoRA's): they would pin memory for nothing.
+    used = {t.data.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    fresh = [buf] if buf is not None else []
+    setattr(module, _HOST_BUFFERS, [b for b in held if b.untyped_storage().data_ptr() in used] + fresh)
     return len(chosen)
+
+
+def keep_host_copies_again(module: torch.nn.Module) -> int:
+    """:func:`keep_host_copies` for a module that had them, after diffusers rebuilt its groups
+    (a LoRA loaded or deleted); nothing for any other module."""
+    return keep_host_copies(module) if getattr(module, _HOST_BUFFERS, None) else 0
 
 
 @contextmanager

@@ -566,6 +566,10 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
     if stage == "refine":
         side.append(comps["upsampler"])
     side_bytes = vae.nbytes + sum(c.nbytes for c in side)
+    # The upsampler stays loaded from one refine to the next (reloading and re-pinning it took
+    # ~2 s of each capped segment, bench/results/chain_h200_2026-12-04_run5.json), so a draft
+    # holds it too: on the GPU beside a resident transformer, else in host RAM.
+    between = comps["upsampler"].nbytes if stage == "draft" and "upsampler" in comps else 0
     weights_options = [tr.fmt] + (["fp8"] if tr.fmt in ("bfloat16", "float16", "float32") else [])
     out: list[StagePlan] = []
     for rung, stream, low_cpu, mmap in _TRANSFORMER_RUNGS:
@@ -599,11 +603,12 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                         # Dequantize each streamed block once, not each layer (1.05× vs 1.14× resident, H200).
                         extra["dequant"] = "block"
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
-                    vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
-                    held_vram = t.nbytes + side_bytes
+                    vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec) + between
+                    held_vram = t.nbytes + side_bytes + between
                 else:  # other components swap in one at a time while the transformer is offloaded
                     vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)
                     held_vram = 0
+                on_host = 0 if mode == "resident" else between
                 notes = []
                 if wfmt == "fp8":
                     notes.append("transformer stored in fp8, upcast to bf16 per layer (slightly lossy)")
@@ -622,8 +627,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                     device=device, offload=mode, vae_tiling=bool(tile), dtype="bfloat16", notes=tuple(notes),
                     options={"weights": wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
                              "num_blocks_per_group": 1, "vram_bytes": int(vram),
-                             "host_bytes": int(est.host + side_bytes), "pinned_bytes": est.pinned,
-                             "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes,
+                             "host_bytes": int(est.host + side_bytes + on_host), "pinned_bytes": est.pinned,
+                             "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes + on_host,
                              "activation_bytes": act, "component": "transformer", "vae_tile": tile,
                              **({"weights_source": t.fmt_source} if t.fmt_source else {}), **extra}))
     return out

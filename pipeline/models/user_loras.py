@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pipeline.project.loras import LoraRef
     from pipeline.project.storyboard import Segment, Storyboard
 
-# Deferred imports: safetensors, accelerate, diffusers — cache keys and the CLI read LoRA digests without them;
+# Deferred imports: safetensors, accelerate, diffusers, pipeline.memory.offload (torch) — cache keys and the CLI read LoRA digests without them;
 #   they load when a LoRA is checked or applied
 
 
@@ -176,7 +176,8 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
         for module in modules.values():
             mine = [n for n, _ in loaded if n in (getattr(module, "peft_config", None) or {})]
             if mine:
-                module.delete_adapters(mine)
+                module.delete_adapters(mine)  # re-applies group offloading: keep the host copies again
+                _keep_host_copies(module)
         ltx2.set_lora_strength(pipe.transformer, base_strength, base_adapter, connectors=pipe.connectors)
 
 
@@ -184,10 +185,19 @@ def _regroup(module: Any) -> None:
     """Re-apply diffusers' group offloading over the new adapter layers, as diffusers does itself
     after a pipeline-level LoRA load (``delete_adapters`` does it on the way out): a group that
     streams from pinned memory knows only the parameters it was built with, and its next onload
-    fails with a KeyError on the adapter's. No-op for a model without group offloading."""
+    fails with a KeyError on the adapter's. Groups that kept one host copy keep it (without that,
+    the rest of the render would copy the connectors back to the host after every use). No-op
+    for a model without group offloading."""
     from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
 
     _maybe_remove_and_reapply_group_offloading(module)
+    _keep_host_copies(module)
+
+
+def _keep_host_copies(module: Any) -> None:
+    from pipeline.memory.offload import keep_host_copies_again
+
+    keep_host_copies_again(module)
 
 
 def _adapter_to(module: Any, name: str, device: str) -> None:

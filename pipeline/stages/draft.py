@@ -125,6 +125,8 @@ class DraftStage(Stage):
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, w, h))
 
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if i == 0:
+                peaks.mark("step 1")
             ctx.progress(self.name, i + 1, _steps(job))
             ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
@@ -146,6 +148,7 @@ class DraftStage(Stage):
                 pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
             extra["sigmas"] = sigmas
         with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device):
+            peaks.mark("ready")
             video_latents, audio_latents = pipe(
                 prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
                 width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),

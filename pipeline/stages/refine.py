@@ -90,6 +90,7 @@ class RefineStage(Stage):
         else:
             enc = prompt_embeds(ctx, job)
             embeds, mask = enc.embeds, enc.mask
+        peaks.mark("inputs")
 
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
         #    Keyframes (and the anchor with them) go through the condition pipeline, at the refine size.
@@ -114,6 +115,8 @@ class RefineStage(Stage):
         previewer = LatentPreviewer(*latent_grid(pipe, job.frames, lw * scale, lh * scale))
 
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if i == 0:
+                peaks.mark("step 1")
             ctx.progress(self.name, i + 1, n)
             ctx.latent_preview(previewer, self.name, i + 1, kwargs.get("latents"))
             return kwargs
@@ -123,6 +126,7 @@ class RefineStage(Stage):
         # would also decode (and drop) the audio, and do the float32 postprocess on the CPU.
         fixed = draft["audio"].to(device) if inputs["draft"].meta.get("audio_driven") else None
         with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
+            peaks.mark("ready")
             latents, _audio = pipe(
                 prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
@@ -147,9 +151,9 @@ class RefineStage(Stage):
 
 
 def _upsample(ctx: StageContext, preset: Preset, pipe: Any, latents: Any) -> Any:
-    """The draft's latents ×2 in space through the held upsampler. It is dropped afterwards (not
-    needed until the next refine) unless the plan is resident: a resident plan counts it among
-    what it holds (planner: held_vram_bytes), so it stays rather than being loaded per segment."""
+    """The draft's latents ×2 in space through the held upsampler. It stays held for the next
+    refine: the draft's plans count it among what they hold (planner: held_*_bytes), and
+    dropping it meant loading and pinning it again every segment."""
     import torch
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
 
@@ -158,8 +162,6 @@ def _upsample(ctx: StageContext, preset: Preset, pipe: Any, latents: Any) -> Any
     up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
     with torch.no_grad():
         video = up_pipe(latents=latents, output_type="latent", return_dict=False)[0]
-    if plan.offload != "resident":
-        ctx.models.make_room(drop=[f"{preset.name}:upsampler"], reason="latent upsampler")
     return video
 
 

@@ -174,7 +174,8 @@ def test_a_resident_transformer_holds_its_side_models_between_segments() -> None
     comps = component_sizes(GGUF)
     draft = ladder("draft", HUGE)[0]
     side = comps["vae"].nbytes + comps["audio"].nbytes
-    assert draft.options["held_vram_bytes"] == comps["transformer"].nbytes + side
+    # the last refine's upsampler stays held through the draft
+    assert draft.options["held_vram_bytes"] == comps["transformer"].nbytes + side + comps["upsampler"].nbytes
     refine = ladder("refine", HUGE)[0]
     assert refine.options["held_vram_bytes"] == comps["transformer"].nbytes + comps["vae"].nbytes \
         + comps["upsampler"].nbytes
@@ -182,6 +183,22 @@ def test_a_resident_transformer_holds_its_side_models_between_segments() -> None
     swapped = [p for p in ladder("refine", Budgets.from_gb(8, 32)) if p.offload in ("group_leaf", "sequential")
                or (p.offload == "group_block" and "streamer" not in p.options)]
     assert swapped and all(p.options["held_vram_bytes"] == 0 for p in swapped)
+
+
+def test_a_streamed_draft_counts_the_upsampler_it_holds_in_host_ram() -> None:
+    """Between refines the upsampler stays loaded (offloaded to the host under a streamed plan),
+    so a capped draft's host estimate and what it holds include it; its GPU share does not."""
+    comps = component_sizes(GGUF)
+    up = comps["upsampler"].nbytes
+    capped = [p for p in ladder("draft", Budgets.from_gb(8, 32)) if "streamer" in p.options]
+    assert capped
+    refine = {p.name: p for p in ladder("refine", Budgets.from_gb(8, 32))}
+    pairs = [(p, refine[p.name.split("/text-")[0]]) for p in capped if p.name.split("/text-")[0] in refine]
+    assert pairs
+    for draft, twin in pairs:  # the same transformer plan; both hold the VAE and the upsampler
+        assert draft.options["held_host_bytes"] - twin.options["held_host_bytes"] == comps["audio"].nbytes
+        assert draft.options["held_vram_bytes"] == twin.options["held_vram_bytes"]
+        assert draft.host_bytes >= draft.options["held_host_bytes"] >= up
 
 
 # --------------------------------------------------------------------------- weight formats

@@ -116,3 +116,61 @@ def test_offloading_swaps_back_to_one_host_copy_instead_of_copying(monkeypatch: 
     after = _weights(vae)
     assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
     assert keep_host_copies(vae) == 0, "a second call changes nothing"
+
+
+def _group_kinds(module: torch.nn.Module) -> set[str]:
+    return {type(h.group).__name__ for m in module.modules()
+            if (r := getattr(m, "_diffusers_hook", None)) and (h := r.get_hook("group_offloading"))}
+
+
+def _connector_outputs(connectors: torch.nn.Module) -> list[torch.Tensor]:
+    from pipeline.models import tiny_ltx2
+
+    cfg = tiny_ltx2.CONNECTORS_CONFIG
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 8, cfg["caption_channels"], cfg["text_proj_in_factor"], generator=gen)
+    with torch.no_grad():
+        return [t.clone() for t in connectors(hidden, torch.ones(1, 8, dtype=torch.long))[:2]]
+
+
+def test_a_shots_lora_leaves_the_connectors_on_their_one_host_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a shot's LoRA and deleting it afterwards makes diffusers rebuild the connectors'
+    offload groups; they keep swapping back to their host copy (no ``Module.to`` copying the
+    weights out after each use for the rest of the render), re-using it rather than copying
+    the weights again, and the shot leaves nothing behind."""
+    from types import SimpleNamespace
+
+    from pipeline.models import ltx2, tiny_ltx2, user_loras
+    from pipeline.models.registry import get_preset
+
+    root = tiny_ltx2.build_tiny()
+    preset, plan = get_preset("tiny"), StagePlan(name="cpu")
+    reference = _connector_outputs(ltx2._load_diffusers_component(preset, "connectors", plan))
+    connectors = ltx2._load_diffusers_component(preset, "connectors", plan)
+    apply_group_offloading(connectors, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type="leaf_level")
+    keep_host_copies(connectors)
+    home = {name: t.data_ptr() for name, t in connectors.state_dict().items()}
+    pipe = SimpleNamespace(transformer=ltx2.load_transformer(preset, plan), connectors=connectors)
+    # The distilled LoRA's file again, as a shot's own: it has a part for the connectors.
+    shot = user_loras.UserLora("shot.safetensors", root / tiny_ltx2.LORA_FILE, "5" * 64, 1.0)
+
+    with user_loras.applied(pipe, (shot,), base_strength=1.0):
+        assert _group_kinds(connectors) == {"_KeptCopyGroup"}, "rebuilt after the load, and kept"
+        inside = _connector_outputs(connectors)
+    assert not torch.allclose(inside[0], reference[0], atol=1e-4), "the shot's LoRA reached the connectors"
+    assert _group_kinds(connectors) == {"_KeptCopyGroup"}, "rebuilt after the delete, and kept"
+
+    moved = [0]
+    real_to = torch.nn.Module.to
+
+    def counting_to(self: torch.nn.Module, *a: object, **k: object) -> torch.nn.Module:
+        moved[0] += 1
+        return real_to(self, *a, **k)
+
+    monkeypatch.setattr(torch.nn.Module, "to", counting_to)
+    after = _connector_outputs(connectors)
+    assert moved[0] == 0, "no group moved its module to the host"
+    assert all(torch.equal(a, b) for a, b in zip(after, reference, strict=True)), "nothing of the shot stays"
+    assert {name: t.data_ptr() for name, t in connectors.state_dict().items()} == home, "the same host copy"
+    assert len(connectors._sulphur_host_buffers) == 1, "the LoRA's own buffer went with it"
