@@ -84,6 +84,9 @@ STORYBOARDS: dict[str, tuple[str, int, dict[str, object]]] = {
     "binary-garbage": (b"\x00\xff" * 100, 0, {}),  # type: ignore[dict-item]
     "not-utf8": (HEAD.encode() + b'\n[[segment]]\nid = "a"\nprompt = "\xff\xfe"\n', 0, {}),  # type: ignore[dict-item]
     "empty-file": ("", 0, {}),
+    # an unknown preset named no place (it is resolved after parsing, with the job)
+    "unknown-project-preset": (_with(), 4, {}),
+    "unknown-shot-preset": (_with("", 'preset = "nope"\n', shots=2).replace('"no-such-preset"', '"tiny"'), 16, {}),
     # tomllib recurses per level: these were a RecursionError traceback (arrays; inline tables).
     "nested-arrays": (_with("x = " + "[" * 50000 + "]" * 50000 + "\n"), 6, {}),
     "nested-inline-tables": (_with("", "x = " + "{a=" * 5000 + "1" + "}" * 5000 + "\n"), 11, {}),
