@@ -186,3 +186,28 @@ def test_extend_refuses_a_bad_clip_in_words(kind: str, tmp_path: Path) -> None:
     message = assert_one_line(result, str(clip))
     assert not any(word.isdigit() and len(word) > 6 for word in message.replace(":", " ").split()), message
     assert _snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------ takes.json
+
+
+@pytest.mark.parametrize("content", ["garbage{", "[1, 2]", '{"takes": [1]}', '{"takes": {"5": {}}}',
+                                     '{"takes": {"5": 7}}'], ids=["not-json", "list", "takes-list",
+                                                                  "no-prompt", "take-not-table"])
+def test_pick_refuses_a_damaged_takes_record_naming_it(content: str, tmp_path: Path) -> None:
+    """`sulphur takes --pick` on a damaged takes.json was a JSONDecodeError/AttributeError/KeyError
+    traceback; now one line naming the file, and the storyboard is not written."""
+    (tmp_path / "story.toml").write_text(_with())
+    manifest = tmp_path / "renders" / "story" / "takes" / "s0" / "takes.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(content)
+    before = _snapshot(tmp_path)
+    result = sulphur("takes", "story.toml", "s0", "--pick", "5", cwd=tmp_path, timeout=30)
+    assert "not a takes record" in assert_one_line(result, "takes/s0/takes.json")
+    assert _snapshot(tmp_path) == before
+
+
+def test_pick_names_an_unknown_shot_as_such(tmp_path: Path) -> None:
+    (tmp_path / "story.toml").write_text(_with())
+    result = sulphur("takes", "story.toml", "nope", "--pick", "5", cwd=tmp_path, timeout=30)
+    assert "no segment with id 'nope'" in assert_one_line(result, "story.toml")
