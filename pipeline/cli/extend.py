@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from pipeline.cli.output import ProgressPrinter, json_printer, os_error_line, run_job
+from pipeline.project.storyboard import MAX_FRAMES, MAX_SEED
 from pipeline.render.errors import RenderError
 from pipeline.render.extend import DEFAULT_PRESET, extend, probe
 
@@ -27,7 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _flag_problem(args: argparse.Namespace) -> str:
+    """A number flag out of the storyboard's ranges, named as the flag (checked here, the error
+    named the storyboard extend writes, a file the user never made, and left it behind)."""
+    for flag, value, low, high in (("--frames", args.frames, 1, MAX_FRAMES), ("--steps", args.steps, 1, 200),
+                                   ("--seed", args.seed, 0, MAX_SEED)):
+        if value is not None and not low <= value <= high:
+            return f"{flag} {value}: must be between {low} and {high}"
+    return ""
+
+
 def main(args: argparse.Namespace) -> int:
+    problem = _flag_problem(args)
+    if problem:
+        print(f"sulphur extend: {problem}", file=sys.stderr)
+        return 2
     try:
         probe(args.clip)  # torch-free: a FIFO, an empty or a broken clip is refused in words, at once
     except ValueError as exc:

@@ -211,3 +211,24 @@ def test_pick_names_an_unknown_shot_as_such(tmp_path: Path) -> None:
     (tmp_path / "story.toml").write_text(_with())
     result = sulphur("takes", "story.toml", "nope", "--pick", "5", cwd=tmp_path, timeout=30)
     assert "no segment with id 'nope'" in assert_one_line(result, "story.toml")
+
+
+@pytest.mark.parametrize("flag", [("--frames", "0"), ("--frames", "100000"), ("--steps", "0"), ("--steps", "500"),
+                                  ("--seed", "-1")], ids=lambda f: f"{f[0]}={f[1]}")
+def test_extend_refuses_a_number_flag_out_of_range_naming_the_flag(flag: tuple[str, str], tmp_path: Path) -> None:
+    """The error named the storyboard extend writes beside the output (file:line:col of a file
+    the user never made) and left it there; --steps 0 was taken as the preset's without a word."""
+    _tiny_mp4(tmp_path / "clip.mp4")
+    before = _snapshot(tmp_path)
+    result = sulphur("extend", "clip.mp4", "--prompt", "and then", "--model", "tiny", *flag, cwd=tmp_path, timeout=30)
+    assert f"{flag[0]} {flag[1]}: must be between" in assert_one_line(result, flag[0])
+    assert _snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("count", ["0", "-2"])
+def test_takes_refuses_fewer_than_one_seed(count: str, tmp_path: Path) -> None:
+    """``--seeds 0`` rendered one take without a word."""
+    (tmp_path / "story.toml").write_text(_with())
+    result = sulphur("takes", "story.toml", "s0", "--seeds", count, cwd=tmp_path, timeout=30)
+    assert assert_one_line(result, "--seeds").endswith("must be 1 or more")
+    assert not (tmp_path / "renders").exists()
