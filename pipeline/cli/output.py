@@ -47,6 +47,8 @@ class ProgressPrinter:
                 print(f"{seg:>12} → {path}", file=out)
             case protocol.FlickerReport(segment=seg, stage=stage, mean=m, minimum=lo):
                 print(f"{seg:>12} {stage:<8} flicker PSNR-Y mean {m:.2f} dB, worst {lo:.2f} dB", file=out)
+            case protocol.Log(level="debug") if not os.environ.get("SULPHUR_DEBUG"):
+                pass  # timings for whoever debugs (--json and the editor keep them), not progress lines
             case protocol.Log(level=level, message=msg):
                 print(f"{level}: {msg}", file=out)
             case protocol.ErrorEvent(message=msg):
