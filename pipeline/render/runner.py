@@ -44,7 +44,7 @@ from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
 from pipeline.render.overlap import Behind, LinkedCancel
-from pipeline.render.usage import human, prune, record
+from pipeline.render.usage import CacheInUse, human, prune, record
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.enhance import EnhanceStage
@@ -571,22 +571,25 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
             complete = True
             return final
         finally:
-            _keep_cache_tidy(sb, renderer.cache.used, complete, emit)
+            _keep_cache_tidy(sb, renderer.cache.used, complete, emit, renderer.renders.root / ".lock")
 
 
 # ------------------------------------------------------------------- helpers
 
 
-def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit) -> None:
+def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit, own_lock: Path) -> None:
     """Record what this render used (`sulphur cache`), then hold the cache to
-    ``[project] cache_limit_gb`` by pruning entries no storyboard uses. Never fails a render."""
+    ``[project] cache_limit_gb`` by pruning entries no storyboard uses — not while another
+    render of the folder runs (its entries are in no record yet). Never fails a render."""
     try:
         record(sb.path, used, complete=complete)
         if complete and sb.project.cache_limit_gb is not None:
-            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30))
+            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock)
             if removed:
                 emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
                                           f"unused entries ({human(freed)})"))
+    except CacheInUse as exc:
+        emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
     except OSError as exc:
         emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {exc}"))
 
