@@ -568,7 +568,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
     side_bytes = vae.nbytes + sum(c.nbytes for c in side)
     # The upsampler stays loaded from one refine to the next (reloading and re-pinning it took
     # ~2 s of each capped segment, bench/results/chain_h200_2026-12-04_run5.json), so a draft
-    # holds it too: on the GPU beside a resident transformer, else in host RAM.
+    # that swaps models in and out holds it too, in host RAM (a Ray draft actor, which never
+    # refines, is over-counted by its ~1 GB). After a resident refine it stays on the GPU, as
+    # it did before; a resident draft does not count that ~1 GB yet.
     between = comps["upsampler"].nbytes if stage == "draft" and "upsampler" in comps else 0
     weights_options = [tr.fmt] + (["fp8"] if tr.fmt in ("bfloat16", "float16", "float32") else [])
     out: list[StagePlan] = []
@@ -603,8 +605,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                         # Dequantize each streamed block once, not each layer (1.05× vs 1.14× resident, H200).
                         extra["dequant"] = "block"
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
-                    vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec) + between
-                    held_vram = t.nbytes + side_bytes + between
+                    vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
+                    held_vram = t.nbytes + side_bytes
                 else:  # other components swap in one at a time while the transformer is offloaded
                     vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)
                     held_vram = 0

@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from pipeline.models.home import sulphur_home
-from pipeline.project.files import file_version
+from pipeline.project.files import remembered
 
 if TYPE_CHECKING:
     from pipeline.models.registry import ModelFile, Preset
@@ -172,25 +172,23 @@ def pulled_files(spec: ModelFile) -> dict[str, Path] | None:
     return files if all(p.is_file() for p in files.values()) else None
 
 
-#: Pull records read, per file_version: `sulphur models` asks of each folder row where it
-#: is, whether it is whole and what it holds, and `missing()` asks again.
-_RECORDS: dict[tuple[str, int, int, int, int], list[str] | None] = {}
-
-
 def _pull_record(path: Path) -> list[str] | None:
     """The repo paths a pull of one folder spec fetched (None: no record, or not one we wrote);
-    read once per version of the file."""
+    read once per version of the file: `sulphur models` asks of each folder row where it is,
+    whether it is whole and what it holds, and `missing()` asks again."""
     try:
-        memo = file_version(path, path.stat())
-    except OSError:
+        return remembered(path, _read_pull_record)
+    except OSError:  # no record (the stat); _read_pull_record itself never raises
         return None
-    if memo not in _RECORDS:
-        try:
-            listed = json.loads(path.read_text())
-        except (OSError, ValueError):
-            listed = None
-        _RECORDS[memo] = listed if isinstance(listed, list) and all(isinstance(n, str) for n in listed) else None
-    return _RECORDS[memo]
+
+
+def _read_pull_record(path: Path) -> list[str] | None:
+    """What the record lists, or None for anything but a list of names (a record not ours)."""
+    try:
+        listed = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return listed if isinstance(listed, list) and all(isinstance(n, str) for n in listed) else None
 
 
 def pulled_path(spec: ModelFile) -> Path | None:

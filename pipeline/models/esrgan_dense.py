@@ -15,10 +15,10 @@ Imports torch at the top: only the upscale stage imports this, when it compiles 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
+
+from pipeline.models.module_tree import replace_modules
 
 
 class WideDenseBlock(torch.nn.Module):
@@ -77,16 +77,13 @@ def widen_dense_blocks(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` with every plain dense block replaced by a :class:`WideDenseBlock`
     (new, regrouped weights: +1× the blocks' size); everything else is shared, ``module`` is
     left as it was. A network without such blocks comes back unchanged."""
-    if _plain_dense_block(module):
-        p = module.conv1[0].weight
-        wide = WideDenseBlock(module).to(device=p.device, dtype=p.dtype)
-        if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
-            wide.to(memory_format=torch.channels_last)  # as the stage lays the network out on CUDA
-        return wide
-    children = dict(module.named_children())
-    wide = {name: widen_dense_blocks(child) for name, child in children.items()}
-    if all(wide[name] is child for name, child in children.items()):
-        return module
-    clone = copy.copy(module)  # shallow: same parameters, its own child table
-    clone._modules = {**module._modules, **wide}
-    return clone
+    return replace_modules(module, _plain_dense_block, _widened)
+
+
+def _widened(block: torch.nn.Module) -> WideDenseBlock:
+    """``block`` regrouped, on its device and dtype and in its memory layout."""
+    p = block.conv1[0].weight
+    wide = WideDenseBlock(block).to(device=p.device, dtype=p.dtype)
+    if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+        wide.to(memory_format=torch.channels_last)  # as the stage lays the network out on CUDA
+    return wide

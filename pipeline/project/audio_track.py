@@ -55,12 +55,12 @@ def parse_audio(value: str | dict[str, Any]) -> AudioTrack:
     return AudioTrack(path=path, start=float(start))
 
 
-def audio_problem(path: Path, start: float, header: tuple[str, float | None] | None = None) -> str:
+def audio_problem(path: Path, start: float, header: tuple[str, float | None]) -> str:
     """What is wrong with a track file (no audio stream, shorter than ``start``), or "" if usable.
 
-    ``header`` is :func:`audio_header`'s answer when the caller already has it (the editor
-    asks on every keystroke); else the header is read. The caller has checked the file exists."""
-    problem, seconds = header if header is not None else audio_header(path)
+    ``header`` is :func:`audio_header`'s answer, which the caller remembers per file version
+    (the editor asks on every keystroke). The caller has checked the file exists."""
+    problem, seconds = header
     if problem:
         return problem
     if seconds is not None and start >= seconds:

@@ -17,9 +17,10 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 #: Seconds to wait for another writer's lock before writing anyway (a stuck holder must not stall a render).
 LOCK_WAIT = 10.0
@@ -160,10 +161,14 @@ def pid_alive(pid: int) -> bool:
         return True
     return True
 
-__all__ = ["LOCK_WAIT", "NotAFile", "check_writable", "real_target", "storyboard_lock", "check_regular", "describe_os_error", "file_version", "kind_of", "open_regular", "read_regular"]
+__all__ = ["LOCK_WAIT", "NotAFile", "check_writable", "real_target", "storyboard_lock", "check_regular", "describe_os_error", "file_digest", "file_version", "kind_of", "open_regular", "read_regular", "remembered"]
 
+_T = TypeVar("_T")
 
-_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+#: (reader, path as named) -> (file_version, what the reader said). One slot per file and
+#: reader, so it is bounded by the files asked about: a new version replaces the old one,
+#: which can never be asked for again (a file's ctime does not go back).
+_REMEMBERED: dict[tuple[Callable[[Path], Any], str], tuple[tuple[str, int, int, int, int], Any]] = {}
 
 
 def file_version(path: Path, st: os.stat_result) -> tuple[str, int, int, int, int]:
@@ -172,14 +177,29 @@ def file_version(path: Path, st: os.stat_result) -> tuple[str, int, int, int, in
     return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+def remembered(path: Path, read: Callable[[Path], _T], st: os.stat_result | None = None) -> _T:
+    """``read(path)``, read again only when the file is another :func:`file_version` than last
+    time: digests, headers and records are asked for far more often than files change.
+
+    ``st``: the caller's ``os.stat(path)`` when it has one (else stat'ed here; ``OSError`` as
+    ``os.stat``). ``read`` is part of the key, so it must be a module-level function;
+    the path as named is part of it too, since a reader's answer may name it."""
+    version = file_version(path, path.stat() if st is None else st)
+    slot = _REMEMBERED.get((read, str(path)))
+    if slot is None or slot[0] != version:
+        slot = _REMEMBERED[read, str(path)] = (version, read(path))
+    return slot[1]
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (LoRAs, stills, sound tracks in cache keys), remembered per
     :func:`file_version`: keys are asked for often."""
-    memo = file_version(path, path.stat())
-    if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[memo] = h.hexdigest()
-    return _DIGESTS[memo]
+    return remembered(path, _sha256)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

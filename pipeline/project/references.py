@@ -13,12 +13,10 @@ decoded. Torch-free; PIL is imported when a storyboard has an image to check.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pipeline.project.audio_track import audio_header, audio_problem
-from pipeline.project.files import NotAFile, check_regular, describe_os_error, file_version
+from pipeline.project.files import NotAFile, check_regular, describe_os_error, remembered
 from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, _Locator
 
 # Deferred imports: PIL — only checking an image reference needs it
@@ -98,24 +96,13 @@ def _problem(path: Path, header: str = "", start: float = 0.0) -> str:
         return f"{path}: empty file"
     if not os.access(path, os.R_OK):
         return f"{path}: not readable (permission denied)"
+    # Header reads (PIL, PyAV) are remembered per file version: the editor checks a
+    # field's files on every keystroke, and a keystroke must not wait for one.
     if header == "image":
-        return _remembered(path, st, _image_problem)
+        return remembered(path, _image_problem, st)
     if header == "audio":
-        return audio_problem(path, start, _remembered(path, st, audio_header))
+        return audio_problem(path, start, remembered(path, audio_header, st))
     return ""
-
-
-#: Header checks made, per reader and :func:`file_version`: the editor checks a field's files
-#: on every keystroke, and a header read (PIL, PyAV) is what a keystroke must not wait for.
-_HEADERS: dict[tuple[Any, ...], Any] = {}
-
-
-def _remembered(path: Path, st: os.stat_result, read: Callable[[Path], Any]) -> Any:
-    """``read(path)``, read again only when the file is another version than last time."""
-    memo = (read.__name__, str(path), *file_version(path, st))  # str(path): the messages name it
-    if memo not in _HEADERS:
-        _HEADERS[memo] = read(path)
-    return _HEADERS[memo]
 
 
 def _image_problem(path: Path) -> str:

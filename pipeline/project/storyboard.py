@@ -467,12 +467,24 @@ def _too_deep(source: str) -> tuple[int, int]:
 
 
 def _top_level(loc: _Locator, key: str) -> tuple[int, int]:
-    """Where a top-level table or key is: its header, else the first line that starts with it
-    (``project = 3``); (0, 0) when the file does not spell it (no ``[[segment]]`` at all)."""
+    """Where a top-level table or key is: its header, else the first line that spells it, at the
+    column where it starts (after any indent, as keys in a table are located); (0, 0) when the
+    file does not spell it (no ``[[segment]]`` at all).
+
+    The index knows ``[name]`` and ``name = {…}``; the rest is found here: a header of the name
+    (``[[notes]]``, ``[bogus.x]``, quoted or not) anywhere, ``name = 3`` or ``name.x = 3``
+    before the first header (after it, such a line is a key of that table)."""
     line, col = loc.find(key, None, None)
     if line:
         return line, col
-    return next(((i, 1) for i, t in enumerate(loc.lines, 1) if t.lstrip().startswith(key)), (0, 0))
+    name = rf"""(?:"{re.escape(key)}"|'{re.escape(key)}'|{re.escape(key)})"""
+    header, assign = re.compile(rf"\s*\[\[?\s*{name}\s*[.\]]"), re.compile(rf"\s*{name}\s*[.=]")
+    root = True
+    for i, text in enumerate(loc.lines, 1):
+        root = root and not text.lstrip().startswith("[")
+        if header.match(text) or root and assign.match(text):
+            return i, len(text) - len(text.lstrip()) + 1
+    return 0, 0
 
 
 def _shot_keys(path: Path, loc: _Locator, i: int, raw: dict[str, Any], frames: int) -> dict[str, Any]:

@@ -19,7 +19,6 @@ bench to compare (bench/esrgan.py): ``esrgan_compile_scope``, ``esrgan_compile_m
 
 from __future__ import annotations
 
-import copy
 import os
 import queue
 import tempfile
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.models.esrgan import TINY_X2PLUS_VERSION, load_upscaler
 from pipeline.models.home import sulphur_home
+from pipeline.models.module_tree import replace_modules
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.enhance import model_identity, resolve_model_file
 from pipeline.stages.frame_files import FrameFile, write_frames_header
@@ -98,7 +98,7 @@ class UpscaleStage(Stage):
         # Compiling is decided by device: never on the CPU (CI), nor for tiles (every edge tile
         # is another shape to compile).
         compiled = cuda and not tile and o.get("esrgan_compile", True) is not False
-        up = _Upscale(ctx, model, batch, tile, (height, width),
+        up = _Upscale(ctx, model, dtype, batch, tile, (height, width),
                       _compiled(ctx, model, o) if compiled else model)
 
         # 2. Output written batch by batch with plain file writes: a memmap would count
@@ -119,12 +119,13 @@ class UpscaleStage(Stage):
 
 class _Upscale:
     """One batch of (N, H, W, 3) uint8 frames on the device → (N, h, w, 3) uint8 at output size:
-    ESRGAN ×2 (compiled, tiled or plain), then the resize in fp32 for accuracy."""
+    ESRGAN ×2 (compiled, tiled or plain), then the resize in fp32 for accuracy. ``dtype`` is
+    the one ``model`` was loaded in (the frames are cast to it)."""
 
-    def __init__(self, ctx: StageContext, model: ImageModelDescriptor, batch: int, tile: int,
+    def __init__(self, ctx: StageContext, model: ImageModelDescriptor, dtype: torch.dtype, batch: int, tile: int,
                  size: tuple[int, int], forward: Any) -> None:
-        self.ctx, self.model, self.batch, self.tile, self.size, self.forward = ctx, model, batch, tile, size, forward
-        self.dtype = next(model.model.parameters()).dtype
+        self.ctx, self.model, self.dtype, self.batch, self.tile = ctx, model, dtype, batch, tile
+        self.size, self.forward = size, forward
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         import torch
@@ -234,15 +235,7 @@ class _CudaGraphSteps:
 def _with_blocks(module: torch.nn.Module, wrap: Callable[[torch.nn.Module], Any]) -> Any:
     """A copy of ``module`` whose RRDB blocks are ``wrap(block)``; the copy shares every
     parameter with ``module``, which stays as it was (the eager fallback)."""
-    if type(module).__name__ == "RRDB":
-        return wrap(module)
-    children = dict(module.named_children())
-    wrapped = {name: _with_blocks(child, wrap) for name, child in children.items()}
-    if all(wrapped[name] is child for name, child in children.items()):
-        return module
-    clone = copy.copy(module)  # shallow: same parameters and buffers, its own child table
-    clone._modules = {**module._modules, **wrapped}
-    return clone
+    return replace_modules(module, lambda m: type(m).__name__ == "RRDB", wrap)
 
 
 def use_persistent_cache() -> Path:

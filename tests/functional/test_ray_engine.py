@@ -226,6 +226,40 @@ def test_an_actor_plans_within_its_shares(tmp_path: Path) -> None:
     assert (r.job.project.vram_budget_gb, r.job.project.ram_budget_gb) == (8.0, 64.0)
 
 
+def test_each_actor_decides_compiling_the_upscaler_on_the_frames_it_upscales(tmp_path: Path) -> None:
+    """Compiling the upscaler pays per process, from enough frames (esrgan_compile_pays). A local
+    render counts every frame it upscales (preflight); a Ray actor was handed none, so a Ray
+    render never compiled. Now the draft actor finishing alone counts them all, as a local
+    render does, and each of two finishers its share: 57 frames, too few to earn a compile."""
+    import threading
+
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.memory.plan import StagePlan
+    from pipeline.memory.planner import esrgan_compile_pays
+    from pipeline.render.engines.ray_engine import _renderer, upscale_shares
+    from pipeline.render.job import Overrides, RenderJob
+    from pipeline.render.runner import Renderer
+
+    story = tmp_path / "s.toml"
+    story.write_text('[project]\npreset = "tiny"\n'
+                     + "".join(f'[[segment]]\nid = "{s}"\nprompt = "x"\nframes = 57\n' for s in "ab"))
+    local = Renderer.create(RenderJob.resolve(S.load(story), Overrides()), emit=lambda e: None,
+                            cancel=threading.Event(), job_id="local", models=LoadedModels())
+    local.preflight(["a", "b"])
+    assert local.upscale_frames == 114
+    cuda = StagePlan(name="cuda", device="cuda")  # the decision as a GPU makes it; this runs on the CPU
+
+    def compiles(frames: int) -> bool:
+        actor = _renderer(str(story), None, "job", None, None, lambda e: None, threading.Event(), frames)
+        return esrgan_compile_pays(actor.upscale_frames, cuda)
+
+    assert upscale_shares(local.upscale_frames, 0) == (114, 0)  # the draft actor finishes alone
+    assert compiles(114) and compiles(114) == esrgan_compile_pays(local.upscale_frames, cuda)
+    assert upscale_shares(local.upscale_frames, 1) == (0, 114)
+    assert upscale_shares(local.upscale_frames, 2) == (0, 57) and not compiles(57)
+    assert upscale_shares(115, 2) == (0, 58)  # an odd frame rounds the share up, never down
+
+
 def test_the_host_need_comes_from_the_memory_planner() -> None:
     import pipeline.models.ltx2_random  # noqa: F401  (registers the full-size random preset)
     from pipeline.memory.planner import Budgets, plan_ladder

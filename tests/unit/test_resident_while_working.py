@@ -8,7 +8,7 @@ import torch
 from diffusers.hooks import apply_group_offloading
 from diffusers.hooks.group_offloading import ModuleGroup
 
-from pipeline.memory.offload import keep_host_copies, resident_while_working
+from pipeline.memory.offload import keep_host_copies, onloaded, resident_while_working
 from pipeline.memory.plan import StagePlan
 
 
@@ -174,3 +174,40 @@ def test_a_shots_lora_leaves_the_connectors_on_their_one_host_copy(monkeypatch: 
     assert all(torch.equal(a, b) for a, b in zip(after, reference, strict=True)), "nothing of the shot stays"
     assert {name: t.data_ptr() for name, t in connectors.state_dict().items()} == home, "the same host copy"
     assert len(connectors._sulphur_host_buffers) == 1, "the LoRA's own buffer went with it"
+
+
+def test_the_module_holds_the_buffers_its_weights_live_in() -> None:
+    """``_pinned`` undoes the page-locking when its buffer object is collected, and views of it
+    do not keep that object alive: the module must hold it, or its weights silently become
+    pageable again and every onload a synchronous copy."""
+    import gc
+    import weakref
+
+    vae = _vae()
+    apply_group_offloading(vae, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type="leaf_level")
+    keep_host_copies(vae)
+    held = [weakref.ref(b) for b in vae._sulphur_host_buffers]
+    gc.collect()
+    assert held and all(r() is not None for r in held)
+    homes = {r().untyped_storage().data_ptr() for r in held}
+    assert {t.data.untyped_storage().data_ptr() for t in vae.parameters()} <= homes
+
+
+@pytest.mark.gpu
+def test_kept_host_copies_stay_page_locked() -> None:
+    """On CUDA the kept copies are page-locked for as long as the module lives, so an onload is
+    an asynchronous copy (they were unregistered as soon as keep_host_copies returned)."""
+    import gc
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    vae = _vae()
+    apply_group_offloading(vae, onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
+                           offload_type="leaf_level")
+    assert keep_host_copies(vae) > 0
+    gc.collect()
+    assert all(t.data.is_pinned() for t in vae.parameters())
+    with onloaded(vae):
+        assert all(t.device.type == "cuda" for t in vae.parameters())
+    assert all(t.device.type == "cpu" and t.data.is_pinned() for t in vae.parameters())

@@ -75,6 +75,19 @@ REFUSED = {
     # where the locator looks: names starting with X, repeated sub-tables, the end of the file
     "unknown_table_named_x": ('[Xtra]\nk = 1\n' + SEG,
                               "s.toml:1:1: Xtra: unknown top-level key (expected [project] and [[segment]])"),
+    "unknown_top_level_key_indented": ('# film\n\t  bogus = 1\n' + SEG,
+                                       "s.toml:2:4: bogus: unknown top-level key (expected [project] and [[segment]])"),
+    # tables and keys the table index does not hold: a header of the name anywhere, quoted or
+    # dotted; a key only before the first header (after it, a key of that table: not this one)
+    "unknown_array_of_tables": (SEG + '\n[[notes]]\ntext = "x"\n',
+                                "s.toml:5:1: notes: unknown top-level key (expected [project] and [[segment]])"),
+    "unknown_dotted_table_after_a_shot_key_so_named": (
+        SEG + 'bogus = 1\n  [ "bogus".x ]\ny = 2\n',
+        "s.toml:5:3: bogus: unknown top-level key (expected [project] and [[segment]])"),
+    "unknown_dotted_top_level_key": ('  bogus.x = 2\n' + SEG,
+                                     "s.toml:1:3: bogus: unknown top-level key (expected [project] and [[segment]])"),
+    "unknown_quoted_top_level_key": ("# c\n 'odd key' = 1\n" + SEG,
+                                     "s.toml:2:2: odd key: unknown top-level key (expected [project] and [[segment]])"),
     "unknown_project_key_named_x": ('[project]\nfps = 8\nXmas = 1\n' + SEG,
                                     f"s.toml:3:1: project.Xmas: unknown key (allowed: {PROJECT_KEYS})"),
     "after_repeated_anchor_tables": (

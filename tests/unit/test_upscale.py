@@ -282,7 +282,7 @@ def test_a_compiled_fp16_forward_is_the_same_picture_and_a_broken_one_falls_back
     events: list = []
     ctx = StageContext(emit=events.append, cancel=threading.Event(), models=LoadedModels(),
                        plan=StagePlan(name="cpu", device="cpu"))
-    up = _Upscale(ctx, desc, 2, 0, (44, 72), _with_blocks(desc.model, lambda b: Counted(b, calls)))
+    up = _Upscale(ctx, desc, torch.float16, 2, 0, (44, 72), _with_blocks(desc.model, lambda b: Counted(b, calls)))
     with torch.inference_mode():
         out = np.concatenate([up(torch.from_numpy(frames[i:i + 2])).numpy() for i in range(0, 5, 2)])
     assert calls and set(calls) == {2}  # the short last batch was padded to the compiled shape
@@ -293,7 +293,7 @@ def test_a_compiled_fp16_forward_is_the_same_picture_and_a_broken_one_falls_back
         raise RuntimeError("InductorError: no working C++ compiler")
 
     ctx.models.get(COMPILED_KEY, lambda: (DEFAULT_COMPILE, broken))
-    up = _Upscale(ctx, desc, 2, 0, (44, 72), broken)
+    up = _Upscale(ctx, desc, torch.float16, 2, 0, (44, 72), broken)
     with torch.inference_mode():
         out = np.concatenate([up(torch.from_numpy(frames[i:i + 2])).numpy() for i in range(0, 5, 2)])
     assert psnr(out, ref) > 45 and up.forward is desc  # eager for the rest of the stage

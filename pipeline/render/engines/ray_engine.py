@@ -219,7 +219,7 @@ class StageActorBody:
 
     def __init__(self, storyboard: str, preset: str | None, job_id: str, events: str, role: str,
                  share_gb: float | None, sweep: bool, user_threads: bool = False,
-                 ram_gb: float | None = None) -> None:
+                 ram_gb: float | None = None, upscale_frames: int = 0) -> None:
         # As the CLI does for local renders (a remote node's actors do not inherit it).
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         # The event queue by name, not by handle: constructor arguments must outlive restarts.
@@ -233,7 +233,8 @@ class StageActorBody:
         try:
             if not user_threads:
                 _local_threads()
-            self.renderer = _renderer(storyboard, preset, job_id, share_gb, ram_gb, self._emit, self.cancel)
+            self.renderer = _renderer(storyboard, preset, job_id, share_gb, ram_gb, self._emit, self.cancel,
+                                      upscale_frames)
             if sweep:
                 self.renderer.cache.sweep_partials()
             self.first_chain = copy.deepcopy(self.renderer.chain)  # what segment 1 starts from
@@ -321,8 +322,11 @@ def _local_threads() -> None:
 
 
 def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float | None,
-              ram_gb: float | None, emit: Emit, cancel: threading.Event) -> Any:
-    """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares."""
+              ram_gb: float | None, emit: Emit, cancel: threading.Event, upscale_frames: int = 0) -> Any:
+    """A Renderer as :func:`pipeline.render.runner.render` builds one, within this actor's VRAM and RAM shares.
+
+    ``upscale_frames``: the frames this actor will upscale, which a local render's preflight
+    sets (all it upscales): whether compiling the upscaler pays is decided per process."""
     from pipeline.render.runner import Renderer
 
     sb = load(storyboard)
@@ -330,7 +334,16 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
     # and every actor on this node keeps its own models: each plans within its part of the RAM.
     vram = share_gb if share_gb and sb.project.vram_budget_gb is None else None
     job = RenderJob.resolve(sb, Overrides(preset=preset, vram_budget_gb=vram, ram_budget_gb=ram_gb or None))
-    return Renderer.create(job, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
+    renderer = Renderer.create(job, emit=emit, cancel=cancel, job_id=job_id, models=LoadedModels())
+    renderer.upscale_frames = upscale_frames
+    return renderer
+
+
+def upscale_shares(frames: int, finishers: int) -> tuple[int, int]:
+    """(frames the draft actor upscales, frames each finish actor upscales) of ``frames`` in all:
+    the draft actor finishes alone when there is no finisher; else the pool spreads the
+    segments over the finishers, so each is expected to upscale its even share."""
+    return (frames, 0) if finishers <= 0 else (0, math.ceil(frames / finishers))
 
 
 StageActor = ray.remote(concurrency_groups={"control": 1})(StageActorBody)
@@ -379,10 +392,12 @@ def _unwrap(exc: BaseException) -> BaseException:
 @contextmanager
 def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: threading.Event,
                   address: str | None, actor_env: dict[str, dict[str, str]] | None, work: int,
-                  finishers: int | None, helper_role: str = "finish") -> Iterator[tuple[_Driver, Any, list[Any]]]:
+                  finishers: int | None, helper_role: str = "finish",
+                  upscale_frames: int = 0) -> Iterator[tuple[_Driver, Any, list[Any]]]:
     """Ray up, the event queue, a ready draft actor and the helpers beside it; all torn down after.
 
     Yields (driver, draft actor, helpers); helpers is ``[draft actor]`` when no other fits.
+    ``upscale_frames``: the frames the helpers upscale in all (see :func:`upscale_shares`).
     """
     actor_env = actor_env or {}
     path = str(Path(sb.path).resolve())
@@ -411,21 +426,23 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
                              host_gb=host_gb, host_need_gb=need_gb)
         emit(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), {resources.get('CPU', 0):g} CPU(s)"))
 
-        def actor(role: str, i: int, gpu: float, share: float | None, ram: float | None,
+        def actor(role: str, i: int, gpu: float, share: float | None, ram: float | None, upscale: int,
                   sweep: bool = False) -> Any:
             handle = StageActor.options(
                 name=f"sulphur-{job_id}-{role}-{i}", namespace=NAMESPACE, num_cpus=1, num_gpus=gpu,
                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
                 runtime_env=_env(actor_env.get(role)),
-            ).remote(path, preset, job_id, queue_name, role, share, sweep, user_threads, ram)
+            ).remote(path, preset, job_id, queue_name, role, share, sweep, user_threads, ram, upscale)
             d.actors.append(handle)
             return handle
 
-        drafter = actor("draft", 0, layout.draft_gpus, layout.draft_share_gb, layout.draft_ram_gb, sweep=single_node)
+        draft_frames, finish_frames = upscale_shares(upscale_frames, layout.finishers)
+        drafter = actor("draft", 0, layout.draft_gpus, layout.draft_share_gb, layout.draft_ram_gb,
+                        draft_frames, sweep=single_node)
         # The draft actor builds built-in models (tiny preset) first, so the others never race it.
         d.get([drafter.ready.remote()])
-        helpers = [actor(helper_role, i, layout.finish_gpus, layout.finish_share_gb, layout.finish_ram_gb)
-                   for i in range(layout.finishers)] or [drafter]
+        helpers = [actor(helper_role, i, layout.finish_gpus, layout.finish_share_gb, layout.finish_ram_gb,
+                         finish_frames) for i in range(layout.finishers)] or [drafter]
         yield d, drafter, helpers
     finally:
         for a in d.actors:
@@ -483,13 +500,15 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     last_needed = max(ids.index(s) for s in selected)
     check_references(sb, set(ids[:last_needed + 1]))  # every anchor usable before any actor starts
     # every shot's LoRAs here and fitting their model (and no LoRA or sound on a family without them)
-    check_loras(RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs(selected))
+    seg_jobs = RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs(selected)
+    check_loras(seg_jobs)
     job_id = job_id or uuid.uuid4().hex[:12]
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
+    upscale_frames = sum(j.frames for j in seg_jobs)  # as a local render's preflight counts them
     with OutputLock(sb.render_dir(), sb.path), _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
-                       len(selected), finishers) as (d, drafter, finishers_):
+                       len(selected), finishers, upscale_frames=upscale_frames) as (d, drafter, finishers_):
         # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
         chain = None
         jobs: dict[str, Any] = {}
