@@ -76,3 +76,36 @@ async def test_a_storyboard_still_opens_and_saves(story: Path) -> None:
         await pilot.press("a", "ctrl+s")
         await pilot.pause()
     assert len(load(story).segments) == 4
+
+
+def _notes(app: SulphurApp) -> list[tuple[str, str]]:
+    """The toasts on screen now: (title, message)."""
+    return [(n.title, n.message) for n in app._notifications]
+
+
+async def test_a_render_whose_worker_cannot_start_says_so(story: Path) -> None:
+    """F5 where no worker can start (``.sulphur`` is a file here; a read-only folder is the same):
+    the status line stayed on "starting the render worker…" for good, under a "Background task
+    failed" toast. Now the status and a toast say the render did not start, and why."""
+    (story.parent / ".sulphur").write_text("not a folder")
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("f5")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "render not started" in app.worker_detail:
+                break
+        assert app.worker_detail.startswith("render not started: ") and ".sulphur" in app.worker_detail
+        ((title, message),) = _notes(app)
+        assert title == "Render not started" and "Not a directory" in message and "Errno" not in message
+
+
+async def test_saving_a_read_only_storyboard_says_why_in_words(story: Path) -> None:
+    story.chmod(0o444)
+    before = story.read_bytes()
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("a", "ctrl+s")
+        await pilot.pause()
+        assert _notes(app) == [("Not saved", f"{story}: the file is read-only")]  # was "[Errno 13] …"
+    assert story.read_bytes() == before
