@@ -31,6 +31,9 @@ def read_only(tmp_path: Path):  # noqa: ANN201
     try:
         (mnt / "story.toml").write_text(QUICK.replace('"no-such-preset"', '"tiny"'))
         _tiny_mp4(mnt / "clip.mp4")
+        takes = mnt / "renders" / "story" / "takes" / "one" / "takes.json"
+        takes.parent.mkdir(parents=True)
+        takes.write_text('{"takes": {"5": {"path": "seed-5.mp4", "prompt": "a red lighthouse"}}}')
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         yield mnt
     finally:
@@ -56,14 +59,15 @@ def _no_errno(message: str) -> None:
 def test_render_in_a_read_only_folder_is_one_line(read_only: Path) -> None:
     before = (read_only / "story.toml").read_bytes()
     result = sulphur("render", str(read_only / "story.toml"), cwd=read_only, timeout=60)
-    message = assert_one_line(result, f"{read_only / 'renders'}: Read-only file system")
+    message = assert_one_line(result, f"{read_only / 'renders'}/")  # renders/story/.lock: the first write
+    assert message.endswith(": Read-only file system"), message
     _no_errno(message)
     assert (read_only / "story.toml").read_bytes() == before
 
 
 def test_render_json_reports_it_as_an_error_event(read_only: Path) -> None:
     result = sulphur("render", "story.toml", "--json", cwd=read_only, timeout=60)
-    assert_one_line(result, "renders: Read-only file system")
+    assert assert_one_line(result, "renders/").endswith(": Read-only file system")
     assert '"kind":"os_error"' in result.stdout and "Read-only" in result.stdout
 
 
@@ -87,3 +91,28 @@ def test_status_of_a_file_is_refused_in_words(tmp_path: Path) -> None:
     message = assert_one_line(result, "story.toml")
     assert "Not a directory" in message
     _no_errno(message)
+
+
+def test_demo_in_a_read_only_folder_is_one_line(read_only: Path) -> None:
+    """The README's first command, run where it cannot write: was an OSError traceback."""
+    result = sulphur("demo", cwd=read_only, timeout=60)
+    message = assert_one_line(result, f"{read_only / 'sulphur-demo'}: Read-only file system")
+    assert "--out" in message
+    _no_errno(message)
+
+
+def test_demo_out_a_file_is_refused_in_words(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    result = sulphur("demo", "--out", "notes.txt", cwd=tmp_path, timeout=60)
+    assert "not a folder" in assert_one_line(result, str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_command_that_does_not_word_its_os_error_is_still_one_line(read_only: Path) -> None:
+    """`sulphur takes --pick` into a read-only storyboard was a PermissionError traceback: the
+    CLI's last net words any OSError a command lets through."""
+    before = (read_only / "story.toml").read_bytes()
+    result = sulphur("takes", "story.toml", "one", "--pick", "5", cwd=read_only, timeout=60)
+    message = assert_one_line(result, f"sulphur takes: {read_only / 'story.toml'}: the file is read-only")
+    _no_errno(message)
+    assert (read_only / "story.toml").read_bytes() == before
