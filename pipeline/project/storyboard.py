@@ -763,13 +763,21 @@ def render_toml(storyboard: Storyboard, original: str, renames: Mapping[str, str
             _merge_table(table, _segment_items(seg, table.keys()), seg_defaults)
         new_tables.append(table)
     if isinstance(aot, AoT) and [t.get("id") for t in aot.body] == [s.id for s in storyboard.segments]:
-        return doc.as_string()  # same segments in the same order: tables were edited in place
+        return keep_newlines(original, doc.as_string())  # same segments in the same order: edited in place
     new_aot = tomlkit.aot()
     for table in new_tables:
         _strip_trailing_blank(table)  # tomlkit separates the tables itself
         new_aot.append(table)
     doc["segment"] = new_aot
-    return doc.as_string()
+    return keep_newlines(original, doc.as_string())
+
+
+def keep_newlines(original: str, text: str) -> str:
+    """``text`` with ``original``'s line endings: tomlkit ends the lines it adds with "\n", so a
+    file a Windows editor wrote (CRLF) came back with mixed endings after a new key or shot."""
+    if original.count("\r\n") * 2 <= original.count("\n"):  # mostly LF, or empty: as tomlkit wrote it
+        return text
+    return re.sub(r"(?<!\r)\n", "\r\n", text)
 
 
 def _strip_trailing_blank(table: Table) -> None:
