@@ -129,6 +129,7 @@ def render_takes_local(storyboard_path: str | os.PathLike[str], segment: str, se
     with OutputLock(r.renders.root, sb.path):  # a render of this storyboard writes the same stages
         r.cache.sweep_partials()
         r.preflight([segment])
+        r.upscale_frames *= len(seeds)  # each take upscales the shot once: whether compiling pays
         r.emit(protocol.JobStarted(storyboard=str(sb.path), segments=[segment], seeds=seeds))
         for i in range(index):
             r.draft_segment(i)

@@ -78,3 +78,27 @@ def test_journal_from_before_takes_gains_the_column(tmp_path: Path) -> None:
         assert journal.get("new").seeds == [1, 2]
     finally:
         journal.close()
+
+
+def test_takes_decide_compiling_the_upscaler_on_every_frame_they_upscale(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each take upscales the shot once in the same process, so whether compiling the upscaler
+    pays (esrgan_compile_pays: enough frames) is decided on frames × takes, not one shot's frames."""
+    from pipeline.render.runner import Renderer
+    from pipeline.render.takes import render_takes_local
+
+    story = tmp_path / "story.toml"
+    story.write_text(STORYBOARD.replace('"no-such-preset"', '"tiny"'))
+    counted: list[int] = []
+    real = Renderer.plans
+
+    def plans(self: Renderer, stage: str, *a: object, **k: object) -> list:
+        if stage == "upscale":
+            counted.append(self.upscale_frames)
+        return real(self, stage, *a, **k)
+
+    monkeypatch.setattr(Renderer, "plans", plans)
+    takes = render_takes_local(story, "two", [5, 6, 7])
+    assert sorted(takes) == [5, 6, 7]
+    # the first call is preflight's check that some plan fits; then one upscale per take
+    assert counted[-3:] == [3 * 9] * 3

@@ -339,11 +339,17 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
     return renderer
 
 
-def upscale_shares(frames: int, finishers: int) -> tuple[int, int]:
+def upscale_shares(frames: int, finishers: int, *, drafter_finishes: bool = False) -> tuple[int, int]:
     """(frames the draft actor upscales, frames each finish actor upscales) of ``frames`` in all:
     the draft actor finishes alone when there is no finisher; else the pool spreads the
-    segments over the finishers, so each is expected to upscale its even share."""
-    return (frames, 0) if finishers <= 0 else (0, math.ceil(frames / finishers))
+    segments over the finishers, so each is expected to upscale its even share.
+    ``drafter_finishes``: the draft actor is one of the pool too (takes), with its share."""
+    if finishers <= 0:
+        return frames, 0
+    if drafter_finishes:
+        share = math.ceil(frames / (finishers + 1))
+        return share, share
+    return 0, math.ceil(frames / finishers)
 
 
 StageActor = ray.remote(concurrency_groups={"control": 1})(StageActorBody)
@@ -436,7 +442,8 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
             d.actors.append(handle)
             return handle
 
-        draft_frames, finish_frames = upscale_shares(upscale_frames, layout.finishers)
+        draft_frames, finish_frames = upscale_shares(upscale_frames, layout.finishers,
+                                                     drafter_finishes=helper_role == "take")
         drafter = actor("draft", 0, layout.draft_gpus, layout.draft_share_gb, layout.draft_ram_gb,
                         draft_frames, sweep=single_node)
         # The draft actor builds built-in models (tiny preset) first, so the others never race it.
@@ -548,8 +555,11 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=[segment], seeds=seeds))
+    # every take upscales the shot once, on whichever actor of the pool is idle
+    frames = RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs([segment])[0].frames
     with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
-                       len(seeds) - 1, None, helper_role="take") as (d, drafter, helpers):
+                       len(seeds) - 1, None, helper_role="take",
+                       upscale_frames=frames * len(seeds)) as (d, drafter, helpers):
         chain = None
         for i in range(index):
             _, _, chain = drafter.draft.remote(i, chain)
