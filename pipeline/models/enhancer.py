@@ -21,11 +21,13 @@ before it can reach a storyboard.
 from __future__ import annotations
 
 import base64
+import ctypes
 import functools
 import io
 import logging
 import os
 import re
+import sys
 import tempfile
 import unicodedata
 from dataclasses import dataclass
@@ -296,9 +298,6 @@ def quiet_llama_logs(llama_cpp: object) -> None:
     global _LOG_CALLBACK
     if _LOG_CALLBACK is not None:
         return
-    import ctypes
-    import sys
-
     last = [0]
 
     def keep_errors(level: int, text: bytes, user_data: object) -> None:
