@@ -232,3 +232,28 @@ def test_takes_refuses_fewer_than_one_seed(count: str, tmp_path: Path) -> None:
     result = sulphur("takes", "story.toml", "s0", "--seeds", count, cwd=tmp_path, timeout=30)
     assert assert_one_line(result, "--seeds").endswith("must be 1 or more")
     assert not (tmp_path / "renders").exists()
+
+
+def _sound_only_mp4(path: Path) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=48000)
+        s.layout = "mono"
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 1024
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+
+
+def test_a_sound_file_as_video_anchor_is_refused_in_words(tmp_path: Path) -> None:
+    """``anchor = { video = "voice.mp4" }`` with no picture in it was an IndexError traceback."""
+    story = _with("", 'anchor = { video = "voice.mp4" }\n').replace('"no-such-preset"', '"tiny"')
+    (tmp_path / "story.toml").write_text(story)
+    _sound_only_mp4(tmp_path / "voice.mp4")
+    result = sulphur("render", "story.toml", cwd=tmp_path, timeout=120)
+    assert "has no video stream" in assert_one_line(result, "voice.mp4")
