@@ -68,7 +68,7 @@ fit)
 tests)
     python -m pytest -q -p no:cacheprovider -rs tests/functional/test_worker_gpu.py \
         tests/functional/test_draft_refine.py tests/unit/test_upscale.py tests/unit/test_offload.py \
-        tests/functional/test_shot_loras_audio.py \
+        tests/functional/test_shot_loras_audio.py tests/unit/test_resident_while_working.py \
         2>&1 | tee "$OUT/cuda_tests.log" | tail -15
     ;;
 recheck)

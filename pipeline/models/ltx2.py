@@ -414,7 +414,7 @@ def _is_quantized(module: Any) -> bool:
     return getattr(module, "hf_quantizer", None) is not None
 
 
-def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
+def place(module: Any, plan: StagePlan, *, transformer: bool = False, reused: bool = True) -> Any:
     """Put one module where the plan says. Model offload is pipeline-level (see finish_pipeline).
 
     The transformer goes through :func:`pipeline.memory.offload.apply_plan`, which knows every
@@ -423,6 +423,11 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
     offload of a GGUF transformer becomes stream-less leaf-level group offload, its
     equivalent: accelerate's sequential offload moves weights to the meta device, which
     ``GGUFParameter`` does not survive (``KeyError: None`` in ``GGUFParameter.__new__``).
+
+    ``reused``: the module runs again and again while held (VAE, connectors, upsampler), so a
+    leaf-offloaded one gets a page-locked host copy. Not the text encoder, which runs once per
+    batch of prompts: pinning its 24 GB costs more than it saves, and making the copy holds
+    the weights twice in host RAM for a moment.
     """
     import torch
 
@@ -449,7 +454,7 @@ def place(module: Any, plan: StagePlan, *, transformer: bool = False) -> Any:
                                offload_type="leaf_level", use_stream=use_stream,
                                low_cpu_mem_usage=use_stream and bool(opts.get("low_cpu_mem_usage", False)),
                                **kwargs)
-        if not use_stream:
+        if not use_stream and reused:
             from pipeline.memory.offload import keep_host_copies, resident_while_working
 
             keep_host_copies(module)  # offloading swaps back to one host copy instead of copying out
@@ -620,7 +625,7 @@ def component(models: LoadedModels, preset: Preset, name: str, plan: StagePlan) 
     if plan.device != "cpu" and plan.offload == "model":
         setattr(obj, _OFFLOAD_TAG, _plan_tag(plan, transformer=name == "transformer"))  # hooks: finish_pipeline
     else:
-        place(obj, plan, transformer=name == "transformer")
+        place(obj, plan, transformer=name == "transformer", reused=name != "text_encoder")
     return obj
 
 

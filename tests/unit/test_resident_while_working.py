@@ -42,6 +42,19 @@ def _count_onloads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _count_module_moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts ``Module.to`` calls from now on (what diffusers' stream-less offload runs)."""
+    moved = [0]
+    real_to = torch.nn.Module.to
+
+    def counting_to(self: torch.nn.Module, *a: object, **k: object) -> torch.nn.Module:
+        moved[0] += 1
+        return real_to(self, *a, **k)
+
+    monkeypatch.setattr(torch.nn.Module, "to", counting_to)
+    return moved
+
+
 def test_a_tiled_decode_onloads_each_group_once(monkeypatch: pytest.MonkeyPatch) -> None:
     reference = _decode(_vae())
     calls = _count_onloads(monkeypatch)
@@ -74,9 +87,7 @@ def test_the_placement_decides_it_for_stream_less_leaf_offload() -> None:
     assert getattr(vae.decode, "_sulphur_onloaded", False)
     resident = ltx2.place(_vae(), StagePlan(name="cpu", device="cpu", offload="resident", dtype="float32"))
     assert not getattr(resident.decode, "_sulphur_onloaded", False)
-    kinds = {type(h.group).__name__ for m in vae.modules()
-             if (r := getattr(m, "_diffusers_hook", None)) and (h := r.get_hook("group_offloading"))}
-    assert kinds == {"_KeptCopyGroup"}, "every leaf of the ride-along VAE swaps back to its host copy"
+    assert _group_kinds(vae) == {"_KeptCopyGroup"}, "every leaf of the ride-along VAE swaps back to its host copy"
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -101,14 +112,7 @@ def test_offloading_swaps_back_to_one_host_copy_instead_of_copying(monkeypatch: 
     nbytes = sum(t.numel() * t.element_size() for t in vae.state_dict().values())
     assert hi - lo < 2 * nbytes, "one packed buffer, not scattered allocations"
 
-    moved = [0]
-    real_to = torch.nn.Module.to
-
-    def counting_to(self: torch.nn.Module, *a: object, **k: object) -> torch.nn.Module:
-        moved[0] += 1
-        return real_to(self, *a, **k)
-
-    monkeypatch.setattr(torch.nn.Module, "to", counting_to)
+    moved = _count_module_moves(monkeypatch)
     for _ in range(2):
         assert torch.equal(_decode(vae), reference)
     assert moved[0] == 0, "no group moved its module to the host"
@@ -161,14 +165,7 @@ def test_a_shots_lora_leaves_the_connectors_on_their_one_host_copy(monkeypatch: 
     assert not torch.allclose(inside[0], reference[0], atol=1e-4), "the shot's LoRA reached the connectors"
     assert _group_kinds(connectors) == {"_KeptCopyGroup"}, "rebuilt after the delete, and kept"
 
-    moved = [0]
-    real_to = torch.nn.Module.to
-
-    def counting_to(self: torch.nn.Module, *a: object, **k: object) -> torch.nn.Module:
-        moved[0] += 1
-        return real_to(self, *a, **k)
-
-    monkeypatch.setattr(torch.nn.Module, "to", counting_to)
+    moved = _count_module_moves(monkeypatch)
     after = _connector_outputs(connectors)
     assert moved[0] == 0, "no group moved its module to the host"
     assert all(torch.equal(a, b) for a, b in zip(after, reference, strict=True)), "nothing of the shot stays"
@@ -211,3 +208,21 @@ def test_kept_host_copies_stay_page_locked() -> None:
     with onloaded(vae):
         assert all(t.device.type == "cuda" for t in vae.parameters())
     assert all(t.device.type == "cpu" and t.data.is_pinned() for t in vae.parameters())
+
+
+def test_the_text_encoder_keeps_diffusers_path_and_the_vae_its_host_copy() -> None:
+    """Leaf-offloaded under the same plan, the VAE (used on every segment) gets its kept host
+    copy; the text encoder (once per batch of prompts; 24 GB at full size, copied twice over
+    while a copy is made) does not."""
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    preset, models = get_preset("tiny"), LoadedModels()
+    plan = StagePlan(name="group", device="cuda", offload="group_leaf", dtype="float32",
+                     options={"use_stream": False})
+    text_encoder = ltx2.component(models, preset, "text_encoder", plan)
+    vae = ltx2.component(models, preset, "vae", plan)
+    assert _group_kinds(text_encoder) == {"ModuleGroup"}
+    assert not hasattr(text_encoder, "_sulphur_host_buffers")
+    assert _group_kinds(vae) == {"_KeptCopyGroup"}
