@@ -125,6 +125,8 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
         cancel.set()
         print("cancelled; finished stages are kept in the cache", file=sys.stderr)
         return (143 if isinstance(exc, Terminated) else 130), None
+    except BrokenPipeError:
+        raise  # `sulphur render --json | head`: the reader left; main() ends quietly
     except OSError as exc:  # outside any stage: a read-only project folder, a vanished disk, ...
         code, kind, message = 1, "os_error", os_error_line(exc)
         if os.environ.get("SULPHUR_DEBUG"):
