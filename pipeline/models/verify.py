@@ -59,6 +59,10 @@ def verify(preset: Preset) -> list[Check]:
         if path is None:
             out.append(Check(component, "", f"missing: {preset.file(role).where()}"))
             continue
+        why = preset.file(role).unreadable()
+        if why:  # a FIFO set through $SULPHUR_…: loading it waited forever
+            out.append(Check(component, str(path), why))
+            continue
         out.append(_try(component, str(path), lambda c=component, p=path: _load(preset, c, plan, p)))
     return out
 

@@ -168,6 +168,9 @@ class Renderer:
         for preset in used.values():
             if preset.builder is not None:
                 preset.builder()
+            unreadable = [f"{m.role}: {why}" for m in preset.files if (why := m.unreadable())]
+            if unreadable:  # a FIFO as a model file ($SULPHUR_…): loading it would wait forever
+                raise RenderError("missing_models", f"preset {preset.name}: {'; '.join(unreadable)}")
         # A worker keeps models between jobs; those of presets this storyboard does not use
         # would only hold memory (a kept text encoder is 24 GB).
         names = {p.name for p in used.values()}
