@@ -124,13 +124,18 @@ def _group_tensors(group: ModuleGroup) -> list[torch.Tensor]:
 
 
 _HOST_BUFFERS = "_sulphur_host_buffers"
+#: Host copies are packed into page-locked buffers of about this size: while one is filled,
+#: its weights are in host RAM twice, so a bigger buffer is a bigger unplanned peak (the
+#: connectors are ~3 GB), and a smaller one more registrations.
+PACK_BYTES = 256 << 20
+_ALIGN_VIEW = 64  # keeps every view aligned for any dtype
 
 
 def keep_host_copies(module: torch.nn.Module) -> int:
     """Give each stream-less, in-memory group-offload group under ``module`` one host copy
-    of its weights, packed into one page-locked buffer for the module (exact size, see
-    :func:`_pinned`), and make offloading swap back to it instead of copying (see
-    :class:`_KeptCopyGroup`). Host memory stays 1×: the pageable tensors are released.
+    of its weights, packed group after group into page-locked buffers of ~:data:`PACK_BYTES`
+    (exact size, see :func:`_pinned`), and make offloading swap back to it instead of copying
+    (see :class:`_KeptCopyGroup`). Host memory stays 1×: the pageable tensors are released.
 
     Calling it again after diffusers rebuilt the groups (a LoRA loaded or deleted re-applies
     group offloading) re-uses the copies already kept and packs only new tensors (the LoRA's).
@@ -148,38 +153,48 @@ def keep_host_copies(module: torch.nn.Module) -> int:
         return 0
     held: list[torch.Tensor] = getattr(module, _HOST_BUFFERS, [])
     homes = {b.untyped_storage().data_ptr() for b in held}
-
-    def at_home(t: torch.Tensor) -> bool:
-        return t.data.untyped_storage().data_ptr() in homes
-
-    align = 64  # keeps every view aligned for any dtype
-
-    def span(t: torch.Tensor) -> int:
-        return -(-t.numel() * t.element_size() // align) * align
-
-    total = sum(span(t) for _, ts in chosen for t in ts if not at_home(t))
-    buf = None
-    if total:
-        buf = _pinned(total) if torch.cuda.is_available() else torch.empty(total, dtype=torch.uint8)
-    off = 0
+    batch: list[tuple[ModuleGroup, list[torch.Tensor]]] = []
+    size, made = 0, []
     for g, tensors in chosen:
+        batch.append((g, tensors))
+        size += sum(_span(t) for t in tensors if t.data.untyped_storage().data_ptr() not in homes)
+        if size >= PACK_BYTES:
+            made.append(_pack(batch, size, homes))
+            batch, size = [], 0
+    if batch:
+        made.append(_pack(batch, size, homes))
+    # Drop the buffers no weight lives in any more (a deleted LoRA's): they would pin memory for nothing.
+    used = {t.data.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    setattr(module, _HOST_BUFFERS, [b for b in held if b.untyped_storage().data_ptr() in used]
+            + [b for b in made if b is not None])
+    return len(chosen)
+
+
+def _span(t: torch.Tensor) -> int:
+    return -(-t.numel() * t.element_size() // _ALIGN_VIEW) * _ALIGN_VIEW
+
+
+def _pack(batch: list[tuple[ModuleGroup, list[torch.Tensor]]], size: int, homes: set[int]) -> torch.Tensor | None:
+    """One buffer of ``size`` bytes for the tensors of ``batch`` not already in a kept buffer
+    (``homes``); the groups become :class:`_KeptCopyGroup`. Returns the buffer (None: nothing new)."""
+    buf = None
+    if size:
+        buf = _pinned(size) if torch.cuda.is_available() else torch.empty(size, dtype=torch.uint8)
+    off = 0
+    for g, tensors in batch:
         kept: dict[torch.Tensor, torch.Tensor] = {}
         for t in tensors:
-            if at_home(t):
+            if t.data.untyped_storage().data_ptr() in homes:
                 kept[t] = t.data
                 continue
             view = _view(buf, off, t.shape, t.dtype)
             view.copy_(t.data)
             t.data = view  # the pageable copy goes
             kept[t] = view
-            off += span(t)
+            off += _span(t)
         g.__class__ = _KeptCopyGroup
         g._kept = kept
-    # Drop the buffers no weight lives in any more (a deleted LoRA's): they would pin memory for nothing.
-    used = {t.data.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
-    fresh = [buf] if buf is not None else []
-    setattr(module, _HOST_BUFFERS, [b for b in held if b.untyped_storage().data_ptr() in used] + fresh)
-    return len(chosen)
+    return buf
 
 
 def keep_host_copies_again(module: torch.nn.Module) -> int:

@@ -226,3 +226,22 @@ def test_the_text_encoder_keeps_diffusers_path_and_the_vae_its_host_copy() -> No
     assert _group_kinds(text_encoder) == {"ModuleGroup"}
     assert not hasattr(text_encoder, "_sulphur_host_buffers")
     assert _group_kinds(vae) == {"_KeptCopyGroup"}
+
+
+def test_host_copies_are_packed_in_bounded_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a buffer is filled its weights are in host RAM twice: buffers of about PACK_BYTES
+    (each group whole) bound that peak, and the decode is unchanged."""
+    from pipeline.memory import offload
+
+    reference = _decode(_vae())
+    vae = _vae()
+    apply_group_offloading(vae, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type="leaf_level")
+    biggest_group = max(sum(t.numel() * t.element_size() for t in offload._group_tensors(g))
+                        for g in offload._offload_groups(vae))
+    monkeypatch.setattr(offload, "PACK_BYTES", 64 << 10)
+    keep_host_copies(vae)
+    sizes = [b.numel() for b in vae._sulphur_host_buffers]
+    total = sum(t.numel() * t.element_size() for t in vae.state_dict().values())
+    assert len(sizes) > 1 and max(sizes) < (64 << 10) + biggest_group + 4096 and sum(sizes) >= total
+    assert torch.equal(_decode(vae), reference)
