@@ -593,8 +593,9 @@ def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit,
                                           f"unused entries ({human(freed)})"))
     except CacheInUse as exc:
         emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
-    except OSError as exc:
-        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {exc}"))
+    except OSError as exc:  # the reason in words, not "[Errno 20] …"
+        where = f"{exc.filename}: " if exc.filename else ""
+        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {where}{exc.strerror or exc}"))
 
 
 

@@ -156,3 +156,19 @@ def test_a_render_pruning_after_itself_skips_only_its_own_lock(tmp_path: Path) -
             proc.wait()
         assert prune(tmp_path, 0, own_lock=mine.path)[0] == 1
     assert cache.get("draft", "d" * 32) is None
+
+
+def test_cache_bookkeeping_that_cannot_write_warns_in_words(tmp_path: Path) -> None:
+    """``.sulphur`` a file: the warning said ``[Errno 20] Not a directory: '…'``."""
+    from pipeline.project.storyboard import parse
+    from pipeline.render.runner import _keep_cache_tidy
+
+    (tmp_path / ".sulphur").write_text("not a folder")
+    story = tmp_path / "one.toml"
+    story.write_text('[[segment]]\nid = "a"\nprompt = "x"\n')
+    events: list = []
+    _keep_cache_tidy(parse(story.read_text(), story), {"draft/" + "a" * 32}, True, events.append,
+                     tmp_path / "renders" / "one" / ".lock")
+    (log,) = events
+    assert log.level == "warning" and log.message == \
+        f"cache bookkeeping skipped: {tmp_path / '.sulphur' / 'uses'}: Not a directory"
