@@ -8,6 +8,7 @@ which merge-writes with tomlkit so comments and key order survive.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,7 +68,7 @@ class Document:
     """One storyboard file being edited."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path).resolve()
+        self.path = Path(os.path.realpath(path))  # resolve() raises RuntimeError on a loop of links
         text = read_source(self.path)  # a FIFO or /dev/zero would hang the editor before its first frame
         self.storyboard: Storyboard = parse(text, self.path)  # raises StoryboardError for a broken file
         self._good_text = text  # last text known to parse: the merge base if the disk copy breaks

@@ -109,3 +109,14 @@ async def test_saving_a_read_only_storyboard_says_why_in_words(story: Path) -> N
         await pilot.pause()
         assert _notes(app) == [("Not saved", f"{story}: the file is read-only")]  # was "[Errno 13] …"
     assert story.read_bytes() == before
+
+
+async def test_a_loop_of_symlinks_opens_the_broken_view(tmp_path: Path) -> None:
+    """``sulphur edit loop.toml`` (a link to itself) was a RuntimeError traceback from resolve()."""
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to("loop.toml")
+    app = create_app(loop, connect_worker=False, image="none", poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, BrokenFileScreen)
+        assert "Too many levels of symbolic links" in screen_text(app)
