@@ -153,30 +153,45 @@ def keep_host_copies(module: torch.nn.Module) -> int:
         return 0
     held: list[torch.Tensor] = getattr(module, _HOST_BUFFERS, [])
     homes = {b.untyped_storage().data_ptr() for b in held}
+    copied: dict[int, torch.Tensor] = {}  # a tensor two groups share (tied weights) is copied once
     batch: list[tuple[ModuleGroup, list[torch.Tensor]]] = []
-    size, made = 0, []
+    size, made, counted = 0, [], set()
     for g, tensors in chosen:
         batch.append((g, tensors))
-        size += sum(_span(t) for t in tensors if t.data.untyped_storage().data_ptr() not in homes)
+        for t in tensors:
+            if id(t) not in counted and not _stays(t, homes):
+                counted.add(id(t))
+                size += _span(t)
         if size >= PACK_BYTES:
-            made.append(_pack(batch, size, homes))
+            made.append(_pack(batch, size, homes, copied))
             batch, size = [], 0
     if batch:
-        made.append(_pack(batch, size, homes))
-    # Drop the buffers no weight lives in any more (a deleted LoRA's): they would pin memory for nothing.
+        made.append(_pack(batch, size, homes, copied))
+    # Drop the buffers nothing lives in any more (a deleted LoRA's): they would pin memory for
+    # nothing. What kept groups point at counts, onloaded or not.
     used = {t.data.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    for g in _offload_groups(module):
+        if isinstance(g, _KeptCopyGroup):
+            used.update(h.untyped_storage().data_ptr() for h in g._kept.values())
     setattr(module, _HOST_BUFFERS, [b for b in held if b.untyped_storage().data_ptr() in used]
             + [b for b in made if b is not None])
     return len(chosen)
+
+
+def _stays(t: torch.Tensor, homes: set[int]) -> bool:
+    """Already in a kept buffer, or empty (nothing to copy): kept where it is."""
+    return t.numel() == 0 or t.data.untyped_storage().data_ptr() in homes
 
 
 def _span(t: torch.Tensor) -> int:
     return -(-t.numel() * t.element_size() // _ALIGN_VIEW) * _ALIGN_VIEW
 
 
-def _pack(batch: list[tuple[ModuleGroup, list[torch.Tensor]]], size: int, homes: set[int]) -> torch.Tensor | None:
-    """One buffer of ``size`` bytes for the tensors of ``batch`` not already in a kept buffer
-    (``homes``); the groups become :class:`_KeptCopyGroup`. Returns the buffer (None: nothing new)."""
+def _pack(batch: list[tuple[ModuleGroup, list[torch.Tensor]]], size: int, homes: set[int],
+          copied: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """One buffer of ``size`` bytes for the tensors of ``batch`` that are not kept yet (see
+    :func:`_stays`; ``copied``: those this call has packed already); the groups become
+    :class:`_KeptCopyGroup`. Returns the buffer (None: nothing new)."""
     buf = None
     if size:
         buf = _pinned(size) if torch.cuda.is_available() else torch.empty(size, dtype=torch.uint8)
@@ -184,14 +199,16 @@ def _pack(batch: list[tuple[ModuleGroup, list[torch.Tensor]]], size: int, homes:
     for g, tensors in batch:
         kept: dict[torch.Tensor, torch.Tensor] = {}
         for t in tensors:
-            if t.data.untyped_storage().data_ptr() in homes:
+            if id(t) in copied:
+                kept[t] = copied[id(t)]
+            elif _stays(t, homes):
                 kept[t] = t.data
-                continue
-            view = _view(buf, off, t.shape, t.dtype)
-            view.copy_(t.data)
-            t.data = view  # the pageable copy goes
-            kept[t] = view
-            off += _span(t)
+            else:
+                view = _view(buf, off, t.shape, t.dtype)
+                view.copy_(t.data)
+                t.data = view  # the pageable copy goes
+                kept[t] = copied[id(t)] = view
+                off += _span(t)
         g.__class__ = _KeptCopyGroup
         g._kept = kept
     return buf
@@ -661,17 +678,38 @@ class BlockStreamer:
         self._bind(b, b.host, upcast=False)  # drop the device views (and upcast copies) until the next pass
 
 
+_PAGE = 4096
+
+
 def _pinned(nbytes: int) -> torch.Tensor:
     """Page-locked host memory of exactly ``nbytes``: a plain allocation registered with
     CUDA (``cudaHostRegister``), because torch's pinned caching allocator rounds every
-    request up to a power of two (a 772 MB block would pin 1 GiB)."""
-    buf = torch.empty(nbytes, dtype=torch.uint8)
+    request up to a power of two (a 772 MB block would pin 1 GiB).
+
+    The registered range is whole pages inside this allocation: small buffers come from the
+    heap and may share a page with another registered buffer, which CUDA refuses. The caller
+    must hold the returned tensor (views of it do not keep it alive): when it is collected,
+    the registration is undone."""
+    base = torch.empty(nbytes + 2 * _PAGE, dtype=torch.uint8)
+    start = -base.data_ptr() % _PAGE
+    buf = base[start:start + nbytes]
     cudart = torch.cuda.cudart()
     ptr = buf.data_ptr()
-    if int(cudart.cudaHostRegister(ptr, nbytes, 0)) != 0:
-        return buf.pin_memory()  # registration refused: fall back to the caching allocator
-    weakref.finalize(buf, cudart.cudaHostUnregister, ptr)  # _Block.host keeps buf alive
+    if int(cudart.cudaHostRegister(ptr, -(-max(nbytes, 1) // _PAGE) * _PAGE, 0)) != 0:
+        _clear_cuda_error()
+        return torch.empty(nbytes, dtype=torch.uint8).pin_memory()  # the caching allocator instead
+    weakref.finalize(buf, cudart.cudaHostUnregister, ptr)
     return buf
+
+
+def _clear_cuda_error() -> None:
+    """A refused ``cudaHostRegister`` stays CUDA's last error until something reads it, and the
+    next kernel launch's check would raise it somewhere unrelated. torch exposes no
+    ``cudaGetLastError``: a launch here reads (and so clears) it."""
+    try:
+        torch.zeros(1, device="cuda").add_(1)
+    except RuntimeError:
+        pass
 
 
 def _view(buf: torch.Tensor, off: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:

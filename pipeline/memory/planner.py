@@ -568,9 +568,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
     side_bytes = vae.nbytes + sum(c.nbytes for c in side)
     # The upsampler stays loaded from one refine to the next (reloading and re-pinning it took
     # ~2 s of each capped segment, bench/results/chain_h200_2026-12-04_run5.json), so a draft
-    # that swaps models in and out holds it too, in host RAM (a Ray draft actor, which never
-    # refines, is over-counted by its ~1 GB). After a resident refine it stays on the GPU, as
-    # it did before; a resident draft does not count that ~1 GB yet.
+    # holds it too. It is counted in host RAM, where any but a resident refine leaves it (a Ray
+    # draft actor, which never refines, is over-counted by its ~1 GB); after a resident refine
+    # it stays on the GPU, which a resident draft does not count yet.
     between = comps["upsampler"].nbytes if stage == "draft" and "upsampler" in comps else 0
     weights_options = [tr.fmt] + (["fp8"] if tr.fmt in ("bfloat16", "float16", "float32") else [])
     out: list[StagePlan] = []
@@ -610,7 +610,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 else:  # other components swap in one at a time while the transformer is offloaded
                     vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)
                     held_vram = 0
-                on_host = 0 if mode == "resident" else between
+                # what stays held besides the transformer (a draft that evicts it keeps these)
+                side_vram = side_bytes if mode == "resident" else 0
+                side_host = between + (0 if mode == "resident" else side_bytes)
                 notes = []
                 if wfmt == "fp8":
                     notes.append("transformer stored in fp8, upcast to bf16 per layer (slightly lossy)")
@@ -629,8 +631,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                     device=device, offload=mode, vae_tiling=bool(tile), dtype="bfloat16", notes=tuple(notes),
                     options={"weights": wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
                              "num_blocks_per_group": 1, "vram_bytes": int(vram),
-                             "host_bytes": int(est.host + side_bytes + on_host), "pinned_bytes": est.pinned,
-                             "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes + on_host,
+                             "host_bytes": int(est.host + side_bytes + between), "pinned_bytes": est.pinned,
+                             "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes + between,
+                             "side_held_vram_bytes": side_vram, "side_held_host_bytes": side_host,
                              "activation_bytes": act, "component": "transformer", "vae_tile": tile,
                              **({"weights_source": t.fmt_source} if t.fmt_source else {}), **extra}))
     return out
@@ -700,7 +703,9 @@ def _attach_text(plans: list[StagePlan], comps: dict[str, Component], b: Budgets
     for p in plans:
         held_v, held_h = p.options["held_vram_bytes"], p.options["held_host_bytes"]
         for evict in (False, True):
-            extra_v, extra_h = (0, 0) if evict else (held_v, held_h)
+            # evicting drops the transformer only: the VAEs and the upsampler stay held
+            extra_v, extra_h = ((p.options.get("side_held_vram_bytes", 0), p.options.get("side_held_host_bytes", 0))
+                                if evict else (held_v, held_h))
             fits = [(m, e) for m, e in texts if e.vram + extra_v <= b.vram and e.host + extra_h <= b.host]
             if not fits:
                 continue

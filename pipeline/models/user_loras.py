@@ -149,9 +149,10 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
             device: str = "cpu") -> Iterator[None]:
     """The shot's LoRAs loaded next to the distilled one and weighted, for the ``with`` body only.
 
-    The held model was placed (offload hooks, streamer) before these adapters existed, so no hook
-    moves them: their small A/B matrices go to ``device`` once and stay there while in use. On the
-    way out (finished, cancelled or failed) they are deleted and the distilled LoRA is weighted
+    The held model was placed (offload hooks, streamer) before these adapters existed: under the
+    streamer no hook moves them, so their small A/B matrices go to ``device`` once and stay there
+    while in use; a group-offloaded module (the connectors under a capped plan) takes them into its
+    groups when the offloading is re-applied, and they move with their layers. On the way out (finished, cancelled or failed) they are deleted and the distilled LoRA is weighted
     alone again, so nothing of this shot stays in the held model."""
 
     modules = {"transformer": pipe.transformer, "connectors": pipe.connectors}

@@ -25,6 +25,7 @@ class PhasePeaks:
 
     def __init__(self, stage: str, device: str) -> None:
         self.stage, self.marks = stage, []
+        self.device = device
         self.cuda = device.startswith("cuda")
         self.t0 = time.perf_counter()
 
@@ -32,13 +33,14 @@ class PhasePeaks:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
-            self.marks.append((phase, torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved(),
+            dev = torch.device(self.device)
+            torch.cuda.synchronize(dev)
+            self.marks.append((phase, torch.cuda.max_memory_allocated(dev), torch.cuda.max_memory_reserved(dev),
                                time.perf_counter() - self.t0))
 
     def line(self) -> str:
         """``"<stage> memory: peak after text 1.20/1.50 at 0.4 s, after denoise 3.10/3.40 at 2.9 s GiB
-        allocated/reserved"`` (seconds since the stage began)."""
+        allocated/reserved"`` (seconds since this was made, near the stage's start)."""
         parts = ", ".join(f"after {p} {a / GiB:.2f}/{r / GiB:.2f} at {t:.1f} s" for p, a, r, t in self.marks)
         return f"{self.stage} memory: peak {parts} GiB allocated/reserved"
 

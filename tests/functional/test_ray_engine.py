@@ -259,10 +259,11 @@ def test_each_actor_decides_compiling_the_upscaler_on_the_frames_it_upscales(tmp
     assert upscale_shares(local.upscale_frames, 2) == (0, 57) and not compiles(57)
     assert upscale_shares(115, 2) == (0, 58)  # an odd frame rounds the share up, never down
     # takes: the draft actor is one of the pool, so three takes of 57 frames on it and two
-    # helpers are one take each, and eight takes on the same three actors pay for a compile
-    assert upscale_shares(3 * 57, 2, drafter_finishes=True) == (57, 57) and not compiles(57)
-    share = upscale_shares(8 * 57, 2, drafter_finishes=True)
-    assert share == (152, 152) and compiles(152)
+    # helpers are one take each; four are two on the busiest actor, and eight pay for a compile
+    assert upscale_shares(3 * 57, 2, take_frames=57) == (57, 57) and not compiles(57)
+    assert upscale_shares(4 * 57, 2, take_frames=57) == (114, 114)
+    share = upscale_shares(8 * 57, 2, take_frames=57)
+    assert share == (171, 171) and compiles(171)
 
 
 def test_the_host_need_comes_from_the_memory_planner() -> None:

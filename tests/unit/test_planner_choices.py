@@ -198,6 +198,10 @@ def test_a_streamed_draft_counts_the_upsampler_it_holds_in_host_ram() -> None:
         assert draft.options["held_host_bytes"] - twin.options["held_host_bytes"] == comps["audio"].nbytes
         assert draft.options["held_vram_bytes"] == twin.options["held_vram_bytes"]
         assert draft.host_bytes >= draft.options["held_host_bytes"] >= up
+    # after a model-offload refine it is in host RAM beside a resident draft too
+    resident = ladder("draft", HUGE)[0]
+    assert resident.offload == "resident"
+    assert resident.options["side_held_host_bytes"] == up and resident.options["held_host_bytes"] >= up
 
 
 # --------------------------------------------------------------------------- weight formats
@@ -941,6 +945,15 @@ def _text_modes(preset: Preset = GGUF) -> list[tuple[str, int, int]]:
     return [(m, e.vram, e.host) for m, e in planner._text_estimates(component_sizes(preset))]
 
 
+def _held_beside_text(base: StagePlan, evict: bool) -> tuple[int, int]:
+    """What stays held while the prompt is encoded: everything the plan holds, or with the
+    transformer evicted, the side models (VAEs, the last refine's upsampler) still."""
+    o = base.options
+    if evict:
+        return o["side_held_vram_bytes"], o["side_held_host_bytes"]
+    return o["held_vram_bytes"], o["held_host_bytes"]
+
+
 @pytest.mark.parametrize("vram_gb,host_gb", [(8, 32), (8, 44), (12, 64), (24, 40), (48, 128), (96, 64), (96, 256)])
 def test_each_draft_plan_encodes_with_the_fastest_placement_that_fits_beside_what_it_keeps(
         vram_gb: int, host_gb: int) -> None:
@@ -953,12 +966,12 @@ def test_each_draft_plan_encodes_with_the_fastest_placement_that_fits_beside_wha
     for p in candidates("draft", GGUF, b):
         firsts.setdefault((p.name.split("/text-")[0], bool(p.options["evict"])), p.options["text_encoder"])
         base, o = bases[p.name.split("/text-")[0]], p.options
-        held = (0, 0) if o["evict"] else (base.options["held_vram_bytes"], base.options["held_host_bytes"])
+        held = _held_beside_text(base, bool(o["evict"]))
         assert p.vram_bytes == max(base.vram_bytes, o["text_vram_bytes"] + held[0]), p.name
         assert p.host_bytes == max(base.host_bytes, o["text_host_bytes"] + held[1]), p.name
     for (name, evict), mode in firsts.items():
         base = bases[name]
-        held = (0, 0) if evict else (base.options["held_vram_bytes"], base.options["held_host_bytes"])
+        held = _held_beside_text(base, evict)
         fitting = [m for m, v, h in _text_modes() if v + held[0] <= b.vram and h + held[1] <= b.host]
         assert mode == fitting[0], (name, evict)
 

@@ -245,3 +245,26 @@ def test_host_copies_are_packed_in_bounded_buffers(monkeypatch: pytest.MonkeyPat
     total = sum(t.numel() * t.element_size() for t in vae.state_dict().values())
     assert len(sizes) > 1 and max(sizes) < (64 << 10) + biggest_group + 4096 and sum(sizes) >= total
     assert torch.equal(_decode(vae), reference)
+
+
+def test_a_tied_weight_is_kept_once_and_an_empty_layer_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two leaves sharing one weight (tied) get one host copy that both groups swap back to; a
+    layer with no elements needs no copy (and tiny buffers must not trip over it)."""
+    from pipeline.memory import offload
+
+    first, second, empty = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(0, 4)
+    second.weight = first.weight
+    net = torch.nn.Sequential(first, second, empty)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        reference = net[1](net[0](x))
+    apply_group_offloading(net, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type="leaf_level")
+    monkeypatch.setattr(offload, "PACK_BYTES", 64)
+    assert keep_host_copies(net) == 3
+    kept = [g._kept for g in offload._offload_groups(net)]
+    homes = [k[first.weight] for k in kept if first.weight in k]
+    assert len(homes) == 2 and homes[0] is homes[1], "one host copy of the tied weight"
+    with torch.no_grad():
+        assert torch.equal(net[1](net[0](x)), reference)
+        assert net[2](torch.zeros(2, 0)).shape == (2, 4)

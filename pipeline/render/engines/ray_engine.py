@@ -339,15 +339,16 @@ def _renderer(storyboard: str, preset: str | None, job_id: str, share_gb: float 
     return renderer
 
 
-def upscale_shares(frames: int, finishers: int, *, drafter_finishes: bool = False) -> tuple[int, int]:
+def upscale_shares(frames: int, finishers: int, *, take_frames: int = 0) -> tuple[int, int]:
     """(frames the draft actor upscales, frames each finish actor upscales) of ``frames`` in all:
     the draft actor finishes alone when there is no finisher; else the pool spreads the
     segments over the finishers, so each is expected to upscale its even share.
-    ``drafter_finishes``: the draft actor is one of the pool too (takes), with its share."""
+    ``take_frames``: takes of that many frames each, and the draft actor is one of the pool
+    (a busy actor upscales whole takes: its share is rounded up to one)."""
     if finishers <= 0:
         return frames, 0
-    if drafter_finishes:
-        share = math.ceil(frames / (finishers + 1))
+    if take_frames:
+        share = math.ceil(frames // take_frames / (finishers + 1)) * take_frames
         return share, share
     return 0, math.ceil(frames / finishers)
 
@@ -399,11 +400,12 @@ def _unwrap(exc: BaseException) -> BaseException:
 def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: threading.Event,
                   address: str | None, actor_env: dict[str, dict[str, str]] | None, work: int,
                   finishers: int | None, helper_role: str = "finish",
-                  upscale_frames: int = 0) -> Iterator[tuple[_Driver, Any, list[Any]]]:
+                  upscale_frames: int = 0, take_frames: int = 0) -> Iterator[tuple[_Driver, Any, list[Any]]]:
     """Ray up, the event queue, a ready draft actor and the helpers beside it; all torn down after.
 
     Yields (driver, draft actor, helpers); helpers is ``[draft actor]`` when no other fits.
-    ``upscale_frames``: the frames the helpers upscale in all (see :func:`upscale_shares`).
+    ``upscale_frames``: the frames the helpers upscale in all; ``take_frames``: a take's, when
+    they render takes (see :func:`upscale_shares`).
     """
     actor_env = actor_env or {}
     path = str(Path(sb.path).resolve())
@@ -442,8 +444,7 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
             d.actors.append(handle)
             return handle
 
-        draft_frames, finish_frames = upscale_shares(upscale_frames, layout.finishers,
-                                                     drafter_finishes=helper_role == "take")
+        draft_frames, finish_frames = upscale_shares(upscale_frames, layout.finishers, take_frames=take_frames)
         drafter = actor("draft", 0, layout.draft_gpus, layout.draft_share_gb, layout.draft_ram_gb,
                         draft_frames, sweep=single_node)
         # The draft actor builds built-in models (tiny preset) first, so the others never race it.
@@ -559,7 +560,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     frames = RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs([segment])[0].frames
     with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                        len(seeds) - 1, None, helper_role="take",
-                       upscale_frames=frames * len(seeds)) as (d, drafter, helpers):
+                       upscale_frames=frames * len(seeds), take_frames=frames) as (d, drafter, helpers):
         chain = None
         for i in range(index):
             _, _, chain = drafter.draft.remote(i, chain)
