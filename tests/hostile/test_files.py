@@ -257,3 +257,11 @@ def test_a_sound_file_as_video_anchor_is_refused_in_words(tmp_path: Path) -> Non
     _sound_only_mp4(tmp_path / "voice.mp4")
     result = sulphur("render", "story.toml", cwd=tmp_path, timeout=120)
     assert "has no video stream" in assert_one_line(result, "voice.mp4")
+
+
+def test_render_refuses_a_negative_finisher_count(tmp_path: Path) -> None:
+    """``--engine ray --finishers -3`` started Ray and rendered as if it said 0."""
+    (tmp_path / "story.toml").write_text(_with())
+    result = sulphur("render", "story.toml", "--engine", "ray", "--finishers", "-3", cwd=tmp_path, timeout=60)
+    assert assert_one_line(result, "--finishers -3").endswith("must be 0 or more")
+    assert not (tmp_path / "renders").exists()
