@@ -65,7 +65,9 @@ class SulphurApp(App[int]):
                  image: str = "halfblock", clock: Callable[[], float] | None = None,
                  poll_disk: float = DISK_POLL_S, host: Callable[[], HostSample | None] | None = None) -> None:
         super().__init__()
-        self.path = Path(storyboard_path).resolve()
+        # realpath, not resolve(): a loop of symlinks is the broken-file view's to name, and
+        # resolve() raises RuntimeError on one (Python 3.11)
+        self.path = Path(os.path.realpath(storyboard_path))
         self.gpu = gpu or GpuMonitor()
         self.connect_worker = connect_worker
         self._routed_on: weakref.WeakKeyDictionary[events.Key, Screen] = weakref.WeakKeyDictionary()

@@ -8,18 +8,22 @@ which merge-writes with tomlkit so comments and key order survive.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.project.files import read_regular
 from pipeline.project.storyboard import (
+    MAX_STORYBOARD_BYTES,
     Segment,
     Storyboard,
     StoryboardError,
     atomic_write,
     new_segment_id,
     parse,
+    read_source,
     render_toml,
     save,
     segment_id_problem,
@@ -43,11 +47,20 @@ class DiskState:
 
 
 def _disk_state(path: Path) -> DiskState | None:
+    """None when the file is gone. What is no readable storyboard (a FIFO, a folder, a loop of
+    links, past 16 MiB) is never opened or read whole: it hashes as empty, and parsing says why."""
     try:
         st = path.stat()
-        data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError:
+        return DiskState(0, -1, "")
+    try:
+        data = read_regular(path, MAX_STORYBOARD_BYTES)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        data = b""
     return DiskState(st.st_mtime_ns, st.st_size, _digest(data))
 
 
@@ -55,13 +68,8 @@ class Document:
     """One storyboard file being edited."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path).resolve()
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise StoryboardError(self.path, "file not found") from None
-        except UnicodeDecodeError as exc:
-            raise StoryboardError(self.path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        self.path = Path(os.path.realpath(path))  # resolve() raises RuntimeError on a loop of links
+        text = read_source(self.path)  # a FIFO or /dev/zero would hang the editor before its first frame
         self.storyboard: Storyboard = parse(text, self.path)  # raises StoryboardError for a broken file
         self._good_text = text  # last text known to parse: the merge base if the disk copy breaks
         self.saved: Storyboard = self.storyboard
@@ -222,6 +230,8 @@ class Document:
             st = self.path.stat()
         except FileNotFoundError:
             return self.disk is not None
+        except OSError:  # a loop of links: changed, and read_disk says why
+            return True
         if self.disk and (st.st_mtime_ns, st.st_size) == (self.disk.mtime_ns, self.disk.size):
             return False
         now = _disk_state(self.path)
@@ -232,11 +242,11 @@ class Document:
 
     def read_disk(self) -> Storyboard:
         """Parse the file as it is on disk now (raises StoryboardError)."""
-        return parse(self.path.read_text(encoding="utf-8"), self.path)
+        return parse(read_source(self.path), self.path)
 
     def reload(self) -> None:
         """Take the disk version; our unsaved edits become an undo step, not lost."""
-        text = self.path.read_text(encoding="utf-8")
+        text = read_source(self.path)
         fresh = parse(text, self.path)
         disk = _disk_state(self.path)
         self._good_text = text
@@ -278,7 +288,7 @@ class Document:
         enhanced prompt while we had no unsaved edits): no undo step, not dirty."""
         self.storyboard = self.saved = fresh
         self.disk = _disk_state(self.path)
-        self._good_text = self.path.read_text(encoding="utf-8")
+        self._good_text = read_source(self.path)
 
 
 def only_enhanced_prompts_differ(a: Storyboard, b: Storyboard) -> bool:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.render.usage import human, prune, report
+from pipeline.render.usage import CacheInUse, human, prune, report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -26,7 +26,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     removed = freed = 0
     if args.prune:
-        removed, freed = prune(project)
+        try:
+            removed, freed = prune(project)
+        except CacheInUse as exc:
+            print(f"sulphur cache --prune: {exc}", file=sys.stderr)
+            return 1
     rep = report(project)
     if args.json:
         print(json.dumps({"project": str(project), "total": rep.total, "storyboards": rep.per_storyboard,

@@ -7,7 +7,8 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline.cli.output import ProgressPrinter, json_printer, run_job
+from pipeline.cli.output import ProgressPrinter, json_printer, os_error_line, run_job
+from pipeline.project.storyboard import MAX_FRAMES, MAX_SEED
 from pipeline.render.errors import RenderError
 from pipeline.render.extend import DEFAULT_PRESET, extend, probe
 
@@ -27,7 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _flag_problem(args: argparse.Namespace) -> str:
+    """A number flag out of the storyboard's ranges, named as the flag (checked here, the error
+    named the storyboard extend writes, a file the user never made, and left it behind)."""
+    for flag, value, low, high in (("--frames", args.frames, 1, MAX_FRAMES), ("--steps", args.steps, 1, 200),
+                                   ("--seed", args.seed, 0, MAX_SEED)):
+        if value is not None and not low <= value <= high:
+            return f"{flag} {value}: must be between {low} and {high}"
+    return ""
+
+
 def main(args: argparse.Namespace) -> int:
+    problem = _flag_problem(args)
+    if problem:
+        print(f"sulphur extend: {problem}", file=sys.stderr)
+        return 2
     try:
         probe(args.clip)  # torch-free: a FIFO, an empty or a broken clip is refused in words, at once
     except ValueError as exc:
@@ -39,7 +54,9 @@ def main(args: argparse.Namespace) -> int:
         try:
             return extend(args.clip, args.prompt, preset=args.model, frames=args.frames, out=args.out,
                           seed=args.seed, steps=args.steps, enhance=args.enhance, emit=emit, cancel=cancel)
-        except (ValueError, KeyError, OSError) as exc:  # unreadable clip, unknown preset, …
+        except OSError as exc:  # an unwritable --out folder: its errno in words, not "error: 30"
+            raise RenderError("extend", os_error_line(exc)) from None
+        except (ValueError, KeyError) as exc:  # unreadable clip, unknown preset, …
             raise RenderError("extend", str(exc.args[0] if exc.args else exc)) from None
 
     code, out = run_job(work, json_events=args.json, emit=emit)

@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.cli.output import ProgressPrinter, json_printer, run_job
+from pipeline.cli.output import ProgressPrinter, json_printer, os_error_line, run_job
 from pipeline.project.references import check_references
 from pipeline.project.storyboard import StoryboardError, load
 from pipeline.wire import protocol
@@ -62,9 +62,18 @@ def main_render(args: argparse.Namespace) -> int:
 def main_demo(args: argparse.Namespace) -> int:
     """Copy the example storyboard into a folder of the user's and render it there."""
     folder = (args.out or Path("sulphur-demo")).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        print(f"sulphur demo: {folder}: not a folder (--out names the folder to copy the example into)",
+              file=sys.stderr)
+        return 2
     target = folder / EXAMPLE.name
-    if not target.exists():
-        shutil.copyfile(EXAMPLE, target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copyfile(EXAMPLE, target)
+    except OSError as exc:  # the first command a user runs, in a read-only folder: say so, no traceback
+        print(f"sulphur demo: {os_error_line(exc)} (run it in a folder you can write, or give --out)",
+              file=sys.stderr)
+        return 1
     print(f"rendering {target}", file=sys.stderr)
     return render_with_cli_output(target, json_events=args.json)

@@ -107,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         # devnull so the interpreter's final flush does not raise again (Python's signal docs).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # The last net: a file-system error no command words itself (a read-only folder, a
+        # vanished disk) is still one line with the path and the reason, never a traceback.
+        if os.environ.get("SULPHUR_DEBUG"):
+            raise
+        from pipeline.cli.output import os_error_line
+
+        print(f"sulphur {args.command}: {os_error_line(exc)}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

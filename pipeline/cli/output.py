@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
+from pipeline.project.files import NotAFile
 from pipeline.project.storyboard import StoryboardError
 from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled
@@ -46,6 +47,8 @@ class ProgressPrinter:
                 print(f"{seg:>12} → {path}", file=out)
             case protocol.FlickerReport(segment=seg, stage=stage, mean=m, minimum=lo):
                 print(f"{seg:>12} {stage:<8} flicker PSNR-Y mean {m:.2f} dB, worst {lo:.2f} dB", file=out)
+            case protocol.Log(level="debug") if not os.environ.get("SULPHUR_DEBUG"):
+                pass  # timings for whoever debugs (--json and the editor keep them), not progress lines
             case protocol.Log(level=level, message=msg):
                 print(f"{level}: {msg}", file=out)
             case protocol.ErrorEvent(message=msg):
@@ -86,6 +89,15 @@ def _interrupted(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def os_error_line(exc: OSError) -> str:
+    """An ``OSError`` a command met outside any stage, in words: ``renders: Read-only file system``
+    (never ``[Errno 30]`` or a bare ``30``)."""
+    if isinstance(exc, NotAFile):
+        return str(exc)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Emit) -> tuple[int, T | None]:
     """Run a render-like job for a CLI command; returns (exit code, result).
 
@@ -113,6 +125,12 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
         cancel.set()
         print("cancelled; finished stages are kept in the cache", file=sys.stderr)
         return (143 if isinstance(exc, Terminated) else 130), None
+    except BrokenPipeError:
+        raise  # `sulphur render --json | head`: the reader left; main() ends quietly
+    except OSError as exc:  # outside any stage: a read-only project folder, a vanished disk, ...
+        code, kind, message = 1, "os_error", os_error_line(exc)
+        if os.environ.get("SULPHUR_DEBUG"):
+            traceback.print_exception(exc, file=sys.stderr)
     if json_events:
         emit(protocol.ErrorEvent(kind=kind, message=message))
     print(f"error: {message}", file=sys.stderr)

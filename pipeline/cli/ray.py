@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from pipeline.wire.protocol import Event
 
 def main(args: argparse.Namespace) -> int:
     """``sulphur render FILE --engine ray [--address …]``: the headless render, over Ray."""
+    finishers = getattr(args, "finishers", None)
+    if finishers is not None and finishers < 0:  # was taken as none, after starting Ray
+        print(f"sulphur render: --finishers {finishers}: must be 0 or more", file=sys.stderr)
+        return 2
     printer = ProgressPrinter()
 
     def human(event: Event) -> None:

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.seeds < 1:  # was taken as 1 without a word
+        print(f"sulphur takes: --seeds {args.seeds}: must be 1 or more", file=sys.stderr)
+        return 2
     try:
         if args.pick is not None:
             path = pick_take(args.storyboard, args.segment, args.pick)

@@ -21,11 +21,13 @@ before it can reach a storyboard.
 from __future__ import annotations
 
 import base64
+import ctypes
 import functools
 import io
 import logging
 import os
 import re
+import sys
 import tempfile
 import unicodedata
 from dataclasses import dataclass
@@ -270,6 +272,7 @@ def load_enhancer(path: Path, *, n_gpu_layers: int, n_ctx: int, seed: int,
     """
     import llama_cpp
 
+    quiet_llama_logs(llama_cpp)
     handler = None
     if mmproj is not None:
         from llama_cpp.llama_chat_format import MTMDChatHandler
@@ -277,6 +280,33 @@ def load_enhancer(path: Path, *, n_gpu_layers: int, n_ctx: int, seed: int,
         handler = MTMDChatHandler(clip_model_path=str(mmproj), verbose=False, use_gpu=n_gpu_layers != 0)
     return llama_cpp.Llama(model_path=str(path), n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
                            seed=seed, verbose=False, chat_handler=handler)
+
+
+#: llama.cpp's log callback while Sulphur runs it (ctypes keeps no reference of its own).
+_LOG_CALLBACK: object = None
+
+#: ggml_log_level as the bundled ggml numbers it: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+#: (CONT continues the previous line). Measured from the levels of known lines.
+_GGML_ERROR, _GGML_CONT = 4, 5
+
+
+def quiet_llama_logs(llama_cpp: object) -> None:
+    """Let only llama.cpp's errors reach stderr. With ``verbose=False`` its warnings still
+    printed between the progress lines of every render ("llama_kv_cache_iswa: using full-size
+    SWA cache (ref: …)"): llama-cpp-python 0.3.36 filters with ggml's old level numbers
+    (ERROR was 3), and 3 is WARN in the ggml it bundles."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    last = [0]
+
+    def keep_errors(level: int, text: bytes, user_data: object) -> None:
+        last[0] = last[0] if level == _GGML_CONT else level
+        if last[0] == _GGML_ERROR:
+            print(text.decode("utf-8", errors="replace"), end="", flush=True, file=sys.stderr)
+
+    _LOG_CALLBACK = llama_cpp.llama_log_callback(keep_errors)  # type: ignore[attr-defined]
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))  # type: ignore[attr-defined]
 
 
 def cpu_only_build() -> bool:

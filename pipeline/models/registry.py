@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.models.home import sulphur_home
+from pipeline.project.files import check_regular, describe_os_error
 
 #: Real-ESRGAN x2plus is a release asset of xinntao/Real-ESRGAN, not a Hub file (the URL its
 #: own inference_realesrgan.py downloads: xinntao/Real-ESRGAN@07e2323, the RealESRGAN_x2plus branch).
@@ -69,6 +70,18 @@ class ModelFile:
 
             return pulled_path(self)
         return None
+
+    def unreadable(self) -> str:
+        """Why the path found for this file cannot be loaded — a FIFO, a device or a socket set
+        through ``$env`` (a load would wait on it forever) — or "" (absent, a folder, or a file)."""
+        p = self.local_path()
+        if p is None or p.is_dir():
+            return ""
+        try:
+            check_regular(p)
+        except OSError as exc:
+            return describe_os_error(p, exc)
+        return ""
 
     @property
     def patterns(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.memory.planner import StagePlan
 from pipeline.models import ltx2
+from pipeline.models.enhancer import quiet_llama_logs
 from pipeline.models.registry import Preset
 
 # Deferred imports: pipeline.models, pipeline.models.esrgan, llama_cpp, gguf — each file kind loads its own
@@ -58,6 +59,10 @@ def verify(preset: Preset) -> list[Check]:
         if path is None:
             out.append(Check(component, "", f"missing: {preset.file(role).where()}"))
             continue
+        why = preset.file(role).unreadable()
+        if why:  # a FIFO set through $SULPHUR_…: loading it waited forever
+            out.append(Check(component, str(path), why))
+            continue
         out.append(_try(component, str(path), lambda c=component, p=path: _load(preset, c, plan, p)))
     return out
 
@@ -98,6 +103,7 @@ def check_enhancer(path: Path) -> None:
         import llama_cpp
     except ImportError:
         raise ValueError("llama-cpp-python is not installed here: the enhancer cannot be loaded") from None
+    quiet_llama_logs(llama_cpp)
     try:
         llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     except (ValueError, RuntimeError) as exc:

@@ -384,6 +384,10 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
         msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else _end_of(source)
         raise StoryboardError(path, f"TOML syntax error: {msg}", line, col) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: thousands of "[" overflow it.
+        raise StoryboardError(path, f"values nested more than {MAX_NESTING} deep: not a storyboard",
+                              *_too_deep(source)) from None
     loc = _Locator(source)
 
     for key in data:
@@ -434,6 +438,32 @@ def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storybo
             seg = replace(seg, **_shot_keys(path, loc, i, shot_keys, seg.frame_count(project.fps)))
         segments.append(seg)
     return Storyboard(path=path, project=project, segments=tuple(segments))
+
+
+#: Deeper nesting than this is no storyboard's; it is where a nesting error is located.
+MAX_NESTING = 64
+
+
+def _too_deep(source: str) -> tuple[int, int]:
+    """Line and column of the first bracket or brace nested deeper than :data:`MAX_NESTING`
+    (quoted strings and comments skipped); (0, 0) when none is found."""
+    depth, quote, line, col = 0, "", 1, 0
+    for ch in source:
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+            quote = "" if quote == "#" else quote  # a comment ends here; a multi-line string does not
+        elif quote:
+            quote = "" if ch == quote and quote != "#" else quote
+        elif ch in "\"'#":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line, col
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return 0, 0
 
 
 def _top_level(loc: _Locator, key: str) -> tuple[int, int]:
@@ -565,8 +595,15 @@ MAX_STORYBOARD_BYTES = 16 << 20
 def load(path: str | os.PathLike[str]) -> Storyboard:
     """Read and validate a storyboard file; a FIFO, device or directory is refused unopened."""
     path = Path(path)
+    return parse(read_source(path), path)
+
+
+def read_source(path: str | os.PathLike[str]) -> str:
+    """A storyboard file's text, for whoever parses or edits it (the editor too): a FIFO,
+    device or directory is refused unopened, a file past 16 MiB unread; StoryboardError."""
+    path = Path(path)
     try:
-        source = read_regular(path, MAX_STORYBOARD_BYTES).decode("utf-8")
+        return read_regular(path, MAX_STORYBOARD_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise StoryboardError(path, "file not found") from None
     except UnicodeDecodeError as exc:
@@ -575,7 +612,6 @@ def load(path: str | os.PathLike[str]) -> Storyboard:
         raise StoryboardError(path, describe_os_error(path, exc).removeprefix(f"{path}: ")) from None
     except ValueError:
         raise StoryboardError(path, f"larger than {MAX_STORYBOARD_BYTES >> 20} MiB: not a storyboard") from None
-    return parse(source, path)
 
 
 # --------------------------------------------------------------------------- writing
@@ -727,13 +763,21 @@ def render_toml(storyboard: Storyboard, original: str, renames: Mapping[str, str
             _merge_table(table, _segment_items(seg, table.keys()), seg_defaults)
         new_tables.append(table)
     if isinstance(aot, AoT) and [t.get("id") for t in aot.body] == [s.id for s in storyboard.segments]:
-        return doc.as_string()  # same segments in the same order: tables were edited in place
+        return keep_newlines(original, doc.as_string())  # same segments in the same order: edited in place
     new_aot = tomlkit.aot()
     for table in new_tables:
         _strip_trailing_blank(table)  # tomlkit separates the tables itself
         new_aot.append(table)
     doc["segment"] = new_aot
-    return doc.as_string()
+    return keep_newlines(original, doc.as_string())
+
+
+def keep_newlines(original: str, text: str) -> str:
+    """``text`` with ``original``'s line endings: tomlkit ends the lines it adds with "\n", so a
+    file a Windows editor wrote (CRLF) came back with mixed endings after a new key or shot."""
+    if original.count("\r\n") * 2 <= original.count("\n"):  # mostly LF, or empty: as tomlkit wrote it
+        return text
+    return re.sub(r"(?<!\r)\n", "\r\n", text)
 
 
 def _strip_trailing_blank(table: Table) -> None:
@@ -779,7 +823,7 @@ def save(storyboard: Storyboard, path: str | os.PathLike[str] | None = None,
     """
     target = Path(path or storyboard.path)
     with storyboard_lock(target):  # the renderer's write-back takes it too (pipeline.project.writeback)
-        original = target.read_text(encoding="utf-8") if target.exists() else ""
+        original = read_source(target) if target.exists() else ""  # a FIFO put there: refused, not waited on
         if original:
             parse(original, target)  # refuse to merge into a broken file
         text = render_toml(storyboard, original, renames)

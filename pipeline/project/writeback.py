@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.project.files import check_writable, read_regular, real_target, storyboard_lock
-from pipeline.project.storyboard import MAX_STORYBOARD_BYTES, StoryboardError, atomic_write, parse
+from pipeline.project.storyboard import (
+    MAX_STORYBOARD_BYTES,
+    StoryboardError,
+    atomic_write,
+    keep_newlines,
+    parse,
+)
 
 # Deferred imports: tomlkit — only a write-back needs the comment-preserving parser
 
@@ -59,7 +65,7 @@ def set_segment_fields(path: str | os.PathLike[str], segment_id: str, *, respect
                 return f"segment {segment_id} is not an [[segment]] table of {target.name}"
             for key, value in changes.items():
                 table[key] = value
-            text = doc.as_string()
+            text = keep_newlines(source, doc.as_string())
             parse(text, path)  # never write what could not be read back
             check_writable(target)
             atomic_write(target, text)

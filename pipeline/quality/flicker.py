@@ -335,6 +335,11 @@ def _check_file(path: Path) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The reason in words: PyAV's ``[Errno 1094995529] Invalid data ...: 'x.mp4'`` is its
+    ``strerror`` ("Invalid data found when processing input"), without the errno and the path."""
+    reason = getattr(exc, "strerror", None)  # OSError, and PyAV's FFmpegError (a ValueError)
+    if isinstance(reason, str) and reason:
+        return " ".join(reason.split())
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

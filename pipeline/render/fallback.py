@@ -41,8 +41,7 @@ def run_down_ladder(stage: str, segment: str, plans: Sequence[StagePlan], attemp
         except BaseException as exc:
             kind = memory.oom_kind(exc)
             if kind is None:
-                raise RenderError("stage_failed", f"{stage} failed: {type(exc).__name__}: {exc}",
-                                  stage, segment) from exc
+                raise RenderError("stage_failed", f"{stage} failed: {_in_words(exc)}", stage, segment) from exc
             last_error = str(exc)  # not the exception: its traceback pins the failed attempt's tensors
         nxt = plans[i + 1] if i + 1 < len(plans) else None
         release_after_oom(models, kind, nxt)
@@ -52,6 +51,15 @@ def run_down_ladder(stage: str, segment: str, plans: Sequence[StagePlan], attemp
     tried = ", ".join(p.describe() for p in plans)
     raise RenderError("oom", f"{stage} ran out of memory with every plan ({tried}): {last_error}. "
                       "Lower draft_size/frames or raise vram_budget_gb/ram_budget_gb.", stage, segment)
+
+
+def _in_words(exc: BaseException) -> str:
+    """What went wrong in a stage, for the one-line error: an ``OSError`` as its file and reason
+    (``.sulphur/cache: Not a directory``, not ``NotADirectoryError: [Errno 20] ...``), else the
+    exception's type and message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 def release_after_oom(models: LoadedModels, kind: str, nxt: StagePlan | None) -> None:

@@ -47,10 +47,10 @@ class RenderJob:
         changes = {k: v for k, v in (("preset", o.preset), ("vram_budget_gb", o.vram_budget_gb),
                                      ("ram_budget_gb", o.ram_budget_gb)) if v}
         project = replace(sb.project, **changes)
-        presets = {project.preset: _resolve_preset(project.preset)}
-        for seg in sb.segments:
+        presets = {project.preset: _resolve_preset(sb, project.preset, flag=bool(o.preset))}
+        for i, seg in enumerate(sb.segments):
             if seg.preset and seg.preset not in presets:
-                presets[seg.preset] = _resolve_preset(seg.preset, seg.id)
+                presets[seg.preset] = _resolve_preset(sb, seg.preset, i)
         _refuse_unsupported(sb, project, presets)
         refuse_unsupported(sb, project, presets)
         _refuse_sizes(sb, project, presets)
@@ -134,8 +134,19 @@ def _refuse_sizes(sb: Storyboard, project: Project, presets: dict[str, Preset]) 
             raise RenderError("invalid_size", str(where))
 
 
-def _resolve_preset(name: str, segment: str = "") -> Preset:
+def _resolve_preset(sb: Storyboard, name: str, index: int | None = None, *, flag: bool = False) -> Preset:
+    """The preset called ``name``; an unknown one fails the job naming where it was asked for:
+    ``--preset``, else the storyboard's file:line:col of ``project.preset`` or ``segment[i].preset``."""
     try:
         return get_preset(name)
     except KeyError as exc:
-        raise RenderError("unknown_preset", str(exc.args[0]), segment=segment) from None
+        message = str(exc.args[0])
+    if flag:
+        raise RenderError("unknown_preset", f"--preset: {message}")
+    table, key = ("project", "project.preset") if index is None else ("segment", f"segment[{index}].preset")
+    try:
+        loc = _Locator(sb.path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        loc = _Locator("")
+    where = StoryboardError(sb.path, message, *loc.find(table, index, "preset"), key)
+    raise RenderError("unknown_preset", str(where), segment=sb.segments[index].id if index is not None else "")

@@ -44,7 +44,7 @@ from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
 from pipeline.render.overlap import Behind, LinkedCancel
-from pipeline.render.usage import human, prune, record
+from pipeline.render.usage import CacheInUse, human, prune, record
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.enhance import EnhanceStage
@@ -168,6 +168,9 @@ class Renderer:
         for preset in used.values():
             if preset.builder is not None:
                 preset.builder()
+            unreadable = [f"{m.role}: {why}" for m in preset.files if (why := m.unreadable())]
+            if unreadable:  # a FIFO as a model file ($SULPHUR_…): loading it would wait forever
+                raise RenderError("missing_models", f"preset {preset.name}: {'; '.join(unreadable)}")
         # A worker keeps models between jobs; those of presets this storyboard does not use
         # would only hold memory (a kept text encoder is 24 GB).
         names = {p.name for p in used.values()}
@@ -571,24 +574,28 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
             complete = True
             return final
         finally:
-            _keep_cache_tidy(sb, renderer.cache.used, complete, emit)
+            _keep_cache_tidy(sb, renderer.cache.used, complete, emit, renderer.renders.root / ".lock")
 
 
 # ------------------------------------------------------------------- helpers
 
 
-def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit) -> None:
+def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit, own_lock: Path) -> None:
     """Record what this render used (`sulphur cache`), then hold the cache to
-    ``[project] cache_limit_gb`` by pruning entries no storyboard uses. Never fails a render."""
+    ``[project] cache_limit_gb`` by pruning entries no storyboard uses — not while another
+    render of the folder runs (its entries are in no record yet). Never fails a render."""
     try:
         record(sb.path, used, complete=complete)
         if complete and sb.project.cache_limit_gb is not None:
-            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30))
+            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock)
             if removed:
                 emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
                                           f"unused entries ({human(freed)})"))
-    except OSError as exc:
-        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {exc}"))
+    except CacheInUse as exc:
+        emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
+    except OSError as exc:  # the reason in words, not "[Errno 20] …"
+        where = f"{exc.filename}: " if exc.filename else ""
+        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {where}{exc.strerror or exc}"))
 
 
 
@@ -642,10 +649,13 @@ def last_video_frame(path: Path) -> np.ndarray:
     last = None
     try:
         with av.open(str(path)) as container:
+            if not container.streams.video:  # decode(video=0) would be an IndexError traceback
+                raise RenderError("bad_anchor", f"anchor video {path} has no video stream (a sound file?)")
             for frame in container.decode(video=0):
                 last = frame
     except (OSError, av.error.FFmpegError) as exc:
-        raise RenderError("bad_anchor", f"cannot read anchor video {path}: {exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)  # FFmpeg's reason, not its errno
+        raise RenderError("bad_anchor", f"cannot read anchor video {path}: {reason}") from None
     if last is None:
         raise RenderError("bad_anchor", f"anchor video {path} has no frames")
     return last.to_ndarray(format="rgb24")

@@ -45,13 +45,28 @@ def seeds_for(storyboard_path: str | os.PathLike[str], segment: str, count: int)
 def pick_take(storyboard_path: str | os.PathLike[str], segment: str, seed: int) -> str:
     """Make take ``seed`` the segment's (seed + locked prompt into the storyboard); returns its MP4."""
     sb = load(storyboard_path)
-    manifest = sb.renders.takes_manifest(segment)
-    takes = json.loads(manifest.read_text()).get("takes", {}) if manifest.exists() else {}
+    segment_index(sb, segment)  # an unknown id is named as such (and never becomes a path)
+    takes = _recorded_takes(sb, segment)
     if str(seed) not in takes:
         raise StoryboardError(sb.path, f"segment '{segment}' has no take with seed {seed} "
                               f"(takes: {', '.join(sorted(takes)) or 'none'})")
     save(with_segment(sb, segment, seed=seed, enhanced_prompt=takes[str(seed)]["prompt"], enhance_lock=True))
     return takes[str(seed)]["path"]
+
+
+def _recorded_takes(sb: Storyboard, segment: str) -> dict[str, dict[str, str]]:
+    """``takes.json``'s takes (none when it is missing); a damaged one is refused in one line
+    naming it, before the storyboard is touched (it was a JSONDecodeError or KeyError traceback)."""
+    manifest = sb.renders.takes_manifest(segment)
+    if not manifest.exists():
+        return {}
+    try:
+        takes = json.loads(manifest.read_text(encoding="utf-8")).get("takes", {})
+        if all(isinstance(t.get("prompt"), str) and isinstance(t.get("path"), str) for t in takes.values()):
+            return takes
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise StoryboardError(manifest, "not a takes record Sulphur wrote (render the takes again to rebuild it)")
 
 
 def record_takes(sb: Storyboard, segment: str, takes: dict[int, Path], prompt: str) -> Path:

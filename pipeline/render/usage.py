@@ -16,6 +16,7 @@ Torch-free: ``sulphur cache`` imports only this and the storyboard model.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -87,10 +88,43 @@ def report(project_dir: Path) -> Report:
     return rep
 
 
-def prune(project_dir: Path, limit_bytes: int | None = None) -> tuple[int, int]:
+class CacheInUse(RuntimeError):
+    """A render of the project is running: the entries it builds or reuses are in no record
+    until it ends, so pruning now would delete them under it (it failed reading its own refine)."""
+
+
+def rendering_now(project_dir: Path, own: Path | None = None) -> list[str]:
+    """"renders/<stem> (PID n)" for every render folder of the project whose ``.lock`` a render
+    holds now (an ``OutputLock``: a flock, dropped by the kernel when its process ends).
+    ``own``: the lock this process holds (a render pruning after itself)."""
+    busy = []
+    for lock in sorted((Path(project_dir) / "renders").glob("*/.lock")):
+        if own is not None and lock.resolve() == Path(own).resolve():
+            continue
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            busy.append(f"renders/{lock.parent.name}" + (f" (PID {holder})" if holder.isdigit() else ""))
+        except OSError:
+            pass  # not a lock file we made (a FIFO, ...): no render holds it
+        finally:
+            os.close(fd)
+    return busy
+
+
+def prune(project_dir: Path, limit_bytes: int | None = None, *, own_lock: Path | None = None) -> tuple[int, int]:
     """Remove unreferenced entries (oldest first; with ``limit_bytes`` only until the cache
-    fits). Returns (entries removed, bytes freed)."""
+    fits). Returns (entries removed, bytes freed). Raises :class:`CacheInUse` while another
+    render of the project runs (``own_lock``: the caller's own render lock, not another's)."""
     project_dir = Path(project_dir)
+    busy = rendering_now(project_dir, own_lock)
+    if busy:
+        raise CacheInUse(f"{', '.join(busy)} is rendering: prune once it has finished")
     all_entries = entries(project_dir / ".sulphur" / "cache")
     rep = report(project_dir)
     total = rep.total

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.project import layout
+from pipeline.project.files import describe_os_error
 from pipeline.wire import protocol
 from pipeline.wire.framing import LineBuffer, connect_unix, lock_holder, private_dir, socket_path
 from pipeline.wire.protocol import (
@@ -148,7 +149,7 @@ class WorkerClient:
         if not start:
             raise WorkerNotRunning(f"no worker is running for {project_dir}")
         deadline = time.monotonic() + timeout
-        proc = spawn_worker(project_dir, idle_timeout)
+        proc = _spawn(project_dir, idle_timeout)
         spawns = 1
         while time.monotonic() < deadline:
             sock = _try_connect(path)
@@ -163,7 +164,7 @@ class WorkerClient:
                 if spawns >= 3:
                     raise WorkerError(f"the worker for {project_dir} exited with status {proc.returncode}; "
                                       f"last lines of its log:\n{_log_tail(project_dir)}")
-                proc = spawn_worker(project_dir, idle_timeout)
+                proc = _spawn(project_dir, idle_timeout)
                 spawns += 1
             time.sleep(0.05)
         raise WorkerError(f"no worker answered on {path} within {timeout:g} s; "
@@ -262,7 +263,17 @@ def _try_connect(path: Path) -> socket.socket | None:
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     except OSError as exc:
-        raise WorkerError(f"cannot connect to {path}: {exc}") from None
+        raise WorkerError(f"cannot connect to {describe_os_error(path, exc)}") from None
+
+
+def _spawn(project_dir: Path, idle_timeout: float | None) -> subprocess.Popen:
+    """:func:`spawn_worker`, with what stops it (a read-only project folder: no ``.sulphur/``
+    can be made) as a :class:`WorkerError` in words, which every client already shows."""
+    try:
+        return spawn_worker(project_dir, idle_timeout)
+    except OSError as exc:
+        where = describe_os_error(exc.filename or project_dir, exc)
+        raise WorkerError(f"cannot start a worker for {project_dir}: {where}") from None
 
 
 def spawn_worker(project_dir: Path, idle_timeout: float | None = None) -> subprocess.Popen:

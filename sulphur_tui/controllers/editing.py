@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from textual.app import SuspendNotSupported
 from textual.widgets import TextArea
 
+from pipeline.project.files import describe_os_error
 from pipeline.project.renaming import Move, planned_moves, rename_outputs, retarget_anchors
 from pipeline.project.storyboard import StoryboardError
 from sulphur_tui.document import NEW_PROMPT
@@ -314,8 +315,9 @@ class Editing:
         except StoryboardError as exc:
             app.notify(str(exc), title="Not saved", severity="error", timeout=10)
             return False
-        except OSError as exc:
-            app.notify(f"{exc}", title="Not saved", severity="error", timeout=10)
+        except OSError as exc:  # the path and the reason, not "[Errno 13] ..."
+            app.notify(describe_os_error(exc.filename or doc.path, exc), title="Not saved", severity="error",
+                       timeout=10)
             return False
         app.disk.over_broken = False
         app.board.refresh_document()

@@ -22,7 +22,7 @@ from pipeline.wire.protocol import (
     SegmentDone,
     StageFinished,
 )
-from pipeline.worker.client import WorkerClient, WorkerNotRunning
+from pipeline.worker.client import WorkerClient, WorkerError, WorkerNotRunning
 from sulphur_tui.messages import WorkerConnection, WorkerEvent
 from sulphur_tui.screens.takes import TakesScreen
 from sulphur_tui.sources import follow_worker, paced, read_events
@@ -174,8 +174,13 @@ class RenderControl:
         app = self.app
         assert app.doc is not None
         app.call_from_thread(self.set_worker_detail, "starting the render worker…")
-        with WorkerClient.connect(app.doc.path.parent, start=True, timeout=120.0) as client:
-            job_id = client.submit(app.doc.path, mode=mode, segments=segments, seeds=seeds or ())
+        try:
+            with WorkerClient.connect(app.doc.path.parent, start=True, timeout=120.0) as client:
+                job_id = client.submit(app.doc.path, mode=mode, segments=segments, seeds=seeds or ())
+        except WorkerError as exc:  # no worker could start (a read-only folder), or it refused the job
+            app.call_from_thread(self.set_worker_detail, f"render not started: {exc}")
+            app.call_from_thread(app.notify, str(exc), title="Render not started", severity="error", timeout=10)
+            return
         # Show the queue at once; the worker's own JobQueued confirms it.
         app.post_message(WorkerEvent(JobQueued(job_id=job_id, storyboard=str(app.doc.path), segments=queued,
                                                seeds=seeds or [])))

@@ -15,20 +15,21 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Static
 
-from pipeline.project.storyboard import StoryboardError
+from pipeline.project.files import read_regular
+from pipeline.project.storyboard import MAX_STORYBOARD_BYTES, StoryboardError
 
 CONTEXT_LINES = 3
 
 
 def excerpt(path: Path, line: int, column: int) -> Text:
     """The lines around the error with a caret under the column."""
+    if not line:  # no place to show (a FIFO, a folder, a missing file): never open it
+        return Text("")
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+        lines = read_regular(path, MAX_STORYBOARD_BYTES).decode("utf-8", errors="replace").splitlines()
+    except (OSError, ValueError):
         return Text("")
     out = Text()
-    if not line:
-        return out
     lo, hi = max(1, line - CONTEXT_LINES), min(len(lines), line + CONTEXT_LINES)
     width = len(str(hi))
     for n in range(lo, hi + 1):

@@ -95,3 +95,80 @@ def test_finished_jobs_leave_the_journal_after_the_retention(tmp_path: Path) -> 
     journal._db.execute("UPDATE jobs SET updated=? WHERE id IN ('old', 'pending')", (time.time() - 90 * 86400,))
     assert journal.prune(time.time() - 30 * 86400) == 1
     assert sorted(r.id for r in journal.jobs()) == ["new", "pending"]
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from pipeline.render.outputs import OutputLock
+with OutputLock(Path(sys.argv[1]), Path(sys.argv[2])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _render_holding(tmp_path: Path, stem: str):  # noqa: ANN202 - a Popen
+    """Another process holding ``renders/<stem>/.lock`` exactly as a running render does."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "renders" / stem), str(tmp_path / f"{stem}.toml")],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_prune_waits_for_a_running_render(tmp_path: Path) -> None:
+    """`sulphur cache --prune` during a render removed the entries it had just built (they are in
+    no record until it ends): the render then failed reading its own refine. Now prune refuses,
+    naming the render, and removes nothing; once that render has ended it prunes."""
+    cache, _ = _project(tmp_path)
+    proc = _render_holding(tmp_path, "two")
+    try:
+        result = sulphur("cache", "--project", str(tmp_path), "--prune", cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == f"sulphur cache --prune: renders/two (PID {proc.pid}) is rendering: " \
+                                         "prune once it has finished"
+        assert cache.get("draft", "d" * 32) is not None
+    finally:
+        proc.kill()
+        proc.wait()
+    result = sulphur("cache", "--project", str(tmp_path), "--prune", cwd=tmp_path)
+    assert result.returncode == 0 and "pruned 1 entries" in result.stdout
+    assert cache.get("draft", "d" * 32) is None
+
+
+def test_a_render_pruning_after_itself_skips_only_its_own_lock(tmp_path: Path) -> None:
+    """``cache_limit_gb``: the render that just finished still holds its lock while it prunes."""
+    from pipeline.render.outputs import OutputLock
+    from pipeline.render.usage import CacheInUse, prune
+
+    cache, _ = _project(tmp_path)
+    with OutputLock(tmp_path / "renders" / "one", tmp_path / "one.toml") as mine:
+        proc = _render_holding(tmp_path, "two")
+        try:
+            with pytest.raises(CacheInUse, match=r"renders/two \(PID \d+\) is rendering"):
+                prune(tmp_path, 0, own_lock=mine.path)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert prune(tmp_path, 0, own_lock=mine.path)[0] == 1
+    assert cache.get("draft", "d" * 32) is None
+
+
+def test_cache_bookkeeping_that_cannot_write_warns_in_words(tmp_path: Path) -> None:
+    """``.sulphur`` a file: the warning said ``[Errno 20] Not a directory: '…'``."""
+    from pipeline.project.storyboard import parse
+    from pipeline.render.runner import _keep_cache_tidy
+
+    (tmp_path / ".sulphur").write_text("not a folder")
+    story = tmp_path / "one.toml"
+    story.write_text('[[segment]]\nid = "a"\nprompt = "x"\n')
+    events: list = []
+    _keep_cache_tidy(parse(story.read_text(), story), {"draft/" + "a" * 32}, True, events.append,
+                     tmp_path / "renders" / "one" / ".lock")
+    (log,) = events
+    assert log.level == "warning" and log.message == \
+        f"cache bookkeeping skipped: {tmp_path / '.sulphur' / 'uses'}: Not a directory"

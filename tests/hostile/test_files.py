@@ -84,6 +84,12 @@ STORYBOARDS: dict[str, tuple[str, int, dict[str, object]]] = {
     "binary-garbage": (b"\x00\xff" * 100, 0, {}),  # type: ignore[dict-item]
     "not-utf8": (HEAD.encode() + b'\n[[segment]]\nid = "a"\nprompt = "\xff\xfe"\n', 0, {}),  # type: ignore[dict-item]
     "empty-file": ("", 0, {}),
+    # an unknown preset named no place (it is resolved after parsing, with the job)
+    "unknown-project-preset": (_with(), 4, {}),
+    "unknown-shot-preset": (_with("", 'preset = "nope"\n', shots=2).replace('"no-such-preset"', '"tiny"'), 16, {}),
+    # tomllib recurses per level: these were a RecursionError traceback (arrays; inline tables).
+    "nested-arrays": (_with("x = " + "[" * 50000 + "]" * 50000 + "\n"), 6, {}),
+    "nested-inline-tables": (_with("", "x = " + "{a=" * 5000 + "1" + "}" * 5000 + "\n"), 11, {}),
     "no-segments": (HEAD, 0, {}),
 }
 
@@ -180,3 +186,82 @@ def test_extend_refuses_a_bad_clip_in_words(kind: str, tmp_path: Path) -> None:
     message = assert_one_line(result, str(clip))
     assert not any(word.isdigit() and len(word) > 6 for word in message.replace(":", " ").split()), message
     assert _snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------ takes.json
+
+
+@pytest.mark.parametrize("content", ["garbage{", "[1, 2]", '{"takes": [1]}', '{"takes": {"5": {}}}',
+                                     '{"takes": {"5": 7}}'], ids=["not-json", "list", "takes-list",
+                                                                  "no-prompt", "take-not-table"])
+def test_pick_refuses_a_damaged_takes_record_naming_it(content: str, tmp_path: Path) -> None:
+    """`sulphur takes --pick` on a damaged takes.json was a JSONDecodeError/AttributeError/KeyError
+    traceback; now one line naming the file, and the storyboard is not written."""
+    (tmp_path / "story.toml").write_text(_with())
+    manifest = tmp_path / "renders" / "story" / "takes" / "s0" / "takes.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(content)
+    before = _snapshot(tmp_path)
+    result = sulphur("takes", "story.toml", "s0", "--pick", "5", cwd=tmp_path, timeout=30)
+    assert "not a takes record" in assert_one_line(result, "takes/s0/takes.json")
+    assert _snapshot(tmp_path) == before
+
+
+def test_pick_names_an_unknown_shot_as_such(tmp_path: Path) -> None:
+    (tmp_path / "story.toml").write_text(_with())
+    result = sulphur("takes", "story.toml", "nope", "--pick", "5", cwd=tmp_path, timeout=30)
+    assert "no segment with id 'nope'" in assert_one_line(result, "story.toml")
+
+
+@pytest.mark.parametrize("flag", [("--frames", "0"), ("--frames", "100000"), ("--steps", "0"), ("--steps", "500"),
+                                  ("--seed", "-1")], ids=lambda f: f"{f[0]}={f[1]}")
+def test_extend_refuses_a_number_flag_out_of_range_naming_the_flag(flag: tuple[str, str], tmp_path: Path) -> None:
+    """The error named the storyboard extend writes beside the output (file:line:col of a file
+    the user never made) and left it there; --steps 0 was taken as the preset's without a word."""
+    _tiny_mp4(tmp_path / "clip.mp4")
+    before = _snapshot(tmp_path)
+    result = sulphur("extend", "clip.mp4", "--prompt", "and then", "--model", "tiny", *flag, cwd=tmp_path, timeout=30)
+    assert f"{flag[0]} {flag[1]}: must be between" in assert_one_line(result, flag[0])
+    assert _snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("count", ["0", "-2"])
+def test_takes_refuses_fewer_than_one_seed(count: str, tmp_path: Path) -> None:
+    """``--seeds 0`` rendered one take without a word."""
+    (tmp_path / "story.toml").write_text(_with())
+    result = sulphur("takes", "story.toml", "s0", "--seeds", count, cwd=tmp_path, timeout=30)
+    assert assert_one_line(result, "--seeds").endswith("must be 1 or more")
+    assert not (tmp_path / "renders").exists()
+
+
+def _sound_only_mp4(path: Path) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=48000)
+        s.layout = "mono"
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 1024
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+
+
+def test_a_sound_file_as_video_anchor_is_refused_in_words(tmp_path: Path) -> None:
+    """``anchor = { video = "voice.mp4" }`` with no picture in it was an IndexError traceback."""
+    story = _with("", 'anchor = { video = "voice.mp4" }\n').replace('"no-such-preset"', '"tiny"')
+    (tmp_path / "story.toml").write_text(story)
+    _sound_only_mp4(tmp_path / "voice.mp4")
+    result = sulphur("render", "story.toml", cwd=tmp_path, timeout=120)
+    assert "has no video stream" in assert_one_line(result, "voice.mp4")
+
+
+def test_render_refuses_a_negative_finisher_count(tmp_path: Path) -> None:
+    """``--engine ray --finishers -3`` started Ray and rendered as if it said 0."""
+    (tmp_path / "story.toml").write_text(_with())
+    result = sulphur("render", "story.toml", "--engine", "ray", "--finishers", "-3", cwd=tmp_path, timeout=60)
+    assert assert_one_line(result, "--finishers -3").endswith("must be 0 or more")
+    assert not (tmp_path / "renders").exists()

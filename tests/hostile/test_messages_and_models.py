@@ -129,3 +129,29 @@ def test_a_hostile_gguf_is_refused(tmp_path: Path, content: bytes) -> None:
     with pytest.raises(Exception):  # noqa: B017 - gguf raises ValueError/struct errors: any refusal
         GGUFReader(path)
     assert path.read_bytes() == content
+
+
+def _fifo_enhancer(tmp_path: Path) -> dict[str, str]:
+    """ltxv-0.9's three files through its $SULPHUR_… variables, the enhancer GGUF a FIFO."""
+    (tmp_path / "ltxv").mkdir()
+    (tmp_path / "esrgan.pth").write_bytes(b"\0" * 64)
+    os.mkfifo(tmp_path / "llm.gguf")
+    return {"SULPHUR_LTXV": str(tmp_path / "ltxv"), "SULPHUR_ENHANCER_GGUF": str(tmp_path / "llm.gguf"),
+            "SULPHUR_ESRGAN": str(tmp_path / "esrgan.pth")}
+
+
+def test_a_fifo_as_a_model_file_is_refused_before_any_stage(tmp_path: Path) -> None:
+    """A render whose enhancer GGUF was a FIFO failed its enhance stage and then never exited
+    (llama.cpp kept waiting on the pipe); ``models verify`` hung at once. Now each names the file."""
+    from tests.hostile.conftest import assert_one_line, sulphur
+
+    env = _fifo_enhancer(tmp_path)
+    (tmp_path / "story.toml").write_text('[project]\npreset = "ltxv-0.9"\nfps = 8\n\n'
+                                         '[[segment]]\nid = "a"\nprompt = "a shot"\nframes = 9\n')
+    result = sulphur("render", "story.toml", cwd=tmp_path, timeout=30, env=env)
+    message = assert_one_line(result, f"enhancer: {tmp_path / 'llm.gguf'}: is a FIFO (named pipe)")
+    assert "started" not in result.stderr, message  # refused before the first stage
+    verify = sulphur("models", "verify", "ltx23-distilled", cwd=tmp_path, timeout=30,
+                     env={"SULPHUR_ENHANCER_GGUF": env["SULPHUR_ENHANCER_GGUF"]})
+    line = next(x for x in (verify.stdout + verify.stderr).splitlines() if x.startswith("enhancer "))
+    assert line.split()[1] == "FAIL" and line.endswith("llm.gguf: is a FIFO (named pipe), not a regular file")

@@ -23,6 +23,7 @@ from pipeline.models.enhancer import (
     unusable_reason,
 )
 from pipeline.models.registry import ModelFile, Preset
+from pipeline.models.verify import check_enhancer
 from pipeline.project.storyboard import Project, Segment, Storyboard
 from pipeline.stages import enhance as enhance_stage
 from pipeline.stages.base import SegmentJob, StageContext
@@ -261,3 +262,14 @@ def test_vision_hook_is_off_without_a_projector(llm) -> None:  # noqa: ANN001
     without = enhance(llm, PROMPT, seed=3, max_tokens=16, image_to_video=True)
     assert with_image == without
     assert enhancer_module._image_data_uri(frame).startswith("data:image/png;base64,")
+
+
+def test_llama_cpp_warnings_stay_off_the_terminal(tiny_llm: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Every render printed "llama_kv_cache_iswa: using full-size SWA cache (ref: …)" among its
+    progress lines: llama-cpp-python 0.3.36 filters with ggml's old level numbers, where the
+    bundled ggml's WARN is the old ERROR. Only llama.cpp's errors may reach stderr."""
+    capfd.readouterr()
+    load_enhancer(tiny_llm, n_gpu_layers=0, n_ctx=4096, seed=0)
+    check_enhancer(tiny_llm)  # `sulphur models verify` loads it too
+    err = capfd.readouterr().err
+    assert "llama_" not in err and "SWA" not in err, err

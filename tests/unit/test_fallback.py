@@ -107,6 +107,20 @@ def test_other_errors_fail_the_stage_at_once_and_keep_the_models() -> None:
     assert models.names() == ["kept"]
 
 
+def test_a_file_system_error_fails_the_stage_in_words(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    """A stage that cannot write its cache entry (``.sulphur/cache`` is a file) said
+    ``NotADirectoryError: [Errno 20] Not a directory: '…'``: now the path and the reason."""
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+
+    def writes_entry(plan: StagePlan) -> None:
+        (tmp_path / "cache" / "draft").mkdir(parents=True)
+
+    with pytest.raises(RenderError) as err:
+        _run(_ladder(), writes_entry)
+    assert err.value.message == f"draft failed: {tmp_path / 'cache' / 'draft'}: Not a directory"
+    assert isinstance(err.value.__cause__, NotADirectoryError)
+
+
 def test_a_cancel_stops_before_the_next_plan() -> None:
     plans = _ladder()
     cancel = threading.Event()

@@ -88,12 +88,21 @@ def test_the_selection_is_in_storyboard_order_and_its_jobs_are_those_shots(tmp_p
 
 
 def test_an_unknown_preset_is_refused_naming_it_and_the_shot_that_asks(tmp_path: Path) -> None:
+    """Where it was asked for, in the storyboard's one-line form: the flag, or the file's
+    line and column of ``project.preset`` / ``segment[i].preset`` (they named no place)."""
     known = "unknown model preset 'nope' (known: "
     err = _refusal(S.load(_board(tmp_path)), Overrides(preset="nope"))
-    assert (err.kind, err.segment) == ("unknown_preset", "") and err.message.startswith(known)
-    err = _refusal(S.load(_board(tmp_path, b='preset = "nope"\n')))
-    assert (err.kind, err.segment) == ("unknown_preset", "b") and err.message.startswith(known)
+    assert (err.kind, err.segment) == ("unknown_preset", "") and err.message.startswith("--preset: " + known)
+    asked = 'preset = "nope"'
+    path = _board(tmp_path, b=asked + "\n")
+    err = _refusal(S.load(path))
+    where = f"{path}:{_line_of(path, asked)}:1: segment[1].preset: "
+    assert (err.kind, err.segment) == ("unknown_preset", "b") and err.message.startswith(where + known)
     assert "tiny-wan-ti2v" in err.message
+    path.write_text(path.read_text().replace(asked, "").replace('preset = "tiny"', asked))
+    err = _refusal(S.load(path))
+    where = f"{path}:{_line_of(path, asked)}:1: project.preset: "
+    assert (err.kind, err.segment) == ("unknown_preset", "") and err.message.startswith(where + known)
 
 
 # ------------------------------------------------------------------ shot keys a family cannot honour

@@ -115,6 +115,12 @@ REFUSED = {
     # a dotted key is not spelled as one name: the table's own position, indent included
     "inline_project_dotted_key": ('  project = { x.y = 1 }\n' + SEG,
                                   f"s.toml:1:3: project.x: unknown key (allowed: {PROJECT_KEYS})"),
+    # nested past the parser's recursion: the first bracket past 64 levels, brackets in a comment
+    # and a string before it not counted (this was a RecursionError traceback)
+    "nested_too_deep": ('[project] # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n'
+                        'title = "{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{"\n'
+                        'x = ' + "[" * 5000 + "]" * 5000 + '\n' + SEG,
+                        "s.toml:3:69: values nested more than 64 deep: not a storyboard"),
 }
 
 

@@ -165,3 +165,26 @@ def test_shot_keys_of_a_new_shot_are_written_as_inline_tables() -> None:
     text = S.render_toml(sb, "")
     assert S.parse(text, "s.toml") == sb
     assert "[segment." not in text  # inline tables on the shot's lines, no [[segment.keyframes]] tables
+
+
+def test_a_crlf_file_keeps_crlf_after_a_new_key_a_new_shot_and_a_write_back(tmp_path: Path) -> None:
+    """A storyboard a Windows editor wrote came back with mixed endings: tomlkit ends the lines it
+    adds with LF (a new shot, a new key, the enhancer's write-back)."""
+    from pipeline.project.writeback import set_enhanced_prompt
+
+    path = tmp_path / "s.toml"
+    path.write_bytes(SPELLED.replace("\n", "\r\n").encode())
+    sb = S.load(path)
+    shot = replace(sb.segments[0], id="b", prompt="the lamp goes out", seed=9)
+    S.save(replace(sb, segments=(replace(sb.segments[0], seed=3), shot)), path)
+    assert set_enhanced_prompt(path, "b", "an enhanced prompt") == ""
+    data = path.read_bytes()
+    assert data.count(b"\n") == data.count(b"\r\n") > SPELLED.count("\n")  # only CRLF, and lines were added
+    saved = S.load(path)
+    assert [(s.id, s.seed) for s in saved.segments] == [("a", 3), ("b", 9)]
+    assert saved.segment("b").enhanced_prompt == "an enhanced prompt"
+
+
+def test_an_lf_file_stays_lf() -> None:
+    text = S.render_toml(replace(S.parse(SPELLED), project=replace(S.parse(SPELLED).project, seed=4)), SPELLED)
+    assert "\r" not in text and "seed = 4\n" in text
