@@ -82,5 +82,7 @@ def audio_header(path: Path) -> tuple[str, float | None]:
             seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                        else container.duration / 1e6 if container.duration else None)
     except (av.error.FFmpegError, OSError, ValueError) as exc:  # noqa: B014 - PyAV's errors are OSError too
-        return f"{path}: not a sound file PyAV can read ({str(exc).splitlines()[0][:80]})", None
+        # PyAV's message carries FFmpeg's errno and the path again: its strerror is the reason in words
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:80]
+        return f"{path}: not a sound file PyAV can read ({reason})", None
     return "", seconds
