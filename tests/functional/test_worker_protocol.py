@@ -347,3 +347,12 @@ def test_a_slow_subscriber_keeps_lifecycle_events_and_sheds_progress() -> None:
     stages, dropped, longest = asyncio.run(scenario())
     assert stages == [f"st{i}" for i in range(n_life)]  # every lifecycle event, in order
     assert dropped > 0 and longest <= W.QUEUE_SOFT  # progress was shed instead of piling up
+
+
+def test_status_of_a_folder_that_does_not_exist_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped --project is not "no worker running" (which reads as a healthy, idle project)."""
+    missing = tmp_path / "no-such-project"
+    assert main_status(argparse.Namespace(project=missing, json=False)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sulphur status: {missing}: no such project folder"]
+    assert not missing.exists(), "nothing is created for it"
