@@ -322,5 +322,7 @@ if __name__ == "__main__":
     _p.add_argument("--speed", type=float, default=1.0, help="replay speed (0: all at once)")
     _a = _p.parse_args()
     if _a.replay:
+        if not _a.replay.is_file():
+            _p.exit(2, f"error: {_a.replay}: no such recording\n")
         sys.exit(int(create_app(_a.storyboard, replay=_a.replay, replay_speed=_a.speed).run() or 0))
     sys.exit(main(_a))

@@ -120,3 +120,4 @@ async def test_a_loop_of_symlinks_opens_the_broken_view(tmp_path: Path) -> None:
         await pilot.pause(0.2)
         assert isinstance(app.screen, BrokenFileScreen)
         assert "Too many levels of symbolic links" in screen_text(app)
+

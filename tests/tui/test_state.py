@@ -253,3 +253,14 @@ def test_a_shot_only_chained_from_keeps_its_encoded_flicker_figure() -> None:
     live.apply(JobStarted(job_id="j3", storyboard="s.toml", segments=["dawn"]))
     live.apply(report("j3", "dawn", "draft", 15.0))
     assert (live.flicker["dawn"].stage, live.flicker["dawn"].minimum) == ("draft", 15.0)
+
+
+def test_a_missing_replay_recording_is_one_line(tmp_path: Path) -> None:
+    """The developer replay (`python -m sulphur_tui.app story.toml --replay rec.jsonl`) names a
+    recording that is not there in one line, not a traceback."""
+    missing = tmp_path / "rec.jsonl"
+    done = subprocess.run([sys.executable, "-m", "sulphur_tui.app", "storyboards/creative.toml", "--replay",
+                           str(missing)], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {missing}: no such recording"]
