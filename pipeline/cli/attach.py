@@ -45,7 +45,7 @@ def main_status(args: argparse.Namespace) -> int:
     starts one, which resumes them, and reports its status.
     """
     project = Path(getattr(args, "project", None) or Path.cwd()).expanduser().resolve()
-    if not project.is_dir():  # "no worker running" would read as a healthy, idle project
+    if not project.exists():  # "no worker running" would read as a healthy, idle project
         print(f"sulphur status: {project}: no such project folder", file=sys.stderr)
         return 2
     try:

@@ -19,7 +19,7 @@ from pipeline.project.audio_track import audio_header, audio_problem
 from pipeline.project.files import NotAFile, check_regular, describe_os_error, remembered
 from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, _Locator
 
-# Deferred imports: PIL — only checking an image reference needs it
+# Deferred imports: PIL, safetensors — only checking an image or a LoRA reference needs them
 
 #: Pixels an anchor or reference image may have (8K × 8K); a bigger one is a bomb or a mistake.
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -75,7 +75,7 @@ def shot_file_problem(sb: Storyboard, seg: Segment, key: str) -> str:
     if key == "keyframes":
         problems = (_problem(sb.resolve(kf.image), "image") for kf in seg.keyframes)
     elif key == "loras":
-        problems = (_problem(sb.resolve(ref.path)) for ref in seg.loras if not ref.repo)
+        problems = (_problem(sb.resolve(ref.path), "safetensors") for ref in seg.loras if not ref.repo)
     elif key == "audio" and seg.audio is not None:
         problems = iter([_problem(sb.resolve(seg.audio.path), "audio", seg.audio.start)])
     else:
@@ -84,8 +84,9 @@ def shot_file_problem(sb: Storyboard, seg: Segment, key: str) -> str:
 
 
 def _problem(path: Path, header: str = "", start: float = 0.0) -> str:
-    """What is wrong with one referenced file, or "" when it is usable. ``header``: "image"
-    or "audio" (from ``start`` s on) also reads the file's header, once per version of it."""
+    """What is wrong with one referenced file, or "" when it is usable. ``header``: "image",
+    "audio" (from ``start`` s on) or "safetensors" also reads the file's header, once per
+    version of it."""
     try:
         st = check_regular(path)
     except FileNotFoundError:
@@ -102,6 +103,21 @@ def _problem(path: Path, header: str = "", start: float = 0.0) -> str:
         return remembered(path, _image_problem, st)
     if header == "audio":
         return audio_problem(path, start, remembered(path, audio_header, st))
+    if header == "safetensors":
+        return remembered(path, _safetensors_problem, st)
+    return ""
+
+
+def _safetensors_problem(path: Path) -> str:
+    """A LoRA must at least be a safetensors file: its header is read (no tensor), so a wrong
+    or damaged file is refused at its key's line, before any model loads."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        return f"{path}: not a safetensors file ({' '.join(str(exc).split())[:80]})"
     return ""
 
 

@@ -138,6 +138,11 @@ def test_missing_or_unreadable_files_are_named_at_their_key(tmp_path: Path) -> N
     with pytest.raises(sbmod.StoryboardError, match=r"board.toml:8:1: segment\[0\].loras: .*style.safetensors: "
                                                     r"file not found"):
         check_references(sb)
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "style.safetensors").write_bytes(b"not a LoRA at all, just some bytes")
+    with pytest.raises(sbmod.StoryboardError, match=r"board.toml:8:1: segment\[0\].loras: .*style.safetensors: "
+                                                    r"not a safetensors file \(.*header"):
+        check_references(sb)
     write_lora(tmp_path / "loras" / "style.safetensors")
     with pytest.raises(sbmod.StoryboardError, match=r":9:1: segment\[0\].audio: .*song.wav: file not found"):
         check_references(sb)
