@@ -27,6 +27,7 @@ from sulphur_tui.live import LiveState
 from sulphur_tui.messages import WorkerEvent
 from sulphur_tui.sources import paced, read_events, write_events
 from sulphur_tui.status import disk_states, segment_digest
+from tests.functional.conftest import checkout_env
 
 from .conftest import RAY_RECORDING, RECORDING, fake_render
 
@@ -261,6 +262,6 @@ def test_a_missing_replay_recording_is_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "rec.jsonl"
     done = subprocess.run([sys.executable, "-m", "sulphur_tui.app", "storyboards/creative.toml", "--replay",
                            str(missing)], capture_output=True, text=True, timeout=60, check=False,
-                          cwd=Path(__file__).resolve().parents[2])
+                          cwd=Path(__file__).resolve().parents[2], env=checkout_env())
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {missing}: no such recording"]
