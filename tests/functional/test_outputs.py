@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.functional.conftest import tiny_storyboard
+from tests.functional.conftest import tiny_storyboard, tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,16 +27,8 @@ STORY = tiny_storyboard([{"id": "a", "prompt": "a lighthouse", "frames": 9}], pr
 @pytest.fixture()
 def small_disk(tmp_path: Path):  # noqa: ANN201
     """A 2 MiB tmpfs: writes past it fail with ENOSPC."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def _fill(folder: Path) -> None:

@@ -8,12 +8,12 @@ The folder is a real read-only tmpfs (root only: a chmod does not stop root).
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.functional.conftest import tmpfs
 from tests.hostile.conftest import QUICK, assert_one_line, sulphur
 
 pytestmark = pytest.mark.timeout(90)
@@ -22,13 +22,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture()
 def read_only(tmp_path: Path):  # noqa: ANN201
     """A folder holding story.toml and clip.mp4, then remounted read-only."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "ro", "4m") as mnt:
         (mnt / "story.toml").write_text(QUICK.replace('"no-such-preset"', '"tiny"'))
         _tiny_mp4(mnt / "clip.mp4")
         takes = mnt / "renders" / "story" / "takes" / "one" / "takes.json"
@@ -36,8 +30,6 @@ def read_only(tmp_path: Path):  # noqa: ANN201
         takes.write_text('{"takes": {"5": {"path": "seed-5.mp4", "prompt": "a red lighthouse"}}}')
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def _tiny_mp4(path: Path) -> None:
