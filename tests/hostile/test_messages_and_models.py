@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.wire import protocol
 from tests.hostile.conftest import Raw
+from tests.special_files import make_special
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,17 +28,7 @@ def _special(project: Path, kind: str) -> str:
     """A storyboard path inside the project that is not a regular file."""
     target = project / f"{kind}.toml"
     if not target.exists() and not target.is_symlink():
-        if kind == "fifo":
-            os.mkfifo(target)
-        elif kind == "directory":
-            target.mkdir()
-        elif kind == "devzero":
-            target.symlink_to("/dev/zero")
-        elif kind == "loop":
-            target.symlink_to(target)
-        elif kind == "unreadable":
-            target.write_text('[[segment]]\nid = "a"\nprompt = "x"\n')
-            os.chmod(target, 0)
+        make_special(target, kind)
     return str(target)
 
 

@@ -8,7 +8,6 @@ the broken-file view (or the disk-changed question) in words, without opening th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from pipeline.project.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import BrokenFileScreen, DiskChangedDialog
+from tests.special_files import make_special
 
 from .conftest import screen_text
 
@@ -26,18 +26,10 @@ SIZE = (100, 30)
 def _special(story: Path, kind: str) -> Path:
     """``story``'s path made into ``kind`` (the good storyboard removed first)."""
     story.unlink()
-    if kind == "fifo":
-        os.mkfifo(story)
-    elif kind == "directory":
-        story.mkdir()
-    elif kind == "symlink-to-dev-zero":
-        story.symlink_to("/dev/zero")
-    elif kind == "oversized":
-        story.write_bytes(b"# " + b"x" * (17 << 20) + b"\n")
-    return story
+    return make_special(story, kind)
 
 
-WORDS = {"fifo": "FIFO (named pipe)", "directory": "is a directory", "symlink-to-dev-zero": "character device",
+WORDS = {"fifo": "FIFO (named pipe)", "directory": "is a directory", "devzero": "character device",
          "oversized": "larger than 16 MiB"}
 
 
