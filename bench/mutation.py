@@ -183,6 +183,12 @@ def _mutmut(dest: Path, *args: str, log: Path | None = None) -> str:
     env = dict(os.environ, PYTHONPATH=_pythonpath(dest), SULPHUR_TEST_HOME=os.environ.get("SULPHUR_TEST_HOME", ""))
     if not env["SULPHUR_TEST_HOME"]:
         env.pop("SULPHUR_TEST_HOME")
+    # pytest's temporary folders inside the copy, removed after each call: a forked child that
+    # is killed leaves its lock behind, and pytest keeps a locked folder for three days (tens
+    # of GB over one full run once filled the disk that CI ran on).
+    temp_root = dest / ".pytest-tmp"
+    temp_root.mkdir(exist_ok=True)
+    env["PYTEST_DEBUG_TEMPROOT"] = str(temp_root)
     # Its own session: a timeout that ends this script ends mutmut and its forked children too
     # (an orphan would go on writing verdicts into the copy that --resume picks up).
     proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env, text=True,
@@ -192,6 +198,7 @@ def _mutmut(dest: Path, *args: str, log: Path | None = None) -> str:
         out, err = proc.communicate()
     finally:
         _LIVE.discard(proc)
+        shutil.rmtree(temp_root, ignore_errors=True)
     if log is not None:
         log.write_text(out + err)
     return out
