@@ -593,9 +593,17 @@ MAX_STORYBOARD_BYTES = 16 << 20
 
 
 def load(path: str | os.PathLike[str]) -> Storyboard:
-    """Read and validate a storyboard file; a FIFO, device or directory is refused unopened."""
+    """Read and validate a storyboard file; a FIFO, device or directory is refused unopened.
+
+    Messages name the path as given; the storyboard carries the file's real path. A
+    symlinked storyboard's project is the folder of the file it points at: the folder the
+    editor saves into and its relative paths were written against, so the CLI, the worker
+    and the TUI share one cache, one journal and one ``renders/``.
+    """
     path = Path(path)
-    return parse(read_source(path), path)
+    sb = parse(read_source(path), path)
+    # realpath, not resolve(): resolve() raises RuntimeError on a loop of links (Python 3.11).
+    return replace(sb, path=Path(os.path.realpath(path)))
 
 
 def read_source(path: str | os.PathLike[str]) -> str:

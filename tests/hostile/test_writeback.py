@@ -53,6 +53,31 @@ def test_a_symlinked_storyboard_stays_a_symlink(tmp_path: Path) -> None:
     assert "# inline comment" in real.read_text() and real.read_text().startswith("# my film")
 
 
+def test_a_symlinked_storyboard_has_one_project_for_the_cli_and_the_editor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link lives elsewhere under another name: the render, the worker and the editor all
+    use the real file's folder (one cache, one journal, one ``renders/``), not two."""
+    from sulphur_tui.document import Document
+
+    real = tmp_path / "films" / "story.toml"
+    real.parent.mkdir()
+    real.write_text(STORY)
+    elsewhere = tmp_path / "desk"
+    elsewhere.mkdir()
+    link = elsewhere / "today.toml"
+    link.symlink_to(real)
+    monkeypatch.chdir(elsewhere)  # as typed at a prompt: a relative name of the link
+    sb = load("today.toml")
+    assert sb.path == real and sb.path == Document(link).path
+    assert sb.renders.root == real.parent / "renders" / "story"
+    assert sb.state_dir() == real.parent / ".sulphur"
+    assert sb.resolve("still.png") == real.parent / "still.png"
+    with pytest.raises(Exception, match=r"^today\.toml:"):  # messages name the path as given
+        link.unlink()
+        link.symlink_to(tmp_path / "missing.toml")
+        load("today.toml")
+
+
 def test_a_read_only_storyboard_is_never_rewritten_and_the_render_goes_on(tmp_path: Path) -> None:
     story = tmp_path / "story.toml"
     story.write_text(STORY)
