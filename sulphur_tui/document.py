@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.project.files import read_regular
+from pipeline.project.merging import Merge, merge_storyboards
 from pipeline.project.storyboard import (
     MAX_STORYBOARD_BYTES,
     Segment,
@@ -256,13 +257,26 @@ class Document:
         self.disk = disk
 
     def keep_mine(self) -> None:
-        """Accept that the disk differs; the next save merges our version into it."""
+        """Accept that the disk differs; the next save writes our version over it."""
         self.disk = _disk_state(self.path)
         # What is on disk is no longer what we saved: mark dirty so the user sees it.
         try:
             self.saved = self.read_disk()
         except StoryboardError:
             self.saved = replace(self.saved, segments=())
+
+    def merge_disk(self) -> Merge:
+        """Take the disk's changes to everything we did not edit since the last read or write
+        (one undo step); where both changed a field ours stays. Raises StoryboardError when
+        the disk copy does not load (there is nothing to merge then)."""
+        text = read_source(self.path)
+        theirs = parse(text, self.path)
+        disk = _disk_state(self.path)
+        merge = merge_storyboards(self.saved, self.storyboard, theirs, self.renames_since_saved())
+        if merge.storyboard != self.storyboard:
+            self.apply(merge.storyboard, "merge with the file on disk")
+        self.saved, self.disk, self._good_text = theirs, disk, text
+        return merge
 
     def save(self, *, over_broken: bool = False) -> None:
         """Merge-write atomically. Raises StoryboardError if the disk copy is broken or

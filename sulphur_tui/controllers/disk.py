@@ -89,6 +89,8 @@ class DiskWatcher:
             self.over_broken = False
             app.board.refresh_document(editor=True)
             app.notify("Reloaded from disk" + (" (your edits are one undo away)" if doc.can_undo else ""))
+        elif answer == "merge":
+            self._merge()
         else:
             try:
                 doc.read_disk()
@@ -98,6 +100,20 @@ class DiskWatcher:
             doc.keep_mine()
             app.board.refresh_document()
             app.notify("Kept your version; saving will replace the file on disk.")
+
+    def _merge(self) -> None:
+        app, doc = self.app, self.app.doc
+        assert doc is not None
+        try:
+            merge = doc.merge_disk()
+        except (StoryboardError, OSError) as exc:
+            app.notify(str(exc), title="Merge failed", severity="error")
+            return
+        self.over_broken = False
+        app.board.refresh_document(editor=True)
+        took = f"took the file's changes to {_listed(merge.taken)}" if merge.taken else "the file had nothing new"
+        kept = f"; kept yours where both changed {_listed(merge.both_changed)}" if merge.both_changed else ""
+        app.notify(f"Merged: {took}{kept}. Save to write it (undo goes back).", timeout=10)
 
     def poll_broken(self) -> None:
         """The broken-file view: open the editor as soon as the file loads."""
@@ -118,3 +134,9 @@ class DiskWatcher:
         app.refresh_bindings()
         app.start_document()
         app.notify(f"{app.path.name} loads now.")
+
+
+def _listed(names: tuple[str, ...], most: int = 4) -> str:
+    """``a, b, c and 2 more``: a notification stays a few lines long."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")

@@ -56,11 +56,12 @@ class ConfirmQuit(ModalScreen[str]):
 
 
 class DiskChangedDialog(ModalScreen[str]):
-    """The file changed under us. Dismisses with "reload" or "keep"."""
+    """The file changed under us. Dismisses with "reload", "merge" or "keep"."""
 
     DEFAULT_CSS = _DIALOG_CSS.format(name="DiskChangedDialog")
     BINDINGS = [
         Binding("r", "dismiss('reload')", "Reload from disk", id="disk.reload"),
+        Binding("m", "dismiss('merge')", "Merge", id="disk.merge"),
         Binding("k,escape", "dismiss('keep')", "Keep mine", id="disk.keep"),
     ]
 
@@ -74,15 +75,18 @@ class DiskChangedDialog(ModalScreen[str]):
             if self.problem:
                 yield Static(f"The new version does not load:\n{self.problem}", classes="detail")
             mine = "your unsaved edits stay available with undo" if self.dirty else "you have no unsaved edits"
-            yield Static(f"Reload takes the version on disk ({mine}). Keep mine leaves the file alone until "
-                         "you save, and that save will replace the other program's changes.", classes="detail")
+            yield Static(f"Reload takes the version on disk ({mine}). Merge keeps your edits and takes the "
+                         "other program's changes to everything you did not edit (yours win where both "
+                         "changed one field). Keep mine leaves the file alone until you save, and that save "
+                         "will replace the other program's changes.", classes="detail")
             with Horizontal():
                 yield Button("Reload (r)", id="reload", variant="primary", disabled=bool(self.problem))
+                yield Button("Merge (m)", id="merge", disabled=bool(self.problem))
                 yield Button("Keep mine (k)", id="keep")
 
     def action_dismiss(self, result: str | None = None) -> None:  # type: ignore[override]
-        if result == "reload" and self.problem:
-            return  # nothing loadable to reload
+        if result in ("reload", "merge") and self.problem:
+            return  # nothing loadable to reload or merge
         self.dismiss(result)
 
     @on(Button.Pressed)

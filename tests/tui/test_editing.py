@@ -197,6 +197,27 @@ async def test_external_change_keep_mine_never_silent(story: Path) -> None:
     assert len(sb.segments) == 4 and sb.segment("dawn").prompt.endswith("gulls calling")
 
 
+async def test_external_change_merged_keeps_both_edits(story: Path) -> None:
+    """Merge: our new shot and the other program's prompt edit both reach the file."""
+    app = make(story, poll_disk=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")  # an unsaved edit of ours: a fourth shot
+        story.write_text(story.read_text().replace("gulls calling", "gulls crying"))
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if isinstance(app.screen, DiskChangedDialog):
+                break
+        assert isinstance(app.screen, DiskChangedDialog)
+        await pilot.press("m")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").prompt.endswith("gulls crying") and app.doc.dirty
+        assert len(load(story).segments) == 3  # nothing written until the user saves
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    sb = load(story)
+    assert len(sb.segments) == 4 and sb.segment("dawn").prompt.endswith("gulls crying")
+
+
 async def test_save_asks_when_file_changed_since(story: Path) -> None:
     """ctrl+s right after someone else's write: a question, not an overwrite."""
     app = make(story, poll_disk=3600)  # no polling: only the save itself can notice

@@ -1,0 +1,69 @@
+"""The editor's "merge" answer to a file changed on disk: both sides' edits survive."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.project.merging import merge_storyboards
+from pipeline.project.storyboard import Storyboard, load, with_segment
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
+
+
+def _base() -> Storyboard:
+    return load(EXAMPLE)  # dawn, beam, storm
+
+
+def _ids(sb: Storyboard) -> list[str]:
+    return [s.id for s in sb.segments]
+
+
+def test_edits_to_different_fields_and_shots_are_both_kept() -> None:
+    base = _base()
+    mine = with_segment(base, "dawn", prompt="mine")
+    theirs = with_segment(with_segment(base, "storm", seed=7), "dawn", frames=33)
+    theirs = replace(theirs, project=replace(theirs.project, title="their title"))
+    m = merge_storyboards(base, mine, theirs)
+    dawn = m.storyboard.segment("dawn")
+    assert (dawn.prompt, dawn.frames) == ("mine", 33)
+    assert m.storyboard.segment("storm").seed == 7
+    assert m.storyboard.project.title == "their title"
+    assert set(m.taken) == {"dawn.frames", "storm.seed", "project.title"} and m.both_changed == ()
+
+
+def test_where_both_changed_one_field_the_editor_wins_and_it_is_reported() -> None:
+    base = _base()
+    m = merge_storyboards(base, with_segment(base, "beam", prompt="mine"), with_segment(base, "beam", prompt="theirs"))
+    assert m.storyboard.segment("beam").prompt == "mine"
+    assert m.both_changed == ("beam.prompt",) and m.taken == ()
+    same = merge_storyboards(base, with_segment(base, "beam", prompt="x"), with_segment(base, "beam", prompt="x"))
+    assert same.both_changed == () and same.storyboard.segment("beam").prompt == "x"
+
+
+def test_a_shot_added_on_disk_lands_after_the_shot_it_follows_there() -> None:
+    base = _base()
+    new = replace(base.segment("beam"), id="gulls", prompt="gulls")
+    theirs = replace(base, segments=(base.segments[0], base.segments[1], new, base.segments[2]))
+    mine = replace(base, segments=(base.segments[2], base.segments[0], base.segments[1]))  # storm first
+    m = merge_storyboards(base, mine, theirs)
+    assert _ids(m.storyboard) == ["storm", "dawn", "beam", "gulls"] and "gulls" in m.taken
+
+
+def test_deletions_on_either_side() -> None:
+    base = _base()
+    theirs = replace(base, segments=base.segments[:2])  # storm deleted on disk
+    assert _ids(merge_storyboards(base, base, theirs).storyboard) == ["dawn", "beam"]
+    edited = with_segment(base, "storm", prompt="I still want it")
+    assert _ids(merge_storyboards(base, edited, theirs).storyboard) == ["dawn", "beam", "storm"]
+    mine = replace(base, segments=base.segments[1:])  # dawn deleted here; the disk edited beam
+    m = merge_storyboards(base, mine, with_segment(base, "beam", seed=3))
+    assert _ids(m.storyboard) == ["beam", "storm"] and m.storyboard.segment("beam").seed == 3
+
+
+def test_a_shot_renamed_in_the_editor_still_takes_the_disks_edit_of_it() -> None:
+    base = _base()
+    mine = replace(base, segments=tuple(replace(s, id="sunrise") if s.id == "dawn" else s for s in base.segments))
+    m = merge_storyboards(base, mine, with_segment(base, "dawn", seed=11), {"dawn": "sunrise"})
+    assert _ids(m.storyboard) == ["sunrise", "beam", "storm"]
+    assert m.storyboard.segment("sunrise").seed == 11 and m.taken == ("sunrise.seed",)
