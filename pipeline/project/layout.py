@@ -34,6 +34,11 @@ def cache_dir(project_dir: str | os.PathLike[str]) -> Path:
     return state_dir(project_dir) / "cache"
 
 
+def cache_lock(project_dir: str | os.PathLike[str]) -> Path:
+    """``flock``ed shared by every render of the project, exclusively by a prune."""
+    return state_dir(project_dir) / "cache.lock"
+
+
 def journal_db(project_dir: str | os.PathLike[str]) -> Path:
     return state_dir(project_dir) / "journal.db"
 

@@ -12,7 +12,9 @@ every temporary had a fixed name. Here:
   naming the file (kind ``disk_full``), with the partial file gone;
 - :class:`OutputLock` is an ``flock`` per output folder (``renders/<stem>/.lock``) held
   for the whole render: a second render of the same storyboard is told in one line
-  that one is running (PID included) instead of racing it.
+  that one is running (PID included) instead of racing it. It also holds the project's
+  ``.sulphur/cache.lock`` shared, which a prune takes exclusively: a render that starts
+  while a prune runs waits for it, and a prune never deletes entries under a render.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.project.files import fsync_dir, pid_alive
+from pipeline.project.layout import cache_lock
 from pipeline.render.errors import RenderError
 
 
@@ -115,6 +118,7 @@ class OutputLock:
         self.path = Path(folder) / ".lock"
         self.storyboard = storyboard
         self._fd: int | None = None
+        self._cache_fd: int | None = None
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,12 +137,37 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+        self._cache_fd = _share_cache(Path(self.storyboard).parent)
         return self
 
+    def release_cache(self) -> None:
+        """Drop the shared cache lock: the render is done with the cache (it prunes next)."""
+        if self._cache_fd is not None:
+            os.close(self._cache_fd)
+            self._cache_fd = None
+
     def __exit__(self, *exc: object) -> None:
+        self.release_cache()
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+
+def _share_cache(project_dir: Path) -> int | None:
+    """The project's cache lock, shared (waits while a prune holds it); None where it cannot
+    be taken (a read-only project, a planted FIFO): the render goes on without it."""
+    path = cache_lock(project_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 __all__ = ["OutputLock", "RenderBusy", "atomic_copy", "disk_error", "fsync_dir", "publishing",

@@ -564,7 +564,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     check_references(sb, {s.id for s in sb.segments[:last + 1]})
     renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
-    with OutputLock(renderer.renders.root, sb.path):  # one render per output folder at a time
+    with OutputLock(renderer.renders.root, sb.path) as lock:  # one render per output folder at a time
         renderer.cache.sweep_partials()
         sweep_temporaries(renderer.renders.root)
         renderer.preflight(job.selected)
@@ -574,20 +574,21 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
             complete = True
             return final
         finally:
-            _keep_cache_tidy(sb, renderer.cache.used, complete, emit, renderer.renders.root / ".lock")
+            _keep_cache_tidy(sb, renderer.cache.used, complete, emit, lock)
 
 
 # ------------------------------------------------------------------- helpers
 
 
-def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit, own_lock: Path) -> None:
+def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit, own_lock: OutputLock) -> None:
     """Record what this render used (`sulphur cache`), then hold the cache to
     ``[project] cache_limit_gb`` by pruning entries no storyboard uses — not while another
     render of the folder runs (its entries are in no record yet). Never fails a render."""
     try:
         record(sb.path, used, complete=complete)
+        own_lock.release_cache()  # recorded: this render's entries are safe from the prune
         if complete and sb.project.cache_limit_gb is not None:
-            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock)
+            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock.path)
             if removed:
                 emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
                                           f"unused entries ({human(freed)})"))

@@ -20,9 +20,12 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.project.layout import cache_lock
 from pipeline.project.storyboard import atomic_write
 
 
@@ -125,6 +128,34 @@ def prune(project_dir: Path, limit_bytes: int | None = None, *, own_lock: Path |
     busy = rendering_now(project_dir, own_lock)
     if busy:
         raise CacheInUse(f"{', '.join(busy)} is rendering: prune once it has finished")
+    with _exclusive_cache(project_dir):
+        return _prune_unreferenced(project_dir, limit_bytes)
+
+
+@contextmanager
+def _exclusive_cache(project_dir: Path) -> Iterator[None]:
+    """The project's cache lock, exclusively, for the length of a prune: a render holds it
+    shared from its start, so one that started after :func:`rendering_now` looked is seen
+    here, and one that starts now waits until the prune is done."""
+    path = cache_lock(project_dir)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield  # no state folder (nothing cached) or a read-only one: nothing to race
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheInUse("a render of this project is running: prune once it has finished") from None
+        except OSError:
+            pass  # not a lock file we made (a FIFO, ...): rendering_now already looked
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prune_unreferenced(project_dir: Path, limit_bytes: int | None) -> tuple[int, int]:
     all_entries = entries(project_dir / ".sulphur" / "cache")
     rep = report(project_dir)
     total = rep.total

@@ -154,13 +154,62 @@ def test_a_render_pruning_after_itself_skips_only_its_own_lock(tmp_path: Path) -
         finally:
             proc.kill()
             proc.wait()
+        mine.release_cache()  # what the render does once it has recorded its entries
         assert prune(tmp_path, 0, own_lock=mine.path)[0] == 1
     assert cache.get("draft", "d" * 32) is None
+
+
+def test_a_render_that_starts_during_a_prune_waits_for_it(tmp_path: Path) -> None:
+    """The check-then-delete race: a render that took its lock after the prune looked at the
+    render locks must not have entries deleted under it, nor start while the prune runs."""
+    import threading
+
+    from pipeline.render.outputs import OutputLock
+    from pipeline.render.usage import CacheInUse, _exclusive_cache, prune
+
+    cache, _ = _project(tmp_path)
+    entered = threading.Event()
+
+    def render() -> None:
+        with OutputLock(tmp_path / "renders" / "two", tmp_path / "two.toml"):
+            entered.set()
+
+    with _exclusive_cache(tmp_path):  # a prune past its look at the render locks
+        starter = threading.Thread(target=render)
+        starter.start()
+        assert not entered.wait(0.5)  # the render waits for the prune ...
+    starter.join(10)
+    assert entered.is_set()  # ... and starts when it is done
+    with OutputLock(tmp_path / "renders" / "one", tmp_path / "one.toml") as lock:
+        lock.path.unlink()  # its render lock gone from view: the shared cache lock still tells
+        with pytest.raises(CacheInUse, match="a render of this project is running"):
+            prune(tmp_path, 0)
+    assert cache.get("draft", "d" * 32) is not None
+
+
+def test_a_capped_render_prunes_after_itself_while_holding_its_lock(tmp_path: Path) -> None:
+    """The render's own shared cache lock must not stop its own prune (the runner's path)."""
+    from dataclasses import replace
+
+    from pipeline.project.storyboard import load
+    from pipeline.render.outputs import OutputLock
+    from pipeline.render.runner import _keep_cache_tidy
+
+    cache, keys = _project(tmp_path)
+    story = tmp_path / "one.toml"
+    sb = load(story)
+    sb = replace(sb, project=replace(sb.project, cache_limit_gb=1e-6))  # the tiny entries are over it
+    events: list = []
+    with OutputLock(tmp_path / "renders" / "one", story) as lock:
+        _keep_cache_tidy(sb, {keys["a"], keys["b"]}, True, events.append, lock)
+    assert [e.message for e in events] == ["cache over 1e-06 GiB: removed 1 unused entries (781.4 KiB)"]
+    assert [k for k in "abcd" if cache.get("draft", k * 32) is not None] == ["a", "b", "c"]  # c: two.toml's
 
 
 def test_cache_bookkeeping_that_cannot_write_warns_in_words(tmp_path: Path) -> None:
     """``.sulphur`` a file: the warning said ``[Errno 20] Not a directory: '…'``."""
     from pipeline.project.storyboard import parse
+    from pipeline.render.outputs import OutputLock
     from pipeline.render.runner import _keep_cache_tidy
 
     (tmp_path / ".sulphur").write_text("not a folder")
@@ -168,7 +217,7 @@ def test_cache_bookkeeping_that_cannot_write_warns_in_words(tmp_path: Path) -> N
     story.write_text('[[segment]]\nid = "a"\nprompt = "x"\n')
     events: list = []
     _keep_cache_tidy(parse(story.read_text(), story), {"draft/" + "a" * 32}, True, events.append,
-                     tmp_path / "renders" / "one" / ".lock")
+                     OutputLock(tmp_path / "renders" / "one", story))
     (log,) = events
     assert log.level == "warning" and log.message == \
         f"cache bookkeeping skipped: {tmp_path / '.sulphur' / 'uses'}: Not a directory"
