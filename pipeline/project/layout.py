@@ -5,6 +5,7 @@ A project is the folder that holds storyboards. Beside them:
 ```
 .sulphur/                   state: stage cache, the worker's journal, socket, lock and log
   cache/<stage>/<k[:2]>/<k>/  content-addressed stage outputs (pipeline.render.cache)
+  cache.lock  uses/<storyboard>.json   renders hold it shared, a prune exclusively (pipeline.render.usage)
   journal.db  worker.sock  worker.lock  worker.log  tui-renders.json
 renders/<stem>/             what a render of <stem>.toml publishes
   segments/<id>.mp4  previews/<id>.png  final.mp4  film.json  manifest.json
