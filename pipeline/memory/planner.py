@@ -569,8 +569,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
     # The upsampler stays loaded from one refine to the next (reloading and re-pinning it took
     # ~2 s of each capped segment, bench/results/chain_h200_2026-12-04_run5.json), so a draft
     # holds it too. It is counted in host RAM, where any but a resident refine leaves it (a Ray
-    # draft actor, which never refines, is over-counted by its ~1 GB); after a resident refine
-    # it stays on the GPU, which a resident draft does not count yet.
+    # draft actor, which never refines, is over-counted by its ~1 GB). After a resident refine it
+    # is on the GPU: a draft parks it in host RAM (options["park"]) unless the draft is resident
+    # with room for it beside its own weights.
     between = comps["upsampler"].nbytes if stage == "draft" and "upsampler" in comps else 0
     weights_options = [tr.fmt] + (["fp8"] if tr.fmt in ("bfloat16", "float16", "float32") else [])
     out: list[StagePlan] = []
@@ -626,7 +627,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                              "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes + between,
                              "side_held_vram_bytes": side_vram, "side_held_host_bytes": side_host,
                              "activation_bytes": act, "component": "transformer", "vae_tile": tile,
-                             **({"weights_source": t.fmt_source} if t.fmt_source else {}), **extra}))
+                             **({"weights_source": t.fmt_source} if t.fmt_source else {}), **extra,
+                             **({"upsampler_bytes": between} if between else {})}))
     return out
 
 
@@ -730,6 +732,11 @@ def _attach_text(plans: list[StagePlan], comps: dict[str, Component], b: Budgets
                             evict=["transformer"] if evict else [], keep_text_encoder=keep,
                             vram_bytes=max(p.vram_bytes, e.vram + extra_v),
                             host_bytes=max(p.host_bytes, e.host + extra_h))
+                # The upsampler a resident refine left on the GPU: parked in host RAM at the
+                # draft's start unless the draft is resident with room for it in every phase.
+                up = p.options.get("upsampler_bytes", 0)
+                if up and not (p.offload == "resident" and opts["vram_bytes"] + up <= b.vram):
+                    opts["park"] = ["upsampler"]
                 name = f"{p.name}/text-{mode}" + ("-evict" if evict else "")
                 out.append(replace(p, name=name, notes=notes, options=opts))
     return out

@@ -492,6 +492,22 @@ def evict_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> Non
         models.make_room(drop=[_key(preset, name), name], reason="the plan evicts it")
 
 
+def park_for_plan(models: LoadedModels, preset: Preset, plan: StagePlan) -> None:
+    """Move the held components the plan parks (``options["park"]``) to host RAM when they sit
+    whole on the GPU: the upsampler a resident refine left there, under a draft with no room
+    for it. The next stage that uses one places it again (its placement tag is cleared)."""
+    for name in plan.options.get("park", ()):
+        key = _key(preset, name)
+        if key not in models:
+            continue
+        obj = models.get(key, lambda: None)
+        first = next(obj.parameters(), None) if hasattr(obj, "parameters") else None
+        if first is None or first.device.type == "cpu" or ":resident:" not in getattr(obj, _OFFLOAD_TAG, ""):
+            continue  # on the host already, or group-offloaded (its hooks keep it there between calls)
+        obj.to("cpu")
+        delattr(obj, _OFFLOAD_TAG)
+
+
 def load_transformer(preset: Preset, plan: StagePlan, *, lora_adapter: str = "distilled") -> Any:
     """The transformer from its published single file (GGUF or safetensors, Lightricks' names) or a
     diffusers folder, every tensor accounted for, with the distilled LoRA loaded (not yet weighted)."""

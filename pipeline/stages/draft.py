@@ -105,6 +105,7 @@ class DraftStage(Stage):
         w, h = job.draft_size
         ctx.progress(self.name, 0, _steps(job))
         ltx2.evict_for_plan(ctx.models, preset, plan)
+        ltx2.park_for_plan(ctx.models, preset, plan)
 
         # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
         peaks = PhasePeaks(self.name, plan.device)

@@ -204,6 +204,23 @@ def test_a_streamed_draft_counts_the_upsampler_it_holds_in_host_ram() -> None:
     assert resident.options["side_held_host_bytes"] == up and resident.options["held_host_bytes"] >= up
 
 
+def test_a_draft_parks_the_upsampler_a_resident_refine_left_on_the_gpu_unless_it_has_room() -> None:
+    """A resident draft's VRAM estimate does not count the upsampler (the half-card Ray layout
+    stays resident); instead a draft with no room for it beside its own weights parks it."""
+    up = component_sizes(GGUF)["upsampler"].nbytes
+    roomy = ladder("draft", HUGE)[0]
+    assert roomy.offload == "resident" and "park" not in roomy.options
+    tight_vram = roomy.vram_bytes + up // 2  # the resident draft fits, but not with the upsampler
+    tight = [p for p in ladder("draft", Budgets(vram=tight_vram, host=HUGE.host)) if p.offload == "resident"]
+    assert tight and all(p.vram_bytes <= tight_vram for p in tight)
+    parked = {p.name: p.options.get("park") == ["upsampler"] for p in tight}
+    assert parked == {p.name: p.vram_bytes + up > tight_vram for p in tight}
+    assert set(parked.values()) == {True, False}  # the text encoder resident leaves no room; on disk it does
+    streamed = [p for p in ladder("draft", Budgets.from_gb(8, 32)) if "streamer" in p.options]
+    assert streamed and all(p.options["park"] == ["upsampler"] for p in streamed)  # it fills the budget
+    assert all("park" not in p.options for p in ladder("refine", Budgets.from_gb(8, 32)))
+
+
 # --------------------------------------------------------------------------- weight formats
 
 

@@ -3,6 +3,8 @@ per (tiled) decode, not once per leaf per tile. The real tiny LTX-2 VAE, on the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers.hooks import apply_group_offloading
@@ -268,3 +270,26 @@ def test_a_tied_weight_is_kept_once_and_an_empty_layer_is_left_alone(monkeypatch
     with torch.no_grad():
         assert torch.equal(net[1](net[0](x)), reference)
         assert net[2](torch.zeros(2, 0)).shape == (2, 4)
+
+
+@pytest.mark.gpu
+def test_a_draft_parks_the_upsampler_a_resident_refine_left_on_the_gpu() -> None:
+    """``options["park"]``: the upsampler goes to host RAM for the draft and comes back to the
+    GPU for the next refine (its placement tag cleared, so the refine places it again)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from pipeline.memory.loaded import LoadedModels
+    from pipeline.models import ltx2
+    from pipeline.models.registry import get_preset
+
+    preset, models = get_preset("tiny"), LoadedModels()
+    refine = StagePlan(name="resident", device="cuda", offload="resident", dtype="float32")
+    draft = replace(refine, options={"park": ["upsampler"]})
+    up = ltx2.component(models, preset, "upsampler", refine)
+    assert all(t.device.type == "cuda" for t in up.parameters())
+    ltx2.park_for_plan(models, preset, draft)
+    assert all(t.device.type == "cpu" for t in up.parameters())
+    assert ltx2.component(models, preset, "upsampler", refine) is up
+    assert all(t.device.type == "cuda" for t in up.parameters())
+    ltx2.park_for_plan(models, preset, refine)  # no "park": left where it is
+    assert all(t.device.type == "cuda" for t in up.parameters())
