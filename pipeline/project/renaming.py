@@ -102,7 +102,7 @@ def retarget_anchors(sb: Storyboard, moves: list[Move]) -> tuple[Storyboard, lis
         target = where.get(sb.resolve(path).resolve())
         if target is None:
             return None
-        text = str(target) if Path(path).expanduser().is_absolute() else os.path.relpath(target, sb.path.parent)
+        text = str(target) if Path(path).expanduser().is_absolute() else os.path.relpath(target, sb.folder)
         return Path(text).as_posix()
 
     changed, segments = [], []

@@ -150,21 +150,34 @@ class Storyboard:
     def index(self, segment_id: str) -> int:
         return [s.id for s in self.segments].index(segment_id)
 
+    @property
+    def real_path(self) -> Path:
+        """The file itself: a symlinked storyboard's target, else :attr:`path` (as typed, which
+        messages name). The editor saves into the target's folder and writes its relative paths
+        against it, so that folder is the project for the CLI and the worker too: one cache,
+        one journal, one ``renders/``."""
+        return real_target(self.path) if self.path.is_symlink() else self.path
+
+    @property
+    def folder(self) -> Path:
+        """The project folder: the storyboard's own (a symlink's target's)."""
+        return self.real_path.parent
+
     def resolve(self, relative: str) -> Path:
         """Paths inside a storyboard are relative to the storyboard's folder."""
         p = Path(relative).expanduser()
-        return p if p.is_absolute() else (self.path.parent / p)
+        return p if p.is_absolute() else (self.folder / p)
 
     @property
     def renders(self) -> RenderFolder:
         """``renders/<stem>/``: where a render of this storyboard publishes its files."""
-        return RenderFolder.of(self.path)
+        return RenderFolder.of(self.real_path)
 
     def render_dir(self) -> Path:
         return self.renders.root
 
     def state_dir(self) -> Path:
-        return layout.state_dir(self.path.parent)
+        return layout.state_dir(self.folder)
 
 
 # --------------------------------------------------------------------------- reading
@@ -593,17 +606,9 @@ MAX_STORYBOARD_BYTES = 16 << 20
 
 
 def load(path: str | os.PathLike[str]) -> Storyboard:
-    """Read and validate a storyboard file; a FIFO, device or directory is refused unopened.
-
-    Messages name the path as given; the storyboard carries the file's real path. A
-    symlinked storyboard's project is the folder of the file it points at: the folder the
-    editor saves into and its relative paths were written against, so the CLI, the worker
-    and the TUI share one cache, one journal and one ``renders/``.
-    """
+    """Read and validate a storyboard file; a FIFO, device or directory is refused unopened."""
     path = Path(path)
-    sb = parse(read_source(path), path)
-    # realpath, not resolve(): resolve() raises RuntimeError on a loop of links (Python 3.11).
-    return replace(sb, path=Path(os.path.realpath(path)))
+    return parse(read_source(path), path)
 
 
 def read_source(path: str | os.PathLike[str]) -> str:

@@ -157,7 +157,7 @@ def _rendered_frames(sb: Storyboard) -> np.ndarray:
 
     manifest = json.loads(sb.renders.film_manifest.read_text())
     entry = next(s for s in manifest["segments"] if s["id"] == SEGMENT_ID)
-    art = StageCache(layout.cache_dir(sb.path.parent)).get("upscale", entry["upscale_key"])
+    art = StageCache(layout.cache_dir(sb.folder)).get("upscale", entry["upscale_key"])
     if art is None:
         raise RuntimeError("the continuation's frames are missing from the cache")
     return np.load(art.file("frames.npy"), mmap_mode="r")

@@ -136,7 +136,7 @@ class Renderer:
         self.cancel = cancel
         self.job_id = job_id
         self.models = models
-        self.cache = StageCache(layout.cache_dir(job.storyboard.path.parent))
+        self.cache = StageCache(layout.cache_dir(job.storyboard.folder))
         self._stage_sets: dict[str, dict[str, Stage]] = {}
         self.faults = _Faults()
         self._emit_lock = threading.Lock()
@@ -585,10 +585,10 @@ def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit,
     ``[project] cache_limit_gb`` by pruning entries no storyboard uses — not while another
     render of the folder runs (its entries are in no record yet). Never fails a render."""
     try:
-        record(sb.path, used, complete=complete)
+        record(sb.real_path, used, complete=complete)
         own_lock.release_cache()  # recorded: this render's entries are safe from the prune
         if complete and sb.project.cache_limit_gb is not None:
-            removed, freed = prune(sb.path.parent, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock.path)
+            removed, freed = prune(sb.folder, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock.path)
             if removed:
                 emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
                                           f"unused entries ({human(freed)})"))

@@ -68,7 +68,8 @@ def test_a_symlinked_storyboard_has_one_project_for_the_cli_and_the_editor(
     link.symlink_to(real)
     monkeypatch.chdir(elsewhere)  # as typed at a prompt: a relative name of the link
     sb = load("today.toml")
-    assert sb.path == real and sb.path == Document(link).path
+    assert sb.path == Path("today.toml")  # as typed: what messages name
+    assert sb.real_path == real == Document(link).path and sb.folder == Document(link).path.parent
     assert sb.renders.root == real.parent / "renders" / "story"
     assert sb.state_dir() == real.parent / ".sulphur"
     assert sb.resolve("still.png") == real.parent / "still.png"
