@@ -74,6 +74,7 @@ class Document:
         self.storyboard: Storyboard = parse(text, self.path)  # raises StoryboardError for a broken file
         self._good_text = text  # last text known to parse: the merge base if the disk copy breaks
         self.saved: Storyboard = self.storyboard
+        self._merge_base: Storyboard | None = None  # what we last read or wrote, while "saved" says otherwise
         self.disk = _disk_state(self.path)
         self._undo: list[tuple[Storyboard, str]] = []
         self._redo: list[tuple[Storyboard, str]] = []
@@ -196,8 +197,11 @@ class Document:
     def renames_since_saved(self) -> dict[str, str]:
         """The file's id → the id that shot has now, for every shot renamed (and not back)
         since the file was last read or written, following undo and redo."""
-        now = {s.id for s in self.storyboard.segments}
-        before = {s.id for s in self.saved.segments}
+        return self._renames_between(self.saved, self.storyboard)
+
+    def _renames_between(self, then: Storyboard, now_board: Storyboard) -> dict[str, str]:
+        now = {s.id for s in now_board.segments}
+        before = {s.id for s in then.segments}
         edges: dict[str, set[str]] = {}
         for a, b in self._renames:
             edges.setdefault(a, set()).add(b)
@@ -255,6 +259,7 @@ class Document:
             self.apply(fresh, "reload from disk")
         self.saved = fresh
         self.disk = disk
+        self._merge_base = None
 
     def keep_mine(self) -> None:
         """Accept that the disk differs; the next save writes our version over it."""
@@ -262,20 +267,27 @@ class Document:
         # What is on disk is no longer what we saved: mark dirty so the user sees it.
         try:
             self.saved = self.read_disk()
+            self._merge_base = None
         except StoryboardError:
+            # Over a broken file: "saved" has no shots, so every shot reads as unsaved; a
+            # later merge still starts from what we last read or wrote.
+            self._merge_base = self._merge_base or self.saved
             self.saved = replace(self.saved, segments=())
 
     def merge_disk(self) -> Merge:
         """Take the disk's changes to everything we did not edit since the last read or write
         (one undo step); where both changed a field ours stays. Raises StoryboardError when
-        the disk copy does not load (there is nothing to merge then)."""
+        the disk copy does not load, or when the merge would not (nothing changes then)."""
         text = read_source(self.path)
+        st = self.path.stat()  # after the read: a write that lands now still reads as a change
+        disk = DiskState(st.st_mtime_ns, st.st_size, _digest(text.encode("utf-8")))  # the bytes we merge
         theirs = parse(text, self.path)
-        disk = _disk_state(self.path)
-        merge = merge_storyboards(self.saved, self.storyboard, theirs, self.renames_since_saved())
+        base = self._merge_base or self.saved
+        merge = merge_storyboards(base, self.storyboard, theirs, self._renames_between(base, self.storyboard))
+        parse(render_toml(merge.storyboard, text, self._renames_between(theirs, merge.storyboard)), self.path)
         if merge.storyboard != self.storyboard:
             self.apply(merge.storyboard, "merge with the file on disk")
-        self.saved, self.disk, self._good_text = theirs, disk, text
+        self.saved, self.disk, self._good_text, self._merge_base = theirs, disk, text, None
         return merge
 
     def save(self, *, over_broken: bool = False) -> None:
@@ -295,6 +307,7 @@ class Document:
         self._good_text = text
         self.saved = self.storyboard
         self.disk = _disk_state(self.path)
+        self._merge_base = None
         self.break_coalescing()
 
     def adopt_external(self, fresh: Storyboard) -> None:

@@ -5,12 +5,15 @@ field the editor changed since it last read or wrote the file (the *base*) comes
 editor, every other field from the disk. It is git's merge at the grain of a storyboard's
 fields, not lines, so two edits in one shot's table do not clash unless they touch one key.
 Where both sides changed the same field the editor's value wins and the field is reported.
+Fields a load checks against each other (a shot's length and the frames inside it) merge as
+one. The caller still parses the result: a merge is offered only when it loads.
 Torch- and Textual-free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
@@ -18,73 +21,155 @@ from pipeline.project.storyboard import Segment, Storyboard
 
 _T = TypeVar("_T")
 
+#: Fields a load checks together: frames or seconds, and the retake and keyframes inside them.
+_TOGETHER = (("frames", "seconds", "retake", "keyframes"),)
+_MAX_ID = 64
+
 
 @dataclass(frozen=True)
 class Merge:
     """What a merge made, and what the user should be told about it."""
 
     storyboard: Storyboard
-    #: "shot.field" (or "project.field", "shot" for a whole shot) taken from the disk.
+    #: What came from the disk: "shot.field", "project.field", "shot" (a shot it added or
+    #: deleted), "shot (theirs: other-id)" for a shot it added under an id already in use here.
     taken: tuple[str, ...]
     #: "shot.field" both sides changed, differently: the editor's value was kept.
     both_changed: tuple[str, ...]
 
 
+def _groups(obj: Any) -> list[tuple[str, ...]]:
+    """The object's fields (not its id), those checked together as one group."""
+    names = [f.name for f in fields(obj) if f.name != "id"]
+    together = [g for g in _TOGETHER if set(g) <= set(names)]
+    grouped = {n for g in together for n in g}
+    return together + [(n,) for n in names if n not in grouped]
+
+
 def _fields(base: _T, mine: _T, theirs: _T, where: str, taken: list[str], both: list[str]) -> _T:
-    """Per field: the editor's value where it changed since ``base``, else the disk's."""
+    """Per field (or group): the editor's value where it changed since ``base``, else the disk's."""
     changes: dict[str, Any] = {}
-    for f in fields(base):  # type: ignore[arg-type]
-        if f.name == "id":
-            continue  # the editor's id: a rename is the editor's edit, mapped by the caller
-        b, m, t = getattr(base, f.name), getattr(mine, f.name), getattr(theirs, f.name)
+    for group in _groups(base):
+        b, m, t = ([getattr(x, n) for n in group] for x in (base, mine, theirs))
         if m == b and t != b:
-            changes[f.name] = t
-            taken.append(f"{where}.{f.name}")
+            changes.update(zip(group, t, strict=True))
+            taken.append(_label(where, group, b, t))
         elif m != b and t != b and t != m:
-            both.append(f"{where}.{f.name}")
+            both.append(_label(where, group, m, t))
     return replace(mine, **changes) if changes else mine
+
+
+def _label(where: str, group: tuple[str, ...], one: list[Any], other: list[Any]) -> str:
+    """``shot.field`` for each field of the group that differs between the two sides."""
+    return "/".join(f"{where}.{n}" for n, x, y in zip(group, one, other, strict=True) if x != y)
+
+
+def _renamed_on_disk(base: Storyboard, theirs: Storyboard) -> dict[str, str]:
+    """Base id → disk id for each shot the disk renamed and otherwise left alone: gone from the
+    disk under its old id, back under a new one with every other field as it was."""
+    disk_ids = {s.id for s in theirs.segments}
+    base_ids = {s.id for s in base.segments}
+    new = [s for s in theirs.segments if s.id not in base_ids]
+    moved: dict[str, str] = {}
+    for b in base.segments:
+        if b.id in disk_ids:
+            continue
+        same = [s for s in new if replace(s, id=b.id) == b and s.id not in moved.values()]
+        if len(same) == 1:
+            moved[b.id] = same[0].id
+    return moved
+
+
+def _fresh_id(wanted: str, used: Iterable[str]) -> str:
+    """``wanted``, or ``wanted-2``, ``-3``…: the first not in ``used`` (ids stay 1-64 characters)."""
+    used = set(used)
+    numbered = re.fullmatch(r"(.*)-(\d+)", wanted)
+    stem, n = (numbered[1], int(numbered[2]) + 1) if numbered else (wanted, 2)
+    while True:
+        suffix = f"-{n}"
+        candidate = stem[: _MAX_ID - len(suffix)] + suffix
+        if candidate not in used:
+            return candidate
+        n += 1
 
 
 def merge_storyboards(base: Storyboard, mine: Storyboard, theirs: Storyboard,
                       renames: Mapping[str, str] | None = None) -> Merge:
     """``mine`` and ``theirs`` both edited ``base``; keep both where they do not clash.
 
-    ``renames`` maps a base id to the id the editor gave that shot (the disk still has the
-    old one). Shots: the editor's order; a shot the disk added goes after the shot it follows
-    on disk; a shot the disk deleted goes unless the editor changed it; a shot the editor
-    deleted stays deleted.
+    ``renames`` maps a base id to the id the editor gave that shot. Shots: the editor's order;
+    a shot the disk added goes after the shot it follows on disk (under a new id if the editor
+    uses its id); a shot the disk deleted goes unless the editor changed it; a shot the editor
+    deleted stays deleted; a shot the disk renamed takes its new id unless the editor renamed
+    it too.
     """
     renames = dict(renames or {})
-
-    def as_mine(seg: Segment) -> Segment:
-        return replace(seg, id=renames.get(seg.id, seg.id))
-
-    base_by = {s.id: s for s in map(as_mine, base.segments)}
-    theirs_list = [as_mine(s) for s in theirs.segments]
-    theirs_by = {s.id: s for s in theirs_list}
+    moved = _renamed_on_disk(base, theirs)
     taken: list[str] = []
     both: list[str] = []
+    base_by = {renames.get(s.id, s.id): s for s in base.segments}  # by the editor's id
+    disk_by_id = {s.id: s for s in theirs.segments}
+    theirs_by = {renames.get(b.id, b.id): disk_by_id[moved.get(b.id, b.id)]
+                 for b in base.segments if moved.get(b.id, b.id) in disk_by_id}
+    mine_ids = {s.id for s in mine.segments}
     project = _fields(base.project, mine.project, theirs.project, "project", taken, both)
     out: list[Segment] = []
     for seg in mine.segments:
         b, t = base_by.get(seg.id), theirs_by.get(seg.id)
-        if b is None or (t is None and seg != b):
+        if b is None or (t is None and seg != replace(b, id=seg.id)):
             out.append(seg)  # the editor added it, or changed a shot the disk deleted: the editor's
         elif t is not None:
-            out.append(_fields(b, seg, t, seg.id, taken, both))
+            merged = _fields(replace(b, id=seg.id), seg, replace(t, id=seg.id), seg.id, taken, both)
+            out.append(_take_disk_rename(merged, b.id, t.id, renames, mine_ids, taken, both))
         else:
             taken.append(seg.id)  # deleted on disk, untouched here: deleted
+    where = {t.id: editor_id for editor_id, t in theirs_by.items()}  # disk id → the editor's id
+    _add_disk_shots(out, theirs, where, {s.id for s in mine.segments if s.id not in base_by}, taken)
+    merged_board = replace(mine, project=project, segments=tuple(out))
+    return Merge(merged_board, tuple(taken), tuple(both))
+
+
+def _take_disk_rename(seg: Segment, base_id: str, disk_id: str, renames: Mapping[str, str],
+                      mine_ids: set[str], taken: list[str], both: list[str]) -> Segment:
+    """The disk renamed this shot: take its id unless the editor renamed it too (or uses the id)."""
+    if disk_id == base_id:
+        return seg
+    if base_id in renames or disk_id in mine_ids:
+        if renames.get(base_id) != disk_id:
+            both.append(f"{seg.id}.id")
+        return seg
+    taken.append(f"{disk_id}.id")
+    return replace(seg, id=disk_id)
+
+
+def _add_disk_shots(out: list[Segment], theirs: Storyboard, where: dict[str, str], added_here: set[str],
+                    taken: list[str]) -> None:
+    """The shots the disk added, each after the shot it follows there (and after the editor's
+    own new shots that follow it); one whose id is taken here gets a fresh id (two editors
+    adding a shot both call it ``shot-4``). ``where``: the editor's id of each disk shot the
+    base has (the disk's own id if the merge took it)."""
+    placed: dict[str, str] = {}  # disk id → id in ``out``, for the shots added here
+
+    def in_out(disk_id: str) -> str | None:
+        return next((i for i in (placed.get(disk_id), where.get(disk_id), disk_id) if i in ids), None)
+
     ids = {s.id for s in out}
-    for i, seg in enumerate(theirs_list):
-        if seg.id in base_by or seg.id in ids:
-            continue  # not new on disk (or the editor added one of that id: the editor's)
-        before = next((p.id for p in reversed(theirs_list[:i]) if p.id in ids), None)
+    for i, seg in enumerate(theirs.segments):
+        if seg.id in where:
+            continue
+        same = next((s for s in out if s == seg), None)
+        if same is not None:
+            placed[seg.id] = same.id  # the same shot added on both sides: once
+            continue
+        new_id = seg.id if seg.id not in ids else _fresh_id(seg.id, ids | {s.id for s in theirs.segments})
+        before = next((in_out(p.id) for p in reversed(theirs.segments[:i]) if in_out(p.id)), None)
         at = 0 if before is None else [s.id for s in out].index(before) + 1
-        out.insert(at, seg)
-        ids.add(seg.id)
-        taken.append(seg.id)
-    merged = replace(mine, project=project, segments=tuple(out))
-    return Merge(merged, tuple(taken), tuple(both))
+        while at < len(out) and out[at].id in added_here:
+            at += 1
+        out.insert(at, replace(seg, id=new_id))
+        ids.add(new_id)
+        placed[seg.id] = new_id
+        taken.append(new_id if new_id == seg.id else f"{new_id} (theirs: {seg.id})")
 
 
 __all__ = ["Merge", "merge_storyboards"]

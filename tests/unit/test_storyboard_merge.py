@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.project.merging import merge_storyboards
-from pipeline.project.storyboard import Storyboard, load, with_segment
+from pipeline.project.storyboard import Segment, Storyboard, load, with_segment
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
 
@@ -67,3 +67,46 @@ def test_a_shot_renamed_in_the_editor_still_takes_the_disks_edit_of_it() -> None
     m = merge_storyboards(base, mine, with_segment(base, "dawn", seed=11), {"dawn": "sunrise"})
     assert _ids(m.storyboard) == ["sunrise", "beam", "storm"]
     assert m.storyboard.segment("sunrise").seed == 11 and m.taken == ("sunrise.seed",)
+
+
+def test_a_shot_added_on_both_sides_under_one_id_keeps_both() -> None:
+    """Two editors adding a shot both call it ``shot-4``: the disk's gets a fresh id, not dropped."""
+    base = _base()
+    mine = replace(base, segments=base.segments + (Segment(id="shot-4", prompt="mine new"),))
+    theirs = replace(base, segments=base.segments + (Segment(id="shot-4", prompt="their new"),))
+    m = merge_storyboards(base, mine, theirs)
+    assert [(s.id, s.prompt) for s in m.storyboard.segments[3:]] == [("shot-4", "mine new"), ("shot-5", "their new")]
+    assert m.taken == ("shot-5 (theirs: shot-4)",)
+    same = merge_storyboards(base, mine, mine)  # the very same shot on both sides: once
+    assert _ids(same.storyboard) == ["dawn", "beam", "storm", "shot-4"]
+
+
+def test_renaming_a_shot_to_an_id_the_disk_just_added_keeps_both_shots() -> None:
+    base = _base()
+    mine = replace(base, segments=tuple(replace(s, id="gulls") if s.id == "dawn" else s for s in base.segments))
+    theirs = replace(base, segments=base.segments + (Segment(id="gulls", prompt="their gulls", seed=99),))
+    m = merge_storyboards(base, mine, theirs, {"dawn": "gulls"})
+    assert m.storyboard.segment("gulls") == replace(base.segment("dawn"), id="gulls")
+    assert m.storyboard.segment("gulls-2").prompt == "their gulls"
+
+
+def test_a_shots_length_and_the_frames_inside_it_merge_as_one() -> None:
+    """frames on one side, seconds or a retake on the other: never both in the result."""
+    base = _base()
+    m = merge_storyboards(base, with_segment(base, "dawn", frames=49, seconds=None),
+                          with_segment(base, "dawn", frames=None, seconds=3.0))
+    dawn = m.storyboard.segment("dawn")
+    assert (dawn.frames, dawn.seconds) == (49, None) and m.both_changed == ("dawn.frames/dawn.seconds",)
+    m = merge_storyboards(base, with_segment(base, "dawn", frames=9), with_segment(base, "dawn", retake=(10, 16)))
+    assert m.storyboard.segment("dawn").retake is None and m.storyboard.segment("dawn").frames == 9
+
+
+def test_a_shot_renamed_on_disk_takes_its_new_id_unless_renamed_here_too() -> None:
+    base = _base()
+    theirs = replace(base, segments=tuple(replace(s, id="morning") if s.id == "dawn" else s for s in base.segments))
+    m = merge_storyboards(base, with_segment(base, "dawn", prompt="mine"), theirs)
+    assert _ids(m.storyboard) == ["morning", "beam", "storm"] and m.storyboard.segment("morning").prompt == "mine"
+    assert m.taken == ("morning.id",)
+    mine = replace(base, segments=tuple(replace(s, id="sunrise") if s.id == "dawn" else s for s in base.segments))
+    m = merge_storyboards(base, mine, theirs, {"dawn": "sunrise"})
+    assert _ids(m.storyboard) == ["sunrise", "beam", "storm"] and m.both_changed == ("sunrise.id",)

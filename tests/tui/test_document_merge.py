@@ -1,0 +1,70 @@
+"""The editor's merge with a file changed on disk, through the Document two editors share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.project.storyboard import StoryboardError, load
+from sulphur_tui.document import Document
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "storyboards" / "example.toml"
+
+
+@pytest.fixture
+def story(tmp_path: Path) -> Path:
+    path = tmp_path / "story.toml"
+    path.write_text(EXAMPLE.read_text())
+    return path
+
+
+def test_two_editors_adding_a_shot_keep_both_shots(story: Path) -> None:
+    me, other = Document(story), Document(story)
+    mine = me.add_segment(None)
+    me.edit_segment(mine, prompt="my new shot")
+    theirs = other.add_segment(None)
+    other.edit_segment(theirs, prompt="their new shot")
+    other.save()
+    assert mine == theirs and me.disk_changed()
+    merge = me.merge_disk()
+    me.save()
+    prompts = [s.prompt for s in load(story).segments]
+    assert prompts[-2:] == ["my new shot", "their new shot"] and len(merge.taken) == 1
+
+
+def test_renaming_into_an_id_the_other_editor_added(story: Path) -> None:
+    me, other = Document(story), Document(story)
+    dawn = me.storyboard.segment("dawn")
+    me.rename_segment("dawn", "gulls")
+    new = other.add_segment(None)
+    other.rename_segment(new, "gulls")
+    other.edit_segment("gulls", prompt="their gulls")
+    other.save()
+    me.merge_disk()
+    me.save()
+    sb = load(story)
+    assert sb.segment("gulls").prompt == dawn.prompt and sb.segment("gulls-2").prompt == "their gulls"
+
+
+def test_a_merge_after_keeping_mine_over_a_broken_file_still_takes_the_disks_edits(story: Path) -> None:
+    text = story.read_text()
+    doc = Document(story)
+    doc.edit_segment("beam", prompt="my beam")
+    story.write_text(text + "\n[[[broken")
+    doc.keep_mine()
+    story.write_text(text.replace("frames = 17", "frames = 33", 1))  # fixed, with an edit of its own
+    merge = doc.merge_disk()
+    assert doc.storyboard.segment("beam").prompt == "my beam"
+    assert doc.storyboard.segment("dawn").frames == 33 and merge.taken == ("dawn.frames",)
+
+
+def test_a_merge_that_would_not_load_is_refused_and_changes_nothing(story: Path) -> None:
+    """Each side loads alone: a 60 s shot at 24 fps (1440 frames), and 240 fps with a 17-frame shot."""
+    doc = Document(story)
+    doc.edit_segment("dawn", frames=None, seconds=60.0)
+    before = doc.storyboard
+    story.write_text(story.read_text().replace("fps = 24", "fps = 240", 1))
+    with pytest.raises(StoryboardError, match="frames; a shot has at most"):
+        doc.merge_disk()
+    assert doc.storyboard == before and doc.disk_changed()  # still mine, still to be answered
