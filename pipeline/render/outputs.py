@@ -25,7 +25,9 @@ import filecmp
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -112,15 +114,33 @@ class RenderBusy(RenderError):
 
 
 class OutputLock:
-    """``flock`` on ``<render dir>/.lock`` for the length of a render (dropped by the kernel on any exit)."""
+    """``flock`` on ``<render dir>/.lock`` for the length of a render (dropped by the kernel on
+    any exit), and the project's cache lock shared beside it (see the module docstring).
 
-    def __init__(self, folder: Path, storyboard: Path) -> None:
+    ``waiting(message)`` is told once when a prune holds the cache lock (the render waits for
+    it, polling ``cancel``); the output folder is taken only after that wait, so a waiting
+    render does not read as a running one.
+    """
+
+    def __init__(self, folder: Path, storyboard: Path, *, waiting: Callable[[str], None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
         self.path = Path(folder) / ".lock"
         self.storyboard = storyboard
+        self.waiting, self.cancel = waiting, cancel
         self._fd: int | None = None
         self._cache_fd: int | None = None
 
     def __enter__(self) -> OutputLock:
+        # renders/<stem>/ → the project folder, whose .sulphur/ holds the cache
+        self._cache_fd = _share_cache(self.path.parent.parent.parent, self.waiting, self.cancel)
+        try:
+            self._fd = self._take_output_folder()
+        except BaseException:
+            self.release_cache()
+            raise
+        return self
+
+    def _take_output_folder(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -136,9 +156,7 @@ class OutputLock:
                                      "wait for it to finish or cancel it") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-        self._cache_fd = _share_cache(Path(self.storyboard).parent)
-        return self
+        return fd
 
     def release_cache(self) -> None:
         """Drop the shared cache lock: the render is done with the cache (it prunes next)."""
@@ -153,21 +171,38 @@ class OutputLock:
             self._fd = None
 
 
-def _share_cache(project_dir: Path) -> int | None:
-    """The project's cache lock, shared (waits while a prune holds it); None where it cannot
-    be taken (a read-only project, a planted FIFO): the render goes on without it."""
+def _share_cache(project_dir: Path, waiting: Callable[[str], None] | None,
+                 cancel: threading.Event | None) -> int | None:
+    """The project's cache lock, shared: waits while a prune holds it (saying so once, and
+    giving up with :class:`Cancelled` when ``cancel`` is set). None where it cannot be taken
+    (a read-only project, a folder or a link planted there): the render goes on without it."""
+    from pipeline.stages.base import Cancelled
+
     path = cache_lock(project_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return None
+    told = False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled while waiting for a cache prune") from None
+                if not told and waiting is not None:
+                    waiting("waiting for a cache prune of this project to finish (sulphur cache --prune)")
+                told = True
+                time.sleep(0.1)
     except OSError:
         os.close(fd)
         return None
-    return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 __all__ = ["OutputLock", "RenderBusy", "atomic_copy", "disk_error", "fsync_dir", "publishing",

@@ -139,9 +139,9 @@ def _exclusive_cache(project_dir: Path) -> Iterator[None]:
     here, and one that starts now waits until the prune is done."""
     path = cache_lock(project_dir)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
-        yield  # no state folder (nothing cached) or a read-only one: nothing to race
+        yield  # no state folder (nothing cached), a read-only one or a planted link: rendering_now looked
         return
     try:
         try:

@@ -165,19 +165,27 @@ def test_a_render_that_starts_during_a_prune_waits_for_it(tmp_path: Path) -> Non
     import threading
 
     from pipeline.render.outputs import OutputLock
-    from pipeline.render.usage import CacheInUse, _exclusive_cache, prune
+    from pipeline.render.usage import CacheInUse, _exclusive_cache, prune, rendering_now
+    from pipeline.stages.base import Cancelled
 
     cache, _ = _project(tmp_path)
     entered = threading.Event()
+    told: list[str] = []
 
     def render() -> None:
-        with OutputLock(tmp_path / "renders" / "two", tmp_path / "two.toml"):
+        with OutputLock(tmp_path / "renders" / "two", tmp_path / "two.toml", waiting=told.append):
             entered.set()
 
     with _exclusive_cache(tmp_path):  # a prune past its look at the render locks
         starter = threading.Thread(target=render)
         starter.start()
-        assert not entered.wait(0.5)  # the render waits for the prune ...
+        assert not entered.wait(0.5)  # the render waits for the prune, says so once ...
+        assert told == ["waiting for a cache prune of this project to finish (sulphur cache --prune)"]
+        assert rendering_now(tmp_path) == []  # ... and holds no output folder meanwhile
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(Cancelled):  # a cancelled wait ends
+            OutputLock(tmp_path / "renders" / "one", tmp_path / "one.toml", cancel=cancel).__enter__()
     starter.join(10)
     assert entered.is_set()  # ... and starts when it is done
     with OutputLock(tmp_path / "renders" / "one", tmp_path / "one.toml") as lock:
@@ -185,6 +193,20 @@ def test_a_render_that_starts_during_a_prune_waits_for_it(tmp_path: Path) -> Non
         with pytest.raises(CacheInUse, match="a render of this project is running"):
             prune(tmp_path, 0)
     assert cache.get("draft", "d" * 32) is not None
+
+
+def test_a_link_planted_as_the_cache_lock_is_never_followed(tmp_path: Path) -> None:
+    from pipeline.render.outputs import OutputLock
+    from pipeline.render.usage import prune
+
+    _project(tmp_path)
+    elsewhere = tmp_path / "elsewhere" / "made-through-the-link"
+    elsewhere.parent.mkdir()
+    (tmp_path / ".sulphur" / "cache.lock").symlink_to(elsewhere)
+    with OutputLock(tmp_path / "renders" / "one", tmp_path / "one.toml"):
+        pass
+    assert prune(tmp_path)[0] == 1  # d, which nothing uses
+    assert not elsewhere.exists()
 
 
 def test_a_capped_render_prunes_after_itself_while_holding_its_lock(tmp_path: Path) -> None:
