@@ -178,27 +178,11 @@ async def test_external_change_reload(story: Path) -> None:
         assert not app.doc.dirty
 
 
-async def test_external_change_keep_mine_never_silent(story: Path) -> None:
-    app = make(story, poll_disk=0.05)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("a")  # an unsaved edit of ours
-        story.write_text(story.read_text().replace("gulls calling", "gulls crying"))
-        for _ in range(40):
-            await pilot.pause(0.05)
-            if isinstance(app.screen, DiskChangedDialog):
-                break
-        assert isinstance(app.screen, DiskChangedDialog)
-        await pilot.press("k")
-        await pilot.pause()
-        assert "crying" in story.read_text()  # nothing written yet
-        await pilot.press("ctrl+s")
-        await pilot.pause()
-    sb = load(story)
-    assert len(sb.segments) == 4 and sb.segment("dawn").prompt.endswith("gulls calling")
-
-
-async def test_external_change_merged_keeps_both_edits(story: Path) -> None:
-    """Merge: our new shot and the other program's prompt edit both reach the file."""
+@pytest.mark.parametrize(("answer", "dawn_ends"), [("k", "gulls calling"), ("m", "gulls crying")],
+                         ids=["keep-mine", "merge"])
+async def test_external_change_keep_mine_or_merge_never_silent(story: Path, answer: str, dawn_ends: str) -> None:
+    """Keep mine: our version replaces theirs on save. Merge: our new shot and the other
+    program's prompt edit both reach the file. Either way nothing is written until ctrl+s."""
     app = make(story, poll_disk=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("a")  # an unsaved edit of ours: a fourth shot
@@ -208,14 +192,14 @@ async def test_external_change_merged_keeps_both_edits(story: Path) -> None:
             if isinstance(app.screen, DiskChangedDialog):
                 break
         assert isinstance(app.screen, DiskChangedDialog)
-        await pilot.press("m")
+        await pilot.press(answer)
         await pilot.pause()
-        assert app.doc.storyboard.segment("dawn").prompt.endswith("gulls crying") and app.doc.dirty
-        assert len(load(story).segments) == 3  # nothing written until the user saves
+        assert app.doc.storyboard.segment("dawn").prompt.endswith(dawn_ends) and app.doc.dirty
+        assert "crying" in story.read_text() and len(load(story).segments) == 3  # nothing written yet
         await pilot.press("ctrl+s")
         await pilot.pause()
     sb = load(story)
-    assert len(sb.segments) == 4 and sb.segment("dawn").prompt.endswith("gulls crying")
+    assert len(sb.segments) == 4 and sb.segment("dawn").prompt.endswith(dawn_ends)
 
 
 async def test_save_asks_when_file_changed_since(story: Path) -> None:
