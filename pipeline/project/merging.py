@@ -31,6 +31,9 @@ class Merge:
     """What a merge made, and what the user should be told about it."""
 
     storyboard: Storyboard
+    #: Disk id → id in :attr:`storyboard`, for the disk's shots that carry another id here (a
+    #: rename of ours, a fresh id): what the next save and the next merge match them by.
+    ids: Mapping[str, str]
     #: What came from the disk: "shot.field", "project.field", "shot" (a shot it added or
     #: deleted), "shot (theirs: other-id)" for a shot it added under an id already in use here.
     taken: tuple[str, ...]
@@ -83,7 +86,7 @@ def _renamed_on_disk(base: Storyboard, theirs: Storyboard) -> dict[str, str]:
 def _fresh_id(wanted: str, used: Iterable[str]) -> str:
     """``wanted``, or ``wanted-2``, ``-3``…: the first not in ``used`` (ids stay 1-64 characters)."""
     used = set(used)
-    numbered = re.fullmatch(r"(.*)-(\d+)", wanted)
+    numbered = re.fullmatch(r"(.+)-(\d{1,6})", wanted)
     stem, n = (numbered[1], int(numbered[2]) + 1) if numbered else (wanted, 2)
     while True:
         suffix = f"-{n}"
@@ -114,6 +117,7 @@ def merge_storyboards(base: Storyboard, mine: Storyboard, theirs: Storyboard,
     mine_ids = {s.id for s in mine.segments}
     project = _fields(base.project, mine.project, theirs.project, "project", taken, both)
     out: list[Segment] = []
+    disk_of: dict[str, str] = {}  # id in ``out`` → the disk's id of that shot
     for seg in mine.segments:
         b, t = base_by.get(seg.id), theirs_by.get(seg.id)
         if b is None or (t is None and seg != replace(b, id=seg.id)):
@@ -121,12 +125,38 @@ def merge_storyboards(base: Storyboard, mine: Storyboard, theirs: Storyboard,
         elif t is not None:
             merged = _fields(replace(b, id=seg.id), seg, replace(t, id=seg.id), seg.id, taken, both)
             out.append(_take_disk_rename(merged, b.id, t.id, renames, mine_ids, taken, both))
+            disk_of[out[-1].id] = t.id
         else:
             taken.append(seg.id)  # deleted on disk, untouched here: deleted
+    both += [f"{i} (deleted here, changed there)" for i, b in base_by.items()
+             if i not in mine_ids and i in theirs_by and replace(theirs_by[i], id=b.id) != b]
     where = {t.id: editor_id for editor_id, t in theirs_by.items()}  # disk id → the editor's id
-    _add_disk_shots(out, theirs, where, {s.id for s in mine.segments if s.id not in base_by}, taken)
+    added_here = {s.id for s in mine.segments if s.id not in base_by}
+    disk_of.update({new: d for d, new in _add_disk_shots(out, theirs, where, added_here, taken).items()})
+    kept_order = [s.id for s in mine.segments if s.id in base_by] == [i for i in base_by if i in mine_ids]
+    if kept_order:  # the editor did not reorder: the disk's order (if it moved shots) stands
+        disk_rank = {s.id: i for i, s in enumerate(theirs.segments)}
+        out = _in_disk_order(out, {m: disk_rank[d] for m, d in disk_of.items()}, taken)
     merged_board = replace(mine, project=project, segments=tuple(out))
-    return Merge(merged_board, tuple(taken), tuple(both))
+    ids = {d: m for m, d in disk_of.items() if d != m}
+    return Merge(merged_board, ids, tuple(taken), tuple(both))
+
+
+def _in_disk_order(out: list[Segment], rank: dict[str, int], taken: list[str]) -> list[Segment]:
+    """``out`` with the disk's shots in the disk's order; each of the editor's own shots stays
+    after the shot it followed."""
+    result = sorted((s for s in out if s.id in rank), key=lambda s: rank[s.id])
+    for i, seg in enumerate(out):
+        if seg.id in rank:
+            continue
+        prev = next((p.id for p in reversed(out[:i]) if p.id in rank), None)
+        at = 0 if prev is None else [s.id for s in result].index(prev) + 1
+        while at < len(result) and result[at].id not in rank:
+            at += 1
+        result.insert(at, seg)
+    if [s.id for s in result] != [s.id for s in out]:
+        taken.append("the order of the shots")
+    return result
 
 
 def _take_disk_rename(seg: Segment, base_id: str, disk_id: str, renames: Mapping[str, str],
@@ -143,12 +173,13 @@ def _take_disk_rename(seg: Segment, base_id: str, disk_id: str, renames: Mapping
 
 
 def _add_disk_shots(out: list[Segment], theirs: Storyboard, where: dict[str, str], added_here: set[str],
-                    taken: list[str]) -> None:
+                    taken: list[str]) -> dict[str, str]:
     """The shots the disk added, each after the shot it follows there (and after the editor's
     own new shots that follow it); one whose id is taken here gets a fresh id (two editors
     adding a shot both call it ``shot-4``). ``where``: the editor's id of each disk shot the
-    base has (the disk's own id if the merge took it)."""
-    placed: dict[str, str] = {}  # disk id → id in ``out``, for the shots added here
+    base has (the disk's own id if the merge took it). Returns disk id → id in ``out`` of the
+    shots it placed."""
+    placed: dict[str, str] = {}
 
     def in_out(disk_id: str) -> str | None:
         return next((i for i in (placed.get(disk_id), where.get(disk_id), disk_id) if i in ids), None)
@@ -170,6 +201,7 @@ def _add_disk_shots(out: list[Segment], theirs: Storyboard, where: dict[str, str
         ids.add(new_id)
         placed[seg.id] = new_id
         taken.append(new_id if new_id == seg.id else f"{new_id} (theirs: {seg.id})")
+    return placed
 
 
 __all__ = ["Merge", "merge_storyboards"]

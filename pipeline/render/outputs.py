@@ -122,17 +122,17 @@ class OutputLock:
     render does not read as a running one.
     """
 
-    def __init__(self, folder: Path, storyboard: Path, *, waiting: Callable[[str], None] | None = None,
-                 cancel: threading.Event | None = None) -> None:
+    def __init__(self, folder: Path, storyboard: Path, *, project: Path | None = None,
+                 waiting: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> None:
         self.path = Path(folder) / ".lock"
         self.storyboard = storyboard
+        self.project = Path(project) if project is not None else Path(storyboard).parent  # Storyboard.folder
         self.waiting, self.cancel = waiting, cancel
         self._fd: int | None = None
         self._cache_fd: int | None = None
 
     def __enter__(self) -> OutputLock:
-        # renders/<stem>/ → the project folder, whose .sulphur/ holds the cache
-        self._cache_fd = _share_cache(self.path.parent.parent.parent, self.waiting, self.cancel)
+        self._cache_fd = _share_cache(self.project, self.waiting, self.cancel)
         try:
             self._fd = self._take_output_folder()
         except BaseException:
@@ -142,7 +142,10 @@ class OutputLock:
 
     def _take_output_folder(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._not_a_lock(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -154,9 +157,20 @@ class OutputLock:
             who = f" (PID {holder})" if holder.isdigit() else ""
             raise RenderBusy("busy", f"{self.storyboard.name}: another render of it is running{who}; "
                                      "wait for it to finish or cancel it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise self._not_a_lock(exc) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:  # a FIFO or a device put there: not a lock we can use
+            os.close(fd)
+            raise self._not_a_lock(exc) from None
         return fd
+
+    def _not_a_lock(self, exc: OSError) -> RenderError:
+        return RenderError("lock", f"{self.path}: not usable as the render lock ({exc.strerror or exc}); "
+                                   "remove it and render again")
 
     def release_cache(self) -> None:
         """Drop the shared cache lock: the render is done with the cache (it prunes next)."""
@@ -185,24 +199,25 @@ def _share_cache(project_dir: Path, waiting: Callable[[str], None] | None,
     except OSError:
         return None
     told = False
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("cancelled while waiting for a cache prune") from None
-                if not told and waiting is not None:
-                    waiting("waiting for a cache prune of this project to finish (sulphur cache --prune)")
-                told = True
-                time.sleep(0.1)
-    except OSError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        except OSError:
+            os.close(fd)
+            return None
+        try:  # a prune holds it: wait, saying so once (what ``waiting`` raises is the caller's)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled while waiting for a cache prune")
+            if not told and waiting is not None:
+                waiting("waiting for a cache prune of this project to finish (sulphur cache --prune)")
+            told = True
+            time.sleep(0.1)
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 __all__ = ["OutputLock", "RenderBusy", "atomic_copy", "disk_error", "fsync_dir", "publishing",

@@ -126,7 +126,7 @@ def render_takes_local(storyboard_path: str | os.PathLike[str], segment: str, se
     r = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                         job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     t_job = time.perf_counter()
-    with OutputLock(r.renders.root, sb.path, cancel=r.cancel,  # a render of it writes the same stages
+    with OutputLock(r.renders.root, sb.path, project=sb.folder, cancel=r.cancel,  # a render of it writes the same stages
                     waiting=lambda why: r.emit(protocol.Log(message=why))):
         r.cache.sweep_partials()
         r.preflight([segment])

@@ -209,6 +209,43 @@ def test_a_link_planted_as_the_cache_lock_is_never_followed(tmp_path: Path) -> N
     assert not elsewhere.exists()
 
 
+def test_a_fifo_planted_as_the_render_lock_is_named_and_leaks_nothing(tmp_path: Path) -> None:
+    """It used to raise a bare ``[Errno 22]`` and keep the folder locked for the worker's life."""
+    import os
+
+    from pipeline.render.errors import RenderError
+    from pipeline.render.outputs import OutputLock
+
+    folder = tmp_path / "renders" / "one"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / ".lock")
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RenderError, match=r"/renders/one/\.lock: not usable as the render lock .*remove it"):
+        OutputLock(folder, tmp_path / "one.toml").__enter__()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    (folder / ".lock").unlink()
+    with OutputLock(folder, tmp_path / "one.toml"):
+        pass
+
+
+def test_a_waiting_render_whose_report_fails_never_skips_the_lock(tmp_path: Path) -> None:
+    """``waiting`` raising (a closed stdout: BrokenPipeError) ends the wait, not the locking."""
+    import os
+
+    from pipeline.render.outputs import OutputLock
+    from pipeline.render.usage import _exclusive_cache
+
+    _project(tmp_path)
+
+    def broken(_: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    fds = len(os.listdir("/proc/self/fd"))
+    with _exclusive_cache(tmp_path), pytest.raises(BrokenPipeError):
+        OutputLock(tmp_path / "renders" / "one", tmp_path / "one.toml", waiting=broken).__enter__()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_a_capped_render_prunes_after_itself_while_holding_its_lock(tmp_path: Path) -> None:
     """The render's own shared cache lock must not stop its own prune (the runner's path)."""
     from dataclasses import replace

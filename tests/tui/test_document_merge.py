@@ -68,3 +68,24 @@ def test_a_merge_that_would_not_load_is_refused_and_changes_nothing(story: Path)
     with pytest.raises(StoryboardError, match="frames; a shot has at most"):
         doc.merge_disk()
     assert doc.storyboard == before and doc.disk_changed()  # still mine, still to be answered
+
+
+def test_a_second_merge_still_knows_the_shot_given_a_fresh_id(story: Path) -> None:
+    """Both add ``shot-4``; theirs becomes ``shot-5`` here. Their next edit of their ``shot-4``
+    lands on ``shot-5``, and a save keeps their table (its comment too) for it."""
+    me, other = Document(story), Document(story)
+    me.edit_segment(me.add_segment(None), prompt="mine new")
+    other.edit_segment(other.add_segment(None), prompt="their new")
+    other.save()
+    story.write_text(story.read_text().replace('prompt = "their new"', 'prompt = "their new"  # theirs'))
+    me.merge_disk()
+    other = Document(story)
+    other.edit_segment("shot-4", seed=99)
+    other.save()
+    merge = me.merge_disk()
+    assert merge.taken == ("shot-5.seed",)
+    me.save()
+    sb = load(story)
+    assert [(s.id, s.prompt, s.seed) for s in sb.segments[3:]] == [("shot-4", "mine new", None),
+                                                                   ("shot-5", "their new", 99)]
+    assert 'prompt = "their new"  # theirs' in story.read_text()

@@ -110,3 +110,28 @@ def test_a_shot_renamed_on_disk_takes_its_new_id_unless_renamed_here_too() -> No
     mine = replace(base, segments=tuple(replace(s, id="sunrise") if s.id == "dawn" else s for s in base.segments))
     m = merge_storyboards(base, mine, theirs, {"dawn": "sunrise"})
     assert _ids(m.storyboard) == ["sunrise", "beam", "storm"] and m.both_changed == ("sunrise.id",)
+
+
+def test_the_disks_new_order_stands_unless_the_editor_reordered() -> None:
+    base = _base()
+    theirs = replace(base, segments=(base.segments[2], base.segments[0], base.segments[1]))
+    m = merge_storyboards(base, with_segment(base, "beam", seed=5), theirs)
+    assert _ids(m.storyboard) == ["storm", "dawn", "beam"] and "the order of the shots" in m.taken
+    mine = replace(base, segments=(base.segments[1], base.segments[0], base.segments[2]))
+    assert _ids(merge_storyboards(base, mine, theirs).storyboard) == ["beam", "dawn", "storm"]
+
+
+def test_a_shot_deleted_here_but_changed_there_is_reported() -> None:
+    base = _base()
+    mine = replace(base, segments=base.segments[1:])
+    m = merge_storyboards(base, mine, with_segment(base, "dawn", seed=8))
+    assert _ids(m.storyboard) == ["beam", "storm"] and m.both_changed == ("dawn (deleted here, changed there)",)
+
+
+def test_a_fresh_id_is_always_a_valid_one() -> None:
+    from pipeline.project.merging import _fresh_id
+    from pipeline.project.storyboard import segment_id_problem
+
+    for wanted in ("shot-4", "a-" + "9" * 62, "x" * 64, "q-999999"):
+        new = _fresh_id(wanted, {wanted})
+        assert new != wanted and not segment_id_problem(_base(), new), new

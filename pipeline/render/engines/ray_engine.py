@@ -516,7 +516,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
     upscale_frames = sum(j.frames for j in seg_jobs)  # as a local render's preflight counts them
     waiting = lambda why: stamp(protocol.Log(message=why))  # noqa: E731
-    with OutputLock(sb.render_dir(), sb.path, cancel=cancel, waiting=waiting), _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
+    with OutputLock(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel, waiting=waiting), _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                        len(selected), finishers, upscale_frames=upscale_frames) as (d, drafter, finishers_):
         # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
         chain = None
