@@ -145,7 +145,9 @@ class OutputLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise self._not_a_lock(exc) from None
+            if exc.errno == errno.ELOOP:  # a link planted there: never followed
+                raise self._not_a_lock(exc) from None
+            raise  # a read-only or full disk: the caller says so in words
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -168,7 +170,11 @@ class OutputLock:
             raise self._not_a_lock(exc) from None
         return fd
 
-    def _not_a_lock(self, exc: OSError) -> RenderError:
+    def _not_a_lock(self, exc: OSError) -> OSError | RenderError:
+        """What a lock file that is not one (a FIFO, a device, a link) becomes: one line naming
+        it. Any other failure stays the OSError the caller words."""
+        if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.ESPIPE, errno.ENOTSUP, errno.ENOLCK):
+            return exc
         return RenderError("lock", f"{self.path}: not usable as the render lock ({exc.strerror or exc}); "
                                    "remove it and render again")
 
