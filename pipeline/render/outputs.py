@@ -34,6 +34,7 @@ from pathlib import Path
 from pipeline.project.files import fsync_dir, pid_alive
 from pipeline.project.layout import cache_lock
 from pipeline.render.errors import RenderError
+from pipeline.stages.base import Cancelled
 
 
 def unique_tmp(dst: Path) -> Path:
@@ -196,8 +197,6 @@ def _share_cache(project_dir: Path, waiting: Callable[[str], None] | None,
     """The project's cache lock, shared: waits while a prune holds it (saying so once, and
     giving up with :class:`Cancelled` when ``cancel`` is set). None where it cannot be taken
     (a read-only project, a folder or a link planted there): the render goes on without it."""
-    from pipeline.stages.base import Cancelled
-
     path = cache_lock(project_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

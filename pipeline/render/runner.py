@@ -44,7 +44,7 @@ from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
 from pipeline.render.overlap import Behind, LinkedCancel
-from pipeline.render.usage import CacheInUse, human, prune, record
+from pipeline.render.usage import after_render
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.enhance import EnhanceStage
@@ -575,30 +575,10 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
             complete = True
             return final
         finally:
-            _keep_cache_tidy(sb, renderer.cache.used, complete, emit, lock)
+            after_render(sb, renderer.cache.used, complete, emit, lock)
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def _keep_cache_tidy(sb: Storyboard, used: set[str], complete: bool, emit: Emit, own_lock: OutputLock) -> None:
-    """Record what this render used (`sulphur cache`), then hold the cache to
-    ``[project] cache_limit_gb`` by pruning entries no storyboard uses — not while another
-    render of the folder runs (its entries are in no record yet). Never fails a render."""
-    try:
-        record(sb.real_path, used, complete=complete)
-        own_lock.release_cache()  # recorded: this render's entries are safe from the prune
-        if complete and sb.project.cache_limit_gb is not None:
-            removed, freed = prune(sb.folder, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock.path)
-            if removed:
-                emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
-                                          f"unused entries ({human(freed)})"))
-    except CacheInUse as exc:
-        emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
-    except OSError as exc:  # the reason in words, not "[Errno 20] …"
-        where = f"{exc.filename}: " if exc.filename else ""
-        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {where}{exc.strerror or exc}"))
-
 
 
 def quiet_libraries() -> None:

@@ -27,8 +27,8 @@ from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
 
 # Deferred imports: PIL, pipeline.render.runner, pipeline.render.job, pipeline.render.outputs,
-#   pipeline.render.cache, pipeline.memory.loaded, pipeline.project.references — numpy, torch and
-#   PyAV load only when takes are rendered (``sulphur takes --pick`` and the editor need none)
+#   pipeline.render.cache, pipeline.render.usage, pipeline.memory.loaded, pipeline.project.references —
+#   numpy, torch and PyAV load only when takes are rendered (``sulphur takes --pick`` and the editor need none)
 
 Emit = Callable[[Event], None]
 
@@ -115,8 +115,9 @@ def render_takes_local(storyboard_path: str | os.PathLike[str], segment: str, se
     from pipeline.memory.loaded import LoadedModels
     from pipeline.project.references import check_references
     from pipeline.render.job import Overrides, RenderJob
-    from pipeline.render.outputs import OutputLock, atomic_copy
+    from pipeline.render.outputs import OutputLock
     from pipeline.render.runner import Renderer
+    from pipeline.render.usage import after_render
 
     sb = load(storyboard_path)
     index = segment_index(sb, segment)
@@ -127,34 +128,45 @@ def render_takes_local(storyboard_path: str | os.PathLike[str], segment: str, se
                         job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     t_job = time.perf_counter()
     with OutputLock(r.renders.root, sb.path, project=sb.folder, cancel=r.cancel,  # a render of it writes the same stages
-                    waiting=lambda why: r.emit(protocol.Log(message=why))):
-        r.cache.sweep_partials()
-        r.preflight([segment])
-        r.upscale_frames *= len(seeds)  # each take upscales the shot once: whether compiling pays
-        r.emit(protocol.JobStarted(storyboard=str(sb.path), segments=[segment], seeds=seeds))
-        for i in range(index):
-            r.draft_segment(i)
-        prompt = _locked_prompt(r, index)
-        start = copy.deepcopy(r.chain)
-        base, done = r.job, {}
-        for seed in seeds:
-            r.emit(protocol.TakeStarted(segment=segment, seed=seed))
-            r.job = replace(base, storyboard=with_segment(base.storyboard, segment, seed=seed,
-                                                          enhance_lock=True, enhanced_prompt=prompt))
-            r.chain = copy.deepcopy(start)
-            try:
-                seg_job, draft = r.draft_segment(index)
-                encode = r.finish_stages(seg_job, draft, preview=False)
-            finally:
-                r.job = base
-            clip = sb.renders.take(segment, seed)
-            clip.parent.mkdir(parents=True, exist_ok=True)
-            atomic_copy(encode.file("segment.mp4"), clip)
-            still = _still_or_warning(clip, r.emit)
-            done[seed] = clip
-            record_takes(sb, segment, {seed: clip}, prompt)
-            r.emit(protocol.TakeFinished(segment=segment, seed=seed, path=str(clip), still=still))
+                    waiting=lambda why: r.emit(protocol.Log(message=why))) as lock:
+        try:
+            done = _takes(r, sb, segment, index, seeds)
+        finally:  # what the takes built is the storyboard's too (a picked take is its segment)
+            after_render(sb, r.cache.used, False, r.emit, lock, cap=False)
     r.emit(protocol.JobFinished(path=str(sb.renders.takes(segment)), seconds=time.perf_counter() - t_job))
+    return done
+
+
+def _takes(r: Any, sb: Storyboard, segment: str, index: int, seeds: list[int]) -> dict[int, Path]:
+    """Every take of one segment, one after another, on the renderer ``r``."""
+    from pipeline.render.outputs import atomic_copy
+
+    r.cache.sweep_partials()
+    r.preflight([segment])
+    r.upscale_frames *= len(seeds)  # each take upscales the shot once: whether compiling pays
+    r.emit(protocol.JobStarted(storyboard=str(sb.path), segments=[segment], seeds=seeds))
+    for i in range(index):
+        r.draft_segment(i)
+    prompt = _locked_prompt(r, index)
+    start = copy.deepcopy(r.chain)
+    base, done = r.job, {}
+    for seed in seeds:
+        r.emit(protocol.TakeStarted(segment=segment, seed=seed))
+        r.job = replace(base, storyboard=with_segment(base.storyboard, segment, seed=seed,
+                                                      enhance_lock=True, enhanced_prompt=prompt))
+        r.chain = copy.deepcopy(start)
+        try:
+            seg_job, draft = r.draft_segment(index)
+            encode = r.finish_stages(seg_job, draft, preview=False)
+        finally:
+            r.job = base
+        clip = sb.renders.take(segment, seed)
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        atomic_copy(encode.file("segment.mp4"), clip)
+        still = _still_or_warning(clip, r.emit)
+        done[seed] = clip
+        record_takes(sb, segment, {seed: clip}, prompt)
+        r.emit(protocol.TakeFinished(segment=segment, seed=seed, path=str(clip), still=still))
     return done
 
 

@@ -20,13 +20,18 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.project.layout import cache_lock
-from pipeline.project.storyboard import atomic_write
+from pipeline.project.storyboard import Storyboard, atomic_write
+from pipeline.wire import protocol
+
+if TYPE_CHECKING:
+    from pipeline.render.outputs import OutputLock
 
 
 def uses_dir(project_dir: Path) -> Path:
@@ -174,6 +179,27 @@ def _prune_unreferenced(project_dir: Path, limit_bytes: int | None) -> tuple[int
     return removed, freed
 
 
+def after_render(sb: Storyboard, used: set[str], complete: bool, emit: Callable[[protocol.Event], None],
+                 own_lock: OutputLock, *, cap: bool = True) -> None:
+    """Record what a render used (``sulphur cache``; a failed or partial one adds to the last
+    record), then, with ``cap``, hold the cache to ``[project] cache_limit_gb`` by pruning
+    entries no storyboard uses — not while another render of the project runs (its entries are
+    in no record yet). Never fails a render."""
+    try:
+        record(sb.real_path, used, complete=complete)
+        own_lock.release_cache()  # recorded: this render's entries are safe from the prune
+        if cap and complete and sb.project.cache_limit_gb is not None:
+            removed, freed = prune(sb.folder, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock.path)
+            if removed:
+                emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
+                                          f"unused entries ({human(freed)})"))
+    except CacheInUse as exc:
+        emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
+    except OSError as exc:  # the reason in words, not "[Errno 20] …"
+        where = f"{exc.filename}: " if exc.filename else ""
+        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {where}{exc.strerror or exc}"))
+
+
 def human(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -182,4 +208,4 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
-__all__ = ["Report", "entries", "human", "prune", "record", "report", "uses_dir"]
+__all__ = ["Report", "after_render", "entries", "human", "prune", "record", "report", "uses_dir"]

@@ -92,6 +92,11 @@ def test_ray_film_equals_the_local_film_frame_for_frame(renders: dict) -> None:
     assert np.array_equal(ray_frames, local_frames)
     # Same stage cache keys as the local path, so either engine resumes the other's render.
     assert cache_keys(renders["ray"].parents[2]) == cache_keys(renders["local"].parents[2])
+    # ... and recorded as the storyboard's, so `sulphur cache --prune` keeps what the film needs.
+    from pipeline.render.usage import report
+
+    for project in (renders["ray"].parents[2], renders["local"].parents[2]):
+        assert report(project).unreferenced == [] and report(project).per_storyboard["example.toml"] > 0
 
 
 @pytest.mark.slow

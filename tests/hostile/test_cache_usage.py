@@ -252,7 +252,7 @@ def test_a_capped_render_prunes_after_itself_while_holding_its_lock(tmp_path: Pa
 
     from pipeline.project.storyboard import load
     from pipeline.render.outputs import OutputLock
-    from pipeline.render.runner import _keep_cache_tidy
+    from pipeline.render.usage import after_render
 
     cache, keys = _project(tmp_path)
     story = tmp_path / "one.toml"
@@ -260,7 +260,7 @@ def test_a_capped_render_prunes_after_itself_while_holding_its_lock(tmp_path: Pa
     sb = replace(sb, project=replace(sb.project, cache_limit_gb=1e-6))  # the tiny entries are over it
     events: list = []
     with OutputLock(tmp_path / "renders" / "one", story) as lock:
-        _keep_cache_tidy(sb, {keys["a"], keys["b"]}, True, events.append, lock)
+        after_render(sb, {keys["a"], keys["b"]}, True, events.append, lock)
     assert [e.message for e in events] == ["cache over 1e-06 GiB: removed 1 unused entries (781.4 KiB)"]
     assert [k for k in "abcd" if cache.get("draft", k * 32) is not None] == ["a", "b", "c"]  # c: two.toml's
 
@@ -269,13 +269,13 @@ def test_cache_bookkeeping_that_cannot_write_warns_in_words(tmp_path: Path) -> N
     """``.sulphur`` a file: the warning said ``[Errno 20] Not a directory: '…'``."""
     from pipeline.project.storyboard import parse
     from pipeline.render.outputs import OutputLock
-    from pipeline.render.runner import _keep_cache_tidy
+    from pipeline.render.usage import after_render
 
     (tmp_path / ".sulphur").write_text("not a folder")
     story = tmp_path / "one.toml"
     story.write_text('[[segment]]\nid = "a"\nprompt = "x"\n')
     events: list = []
-    _keep_cache_tidy(parse(story.read_text(), story), {"draft/" + "a" * 32}, True, events.append,
+    after_render(parse(story.read_text(), story), {"draft/" + "a" * 32}, True, events.append,
                      OutputLock(tmp_path / "renders" / "one", story))
     (log,) = events
     assert log.level == "warning" and log.message == \

@@ -53,6 +53,7 @@ from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock
 from pipeline.render.takes import record_takes, write_still
+from pipeline.render.usage import after_render
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -305,6 +306,11 @@ class StageActorBody:
         self.ready()
         return str(self.renderer.assemble(drafts))
 
+    def used(self) -> list[str]:
+        """The cache entries this actor found or built, for the driver's usage record."""
+        renderer = getattr(self, "renderer", None)
+        return sorted(renderer.cache.used) if renderer is not None else []
+
 
 def _local_threads() -> None:
     """torch's CPU thread count as a plain process on this node has it (one per physical core).
@@ -516,24 +522,30 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
     upscale_frames = sum(j.frames for j in seg_jobs)  # as a local render's preflight counts them
     waiting = lambda why: stamp(protocol.Log(message=why))  # noqa: E731
-    with OutputLock(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel, waiting=waiting), _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
-                       len(selected), finishers, upscale_frames=upscale_frames) as (d, drafter, finishers_):
-        # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
-        chain = None
-        jobs: dict[str, Any] = {}
-        drafts: dict[str, Any] = {}
-        for index in range(last_needed + 1):
-            job, draft, chain = drafter.draft.remote(index, chain)
-            jobs[ids[index]], drafts[ids[index]] = job, draft
-        # 2. Each selected segment's refine → upscale → encode once its draft exists, on an idle finisher.
-        pool = ActorPool(finishers_)
-        for sid in selected:
-            pool.submit(lambda a, v: a.finish.remote(*v), (jobs[sid], drafts[sid]))
-        _drain_pool(d, pool)
-        # 3. The film from every segment's cached stages (assemble only looks them up).
-        artifacts = dict(zip(drafts, d.get(list(drafts.values())), strict=True))
-        final = Path(d.get([finishers_[0].assemble.remote(artifacts)])[0])
-        d.poll(0)
+    with (OutputLock(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel, waiting=waiting) as lock,
+          _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
+                        len(selected), finishers, upscale_frames=upscale_frames) as (d, drafter, finishers_)):
+        complete = False
+        try:
+            # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
+            chain = None
+            jobs: dict[str, Any] = {}
+            drafts: dict[str, Any] = {}
+            for index in range(last_needed + 1):
+                job, draft, chain = drafter.draft.remote(index, chain)
+                jobs[ids[index]], drafts[ids[index]] = job, draft
+            # 2. Each selected segment's refine → upscale → encode once its draft exists, on an idle finisher.
+            pool = ActorPool(finishers_)
+            for sid in selected:
+                pool.submit(lambda a, v: a.finish.remote(*v), (jobs[sid], drafts[sid]))
+            _drain_pool(d, pool)
+            # 3. The film from every segment's cached stages (assemble only looks them up).
+            artifacts = dict(zip(drafts, d.get(list(drafts.values())), strict=True))
+            final = Path(d.get([finishers_[0].assemble.remote(artifacts)])[0])
+            d.poll(0)
+            complete = True
+        finally:  # recorded like a local render's, so `sulphur cache --prune` keeps them
+            after_render(sb, _used([drafter, *finishers_]), complete, stamp, lock)
     stamp(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))
     return final
 
@@ -559,23 +571,41 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=[segment], seeds=seeds))
     # every take upscales the shot once, on whichever actor of the pool is idle
     frames = RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs([segment])[0].frames
-    with _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
-                       len(seeds) - 1, None, helper_role="take",
-                       upscale_frames=frames * len(seeds), take_frames=frames) as (d, drafter, helpers):
-        chain = None
-        for i in range(index):
-            _, _, chain = drafter.draft.remote(i, chain)
-        prompt = drafter.prompt.remote(index)
-        pool = ActorPool([drafter, *(h for h in helpers if h is not drafter)])
-        for seed in seeds:
-            pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(sb.renders.take(segment, s))), seed)
-        _drain_pool(d, pool)
-        text = d.get([prompt])[0]
-        d.poll(0)
+    waiting = lambda why: stamp(protocol.Log(message=why))  # noqa: E731
+    with (OutputLock(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel, waiting=waiting) as lock,
+          _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
+                        len(seeds) - 1, None, helper_role="take",
+                        upscale_frames=frames * len(seeds), take_frames=frames) as (d, drafter, helpers)):
+        try:
+            chain = None
+            for i in range(index):
+                _, _, chain = drafter.draft.remote(i, chain)
+            prompt = drafter.prompt.remote(index)
+            pool = ActorPool([drafter, *(h for h in helpers if h is not drafter)])
+            for seed in seeds:
+                pool.submit(lambda a, s: a.take.remote(index, chain, s, prompt, str(sb.renders.take(segment, s))),
+                            seed)
+            _drain_pool(d, pool)
+            text = d.get([prompt])[0]
+            d.poll(0)
+        finally:  # what the takes built is the storyboard's too (a picked take is its segment)
+            after_render(sb, _used([drafter, *helpers]), False, stamp, lock, cap=False)
     takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
     record_takes(sb, segment, takes, text)
     stamp(protocol.JobFinished(path=str(out_dir), seconds=time.perf_counter() - t_job))
     return takes
+
+
+def _used(actors: Sequence[Any]) -> set[str]:
+    """Every cache entry the actors used; what an actor that died used is not known (a later
+    render builds it again if a prune took it)."""
+    used: set[str] = set()
+    for actor in {id(a): a for a in actors}.values():
+        try:
+            used.update(ray.get(actor.used.remote(), timeout=60))
+        except ray.exceptions.RayError:
+            pass
+    return used
 
 
 class _Driver:
