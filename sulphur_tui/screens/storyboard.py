@@ -154,8 +154,8 @@ class StoryboardScreen(Screen[None]):
             self._unmounted_areas = self._unmounted_areas | areas
             return
         app = self.app
-        if not areas or app.doc is None:
-            return
+        if not areas or app.doc is None or not self.query("#statusline"):
+            return  # nothing to draw, or the app is closing: its widgets are gone, events still come
         sb = app.doc.storyboard
         if "disk" in areas:
             app.renders = disk_states(sb, app.baseline)

@@ -190,6 +190,17 @@ async def test_status_line_leaves_starting_once_the_worker_speaks(story: Path) -
         assert "starting the render worker" not in status, status
 
 
+async def test_a_worker_event_during_shutdown_is_not_a_crash(story: Path) -> None:
+    """The worker keeps speaking while the app closes (its last Log came as the screen's
+    widgets went): the editor closed with a NoMatches traceback."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.board.remove_children()  # what closing the app does first
+        app.post_message(WorkerEvent(JobFinished(job_id="b", path=str(story.parent / "final.mp4"), seconds=1.0)))
+        await pilot.pause()
+    assert app.return_code in (0, None)
+
+
 # ---------------------------------------------------------------------- 8. layout
 async def test_layout_at_80x24(story: Path) -> None:
     """80 columns: stage names whole, a preview with rows, every render key in the footer."""
