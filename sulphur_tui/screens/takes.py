@@ -288,6 +288,8 @@ class TakesScreen(ModalScreen[Take | None]):
     def refresh_live(self, areas: set[str]) -> None:
         """The app's live state changed: redraw the rows; a take that just finished is read
         back from ``takes.json`` (its prompt); the running take's latent in its preview."""
+        if not self.query("#takes"):
+            return  # the app is closing: its widgets are gone, events still come
         job = self.job
         if job is not None and any(t.state == "done" and self._take(t.seed) is None for t in job.takes.values()):
             self._read()

@@ -193,10 +193,21 @@ async def test_status_line_leaves_starting_once_the_worker_speaks(story: Path) -
 async def test_a_worker_event_during_shutdown_is_not_a_crash(story: Path) -> None:
     """The worker keeps speaking while the app closes (its last Log came as the screen's
     widgets went): the editor closed with a NoMatches traceback."""
+    from pipeline.wire.protocol import TakeStarted
+
     app = create_app(story, connect_worker=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await app.board.remove_children()  # what closing the app does first
         app.post_message(WorkerEvent(JobFinished(job_id="b", path=str(story.parent / "final.mp4"), seconds=1.0)))
+        await pilot.pause()
+    assert app.return_code in (0, None)
+    app = create_app(story, connect_worker=False)  # the same with the takes screen open
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("t")
+        app.post_message(WorkerEvent(JobStarted(job_id="t", storyboard=str(story), segments=["dawn"], seeds=[7])))
+        await pilot.pause()
+        await app.screen.remove_children()
+        app.post_message(WorkerEvent(TakeStarted(job_id="t", segment="dawn", seed=7)))
         await pilot.pause()
     assert app.return_code in (0, None)
 
