@@ -75,10 +75,6 @@ class Document:
         self._good_text = text  # last text known to parse: the merge base if the disk copy breaks
         self.saved: Storyboard = self.storyboard
         self._merge_base: Storyboard | None = None  # what we last read or wrote, while "saved" says otherwise
-        # After a merge: the file's id → ours, for its shots we name otherwise (a fresh id for a
-        # shot both sides added), and how many renames had been made then (later ones follow).
-        self._disk_ids: dict[str, str] = {}
-        self._renames_mark = 0
         self.disk = _disk_state(self.path)
         self._undo: list[tuple[Storyboard, str]] = []
         self._redo: list[tuple[Storyboard, str]] = []
@@ -201,26 +197,14 @@ class Document:
     def renames_since_saved(self) -> dict[str, str]:
         """The file's id → the id that shot has now, for every shot renamed (and not back)
         since the file was last read or written, following undo and redo."""
-        found = self._renames_between(self.saved, self.storyboard)
-        found.update(self._followed_disk_ids())
-        return found
+        return self._renames_between(self.saved, self.storyboard)
 
-    def _followed_disk_ids(self) -> dict[str, str]:
-        """The last merge's file id → our id, through the renames made since."""
-        now = {s.id for s in self.storyboard.segments}
-        found = {}
-        for disk_id, ours in self._disk_ids.items():
-            for old, new in self._renames[self._renames_mark:]:
-                ours = new if ours == old else ours
-            if ours in now:
-                found[disk_id] = ours
-        return found
-
-    def _renames_between(self, then: Storyboard, now_board: Storyboard) -> dict[str, str]:
+    def _renames_between(self, then: Storyboard, now_board: Storyboard,
+                         more: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
         now = {s.id for s in now_board.segments}
         before = {s.id for s in then.segments}
         edges: dict[str, set[str]] = {}
-        for a, b in self._renames:
+        for a, b in [*self._renames, *more]:
             edges.setdefault(a, set()).add(b)
             edges.setdefault(b, set()).add(a)
         found: dict[str, str] = {}
@@ -276,7 +260,7 @@ class Document:
             self.apply(fresh, "reload from disk")
         self.saved = fresh
         self.disk = disk
-        self._merge_base, self._disk_ids = None, {}
+        self._merge_base = None
 
     def keep_mine(self) -> None:
         """Accept that the disk differs; the next save writes our version over it."""
@@ -284,7 +268,7 @@ class Document:
         # What is on disk is no longer what we saved: mark dirty so the user sees it.
         try:
             self.saved = self.read_disk()
-            self._merge_base, self._disk_ids = None, {}
+            self._merge_base = None
         except StoryboardError:
             # Over a broken file: "saved" has no shots, so every shot reads as unsaved; a
             # later merge still starts from what we last read or wrote.
@@ -300,14 +284,13 @@ class Document:
         disk = DiskState(st.st_mtime_ns, st.st_size, _digest(text.encode("utf-8")))  # the bytes we merge
         theirs = parse(text, self.path)
         base = self._merge_base or self.saved
-        renames = self._renames_between(base, self.storyboard)
-        renames.update(self._followed_disk_ids())
-        merge = merge_storyboards(base, self.storyboard, theirs, renames)
-        parse(render_toml(merge.storyboard, text, dict(merge.ids)), self.path)  # offered only if it loads
+        merge = merge_storyboards(base, self.storyboard, theirs, self._renames_between(base, self.storyboard))
+        to_file = self._renames_between(theirs, merge.storyboard, merge.links)
+        parse(render_toml(merge.storyboard, text, to_file), self.path)  # offered only if it loads
         if merge.storyboard != self.storyboard:
             self.apply(merge.storyboard, "merge with the file on disk")
+        self._renames += merge.links  # the shot that gave up its id, the file's name of a shot
         self.saved, self.disk, self._good_text, self._merge_base = theirs, disk, text, None
-        self._disk_ids, self._renames_mark = dict(merge.ids), len(self._renames)
         return merge
 
     def save(self, *, over_broken: bool = False) -> None:
@@ -327,7 +310,7 @@ class Document:
         self._good_text = text
         self.saved = self.storyboard
         self.disk = _disk_state(self.path)
-        self._merge_base, self._disk_ids = None, {}
+        self._merge_base = None
         self.break_coalescing()
 
     def adopt_external(self, fresh: Storyboard) -> None:

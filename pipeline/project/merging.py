@@ -31,9 +31,10 @@ class Merge:
     """What a merge made, and what the user should be told about it."""
 
     storyboard: Storyboard
-    #: Disk id → id in :attr:`storyboard`, for the disk's shots that carry another id here (a
-    #: rename of ours, a fresh id): what the next save and the next merge match them by.
-    ids: Mapping[str, str]
+    #: (old id, new id) pairs the editor should remember as renames: its shot that yielded an
+    #: id to a shot the file added, and the file's id of a shot both sides renamed (ours kept).
+    #: The next save and the next merge match shots by them.
+    links: tuple[tuple[str, str], ...]
     #: What came from the disk: "shot.field", "project.field", "shot" (a shot it added or
     #: deleted), "shot (theirs: other-id)" for a shot it added under an id already in use here.
     taken: tuple[str, ...]
@@ -100,11 +101,12 @@ def merge_storyboards(base: Storyboard, mine: Storyboard, theirs: Storyboard,
                       renames: Mapping[str, str] | None = None) -> Merge:
     """``mine`` and ``theirs`` both edited ``base``; keep both where they do not clash.
 
-    ``renames`` maps a base id to the id the editor gave that shot. Shots: the editor's order;
-    a shot the disk added goes after the shot it follows on disk (under a new id if the editor
-    uses its id); a shot the disk deleted goes unless the editor changed it; a shot the editor
-    deleted stays deleted; a shot the disk renamed takes its new id unless the editor renamed
-    it too.
+    ``renames`` maps a base id to the id the editor gave that shot. Shots: the editor's order
+    (the disk's if only the disk reordered); a shot the disk added goes after the shot it
+    follows on disk and keeps its id (an editor's shot of that id takes a fresh one, so the
+    file's ids go on naming the file's shots); a shot the disk deleted goes unless the editor
+    changed it; a shot the editor deleted stays deleted; a shot the disk renamed takes its new
+    id unless the editor renamed it too.
     """
     renames = dict(renames or {})
     moved = _renamed_on_disk(base, theirs)
@@ -115,31 +117,40 @@ def merge_storyboards(base: Storyboard, mine: Storyboard, theirs: Storyboard,
     theirs_by = {renames.get(b.id, b.id): disk_by_id[moved.get(b.id, b.id)]
                  for b in base.segments if moved.get(b.id, b.id) in disk_by_id}
     mine_ids = {s.id for s in mine.segments}
+    where = {t.id: editor_id for editor_id, t in theirs_by.items()}  # disk id → the editor's id
+    disk_new = {s.id: s for s in theirs.segments if s.id not in where}  # shots the disk added
+    used_ids = mine_ids | set(disk_by_id)
+    links: list[tuple[str, str]] = []
     project = _fields(base.project, mine.project, theirs.project, "project", taken, both)
     out: list[Segment] = []
     disk_of: dict[str, str] = {}  # id in ``out`` → the disk's id of that shot
     for seg in mine.segments:
         b, t = base_by.get(seg.id), theirs_by.get(seg.id)
+        clash = disk_new.get(seg.id)
+        if clash is not None and clash != seg:  # the file added a shot under this id: it keeps it
+            new_id = _fresh_id(seg.id, used_ids)
+            used_ids.add(new_id)
+            links.append((seg.id, new_id))
+            taken.append(f"{seg.id} (theirs; yours is {new_id} now)")
+            seg = replace(seg, id=new_id)
         if b is None or (t is None and seg != replace(b, id=seg.id)):
             out.append(seg)  # the editor added it, or changed a shot the disk deleted: the editor's
         elif t is not None:
             merged = _fields(replace(b, id=seg.id), seg, replace(t, id=seg.id), seg.id, taken, both)
-            out.append(_take_disk_rename(merged, b.id, t.id, renames, mine_ids, taken, both))
+            out.append(_take_disk_rename(merged, b.id, t.id, renames, mine_ids, taken, both, links))
             disk_of[out[-1].id] = t.id
         else:
             taken.append(seg.id)  # deleted on disk, untouched here: deleted
     both += [f"{i} (deleted here, changed there)" for i, b in base_by.items()
              if i not in mine_ids and i in theirs_by and replace(theirs_by[i], id=b.id) != b]
-    where = {t.id: editor_id for editor_id, t in theirs_by.items()}  # disk id → the editor's id
-    added_here = {s.id for s in mine.segments if s.id not in base_by}
+    added_here = {s.id for s in out if s.id not in disk_of}
     disk_of.update({new: d for d, new in _add_disk_shots(out, theirs, where, added_here, taken).items()})
     kept_order = [s.id for s in mine.segments if s.id in base_by] == [i for i in base_by if i in mine_ids]
     if kept_order:  # the editor did not reorder: the disk's order (if it moved shots) stands
         disk_rank = {s.id: i for i, s in enumerate(theirs.segments)}
         out = _in_disk_order(out, {m: disk_rank[d] for m, d in disk_of.items()}, taken)
     merged_board = replace(mine, project=project, segments=tuple(out))
-    ids = {d: m for m, d in disk_of.items() if d != m}
-    return Merge(merged_board, ids, tuple(taken), tuple(both))
+    return Merge(merged_board, tuple(links), tuple(taken), tuple(both))
 
 
 def _in_disk_order(out: list[Segment], rank: dict[str, int], taken: list[str]) -> list[Segment]:
@@ -159,14 +170,15 @@ def _in_disk_order(out: list[Segment], rank: dict[str, int], taken: list[str]) -
     return result
 
 
-def _take_disk_rename(seg: Segment, base_id: str, disk_id: str, renames: Mapping[str, str],
-                      mine_ids: set[str], taken: list[str], both: list[str]) -> Segment:
+def _take_disk_rename(seg: Segment, base_id: str, disk_id: str, renames: Mapping[str, str], mine_ids: set[str],
+                      taken: list[str], both: list[str], links: list[tuple[str, str]]) -> Segment:
     """The disk renamed this shot: take its id unless the editor renamed it too (or uses the id)."""
     if disk_id == base_id:
         return seg
     if base_id in renames or disk_id in mine_ids:
         if renames.get(base_id) != disk_id:
             both.append(f"{seg.id}.id")
+            links.append((disk_id, seg.id))  # the file's shot of that id is ours of this one
         return seg
     taken.append(f"{disk_id}.id")
     return replace(seg, id=disk_id)

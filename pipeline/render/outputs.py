@@ -146,7 +146,7 @@ class OutputLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:  # a link planted there: never followed
+            if exc.errno in (errno.ELOOP, errno.EISDIR):  # a link or a folder planted there
                 raise self._not_a_lock(exc) from None
             raise  # a read-only or full disk: the caller says so in words
         try:
@@ -174,7 +174,7 @@ class OutputLock:
     def _not_a_lock(self, exc: OSError) -> OSError | RenderError:
         """What a lock file that is not one (a FIFO, a device, a link) becomes: one line naming
         it. Any other failure stays the OSError the caller words."""
-        if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.ESPIPE, errno.ENOTSUP, errno.ENOLCK):
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.EINVAL, errno.ESPIPE, errno.ENOTSUP, errno.ENOLCK):
             return exc
         return RenderError("lock", f"{self.path}: not usable as the render lock ({exc.strerror or exc}); "
                                    "remove it and render again")

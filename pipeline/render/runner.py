@@ -572,7 +572,9 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
         complete = False
         try:
             final = renderer.run(job.selected)
-            complete = True
+            # only a whole film replaces the record: a render of some shots looks up no stage of
+            # the others, whose entries the film still needs
+            complete = len(job.selected) == len(sb.segments)
             return final
         finally:
             after_render(sb, renderer.cache.used, complete, emit, lock)

@@ -184,20 +184,27 @@ def after_render(sb: Storyboard, used: set[str], complete: bool, emit: Callable[
     """Record what a render used (``sulphur cache``; a failed or partial one adds to the last
     record), then, with ``cap``, hold the cache to ``[project] cache_limit_gb`` by pruning
     entries no storyboard uses — not while another render of the project runs (its entries are
-    in no record yet). Never fails a render."""
+    in no record yet). Never fails a render, nor hides why one failed."""
+
+    def tell(event: protocol.Event) -> None:
+        try:
+            emit(event)
+        except OSError:  # a closed stdout (BrokenPipeError): the record matters more than the line
+            pass
+
     try:
         record(sb.real_path, used, complete=complete)
         own_lock.release_cache()  # recorded: this render's entries are safe from the prune
         if cap and complete and sb.project.cache_limit_gb is not None:
             removed, freed = prune(sb.folder, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock.path)
             if removed:
-                emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
+                tell(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
                                           f"unused entries ({human(freed)})"))
     except CacheInUse as exc:
-        emit(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
+        tell(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
     except OSError as exc:  # the reason in words, not "[Errno 20] …"
         where = f"{exc.filename}: " if exc.filename else ""
-        emit(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {where}{exc.strerror or exc}"))
+        tell(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {where}{exc.strerror or exc}"))
 
 
 def human(n: int) -> str:

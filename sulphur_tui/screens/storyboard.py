@@ -113,7 +113,7 @@ class StoryboardScreen(Screen[None]):
         """Redraw what depends on the storyboard value."""
         app = self.app
         doc = app.doc
-        if doc is None:
+        if doc is None or not self._widgets_alive():
             return
         sb = doc.storyboard
         ids = [s.id for s in sb.segments]
@@ -137,8 +137,15 @@ class StoryboardScreen(Screen[None]):
             panel.show(samples, project.vram_budget_gb if project else None, app.gpu_reason)
             panel.show_host(app.host, project.ram_budget_gb if project else None)
 
+    def _widgets_alive(self) -> bool:
+        """False once the app closes: its widgets are gone while worker events, the worker
+        link's news and disk polls still arrive."""
+        return bool(self.query("#statusline"))
+
     def draw_status(self) -> None:
         app = self.app
+        if not self._widgets_alive():
+            return
         bits = [app.worker_detail]
         if app.live.news:
             news = app.live.news
@@ -154,8 +161,8 @@ class StoryboardScreen(Screen[None]):
             self._unmounted_areas = self._unmounted_areas | areas
             return
         app = self.app
-        if not areas or app.doc is None or not self.query("#statusline"):
-            return  # nothing to draw, or the app is closing: its widgets are gone, events still come
+        if not areas or app.doc is None or not self._widgets_alive():
+            return
         sb = app.doc.storyboard
         if "disk" in areas:
             app.renders = disk_states(sb, app.baseline)

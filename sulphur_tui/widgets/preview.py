@@ -166,6 +166,8 @@ class PreviewPane(Vertical):
         self.query_one("#preview-caption", Label).update(text)
 
     def _draw(self, path: Path | None, frame: object, caption: str) -> None:
+        if not self.query("#preview-image"):
+            return  # the pane went (its screen closed) while the frame decoded
         self.path = path
         image = self.query_one("#preview-image")
         image.image = frame  # type: ignore[attr-defined]

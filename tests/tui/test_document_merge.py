@@ -29,8 +29,9 @@ def test_two_editors_adding_a_shot_keep_both_shots(story: Path) -> None:
     assert mine == theirs and me.disk_changed()
     merge = me.merge_disk()
     me.save()
-    prompts = [s.prompt for s in load(story).segments]
-    assert prompts[-2:] == ["my new shot", "their new shot"] and len(merge.taken) == 1
+    sb = load(story)
+    assert [(s.id, s.prompt) for s in sb.segments[-2:]] == [("shot-5", "my new shot"), ("shot-4", "their new shot")]
+    assert merge.taken[0] == "shot-4 (theirs; yours is shot-5 now)"
 
 
 def test_renaming_into_an_id_the_other_editor_added(story: Path) -> None:
@@ -44,7 +45,8 @@ def test_renaming_into_an_id_the_other_editor_added(story: Path) -> None:
     me.merge_disk()
     me.save()
     sb = load(story)
-    assert sb.segment("gulls").prompt == dawn.prompt and sb.segment("gulls-2").prompt == "their gulls"
+    assert sb.segment("gulls-2").prompt == dawn.prompt and sb.segment("gulls").prompt == "their gulls"
+    assert "dawn" not in [s.id for s in sb.segments]
 
 
 def test_a_merge_after_keeping_mine_over_a_broken_file_still_takes_the_disks_edits(story: Path) -> None:
@@ -71,21 +73,26 @@ def test_a_merge_that_would_not_load_is_refused_and_changes_nothing(story: Path)
 
 
 def test_a_second_merge_still_knows_the_shot_given_a_fresh_id(story: Path) -> None:
-    """Both add ``shot-4``; theirs becomes ``shot-5`` here. Their next edit of their ``shot-4``
-    lands on ``shot-5``, and a save keeps their table (its comment too) for it."""
+    """Both add ``shot-4``; ours becomes ``shot-5``. Their next edit of their ``shot-4`` lands on
+    their shot, also after an undo and redo of ours, and a save keeps their table's comment."""
     me, other = Document(story), Document(story)
     me.edit_segment(me.add_segment(None), prompt="mine new")
     other.edit_segment(other.add_segment(None), prompt="their new")
     other.save()
     story.write_text(story.read_text().replace('prompt = "their new"', 'prompt = "their new"  # theirs'))
     me.merge_disk()
+    me.rename_segment("shot-5", "harbour")
+    me.undo()  # the rename, then the merge, and both back
+    me.undo()
+    me.redo()
+    me.redo()
     other = Document(story)
     other.edit_segment("shot-4", seed=99)
     other.save()
     merge = me.merge_disk()
-    assert merge.taken == ("shot-5.seed",)
+    assert merge.taken == ("shot-4.seed",)
     me.save()
     sb = load(story)
-    assert [(s.id, s.prompt, s.seed) for s in sb.segments[3:]] == [("shot-4", "mine new", None),
-                                                                   ("shot-5", "their new", 99)]
+    assert [(s.id, s.prompt, s.seed) for s in sb.segments[3:]] == [("harbour", "mine new", None),
+                                                                   ("shot-4", "their new", 99)]
     assert 'prompt = "their new"  # theirs' in story.read_text()

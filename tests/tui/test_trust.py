@@ -22,7 +22,7 @@ from pipeline.wire.protocol import (
     StepProgress,
 )
 from sulphur_tui.app import create_app
-from sulphur_tui.messages import WorkerEvent
+from sulphur_tui.messages import DocumentChanged, WorkerConnection, WorkerEvent
 from sulphur_tui.sources import read_events
 from sulphur_tui.widgets.flicker import FlickerRow
 from sulphur_tui.widgets.segments import status_of
@@ -199,6 +199,8 @@ async def test_a_worker_event_during_shutdown_is_not_a_crash(story: Path) -> Non
     async with app.run_test(size=(120, 40)) as pilot:
         await app.board.remove_children()  # what closing the app does first
         app.post_message(WorkerEvent(JobFinished(job_id="b", path=str(story.parent / "final.mp4"), seconds=1.0)))
+        app.post_message(WorkerConnection(False, "no render worker running"))  # the worker idled out
+        app.post_message(DocumentChanged(reason="the worker wrote an enhanced prompt"))
         await pilot.pause()
     assert app.return_code in (0, None)
     app = create_app(story, connect_worker=False)  # the same with the takes screen open

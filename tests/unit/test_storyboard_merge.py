@@ -70,13 +70,14 @@ def test_a_shot_renamed_in_the_editor_still_takes_the_disks_edit_of_it() -> None
 
 
 def test_a_shot_added_on_both_sides_under_one_id_keeps_both() -> None:
-    """Two editors adding a shot both call it ``shot-4``: the disk's gets a fresh id, not dropped."""
+    """Two editors adding a shot both call it ``shot-4``: the file's keeps the id (the file's ids
+    go on naming the file's shots), ours takes a fresh one; neither is dropped."""
     base = _base()
     mine = replace(base, segments=base.segments + (Segment(id="shot-4", prompt="mine new"),))
     theirs = replace(base, segments=base.segments + (Segment(id="shot-4", prompt="their new"),))
     m = merge_storyboards(base, mine, theirs)
-    assert [(s.id, s.prompt) for s in m.storyboard.segments[3:]] == [("shot-4", "mine new"), ("shot-5", "their new")]
-    assert m.taken == ("shot-5 (theirs: shot-4)",)
+    assert [(s.id, s.prompt) for s in m.storyboard.segments[3:]] == [("shot-5", "mine new"), ("shot-4", "their new")]
+    assert m.taken == ("shot-4 (theirs; yours is shot-5 now)", "shot-4") and m.links == (("shot-4", "shot-5"),)
     same = merge_storyboards(base, mine, mine)  # the very same shot on both sides: once
     assert _ids(same.storyboard) == ["dawn", "beam", "storm", "shot-4"]
 
@@ -86,8 +87,8 @@ def test_renaming_a_shot_to_an_id_the_disk_just_added_keeps_both_shots() -> None
     mine = replace(base, segments=tuple(replace(s, id="gulls") if s.id == "dawn" else s for s in base.segments))
     theirs = replace(base, segments=base.segments + (Segment(id="gulls", prompt="their gulls", seed=99),))
     m = merge_storyboards(base, mine, theirs, {"dawn": "gulls"})
-    assert m.storyboard.segment("gulls") == replace(base.segment("dawn"), id="gulls")
-    assert m.storyboard.segment("gulls-2").prompt == "their gulls"
+    assert m.storyboard.segment("gulls-2") == replace(base.segment("dawn"), id="gulls-2")
+    assert m.storyboard.segment("gulls").prompt == "their gulls" and m.links == (("gulls", "gulls-2"),)
 
 
 def test_a_shots_length_and_the_frames_inside_it_merge_as_one() -> None:

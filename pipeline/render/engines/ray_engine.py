@@ -306,10 +306,12 @@ class StageActorBody:
         self.ready()
         return str(self.renderer.assemble(drafts))
 
+    @ray.method(concurrency_group="control")
     def used(self) -> list[str]:
-        """The cache entries this actor found or built, for the driver's usage record."""
+        """The cache entries this actor found or built, for the driver's usage record (answered
+        beside a running stage: a copy, as the stage may be adding one)."""
         renderer = getattr(self, "renderer", None)
-        return sorted(renderer.cache.used) if renderer is not None else []
+        return sorted(renderer.cache.used.copy()) if renderer is not None else []
 
 
 def _local_threads() -> None:
@@ -525,7 +527,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     with (OutputLock(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel, waiting=waiting) as lock,
           _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                         len(selected), finishers, upscale_frames=upscale_frames) as (d, drafter, finishers_)):
-        complete = False
+        complete, final = False, None
         try:
             # 1. Every draft, chained by object reference: Ray starts draft k+1 when draft k returns.
             chain = None
@@ -543,9 +545,9 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
             artifacts = dict(zip(drafts, d.get(list(drafts.values())), strict=True))
             final = Path(d.get([finishers_[0].assemble.remote(artifacts)])[0])
             d.poll(0)
-            complete = True
+            complete = len(selected) == len(ids)  # only a whole film replaces the record
         finally:  # recorded like a local render's, so `sulphur cache --prune` keeps them
-            after_render(sb, _used([drafter, *finishers_]), complete, stamp, lock)
+            after_render(sb, _used([drafter, *finishers_], failed=final is None), complete, stamp, lock)
     stamp(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))
     return final
 
@@ -576,6 +578,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
           _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                         len(seeds) - 1, None, helper_role="take",
                         upscale_frames=frames * len(seeds), take_frames=frames) as (d, drafter, helpers)):
+        text = None
         try:
             chain = None
             for i in range(index):
@@ -588,23 +591,34 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
             _drain_pool(d, pool)
             text = d.get([prompt])[0]
             d.poll(0)
+            takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
+            record_takes(sb, segment, takes, text)  # under the lock, as a local takes job does
         finally:  # what the takes built is the storyboard's too (a picked take is its segment)
-            after_render(sb, _used([drafter, *helpers]), False, stamp, lock, cap=False)
-    takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
-    record_takes(sb, segment, takes, text)
+            after_render(sb, _used([drafter, *helpers], failed=text is None), False, stamp, lock, cap=False)
     stamp(protocol.JobFinished(path=str(out_dir), seconds=time.perf_counter() - t_job))
     return takes
 
 
-def _used(actors: Sequence[Any]) -> set[str]:
-    """Every cache entry the actors used; what an actor that died used is not known (a later
-    render builds it again if a prune took it)."""
+def _used(actors: Sequence[Any], *, failed: bool) -> set[str]:
+    """Every cache entry the actors used, asked of all at once (their control lane answers
+    beside a running stage). After a failure the others are told to stop first, as a cancel
+    does. What a dead or silent actor used is not known: a later render builds it again if a
+    prune took it. Never raises: the render's own outcome is what the caller reports."""
     used: set[str] = set()
-    for actor in {id(a): a for a in actors}.values():
-        try:
-            used.update(ray.get(actor.used.remote(), timeout=60))
-        except ray.exceptions.RayError:
-            pass
+    try:
+        unique = list({id(a): a for a in actors}.values())
+        if failed:
+            for actor in unique:
+                actor.cancel_now.remote()
+        refs = [actor.used.remote() for actor in unique]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10)
+        for ref in ready:
+            try:
+                used.update(ray.get(ref))
+            except ray.exceptions.RayError:
+                pass  # that actor died
+    except Exception:  # noqa: BLE001 - a lost connection: what was gathered is recorded
+        pass
     return used
 
 
