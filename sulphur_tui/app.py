@@ -140,7 +140,7 @@ class SulphurApp(App[int]):
 
     _NEEDS_DOCUMENT = {"save", "undo", "redo", "render_all", "render_segment", "render_from", "add_segment",
                        "duplicate_segment", "delete_segment", "move_segment", "randomise_seed", "open_output",
-                       "reload", "cancel_render", "pick_take", "rename_segment"}
+                       "reload", "merge_disk", "cancel_render", "pick_take", "rename_segment"}
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide editing actions while there is no loaded storyboard (broken-file view)."""
@@ -223,6 +223,9 @@ class SulphurApp(App[int]):
 
     def action_reload(self) -> None:
         self.edits.reload()
+
+    def action_merge_disk(self) -> None:
+        self.disk.merge()
 
     def action_retry_load(self) -> None:
         self.disk.poll_broken()

@@ -28,6 +28,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("Cancel render", "Stop the running render job", "cancel_render"),
     ("Open output", "Open the selected shot's video (or the film, or its folder)", "open_output"),
     ("Reload from disk", "Take the version of the file on disk", "reload"),
+    ("Merge with the file on disk", "Keep your edits and take another program's changes to everything "
+     "you did not edit", "merge_disk"),
     ("Focus shot list", "Move the cursor to the list of shots", "focus('segments')"),
     ("Filter shots", "Show only the shots whose id or prompt holds some words (/)", "filter_shots"),
     ("Edit prompt", "Edit the selected shot's prompt", "edit_prompt"),

@@ -90,7 +90,7 @@ class DiskWatcher:
             app.board.refresh_document(editor=True)
             app.notify("Reloaded from disk" + (" (your edits are one undo away)" if doc.can_undo else ""))
         elif answer == "merge":
-            self._merge()
+            self.merge()
         else:
             try:
                 doc.read_disk()
@@ -101,9 +101,14 @@ class DiskWatcher:
             app.board.refresh_document()
             app.notify("Kept your version; saving will replace the file on disk.")
 
-    def _merge(self) -> None:
+    def merge(self) -> None:
+        """Merge the file on disk into the document (the dialog's answer, or the palette's)."""
         app, doc = self.app, self.app.doc
-        assert doc is not None
+        if doc is None:
+            return
+        if not doc.disk_changed():
+            app.notify("The file on disk has not changed since it was read or saved: nothing to merge.")
+            return
         try:
             merge = doc.merge_disk()
         except (StoryboardError, OSError) as exc:

@@ -202,6 +202,22 @@ async def test_external_change_keep_mine_or_merge_never_silent(story: Path, answ
     assert len(sb.segments) == 4 and sb.segment("dawn").prompt.endswith(dawn_ends)
 
 
+async def test_merge_from_the_palette_without_waiting_for_the_dialog(story: Path) -> None:
+    """The command palette's "Merge with the file on disk": at once, and says so when there is
+    nothing to merge."""
+    app = make(story, poll_disk=3600)  # no polling: no dialog comes
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("a")
+        await app.run_action("merge_disk")
+        await pilot.pause()
+        assert [n.message for n in app._notifications][-1].startswith("The file on disk has not changed")
+        story.write_text(story.read_text().replace("gulls calling", "gulls crying"))
+        await app.run_action("merge_disk")
+        await pilot.pause()
+        assert app.doc.storyboard.segment("dawn").prompt.endswith("gulls crying") and len(app.doc.storyboard.segments) == 4
+        assert [n.message for n in app._notifications][-1].startswith("Merged: took the file's changes to dawn.prompt")
+
+
 async def test_save_asks_when_file_changed_since(story: Path) -> None:
     """ctrl+s right after someone else's write: a question, not an overwrite."""
     app = make(story, poll_disk=3600)  # no polling: only the save itself can notice
