@@ -69,20 +69,18 @@ def _label(where: str, group: tuple[str, ...], one: list[Any], other: list[Any])
 
 
 def _renamed_on_disk(base: Storyboard, theirs: Storyboard) -> dict[str, str]:
-    """Base id → disk id for each shot the disk renamed: gone from the disk under its old id,
-    back under a new one with every other field as it was, or else the one new shot with its
-    prompt (renamed and edited elsewhere: the field merge takes those edits)."""
+    """Base id → disk id for each shot the disk renamed and otherwise left alone: gone from the
+    disk under its old id, back under a new one with every other field as it was."""
     disk_ids = {s.id for s in theirs.segments}
     base_ids = {s.id for s in base.segments}
     new = [s for s in theirs.segments if s.id not in base_ids]
     moved: dict[str, str] = {}
-    for alike in (lambda s, b: replace(s, id=b.id) == b, lambda s, b: s.prompt == b.prompt):
-        for b in base.segments:
-            if b.id in disk_ids or b.id in moved:
-                continue
-            same = [s for s in new if alike(s, b) and s.id not in moved.values()]
-            if len(same) == 1:
-                moved[b.id] = same[0].id
+    for b in base.segments:
+        if b.id in disk_ids:
+            continue
+        same = [s for s in new if replace(s, id=b.id) == b and s.id not in moved.values()]
+        if len(same) == 1:
+            moved[b.id] = same[0].id
     return moved
 
 

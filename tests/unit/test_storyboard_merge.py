@@ -136,14 +136,3 @@ def test_a_fresh_id_is_always_a_valid_one() -> None:
     for wanted in ("shot-4", "a-" + "9" * 62, "x" * 64, "q-999999"):
         new = _fresh_id(wanted, {wanted})
         assert new != wanted and not segment_id_problem(_base(), new), new
-
-
-def test_a_shot_renamed_and_edited_on_disk_is_still_one_shot() -> None:
-    """Renamed there, its seed changed there, its prompt kept: matched by the prompt."""
-    base = _base()
-    theirs = replace(base, segments=tuple(replace(s, id="morning", seed=3) if s.id == "dawn" else s
-                                          for s in base.segments))
-    m = merge_storyboards(base, with_segment(base, "dawn", frames=33), theirs)
-    assert _ids(m.storyboard) == ["morning", "beam", "storm"]
-    morning = m.storyboard.segment("morning")
-    assert (morning.seed, morning.frames) == (3, 33) and set(m.taken) == {"dawn.seed", "morning.id"}
