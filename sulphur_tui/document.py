@@ -12,7 +12,7 @@ import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.project.files import read_regular
 from pipeline.project.merging import Merge, merge_storyboards
@@ -65,6 +65,16 @@ def _disk_state(path: Path) -> DiskState | None:
     return DiskState(st.st_mtime_ns, st.st_size, _digest(data))
 
 
+class _FileView(NamedTuple):
+    """What the document knows of its file: the version last read or written (and its text and
+    state on disk), and the base a merge after "keep mine" over a broken file starts from."""
+
+    saved: Storyboard
+    disk: DiskState | None
+    good_text: str
+    merge_base: Storyboard | None
+
+
 class Document:
     """One storyboard file being edited."""
 
@@ -76,8 +86,11 @@ class Document:
         self.saved: Storyboard = self.storyboard
         self._merge_base: Storyboard | None = None  # what we last read or wrote, while "saved" says otherwise
         self.disk = _disk_state(self.path)
-        self._undo: list[tuple[Storyboard, str]] = []
-        self._redo: list[tuple[Storyboard, str]] = []
+        # (storyboard, label, what we knew of the file then): the last is set on either side of
+        # a merge only, so undoing one also forgets the file version it took in (the disk reads
+        # as changed again, and the question comes back), and redoing it takes it in again.
+        self._undo: list[tuple[Storyboard, str, _FileView | None]] = []
+        self._redo: list[tuple[Storyboard, str, _FileView | None]] = []
         self._last_key = ""
         # Every rename made in this session (old id, new id), undone ones too: a save maps the
         # file's tables to the shots they became, so a renamed shot keeps its comments.
@@ -96,14 +109,14 @@ class Document:
     def can_redo(self) -> bool:
         return bool(self._redo)
 
-    def apply(self, new: Storyboard, label: str, *, coalesce: str = "") -> bool:
+    def apply(self, new: Storyboard, label: str, *, coalesce: str = "", always: bool = False) -> bool:
         """Make ``new`` current. Consecutive edits with the same ``coalesce`` key (typing
         in one field) become one undo step, as in a text editor. Returns False if nothing
-        changed."""
-        if new == self.storyboard:
+        changed (``always``: a step even so, as a merge that took nothing is still one)."""
+        if new == self.storyboard and not always:
             return False
         if not (coalesce and coalesce == self._last_key and self._undo):
-            self._undo.append((self.storyboard, label))
+            self._undo.append((self.storyboard, label, None))
             del self._undo[:-UNDO_LIMIT]
         self._redo.clear()
         self._last_key = coalesce
@@ -117,18 +130,22 @@ class Document:
     def undo(self) -> str | None:
         if not self._undo:
             return None
-        previous, label = self._undo.pop()
-        self._redo.append((self.storyboard, label))
+        previous, label, view = self._undo.pop()
+        self._redo.append((self.storyboard, label, self._file_view() if view else None))
         self.storyboard = previous
+        if view:
+            self._restore(view)
         self._last_key = ""
         return label
 
     def redo(self) -> str | None:
         if not self._redo:
             return None
-        following, label = self._redo.pop()
-        self._undo.append((self.storyboard, label))
+        following, label, view = self._redo.pop()
+        self._undo.append((self.storyboard, label, self._file_view() if view else None))
         self.storyboard = following
+        if view:
+            self._restore(view)
         self._last_key = ""
         return label
 
@@ -287,11 +304,19 @@ class Document:
         merge = merge_storyboards(base, self.storyboard, theirs, self._renames_between(base, self.storyboard))
         to_file = self._renames_between(theirs, merge.storyboard, merge.links)
         parse(render_toml(merge.storyboard, text, to_file), self.path)  # offered only if it loads
-        if merge.storyboard != self.storyboard:
-            self.apply(merge.storyboard, "merge with the file on disk")
-        self._renames += merge.links  # the shot that gave up its id, the file's name of a shot
+        before = self._file_view()
+        self.break_coalescing()
+        self.apply(merge.storyboard, "merge with the file on disk", always=True)
+        self._undo[-1] = (*self._undo[-1][:2], before)
+        self._renames += merge.links  # the file's name of a shot both sides renamed
         self.saved, self.disk, self._good_text, self._merge_base = theirs, disk, text, None
         return merge
+
+    def _file_view(self) -> _FileView:
+        return _FileView(self.saved, self.disk, self._good_text, self._merge_base)
+
+    def _restore(self, view: _FileView) -> None:
+        self.saved, self.disk, self._good_text, self._merge_base = view
 
     def save(self, *, over_broken: bool = False) -> None:
         """Merge-write atomically. Raises StoryboardError if the disk copy is broken or

@@ -31,9 +31,9 @@ class Merge:
     """What a merge made, and what the user should be told about it."""
 
     storyboard: Storyboard
-    #: (old id, new id) pairs the editor should remember as renames: its shot that yielded an
-    #: id to a shot the file added, and the file's id of a shot both sides renamed (ours kept).
-    #: The next save and the next merge match shots by them.
+    #: (file id, our id) pairs the editor should remember as renames: a shot both sides renamed
+    #: (ours kept). The next save and the next merge match shots by them. (A shot of ours that
+    #: yields its id to one the file added is not linked: the file's id names the file's shot.)
     links: tuple[tuple[str, str], ...]
     #: What came from the disk: "shot.field", "project.field", "shot" (a shot it added or
     #: deleted), "shot (theirs: other-id)" for a shot it added under an id already in use here.
@@ -130,7 +130,6 @@ def merge_storyboards(base: Storyboard, mine: Storyboard, theirs: Storyboard,
         if clash is not None and clash != seg:  # the file added a shot under this id: it keeps it
             new_id = _fresh_id(seg.id, used_ids)
             used_ids.add(new_id)
-            links.append((seg.id, new_id))
             taken.append(f"{seg.id} (theirs; yours is {new_id} now)")
             seg = replace(seg, id=new_id)
         if b is None or (t is None and seg != replace(b, id=seg.id)):

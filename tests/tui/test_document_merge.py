@@ -96,3 +96,44 @@ def test_a_second_merge_still_knows_the_shot_given_a_fresh_id(story: Path) -> No
     assert [(s.id, s.prompt, s.seed) for s in sb.segments[3:]] == [("harbour", "mine new", None),
                                                                    ("shot-4", "their new", 99)]
     assert 'prompt = "their new"  # theirs' in story.read_text()
+
+
+def test_deleting_the_files_shot_after_a_merge_reports_its_later_edit(story: Path) -> None:
+    """Both add ``shot-4``; ours becomes ``shot-5``. We then delete the file's ``shot-4`` and
+    the other program edits it: a conflict, not an edit of our ``shot-5``."""
+    me, other = Document(story), Document(story)
+    me.edit_segment(me.add_segment(None), prompt="mine")
+    other.edit_segment(other.add_segment(None), prompt="theirs")
+    other.save()
+    me.merge_disk()
+    me.delete_segment("shot-4")
+    other = Document(story)
+    other.edit_segment("shot-4", frames=33)
+    other.save()
+    merge = me.merge_disk()
+    assert merge.both_changed == ("shot-4 (deleted here, changed there)",) and merge.taken == ()
+    assert me.storyboard.segment("shot-5").frames != 33
+
+
+def test_undoing_a_merge_forgets_the_file_version_it_took_in(story: Path) -> None:
+    """After the undo the file reads as changed again, and a later merge starts from the old
+    base: the other program's shot is never taken for ours."""
+    me, other = Document(story), Document(story)
+    me.edit_segment(me.add_segment(None), prompt="mine")
+    other.edit_segment(other.add_segment(None), prompt="theirs")
+    other.save()
+    me.merge_disk()
+    assert not me.disk_changed()
+    me.undo()
+    assert me.disk_changed() and [s.prompt for s in me.storyboard.segments][-1] == "mine"
+    other = Document(story)
+    other.edit_segment("shot-4", frames=33)
+    other.save()
+    me.merge_disk()
+    me.save()
+    sb = load(story)
+    assert [(s.id, s.prompt) for s in sb.segments[3:]] == [("shot-5", "mine"), ("shot-4", "theirs")]
+    assert sb.segment("shot-4").frames == 33 != sb.segment("shot-5").frames
+    me.undo()  # and a redo takes the merge in again
+    me.redo()
+    assert not me.disk_changed()

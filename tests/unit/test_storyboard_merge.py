@@ -77,7 +77,7 @@ def test_a_shot_added_on_both_sides_under_one_id_keeps_both() -> None:
     theirs = replace(base, segments=base.segments + (Segment(id="shot-4", prompt="their new"),))
     m = merge_storyboards(base, mine, theirs)
     assert [(s.id, s.prompt) for s in m.storyboard.segments[3:]] == [("shot-5", "mine new"), ("shot-4", "their new")]
-    assert m.taken == ("shot-4 (theirs; yours is shot-5 now)", "shot-4") and m.links == (("shot-4", "shot-5"),)
+    assert m.taken == ("shot-4 (theirs; yours is shot-5 now)", "shot-4") and m.links == ()
     same = merge_storyboards(base, mine, mine)  # the very same shot on both sides: once
     assert _ids(same.storyboard) == ["dawn", "beam", "storm", "shot-4"]
 
@@ -88,7 +88,7 @@ def test_renaming_a_shot_to_an_id_the_disk_just_added_keeps_both_shots() -> None
     theirs = replace(base, segments=base.segments + (Segment(id="gulls", prompt="their gulls", seed=99),))
     m = merge_storyboards(base, mine, theirs, {"dawn": "gulls"})
     assert m.storyboard.segment("gulls-2") == replace(base.segment("dawn"), id="gulls-2")
-    assert m.storyboard.segment("gulls").prompt == "their gulls" and m.links == (("gulls", "gulls-2"),)
+    assert m.storyboard.segment("gulls").prompt == "their gulls" and m.links == ()
 
 
 def test_a_shots_length_and_the_frames_inside_it_merge_as_one() -> None:
@@ -111,6 +111,7 @@ def test_a_shot_renamed_on_disk_takes_its_new_id_unless_renamed_here_too() -> No
     mine = replace(base, segments=tuple(replace(s, id="sunrise") if s.id == "dawn" else s for s in base.segments))
     m = merge_storyboards(base, mine, theirs, {"dawn": "sunrise"})
     assert _ids(m.storyboard) == ["sunrise", "beam", "storm"] and m.both_changed == ("sunrise.id",)
+    assert m.links == (("morning", "sunrise"),)  # the file's name of our shot, for the next save
 
 
 def test_the_disks_new_order_stands_unless_the_editor_reordered() -> None:
