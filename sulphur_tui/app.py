@@ -24,6 +24,7 @@ from textual.app import App, SystemCommand
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from pipeline.project.files import real_target
 from pipeline.project.storyboard import StoryboardError
 from pipeline.telemetry.gpu import GpuMonitor
 from pipeline.telemetry.host import HostSample, sample_host
@@ -67,7 +68,7 @@ class SulphurApp(App[int]):
         super().__init__()
         # realpath, not resolve(): a loop of symlinks is the broken-file view's to name, and
         # resolve() raises RuntimeError on one (Python 3.11)
-        self.path = Path(os.path.realpath(storyboard_path))
+        self.path = real_target(storyboard_path)
         self.gpu = gpu or GpuMonitor()
         self.connect_worker = connect_worker
         self._routed_on: weakref.WeakKeyDictionary[events.Key, Screen] = weakref.WeakKeyDictionary()

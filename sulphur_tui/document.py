@@ -8,13 +8,12 @@ which merge-writes with tomlkit so comments and key order survive.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline.project.files import read_regular
+from pipeline.project.files import read_regular, real_target
 from pipeline.project.merging import Merge, merge_storyboards
 from pipeline.project.storyboard import (
     MAX_STORYBOARD_BYTES,
@@ -65,6 +64,14 @@ def _disk_state(path: Path) -> DiskState | None:
     return DiskState(st.st_mtime_ns, st.st_size, _digest(data))
 
 
+def _read_with_state(path: Path) -> tuple[str, DiskState]:
+    """The file's text and its state on disk, from one read (stat first: a write landing after
+    the read still reads as a change)."""
+    st = path.stat()
+    text = read_source(path)
+    return text, DiskState(st.st_mtime_ns, st.st_size, _digest(text.encode("utf-8")))
+
+
 class _FileView(NamedTuple):
     """What the document knows of its file: the version last read or written (and its text and
     state on disk), and the base a merge after "keep mine" over a broken file starts from."""
@@ -79,7 +86,7 @@ class Document:
     """One storyboard file being edited."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(os.path.realpath(path))  # resolve() raises RuntimeError on a loop of links
+        self.path = real_target(path)  # resolve() raises RuntimeError on a loop of links
         text = read_source(self.path)  # a FIFO or /dev/zero would hang the editor before its first frame
         self.storyboard: Storyboard = parse(text, self.path)  # raises StoryboardError for a broken file
         self._good_text = text  # last text known to parse: the merge base if the disk copy breaks
@@ -109,14 +116,15 @@ class Document:
     def can_redo(self) -> bool:
         return bool(self._redo)
 
-    def apply(self, new: Storyboard, label: str, *, coalesce: str = "", always: bool = False) -> bool:
+    def apply(self, new: Storyboard, label: str, *, coalesce: str = "", view: _FileView | None = None) -> bool:
         """Make ``new`` current. Consecutive edits with the same ``coalesce`` key (typing
         in one field) become one undo step, as in a text editor. Returns False if nothing
-        changed (``always``: a step even so, as a merge that took nothing is still one)."""
-        if new == self.storyboard and not always:
+        changed. ``view``: what we knew of the file before a merge (a step even if it took
+        nothing), restored by its undo."""
+        if new == self.storyboard and view is None:
             return False
         if not (coalesce and coalesce == self._last_key and self._undo):
-            self._undo.append((self.storyboard, label, None))
+            self._undo.append((self.storyboard, label, view))
             del self._undo[:-UNDO_LIMIT]
         self._redo.clear()
         self._last_key = coalesce
@@ -269,9 +277,8 @@ class Document:
 
     def reload(self) -> None:
         """Take the disk version; our unsaved edits become an undo step, not lost."""
-        text = read_source(self.path)
+        text, disk = _read_with_state(self.path)
         fresh = parse(text, self.path)
-        disk = _disk_state(self.path)
         self._good_text = text
         if fresh != self.storyboard:
             self.apply(fresh, "reload from disk")
@@ -296,18 +303,14 @@ class Document:
         """Take the disk's changes to everything we did not edit since the last read or write
         (one undo step); where both changed a field ours stays. Raises StoryboardError when
         the disk copy does not load, or when the merge would not (nothing changes then)."""
-        st = self.path.stat()  # before the read: a write landing after it reads as a change
-        text = read_source(self.path)
-        disk = DiskState(st.st_mtime_ns, st.st_size, _digest(text.encode("utf-8")))  # the bytes we merge
+        text, disk = _read_with_state(self.path)  # the state of the bytes we merge
         theirs = parse(text, self.path)
         base = self._merge_base or self.saved
         merge = merge_storyboards(base, self.storyboard, theirs, self._renames_between(base, self.storyboard))
         to_file = self._renames_between(theirs, merge.storyboard, merge.links)
         parse(render_toml(merge.storyboard, text, to_file), self.path)  # offered only if it loads
-        before = self._file_view()
         self.break_coalescing()
-        self.apply(merge.storyboard, "merge with the file on disk", always=True)
-        self._undo[-1] = (*self._undo[-1][:2], before)
+        self.apply(merge.storyboard, "merge with the file on disk", view=self._file_view())
         self._renames += merge.links  # the file's name of a shot both sides renamed
         self.saved, self.disk, self._good_text, self._merge_base = theirs, disk, text, None
         return merge
@@ -342,8 +345,7 @@ class Document:
         """Take a disk change that does not conflict with us (e.g. the worker wrote an
         enhanced prompt while we had no unsaved edits): no undo step, not dirty."""
         self.storyboard = self.saved = fresh
-        self.disk = _disk_state(self.path)
-        self._good_text = read_source(self.path)
+        self._good_text, self.disk = _read_with_state(self.path)
 
 
 def only_enhanced_prompts_differ(a: Storyboard, b: Storyboard) -> bool:

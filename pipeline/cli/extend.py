@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from pipeline.cli.output import ProgressPrinter, json_printer, os_error_line, run_job
-from pipeline.project.storyboard import MAX_FRAMES, MAX_SEED
+from pipeline.project.storyboard import MAX_FRAMES, MAX_SEED, MAX_STEPS
 from pipeline.render.errors import RenderError
 from pipeline.render.extend import DEFAULT_PRESET, extend, probe
 
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _flag_problem(args: argparse.Namespace) -> str:
     """A number flag out of the storyboard's ranges, named as the flag (checked here, the error
     named the storyboard extend writes, a file the user never made, and left it behind)."""
-    for flag, value, low, high in (("--frames", args.frames, 1, MAX_FRAMES), ("--steps", args.steps, 1, 200),
+    for flag, value, low, high in (("--frames", args.frames, 1, MAX_FRAMES), ("--steps", args.steps, 1, MAX_STEPS),
                                    ("--seed", args.seed, 0, MAX_SEED)):
         if value is not None and not low <= value <= high:
             return f"{flag} {value}: must be between {low} and {high}"

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from pipeline.project.loras import LoraRef
     from pipeline.project.storyboard import Segment, Storyboard
 
-# Deferred imports: safetensors, accelerate, diffusers, pipeline.memory.offload (torch) — cache keys and the CLI read LoRA digests without them;
-#   they load when a LoRA is checked or applied
+# Deferred imports: safetensors, accelerate, diffusers, pipeline.memory.offload (torch) — cache keys
+#   and the CLI read LoRA digests without them; they load when a LoRA is checked or applied
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,9 @@ def applied(pipe: Any, loras: tuple[UserLora, ...], base_strength: float, base_a
     The held model was placed (offload hooks, streamer) before these adapters existed: under the
     streamer no hook moves them, so their small A/B matrices go to ``device`` once and stay there
     while in use; a group-offloaded module (the connectors under a capped plan) takes them into its
-    groups when the offloading is re-applied, and they move with their layers. On the way out (finished, cancelled or failed) they are deleted and the distilled LoRA is weighted
-    alone again, so nothing of this shot stays in the held model."""
+    groups when the offloading is re-applied, and they move with their layers. On the way out
+    (finished, cancelled or failed) they are deleted and the distilled LoRA is weighted alone
+    again, so nothing of this shot stays in the held model."""
 
     modules = {"transformer": pipe.transformer, "connectors": pipe.connectors}
     loaded: list[tuple[str, float]] = []

@@ -15,10 +15,9 @@ from typing import Any
 
 from pipeline.memory.planner import StagePlan
 from pipeline.models import ltx2
-from pipeline.models.enhancer import quiet_llama_logs
 from pipeline.models.registry import Preset
 
-# Deferred imports: pipeline.models, pipeline.models.esrgan, llama_cpp, gguf — each file kind loads its own
+# Deferred imports: pipeline.models, pipeline.models.esrgan, pipeline.models.enhancer, llama_cpp, gguf — each file kind loads its own
 #   loader (and torch) only when a file of that kind is verified
 
 #: Component → the file role it is loaded from (LTX-2 family).
@@ -101,6 +100,8 @@ def check_enhancer(path: Path) -> None:
     architecture and checks every tensor's bytes lie inside the file, without reading gigabytes."""
     try:
         import llama_cpp
+
+        from pipeline.models.enhancer import quiet_llama_logs
     except ImportError:
         raise ValueError("llama-cpp-python is not installed here: the enhancer cannot be loaded") from None
     quiet_llama_logs(llama_cpp)

@@ -135,7 +135,7 @@ def merge_storyboards(base: Storyboard, mine: Storyboard, theirs: Storyboard,
         if b is None or (t is None and seg != replace(b, id=seg.id)):
             out.append(seg)  # the editor added it, or changed a shot the disk deleted: the editor's
         elif t is not None:
-            merged = _fields(replace(b, id=seg.id), seg, replace(t, id=seg.id), seg.id, taken, both)
+            merged = _fields(b, seg, t, seg.id, taken, both)
             out.append(_take_disk_rename(merged, b.id, t.id, renames, mine_ids, taken, both, links))
             disk_of[out[-1].id] = t.id
         else:

@@ -323,6 +323,7 @@ def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: s
 MAX_SIDE = 8192
 #: Frames one shot may have, however they are spelled (frames, or seconds × fps).
 MAX_FRAMES = 2000
+MAX_STEPS = 200
 #: Seeds as torch's generators take them.
 MAX_SEED = 2**63 - 1
 
@@ -540,8 +541,8 @@ def _check_project(path: Path, loc: _Locator, p: Project) -> None:
         raise bad("fps", "must be between 1 and 240")
     if not 0 <= p.seed <= MAX_SEED:
         raise bad("seed", f"must be between 0 and {MAX_SEED}")
-    if p.steps is not None and not 1 <= p.steps <= 200:
-        raise bad("steps", "must be between 1 and 200")
+    if p.steps is not None and not 1 <= p.steps <= MAX_STEPS:
+        raise bad("steps", f"must be between 1 and {MAX_STEPS}")
     if p.lora_strength is not None and not -10 <= p.lora_strength <= 10:
         raise bad("lora_strength", "must be between -10 and 10")
     if not p.preset.strip():
@@ -576,8 +577,8 @@ def _check_segment(path: Path, loc: _Locator, i: int, s: Segment) -> None:
         raise bad("seconds", "must be between 0 and 120")
     if s.keep is not None and not 1 <= s.keep <= 2000:
         raise bad("keep", "must be between 1 and 2000 (frames of this shot the film keeps)")
-    if s.steps is not None and not 1 <= s.steps <= 200:
-        raise bad("steps", "must be between 1 and 200")
+    if s.steps is not None and not 1 <= s.steps <= MAX_STEPS:
+        raise bad("steps", f"must be between 1 and {MAX_STEPS}")
     if s.drift_guard is not None and s.drift_guard not in DRIFT_GUARDS:
         raise bad("drift_guard", f"must be one of {', '.join(DRIFT_GUARDS)}")
     if s.seed is not None and not 0 <= s.seed <= MAX_SEED:

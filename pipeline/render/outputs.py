@@ -30,11 +30,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.project.files import fsync_dir, pid_alive
 from pipeline.project.layout import cache_lock
 from pipeline.render.errors import RenderError
+from pipeline.render.usage import open_cache_lock
 from pipeline.stages.base import Cancelled
+from pipeline.wire import protocol
+
+if TYPE_CHECKING:
+    from pipeline.project.storyboard import Storyboard
 
 
 def unique_tmp(dst: Path) -> Path:
@@ -132,6 +138,14 @@ class OutputLock:
         self._fd: int | None = None
         self._cache_fd: int | None = None
 
+    @classmethod
+    def for_storyboard(cls, sb: Storyboard, emit: Callable[[protocol.Event], None],
+                       cancel: threading.Event | None) -> OutputLock:
+        """The lock a render of ``sb`` takes: its render folder and its project's cache, a wait
+        for a prune told as a Log event."""
+        return cls(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel,
+                   waiting=lambda why: emit(protocol.Log(message=why)))
+
     def __enter__(self) -> OutputLock:
         self._cache_fd = _share_cache(self.project, self.waiting, self.cancel)
         try:
@@ -197,11 +211,12 @@ def _share_cache(project_dir: Path, waiting: Callable[[str], None] | None,
     """The project's cache lock, shared: waits while a prune holds it (saying so once, and
     giving up with :class:`Cancelled` when ``cancel`` is set). None where it cannot be taken
     (a read-only project, a folder or a link planted there): the render goes on without it."""
-    path = cache_lock(project_dir)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        cache_lock(project_dir).parent.mkdir(parents=True, exist_ok=True)
     except OSError:
+        return None
+    fd = open_cache_lock(project_dir)
+    if fd is None:
         return None
     told = False
     while True:

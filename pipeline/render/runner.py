@@ -564,8 +564,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     check_references(sb, {s.id for s in sb.segments[:last + 1]})
     renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
-    with OutputLock(renderer.renders.root, sb.path, project=sb.folder, cancel=renderer.cancel,
-                    waiting=lambda why: emit(protocol.Log(message=why))) as lock:  # one render per folder
+    with OutputLock.for_storyboard(sb, emit, renderer.cancel) as lock:  # one render per output folder
         renderer.cache.sweep_partials()
         sweep_temporaries(renderer.renders.root)
         renderer.preflight(job.selected)

@@ -127,12 +127,11 @@ def render_takes_local(storyboard_path: str | os.PathLike[str], segment: str, se
     r = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                         job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     t_job = time.perf_counter()
-    with OutputLock(r.renders.root, sb.path, project=sb.folder, cancel=r.cancel,  # a render of it writes the same stages
-                    waiting=lambda why: r.emit(protocol.Log(message=why))) as lock:
+    with OutputLock.for_storyboard(sb, r.emit, r.cancel) as lock:  # a render of it writes the same stages
         try:
             done = _takes(r, sb, segment, index, seeds)
         finally:  # what the takes built is the storyboard's too (a picked take is its segment)
-            after_render(sb, r.cache.used, False, r.emit, lock, cap=False)
+            after_render(sb, r.cache.used, False, r.emit, lock)
     r.emit(protocol.JobFinished(path=str(sb.renders.takes(segment)), seconds=time.perf_counter() - t_job))
     return done
 

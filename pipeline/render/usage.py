@@ -137,16 +137,25 @@ def prune(project_dir: Path, limit_bytes: int | None = None, *, own_lock: Path |
         return _prune_unreferenced(project_dir, limit_bytes)
 
 
+def open_cache_lock(project_dir: Path) -> int | None:
+    """A descriptor of the project's cache lock (made if need be), or None where there is
+    none to take: no state folder, a read-only one, or a link planted there (never followed).
+    Renders take it shared (pipeline.render.outputs.OutputLock), a prune exclusively."""
+    try:
+        return os.open(cache_lock(project_dir), os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+
+
 @contextmanager
 def _exclusive_cache(project_dir: Path) -> Iterator[None]:
     """The project's cache lock, exclusively, for the length of a prune: a render holds it
     shared from its start, so one that started after :func:`rendering_now` looked is seen
     here, and one that starts now waits until the prune is done."""
-    path = cache_lock(project_dir)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        yield  # no state folder (nothing cached), a read-only one or a planted link: rendering_now looked
+    fd = open_cache_lock(project_dir)
+    if fd is None:
+        yield  # nothing cached, or nothing to lock: rendering_now looked
         return
     try:
         try:
@@ -180,9 +189,9 @@ def _prune_unreferenced(project_dir: Path, limit_bytes: int | None) -> tuple[int
 
 
 def after_render(sb: Storyboard, used: set[str], complete: bool, emit: Callable[[protocol.Event], None],
-                 own_lock: OutputLock, *, cap: bool = True) -> None:
+                 own_lock: OutputLock) -> None:
     """Record what a render used (``sulphur cache``; a failed or partial one adds to the last
-    record), then, with ``cap``, hold the cache to ``[project] cache_limit_gb`` by pruning
+    record), then, after a whole-film render, hold the cache to ``[project] cache_limit_gb`` by pruning
     entries no storyboard uses — not while another render of the project runs (its entries are
     in no record yet). Never fails a render, nor hides why one failed."""
 
@@ -195,7 +204,7 @@ def after_render(sb: Storyboard, used: set[str], complete: bool, emit: Callable[
     try:
         record(sb.real_path, used, complete=complete)
         own_lock.release_cache()  # recorded: this render's entries are safe from the prune
-        if cap and complete and sb.project.cache_limit_gb is not None:
+        if complete and sb.project.cache_limit_gb is not None:
             removed, freed = prune(sb.folder, int(sb.project.cache_limit_gb * 2**30), own_lock=own_lock.path)
             if removed:
                 tell(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB: removed {removed} "
@@ -215,4 +224,4 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
-__all__ = ["Report", "after_render", "entries", "human", "prune", "record", "report", "uses_dir"]
+__all__ = ["Report", "after_render", "open_cache_lock", "entries", "human", "prune", "record", "report", "uses_dir"]

@@ -259,7 +259,7 @@ def test_each_actor_decides_compiling_the_upscaler_on_the_frames_it_upscales(tmp
         return esrgan_compile_pays(actor.upscale_frames, cuda)
 
     assert upscale_shares(local.upscale_frames, 0) == (114, 0)  # the draft actor finishes alone
-    assert compiles(114) and compiles(114) == esrgan_compile_pays(local.upscale_frames, cuda)
+    assert compiles(114)
     assert upscale_shares(local.upscale_frames, 1) == (0, 114)
     assert upscale_shares(local.upscale_frames, 2) == (0, 57) and not compiles(57)
     assert upscale_shares(115, 2) == (0, 58)  # an odd frame rounds the share up, never down

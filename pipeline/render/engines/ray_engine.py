@@ -523,8 +523,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     t_job = time.perf_counter()
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
     upscale_frames = sum(j.frames for j in seg_jobs)  # as a local render's preflight counts them
-    waiting = lambda why: stamp(protocol.Log(message=why))  # noqa: E731
-    with (OutputLock(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel, waiting=waiting) as lock,
+    with (OutputLock.for_storyboard(sb, stamp, cancel) as lock,
           _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                         len(selected), finishers, upscale_frames=upscale_frames) as (d, drafter, finishers_)):
         complete, final = False, None
@@ -573,8 +572,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=[segment], seeds=seeds))
     # every take upscales the shot once, on whichever actor of the pool is idle
     frames = RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs([segment])[0].frames
-    waiting = lambda why: stamp(protocol.Log(message=why))  # noqa: E731
-    with (OutputLock(sb.render_dir(), sb.path, project=sb.folder, cancel=cancel, waiting=waiting) as lock,
+    with (OutputLock.for_storyboard(sb, stamp, cancel) as lock,
           _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
                         len(seeds) - 1, None, helper_role="take",
                         upscale_frames=frames * len(seeds), take_frames=frames) as (d, drafter, helpers)):
@@ -594,7 +592,7 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
             takes = {seed: sb.renders.take(segment, seed) for seed in seeds}
             record_takes(sb, segment, takes, text)  # under the lock, as a local takes job does
         finally:  # what the takes built is the storyboard's too (a picked take is its segment)
-            after_render(sb, _used([drafter, *helpers], failed=text is None), False, stamp, lock, cap=False)
+            after_render(sb, _used([drafter, *helpers], failed=text is None), False, stamp, lock)
     stamp(protocol.JobFinished(path=str(out_dir), seconds=time.perf_counter() - t_job))
     return takes
 
