@@ -38,6 +38,7 @@ from pipeline.render.errors import RenderError
 from pipeline.render.usage import open_cache_lock
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
+from pipeline.wire.framing import lock_pid
 
 if TYPE_CHECKING:
     from pipeline.project.storyboard import Storyboard
@@ -166,12 +167,9 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = os.pread(fd, 32, 0).decode().strip()
-            except (OSError, UnicodeDecodeError):
-                holder = ""
+            holder = lock_pid(fd)
             os.close(fd)
-            who = f" (PID {holder})" if holder.isdigit() else ""
+            who = f" (PID {holder})" if holder and holder > 0 else ""
             raise RenderBusy("busy", f"{self.storyboard.name}: another render of it is running{who}; "
                                      "wait for it to finish or cancel it") from None
         except OSError as exc:

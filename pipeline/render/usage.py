@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from pipeline.project.layout import cache_lock
 from pipeline.project.storyboard import Storyboard, atomic_write
 from pipeline.wire import protocol
+from pipeline.wire.framing import lock_pid
 
 if TYPE_CHECKING:
     from pipeline.render.outputs import OutputLock
@@ -116,8 +117,8 @@ def rendering_now(project_dir: Path, own: Path | None = None) -> list[str]:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            busy.append(f"renders/{lock.parent.name}" + (f" (PID {holder})" if holder.isdigit() else ""))
+            holder = lock_pid(fd)
+            busy.append(f"renders/{lock.parent.name}" + (f" (PID {holder})" if holder and holder > 0 else ""))
         except OSError:
             pass  # not a lock file we made (a FIFO, ...): no render holds it
         finally:

@@ -201,7 +201,7 @@ class ProjectLock:
                 break
             except BlockingIOError:
                 if attempt == 9:
-                    pid = _read_pid(fd)
+                    pid = lock_pid(fd)
                     os.close(fd)
                     raise WorkerLocked(pid, self.path) from None
                 time.sleep(0.05)
@@ -229,14 +229,15 @@ def lock_holder(project_dir: Path) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_pid(fd) or -1  # held, PID not written yet
+            return lock_pid(fd) or -1  # held, PID not written yet
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
 
 
-def _read_pid(fd: int) -> int | None:
+def lock_pid(fd: int) -> int | None:
+    """The PID a lock holder wrote into its lock file (open as ``fd``), or None."""
     try:
         return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
     except (OSError, ValueError):
