@@ -79,6 +79,15 @@ CANDIDATES: dict[str, tuple[dict[str, Any], str | None, float]] = {
     "blocks_reduce_overhead": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "reduce-overhead",
                                 "esrgan_dense": "concat"},
                                "blocks", 20),
+    # The regrouped dense blocks (the default since run5) with each of the knobs above.
+    "wide_cudnn_benchmark": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default",
+                              "esrgan_cudnn_benchmark": True, "esrgan_dense": "wide"}, "wide", 15),
+    "wide_batch8": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "default", "esrgan_batch": 8,
+                     "esrgan_dense": "wide"}, "wide", 20),
+    "wide_reduce_overhead": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "reduce-overhead",
+                              "esrgan_dense": "wide"}, "wide_graphs", 30),
+    "wide_max_autotune": ({"esrgan_compile_scope": "blocks", "esrgan_compile_mode": "max-autotune-no-cudagraphs",
+                           "esrgan_dense": "wide"}, "wide_autotune", 90),
 }
 
 
@@ -271,6 +280,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated, from: " + ",".join(CANDIDATES))
     ap.add_argument("--budget-s", type=float, default=360, help="skip what would not fit in this many seconds")
     ap.add_argument("--json-out", type=Path, help="also write the JSON here (after every step)")
+    ap.add_argument("--no-warm-probes", action="store_true",
+                    help="skip re-compiling blocks_default/blocks_wide in a fresh process from the disk cache")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -393,7 +404,8 @@ def main() -> int:
         if fits(name, CANDIDATES[name][2]):
             out["stage"][name] = _candidate(bench, name, used)
             write()
-        if name in ("blocks_default", "blocks_wide") and name in out["stage"] and fits(f"warm {name}", 20):
+        if (not args.no_warm_probes and name in ("blocks_default", "blocks_wide") and name in out["stage"]
+                and fits(f"warm {name}", 40)):
             options, folder, _ = CANDIDATES[name]
             out["warm_compile"][name] = _warm_probe(bench, options["esrgan_compile_scope"], "default",
                                                     options.get("esrgan_dense", "concat"),
