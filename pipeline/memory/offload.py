@@ -331,6 +331,8 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
             apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
         if plan.offload == "resident" or (plan.device == "cpu" and plan.offload in ("model", "sequential")):
             module.to(device)
+            if big and plan.offload == "resident" and o.get("dequant") == "load":
+                dequantize_gguf_linears(module)
         elif plan.offload in ("group_block", "group_leaf"):
             from diffusers.hooks import apply_group_offloading
 
@@ -356,6 +358,43 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
             cpu_offload_with_hook(module, execution_device=device)
     setattr(module, _TAG, plan.name)
     return module
+
+
+def dequantize_gguf_linears(module: torch.nn.Module) -> int:
+    """Swap every GGUF linear under ``module`` for a plain ``nn.Linear`` holding its weight
+    dequantized to the layer's compute dtype, where the weight lives; returns how many. A
+    resident plan with room for the full weights (``options["dequant"] = "load"``) then steps
+    at the unquantized speed:
+    the per-layer dequantization made an uncapped draft step 0.305 s against 0.213 s in bf16
+    (bench/results/chain_h200_2026-12-05_run6.json). Written here because diffusers'
+    ``ModelMixin.dequantize`` needs a model loaded through its quantizer and dequantizes with torch
+    ops; this takes any ``GGUFLinear`` (inside a LoRA wrapper too) and uses the Triton kernel on CUDA.
+    The results are the same: both paths dequantize to the compute dtype and call ``F.linear``."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
+
+    n = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, GGUFLinear):
+                continue
+            w, dtype = child.weight, child.compute_dtype
+            qt = getattr(w, "quant_type", None)
+            if w.is_cuda and _kernel_supports(qt):
+                from pipeline.memory.kernels.gguf_dequant import dequantize
+
+                weight = dequantize(w.as_tensor() if hasattr(w, "as_tensor") else w, qt, (child.out_features, child.in_features), dtype)
+            else:
+                weight = dequantize_gguf_tensor(w).to(dtype)
+            plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                    device="meta")
+            plain.weight = torch.nn.Parameter(weight.reshape(child.out_features, child.in_features),
+                                              requires_grad=False)
+            if child.bias is not None:
+                plain.bias = torch.nn.Parameter(child.bias.detach().to(device=weight.device, dtype=dtype),
+                                                requires_grad=False)
+            setattr(parent, name, plain)
+            n += 1
+    return n
 
 
 # --------------------------------------------------------------------------- Sulphur's block streamer

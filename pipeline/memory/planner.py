@@ -555,6 +555,10 @@ def _streamer_estimate(t: Component, act: int, decode_phase: int, b: Budgets) ->
     return _Est(base + k * blk, w, w, held_vram=held + k * blk, held_host=w), k
 
 
+#: a resident transformer's GGUF weights dequantized to bf16 at load (a weights choice of the planner's)
+_DEQUANTIZED = "dequantized"
+
+
 def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], device: str,
                        b: Budgets) -> list[StagePlan]:
     """Candidate plans for draft/refine, fastest first, with estimates; not yet filtered."""
@@ -580,11 +584,22 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
             continue  # Sulphur's streamer moves repeated blocks; a model without them cannot use it
         mode = "group_block" if rung == "stream" else rung
         order = weights_options[::-1] if rung == "stream" and job.stream_fp8 else weights_options
+        if rung == "resident" and is_quantized(tr.fmt) and device != "cpu":
+            order = [_DEQUANTIZED, *order]
         for wfmt in order:
             if mmap and not is_quantized(wfmt):
                 continue
-            t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
-            est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
+            if wfmt == _DEQUANTIZED:
+                # GGUF weights dequantized once at load when the card has room for them in bf16:
+                # steps at the unquantized speed (pipeline/memory/offload.py dequantize_gguf_linears).
+                # The GGUF pages are copied to the GPU quantized, so host RAM is as for the GGUF.
+                t = tr.as_format("bfloat16")
+                full = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu)
+                est = _Est(full.vram, _weights_mode(tr, mode, act, stream=stream, low_cpu=low_cpu).host,
+                           held_vram=full.held_vram)
+            else:
+                t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
+                est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
             # The streamer's "lean" twin keeps no block on the GPU: the first rung to fall
             # back to, since a held model is re-streamed in place rather than reloaded.
             leans = (False, True) if rung == "stream" else (False,)
@@ -608,6 +623,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
                     vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
                     held_vram = t.nbytes + side_bytes
+                    if wfmt == _DEQUANTIZED:
+                        extra = {"dequant": "load"}
                 else:  # other components swap in one at a time while the transformer is offloaded
                     vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)
                     held_vram = 0
@@ -618,10 +635,10 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 out.append(StagePlan(
                     name=(rung + ("-lean" if lean else "") if rung == "stream"
                           else _rung_name(mode, stream, low_cpu, mmap))
-                    + ("/fp8" if wfmt == "fp8" else "")
+                    + ("/fp8" if wfmt == "fp8" else "/bf16" if wfmt == _DEQUANTIZED else "")
                     + ({0: "", 512: "+vaetiles"}.get(tile, f"+vaetiles{tile}")),
                     device=device, offload=mode, vae_tiling=bool(tile), dtype="bfloat16", notes=tuple(notes),
-                    options={"weights": wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
+                    options={"weights": tr.fmt if wfmt == _DEQUANTIZED else wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
                              "num_blocks_per_group": 1, "vram_bytes": int(vram),
                              "host_bytes": int(est.host + side_bytes + between), "pinned_bytes": est.pinned,
                              "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes + between,
@@ -641,7 +658,9 @@ def _transformer_notes(t: Component, wfmt: str, low_cpu: bool, mmap: bool, extra
         notes.append("pins one block at a time (slower copies, half the host RAM)")
     if mmap:
         notes.append("weights paged from the memory-mapped file (disk-speed when RAM is short)")
-    if extra:
+    if extra.get("dequant") == "load":
+        notes.append("GGUF weights dequantized to bf16 once, at load: the card has room for them")
+    elif extra:
         notes.append(f"streams {t.blocks - extra['resident_blocks']} of {t.blocks} blocks through "
                      f"two GPU slots; weights pinned in place (one host copy)")
     return notes

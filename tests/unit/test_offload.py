@@ -314,6 +314,42 @@ def test_block_dequant_on_cuda_matches_the_per_layer_path(gguf_reference: torch.
     assert torch.allclose(ref, gguf_reference, rtol=1e-2, atol=1e-3)
 
 
+def test_a_resident_plan_with_room_dequantizes_the_gguf_once_with_the_same_result(
+        gguf_reference: torch.Tensor) -> None:
+    """``dequant = "load"``: no GGUF layer is left to dequantize per step, and the step is the
+    per-layer path's, bit for bit (both dequantize to the compute dtype, then ``F.linear``)."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    model = _gguf_model()
+    quantized = sum(isinstance(m, GGUFLinear) for m in model.modules())
+    assert quantized
+    apply_plan(model, plan("resident", dequant="load"))
+    assert not any(isinstance(m, GGUFLinear) for m in model.modules())
+    plain = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert len(plain) >= quantized and all(not m.weight.is_meta for m in plain)
+    assert torch.equal(run(model), gguf_reference)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dequant_at_load_on_cuda_matches_the_per_layer_kernel() -> None:
+    """On the GPU the weights are dequantized by the Triton kernel the per-layer path uses."""
+    def resident(**o: object) -> StagePlan:
+        return StagePlan(name="r", device="cuda", offload="resident", dtype="float32", options=dict(o))
+
+    def run_cuda(m: torch.nn.Module) -> torch.Tensor:
+        inputs = ltx2_step_inputs(m.config, (128, 64), 9, audio_tokens=8, text_tokens=8,
+                                  dtype=torch.float32, seed=1, device="cuda")
+        with torch.no_grad():
+            v, a = m(**inputs)
+        return torch.cat([v.flatten(), a.flatten()]).cpu()
+
+    layer = apply_plan(_gguf_model(), resident())
+    loaded = apply_plan(_gguf_model(), resident(dequant="load"))
+    assert all(m.weight.is_cuda for m in loaded.modules() if type(m) is torch.nn.Linear)
+    assert torch.equal(run_cuda(loaded), run_cuda(layer))
+
+
 def test_block_dequant_falls_back_to_diffusers_for_types_without_a_kernel(
         interpreted_kernels, gguf_reference: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the kernels run but lack the quant type, the same per-block launch goes through
