@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
-from pipeline.project.files import NotAFile
+from pipeline.project.files import describe_os_error
 from pipeline.project.storyboard import StoryboardError
 from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled
@@ -92,10 +92,7 @@ def _interrupted(exc: BaseException) -> KeyboardInterrupt | None:
 def os_error_line(exc: OSError) -> str:
     """An ``OSError`` a command met outside any stage, in words: ``renders: Read-only file system``
     (never ``[Errno 30]`` or a bare ``30``)."""
-    if isinstance(exc, NotAFile):
-        return str(exc)
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{exc.filename}: {reason}" if exc.filename else reason
+    return describe_os_error(exc.filename, exc)
 
 
 def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Emit) -> tuple[int, T | None]:

@@ -76,12 +76,16 @@ def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> byte
     return data
 
 
-def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
-    """One line for an ``OSError`` about ``path``: the reason in words, never a bare errno."""
+def describe_os_error(path: str | os.PathLike[str] | None, exc: OSError) -> str:
+    """One line for an ``OSError`` about ``path``: the reason in words, never a bare errno.
+
+    ``path`` may be ``exc.filename``, which is ``None`` (or ``""``) when the error names no
+    file: then the reason alone, not ``None: …`` or ``.: …``.
+    """
     if isinstance(exc, NotAFile):
         return str(exc)
     reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{Path(path)}: {reason}"
+    return f"{Path(path)}: {reason}" if path else reason
 
 
 # ------------------------------------------------------------------ writing a user's file

@@ -14,6 +14,7 @@ from typing import TypeVar
 from pipeline.memory import planner as memory
 from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.plan import StagePlan
+from pipeline.project.files import describe_os_error
 from pipeline.render.errors import RenderError
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
@@ -58,7 +59,7 @@ def _in_words(exc: BaseException) -> str:
     (``.sulphur/cache: Not a directory``, not ``NotADirectoryError: [Errno 20] ...``), else the
     exception's type and message."""
     if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        return describe_os_error(exc.filename, exc)
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.project.files import describe_os_error
 from pipeline.project.layout import cache_lock
 from pipeline.project.storyboard import Storyboard, atomic_write
 from pipeline.wire import protocol
@@ -213,8 +214,8 @@ def after_render(sb: Storyboard, used: set[str], complete: bool, emit: Callable[
     except CacheInUse as exc:
         tell(protocol.Log(message=f"cache over {sb.project.cache_limit_gb:g} GiB, not pruned: {exc}"))
     except OSError as exc:  # the reason in words, not "[Errno 20] …"
-        where = f"{exc.filename}: " if exc.filename else ""
-        tell(protocol.Log(level="warning", message=f"cache bookkeeping skipped: {where}{exc.strerror or exc}"))
+        tell(protocol.Log(level="warning",
+                          message=f"cache bookkeeping skipped: {describe_os_error(exc.filename, exc)}"))
 
 
 def human(n: int) -> str:
