@@ -100,14 +100,9 @@ def _refuse_unsupported(sb: Storyboard, project: Project, presets: dict[str, Pre
         key = unsupported(seg, preset.family)
         if not key:
             continue
-        try:
-            loc = _Locator(sb.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            loc = _Locator("")
-        where = StoryboardError(sb.path, f"preset {preset.name} ({preset.family}) cannot honour {key}; "
-                                f"use an LTX-2 preset for this shot", *loc.find("segment", i, key),
-                                f"segment[{i}].{key}")
-        raise RenderError("unsupported_key", str(where), segment=seg.id)
+        where = _located(sb, f"preset {preset.name} ({preset.family}) cannot honour {key}; "
+                         f"use an LTX-2 preset for this shot", "segment", i, key)
+        raise RenderError("unsupported_key", where, segment=seg.id)
 
 
 def _refuse_sizes(sb: Storyboard, project: Project, presets: dict[str, Preset]) -> None:
@@ -122,16 +117,11 @@ def _refuse_sizes(sb: Storyboard, project: Project, presets: dict[str, Preset]) 
             size = getattr(project, key)
             if size is None or all(v % m == 0 for v in size):
                 continue
-            try:
-                loc = _Locator(sb.path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError):
-                loc = _Locator("")
             width, height = size
-            where = StoryboardError(sb.path, f"{width}x{height} is not valid for preset {preset.name}: width and "
-                                    f"height must be multiples of {m} (its default is "
-                                    f"{preset.draft_size[0]}x{preset.draft_size[1]})",
-                                    *loc.find("project", None, key), f"project.{key}")
-            raise RenderError("invalid_size", str(where))
+            where = _located(sb, f"{width}x{height} is not valid for preset {preset.name}: width and "
+                             f"height must be multiples of {m} (its default is "
+                             f"{preset.draft_size[0]}x{preset.draft_size[1]})", "project", None, key)
+            raise RenderError("invalid_size", where)
 
 
 def _resolve_preset(sb: Storyboard, name: str, index: int | None = None, *, flag: bool = False) -> Preset:
@@ -143,10 +133,17 @@ def _resolve_preset(sb: Storyboard, name: str, index: int | None = None, *, flag
         message = str(exc.args[0])
     if flag:
         raise RenderError("unknown_preset", f"--preset: {message}")
-    table, key = ("project", "project.preset") if index is None else ("segment", f"segment[{index}].preset")
+    where = _located(sb, message, "project" if index is None else "segment", index, "preset")
+    raise RenderError("unknown_preset", where, segment=sb.segments[index].id if index is not None else "")
+
+
+def _located(sb: Storyboard, message: str, table: str, index: int | None, key: str) -> str:
+    """``message`` in the storyboard's one-line form, ``file:line:col: table[index].key: message``,
+    at ``key`` of ``[table]`` (``index`` None) or of the index-th ``[[table]]``. The file is read
+    again for the position only; if it no longer reads, the message names the file alone."""
     try:
         loc = _Locator(sb.path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
         loc = _Locator("")
-    where = StoryboardError(sb.path, message, *loc.find(table, index, "preset"), key)
-    raise RenderError("unknown_preset", str(where), segment=sb.segments[index].id if index is not None else "")
+    label = f"{table}.{key}" if index is None else f"{table}[{index}].{key}"
+    return str(StoryboardError(sb.path, message, *loc.find(table, index, key), label))
