@@ -71,10 +71,13 @@ class ModelFile:
             return pulled_path(self)
         return None
 
-    def unreadable(self) -> str:
+    def unreadable(self, found: Path | None = None) -> str:
         """Why the path found for this file cannot be loaded — a FIFO, a device or a socket set
-        through ``$env`` (a load would wait on it forever) — or "" (absent, a folder, or a file)."""
-        p = self.local_path()
+        through ``$env`` (a load would wait on it forever) — or "" (absent, a folder, or a file).
+
+        ``found``: the path a caller already has from :meth:`local_path` (the lookup may scan
+        the download cache); without it the file is looked up here."""
+        p = found if found is not None else self.local_path()
         if p is None or p.is_dir():
             return ""
         try:

@@ -58,7 +58,7 @@ def verify(preset: Preset) -> list[Check]:
         if path is None:
             out.append(Check(component, "", f"missing: {preset.file(role).where()}"))
             continue
-        why = preset.file(role).unreadable()
+        why = preset.file(role).unreadable(path)
         if why:  # a FIFO set through $SULPHUR_…: loading it waited forever
             out.append(Check(component, str(path), why))
             continue
