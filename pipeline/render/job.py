@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from pipeline.models.registry import Preset, get_preset
+from pipeline.project.files import read_regular
 from pipeline.project.keyframes import unsupported
 from pipeline.project.selection import select_segments
 from pipeline.project.storyboard import Project, Storyboard, StoryboardError, _Locator
@@ -142,7 +143,7 @@ def _located(sb: Storyboard, message: str, table: str, index: int | None, key: s
     at ``key`` of ``[table]`` (``index`` None) or of the index-th ``[[table]]``. The file is read
     again for the position only; if it no longer reads, the message names the file alone."""
     try:
-        loc = _Locator(sb.path.read_text(encoding="utf-8"))
+        loc = _Locator(read_regular(sb.path).decode("utf-8"))  # a FIFO swapped in is refused, not read
     except (OSError, UnicodeDecodeError):
         loc = _Locator("")
     label = f"{table}.{key}" if index is None else f"{table}[{index}].{key}"

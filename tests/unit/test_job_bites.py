@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,10 +117,14 @@ def test_a_retake_on_a_later_wan_shot_is_refused_at_its_line(tmp_path: Path) -> 
                            "cannot honour retake; use an LTX-2 preset for this shot")
 
 
-def test_a_storyboard_gone_since_it_was_read_is_still_refused_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("swap", ["deleted", "fifo"])
+def test_a_storyboard_gone_since_it_was_read_is_still_refused_in_one_line(tmp_path: Path, swap: str) -> None:
+    """Deleted, or swapped for a FIFO no writer opens (the refusal must not wait on it)."""
     path = _board(tmp_path, b='preset = "tiny-wan-ti2v"\nretake = [5, 8]\n')
     sb = S.load(path)
     path.unlink()
+    if swap == "fifo":
+        os.mkfifo(path)
     assert _refusal(sb).message == (f"{path}: segment[1].retake: preset tiny-wan-ti2v (wan) cannot honour retake; "
                                     "use an LTX-2 preset for this shot")
 
