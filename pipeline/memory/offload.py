@@ -24,6 +24,7 @@ small card with a small host:
 
 from __future__ import annotations
 
+import mmap
 import os
 import weakref
 from collections.abc import Iterable, Iterator
@@ -717,7 +718,7 @@ class BlockStreamer:
         self._bind(b, b.host, upcast=False)  # drop the device views (and upcast copies) until the next pass
 
 
-_PAGE = 4096
+_PAGE = mmap.PAGESIZE
 
 
 def _pinned(nbytes: int) -> torch.Tensor:
@@ -725,20 +726,27 @@ def _pinned(nbytes: int) -> torch.Tensor:
     CUDA (``cudaHostRegister``), because torch's pinned caching allocator rounds every
     request up to a power of two (a 772 MB block would pin 1 GiB).
 
-    The registered range is whole pages inside this allocation: small buffers come from the
-    heap and may share a page with another registered buffer, which CUDA refuses. The caller
-    must hold the returned tensor (views of it do not keep it alive): when it is collected,
-    the registration is undone."""
-    base = torch.empty(nbytes + 2 * _PAGE, dtype=torch.uint8)
-    start = -base.data_ptr() % _PAGE
-    buf = base[start:start + nbytes]
+    The allocation is an anonymous memory map, so it starts on a page and owns its pages: no
+    other buffer's registration can overlap it (CUDA refuses that), and torch's storage starts
+    where the registration does. torch asks about the storage's first byte, so a buffer carved
+    out of a heap allocation read as unpinned (``is_pinned()`` False) even where CUDA copied it
+    asynchronously. The caller must hold the returned tensor (views of it do not keep it alive):
+    when it is collected, the registration is undone."""
+    buf = _page_aligned(nbytes)
     cudart = torch.cuda.cudart()
     ptr = buf.data_ptr()
-    if int(cudart.cudaHostRegister(ptr, -(-max(nbytes, 1) // _PAGE) * _PAGE, 0)) != 0:
+    if int(cudart.cudaHostRegister(ptr, buf.untyped_storage().nbytes(), 0)) != 0:
         _clear_cuda_error()
         return torch.empty(nbytes, dtype=torch.uint8).pin_memory()  # the caching allocator instead
     weakref.finalize(buf, cudart.cudaHostUnregister, ptr)
     return buf
+
+
+def _page_aligned(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of host memory in whole pages of their own (an anonymous memory map, which the
+    tensor keeps alive), the tensor starting where its storage does."""
+    size = -(-max(nbytes, 1) // _PAGE) * _PAGE
+    return torch.frombuffer(mmap.mmap(-1, size), dtype=torch.uint8)[:nbytes]
 
 
 def _clear_cuda_error() -> None:

@@ -272,7 +272,7 @@ def test_an_audio_driven_draft_renders_under_every_offload_plan_on_cuda(folder: 
 
 
 def test_the_ray_engine_refuses_a_lora_that_does_not_fit_before_ray_starts(tmp_path: Path) -> None:
-    import ray
+    ray = pytest.importorskip("ray")  # the GPU machine's bundle has no Ray; CI installs it
 
     from pipeline.render.engines.ray_engine import render_ray
     from pipeline.render.errors import RenderError

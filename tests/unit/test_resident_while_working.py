@@ -193,6 +193,24 @@ def test_the_module_holds_the_buffers_its_weights_live_in() -> None:
     assert {t.data.untyped_storage().data_ptr() for t in vae.parameters()} <= homes
 
 
+def test_a_page_locked_buffer_is_whole_pages_starting_where_its_storage_does() -> None:
+    """torch reads a tensor as pinned by its storage's first byte: a buffer carved out of a larger
+    heap allocation was registered with CUDA from a later page, so ``is_pinned()`` said False
+    (the GPU run of 2026-12-05 caught it) and the buffer may share a page with another one."""
+    import mmap
+
+    from pipeline.memory.offload import _page_aligned
+
+    for n in (1, 4096, 5000, 3 * mmap.PAGESIZE):
+        buf = _page_aligned(n)
+        storage = buf.untyped_storage()
+        assert buf.numel() == n and buf.data_ptr() == storage.data_ptr()
+        assert storage.data_ptr() % mmap.PAGESIZE == 0 and storage.nbytes() % mmap.PAGESIZE == 0
+        assert storage.nbytes() < n + mmap.PAGESIZE
+        buf.fill_(7)
+        assert int(buf.sum()) == 7 * n
+
+
 @pytest.mark.gpu
 def test_kept_host_copies_stay_page_locked() -> None:
     """On CUDA the kept copies are page-locked for as long as the module lives, so an onload is
