@@ -60,7 +60,9 @@ class LatentPreviewer:
             return None
         middle = self.frames // 2
         with torch.no_grad():
-            x = latents[0, middle * per_frame:(middle + 1) * per_frame].float()
+            # One small copy to the host, then host maths: on a GPU the SVD and quantiles of a
+            # few hundred rows were a dozen tiny kernels and several synchronisations per step.
+            x = latents[0, middle * per_frame:(middle + 1) * per_frame].float().cpu()
             x = x.reshape(self.height, self.width, -1)
             x = _shrink(x.permute(2, 0, 1), MAX_SIDE).permute(1, 2, 0)
             h, w, c = x.shape
