@@ -4,7 +4,7 @@ A chained storyboard is a chain only through the draft (draft k → its last fra
 k+1). The encode (libx264 in a child process, see :mod:`pipeline.stages.encode`) and the
 publishing of a segment need no GPU, so the local runner hands them to :class:`Behind`, one
 at a time and in storyboard order, and goes on with the next segment's draft, refine and
-upscale. The cache contract is unchanged (an entry is complete when its files are); the film
+upscale; the measurements of each segment run on a second thread beside the encodes. The cache contract is unchanged (an entry is complete when its files are); the film
 is assembled only after :meth:`Behind.drain` has seen every encode through.
 """
 
@@ -38,38 +38,62 @@ class LinkedCancel(threading.Event):
         return self.is_set()
 
 
+#: the threads behind the GPU stages: segment k's encode and publishing, in storyboard order
+#: (one x264 child at a time), and the measurements nothing downstream waits for (the flicker of
+#: the refined frames and of the encoded segment, the preview picture). On one lane the
+#: measurements made it the render's bottleneck on a slower host: 9 s of encode plus 2-3 s of
+#: them per segment against 10.5 s of GPU stages (bench/results/chain_h200_2026-12-05_run7.json).
+LANES = ("encode", "analysis")
+
+
 class Behind:
-    """One worker thread running submitted work in order; failures come back to the caller's
-    thread at :meth:`check` (before each new segment) and :meth:`drain` (before the film)."""
+    """A worker thread per lane (:data:`LANES`), each running its work in the order submitted;
+    failures come back to the caller's thread at :meth:`check` (before each new segment) and
+    :meth:`drain` (before the film). Work running behind may submit more (a published segment
+    hands its analysis to the other lane)."""
 
     def __init__(self, cancel: LinkedCancel) -> None:
         self.cancel = cancel
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sulphur-behind")
+        self._pools = {lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sulphur-{lane}")
+                       for lane in LANES}
         self._futures: list[Future[None]] = []
+        self._lock = threading.Lock()
 
-    def submit(self, work: Callable[[], None]) -> None:
+    def submit(self, work: Callable[[], None], lane: str = "encode") -> None:
         self.check()
-        self._futures.append(self._pool.submit(work))
+        with self._lock:
+            self._futures.append(self._pools[lane].submit(work))
+
+    def _submitted(self) -> list[Future[None]]:
+        with self._lock:
+            return list(self._futures)
 
     def check(self) -> None:
         """Raise the error of the first finished work that failed."""
-        for f in self._futures:
+        for f in self._submitted():
             exc = f.exception() if f.done() else None
             if exc is not None:
                 raise exc
 
     def drain(self) -> None:
-        """Wait for every submitted work, in order; raise the first failure."""
+        """Wait for every submitted work, in order of submission (work submitted while waiting
+        included); raise the first failure."""
         try:
-            for f in self._futures:
-                f.result()
+            done = 0
+            while done < len(futures := self._submitted()):
+                futures[done].result()
+                done += 1
         finally:
-            self._pool.shutdown(wait=True)
+            self._shutdown()
 
     def abandon(self) -> None:
         """The caller's thread is failing: cancel what runs behind, wait for it to stop (a stage
         leaves no partial entry), and drop its errors (the caller's own error is the one to report)."""
         self.cancel.set()
-        for f in self._futures:
+        for f in self._submitted():
             f.cancel()
-        self._pool.shutdown(wait=True)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)

@@ -384,7 +384,7 @@ class Renderer:
                 if behind is None:
                     self._refine_quality(job, arts[name])
                 else:
-                    behind.submit(lambda art=arts[name]: self._refine_quality(job, art))
+                    behind.submit(lambda art=arts[name]: self._refine_quality(job, art), lane="analysis")
         frames = arts[self.frames_chain(job)[-1][0]]
         if job.segment.retake is not None:  # keyframes/retake
             frames = self.retake(job, draft, frames, self.run_stage)
@@ -420,17 +420,21 @@ class Renderer:
         t_seg = time.perf_counter()
         return self.publish(job, self.finish_stages(job, draft), t_seg)
 
-    def publish(self, job: SegmentJob, encode: Artifact, t_seg: float) -> Path:
+    def publish(self, job: SegmentJob, encode: Artifact, t_seg: float, behind: Behind | None = None) -> Path:
         """renders/<stem>/segments/<id>.mp4 from the segment's encode entry, its manifest line, the
-        encoded video's flicker and ``SegmentDone`` (``seconds``: since ``t_seg``, its refine's start)."""
+        encoded video's flicker and ``SegmentDone`` (``seconds``: since ``t_seg``, its refine's start).
+        ``behind``: the flicker is measured on its analysis lane, after ``SegmentDone``."""
         seg_id = job.segment.id
         target = self.renders.segment(seg_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(encode.file("segment.mp4"), target)
         self._record_rendered(seg_id, encode)
-        self._quality_video(job, target)
+        if behind is None:
+            self._quality_video(job, target)
         self.emit(protocol.SegmentDone(segment=seg_id, path=str(target), frames=int(encode.meta["frames"]),
                                        seconds=time.perf_counter() - t_seg))
+        if behind is not None:
+            behind.submit(lambda: self._quality_video(job, target), lane="analysis")
         return target
 
     def _record_rendered(self, seg_id: str, encode: Artifact) -> None:
@@ -471,8 +475,9 @@ class Renderer:
                 if job.segment.id in selected:
                     t_seg = time.perf_counter()
                     frames = self.frame_stages(job, draft, behind)
+                    behind.submit(lambda job=job, frames=frames: self._preview(job, frames), lane="analysis")
                     behind.submit(lambda job=job, draft=draft, frames=frames, t_seg=t_seg:
-                                  self._encode_and_publish(job, draft, frames, t_seg))
+                                  self._encode_and_publish(job, draft, frames, t_seg, behind))
             behind.drain()
         except BaseException:
             behind.abandon()
@@ -481,8 +486,9 @@ class Renderer:
             self.cancel = user_cancel
         return drafts
 
-    def _encode_and_publish(self, job: SegmentJob, draft: Artifact, frames: Artifact, t_seg: float) -> None:
-        self.publish(job, self.encode_stage(job, draft, frames, behind=True), t_seg)
+    def _encode_and_publish(self, job: SegmentJob, draft: Artifact, frames: Artifact, t_seg: float,
+                            behind: Behind) -> None:
+        self.publish(job, self.encode_stage(job, draft, frames, preview=False, behind=True), t_seg, behind)
 
     def _reference_image(self) -> np.ndarray | None:
         ref = self.sb.project.drift_reference

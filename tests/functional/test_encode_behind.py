@@ -51,6 +51,13 @@ def test_the_next_draft_starts_before_the_encode_before_it_ends(tmp_path: Path,
     assert len(cache_entries(tmp_path, "encode")) == 2
     done = [e for e in events if isinstance(e, protocol.StageFinished) and e.stage == "encode"]
     assert all(e.peak_reserved == 0 and e.peak_allocated == 0 for e in done)  # a CPU stage claims no GPU peak
+    # the measurements ran on their own lane, and all of them before the job's end: the refined
+    # and the encoded frames' flicker and the preview picture of each shot
+    job_end = next(i for i, e in enumerate(events) if isinstance(e, protocol.JobFinished))
+    for seg in ("one", "two"):
+        for stage in ("refine", "encode"):
+            assert _index(events, protocol.FlickerReport, seg, stage) < job_end
+        assert _index(events, protocol.Preview, seg, "upscale") < job_end
 
 
 def test_an_encode_that_fails_behind_fails_the_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

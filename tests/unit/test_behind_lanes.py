@@ -1,0 +1,70 @@
+"""The local engine's work behind the GPU stages runs on two lanes (pipeline/render/overlap.py):
+a measurement that takes its time never holds back the next segment's encode, each lane keeps
+its order, work may hand more work to the other lane, and a failure on either lane reaches the
+caller. Real threads and events; nothing is timed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pipeline.render.overlap import Behind, LinkedCancel
+
+WAIT = 10  # seconds: only a broken lane ever waits this long
+
+
+def test_a_slow_measurement_does_not_hold_the_next_encode() -> None:
+    behind = Behind(LinkedCancel(threading.Event()))
+    release, encoded = threading.Event(), threading.Event()
+    behind.submit(lambda: release.wait(WAIT), lane="analysis")  # a measurement still running...
+    behind.submit(encoded.set)                                 # ...while the next encode starts
+    assert encoded.wait(WAIT), "the encode waited for the measurement"
+    release.set()
+    behind.drain()
+
+
+def test_each_lane_keeps_its_order_and_work_may_hand_work_to_the_other() -> None:
+    behind = Behind(LinkedCancel(threading.Event()))
+    order: list[str] = []
+
+    def encode(name: str) -> None:
+        order.append(f"encode {name}")
+        behind.submit(lambda: order.append(f"flicker {name}"), lane="analysis")  # as a published shot does
+
+    for name in ("one", "two", "three"):
+        behind.submit(lambda name=name: encode(name))
+    behind.drain()  # waits for the work the encodes submitted too
+    assert [o for o in order if o.startswith("encode")] == ["encode one", "encode two", "encode three"]
+    assert [o for o in order if o.startswith("flicker")] == ["flicker one", "flicker two", "flicker three"]
+    assert all(order.index(f"encode {n}") < order.index(f"flicker {n}") for n in ("one", "two", "three"))
+
+
+@pytest.mark.parametrize("lane", ["encode", "analysis"])
+def test_a_failure_on_either_lane_reaches_the_caller(lane: str) -> None:
+    behind = Behind(LinkedCancel(threading.Event()))
+
+    def fail() -> None:
+        raise OSError(f"{lane} failed")
+
+    behind.submit(fail, lane=lane)
+    with pytest.raises(OSError, match=f"{lane} failed"):
+        behind.drain()
+
+
+def test_abandoning_cancels_both_lanes_and_waits_for_them() -> None:
+    cancel = LinkedCancel(threading.Event())
+    behind = Behind(cancel)
+    started = threading.Event()
+    stopped: list[str] = []
+
+    def running(lane: str) -> None:
+        started.set()
+        cancel.wait(WAIT)  # what a cancelled stage does: it sees the cancel and stops
+        stopped.append(lane)
+
+    behind.submit(lambda: running("encode"))
+    assert started.wait(WAIT)
+    behind.submit(lambda: running("analysis"), lane="analysis")
+    behind.abandon()
+    assert cancel.is_set() and set(stopped) <= {"encode", "analysis"} and "encode" in stopped
