@@ -236,7 +236,9 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
 
 
 def resident_steps(preset: Any, draft: tuple[int, int], refine: tuple[int, int], frames: int) -> dict[str, Any]:
-    """bf16 transformer resident on the GPU: one step at each shape (median of 3 after a warm-up)."""
+    """bf16 transformer resident on the GPU: one step at each shape (median of 3 after a warm-up),
+    with the inputs a render's step has: the preset's text length (LTX-2 pads prompts to
+    ``max_sequence_length``), the text masks and the anchored first frame's own timestep."""
     import torch
     from ltx2_inputs import ltx2_step_inputs
 
@@ -246,9 +248,12 @@ def resident_steps(preset: Any, draft: tuple[int, int], refine: tuple[int, int],
     t0 = time.perf_counter()
     model = ltx2_random.transformer(torch.bfloat16, quant=None).to("cuda")
     build_s = time.perf_counter() - t0
-    out: dict[str, Any] = {"build_s": round(build_s, 1)}
+    text = int(preset.extra.get("max_sequence_length", 1024))
+    out: dict[str, Any] = {"build_s": round(build_s, 1),
+                           "inputs": {"text_tokens": text, "as_rendered": True}}  # before 2026-12-05: 128, bare
     for name, size in (("draft", draft), ("refine", refine)):
-        inputs = ltx2_step_inputs(model.config, size, frames, audio_tokens=audio_tokens(frames, 24), device="cuda")
+        inputs = ltx2_step_inputs(model.config, size, frames, audio_tokens=audio_tokens(frames, 24), device="cuda",
+                                  text_tokens=text, as_rendered=True)
         times = []
         with torch.no_grad():
             for i in range(4):
