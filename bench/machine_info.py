@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
 import subprocess
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -27,3 +29,12 @@ def machine(packages: Sequence[str]) -> dict[str, Any]:
         except PackageNotFoundError:
             info[pkg] = None
     return info
+
+
+def print_report(report: dict[str, Any], out: Path | None) -> int:
+    """Print a bench's JSON report, and write it to ``out`` when given; the exit status 0."""
+    doc = json.dumps(report, indent=1)
+    print(doc)
+    if out:
+        out.write_text(doc + "\n")
+    return 0

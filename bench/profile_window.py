@@ -19,6 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from machine_info import print_report
+
 
 def _frame(event: dict[str, Any]) -> str:
     args = event.get("args", {})
@@ -98,11 +100,7 @@ def main() -> int:
               "threads": [{"tid": tid, "root": t["root"], "sampled_s": round(t["sampled_s"], 2),
                            "inclusive": _top(t["inclusive"], args.top), "self": _top(t["self"], args.top)}
                           for tid, t in sorted(threads.items(), key=lambda kv: -kv[1]["sampled_s"])]}
-    doc = json.dumps(report, indent=1)
-    print(doc)
-    if args.out:
-        args.out.write_text(doc + "\n")
-    return 0
+    return print_report(report, args.out)
 
 
 if __name__ == "__main__":

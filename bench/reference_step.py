@@ -9,7 +9,6 @@ rendered step at the draft and refine shapes.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ltx2_inputs import ltx2_step_inputs  # noqa: E402
+from machine_info import print_report  # noqa: E402
 
 from pipeline.memory.planner import audio_tokens  # noqa: E402
 from pipeline.models import ltx2_random  # noqa: E402
@@ -69,11 +69,7 @@ def main() -> int:
                                                    **common), device, args.runs)
         out["steps"][name] = {"size": list(size), "bare_128_s": bare, "as_rendered_s": rendered,
                               "as_rendered_over_bare": round(statistics.median(rendered) / statistics.median(bare), 3)}
-    doc = json.dumps(out, indent=1)
-    print(doc)
-    if args.out:
-        args.out.write_text(doc + "\n")
-    return 0
+    return print_report(out, args.out)
 
 
 if __name__ == "__main__":

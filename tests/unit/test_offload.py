@@ -24,12 +24,17 @@ def fresh() -> LTX2VideoTransformer3DModel:
     return LTX2VideoTransformer3DModel(**CONFIG).eval()
 
 
-def run(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+def run(model: torch.nn.Module, seed: int = 1, device: str = "cpu") -> torch.Tensor:
+    """One step's video and audio outputs, flattened, on the host."""
     inputs = ltx2_step_inputs(model.config, (128, 64), 9, audio_tokens=8, text_tokens=8,
-                              dtype=torch.float32, seed=seed)
+                              dtype=torch.float32, seed=seed, device=device)
     with torch.no_grad():
         video, audio = model(**inputs)
-    return torch.cat([video.flatten(), audio.flatten()])
+    return torch.cat([video.flatten(), audio.flatten()]).cpu()
+
+
+def run_gpu(model: torch.nn.Module) -> torch.Tensor:
+    return run(model, device="cuda")
 
 
 @pytest.fixture(scope="module")
@@ -302,15 +307,8 @@ def test_block_dequant_on_cuda_matches_the_per_layer_path(gguf_reference: torch.
     block = apply_plan(_gguf_model(), cuda_plan(dequant="block"))
     assert all(r.kernel for b in block._sulphur_streamer.blocks for r in b.runs)
 
-    def run_cuda(m: torch.nn.Module) -> torch.Tensor:
-        inputs = ltx2_step_inputs(m.config, (128, 64), 9, audio_tokens=8, text_tokens=8,
-                                  dtype=torch.float32, seed=1, device="cuda")
-        with torch.no_grad():
-            v, a = m(**inputs)
-        return torch.cat([v.flatten(), a.flatten()]).cpu()
-
-    ref = run_cuda(layer)
-    assert torch.equal(run_cuda(block), ref) and torch.equal(run_cuda(block), ref)
+    ref = run_gpu(layer)
+    assert torch.equal(run_gpu(block), ref) and torch.equal(run_gpu(block), ref)
     assert torch.allclose(ref, gguf_reference, rtol=1e-2, atol=1e-3)
 
 
@@ -337,17 +335,10 @@ def test_dequant_at_load_on_cuda_matches_the_per_layer_kernel() -> None:
     def resident(**o: object) -> StagePlan:
         return StagePlan(name="r", device="cuda", offload="resident", dtype="float32", options=dict(o))
 
-    def run_cuda(m: torch.nn.Module) -> torch.Tensor:
-        inputs = ltx2_step_inputs(m.config, (128, 64), 9, audio_tokens=8, text_tokens=8,
-                                  dtype=torch.float32, seed=1, device="cuda")
-        with torch.no_grad():
-            v, a = m(**inputs)
-        return torch.cat([v.flatten(), a.flatten()]).cpu()
-
     layer = apply_plan(_gguf_model(), resident())
     loaded = apply_plan(_gguf_model(), resident(dequant="load"))
     assert all(m.weight.is_cuda for m in loaded.modules() if type(m) is torch.nn.Linear)
-    assert torch.equal(run_cuda(loaded), run_cuda(layer))
+    assert torch.equal(run_gpu(loaded), run_gpu(layer))
 
 
 def test_block_dequant_falls_back_to_diffusers_for_types_without_a_kernel(
