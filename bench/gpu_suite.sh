@@ -12,6 +12,7 @@
 #                              # published formats (GGUF + diffusers folder + upsampler + LoRA + x2plus), then one
 #                              # 121-frame ltx23-distilled segment from those files under 8 GiB / 32 GiB, and
 #                              # `sulphur models verify` on them (issue 17; issue 20's cold start)
+#   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
 #                              # samples and OOM fallback in a real worker, ESRGAN on CUDA)
 #   bench/gpu_suite.sh recheck # two GPUs, ~7 min: the segment bench on GPU 0, then Ray on GPUs 0,1 against
@@ -64,6 +65,10 @@ fit)
     [ -n "${SKIP_ESRGAN:-}" ] || CUDA_VISIBLE_DEVICES=0 timeout 420 python bench/esrgan.py --budget-s 345 >"$OUT/esrgan.json" \
         2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     wait
+    ;;
+reference)
+    timeout 300 python bench/reference_step.py --out "$OUT/reference_step.json" >/dev/null 2>"$OUT/reference.log" \
+        || echo "reference failed: $?"
     ;;
 tests)
     python -m pytest -q -p no:cacheprovider -rs tests/functional/test_worker_gpu.py \
