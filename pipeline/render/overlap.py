@@ -71,20 +71,18 @@ class Behind:
     def check(self) -> None:
         """Raise the error of the first finished work that failed."""
         for f in self._submitted():
-            exc = f.exception() if f.done() else None
+            exc = f.exception() if f.done() and not f.cancelled() else None
             if exc is not None:
                 raise exc
 
     def drain(self) -> None:
         """Wait for every submitted work, in order of submission (work submitted while waiting
-        included); raise the first failure."""
-        try:
-            done = 0
-            while done < len(futures := self._submitted()):
-                futures[done].result()
-                done += 1
-        finally:
-            self._shutdown()
+        included); raise the first failure at once, leaving the rest to :meth:`abandon`."""
+        done = 0
+        while done < len(futures := self._submitted()):
+            futures[done].result()
+            done += 1
+        self._shutdown()
 
     def abandon(self) -> None:
         """The caller's thread is failing: cancel what runs behind, wait for it to stop (a stage
@@ -95,5 +93,7 @@ class Behind:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # In LANES order: the encode lane's last work may still hand a measurement to the
+        # analysis lane, which must be open to take it.
         for pool in self._pools.values():
             pool.shutdown(wait=True)

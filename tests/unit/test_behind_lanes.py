@@ -50,6 +50,27 @@ def test_a_failure_on_either_lane_reaches_the_caller(lane: str) -> None:
     behind.submit(fail, lane=lane)
     with pytest.raises(OSError, match=f"{lane} failed"):
         behind.drain()
+    behind.abandon()  # as the runner does when draining fails
+
+
+def test_a_failure_does_not_wait_for_the_work_queued_behind_it() -> None:
+    """The film is not coming: the first failure is raised at once, and what is still queued
+    is cancelled by :meth:`Behind.abandon`, not run to its end first."""
+    behind = Behind(LinkedCancel(threading.Event()))
+    ran: list[str] = []
+    go = threading.Event()
+
+    def fail() -> None:
+        go.wait(WAIT)
+        raise OSError("encode failed")
+
+    behind.submit(fail)
+    behind.submit(lambda: behind.cancel.wait(WAIT) or ran.append("next encode"))
+    go.set()
+    with pytest.raises(OSError, match="encode failed"):
+        behind.drain()
+    behind.abandon()
+    assert ran == []
 
 
 def test_abandoning_cancels_both_lanes_and_waits_for_them() -> None:

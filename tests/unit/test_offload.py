@@ -328,6 +328,32 @@ def test_a_resident_plan_with_room_dequantizes_the_gguf_once_with_the_same_resul
     assert torch.equal(run(model), gguf_reference)
 
 
+def test_dequant_at_load_frees_each_quantized_weight_as_it_goes() -> None:
+    """Each layer's quantized weight is released as soon as its bf16 one exists, without
+    waiting for a garbage collection, even where the Triton patch made the layer refer to itself
+    (a bound ``forward``): otherwise the GPU holds both models at load, beyond the plan's estimate."""
+    import gc
+    import types
+    import weakref
+
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from pipeline.memory.offload import dequantize_gguf_linears
+
+    model = _gguf_model()
+    layers = [m for m in model.modules() if isinstance(m, GGUFLinear)]
+    for m in layers:  # what patch_gguf_linears does on CUDA: a bound method in the instance dict
+        m.forward = types.MethodType(type(m).forward, m)
+    weights = [weakref.ref(m.weight) for m in layers]
+    del layers, m
+    gc.disable()
+    try:
+        assert dequantize_gguf_linears(model) == len(weights)
+        assert not any(w() is not None for w in weights)
+    finally:
+        gc.enable()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_dequant_at_load_on_cuda_matches_the_per_layer_kernel() -> None:

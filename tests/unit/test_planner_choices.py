@@ -207,6 +207,24 @@ def test_a_card_with_room_dequantizes_a_resident_gguf_once_a_smaller_one_keeps_i
     assert not any(p.options.get("dequant") == "load" for p in ladder("refine", HUGE, BF16))
 
 
+def test_bf16_at_load_never_costs_the_draft_its_text_encoder_or_the_stages_their_shared_model() -> None:
+    """Across cards from 30 to 90 GiB: where the draft dequantizes, its text encoder is resident
+    and its VAE untiled (bf16 is not bought with a slower prompt or decode), and draft and refine
+    agree, so the held transformer is not reloaded at every switch between them (both were seen
+    at 46 GiB when bf16 plans were offered wherever they fit)."""
+    seen = set()
+    for gib in range(30, 91, 2):
+        b = Budgets(vram=gib * GiB, host=HUGE.host)
+        draft, refine = ladder("draft", b)[0], ladder("refine", b)[0]
+        dequantized = draft.options.get("dequant") == "load"
+        assert dequantized == (refine.options.get("dequant") == "load"), gib
+        if dequantized:
+            assert draft.options["text_encoder"] == "resident" and not draft.vae_tiling, (gib, draft.name)
+            assert not refine.vae_tiling, (gib, refine.name)
+        seen.add(dequantized)
+    assert seen == {True, False}  # the sweep crosses the line
+
+
 def test_a_streamed_draft_counts_the_upsampler_it_holds_in_host_ram() -> None:
     """Between refines the upsampler stays loaded (offloaded to the host under a streamed plan),
     so a capped draft's host estimate and what it holds include it; its GPU share does not."""
