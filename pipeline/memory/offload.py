@@ -36,12 +36,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.group_offloading import ModuleGroup
-from diffusers.quantizers.gguf.utils import (
-    GGML_QUANT_SIZES,
-    GGUFLinear,
-    dequantize_functions,
-    dequantize_gguf_tensor,
-)
+from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
 
 from pipeline.memory.plan import StagePlan, allocator_cap
 
@@ -321,7 +316,7 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
     device = torch.device(plan.device)
     compute = getattr(torch, plan.dtype)
     fp8 = big and o.get("weights") == "fp8"
-    if big and device.type == "cuda" and o.get("gguf_kernels", True) and o.get("dequant") != "load":
+    if big and device.type == "cuda" and o.get("gguf_kernels", True):
         # GGUF layers dequantize in one Triton pass instead of diffusers' torch ops (7-18× faster)
         from pipeline.memory.kernels.gguf_dequant import patch_gguf_linears
 
@@ -336,8 +331,6 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
 
             apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
         if plan.offload == "resident" or (plan.device == "cpu" and plan.offload in ("model", "sequential")):
-            if big and plan.offload == "resident" and o.get("dequant") == "load":
-                dequantize_gguf_linears(module, device)  # before the move: never both copies on the GPU
             module.to(device)
         elif plan.offload in ("group_block", "group_leaf"):
             from diffusers.hooks import apply_group_offloading
@@ -364,46 +357,6 @@ def _place(module: torch.nn.Module, plan: StagePlan, *, big: bool) -> torch.nn.M
             cpu_offload_with_hook(module, execution_device=device)
     setattr(module, _TAG, plan.name)
     return module
-
-
-def dequantize_gguf_linears(module: torch.nn.Module, device: torch.device | None = None) -> int:
-    """Swap every GGUF linear under ``module`` for a plain ``nn.Linear`` holding its weight
-    dequantized to the layer's compute dtype, on ``device`` (default: where the weight is);
-    returns how many. A resident plan with room for the full weights (``options["dequant"] =
-    "load"``) then steps without dequantizing anything. Written here because diffusers'
-    ``ModelMixin.dequantize`` needs a model loaded through its quantizer and dequantizes with
-    torch ops; this takes any ``GGUFLinear`` (inside a LoRA wrapper too) and uses the Triton
-    kernel on CUDA. The results are the same: both paths dequantize to the compute dtype and
-    call ``F.linear``.
-
-    One layer at a time, its quantized bytes copied to ``device`` only for the conversion and
-    the old layer emptied at once, so the peak is the bf16 weights and one layer, not both
-    models (the planner counts only the bf16 weights)."""
-    swaps = [(parent, name) for parent in module.modules() for name, child in parent.named_children()
-             if isinstance(child, GGUFLinear)]
-    for parent, name in swaps:
-        old = getattr(parent, name)
-        w = old.weight if device is None else old.weight.to(device)
-        qt = getattr(w, "quant_type", None)
-        if w.is_cuda and _kernel_supports(qt):
-            from pipeline.memory.kernels.gguf_dequant import dequantize  # Triton: CUDA machines only
-
-            weight = dequantize(w.as_tensor() if hasattr(w, "as_tensor") else w, qt,
-                                (old.out_features, old.in_features), old.compute_dtype)
-        else:
-            weight = dequantize_gguf_tensor(w).to(old.compute_dtype)
-        plain = torch.nn.Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
-        plain.weight = torch.nn.Parameter(weight.reshape(old.out_features, old.in_features), requires_grad=False)
-        if old.bias is not None:
-            plain.bias = torch.nn.Parameter(old.bias.detach().to(device=weight.device, dtype=old.compute_dtype),
-                                            requires_grad=False)
-        setattr(parent, name, plain)
-        # A kernel-patched forward is a bound method: the layer refers to itself, and only a full
-        # collection would free its weight. Empty it now.
-        old.__dict__.pop("forward", None)
-        old._parameters.clear()
-        del old, w
-    return len(swaps)
 
 
 # --------------------------------------------------------------------------- Sulphur's block streamer

@@ -91,8 +91,7 @@ class StagePlan:
         if self.offload != "resident":
             parts.append(self.offload + ("+stream" if o.get("use_stream") else ""))
         if o.get("weights"):  # and where the format was learnt: the file's header, or the preset
-            parts.append(f"weights {o['weights']}" + (f" ({o['weights_source']})" if o.get("weights_source") else "")
-                         + (" → bf16 at load" if o.get("dequant") == "load" else ""))
+            parts.append(f"weights {o['weights']}" + (f" ({o['weights_source']})" if o.get("weights_source") else ""))
         if o.get("text_encoder"):
             parts.append(f"text encoder {o['text_encoder']}" + (" (transformer evicted)" if o.get("evict") else ""))
         if self.vae_tiling:

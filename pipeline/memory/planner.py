@@ -555,63 +555,17 @@ def _streamer_estimate(t: Component, act: int, decode_phase: int, b: Budgets) ->
     return _Est(base + k * blk, w, w, held_vram=held + k * blk, held_host=w), k
 
 
-#: a resident transformer's GGUF weights dequantized to bf16 at load (a weights choice of the planner's)
-_DEQUANTIZED = "dequantized"
-
-
-def _stage_shape(stage: str, job: _Job, comps: dict[str, Component]
-                 ) -> tuple[tuple[int, int], int, list[Component], int]:
-    """A denoising stage's frame size, activation bytes, the models beside the transformer (audio
-    VAE and vocoder for a draft with sound, the upsampler for a refine) and their bytes with the VAE."""
-    size = job.draft_size if stage == "draft" else job.refine_size
-    act = _transformer_act(job, size, with_audio=job.audio and stage == "draft")
-    side = [comps["audio"]] if job.audio and stage == "draft" else []
-    if stage == "refine":
-        side.append(comps["upsampler"])
-    return size, act, side, comps["vae"].nbytes + sum(c.nbytes for c in side)
-
-
-def _resident_vram(t: Component, est: _Est, side_bytes: int, dec: int) -> tuple[int, int]:
-    """Peak and held VRAM of a resident transformer: everything stays on the GPU, the decode
-    beside the weights."""
-    return max(est.vram + side_bytes, t.nbytes + side_bytes + dec), t.nbytes + side_bytes
-
-
-def _bf16_has_room(job: _Job, comps: dict[str, Component], b: Budgets) -> bool:
-    """Whether a GGUF transformer may be dequantized to bf16 at load: only where that costs
-    nothing else. Both stages' untiled resident bf16 plans fit, the draft's with the text
-    encoder resident beside what it holds. One answer for draft and refine: plans that differ
-    in it reload the transformer at every switch between them."""
-    t = comps["transformer"].as_format("bfloat16")
-    text = dict(_text_estimates(comps))["resident"]
-    for stage in ("draft", "refine"):
-        size, act, _, side_bytes = _stage_shape(stage, job, comps)
-        vram, held = _resident_vram(t, _weights_mode(t, "resident", act, stream=False, low_cpu=False),
-                                    side_bytes, _vae_decode(size, job.frames, 0))
-        if vram > b.vram or (stage == "draft" and text.vram + held > b.vram):
-            return False
-    return True
-
-
-def _weights_estimate(tr: Component, wfmt: str, mode: str, act: int, *, stream: bool, low_cpu: bool,
-                      mmap: bool) -> tuple[Component, _Est]:
-    """The transformer as a plan holds it, and its estimate. ``_DEQUANTIZED``: the GGUF's
-    pages go to the GPU quantized and are dequantized there layer by layer, so host RAM is as
-    for the GGUF and VRAM as for bf16."""
-    if wfmt != _DEQUANTIZED:
-        t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
-        return t, _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
-    t = tr.as_format("bfloat16")
-    full = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu)
-    return t, _Est(full.vram, _weights_mode(tr, mode, act, stream=stream, low_cpu=low_cpu).host,
-                   held_vram=full.held_vram)
-
-
 def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], device: str,
                        b: Budgets) -> list[StagePlan]:
     """Candidate plans for draft/refine, fastest first, with estimates; not yet filtered."""
-    tr, vae = comps["transformer"], comps["vae"]
-    size, act, side, side_bytes = _stage_shape(stage, job, comps)
+    tr = comps["transformer"]
+    size = job.draft_size if stage == "draft" else job.refine_size
+    act = _transformer_act(job, size, with_audio=job.audio and stage == "draft")
+    vae = comps["vae"]
+    side = [comps["audio"]] if job.audio and stage == "draft" else []
+    if stage == "refine":
+        side.append(comps["upsampler"])
+    side_bytes = vae.nbytes + sum(c.nbytes for c in side)
     # The upsampler stays loaded from one refine to the next (reloading and re-pinning it took
     # ~2 s of each capped segment, bench/results/chain_h200_2026-12-04_run5.json), so a draft
     # holds it too. It is counted in host RAM, where any but a resident refine leaves it (a Ray
@@ -626,18 +580,15 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
             continue  # Sulphur's streamer moves repeated blocks; a model without them cannot use it
         mode = "group_block" if rung == "stream" else rung
         order = weights_options[::-1] if rung == "stream" and job.stream_fp8 else weights_options
-        if rung == "resident" and is_quantized(tr.fmt) and device != "cpu" and _bf16_has_room(job, comps, b):
-            # bf16 at load: steps at the unquantized speed (offload.dequantize_gguf_linears)
-            order = [_DEQUANTIZED, *order]
         for wfmt in order:
             if mmap and not is_quantized(wfmt):
                 continue
-            t, est = _weights_estimate(tr, wfmt, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
+            t = tr if wfmt == tr.fmt else tr.as_format(wfmt)
+            est = _weights_mode(t, mode, act, stream=stream, low_cpu=low_cpu, mmap=mmap)
             # The streamer's "lean" twin keeps no block on the GPU: the first rung to fall
             # back to, since a held model is re-streamed in place rather than reloaded.
             leans = (False, True) if rung == "stream" else (False,)
-            for tile, lean in ((tile, lean) for tile in VAE_TILES for lean in leans
-                               if not (tile and wfmt == _DEQUANTIZED)):  # its room was judged untiled
+            for tile, lean in ((tile, lean) for tile in VAE_TILES for lean in leans):
                 dec = _vae_decode(size, job.frames, tile)
                 extra: dict[str, Any] = {}
                 if rung == "stream":
@@ -654,9 +605,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                     if is_quantized(wfmt):
                         # Dequantize each streamed block once, not each layer (1.05× vs 1.14× resident, H200).
                         extra["dequant"] = "block"
-                elif mode == "resident":
-                    vram, held_vram = _resident_vram(t, est, side_bytes, dec)
-                    extra = {"dequant": "load"} if wfmt == _DEQUANTIZED else {}
+                elif mode == "resident":  # everything stays on the GPU, decode beside the weights
+                    vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
+                    held_vram = t.nbytes + side_bytes
                 else:  # other components swap in one at a time while the transformer is offloaded
                     vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)
                     held_vram = 0
@@ -667,10 +618,10 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 out.append(StagePlan(
                     name=(rung + ("-lean" if lean else "") if rung == "stream"
                           else _rung_name(mode, stream, low_cpu, mmap))
-                    + ("/fp8" if wfmt == "fp8" else "/bf16" if wfmt == _DEQUANTIZED else "")
+                    + ("/fp8" if wfmt == "fp8" else "")
                     + ({0: "", 512: "+vaetiles"}.get(tile, f"+vaetiles{tile}")),
                     device=device, offload=mode, vae_tiling=bool(tile), dtype="bfloat16", notes=tuple(notes),
-                    options={"weights": tr.fmt if wfmt == _DEQUANTIZED else wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
+                    options={"weights": wfmt, "use_stream": stream, "low_cpu_mem_usage": low_cpu, "mmap": mmap,
                              "num_blocks_per_group": 1, "vram_bytes": int(vram),
                              "host_bytes": int(est.host + side_bytes + between), "pinned_bytes": est.pinned,
                              "held_vram_bytes": held_vram, "held_host_bytes": est.held_host + side_bytes + between,
@@ -690,9 +641,7 @@ def _transformer_notes(t: Component, wfmt: str, low_cpu: bool, mmap: bool, extra
         notes.append("pins one block at a time (slower copies, half the host RAM)")
     if mmap:
         notes.append("weights paged from the memory-mapped file (disk-speed when RAM is short)")
-    if extra.get("dequant") == "load":
-        notes.append("GGUF weights dequantized to bf16 once, at load: the card has room for them")
-    elif extra:
+    if extra:
         notes.append(f"streams {t.blocks - extra['resident_blocks']} of {t.blocks} blocks through "
                      f"two GPU slots; weights pinned in place (one host copy)")
     return notes

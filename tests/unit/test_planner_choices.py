@@ -172,57 +172,16 @@ def test_a_card_that_holds_everything_runs_resident_with_no_tiles_and_the_encode
 
 def test_a_resident_transformer_holds_its_side_models_between_segments() -> None:
     comps = component_sizes(GGUF)
-    for plans in (ladder("draft", HUGE), ladder("refine", HUGE)):
-        dequantized = plans[0]  # a card with room: the GGUF is dequantized at load, so it holds bf16
-        quantized = next(p for p in plans if p.offload == "resident" and "dequant" not in p.options)
-        side = comps["vae"].nbytes + (comps["audio"].nbytes if "text_encoder" in dequantized.options
-                                      else comps["upsampler"].nbytes)
-        assert dequantized.options["dequant"] == "load"
-        assert dequantized.options["held_vram_bytes"] == comps["transformer"].as_format("bfloat16").nbytes + side
-        assert quantized.options["held_vram_bytes"] == comps["transformer"].nbytes + side
+    draft = ladder("draft", HUGE)[0]
+    side = comps["vae"].nbytes + comps["audio"].nbytes
+    assert draft.options["held_vram_bytes"] == comps["transformer"].nbytes + side
+    refine = ladder("refine", HUGE)[0]
+    assert refine.options["held_vram_bytes"] == comps["transformer"].nbytes + comps["vae"].nbytes \
+        + comps["upsampler"].nbytes
     # ... while a plan that swaps components in and out holds nothing on the GPU
     swapped = [p for p in ladder("refine", Budgets.from_gb(8, 32)) if p.offload in ("group_leaf", "sequential")
                or (p.offload == "group_block" and "streamer" not in p.options)]
     assert swapped and all(p.options["held_vram_bytes"] == 0 for p in swapped)
-
-
-def test_a_card_with_room_dequantizes_a_resident_gguf_once_a_smaller_one_keeps_it_quantized() -> None:
-    """Dequantizing each layer each step made an uncapped draft step 0.305 s against 0.213 s in
-    bf16 on an H200 (bench/results/chain_h200_2026-12-05_run6.json): where the card holds the
-    transformer in bf16, the plan says so; where it holds only the GGUF, nothing changes."""
-    t = component_sizes(GGUF)["transformer"]
-    for stage in ("draft", "refine"):
-        plans = ladder(stage, HUGE)
-        first = plans[0]
-        quantized = next(p for p in plans if p.offload == "resident" and "dequant" not in p.options)
-        assert first.name.startswith("resident/bf16") and first.options["dequant"] == "load"
-        assert first.offload == "resident" and first.options["weights"] == t.fmt
-        assert "weights Q3_K_M → bf16 at load" in first.describe()
-        # the GGUF's pages go to the GPU quantized: host RAM as for the quantized plan, VRAM for bf16
-        assert first.host_bytes == quantized.host_bytes
-        assert first.vram_bytes >= quantized.vram_bytes + t.as_format("bfloat16").nbytes - t.nbytes - t.scratch_bytes
-        smallest = min(p.vram_bytes for p in plans if p.options.get("dequant") == "load")
-        kept = ladder(stage, Budgets(vram=smallest - 1, host=HUGE.host))[0]
-        assert "dequant" not in kept.options and kept.offload == "resident"
-    assert not any(p.options.get("dequant") == "load" for p in ladder("refine", HUGE, BF16))
-
-
-def test_bf16_at_load_never_costs_the_draft_its_text_encoder_or_the_stages_their_shared_model() -> None:
-    """Across cards from 30 to 90 GiB: where the draft dequantizes, its text encoder is resident
-    and its VAE untiled (bf16 is not bought with a slower prompt or decode), and draft and refine
-    agree, so the held transformer is not reloaded at every switch between them (both were seen
-    at 46 GiB when bf16 plans were offered wherever they fit)."""
-    seen = set()
-    for gib in range(30, 91, 2):
-        b = Budgets(vram=gib * GiB, host=HUGE.host)
-        draft, refine = ladder("draft", b)[0], ladder("refine", b)[0]
-        dequantized = draft.options.get("dequant") == "load"
-        assert dequantized == (refine.options.get("dequant") == "load"), gib
-        if dequantized:
-            assert draft.options["text_encoder"] == "resident" and not draft.vae_tiling, (gib, draft.name)
-            assert not refine.vae_tiling, (gib, refine.name)
-        seen.add(dequantized)
-    assert seen == {True, False}  # the sweep crosses the line
 
 
 def test_a_streamed_draft_counts_the_upsampler_it_holds_in_host_ram() -> None:
@@ -984,10 +943,9 @@ def test_option_values_are_ones_the_stages_know() -> None:
     for p in plans:
         o = p.options
         assert o["weights"] in ("fp8", "bfloat16", "Q3_K_M") and o["component"] == "transformer"
-        assert o.get("dequant", "block") in ("layer", "block", "load") and o.get("streamer", "sulphur") == "sulphur"
-        assert o.get("dequant") != "load" or (p.offload == "resident" and "streamer" not in o)
+        assert o.get("dequant", "block") in ("layer", "block") and o.get("streamer", "sulphur") == "sulphur"
         assert p.offload in ("resident", "model", "group_block", "group_leaf", "sequential")
-    assert '"sulphur"' in readers and "\"block\"" in readers and '"load"' in readers
+    assert '"sulphur"' in readers and "\"block\"" in readers
     drafts = candidates("draft", GGUF, Budgets.from_gb(8, 64))
     assert {p.options["text_encoder"] for p in drafts} <= {"resident", "group", "disk", "cpu"}
     for mode in ("group", "disk", "cpu"):
