@@ -60,11 +60,12 @@ def main() -> int:
     text = int(preset.extra.get("max_sequence_length", 1024))
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = ltx2_random.transformer(dtype, quant=None).to(device).eval()
-    out: dict[str, Any] = {"bench": "reference_step", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                           "preset": preset.name, "frames": frames, "text_tokens": text, "steps": {}}
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    out: dict[str, Any] = {"bench": "reference_step", "device": gpu, "preset": preset.name, "frames": frames, "text_tokens": text, "steps": {}}
     for name, size in shapes.items():
         common = {"audio_tokens": audio_tokens(frames, 24), "device": device, "dtype": dtype}
-        bare = _step_s(model, ltx2_step_inputs(model.config, size, frames, text_tokens=128, **common), device, args.runs)
+        bare = _step_s(model, ltx2_step_inputs(model.config, size, frames, text_tokens=128, **common),
+                       device, args.runs)
         rendered = _step_s(model, ltx2_step_inputs(model.config, size, frames, text_tokens=text, as_rendered=True,
                                                    **common), device, args.runs)
         out["steps"][name] = {"size": list(size), "bare_128_s": bare, "as_rendered_s": rendered,

@@ -4,8 +4,9 @@ A chained storyboard is a chain only through the draft (draft k → its last fra
 k+1). The encode (libx264 in a child process, see :mod:`pipeline.stages.encode`) and the
 publishing of a segment need no GPU, so the local runner hands them to :class:`Behind`, one
 at a time and in storyboard order, and goes on with the next segment's draft, refine and
-upscale; the measurements of each segment run on a second thread beside the encodes. The cache contract is unchanged (an entry is complete when its files are); the film
-is assembled only after :meth:`Behind.drain` has seen every encode through.
+upscale; each segment's measurements run on a second thread beside the encodes. The cache
+contract is unchanged (an entry is complete when its files are); the film is assembled only
+after :meth:`Behind.drain` has seen every encode through.
 """
 
 from __future__ import annotations
