@@ -65,6 +65,19 @@ def screen_text(app) -> str:  # noqa: ANN001
     return "\n".join("".join(seg.text for seg in strip) for strip in strips)
 
 
+async def footer_text(pilot, pauses: int = 100) -> str:  # noqa: ANN001
+    """The footer row once it is drawn. Textual fills the footer after the screen's bindings
+    settle, a frame or more after the first paint: on a loaded CI box one pause was not enough
+    (an all-blank row). Waits a bounded time, then returns what shows, so a missing key fails."""
+    row = screen_text(pilot.app).splitlines()[-1]
+    for _ in range(pauses):
+        if row.strip():
+            break
+        await pilot.pause(0.02)
+        row = screen_text(pilot.app).splitlines()[-1]
+    return row
+
+
 def with_budget(story: Path, gb: int = 8) -> Path:
     """The storyboard with ``vram_budget_gb`` set (the example leaves it commented out)."""
     story.write_text(story.read_text().replace("# vram_budget_gb = 8 ", f"vram_budget_gb = {gb}   "))

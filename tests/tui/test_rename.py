@@ -141,12 +141,12 @@ async def test_footer_help_and_palette_name_the_new_keys(story: Path) -> None:
     F1 lists them; the palette finds "Rename shot…" and it opens the dialog."""
     from textual.widgets import Markdown
 
-    from .conftest import screen_text
+    from .conftest import footer_text
 
     app = create_app(story, connect_worker=False, image="none")
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        footer = screen_text(app).splitlines()[-1]
+        footer = await footer_text(pilot)
         for words in ("t Takes", "n Rename", "f5 Render", "f8 Cancel", "f1 Help", "^p palette"):
             assert words in footer, footer
         await pilot.press("f1")

@@ -27,7 +27,16 @@ from sulphur_tui.sources import read_events
 from sulphur_tui.widgets.flicker import FlickerRow
 from sulphur_tui.widgets.segments import status_of
 
-from .conftest import FIXED_NOW, GPU_RECORDING, RECORDING, fake_render, screen_text, show_h200, with_budget
+from .conftest import (
+    FIXED_NOW,
+    GPU_RECORDING,
+    RECORDING,
+    fake_render,
+    footer_text,
+    screen_text,
+    show_h200,
+    with_budget,
+)
 
 pytestmark = pytest.mark.asyncio
 STAGES = ("enhance", "draft", "refine", "upscale", "encode")
@@ -122,7 +131,7 @@ async def test_render_keys_work_inside_the_prompt(story: Path) -> None:
         actions = {key: app.screen.active_bindings[key].binding.action for key in ("f5", "f6", "f7", "f8")}
         assert actions == {"f5": "render_all", "f6": "render_segment", "f7": "render_from",
                            "f8": "cancel_render"}, actions
-        footer = screen_text(app).splitlines()[-1]
+        footer = await footer_text(pilot)
         for words in ("Render", "Render shot", "Render from", "Cancel"):
             assert words in footer, footer
         await pilot.press("f8")  # no worker runs: cancelling says so
@@ -221,7 +230,7 @@ async def test_layout_at_80x24(story: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         show_h200(app)
         await pilot.pause()
-        footer = screen_text(app).splitlines()[-1]
+        footer = await footer_text(pilot)
         for key in ("f5", "f6", "f7", "f8", "f1"):
             assert key in footer, footer
         await pilot.press("f9")  # the render view
