@@ -300,6 +300,18 @@ class _Locator:
         return keys.get(key, header_pos) if key else header_pos
 
 
+def error_at(path: Path, message: str, table: str, index: int | None, key: str) -> StoryboardError:
+    """A refusal found after parsing (a preset that cannot honour a key, say), placed at ``key``
+    of ``[table]`` (``index`` None) or of the index-th ``[[table]]``. The file is read again for
+    the position only; if it no longer reads as text, the error names the file alone."""
+    try:
+        loc = _Locator(read_regular(path).decode("utf-8"))  # a FIFO swapped in is refused, not read
+    except (OSError, UnicodeDecodeError):
+        loc = _Locator("")
+    label = f"{table}.{key}" if index is None else f"{table}[{index}].{key}"
+    return StoryboardError(path, message, *loc.find(table, index, key), label)
+
+
 def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: str, value: Any,
                 spec: dict[str, tuple[tuple[type, ...], str]]) -> None:
     where = f"segment[{index}].{key}" if index is not None else f"{table}.{key}"

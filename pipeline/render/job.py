@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from pipeline.models.registry import Preset, get_preset
-from pipeline.project.files import read_regular
 from pipeline.project.keyframes import unsupported
 from pipeline.project.selection import select_segments
-from pipeline.project.storyboard import Project, Storyboard, StoryboardError, _Locator
+from pipeline.project.storyboard import Project, Storyboard, error_at
 from pipeline.render.errors import RenderError
 from pipeline.render.lora_audio import refuse_unsupported
 from pipeline.stages.base import SegmentJob
@@ -139,12 +138,5 @@ def _resolve_preset(sb: Storyboard, name: str, index: int | None = None, *, flag
 
 
 def _located(sb: Storyboard, message: str, table: str, index: int | None, key: str) -> str:
-    """``message`` in the storyboard's one-line form, ``file:line:col: table[index].key: message``,
-    at ``key`` of ``[table]`` (``index`` None) or of the index-th ``[[table]]``. The file is read
-    again for the position only; if it no longer reads, the message names the file alone."""
-    try:
-        loc = _Locator(read_regular(sb.path).decode("utf-8"))  # a FIFO swapped in is refused, not read
-    except (OSError, UnicodeDecodeError):
-        loc = _Locator("")
-    label = f"{table}.{key}" if index is None else f"{table}[{index}].{key}"
-    return str(StoryboardError(sb.path, message, *loc.find(table, index, key), label))
+    """``message`` in the storyboard's one-line form, ``file:line:col: table[index].key: message``."""
+    return str(error_at(sb.path, message, table, index, key))
