@@ -127,15 +127,25 @@ def verify(preset: str, env: dict[str, str], timeout: float) -> dict[str, Any]:
 
 
 def cold_start(report: dict[str, Any]) -> dict[str, Any]:
-    """Issue 20 goal 3's figures: time to the first draft step against the bytes the draft reads
-    (everything but the upsampler and x2plus) at the measured cold read bandwidth."""
+    """Issue 20 goal 3's figures: time to the first draft step against 1.5 × (the bytes the draft
+    reads, everything but the upsampler and x2plus, ÷ the measured cold read bandwidth) + the
+    text-encoder pass (its "text encoder: … in S s" line), as bench/chain.py judges it."""
     parts = report["write"]["parts"]
     draft_bytes = sum(parts[k]["bytes"] for k in ("transformer_gguf", "lora", "text_encoder", "diffusers_parts"))
-    draft = next((s for s in report["render"].get("stages", []) if s.get("stage") == "draft"), {})
+    render = report["render"]
+    draft = next((s for s in render.get("stages", []) if s.get("stage") == "draft"), {})
     bw = report.get("disk_read_gb_per_s") or 0
-    return {"to_first_draft_step_s": draft.get("to_first_step_s"), "draft_bytes": draft_bytes,
-            "io_bound_s": round(draft_bytes / 1e9 / bw, 1) if bw else None,
-            "note": "to_first_draft_step_s includes the text-encoder pass and the first step"}
+    passes = [m for _, m in render.get("log", []) if m.startswith("text encoder: ")]
+    text_s = float(passes[0].split(" in ")[-1].split()[0]) if passes else 0.0
+    io_s = draft_bytes / 1e9 / bw if bw else None
+    bound = round(1.5 * io_s + text_s, 1) if io_s is not None else None
+    first = draft.get("to_first_step_s")
+    return {"to_first_draft_step_s": first, "draft_bytes": draft_bytes, "io_s": io_s and round(io_s, 1),
+            "text_encoder_pass_s": text_s, "cold_io_bound_s": bound,
+            "to_job_started_s": render.get("to_job_started_s"),
+            "goal_met": bool(first is not None and bound is not None and first <= bound),
+            "note": "to_first_draft_step_s counts from the draft's start; the process's start-up before the "
+                    "job (imports, CUDA, the plan) is to_job_started_s"}
 
 
 def caps_from(args: argparse.Namespace) -> stack.Caps:

@@ -197,6 +197,7 @@ def phases(events: list[Any]) -> dict[tuple[str, str], dict[str, float]]:
 def render(folder: Path, timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pipeline.cli.main", "render", str(folder / "story.toml"), "--json"]
     t0 = time.perf_counter()
+    launched = time.time()  # epoch, as the events' ts
     with open(folder / "stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
@@ -230,6 +231,11 @@ def render(folder: Path, timeout: float) -> dict[str, Any]:
             stages.append({"stage": e.stage, "fallback": e.next_plan, "reason": e.reason[:300]})
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
     out["stages"] = stages
+    # Where a cold start's seconds go: the process's start-up (imports, CUDA, the plan) to the
+    # job's start, then every log line (loads, the text-encoder pass, phase peaks) on that clock.
+    started = [e.ts for e in events if isinstance(e, protocol.JobStarted)]
+    out["to_job_started_s"] = round(started[0] - launched, 2) if started else None
+    out["log"] = [[round(e.ts - launched, 2), e.message[:300]] for e in events if isinstance(e, protocol.Log)]
     out["render_s"] = round(finished[-1].seconds, 2) if finished else None
     out["final"] = finished[-1].path if finished else ""
     return out
