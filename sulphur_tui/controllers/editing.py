@@ -305,7 +305,7 @@ class Editing:
     def save(self) -> bool:
         app = self.app
         doc = app.doc
-        if doc is None:
+        if doc is None or not self.fields_good():
             return False
         if doc.disk_changed():
             app.disk.poll()  # ask first: never overwrite someone else's change silently
@@ -323,6 +323,15 @@ class Editing:
         app.board.refresh_document()
         app.notify(f"Saved {doc.path.name}", timeout=2)
         return True
+
+    def fields_good(self) -> bool:
+        """False (and says why) while a shot field's text is not a value: the document holds
+        the field's last good value, which the form no longer shows."""
+        problem = self.app.board.field_problem
+        if problem:
+            self.app.notify(f"{problem}. Fix the field, or undo (ctrl+z), first.", title="Not saved",
+                            severity="error", timeout=8)
+        return not problem
 
     def reload(self) -> None:
         app = self.app

@@ -139,7 +139,7 @@ class RenderControl:
     def _saved(self, what: str) -> bool:
         """Save a dirty storyboard before a job (jobs read the file); False if it cannot be."""
         app = self.app
-        if app.doc is None:
+        if app.doc is None or not app.edits.fields_good():
             return False
         if app.doc.dirty and not app.edits.save():
             app.notify(f"Save the storyboard first: {what} read the file.", severity="warning")

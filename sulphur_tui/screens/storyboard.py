@@ -232,6 +232,12 @@ class StoryboardScreen(Screen[None]):
             field.display = False
             self.query_one(SegmentList).focus()
 
+    @property
+    def field_problem(self) -> str:
+        """The shot form's bad field, if any (see :attr:`SegmentEditor.problem`)."""
+        editors = self.query(SegmentEditor)
+        return editors.first().problem if editors else ""
+
     # ------------------------------------------------------------------ the widgets' messages
     @on(SegmentList.Selected)
     def _selected(self, event: SegmentList.Selected) -> None:

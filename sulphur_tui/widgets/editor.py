@@ -133,6 +133,9 @@ class SegmentEditor(VerticalScroll):
         self.segment: Segment | None = None
         self.fps = 24  # the project's: a shot's frame count (keyframe and retake frames are checked against it)
         self.storyboard: Storyboard | None = None  # where the shot's files are looked for (its folder)
+        # field id → what is wrong with its text; the document keeps the field's last good value,
+        # so saving now would write a value the user no longer sees (see :attr:`problem`)
+        self._bad: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         yield Label("", id="seg-title")
@@ -232,7 +235,14 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#audio", format_audio(seg.audio) or None)
             for inp in self.query(Input):
                 inp.remove_class("-bad")
+            self._bad.clear()
             self._error("")
+
+    @property
+    def problem(self) -> str:
+        """What is wrong with a field whose text is not a value ("" when none is): while one
+        is, saving or rendering would use a value the form no longer shows."""
+        return next(iter(self._bad.values()), "")
 
     def _error(self, text: str) -> None:
         label = self.query_one("#field-error", Label)
@@ -313,6 +323,10 @@ class SegmentEditor(VerticalScroll):
             says = key in SAYS_WHY or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
             error = f"{key}: {exc}" if says else f"{key}: not a number"
         inp.set_class(bool(error), "-bad")
+        if error:
+            self._bad[key] = error
+        else:
+            self._bad.pop(key, None)
         self._error(error)
         if not error:
             self._apply(key, value)

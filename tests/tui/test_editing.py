@@ -161,6 +161,38 @@ async def test_seed_and_length_fields(story: Path) -> None:
         assert app.doc.storyboard.segment("dawn").frames is None
 
 
+async def test_a_field_that_is_not_a_value_stops_save_and_render(story: Path) -> None:
+    """Cleared (the default: 49 frames) then typed 0: the form shows "frames 0" and an error, the
+    document still holds the blank. ctrl+s and F5 must refuse rather than write and render 49
+    frames the user never asked for; once the field is fixed, the save goes through."""
+    original = story.read_text()
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        notes: list[str] = []
+        app.notify = lambda message, **kw: notes.append(message)  # type: ignore[method-assign]
+        app.query_one("#frames").focus()
+        await pilot.press("end", "backspace", "backspace", "0")
+        await pilot.pause()
+        assert app.query_one("#frames").value == "0"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert story.read_text() == original
+        assert any("frames" in n and "Fix the field" in n for n in notes), notes
+        refused = len(notes)
+        await pilot.press("f5")
+        await pilot.pause()
+        assert story.read_text() == original
+        assert len(notes) == refused + 1 and "Fix the field" in notes[-1], notes
+        await pilot.press("backspace", "9")
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert load(story).segment("dawn").frames == 9
+        removed, added = changed_lines(original, story.read_text())
+        assert removed.startswith("-frames = 17") and added.startswith("+frames = 9")
+        assert "# frame count" in added  # the key kept its place and its comment
+
+
 async def test_external_change_reload(story: Path) -> None:
     app = make(story, poll_disk=0.05)
     async with app.run_test(size=SIZE) as pilot:
