@@ -16,7 +16,7 @@ from pipeline.project.storyboard import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 _DIALOG_CSS = """
 {name} {{ align: center middle; }}
 {name} > Vertical {{
-    width: 72; height: auto; max-height: 90%;
+    width: 72; max-width: 100%; height: auto; max-height: 90%;
     border: thick $primary; background: $panel; padding: 1 2;
 }}
 {name} .question {{ text-style: bold; margin-bottom: 1; }}

@@ -55,7 +55,7 @@ background worker; quitting the editor does not stop them.
 class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll { width: 90; height: 90%; border: thick $primary; background: $panel; }
+    HelpScreen > VerticalScroll { width: 90; max-width: 100%; height: 90%; border: thick $primary; background: $panel; }
     """
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close help", id="help.close")]
 

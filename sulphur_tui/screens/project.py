@@ -125,6 +125,13 @@ class ProjectEdit:
     save: bool  # ctrl+s: apply and write the file, as ctrl+s does everywhere else
 
 
+class FormCheckbox(Checkbox, inherit_bindings=False):
+    """Space toggles; Enter is left to the form (apply), as the Apply button says. Textual's
+    Checkbox toggles on Enter too, which flipped a setting the user meant to apply."""
+
+    BINDINGS = [Binding("space", "toggle_button", "Toggle", show=False)]
+
+
 class ProjectScreen(ModalScreen[ProjectEdit | None]):
     """Edit ``[project]``; Enter in a field (or Apply) applies, ctrl+s applies and saves,
     Escape leaves it unchanged."""
@@ -132,18 +139,18 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
     DEFAULT_CSS = """
     ProjectScreen { align: center middle; }
     ProjectScreen > Vertical {
-        width: 80; height: 90%; border: thick $primary; background: $panel; padding: 0 1;
+        width: 80; max-width: 100%; height: 90%; border: thick $primary; background: $panel; padding: 0 1;
     }
     ProjectScreen .question { text-style: bold; margin: 1 0 0 1; }
     ProjectScreen VerticalScroll { height: 1fr; padding: 0 1; }
     ProjectScreen .section { color: $accent; text-style: bold; margin-top: 1; }
-    ProjectScreen .row { height: 1; margin-top: 1; }
+    ProjectScreen .row { height: auto; margin-top: 1; }
     ProjectScreen .row > Label { width: 20; color: $text-muted; }
     ProjectScreen .row > Input { width: 1fr; height: 1; }
     ProjectScreen .row > Select { width: 1fr; }
     ProjectScreen .row > Checkbox { width: 1fr; }
     ProjectScreen Input.-invalid { background: $error 30%; }
-    ProjectScreen .row > .field-error { width: auto; max-width: 40%; color: $error; padding-left: 1; }
+    ProjectScreen .row > .field-error { width: auto; max-width: 45%; height: auto; color: $error; padding-left: 1; }
     ProjectScreen #error { color: $error; height: auto; margin: 1 1 0 1; }
     ProjectScreen #buttons { height: auto; align-horizontal: right; margin: 1 0; }
     ProjectScreen Button { margin-left: 1; }
@@ -151,6 +158,7 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
     AUTO_FOCUS = "Input"  # the first field, not the scroll container around the form
     BINDINGS = [
         Binding("escape", "cancel", "Cancel", id="project.cancel"),
+        Binding("enter", "apply", "Apply", show=False, id="project.apply"),  # what a field's Enter does
         Binding("ctrl+s", "apply(True)", "Apply and save", id="project.save", priority=True),
     ]
 
@@ -209,11 +217,11 @@ class ProjectScreen(ModalScreen[ProjectEdit | None]):
                     if title == "Model":
                         with Horizontal(classes="row"):
                             yield Label("")
-                            yield Checkbox(FLAGS["enhance"], self.project.enhance, id="enhance", compact=True)
+                            yield FormCheckbox(FLAGS["enhance"], self.project.enhance, id="enhance", compact=True)
                     elif title == "Film":
                         with Horizontal(classes="row"):
                             yield Label("")
-                            yield Checkbox(FLAGS["audio"], self.project.audio, id="audio", compact=True)
+                            yield FormCheckbox(FLAGS["audio"], self.project.audio, id="audio", compact=True)
                     elif title == "Drift guard":
                         with Horizontal(classes="row"):
                             yield Label("Mode")

@@ -12,7 +12,7 @@ from pipeline.project.storyboard import load
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import ProjectScreen
 
-from .conftest import changed_lines
+from .conftest import changed_lines, screen_text
 
 pytestmark = pytest.mark.asyncio
 SIZE = (120, 40)
@@ -132,3 +132,36 @@ async def test_the_palette_and_help_name_the_settings(story: Path) -> None:
         await pilot.pause()
         help_text = "\n".join(str(m.source) for m in app.screen.query("Markdown"))
         assert "Project settings" in help_text and "f4" in help_text
+
+
+async def test_enter_on_a_checkbox_applies_and_flips_nothing(story: Path) -> None:
+    """Enter on "Keep the generated audio" applies the form, as the Apply button says; Textual's
+    Checkbox took Enter as a toggle and a later save wrote ``audio = false``. Space still toggles."""
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        assert isinstance(app.screen, ProjectScreen)
+        app.screen.query_one("#audio").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, ProjectScreen)
+        assert app.doc.storyboard.project.audio is True and not app.doc.dirty
+        await pilot.press("f4")
+        app.screen.query_one("#audio").focus()
+        await pilot.press("space", "enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, ProjectScreen)
+        assert app.doc.storyboard.project.audio is False and app.doc.dirty
+
+
+async def test_a_field_error_is_shown_whole(story: Path) -> None:
+    """The film size's message ends with its example; at 40% of the row it was cut mid-way."""
+    app = make(story)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        field = app.screen.query_one("#output_size", Input)
+        field.focus()
+        await pilot.press("end", "z", "z", "tab")
+        await pilot.pause()
+        text = "\n".join(" ".join(r.split()) for r in screen_text(app).splitlines())
+        assert "1920x1080" in text.split("Film size", 1)[1].split("Draft size", 1)[0].replace("1920x1080zz", ""), text

@@ -203,3 +203,22 @@ async def test_undoing_a_rename_keeps_that_shot_selected(story: Path) -> None:
         await pilot.press("ctrl+y")
         await pilot.pause()
         assert app.selected == "glow"
+
+
+async def test_help_and_the_rename_question_fit_80_columns(story: Path) -> None:
+    """At 80×24 the help's right border and the rename question's last button were cut off
+    (fixed widths of 90 and 96 columns)."""
+    from textual.widgets import Button
+
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f1")
+        await pilot.pause()
+        assert app.screen.query_one("VerticalScroll").outer_size.width <= 80
+        await pilot.press("escape", "down", "n")
+        await _type_id(pilot, app, "beam-2")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmRenameFiles)
+        for button in app.screen.query(Button):
+            assert button.region.right <= 80 and button.region.width > 0, (button.label, button.region)
