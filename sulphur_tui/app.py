@@ -180,6 +180,8 @@ class SulphurApp(App[int]):
 
     @on(WorkerConnection)
     def _worker_connection(self, message: WorkerConnection) -> None:
+        if not message.connected:
+            self.board.refresh_live(self.live.worker_lost())
         self.jobs.set_worker_detail(message.detail)
 
     @on(DocumentChanged)

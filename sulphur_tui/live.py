@@ -46,7 +46,7 @@ STAGE_WEIGHT = {"enhance": 0.05, "draft": 0.45, "refine": 0.25, "upscale": 0.15,
 @dataclass
 class StageTimer:
     stage: str
-    state: str = "pending"  # pending | running | done | cached | failed
+    state: str = "pending"  # pending | running | done | cached | failed | stopped (cancelled, worker gone)
     started: float = 0.0
     seconds: float = 0.0
     step: int = 0
@@ -410,9 +410,23 @@ class LiveState:
                 s.state = "" if state != "failed" or s.state == "queued" else "failed"
         for t in self.timers.values():
             if t.state == "running":
-                t.state = "failed" if state == "failed" else "pending"
+                # a stage cut short reads as stopped where it stood, not as one still to come
+                t.seconds = max(0.0, self.last_ts - t.started)
+                t.state = "failed" if state == "failed" else "stopped"
         for actor in self.actors.values():
             actor.state = "idle"
+
+    def worker_lost(self) -> set[str]:
+        """The worker went away (killed, crashed) with jobs queued or running: nothing runs them
+        until a worker starts again, so they stop reading as running. A new worker resumes them
+        from its journal, and its snapshot on attaching shows them running again."""
+        lost = [j.job_id for j in self.jobs.values() if j.state in ("queued", "running")]
+        for job_id in lost:
+            self._end_job(job_id, "interrupted")
+        if not lost:
+            return set()
+        self._say("the render worker stopped mid-job: F5 starts it again and it resumes the job")
+        return {"segments", "jobs", "timers", "log"}
 
     def _progress(self, segment_id: str, fraction: float = 0.0) -> None:
         s = self.seg(segment_id)

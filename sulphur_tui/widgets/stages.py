@@ -11,7 +11,7 @@ from textual.widget import Widget
 from pipeline.wire.protocol import STAGES
 from sulphur_tui.live import LiveState, StageTimer
 
-_GLYPH = {"pending": "·", "running": "▶", "done": "✔", "cached": "≡", "failed": "✖"}
+_GLYPH = {"pending": "·", "running": "▶", "done": "✔", "cached": "≡", "failed": "✖", "stopped": "■"}
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -48,6 +48,7 @@ class StageTimers(Widget):
         "stage-timers--done",
         "stage-timers--cached",
         "stage-timers--failed",
+        "stage-timers--stopped",
         "stage-timers--title",
     }
     DEFAULT_CSS = """
@@ -57,6 +58,7 @@ class StageTimers(Widget):
     StageTimers > .stage-timers--done { color: $success; }
     StageTimers > .stage-timers--cached { color: $secondary; }
     StageTimers > .stage-timers--failed { color: $error; text-style: bold; }
+    StageTimers > .stage-timers--stopped { color: $warning; }
     StageTimers > .stage-timers--title { text-style: bold; }
     """
 
@@ -124,7 +126,7 @@ class StageTimers(Widget):
         eta = live.eta(t, now) if t.state in ("running", "pending") else None
         eta_text = f"ETA {fmt_seconds(eta)}" if eta is not None and t.state == "running" else (
             f"~{fmt_seconds(eta)}" if eta is not None else "")
-        elapsed = fmt_seconds(live.elapsed(t, now)) if t.state in ("running", "done") else (
+        elapsed = fmt_seconds(live.elapsed(t, now)) if t.state in ("running", "done", "stopped") else (
             "cached" if t.state == "cached" else "")
         return Text(f"{_GLYPH.get(t.state, '?')} {t.stage}", st, no_wrap=True), step, elapsed, eta_text
 

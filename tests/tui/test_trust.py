@@ -91,7 +91,7 @@ async def test_stage_timers_readable_with_gpu_plans(story: Path) -> None:
         await pilot.pause()
         rows = panel(screen_text(app), "Render")
         for stage in STAGES:
-            row = next((r for r in rows if re.search(rf"[·▶✔≡✖] {stage}\b", r)), None)
+            row = next((r for r in rows if re.search(rf"[·▶✔≡✖■] {stage}\b", r)), None)
             assert row is not None, (stage, rows)
         done = next(r for r in rows if "✔ draft" in r)
         assert "45.5s" in done, done  # the recorded draft took 45.54 s
@@ -152,7 +152,7 @@ async def test_seam_is_compared_with_its_own_stage(story: Path) -> None:
                                 median=29.0, minimum=27.0, worst=[0])
         app.post_message(WorkerEvent(draft))
         app.post_message(WorkerEvent(encoded))
-        for _ in range(40):  # the row mounts with the first report, then takes the second
+        for _ in range(400):  # the row mounts with the first report, then takes the second
             await pilot.pause(0.05)
             rows = app.query(FlickerRow)
             if rows and rows.first().report.stage == "encode" and "min 27.0" in screen_text(app):
@@ -199,6 +199,27 @@ async def test_status_line_leaves_starting_once_the_worker_speaks(story: Path) -
         assert "starting the render worker" not in status, status
 
 
+async def test_a_worker_killed_mid_job_stops_the_job_showing_as_running(story: Path) -> None:
+    """kill -9 of the worker mid-draft: the shot list said "▶ 39%", the draft's timer kept
+    counting and the status line said "rendering 3 shots…" beside "no render worker running"."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        t0 = app.clock()
+        for ev in (JobStarted(job_id="a", storyboard=str(story), segments=["dawn", "beam"], ts=t0),
+                   StageStarted(job_id="a", segment="dawn", stage="draft", total_steps=8, ts=t0),
+                   StepProgress(job_id="a", segment="dawn", stage="draft", step=3, total=8, ts=t0 + 3)):
+            app.post_message(WorkerEvent(ev))
+        await pilot.pause()
+        assert "▶ draft" in screen_text(app)
+        app.post_message(WorkerConnection(False, "no render worker running (F5 starts one)"))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "▶" not in text and "■ draft" in text, text
+        status = text.splitlines()[-2]
+        assert "worker stopped mid-job" in status and "rendering" not in status, status
+        assert not app.live.running
+
+
 async def test_a_worker_event_during_shutdown_is_not_a_crash(story: Path) -> None:
     """The worker keeps speaking while the app closes (its last Log came as the screen's
     widgets went): the editor closed with a NoMatches traceback."""
@@ -238,7 +259,7 @@ async def test_layout_at_80x24(story: Path) -> None:
         text = screen_text(app)
         rows = panel(text, "Render")
         for stage in STAGES:
-            assert any(re.search(rf"[·▶✔≡✖] {stage}\b", r) for r in rows), (stage, text)
+            assert any(re.search(rf"[·▶✔≡✖■] {stage}\b", r) for r in rows), (stage, text)
         assert len(panel(text, "Preview")) >= 4, text
 
 
@@ -252,7 +273,7 @@ async def test_layout_at_120x40(story: Path) -> None:
         await pilot.pause()
         text = screen_text(app)
         rows = panel(text, "Render")
-        assert re.match(r" [·▶✔≡✖] enhance", rows[1]), rows  # the header took one line
+        assert re.match(r" [·▶✔≡✖■] enhance", rows[1]), rows  # the header took one line
         assert any("✔ encode" in r for r in rows), rows  # (the film row: test_stage_started_for_the_film…)
         assert "or secs" in text
         seconds = app.query_one("#seconds")
