@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.project.audio_track import audio_header, audio_problem
 from pipeline.project.files import NotAFile, check_regular, describe_os_error, remembered
-from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, _Locator
+from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, error_at
 
 # Deferred imports: PIL, safetensors — only checking an image or a LoRA reference needs them
 
@@ -33,31 +33,17 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
     ``segment_ids`` limits the anchors checked to the shots a render will draft (all of
     them by default); the drift reference is checked whenever a drift guard is on.
     """
-    locator: _Locator | None = None
 
     def fail(index: int | None, key: str, message: str) -> StoryboardError:
-        nonlocal locator
-        if locator is None:
-            try:
-                locator = _Locator(sb.path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError):
-                locator = _Locator("")
-        table = "segment" if index is not None else "project"
-        where = f"segment[{index}].{key}" if index is not None else f"project.{key}"
-        return StoryboardError(sb.path, message, *locator.find(table, index, key), where)
+        return error_at(sb.path, message, "segment" if index is not None else "project", index, key)
 
     for i, seg in enumerate(sb.segments):
         if segment_ids is not None and seg.id not in segment_ids:
             continue
-        for key in SHOT_FILE_KEYS:
+        for key in (*SHOT_FILE_KEYS, "anchor"):
             problem = shot_file_problem(sb, seg, key)
             if problem:
                 raise fail(i, key, problem)
-        if seg.anchor.kind not in ("image", "video"):
-            continue
-        problem = _problem(sb.resolve(seg.anchor.path), "image" if seg.anchor.kind == "image" else "")
-        if problem:
-            raise fail(i, "anchor", problem)
     guarded = sb.project.drift_guard != "off" or any(s.drift_guard not in (None, "off") for s in sb.segments)
     ref = sb.project.drift_reference
     if guarded and ref != "first":
@@ -69,7 +55,8 @@ def check_references(sb: Storyboard, segment_ids: set[str] | None = None) -> Non
 
 
 def shot_file_problem(sb: Storyboard, seg: Segment, key: str) -> str:
-    """What is wrong with the first file a shot's ``key`` (one of :data:`SHOT_FILE_KEYS`) names,
+    """What is wrong with the first file a shot's ``key`` (one of :data:`SHOT_FILE_KEYS`, or its
+    image or video ``anchor``) names,
     or "": the render's check, one key at a time so the editor can refuse a field. Hub LoRAs
     are the renderer's to find (they live in the Hugging Face cache)."""
     if key == "keyframes":
@@ -78,6 +65,8 @@ def shot_file_problem(sb: Storyboard, seg: Segment, key: str) -> str:
         problems = (_problem(sb.resolve(ref.path), "safetensors") for ref in seg.loras if not ref.repo)
     elif key == "audio" and seg.audio is not None:
         problems = iter([_problem(sb.resolve(seg.audio.path), "audio", seg.audio.start)])
+    elif key == "anchor" and seg.anchor.kind in ("image", "video"):
+        problems = iter([_problem(sb.resolve(seg.anchor.path), "image" if seg.anchor.kind == "image" else "")])
     else:
         return ""
     return next(filter(None, problems), "")

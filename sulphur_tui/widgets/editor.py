@@ -47,7 +47,7 @@ NUMBER_FIELDS = {"seed": (0, 2**63 - 1), "frames": (1, 2000), "steps": (1, 200),
 FIELD_KEYS = {"seed": "seed", "steps": "steps", "lora": "lora_strength", "sigmas": "refine_sigmas",
               "keep": "keep", "keyframes": "keyframes", "retake": "retake", "loras": "loras", "audio": "audio"}
 #: Fields whose parse errors say what is wrong (the others: "not a number").
-SAYS_WHY = ("sigmas", "keyframes", "retake", "loras", "audio")
+SAYS_WHY = ("sigmas", "keyframes", "retake", "loras", "audio", "anchor-path")
 
 
 def _int(text: str, lo: int, hi: int) -> int | None:
@@ -70,6 +70,8 @@ def _named_files(seg: Segment, key: str) -> list[str]:
         return [kf.image for kf in seg.keyframes]
     if key == "loras":
         return [ref.path for ref in seg.loras if not ref.repo]
+    if key == "anchor":
+        return [seg.anchor.path] if seg.anchor.kind in ("image", "video") else []
     return [seg.audio.path] if key == "audio" and seg.audio is not None else []
 
 
@@ -321,7 +323,8 @@ class SegmentEditor(VerticalScroll):
             value = self._parse(key, text)
         except ValueError as exc:
             says = key in SAYS_WHY or "between" in str(exc) or "(" in str(exc)  # int()/float() messages say little
-            error = f"{key}: {exc}" if says else f"{key}: not a number"
+            name = "anchor" if key == "anchor-path" else key  # the storyboard's key
+            error = f"{name}: {exc}" if says else f"{name}: not a number"
         inp.set_class(bool(error), "-bad")
         if error:
             self._bad[key] = error
@@ -336,13 +339,20 @@ class SegmentEditor(VerticalScroll):
         ValueError says what is wrong."""
         if key == "frames":
             return self._length_fits(key, _int(text, *NUMBER_FIELDS[key]) if text else None)
+        if key == "keep":
+            return self._keep_fits(_int(text, *NUMBER_FIELDS[key]) if text else None)
         if key in NUMBER_FIELDS:
             return _int(text, *NUMBER_FIELDS[key]) if text else None
         if key == "seconds":
             return self._length_fits(key, _float(text, 0, 120) if text else None)
         if key == "lora":
             return float(text) if text else None
-        if key in ("anchor-path", "preset"):
+        if key == "anchor-path" and self.segment is not None:
+            kind = str(self.query_one("#anchor-kind", Select).value)
+            if text and kind in ("image", "video"):
+                self._files_exist("anchor", Anchor(kind, text))
+            return text
+        if key == "preset":  # free text: the preset registry lives on the render side
             return text
         if key == "sigmas":
             return check_sigmas(parse_sigmas(text)) if text else None
@@ -365,6 +375,8 @@ class SegmentEditor(VerticalScroll):
         other = "seconds" if key == "frames" else "frames"
         seg = replace(self.segment, **{key: value, other: None if value is not None else getattr(self.segment, other)})
         frames = seg.frame_count(self.fps)
+        if seg.keep is not None and seg.keep > frames:
+            raise ValueError(f"keep = {seg.keep} needs at least that many frames (change keep first)")
         parse_keyframes([kf.to_toml() for kf in seg.keyframes], frames)
         if seg.retake is not None:
             try:
@@ -372,6 +384,13 @@ class SegmentEditor(VerticalScroll):
             except ValueError as exc:
                 raise ValueError(f"the retake {exc}") from None
         return value
+
+    def _keep_fits(self, keep: int | None) -> int | None:
+        """``keep`` if the shot has that many frames (the render refuses more); else ValueError."""
+        frames = self.segment.frame_count(self.fps) if self.segment is not None else None
+        if keep is not None and frames is not None and keep > frames:
+            raise ValueError(f"the shot has {frames} frames: keep between 1 and {frames}")
+        return keep
 
     def _files_exist(self, key: str, value: Any) -> Any:
         """``value`` if the files it names are usable (the render's own check, relative to the

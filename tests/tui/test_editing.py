@@ -198,7 +198,7 @@ async def test_external_change_reload(story: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         text = story.read_text().replace("gulls calling", "gulls crying")
         story.write_text(text)
-        for _ in range(40):
+        for _ in range(400):  # up to 20 s on a loaded machine; a break ends it at once
             await pilot.pause(0.05)
             if isinstance(app.screen, DiskChangedDialog):
                 break
@@ -219,7 +219,7 @@ async def test_external_change_keep_mine_or_merge_never_silent(story: Path, answ
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("a")  # an unsaved edit of ours: a fourth shot
         story.write_text(story.read_text().replace("gulls calling", "gulls crying"))
-        for _ in range(40):
+        for _ in range(400):  # up to 20 s on a loaded machine; a break ends it at once
             await pilot.pause(0.05)
             if isinstance(app.screen, DiskChangedDialog):
                 break
@@ -276,7 +276,7 @@ async def test_broken_file_view_then_fixed(story: Path) -> None:
         assert err is not None and err.line > 0
         assert f"story.toml:{err.line}:{err.column}" in where
         story.write_text(good)
-        for _ in range(40):
+        for _ in range(400):  # up to 20 s on a loaded machine; a break ends it at once
             await pilot.pause(0.05)
             if app.doc is not None:
                 break
@@ -312,9 +312,10 @@ async def test_help_screen(story: Path) -> None:
 
 
 async def test_anchor_and_enhanced_prompt_lock(story: Path) -> None:
+    from PIL import Image
     from textual.widgets import Checkbox, Select
 
-    (story.parent / "still.png").write_bytes(b"")
+    Image.new("RGB", (32, 18), (200, 120, 40)).save(story.parent / "still.png")  # the field reads its header
     app = make(story)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+end")  # storm
@@ -374,7 +375,7 @@ async def test_keep_mine_over_a_broken_file(story: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("a")
         story.write_text(story.read_text() + "\nx = [\n")
-        for _ in range(40):
+        for _ in range(400):  # up to 20 s on a loaded machine; a break ends it at once
             await pilot.pause(0.05)
             if isinstance(app.screen, DiskChangedDialog):
                 break

@@ -173,7 +173,7 @@ async def test_keys_typed_in_one_burst_reach_the_new_id(story: Path) -> None:
         await pilot.pause()
         for key in ["n", "g", "l", "o", "w", "enter"]:
             app._driver.send_message(events.Key(key, "\r" if key == "enter" else key))  # no wait between keys
-        for _ in range(50):  # a loaded machine: give the dialogs time, not the keys
+        for _ in range(200):  # a loaded machine: give the dialogs time, not the keys
             await pilot.pause(0.1)
             if isinstance(app.screen, ConfirmRenameFiles):
                 break

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input, TextArea
+from textual.widgets import Input, Select, TextArea
 
 from pipeline.project.audio_track import AudioTrack
 from pipeline.project.keyframes import Keyframe
@@ -54,6 +54,7 @@ REFUSED: list[tuple[str, str, str]] = [
     ("audio", "sounds/nope.wav", "audio: sounds/nope.wav: file not found"),
     ("audio", "sounds/harbour-bell.flac+99", "audio: sounds/harbour-bell.flac: start = 99 s is past its end"),
     ("audio", "stills/beam.png", "audio: stills/beam.png: expected a sound file"),
+    ("keep", "18", "keep: the shot has 17 frames: keep between 1 and 17"),  # the render refused it
 ]
 
 
@@ -350,3 +351,32 @@ async def test_a_shorter_shot_is_refused_while_its_keyframes_or_retake_fall_outs
         await pilot.press("ctrl+s")
         await pilot.pause()
     load(studio)  # the file still loads
+
+
+@pytest.mark.asyncio
+async def test_an_anchor_file_and_a_length_below_keep_are_refused_on_their_fields(studio: Path) -> None:
+    """A missing anchor image, and frames lowered below the shot's keep, were taken and only
+    refused by the render (``segment[2].anchor: …: file not found``, ``bad_keep``)."""
+    original = studio.read_text()
+    app = make(studio)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_field(pilot, "keep")
+        app.query_one("#keep", Input).value = "12"
+        await pilot.pause()
+        assert app.doc.storyboard.segment("beam").keep == 12
+        app.query_one("#frames", Input).value = "9"
+        await pilot.pause()
+        assert form_error(app).startswith("frames: keep = 12 needs at least that many frames")
+        assert app.doc.storyboard.segment("beam").frame_count(24) == 17
+        app.query_one("#anchor-kind", Select).value = "image"
+        await pilot.pause()
+        path = app.query_one("#anchor-path", Input)
+        path.value = "stills/nope.png"
+        await pilot.pause()
+        assert form_error(app) == "anchor: stills/nope.png: file not found", form_error(app)
+        assert path.has_class("-bad")
+        path.value = "stills/beam.png"
+        await pilot.pause()
+        assert not path.has_class("-bad")
+        assert app.doc.storyboard.segment("beam").anchor.path == "stills/beam.png"
+    assert studio.read_text() == original

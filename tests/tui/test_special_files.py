@@ -49,7 +49,7 @@ async def test_a_file_swapped_for_a_fifo_while_open_is_asked_about(story: Path) 
         await pilot.press("a")  # an unsaved edit: a new shot
         assert app.doc is not None and app.doc.dirty
         _special(story, "fifo")
-        for _ in range(40):  # the poll runs on the event loop: a blocking read froze the editor here
+        for _ in range(400):  # the poll runs on the event loop: a blocking read froze the editor here
             await pilot.pause(0.05)
             if isinstance(app.screen, DiskChangedDialog):
                 break
@@ -83,7 +83,7 @@ async def test_a_render_whose_worker_cannot_start_says_so(story: Path) -> None:
     app = create_app(story, connect_worker=False, image="none")
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await pilot.press("f5")
-        for _ in range(100):
+        for _ in range(400):
             await pilot.pause(0.05)
             if "render not started" in app.worker_detail:
                 break
