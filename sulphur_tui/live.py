@@ -46,7 +46,8 @@ STAGE_WEIGHT = {"enhance": 0.05, "draft": 0.45, "refine": 0.25, "upscale": 0.15,
 @dataclass
 class StageTimer:
     stage: str
-    state: str = "pending"  # pending | running | done | cached | failed | stopped (cancelled, worker gone)
+    # pending | running | done | cached | failed | stopped (cancelled, worker gone) | skipped
+    state: str = "pending"
     started: float = 0.0
     seconds: float = 0.0
     step: int = 0
@@ -299,6 +300,11 @@ class LiveState:
             self.timers = {s: StageTimer(s) for s in STAGES}
         t = self.timers.setdefault(ev.stage, StageTimer(ev.stage))
         t.state, t.started, t.total, t.step, t.plan = "running", ev.ts, ev.total_steps, 0, ev.plan
+        enhance = self.timers.get("enhance")
+        if ev.stage == "draft" and enhance is not None and enhance.state == "pending":
+            # The runner skips the enhancer without an event (a locked prompt, enhance = false,
+            # a preset that takes none): once the draft starts it is not to come.
+            enhance.state = "skipped"
         s = self.seg(ev.segment)
         s.state, s.stage, s.error = "rendering", ev.stage, ""
         self._progress(ev.segment)

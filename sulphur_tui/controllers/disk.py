@@ -81,6 +81,7 @@ class DiskWatcher:
         if doc is None:
             return
         if answer == "reload":
+            had_edits = doc.dirty  # reload makes them an undo step; without them there is nothing to undo
             try:
                 doc.reload()
             except StoryboardError as exc:
@@ -88,7 +89,7 @@ class DiskWatcher:
                 return
             self.over_broken = False
             app.board.refresh_document(editor=True)
-            app.notify("Reloaded from disk" + (" (your edits are one undo away)" if doc.can_undo else ""))
+            app.notify("Reloaded from disk" + (" (your edits are one undo away)" if had_edits else ""))
         elif answer == "merge":
             self.merge()
         else:

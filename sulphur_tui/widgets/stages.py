@@ -11,7 +11,7 @@ from textual.widget import Widget
 from pipeline.wire.protocol import STAGES
 from sulphur_tui.live import LiveState, StageTimer
 
-_GLYPH = {"pending": "·", "running": "▶", "done": "✔", "cached": "≡", "failed": "✖", "stopped": "■"}
+_GLYPH = {"pending": "·", "running": "▶", "done": "✔", "cached": "≡", "failed": "✖", "stopped": "■", "skipped": "–"}
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -49,6 +49,7 @@ class StageTimers(Widget):
         "stage-timers--cached",
         "stage-timers--failed",
         "stage-timers--stopped",
+        "stage-timers--skipped",
         "stage-timers--title",
     }
     DEFAULT_CSS = """
@@ -59,6 +60,7 @@ class StageTimers(Widget):
     StageTimers > .stage-timers--cached { color: $secondary; }
     StageTimers > .stage-timers--failed { color: $error; text-style: bold; }
     StageTimers > .stage-timers--stopped { color: $warning; }
+    StageTimers > .stage-timers--skipped { color: $text-muted; }
     StageTimers > .stage-timers--title { text-style: bold; }
     """
 
@@ -127,7 +129,7 @@ class StageTimers(Widget):
         eta_text = f"ETA {fmt_seconds(eta)}" if eta is not None and t.state == "running" else (
             f"~{fmt_seconds(eta)}" if eta is not None else "")
         elapsed = fmt_seconds(live.elapsed(t, now)) if t.state in ("running", "done", "stopped") else (
-            "cached" if t.state == "cached" else "")
+            t.state if t.state in ("cached", "skipped") else "")
         return Text(f"{_GLYPH.get(t.state, '?')} {t.stage}", st, no_wrap=True), step, elapsed, eta_text
 
     def _plan_lines(self) -> int:

@@ -91,7 +91,7 @@ async def test_stage_timers_readable_with_gpu_plans(story: Path) -> None:
         await pilot.pause()
         rows = panel(screen_text(app), "Render")
         for stage in STAGES:
-            row = next((r for r in rows if re.search(rf"[·▶✔≡✖■] {stage}\b", r)), None)
+            row = next((r for r in rows if re.search(rf"[·▶✔≡✖■–] {stage}\b", r)), None)
             assert row is not None, (stage, rows)
         done = next(r for r in rows if "✔ draft" in r)
         assert "45.5s" in done, done  # the recorded draft took 45.54 s
@@ -220,6 +220,20 @@ async def test_a_worker_killed_mid_job_stops_the_job_showing_as_running(story: P
         assert not app.live.running
 
 
+async def test_an_enhancer_the_runner_skipped_reads_as_skipped(story: Path) -> None:
+    """A locked prompt (or enhance = false) skips the enhancer with no event: its row said
+    "· enhance ~1.0s", pending with an estimate, through the whole job."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        t0 = app.clock()
+        for ev in (JobStarted(job_id="a", storyboard=str(story), segments=["dawn"], ts=t0),
+                   StageStarted(job_id="a", segment="dawn", stage="draft", total_steps=8, ts=t0)):
+            app.post_message(WorkerEvent(ev))
+        await pilot.pause()
+        rows = [r for r in screen_text(app).splitlines() if " enhance " in r]
+        assert rows and all("– enhance" in r and "skipped" in r and "~" not in r for r in rows), rows
+
+
 async def test_a_worker_event_during_shutdown_is_not_a_crash(story: Path) -> None:
     """The worker keeps speaking while the app closes (its last Log came as the screen's
     widgets went): the editor closed with a NoMatches traceback."""
@@ -259,7 +273,7 @@ async def test_layout_at_80x24(story: Path) -> None:
         text = screen_text(app)
         rows = panel(text, "Render")
         for stage in STAGES:
-            assert any(re.search(rf"[·▶✔≡✖■] {stage}\b", r) for r in rows), (stage, text)
+            assert any(re.search(rf"[·▶✔≡✖■–] {stage}\b", r) for r in rows), (stage, text)
         assert len(panel(text, "Preview")) >= 4, text
 
 
@@ -273,7 +287,7 @@ async def test_layout_at_120x40(story: Path) -> None:
         await pilot.pause()
         text = screen_text(app)
         rows = panel(text, "Render")
-        assert re.match(r" [·▶✔≡✖■] enhance", rows[1]), rows  # the header took one line
+        assert re.match(r" [·▶✔≡✖■–] enhance", rows[1]), rows  # the header took one line
         assert any("✔ encode" in r for r in rows), rows  # (the film row: test_stage_started_for_the_film…)
         assert "or secs" in text
         seconds = app.query_one("#seconds")
