@@ -208,6 +208,8 @@ async def test_external_change_reload(story: Path) -> None:
         assert app.doc.storyboard.segment("dawn").prompt.endswith("gulls crying")
         assert app.query_one("#prompt", TextArea).text.endswith("gulls crying")
         assert not app.doc.dirty
+        toasts = [n.message for n in app._notifications]
+        assert "Reloaded from disk" in toasts, toasts  # no "your edits are one undo away": there were none
 
 
 @pytest.mark.parametrize(("answer", "dawn_ends"), [("k", "gulls calling"), ("m", "gulls crying")],
