@@ -374,9 +374,32 @@ def _init(address: str | None) -> bool:
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "configure_logging": False}
     if address in (None, "", "local"):
         ray.init(include_dashboard=False, **kwargs)
-    else:
-        ray.init(address=address, **kwargs)
+        return True
+    problem = address_problem(address)
+    if not problem:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ValueError) as exc:  # ValueError: a malformed address, ray:// without ray[client]
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem:
+        raise RenderError("ray_unreachable", f"--address {address}: cannot reach the Ray cluster: {problem}")
     return True
+
+
+def address_problem(address: str, timeout: float = 5.0) -> str:
+    """Why ``address`` cannot be a Ray cluster's, or "". ``auto`` is Ray's to find. For
+    ``HOST:PORT`` and ``ray://HOST:PORT`` a TCP connect is tried first: ray.init waits on an
+    address nothing answers at for minutes, printing its own C++ log lines."""
+    if address == "auto":
+        return ""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "expected auto, HOST:PORT or ray://HOST:PORT"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or type(exc).__name__})"
+    return ""
 
 
 def _available_ram_gb() -> float:
