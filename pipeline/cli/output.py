@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from pipeline.project.files import describe_os_error
 from pipeline.project.storyboard import StoryboardError
-from pipeline.render.errors import RenderError
+from pipeline.render.errors import STORYBOARD_KINDS, RenderError
 from pipeline.stages.base import Cancelled
 from pipeline.wire import protocol
 from pipeline.wire.protocol import Event
@@ -114,7 +114,7 @@ def run_job(work: Callable[[threading.Event], T], *, json_events: bool, emit: Em
             cancel.set()
             print("cancelled; finished stages are kept in the cache", file=sys.stderr)
             return (143 if isinstance(stop, Terminated) else 130), None
-        code, kind, message = 1, exc.kind, exc.message
+        code, kind, message = 2 if exc.kind in STORYBOARD_KINDS else 1, exc.kind, exc.message
         if os.environ.get("SULPHUR_DEBUG") and exc.__cause__ is not None:
             # The one-line message is for users; whoever debugs a stage wants the stack.
             traceback.print_exception(exc.__cause__, file=sys.stderr)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pipeline.wire import protocol
 
+#: Refusals of what the storyboard asks, placed at its file:line:col before any stage: a CLI
+#: exits 2 for them, as for a storyboard that does not load (1 is a render that failed).
+STORYBOARD_KINDS = frozenset({"unknown_preset", "unsupported_key", "invalid_size", "bad_keep", "needs_anchor"})
+
 
 class RenderError(RuntimeError):
     """A render that cannot go on; ``kind`` is machine-readable (oom, missing_models, stage_failed…)."""

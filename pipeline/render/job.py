@@ -54,6 +54,7 @@ class RenderJob:
         _refuse_unsupported(sb, project, presets)
         refuse_unsupported(sb, project, presets)
         _refuse_sizes(sb, project, presets)
+        _refuse_shots(sb, project, presets)
         return cls(sb, project, presets, selected)
 
     @property
@@ -103,6 +104,24 @@ def _refuse_unsupported(sb: Storyboard, project: Project, presets: dict[str, Pre
         where = _located(sb, f"preset {preset.name} ({preset.family}) cannot honour {key}; "
                          f"use an LTX-2 preset for this shot", "segment", i, key)
         raise RenderError("unsupported_key", where, segment=seg.id)
+
+
+def _refuse_shots(sb: Storyboard, project: Project, presets: dict[str, Preset]) -> None:
+    """A shot its preset cannot render as written fails the job before any stage (it failed
+    only once the shots before it had rendered): a ``keep`` past the shot's (rounded) frames, or
+    no picture to start from for an image-to-video-only model (``needs_anchor``: SVD, Wan I2V)."""
+    for i, seg in enumerate(sb.segments):
+        preset = presets[seg.preset or project.preset]
+        frames = preset.round_frames(seg.frame_count(project.fps))
+        if seg.keep is not None and seg.keep > frames:
+            where = _located(sb, f"keep = {seg.keep} is more than the {frames} frames segment {seg.id} has",
+                             "segment", i, "keep")
+            raise RenderError("bad_keep", where, segment=seg.id)
+        anchorless = seg.anchor.kind == "none" or (seg.anchor.kind == "previous" and i == 0)
+        if preset.extra.get("needs_anchor") and anchorless:
+            where = _located(sb, f"preset {preset.name} generates only from a picture: give this shot an "
+                             "anchor (an image, a video, or a shot before it)", "segment", i, "anchor")
+            raise RenderError("needs_anchor", where, segment=seg.id)
 
 
 def _refuse_sizes(sb: Storyboard, project: Project, presets: dict[str, Preset]) -> None:

@@ -234,11 +234,7 @@ class Renderer:
 
     def preflight(self, selected: Sequence[str]) -> None:
         """Refuse, before any model is loaded, a render no memory plan can fit."""
-        jobs = self.job.segment_jobs(selected)
-        for job in jobs:
-            if job.segment.keep is not None and job.segment.keep > job.frames:
-                raise RenderError("bad_keep", f"keep = {job.segment.keep} is more than the {job.frames} frames "
-                                  f"segment {job.segment.id} has", segment=job.segment.id)
+        jobs = self.job.segment_jobs(selected)  # a keep past a shot's end: refused as the job resolved
         check_loras([job for job in jobs if job.segment.loras])
         self.upscale_frames = sum(job.frames for job in jobs)
         for preset in {job.preset.name: job.preset for job in jobs}.values():

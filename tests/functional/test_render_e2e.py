@@ -248,6 +248,7 @@ def test_keeping_more_frames_than_a_shot_has_is_refused_before_any_stage(demo: d
     sb = S.load(story)
     S.save(S.with_segment(sb, sb.segments[0].id, keep=500))
     result = _sulphur("render", str(story), "--json", cwd=tmp_path)
-    assert result.returncode != 0
-    assert f"keep = 500 is more than the 17 frames segment {sb.segments[0].id} has" in result.stderr
+    assert result.returncode == 2  # a storyboard refusal, as for one that does not load
+    line = f"keep = 500 is more than the 17 frames segment {sb.segments[0].id} has"
+    assert f"{story}:" in result.stderr and f"segment[0].keep: {line}" in result.stderr, result.stderr
     assert not _ran(_events(result.stdout))

@@ -129,6 +129,37 @@ def test_a_storyboard_gone_since_it_was_read_is_still_refused_in_one_line(tmp_pa
                                     "use an LTX-2 preset for this shot")
 
 
+# ------------------------------------------------------------------ shots a preset cannot render as written
+
+
+def test_a_keep_past_a_later_shots_end_is_refused_at_its_line(tmp_path: Path) -> None:
+    """Refused as the job resolves (before the shots ahead of it render), at the key."""
+    path = _board(tmp_path, b="keep = 18\n")
+    err = _refusal(S.load(path))
+    assert (err.kind, err.segment) == ("bad_keep", "b")
+    assert err.message == (f"{path}:{_line_of(path, 'keep')}:1: segment[1].keep: keep = 18 is more than the "
+                           "17 frames segment b has")
+    RenderJob.resolve(S.load(_board(tmp_path, b="keep = 17\n")))  # all of them is fine
+
+
+@pytest.mark.parametrize(("b", "at"), [('preset = "tiny-svd"\nanchor = "none"\n', "anchor"), ("", "[[segment]]")],
+                         ids=["anchor-none", "first-shot"])
+def test_a_shot_with_no_picture_for_an_image_only_model_is_refused_at_its_line(
+        tmp_path: Path, b: str, at: str) -> None:
+    """SVD generates only from a picture: a shot anchored to nothing (or the first shot, with no
+    shot before it) failed its draft after the shots before it had rendered."""
+    path = _board(tmp_path, b=b)
+    if not b:  # the whole storyboard on SVD: the first shot has nothing to start from
+        path.write_text(path.read_text().replace('preset = "tiny"', 'preset = "tiny-svd"'))
+    err = _refusal(S.load(path))
+    index, seg = (1, "b") if b else (0, "a")
+    assert (err.kind, err.segment) == ("needs_anchor", seg)
+    line = _line_of(path, at) if b else _line_of(path, "[[segment]]")
+    assert err.message.startswith(f"{path}:{line}:1: segment[{index}].anchor: preset tiny-svd generates only "
+                                  "from a picture"), err.message
+    RenderJob.resolve(S.load(_board(tmp_path, b='preset = "tiny-svd"\n')))  # anchored to the shot before
+
+
 # ------------------------------------------------------------------ sizes a strict preset cannot take
 
 LTX25 = 'preset = "ltx25-distilled"\n'  # on shot b: the project's tiny preset (not strict) comes first
