@@ -30,8 +30,9 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="render a storyboard headlessly")
     r.add_argument("storyboard", type=Path)
-    r.add_argument("--segment", action="append", metavar="ID", help="render only this segment (repeatable)")
-    r.add_argument("--from", dest="from_", metavar="ID", help="render this segment and every one after it")
+    which = r.add_mutually_exclusive_group()  # both: the headless render took --segment alone, silently
+    which.add_argument("--segment", action="append", metavar="ID", help="render only this segment (repeatable)")
+    which.add_argument("--from", dest="from_", metavar="ID", help="render this segment and every one after it")
     r.add_argument("--preset", metavar="NAME", help="model preset (overrides [project] preset)")
     r.add_argument("--json", action="store_true", help="print one JSON event per line")
     r.add_argument("--attach", action="store_true", help="submit to the background worker and follow the job")

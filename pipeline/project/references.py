@@ -19,7 +19,7 @@ from pipeline.project.audio_track import audio_header, audio_problem
 from pipeline.project.files import NotAFile, check_regular, describe_os_error, remembered
 from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, error_at
 
-# Deferred imports: PIL, safetensors — only checking an image or a LoRA reference needs them
+# Deferred imports: PIL, safetensors, av — only checking an image, a LoRA or a video reference needs them
 
 #: Pixels an anchor or reference image may have (8K × 8K); a bigger one is a bomb or a mistake.
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -66,7 +66,7 @@ def shot_file_problem(sb: Storyboard, seg: Segment, key: str) -> str:
     elif key == "audio" and seg.audio is not None:
         problems = iter([_problem(sb.resolve(seg.audio.path), "audio", seg.audio.start)])
     elif key == "anchor" and seg.anchor.kind in ("image", "video"):
-        problems = iter([_problem(sb.resolve(seg.anchor.path), "image" if seg.anchor.kind == "image" else "")])
+        problems = iter([_problem(sb.resolve(seg.anchor.path), seg.anchor.kind)])  # "image" or "video"
     else:
         return ""
     return next(filter(None, problems), "")
@@ -94,6 +94,24 @@ def _problem(path: Path, header: str = "", start: float = 0.0) -> str:
         return audio_problem(path, start, remembered(path, audio_header, st))
     if header == "safetensors":
         return remembered(path, _safetensors_problem, st)
+    if header == "video":
+        return remembered(path, _video_problem, st)
+    return ""
+
+
+def _video_problem(path: Path) -> str:
+    """An anchor video must hold a picture: its first frame is decoded here, so a sound file or a
+    damaged clip is refused at its key's line, not after the shots before it have rendered."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return f"{path}: no video stream in it (a sound file?)"
+            if next(container.decode(video=0), None) is None:
+                return f"{path}: no frames in its video stream"
+    except (OSError, av.error.FFmpegError) as exc:
+        return f"{path}: not a readable video ({getattr(exc, 'strerror', None) or exc})"
     return ""
 
 

@@ -1,0 +1,20 @@
+"""Flags that contradict each other are refused before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.hostile.conftest import sulphur
+
+STORY = ('[project]\ntitle = "t"\nseed = 1\n\n[[segment]]\nid = "a"\nprompt = "x"\nframes = 9\n\n'
+         '[[segment]]\nid = "b"\nprompt = "y"\nframes = 9\n')
+
+
+def test_segment_and_from_together_are_refused_headless_as_attached(tmp_path: Path) -> None:
+    """``render --segment a --from b`` rendered shot a alone without a word (``--attach`` refused it)."""
+    (tmp_path / "story.toml").write_text(STORY)
+    for extra in ((), ("--attach",)):
+        result = sulphur("render", "story.toml", "--segment", "a", "--from", "b", *extra, cwd=tmp_path, timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith("argument --from: not allowed with argument --segment")
+        assert not (tmp_path / "renders").exists()
