@@ -527,6 +527,12 @@ class Renderer:
 
     def assemble(self, drafts: dict[str, Artifact]) -> Path:
         """final.mp4 from every segment's cached stages, when all of them exist."""
+        undrafted = [s.id for s in self.sb.segments if s.id not in drafts]
+        if undrafted:  # a selection that ends early: later shots' cache keys hang on drafts not made
+            self.emit(protocol.Log(message=f"final film not assembled: this render stopped before shot "
+                                           f"{undrafted[0]}; render every shot (or --from {undrafted[0]}) "
+                                           "to assemble it"))
+            return self.renders.root
         return assemble_film(self.job, lambda index: self._cached_segment(index, drafts), self.renders, self.emit)
 
     def _cached_segment(self, index: int, drafts: dict[str, Artifact]) -> CachedSegment | None:

@@ -179,6 +179,19 @@ def test_render_one_segment_only_touches_that_segment(demo: dict) -> None:
     assert {seg for seg, _ in _ran(_events(result.stdout))} == {last.id}
 
 
+def test_a_render_of_the_first_shot_says_why_no_film_is_assembled(demo: dict) -> None:
+    """``--segment`` of the first shot after a full render said "segment beam is not rendered yet"
+    of a shot rendered and current: the render drafts no shot after it, so it cannot look them up."""
+    sb = S.load(demo["storyboard"])
+    first, second = sb.segments[0].id, sb.segments[1].id
+    result = _sulphur("render", str(demo["storyboard"]), "--segment", first, "--json", cwd=demo["folder"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    logs = [e.message for e in _events(result.stdout) if isinstance(e, protocol.Log)]
+    assert f"final film not assembled: this render stopped before shot {second}; render every shot (or --from " \
+           f"{second}) to assemble it" in logs, logs
+    assert not any("is not rendered yet" in m for m in logs), logs
+
+
 @pytest.mark.parametrize(("edit", "fragment"), [
     (lambda t: t.replace('fps = 24', 'fps = 24 24'), "TOML syntax error"),
     (lambda t: t.replace('audio = true', 'audio = true\ncolour = "red"'), "project.colour: unknown key"),
