@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.cli.output import ProgressPrinter, json_printer
+from pipeline.project.files import check_regular, describe_os_error
 from pipeline.wire.framing import GOODBYE
 from pipeline.wire.protocol import ErrorEvent, Event, JobCancelled, JobFinished, Log, StatusSnapshot
 from pipeline.worker.client import (
@@ -88,10 +89,11 @@ def main_render_attach(args: argparse.Namespace) -> int:
     command starts a new one, which resumes the job, and keeps following; if it was
     stopped on purpose the job stays queued and the command says so.
     """
-    storyboard = Path(args.storyboard).expanduser().resolve()
-    if not storyboard.is_file():
-        print(f"error: {storyboard}: file not found", file=sys.stderr)
+    problem = _storyboard_problem(Path(args.storyboard).expanduser())
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
+    storyboard = Path(args.storyboard).expanduser().resolve()
     segments = list(getattr(args, "segment", None) or [])
     from_ = getattr(args, "from_", None)
     if segments and from_:
@@ -143,6 +145,18 @@ def main_render_attach(args: argparse.Namespace) -> int:
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _storyboard_problem(path: Path) -> str:
+    """Why ``path`` cannot be submitted, worded as the headless render words it (a FIFO, a
+    folder or /dev/zero read "file not found" here), or "". ``stat`` only: never opens it."""
+    try:
+        check_regular(path)
+    except FileNotFoundError:
+        return f"{path}: file not found"
+    except OSError as exc:
+        return describe_os_error(path, exc)
+    return ""
 
 
 def _attach_error(exc: WorkerError, kind: str, json_events: bool, code: int) -> int:

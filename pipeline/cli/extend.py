@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.cli.output import ProgressPrinter, json_printer, os_error_line, run_job
 from pipeline.project.storyboard import MAX_FRAMES, MAX_SEED, MAX_STEPS
 from pipeline.render.errors import RenderError
-from pipeline.render.extend import DEFAULT_PRESET, extend, probe
+from pipeline.render.extend import DEFAULT_PRESET, extend, out_problem, probe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -29,13 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _flag_problem(args: argparse.Namespace) -> str:
-    """A number flag out of the storyboard's ranges, named as the flag (checked here, the error
-    named the storyboard extend writes, a file the user never made, and left it behind)."""
+    """A flag the storyboard would refuse, named as the flag (checked here, the error named the
+    storyboard extend writes, a file the user never made), or an --out that cannot be written
+    (found only after the whole render, or its missing folders were made)."""
+    if not args.prompt.strip():
+        return "--prompt: must not be empty"
     for flag, value, low, high in (("--frames", args.frames, 1, MAX_FRAMES), ("--steps", args.steps, 1, MAX_STEPS),
                                    ("--seed", args.seed, 0, MAX_SEED)):
         if value is not None and not low <= value <= high:
             return f"{flag} {value}: must be between {low} and {high}"
-    return ""
+    return out_problem(args.clip, args.out)
 
 
 def main(args: argparse.Namespace) -> int:

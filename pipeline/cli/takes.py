@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.output import ProgressPrinter, json_printer, run_job
-from pipeline.project.storyboard import StoryboardError
+from pipeline.project.storyboard import MAX_SEED, StoryboardError
 from pipeline.render.takes import pick_take, seeds_for
+from pipeline.wire.protocol import MAX_TAKES
 
 # Deferred imports: pipeline.render.engines.ray_engine — ray is optional and loads only for `--engine ray`
 
@@ -19,7 +20,7 @@ from pipeline.render.takes import pick_take, seeds_for
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("storyboard", type=Path)
     p.add_argument("segment", metavar="SEGMENT", help="id of the segment to take again")
-    p.add_argument("--seeds", type=int, default=4, metavar="N", help="how many takes (default 4)")
+    p.add_argument("--seeds", type=int, default=4, metavar="N", help=f"how many takes (default 4, at most {MAX_TAKES})")
     p.add_argument("--seed", type=int, action="append", metavar="S", help="take exactly these seeds (repeatable)")
     p.add_argument("--pick", type=int, metavar="S", help="make take S the segment's; renders nothing")
     p.add_argument("--preset", metavar="NAME")
@@ -27,9 +28,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON event per line")
 
 
+def _flag_problem(args: argparse.Namespace) -> str:
+    """A flag out of range, named as the flag, before anything renders: --seed -5 rendered a whole
+    take that --pick then refused; --seeds 0 rendered one, --seeds 100000 was an endless job."""
+    if not 1 <= args.seeds <= MAX_TAKES:  # the worker's and the editor's cap on one takes job
+        return f"--seeds {args.seeds}: must be between 1 and {MAX_TAKES}"
+    for flag, seed in [("--seed", s) for s in args.seed or ()] + [("--pick", args.pick)]:
+        if seed is not None and not 0 <= seed <= MAX_SEED:  # the storyboard's seed range
+            return f"{flag} {seed}: must be between 0 and {MAX_SEED}"
+    if len(set(args.seed or ())) > MAX_TAKES:
+        return f"--seed: at most {MAX_TAKES} takes at once ({len(set(args.seed))} given)"
+    return ""
+
+
 def main(args: argparse.Namespace) -> int:
-    if args.seeds < 1:  # was taken as 1 without a word
-        print(f"sulphur takes: --seeds {args.seeds}: must be 1 or more", file=sys.stderr)
+    problem = _flag_problem(args)
+    if problem:
+        print(f"sulphur takes: {problem}", file=sys.stderr)
         return 2
     try:
         if args.pick is not None:
@@ -39,6 +54,9 @@ def main(args: argparse.Namespace) -> int:
         seeds = args.seed or seeds_for(args.storyboard, args.segment, args.seeds)
     except StoryboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if seeds[-1] > MAX_SEED:  # counted up from a shot seed near the top of the range
+        print(f"sulphur takes: --seeds {args.seeds}: seed {seeds[-1]} would pass {MAX_SEED}", file=sys.stderr)
         return 2
     try:
         from pipeline.render.engines.ray_engine import render_takes

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from pipeline.models.registry import get_preset
 from pipeline.project import layout
-from pipeline.project.files import check_regular, describe_os_error
-from pipeline.project.storyboard import load
+from pipeline.project.files import check_regular, describe_os_error, kind_of
+from pipeline.project.storyboard import StoryboardError, load, parse
 from pipeline.render.cache import StageCache
 
 if TYPE_CHECKING:
@@ -120,11 +121,67 @@ def write_storyboard(path: Path, clip: Path, prompt: str, preset: Preset, info: 
     aot = tomlkit.aot()
     aot.append(seg)
     doc["segment"] = aot
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    text = tomlkit.dumps(doc)
+    try:  # validated before a byte is written: a refusal names what the user gave, leaves no file
+        parse(text, path)
+    except StoryboardError as exc:
+        raise ValueError(f"{clip}: cannot be extended ({exc.key or path.name}: {exc.message})") from None
+    tmp = path.with_name(f".{path.name}.partial")  # no mkdir: out_problem refused a missing folder
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def default_out(clip: Path) -> Path:
+    """Where an extension goes without ``--out``: ``CLIP-extended.mp4`` beside the clip."""
+    return clip.with_name(f"{clip.stem}-extended.mp4")
+
+
+def story_path(out: Path) -> Path:
+    """The storyboard an extension writes beside its output."""
+    return out.with_name(f"{out.stem}.extend.toml")
+
+
+def out_problem(clip: Path, out: Path | None) -> str:
+    """Why the output cannot be written, in one line, or "" (stat only: checked before any
+    render, which used to run to the end and then fail on a folder or an empty name)."""
+    label = f"--out {out}" if out is not None else str(default_out(clip))
+    out = Path(out) if out is not None else default_out(clip)
+    name = default_out(clip).name
+    if out.name in ("", ".", ".."):
+        return f"{label}: not a file name; give one such as {out / name}"
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError:
+        st = None  # the folder check below names the file standing in the path
+    except OSError as exc:
+        return f"{label}: {describe_os_error(None, exc)}"
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return f"{label}: is a folder; give a file name such as {out / name}"
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return f"{label}: is {kind_of(st.st_mode)}, not a regular file"
+    folder = out.parent
+    try:
+        if not stat.S_ISDIR(os.stat(folder).st_mode):
+            return f"{label}: {folder} is not a folder"
+    except FileNotFoundError:
+        return f"{label}: folder {folder} does not exist"
+    except NotADirectoryError:
+        return f"{label}: {folder} is not a folder"
+    except OSError as exc:
+        return f"{label}: {describe_os_error(folder, exc)}"
+    if out.resolve() == Path(clip).resolve():
+        return "--out must differ from the input clip"
+    story = story_path(out)
+    try:
+        check_regular(story)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a folder or FIFO where the storyboard goes
+        return describe_os_error(story, exc)
+    return ""
 
 
 def extend(clip: Path, prompt: str, *, preset: str = DEFAULT_PRESET, frames: int | None = None,
@@ -134,21 +191,40 @@ def extend(clip: Path, prompt: str, *, preset: str = DEFAULT_PRESET, frames: int
     from pipeline.render.runner import render
 
     clip = Path(clip)
+    problem = out_problem(clip, out)
+    if problem:
+        raise ValueError(problem)
     info = probe(clip)
     chosen = get_preset(preset)
-    out = Path(out) if out is not None else clip.with_name(f"{clip.stem}-extended.mp4")
-    if out.resolve() == clip.resolve():
-        raise ValueError("--out must differ from the input clip")
+    out = Path(out) if out is not None else default_out(clip)
     wanted = frames if frames is not None else round(2 * info.fps) + 1
-    # 1. The storyboard beside the output, then an ordinary render of it.
-    story = write_storyboard(out.with_name(f"{out.stem}.extend.toml"), clip, prompt, chosen, info,
-                             frames=wanted, seed=seed, steps=steps, enhance=enhance)
-    render(story, emit=emit, cancel=cancel)
+    # 1. The storyboard beside the output, then an ordinary render of it. A render that fails
+    #    puts back what was there (nothing, or an earlier extension's storyboard): re-running
+    #    the command writes the same storyboard again and finds the finished stages cached.
+    story = story_path(out)
+    before = story.read_bytes() if story.is_file() else None
+    write_storyboard(story, clip, prompt, chosen, info, frames=wanted, seed=seed, steps=steps, enhance=enhance)
+    try:
+        render(story, emit=emit, cancel=cancel)
+    except BaseException:
+        _put_back(story, before)
+        raise
     # 2. The continuation's upscaled frames (lossless, from the cache) at the clip's size.
     continuation = _rendered_frames(load(story))
     # 3. Clip + continuation[1:] in one encode, at the clip's exact fps.
     _join(clip, info, continuation, out)
     return out
+
+
+def _put_back(path: Path, before: bytes | None) -> None:
+    """Restore ``path`` to ``before`` (``None``: it did not exist), best effort."""
+    try:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+    except OSError:
+        pass  # the render's own error is the one to report
 
 
 def _rendered_frames(sb: Storyboard) -> np.ndarray:

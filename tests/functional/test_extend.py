@@ -87,6 +87,7 @@ def test_extend_keeps_the_clip_and_adds_the_continuation_without_a_seam_duplicat
 
 def test_extend_cli_writes_the_requested_output(clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "longer" / "result.mp4"
+    out.parent.mkdir()  # --out names a file in a folder that exists (a missing one is refused, not made)
     result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "extend", str(clip), "--prompt", "dust rises",
                              "--model", "tiny-svd", "--frames", "4", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False, env=checkout_env())

@@ -230,7 +230,7 @@ def test_takes_refuses_fewer_than_one_seed(count: str, tmp_path: Path) -> None:
     """``--seeds 0`` rendered one take without a word."""
     (tmp_path / "story.toml").write_text(_with())
     result = sulphur("takes", "story.toml", "s0", "--seeds", count, cwd=tmp_path, timeout=30)
-    assert assert_one_line(result, "--seeds").endswith("must be 1 or more")
+    assert assert_one_line(result, "--seeds").endswith("must be between 1 and 16")
     assert not (tmp_path / "renders").exists()
 
 
@@ -250,13 +250,21 @@ def _sound_only_mp4(path: Path) -> None:
             c.mux(packet)
 
 
-def test_a_sound_file_as_video_anchor_is_refused_in_words(tmp_path: Path) -> None:
-    """``anchor = { video = "voice.mp4" }`` with no picture in it was an IndexError traceback."""
-    story = _with("", 'anchor = { video = "voice.mp4" }\n').replace('"no-such-preset"', '"tiny"')
+@pytest.mark.parametrize("clip", ["sound-only", "garbage"])
+def test_a_video_anchor_with_no_picture_is_refused_before_any_shot(tmp_path: Path, clip: str) -> None:
+    """``anchor = { video = "voice.mp4" }`` with no picture in it was an IndexError traceback,
+    then a refusal that came only once the shots before it had rendered, with no line."""
+    story = _with("", 'anchor = { video = "voice.mp4" }\n', shots=2).replace('"no-such-preset"', '"tiny"')
     (tmp_path / "story.toml").write_text(story)
-    _sound_only_mp4(tmp_path / "voice.mp4")
+    if clip == "sound-only":
+        _sound_only_mp4(tmp_path / "voice.mp4")
+    else:
+        (tmp_path / "voice.mp4").write_bytes(b"not a video at all" * 64)
     result = sulphur("render", "story.toml", cwd=tmp_path, timeout=120)
-    assert "has no video stream" in assert_one_line(result, "voice.mp4")
+    line = assert_one_line(result, "story.toml:")
+    assert result.returncode == 2 and "segment[1].anchor: " in line and "voice.mp4: " in line, line
+    assert ("no video stream" if clip == "sound-only" else "not a readable video") in line, line
+    assert not (tmp_path / "renders" / "story" / "segments").exists()  # refused before the first shot
 
 
 def test_render_refuses_a_negative_finisher_count(tmp_path: Path) -> None:
