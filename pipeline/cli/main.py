@@ -20,6 +20,20 @@ from pipeline.cli.takes import add_arguments as takes_arguments
 #   starts in well under a second
 
 
+def _at_least(low: float, kind: type = float):  # noqa: ANN202 - an argparse type
+    """An argparse type: a number of ``kind`` no smaller than ``low`` (``--idle-timeout -5``
+    made the worker exit at once; ``--worst -1`` was taken without a word)."""
+
+    def convert(text: str) -> float:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: must be {low:g} or more")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in "invalid float value: ..."
+    return convert
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sulphur", description="Local AI video studio: storyboard → 1920×1080 MP4.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -61,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run or stop the background render worker of a project")
     w.add_argument("--project", type=Path, default=None, help="project folder (default: current folder)")
     w.add_argument("--stop", action="store_true", help="ask the running worker to stop cleanly")
-    w.add_argument("--idle-timeout", type=float, default=None, help="seconds idle before the worker exits")
+    w.add_argument("--idle-timeout", type=_at_least(1), default=None, help="seconds idle before the worker exits")
     w.add_argument("--foreground", action="store_true", help="run in this terminal instead of detaching")
 
     s = sub.add_parser("status", help="print the worker's status snapshot")
@@ -74,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("flicker", help="per-frame PSNR-Y flicker report of a video")
     f.add_argument("video", type=Path)
     f.add_argument("--json", action="store_true")
-    f.add_argument("--worst", type=int, default=5, metavar="N")
+    f.add_argument("--worst", type=_at_least(0, int), default=5, metavar="N")
     f.add_argument("--seams", type=Path, default=None, metavar="DIR", help="renders/<story>/ folder: seam PSNR")
 
 

@@ -403,6 +403,9 @@ def _shot_sound_and_loras(path: Path, loc: _Locator, index: int, key: str, value
 def parse(source: str, path: str | os.PathLike[str] = "<storyboard>") -> Storyboard:
     """Validate TOML text into a :class:`Storyboard`; raises :class:`StoryboardError`."""
     path = Path(path)
+    if source.startswith("\ufeff"):  # tomllib reads it as "Invalid statement" at 1:1, which says nothing
+        raise StoryboardError(path, "the file starts with a byte-order mark (BOM); save it as UTF-8 without BOM",
+                              1, 1)
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:

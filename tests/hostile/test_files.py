@@ -51,6 +51,7 @@ def _with(project: str = "", segment: str = "", shots: int = 1) -> str:
 STORYBOARDS: dict[str, tuple[str, int, dict[str, object]]] = {
     "fps-times-seconds-over-cap": (_with("", "seconds = 120\n").replace("fps = 8", "fps = 240")
                                    .replace("frames = 9\n", ""), 10, {}),
+    "utf8-bom": ("\ufeff" + _with(), 1, {}),  # Windows editors write one; tomllib said "Invalid statement"
     "project-steps-zero": (_with("steps = 0\n"), 6, {}),
     "project-steps-negative": (_with("steps = -5\n"), 6, {}),
     "project-lora-nan": (_with("lora_strength = nan\n"), 6, {}),
@@ -126,6 +127,13 @@ def test_a_hostile_storyboard_is_refused_in_one_line(case: str, tmp_path: Path) 
         assert f"story.toml:{line}:" in message, message
     assert _snapshot(tmp_path) == before
     assert not (tmp_path / "renders").exists() and not (tmp_path / ".sulphur" / "cache").exists()
+
+
+def test_a_storyboard_saved_with_a_bom_says_so(tmp_path: Path) -> None:
+    """A UTF-8 byte-order mark read as "TOML syntax error: Invalid statement" at 1:1."""
+    (tmp_path / "story.toml").write_text("\ufeff" + _with(), encoding="utf-8")
+    message = assert_one_line(sulphur("render", "story.toml", cwd=tmp_path, timeout=30), "story.toml:1:1:")
+    assert message.endswith("byte-order mark (BOM); save it as UTF-8 without BOM"), message
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "dev-zero", "symlink-to-dev-zero", "oversized"])
