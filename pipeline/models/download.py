@@ -28,6 +28,7 @@ import os
 import posixpath
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -234,6 +235,8 @@ def plan(preset: Preset) -> list[RemoteFile]:
         if spec.env and os.environ.get(spec.env) and Path(os.environ[spec.env]).expanduser().exists():
             continue  # the user points at their own copy
         if spec.repo:
+            if not trees:
+                _reachable(hf_endpoint())
             key = (spec.repo, spec.revision or "main")
             if key not in trees:
                 trees[key] = _list_tree(*key)
@@ -242,6 +245,26 @@ def plan(preset: Preset) -> list[RemoteFile]:
             size = spec.size if spec.size is not None else _url_size(spec.url)
             out.append(RemoteFile(spec, url_download_path(spec).name, size, spec.sha256))
     return out
+
+
+def _reachable(url: str, timeout: float = 5.0) -> None:
+    """PullError unless something answers at ``url``'s host and port. Offline, huggingface_hub
+    retried for about 23 s, printing a warning block per try, before the one-line error; one
+    TCP connect says it at once. Skipped behind a proxy (the direct route may be closed) and
+    with HF_HUB_OFFLINE (the hub's own message names that)."""
+    proxies = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
+            any(os.environ.get(k) for k in proxies):
+        return
+    parts = urlparse(url)
+    if not parts.hostname:
+        raise PullError(f"{url}: not a URL (HF_ENDPOINT?)")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__  # gaierror: "Name or service not known"
+        raise PullError(f"cannot reach {url}: {reason}") from None
 
 
 def _url_size(url: str) -> int | None:

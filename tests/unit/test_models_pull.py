@@ -467,3 +467,15 @@ def test_pulling_a_storyboard_fetches_its_hub_loras_and_the_render_finds_them(hu
     (found,) = user_loras.resolve(job.storyboard, job.segment)
     assert found.path is not None and found.path.read_bytes() == lora and found.digest == _sha(lora)
     assert [r[1] for r in hub.requests if "other.safetensors" in r[1]] == []  # only what the shots name
+
+
+def test_an_unreachable_hub_is_one_line_at_once() -> None:
+    """Offline, huggingface_hub retried for ~23 s, printing six warning blocks, before the error."""
+    import time
+
+    t0 = time.monotonic()
+    result = _cli("models", "pull", "hubtest", "--dry-run", HF_ENDPOINT="http://hub.invalid")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: cannot reach http://hub.invalid: "), result.stderr
+    assert time.monotonic() - t0 < 30  # not a retry loop (a fresh interpreter takes a few seconds)
