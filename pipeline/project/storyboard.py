@@ -693,12 +693,14 @@ def _merge_table(table: Table | dict, new: dict[str, Any], defaults: dict[str, A
                              or _same_parsed(key, _plain(table[key]), _plain(value))):
             continue  # untouched: keep its formatting and comment
         old = table.get(key)
-        if isinstance(old, InlineTable) and isinstance(value, dict):
+        if isinstance(old, InlineTable) and isinstance(value, dict) and set(old.keys()) == set(value.keys()):
             # `anchor = { video = … }` stays an inline table on its line, spacing and comment kept
-            if set(old.keys()) == set(value.keys()):
-                for k, v in value.items():
-                    old[k] = v
-                continue
+            for k, v in value.items():
+                old[k] = v
+            continue
+        if isinstance(value, dict) and not isinstance(old, Table):
+            # inline, on the key's own line: a plain dict becomes a [segment.anchor] sub-table at
+            # the shot's end, and `anchor = "previous"  # …` lost its line and its comment
             inline = tomlkit.inline_table()
             inline.update(value)
             value = inline

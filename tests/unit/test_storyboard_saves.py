@@ -83,6 +83,16 @@ def test_an_edited_anchor_table_stays_inline_on_its_line_with_its_comment(tmp_pa
         ('anchor = { video = "in.mp4" }  # the opening clip', 'anchor = {image = "still.png"}  # the opening clip')]
 
 
+def test_an_anchor_turned_from_a_word_to_a_file_keeps_its_line_and_comment(tmp_path: Path) -> None:
+    """``anchor = "previous"  # …`` to an image was written as a ``[segment.anchor]`` table at the
+    shot's end, its line and comment deleted."""
+    text = ANCHORED.replace('anchor = { video = "in.mp4" }  # the opening clip',
+                            'anchor = "previous"  # the opening clip')
+    saved = _save(tmp_path, text, lambda sb: S.with_segment(sb, "a", anchor=S.Anchor("image", "still.png")))
+    assert _changed_lines(text, saved) == [
+        ('anchor = "previous"  # the opening clip', 'anchor = {image = "still.png"}  # the opening clip')]
+
+
 SECTIONS = """\
 [project]
 fps = 8
