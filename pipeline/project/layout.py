@@ -53,6 +53,20 @@ def tui_renders(project_dir: str | os.PathLike[str]) -> Path:
     return state_dir(project_dir) / "tui-renders.json"
 
 
+def folder_problem(storyboard_path: str | os.PathLike[str]) -> str:
+    """What stands where a render keeps its folders (a file named ``.sulphur`` or
+    ``renders/<stem>``), in one line, or "": found before any stage, not as "File exists"
+    from inside the draft."""
+    project = Path(storyboard_path).parent
+    render_root = RenderFolder.of(storyboard_path).root
+    for folder, holds in ((state_dir(project), "its cache and journal"), (cache_dir(project), "its cache"),
+                          (render_root.parent, "the renders"), (render_root, "this storyboard's renders"),
+                          (render_root / "segments", "the shots' videos")):
+        if os.path.lexists(folder) and not folder.is_dir():
+            return f"{folder}: is a file, not a folder (Sulphur keeps {holds} there; move it aside)"
+    return ""
+
+
 #: The worker's socket and lock (named by the wire layer, which finds the worker with them).
 worker_socket = socket_path
 worker_lock = lock_path

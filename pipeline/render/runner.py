@@ -570,6 +570,9 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     sb = job.storyboard
     last = max(sb.index(s) for s in job.selected)  # shots 0..last are drafted: their anchors must be usable
     check_references(sb, {s.id for s in sb.segments[:last + 1]})
+    problem = layout.folder_problem(sb.path)
+    if problem:
+        raise RenderError("os_error", problem)
     renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     with OutputLock.for_storyboard(sb, emit, renderer.cancel) as lock:  # one render per output folder

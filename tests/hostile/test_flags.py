@@ -27,3 +27,19 @@ def test_counts_below_their_floor_are_refused() -> None:
                        (("flicker", "clip.mp4", "--worst", "-1"), "argument --worst: -1: must be 0 or more")):
         result = sulphur(*args, cwd=Path.cwd(), timeout=60)
         assert result.returncode == 2 and result.stderr.strip().endswith(says), result.stderr
+
+
+def test_a_file_where_a_render_keeps_its_folders_is_named_before_any_stage(tmp_path: Path) -> None:
+    """A file called ``.sulphur`` failed the draft with ".sulphur: File exists"; one called
+    ``renders/story`` failed with "renders/story: File exists"."""
+    from tests.hostile.conftest import assert_one_line
+
+    (tmp_path / "story.toml").write_text(STORY)
+    for blocker, holds in ((".sulphur", "its cache and journal"), ("renders/story", "this storyboard's renders")):
+        path = tmp_path / blocker
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine")
+        result = sulphur("render", "story.toml", cwd=tmp_path, timeout=120)
+        line = assert_one_line(result, f"{blocker}: is a file, not a folder (Sulphur keeps {holds} there")
+        assert "started" not in result.stderr and path.read_text() == "mine", line
+        path.unlink()
