@@ -295,14 +295,23 @@ class SulphurApp(App[int]):
     async def action_quit(self) -> None:
         if self.doc is not None and self.doc.dirty:
             def answered(choice: str | None) -> None:
-                if choice == "save" and self.action_save():
-                    self.exit(0)
+                if choice == "save":
+                    self._save_and_quit()
                 elif choice == "discard":
                     self.exit(0)
 
             self.push_screen(ConfirmQuit(self.doc.path), answered)
             return
         self.exit(0)
+
+
+    def _save_and_quit(self) -> None:
+        """Save, then quit. A file changed on disk is asked about first; whatever the answer
+        (reload, merge, keep mine), the save and the quit follow it, as the user asked."""
+        if self.doc is None or not self.doc.dirty or self.action_save():
+            self.exit(0)
+        elif self.disk.asking:
+            self.disk.then = self._save_and_quit
 
 
 def create_app(storyboard_path: str | os.PathLike[str], **options: object) -> SulphurApp:

@@ -7,6 +7,7 @@ that does not load is watched until it does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ class DiskWatcher:
     def __init__(self, app: SulphurApp) -> None:
         self.app = app
         self.asking = False  # a DiskChangedDialog is open
+        # what to do once the dialog is answered (save and quit waits on it), then forgotten
+        self.then: Callable[[], None] | None = None
         self.over_broken = False  # the user kept their version over a file that does not load
 
     def poll_renders(self) -> None:
@@ -75,6 +78,12 @@ class DiskWatcher:
         self.app.board.refresh_document(editor=True)
 
     def _answer(self, answer: str | None) -> None:
+        then, self.then = self.then, None
+        self._take(answer)
+        if then is not None and answer in ("reload", "merge", "keep"):
+            then()
+
+    def _take(self, answer: str | None) -> None:
         self.asking = False
         app = self.app
         doc = app.doc

@@ -264,6 +264,29 @@ async def test_save_asks_when_file_changed_since(story: Path) -> None:
     assert "crying" in story.read_text() and len(load(story).segments) == 3
 
 
+@pytest.mark.parametrize(("answer", "dawn_ends", "shots"), [("m", "gulls crying", 4), ("k", "gulls calling", 4),
+                                                      ("r", "gulls crying", 3)], ids=["merge", "keep-mine", "reload"])
+async def test_save_and_quit_over_a_changed_file_follows_the_answer(story: Path, answer: str, dawn_ends: str,
+                                                                    shots: int) -> None:
+    """ctrl+q, s with the file changed on disk: the question, then the save and the quit the
+    user asked for (merge and then stay open, doing neither, was the old behaviour)."""
+    app = make(story, poll_disk=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")
+        story.write_text(story.read_text().replace("gulls calling", "gulls crying"))
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, DiskChangedDialog) and app.is_running
+        await pilot.press(answer)
+        await pilot.pause()
+    assert app.return_code == 0
+    sb = load(story)
+    assert len(sb.segments) == shots and sb.segment("dawn").prompt.endswith(dawn_ends)
+
+
 async def test_broken_file_view_then_fixed(story: Path) -> None:
     good = story.read_text()
     story.write_text(good.replace("frames = 17               # frame count", "frames = \"many\"", 1))
