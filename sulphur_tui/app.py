@@ -38,7 +38,7 @@ from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, 
 from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, HelpScreen, TakesScreen
 from sulphur_tui.screens.storyboard import StoryboardScreen
 from sulphur_tui.sources import close_followers
-from sulphur_tui.status import DiskRender, remembered_baseline, remembered_stage_times
+from sulphur_tui.status import DiskRender, remembered_baseline, remembered_outcome, remembered_stage_times
 from sulphur_tui.widgets.preview import image_widget_class
 from sulphur_tui.widgets.segments import SegmentList
 
@@ -131,12 +131,14 @@ class SulphurApp(App[int]):
         if self.replay is None:  # a replay draws only what it replays
             for stage, runs in remembered_stage_times(sb).items():
                 self.live.history.setdefault(stage, []).extend(runs)
+            self.live.news = self.live.news or remembered_outcome(sb)  # the worker may have gone since
         self.selected = sb.segments[0].id
         self.board.refresh_document(select=self.selected, editor=True)
         self.set_interval(self.poll_disk, self.disk.poll)
         self.set_interval(RENDERS_POLL_S, self.disk.poll_renders)
         self.set_interval(0.5, self.board.tick)
         self.jobs.start()
+        self.board.draw_status()  # the remembered outcome, before any worker speaks
         self.board.query_one(SegmentList).focus()
 
     _NEEDS_DOCUMENT = {"save", "undo", "redo", "render_all", "render_segment", "render_from", "add_segment",

@@ -147,6 +147,20 @@ def remember_stage_time(storyboard: Storyboard, stage: str, seconds: float) -> N
     _update_memory(storyboard, change)
 
 
+def remembered_outcome(storyboard: Storyboard) -> str:
+    """How the last job this project's editor followed ended (the status line's news), so an
+    editor opened later still says it, as the README promises; "" when none is remembered."""
+    try:
+        news = json.loads(_memory_path(storyboard).read_text(encoding="utf-8")).get("_last_outcome", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return news if isinstance(news, str) else ""
+
+
+def remember_outcome(storyboard: Storyboard, news: str) -> None:
+    _update_memory(storyboard, lambda data: data.__setitem__("_last_outcome", news))
+
+
 def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
     """The segment's mp4 or the film; the render folder if neither exists yet."""
     rd = storyboard.render_dir()

@@ -16,6 +16,7 @@ from textual.worker import WorkerState
 from pipeline.wire.protocol import (
     ErrorEvent,
     Event,
+    JobCancelled,
     JobFinished,
     JobQueued,
     PlanFallback,
@@ -26,7 +27,7 @@ from pipeline.worker.client import WorkerClient, WorkerError, WorkerNotRunning
 from sulphur_tui.messages import WorkerConnection, WorkerEvent
 from sulphur_tui.screens.takes import TakesScreen
 from sulphur_tui.sources import follow_worker, paced, read_events
-from sulphur_tui.status import remember_render, remember_stage_time, segment_digest
+from sulphur_tui.status import remember_outcome, remember_render, remember_stage_time, segment_digest
 
 if TYPE_CHECKING:
     from sulphur_tui.app import SulphurApp
@@ -102,6 +103,9 @@ class RenderControl:
                 remember_render(doc.saved, seg, app.baseline[seg])
         if isinstance(ev, StageFinished) and ev.segment and doc is not None and app.replay is None and not history:
             remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
+        if isinstance(ev, JobFinished | JobCancelled | ErrorEvent) and doc is not None and app.replay is None \
+                and app.live.news:
+            remember_outcome(doc.storyboard, app.live.news)
         app.board.refresh_live(areas)
         if areas & {"takes", "latent"} and isinstance(app.screen, TakesScreen):
             app.screen.refresh_live(areas)

@@ -189,6 +189,22 @@ async def test_status_line_says_how_the_last_job_ended(story: Path) -> None:
         assert "cancelled" not in status and "renders/story/final.mp4" in status, status
 
 
+async def test_an_editor_opened_later_still_says_how_the_last_job_ended(story: Path) -> None:
+    """Reopened after a render (the worker since idled out), the status line said only "worker
+    attached" or "no render worker running"; the README says it keeps how the last job ended."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(WorkerEvent(JobStarted(job_id="a", storyboard=str(story), segments=["dawn"])))
+        app.post_message(WorkerEvent(JobFinished(job_id="a", path=str(story.parent / "renders/story/final.mp4"),
+                                                 seconds=42.0)))
+        await pilot.pause()
+    again = create_app(story, connect_worker=False)
+    async with again.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        status = screen_text(again).splitlines()[-2]
+        assert "✔ film ready: renders/story/final.mp4 (42 s)" in status, status
+
+
 async def test_status_line_leaves_starting_once_the_worker_speaks(story: Path) -> None:
     app = create_app(story, connect_worker=False)
     async with app.run_test(size=(120, 40)) as pilot:
