@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.memory.planner import StagePlan
 from pipeline.models import ltx2
 from pipeline.models.registry import Preset
+from pipeline.project.files import describe_os_error
 
 # Deferred imports: pipeline.models, pipeline.models.esrgan, pipeline.models.enhancer, llama_cpp, gguf — each file kind loads its own
 #   loader (and torch) only when a file of that kind is verified
@@ -69,6 +70,8 @@ def verify(preset: Preset) -> list[Check]:
 def _try(component: str, where: str, fn: Callable[[], Any]) -> Check:
     try:
         fn()
+    except OSError as exc:  # "[Errno 21] Is a directory: '/x'" → "/x: is a directory"
+        return Check(component, where, describe_os_error(exc.filename or where, exc))
     except Exception as exc:  # noqa: BLE001 - every failure becomes the file's one-line report
         msg = " ".join(str(exc).split()) or type(exc).__name__
         return Check(component, where, msg)

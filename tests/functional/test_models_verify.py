@@ -47,3 +47,15 @@ def test_verify_twin_ok_then_renamed_key_fails_naming_file_and_key(tmp_path: Pat
     assert "audio_prompt_adaln_single_old" in transformer_fail[0]
     assert "Traceback" not in bad.stderr
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_folder_given_as_the_upscaler_file_reads_in_words(tmp_path: Path) -> None:
+    """``SULPHUR_ESRGAN=<a folder>`` printed ``[Errno 21] Is a directory: '…'``."""
+    folder = tmp_path / "esrgan"
+    folder.mkdir()
+    env = {**os.environ, "SULPHUR_HOME": str(tmp_path / "home"), "SULPHUR_ESRGAN": str(folder)}
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "models", "verify", "sulphur2-ltx23"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    line = next(x for x in result.stdout.splitlines() if x.startswith("upscaler "))
+    assert line.split()[1] == "FAIL" and line.endswith(f"{folder}: Is a directory"), line
+    assert "Errno" not in result.stdout + result.stderr
