@@ -58,7 +58,7 @@ class StageTimer:
 
 @dataclass
 class SegmentLive:
-    state: str = ""  # "" | queued | rendering | done | failed
+    state: str = ""  # "" | queued | rendering | takes (a takes job of it runs) | done | failed
     stage: str = ""
     progress: float = 0.0  # 0..1
     error: str = ""
@@ -305,9 +305,10 @@ class LiveState:
             # The runner skips the enhancer without an event (a locked prompt, enhance = false,
             # a preset that takes none): once the draft starts it is not to come.
             enhance.state = "skipped"
-        s = self.seg(ev.segment)
-        s.state, s.stage, s.error = "rendering", ev.stage, ""
-        self._progress(ev.segment)
+        if not self._a_take(ev):  # a take's stages are the takes row's, not the shot's own
+            s = self.seg(ev.segment)
+            s.state, s.stage, s.error = "rendering", ev.stage, ""
+            self._progress(ev.segment)
         job = self.jobs.get(ev.job_id)
         if job and job.state == "queued":
             job.state, job.started = "running", ev.ts
@@ -322,9 +323,10 @@ class LiveState:
             t.step, t.total = ev.step, ev.total
             if t.state == "pending":
                 t.state, t.started = "running", ev.ts
-        s = self.seg(ev.segment)
-        s.state, s.stage = "rendering", ev.stage
-        self._progress(ev.segment, ev.step / ev.total if ev.total else 0.0)
+        if not self._a_take(ev):
+            s = self.seg(ev.segment)
+            s.state, s.stage = "rendering", ev.stage
+            self._progress(ev.segment, ev.step / ev.total if ev.total else 0.0)
         return {"segments", "timers"}
 
     def _stage_finished(self, ev: StageFinished | StageCached) -> set[str]:
@@ -338,10 +340,16 @@ class LiveState:
                 t.step = t.total = max(t.total, t.step)
         if isinstance(ev, StageFinished):
             self.history.setdefault(ev.stage, []).append(ev.seconds)
-        s = self.seg(ev.segment)
-        s.stages_done.add(ev.stage)
-        self._progress(ev.segment)
+        if not self._a_take(ev):
+            s = self.seg(ev.segment)
+            s.stages_done.add(ev.stage)
+            self._progress(ev.segment)
         return {"segments", "timers"}
+
+    def _a_take(self, ev: StageStarted | StepProgress | StageFinished | StageCached) -> bool:
+        """An event of one take in a takes job (of the job's shot, not of the shots it drafts first)."""
+        job = self.jobs.get(ev.job_id)
+        return bool(job and job.seeds and job.segments and ev.segment == job.segments[0])
 
     def _flicker(self, ev: FlickerReport) -> set[str]:
         # The seam is measured on one stage (the draft) and kept with that stage's own
@@ -412,7 +420,7 @@ class LiveState:
             job.state = state
         for sid in segs:
             s = self.seg(sid)
-            if s.state in ("queued", "rendering"):
+            if s.state in ("queued", "rendering", "takes"):
                 s.state = "" if state != "failed" or s.state == "queued" else "failed"
         for t in self.timers.values():
             if t.state == "running":
@@ -482,7 +490,11 @@ class LiveState:
                 self._take_on = {}
             case _:
                 return set()
-        return {"takes"}
+        if job.state in ("queued", "running"):  # the shot's row: its takes, not a render of its own
+            shot = self.seg(rows.segment)
+            shot.state = "takes"
+            shot.progress = sum(t.progress for t in rows.takes.values()) / max(1, len(rows.takes))
+        return {"takes", "segments"}
 
     # ------------------------------------------------------------------ reading
     @property

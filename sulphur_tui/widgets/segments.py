@@ -42,6 +42,8 @@ def status_of(live: SegmentLive | None, disk: DiskRender | None) -> tuple[str, s
     """(glyph text, component class) — live state wins over what is on disk."""
     if live and live.state == "rendering":
         return f"▶ {live.progress * 100:3.0f}%", "rendering"
+    if live and live.state == "takes":  # takes of it render; the shot's own files are untouched
+        return "▶ takes", "rendering"  # their progress is the takes screen's (t)
     if live and live.state == "queued":
         return "◷ queued", "queued"
     if live and live.state == "failed":

@@ -13,6 +13,7 @@ from pipeline.project.storyboard import load
 from pipeline.render.takes import pick_take
 from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import TakesScreen
+from sulphur_tui.widgets.segments import status_of
 
 from .conftest import DATA, changed_lines
 from .test_snapshots import settle
@@ -224,6 +225,8 @@ async def test_rows_follow_a_takes_job(story: Path) -> None:
         await pilot.pause(0.2)
         assert "▶" not in rows()[0] and "current" in rows()[0] and "▶ draft 0/8" in rows()[1], rows()
         assert "rendering 1/2" in str(screen.query_one("#takes-title").render())
+        # The shot's own row says its takes render; a take's stages were drawn as "▶ 100%" of the shot.
+        assert status_of(app.live.segments["beam"], None) == ("▶ takes", "rendering")
         await pilot.press("enter")  # seed 7, done: picked while 8 renders
         await pilot.pause(0.2)
         assert app.screen is not screen
