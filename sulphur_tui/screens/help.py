@@ -16,7 +16,7 @@ ABOUT = """\
 **Left:** the shots of the storyboard and the editor of the selected one.
 **Right:** GPU memory (NVML used/total, the storyboard's `vram_budget_gb` marked `│`;
 a second bar measures the worker's torch memory against that budget), the stage timers
-of the running shot with the memory plan of its stage, a flicker sparkline per rendered
+of the running shot with the memory plan of its stage (■ cut short, – skipped), a flicker sparkline per rendered
 shot (PSNR-Y of every frame transition, from the stage it names; red bars are the worst;
 *seam* is the PSNR across the cut from the previous shot, on the stage it names, and is
 flagged when below that stage's worst transition) and the latest frame; while a draft or
