@@ -423,7 +423,10 @@ class Renderer:
         seg_id = job.segment.id
         target = self.renders.segment(seg_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_copy(encode.file("segment.mp4"), target)
+        source = encode.file("segment.mp4")
+        atomic_copy(source, target)
+        # dated when it was encoded: a shot taken from the cache read "rendered now" in the editor
+        os.utime(target, ns=(time.time_ns(), source.stat().st_mtime_ns))
         self._record_rendered(seg_id, encode)
         if behind is None:
             self._quality_video(job, target)
@@ -442,8 +445,10 @@ class Renderer:
         except (OSError, ValueError):
             data = {}
         segments = data.setdefault("segments", {})
+        before = segments.get(seg_id) if isinstance(segments.get(seg_id), dict) else {}
+        same = before.get("encode_key") == encode.key and isinstance(before.get("rendered_at"), int | float)
         segments[seg_id] = {"digest": segment_digest(self.sb, seg_id), "encode_key": encode.key,
-                            "rendered_at": time.time()}
+                            "rendered_at": before["rendered_at"] if same else time.time()}
         atomic_write(path, json.dumps(data, indent=1))
 
     def run(self, selected: Sequence[str]) -> Path:

@@ -179,6 +179,22 @@ def test_render_one_segment_only_touches_that_segment(demo: dict) -> None:
     assert {seg for seg, _ in _ran(_events(result.stdout))} == {last.id}
 
 
+def test_a_shot_taken_from_the_cache_keeps_when_it_was_rendered(demo: dict) -> None:
+    """Every stage a cache hit: the shot's MP4 and manifest line were re-dated "now", so the
+    editor's "rendered" column said a shot nobody rendered had just been."""
+    import json
+
+    sb = S.load(demo["storyboard"])
+    first = sb.segments[0].id
+    mp4 = demo["folder"] / "renders" / "example" / "segments" / f"{first}.mp4"
+    manifest = demo["folder"] / "renders" / "example" / "manifest.json"
+    dated, recorded = mp4.stat().st_mtime_ns, json.loads(manifest.read_text())["segments"][first]["rendered_at"]
+    result = _sulphur("render", str(demo["storyboard"]), "--segment", first, "--json", cwd=demo["folder"])
+    assert result.returncode == 0 and not _ran(_events(result.stdout)), result.stderr[-2000:]
+    assert mp4.stat().st_mtime_ns == dated
+    assert json.loads(manifest.read_text())["segments"][first]["rendered_at"] == recorded
+
+
 def test_a_render_of_the_first_shot_says_why_no_film_is_assembled(demo: dict) -> None:
     """``--segment`` of the first shot after a full render said "segment beam is not rendered yet"
     of a shot rendered and current: the render drafts no shot after it, so it cannot look them up."""
