@@ -37,7 +37,7 @@ def read_track(path: Path, start: float, samples_at: Any) -> tuple[np.ndarray, i
     lands on a packet boundary)."""
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(str(path), metadata_errors="ignore") as container:
         stream = container.streams.audio[0]
         rate = int(stream.rate or stream.codec_context.sample_rate)
         first, n = round(start * rate), int(samples_at(rate))

@@ -75,7 +75,7 @@ def audio_header(path: Path) -> tuple[str, float | None]:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.audio:
                 return f"{path}: no audio stream", None
             stream = container.streams.audio[0]

@@ -101,17 +101,19 @@ def _problem(path: Path, header: str = "", start: float = 0.0) -> str:
 
 def _video_problem(path: Path) -> str:
     """An anchor video must hold a picture: its first frame is decoded here, so a sound file or a
-    damaged clip is refused at its key's line, not after the shots before it have rendered."""
+    damaged clip is refused at its key's line, not after the shots before it have rendered.
+    Tags that are not UTF-8 (older cameras, Windows tools) are ignored, not a traceback."""
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:
                 return f"{path}: no video stream in it (a sound file?)"
             if next(container.decode(video=0), None) is None:
                 return f"{path}: no frames in its video stream"
-    except (OSError, av.error.FFmpegError) as exc:
-        return f"{path}: not a readable video ({getattr(exc, 'strerror', None) or exc})"
+    except (OSError, av.error.FFmpegError, ValueError) as exc:  # noqa: B014 - PyAV's errors are OSError too
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:80]
+        return f"{path}: not a readable video ({reason})"
     return ""
 
 

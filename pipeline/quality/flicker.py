@@ -257,7 +257,7 @@ def _decode_planes(path: Path, info: dict[str, Any]) -> Iterator[tuple[np.ndarra
     import av
 
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), metadata_errors="ignore")
     except FileNotFoundError:
         raise FlickerError(f"{path}: no such file") from None
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
@@ -427,7 +427,7 @@ def _reference_image(render_dir: Path) -> tuple[np.ndarray | None, str]:
 
     path = board.resolve(ref)
     try:
-        with av.open(str(path)) as c:
+        with av.open(str(path), metadata_errors="ignore") as c:
             for frame in c.decode(video=0):
                 return frame.to_ndarray(format="rgb24"), str(path)
     except (av.error.FFmpegError, OSError) as exc:

@@ -647,12 +647,12 @@ def last_video_frame(path: Path) -> np.ndarray:
 
     last = None
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:  # decode(video=0) would be an IndexError traceback
                 raise RenderError("bad_anchor", f"anchor video {path} has no video stream (a sound file?)")
             for frame in container.decode(video=0):
                 last = frame
-    except (OSError, av.error.FFmpegError) as exc:
+    except (OSError, av.error.FFmpegError, ValueError) as exc:  # noqa: B014 - PyAV's errors are OSError too
         reason = getattr(exc, "strerror", None) or str(exc)  # FFmpeg's reason, not its errno
         raise RenderError("bad_anchor", f"cannot read anchor video {path}: {reason}") from None
     if last is None:
