@@ -64,6 +64,13 @@ def _float(text: str, lo: float, hi: float) -> float:
     return value
 
 
+def _rendered(frames: int) -> int:
+    """The frames an LTX-2 shot of ``frames`` renders (rounded up to 8k+1), the most a ``keep``
+    may keep. The presets' own rounding is the render's (the registry is out of the editor's
+    reach); other families round to no more, and the render refuses at the key's line."""
+    return max(9, -(-(frames - 1) // 8) * 8 + 1)
+
+
 def _named_files(seg: Segment, key: str) -> list[str]:
     """The local files a shot's ``key`` names, as the storyboard spells them."""
     if key == "keyframes":
@@ -315,7 +322,11 @@ class SegmentEditor(VerticalScroll):
 
     @on(Input.Changed)
     def _input(self, event: Input.Changed) -> None:
-        inp, text = event.input, event.value.strip()
+        self._check(event.input)
+
+    def _check(self, inp: Input) -> None:
+        """Parse a field's text: a good value is applied, a bad one is marked and remembered."""
+        text = inp.value.strip()
         key = inp.id or ""
         error = ""
         value: Any = None
@@ -330,7 +341,7 @@ class SegmentEditor(VerticalScroll):
             self._bad[key] = error
         else:
             self._bad.pop(key, None)
-        self._error(error)
+        self._error(error or self.problem)  # fixed here, another field may still be wrong
         if not error:
             self._apply(key, value)
 
@@ -375,7 +386,7 @@ class SegmentEditor(VerticalScroll):
         other = "seconds" if key == "frames" else "frames"
         seg = replace(self.segment, **{key: value, other: None if value is not None else getattr(self.segment, other)})
         frames = seg.frame_count(self.fps)
-        if seg.keep is not None and seg.keep > frames:
+        if seg.keep is not None and seg.keep > _rendered(frames):
             raise ValueError(f"keep = {seg.keep} needs at least that many frames (change keep first)")
         parse_keyframes([kf.to_toml() for kf in seg.keyframes], frames)
         if seg.retake is not None:
@@ -386,10 +397,10 @@ class SegmentEditor(VerticalScroll):
         return value
 
     def _keep_fits(self, keep: int | None) -> int | None:
-        """``keep`` if the shot has that many frames (the render refuses more); else ValueError."""
-        frames = self.segment.frame_count(self.fps) if self.segment is not None else None
+        """``keep`` if the shot renders that many frames (the render refuses more); else ValueError."""
+        frames = _rendered(self.segment.frame_count(self.fps)) if self.segment is not None else None
         if keep is not None and frames is not None and keep > frames:
-            raise ValueError(f"the shot has {frames} frames: keep between 1 and {frames}")
+            raise ValueError(f"the shot renders {frames} frames: keep between 1 and {frames}")
         return keep
 
     def _files_exist(self, key: str, value: Any) -> Any:
@@ -425,8 +436,17 @@ class SegmentEditor(VerticalScroll):
                 self._post(coalesce=coalesce, anchor=Anchor(kind, value))
 
     def _clear(self, selector: str) -> None:
+        inp = self.query_one(selector, Input)
         with self.prevent(Input.Changed):
-            self.query_one(selector, Input).value = ""
+            inp.value = ""
+        self._forget(inp)
+
+    def _forget(self, inp: Input) -> None:
+        """The field no longer holds what was wrong with it (cleared, disabled, or set from a
+        dialog): a stale entry kept save and render refused over text no longer shown."""
+        self._bad.pop(inp.id or "", None)
+        inp.remove_class("-bad")
+        self._error(self.problem)
 
     @on(Select.Changed, "#anchor-kind")
     def _anchor_kind(self, event: Select.Changed) -> None:
@@ -435,9 +455,10 @@ class SegmentEditor(VerticalScroll):
         path_input.disabled = kind not in ("image", "video")
         self.query_one("#browse", Button).disabled = path_input.disabled
         if kind in ("previous", "none"):
+            self._forget(path_input)
             self._post(anchor=Anchor(kind))
         elif path_input.value.strip():
-            self._post(anchor=Anchor(kind, path_input.value.strip()))
+            self._check(path_input)  # the same file as an image or a video: checked as that
         else:
             self._error(f"anchor: choose the {kind} file (Browse…)")
 
@@ -452,5 +473,5 @@ class SegmentEditor(VerticalScroll):
             self._set_input("#anchor-path", path)
             self.query_one("#anchor-path", Input).disabled = False
             self.query_one("#browse", Button).disabled = False
-        self._error("")
+        self._forget(self.query_one("#anchor-path", Input))
         self._post(anchor=Anchor(kind, path))

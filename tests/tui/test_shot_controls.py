@@ -54,7 +54,7 @@ REFUSED: list[tuple[str, str, str]] = [
     ("audio", "sounds/nope.wav", "audio: sounds/nope.wav: file not found"),
     ("audio", "sounds/harbour-bell.flac+99", "audio: sounds/harbour-bell.flac: start = 99 s is past its end"),
     ("audio", "stills/beam.png", "audio: stills/beam.png: expected a sound file"),
-    ("keep", "18", "keep: the shot has 17 frames: keep between 1 and 17"),  # the render refused it
+    ("keep", "18", "keep: the shot renders 17 frames: keep between 1 and 17"),  # the render refused it
 ]
 
 
@@ -380,3 +380,41 @@ async def test_an_anchor_file_and_a_length_below_keep_are_refused_on_their_field
         assert not path.has_class("-bad")
         assert app.doc.storyboard.segment("beam").anchor.path == "stills/beam.png"
     assert studio.read_text() == original
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("then", ["browse", "previous", "other-field"])
+async def test_a_field_no_longer_wrong_stops_blocking_the_save(studio: Path, then: str) -> None:
+    """A bad anchor path, then a good file from Browse…, the anchor set back to "previous", or
+    frames typed (which clears a bad seconds field): the old error kept ctrl+s refused over text
+    the form no longer showed."""
+    from pipeline.project.storyboard import load as load_board
+    from sulphur_tui.widgets.editor import SegmentEditor
+
+    app = make(studio)
+    async with app.run_test(size=SIZE) as pilot:
+        notes: list[str] = []
+        app.notify = lambda message, **kw: notes.append(message)  # type: ignore[method-assign]
+        await open_field(pilot, "seed")
+        if then == "other-field":
+            app.query_one("#seconds", Input).value = "500"
+            await pilot.pause()
+            app.query_one("#frames", Input).value = "9"
+        else:
+            app.query_one("#anchor-kind", Select).value = "image"
+            await pilot.pause()
+            app.query_one("#anchor-path", Input).value = "stills/nope.png"
+            await pilot.pause()
+            assert "file not found" in form_error(app)
+            if then == "browse":
+                app.query_one(SegmentEditor).set_anchor_path("image", "stills/beam.png")
+            else:
+                app.query_one("#anchor-kind", Select).value = "previous"
+        await pilot.pause()
+        assert form_error(app) == "" and not app.query(".-bad"), form_error(app)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not any("Fix the field" in n for n in notes), notes
+    beam = load_board(studio).segment("beam")
+    assert {"browse": beam.anchor.path == "stills/beam.png", "previous": beam.anchor.kind == "previous",
+            "other-field": beam.frames == 9}[then]
