@@ -401,7 +401,9 @@ class LiveState:
                 for sid in info.segments:
                     if self.seg(sid).state not in ("rendering", "done"):
                         self.segments[sid] = SegmentLive(state="queued")
-            if info.state == "running" and info.segment:
+            if info.state == "running" and info.segment and job.seeds and info.segment == job.segments[0]:
+                self.seg(info.segment).state = "takes"  # its takes render, not the shot itself
+            elif info.state == "running" and info.segment:
                 s = self.seg(info.segment)
                 s.state, s.stage = "rendering", info.stage
                 self._progress(info.segment, info.step / info.total if info.total else 0.0)

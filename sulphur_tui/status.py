@@ -151,14 +151,20 @@ def remembered_outcome(storyboard: Storyboard) -> str:
     """How the last job this project's editor followed ended (the status line's news), so an
     editor opened later still says it, as the README promises; "" when none is remembered."""
     try:
-        news = json.loads(_memory_path(storyboard).read_text(encoding="utf-8")).get("_last_outcome", "")
+        news = json.loads(_memory_path(storyboard).read_text(encoding="utf-8")).get(_outcome_key(storyboard), "")
     except (OSError, ValueError, AttributeError):
         return ""
     return news if isinstance(news, str) else ""
 
 
 def remember_outcome(storyboard: Storyboard, news: str) -> None:
-    _update_memory(storyboard, lambda data: data.__setitem__("_last_outcome", news))
+    _update_memory(storyboard, lambda data: data.__setitem__(_outcome_key(storyboard), news))
+
+
+def _outcome_key(storyboard: Storyboard) -> str:
+    """One per storyboard: the memory file is the folder's, and b.toml's editor must not report
+    a.toml's film."""
+    return f"_last_outcome:{storyboard.path.name}"
 
 
 def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:

@@ -80,8 +80,8 @@ class DiskWatcher:
     def _answer(self, answer: str | None) -> None:
         then, self.then = self.then, None
         self._take(answer)
-        if then is not None and answer in ("reload", "merge", "keep"):
-            then()
+        if then is not None and answer in ("merge", "keep"):  # after a reload the edits are an undo away:
+            then()  # quitting then would lose them, so the editor stays open
 
     def _take(self, answer: str | None) -> None:
         self.asking = False

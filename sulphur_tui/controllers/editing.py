@@ -309,7 +309,9 @@ class Editing:
             return False
         if doc.disk_changed():
             app.disk.poll()  # ask first: never overwrite someone else's change silently
-            return False
+            if app.disk.asking or doc.disk_changed():
+                return False
+            # only the worker's enhanced prompts had changed, and they were taken in: save on
         try:
             doc.save(over_broken=app.disk.over_broken)
         except StoryboardError as exc:

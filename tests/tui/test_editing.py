@@ -269,7 +269,8 @@ async def test_save_asks_when_file_changed_since(story: Path) -> None:
 async def test_save_and_quit_over_a_changed_file_follows_the_answer(story: Path, answer: str, dawn_ends: str,
                                                                     shots: int) -> None:
     """ctrl+q, s with the file changed on disk: the question, then the save and the quit the
-    user asked for (merge and then stay open, doing neither, was the old behaviour)."""
+    user asked for (merge and then stay open, doing neither, was the old behaviour). After a
+    reload the user's edits are an undo step: the editor stays open rather than lose them."""
     app = make(story, poll_disk=3600)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("a")
@@ -282,9 +283,28 @@ async def test_save_and_quit_over_a_changed_file_follows_the_answer(story: Path,
         assert isinstance(app.screen, DiskChangedDialog) and app.is_running
         await pilot.press(answer)
         await pilot.pause()
-    assert app.return_code == 0
+        assert app.is_running == (answer == "r")
+        if answer == "r":
+            assert app.doc.can_undo  # the fourth shot is one ctrl+z away
+    assert app.return_code == (None if answer == "r" else 0)
     sb = load(story)
     assert len(sb.segments) == shots and sb.segment("dawn").prompt.endswith(dawn_ends)
+
+
+async def test_save_right_after_the_worker_wrote_a_prompt_saves(story: Path) -> None:
+    """The worker's enhanced prompt reached the file just before ctrl+s: the save took it in
+    and then returned without saving or a word (and Save and quit neither saved nor quit)."""
+    from pipeline.project.writeback import set_enhanced_prompt
+
+    app = make(story, poll_disk=3600)  # no polling: only the save itself can notice
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")
+        set_enhanced_prompt(story, "dawn", "A lighthouse, golden hour, long lens")
+        await pilot.press("ctrl+q", "s")
+        await pilot.pause()
+    assert app.return_code == 0
+    sb = load(story)
+    assert len(sb.segments) == 4 and sb.segment("dawn").enhanced_prompt == "A lighthouse, golden hour, long lens"
 
 
 async def test_broken_file_view_then_fixed(story: Path) -> None:
