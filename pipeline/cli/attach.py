@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.cli.output import ProgressPrinter, json_printer
 from pipeline.project.files import check_regular, describe_os_error
+from pipeline.render.errors import STORYBOARD_KINDS
 from pipeline.wire.framing import GOODBYE
 from pipeline.wire.protocol import ErrorEvent, Event, JobCancelled, JobFinished, Log, StatusSnapshot
 from pipeline.worker.client import (
@@ -188,8 +189,8 @@ def _follow(stream: EventStream, job_id: str, show: Callable[[Event], None], *,
             if print_path:
                 print(event.path)
             return 0, goodbye
-        if isinstance(event, ErrorEvent):
-            return 1, goodbye
+        if isinstance(event, ErrorEvent):  # a storyboard refusal exits 2, as the headless render's does
+            return (2 if event.kind in STORYBOARD_KINDS or event.kind == "storyboard" else 1), goodbye
         if isinstance(event, JobCancelled):
             return 130, goodbye
     return None, goodbye

@@ -191,6 +191,14 @@ def test_socket_is_private_and_a_second_worker_refuses(project: Path) -> None:
     assert lock_holder(project) == holder  # the first one is untouched
 
 
+def test_render_attach_exits_2_for_a_storyboard_the_worker_refuses(project: Path) -> None:
+    """An unknown preset is a storyboard refusal: ``render`` exits 2 for it, and so does
+    ``render --attach``, whose worker refuses it once the job runs (it exited 1)."""
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "render", str(project / "story.toml"), "--attach"],
+                            capture_output=True, text=True, timeout=120, env=checkout_env(), check=False)
+    assert result.returncode == 2 and "no-such-preset" in result.stderr, (result.returncode, result.stderr)
+
+
 def test_status_prints_the_snapshot(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main_status(argparse.Namespace(project=project, json=True)) == 0
     snap = protocol.decode_event(capsys.readouterr().out)
