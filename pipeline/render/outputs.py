@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.project.files import fsync_dir, pid_alive
-from pipeline.project.layout import cache_lock
+from pipeline.project.layout import cache_lock, folder_problem
 from pipeline.render.errors import RenderError
 from pipeline.render.usage import open_cache_lock
 from pipeline.stages.base import Cancelled
@@ -238,5 +238,13 @@ def _share_cache(project_dir: Path, waiting: Callable[[str], None] | None,
             raise
 
 
-__all__ = ["OutputLock", "RenderBusy", "atomic_copy", "disk_error", "fsync_dir", "publishing",
+__all__ = ["OutputLock", "RenderBusy", "atomic_copy", "disk_error", "fsync_dir", "publishing", "refuse_blocked_folders",
            "sweep_temporaries", "unique_tmp"]
+
+
+def refuse_blocked_folders(storyboard_path: str | os.PathLike[str]) -> None:
+    """A file where ``.sulphur/`` or ``renders/<stem>/`` goes, named before any stage or actor
+    starts (it failed inside the draft as "File exists")."""
+    problem = folder_problem(storyboard_path)
+    if problem:
+        raise RenderError("os_error", problem)

@@ -42,7 +42,13 @@ from pipeline.render.fallback import run_down_ladder
 from pipeline.render.film import CachedSegment, assemble_film
 from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.lora_audio import check_loras
-from pipeline.render.outputs import OutputLock, atomic_copy, publishing, sweep_temporaries
+from pipeline.render.outputs import (
+    OutputLock,
+    atomic_copy,
+    publishing,
+    refuse_blocked_folders,
+    sweep_temporaries,
+)
 from pipeline.render.overlap import Behind, LinkedCancel
 from pipeline.render.usage import after_render
 from pipeline.stages.base import Cancelled, SegmentJob, Stage, StageContext
@@ -575,9 +581,7 @@ def render(storyboard_path: str | os.PathLike[str], *, segments: Sequence[str] |
     sb = job.storyboard
     last = max(sb.index(s) for s in job.selected)  # shots 0..last are drafted: their anchors must be usable
     check_references(sb, {s.id for s in sb.segments[:last + 1]})
-    problem = layout.folder_problem(sb.path)
-    if problem:
-        raise RenderError("os_error", problem)
+    refuse_blocked_folders(sb.path)
     renderer = Renderer.create(job, emit=emit, cancel=cancel or threading.Event(),
                                job_id=job_id or uuid.uuid4().hex[:12], models=models or LoadedModels())
     with OutputLock.for_storyboard(sb, emit, renderer.cancel) as lock:  # one render per output folder

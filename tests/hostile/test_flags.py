@@ -39,7 +39,8 @@ def test_a_file_where_a_render_keeps_its_folders_is_named_before_any_stage(tmp_p
         path = tmp_path / blocker
         path.parent.mkdir(exist_ok=True)
         path.write_text("mine")
-        result = sulphur("render", "story.toml", cwd=tmp_path, timeout=120)
-        line = assert_one_line(result, f"{blocker}: is a file, not a folder (Sulphur keeps {holds} there")
-        assert "started" not in result.stderr and path.read_text() == "mine", line
+        for args in (("render", "story.toml"), ("takes", "story.toml", "a", "--seeds", "2")):  # takes: Ray's path
+            result = sulphur(*args, cwd=tmp_path, timeout=120)
+            line = assert_one_line(result, f"{blocker}: is a file, not a folder (Sulphur keeps {holds} there")
+            assert "started" not in result.stderr and path.read_text() == "mine", line
         path.unlink()

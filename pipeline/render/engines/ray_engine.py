@@ -51,7 +51,7 @@ from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
 from pipeline.render.job import Overrides, RenderJob
 from pipeline.render.lora_audio import check_loras
-from pipeline.render.outputs import OutputLock
+from pipeline.render.outputs import OutputLock, refuse_blocked_folders
 from pipeline.render.takes import record_takes, write_still
 from pipeline.render.usage import after_render
 from pipeline.stages.base import Cancelled
@@ -538,6 +538,7 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     ids = [s.id for s in sb.segments]
     last_needed = max(ids.index(s) for s in selected)
     check_references(sb, set(ids[:last_needed + 1]))  # every anchor usable before any actor starts
+    refuse_blocked_folders(sb.path)
     # every shot's LoRAs here and fitting their model (and no LoRA or sound on a family without them)
     seg_jobs = RenderJob.resolve(sb, Overrides(preset=preset)).segment_jobs(selected)
     check_loras(seg_jobs)
@@ -587,6 +588,8 @@ def render_takes(storyboard_path: str | os.PathLike[str], segment: str, seeds: S
     """
     sb = load(storyboard_path)
     index = segment_index(sb, segment)
+    check_references(sb, {s.id for s in sb.segments[:index + 1]})  # as the local takes do, before Ray
+    refuse_blocked_folders(sb.path)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     out_dir = sb.renders.takes(segment)
     job_id = job_id or uuid.uuid4().hex[:12]
