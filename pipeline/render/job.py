@@ -54,7 +54,8 @@ class RenderJob:
         _refuse_unsupported(sb, project, presets)
         refuse_unsupported(sb, project, presets)
         _refuse_sizes(sb, project, presets)
-        _refuse_shots(sb, project, presets)
+        at = {seg.id: i for i, seg in enumerate(sb.segments)}
+        _refuse_shots(sb, project, presets, max((at[s] for s in selected), default=len(sb.segments) - 1))
         return cls(sb, project, presets, selected)
 
     @property
@@ -106,11 +107,13 @@ def _refuse_unsupported(sb: Storyboard, project: Project, presets: dict[str, Pre
         raise RenderError("unsupported_key", where, segment=seg.id)
 
 
-def _refuse_shots(sb: Storyboard, project: Project, presets: dict[str, Preset]) -> None:
+def _refuse_shots(sb: Storyboard, project: Project, presets: dict[str, Preset], last: int) -> None:
     """A shot its preset cannot render as written fails the job before any stage (it failed
     only once the shots before it had rendered): a ``keep`` past the shot's (rounded) frames, or
-    no picture to start from for an image-to-video-only model (``needs_anchor``: SVD, Wan I2V)."""
-    for i, seg in enumerate(sb.segments):
+    no picture to start from for an image-to-video-only model (``needs_anchor``: SVD, Wan I2V).
+    Shots 0..``last`` (the last selected) are looked at: those the job drafts, as their anchors'
+    files are (a half-written shot after them does not hold up F6 on an earlier one)."""
+    for i, seg in enumerate(sb.segments[:last + 1]):
         preset = presets[seg.preset or project.preset]
         frames = preset.round_frames(seg.frame_count(project.fps))
         if seg.keep is not None and seg.keep > frames:

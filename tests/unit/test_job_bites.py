@@ -140,6 +140,8 @@ def test_a_keep_past_a_later_shots_end_is_refused_at_its_line(tmp_path: Path) ->
     assert err.message == (f"{path}:{_line_of(path, 'keep')}:1: segment[1].keep: keep = 18 is more than the "
                            "17 frames segment b has")
     RenderJob.resolve(S.load(_board(tmp_path, b="keep = 17\n")))  # all of them is fine
+    # a shot after the ones a render drafts does not hold it up (F6 on shot a)
+    assert RenderJob.resolve(S.load(_board(tmp_path, b="keep = 18\n")), segments=["a"]).selected == ["a"]
 
 
 @pytest.mark.parametrize(("b", "at"), [('preset = "tiny-svd"\nanchor = "none"\n', "anchor"), ("", "[[segment]]")],
