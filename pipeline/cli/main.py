@@ -26,7 +26,7 @@ def _at_least(low: float, kind: type = float):  # noqa: ANN202 - an argparse typ
 
     def convert(text: str) -> float:
         value = kind(text)
-        if value < low:
+        if not value >= low:  # nan too
             raise argparse.ArgumentTypeError(f"{text}: must be {low:g} or more")
         return value
 
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run or stop the background render worker of a project")
     w.add_argument("--project", type=Path, default=None, help="project folder (default: current folder)")
     w.add_argument("--stop", action="store_true", help="ask the running worker to stop cleanly")
-    w.add_argument("--idle-timeout", type=_at_least(1), default=None, help="seconds idle before the worker exits")
+    w.add_argument("--idle-timeout", type=_at_least(0.1), default=None, help="seconds idle before the worker exits")
     w.add_argument("--foreground", action="store_true", help="run in this terminal instead of detaching")
 
     s = sub.add_parser("status", help="print the worker's status snapshot")

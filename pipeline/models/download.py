@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
+from urllib.request import getproxies
 
 from pipeline.models.home import sulphur_home
 from pipeline.project.files import remembered
@@ -252,9 +253,8 @@ def _reachable(url: str, timeout: float = 5.0) -> None:
     retried for about 23 s, printing a warning block per try, before the one-line error; one
     TCP connect says it at once. Skipped behind a proxy (the direct route may be closed) and
     with HF_HUB_OFFLINE (the hub's own message names that)."""
-    proxies = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
-            any(os.environ.get(k) for k in proxies):
+            any(getproxies().values()):  # the environment's proxies, and macOS's and Windows' own
         return
     parts = urlparse(url)
     if not parts.hostname:

@@ -71,7 +71,7 @@ def _try(component: str, where: str, fn: Callable[[], Any]) -> Check:
     try:
         fn()
     except OSError as exc:  # "[Errno 21] Is a directory: '/x'" → "/x: is a directory"
-        return Check(component, where, describe_os_error(exc.filename or where, exc))
+        return Check(component, where, " ".join(describe_os_error(exc.filename or where, exc).split()))
     except Exception as exc:  # noqa: BLE001 - every failure becomes the file's one-line report
         msg = " ".join(str(exc).split()) or type(exc).__name__
         return Check(component, where, msg)

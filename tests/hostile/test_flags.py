@@ -23,7 +23,7 @@ def test_segment_and_from_together_are_refused_headless_as_attached(tmp_path: Pa
 def test_counts_below_their_floor_are_refused() -> None:
     """``worker --idle-timeout -5`` started a worker that exited at once; ``flicker --worst -1``
     was taken without a word."""
-    for args, says in ((("worker", "--idle-timeout", "-5"), "argument --idle-timeout: -5: must be 1 or more"),
+    for args, says in ((("worker", "--idle-timeout", "-5"), "argument --idle-timeout: -5: must be 0.1 or more"),
                        (("flicker", "clip.mp4", "--worst", "-1"), "argument --worst: -1: must be 0 or more")):
         result = sulphur(*args, cwd=Path.cwd(), timeout=60)
         assert result.returncode == 2 and result.stderr.strip().endswith(says), result.stderr
