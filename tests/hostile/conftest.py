@@ -59,6 +59,20 @@ def worker_project(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     kill_worker(folder)
 
 
+def tiny_clip(path: Path) -> Path:
+    """Eight grey 64×64 H.264 frames at 8 fps: a clip ``extend`` and the anchors accept."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(8):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 30, np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    return path
+
+
 def timed(fn, *args):  # noqa: ANN001, ANN201
     t = time.monotonic()
     out = fn(*args)

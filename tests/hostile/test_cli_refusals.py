@@ -17,24 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import checkout_env
-from tests.hostile.conftest import QUICK, ROOT, assert_one_line, sulphur
+from tests.hostile.conftest import QUICK, ROOT, assert_one_line, sulphur, tiny_clip
 
 pytestmark = pytest.mark.timeout(120)
 
 MAX_SEED = 2**63 - 1
 
 
-def _clip(path: Path) -> None:
-    """Eight grey 64×64 frames: a clip ``probe`` accepts."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=8)
-        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
-        for i in range(8):
-            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 30, np.uint8), format="rgb24")))
-        c.mux(s.encode())
 
 
 def _tree(folder: Path) -> dict[str, bytes | None]:
@@ -48,7 +37,7 @@ def _tree(folder: Path) -> dict[str, bytes | None]:
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
-    _clip(tmp_path / "clip.mp4")
+    tiny_clip(tmp_path / "clip.mp4")
     (tmp_path / "sub").mkdir()
     (tmp_path / "afile").write_text("a file, not a folder\n")
     os.mkfifo(tmp_path / "pipe.mp4")
@@ -85,7 +74,7 @@ def test_extend_refuses_an_empty_prompt_naming_the_flag(prompt: str, project: Pa
 def test_a_refused_extend_render_leaves_the_storyboard_as_it_was(earlier: bytes | None, tmp_path: Path) -> None:
     """The default preset's weights are not on disk: the render is refused after the storyboard
     was written; it used to stay behind (or an earlier one stayed overwritten)."""
-    _clip(tmp_path / "clip.mp4")
+    tiny_clip(tmp_path / "clip.mp4")
     story = tmp_path / "e1.extend.toml"
     if earlier is not None:
         story.write_bytes(earlier)

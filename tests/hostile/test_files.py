@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.conftest import assert_one_line, sulphur
+from tests.hostile.conftest import assert_one_line, sulphur, tiny_clip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,17 +157,6 @@ def test_a_storyboard_that_is_not_a_file_is_refused_unopened(kind: str, tmp_path
 # ------------------------------------------------------------------ videos
 
 
-def _tiny_mp4(path: Path) -> None:
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=8)
-        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
-        for i in range(8):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 30, np.uint8), format="rgb24")
-            c.mux(s.encode(frame))
-        c.mux(s.encode())
 
 
 @pytest.mark.parametrize("kind", ["fifo", "empty", "random", "truncated", "directory", "dev-zero", "text"])
@@ -181,7 +170,7 @@ def test_extend_refuses_a_bad_clip_in_words(kind: str, tmp_path: Path) -> None:
     elif kind == "random":
         clip.write_bytes(os.urandom(20000))
     elif kind == "truncated":
-        _tiny_mp4(tmp_path / "full.mp4")
+        tiny_clip(tmp_path / "full.mp4")
         clip.write_bytes((tmp_path / "full.mp4").read_bytes()[:600])
     elif kind == "directory":
         clip.mkdir()
@@ -226,7 +215,7 @@ def test_pick_names_an_unknown_shot_as_such(tmp_path: Path) -> None:
 def test_extend_refuses_a_number_flag_out_of_range_naming_the_flag(flag: tuple[str, str], tmp_path: Path) -> None:
     """The error named the storyboard extend writes beside the output (file:line:col of a file
     the user never made) and left it there; --steps 0 was taken as the preset's without a word."""
-    _tiny_mp4(tmp_path / "clip.mp4")
+    tiny_clip(tmp_path / "clip.mp4")
     before = _snapshot(tmp_path)
     result = sulphur("extend", "clip.mp4", "--prompt", "and then", "--model", "tiny", *flag, cwd=tmp_path, timeout=30)
     assert f"{flag[0]} {flag[1]}: must be between" in assert_one_line(result, flag[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import tmpfs
-from tests.hostile.conftest import QUICK, assert_one_line, sulphur
+from tests.hostile.conftest import QUICK, assert_one_line, sulphur, tiny_clip
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -24,7 +24,7 @@ def read_only(tmp_path: Path):  # noqa: ANN201
     """A folder holding story.toml and clip.mp4, then remounted read-only."""
     with tmpfs(tmp_path / "ro", "4m") as mnt:
         (mnt / "story.toml").write_text(QUICK.replace('"no-such-preset"', '"tiny"'))
-        _tiny_mp4(mnt / "clip.mp4")
+        tiny_clip(mnt / "clip.mp4")
         takes = mnt / "renders" / "story" / "takes" / "one" / "takes.json"
         takes.parent.mkdir(parents=True)
         takes.write_text('{"takes": {"5": {"path": "seed-5.mp4", "prompt": "a red lighthouse"}}}')
@@ -32,16 +32,6 @@ def read_only(tmp_path: Path):  # noqa: ANN201
         yield mnt
 
 
-def _tiny_mp4(path: Path) -> None:
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=8)
-        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
-        for i in range(8):
-            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 30, np.uint8), format="rgb24")))
-        c.mux(s.encode())
 
 
 def _no_errno(message: str) -> None:
