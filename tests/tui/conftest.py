@@ -78,6 +78,18 @@ async def footer_text(pilot, pauses: int = 100) -> str:  # noqa: ANN001
     return row
 
 
+async def screen_once(pilot, text: str, pauses: int = 400) -> str:  # noqa: ANN001
+    """The screen once it shows ``text`` (a screen pushed a moment ago is drawn a frame or more
+    later; on a loaded CI box one pause was not enough). Bounded; returns what shows either way."""
+    shown = screen_text(pilot.app)
+    for _ in range(pauses):
+        if text in shown:
+            break
+        await pilot.pause(0.05)
+        shown = screen_text(pilot.app)
+    return shown
+
+
 def with_budget(story: Path, gb: int = 8) -> Path:
     """The storyboard with ``vram_budget_gb`` set (the example leaves it commented out)."""
     story.write_text(story.read_text().replace("# vram_budget_gb = 8 ", f"vram_budget_gb = {gb}   "))

@@ -18,7 +18,7 @@ from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.values import format_audio, format_loras, parse_audio_text, parse_loras_text
 from tests.opens import Opens
 
-from .conftest import changed_lines, screen_text
+from .conftest import changed_lines, screen_once, screen_text
 from .test_editing import type_text
 
 SIZE = (120, 40)
@@ -219,8 +219,7 @@ async def test_f1_help_gives_the_one_line_forms(story: Path) -> None:
     app = make(story)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f1")
-        await pilot.pause()
-        text = " ".join(screen_text(app).split())
+        text = " ".join((await screen_once(pilot, "Sulphur editor")).split())
         for form in ("0=start.png, -1=end.png@0.8", "40-56", "hf://owner/name/file.safetensors@1",
                      "score.flac+12.5"):
             assert form in text

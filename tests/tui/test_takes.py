@@ -241,14 +241,13 @@ async def test_rows_follow_a_takes_job(story: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_one_line_per_take_at_80_columns(story: Path) -> None:
-    from .conftest import screen_text
+    from .conftest import screen_once
 
     write_takes(story, "beam", [7, 8, 9])
     app = make(story)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("down", "t")
-        await pilot.pause()
-        lines = screen_text(app).splitlines()
+        lines = (await screen_once(pilot, "● seed 7")).splitlines()
         row = next(i for i, line in enumerate(lines) if "● seed 7" in line)
         assert "A slow push-in on the…" in lines[row] and "seed 8" in lines[row + 1], lines[row:row + 2]
 

@@ -33,6 +33,7 @@ from .conftest import (
     RECORDING,
     fake_render,
     footer_text,
+    screen_once,
     screen_text,
     show_h200,
     with_budget,
@@ -285,8 +286,7 @@ async def test_layout_at_80x24(story: Path) -> None:
         for key in ("f5", "f6", "f7", "f8", "f1"):
             assert key in footer, footer
         await pilot.press("f9")  # the render view
-        await pilot.pause()
-        text = screen_text(app)
+        text = await screen_once(pilot, "encode")
         rows = panel(text, "Render")
         for stage in STAGES:
             assert any(re.search(rf"[·▶✔≡✖■–] {stage}\b", r) for r in rows), (stage, text)
