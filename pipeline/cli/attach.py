@@ -97,9 +97,7 @@ def main_render_attach(args: argparse.Namespace) -> int:
     storyboard = Path(args.storyboard).expanduser().resolve()
     segments = list(getattr(args, "segment", None) or [])
     from_ = getattr(args, "from_", None)
-    if segments and from_:
-        print("error: give --segment or --from, not both", file=sys.stderr)
-        return 2
+    # --segment with --from: refused by argparse (a mutually exclusive group)
     mode = "segments" if segments else "from" if from_ else "all"
     json_events = bool(getattr(args, "json", False))
     show = json_printer if json_events else ProgressPrinter()

@@ -124,7 +124,7 @@ class StageTimers(Widget):
     def _row(self, t: StageTimer, now: float) -> tuple[Text, str, str, str]:
         live = self.live
         st = self.get_component_rich_style(f"stage-timers--{t.state}")
-        step = f"{t.step}/{t.total}" if t.total else ("" if t.state == "pending" else "–")
+        step = f"{t.step}/{t.total}" if t.total else ("" if t.state in ("pending", "skipped") else "–")
         eta = live.eta(t, now) if t.state in ("running", "pending") else None
         eta_text = f"ETA {fmt_seconds(eta)}" if eta is not None and t.state == "running" else (
             f"~{fmt_seconds(eta)}" if eta is not None else "")
