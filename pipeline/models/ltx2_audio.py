@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.project.media import open_media
+
 # Deferred imports: av, torch — the draft stage imports this module to build cache keys without them;
 #   they load when a track is read or encoded
 
@@ -37,7 +39,7 @@ def read_track(path: Path, start: float, samples_at: Any) -> tuple[np.ndarray, i
     lands on a packet boundary)."""
     import av
 
-    with av.open(str(path), metadata_errors="ignore") as container:
+    with open_media(path) as container:
         stream = container.streams.audio[0]
         rate = int(stream.rate or stream.codec_context.sample_rate)
         first, n = round(start * rate), int(samples_at(rate))

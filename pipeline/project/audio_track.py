@@ -17,6 +17,7 @@ from typing import Any
 
 import tomlkit
 
+from pipeline.project.media import open_media
 from pipeline.project.tables import check_keys
 
 # Deferred imports: av — the storyboard (and the TUI) import this module; only checking a track reads a file
@@ -75,7 +76,7 @@ def audio_header(path: Path) -> tuple[str, float | None]:
     import av
 
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_media(path) as container:
             if not container.streams.audio:
                 return f"{path}: no audio stream", None
             stream = container.streams.audio[0]

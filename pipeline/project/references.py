@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.project.audio_track import audio_header, audio_problem
 from pipeline.project.files import NotAFile, check_regular, describe_os_error, remembered
+from pipeline.project.media import open_media
 from pipeline.project.storyboard import IMAGE_SUFFIXES, Segment, Storyboard, StoryboardError, error_at
 
 # Deferred imports: PIL, safetensors, av — only checking an image, a LoRA or a video reference needs them
@@ -106,7 +107,7 @@ def _video_problem(path: Path) -> str:
     import av
 
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_media(path) as container:
             if not container.streams.video:
                 return f"{path}: no video stream in it (a sound file?)"
             if next(container.decode(video=0), None) is None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.project.layout import RenderFolder
+from pipeline.project.media import open_media
 from pipeline.project.storyboard import StoryboardError, load
 from pipeline.quality import drift as drift_mod
 from pipeline.wire.protocol import FlickerReport
@@ -257,7 +258,7 @@ def _decode_planes(path: Path, info: dict[str, Any]) -> Iterator[tuple[np.ndarra
     import av
 
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = open_media(path)
     except FileNotFoundError:
         raise FlickerError(f"{path}: no such file") from None
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
@@ -427,7 +428,7 @@ def _reference_image(render_dir: Path) -> tuple[np.ndarray | None, str]:
 
     path = board.resolve(ref)
     try:
-        with av.open(str(path), metadata_errors="ignore") as c:
+        with open_media(path) as c:
             for frame in c.decode(video=0):
                 return frame.to_ndarray(format="rgb24"), str(path)
     except (av.error.FFmpegError, OSError) as exc:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from pipeline.models.registry import get_preset
 from pipeline.project import layout
 from pipeline.project.files import check_regular, describe_os_error, kind_of
+from pipeline.project.media import open_media
 from pipeline.project.storyboard import StoryboardError, load, parse
 from pipeline.render.cache import StageCache
 
@@ -60,7 +61,7 @@ def probe(path: Path) -> ClipInfo:
     try:
         if check_regular(path).st_size == 0:  # a FIFO or device would hang av.open: refused unopened
             raise ValueError(f"{path}: empty file, not a video")
-        with av.open(str(path), metadata_errors="ignore") as c:
+        with open_media(path) as c:
             if not c.streams.video:
                 raise ValueError(f"{path} has no video stream")
             v = c.streams.video[0]
@@ -251,12 +252,12 @@ def _join(clip: Path, info: ClipInfo, continuation: np.ndarray, out: Path) -> No
         head = np.lib.format.open_memmap(Path(tmpdir) / "clip.npy", mode="w+", dtype=np.uint8,
                                          shape=(info.frames, h, w, 3))
         audio_chunks: list[np.ndarray] = []
-        with av.open(str(clip), metadata_errors="ignore") as c:
+        with open_media(clip) as c:
             for i, frame in enumerate(c.decode(video=0)):
                 head[i] = frame.to_ndarray(format="rgb24")
         if info.audio:
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
-            with av.open(str(clip), metadata_errors="ignore") as c:
+            with open_media(clip) as c:
                 for frame in c.decode(audio=0):
                     audio_chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
                 audio_chunks.extend(f.to_ndarray() for f in resampler.resample(None))

@@ -27,6 +27,7 @@ from pipeline.memory.loaded import LoadedModels
 from pipeline.memory.plan import set_context_cost
 from pipeline.models.registry import PRESETS, Preset
 from pipeline.project import layout
+from pipeline.project.media import open_media
 from pipeline.project.references import check_references
 from pipeline.project.storyboard import (
     Storyboard,
@@ -651,7 +652,7 @@ def last_video_frame(path: Path) -> np.ndarray:
 
     last = None
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_media(path) as container:
             if not container.streams.video:  # decode(video=0) would be an IndexError traceback
                 raise RenderError("bad_anchor", f"anchor video {path} has no video stream (a sound file?)")
             for frame in container.decode(video=0):
