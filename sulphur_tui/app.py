@@ -33,12 +33,18 @@ from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.controllers import DiskWatcher, Editing, RenderControl
 from sulphur_tui.document import Document
 from sulphur_tui.keys import APP_BINDINGS
-from sulphur_tui.live import LiveState
+from sulphur_tui.live import LiveState, Seam
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
 from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, HelpScreen, TakesScreen
 from sulphur_tui.screens.storyboard import StoryboardScreen
 from sulphur_tui.sources import close_followers
-from sulphur_tui.status import DiskRender, remembered_baseline, remembered_outcome, remembered_stage_times
+from sulphur_tui.status import (
+    DiskRender,
+    remembered_baseline,
+    remembered_flicker,
+    remembered_outcome,
+    remembered_stage_times,
+)
 from sulphur_tui.widgets.preview import image_widget_class
 from sulphur_tui.widgets.segments import SegmentList
 
@@ -132,6 +138,11 @@ class SulphurApp(App[int]):
             for stage, runs in remembered_stage_times(sb).items():
                 self.live.history.setdefault(stage, []).extend(runs)
             self.live.news = self.live.news or remembered_outcome(sb)  # the worker may have gone since
+            for seg, (report, seam) in remembered_flicker(sb).items():  # the renders on disk, measured
+                self.live.flicker.setdefault(seg, report)
+                if seam is not None:
+                    self.live.seams.setdefault(seg, Seam(*seam))
+                self.board.refresh_live({"flicker"})
         self.selected = sb.segments[0].id
         self.board.refresh_document(select=self.selected, editor=True)
         self.set_interval(self.poll_disk, self.disk.poll)

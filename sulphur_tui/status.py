@@ -18,8 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from pipeline.project import layout
 from pipeline.project.storyboard import Storyboard, atomic_write, segment_digest
+from pipeline.wire.protocol import FlickerReport
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,50 @@ def _outcome_key(storyboard: Storyboard) -> str:
     return f"_last_outcome:{storyboard.path.name}"
 
 
+#: A chained shot's seam as the flicker panel holds it: the stage, its PSNR-Y, that stage's minimum.
+SeamNote = tuple[str, float, float]
+
+
+def remember_flicker(storyboard: Storyboard, report: FlickerReport, seam: SeamNote | None) -> None:
+    """Keep the flicker of a segment's encoded video with its mp4's mtime, so an editor opened
+    later draws the panel for the renders on disk (best effort, like the other notes)."""
+    try:
+        mtime = storyboard.renders.segment(report.segment).stat().st_mtime
+    except OSError:
+        return
+
+    def change(data: dict) -> None:
+        notes = data.setdefault(_flicker_key(storyboard), {})
+        notes[report.segment] = {"mtime": mtime, "report": msgspec.to_builtins(report),
+                                 "seam": list(seam) if seam else None}
+
+    _update_memory(storyboard, change)
+
+
+def remembered_flicker(storyboard: Storyboard) -> dict[str, tuple[FlickerReport, SeamNote | None]]:
+    """The flicker noted for each segment whose mp4 is still the one measured."""
+    try:
+        notes = json.loads(_memory_path(storyboard).read_text(encoding="utf-8")).get(_flicker_key(storyboard), {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out: dict[str, tuple[FlickerReport, SeamNote | None]] = {}
+    for seg in storyboard.segments:
+        note = notes.get(seg.id) if isinstance(notes, dict) else None
+        try:
+            if note["mtime"] != storyboard.renders.segment(seg.id).stat().st_mtime:
+                continue
+            seam = note.get("seam")
+            out[seg.id] = (msgspec.convert(note["report"], FlickerReport),
+                           (str(seam[0]), float(seam[1]), float(seam[2])) if seam else None)
+        except (OSError, TypeError, KeyError, IndexError, ValueError, msgspec.ValidationError):
+            continue  # no mp4 now, or a note this version cannot read: the panel waits for a render
+    return out
+
+
+def _flicker_key(storyboard: Storyboard) -> str:
+    return f"_flicker:{storyboard.path.name}"
+
+
 def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
     """The segment's mp4 or the film; the render folder if neither exists yet."""
     rd = storyboard.render_dir()
@@ -179,4 +226,4 @@ def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
 
 
 __all__ = ["segment_digest", "disk_states", "DiskRender", "read_manifest", "output_path", "remembered_baseline",
-           "remember_render", "remembered_stage_times", "remember_stage_time"]
+           "remember_render", "remembered_stage_times", "remember_stage_time", "remember_flicker", "remembered_flicker"]

@@ -16,6 +16,7 @@ from textual.worker import WorkerState
 from pipeline.wire.protocol import (
     ErrorEvent,
     Event,
+    FlickerReport,
     JobCancelled,
     JobFinished,
     JobQueued,
@@ -27,7 +28,13 @@ from pipeline.worker.client import WorkerClient, WorkerError, WorkerNotRunning
 from sulphur_tui.messages import WorkerConnection, WorkerEvent
 from sulphur_tui.screens.takes import TakesScreen
 from sulphur_tui.sources import follow_worker, paced, read_events
-from sulphur_tui.status import remember_outcome, remember_render, remember_stage_time, segment_digest
+from sulphur_tui.status import (
+    remember_flicker,
+    remember_outcome,
+    remember_render,
+    remember_stage_time,
+    segment_digest,
+)
 
 if TYPE_CHECKING:
     from sulphur_tui.app import SulphurApp
@@ -101,6 +108,9 @@ class RenderControl:
             if any(s.id == seg for s in doc.saved.segments):
                 app.baseline[seg] = segment_digest(doc.saved, seg)
                 remember_render(doc.saved, seg, app.baseline[seg])
+        if isinstance(ev, FlickerReport) and ev.stage == "encode" and doc is not None and app.replay is None:
+            seam = app.live.seams.get(ev.segment)  # the mp4 on disk is what this report measured
+            remember_flicker(doc.saved, ev, (seam.stage, seam.psnr, seam.stage_minimum) if seam else None)
         if isinstance(ev, StageFinished) and ev.segment and doc is not None and app.replay is None and not history:
             remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
         if isinstance(ev, JobFinished | JobCancelled | ErrorEvent) and doc is not None and app.replay is None \

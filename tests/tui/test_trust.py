@@ -6,6 +6,7 @@ reads the screen as a user would."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -163,6 +164,41 @@ async def test_seam_is_compared_with_its_own_stage(story: Path) -> None:
         text = " ".join(panel(screen_text(app), "Flicker · PSNR-Y dB"))
         assert "encode" in text and "min 27.0" in text, text
         assert "draft seam 17.1" in text, text
+
+
+async def _flicker_rows(app, pilot) -> str:  # noqa: ANN001 - test helper
+    """The flicker panel's text once a row is drawn ("" if none comes within 5 s)."""
+    for _ in range(100):
+        await pilot.pause(0.05)
+        if app.query(FlickerRow):
+            break
+    return " ".join(panel(screen_text(app), "Flicker · PSNR-Y dB"))
+
+
+async def test_an_editor_opened_later_draws_the_flicker_of_the_renders_on_disk(story: Path) -> None:
+    """Reopened after a render, the flicker panel was empty although the shot's mp4 was there;
+    it draws the measured video again, and forgets it once the mp4 is another."""
+    mp4 = story.parent / "renders" / "story" / "segments" / "beam.mp4"
+    mp4.parent.mkdir(parents=True)
+    mp4.write_bytes(b"the measured render")
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(WorkerEvent(FlickerReport(job_id="j", segment="beam", stage="draft", psnr=[17.0],
+                                                   mean=17.0, median=17.0, minimum=16.7, worst=[0], seam_psnr=17.1)))
+        app.post_message(WorkerEvent(FlickerReport(job_id="j", segment="beam", stage="encode", psnr=[27.0, 31.0],
+                                                   mean=29.0, median=29.0, minimum=27.0, worst=[0])))
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.live.flicker.get("beam") and app.live.flicker["beam"].stage == "encode":
+                break
+    again = create_app(story, connect_worker=False)
+    async with again.run_test(size=(120, 40)) as pilot:
+        text = await _flicker_rows(again, pilot)
+        assert "beam" in text and "encode min 27.0" in text and "draft seam 17.1" in text, text
+    os.utime(mp4, (mp4.stat().st_atime, mp4.stat().st_mtime + 60))  # rendered again since
+    later = create_app(story, connect_worker=False)
+    async with later.run_test(size=(120, 40)) as pilot:
+        assert "min 27.0" not in await _flicker_rows(later, pilot)
 
 
 # ---------------------------------------------------------------------- 5. status line
