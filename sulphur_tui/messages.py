@@ -48,7 +48,8 @@ class GpuSamples(Message):
 
 @dataclass
 class WorkerConnection(Message):
-    """The link to the worker came up or went down; ``detail`` says why, for the status line."""
+    """The link to the worker came up or went down; ``detail`` says why, for the status line.
+    ``connected`` is False only when no worker process holds the project: its jobs are over."""
 
     connected: bool
     detail: str = ""

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from pipeline.wire.framing import LineBuffer
+from pipeline.wire.framing import LineBuffer, lock_holder
 from pipeline.wire.protocol import Event, ProtocolError, StatusSnapshot, decode_event, encode
 from pipeline.worker.client import WorkerClient, journal_events
 
@@ -73,6 +73,7 @@ def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable
     ``emit(event)`` for live events, ``emit(event, True)`` for a running job's history.
 
     Runs in a thread. Never starts a worker: only a render request does that.
+    ``status(alive, detail)``: ``alive`` is False only when no worker process holds the project.
     """
     announced = ""  # the last status sent: only changes are reported
     replayed: set[bytes] = set()  # journal events already sent, across reconnections
@@ -101,8 +102,11 @@ def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable
             quiet = isinstance(exc, (FileNotFoundError, ConnectionError, TimeoutError)) or \
                 type(exc).__name__ == "WorkerNotRunning"
             detail = "no render worker running (F5 starts one)" if quiet else f"worker: {exc}"
+            pid = lock_holder(project_dir)
+            if pid is not None:  # it lives (busy, or still starting): its jobs go on, unseen for now
+                detail = f"the render worker{f' (PID {pid})' if pid > 0 else ''} is not answering; retrying"
             if detail != announced:
-                status(False, detail)
+                status(pid is not None, detail)
                 announced = detail
         finally:
             if client is not None:
