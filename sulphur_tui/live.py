@@ -62,6 +62,7 @@ class SegmentLive:
     stage: str = ""
     progress: float = 0.0  # 0..1
     error: str = ""
+    failed_digest: str = ""  # what failed (the saved shot's digest): an edit since clears the mark
     finished_at: float | None = None
     stages_done: set[str] = field(default_factory=set)
 

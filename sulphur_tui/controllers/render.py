@@ -108,6 +108,9 @@ class RenderControl:
             if any(s.id == seg for s in doc.saved.segments):
                 app.baseline[seg] = segment_digest(doc.saved, seg)
                 remember_render(doc.saved, seg, app.baseline[seg])
+        if isinstance(ev, ErrorEvent) and ev.segment in app.live.segments and doc is not None \
+                and any(s.id == ev.segment for s in doc.saved.segments):
+            app.live.segments[ev.segment].failed_digest = segment_digest(doc.saved, ev.segment)
         if isinstance(ev, FlickerReport) and ev.stage == "encode" and doc is not None and app.replay is None:
             seam = app.live.seams.get(ev.segment)  # the mp4 on disk is what this report measured
             remember_flicker(doc.saved, ev, (seam.stage, seam.psnr, seam.stage_minimum) if seam else None)

@@ -13,7 +13,7 @@ from textual.widgets import DataTable
 
 from pipeline.project.storyboard import Segment, Storyboard
 from sulphur_tui.live import SegmentLive
-from sulphur_tui.status import DiskRender
+from sulphur_tui.status import DiskRender, segment_digest
 
 
 def first_words(text: str, limit: int = 28) -> str:
@@ -38,15 +38,16 @@ def ago(mtime: float | None, now: float | None = None) -> str:
     return time.strftime("%d %b", time.localtime(mtime))
 
 
-def status_of(live: SegmentLive | None, disk: DiskRender | None) -> tuple[str, str]:
-    """(glyph text, component class) — live state wins over what is on disk."""
+def status_of(live: SegmentLive | None, disk: DiskRender | None, edited: bool = False) -> tuple[str, str]:
+    """(glyph text, component class) — live state wins over what is on disk, except a failure
+    the shot was ``edited`` since (the fix is not yet rendered: the row says what is on disk)."""
     if live and live.state == "rendering":
         return f"▶ {live.progress * 100:3.0f}%", "rendering"
     if live and live.state == "takes":  # takes of it render; the shot's own files are untouched
         return "▶ takes", "rendering"  # their progress is the takes screen's (t)
     if live and live.state == "queued":
         return "◷ queued", "queued"
-    if live and live.state == "failed":
+    if live and live.state == "failed" and not edited:
         return "✖ failed", "failed"
     if disk and disk.rendered and disk.stale:
         return "◐ stale", "stale"
@@ -140,10 +141,12 @@ class SegmentList(DataTable):
         prompt_cells = self._prompt_cells(ids)
         rows = []
         for seg in shown:
-            glyph, cls = status_of(live.get(seg.id), disk.get(seg.id))
+            lv = live.get(seg.id)
+            edited = bool(lv and lv.state == "failed" and lv.failed_digest
+                          and lv.failed_digest != segment_digest(sb, seg.id))
+            glyph, cls = status_of(lv, disk.get(seg.id), edited)
             length = f"{seg.seconds:g} s" if seg.seconds is not None else f"{seg.frame_count(sb.project.fps)} f"
             d = disk.get(seg.id)
-            lv = live.get(seg.id)
             when = d.mtime if d and d.mtime else (lv.finished_at if lv else None)
             rows.append((Text(glyph, style(f"segment-list--{cls}")), Text(seg.id, "bold"),
                          first_words(seg.prompt, prompt_cells), Text(length, style("segment-list--dim")),

@@ -103,3 +103,8 @@ def show_h200(app) -> None:  # noqa: ANN001
     from sulphur_tui.messages import WorkerEvent
 
     app.post_message(WorkerEvent(VramSample(ts=app.live.last_ts, **H200_SAMPLE)))
+
+
+async def type_text(pilot, text: str) -> None:  # noqa: ANN001
+    """Type ``text`` key by key, as a user would."""
+    await pilot.press(*["space" if c == " " else c for c in text])

@@ -12,7 +12,7 @@ from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import ConfirmQuit, DiskChangedDialog
 from sulphur_tui.widgets.segments import SegmentList
 
-from .conftest import changed_lines
+from .conftest import changed_lines, type_text
 
 pytestmark = pytest.mark.asyncio
 SIZE = (120, 40)
@@ -29,10 +29,6 @@ def ids(app: SulphurApp) -> list[str]:
 
 def row_ids(app: SulphurApp) -> list[str]:
     return [str(k.value) for k in app.query_one(SegmentList).rows]
-
-
-async def type_text(pilot, text: str) -> None:  # noqa: ANN001
-    await pilot.press(*["space" if c == " " else c for c in text])
 
 
 async def test_edit_prompt_undo_save_keeps_comments(story: Path) -> None:

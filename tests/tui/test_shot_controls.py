@@ -18,8 +18,7 @@ from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.values import format_audio, format_loras, parse_audio_text, parse_loras_text
 from tests.opens import Opens
 
-from .conftest import changed_lines, screen_once, screen_text
-from .test_editing import type_text
+from .conftest import changed_lines, screen_once, screen_text, type_text
 
 SIZE = (120, 40)
 EXAMPLES = Path(__file__).resolve().parents[2] / "storyboards"

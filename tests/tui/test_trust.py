@@ -14,6 +14,7 @@ import pytest
 from textual.widgets import TextArea
 
 from pipeline.wire.protocol import (
+    ErrorEvent,
     FlickerReport,
     JobCancelled,
     JobFinished,
@@ -37,6 +38,7 @@ from .conftest import (
     screen_once,
     screen_text,
     show_h200,
+    type_text,
     with_budget,
 )
 
@@ -199,6 +201,33 @@ async def test_an_editor_opened_later_draws_the_flicker_of_the_renders_on_disk(s
     later = create_app(story, connect_worker=False)
     async with later.run_test(size=(120, 40)) as pilot:
         assert "min 27.0" not in await _flicker_rows(later, pilot)
+
+
+async def test_a_failed_shot_edited_since_no_longer_reads_as_failed(story: Path) -> None:
+    """A shot failed, the user fixed its prompt: the row kept "✖ failed" until the next render,
+    as if the fix had failed too. Edited, it reads as what is on disk; undone, as failed again."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for ev in (JobStarted(job_id="a", storyboard=str(story), segments=["dawn"]),
+                   ErrorEvent(job_id="a", segment="dawn", stage="draft", kind="ValueError", message="bad prompt")):
+            app.post_message(WorkerEvent(ev))
+        await pilot.pause()
+        assert status_of_row(app, "dawn") == "✖ failed"
+        await pilot.press("enter")  # dawn's prompt
+        prompt = app.query_one("#prompt", TextArea)
+        prompt.move_cursor(prompt.document.end)
+        await type_text(pilot, " fixed")
+        await pilot.pause()
+        assert status_of_row(app, "dawn") == "○ new"
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert status_of_row(app, "dawn") == "✖ failed"
+
+
+def status_of_row(app, sid: str) -> str:  # noqa: ANN001 - test helper
+    """The status cell of a shot's row as drawn."""
+    table = app.query_one("SegmentList")
+    return str(table.get_cell(sid, "status"))
 
 
 # ---------------------------------------------------------------------- 5. status line
