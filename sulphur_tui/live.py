@@ -543,6 +543,13 @@ class LiveState:
         for job in self.jobs.values():
             if job.state not in ("queued", "running"):
                 continue
+            if job.seeds and job.segments:  # a takes job: every take runs the shot's stages once
+                rows = self.takes.get(job.segments[0])
+                for seed in job.seeds:
+                    take = rows.takes.get(seed) if rows and rows.job_id == job.job_id else None
+                    if take is None or take.state in ("queued", "rendering"):
+                        left += seg_total * (1.0 - (take.progress if take else 0.0))
+                continue
             for sid in job.segments:
                 s = self.segments.get(sid)
                 if s and s.state == "rendering":

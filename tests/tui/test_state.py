@@ -137,6 +137,29 @@ def test_live_state_mid_render_eta() -> None:
     assert live.queue_eta(events[cut].ts) is not None  # every stage ran once already (dawn)
 
 
+def test_queue_eta_counts_the_takes_still_to_render() -> None:
+    """A takes job's shot reads "▶ takes", neither queued nor rendering: the queue's ETA left its
+    takes out and said the queue was as good as done while two takes were still to render."""
+    from pipeline.wire import protocol as p
+
+    live = LiveState()
+    for ev in read_events(RECORDING):  # one render done: every stage has a time
+        live.apply(ev)
+    now = live.jobs[next(iter(live.jobs))].started + 1000
+    one = live.queue_eta(now)
+    assert one == 0.0
+    seg_total = sum(live.mean_seconds(s) for s in p.STAGES)  # a shot's stages, the enhancer too
+    for ev in (p.JobQueued(job_id="t", storyboard="s.toml", segments=["beam"], seeds=[7, 8]),
+               p.JobStarted(job_id="t", storyboard="s.toml", segments=["beam"], seeds=[7, 8])):
+        live.apply(ev)
+    both = live.queue_eta(now)
+    assert both is not None and abs(both - one - 2 * seg_total) < 1e-6, (both, seg_total)
+    live.apply(p.TakeStarted(job_id="t", segment="beam", seed=7))
+    live.apply(p.TakeFinished(job_id="t", segment="beam", seed=7, path="beam-7.mp4"))
+    left = live.queue_eta(now)
+    assert left is not None and abs(left - seg_total) < 1e-6, (left, seg_total)
+
+
 def test_high_rate_messages_replace_their_backlog() -> None:
     a = WorkerEvent(StepProgress(segment="s", stage="draft", step=1, total=8))
     b = WorkerEvent(StepProgress(segment="s", stage="draft", step=2, total=8))
