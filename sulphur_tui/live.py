@@ -115,6 +115,7 @@ class JobLive:
     state: str = "queued"  # queued | running | done | failed | cancelled
     started: float = 0.0
     seeds: list[int] = field(default_factory=list)  # a takes job: these seeds of segments[0]
+    storyboard: str = ""  # its file, as the worker names it (one worker serves the folder)
 
 
 @dataclass
@@ -282,6 +283,7 @@ class LiveState:
         job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
         job.segments = list(ev.segments) or job.segments
         job.seeds = list(ev.seeds) or job.seeds
+        job.storyboard = ev.storyboard or job.storyboard
         if isinstance(ev, JobStarted):
             job.state, job.started = "running", ev.ts
             self.actors, self._running_on, self._take_on = {}, {}, {}  # a job's actors are its own
@@ -358,6 +360,8 @@ class LiveState:
         # draft's ~17 dB seam would look like a flash on every chained shot.
         if ev.seam_psnr is not None:
             self.seams[ev.segment] = Seam(ev.stage, ev.seam_psnr, ev.minimum)
+        elif ev.stage == "draft" and (ev.job_id, ev.segment) not in self._cached_drafts:
+            self.seams.pop(ev.segment, None)  # drafted with no seam now (its anchor changed): none to show
         held = self.flicker.get(ev.segment)
         if ev.stage == "draft" and held is not None and held.stage == "encode" \
                 and (ev.job_id, ev.segment) in self._cached_drafts:
@@ -396,6 +400,7 @@ class LiveState:
         for info in ev.jobs:
             job = self.jobs.setdefault(info.job_id, JobLive(info.job_id, list(info.segments)))
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
+            job.storyboard = info.storyboard or job.storyboard
             if job.seeds and info.segments:
                 self._takes_job(job).state = info.state
             if info.state in ("queued", "running"):

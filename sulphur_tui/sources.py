@@ -102,7 +102,10 @@ def follow_worker(project_dir: Path, emit: Callable[..., None], status: Callable
             quiet = isinstance(exc, (FileNotFoundError, ConnectionError, TimeoutError)) or \
                 type(exc).__name__ == "WorkerNotRunning"
             detail = "no render worker running (F5 starts one)" if quiet else f"worker: {exc}"
-            pid = lock_holder(project_dir)
+            try:
+                pid = lock_holder(project_dir)
+            except OSError:  # the lock cannot be read (another user's folder, NFS): as before, retry
+                pid = None
             if pid is not None:  # it lives (busy, or still starting): its jobs go on, unseen for now
                 detail = f"the render worker{f' (PID {pid})' if pid > 0 else ''} is not answering; retrying"
             if detail != announced:

@@ -210,6 +210,19 @@ def remembered_flicker(storyboard: Storyboard) -> dict[str, tuple[FlickerReport,
     return out
 
 
+def rename_flicker(storyboard: Storyboard, old: str, new: str) -> None:
+    """A shot renamed with its files keeps its flicker note (the mp4 moved, its mtime with it)."""
+
+    def change(data: dict) -> None:
+        notes = data.get(_flicker_key(storyboard))
+        if isinstance(notes, dict) and isinstance(notes.get(old), dict):
+            notes[new] = notes.pop(old)
+            if isinstance(notes[new].get("report"), dict):
+                notes[new]["report"]["segment"] = new
+
+    _update_memory(storyboard, change)
+
+
 def _flicker_key(storyboard: Storyboard) -> str:
     return f"_flicker:{storyboard.path.name}"
 
@@ -226,4 +239,5 @@ def output_path(storyboard: Storyboard, segment_id: str | None = None) -> Path:
 
 
 __all__ = ["segment_digest", "disk_states", "DiskRender", "read_manifest", "output_path", "remembered_baseline",
-           "remember_render", "remembered_stage_times", "remember_stage_time", "remember_flicker", "remembered_flicker"]
+           "remember_render", "remembered_stage_times", "remember_stage_time", "remember_flicker", "remembered_flicker",
+           "rename_flicker"]

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 from textual.app import SuspendNotSupported
 from textual.widgets import TextArea
 
@@ -24,7 +25,7 @@ from sulphur_tui.document import NEW_PROMPT
 from sulphur_tui.messages import DocumentChanged
 from sulphur_tui.screens import ConfirmRenameFiles, ProjectEdit, ProjectScreen, RenameScreen
 from sulphur_tui.screens.takes import Take, TakesScreen
-from sulphur_tui.status import output_path
+from sulphur_tui.status import output_path, rename_flicker
 from sulphur_tui.widgets.segments import SegmentList
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ class Editing:
             self._moved_files.add(f"rename {old} to {new}")
         if old in app.baseline:
             app.baseline[new] = app.baseline.pop(old)
+        if moved:
+            self._flicker_follows(old, new)
         self.changed(new)
         also = f"; {', '.join(pointed)} now point at the new names" if pointed else ""
         if moved:
@@ -271,6 +274,17 @@ class Editing:
             self.changed(_renamed(label, undone=False))
             self._files_follow(label, undone=False)
 
+    def _flicker_follows(self, old: str, new: str) -> None:
+        """The measured flicker goes with the files it measured, in the panel and in the notes."""
+        app = self.app
+        assert app.doc is not None
+        if old in app.live.flicker:
+            app.live.flicker[new] = msgspec.structs.replace(app.live.flicker.pop(old), segment=new)
+        if old in app.live.seams:
+            app.live.seams[new] = app.live.seams.pop(old)
+        rename_flicker(app.doc.saved, old, new)
+        app.board.refresh_live({"flicker"})
+
     def _files_follow(self, label: str, *, undone: bool) -> None:
         """An undone (or redone) rename whose files were moved: offer to move them back (again)."""
         app = self.app
@@ -295,6 +309,7 @@ class Editing:
                 return
             if source in app.baseline:
                 app.baseline[target] = app.baseline.pop(source)
+            self._flicker_follows(source, target)
             if self.save():
                 app.notify(f"{len(moves)} file(s) of {target} renamed back" if undone else
                            f"{len(moves)} file(s) of {target} renamed", title="Files renamed", timeout=5)

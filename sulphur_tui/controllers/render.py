@@ -20,6 +20,7 @@ from pipeline.wire.protocol import (
     JobCancelled,
     JobFinished,
     JobQueued,
+    JobStarted,
     PlanFallback,
     SegmentDone,
     StageFinished,
@@ -38,6 +39,7 @@ from sulphur_tui.status import (
 
 if TYPE_CHECKING:
     from sulphur_tui.app import SulphurApp
+    from sulphur_tui.document import Document
 
 
 class RenderControl:
@@ -45,6 +47,7 @@ class RenderControl:
 
     def __init__(self, app: SulphurApp) -> None:
         self.app = app
+        self._submitted: dict[str, dict[str, str]] = {}  # job id → its shots' digests when submitted
 
     # ------------------------------------------------------------------ following
     def start(self) -> None:
@@ -101,29 +104,45 @@ class RenderControl:
         if app.worker_detail.startswith("starting") and app.replay is None:
             app.worker_detail = "worker attached"  # it speaks: it has started
             areas.add("log")
-        doc = app.doc
-        if isinstance(ev, SegmentDone) and doc is not None:
-            seg = ev.segment
-            # Rendered from the saved file (renders always start from a saved file).
-            if any(s.id == seg for s in doc.saved.segments):
-                app.baseline[seg] = segment_digest(doc.saved, seg)
-                remember_render(doc.saved, seg, app.baseline[seg])
-        if isinstance(ev, ErrorEvent) and ev.segment in app.live.segments and doc is not None \
-                and any(s.id == ev.segment for s in doc.saved.segments):
-            app.live.segments[ev.segment].failed_digest = segment_digest(doc.saved, ev.segment)
-        if isinstance(ev, FlickerReport) and ev.stage == "encode" and doc is not None and app.replay is None:
-            seam = app.live.seams.get(ev.segment)  # the mp4 on disk is what this report measured
-            remember_flicker(doc.saved, ev, (seam.stage, seam.psnr, seam.stage_minimum) if seam else None)
-        if isinstance(ev, StageFinished) and ev.segment and doc is not None and app.replay is None and not history:
-            remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
-        if isinstance(ev, JobFinished | JobCancelled | ErrorEvent) and doc is not None and app.replay is None \
-                and app.live.news:
-            remember_outcome(doc.storyboard, app.live.news)
+        if app.doc is not None:
+            self._note(ev, app.doc, history)
         app.board.refresh_live(areas)
         if areas & {"takes", "latent"} and isinstance(app.screen, TakesScreen):
             app.screen.refresh_live(areas)
         if not history:
             self.announce(ev)
+
+    def _note(self, ev: Event, doc: Document, history: bool) -> None:
+        """What the editor keeps of this storyboard's jobs: what each shot was rendered from, the
+        digest a failure is of, the encoded video's flicker, the stage times and how the job ended.
+        One worker serves the folder: another storyboard's job is not noted as this one's."""
+        app = self.app
+        if not self._ours(ev.job_id, doc):
+            return
+        saved = {s.id for s in doc.saved.segments}
+        if isinstance(ev, JobQueued | JobStarted):  # renders start from the saved file
+            self._submitted[ev.job_id] = {sid: segment_digest(doc.saved, sid) for sid in ev.segments if sid in saved}
+        if isinstance(ev, SegmentDone) and ev.segment in saved:
+            app.baseline[ev.segment] = segment_digest(doc.saved, ev.segment)
+            remember_render(doc.saved, ev.segment, app.baseline[ev.segment])
+        if isinstance(ev, ErrorEvent) and ev.segment in app.live.segments and ev.segment in saved:
+            submitted = self._submitted.get(ev.job_id, {}).get(ev.segment)
+            app.live.segments[ev.segment].failed_digest = submitted or segment_digest(doc.saved, ev.segment)
+        if isinstance(ev, FlickerReport) and ev.stage == "encode" and app.replay is None:
+            seam = app.live.seams.get(ev.segment)  # the mp4 on disk is what this report measured
+            remember_flicker(doc.saved, ev, (seam.stage, seam.psnr, seam.stage_minimum) if seam else None)
+        if isinstance(ev, StageFinished) and ev.segment and app.replay is None and not history:
+            remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
+        if isinstance(ev, JobFinished | JobCancelled | ErrorEvent) and app.replay is None and app.live.news:
+            remember_outcome(doc.storyboard, app.live.news)
+
+    def _ours(self, job_id: str, doc: Document) -> bool:
+        """Whether ``job_id`` renders this storyboard (a job whose storyboard is not known yet,
+        as in a bare recording, counts as this one's)."""
+        job = self.app.live.jobs.get(job_id)
+        if job is None or not job.storyboard:
+            return True
+        return Path(job.storyboard).resolve() == doc.path.resolve()
 
     def announce(self, ev: Event) -> None:
         """The few events a user must not miss get a notification, not just a log line."""

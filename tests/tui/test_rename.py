@@ -10,8 +10,11 @@ import pytest
 from textual.widgets import Input, Static
 
 from pipeline.project.storyboard import load
+from pipeline.wire.protocol import FlickerReport
 from sulphur_tui.app import create_app
+from sulphur_tui.messages import WorkerEvent
 from sulphur_tui.screens import ConfirmRenameFiles, RenameScreen
+from sulphur_tui.widgets.flicker import FlickerRow
 
 from .conftest import changed_lines, fake_render
 from .test_takes import write_takes
@@ -65,7 +68,6 @@ async def test_rename_with_its_files(story: Path) -> None:
         await pilot.press("r")
         await pilot.pause()
         assert app.doc is not None and not app.doc.dirty
-        print("DBG", getattr(app.screen, "new", None), app.screen, app.screen.focused, [i.value for i in app.screen.query(Input)][:3])
         assert [s.id for s in app.doc.storyboard.segments] == ["dawn", "glow", "storm"]
         assert app.selected == "glow"
         renamed = story.read_text()
@@ -222,3 +224,28 @@ async def test_help_and_the_rename_question_fit_80_columns(story: Path) -> None:
         assert isinstance(app.screen, ConfirmRenameFiles)
         for button in app.screen.query(Button):
             assert button.region.right <= 80 and button.region.width > 0, (button.label, button.region)
+
+
+async def test_a_shot_renamed_with_its_files_keeps_its_flicker(story: Path) -> None:
+    """The measured flicker goes with the mp4 it measured: in the panel now, and in an editor
+    opened later (it stayed under the old id, and the renamed shot's row was gone)."""
+    fake_render(story, "beam")
+    app = create_app(story, connect_worker=False, image="none")
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(WorkerEvent(FlickerReport(job_id="j", segment="beam", stage="encode", psnr=[27.0, 31.0],
+                                                   mean=29.0, median=29.0, minimum=27.0, worst=[0])))
+        await pilot.pause()
+        await pilot.press("down", "n")
+        await _type_id(pilot, app, "glow")
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press("r")  # the files too
+        await pilot.pause()
+        assert app.live.flicker["glow"].segment == "glow" and "beam" not in app.live.flicker
+    again = create_app(story, connect_worker=False, image="none")
+    async with again.run_test(size=SIZE) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if again.query(FlickerRow):
+                break
+        assert [row.report.segment for row in again.query(FlickerRow)] == ["glow"]

@@ -17,7 +17,7 @@ from sulphur_tui.app import SulphurApp, create_app
 from sulphur_tui.screens import BrokenFileScreen, DiskChangedDialog
 from tests.special_files import make_special
 
-from .conftest import screen_text
+from .conftest import screen_once, screen_text
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 SIZE = (100, 30)
@@ -54,7 +54,8 @@ async def test_a_file_swapped_for_a_fifo_while_open_is_asked_about(story: Path) 
             if isinstance(app.screen, DiskChangedDialog):
                 break
         assert isinstance(app.screen, DiskChangedDialog)
-        assert "FIFO (named pipe)" in screen_text(app)
+        shown = await screen_once(pilot, "FIFO")
+        assert "is a FIFO" in shown and "(named pipe)" in shown, shown  # wrapped where the path ends
         await pilot.press("k")  # keep mine, then save: the user's version replaces the FIFO
         await pilot.press("ctrl+s")
         await pilot.pause()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import TextArea
 
+from pipeline.project.storyboard import load
 from pipeline.wire.protocol import (
     ErrorEvent,
     FlickerReport,
@@ -26,6 +27,7 @@ from pipeline.wire.protocol import (
 from sulphur_tui.app import create_app
 from sulphur_tui.messages import DocumentChanged, WorkerConnection, WorkerEvent
 from sulphur_tui.sources import read_events
+from sulphur_tui.status import remembered_flicker
 from sulphur_tui.widgets.flicker import FlickerRow
 from sulphur_tui.widgets.segments import status_of
 
@@ -222,6 +224,60 @@ async def test_a_failed_shot_edited_since_no_longer_reads_as_failed(story: Path)
         await pilot.press("ctrl+z")
         await pilot.pause()
         assert status_of_row(app, "dawn") == "✖ failed"
+
+
+async def test_a_fix_saved_while_the_job_ran_is_not_what_failed(story: Path) -> None:
+    """The job read the file when it was submitted; the user saved a fix while it ran and then
+    it failed: the row said "✖ failed" of the fix, which never rendered."""
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(WorkerEvent(JobStarted(job_id="a", storyboard=str(story), segments=["dawn"])))
+        await pilot.pause()
+        await pilot.press("enter")  # dawn's prompt
+        prompt = app.query_one("#prompt", TextArea)
+        prompt.move_cursor(prompt.document.end)
+        await type_text(pilot, " fixed")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        app.post_message(WorkerEvent(ErrorEvent(job_id="a", segment="dawn", stage="draft", kind="ValueError",
+                                                message="bad prompt")))
+        await pilot.pause()
+        assert status_of_row(app, "dawn") == "○ new"
+
+
+def _flicker(stage: str, minimum: float, job: str, seam: float | None = None) -> FlickerReport:
+    return FlickerReport(job_id=job, segment="beam", stage=stage, psnr=[minimum], mean=minimum, median=minimum,
+                         minimum=minimum, worst=[0], seam_psnr=seam)
+
+
+async def test_flicker_is_kept_for_this_storyboards_renders_only(story: Path) -> None:
+    """One worker serves the folder: other.toml's editor kept story.toml's measurement of its own
+    "beam" as other.toml's; and a seam measured before the shot lost its anchor stayed with the
+    new video's figures."""
+    other = story.parent / "other.toml"
+    other.write_text(story.read_text())
+    for stem in ("story", "other"):
+        fake_render(story.parent / f"{stem}.toml", "beam")
+    app = create_app(other, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(WorkerEvent(JobStarted(job_id="s", storyboard=str(story), segments=["beam"])))
+        app.post_message(WorkerEvent(_flicker("encode", 11.0, "s")))
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "beam" in app.live.flicker:
+                break
+    assert "beam" not in remembered_flicker(load(other))
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for ev in (_flicker("draft", 20.0, "j1", seam=12.0), _flicker("encode", 27.0, "j1"),
+                   _flicker("draft", 20.0, "j2"), _flicker("encode", 30.0, "j2")):  # anchor = "none" since
+            app.post_message(WorkerEvent(ev))
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "beam" in app.live.flicker and app.live.flicker["beam"].minimum == 30.0:
+                break
+    report, seam = remembered_flicker(load(story))["beam"]
+    assert report.minimum == 30.0 and seam is None, (report, seam)
 
 
 def status_of_row(app, sid: str) -> str:  # noqa: ANN001 - test helper

@@ -45,3 +45,24 @@ def test_a_worker_that_holds_the_project_but_does_not_answer_is_not_taken_for_go
     finally:
         sock.close()
         lock.release()
+
+
+def test_a_lock_that_cannot_be_read_keeps_the_editor_following(tmp_path: Path) -> None:
+    """``.sulphur`` is a file, not a folder: probing the lock raised NotADirectoryError inside
+    the retry loop's handler, the following thread died, and the editor stopped following."""
+    (tmp_path / ".sulphur").write_text("not a folder")
+    seen: list[tuple[bool, str]] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=follow_worker, args=(tmp_path, lambda *a: None,
+                                                          lambda ok, detail: seen.append((ok, detail)), stop))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    try:
+        assert thread.is_alive(), "the following thread died"
+        assert seen and seen[0][0] is False, seen
+    finally:
+        stop.set()
+        thread.join(10)
