@@ -8,7 +8,7 @@ else, and each segment's settings (:class:`SegmentJob`) are derived from this ob
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from pipeline.models.registry import Preset, get_preset
@@ -92,6 +92,18 @@ class RenderJob:
     def segment_jobs(self, ids: Sequence[str]) -> list[SegmentJob]:
         """The segment jobs of ``ids``, in storyboard order."""
         return [self.segment_job(i) for i, s in enumerate(self.storyboard.segments) if s.id in ids]
+
+
+def rounded_lengths(jobs: Iterable[SegmentJob]) -> list[str]:
+    """A line for each shot whose length the model rounds up (LTX-2 generates 8k+1 frames):
+    without it, `frames = 10` rendered 17 frames with no word of why."""
+    lines = []
+    for job in jobs:
+        asked = job.segment.frame_count(job.fps)
+        if asked != job.frames:
+            lines.append(f"{job.segment.id}: {asked} frames asked, {job.frames} rendered "
+                         f"({job.preset.name} generates {job.preset.frame_multiple}k+1 frames)")
+    return lines
 
 
 def _refuse_unsupported(sb: Storyboard, project: Project, presets: dict[str, Preset]) -> None:

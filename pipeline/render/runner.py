@@ -41,7 +41,7 @@ from pipeline.render.cache import Artifact, StageCache, digest, stage_key
 from pipeline.render.errors import RenderError
 from pipeline.render.fallback import run_down_ladder
 from pipeline.render.film import CachedSegment, assemble_film
-from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.job import Overrides, RenderJob, rounded_lengths
 from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import (
     OutputLock,
@@ -463,6 +463,8 @@ class Renderer:
         ids = [s.id for s in self.sb.segments]
         last_needed = max(ids.index(s) for s in selected)
         self.emit(protocol.JobStarted(storyboard=str(self.sb.path), segments=list(selected)))
+        for line in rounded_lengths(self.job.segment_jobs(selected)):
+            self.emit(protocol.Log(message=line))
         drafts = self._render_segments(selected, last_needed)
         final = self.assemble(drafts)
         self.emit(protocol.JobFinished(path=str(final), seconds=time.perf_counter() - t_job))

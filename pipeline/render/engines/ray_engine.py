@@ -49,7 +49,7 @@ from pipeline.project.selection import segment_index, select_segments
 from pipeline.project.storyboard import StoryboardError, load, with_segment
 from pipeline.render.engines.settings import finishers_setting
 from pipeline.render.errors import RenderError
-from pipeline.render.job import Overrides, RenderJob
+from pipeline.render.job import Overrides, RenderJob, rounded_lengths
 from pipeline.render.lora_audio import check_loras
 from pipeline.render.outputs import OutputLock, refuse_blocked_folders
 from pipeline.render.takes import record_takes, write_still
@@ -546,6 +546,8 @@ def render_ray(storyboard_path: str | os.PathLike[str], *, segments: Sequence[st
     stamp = _stamper(job_id, emit)
     t_job = time.perf_counter()
     stamp(protocol.JobStarted(storyboard=str(sb.path), segments=list(selected)))
+    for line in rounded_lengths(seg_jobs):
+        stamp(protocol.Log(message=line))
     upscale_frames = sum(j.frames for j in seg_jobs)  # as a local render's preflight counts them
     with (OutputLock.for_storyboard(sb, stamp, cancel) as lock,
           _stage_actors(sb, preset, job_id, stamp, cancel or threading.Event(), address, actor_env,
