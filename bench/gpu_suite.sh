@@ -13,6 +13,7 @@
 #                              # 121-frame ltx23-distilled segment from those files under 8 GiB / 32 GiB, and
 #                              # `sulphur models verify` on them (issue 17; issue 20's cold start)
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
+#   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
 #                              # samples and OOM fallback in a real worker, ESRGAN on CUDA)
 #   bench/gpu_suite.sh recheck # two GPUs, ~7 min: the segment bench on GPU 0, then Ray on GPUs 0,1 against
@@ -65,6 +66,10 @@ fit)
     [ -n "${SKIP_ESRGAN:-}" ] || CUDA_VISIBLE_DEVICES=0 timeout 420 python bench/esrgan.py --budget-s 345 >"$OUT/esrgan.json" \
         2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     wait
+    ;;
+encode)
+    timeout 120 python bench/encode.py --frames 121 --out "$OUT/encode.json" >/dev/null 2>"$OUT/encode.log" \
+        || echo "encode failed: $?"
     ;;
 reference)
     timeout 300 python bench/reference_step.py --out "$OUT/reference_step.json" >/dev/null 2>"$OUT/reference.log" \
