@@ -33,7 +33,7 @@ from sulphur_tui.commands import SulphurCommands
 from sulphur_tui.controllers import DiskWatcher, Editing, RenderControl
 from sulphur_tui.document import Document
 from sulphur_tui.keys import APP_BINDINGS
-from sulphur_tui.live import LiveState, Seam
+from sulphur_tui.live import LiveState
 from sulphur_tui.messages import DocumentChanged, GpuSamples, WorkerConnection, WorkerEvent
 from sulphur_tui.screens import BrokenFileScreen, ConfirmQuit, HelpScreen, TakesScreen
 from sulphur_tui.screens.storyboard import StoryboardScreen
@@ -141,8 +141,8 @@ class SulphurApp(App[int]):
             for seg, (report, seam) in remembered_flicker(sb).items():  # the renders on disk, measured
                 self.live.flicker.setdefault(seg, report)
                 if seam is not None:
-                    self.live.seams.setdefault(seg, Seam(*seam))
-                self.board.refresh_live({"flicker"})
+                    self.live.seams.setdefault(seg, seam)
+            self.board.refresh_live({"flicker"})
         self.selected = sb.segments[0].id
         self.board.refresh_document(select=self.selected, editor=True)
         self.set_interval(self.poll_disk, self.disk.poll)

@@ -13,6 +13,7 @@ logic is :func:`disk_states` plus :func:`segment_digest`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import msgspec
 from pipeline.project import layout
 from pipeline.project.storyboard import Storyboard, atomic_write, segment_digest
 from pipeline.wire.protocol import FlickerReport
+from sulphur_tui.live import Seam
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,7 @@ def _outcome_key(storyboard: Storyboard) -> str:
     return f"_last_outcome:{storyboard.path.name}"
 
 
-#: A chained shot's seam as the flicker panel holds it: the stage, its PSNR-Y, that stage's minimum.
-SeamNote = tuple[str, float, float]
-
-
-def remember_flicker(storyboard: Storyboard, report: FlickerReport, seam: SeamNote | None) -> None:
+def remember_flicker(storyboard: Storyboard, report: FlickerReport, seam: Seam | None) -> None:
     """Keep the flicker of a segment's encoded video with its mp4's mtime, so an editor opened
     later draws the panel for the renders on disk (best effort, like the other notes)."""
     try:
@@ -185,18 +183,18 @@ def remember_flicker(storyboard: Storyboard, report: FlickerReport, seam: SeamNo
     def change(data: dict) -> None:
         notes = data.setdefault(_flicker_key(storyboard), {})
         notes[report.segment] = {"mtime": mtime, "report": msgspec.to_builtins(report),
-                                 "seam": list(seam) if seam else None}
+                                 "seam": dataclasses.astuple(seam) if seam else None}
 
     _update_memory(storyboard, change)
 
 
-def remembered_flicker(storyboard: Storyboard) -> dict[str, tuple[FlickerReport, SeamNote | None]]:
+def remembered_flicker(storyboard: Storyboard) -> dict[str, tuple[FlickerReport, Seam | None]]:
     """The flicker noted for each segment whose mp4 is still the one measured."""
     try:
         notes = json.loads(_memory_path(storyboard).read_text(encoding="utf-8")).get(_flicker_key(storyboard), {})
     except (OSError, ValueError, AttributeError):
         return {}
-    out: dict[str, tuple[FlickerReport, SeamNote | None]] = {}
+    out: dict[str, tuple[FlickerReport, Seam | None]] = {}
     for seg in storyboard.segments:
         note = notes.get(seg.id) if isinstance(notes, dict) else None
         try:
@@ -204,7 +202,7 @@ def remembered_flicker(storyboard: Storyboard) -> dict[str, tuple[FlickerReport,
                 continue
             seam = note.get("seam")
             out[seg.id] = (msgspec.convert(note["report"], FlickerReport),
-                           (str(seam[0]), float(seam[1]), float(seam[2])) if seam else None)
+                           Seam(str(seam[0]), float(seam[1]), float(seam[2])) if seam else None)
         except (OSError, TypeError, KeyError, IndexError, ValueError, msgspec.ValidationError):
             continue  # no mp4 now, or a note this version cannot read: the panel waits for a render
     return out

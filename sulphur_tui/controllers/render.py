@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from sulphur_tui.document import Document
 
 
+#: The events the editor takes notes of (see RenderControl._note).
+_NOTED = (JobQueued, JobStarted, SegmentDone, ErrorEvent, FlickerReport, StageFinished, JobFinished, JobCancelled)
+
+
 class RenderControl:
     """The editor's side of the render worker."""
 
@@ -117,8 +121,8 @@ class RenderControl:
         digest a failure is of, the encoded video's flicker, the stage times and how the job ended.
         One worker serves the folder: another storyboard's job is not noted as this one's."""
         app = self.app
-        if not self._ours(ev.job_id, doc):
-            return
+        if not isinstance(ev, _NOTED) or not self._ours(ev.job_id, doc):
+            return  # steps, samples and previews (many a second) are not noted
         saved = {s.id for s in doc.saved.segments}
         if isinstance(ev, JobQueued | JobStarted):  # renders start from the saved file
             self._submitted[ev.job_id] = {sid: segment_digest(doc.saved, sid) for sid in ev.segments if sid in saved}
@@ -129,8 +133,7 @@ class RenderControl:
             submitted = self._submitted.get(ev.job_id, {}).get(ev.segment)
             app.live.segments[ev.segment].failed_digest = submitted or segment_digest(doc.saved, ev.segment)
         if isinstance(ev, FlickerReport) and ev.stage == "encode" and app.replay is None:
-            seam = app.live.seams.get(ev.segment)  # the mp4 on disk is what this report measured
-            remember_flicker(doc.saved, ev, (seam.stage, seam.psnr, seam.stage_minimum) if seam else None)
+            remember_flicker(doc.saved, ev, app.live.seams.get(ev.segment))
         if isinstance(ev, StageFinished) and ev.segment and app.replay is None and not history:
             remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
         if isinstance(ev, JobFinished | JobCancelled | ErrorEvent) and app.replay is None and app.live.news:
