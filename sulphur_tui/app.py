@@ -85,7 +85,7 @@ class SulphurApp(App[int]):
         self.poll_disk = poll_disk
         self.doc: Document | None = None
         self.load_error: StoryboardError | None = None
-        self.live = LiveState()
+        self.live = LiveState("" if self.replay is not None else str(self.path))
         self.local_gpus: list[VramSample] = []
         self.host: HostSample | None = None
         self.host_sampler = host or sample_host

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from pipeline.wire.protocol import (
     STAGES,
@@ -116,6 +117,8 @@ class JobLive:
     started: float = 0.0
     seeds: list[int] = field(default_factory=list)  # a takes job: these seeds of segments[0]
     storyboard: str = ""  # its file, as the worker names it (one worker serves the folder)
+    order: int = 0  # when the editor first saw it: the worker runs its jobs in that order
+    done: int = 0  # shots (or takes) finished: only counted for another storyboard's job
 
 
 @dataclass
@@ -146,8 +149,14 @@ class TakesLive:
 class LiveState:
     """Everything the live panel draws."""
 
-    def __init__(self) -> None:
+    def __init__(self, storyboard: str = "") -> None:
+        # One worker serves the folder: another storyboard's jobs (which may name the same
+        # shot ids) are kept apart, in ``elsewhere``, and only said to be ahead in the queue.
+        # "" (a replay) takes every job as this storyboard's.
+        self.storyboard = storyboard
         self.jobs: dict[str, JobLive] = {}
+        self.elsewhere: dict[str, JobLive] = {}
+        self._seen = 0
         self.segments: dict[str, SegmentLive] = {}
         self.timers: dict[str, StageTimer] = {s: StageTimer(s) for s in STAGES}
         self.timer_segment = ""
@@ -184,6 +193,8 @@ class LiveState:
     def apply(self, ev: Event) -> set[str]:
         """Fold one event in; returns the areas to redraw."""
         self.last_ts = max(self.last_ts, ev.ts)
+        if self._is_elsewhere(ev):
+            return self._apply_elsewhere(ev)
         line = log_line(ev)
         areas = self._apply(ev) | self._apply_takes(ev)
         if line:
@@ -279,8 +290,69 @@ class LiveState:
                 return {"log"}
         return set()
 
+    def _new_job(self, jobs: dict[str, JobLive], job_id: str, segments: list[str]) -> JobLive:
+        if job_id not in jobs:
+            self._seen += 1
+            jobs[job_id] = JobLive(job_id, list(segments), order=self._seen)
+        return jobs[job_id]
+
+    # ------------------------------------------------------------------ other storyboards
+    def _theirs(self, storyboard: str) -> bool:
+        return bool(self.storyboard and storyboard and PurePath(storyboard) != PurePath(self.storyboard))
+
+    def _is_elsewhere(self, ev: Event) -> bool:
+        """Whether ``ev`` belongs to another storyboard's job (GPU samples are the worker's own)."""
+        if isinstance(ev, JobQueued | JobStarted) and self._theirs(ev.storyboard):
+            return True
+        return bool(ev.job_id) and ev.job_id in self.elsewhere and not isinstance(ev, VramSample)
+
+    def _apply_elsewhere(self, ev: Event) -> set[str]:
+        """Another storyboard's job: only its place in the queue and how it ended, never its
+        shots (the same ids may name this storyboard's shots)."""
+        if isinstance(ev, JobQueued | JobStarted):
+            job = self._new_job(self.elsewhere, ev.job_id, ev.segments)
+            job.storyboard, job.seeds = ev.storyboard, list(ev.seeds) or job.seeds
+            if isinstance(ev, JobStarted):
+                job.state, job.started = "running", ev.ts
+        else:
+            job = self.elsewhere[ev.job_id]
+            match ev:
+                case SegmentDone() | TakeFinished():
+                    job.done += 1
+                case JobFinished():
+                    job.state = "done"
+                case JobCancelled():
+                    job.state = "cancelled"
+                case ErrorEvent():
+                    job.state = "failed"
+                case _:
+                    return set()  # its stages, steps and previews are not this editor's
+        line = log_line(ev) if isinstance(ev, JobStarted | JobFinished | JobCancelled | ErrorEvent) else ""
+        if line:
+            self.journal.append((ev.ts, f"{PurePath(job.storyboard).name}: {line}"))
+            self.journal_count += 1
+        return {"jobs", "log", "journal"} if line else {"jobs", "log"}
+
+    def ahead_elsewhere(self) -> list[JobLive]:
+        """Other storyboards' unfinished jobs the worker runs before this storyboard's (all of
+        them while this storyboard has none)."""
+        ours = [j.order for j in self.jobs.values() if j.state in ("queued", "running")]
+        first = min(ours, default=math.inf)
+        return [j for j in self.elsewhere.values() if j.state in ("queued", "running") and j.order < first]
+
+    def elsewhere_line(self) -> str:
+        """The status line's word on another storyboard's job, while the worker runs one."""
+        busy = [j for j in self.elsewhere.values() if j.state == "running"]
+        if not busy:
+            return ""
+        name = PurePath(busy[0].storyboard).name
+        if any(j.state == "queued" for j in self.jobs.values()):
+            return f"the worker renders {name} first; this storyboard's job waits"
+        return f"the worker is rendering {name}"
+
+    # ------------------------------------------------------------------ this storyboard's jobs
     def _job_queued(self, ev: JobQueued | JobStarted) -> set[str]:
-        job = self.jobs.setdefault(ev.job_id, JobLive(ev.job_id, list(ev.segments)))
+        job = self._new_job(self.jobs, ev.job_id, ev.segments)
         job.segments = list(ev.segments) or job.segments
         job.seeds = list(ev.seeds) or job.seeds
         job.storyboard = ev.storyboard or job.storyboard
@@ -398,7 +470,11 @@ class LiveState:
     def _snapshot(self, ev: StatusSnapshot) -> set[str]:
         self.worker_pid = ev.pid
         for info in ev.jobs:
-            job = self.jobs.setdefault(info.job_id, JobLive(info.job_id, list(info.segments)))
+            if self._theirs(info.storyboard) or info.job_id in self.elsewhere:
+                job = self._new_job(self.elsewhere, info.job_id, info.segments)
+                job.storyboard, job.state, job.seeds = info.storyboard, info.state, list(info.seeds)
+                continue
+            job = self._new_job(self.jobs, info.job_id, info.segments)
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
             job.storyboard = info.storyboard or job.storyboard
             if job.seeds and info.segments:
@@ -442,6 +518,9 @@ class LiveState:
         """The worker went away (killed, crashed) with jobs queued or running: nothing runs them
         until a worker starts again, so they stop reading as running. A new worker resumes them
         from its journal, and its snapshot on attaching shows them running again."""
+        for job in self.elsewhere.values():
+            if job.state in ("queued", "running"):
+                job.state = "interrupted"
         lost = [j.job_id for j in self.jobs.values() if j.state in ("queued", "running")]
         for job_id in lost:
             self._end_job(job_id, "interrupted")
@@ -544,7 +623,8 @@ class LiveState:
         if any(m is None for m in per_segment):
             return None
         seg_total = sum(m for m in per_segment if m is not None)
-        left = 0.0
+        # Another storyboard's job ahead runs first: its shots left, at this storyboard's pace.
+        left = sum(max(0, len(j.seeds or j.segments) - j.done) * seg_total for j in self.ahead_elsewhere())
         for job in self.jobs.values():
             if job.state not in ("queued", "running"):
                 continue

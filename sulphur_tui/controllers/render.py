@@ -121,7 +121,7 @@ class RenderControl:
         digest a failure is of, the encoded video's flicker, the stage times and how the job ended.
         One worker serves the folder: another storyboard's job is not noted as this one's."""
         app = self.app
-        if not isinstance(ev, _NOTED) or not self._ours(ev.job_id, doc):
+        if not isinstance(ev, _NOTED) or not self._ours(ev.job_id):
             return  # steps, samples and previews (many a second) are not noted
         saved = {s.id for s in doc.saved.segments}
         if isinstance(ev, JobQueued | JobStarted):  # renders start from the saved file
@@ -139,19 +139,16 @@ class RenderControl:
         if isinstance(ev, JobFinished | JobCancelled | ErrorEvent) and app.replay is None and app.live.news:
             remember_outcome(doc.storyboard, app.live.news)
 
-    def _ours(self, job_id: str, doc: Document) -> bool:
-        """Whether ``job_id`` renders this storyboard (a job whose storyboard is not known yet,
-        as in a bare recording, counts as this one's)."""
-        job = self.app.live.jobs.get(job_id)
-        if job is None or not job.storyboard:
-            return True
-        return Path(job.storyboard).resolve() == doc.path.resolve()
+    def _ours(self, job_id: str) -> bool:
+        """Whether ``job_id`` renders this storyboard (the live state keeps other storyboards'
+        jobs apart; a job whose storyboard is not known yet, as in a bare recording, is ours)."""
+        return job_id not in self.app.live.elsewhere
 
     def announce(self, ev: Event) -> None:
         """The few events a user must not miss get a notification, not just a log line."""
         app = self.app
-        if app.replay is not None:
-            return
+        if app.replay is not None or not self._ours(ev.job_id):
+            return  # another storyboard's job is told in the status line and the job log only
         if isinstance(ev, ErrorEvent):
             where = "/".join(x for x in (ev.segment, ev.stage) if x) or "render"
             app.notify(ev.message, title=f"{where} failed ({ev.kind})", severity="error", timeout=20)

@@ -152,6 +152,8 @@ class StoryboardScreen(Screen[None]):
             if app.doc is not None:  # the worker names files by absolute path
                 news = news.replace(f"{app.doc.path.parent}{os.sep}", "")
             bits.append(news)
+        if elsewhere := app.live.elsewhere_line():
+            bits.append(elsewhere)
         self.query_one("#statusline", Label).update(" · ".join(bits))
 
     def refresh_live(self, areas: set[str]) -> None:

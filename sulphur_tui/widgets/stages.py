@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -117,6 +119,8 @@ class StageTimers(Widget):
             if waiting:
                 title.append(f" · {waiting} more queued")
             title.append(f" · job {job.job_id[:8] or '?'} {job.state}", style("stage-timers--pending"))
+            if job.state == "queued" and (ahead := live.ahead_elsewhere()):
+                title.append(f" behind {PurePath(ahead[0].storyboard).name}", style("stage-timers--pending"))
         elif not live.timer_segment:
             title.append("idle: F5 renders all, F6 this shot", style("stage-timers--pending"))
         return title

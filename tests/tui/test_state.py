@@ -17,9 +17,11 @@ from pipeline.project.storyboard import load, with_segment
 from pipeline.telemetry.gpu import GpuMonitor
 from pipeline.wire.protocol import (
     FlickerReport,
+    JobInfo,
     SegmentDone,
     StageFinished,
     StageStarted,
+    StatusSnapshot,
     StepProgress,
     VramSample,
 )
@@ -288,3 +290,21 @@ def test_a_missing_replay_recording_is_one_line(tmp_path: Path) -> None:
                           cwd=Path(__file__).resolve().parents[2], env=checkout_env())
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {missing}: no such recording"]
+
+
+def test_a_snapshot_keeps_another_storyboards_jobs_apart() -> None:
+    """An editor attaching while the worker runs another storyboard's job (same shot ids) sees
+    only that it waits behind it, and its ETA counts that job's shots left."""
+    live = LiveState("/p/mine.toml")
+    for stage in ("enhance", "draft", "refine", "upscale", "encode"):
+        live.history[stage] = [2.0]  # 10 s a shot
+    live.apply(StatusSnapshot(pid=7, project="/p", ts=1.0, jobs=[
+        JobInfo(job_id="t", storyboard="/p/theirs.toml", segments=["a", "b", "c"], state="running",
+                segment="a", stage="draft", step=2, total=8),
+        JobInfo(job_id="m", storyboard="/p/mine.toml", segments=["a"], state="queued")]))
+    assert live.segments["a"].state == "queued"  # ours, queued; not theirs, rendering
+    assert [j.job_id for j in live.ahead_elsewhere()] == ["t"]
+    assert live.queue_eta(now=1.0) == 40.0  # their 3 shots, then our 1
+    live.apply(SegmentDone(job_id="t", segment="a", path="x.mp4", frames=17, seconds=9.0, ts=2.0))
+    assert live.queue_eta(now=2.0) == 30.0 and live.segments["a"].state == "queued"
+    assert live.elsewhere_line() == "the worker renders theirs.toml first; this storyboard's job waits"

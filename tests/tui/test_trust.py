@@ -19,6 +19,7 @@ from pipeline.wire.protocol import (
     FlickerReport,
     JobCancelled,
     JobFinished,
+    JobQueued,
     JobStarted,
     SegmentDone,
     StageStarted,
@@ -278,6 +279,35 @@ async def test_flicker_is_kept_for_this_storyboards_renders_only(story: Path) ->
                 break
     report, seam = remembered_flicker(load(story))["beam"]
     assert report.minimum == 30.0 and seam is None, (report, seam)
+
+
+async def test_another_storyboards_job_is_not_drawn_as_this_ones(story: Path) -> None:
+    """One worker serves the folder. While it rendered story.toml, an editor on other.toml (the
+    same shot ids) drew story.toml's shots as its own: rendering, then failed, with their timers,
+    its error as a notification, and its own job's ETA as if nothing ran before it."""
+    other = story.parent / "other.toml"
+    other.write_text(story.read_text())
+    app = create_app(other, connect_worker=False)
+    theirs = [JobStarted(job_id="s", storyboard=str(story), segments=["dawn", "beam"], ts=100.0),
+              StageStarted(job_id="s", segment="dawn", stage="draft", plan="resident", ts=101.0),
+              StepProgress(job_id="s", segment="dawn", stage="draft", step=3, total=8, ts=102.0),
+              JobQueued(job_id="o", storyboard=str(other), segments=["storm"], ts=103.0)]
+    async with app.run_test(size=(120, 40)) as pilot:
+        for ev in theirs:
+            app.post_message(WorkerEvent(ev))
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        assert status_of_row(app, "dawn") == status_of(None, None)[0], status_of_row(app, "dawn")
+        assert "shot dawn" not in text
+        assert "job o queued behind story.toml" in text, text
+        assert "the worker renders story.toml first" in text.splitlines()[-2]
+        app.post_message(WorkerEvent(ErrorEvent(job_id="s", segment="dawn", stage="draft", kind="ValueError",
+                                                message="broken anchor", ts=104.0)))
+        await pilot.pause(0.2)
+        assert "failed" not in status_of_row(app, "dawn")
+        assert not app._notifications, [n.message for n in app._notifications]
+        assert "story.toml: job s started" in "\n".join(line for _, line in app.live.journal)
+        assert "story.toml" not in screen_text(app).splitlines()[-2]  # it no longer runs
 
 
 def status_of_row(app, sid: str) -> str:  # noqa: ANN001 - test helper
