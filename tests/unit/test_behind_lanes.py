@@ -1,15 +1,20 @@
 """The local engine's work behind the GPU stages runs on two lanes (pipeline/render/overlap.py):
 a measurement that takes its time never holds back the next segment's encode, each lane keeps
 its order, work may hand more work to the other lane, and a failure on either lane reaches the
-caller. Real threads and events; nothing is timed."""
+caller; it runs below the thread that feeds the GPU. Real threads and events; nothing is timed."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
 
-from pipeline.render.overlap import Behind, LinkedCancel
+from pipeline.render.overlap import BEHIND_NICE, Behind, LinkedCancel
 
 WAIT = 10  # seconds: only a broken lane ever waits this long
 
@@ -89,3 +94,34 @@ def test_abandoning_cancels_both_lanes_and_waits_for_them() -> None:
     behind.submit(lambda: running("analysis"), lane="analysis")
     behind.abandon()
     assert cancel.is_set() and set(stopped) <= {"encode", "analysis"} and "encode" in stopped
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_work_behind_runs_below_the_thread_feeding_the_gpu(tmp_path: Path) -> None:
+    """x264 and the measurements behind the GPU stages took the cores from the thread that feeds
+    the GPU: the steps of segments 2..N ran 1.8x slower than segment 1's. The lanes, and the x264
+    child an encode starts there, run at a lower CPU priority; the caller's thread keeps its own."""
+    from pipeline.stages.encode import encode_in_fresh_process
+
+    np.save(tmp_path / "frames.npy", np.full((9, 64, 64, 3), 90, np.uint8))
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: dict[str, int] = {}
+
+    def encode() -> None:
+        seen["lane"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        def on_frame(_: int) -> None:
+            for child in psutil.Process().children():
+                seen["x264"] = child.nice()
+
+        encode_in_fresh_process(tmp_path / "s.mp4", tmp_path / "frames.npy", None, 48000, fps=8, size=(64, 64),
+                                on_frame=on_frame)
+
+    behind = Behind(LinkedCancel(threading.Event()))
+    behind.submit(encode)
+    behind.submit(lambda: seen.setdefault("analysis", os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+                  lane="analysis")
+    behind.drain()
+    assert seen == {"lane": max(caller, BEHIND_NICE), "x264": max(caller, BEHIND_NICE),
+                    "analysis": max(caller, BEHIND_NICE)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
