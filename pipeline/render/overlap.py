@@ -48,10 +48,10 @@ class LinkedCancel(threading.Event):
 #: them per segment against 10.5 s of GPU stages (bench/results/chain_h200_2026-12-05_run7.json).
 LANES = ("encode", "analysis")
 
-#: The CPU priority (nice value) of the work behind the GPU stages. At the default one, x264's
-#: threads and the measurements took the cores from the thread that feeds the GPU: the draft's
-#: steps of segments 2..N ran at 0.70 s against 0.38 s for segment 1's, which nothing overlapped
-#: (bench/results/chain_h200_2026-12-05_run9.json).
+#: The CPU priority (nice value) of the work behind the GPU stages, and of the x264 child an
+#: encode starts there: it must never take a core from the thread that feeds the GPU, nor from
+#: the user's editor while a render runs. (It did not explain the slower steps of segments 2..N:
+#: bench/results/README.md, run10, measured them 1.6-1.7x segment 1's with x264 at nice 10 too.)
 BEHIND_NICE = 10
 
 
