@@ -118,7 +118,8 @@ class StageTimers(Widget):
             waiting = sum(1 for j in live.jobs.values() if j.state == "queued" and j is not job)
             if waiting:
                 title.append(f" · {waiting} more queued")
-            title.append(f" · job {job.job_id[:8] or '?'} {job.state}", style("stage-timers--pending"))
+            sep = " · " if title.plain else ""  # a job still queued has no shot yet
+            title.append(f"{sep}job {job.job_id[:8] or '?'} {job.state}", style("stage-timers--pending"))
             if job.state == "queued" and (ahead := live.ahead_elsewhere()):
                 title.append(f" behind {PurePath(ahead[0].storyboard).name}", style("stage-timers--pending"))
         elif not live.timer_segment:
