@@ -12,6 +12,8 @@
 #                              # published formats (GGUF + diffusers folder + upsampler + LoRA + x2plus), then one
 #                              # 121-frame ltx23-distilled segment from those files under 8 GiB / 32 GiB, and
 #                              # `sulphur models verify` on them (issue 17; issue 20's cold start)
+#   bench/gpu_suite.sh anchored  # ~4 min: the chain uncapped with shot 1 anchored on a still (every shot
+#                              # image-to-video): are segment 1's steps faster for being text-to-video?
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
@@ -41,6 +43,10 @@ segment)  # one GPU is enough: the whole-segment bench alone (~4 min)
 chain)  # one GPU, < 9 min: 3 chained 121-frame segments capped (8/32) and uncapped, + resident steps (issue 20)
     timeout 540 python bench/chain.py --segments 3 --frames 121 --out "$OUT/chain.json" >/dev/null \
         2>"$OUT/chain.log" || echo "chain failed: $?"
+    ;;
+anchored)
+    timeout 400 python bench/chain.py --segments 3 --frames 121 --uncapped-only --first-anchor image \
+        --out "$OUT/chain_anchored.json" >/dev/null 2>"$OUT/chain_anchored.log" || echo "anchored failed: $?"
     ;;
 published)  # Gemma capped at 12 of 48 text layers: see "departures" in the JSON for why
     df -h /tmp | tail -1
