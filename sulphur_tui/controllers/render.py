@@ -224,9 +224,16 @@ class RenderControl:
             app.call_from_thread(self.ensure_following)
 
     def cancel(self) -> None:
-        job = self.app.live.active_job()
-        job_id = job.job_id if job else ""
-        self.app.run_worker(lambda: self._cancel(job_id), name="_cancel", group="cancel", thread=True,
+        """Cancel this storyboard's job. Never another's: the worker takes an empty job id for
+        whatever it runs, which is another storyboard's job while this one's only waits."""
+        live = self.app.live
+        job = live.active_job()
+        if job is None:  # the snapshot on attaching lists every job: none of them is this one's
+            other = live.elsewhere_line()
+            self.app.notify("No render of this storyboard is running" +
+                            (f" ({other}: cancel it from its own editor)." if other else "."), timeout=6)
+            return
+        self.app.run_worker(lambda: self._cancel(job.job_id), name="_cancel", group="cancel", thread=True,
                             exit_on_error=False)
 
     def _cancel(self, job_id: str) -> None:
@@ -236,4 +243,4 @@ class RenderControl:
             with WorkerClient.connect(app.doc.path.parent, start=False, timeout=5.0) as client:
                 client.cancel(job_id)
         except WorkerNotRunning:
-            app.call_from_thread(app.notify, "No render is running.", timeout=3)
+            app.call_from_thread(app.notify, "No render worker is running.", timeout=3)

@@ -144,7 +144,7 @@ async def test_render_keys_work_inside_the_prompt(story: Path) -> None:
         await pilot.press("f8")  # no worker runs: cancelling says so
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert "No render is running." in notes, notes
+        assert "No render of this storyboard is running." in notes, notes
 
 
 # ---------------------------------------------------------------------- 4. seams
