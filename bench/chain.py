@@ -375,10 +375,11 @@ def main() -> int:
     report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
     report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
     report["goals"] = {
-        "nvml_under_budget": None if report["nvml_peak_gib"] is None else
-        max(report["nvml_peak_gib"], report["nvml_peak_worker_gib"] or 0) <= args.vram_budget_gb,
-        "capped_le_1.25x_uncapped": (report["steady_capped_over_uncapped"] or 99) <= 1.25,
-        "uncapped_le_2.5x_steps": (report["steady_uncapped_over_steps"] or 99) <= 2.5,
+        "nvml_under_budget": _at_most(max((p for p in (report["nvml_peak_gib"], report["nvml_peak_worker_gib"])
+                                           if p is not None), default=None), args.vram_budget_gb),
+        # None: not measured in this run (--capped-only, --uncapped-only, a failed render)
+        "capped_le_1.25x_uncapped": _at_most(report["steady_capped_over_uncapped"], 1.25),
+        "uncapped_le_2.5x_steps": _at_most(report["steady_uncapped_over_steps"], 2.5),
         "no_fallback": not any(s["fallbacks"] for run in runs.values() for s in run.get("segments", {}).values()),
     }
     doc = json.dumps(report, indent=1)
@@ -388,6 +389,10 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc + "\n")
     return 0 if all(r["returncode"] == 0 for r in runs.values()) else 1
+
+
+def _at_most(value: float | None, goal: float) -> bool | None:
+    return None if value is None else value <= goal
 
 
 def _gpu_name() -> str:

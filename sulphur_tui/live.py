@@ -118,7 +118,8 @@ class JobLive:
     seeds: list[int] = field(default_factory=list)  # a takes job: these seeds of segments[0]
     storyboard: str = ""  # its file, as the worker names it (one worker serves the folder)
     order: int = 0  # when the editor first saw it: the worker runs its jobs in that order
-    done: int = 0  # shots (or takes) finished: only counted for another storyboard's job
+    finished: set[str] = field(default_factory=set)  # its shots (or takes' seeds) done: only kept for
+    #                                                   another storyboard's job, for the queue's ETA
 
 
 @dataclass
@@ -317,8 +318,10 @@ class LiveState:
         else:
             job = self.elsewhere[ev.job_id]
             match ev:
-                case SegmentDone() | TakeFinished():
-                    job.done += 1
+                case SegmentDone() if not job.seeds and ev.segment in job.segments:
+                    job.finished.add(ev.segment)  # a set: a resumed job's history repeats them
+                case TakeFinished() if job.seeds:
+                    job.finished.add(str(ev.seed))
                 case JobFinished():
                     job.state = "done"
                 case JobCancelled():
@@ -470,11 +473,16 @@ class LiveState:
     def _snapshot(self, ev: StatusSnapshot) -> set[str]:
         self.worker_pid = ev.pid
         for info in ev.jobs:
+            # The snapshot lists the jobs as the worker queued them: that order wins over the one
+            # in which this editor first heard of them (its own JobQueued may come first).
+            self._seen += 1
             if self._theirs(info.storyboard) or info.job_id in self.elsewhere:
                 job = self._new_job(self.elsewhere, info.job_id, info.segments)
-                job.storyboard, job.state, job.seeds = info.storyboard, info.state, list(info.seeds)
+                job.storyboard = info.storyboard or job.storyboard
+                job.state, job.seeds, job.order = info.state, list(info.seeds), self._seen
                 continue
             job = self._new_job(self.jobs, info.job_id, info.segments)
+            job.order = self._seen
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
             job.storyboard = info.storyboard or job.storyboard
             if job.seeds and info.segments:
@@ -624,7 +632,7 @@ class LiveState:
             return None
         seg_total = sum(m for m in per_segment if m is not None)
         # Another storyboard's job ahead runs first: its shots left, at this storyboard's pace.
-        left = sum(max(0, len(j.seeds or j.segments) - j.done) * seg_total for j in self.ahead_elsewhere())
+        left = sum(max(0, len(j.seeds or j.segments) - len(j.finished)) * seg_total for j in self.ahead_elsewhere())
         for job in self.jobs.values():
             if job.state not in ("queued", "running"):
                 continue

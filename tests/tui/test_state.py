@@ -18,6 +18,7 @@ from pipeline.telemetry.gpu import GpuMonitor
 from pipeline.wire.protocol import (
     FlickerReport,
     JobInfo,
+    JobQueued,
     SegmentDone,
     StageFinished,
     StageStarted,
@@ -298,6 +299,9 @@ def test_a_snapshot_keeps_another_storyboards_jobs_apart() -> None:
     live = LiveState("/p/mine.toml")
     for stage in ("enhance", "draft", "refine", "upscale", "encode"):
         live.history[stage] = [2.0]  # 10 s a shot
+    # This editor's own job is heard of first (its JobQueued), the worker's snapshot later: the
+    # snapshot's order (theirs was queued first) is the worker's.
+    live.apply(JobQueued(job_id="m", storyboard="/p/mine.toml", segments=["a"], ts=0.5))
     live.apply(StatusSnapshot(pid=7, project="/p", ts=1.0, jobs=[
         JobInfo(job_id="t", storyboard="/p/theirs.toml", segments=["a", "b", "c"], state="running",
                 segment="a", stage="draft", step=2, total=8),
@@ -305,6 +309,7 @@ def test_a_snapshot_keeps_another_storyboards_jobs_apart() -> None:
     assert live.segments["a"].state == "queued"  # ours, queued; not theirs, rendering
     assert [j.job_id for j in live.ahead_elsewhere()] == ["t"]
     assert live.queue_eta(now=1.0) == 40.0  # their 3 shots, then our 1
-    live.apply(SegmentDone(job_id="t", segment="a", path="x.mp4", frames=17, seconds=9.0, ts=2.0))
+    for _ in range(2):  # a resumed job's history repeats what it did before the restart
+        live.apply(SegmentDone(job_id="t", segment="a", path="x.mp4", frames=17, seconds=9.0, ts=2.0))
     assert live.queue_eta(now=2.0) == 30.0 and live.segments["a"].state == "queued"
     assert live.elsewhere_line() == "the worker renders theirs.toml first; this storyboard's job waits"

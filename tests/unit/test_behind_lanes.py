@@ -105,6 +105,8 @@ def test_work_behind_runs_below_the_thread_feeding_the_gpu(tmp_path: Path) -> No
 
     np.save(tmp_path / "frames.npy", np.full((9, 64, 64, 3), 90, np.uint8))
     caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if caller >= BEHIND_NICE:
+        pytest.skip(f"the tests already run at nice {caller}: lowering to {BEHIND_NICE} would show nothing")
     seen: dict[str, int] = {}
 
     def encode() -> None:
@@ -112,7 +114,8 @@ def test_work_behind_runs_below_the_thread_feeding_the_gpu(tmp_path: Path) -> No
 
         def on_frame(_: int) -> None:
             for child in psutil.Process().children():
-                seen["x264"] = child.nice()
+                if "pipeline.stages.encode" in " ".join(child.cmdline()):
+                    seen["x264"] = child.nice()
 
         encode_in_fresh_process(tmp_path / "s.mp4", tmp_path / "frames.npy", None, 48000, fps=8, size=(64, 64),
                                 on_frame=on_frame)
@@ -122,6 +125,5 @@ def test_work_behind_runs_below_the_thread_feeding_the_gpu(tmp_path: Path) -> No
     behind.submit(lambda: seen.setdefault("analysis", os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
                   lane="analysis")
     behind.drain()
-    assert seen == {"lane": max(caller, BEHIND_NICE), "x264": max(caller, BEHIND_NICE),
-                    "analysis": max(caller, BEHIND_NICE)}
+    assert seen == {"lane": BEHIND_NICE, "x264": BEHIND_NICE, "analysis": BEHIND_NICE}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
