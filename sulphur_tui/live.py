@@ -350,7 +350,7 @@ class LiveState:
             return ""
         name = PurePath(busy[0].storyboard).name
         if any(j.state == "queued" for j in self.jobs.values()):
-            return f"the worker renders {name} first; this storyboard's job waits"
+            return f"queued behind {name}'s render"  # short: the status line is one row at 80 columns
         return f"the worker is rendering {name}"
 
     # ------------------------------------------------------------------ this storyboard's jobs

@@ -312,4 +312,4 @@ def test_a_snapshot_keeps_another_storyboards_jobs_apart() -> None:
     for _ in range(2):  # a resumed job's history repeats what it did before the restart
         live.apply(SegmentDone(job_id="t", segment="a", path="x.mp4", frames=17, seconds=9.0, ts=2.0))
     assert live.queue_eta(now=2.0) == 30.0 and live.segments["a"].state == "queued"
-    assert live.elsewhere_line() == "the worker renders theirs.toml first; this storyboard's job waits"
+    assert live.elsewhere_line() == "queued behind theirs.toml's render"

@@ -300,7 +300,7 @@ async def test_another_storyboards_job_is_not_drawn_as_this_ones(story: Path) ->
         assert status_of_row(app, "dawn") == status_of(None, None)[0], status_of_row(app, "dawn")
         assert "shot dawn" not in text
         assert "│ job o queued behind story.toml" in text, text
-        assert "the worker renders story.toml first" in text.splitlines()[-2]
+        assert "queued behind story.toml's render" in text.splitlines()[-2]
         app.post_message(WorkerEvent(ErrorEvent(job_id="s", segment="dawn", stage="draft", kind="ValueError",
                                                 message="broken anchor", ts=104.0)))
         await pilot.pause(0.2)
