@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -307,6 +308,7 @@ def main() -> int:
     ap.add_argument("--worker", action="store_true",
                     help="also render the capped storyboard through the background worker (the TUI's path): "
                          "its NVML peak and fallbacks (issue 20, goals 1 and 4)")
+    ap.add_argument("--keep", action="store_true", help="keep the storyboards and renders (a temporary folder)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="folder for a py-spy chrome trace of each render (bench/profile_window.py reads them)")
     args = ap.parse_args()
@@ -320,75 +322,81 @@ def main() -> int:
 
     preset = get_preset(args.preset)
     base = Path(tempfile.mkdtemp(prefix="chain-bench-"))
-    runs: dict[str, dict[str, Any]] = {}
-    settings = (("capped", args.vram_budget_gb, args.ram_budget_gb), ("uncapped", None, None))
-    chosen = list(settings[:1] if args.capped_only else settings[1:] if args.uncapped_only else settings)
-    if args.worker:
-        chosen.append(("worker_capped", args.vram_budget_gb, args.ram_budget_gb))
-    for name, vram, ram in chosen:
-        folder = base / name
-        folder.mkdir()
-        still = ""
-        if args.first_anchor == "image":
-            from PIL import Image
+    try:
+        runs: dict[str, dict[str, Any]] = {}
+        settings = (("capped", args.vram_budget_gb, args.ram_budget_gb), ("uncapped", None, None))
+        chosen = list(settings[:1] if args.capped_only else settings[1:] if args.uncapped_only else settings)
+        if args.worker:
+            chosen.append(("worker_capped", args.vram_budget_gb, args.ram_budget_gb))
+        for name, vram, ram in chosen:
+            folder = base / name
+            folder.mkdir()
+            still = ""
+            if args.first_anchor == "image":
+                from PIL import Image
 
-            still = "first.png"
-            yy, xx = np.mgrid[0:288, 0:512]  # any picture: the weights are random
-            rgb = np.stack([xx * 255 // 511, yy * 255 // 287, (xx + yy) % 256], axis=-1).astype(np.uint8)
-            Image.fromarray(rgb).save(folder / still)
-        (folder / "story.toml").write_text(storyboard(args.preset, args.segments, args.frames, vram, ram, draft, output,
-                                                      still))
-        trace = args.profile / f"profile_{name}.json" if args.profile else None
-        if trace:
-            trace.parent.mkdir(parents=True, exist_ok=True)
-        runs[name] = render(folder, args.timeout, trace, worker=name.startswith("worker"))
-    first = runs.get("capped") or runs["uncapped"]  # the cold start and the host peak
-    report: dict[str, Any] = {
-        "bench": "chain", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(("torch", "diffusers", "transformers", "triton", "av")), "preset": args.preset,
-        "segments_n": args.segments, "frames": args.frames, "vram_budget_gib": args.vram_budget_gb,
-        "ram_budget_gib": args.ram_budget_gb, "first_anchor": args.first_anchor,
-        "nvml_peak_gib": runs.get("capped", {}).get("nvml_peak_gib"),
-        "nvml_peak_uncapped_gib": runs.get("uncapped", {}).get("nvml_peak_gib"),
-        "nvml_peak_worker_gib": runs.get("worker_capped", {}).get("nvml_peak_gib"), "host_peak_gib": first["host_peak_gib"],
-        "segments": {name: run.get("segments", {}) for name, run in runs.items()}, "runs": runs,
-        "steady_capped_s": steady(runs.get("capped", {})), "steady_uncapped_s": steady(runs.get("uncapped", {})),
-        "steady_worker_capped_s": steady(runs.get("worker_capped", {})),
-        "steady_how": "mean wall seconds between consecutive SegmentDone events (segments 2..N): the local "
-                      "engine encodes segment k behind segment k+1's draft, so stage seconds overlap",
-        "steady_stage_sum_capped_s": steady_stage_sum(runs.get("capped", {})),
-        "steady_stage_sum_uncapped_s": steady_stage_sum(runs.get("uncapped", {})),
-    }
-    report["disk_read_gbps"] = round(disk_read_gbps(base), 2)
-    cold = first
-    report["cold_to_first_step_s"] = cold.get("cold_to_first_step_s")
-    io_s = cold.get("bytes_read_to_first_step", 0) / 1e9 / report["disk_read_gbps"]
-    report["cold_io_bound_s"] = round(1.5 * io_s + text_encoder_pass_s(cold), 2)
-    report["resident_steps_s"] = None
-    if not args.smoke and not args.capped_only and all(r["returncode"] == 0 for r in runs.values()):
-        draft_size = preset.draft_size
-        ref = resident_steps(preset, draft_size, (draft_size[0] * 2, draft_size[1] * 2),
-                             preset.round_frames(args.frames))
-        report["resident"] = ref
-        report["resident_steps_s"] = round(
-            preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"], 2)
-    report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
-    report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
-    report["goals"] = {
-        "nvml_under_budget": _at_most(max((p for p in (report["nvml_peak_gib"], report["nvml_peak_worker_gib"])
-                                           if p is not None), default=None), args.vram_budget_gb),
-        # None: not measured in this run (--capped-only, --uncapped-only, a failed render)
-        "capped_le_1.25x_uncapped": _at_most(report["steady_capped_over_uncapped"], 1.25),
-        "uncapped_le_2.5x_steps": _at_most(report["steady_uncapped_over_steps"], 2.5),
-        "no_fallback": not any(s["fallbacks"] for run in runs.values() for s in run.get("segments", {}).values()),
-    }
-    doc = json.dumps(report, indent=1)
-    print(doc)
-    out = args.out or (ROOT / "bench" / "results" /
-                       f"chain_{_gpu_name()}_{datetime.date.today().isoformat()}{'_smoke' if args.smoke else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc + "\n")
-    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 1
+                still = "first.png"
+                yy, xx = np.mgrid[0:288, 0:512]  # any picture: the weights are random
+                rgb = np.stack([xx * 255 // 511, yy * 255 // 287, (xx + yy) % 256], axis=-1).astype(np.uint8)
+                Image.fromarray(rgb).save(folder / still)
+            (folder / "story.toml").write_text(storyboard(args.preset, args.segments, args.frames, vram, ram, draft, output,
+                                                          still))
+            trace = args.profile / f"profile_{name}.json" if args.profile else None
+            if trace:
+                trace.parent.mkdir(parents=True, exist_ok=True)
+            runs[name] = render(folder, args.timeout, trace, worker=name.startswith("worker"))
+        first = runs.get("capped") or runs["uncapped"]  # the cold start and the host peak
+        report: dict[str, Any] = {
+            "bench": "chain", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine(("torch", "diffusers", "transformers", "triton", "av")), "preset": args.preset,
+            "segments_n": args.segments, "frames": args.frames, "vram_budget_gib": args.vram_budget_gb,
+            "ram_budget_gib": args.ram_budget_gb, "first_anchor": args.first_anchor,
+            "nvml_peak_gib": runs.get("capped", {}).get("nvml_peak_gib"),
+            "nvml_peak_uncapped_gib": runs.get("uncapped", {}).get("nvml_peak_gib"),
+            "nvml_peak_worker_gib": runs.get("worker_capped", {}).get("nvml_peak_gib"), "host_peak_gib": first["host_peak_gib"],
+            "segments": {name: run.get("segments", {}) for name, run in runs.items()}, "runs": runs,
+            "steady_capped_s": steady(runs.get("capped", {})), "steady_uncapped_s": steady(runs.get("uncapped", {})),
+            "steady_worker_capped_s": steady(runs.get("worker_capped", {})),
+            "steady_how": "mean wall seconds between consecutive SegmentDone events (segments 2..N): the local "
+                          "engine encodes segment k behind segment k+1's draft, so stage seconds overlap",
+            "steady_stage_sum_capped_s": steady_stage_sum(runs.get("capped", {})),
+            "steady_stage_sum_uncapped_s": steady_stage_sum(runs.get("uncapped", {})),
+        }
+        report["disk_read_gbps"] = round(disk_read_gbps(base), 2)
+        cold = first
+        report["cold_to_first_step_s"] = cold.get("cold_to_first_step_s")
+        io_s = cold.get("bytes_read_to_first_step", 0) / 1e9 / report["disk_read_gbps"]
+        report["cold_io_bound_s"] = round(1.5 * io_s + text_encoder_pass_s(cold), 2)
+        report["resident_steps_s"] = None
+        if not args.smoke and not args.capped_only and all(r["returncode"] == 0 for r in runs.values()):
+            draft_size = preset.draft_size
+            ref = resident_steps(preset, draft_size, (draft_size[0] * 2, draft_size[1] * 2),
+                                 preset.round_frames(args.frames))
+            report["resident"] = ref
+            report["resident_steps_s"] = round(
+                preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"], 2)
+        report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
+        report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
+        report["goals"] = {
+            "nvml_under_budget": _at_most(max((p for p in (report["nvml_peak_gib"], report["nvml_peak_worker_gib"])
+                                               if p is not None), default=None), args.vram_budget_gb),
+            # None: not measured in this run (--capped-only, --uncapped-only, a failed render)
+            "capped_le_1.25x_uncapped": _at_most(report["steady_capped_over_uncapped"], 1.25),
+            "uncapped_le_2.5x_steps": _at_most(report["steady_uncapped_over_steps"], 2.5),
+            "no_fallback": not any(s["fallbacks"] for run in runs.values() for s in run.get("segments", {}).values()),
+        }
+        doc = json.dumps(report, indent=1)
+        print(doc)
+        out = args.out or (ROOT / "bench" / "results" /
+                           f"chain_{_gpu_name()}_{datetime.date.today().isoformat()}{'_smoke' if args.smoke else ''}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(doc + "\n")
+        return 0 if all(r["returncode"] == 0 for r in runs.values()) else 1
+    finally:
+        if args.keep:
+            print(f"kept the renders in {base}", file=sys.stderr)
+        else:  # each run caches every stage of a full-size segment: gigabytes on a 64 GiB disk
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _at_most(value: float | None, goal: float) -> bool | None:
