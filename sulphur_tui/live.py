@@ -21,6 +21,7 @@ from pipeline.wire.protocol import (
     FlickerReport,
     JobCancelled,
     JobFinished,
+    JobInfo,
     JobQueued,
     JobStarted,
     LatentPreview,
@@ -483,6 +484,8 @@ class LiveState:
                 continue
             job = self._new_job(self.jobs, info.job_id, info.segments)
             job.order = self._seen
+            if info.state not in ("queued", "running") and job.state in ("queued", "running"):
+                self._ended_unseen(info)
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
             job.storyboard = info.storyboard or job.storyboard
             if job.seeds and info.segments:
@@ -500,7 +503,19 @@ class LiveState:
                 t = self.timers.get(info.stage)
                 if info.segment == self.timer_segment and t is not None and t.state == "running":
                     t.step, t.total = info.step, info.total or t.total  # steps are not journaled
-        return {"segments", "jobs"}
+        return {"segments", "jobs", "timers", "disk", "log"}
+
+    def _ended_unseen(self, info: JobInfo) -> None:
+        """A job this editor took for queued or running ended before it attached: it failed at
+        once (an unknown preset), or came whole from the cache, while the worker that F5 started
+        was still starting. Its shots must not stay queued, and the status line says how it ended."""
+        self._end_job(info.job_id, info.state)
+        if info.state == "failed":
+            self._say(f"✖ error: {info.error}" if info.error else "✖ render failed")
+        elif info.state == "cancelled":
+            self._say("render cancelled")
+        else:
+            self._say("✔ render done: the shots are on disk")
 
     def _end_job(self, job_id: str, state: str) -> None:
         job = self.jobs.get(job_id)

@@ -24,6 +24,7 @@ from pipeline.wire.protocol import (
     PlanFallback,
     SegmentDone,
     StageFinished,
+    StatusSnapshot,
 )
 from pipeline.worker.client import WorkerClient, WorkerError, WorkerNotRunning
 from sulphur_tui.messages import WorkerConnection, WorkerEvent
@@ -52,6 +53,7 @@ class RenderControl:
     def __init__(self, app: SulphurApp) -> None:
         self.app = app
         self._submitted: dict[str, dict[str, str]] = {}  # job id → its shots' digests when submitted
+        self._told: set[str] = set()  # jobs whose failure was notified
 
     # ------------------------------------------------------------------ following
     def start(self) -> None:
@@ -150,8 +152,14 @@ class RenderControl:
         if app.replay is not None or not self._ours(ev.job_id):
             return  # another storyboard's job is told in the status line and the job log only
         if isinstance(ev, ErrorEvent):
+            self._told.add(ev.job_id)
             where = "/".join(x for x in (ev.segment, ev.stage) if x) or "render"
             app.notify(ev.message, title=f"{where} failed ({ev.kind})", severity="error", timeout=20)
+        elif isinstance(ev, StatusSnapshot):  # a job of this editor's that failed before it attached
+            for info in ev.jobs:
+                if info.state == "failed" and info.job_id in self._submitted and info.job_id not in self._told:
+                    self._told.add(info.job_id)
+                    app.notify(info.error or "the job failed", title="render failed", severity="error", timeout=20)
         elif isinstance(ev, PlanFallback):
             app.notify(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}; retrying with "
                        f"{ev.next_plan}", title="Leaner memory plan", severity="warning", timeout=10)

@@ -56,3 +56,25 @@ async def test_an_editor_on_another_storyboard_neither_shows_nor_cancels_the_job
     finally:
         os.environ.pop("SULPHUR_FAULT_SLOW", None)
         _stop_worker(project)
+
+
+async def test_a_job_that_fails_before_the_editor_attaches_does_not_stay_queued(story: Path) -> None:
+    """F5 with no worker running starts one; a job that fails at once (an unknown preset) ended
+    before the editor attached to that new worker. Its shots stayed "◷ queued" for good, and
+    nothing said why: the snapshot the editor got said "failed", and the editor did not read it."""
+    story.write_text(story.read_text().replace('preset = "tiny"', 'preset = "tny"'))
+    assert 'preset = "tny"' in story.read_text()
+    app = create_app(story, image="none")
+    notes: list[str] = []
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.notify = lambda message, **kw: notes.append(message)  # type: ignore[method-assign]
+            await pilot.press("f5")
+            assert await _wait_for(pilot, lambda: any("unknown model preset 'tny'" in n for n in notes), 60), notes
+            await pilot.pause(0.5)
+            rows = {sid: status_of(app.live.segments.get(sid), app.renders.get(sid))[1]
+                    for sid in ("dawn", "beam", "storm")}
+            assert rows == {"dawn": "new", "beam": "new", "storm": "new"}, rows
+            assert "unknown model preset 'tny'" in screen_text(app).splitlines()[-2]
+    finally:
+        _stop_worker(story.parent)

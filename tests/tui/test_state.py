@@ -313,3 +313,23 @@ def test_a_snapshot_keeps_another_storyboards_jobs_apart() -> None:
         live.apply(SegmentDone(job_id="t", segment="a", path="x.mp4", frames=17, seconds=9.0, ts=2.0))
     assert live.queue_eta(now=2.0) == 30.0 and live.segments["a"].state == "queued"
     assert live.elsewhere_line() == "queued behind theirs.toml's render"
+
+
+@pytest.mark.parametrize(("state", "error", "news"), [
+    ("done", "", "✔ render done: the shots are on disk"),
+    ("failed", "unknown model preset 'tny'", "✖ error: unknown model preset 'tny'"),
+    ("cancelled", "", "render cancelled"),
+])
+def test_a_job_that_ended_before_the_editor_attached_ends_in_the_editor(state: str, error: str, news: str) -> None:
+    """The editor marks its shots queued on submitting; the worker it started may end the job
+    (all from the cache, or a failure at once) before the editor attaches: the snapshot says so."""
+    live = LiveState("/p/mine.toml")
+    live.apply(JobQueued(job_id="m", storyboard="/p/mine.toml", segments=["a", "b"], ts=0.5))
+    assert live.segments["a"].state == "queued" and live.running
+    live.apply(StatusSnapshot(pid=7, project="/p", ts=1.0, jobs=[
+        JobInfo(job_id="m", storyboard="/p/mine.toml", segments=["a", "b"], state=state, error=error)]))
+    assert {sid: s.state for sid, s in live.segments.items()} == {"a": "", "b": ""}
+    assert not live.running and live.news == news
+    live.apply(StatusSnapshot(pid=7, project="/p", ts=2.0, jobs=[
+        JobInfo(job_id="m", storyboard="/p/mine.toml", segments=["a", "b"], state=state, error=error)]))
+    assert list(live.log).count(news) == 1  # said once, not again at every snapshot
