@@ -482,10 +482,11 @@ class LiveState:
                 job.storyboard = info.storyboard or job.storyboard
                 job.state, job.seeds, job.order = info.state, list(info.seeds), self._seen
                 continue
+            known = self.jobs.get(info.job_id)
+            if known is not None and known.state in ("queued", "running") and info.state not in ("queued", "running"):
+                self._ended_unseen(known, info)
             job = self._new_job(self.jobs, info.job_id, info.segments)
             job.order = self._seen
-            if info.state not in ("queued", "running") and job.state in ("queued", "running"):
-                self._ended_unseen(info)
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
             job.storyboard = info.storyboard or job.storyboard
             if job.seeds and info.segments:
@@ -505,11 +506,15 @@ class LiveState:
                     t.step, t.total = info.step, info.total or t.total  # steps are not journaled
         return {"segments", "jobs", "timers", "disk", "log"}
 
-    def _ended_unseen(self, info: JobInfo) -> None:
+    def _ended_unseen(self, job: JobLive, info: JobInfo) -> None:
         """A job this editor took for queued or running ended before it attached: it failed at
         once (an unknown preset), or came whole from the cache, while the worker that F5 started
-        was still starting. Its shots must not stay queued, and the status line says how it ended."""
-        self._end_job(info.job_id, info.state)
+        was still starting. Its shots must not stay queued, and the status line says how it ended.
+        Only its queued shots change: another job may be running (its timers and shots are its own)."""
+        job.state = info.state
+        for sid in job.segments:
+            if sid in self.segments and self.segments[sid].state in ("queued", "takes"):
+                self.segments[sid].state = ""
         if info.state == "failed":
             self._say(f"✖ error: {info.error}" if info.error else "✖ render failed")
         elif info.state == "cancelled":
