@@ -119,6 +119,7 @@ class JobLive:
     seeds: list[int] = field(default_factory=list)  # a takes job: these seeds of segments[0]
     storyboard: str = ""  # its file, as the worker names it (one worker serves the folder)
     order: int = 0  # when the editor first saw it: the worker runs its jobs in that order
+    error: str = ""  # why it failed, when only the worker's snapshot said so
     finished: set[str] = field(default_factory=set)  # its shots (or takes' seeds) done: only kept for
     #                                                   another storyboard's job, for the queue's ETA
 
@@ -356,6 +357,9 @@ class LiveState:
 
     # ------------------------------------------------------------------ this storyboard's jobs
     def _job_queued(self, ev: JobQueued | JobStarted) -> set[str]:
+        known = self.jobs.get(ev.job_id)
+        if isinstance(ev, JobQueued) and known is not None and known.state in ("done", "failed", "cancelled"):
+            return set()  # the editor's own JobQueued, posted after the worker's snapshot said it ended
         job = self._new_job(self.jobs, ev.job_id, ev.segments)
         job.segments = list(ev.segments) or job.segments
         job.seeds = list(ev.seeds) or job.seeds
@@ -484,7 +488,7 @@ class LiveState:
                 continue
             known = self.jobs.get(info.job_id)
             if known is not None and known.state in ("queued", "running") and info.state not in ("queued", "running"):
-                self._ended_unseen(known, info)
+                self._ended_unseen(known, info, others_run=any(i.state == "running" for i in ev.jobs))
             job = self._new_job(self.jobs, info.job_id, info.segments)
             job.order = self._seen
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
@@ -506,19 +510,31 @@ class LiveState:
                     t.step, t.total = info.step, info.total or t.total  # steps are not journaled
         return {"segments", "jobs", "timers", "disk", "log"}
 
-    def _ended_unseen(self, job: JobLive, info: JobInfo) -> None:
-        """A job this editor took for queued or running ended before it attached: it failed at
-        once (an unknown preset), or came whole from the cache, while the worker that F5 started
-        was still starting. Its shots must not stay queued, and the status line says how it ended.
-        Only its queued shots change: another job may be running (its timers and shots are its own)."""
-        job.state = info.state
+    def _ended_unseen(self, job: JobLive, info: JobInfo, *, others_run: bool) -> None:
+        """A job this editor took for queued or running ended unseen: before the editor attached
+        to the worker F5 started (a job that failed at once, as with an unknown preset, or came
+        whole from the cache), or while the link was down. Its shots must not stay queued or
+        rendering, and the status line says how it ended. A job the snapshot lists as running
+        comes later in it and marks its own shot again; the timers are its, if there is one."""
+        job.state, job.error = info.state, info.error
         for sid in job.segments:
-            if sid in self.segments and self.segments[sid].state in ("queued", "takes"):
+            if sid in self.segments and self.segments[sid].state in ("queued", "rendering", "takes"):
                 self.segments[sid].state = ""
+        if not others_run:
+            for t in self.timers.values():
+                if t.state == "running":
+                    t.seconds, t.state = max(0.0, self.last_ts - t.started), "stopped"
+        rows = self.takes.get(job.segments[0]) if job.seeds and job.segments else None
+        if rows is not None and rows.job_id == job.job_id and info.state != "done":
+            for take in rows.takes.values():
+                if take.state in ("queued", "rendering"):
+                    take.state = info.state
         if info.state == "failed":
             self._say(f"✖ error: {info.error}" if info.error else "✖ render failed")
         elif info.state == "cancelled":
             self._say("render cancelled")
+        elif job.seeds:
+            self._say(f"✔ takes of {job.segments[0]} rendered: pick one (t)")
         else:
             self._say("✔ render done: the shots are on disk")
 

@@ -155,11 +155,14 @@ class RenderControl:
             self._told.add(ev.job_id)
             where = "/".join(x for x in (ev.segment, ev.stage) if x) or "render"
             app.notify(ev.message, title=f"{where} failed ({ev.kind})", severity="error", timeout=20)
-        elif isinstance(ev, StatusSnapshot):  # a job of this editor's that failed before it attached
-            for info in ev.jobs:
-                if info.state == "failed" and info.job_id in self._submitted and info.job_id not in self._told:
-                    self._told.add(info.job_id)
-                    app.notify(info.error or "the job failed", title="render failed", severity="error", timeout=20)
+        elif isinstance(ev, StatusSnapshot | JobQueued):
+            # A job of this editor's that failed unseen (the snapshot said so); its JobQueued, which
+            # the editor posts itself, may even come after that snapshot.
+            for job_id in self._submitted.keys() - self._told:
+                job = app.live.jobs.get(job_id)
+                if job is not None and job.state == "failed":
+                    self._told.add(job_id)
+                    app.notify(job.error or "the job failed", title="render failed", severity="error", timeout=20)
         elif isinstance(ev, PlanFallback):
             app.notify(f"{ev.segment}/{ev.stage}: out of memory with {ev.failed_plan}; retrying with "
                        f"{ev.next_plan}", title="Leaner memory plan", severity="warning", timeout=10)

@@ -19,6 +19,7 @@ from pipeline.wire.protocol import (
     FlickerReport,
     JobInfo,
     JobQueued,
+    JobStarted,
     SegmentDone,
     StageFinished,
     StageStarted,
@@ -333,3 +334,24 @@ def test_a_job_that_ended_before_the_editor_attached_ends_in_the_editor(state: s
     live.apply(StatusSnapshot(pid=7, project="/p", ts=2.0, jobs=[
         JobInfo(job_id="m", storyboard="/p/mine.toml", segments=["a", "b"], state=state, error=error)]))
     assert list(live.log).count(news) == 1  # said once, not again at every snapshot
+
+
+def test_an_ended_job_stays_ended_whatever_comes_late() -> None:
+    """The editor's own JobQueued may come after the snapshot that says the job failed (the
+    follower attached before the submit thread posted it); and a job the link lost mid-stage
+    ends with its shot rendering and a timer running: neither may stay so."""
+    live = LiveState("/p/mine.toml")
+    failed = JobInfo(job_id="m", storyboard="/p/mine.toml", segments=["a"], state="failed", error="bad preset")
+    live.apply(StatusSnapshot(pid=7, project="/p", ts=1.0, jobs=[failed]))
+    live.apply(JobQueued(job_id="m", storyboard="/p/mine.toml", segments=["a"], ts=1.5))
+    assert live.segments.get("a") is None or live.segments["a"].state == "", live.segments
+    assert not live.running and live.jobs["m"].state == "failed"
+
+    live = LiveState("/p/mine.toml")
+    live.apply(JobStarted(job_id="r", storyboard="/p/mine.toml", segments=["a"], ts=1.0))
+    live.apply(StageStarted(job_id="r", segment="a", stage="draft", plan="cpu", ts=1.1))
+    assert live.segments["a"].state == "rendering" and live.timers["draft"].state == "running"
+    live.apply(StatusSnapshot(pid=8, project="/p", ts=5.0, jobs=[
+        JobInfo(job_id="r", storyboard="/p/mine.toml", segments=["a"], state="done")]))
+    assert live.segments["a"].state == "" and live.timers["draft"].state == "stopped"
+    assert live.news == "✔ render done: the shots are on disk"
