@@ -491,6 +491,8 @@ class LiveState:
                 self._ended_unseen(known, info, others_run=any(i.state == "running" for i in ev.jobs))
             job = self._new_job(self.jobs, info.job_id, info.segments)
             job.order = self._seen
+            if job.state in ("done", "failed", "cancelled") and info.state in ("queued", "running"):
+                continue  # its end was journaled after this snapshot was taken, and replayed before it
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
             job.storyboard = info.storyboard or job.storyboard
             if job.seeds and info.segments:

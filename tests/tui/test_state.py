@@ -16,6 +16,7 @@ import pytest
 from pipeline.project.storyboard import load, with_segment
 from pipeline.telemetry.gpu import GpuMonitor
 from pipeline.wire.protocol import (
+    ErrorEvent,
     FlickerReport,
     JobInfo,
     JobQueued,
@@ -355,3 +356,20 @@ def test_an_ended_job_stays_ended_whatever_comes_late() -> None:
         JobInfo(job_id="r", storyboard="/p/mine.toml", segments=["a"], state="done")]))
     assert live.segments["a"].state == "" and live.timers["draft"].state == "stopped"
     assert live.news == "✔ render done: the shots are on disk"
+
+
+def test_an_end_replayed_before_the_snapshot_is_not_undone_by_it() -> None:
+    """Attaching, the follower replays a running job's journal, then hands over the snapshot.
+    An end journaled between the two (the job failed meanwhile) came first, and the snapshot
+    that still said "running" put the job and its shot back to running, for good: the live copy
+    of that end is dropped as already replayed."""
+    live = LiveState("/p/mine.toml")
+    for ev in (JobStarted(job_id="r", storyboard="/p/mine.toml", segments=["a"], ts=1.0),
+               StageStarted(job_id="r", segment="a", stage="draft", plan="cpu", ts=1.1),
+               ErrorEvent(job_id="r", segment="a", stage="draft", kind="internal", message="boom", ts=2.0),
+               StatusSnapshot(pid=7, project="/p", ts=1.5, jobs=[
+                   JobInfo(job_id="r", storyboard="/p/mine.toml", segments=["a"], state="running",
+                           segment="a", stage="draft", step=1, total=8)])):
+        live.apply(ev)
+    assert live.jobs["r"].state == "failed" and live.segments["a"].state == "failed"
+    assert not live.running
