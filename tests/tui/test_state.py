@@ -373,3 +373,13 @@ def test_an_end_replayed_before_the_snapshot_is_not_undone_by_it() -> None:
         live.apply(ev)
     assert live.jobs["r"].state == "failed" and live.segments["a"].state == "failed"
     assert not live.running
+
+
+def test_a_takes_job_that_ended_unseen_leaves_no_take_waiting() -> None:
+    live = LiveState("/p/mine.toml")
+    live.apply(JobQueued(job_id="t", storyboard="/p/mine.toml", segments=["a"], seeds=[1, 2], ts=0.5))
+    assert [k.state for k in live.takes["a"].takes.values()] == ["queued", "queued"]
+    live.apply(StatusSnapshot(pid=7, project="/p", ts=1.0, jobs=[
+        JobInfo(job_id="t", storyboard="/p/mine.toml", segments=["a"], seeds=[1, 2], state="cancelled")]))
+    assert [k.state for k in live.takes["a"].takes.values()] == ["cancelled", "cancelled"]
+    assert live.segments["a"].state == "" and live.news == "render cancelled"
