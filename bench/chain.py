@@ -287,7 +287,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="ltx2-19b-random")
     ap.add_argument("--segments", type=int, default=3)
@@ -314,6 +314,20 @@ def main() -> int:
     args = ap.parse_args()
     if args.capped_only and args.uncapped_only:
         ap.error("--capped-only and --uncapped-only exclude each other")
+    return args
+
+
+def _write_still(path: Path) -> None:
+    """A 512×288 picture for shot 1 to start from (any picture: the weights are random)."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:288, 0:512]
+    rgb = np.stack([xx * 255 // 511, yy * 255 // 287, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+
+
+def main() -> int:
+    args = _arguments()
     draft, output = None, (1920, 1080)
     if args.smoke:
         args.preset, args.frames, args.segments, output = "tiny", 9, 2, (448, 256)
@@ -331,61 +345,16 @@ def main() -> int:
         for name, vram, ram in chosen:
             folder = base / name
             folder.mkdir()
-            still = ""
-            if args.first_anchor == "image":
-                from PIL import Image
-
-                still = "first.png"
-                yy, xx = np.mgrid[0:288, 0:512]  # any picture: the weights are random
-                rgb = np.stack([xx * 255 // 511, yy * 255 // 287, (xx + yy) % 256], axis=-1).astype(np.uint8)
-                Image.fromarray(rgb).save(folder / still)
+            still = "first.png" if args.first_anchor == "image" else ""
+            if still:
+                _write_still(folder / still)
             (folder / "story.toml").write_text(storyboard(args.preset, args.segments, args.frames, vram, ram, draft, output,
                                                           still))
             trace = args.profile / f"profile_{name}.json" if args.profile else None
             if trace:
                 trace.parent.mkdir(parents=True, exist_ok=True)
             runs[name] = render(folder, args.timeout, trace, worker=name.startswith("worker"))
-        first = runs.get("capped") or runs["uncapped"]  # the cold start and the host peak
-        report: dict[str, Any] = {
-            "bench": "chain", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": machine(("torch", "diffusers", "transformers", "triton", "av")), "preset": args.preset,
-            "segments_n": args.segments, "frames": args.frames, "vram_budget_gib": args.vram_budget_gb,
-            "ram_budget_gib": args.ram_budget_gb, "first_anchor": args.first_anchor,
-            "nvml_peak_gib": runs.get("capped", {}).get("nvml_peak_gib"),
-            "nvml_peak_uncapped_gib": runs.get("uncapped", {}).get("nvml_peak_gib"),
-            "nvml_peak_worker_gib": runs.get("worker_capped", {}).get("nvml_peak_gib"), "host_peak_gib": first["host_peak_gib"],
-            "segments": {name: run.get("segments", {}) for name, run in runs.items()}, "runs": runs,
-            "steady_capped_s": steady(runs.get("capped", {})), "steady_uncapped_s": steady(runs.get("uncapped", {})),
-            "steady_worker_capped_s": steady(runs.get("worker_capped", {})),
-            "steady_how": "mean wall seconds between consecutive SegmentDone events (segments 2..N): the local "
-                          "engine encodes segment k behind segment k+1's draft, so stage seconds overlap",
-            "steady_stage_sum_capped_s": steady_stage_sum(runs.get("capped", {})),
-            "steady_stage_sum_uncapped_s": steady_stage_sum(runs.get("uncapped", {})),
-        }
-        report["disk_read_gbps"] = round(disk_read_gbps(base), 2)
-        cold = first
-        report["cold_to_first_step_s"] = cold.get("cold_to_first_step_s")
-        io_s = cold.get("bytes_read_to_first_step", 0) / 1e9 / report["disk_read_gbps"]
-        report["cold_io_bound_s"] = round(1.5 * io_s + text_encoder_pass_s(cold), 2)
-        report["resident_steps_s"] = None
-        if not args.smoke and not args.capped_only and all(r["returncode"] == 0 for r in runs.values()):
-            draft_size = preset.draft_size
-            ref = resident_steps(preset, draft_size, (draft_size[0] * 2, draft_size[1] * 2),
-                                 preset.round_frames(args.frames))
-            report["resident"] = ref
-            report["resident_steps_s"] = round(
-                preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"], 2)
-        report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
-        report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
-        report["goals"] = {
-            "nvml_under_budget": _at_most(max((p for p in (report["nvml_peak_gib"], report["nvml_peak_worker_gib"])
-                                               if p is not None), default=None), args.vram_budget_gb),
-            # None: not measured in this run (--capped-only, --uncapped-only, a failed render)
-            "capped_le_1.25x_uncapped": _at_most(report["steady_capped_over_uncapped"], 1.25),
-            "uncapped_le_2.5x_steps": _at_most(report["steady_uncapped_over_steps"], 2.5),
-            "no_fallback": not any(s["fallbacks"] for run in runs.values() for s in run.get("segments", {}).values()),
-        }
-        doc = json.dumps(report, indent=1)
+        doc = json.dumps(_report(args, preset, runs, base), indent=1)
         print(doc)
         out = args.out or (ROOT / "bench" / "results" /
                            f"chain_{_gpu_name()}_{datetime.date.today().isoformat()}{'_smoke' if args.smoke else ''}.json")
@@ -397,6 +366,49 @@ def main() -> int:
             print(f"kept the renders in {base}", file=sys.stderr)
         else:  # each run caches every stage of a full-size segment: gigabytes on a 64 GiB disk
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _report(args: argparse.Namespace, preset: Any, runs: dict[str, dict[str, Any]], base: Path) -> dict[str, Any]:
+    """The JSON issue 20 asks for, from the renders' figures (and the resident steps, on a GPU)."""
+    first = runs.get("capped") or runs["uncapped"]  # the cold start and the host peak
+    report: dict[str, Any] = {
+        "bench": "chain", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(("torch", "diffusers", "transformers", "triton", "av")), "preset": args.preset,
+        "segments_n": args.segments, "frames": args.frames, "vram_budget_gib": args.vram_budget_gb,
+        "ram_budget_gib": args.ram_budget_gb, "first_anchor": args.first_anchor,
+        "nvml_peak_gib": runs.get("capped", {}).get("nvml_peak_gib"),
+        "nvml_peak_uncapped_gib": runs.get("uncapped", {}).get("nvml_peak_gib"),
+        "nvml_peak_worker_gib": runs.get("worker_capped", {}).get("nvml_peak_gib"), "host_peak_gib": first["host_peak_gib"],
+        "segments": {name: run.get("segments", {}) for name, run in runs.items()}, "runs": runs,
+        "steady_capped_s": steady(runs.get("capped", {})), "steady_uncapped_s": steady(runs.get("uncapped", {})),
+        "steady_worker_capped_s": steady(runs.get("worker_capped", {})),
+        "steady_how": "mean wall seconds between consecutive SegmentDone events (segments 2..N): the local "
+                      "engine encodes segment k behind segment k+1's draft, so stage seconds overlap",
+        "steady_stage_sum_capped_s": steady_stage_sum(runs.get("capped", {})),
+        "steady_stage_sum_uncapped_s": steady_stage_sum(runs.get("uncapped", {})),
+    }
+    report["disk_read_gbps"] = round(disk_read_gbps(base), 2)
+    report["cold_to_first_step_s"] = first.get("cold_to_first_step_s")
+    io_s = first.get("bytes_read_to_first_step", 0) / 1e9 / report["disk_read_gbps"]
+    report["cold_io_bound_s"] = round(1.5 * io_s + text_encoder_pass_s(first), 2)
+    report["resident_steps_s"] = None
+    if not args.smoke and not args.capped_only and all(r["returncode"] == 0 for r in runs.values()):
+        draft_size = preset.draft_size
+        ref = resident_steps(preset, draft_size, (draft_size[0] * 2, draft_size[1] * 2),
+                             preset.round_frames(args.frames))
+        report["resident"] = ref
+        report["resident_steps_s"] = round(
+            preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"], 2)
+    report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
+    report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
+    peaks = [p for p in (report["nvml_peak_gib"], report["nvml_peak_worker_gib"]) if p is not None]
+    report["goals"] = {  # None: not measured in this run (--capped-only, --uncapped-only, a failed render)
+        "nvml_under_budget": _at_most(max(peaks, default=None), args.vram_budget_gb),
+        "capped_le_1.25x_uncapped": _at_most(report["steady_capped_over_uncapped"], 1.25),
+        "uncapped_le_2.5x_steps": _at_most(report["steady_uncapped_over_steps"], 2.5),
+        "no_fallback": not any(s["fallbacks"] for run in runs.values() for s in run.get("segments", {}).values()),
+    }
+    return report
 
 
 def _at_most(value: float | None, goal: float) -> bool | None:
