@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 
 #: The events the editor takes notes of (see RenderControl._note).
-_NOTED = (JobQueued, JobStarted, SegmentDone, ErrorEvent, FlickerReport, StageFinished, JobFinished, JobCancelled)
+_NOTED = (JobQueued, JobStarted, SegmentDone, ErrorEvent, FlickerReport, StageFinished, JobFinished, JobCancelled,
+          StatusSnapshot)
 
 
 class RenderControl:
@@ -138,7 +139,10 @@ class RenderControl:
             remember_flicker(doc.saved, ev, app.live.seams.get(ev.segment))
         if isinstance(ev, StageFinished) and ev.segment and app.replay is None and not history:
             remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
-        if isinstance(ev, JobFinished | JobCancelled | ErrorEvent) and app.replay is None and app.live.news:
+        ended = isinstance(ev, JobFinished | JobCancelled | ErrorEvent) or (  # or ended unseen (the snapshot)
+            isinstance(ev, StatusSnapshot) and not app.live.running and
+            any(j.job_id in self._submitted and j.state in ("done", "failed", "cancelled") for j in ev.jobs))
+        if ended and app.replay is None and app.live.news:
             remember_outcome(doc.storyboard, app.live.news)
 
     def _ours(self, job_id: str) -> bool:

@@ -76,5 +76,9 @@ async def test_a_job_that_fails_before_the_editor_attaches_does_not_stay_queued(
                     for sid in ("dawn", "beam", "storm")}
             assert rows == {"dawn": "new", "beam": "new", "storm": "new"}, rows
             assert "unknown model preset 'tny'" in screen_text(app).splitlines()[-2]
+        app = create_app(story, image="none", connect_worker=False)  # reopened later: it still says so
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            assert "unknown model preset 'tny'" in screen_text(app).splitlines()[-2]
     finally:
         _stop_worker(story.parent)
