@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from pipeline.wire.protocol import (
+    FINISHED,
     STAGES,
     DriftReport,
     ErrorEvent,
@@ -358,7 +359,7 @@ class LiveState:
     # ------------------------------------------------------------------ this storyboard's jobs
     def _job_queued(self, ev: JobQueued | JobStarted) -> set[str]:
         known = self.jobs.get(ev.job_id)
-        if isinstance(ev, JobQueued) and known is not None and known.state in ("done", "failed", "cancelled"):
+        if isinstance(ev, JobQueued) and known is not None and known.state in FINISHED:
             return set()  # the editor's own JobQueued, posted after the worker's snapshot said it ended
         job = self._new_job(self.jobs, ev.job_id, ev.segments)
         job.segments = list(ev.segments) or job.segments
@@ -491,7 +492,7 @@ class LiveState:
                 self._ended_unseen(known, info, others_run=any(i.state == "running" for i in ev.jobs))
             job = self._new_job(self.jobs, info.job_id, info.segments)
             job.order = self._seen
-            if job.state in ("done", "failed", "cancelled") and info.state in ("queued", "running"):
+            if job.state in FINISHED and info.state in ("queued", "running"):
                 continue  # its end was journaled after this snapshot was taken, and replayed before it
             job.state, job.seeds = info.state, list(info.seeds) or job.seeds
             job.storyboard = info.storyboard or job.storyboard

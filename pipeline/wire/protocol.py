@@ -205,6 +205,10 @@ class Log(Event, tag="log", kw_only=True):
     message: str
 
 
+#: The states a job ends in (JobInfo.state): the worker never runs it again.
+FINISHED = ("done", "failed", "cancelled")
+
+
 class JobInfo(msgspec.Struct, kw_only=True):
     job_id: str
     storyboard: str

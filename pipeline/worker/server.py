@@ -96,6 +96,7 @@ from pipeline.wire.framing import (
     socket_path,
 )
 from pipeline.wire.protocol import (
+    FINISHED,
     MAX_LINE_BYTES,
     MAX_TAKES,
     Ack,
@@ -139,7 +140,6 @@ HISTORY = 50
 HIGH_RATE = (StepProgress, VramSample, LatentPreview)
 #: Seconds a submit may spend reading and parsing its storyboard (off the loop) before it is refused.
 SUBMIT_READ_TIMEOUT = 10.0
-FINISHED = ("done", "failed", "cancelled")
 
 
 #: Finished jobs older than this leave the journal when a worker starts ($SULPHUR_JOURNAL_RETENTION_DAYS).

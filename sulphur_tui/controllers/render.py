@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from textual.worker import WorkerState
 
 from pipeline.wire.protocol import (
+    FINISHED,
     ErrorEvent,
     Event,
     FlickerReport,
@@ -141,7 +142,7 @@ class RenderControl:
             remember_stage_time(doc.storyboard, ev.stage, ev.seconds)
         ended = isinstance(ev, JobFinished | JobCancelled | ErrorEvent) or (  # or ended unseen (the snapshot)
             isinstance(ev, StatusSnapshot) and not app.live.running and
-            any(j.job_id in self._submitted and j.state in ("done", "failed", "cancelled") for j in ev.jobs))
+            any(j.job_id in self._submitted and j.state in FINISHED for j in ev.jobs))
         if ended and app.replay is None and app.live.news:
             remember_outcome(doc.storyboard, app.live.news)
 
