@@ -11,11 +11,12 @@ after :meth:`Behind.drain` has seen every encode through.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 
@@ -71,21 +72,94 @@ def yield_cpu(nice: int = BEHIND_NICE) -> None:
         pass
 
 
+def _siblings(cpu: int) -> set[int]:
+    """The CPUs sharing ``cpu``'s physical core (its SMT threads), from sysfs; ``{cpu}`` if unknown."""
+    path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+    try:
+        text = open(path).read().strip()  # "3,11" or "2-3"
+    except OSError:
+        return {cpu}
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out.update(range(int(lo), int(hi or lo) + 1))
+    return out or {cpu}
+
+
+def feeder_cpus() -> set[int]:
+    """One physical core (all its SMT threads) kept free of the work behind the GPU stages, for
+    the thread that launches the GPU's kernels; empty where the process may use fewer than 4 CPUs
+    (keeping a core apart would starve the encode) or affinity is not Linux's.
+
+    A draft step of the 19B transformer is bound by that thread (bench/step_contention.py), and
+    a lower nice value does not stop an x264 thread from running on the other SMT thread of its
+    core, which halves what the core gives it."""
+    if sys.platform != "linux":
+        return set()
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 4:
+        return set()
+    core = _siblings(max(allowed)) & allowed
+    return core if len(allowed - core) >= 2 else set()
+
+
+def keep_off(cpus: set[int]) -> None:
+    """Keep the calling thread, and the threads and processes it starts, off ``cpus``."""
+    if not cpus or sys.platform != "linux":
+        return
+    try:
+        rest = os.sched_getaffinity(0) - cpus
+        if rest:
+            os.sched_setaffinity(0, rest)  # pid 0: the calling thread only
+    except OSError:  # a sandbox that forbids it: the work runs anywhere
+        pass
+
+
+@contextlib.contextmanager
+def pin_feeder(cpus: set[int]) -> Iterator[None]:
+    """The calling thread on ``cpus`` alone while the block runs (a bench compares it with
+    :func:`keep_off` alone, which the runner uses: threads a pinned thread starts stay pinned)."""
+    before = os.sched_getaffinity(0) if cpus and sys.platform == "linux" else None
+    if before is None:
+        yield
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError:
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+
+
+def _behind_lane(feeder: set[int]) -> None:
+    yield_cpu()
+    keep_off(feeder)
+
+
 class Behind:
     """A worker thread per lane (:data:`LANES`), each running its work in the order submitted;
     failures come back to the caller's thread at :meth:`check` (before each new segment) and
     :meth:`drain` (before the film). Work running behind may submit more (a published segment
     hands its analysis to the other lane)."""
 
-    def __init__(self, cancel: LinkedCancel) -> None:
+    def __init__(self, cancel: LinkedCancel, *, inline: bool = False) -> None:
         self.cancel = cancel
+        self.inline = inline  # run each work at submit, on the caller's thread (bench/chain.py --behind inline)
+        feeder = feeder_cpus()
         self._pools = {lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sulphur-{lane}",
-                                                initializer=yield_cpu) for lane in LANES}
+                                                initializer=_behind_lane, initargs=(feeder,)) for lane in LANES}
         self._futures: list[Future[None]] = []
         self._lock = threading.Lock()
 
     def submit(self, work: Callable[[], None], lane: str = "encode") -> None:
         self.check()
+        if self.inline:
+            work()
+            return
         with self._lock:
             self._futures.append(self._pools[lane].submit(work))
 

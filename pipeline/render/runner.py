@@ -475,7 +475,7 @@ class Renderer:
         encode and publishing run behind the next segment's GPU stages (pipeline/render/overlap.py)."""
         user_cancel = self.cancel
         self.cancel = LinkedCancel(user_cancel)  # abandoning the work behind must not cancel the caller's job
-        behind = Behind(self.cancel)
+        behind = Behind(self.cancel, inline=os.environ.get("SULPHUR_BEHIND") == "inline")
         drafts: dict[str, Artifact] = {}
         try:
             for index in range(last_needed + 1):
