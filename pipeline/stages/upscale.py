@@ -203,6 +203,7 @@ def compile_network(net: torch.nn.Module, scope: str, mode: str, dense: str = "c
     import torch
 
     use_persistent_cache()
+    compile_in_process()
     if dense == "wide":
         from pipeline.models.esrgan_dense import widen_dense_blocks  # torch at its top
 
@@ -236,6 +237,20 @@ def _with_blocks(module: torch.nn.Module, wrap: Callable[[torch.nn.Module], Any]
     """A copy of ``module`` whose RRDB blocks are ``wrap(block)``; the copy shares every
     parameter with ``module``, which stays as it was (the eager fallback)."""
     return replace_modules(module, lambda m: type(m).__name__ == "RRDB", wrap)
+
+
+def compile_in_process() -> None:
+    """Inductor compiles in this process, unless the user set ``TORCHINDUCTOR_COMPILE_THREADS``.
+
+    Its default starts a pool of compile processes, one per CPU, at the first compile (the
+    first upscale), for a network of a few dozen kernels; the pool then lives as long as the
+    worker, beside the draft whose steps are sensitive to whatever else takes the CPUs
+    (bench/results/README.md, runs 11-14)."""
+    if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ:
+        return
+    from torch._inductor import config  # deferred: torch's compiler loads only where it compiles
+
+    config.compile_threads = 1
 
 
 def use_persistent_cache() -> Path:

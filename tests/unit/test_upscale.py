@@ -386,3 +386,23 @@ def test_dense_blocks_of_other_layouts_are_left_as_published() -> None:
 
     plus = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2, plus=True)  # ESRGAN+: 1×1 paths
     assert widen_dense_blocks(plus) is plus
+
+
+def test_inductor_compiles_in_this_process_unless_the_user_chose(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool of compile processes, one per CPU, for a few dozen kernels would live beside the
+    draft for the worker's life; a user's TORCHINDUCTOR_COMPILE_THREADS is theirs to keep."""
+    import torch
+    from torch._inductor import config
+
+    from pipeline.stages.upscale import compile_network
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    monkeypatch.setattr(config, "compile_threads", 8)
+    compile_network(torch.nn.Conv2d(3, 3, 3), "whole", "default", backend="eager")
+    assert config.compile_threads == 1
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "4")
+    monkeypatch.setattr(config, "compile_threads", 4)
+    compile_network(torch.nn.Conv2d(3, 3, 3), "whole", "default", backend="eager")
+    assert config.compile_threads == 4
