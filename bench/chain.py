@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_sampler import CpuSampler  # noqa: E402
 from machine_info import machine  # noqa: E402
 from segment_budget import GiB, ProcessSampler, phases, resident_steps  # noqa: E402
 
@@ -178,7 +179,7 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
         profile_t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         pid = server.pid if server else _render_pid(proc, profile is not None)
-        sampler, reads = ProcessSampler(pid), ReadSampler(pid)
+        sampler, reads, cpus = ProcessSampler(pid), ReadSampler(pid), CpuSampler(pid)
         try:
             stdout, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -187,6 +188,7 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
         finally:
             sampler.stop()
             reads.stop()
+            cpus.stop()
             if server is not None:
                 subprocess.run([sys.executable, "-m", "pipeline.cli.main", "worker", "--stop", "--project",
                                 str(folder)], env=env, capture_output=True, timeout=60)
@@ -236,6 +238,9 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
             began[(e.segment, e.stage)] = e.ts
         elif isinstance(e, protocol.StageFinished) and (e.segment, e.stage) in began:
             out["stage_ts"].append([e.segment, e.stage, began[(e.segment, e.stage)], e.ts])
+            stage = segments.get(e.segment, {}).get("stages", {}).get(e.stage)
+            if stage is not None:  # who had the CPUs meanwhile (bench/cpu_sampler.py)
+                stage["cpu_s"] = cpus.window(began[(e.segment, e.stage)], e.ts)
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
     out["render_s"] = round(finished[-1].seconds, 2) if finished else None
     started = [e.ts for e in events if isinstance(e, protocol.StageStarted)]
@@ -305,6 +310,12 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--first-anchor", choices=("none", "image"), default="none",
                     help="image: shot 1 starts from a still, so every shot runs the image-to-video pipeline "
                          "(do segment 1's faster steps come from the text-to-video one?)")
+    ap.add_argument("--behind", choices=("overlap", "inline"), default="overlap",
+                    help="inline: each segment's encode and measurements run after its GPU stages, on the "
+                         "render's thread (SULPHUR_BEHIND=inline): do they slow the next segment's steps?")
+    ap.add_argument("--encode-threads", type=int, default=0,
+                    help="x264's threads (SULPHUR_ENCODE_THREADS; 0: its own choice, 1.5 per CPU): does the "
+                         "encode behind the GPU stages slow their steps by the CPUs it takes?")
     ap.add_argument("--worker", action="store_true",
                     help="also render the capped storyboard through the background worker (the TUI's path): "
                          "its NVML peak and fallbacks (issue 20, goals 1 and 4)")
@@ -312,6 +323,9 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--profile", type=Path, default=None,
                     help="folder for a py-spy chrome trace of each render (bench/profile_window.py reads them)")
     args = ap.parse_args()
+    os.environ["SULPHUR_BEHIND"] = args.behind  # the renders inherit these
+    if args.encode_threads:
+        os.environ["SULPHUR_ENCODE_THREADS"] = str(args.encode_threads)
     if args.capped_only and args.uncapped_only:
         ap.error("--capped-only and --uncapped-only exclude each other")
     return args
@@ -375,7 +389,8 @@ def _report(args: argparse.Namespace, preset: Any, runs: dict[str, dict[str, Any
         "bench": "chain", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(("torch", "diffusers", "transformers", "triton", "av")), "preset": args.preset,
         "segments_n": args.segments, "frames": args.frames, "vram_budget_gib": args.vram_budget_gb,
-        "ram_budget_gib": args.ram_budget_gb, "first_anchor": args.first_anchor,
+        "ram_budget_gib": args.ram_budget_gb, "first_anchor": args.first_anchor, "behind": args.behind,
+        "encode_threads": args.encode_threads or None,
         "nvml_peak_gib": runs.get("capped", {}).get("nvml_peak_gib"),
         "nvml_peak_uncapped_gib": runs.get("uncapped", {}).get("nvml_peak_gib"),
         "nvml_peak_worker_gib": runs.get("worker_capped", {}).get("nvml_peak_gib"), "host_peak_gib": first["host_peak_gib"],

@@ -14,6 +14,8 @@
 #                              # `sulphur models verify` on them (issue 17; issue 20's cold start)
 #   bench/gpu_suite.sh anchored  # ~4 min: the chain uncapped with shot 1 anchored on a still (every shot
 #                              # image-to-video): are segment 1's steps faster for being text-to-video?
+#   bench/gpu_suite.sh contention # ~3 min: a resident Q4_0 step alone and beside the work behind the GPU
+#                              # stages (x264, flicker analysis, pure Python), lanes kept off one core or not
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
@@ -76,6 +78,10 @@ fit)
 encode)
     timeout 120 python bench/encode.py --frames 121 --out "$OUT/encode.json" >/dev/null 2>"$OUT/encode.log" \
         || echo "encode failed: $?"
+    ;;
+contention)
+    timeout "${LIMIT:-240}" python bench/step_contention.py --out "$OUT/step_contention.json" >/dev/null \
+        2>"$OUT/contention.log" || echo "contention failed: $?"
     ;;
 reference)
     timeout 300 python bench/reference_step.py --out "$OUT/reference_step.json" >/dev/null 2>"$OUT/reference.log" \

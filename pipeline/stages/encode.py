@@ -136,6 +136,9 @@ def encode_mp4(path: Path, frames: Iterable[np.ndarray], *, fps: int, size: tupl
         # of 200 encodes in a process that had encoded before, frame threads in 2 of 200 — what
         # makes segment bytes reproducible is encode_in_fresh_process.
         cc.thread_type = "FRAME"
+        threads = os.environ.get("SULPHUR_ENCODE_THREADS", "")  # bench/chain.py --encode-threads
+        if threads.isdigit():
+            cc.thread_count = int(threads)
         cc.color_primaries = cc.color_trc = cc.colorspace = _BT709
         cc.color_range = _RANGE_MPEG
         a = None

@@ -51,6 +51,12 @@ def test_the_chain_bench_reports_every_figure_issue_20_asks_for(tmp_path: Path) 
     assert report["steady_capped_over_uncapped"] == round(report["steady_capped_s"] / report["steady_uncapped_s"], 3)
     assert {"resident_steps_s", "steady_uncapped_over_steps", "nvml_peak_gib"} <= set(report)  # GPU-only figures
     assert report["goals"]["no_fallback"] is True
+    run = report["runs"]["uncapped"]
+    # the encode of shot 1 runs behind shot 2's draft, and who had the CPUs meanwhile is reported
+    assert _window(run, "shot1", "encode")[0] < _window(run, "shot2", "draft")[1]
+    for shot in ("shot1", "shot2"):
+        cpu = run["segments"][shot]["stages"]["draft"]["cpu_s"]
+        assert cpu["seconds"] > 0 and cpu["main"] > 0, cpu
 
 
 def test_the_anchored_uncapped_mode_starts_every_shot_from_a_picture(tmp_path: Path) -> None:
@@ -58,7 +64,7 @@ def test_the_anchored_uncapped_mode_starts_every_shot_from_a_picture(tmp_path: P
     still, and goals that were not measured read as unknown, not as missed."""
     from pipeline.project.storyboard import load
 
-    report = _chain(tmp_path, "--uncapped-only", "--first-anchor", "image", "--keep")
+    report = _chain(tmp_path, "--uncapped-only", "--first-anchor", "image", "--keep", "--behind", "inline")
     assert set(report["runs"]) == {"uncapped"} and report["first_anchor"] == "image"
     (kept,) = tmp_path.glob("chain-bench-*/uncapped/story.toml")
     first = load(kept).segments[0].anchor
@@ -66,3 +72,12 @@ def test_the_anchored_uncapped_mode_starts_every_shot_from_a_picture(tmp_path: P
     _check_segments(report["runs"]["uncapped"], report["segments_n"])
     assert report["steady_capped_s"] is None and report["goals"]["capped_le_1.25x_uncapped"] is None
     assert report["goals"]["nvml_under_budget"] is None
+    # --behind inline: shot 1 is encoded before shot 2 drafts (with the encode behind, it overlaps)
+    assert report["behind"] == "inline"
+    assert _window(report["runs"]["uncapped"], "shot1", "encode")[1] <= _window(report["runs"]["uncapped"],
+                                                                                 "shot2", "draft")[0]
+
+
+def _window(run: dict, segment: str, stage: str) -> tuple[float, float]:
+    (found,) = [(t0, t1) for seg, name, t0, t1 in run["stage_ts"] if (seg, name) == (segment, stage)]
+    return found

@@ -1,0 +1,183 @@
+"""Why segments 2..N step slower than segment 1: one resident LTX-2 step (Q4_0 GGUF weights with the
+Triton dequant, as the uncapped render holds them; render-shaped inputs) timed alone and beside
+each kind of work the local engine runs behind the GPU stages (pipeline/render/overlap.py):
+
+* ``idle``: nothing else runs.
+* ``x264``: the real segment encode (``encode_in_fresh_process``, 1080p) in a loop, at the
+  lane's nice value, on any CPU.
+* ``x264_apart``: the same, kept off one physical core (``pipeline.render.overlap.feeder_cpus``),
+  as the runner's lanes are; ``x264_pinned``: and the stepping thread pinned to that core.
+* ``analysis``: the real flicker analysis of 1080p frames in a loop on a lane thread.
+* ``python``: a thread running pure Python (the worst case for the GIL).
+
+Per step: wall seconds (synchronised) and ``enqueue_s``, how long the stepping thread took to
+hand the step to the GPU. When ``enqueue_s`` is close to the step, the step is bound by the
+thread that launches kernels, and anything that slows that thread slows the step. Prints JSON.
+
+    python bench/step_contention.py --out bench/results/step_contention_<gpu>_<date>.json
+    python bench/step_contention.py --layers 1 --frames 9 --draft 64x32 --steps 2   # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from encode import _frames as moving_frames  # noqa: E402
+from ltx2_inputs import ltx2_step_inputs  # noqa: E402
+from machine_info import machine, print_report  # noqa: E402
+
+from pipeline.memory.planner import audio_tokens  # noqa: E402
+from pipeline.quality import flicker  # noqa: E402
+from pipeline.render import overlap  # noqa: E402
+from pipeline.stages.encode import encode_in_fresh_process  # noqa: E402
+
+
+def _loop(stop: threading.Event, work: Callable[[], None], off: set[int]) -> None:
+    overlap.yield_cpu()
+    overlap.keep_off(off)  # this thread only: what it starts (the x264 child) inherits it
+    while not stop.is_set():
+        work()
+
+
+@contextlib.contextmanager
+def behind(work: Callable[[], None] | None, off: set[int]) -> Iterator[None]:
+    """``work`` repeated on a lane thread while the block runs."""
+    if work is None:
+        yield
+        return
+    stop = threading.Event()
+    t = threading.Thread(target=_loop, args=(stop, work, off), daemon=True)
+    t.start()
+    time.sleep(1.0)  # let it get going (the encode child starts and loads its frames)
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+def _pure_python() -> None:
+    n = 0
+    for i in range(200_000):
+        n += i * i
+
+
+def time_steps(model: torch.nn.Module, inputs: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
+    walls, enqueues = [], []
+    with torch.no_grad():
+        for i in range(steps + 1):  # the first is a warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(**inputs)
+            q = time.perf_counter()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                walls.append(time.perf_counter() - t)
+                enqueues.append(q - t)
+    return {"step_s": round(statistics.median(walls), 4), "steps_s": [round(w, 4) for w in walls],
+            "enqueue_s": round(statistics.median(enqueues), 4)}
+
+
+def build(layers: int | None, device: str, quant: str | None) -> torch.nn.Module:
+    from diffusers import LTX2VideoTransformer3DModel
+
+    from pipeline.memory.kernels.gguf_dequant import patch_gguf_linears
+    from pipeline.models import random_weights
+
+    model = random_weights.on_meta(
+        lambda: LTX2VideoTransformer3DModel(**({"num_layers": layers} if layers else {})), torch.bfloat16)
+    if quant:
+        random_weights.quantize_linears(model, quant)
+    model = random_weights.materialize(model, torch.bfloat16).to(device).eval()
+    if quant:
+        patch_gguf_linears(model)
+    return model
+
+
+def _cpu_info() -> dict[str, Any]:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    keep = ("Model name", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "CPU max MHz")
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)
+            if k.strip() in keep}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=None, help="transformer blocks (default: all 48)")
+    ap.add_argument("--frames", type=int, default=121)
+    ap.add_argument("--draft", default="512x288", help="WxH of the draft step (the refine's is twice)")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--quant", default="Q4_0", help="GGUF type of the block weights ('' for bf16)")
+    ap.add_argument("--conditions", default="idle,x264,x264_apart,x264_pinned,analysis,python,idle")
+    ap.add_argument("--shapes", default="draft,refine")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    w, h = (int(v) for v in args.draft.split("x"))
+    t0 = time.perf_counter()
+    model = build(args.layers, device, args.quant or None)
+    report: dict[str, Any] = {
+        "bench": "step_contention", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(["torch", "diffusers", "av"]) | {"cpu": _cpu_info()}, "device": device,
+        "quant": args.quant or "bf16", "layers": args.layers or 48, "frames": args.frames,
+        "build_s": round(time.perf_counter() - t0, 1), "feeder_cpus": None, "results": []}
+    frames = moving_frames(args.frames, (1920, 1080))
+    with tempfile.TemporaryDirectory() as tmp:
+        npy = Path(tmp) / "frames.npy"
+        np.save(npy, np.stack(frames))
+        out = Path(tmp) / "seg.mp4"
+
+        def encode() -> None:
+            encode_in_fresh_process(out, npy, None, 48000, fps=24, size=(1920, 1080))
+
+        def analysis() -> None:
+            flicker.analyze_frames(frames, fps=24)
+
+        feeder = overlap.feeder_cpus()
+        report["feeder_cpus"] = sorted(feeder) if feeder else None
+        loads: dict[str, tuple[Callable[[], None] | None, set[int]]] = {
+            "idle": (None, set()), "x264": (encode, set()), "x264_apart": (encode, feeder),
+            "x264_pinned": (encode, feeder), "analysis": (analysis, set()), "analysis_apart": (analysis, feeder),
+            "python": (_pure_python, set())}
+        for shape in args.shapes.split(","):
+            size = (w, h) if shape == "draft" else (2 * w, 2 * h)
+            inputs = ltx2_step_inputs(model.config, size, args.frames, audio_tokens=audio_tokens(args.frames, 24),
+                                      device=device, text_tokens=1024, as_rendered=True)
+            for cond in args.conditions.split(","):
+                work, off = loads[cond]
+                if cond.endswith(("_apart", "_pinned")) and not feeder:
+                    continue
+                pinned = overlap.pin_feeder(feeder) if cond.endswith("_pinned") else contextlib.nullcontext()
+                with pinned, behind(work, off):
+                    row = time_steps(model, inputs, args.steps, device)
+                report["results"].append({"shape": shape, "size": list(size), "condition": cond} | row)
+                print(f"{shape} {cond}: {row}", file=sys.stderr)
+            del inputs
+    idle = {r["shape"]: r["step_s"] for r in report["results"] if r["condition"] == "idle"}
+    for r in report["results"]:
+        r["over_idle"] = round(r["step_s"] / idle[r["shape"]], 3) if idle.get(r["shape"]) else None
+    return print_report(report, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
