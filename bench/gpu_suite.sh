@@ -16,6 +16,8 @@
 #                              # image-to-video): are segment 1's steps faster for being text-to-video?
 #   bench/gpu_suite.sh contention # ~3 min: a resident Q4_0 step alone and beside the work behind the GPU
 #                              # stages (x264, flicker analysis, pure Python), lanes kept off one core or not
+#   bench/gpu_suite.sh launch  # ~2 min: is a resident step GPU- or host-bound? (profile, syncs, a CUDA graph)
+#   bench/gpu_suite.sh threads # ~5 min: the chain uncapped with x264 at its default threads, then at 6
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
@@ -82,6 +84,16 @@ encode)
 contention)
     timeout "${LIMIT:-240}" python bench/step_contention.py --out "$OUT/step_contention.json" >/dev/null \
         2>"$OUT/contention.log" || echo "contention failed: $?"
+    ;;
+launch)
+    timeout "${LIMIT:-240}" python bench/step_launch.py --out "$OUT/step_launch.json" >/dev/null \
+        2>"$OUT/launch.log" || echo "launch failed: $?"
+    ;;
+threads)  # the default first: it warms the machine's caches, which cost run 14 its 6-thread arm
+    for t in 0 6; do
+        timeout 240 python bench/chain.py --segments 3 --frames 121 --uncapped-only --encode-threads "$t" \
+            --out "$OUT/chain_threads$t.json" >/dev/null 2>"$OUT/chain_threads$t.log" || echo "threads $t failed: $?"
+    done
     ;;
 reference)
     timeout 300 python bench/reference_step.py --out "$OUT/reference_step.json" >/dev/null 2>"$OUT/reference.log" \

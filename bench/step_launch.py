@@ -1,0 +1,152 @@
+"""Is a draft step bound by the GPU or by the thread that feeds it? One resident LTX-2 step (Q4_0
+GGUF weights with the Triton dequant, as the uncapped render holds them; render-shaped inputs):
+
+* ``eager``: wall seconds, and how long ``model(...)`` took to return (``enqueue_s``).
+* ``profile``: under ``torch.profiler``, the GPU's busy time (its kernels' time added up) against
+  the step's wall time, the kernels launched, and the synchronising calls the step makes. A GPU
+  busy for a small part of the step means the step waits on the host: on the launching thread's
+  speed, on whatever takes its CPU (runs 11-14 in bench/results/README.md).
+* ``syncs``: where the step synchronises (``torch.cuda.set_sync_debug_mode``): each one stops
+  the host from queueing the next kernels ahead of the GPU.
+* ``graph``: the step captured once as a CUDA graph and replayed: what a step costs with the
+  launches gone. A capture that fails says why (a sync, a host-side decision on GPU data).
+
+Prints JSON.
+
+    python bench/step_launch.py --out bench/results/step_launch_<gpu>_<date>.json
+    python bench/step_launch.py --layers 1 --frames 9 --draft 64x32 --steps 2   # CPU smoke (eager, profile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ltx2_inputs import ltx2_step_inputs  # noqa: E402
+from machine_info import machine, print_report  # noqa: E402
+from step_contention import build, time_steps  # noqa: E402
+
+from pipeline.memory.planner import audio_tokens  # noqa: E402
+
+#: the host calls that wait for the GPU (the CUDA runtime's and driver's names)
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
+              "cuCtxSynchronize", "cudaMemcpy")  # a cudaMemcpy (not ...Async) to the host waits
+LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def profiled(model: torch.nn.Module, inputs: dict[str, Any], device: str) -> dict[str, Any]:
+    """One step under torch.profiler: GPU busy seconds against wall, launches, synchronising calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.no_grad(), profile(activities=activities) as prof:
+        t = time.perf_counter()
+        model(**inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    kernels_us, launches, syncs = 0.0, 0, collections.Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels_us += e.device_time
+        elif e.name in LAUNCH_CALLS:
+            launches += 1
+        elif e.name.startswith(SYNC_CALLS):
+            syncs[e.name] += 1
+    out: dict[str, Any] = {"wall_s": round(wall, 4), "cpu_ops": sum(1 for e in prof.events()
+                                                                     if e.device_type != torch.autograd.DeviceType.CUDA)}
+    if device == "cuda":
+        out |= {"gpu_busy_s": round(kernels_us / 1e6, 4), "gpu_busy_share": round(kernels_us / 1e6 / wall, 3),
+                "kernel_launches": launches, "sync_calls": dict(syncs)}
+    return out
+
+
+def sync_sites(model: torch.nn.Module, inputs: dict[str, Any]) -> list[str]:
+    """The distinct warnings ``set_sync_debug_mode("warn")`` raises over one step (each names the op)."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            model(**inputs)
+            torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    seen = collections.Counter(f"{w.filename.rsplit('/', 2)[-1]}:{w.lineno}: {str(w.message)[:120]}" for w in caught)
+    return [f"{n}× {site}" for site, n in seen.most_common(10)]
+
+
+def graphed(model: torch.nn.Module, inputs: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The step captured as a CUDA graph (after two warm-up steps on a side stream), replayed."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(2):
+                model(**inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            model(**inputs)
+    except Exception as exc:  # noqa: BLE001 - why a step cannot be captured is the finding
+        torch.cuda.synchronize()
+        return {"captured": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+    walls = []
+    for i in range(steps + 1):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        if i:
+            walls.append(time.perf_counter() - t)
+    del graph
+    return {"captured": True, "step_s": round(statistics.median(walls), 4), "steps_s": [round(w, 4) for w in walls]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=None, help="transformer blocks (default: all 48)")
+    ap.add_argument("--frames", type=int, default=121)
+    ap.add_argument("--draft", default="512x288", help="WxH of the draft step (the refine's is twice)")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--quant", default="Q4_0", help="GGUF type of the block weights ('' for bf16)")
+    ap.add_argument("--shapes", default="draft,refine")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    w, h = (int(v) for v in args.draft.split("x"))
+    t0 = time.perf_counter()
+    model = build(args.layers, device, args.quant or None)
+    report: dict[str, Any] = {
+        "bench": "step_launch", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(["torch", "diffusers"]), "device": device, "quant": args.quant or "bf16",
+        "layers": args.layers or 48, "frames": args.frames, "build_s": round(time.perf_counter() - t0, 1),
+        "shapes": {}}
+    for shape in args.shapes.split(","):
+        size = (w, h) if shape == "draft" else (2 * w, 2 * h)
+        inputs = ltx2_step_inputs(model.config, size, args.frames, audio_tokens=audio_tokens(args.frames, 24),
+                                  device=device, text_tokens=1024, as_rendered=True)
+        row: dict[str, Any] = {"size": list(size), "eager": time_steps(model, inputs, args.steps, device),
+                               "profile": profiled(model, inputs, device)}
+        if device == "cuda":
+            row["syncs"] = sync_sites(model, inputs)
+            row["graph"] = graphed(model, inputs, args.steps)
+        report["shapes"][shape] = row
+        print(f"{shape}: {row}", file=sys.stderr)
+        del inputs
+    return print_report(report, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
