@@ -11,13 +11,13 @@ after :meth:`Behind.drain` has seen every encode through.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 
 class LinkedCancel(threading.Event):
@@ -74,9 +74,9 @@ def yield_cpu(nice: int = BEHIND_NICE) -> None:
 
 def _siblings(cpu: int) -> set[int]:
     """The CPUs sharing ``cpu``'s physical core (its SMT threads), from sysfs; ``{cpu}`` if unknown."""
-    path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+    path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
     try:
-        text = open(path).read().strip()  # "3,11" or "2-3"
+        text = path.read_text().strip()  # "3,11" or "2-3"
     except OSError:
         return {cpu}
     out: set[int] = set()
@@ -92,9 +92,9 @@ def feeder_cpus() -> set[int]:
     the thread that launches the GPU's kernels; empty where the process may use fewer than 4 CPUs
     (keeping a core apart would starve the encode) or affinity is not Linux's.
 
-    A draft step of the 19B transformer is bound by that thread (bench/step_contention.py), and
-    a lower nice value does not stop an x264 thread from running on the other SMT thread of its
-    core, which halves what the core gives it."""
+    A lower nice value does not stop an x264 thread from running on the other SMT thread of the
+    launching thread's core, which takes half of what the core gives it (the draft's steps are
+    sensitive to what runs beside them: bench/results/README.md, runs 11-14)."""
     if sys.platform != "linux":
         return set()
     allowed = os.sched_getaffinity(0)
@@ -104,40 +104,28 @@ def feeder_cpus() -> set[int]:
     return core if len(allowed - core) >= 2 else set()
 
 
-def keep_off(cpus: set[int]) -> None:
-    """Keep the calling thread, and the threads and processes it starts, off ``cpus``."""
+def lane_cpus() -> set[int]:
+    """The CPUs the work behind the GPU stages runs on: the calling thread's less
+    :func:`feeder_cpus` (empty: no restriction). Taken once, on the thread that makes the lanes,
+    so a lane started from anywhere gets the same set."""
+    feeder = feeder_cpus()
+    return os.sched_getaffinity(0) - feeder if feeder else set()
+
+
+def run_on(cpus: set[int]) -> None:
+    """Keep the calling thread, and the threads and processes it starts, on ``cpus`` (nothing
+    when empty)."""
     if not cpus or sys.platform != "linux":
         return
     try:
-        rest = os.sched_getaffinity(0) - cpus
-        if rest:
-            os.sched_setaffinity(0, rest)  # pid 0: the calling thread only
+        os.sched_setaffinity(0, cpus)  # pid 0: the calling thread only
     except OSError:  # a sandbox that forbids it: the work runs anywhere
         pass
 
 
-@contextlib.contextmanager
-def pin_feeder(cpus: set[int]) -> Iterator[None]:
-    """The calling thread on ``cpus`` alone while the block runs (a bench compares it with
-    :func:`keep_off` alone, which the runner uses: threads a pinned thread starts stay pinned)."""
-    before = os.sched_getaffinity(0) if cpus and sys.platform == "linux" else None
-    if before is None:
-        yield
-        return
-    try:
-        os.sched_setaffinity(0, cpus)
-    except OSError:
-        before = None
-    try:
-        yield
-    finally:
-        if before is not None:
-            os.sched_setaffinity(0, before)
-
-
-def _behind_lane(feeder: set[int]) -> None:
+def _behind_lane(cpus: set[int]) -> None:
     yield_cpu()
-    keep_off(feeder)
+    run_on(cpus)
 
 
 class Behind:
@@ -149,9 +137,9 @@ class Behind:
     def __init__(self, cancel: LinkedCancel, *, inline: bool = False) -> None:
         self.cancel = cancel
         self.inline = inline  # run each work at submit, on the caller's thread (bench/chain.py --behind inline)
-        feeder = feeder_cpus()
+        cpus = lane_cpus()
         self._pools = {lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sulphur-{lane}",
-                                                initializer=_behind_lane, initargs=(feeder,)) for lane in LANES}
+                                                initializer=_behind_lane, initargs=(cpus,)) for lane in LANES}
         self._futures: list[Future[None]] = []
         self._lock = threading.Lock()
 

@@ -114,6 +114,18 @@ def _frames(parts: list[FilmPart]) -> Iterator[np.ndarray]:
             yield np.ascontiguousarray(p.frames[i])
 
 
+def x264_threads(height: int) -> int:
+    """x264's own choice of frame threads (1.5 a CPU, at most one per two rows of macroblocks),
+    taken from the machine's CPU count instead of the calling thread's affinity, which x264
+    reads: the bytes depend on the count, and an encode behind the GPU stages runs on fewer
+    CPUs (pipeline/render/overlap.py) than one made inline, resumed or on a Ray actor.
+    ``SULPHUR_ENCODE_THREADS`` overrides it for a bench's comparison (the bytes change with it)."""
+    given = os.environ.get("SULPHUR_ENCODE_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, min((os.cpu_count() or 1) * 3 // 2, (height + 15) // 16 // 2))
+
+
 def encode_mp4(path: Path, frames: Iterable[np.ndarray], *, fps: int, size: tuple[int, int],
                audio: np.ndarray | None = None, on_frame: Any = None, keyframes: Collection[int] = ()) -> int:
     """Write an MP4; returns the number of video frames. ``audio`` is (2, n) at AUDIO_RATE.
@@ -136,9 +148,7 @@ def encode_mp4(path: Path, frames: Iterable[np.ndarray], *, fps: int, size: tupl
         # of 200 encodes in a process that had encoded before, frame threads in 2 of 200 — what
         # makes segment bytes reproducible is encode_in_fresh_process.
         cc.thread_type = "FRAME"
-        threads = os.environ.get("SULPHUR_ENCODE_THREADS", "")  # bench/chain.py --encode-threads
-        if threads.isdigit():
-            cc.thread_count = int(threads)
+        cc.thread_count = x264_threads(height)
         cc.color_primaries = cc.color_trc = cc.colorspace = _BT709
         cc.color_range = _RANGE_MPEG
         a = None
@@ -343,8 +353,9 @@ def join_film(path: Path, parts: list[FilmPart], *, fps: int, size: tuple[int, i
 
 class EncodeStage(Stage):
     name = "encode"
-    version = 4  # 2: audio resampled by libswresample; 3: x264 frame threads (reproducible bytes);
-    #              4: chained segments' frame 1 is an IDR (the film copies them), a shot's `keep`
+    version = 5  # 2: audio resampled by libswresample; 3: x264 frame threads (reproducible bytes);
+    #              4: chained segments' frame 1 is an IDR (the film copies them), a shot's `keep`;
+    #              5: x264's thread count from the CPU count, not the affinity (x264_threads)
     inputs = ("upscale", "draft")
 
     def params(self, job: SegmentJob) -> dict[str, Any]:

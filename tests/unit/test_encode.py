@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import av
@@ -119,6 +122,32 @@ def test_a_segment_encodes_to_the_same_bytes_whatever_the_process_did_before(tmp
     assert progress[:9] == list(range(1, 10))
     frames_back, seconds, info = _probe(tmp_path / "seg0.mp4")
     assert len(frames_back) == 9 and info["audio_codec"] == "aac" and abs(seconds - 9 / 8) < 0.05
+
+
+@pytest.mark.skipif(sys.platform != "linux" or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and 2 CPUs")
+def test_a_segment_has_the_same_bytes_on_fewer_cpus(tmp_path: Path) -> None:
+    """The encode behind the GPU stages runs kept off a core (pipeline/render/overlap.py), one made
+    inline or on a Ray actor on every CPU: x264 sizes its threads from the affinity it sees, and
+    the bytes follow the thread count, so the count must come from the machine instead."""
+    from pipeline.stages.encode import encode_in_fresh_process
+
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "frames.npy", rng.integers(0, 255, (9, 128, 192, 3), dtype=np.uint8))
+
+    def encode(name: str, cpus: set[int] | None) -> bytes:
+        def body() -> None:
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)  # this thread, and the encoder process it starts
+            encode_in_fresh_process(tmp_path / name, tmp_path / "frames.npy", None, 24_000, fps=8, size=(192, 128))
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+        return _video_bytes(tmp_path / name)
+
+    everywhere = encode("all.mp4", None)
+    assert encode("one.mp4", {min(os.sched_getaffinity(0))}) == everywhere
 
 
 def test_a_failing_encoder_process_is_a_clear_error_and_a_cancel_kills_it(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The thread that feeds the GPU keeps a core of its own (pipeline/render/overlap.py): the work
 behind the GPU stages (both lanes, and the x264 child an encode starts there) keeps off it, only
-the threads that ask move, a bench may pin the feeder there for a block, and ``--behind inline``
-runs each work at once on the caller's thread. Real threads, child processes and sysfs; the only
+the threads that ask move, a lane started from a pinned thread still gets the lanes' set, and
+``--behind inline`` runs each work at once on the caller's thread. Real threads, child processes and sysfs; the only
 stand-in is a 16-CPU affinity where the decision needs more CPUs than this machine has."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pipeline.render import overlap
-from pipeline.render.overlap import Behind, LinkedCancel, _siblings, feeder_cpus, keep_off, pin_feeder
+from pipeline.render.overlap import Behind, LinkedCancel, _siblings, feeder_cpus, lane_cpus, run_on
 from tests.functional.conftest import checkout_env
 
 WAIT = 10  # seconds: only a broken thread ever waits this long
@@ -99,20 +99,29 @@ def test_with_4_cpus_or_more_the_feeder_gets_one_core_and_leaves_2(monkeypatch: 
 
 
 @LINUX_ONLY
-def test_keep_off_moves_only_the_calling_thread_and_what_it_starts() -> None:
+def test_run_on_moves_only_the_calling_thread_and_what_it_starts() -> None:
     before = allowed_cpus(2)
-    cpu = max(before)
+    rest = before - {max(before)}
 
-    def kept_off() -> tuple[set[int], list[int]]:
-        keep_off({cpu})
+    def moved() -> tuple[set[int], list[int]]:
+        run_on(rest)
         child = subprocess.run([sys.executable, "-c", PRINT_AFFINITY], capture_output=True, text=True,
                                timeout=60, check=True)
         return os.sched_getaffinity(0), json.loads(child.stdout)
 
-    thread, child = in_fresh_thread(kept_off)
-    assert thread == before - {cpu}
-    assert set(child) == before - {cpu}  # a child process (an x264 encode) inherits it
+    thread, child = in_fresh_thread(moved)
+    assert thread == rest
+    assert set(child) == rest  # a child process (an x264 encode) inherits it
     assert os.sched_getaffinity(0) == before  # the main thread did not move
+
+
+@LINUX_ONLY
+def test_lane_cpus_are_the_allowed_ones_less_the_feeder_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = allowed_cpus(2)
+    monkeypatch.setattr(overlap, "feeder_cpus", lambda: {max(before)})
+    assert lane_cpus() == before - {max(before)}
+    monkeypatch.setattr(overlap, "feeder_cpus", set)  # too few CPUs to keep one apart: no restriction
+    assert lane_cpus() == set()
 
 
 @LINUX_ONLY
@@ -147,23 +156,19 @@ def test_inline_runs_each_work_at_submit_on_the_callers_thread() -> None:
 
 
 @LINUX_ONLY
-def test_pin_feeder_pins_the_thread_for_the_block_and_restores_it() -> None:
+def test_lanes_made_by_a_pinned_thread_still_run_beside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane thread inherits the affinity of the thread that starts it: were the lanes' set taken
+    from there, a pinned feeder's lanes would run on the feeder's own core."""
     before = allowed_cpus(2)
-    pinned = {min(before)}  # CPU 0
+    feeder = {max(before)}
+    monkeypatch.setattr(overlap, "feeder_cpus", lambda: set(feeder))
+    behind = Behind(LinkedCancel(threading.Event()))  # the lanes' set, taken here, unpinned
+    seen: list[set[int]] = []
 
-    def pin(fail: bool) -> tuple[set[int], set[int]]:
-        inside: set[int] = set()
-        try:
-            with pin_feeder(pinned):
-                inside = os.sched_getaffinity(0)
-                if fail:
-                    raise RuntimeError("the block failed")
-        except RuntimeError:
-            assert fail
-        return inside, os.sched_getaffinity(0)
+    def from_pinned_thread() -> None:
+        os.sched_setaffinity(0, feeder)  # the feeder pinned to its core, then the lanes start
+        behind.submit(lambda: seen.append(os.sched_getaffinity(0)))
+        behind.drain()
 
-    for fail in (False, True):
-        inside, after = in_fresh_thread(lambda fail=fail: pin(fail))
-        assert inside == pinned
-        assert after == before, f"not restored (block raised: {fail})"
-    assert os.sched_getaffinity(0) == before
+    in_fresh_thread(from_pinned_thread)
+    assert seen == [before - feeder]
