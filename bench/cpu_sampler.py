@@ -1,6 +1,9 @@
-"""Who used the host's CPUs while a stage ran: CPU seconds of a render's own threads (its main
-thread apart: it launches the GPU's kernels), of its child processes by kind (the x264 encode,
-inductor's compile workers) and of everything else on the machine, sampled every 0.25 s.
+"""Who used the host's CPUs while a stage ran: CPU seconds of a render's main thread (it
+launches the GPU's kernels; under ``chain.py --worker`` it is the worker's main thread instead,
+and the render thread counts among ``threads``), of its other threads, of its child processes by
+kind (the x264 encode, inductor's compile workers) and of everything else on the machine
+(``others``), sampled every 0.25 s. The CUDA runtime spins while the host waits for the GPU, so a
+busy main thread does not by itself mean a host-bound step.
 
 A draft step of the 19B transformer is bound by the thread that launches it, so a slower step
 with the same GPU work means that thread got less of a CPU: this says who had them.
@@ -30,21 +33,23 @@ def _child_kind(proc: psutil.Process) -> str:
     return f"child:{proc.name()}"
 
 
-def _threads(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of ``pid``: "main" for the main thread, others by their name."""
-    out: dict[str, float] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        cpu = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
-        key = "main" if tid == str(pid) else f"thread:{name}"
-        out[key] = out.get(key, 0.0) + cpu
-    return out
+def _stat_cpu(path: str) -> float:
+    """utime + stime, in seconds, of a /proc ``stat`` file (a process's counts its exited threads)."""
+    with open(path) as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _own(pid: int) -> dict[str, float]:
+    """The process's CPU seconds split into its main thread's and all its other threads' (Python
+    3.12 names no OS threads, so the lanes, torch's pools and the samplers are one figure)."""
+    try:
+        total = _stat_cpu(f"/proc/{pid}/stat")
+        main = _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
+    except OSError:
+        return {}
+    return {"main": main, "threads": max(0.0, total - main)}
 
 
 class CpuSampler:
@@ -61,12 +66,12 @@ class CpuSampler:
         self._t.start()
 
     def _sample(self) -> dict[str, float]:
-        now: dict[str, float] = dict(_threads(self.proc.pid)) if os.path.isdir(f"/proc/{self.proc.pid}") else {}
+        now = _own(self.proc.pid)
         alive: set[int] = set()
         for child in self.proc.children(recursive=True):
             try:
                 t = child.cpu_times()
-                cpu = t.user + t.system + t.children_user + t.children_system
+                cpu = t.user + t.system  # not its reaped children's: they are sampled as children too
                 kind = self._seen.get(child.pid, (None,))[0] or _child_kind(child)
             except (psutil.Error, OSError):
                 continue

@@ -5,14 +5,14 @@ each kind of work the local engine runs behind the GPU stages (pipeline/render/o
 * ``idle``: nothing else runs.
 * ``x264``: the real segment encode (``encode_in_fresh_process``, 1080p) in a loop, at the
   lane's nice value, on any CPU.
-* ``x264_apart``: the same, kept off one physical core (``pipeline.render.overlap.feeder_cpus``),
+* ``x264_apart``: the same, kept off one physical core (``pipeline.render.overlap.lane_cpus``),
   as the runner's lanes are; ``x264_pinned``: and the stepping thread pinned to that core.
 * ``analysis``: the real flicker analysis of 1080p frames in a loop on a lane thread.
 * ``python``: a thread running pure Python (the worst case for the GIL).
 
-Per step: wall seconds (synchronised) and ``enqueue_s``, how long the stepping thread took to
-hand the step to the GPU. When ``enqueue_s`` is close to the step, the step is bound by the
-thread that launches kernels, and anything that slows that thread slows the step. Prints JSON.
+Per step: wall seconds (synchronised) and ``enqueue_s``, how long ``model(...)`` took to return.
+An ``enqueue_s`` close to the step means either a host-bound step or one that synchronises
+inside (``bench/step_launch.py`` tells which). Prints JSON.
 
     python bench/step_contention.py --out bench/results/step_contention_<gpu>_<date>.json
     python bench/step_contention.py --layers 1 --frames 9 --draft 64x32 --steps 2   # CPU smoke
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import os
 import statistics
 import subprocess
 import sys
@@ -50,21 +51,33 @@ from pipeline.render import overlap  # noqa: E402
 from pipeline.stages.encode import encode_in_fresh_process  # noqa: E402
 
 
-def _loop(stop: threading.Event, work: Callable[[], None], off: set[int]) -> None:
+def _loop(stop: threading.Event, work: Callable[[], None], cpus: set[int]) -> None:
     overlap.yield_cpu()
-    overlap.keep_off(off)  # this thread only: what it starts (the x264 child) inherits it
+    overlap.run_on(cpus)  # this thread only: what it starts (the x264 child) inherits it
     while not stop.is_set():
         work()
 
 
 @contextlib.contextmanager
-def behind(work: Callable[[], None] | None, off: set[int]) -> Iterator[None]:
+def pinned_to(cpus: set[int]) -> Iterator[None]:
+    """The calling thread on ``cpus`` alone while the block runs, its affinity restored after
+    (enter it after :func:`behind`: a thread started by a pinned thread stays pinned)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def behind(work: Callable[[], None] | None, cpus: set[int]) -> Iterator[None]:
     """``work`` repeated on a lane thread while the block runs."""
     if work is None:
         yield
         return
     stop = threading.Event()
-    t = threading.Thread(target=_loop, args=(stop, work, off), daemon=True)
+    t = threading.Thread(target=_loop, args=(stop, work, cpus), daemon=True)
     t.start()
     time.sleep(1.0)  # let it get going (the encode child starts and loads its frames)
     try:
@@ -115,7 +128,10 @@ def build(layers: int | None, device: str, quant: str | None) -> torch.nn.Module
 
 
 def _cpu_info() -> dict[str, Any]:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:  # no lscpu on this machine
+        return {}
     keep = ("Model name", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "CPU max MHz")
     return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)
             if k.strip() in keep}
@@ -153,22 +169,22 @@ def main() -> int:
         def analysis() -> None:
             flicker.analyze_frames(frames, fps=24)
 
-        feeder = overlap.feeder_cpus()
+        feeder, lanes = overlap.feeder_cpus(), overlap.lane_cpus()
         report["feeder_cpus"] = sorted(feeder) if feeder else None
         loads: dict[str, tuple[Callable[[], None] | None, set[int]]] = {
-            "idle": (None, set()), "x264": (encode, set()), "x264_apart": (encode, feeder),
-            "x264_pinned": (encode, feeder), "analysis": (analysis, set()), "analysis_apart": (analysis, feeder),
+            "idle": (None, set()), "x264": (encode, set()), "x264_apart": (encode, lanes),
+            "x264_pinned": (encode, lanes), "analysis": (analysis, set()), "analysis_apart": (analysis, lanes),
             "python": (_pure_python, set())}
         for shape in args.shapes.split(","):
             size = (w, h) if shape == "draft" else (2 * w, 2 * h)
             inputs = ltx2_step_inputs(model.config, size, args.frames, audio_tokens=audio_tokens(args.frames, 24),
                                       device=device, text_tokens=1024, as_rendered=True)
             for cond in args.conditions.split(","):
-                work, off = loads[cond]
+                work, cpus = loads[cond]
                 if cond.endswith(("_apart", "_pinned")) and not feeder:
                     continue
-                pinned = overlap.pin_feeder(feeder) if cond.endswith("_pinned") else contextlib.nullcontext()
-                with pinned, behind(work, off):
+                pinned = pinned_to(feeder) if cond.endswith("_pinned") else contextlib.nullcontext()
+                with behind(work, cpus), pinned:
                     row = time_steps(model, inputs, args.steps, device)
                 report["results"].append({"shape": shape, "size": list(size), "condition": cond} | row)
                 print(f"{shape} {cond}: {row}", file=sys.stderr)

@@ -40,36 +40,48 @@ from step_contention import build, time_steps  # noqa: E402
 
 from pipeline.memory.planner import audio_tokens  # noqa: E402
 
-#: the host calls that wait for the GPU (the CUDA runtime's and driver's names)
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
-              "cuCtxSynchronize", "cudaMemcpy")  # a cudaMemcpy (not ...Async) to the host waits
-LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+#: the host calls that wait for the GPU (the CUDA runtime's and driver's names; a plain
+#: cudaMemcpy to the host waits, its Async form does not)
+SYNC_CALLS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
+              "cuCtxSynchronize", "cudaMemcpy"}
+
+
+def _busy_s(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of ``(start, end)`` intervals in microseconds (kernels on
+    several streams overlap: their times added up would count the overlap twice)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1e6
 
 
 def profiled(model: torch.nn.Module, inputs: dict[str, Any], device: str) -> dict[str, Any]:
-    """One step under torch.profiler: GPU busy seconds against wall, launches, synchronising calls."""
+    """One step under torch.profiler: how much of it the GPU was busy (kernels, copies and sets
+    on any stream, overlaps once), the kernels it ran and the host calls that waited on it. The
+    profiler adds host time of its own, so the busy share reads low by that much."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    if device == "cuda":
+        torch.cuda.synchronize()
     with torch.no_grad(), profile(activities=activities) as prof:
         t = time.perf_counter()
         model(**inputs)
         if device == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()  # the step's end; not counted among its syncs below
         wall = time.perf_counter() - t
-    kernels_us, launches, syncs = 0.0, 0, collections.Counter()
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            kernels_us += e.device_time
-        elif e.name in LAUNCH_CALLS:
-            launches += 1
-        elif e.name.startswith(SYNC_CALLS):
-            syncs[e.name] += 1
-    out: dict[str, Any] = {"wall_s": round(wall, 4), "cpu_ops": sum(1 for e in prof.events()
-                                                                     if e.device_type != torch.autograd.DeviceType.CUDA)}
+    gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    host = [e for e in prof.events() if e.device_type != torch.autograd.DeviceType.CUDA]
+    out: dict[str, Any] = {"wall_s": round(wall, 4), "cpu_ops": len(host)}
     if device == "cuda":
-        out |= {"gpu_busy_s": round(kernels_us / 1e6, 4), "gpu_busy_share": round(kernels_us / 1e6 / wall, 3),
-                "kernel_launches": launches, "sync_calls": dict(syncs)}
+        syncs = collections.Counter(e.name for e in host if e.name in SYNC_CALLS)
+        syncs["cudaDeviceSynchronize"] -= 1  # the bench's own, at the step's end
+        busy = _busy_s([(e.time_range.start, e.time_range.end) for e in gpu])
+        out |= {"gpu_busy_s": round(busy, 4), "gpu_busy_share": round(busy / wall, 3),
+                "gpu_events": len(gpu), "host_launch_calls": sum(1 for e in host if "LaunchKernel" in e.name),
+                "sync_calls": {k: v for k, v in syncs.items() if v > 0}}
     return out
 
 
@@ -100,7 +112,12 @@ def graphed(model: torch.nn.Module, inputs: dict[str, Any], steps: int) -> dict[
         with torch.no_grad(), torch.cuda.graph(graph):
             model(**inputs)
     except Exception as exc:  # noqa: BLE001 - why a step cannot be captured is the finding
-        torch.cuda.synchronize()
+        # The first error is the cause; what ending the capture raises after it would only say
+        # the capture was invalidated.
+        try:
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001 - the device may stay unusable: the report still goes out
+            pass
         return {"captured": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
     walls = []
     for i in range(steps + 1):

@@ -40,3 +40,13 @@ def test_step_launch_reports_the_step_and_its_profile(tmp_path: Path) -> None:
     draft = report["shapes"]["draft"]
     assert draft["size"] == [64, 32] and draft["eager"]["step_s"] > 0
     assert draft["profile"]["wall_s"] > 0 and draft["profile"]["cpu_ops"] > 100  # a real forward ran
+
+
+def test_gpu_busy_time_counts_overlapping_kernels_once() -> None:
+    """Kernels on two streams overlap: added up, they would read as a GPU busier than the step."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from step_launch import _busy_s
+
+    assert _busy_s([]) == 0
+    assert _busy_s([(0, 100), (50, 150), (300, 400)]) == 250e-6  # µs in, seconds out
+    assert _busy_s([(0, 500), (100, 200)]) == 500e-6  # one inside another
