@@ -527,7 +527,7 @@ KEY_FIELDS: dict[str, tuple[int, str]] = {
                   "keyframes.[].strength lora_strength loras model seed sigmas size"),
     "upscale": (1, "model model.file model.missing model.mtime_ns model.size model.tiny output_size resize"),
     "grade": (1, "method reference strength"),
-    "encode": (4, "audio audio_rate crf fps idr_after_anchor kept preset size"),
+    "encode": (5, "audio audio_rate crf fps idr_after_anchor kept preset size"),
     "family_draft": (1, "anchor fps frames guidance model negative preset prompt seed size steps"),
     "resize_refine": (1, "method size"),
     "retake-draft": (1, "retake retake_seed"),
