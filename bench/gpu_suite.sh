@@ -18,6 +18,8 @@
 #                              # stages (x264, flicker analysis, pure Python), lanes kept off one core or not
 #   bench/gpu_suite.sh launch  # ~2 min: is a resident step GPU- or host-bound? (profile, syncs, a CUDA graph)
 #   bench/gpu_suite.sh threads # ~5 min: the chain uncapped with x264 at its default threads, then at 6
+#   bench/gpu_suite.sh next    # < 10 min, one call: `launch` on the draft shape, then `threads` (what
+#                              # bench/results/README.md, runs 11-14, leaves to measure first)
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
@@ -92,6 +94,14 @@ launch)
 threads)  # the default first: it warms the machine's caches, which cost run 14 its 6-thread arm
     for t in 0 6; do
         timeout 240 python bench/chain.py --segments 3 --frames 121 --uncapped-only --encode-threads "$t" \
+            --out "$OUT/chain_threads$t.json" >/dev/null 2>"$OUT/chain_threads$t.log" || echo "threads $t failed: $?"
+    done
+    ;;
+next)
+    timeout 150 python bench/step_launch.py --shapes draft --out "$OUT/step_launch.json" >/dev/null \
+        2>"$OUT/launch.log" || echo "launch failed: $?"
+    for t in 0 6; do
+        timeout 210 python bench/chain.py --segments 3 --frames 121 --uncapped-only --encode-threads "$t" \
             --out "$OUT/chain_threads$t.json" >/dev/null 2>"$OUT/chain_threads$t.log" || echo "threads $t failed: $?"
     done
     ;;
