@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ltx2_inputs import ltx2_step_inputs  # noqa: E402
 from machine_info import print_report  # noqa: E402
+from resident_step import time_steps  # noqa: E402
 
 from pipeline.memory.planner import audio_tokens  # noqa: E402
 from pipeline.models import ltx2_random  # noqa: E402
 from pipeline.models.registry import get_preset  # noqa: E402
-
-
-def _step_s(model: torch.nn.Module, inputs: dict[str, Any], device: str, runs: int) -> list[float]:
-    times = []
-    with torch.no_grad():
-        for i in range(runs + 1):  # the first is a warm-up
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            model(**inputs)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i:
-                times.append(round(time.perf_counter() - t, 4))
-    return times
 
 
 def main() -> int:
@@ -64,10 +49,10 @@ def main() -> int:
     out: dict[str, Any] = {"bench": "reference_step", "device": gpu, "preset": preset.name, "frames": frames, "text_tokens": text, "steps": {}}
     for name, size in shapes.items():
         common = {"audio_tokens": audio_tokens(frames, 24), "device": device, "dtype": dtype}
-        bare = _step_s(model, ltx2_step_inputs(model.config, size, frames, text_tokens=128, **common),
-                       device, args.runs)
-        rendered = _step_s(model, ltx2_step_inputs(model.config, size, frames, text_tokens=text, as_rendered=True,
-                                                   **common), device, args.runs)
+        bare = time_steps(model, ltx2_step_inputs(model.config, size, frames, text_tokens=128, **common),
+                          args.runs, device)["steps_s"]
+        rendered = time_steps(model, ltx2_step_inputs(model.config, size, frames, text_tokens=text,
+                                                      as_rendered=True, **common), args.runs, device)["steps_s"]
         out["steps"][name] = {"size": list(size), "bare_128_s": bare, "as_rendered_s": rendered,
                               "as_rendered_over_bare": round(statistics.median(rendered) / statistics.median(bare), 3)}
     return print_report(out, args.out)

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode import _frames as moving_frames  # noqa: E402
 from ltx2_inputs import ltx2_step_inputs  # noqa: E402
 from machine_info import machine, print_report  # noqa: E402
+from resident_step import add_arguments, setup, shape_size, time_steps  # noqa: E402
 
 from pipeline.memory.planner import audio_tokens  # noqa: E402
 from pipeline.quality import flicker  # noqa: E402
@@ -93,40 +91,6 @@ def _pure_python() -> None:
         n += i * i
 
 
-def time_steps(model: torch.nn.Module, inputs: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
-    walls, enqueues = [], []
-    with torch.no_grad():
-        for i in range(steps + 1):  # the first is a warm-up
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            model(**inputs)
-            q = time.perf_counter()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i:
-                walls.append(time.perf_counter() - t)
-                enqueues.append(q - t)
-    return {"step_s": round(statistics.median(walls), 4), "steps_s": [round(w, 4) for w in walls],
-            "enqueue_s": round(statistics.median(enqueues), 4)}
-
-
-def build(layers: int | None, device: str, quant: str | None) -> torch.nn.Module:
-    from diffusers import LTX2VideoTransformer3DModel
-
-    from pipeline.memory.kernels.gguf_dequant import patch_gguf_linears
-    from pipeline.models import random_weights
-
-    model = random_weights.on_meta(
-        lambda: LTX2VideoTransformer3DModel(**({"num_layers": layers} if layers else {})), torch.bfloat16)
-    if quant:
-        random_weights.quantize_linears(model, quant)
-    model = random_weights.materialize(model, torch.bfloat16).to(device).eval()
-    if quant:
-        patch_gguf_linears(model)
-    return model
-
-
 def _cpu_info() -> dict[str, Any]:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -139,24 +103,12 @@ def _cpu_info() -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=None, help="transformer blocks (default: all 48)")
-    ap.add_argument("--frames", type=int, default=121)
-    ap.add_argument("--draft", default="512x288", help="WxH of the draft step (the refine's is twice)")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--quant", default="Q4_0", help="GGUF type of the block weights ('' for bf16)")
+    add_arguments(ap, steps=6)
     ap.add_argument("--conditions", default="idle,x264,x264_apart,x264_pinned,analysis,python,idle")
-    ap.add_argument("--shapes", default="draft,refine")
-    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    w, h = (int(v) for v in args.draft.split("x"))
-    t0 = time.perf_counter()
-    model = build(args.layers, device, args.quant or None)
-    report: dict[str, Any] = {
-        "bench": "step_contention", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(["torch", "diffusers", "av"]) | {"cpu": _cpu_info()}, "device": device,
-        "quant": args.quant or "bf16", "layers": args.layers or 48, "frames": args.frames,
-        "build_s": round(time.perf_counter() - t0, 1), "feeder_cpus": None, "results": []}
+    model, report = setup(args, "step_contention", machine(["torch", "diffusers", "av"]) | {"cpu": _cpu_info()})
+    device = report["device"]
+    report |= {"feeder_cpus": None, "results": []}
     frames = moving_frames(args.frames, (1920, 1080))
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "frames.npy"
@@ -176,7 +128,7 @@ def main() -> int:
             "x264_pinned": (encode, lanes), "analysis": (analysis, set()), "analysis_apart": (analysis, lanes),
             "python": (_pure_python, set())}
         for shape in args.shapes.split(","):
-            size = (w, h) if shape == "draft" else (2 * w, 2 * h)
+            size = shape_size(report["draft"], shape)
             inputs = ltx2_step_inputs(model.config, size, args.frames, audio_tokens=audio_tokens(args.frames, 24),
                                       device=device, text_tokens=1024, as_rendered=True)
             for cond in args.conditions.split(","):

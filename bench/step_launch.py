@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ltx2_inputs import ltx2_step_inputs  # noqa: E402
 from machine_info import machine, print_report  # noqa: E402
-from step_contention import build, time_steps  # noqa: E402
+from resident_step import add_arguments, setup, shape_size, time_steps  # noqa: E402
 
 from pipeline.memory.planner import audio_tokens  # noqa: E402
 
@@ -133,25 +132,13 @@ def graphed(model: torch.nn.Module, inputs: dict[str, Any], steps: int) -> dict[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=None, help="transformer blocks (default: all 48)")
-    ap.add_argument("--frames", type=int, default=121)
-    ap.add_argument("--draft", default="512x288", help="WxH of the draft step (the refine's is twice)")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--quant", default="Q4_0", help="GGUF type of the block weights ('' for bf16)")
-    ap.add_argument("--shapes", default="draft,refine")
-    ap.add_argument("--out", type=Path, default=None)
+    add_arguments(ap, steps=5)
     args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    w, h = (int(v) for v in args.draft.split("x"))
-    t0 = time.perf_counter()
-    model = build(args.layers, device, args.quant or None)
-    report: dict[str, Any] = {
-        "bench": "step_launch", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(["torch", "diffusers"]), "device": device, "quant": args.quant or "bf16",
-        "layers": args.layers or 48, "frames": args.frames, "build_s": round(time.perf_counter() - t0, 1),
-        "shapes": {}}
+    model, report = setup(args, "step_launch", machine(["torch", "diffusers"]))
+    device = report["device"]
+    report["shapes"] = {}
     for shape in args.shapes.split(","):
-        size = (w, h) if shape == "draft" else (2 * w, 2 * h)
+        size = shape_size(report["draft"], shape)
         inputs = ltx2_step_inputs(model.config, size, args.frames, audio_tokens=audio_tokens(args.frames, 24),
                                   device=device, text_tokens=1024, as_rendered=True)
         row: dict[str, Any] = {"size": list(size), "eager": time_steps(model, inputs, args.steps, device),

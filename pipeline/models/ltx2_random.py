@@ -84,13 +84,14 @@ def build_files(root: Path | None = None) -> Path:
                       {"version": VERSION})
 
 
-def transformer(dtype: torch.dtype, quant: str | None = QUANT) -> torch.nn.Module:
-    """``LTX2VideoTransformer3DModel()`` (48 blocks, 18.9B) with random GGUF block weights."""
+def transformer(dtype: torch.dtype, quant: str | None = QUANT, layers: int | None = None) -> torch.nn.Module:
+    """``LTX2VideoTransformer3DModel()`` (48 blocks, 18.9B) with random GGUF block weights;
+    ``layers`` caps the blocks (default: ``SULPHUR_RANDOM_LAYERS``, else all)."""
     from diffusers import LTX2VideoTransformer3DModel
 
     from pipeline.models import random_weights
 
-    layers = _layers()
+    layers = layers or _layers()
     model = random_weights.on_meta(
         lambda: LTX2VideoTransformer3DModel(**({"num_layers": layers} if layers else {})), dtype)
     if quant:
