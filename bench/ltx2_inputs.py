@@ -41,3 +41,12 @@ def _as_rendered(video_tokens: int, frame_tokens: int, text_tokens: int,
     mask = torch.ones(1, text_tokens, device=device)
     return {"timestep": timestep, "audio_timestep": torch.full((1,), 500.0, device=device),
             "encoder_attention_mask": mask, "audio_encoder_attention_mask": mask}
+
+
+def pipeline_coords(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The rotary coordinates diffusers' LTX-2 pipelines compute once per stage and pass to every
+    step (``video_coords``, ``audio_coords``), for ``inputs`` from :func:`ltx2_step_inputs`."""
+    device = inputs["hidden_states"].device
+    return {"video_coords": model.rope.prepare_video_coords(1, inputs["num_frames"], inputs["height"],
+                                                            inputs["width"], device, fps=inputs["fps"]),
+            "audio_coords": model.audio_rope.prepare_audio_coords(1, inputs["audio_num_frames"], device)}

@@ -8,8 +8,12 @@ GGUF weights with the Triton dequant, as the uncapped render holds them; render-
   speed, on whatever takes its CPU (runs 11-14 in bench/results/README.md).
 * ``syncs``: where the step synchronises (``torch.cuda.set_sync_debug_mode``): each one stops
   the host from queueing the next kernels ahead of the GPU.
-* ``graph``: the step captured once as a CUDA graph and replayed: what a step costs with the
-  launches gone. A capture that fails says why (a sync, a host-side decision on GPU data).
+* ``graph``: the step as a resident stage runs it since run 15: eager once, then recorded as a
+  CUDA graph and replayed (``GraphedSteps``); a replay's seconds and its distance from the eager
+  step. A recording that fails says why (a sync, a host-side decision on GPU data).
+
+The inputs carry the rotary coordinates the pipeline computes once per stage (``video_coords``,
+``audio_coords``); without them each step builds them from host lists (two syncs).
 
 Prints JSON.
 
@@ -33,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ltx2_inputs import ltx2_step_inputs  # noqa: E402
+from ltx2_inputs import ltx2_step_inputs, pipeline_coords  # noqa: E402
 from machine_info import machine, print_report  # noqa: E402
 from resident_step import add_arguments, setup, shape_size, time_steps  # noqa: E402
 
@@ -99,35 +103,32 @@ def sync_sites(model: torch.nn.Module, inputs: dict[str, Any]) -> list[str]:
 
 
 def graphed(model: torch.nn.Module, inputs: dict[str, Any], steps: int) -> dict[str, Any]:
-    """The step captured as a CUDA graph (after two warm-up steps on a side stream), replayed."""
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(2):
-                model(**inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            model(**inputs)
-    except Exception as exc:  # noqa: BLE001 - why a step cannot be captured is the finding
-        # The first error is the cause; what ending the capture raises after it would only say
-        # the capture was invalidated.
+    """The step as the render's resident stages run it (``GraphedSteps``, pipeline/memory/cuda_graphs.py):
+    eager, then recorded, then replayed ``steps`` times; and how far a replay's output is from the
+    eager step's."""
+    from pipeline.memory.cuda_graphs import GraphedSteps
+
+    graph = GraphedSteps(model)
+    with torch.no_grad():
+        reference = model(**inputs)
         try:
+            for _ in range(2):  # eager, then recorded (and replayed once)
+                out = graph(**inputs)
+        except Exception as exc:  # noqa: BLE001 - why a step cannot be recorded is the finding
+            return {"captured": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+        walls = []
+        for _ in range(steps):
             torch.cuda.synchronize()
-        except Exception:  # noqa: BLE001 - the device may stay unusable: the report still goes out
-            pass
-        return {"captured": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
-    walls = []
-    for i in range(steps + 1):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        graph.replay()
-        torch.cuda.synchronize()
-        if i:
+            t = time.perf_counter()
+            out = graph(**inputs)
+            torch.cuda.synchronize()
             walls.append(time.perf_counter() - t)
-    del graph
-    return {"captured": True, "step_s": round(statistics.median(walls), 4), "steps_s": [round(w, 4) for w in walls]}
+    diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(out, reference, strict=True)]
+    graph.release()
+    return {"captured": not graph.report.failure, "report": graph.report.describe(),
+            "step_s": round(statistics.median(walls), 4) if walls else None, "steps_s": [round(w, 4) for w in walls],
+            "vs_eager_max_abs": max(diffs), "bitwise_equal": all(torch.equal(a, b) for a, b in zip(out, reference,
+                                                                                                strict=True))}
 
 
 def main() -> int:
@@ -141,6 +142,7 @@ def main() -> int:
         size = shape_size(report["draft"], shape)
         inputs = ltx2_step_inputs(model.config, size, args.frames, audio_tokens=audio_tokens(args.frames, 24),
                                   device=device, text_tokens=1024, as_rendered=True)
+        inputs |= pipeline_coords(model, inputs)
         row: dict[str, Any] = {"size": list(size), "eager": time_steps(model, inputs, args.steps, device),
                                "profile": profiled(model, inputs, device)}
         if device == "cuda":

@@ -66,7 +66,8 @@ class StagePlan:
     (stored format or "fp8" for layerwise upcast), ``weights_source`` (where the stored format
     was learnt: the GGUF's header, or the preset's entry while the file is absent), ``use_stream``, ``low_cpu_mem_usage``,
     ``text_encoder`` (resident / group / disk / cpu), ``evict`` (held
-    components to drop before the stage), ``esrgan_batch``, ``esrgan_tile``, ``n_gpu_layers``.
+    components to drop before the stage), ``esrgan_batch``, ``esrgan_tile``, ``n_gpu_layers``,
+    ``cuda_graph`` (a resident transformer's steps replayed as a CUDA graph).
     """
 
     name: str
@@ -94,6 +95,8 @@ class StagePlan:
             parts.append(f"weights {o['weights']}" + (f" ({o['weights_source']})" if o.get("weights_source") else ""))
         if o.get("text_encoder"):
             parts.append(f"text encoder {o['text_encoder']}" + (" (transformer evicted)" if o.get("evict") else ""))
+        if o.get("cuda_graph"):
+            parts.append("CUDA graph steps")
         if self.vae_tiling:
             parts.append("VAE tiling")
         if o.get("esrgan_batch"):

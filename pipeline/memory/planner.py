@@ -608,6 +608,8 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
                     vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
                     held_vram = t.nbytes + side_bytes
+                    if device != "cpu":  # steps replayed as a CUDA graph (pipeline/memory/cuda_graphs.py)
+                        extra = {"cuda_graph": True}
                 else:  # other components swap in one at a time while the transformer is offloaded
                     vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)
                     held_vram = 0
@@ -641,7 +643,9 @@ def _transformer_notes(t: Component, wfmt: str, low_cpu: bool, mmap: bool, extra
         notes.append("pins one block at a time (slower copies, half the host RAM)")
     if mmap:
         notes.append("weights paged from the memory-mapped file (disk-speed when RAM is short)")
-    if extra:
+    if extra.get("cuda_graph"):
+        notes.append("steps after the first two replayed as a CUDA graph (one launch instead of thousands)")
+    if "resident_blocks" in extra:
         notes.append(f"streams {t.blocks - extra['resident_blocks']} of {t.blocks} blocks through "
                      f"two GPU slots; weights pinned in place (one host copy)")
     return notes

@@ -30,6 +30,7 @@ from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.phase_peaks import PhasePeaks
 from pipeline.stages.prompt_embeds import prompt_embeds
+from pipeline.wire.protocol import Log
 
 if TYPE_CHECKING:
     from pipeline.stages.base import Artifact
@@ -101,6 +102,8 @@ class DraftStage(Stage):
         import torch
         from safetensors.torch import save_file
 
+        from pipeline.memory.cuda_graphs import graphed_steps
+
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size
         ctx.progress(self.name, 0, _steps(job))
@@ -148,13 +151,15 @@ class DraftStage(Stage):
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
             extra["sigmas"] = sigmas
-        with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device):
+        with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device),\
+                graphed_steps(pipe.transformer, plan) as graph:
             peaks.mark("ready")
             video_latents, audio_latents = pipe(
                 prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
                 width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),
                 num_inference_steps=_steps(job), generator=generator, output_type="latent",
                 return_dict=False, callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
+        log_graph(ctx, self.name, graph)
         if track is not None:
             audio_latents = track.latents  # the given sound, as it conditioned the video
         peaks.mark("denoise")
@@ -177,6 +182,14 @@ class DraftStage(Stage):
         peaks.emit(ctx.emit)
         return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v,
                 **({"audio_driven": True} if track is not None else {})}
+
+
+def log_graph(ctx: StageContext, stage: str, report: Any) -> None:
+    """The stage's line on how its steps ran (a ``GraphReport`` of pipeline/memory/cuda_graphs.py;
+    None: eager by plan). A recording refused is a warning: the steps ran, slower."""
+    if report is not None:
+        ctx.emit(Log(job_id=ctx.job_id, level="warning" if report.failure else "debug",
+                     message=f"{stage}: {report.describe()}"))
 
 
 @dataclass

@@ -194,6 +194,7 @@ def test_params_name_everything_that_changes_the_output(tmp_path: Path) -> None:
 
 GPU_PLANS = [
     ("resident", {}, False),
+    ("resident", {"cuda_graph": True}, False),  # steps 3.. replayed from a CUDA graph
     ("model", {}, False),
     ("group_block", {"use_stream": True}, False),
     ("group_block", {"use_stream": True, "low_cpu_mem_usage": True}, False),
@@ -220,6 +221,7 @@ def test_every_offload_plan_renders_the_same_clip_on_cuda(tmp_path: Path) -> Non
     models = LoadedModels()
     job = make_job(tmp_path, seed=11)
     results = {}
+    graph_lines: list[str] = []
     for i, (mode, options, tiling) in enumerate(GPU_PLANS):
         plan = StagePlan(name=mode, device="cuda", offload=mode, vae_tiling=tiling, dtype="bfloat16",
                          options=options)
@@ -227,7 +229,12 @@ def test_every_offload_plan_renders_the_same_clip_on_cuda(tmp_path: Path) -> Non
         for stage, inputs in ((DraftStage(), {}), (RefineStage(), None)):
             out = tmp_path / f"{i}-{stage.name}"
             out.mkdir()
-            ctx = StageContext(emit=lambda e: None, cancel=threading.Event(), models=models, plan=plan)
+
+            def emit(e: object) -> None:
+                if "CUDA graph" in str(getattr(e, "message", "")):
+                    graph_lines.append(e.message)
+
+            ctx = StageContext(emit=emit, cancel=threading.Event(), models=models, plan=plan)
             art_inputs = inputs if inputs is not None else {"draft": outs[0]}
             meta = stage.run(ctx, job, art_inputs, out)
             outs.append(Artifact(stage=stage.name, key=str(i), path=out, meta=meta))
@@ -237,6 +244,12 @@ def test_every_offload_plan_renders_the_same_clip_on_cuda(tmp_path: Path) -> Non
     for key, (draft, refine) in results.items():
         assert np.abs(draft.astype(int) - base_draft).mean() < 3.0, key
         assert np.abs(refine.astype(int) - base_refine).mean() < 3.0, key
+    # the graphed plan recorded its steps and gave the eager steps' clip
+    steps = job.steps
+    assert graph_lines == [f"draft: CUDA graph: 1 eager, 1 recorded, {steps - 2} replayed steps",
+                           f"refine: CUDA graph: 1 eager, 1 recorded, {len(job.refine_sigmas) - 3} replayed steps"]
+    draft, refine = results[GPU_PLANS[1][0], str(GPU_PLANS[1][1]), GPU_PLANS[1][2]]
+    assert np.abs(draft.astype(int) - base_draft).mean() < 0.5 and np.abs(refine.astype(int) - base_refine).mean() < 0.5
 
 
 @pytest.mark.parametrize("offload", ["resident", "group_leaf"])
