@@ -111,7 +111,7 @@ def _inputs(model: torch.nn.Module, seed: int) -> dict[str, object]:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_replayed_steps_give_each_calls_eager_output() -> None:
-    model = _tiny().to("cuda")
+    model = _tiny().to("cuda", torch.bfloat16)  # as the render holds it (the inputs are bf16)
     steps = GraphedSteps(model)
     with torch.no_grad():
         for seed in range(5):  # eager, recorded, then three replays, each with new values
