@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_sampler import CpuSampler  # noqa: E402
+from gpu_clocks import GpuClockSampler  # noqa: E402
 from machine_info import machine  # noqa: E402
 from segment_budget import GiB, ProcessSampler, phases, resident_steps  # noqa: E402
 
@@ -179,7 +180,7 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
         profile_t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         pid = server.pid if server else _render_pid(proc, profile is not None)
-        sampler, reads, cpus = ProcessSampler(pid), ReadSampler(pid), CpuSampler(pid)
+        sampler, reads, cpus, clocks = ProcessSampler(pid), ReadSampler(pid), CpuSampler(pid), GpuClockSampler()
         try:
             stdout, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -189,6 +190,7 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
             sampler.stop()
             reads.stop()
             cpus.stop()
+            clocks.stop()
             if server is not None:
                 subprocess.run([sys.executable, "-m", "pipeline.cli.main", "worker", "--stop", "--project",
                                 str(folder)], env=env, capture_output=True, timeout=60)
@@ -232,8 +234,11 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
     out["segment_done_ts"] = {e.segment: e.ts for e in events if isinstance(e, protocol.SegmentDone)}
     # (segment, stage, started, finished) in epoch seconds: windows into a profile's trace
     began: dict[tuple[str, str], float] = {}
+    steps_ts: dict[tuple[str, str], list[float]] = {}
     out["stage_ts"] = []
     for e in events:
+        if isinstance(e, protocol.StepProgress) and e.step > 0:
+            steps_ts.setdefault((e.segment, e.stage), []).append(e.ts)
         if isinstance(e, protocol.StageStarted):
             began[(e.segment, e.stage)] = e.ts
         elif isinstance(e, protocol.StageFinished) and (e.segment, e.stage) in began:
@@ -241,6 +246,9 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
             stage = segments.get(e.segment, {}).get("stages", {}).get(e.stage)
             if stage is not None:  # who had the CPUs meanwhile (bench/cpu_sampler.py)
                 stage["cpu_s"] = cpus.window(began[(e.segment, e.stage)], e.ts)
+                ts = steps_ts.get((e.segment, e.stage), [])
+                if len(ts) > 1 and e.stage in ("draft", "refine"):  # the GPU over its steps (bench/gpu_clocks.py)
+                    stage["gpu_steps"] = clocks.window(ts[0], ts[-1])
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
     out["render_s"] = round(finished[-1].seconds, 2) if finished else None
     started = [e.ts for e in events if isinstance(e, protocol.StageStarted)]
