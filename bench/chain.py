@@ -249,6 +249,8 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
                 ts = steps_ts.get((e.segment, e.stage), [])
                 if len(ts) > 1 and e.stage in ("draft", "refine"):  # the GPU over its steps (bench/gpu_clocks.py)
                     stage["gpu_steps"] = clocks.window(ts[0], ts[-1])
+                    # each step on its own: a slow capture or one slow step shows, an even slowdown too
+                    stage["step_intervals_s"] = [round(b - a, 3) for a, b in zip(ts, ts[1:], strict=False)]
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
     out["render_s"] = round(finished[-1].seconds, 2) if finished else None
     started = [e.ts for e in events if isinstance(e, protocol.StageStarted)]
