@@ -35,8 +35,8 @@ from pipeline.wire.protocol import Log
 if TYPE_CHECKING:
     from pipeline.stages.base import Artifact
 
-# Deferred imports: torch, diffusers, safetensors — the runner reads every stage's cache key without them; they
-#   load only when the stage runs
+# Deferred imports: torch, diffusers, safetensors, pipeline.memory.cuda_graphs (torch) — the runner reads every
+#   stage's cache key without them; they load only when the stage runs
 
 #: Adapter name of the distilled LoRA inside the held transformer.
 LORA_ADAPTER = "distilled"
@@ -102,8 +102,6 @@ class DraftStage(Stage):
         import torch
         from safetensors.torch import save_file
 
-        from pipeline.memory.cuda_graphs import graphed_steps
-
         preset, plan = job.preset, ctx.plan
         w, h = job.draft_size
         ctx.progress(self.name, 0, _steps(job))
@@ -151,15 +149,13 @@ class DraftStage(Stage):
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None)
             extra["sigmas"] = sigmas
-        with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device),\
-                graphed_steps(pipe.transformer, plan) as graph:
+        with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device):
             peaks.mark("ready")
-            video_latents, audio_latents = pipe(
-                prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
+            video_latents, audio_latents = denoise(
+                ctx, self.name, pipe, prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
                 width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),
                 num_inference_steps=_steps(job), generator=generator, output_type="latent",
                 return_dict=False, callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
-        log_graph(ctx, self.name, graph)
         if track is not None:
             audio_latents = track.latents  # the given sound, as it conditioned the video
         peaks.mark("denoise")
@@ -184,12 +180,18 @@ class DraftStage(Stage):
                 **({"audio_driven": True} if track is not None else {})}
 
 
-def log_graph(ctx: StageContext, stage: str, report: Any) -> None:
-    """The stage's line on how its steps ran (a ``GraphReport`` of pipeline/memory/cuda_graphs.py;
-    None: eager by plan). A recording refused is a warning: the steps ran, slower."""
+def denoise(ctx: StageContext, stage: str, pipe: Any, **call: Any) -> Any:
+    """``pipe(**call)`` with the transformer's steps replayed as a CUDA graph where the plan allows
+    (pipeline/memory/cuda_graphs.py; the graph's memory is released on return, before a decode),
+    and the stage's line on how they ran: a recording refused is a warning (the steps ran, slower)."""
+    from pipeline.memory.cuda_graphs import graphed_steps
+
+    with graphed_steps(pipe.transformer, ctx.plan) as report:
+        out = pipe(**call)
     if report is not None:
         ctx.emit(Log(job_id=ctx.job_id, level="warning" if report.failure else "debug",
                      message=f"{stage}: {report.describe()}"))
+    return out
 
 
 @dataclass

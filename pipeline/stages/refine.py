@@ -23,7 +23,7 @@ from pipeline.models.ltx2 import model_identity
 from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
-from pipeline.stages.draft import LORA_ADAPTER, log_graph, shot_control_params, shot_controls
+from pipeline.stages.draft import LORA_ADAPTER, denoise, shot_control_params, shot_controls
 from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.phase_peaks import PhasePeaks
@@ -73,8 +73,6 @@ class RefineStage(Stage):
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler
         from safetensors.torch import load_file
-
-        from pipeline.memory.cuda_graphs import graphed_steps
 
         preset, plan = job.preset, ctx.plan
         sigmas = refine_sigmas(job)
@@ -129,14 +127,12 @@ class RefineStage(Stage):
         fixed = draft["audio"].to(device) if inputs["draft"].meta.get("audio_driven") else None
         with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
             peaks.mark("ready")
-            with graphed_steps(pipe.transformer, plan) as graph:  # released before the decode
-                latents, _audio = pipe(
-                    prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
-                    audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
-                    num_frames=job.frames, frame_rate=float(job.fps), num_inference_steps=n, sigmas=sigmas,
-                    noise_scale=sigmas[0], generator=generator, output_type="latent", return_dict=False,
-                    callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
-            log_graph(ctx, self.name, graph)
+            latents, _audio = denoise(
+                ctx, self.name, pipe, prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
+                audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
+                num_frames=job.frames, frame_rate=float(job.fps), num_inference_steps=n, sigmas=sigmas,
+                noise_scale=sigmas[0], generator=generator, output_type="latent", return_dict=False,
+                callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
             del _audio, video, draft
             peaks.mark("denoise")
 
