@@ -667,13 +667,16 @@ def text_encoder_dtype(plan: StagePlan, preset: Preset) -> str:
     return _text_encoder_plan(plan, preset).dtype
 
 
-def encode_prompts(models: LoadedModels, preset: Preset, plan: StagePlan, prompts: list[str]) -> list[PromptEmbeds]:
+def encode_prompts(models: LoadedModels, preset: Preset, plan: StagePlan, prompts: list[str], *,
+                   on_loaded: Callable[[], None] | None = None) -> list[PromptEmbeds]:
     """Encode every prompt in one text-encoder placement, then evict it: it is a memory peak
     of its own (Gemma 3 12B ≈ 24 GB) and each load or device move costs seconds to a minute.
 
     Returns the embeddings on the CPU in the encoder's own dtype (lossless; the caller casts).
     When the plan says the host can hold every component at once (``keep_text_encoder``),
     the encoder is parked in host RAM instead, so the next segment does not load 24 GB again.
+    ``on_loaded`` is called once the encoder is loaded and placed, before it computes (the
+    draft starts its page-cache prefetch there, when the disk is free again).
     """
     import torch
     from diffusers import LTX2Pipeline
@@ -683,6 +686,8 @@ def encode_prompts(models: LoadedModels, preset: Preset, plan: StagePlan, prompt
     keep = bool(plan.options.get("keep_text_encoder"))
     text_encoder = component(models, preset, "text_encoder", te_plan)
     tokenizer = models.get(_key(preset, "tokenizer"), lambda: load_tokenizer(preset))
+    if on_loaded is not None:
+        on_loaded()
     # The pipeline's own encode_prompt, so tokenization and layer stacking match the real path.
     pipe = LTX2Pipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
                         tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
@@ -755,6 +760,30 @@ def assemble(models: LoadedModels, preset: Preset, plan: StagePlan, *, image_to_
     pipe = cls(scheduler=load_scheduler(preset), text_encoder=None,
                tokenizer=models.get(_key(preset, "tokenizer"), lambda: load_tokenizer(preset)), **parts)
     return finish_pipeline(pipe, plan)
+
+
+#: What a draft loads after its text pass, in load order (:func:`assemble`).
+DRAFT_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "connectors")
+
+
+def draft_files(models: LoadedModels, preset: Preset) -> list[Path]:
+    """The files and folders a draft reads for the components of :data:`DRAFT_COMPONENTS` not yet
+    held, in load order: the transformer's single file (else its diffusers folder), the distilled
+    LoRA (read by the transformer and the connectors), then the diffusers folder's vae/, audio_vae/,
+    vocoder/ and connectors/. Nothing for weights built in memory; an absent file is left out (its
+    loader says it is missing)."""
+    if preset.extra.get("random_weights"):
+        return []
+    todo = [name for name in DRAFT_COMPONENTS if _key(preset, name) not in models]
+    root = optional_file(preset, "diffusers")
+    out: list[Path | None] = []
+    if "transformer" in todo:
+        single = optional_file(preset, "transformer_gguf")
+        out.append(single if single is not None or root is None else root / "transformer")
+    if "transformer" in todo or "connectors" in todo:
+        out.append(optional_file(preset, "lora"))
+    out += [root / name for name in todo if name != "transformer" and root is not None]
+    return [p for p in out if p is not None]
 
 
 def guidance_kwargs(preset: Preset) -> dict[str, Any]:

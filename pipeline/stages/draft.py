@@ -10,6 +10,7 @@ the latents (for refine) and the frames/waveform (for preview, anchors and audio
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 
 from pipeline.models import ltx2, ltx2_audio, user_loras
 from pipeline.models.ltx2 import model_identity
+from pipeline.models.prefetch import prefetch, spare_memory
 from pipeline.models.sigmas import draft_sigmas
 from pipeline.project.files import file_digest
 from pipeline.project.keyframes import keyframe_params
@@ -33,6 +35,7 @@ from pipeline.stages.prompt_embeds import prompt_embeds
 from pipeline.wire.protocol import Log
 
 if TYPE_CHECKING:
+    from pipeline.models.ltx2 import PromptEmbeds
     from pipeline.stages.base import Artifact
 
 # Deferred imports: torch, diffusers, safetensors, pipeline.memory.cuda_graphs (torch) — the runner reads every
@@ -108,9 +111,9 @@ class DraftStage(Stage):
         ltx2.evict_for_plan(ctx.models, preset, plan)
         ltx2.park_for_plan(ctx.models, preset, plan)
 
-        # 1. Prompt → embeddings; the text encoder is evicted before the transformer loads.
+        # 1. Prompt → embeddings, the draft's weights read ahead meanwhile; the encoder is evicted before they load.
         peaks = PhasePeaks(self.name, plan.device)
-        prompt = prompt_embeds(ctx, job)
+        prompt = text_pass(ctx, job)
         peaks.mark("text")
 
         # 2. Pipeline from held components, distilled LoRA weighted for this segment; the
@@ -178,6 +181,22 @@ class DraftStage(Stage):
         peaks.emit(ctx.emit)
         return {"sample_rate": sample_rate, "frames": int(frames.shape[0]), "size": [w, h], "image_to_video": i2v,
                 **({"audio_driven": True} if track is not None else {})}
+
+
+def text_pass(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
+    """The prompt's embeddings, while the kernel reads the draft's weights not yet held into the page
+    cache (issue 20 goal 3: a cold start otherwise reads them only after the text pass). The reads
+    begin once the encoder is loaded, so they take the disk while it computes, and only when the
+    files fit in the memory the plan leaves spare (else they would evict each other before the load)."""
+    loaded = threading.Event()
+    ahead = prefetch(ltx2.draft_files(ctx.models, job.preset), after=loaded,
+                     limit_bytes=spare_memory(ctx.plan.host_bytes))
+    if ahead.files:
+        ctx.emit(Log(job_id=ctx.job_id, level="debug", message=ahead.describe()))
+    try:
+        return prompt_embeds(ctx, job, on_encoder_loaded=loaded.set)
+    finally:
+        loaded.set()  # embeddings from the cache (no encoder load), or a failed pass
 
 
 def denoise(ctx: StageContext, stage: str, pipe: Any, **call: Any) -> Any:

@@ -24,6 +24,8 @@ from pipeline.models.ltx2 import model_identity
 from pipeline.wire.protocol import Log
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipeline.models.ltx2 import PromptEmbeds
     from pipeline.stages.base import SegmentJob, StageContext
 
@@ -65,8 +67,10 @@ def upcoming_prompts(job: SegmentJob) -> list[str]:
     return out
 
 
-def prompt_embeds(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
-    """``job.prompt``'s embeddings on the stage's device, from the cache or one encoder pass."""
+def prompt_embeds(ctx: StageContext, job: SegmentJob, *,
+                  on_encoder_loaded: Callable[[], None] | None = None) -> PromptEmbeds:
+    """``job.prompt``'s embeddings on the stage's device, from the cache or one encoder pass
+    (``on_encoder_loaded``: called when the encoder is loaded, before it computes; never from the cache)."""
     import torch
     from safetensors.torch import load_file
 
@@ -79,7 +83,7 @@ def prompt_embeds(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
         wanted = [p for p in upcoming_prompts(job)
                   if not (folder / f"{embeds_key(job, te_dtype, p)}.safetensors").is_file()]
         t0 = time.perf_counter()
-        encoded = ltx2.encode_prompts(ctx.models, job.preset, plan, wanted)
+        encoded = ltx2.encode_prompts(ctx.models, job.preset, plan, wanted, on_loaded=on_encoder_loaded)
         ctx.emit(Log(job_id=ctx.job_id, level="debug",
                      message=f"text encoder: {len(wanted)} prompts in {time.perf_counter() - t0:.2f} s"))
         folder.mkdir(parents=True, exist_ok=True)

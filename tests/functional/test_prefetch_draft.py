@@ -1,0 +1,95 @@
+"""A cold draft has the kernel read its weights while the text encoder computes (issue 20 goal 3):
+the real tiny stack, the real draft stage and the real prefetch, watched by spies that pass through."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.memory.loaded import LoadedModels
+from pipeline.memory.plan import StagePlan
+from pipeline.models import ltx2
+from pipeline.models.prefetch import Prefetch, weight_files
+from pipeline.models.registry import get_preset
+from pipeline.stages import draft as draft_module
+from pipeline.stages.draft import DraftStage
+from pipeline.wire.protocol import Log
+from tests.functional.test_draft_refine import Runner, make_job
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_root() -> Path:
+    return ltx2.require(get_preset("tiny"), "transformer_gguf").parents[1]
+
+
+def test_the_draft_files_are_the_components_not_yet_held() -> None:
+    preset = get_preset("tiny")
+    root = tiny_root()
+    gguf, lora = ltx2.require(preset, "transformer_gguf"), ltx2.require(preset, "lora")
+    parts = [root / "diffusers" / name for name in ("vae", "audio_vae", "vocoder", "connectors")]
+    models = LoadedModels()
+    assert ltx2.draft_files(models, preset) == [gguf, lora, *parts], "load order: transformer and LoRA first"
+    files = [f for f, _ in weight_files(ltx2.draft_files(models, preset))]
+    assert root / "diffusers" / "vae" / "diffusion_pytorch_model.safetensors" in files
+    assert not any("text_encoder" in f.parts or "upsampler" in str(f) for f in files), "not what the draft reads"
+
+    models.get("tiny:transformer", object)
+    assert ltx2.draft_files(models, preset) == [lora, *parts], "the connectors still read the LoRA"
+    for name in ("connectors", "vae", "audio_vae", "vocoder"):
+        models.get(f"tiny:{name}", object)
+    assert ltx2.draft_files(models, preset) == []
+    assert ltx2.draft_files(LoadedModels(), get_preset("ltx2-19b-random")) == [], "weights built in memory"
+
+
+def test_the_encoder_reports_loaded_before_it_computes() -> None:
+    preset, models = get_preset("tiny"), LoadedModels()
+    plan = StagePlan(name="cpu")
+    held: list[bool] = []
+    ltx2.encode_prompts(models, preset, plan, ["a boat"], on_loaded=lambda: held.append("tiny:text_encoder" in models))
+    assert held == [True] and "tiny:text_encoder" not in models, "called once, with the encoder loaded"
+
+
+def test_a_cold_draft_prefetches_its_weights_once_the_encoder_is_loaded(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[list[Path], bool, Prefetch, threading.Event]] = []
+    real_prefetch = draft_module.prefetch
+
+    def prefetch_spy(paths: Any, **kwargs: Any) -> Prefetch:
+        paths = list(paths)
+        ahead = real_prefetch(paths, **kwargs)
+        calls.append((paths, kwargs["after"].is_set(), ahead, kwargs["after"]))
+        return ahead
+
+    gates: list[Any] = []
+    real_encode = ltx2.encode_prompts
+
+    def encode_spy(*args: Any, **kwargs: Any) -> Any:
+        gates.append(kwargs.get("on_loaded"))
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(draft_module, "prefetch", prefetch_spy)
+    monkeypatch.setattr(ltx2, "encode_prompts", encode_spy)
+    run = Runner(tmp_path, LoadedModels())
+    run(DraftStage(), make_job(tmp_path))
+
+    (paths, open_at_start, ahead, gate), = calls
+    root = tiny_root()
+    assert paths[0] == ltx2.require(get_preset("tiny"), "transformer_gguf")
+    assert root / "diffusers" / "vae" in paths and root / "diffusers" / "connectors" in paths
+    assert not open_at_start and gates == [gate.set], "the reads wait for the encoder's load"
+    assert gate.is_set() and ahead.thread is not None
+    ahead.thread.join(30)
+    assert not ahead.thread.is_alive()
+    logs = [e.message for e in run.events if isinstance(e, Log) and e.message.startswith("prefetch:")]
+    assert logs == [f"prefetch: {len(ahead.files)} files, {ahead.nbytes / 1e9:.1f} GB"]
+
+    # The next segment holds every component: nothing to read, nothing logged; embeddings from the
+    # cache (no encoder load) still open the gate.
+    run.events.clear()
+    run(DraftStage(), make_job(tmp_path))
+    assert calls[1][0] == [] and calls[1][2].thread is None and calls[1][3].is_set()
+    assert not [e for e in run.events if isinstance(e, Log) and e.message.startswith("prefetch:")]
