@@ -97,13 +97,13 @@ class StageContext:
         if self.cancel.is_set():
             raise Cancelled(stage)
 
-    def latent_preview(self, previewer: Any, stage: str, step: int, latents: Any) -> None:
-        """Send a small picture of ``latents`` (see pipeline/stages/latent_preview.py), if it
-        can be made; called from a sampler's ``callback_on_step_end``."""
-        picture = previewer.picture(latents)
-        if picture is not None:
-            w, h, rgb = picture
-            self.emit(LatentPreview(job_id=self.job_id, segment=self.segment_id, stage=stage, step=step,
+    def latent_preview(self, previewer: Any, stage: str, step: int | None, latents: Any = None) -> None:
+        """Send the small pictures of the latents that are ready (pipeline/stages/latent_preview.py):
+        called from a sampler's ``callback_on_step_end`` with the step's latents (on a GPU the
+        previous step's picture is sent), and with ``step`` None after sampling (the last one)."""
+        ready = previewer.flush() if step is None else previewer.submit(step, latents)
+        for done, (w, h, rgb) in ready:
+            self.emit(LatentPreview(job_id=self.job_id, segment=self.segment_id, stage=stage, step=done,
                                     width=w, height=h, rgb=rgb))
 
 

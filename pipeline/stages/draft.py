@@ -155,7 +155,7 @@ class DraftStage(Stage):
         with torch.no_grad(), shot_controls(pipe, job, track, device=plan.device):
             peaks.mark("ready")
             video_latents, audio_latents = denoise(
-                ctx, self.name, pipe, prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
+                ctx, self.name, pipe, previewer, prompt_embeds=prompt.embeds, prompt_attention_mask=prompt.mask,
                 width=w, height=h, num_frames=job.frames, frame_rate=float(job.fps),
                 num_inference_steps=_steps(job), generator=generator, output_type="latent",
                 return_dict=False, callback_on_step_end=on_step, **ltx2.guidance_kwargs(preset), **extra)
@@ -199,14 +199,16 @@ def text_pass(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
         loaded.set()  # embeddings from the cache (no encoder load), or a failed pass
 
 
-def denoise(ctx: StageContext, stage: str, pipe: Any, **call: Any) -> Any:
+def denoise(ctx: StageContext, stage: str, pipe: Any, previewer: LatentPreviewer, **call: Any) -> Any:
     """``pipe(**call)`` with the transformer's steps replayed as a CUDA graph where the plan allows
     (pipeline/memory/cuda_graphs.py; the graph's memory is released on return, before a decode),
-    and the stage's line on how they ran: a recording refused is a warning (the steps ran, slower)."""
+    then the last latent preview and the stage's line on how the steps ran: a recording refused
+    is a warning (the steps ran, slower)."""
     from pipeline.memory.cuda_graphs import graphed_steps
 
     with graphed_steps(pipe.transformer, ctx.plan) as report:
         out = pipe(**call)
+    ctx.latent_preview(previewer, stage, None)
     if report is not None:
         ctx.emit(Log(job_id=ctx.job_id, level="warning" if report.failure else "debug",
                      message=f"{stage}: {report.describe()}"))

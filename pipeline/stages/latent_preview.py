@@ -32,38 +32,82 @@ def latent_grid(pipe: Any, frames: int, width: int, height: int) -> tuple[int, i
 @dataclass
 class LatentPreviewer:
     """Turns the packed latents of a diffusers LTX-2 pipeline (``[B, F·H·W, C]``, patch size 1,
-    as ``callback_on_step_end`` hands them) into small RGB pictures of the middle frame."""
+    as ``callback_on_step_end`` hands them) into small RGB pictures of the middle frame.
+
+    Latents on a GPU are drawn one step late: :meth:`submit` queues a copy of the middle frame
+    behind the step's kernels and draws the previous step's, so the host never waits for the GPU
+    and the drawing overlaps the next step. Waiting for each step's latents held every launch
+    until the GPU was idle, and the drawing (an SVD, quantiles) took ~0.1 s a step while the
+    encode behind it held the CPUs (bench/results/README.md, run 17). :meth:`flush` draws the last."""
 
     frames: int   # latent frames
     height: int   # latent rows
     width: int    # latent columns
     basis: Any = None  # [C, 3] principal directions of the last picture
     broken: bool = field(default=False)
+    pending: Any = None  # (step, host copy, CUDA event) of a GPU step not drawn yet
 
-    def picture(self, latents: Any) -> tuple[int, int, bytes] | None:
-        """``(width, height, rgb)`` of the middle latent frame, or None when the shape is not
-        the expected one (a pipeline packing patches, say) or anything fails."""
+    def submit(self, step: int, latents: Any) -> list[tuple[int, tuple[int, int, bytes]]]:
+        """``(step, (width, height, rgb))`` of the pictures ready after ``step``: this step's for
+        latents on the CPU, the previous step's on a GPU. Empty when the shape is not the expected
+        one (a pipeline packing patches, say) or anything fails: a preview must never fail a stage."""
         if self.broken:
-            return None
+            return []
         try:
-            return self._picture(latents)
+            ready = self._finish()
+            middle = self._middle(latents)
+            if middle is None:
+                return ready
+            if middle.is_cuda:
+                self.pending = (step, *self._copy(middle))
+            else:
+                ready.append((step, self._picture(middle)))
+            return ready
         except Exception:  # noqa: BLE001 - a preview must never fail a stage
-            self.broken = True
-            return None
+            self.broken, self.pending = True, None
+            return []
 
-    def _picture(self, latents: Any) -> tuple[int, int, bytes] | None:
-        import torch  # the stage has it loaded already
+    def flush(self) -> list[tuple[int, tuple[int, int, bytes]]]:
+        """The picture still on its way (the last GPU step's), if any."""
+        try:
+            return self._finish()
+        except Exception:  # noqa: BLE001 - a preview must never fail a stage
+            self.broken, self.pending = True, None
+            return []
 
+    def _middle(self, latents: Any) -> Any:
         per_frame = self.height * self.width
         if latents.ndim != 3 or latents.shape[1] != self.frames * per_frame:
             self.broken = True
             return None
         middle = self.frames // 2
+        return latents[0, middle * per_frame:(middle + 1) * per_frame].detach()
+
+    @staticmethod
+    def _copy(middle: Any) -> tuple[Any, Any]:
+        import torch
+
+        host = torch.empty(middle.shape, dtype=middle.dtype, pin_memory=True)
+        host.copy_(middle, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+
+    def _finish(self) -> list[tuple[int, tuple[int, int, bytes]]]:
+        if self.pending is None:
+            return []
+        step, host, done = self.pending
+        self.pending = None
+        done.synchronize()  # queued a step ago: finished, or about to be
+        return [(step, self._picture(host))]
+
+    def _picture(self, middle: Any) -> tuple[int, int, bytes]:
+        import torch  # the stage has it loaded already
+
         with torch.no_grad():
             # One small copy to the host, then host maths: on a GPU the SVD and quantiles of a
             # few hundred rows were a dozen tiny kernels and several synchronisations per step.
-            x = latents[0, middle * per_frame:(middle + 1) * per_frame].float().cpu()
-            x = x.reshape(self.height, self.width, -1)
+            x = middle.float().cpu().reshape(self.height, self.width, -1)
             x = _shrink(x.permute(2, 0, 1), MAX_SIDE).permute(1, 2, 0)
             h, w, c = x.shape
             flat = x.reshape(-1, c)

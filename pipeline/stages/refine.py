@@ -128,7 +128,7 @@ class RefineStage(Stage):
         with torch.no_grad(), shot_controls(pipe, job, None, fixed, device=plan.device):
             peaks.mark("ready")
             latents, _audio = denoise(
-                ctx, self.name, pipe, prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
+                ctx, self.name, pipe, previewer, prompt_embeds=embeds, prompt_attention_mask=mask, latents=video,
                 audio_latents=draft["audio"].to(device), width=lw * scale, height=lh * scale,
                 num_frames=job.frames, frame_rate=float(job.fps), num_inference_steps=n, sigmas=sigmas,
                 noise_scale=sigmas[0], generator=generator, output_type="latent", return_dict=False,
