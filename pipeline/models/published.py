@@ -16,7 +16,8 @@ from pipeline.models import ltx_keys
 if TYPE_CHECKING:
     import torch
 
-# Deferred imports: diffusers, safetensors, accelerate, transformers — only a strict load of a published file needs them
+# Deferred imports: diffusers, safetensors, accelerate, transformers, gguf, torch — only a strict load of a
+#   published file needs them
 
 _SHOW = 3
 
@@ -50,9 +51,7 @@ def read_transformer_file(path: Path) -> dict[str, Any]:
     GGUF tensors stay quantized (``GGUFParameter``); the bundled text connectors are dropped.
     """
     if path.suffix == ".gguf":
-        from diffusers.models.model_loading_utils import load_gguf_checkpoint
-
-        raw = load_gguf_checkpoint(str(path))
+        raw = read_gguf(path)
     else:
         from safetensors.torch import load_file
 
@@ -62,6 +61,28 @@ def read_transformer_file(path: Path) -> dict[str, Any]:
     if keyframes is not None and keyframes.ndim == 1:
         # LTX-2.5: some community GGUFs store the (1, dim) parameter flattened; the values are the same.
         out[KEYFRAMES_EMBEDDING] = keyframes.reshape(1, -1)
+    return out
+
+
+def read_gguf(path: Path) -> dict[str, Any]:
+    """A GGUF's tensors as diffusers' ``load_gguf_checkpoint`` returns them (F32/F16 as plain tensors,
+    the rest as ``GGUFParameter``), backed by a copy-on-write map of the file instead of copied out of
+    it. diffusers copies every tensor into anonymous memory; for LTX-2.3's 11 GB transformer that
+    was a second host copy and seconds of memcpy on a cold start, before the block streamer packs
+    the blocks into pinned memory anyway. Mapped, a page is read when first used and stays
+    reclaimable page cache; a write (none is made) would stay private to the process."""
+    import gguf
+    import torch
+    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
+
+    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    out: dict[str, Any] = {}
+    for tensor in gguf.GGUFReader(path, mode="c").tensors:
+        kind = tensor.tensor_type
+        if kind not in plain and kind not in SUPPORTED_GGUF_QUANT_TYPES:
+            raise WeightsMismatch(path, [], [f"{tensor.name} ({kind.name}: a GGUF type diffusers cannot dequantize)"])
+        weights = torch.from_numpy(tensor.data)
+        out[tensor.name] = weights if kind in plain else GGUFParameter(weights, quant_type=kind)
     return out
 
 
