@@ -30,6 +30,11 @@ from torch.utils import _pytree as pytree
 
 #: Set to "0" to run every step eagerly (the benches' A/B, or a suspected graph bug).
 ENV = "SULPHUR_CUDA_GRAPHS"
+#: Arguments other than tensors a recording may depend on: compared by value, none can change inside.
+PLAIN = (bool, int, float, str, bytes, torch.dtype, torch.device)
+#: Call patterns recorded per stage (a step with guidance on calls the transformer in more than one
+#: way); more run eagerly. They share one memory pool, so the stage holds one step's activations.
+MAX_RECORDINGS = 2
 
 
 def enabled_for(plan: Any) -> bool:
@@ -43,7 +48,7 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any], device_type: str = 
     """What a recorded call depends on besides tensor values: the arguments' structure, each
     tensor's shape, strides, dtype and device, and every other argument's value. None when a
     call cannot be replayed: a tensor off ``device_type`` (its copy would be a host step) or that
-    needs a gradient, or an argument that cannot be compared."""
+    needs a gradient, or an argument that is not a plain value (:data:`PLAIN`)."""
     leaves, spec = pytree.tree_flatten((args, kwargs))
     key: list[Any] = [spec]
     for leaf in leaves:
@@ -51,8 +56,10 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any], device_type: str = 
             if leaf.device.type != device_type or leaf.requires_grad:
                 return None
             key.append(("tensor", tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device))
-        else:
+        elif leaf is None or isinstance(leaf, PLAIN):
             key.append(("value", type(leaf), leaf))
+        else:  # an object compared by identity could change inside and replay stale
+            return None
     try:
         out = tuple(key)
         hash(out)
@@ -76,13 +83,17 @@ class GraphReport:
     eager: int = 0
     recorded: int = 0
     replayed: int = 0
-    failure: str = ""
+    failure: str = ""  # why a recording was refused (the steps of that pattern ran eagerly)
+    declined: str = ""  # why the plan's graphs were not used at all
     signatures: set[Any] = field(default_factory=set)
 
     def describe(self) -> str:
+        if self.declined:
+            return f"CUDA graph not used ({self.declined})"
+        counts = f"{self.eager} eager, {self.recorded} recorded, {self.replayed} replayed steps"
         if self.failure:
-            return f"CUDA graph off ({self.failure}): {self.eager} eager steps"
-        return f"CUDA graph: {self.eager} eager, {self.recorded} recorded, {self.replayed} replayed steps"
+            return f"CUDA graph: a recording refused ({self.failure}): {counts}"
+        return f"CUDA graph: {counts}"
 
 
 class GraphedSteps:
@@ -99,6 +110,7 @@ class GraphedSteps:
         self.report = GraphReport()
         self._recordings: dict[Any, _Recording] = {}
         self._refused: set[Any] = set()
+        self._pool: Any = None  # one memory pool for the stage's recordings (replays never overlap)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         sig = None if torch.is_grad_enabled() else signature(args, kwargs)
@@ -110,6 +122,9 @@ class GraphedSteps:
             self.report.eager += 1
             return self.eager(*args, **kwargs)
         rec = self._recordings.get(sig)
+        if rec is None and len(self._recordings) >= MAX_RECORDINGS:
+            self.report.eager += 1
+            return self.eager(*args, **kwargs)
         if rec is None:
             rec = self._record(sig, args, kwargs)
             if rec is None:
@@ -125,14 +140,19 @@ class GraphedSteps:
         statics = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
         s_args, s_kwargs = pytree.tree_unflatten(statics, in_spec)
         graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         try:
-            # thread_local: the render's other threads (the encode behind it, the flicker
-            # analysis) may call CUDA while this one records
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            # The outer stream context puts this thread back on its stream whatever happens:
+            # torch.cuda.graph leaves it on the recording stream when ending a refused recording raises.
+            # thread_local: the render's other threads (the encode behind it) may call CUDA meanwhile.
+            with torch.cuda.stream(torch.cuda.current_stream()), \
+                    torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = self.eager(*s_args, **s_kwargs)
         except Exception as exc:  # noqa: BLE001 — any refusal: this signature runs eagerly
+            cause = exc.__context__ or exc  # ending the recording raises again; the first error says why
             self._refused.add(sig)
-            self.report.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            self.report.failure = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:160]}"
             del graph
             torch.cuda.synchronize()
             return None
@@ -176,9 +196,16 @@ def _hooked(module: torch.nn.Module) -> bool:
 def graphed_steps(module: torch.nn.Module, plan: Any) -> Iterator[GraphReport | None]:
     """Within the block, ``module``'s forward replays CUDA graphs when ``plan`` allows it (see
     :func:`enabled_for`) and the module carries no offload hooks; yields the stage's
-    :class:`GraphReport`, or None when the steps run eagerly as they are."""
-    if not enabled_for(plan) or not torch.cuda.is_available() or "forward" in vars(module) or _hooked(module):
+    :class:`GraphReport` (``declined`` says why a plan's graphs were not used), or None when the
+    plan runs its steps eagerly."""
+    if not enabled_for(plan):
         yield None
+        return
+    declined = ("no CUDA device" if not torch.cuda.is_available() else
+                "the module's forward is replaced" if "forward" in vars(module) else
+                "offload hooks on the module" if _hooked(module) else "")
+    if declined:
+        yield GraphReport(declined=declined)
         return
     steps = GraphedSteps(module)
     module.forward = steps  # nn.Module.__call__ reads self.forward

@@ -608,7 +608,9 @@ def _transformer_plans(stage: str, job: _Job, comps: dict[str, Component], devic
                 elif mode == "resident":  # everything stays on the GPU, decode beside the weights
                     vram = max(est.vram + side_bytes, t.nbytes + side_bytes + dec)
                     held_vram = t.nbytes + side_bytes
-                    if device != "cpu":  # steps replayed as a CUDA graph (pipeline/memory/cuda_graphs.py)
+                    # steps replayed as a CUDA graph (pipeline/memory/cuda_graphs.py); fp8 storage
+                    # upcasts each layer in a hook, which no graph records
+                    if device != "cpu" and wfmt != "fp8":
                         extra = {"cuda_graph": True}
                 else:  # other components swap in one at a time while the transformer is offloaded
                     vram = max(est.vram, max([vae.nbytes + dec] + [c.nbytes for c in side]) + t.nonblock_bytes)

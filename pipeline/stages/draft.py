@@ -203,7 +203,8 @@ def denoise(ctx: StageContext, stage: str, pipe: Any, previewer: LatentPreviewer
     """``pipe(**call)`` with the transformer's steps replayed as a CUDA graph where the plan allows
     (pipeline/memory/cuda_graphs.py; the graph's memory is released on return, before a decode),
     then the last latent preview and the stage's line on how the steps ran: a recording refused
-    is a warning (the steps ran, slower)."""
+    is a warning (the steps ran, slower); graphs the plan allowed but the module cannot take
+    (offload hooks) a debug line."""
     from pipeline.memory.cuda_graphs import graphed_steps
 
     with graphed_steps(pipe.transformer, ctx.plan) as report:

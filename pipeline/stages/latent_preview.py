@@ -35,8 +35,8 @@ class LatentPreviewer:
     as ``callback_on_step_end`` hands them) into small RGB pictures of the middle frame.
 
     Latents on a GPU are drawn one step late: :meth:`submit` queues a copy of the middle frame
-    behind the step's kernels and draws the previous step's, so the host never waits for the GPU
-    and the drawing overlaps the next step. Waiting for each step's latents held every launch
+    behind the step's kernels and draws the previous step's, which finished a step ago (or is about
+    to), so the host waits for the GPU no longer than that and the drawing overlaps this step. Waiting for each step's latents held every launch
     until the GPU was idle, and the drawing (an SVD, quantiles) took ~0.1 s a step while the
     encode behind it held the CPUs (bench/results/README.md, run 17). :meth:`flush` draws the last."""
 
@@ -90,7 +90,7 @@ class LatentPreviewer:
         host = torch.empty(middle.shape, dtype=middle.dtype, pin_memory=True)
         host.copy_(middle, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(middle.device))  # the stream the copy was queued on
         return host, done
 
     def _finish(self) -> list[tuple[int, tuple[int, int, bytes]]]:

@@ -51,8 +51,11 @@ def test_any_other_difference_needs_its_own_recording(other: tuple) -> None:
 def test_calls_that_cannot_be_replayed_have_no_signature() -> None:
     assert signature(*_call(torch.randn(2, 3))) is None  # a tensor off the GPU: its copy is a host step
     assert signature(*_call(torch.randn(2, 3, requires_grad=True)), device_type="cpu") is None
-    assert signature(*_call(torch.randn(2, 3), scale=torch.nn.Identity()), device_type="cpu") is not None
-    assert signature(*_call(torch.randn(2, 3), weights=bytearray(b"x")), device_type="cpu") is None  # unhashable
+    # an object is compared by identity: its insides could change and a replay would be stale
+    assert signature(*_call(torch.randn(2, 3), scale=torch.nn.Identity()), device_type="cpu") is None
+    assert signature(*_call(torch.randn(2, 3), weights=bytearray(b"x")), device_type="cpu") is None
+    assert signature(*_call(torch.randn(2, 3), dtype=torch.bfloat16, device=torch.device("cpu")),
+                     device_type="cpu") is not None
 
 
 def test_only_resident_gpu_transformer_plans_replay_their_steps() -> None:
@@ -91,13 +94,33 @@ def test_modules_with_offload_hooks_are_not_recorded() -> None:
     assert cuda_graphs._hooked(model)
 
 
-def test_without_a_gpu_the_steps_run_as_they_are() -> None:
-    model = _tiny()
+def test_a_module_that_cannot_take_graphs_says_why_and_runs_as_it_is() -> None:
+    from diffusers.hooks import apply_group_offloading
+
     plan = StagePlan(name="resident", device="cuda", options={"cuda_graph": True})
-    with graphed_steps(model, plan) as report:
-        if not torch.cuda.is_available():
-            assert report is None and "forward" not in vars(model)
-    assert "forward" not in vars(model)
+    with graphed_steps(_tiny(), StagePlan(name="resident", device="cuda")) as report:
+        assert report is None  # the plan asks for none: nothing to say
+    hooked = _tiny()
+    apply_group_offloading(hooked, onload_device=torch.device("cpu"), offload_type="block_level",
+                           num_blocks_per_group=1)
+    patched = _tiny()
+    patched.forward = patched.forward  # an instance attribute, as a hook's leftover leaves it
+    for model, why in ((hooked, "offload hooks on the module"), (patched, "the module's forward is replaced")):
+        before = vars(model).get("forward")
+        with graphed_steps(model, plan) as report:
+            assert report.declined == (why if torch.cuda.is_available() else "no CUDA device")
+            assert report.describe().startswith("CUDA graph not used")
+        assert vars(model).get("forward") is before
+
+
+def test_resident_fp8_plans_promise_no_graphs() -> None:
+    bf16 = Preset(name="bf16-test", family="ltx2", description="",
+                  extra={"memory": {"transformer": {"fmt": "bfloat16", "params": 19e9}}})
+    plans = plan_ladder("draft", bf16, Project(), "cuda", budgets=Budgets(vram=10_000 * GiB, host=10_000 * GiB),
+                        frames=121)
+    resident = [p for p in plans if p.offload == "resident"]
+    assert {p.options["weights"] for p in resident} == {"bfloat16", "fp8"}
+    assert all(bool(p.options.get("cuda_graph")) == (p.options["weights"] != "fp8") for p in resident)
 
 
 # --------------------------------------------------------------------------- on a GPU
@@ -139,3 +162,20 @@ def test_a_forward_that_cannot_be_recorded_runs_eagerly() -> None:
             x = torch.full((4,), v, device="cuda")
             assert torch.equal(steps(x), x * float(x.sum().item()))
     assert steps.report.failure and steps.report.recorded == 0 and steps.report.eager == 3
+    assert "previous error" not in steps.report.failure  # the first error, not the one ending the recording
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # back on its own stream
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_call_patterns_past_the_limit_run_eagerly_and_share_one_pool() -> None:
+    model = torch.nn.Linear(8, 8).to("cuda")
+    steps = GraphedSteps(model)
+    with torch.no_grad():
+        for rows in (1, 2, 3):  # three call patterns, each called three times
+            for seed in range(3):
+                x = torch.randn(rows, 8, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+                torch.testing.assert_close(steps(x), model(x))
+    r = steps.report
+    assert (r.recorded, r.replayed, r.eager) == (cuda_graphs.MAX_RECORDINGS, 2, 3 + 2)
+    steps.release()
