@@ -63,11 +63,14 @@ def weight_files(paths: Iterable[Path]) -> list[tuple[Path, int]]:
     for path in paths:
         try:
             found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-            for f in found:
-                if f.suffix.lower() in WEIGHT_SUFFIXES and f not in out:
-                    out[f] = f.stat().st_size
         except OSError:
             continue
+        for f in found:
+            try:
+                if f.suffix.lower() in WEIGHT_SUFFIXES and f not in out:
+                    out[f] = f.stat().st_size
+            except OSError:  # this file only: the rest of its folder is still read
+                continue
     return list(out.items())
 
 
@@ -81,40 +84,41 @@ def spare_memory(host_bytes: int) -> int:
 
 
 def prefetch(paths: Iterable[Path], *, limit_bytes: int | None,
-             after: threading.Event | None = None) -> Prefetch:
+             stop: threading.Event | None = None) -> Prefetch:
     """Start a daemon thread that hints every weights file under ``paths`` into the page cache, in order.
 
     Nothing starts when the files' total exceeds ``limit_bytes`` (None: no limit) or the platform has
-    no ``posix_fadvise``. ``after``: the thread waits for this event first (the caller must set it,
-    also on failure), so the reads can wait for a disk-bound phase to end.
+    no ``posix_fadvise``. ``stop``: once set, no further read is asked for (a cancelled or failed
+    render reads no more).
     """
     files = weight_files(paths)
     nbytes = sum(size for _, size in files)
     over = limit_bytes is not None and nbytes > limit_bytes
     thread = None
     if files and not over and hasattr(os, "posix_fadvise"):
-        thread = threading.Thread(target=_hint_all, args=([f for f, _ in files], after),
+        thread = threading.Thread(target=hint_all, args=([f for f, _ in files], stop or threading.Event()),
                                   name="sulphur-prefetch", daemon=True)
         thread.start()
     return Prefetch(files=tuple(f for f, _ in files), nbytes=nbytes, limit_bytes=limit_bytes, thread=thread)
 
 
-def _hint_all(files: list[Path], after: threading.Event | None) -> None:
-    if after is not None:
-        after.wait()
+def hint_all(files: list[Path], stop: threading.Event) -> None:
+    """Hint ``files`` in order until ``stop`` is set; a file that cannot be hinted is skipped."""
     for path in files:
         try:
-            _hint(path)
+            _hint(path, stop)
         except Exception:  # a hint only: the loader reads the file anyway, and says what is wrong with it
             continue
 
 
-def _hint(path: Path) -> None:
+def _hint(path: Path, stop: threading.Event) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
         window = _window(st.st_dev)
         for offset in range(0, st.st_size, window):
+            if stop.is_set():
+                return
             os.posix_fadvise(fd, offset, window, os.POSIX_FADV_WILLNEED)
     finally:
         os.close(fd)

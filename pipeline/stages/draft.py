@@ -186,17 +186,28 @@ class DraftStage(Stage):
 def text_pass(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
     """The prompt's embeddings, while the kernel reads the draft's weights not yet held into the page
     cache (issue 20 goal 3: a cold start otherwise reads them only after the text pass). The reads
-    begin once the encoder is loaded, so they take the disk while it computes, and only when the
-    files fit in the memory the plan leaves spare (else they would evict each other before the load)."""
-    loaded = threading.Event()
-    ahead = prefetch(ltx2.draft_files(ctx.models, job.preset), after=loaded,
-                     limit_bytes=spare_memory(ctx.plan.host_bytes))
-    if ahead.files:
-        ctx.emit(Log(job_id=ctx.job_id, level="debug", message=ahead.describe()))
+    start once the encoder is loaded, so they take the disk while it computes (not for an encoder
+    that reads its layers from disk as it computes), and only when the files fit in the memory
+    spare then (else they would evict each other before the load). A failed or cancelled pass
+    stops them; no error of theirs reaches the render."""
+    stop = threading.Event()
+
+    def start() -> None:
+        if ctx.plan.options.get("text_encoder") == "disk":
+            return
+        try:
+            ahead = prefetch(ltx2.draft_files(ctx.models, job.preset), stop=stop,
+                             limit_bytes=spare_memory(ctx.plan.host_bytes))
+            if ahead.files:
+                ctx.emit(Log(job_id=ctx.job_id, level="debug", message=ahead.describe()))
+        except Exception:  # noqa: BLE001 - a read ahead is a hint: the loads read the files anyway
+            pass
+
     try:
-        return prompt_embeds(ctx, job, on_encoder_loaded=loaded.set)
-    finally:
-        loaded.set()  # embeddings from the cache (no encoder load), or a failed pass
+        return prompt_embeds(ctx, job, on_encoder_loaded=start)
+    except BaseException:
+        stop.set()
+        raise
 
 
 def denoise(ctx: StageContext, stage: str, pipe: Any, previewer: LatentPreviewer, **call: Any) -> Any:

@@ -15,6 +15,7 @@ from pipeline.models import ltx2
 from pipeline.models.prefetch import Prefetch, weight_files
 from pipeline.models.registry import get_preset
 from pipeline.stages import draft as draft_module
+from pipeline.stages.base import StageContext
 from pipeline.stages.draft import DraftStage
 from pipeline.wire.protocol import Log
 from tests.functional.test_draft_refine import Runner, make_job
@@ -55,41 +56,63 @@ def test_the_encoder_reports_loaded_before_it_computes() -> None:
 
 def test_a_cold_draft_prefetches_its_weights_once_the_encoder_is_loaded(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[list[Path], bool, Prefetch, threading.Event]] = []
+    models = LoadedModels()
+    calls: list[tuple[list[Path], bool, Prefetch]] = []
     real_prefetch = draft_module.prefetch
 
     def prefetch_spy(paths: Any, **kwargs: Any) -> Prefetch:
         paths = list(paths)
         ahead = real_prefetch(paths, **kwargs)
-        calls.append((paths, kwargs["after"].is_set(), ahead, kwargs["after"]))
+        calls.append((paths, "tiny:text_encoder" in models, ahead))
         return ahead
 
-    gates: list[Any] = []
-    real_encode = ltx2.encode_prompts
-
-    def encode_spy(*args: Any, **kwargs: Any) -> Any:
-        gates.append(kwargs.get("on_loaded"))
-        return real_encode(*args, **kwargs)
-
     monkeypatch.setattr(draft_module, "prefetch", prefetch_spy)
-    monkeypatch.setattr(ltx2, "encode_prompts", encode_spy)
-    run = Runner(tmp_path, LoadedModels())
+    run = Runner(tmp_path, models)
     run(DraftStage(), make_job(tmp_path))
 
-    (paths, open_at_start, ahead, gate), = calls
+    (paths, encoder_loaded, ahead), = calls
     root = tiny_root()
     assert paths[0] == ltx2.require(get_preset("tiny"), "transformer_gguf")
     assert root / "diffusers" / "vae" in paths and root / "diffusers" / "connectors" in paths
-    assert not open_at_start and gates == [gate.set], "the reads wait for the encoder's load"
-    assert gate.is_set() and ahead.thread is not None
+    assert encoder_loaded, "the reads start once the encoder is loaded, while it computes"
+    assert ahead.thread is not None
     ahead.thread.join(30)
     assert not ahead.thread.is_alive()
     logs = [e.message for e in run.events if isinstance(e, Log) and e.message.startswith("prefetch:")]
     assert logs == [f"prefetch: {len(ahead.files)} files, {ahead.nbytes / 1e9:.1f} GB"]
 
-    # The next segment holds every component: nothing to read, nothing logged; embeddings from the
-    # cache (no encoder load) still open the gate.
+    # The next segment holds every component and finds its embeddings cached: nothing is read ahead.
     run.events.clear()
     run(DraftStage(), make_job(tmp_path))
-    assert calls[1][0] == [] and calls[1][2].thread is None and calls[1][3].is_set()
+    assert len(calls) == 1
     assert not [e for e in run.events if isinstance(e, Log) and e.message.startswith("prefetch:")]
+
+
+def test_a_failed_text_pass_stops_the_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stops: list[threading.Event] = []
+    real_prefetch = draft_module.prefetch
+
+    def prefetch_spy(paths: Any, **kwargs: Any) -> Prefetch:
+        stops.append(kwargs["stop"])
+        return real_prefetch(paths, **kwargs)
+
+    real_encode = ltx2.encode_prompts
+
+    def encode_then_fail(*args: Any, **kwargs: Any) -> Any:
+        real_encode(*args, **kwargs)
+        raise RuntimeError("the pass failed after the encoder loaded")
+
+    monkeypatch.setattr(draft_module, "prefetch", prefetch_spy)
+    monkeypatch.setattr(ltx2, "encode_prompts", encode_then_fail)
+    with pytest.raises(RuntimeError, match="pass failed"):
+        Runner(tmp_path, LoadedModels())(DraftStage(), make_job(tmp_path))
+    assert len(stops) == 1 and stops[0].is_set()
+
+
+def test_an_encoder_reading_from_disk_keeps_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr(draft_module, "prefetch", lambda *a, **k: calls.append(a))
+    ctx = StageContext(emit=lambda e: None, cancel=threading.Event(), models=LoadedModels(),
+                       plan=StagePlan(name="cpu", options={"text_encoder": "disk"}))
+    draft_module.text_pass(ctx, make_job(tmp_path))
+    assert calls == []

@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -117,32 +116,24 @@ def test_over_the_limit_nothing_is_started(tmp_path: Path) -> None:
     assert wait_resident(path) >= 0.99
 
 
-def test_the_reads_wait_for_their_event(tmp_path: Path) -> None:
+def test_a_stopped_prefetch_asks_for_no_more_reads(tmp_path: Path) -> None:
     path = cold_file(tmp_path / "vae.safetensors")
-    gate = threading.Event()
-    ahead = pf.prefetch([path], limit_bytes=None, after=gate)
+    stop = threading.Event()
+    stop.set()  # a cancelled render
+    ahead = pf.prefetch([path], limit_bytes=None, stop=stop)
     assert ahead.thread is not None
-    time.sleep(0.3)
-    assert ahead.thread.is_alive() and resident(path) < 0.1, "nothing is read before the event"
-    gate.set()
     ahead.thread.join(10)
-    assert wait_resident(path) >= 0.99
+    time.sleep(0.3)
+    assert resident(path) < 0.1, "nothing is read once stopped"
 
 
 def test_missing_and_vanished_files_are_ignored_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    raised: list[Any] = []
-    monkeypatch.setattr(threading, "excepthook", raised.append)
     gone = cold_file(tmp_path / "gone.gguf", 1 << 20)
     kept = cold_file(tmp_path / "kept.safetensors", 4 << 20)
-    gate = threading.Event()
-    ahead = pf.prefetch([tmp_path / "missing.gguf", tmp_path / "no-folder", gone, kept], limit_bytes=None,
-                        after=gate)
-    assert ahead.files == (gone, kept)
+    listed = pf.weight_files([tmp_path / "missing.gguf", tmp_path / "no-folder", gone, kept])
+    assert [f for f, _ in listed] == [gone, kept]
     gone.unlink()  # after the listing, before the reads
-    gate.set()
-    assert ahead.thread is not None
-    ahead.thread.join(10)
-    assert not raised, "a hint that fails is dropped, never raised in the thread"
+    pf.hint_all([f for f, _ in listed], threading.Event())  # raises nothing
     assert wait_resident(kept) >= 0.99, "the files after a failed one are still read"
 
 
