@@ -27,7 +27,8 @@ LATENTS = DATA / "render-tiny-latents.jsonl"
 @pytest.mark.slow
 def test_tiny_render_sends_a_picture_every_sampling_step(story: Path) -> None:
     """A real render (tiny preset, CPU): each draft and refine step is followed by its picture
-    before the next step starts — the pictures come during sampling, not after the stage."""
+    before the next step starts — the pictures come during sampling, not after the stage. (On a
+    GPU a step's picture comes one step later, tests/unit/test_latent_previewer.py.)"""
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "render", str(story), "--segment", "dawn", "--json"],
                          capture_output=True, text=True, timeout=900, cwd=story.parent, env=checkout_env())
     assert out.returncode == 0, out.stderr[-2000:]
