@@ -18,8 +18,9 @@
 #                              # stages (x264, flicker analysis, pure Python), lanes kept off one core or not
 #   bench/gpu_suite.sh launch  # ~2 min: is a resident step GPU- or host-bound? (profile, syncs, a CUDA graph)
 #   bench/gpu_suite.sh threads # ~5 min: the chain uncapped with x264 at its default threads, then at 6
-#   bench/gpu_suite.sh next    # < 10 min, one call: `launch` on the draft shape, then `threads` (what
-#                              # bench/results/README.md, runs 11-14, leaves to measure first)
+#   bench/gpu_suite.sh next    # < 10 min, one call: the GPU tests of the graphs, `published` (goal 3),
+#                              # the chain capped and uncapped (what runs 17-18 left to measure)
+#   bench/gpu_suite.sh then    # < 10 min: Ray on one GPU vs the local engine (goal 5), ESRGAN max-autotune (goal 6)
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
@@ -97,13 +98,23 @@ threads)  # the default first: it warms the machine's caches, which cost run 14 
             --out "$OUT/chain_threads$t.json" >/dev/null 2>"$OUT/chain_threads$t.log" || echo "threads $t failed: $?"
     done
     ;;
-next)
-    timeout 150 python bench/step_launch.py --shapes draft --out "$OUT/step_launch.json" >/dev/null \
-        2>"$OUT/launch.log" || echo "launch failed: $?"
-    for t in 0 6; do
-        timeout 210 python bench/chain.py --segments 3 --frames 121 --uncapped-only --encode-threads "$t" \
-            --out "$OUT/chain_threads$t.json" >/dev/null 2>"$OUT/chain_threads$t.log" || echo "threads $t failed: $?"
-    done
+next)  # what session 12 left unmeasured (bench/results/README.md, runs 17-18): the GPU tests of the
+    # graphs' refusals and shared pool, goal 3 with the mapped GGUF and the LoRA read per part, the
+    # capped + uncapped chain with the one-step-late preview (goals 1, 2a, 2b, 4)
+    timeout 60 python -m pytest -q -p no:cacheprovider -m gpu -rs tests/unit/test_cuda_graphs.py \
+        tests/unit/test_latent_previewer.py >"$OUT/cuda_tests.log" 2>&1 || echo "tests failed: $?"
+    timeout 280 python bench/published_stack.py --text-layers 12 --budget-s 275 --root /tmp/published-stack \
+        --out "$OUT/published_stack.json" >/dev/null 2>"$OUT/published.log" || echo "published failed: $?"
+    rm -rf /tmp/published-stack
+    timeout 240 python bench/chain.py --segments 3 --frames 121 --out "$OUT/chain.json" >/dev/null \
+        2>"$OUT/chain.log" || echo "chain failed: $?"
+    ;;
+then)  # the call after: Ray on one GPU against the local engine (goal 5), ESRGAN's untried candidate (goal 6)
+    timeout 280 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 3 --frames 121 \
+        --vram-budget-gb 8 --no-enhance --run local=local@0 --run ray_1gpu=ray@0 --out "$OUT/ray_1gpu.json" \
+        2>"$OUT/ray.log" >/dev/null || echo "ray failed: $?"
+    timeout 300 python bench/esrgan.py --candidates blocks_wide,wide_max_autotune --budget-s 290 \
+        >"$OUT/esrgan.json" 2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     ;;
 reference)
     timeout 300 python bench/reference_step.py --out "$OUT/reference_step.json" >/dev/null 2>"$OUT/reference.log" \
