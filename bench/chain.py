@@ -48,6 +48,9 @@ from gpu_clocks import GpuClockSampler  # noqa: E402
 from machine_info import machine  # noqa: E402
 from segment_budget import GiB, ProcessSampler, phases, resident_steps  # noqa: E402
 
+#: pipeline/memory/cuda_graphs.py's switch ("0": every step eager), named here so the bench imports no torch
+GRAPHS_ENV = "SULPHUR_CUDA_GRAPHS"
+
 from pipeline.wire import protocol  # noqa: E402
 
 PROMPTS = ("A lighthouse on a rocky cliff at dawn, waves breaking below, gulls calling",
@@ -329,6 +332,9 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--worker", action="store_true",
                     help="also render the capped storyboard through the background worker (the TUI's path): "
                          "its NVML peak and fallbacks (issue 20, goals 1 and 4)")
+    ap.add_argument("--eager-arm", action="store_true",
+                    help="also render the uncapped storyboard with every step eager (SULPHUR_CUDA_GRAPHS=0): "
+                         "what the CUDA graphs are worth on this machine, recording included")
     ap.add_argument("--keep", action="store_true", help="keep the storyboards and renders (a temporary folder)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="folder for a py-spy chrome trace of each render (bench/profile_window.py reads them)")
@@ -366,6 +372,8 @@ def main() -> int:
         chosen = list(settings[:1] if args.capped_only else settings[1:] if args.uncapped_only else settings)
         if args.worker:
             chosen.append(("worker_capped", args.vram_budget_gb, args.ram_budget_gb))
+        if args.eager_arm:
+            chosen.append(("uncapped_eager", None, None))
         for name, vram, ram in chosen:
             folder = base / name
             folder.mkdir()
@@ -377,7 +385,13 @@ def main() -> int:
             trace = args.profile / f"profile_{name}.json" if args.profile else None
             if trace:
                 trace.parent.mkdir(parents=True, exist_ok=True)
-            runs[name] = render(folder, args.timeout, trace, worker=name.startswith("worker"))
+            saved = os.environ.get(GRAPHS_ENV)
+            if name.endswith("_eager"):
+                os.environ[GRAPHS_ENV] = "0"  # the render inherits it
+            try:
+                runs[name] = render(folder, args.timeout, trace, worker=name.startswith("worker"))
+            finally:
+                os.environ.pop(GRAPHS_ENV, None) if saved is None else os.environ.update({GRAPHS_ENV: saved})
         doc = json.dumps(_report(args, preset, runs, base), indent=1)
         print(doc)
         out = args.out or (ROOT / "bench" / "results" /
@@ -407,6 +421,7 @@ def _report(args: argparse.Namespace, preset: Any, runs: dict[str, dict[str, Any
         "segments": {name: run.get("segments", {}) for name, run in runs.items()}, "runs": runs,
         "steady_capped_s": steady(runs.get("capped", {})), "steady_uncapped_s": steady(runs.get("uncapped", {})),
         "steady_worker_capped_s": steady(runs.get("worker_capped", {})),
+        "steady_uncapped_eager_s": steady(runs.get("uncapped_eager", {})),
         "steady_how": "mean wall seconds between consecutive SegmentDone events (segments 2..N): the local "
                       "engine encodes segment k behind segment k+1's draft, so stage seconds overlap",
         "steady_stage_sum_capped_s": steady_stage_sum(runs.get("capped", {})),
@@ -426,6 +441,8 @@ def _report(args: argparse.Namespace, preset: Any, runs: dict[str, dict[str, Any
             preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"], 2)
     report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
     report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
+    # > 1: the uncapped render is faster with its steps replayed as CUDA graphs (--eager-arm)
+    report["graphs_speedup"] = _ratio(report["steady_uncapped_eager_s"], report["steady_uncapped_s"])
     peaks = [p for p in (report["nvml_peak_gib"], report["nvml_peak_worker_gib"]) if p is not None]
     report["goals"] = {  # None: not measured in this run (--capped-only, --uncapped-only, a failed render)
         "nvml_under_budget": _at_most(max(peaks, default=None), args.vram_budget_gb),

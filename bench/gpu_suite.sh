@@ -21,6 +21,7 @@
 #   bench/gpu_suite.sh next    # < 10 min, one call: the GPU tests of the graphs, `published` (goal 3),
 #                              # the chain capped and uncapped (what runs 17-18 left to measure)
 #   bench/gpu_suite.sh then    # < 10 min: Ray on one GPU vs the local engine (goal 5), ESRGAN max-autotune (goal 6)
+#   bench/gpu_suite.sh graphs  # ~4 min: the chain uncapped, steps as CUDA graphs and all eager (graphs_speedup)
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
@@ -108,6 +109,10 @@ next)  # what session 12 left unmeasured (bench/results/README.md, runs 17-18): 
     rm -rf /tmp/published-stack
     timeout 240 python bench/chain.py --segments 3 --frames 121 --out "$OUT/chain.json" >/dev/null \
         2>"$OUT/chain.log" || echo "chain failed: $?"
+    ;;
+graphs)  # ~4 min: the chain uncapped with its steps replayed as CUDA graphs, then all eager (what they are worth)
+    timeout 330 python bench/chain.py --segments 3 --frames 121 --uncapped-only --eager-arm \
+        --out "$OUT/chain_graphs.json" >/dev/null 2>"$OUT/chain_graphs.log" || echo "graphs failed: $?"
     ;;
 then)  # the call after: Ray on one GPU against the local engine (goal 5), ESRGAN's untried candidate (goal 6)
     timeout 280 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 3 --frames 121 \

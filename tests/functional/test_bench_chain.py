@@ -68,8 +68,11 @@ def test_the_anchored_uncapped_mode_starts_every_shot_from_a_picture(tmp_path: P
     still, and goals that were not measured read as unknown, not as missed."""
     from pipeline.project.storyboard import load
 
-    report = _chain(tmp_path, "--uncapped-only", "--first-anchor", "image", "--keep", "--behind", "inline")
-    assert set(report["runs"]) == {"uncapped"} and report["first_anchor"] == "image"
+    report = _chain(tmp_path, "--uncapped-only", "--first-anchor", "image", "--keep", "--behind", "inline",
+                    "--eager-arm")
+    assert set(report["runs"]) == {"uncapped", "uncapped_eager"} and report["first_anchor"] == "image"
+    # the arm with every step eager is a render of its own, compared by steady segments
+    assert report["graphs_speedup"] == round(report["steady_uncapped_eager_s"] / report["steady_uncapped_s"], 3)
     (kept,) = tmp_path.glob("chain-bench-*/uncapped/story.toml")
     first = load(kept).segments[0].anchor
     assert first.kind == "image" and (kept.parent / first.path).is_file(), first
