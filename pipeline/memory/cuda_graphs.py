@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -85,7 +85,6 @@ class GraphReport:
     replayed: int = 0
     failure: str = ""  # why a recording was refused (the steps of that pattern ran eagerly)
     declined: str = ""  # why the plan's graphs were not used at all
-    signatures: set[Any] = field(default_factory=set)
 
     def describe(self) -> str:
         if self.declined:
@@ -105,35 +104,39 @@ class GraphedSteps:
     to eager for the rest of the stage."""
 
     def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
         self.eager = module.forward
         self.report = GraphReport()
+        self._seen: set[Any] = set()
         self._recordings: dict[Any, _Recording] = {}
         self._refused: set[Any] = set()
         self._pool: Any = None  # one memory pool for the stage's recordings (replays never overlap)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rec = self._recording(args, kwargs)
+        if rec is None:
+            self.report.eager += 1
+            return self.eager(*args, **kwargs)
+        return self._replay(rec, args, kwargs)
+
+    def _recording(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Recording | None:
+        """The recording this call replays (made now if it is its signature's second call), or None
+        for a call that runs eagerly."""
         sig = None if torch.is_grad_enabled() else signature(args, kwargs)
         if sig is None or sig in self._refused:
-            self.report.eager += 1
-            return self.eager(*args, **kwargs)
-        if sig not in self.report.signatures:
-            self.report.signatures.add(sig)
-            self.report.eager += 1
-            return self.eager(*args, **kwargs)
+            return None
+        if sig not in self._seen:
+            self._seen.add(sig)
+            return None
         rec = self._recordings.get(sig)
-        if rec is None and len(self._recordings) >= MAX_RECORDINGS:
-            self.report.eager += 1
-            return self.eager(*args, **kwargs)
-        if rec is None:
-            rec = self._record(sig, args, kwargs)
-            if rec is None:
-                self.report.eager += 1
-                return self.eager(*args, **kwargs)
-            self.report.recorded += 1
-        else:
+        if rec is not None:
             self.report.replayed += 1
-        return self._replay(rec, args, kwargs)
+            return rec
+        if len(self._recordings) >= MAX_RECORDINGS:
+            return None
+        rec = self._record(sig, args, kwargs)
+        if rec is not None:
+            self.report.recorded += 1
+        return rec
 
     def _record(self, sig: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Recording | None:
         leaves, in_spec = pytree.tree_flatten((args, kwargs))

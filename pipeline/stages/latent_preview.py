@@ -35,10 +35,11 @@ class LatentPreviewer:
     as ``callback_on_step_end`` hands them) into small RGB pictures of the middle frame.
 
     Latents on a GPU are drawn one step late: :meth:`submit` queues a copy of the middle frame
-    behind the step's kernels and draws the previous step's, which finished a step ago (or is about
-    to), so the host waits for the GPU no longer than that and the drawing overlaps this step. Waiting for each step's latents held every launch
-    until the GPU was idle, and the drawing (an SVD, quantiles) took ~0.1 s a step while the
-    encode behind it held the CPUs (bench/results/README.md, run 17). :meth:`flush` draws the last."""
+    behind the step's kernels and draws the previous step's, which finished a step ago (or is
+    about to), so the drawing overlaps this step. Waiting for each step's latents held every
+    launch until the GPU was idle, and the drawing (an SVD, quantiles) took ~0.1 s a step while
+    the encode behind it held the CPUs (bench/results/README.md, run 17). :meth:`flush` draws
+    the last."""
 
     frames: int   # latent frames
     height: int   # latent rows
