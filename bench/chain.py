@@ -163,8 +163,10 @@ def _start_worker(folder: Path, env: dict[str, str]) -> subprocess.Popen:
     raise RuntimeError("worker did not answer in 60 s")
 
 
-def render(folder: Path, timeout: float, profile: Path | None = None, worker: bool = False) -> dict[str, Any]:
+def render(folder: Path, timeout: float, profile: Path | None = None, worker: bool = False,
+           env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     """One ``sulphur render --json``: per segment and stage figures, peaks, bytes read.
+    ``env_extra``: variables set for the render (and its worker) only.
 
     With ``profile``, the render runs under ``py-spy record`` (wall clock, idle included) and
     its chrome trace lands there, its clock starting at the render's ``profile_t0`` (epoch s).
@@ -176,7 +178,8 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
     elif profile is not None:
         cmd = ["py-spy", "record", "--format", "chrometrace", "--rate", "25", "--idle", "--nonblocking",
                "--threads", "-o", str(profile), "--", *cmd]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, **(env_extra or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     server = _start_worker(folder, env) if worker else None
     with open(folder / "stderr.txt", "w") as err:
@@ -237,11 +240,8 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
     out["segment_done_ts"] = {e.segment: e.ts for e in events if isinstance(e, protocol.SegmentDone)}
     # (segment, stage, started, finished) in epoch seconds: windows into a profile's trace
     began: dict[tuple[str, str], float] = {}
-    steps_ts: dict[tuple[str, str], list[float]] = {}
     out["stage_ts"] = []
     for e in events:
-        if isinstance(e, protocol.StepProgress) and e.step > 0:
-            steps_ts.setdefault((e.segment, e.stage), []).append(e.ts)
         if isinstance(e, protocol.StageStarted):
             began[(e.segment, e.stage)] = e.ts
         elif isinstance(e, protocol.StageFinished) and (e.segment, e.stage) in began:
@@ -249,11 +249,9 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
             stage = segments.get(e.segment, {}).get("stages", {}).get(e.stage)
             if stage is not None:  # who had the CPUs meanwhile (bench/cpu_sampler.py)
                 stage["cpu_s"] = cpus.window(began[(e.segment, e.stage)], e.ts)
-                ts = steps_ts.get((e.segment, e.stage), [])
-                if len(ts) > 1 and e.stage in ("draft", "refine"):  # the GPU over its steps (bench/gpu_clocks.py)
-                    stage["gpu_steps"] = clocks.window(ts[0], ts[-1])
-                    # each step on its own: a slow capture or one slow step shows, an even slowdown too
-                    stage["step_intervals_s"] = [round(b - a, 3) for a, b in zip(ts, ts[1:], strict=False)]
+                if stage.get("step_events", 0) > 1 and e.stage in ("draft", "refine"):
+                    last = e.ts - stage["after_last_step_s"]  # the GPU over its steps (bench/gpu_clocks.py)
+                    stage["gpu_steps"] = clocks.window(last - stage["first_to_last_step_s"], last)
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
     out["render_s"] = round(finished[-1].seconds, 2) if finished else None
     started = [e.ts for e in events if isinstance(e, protocol.StageStarted)]
@@ -339,9 +337,6 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--profile", type=Path, default=None,
                     help="folder for a py-spy chrome trace of each render (bench/profile_window.py reads them)")
     args = ap.parse_args()
-    os.environ["SULPHUR_BEHIND"] = args.behind  # the renders inherit these
-    if args.encode_threads:
-        os.environ["SULPHUR_ENCODE_THREADS"] = str(args.encode_threads)
     if args.capped_only and args.uncapped_only:
         ap.error("--capped-only and --uncapped-only exclude each other")
     return args
@@ -385,13 +380,10 @@ def main() -> int:
             trace = args.profile / f"profile_{name}.json" if args.profile else None
             if trace:
                 trace.parent.mkdir(parents=True, exist_ok=True)
-            saved = os.environ.get(GRAPHS_ENV)
-            if name.endswith("_eager"):
-                os.environ[GRAPHS_ENV] = "0"  # the render inherits it
-            try:
-                runs[name] = render(folder, args.timeout, trace, worker=name.startswith("worker"))
-            finally:
-                os.environ.pop(GRAPHS_ENV, None) if saved is None else os.environ.update({GRAPHS_ENV: saved})
+            env = {"SULPHUR_BEHIND": args.behind, **({"SULPHUR_ENCODE_THREADS": str(args.encode_threads)}
+                                                     if args.encode_threads else {}),
+                   **({GRAPHS_ENV: "0"} if name.endswith("_eager") else {})}
+            runs[name] = render(folder, args.timeout, trace, worker=name.startswith("worker"), env_extra=env)
         doc = json.dumps(_report(args, preset, runs, base), indent=1)
         print(doc)
         out = args.out or (ROOT / "bench" / "results" /

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from pipeline.telemetry.gpu import nvml
+
 #: NVML's clock-event reason bits (nvmlClocksEventReason*), by name
 REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
            0x10: "sync_boost", 0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake",
@@ -53,17 +55,12 @@ class GpuClockSampler:
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.interval = interval
         self._stop = threading.Event()
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
+        self._nvml = nvml()
+        if self._nvml is not None:
             first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
-            self._nvml = pynvml
-            self._h = pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
-            self._reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-                pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
-        except Exception:  # noqa: BLE001 - no NVIDIA driver: no samples
-            self._nvml = None
+            self._h = self._nvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+            self._reasons = getattr(self._nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+                self._nvml.nvmlDeviceGetCurrentClocksThrottleReasons
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 

@@ -47,7 +47,7 @@ def setup(args: argparse.Namespace, bench: str, machine: dict[str, Any]) -> tupl
     model = build(args.layers, device, args.quant or None)
     return model, {
         "bench": bench, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine, "device": device, "quant": args.quant or "bf16", "layers": args.layers or 48,
+        "machine": machine, "device": device, "quant": args.quant or "bf16", "layers": model.config.num_layers,
         "frames": args.frames, "draft": [int(v) for v in args.draft.split("x")],
         "build_s": round(time.perf_counter() - t0, 1)}
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,7 +175,8 @@ def _cmdline(p: psutil.Process) -> str:
 
 def phases(events: list[Any]) -> dict[tuple[str, str], dict[str, float]]:
     """Per (segment, stage): seconds before its first step event (loads, text encoding, the
-    first step), between first and last step, and after the last (decode, writing)."""
+    first step), between first and last step and between each two, and after the last (decode,
+    writing). A stage started again (a plan fallback) counts its last attempt."""
     out: dict[tuple[str, str], dict[str, float]] = {}
     started: dict[tuple[str, str], float] = {}
     steps: dict[tuple[str, str], list[float]] = {}
@@ -188,9 +189,11 @@ def phases(events: list[Any]) -> dict[tuple[str, str], dict[str, float]]:
         elif isinstance(e, protocol.StageFinished) and (e.segment, e.stage) in started:
             t0, ts = started[(e.segment, e.stage)], steps.get((e.segment, e.stage), [])
             if ts:
+                # each step on its own too: a slow recording or one slow step shows, an even slowdown too
                 out[(e.segment, e.stage)] = {"to_first_step_s": round(ts[0] - t0, 2),
                                              "first_to_last_step_s": round(ts[-1] - ts[0], 2),
-                                             "step_events": len(ts), "after_last_step_s": round(e.ts - ts[-1], 2)}
+                                             "step_events": len(ts), "after_last_step_s": round(e.ts - ts[-1], 2),
+                                             "step_intervals_s": [round(b - a, 3) for a, b in itertools.pairwise(ts)]}
     return out
 
 
@@ -247,6 +250,7 @@ def resident_steps(preset: Any, draft: tuple[int, int], refine: tuple[int, int],
     ``max_sequence_length``), the text masks and the anchored first frame's own timestep."""
     import torch
     from ltx2_inputs import ltx2_step_inputs
+    from resident_step import time_steps
 
     from pipeline.memory.planner import audio_tokens
     from pipeline.models import ltx2_random
@@ -260,17 +264,8 @@ def resident_steps(preset: Any, draft: tuple[int, int], refine: tuple[int, int],
     for name, size in (("draft", draft), ("refine", refine)):
         inputs = ltx2_step_inputs(model.config, size, frames, audio_tokens=audio_tokens(frames, 24), device="cuda",
                                   text_tokens=text, as_rendered=True)
-        times = []
-        with torch.no_grad():
-            for i in range(4):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                model(**inputs)
-                torch.cuda.synchronize()
-                if i:
-                    times.append(time.perf_counter() - t)
-        out[f"{name}_step_s"] = round(statistics.median(times), 4)
-        out[f"{name}_steps_s"] = [round(t, 4) for t in times]
+        timed = time_steps(model, inputs, 3, "cuda")
+        out[f"{name}_step_s"], out[f"{name}_steps_s"] = timed["step_s"], timed["steps_s"]
         del inputs
     out["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
     del model

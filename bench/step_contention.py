@@ -108,7 +108,7 @@ def main() -> int:
     args = ap.parse_args()
     model, report = setup(args, "step_contention", machine(["torch", "diffusers", "av"]) | {"cpu": _cpu_info()})
     device = report["device"]
-    report |= {"feeder_cpus": None, "results": []}
+    report["results"] = []
     frames = moving_frames(args.frames, (1920, 1080))
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "frames.npy"
@@ -125,8 +125,7 @@ def main() -> int:
         report["feeder_cpus"] = sorted(feeder) if feeder else None
         loads: dict[str, tuple[Callable[[], None] | None, set[int]]] = {
             "idle": (None, set()), "x264": (encode, set()), "x264_apart": (encode, lanes),
-            "x264_pinned": (encode, lanes), "analysis": (analysis, set()), "analysis_apart": (analysis, lanes),
-            "python": (_pure_python, set())}
+            "x264_pinned": (encode, lanes), "analysis": (analysis, set()), "python": (_pure_python, set())}
         for shape in args.shapes.split(","):
             size = shape_size(report["draft"], shape)
             inputs = ltx2_step_inputs(model.config, size, args.frames, audio_tokens=audio_tokens(args.frames, 24),

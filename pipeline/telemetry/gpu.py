@@ -66,6 +66,12 @@ def _init() -> bool:
         return True
 
 
+def nvml() -> Any | None:
+    """The ``pynvml`` module, started once for the process (stopped at exit), or None without a
+    usable NVIDIA driver: for callers that query NVML themselves (the benches' samplers)."""
+    return _state["nvml"] if _init() else None
+
+
 def _shutdown() -> None:
     with _lock:
         nvml = _state["nvml"]

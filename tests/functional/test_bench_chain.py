@@ -58,9 +58,7 @@ def test_the_chain_bench_reports_every_figure_issue_20_asks_for(tmp_path: Path) 
         draft = run["segments"][shot]["stages"]["draft"]
         cpu = draft["cpu_s"]
         assert cpu["seconds"] > 0 and cpu["main"] > 0, cpu
-        # each step's own seconds, adding up to the first-to-last span
-        assert len(draft["step_intervals_s"]) == draft["step_events"] - 1
-        assert abs(sum(draft["step_intervals_s"]) - draft["first_to_last_step_s"]) < 0.05
+        assert len(draft["step_intervals_s"]) == draft["step_events"] - 1  # each step's own seconds
 
 
 def test_the_anchored_uncapped_mode_starts_every_shot_from_a_picture(tmp_path: Path) -> None:

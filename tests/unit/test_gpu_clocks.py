@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from gpu_clocks import GpuClockSampler, clock_window, reason_names  # noqa: E402
 
@@ -29,9 +31,11 @@ def test_reason_bits_have_nvml_names() -> None:
     assert reason_names(0) == []
 
 
-def test_the_sampler_samples_the_gpu_or_nothing() -> None:
+def test_the_sampler_samples_the_gpu() -> None:
     sampler = GpuClockSampler(interval=0.05)
     time.sleep(0.2)
     sampler.stop()
+    if not sampler.samples:
+        pytest.skip("no NVIDIA driver: nothing to sample")
     w = sampler.window(0, time.time())
-    assert w == {} if not sampler.samples else w["samples"] == len(sampler.samples) and w["sm_mhz_min"] > 0
+    assert w["samples"] == len(sampler.samples) and w["sm_mhz_min"] > 0
