@@ -50,8 +50,7 @@ from pipeline.stages.encode import encode_in_fresh_process  # noqa: E402
 
 
 def _loop(stop: threading.Event, work: Callable[[], None], cpus: set[int]) -> None:
-    overlap.yield_cpu()
-    overlap.run_on(cpus)  # this thread only: what it starts (the x264 child) inherits it
+    overlap.enter_lane(cpus)  # as the render's lanes start
     while not stop.is_set():
         work()
 

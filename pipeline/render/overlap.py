@@ -123,7 +123,9 @@ def run_on(cpus: set[int]) -> None:
         pass
 
 
-def _behind_lane(cpus: set[int]) -> None:
+def enter_lane(cpus: set[int]) -> None:
+    """Make the calling thread a lane behind the GPU stages: below the feeder in priority, and on
+    ``cpus`` (what it starts, the x264 child, inherits both)."""
     yield_cpu()
     run_on(cpus)
 
@@ -139,7 +141,7 @@ class Behind:
         self.inline = inline  # run each work at submit, on the caller's thread (bench/chain.py --behind inline)
         cpus = lane_cpus()
         self._pools = {lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sulphur-{lane}",
-                                                initializer=_behind_lane, initargs=(cpus,)) for lane in LANES}
+                                                initializer=enter_lane, initargs=(cpus,)) for lane in LANES}
         self._futures: list[Future[None]] = []
         self._lock = threading.Lock()
 
