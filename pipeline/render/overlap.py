@@ -76,15 +76,19 @@ def _siblings(cpu: int) -> set[int]:
     """The CPUs sharing ``cpu``'s physical core (its SMT threads), from sysfs; ``{cpu}`` if unknown."""
     path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
     try:
-        text = path.read_text().strip()  # "3,11" or "2-3"
+        return cpu_list(path.read_text()) or {cpu}
     except OSError:
         return {cpu}
+
+
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a Linux CPU list (``"3,11"``, ``"2-3"``, ``"0-1,8-9"``); nothing it cannot read."""
     out: set[int] = set()
-    for part in text.split(","):
+    for part in text.strip().split(","):
         lo, _, hi = part.partition("-")
-        if lo.isdigit():
+        if lo.isdigit() and (not hi or hi.isdigit()):
             out.update(range(int(lo), int(hi or lo) + 1))
-    return out or {cpu}
+    return out
 
 
 def feeder_cpus() -> set[int]:

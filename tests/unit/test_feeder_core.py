@@ -172,3 +172,11 @@ def test_lanes_made_by_a_pinned_thread_still_run_beside_it(monkeypatch: pytest.M
 
     in_fresh_thread(from_pinned_thread)
     assert seen == [before - feeder]
+
+
+@pytest.mark.parametrize("text,cpus", [("3,11", {3, 11}), ("2-3", {2, 3}), ("0-1,8-9\n", {0, 1, 8, 9}),
+                                       ("5", {5}), ("", set()), ("x-y", set())])
+def test_a_core_s_smt_threads_are_read_as_sysfs_writes_them(text: str, cpus: set[int]) -> None:
+    from pipeline.render.overlap import cpu_list
+
+    assert cpu_list(text) == cpus
