@@ -238,6 +238,9 @@ def render(folder: Path, timeout: float, profile: Path | None = None, worker: bo
     # SegmentDone timestamps: with the encode of k behind the draft of k+1, stage seconds overlap
     # and no longer add up to a segment's cost; the time between completions does.
     out["segment_done_ts"] = {e.segment: e.ts for e in events if isinstance(e, protocol.SegmentDone)}
+    done = sorted(out["segment_done_ts"].values())
+    if len(done) > 1:  # the GPU over segments 2..N: how much of a steady segment it had work
+        out["gpu_steady"] = clocks.window(done[0], done[-1])
     # (segment, stage, started, finished) in epoch seconds: windows into a profile's trace
     began: dict[tuple[str, str], float] = {}
     out["stage_ts"] = []
@@ -433,6 +436,12 @@ def _report(args: argparse.Namespace, preset: Any, runs: dict[str, dict[str, Any
             preset.steps * ref["draft_step_s"] + (len(preset.refine_sigmas) - 1) * ref["refine_step_s"], 2)
     report["steady_capped_over_uncapped"] = _ratio(report["steady_capped_s"], report["steady_uncapped_s"])
     report["steady_uncapped_over_steps"] = _ratio(report["steady_uncapped_s"], report["resident_steps_s"])
+    # NVML's busy share over the uncapped steady segments. Any engine that shares this one GPU
+    # (Ray's draft and finish actors included) runs the same kernels one at a time, so it can be
+    # at most 100 / busy times faster unless the kernels themselves get faster (goal 5's ceiling).
+    busy = runs.get("uncapped", {}).get("gpu_steady", {}).get("busy_pct_mean")
+    report["steady_uncapped_gpu_busy_pct"] = busy
+    report["one_gpu_speedup_ceiling"] = round(100 / busy, 2) if busy else None
     # > 1: the uncapped render is faster with its steps replayed as CUDA graphs (--eager-arm)
     report["graphs_speedup"] = _ratio(report["steady_uncapped_eager_s"], report["steady_uncapped_s"])
     peaks = [p for p in (report["nvml_peak_gib"], report["nvml_peak_worker_gib"]) if p is not None]

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_clocks import GpuClockSampler  # noqa: E402
 from machine_info import machine  # noqa: E402
 
 from pipeline.wire import protocol  # noqa: E402
@@ -76,7 +77,11 @@ def run(engine: str, folder: Path, address: str | None, timeout: float, *, name:
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus  # a Ray started by the render sees only these cards
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    clocks = GpuClockSampler()  # NVML sees every process on the card, Ray's actors included
+    try:
+        proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    finally:
+        clocks.stop()
     wall = time.perf_counter() - t0
     events = [protocol.decode_event(line) for line in proc.stdout.splitlines() if line.strip()]
     out: dict[str, Any] = {"name": name or engine, "engine": engine, "gpus": gpus, "returncode": proc.returncode,
@@ -102,6 +107,10 @@ def run(engine: str, folder: Path, address: str | None, timeout: float, *, name:
                            "start_s": round(start - t_job, 2), "end_s": round(e.ts - t_job, 2), "worker": worker, "peak_allocated_gib": round(e.peak_allocated / 2**30, 2),
                            "plan": e.plan})
     finished = [e for e in events if isinstance(e, protocol.JobFinished)]
+    # the first card's busy share from the first stage to the job's end: how much of the render
+    # left that GPU idle, the most another engine on it could win back (a cold load included)
+    if stages and finished:
+        out["gpu"] = clocks.window(t_job + min(s["start_s"] for s in stages), finished[-1].ts)
     film = [e for e in events if isinstance(e, protocol.StageFinished) and e.stage == "film"]
     if film:
         out["film_s"] = round(film[-1].seconds, 2)
@@ -186,6 +195,9 @@ def main() -> int:
         report["baseline"] = {"file": str(args.baseline), "name": base_run["name"], "wall_s": base_run["wall_s"]}
     if base_run is not None and others:
         report["speedup"] = {r["name"]: round(base_run["wall_s"] / r["wall_s"], 3) for r in others}
+        busy = base_run.get("gpu", {}).get("busy_pct_mean")
+        # engines that share the base run's one GPU run its kernels one at a time: at most this much faster
+        report["one_gpu_speedup_ceiling"] = round(100 / busy, 2) if busy else None
         if args.baseline is None:  # the baseline's film is gone with its machine
             report["identical_frames"] = {r["name"]: same_frames(base_run["final"], r["final"]) for r in others}
     doc = json.dumps(report, indent=1)
