@@ -143,6 +143,9 @@ def cold_start(report: dict[str, Any]) -> dict[str, Any]:
     return {"to_first_draft_step_s": first, "draft_bytes": draft_bytes, "io_s": io_s and round(io_s, 1),
             "text_encoder_pass_s": text_s, "cold_io_bound_s": bound,
             "to_job_started_s": render.get("to_job_started_s"),
+            # the draft's "draft: loaded transformer L+P s, ..." line: each component's load + placement
+            "draft_loaded": next((m.split(": loaded ", 1)[1] for _, m in render.get("log", [])
+                                  if m.startswith("draft: loaded ")), None),
             "goal_met": bool(first is not None and bound is not None and first <= bound),
             "note": "to_first_draft_step_s counts from the draft's start; the process's start-up before the "
                     "job (imports, CUDA, the plan) is to_job_started_s"}

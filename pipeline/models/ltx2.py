@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -650,18 +651,33 @@ def load_scheduler(preset: Preset) -> Any:
     return FlowMatchEulerDiscreteScheduler.from_pretrained(require(preset, "diffusers") / "scheduler")
 
 
-def component(models: LoadedModels, preset: Preset, name: str, plan: StagePlan) -> Any:
-    """A held, placed component: transformer, vae, audio_vae, vocoder, connectors, text_encoder, upsampler."""
+def component(models: LoadedModels, preset: Preset, name: str, plan: StagePlan,
+              timings: dict[str, tuple[float, float]] | None = None) -> Any:
+    """A held, placed component: transformer, vae, audio_vae, vocoder, connectors, text_encoder, upsampler.
+
+    ``timings``: receives ``name: (load seconds, place seconds)`` (0 load when it was held), so a
+    stage can say where its cold start went."""
     if name == "transformer":
         loader = lambda: load_transformer(preset, plan)  # noqa: E731
     else:
         loader = lambda: _load_diffusers_component(preset, name, plan)  # noqa: E731
+    t0 = time.perf_counter()
     obj = _held(models, _key(preset, name), plan, loader, transformer=name == "transformer")
+    t1 = time.perf_counter()
     if plan.device != "cpu" and plan.offload == "model":
         setattr(obj, _OFFLOAD_TAG, _plan_tag(plan, transformer=name == "transformer"))  # hooks: finish_pipeline
     else:
         place(obj, plan, transformer=name == "transformer", reused=name != "text_encoder")
+    if timings is not None:
+        timings[name] = (t1 - t0, time.perf_counter() - t1)
     return obj
+
+
+def describe_timings(timings: dict[str, tuple[float, float]]) -> str:
+    """``transformer 12.1+3.4 s, vae 0.2+0.0 s`` (load + place), slowest first; held ones say so."""
+    parts = [f"{name} {load:.1f}+{place:.1f} s" if load >= 0.05 else f"{name} held+{place:.1f} s"
+             for name, (load, place) in sorted(timings.items(), key=lambda kv: -sum(kv[1]))]
+    return ", ".join(parts)
 
 
 @dataclass
@@ -765,16 +781,17 @@ def _disk_copy_dir(preset: Preset) -> Path:
 
 
 def assemble(models: LoadedModels, preset: Preset, plan: StagePlan, *, image_to_video: bool,
-             conditions: bool = False) -> Any:
+             conditions: bool = False, timings: dict[str, tuple[float, float]] | None = None) -> Any:
     """``LTX2Pipeline`` / ``LTX2ImageToVideoPipeline`` (or, for frames conditioned anywhere,
-    ``LTX2ConditionPipeline`` as :mod:`pipeline.models.ltx2_condition` places guides) from held components (no text encoder: embeds are passed)."""
+    ``LTX2ConditionPipeline`` as :mod:`pipeline.models.ltx2_condition` places guides) from held components (no text encoder: embeds are passed).
+    ``timings``: see :func:`component`."""
     from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 
     # diffusers at import time: loaded with the model
     from pipeline.models.ltx2_condition import FrameExactConditionPipeline
 
     cls = FrameExactConditionPipeline if conditions else LTX2ImageToVideoPipeline if image_to_video else LTX2Pipeline
-    parts = {name: component(models, preset, name, plan)
+    parts = {name: component(models, preset, name, plan, timings)
              for name in ("transformer", "vae", "audio_vae", "vocoder", "connectors")}
     pipe = cls(scheduler=load_scheduler(preset), text_encoder=None,
                tokenizer=models.get(_key(preset, "tokenizer"), lambda: load_tokenizer(preset)), **parts)

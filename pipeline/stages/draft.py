@@ -120,7 +120,7 @@ class DraftStage(Stage):
         #    condition pipeline when frames other than the anchor are conditioned (keyframes, retake).
         conditions = self.conditions(job, inputs, TEMPORAL_RATIO)
         i2v = job.anchor is not None or any(c.index == 0 for c in conditions)
-        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v, conditions=bool(conditions))
+        pipe = assemble(ctx, self.name, preset, image_to_video=i2v, conditions=bool(conditions))
         assert pipe.vae_temporal_compression_ratio == TEMPORAL_RATIO  # the conditions' latent indices
         ltx2.set_lora_strength(pipe.transformer, job.lora_strength, LORA_ADAPTER,
                                connectors=pipe.connectors)
@@ -208,6 +208,17 @@ def text_pass(ctx: StageContext, job: SegmentJob) -> PromptEmbeds:
     except BaseException:
         stop.set()
         raise
+
+
+def assemble(ctx: StageContext, stage: str, preset: Any, *, image_to_video: bool, conditions: bool) -> Any:
+    """The stage's LTX-2 pipeline (:func:`ltx2.assemble`), and a line on what loading and placing each
+    component cost, when anything was loaded: where a cold start's seconds after the text pass went."""
+    timings: dict[str, tuple[float, float]] = {}
+    pipe = ltx2.assemble(ctx.models, preset, ctx.plan,
+                         image_to_video=image_to_video, conditions=conditions, timings=timings)
+    if any(load >= 0.05 for load, _ in timings.values()):
+        ctx.emit(Log(job_id=ctx.job_id, level="debug", message=f"{stage}: loaded {ltx2.describe_timings(timings)}"))
+    return pipe
 
 
 def denoise(ctx: StageContext, stage: str, pipe: Any, previewer: LatentPreviewer, **call: Any) -> Any:

@@ -23,7 +23,7 @@ from pipeline.models.ltx2 import model_identity
 from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
-from pipeline.stages.draft import LORA_ADAPTER, denoise, shot_control_params, shot_controls
+from pipeline.stages.draft import LORA_ADAPTER, assemble, denoise, shot_control_params, shot_controls
 from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.phase_peaks import PhasePeaks
@@ -95,7 +95,7 @@ class RefineStage(Stage):
         # 2. Latent ×2 upsample (the upsampler works on denormalized latents).
         #    Keyframes (and the anchor with them) go through the condition pipeline, at the refine size.
         i2v = bool(inputs["draft"].meta.get("image_to_video", job.anchor is not None))
-        pipe = ltx2.assemble(ctx.models, preset, plan, image_to_video=i2v, conditions=bool(job.segment.keyframes))
+        pipe = assemble(ctx, self.name, preset, image_to_video=i2v, conditions=bool(job.segment.keyframes))
         video = _upsample(ctx, preset, pipe, draft["video"].to(device))
         peaks.mark("upsample")
         _, _, _, lh, lw = video.shape

@@ -80,12 +80,16 @@ def test_a_cold_draft_prefetches_its_weights_once_the_encoder_is_loaded(tmp_path
     assert not ahead.thread.is_alive()
     logs = [e.message for e in run.events if isinstance(e, Log) and e.message.startswith("prefetch:")]
     assert logs == [f"prefetch: {len(ahead.files)} files, {ahead.nbytes / 1e9:.1f} GB"]
+    loaded = [e.message for e in run.events if isinstance(e, Log) and e.message.startswith("draft: loaded ")]
+    assert len(loaded) == 1, "where the cold start went after the text pass, once"
+    named = [part.split()[0] for part in loaded[0].removeprefix("draft: loaded ").split(", ")]
+    assert sorted(named) == sorted(ltx2.DRAFT_COMPONENTS), loaded[0]
 
     # The next segment holds every component and finds its embeddings cached: nothing is read ahead.
     run.events.clear()
     run(DraftStage(), make_job(tmp_path))
     assert len(calls) == 1
-    assert not [e for e in run.events if isinstance(e, Log) and e.message.startswith("prefetch:")]
+    assert not [e for e in run.events if isinstance(e, Log) and e.message.startswith(("prefetch:", "draft: loaded"))]
 
 
 def test_a_failed_text_pass_stops_the_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
