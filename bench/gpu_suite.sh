@@ -118,7 +118,8 @@ then)  # the call after: Ray on one GPU against the local engine (goal 5), ESRGA
     timeout 280 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 3 --frames 121 \
         --vram-budget-gb 8 --no-enhance --run local=local@0 --run ray_1gpu=ray@0 --out "$OUT/ray_1gpu.json" \
         2>"$OUT/ray.log" >/dev/null || echo "ray failed: $?"
-    timeout 300 python bench/esrgan.py --candidates blocks_wide,wide_max_autotune --budget-s 290 \
+    timeout 300 python bench/esrgan.py --candidates blocks_wide,wide_max_autotune,wide_reduce_overhead \
+        --no-warm-probes --budget-s 290 \
         >"$OUT/esrgan.json" 2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     ;;
 reference)
