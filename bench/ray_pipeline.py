@@ -149,6 +149,37 @@ def same_frames(a: str, b: str) -> bool | None:
     return len(fa) == len(fb) and all(np.array_equal(x, y) for x, y in zip(fa, fb, strict=True))
 
 
+def compare_caches(a: Path, b: Path) -> dict[str, dict[str, Any]]:
+    """Each stage's cache entries that both project folders hold (same key: same inputs and
+    settings), file by file: which stage's output first differs when the films do."""
+    import hashlib
+
+    def digest(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    out: dict[str, dict[str, Any]] = {}
+    ra, rb = a / ".sulphur" / "cache", b / ".sulphur" / "cache"
+    for entry in sorted(p for p in ra.glob("*/*/*") if p.is_dir()):
+        stage = entry.relative_to(ra).parts[0]
+        row = out.setdefault(stage, {"same": 0, "differ": [], "only_one": 0})
+        twin = rb / entry.relative_to(ra)
+        if not twin.is_dir():
+            row["only_one"] += 1
+            continue
+        files = [f for f in sorted(entry.rglob("*")) if f.is_file() and f.name != "meta.json"]
+        differ = [str(f.relative_to(entry)) for f in files
+                  if not (twin / f.relative_to(entry)).is_file() or digest(f) != digest(twin / f.relative_to(entry))]
+        if differ:
+            row["differ"].append({"key": entry.name[:12], "files": differ})
+        else:
+            row["same"] += 1
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -200,6 +231,8 @@ def main() -> int:
         report["one_gpu_speedup_ceiling"] = round(100 / busy, 2) if busy else None
         if args.baseline is None:  # the baseline's film is gone with its machine
             report["identical_frames"] = {r["name"]: same_frames(base_run["final"], r["final"]) for r in others}
+            report["cache_compare"] = {r["name"]: compare_caches(base / base_run["name"], base / r["name"])
+                                       for r in others if not report["identical_frames"][r["name"]]}
     doc = json.dumps(report, indent=1)
     print(doc)
     if args.out:
