@@ -1,0 +1,117 @@
+"""Does a segment's sound depend on the process that decodes it? Prints JSON.
+
+On an H100 (2026-12-05, ``ray_pipeline.py`` with ``cache_compare``) the Ray engine's draft actor
+decoded segment 1's audio latents, bit for bit the local render's, to another waveform, while two
+local renders agreed. This decodes one set of audio latents (``ltx2-19b-random``'s full-size audio
+VAE and vocoder, float32, as the draft does) in a fresh child process per variant of what a Ray
+actor's process differs in, and compares each waveform with the plain process's:
+
+- ``omp1``: ``OMP_NUM_THREADS=1`` (Ray sets it to the actor's num_cpus);
+- ``omp1_threads``: that, then ``torch.set_num_threads(physical cores)`` (what the actor does);
+- ``capped``: the allocator capped at 8 GiB (``enforce_vram_budget``), as every capped render is;
+- ``warmed``: the cuBLAS/cuDNN handles made first (``warm_cuda_libraries``), as the planner does;
+- ``second``: the same decode again in the plain process (is it deterministic at all?).
+
+    python bench/audio_determinism.py --out bench/results/audio_determinism_<gpu>_<date>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS: dict[str, dict[str, str]] = {
+    "plain": {}, "omp1": {"OMP_NUM_THREADS": "1"},
+    "omp1_threads": {"OMP_NUM_THREADS": "1", "PROBE_SET_THREADS": "1"},
+    "capped": {"PROBE_CAP_GB": "8"}, "warmed": {"PROBE_WARM": "1"},
+}
+
+
+def _child(out: Path, frames: int, fps: int) -> None:
+    """Decode seeded latents with the seeded random audio VAE + vocoder; save the waveform."""
+    import numpy as np
+    import torch
+
+    if os.environ.get("PROBE_SET_THREADS"):
+        import psutil
+
+        torch.set_num_threads(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    from pipeline.memory.offload import enforce_vram_budget, warm_cuda_libraries
+    from pipeline.models import ltx2, ltx2_random
+
+    if os.environ.get("PROBE_WARM"):
+        warm_cuda_libraries()
+    if os.environ.get("PROBE_CAP_GB"):
+        enforce_vram_budget(float(os.environ["PROBE_CAP_GB"]))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae = ltx2_random.component("audio_vae", torch.float32).to(device).eval()
+    vocoder = ltx2_random.component("vocoder", torch.float32).to(device).eval()
+    per_second = vae.config.sample_rate / vae.config.mel_hop_length / vae.temporal_compression_ratio
+    length = round(frames / fps * per_second)
+    shape = (1, vae.config.latent_channels, length, 64 // vae.mel_compression_ratio)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    pipe = type("Pipe", (), {"_execution_device": torch.device(device), "audio_vae": vae, "vocoder": vocoder})()
+    waves = [ltx2.decode_audio(pipe, latents)]
+    if os.environ.get("PROBE_TWICE"):
+        waves.append(ltx2.decode_audio(pipe, latents))
+    np.save(out, np.stack(waves))
+    import psutil
+
+    print(json.dumps({"threads": torch.get_num_threads(), "physical_cores": psutil.cpu_count(logical=False),
+                      "device": device, "latents": list(shape)}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=121)
+    ap.add_argument("--fps", type=int, default=24)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child, args.frames, args.fps)
+        return 0
+    import numpy as np
+
+    tmp = Path(tempfile.mkdtemp(prefix="audio-det-"))
+    report: dict[str, Any] = {"bench": "audio_determinism", "frames": args.frames, "variants": {}}
+    waves: dict[str, Any] = {}
+    for name, env in VARIANTS.items():
+        path = tmp / f"{name}.npy"
+        child_env = {**os.environ, **env, **({"PROBE_TWICE": "1"} if name == "plain" else {})}
+        r = subprocess.run([sys.executable, __file__, "--child", str(path), "--frames", str(args.frames),
+                            "--fps", str(args.fps)], env=child_env, capture_output=True, text=True, check=False)
+        row: dict[str, Any] = {"env": env, "returncode": r.returncode}
+        if r.returncode != 0:
+            row["stderr_tail"] = r.stderr[-1500:]
+        else:
+            row.update(json.loads(r.stdout.strip().splitlines()[-1]))
+            waves[name] = np.load(path)
+            row["sha256"] = hashlib.sha256(waves[name][0].tobytes()).hexdigest()[:16]
+        report["variants"][name] = row
+    base = waves.get("plain")
+    if base is not None:
+        report["plain_twice_equal"] = bool(np.array_equal(base[0], base[1]))
+        for name, w in waves.items():
+            report["variants"][name]["equal_to_plain"] = bool(np.array_equal(w[0], base[0]))
+            report["variants"][name]["max_abs_vs_plain"] = float(np.abs(w[0] - base[0]).max())
+    doc = json.dumps(report, indent=1)
+    print(doc)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(doc + "\n")
+    return 0 if all(v["returncode"] == 0 for v in report["variants"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
