@@ -93,6 +93,16 @@ class Layout:
                 f"({self.finish_gpus:g} GPU each){vram}{ram}")
 
 
+def shared_card_warning(gpus: float, layout: Layout) -> str | None:
+    """What to tell a user whose actors share one card: they take turns on it and each loads its own
+    models, so the single local worker, which already encodes behind the next draft, was faster (3 ×
+    121 frames of the 19B stack on an H100: Ray 0.78× the local engine, bench/results/README.md)."""
+    if 0 < gpus < 2 and layout.finishers > 0:
+        return ("ray: the draft and finish actors share one GPU and each loads its own models; "
+                "on one card `--engine local` renders faster (Ray pays from two GPUs)")
+    return None
+
+
 def plan_layout(*, gpus: float, cpus: float, card_gb: float, budget_gb: float | None, segments: int,
                 finishers: int | None = None, host_gb: float | None = None,
                 host_need_gb: tuple[float, float] | None = None) -> Layout:
@@ -464,6 +474,9 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
                              budget_gb=sb.project.vram_budget_gb, segments=work, finishers=finishers,
                              host_gb=host_gb, host_need_gb=need_gb)
         emit(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), {resources.get('CPU', 0):g} CPU(s)"))
+        shared = shared_card_warning(gpus, layout)
+        if shared:
+            emit(protocol.Log(level="warning", message=shared))
 
         def actor(role: str, i: int, gpu: float, share: float | None, ram: float | None, upscale: int,
                   sweep: bool = False) -> Any:
