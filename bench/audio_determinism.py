@@ -10,7 +10,12 @@ actor's process differs in, and compares each waveform with the plain process's:
 - ``omp1_threads``: that, then ``torch.set_num_threads(physical cores)`` (what the actor does);
 - ``capped``: the allocator capped at 8 GiB (``enforce_vram_budget``), as every capped render is;
 - ``warmed``: the cuBLAS/cuDNN handles made first (``warm_cuda_libraries``), as the planner does;
-- ``second``: the same decode again in the plain process (is it deterministic at all?).
+- ``contended``: while another process keeps the GPU busy with matmuls, as a Ray finish actor
+  does beside the draft actor (time-sliced kernels: do atomics-based kernels, e.g. cuDNN's
+  backward-data algorithms behind ``ConvTranspose1d``, then add in another order?);
+- ``deterministic``: ``torch.use_deterministic_algorithms(True)``, the kernels made to give one
+  result whatever else runs;
+- the plain process decodes twice (``plain_twice_equal``: deterministic at all?).
 
     python bench/audio_determinism.py --out bench/results/audio_determinism_<gpu>_<date>.json
 """
@@ -34,7 +39,16 @@ VARIANTS: dict[str, dict[str, str]] = {
     "plain": {}, "omp1": {"OMP_NUM_THREADS": "1"},
     "omp1_threads": {"OMP_NUM_THREADS": "1", "PROBE_SET_THREADS": "1"},
     "capped": {"PROBE_CAP_GB": "8"}, "warmed": {"PROBE_WARM": "1"},
+    "contended": {"PROBE_CONTEND": "1"},
+    "deterministic": {"PROBE_DETERMINISTIC": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
 }
+
+_LOAD = """
+import sys, torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+while True:
+    a = (a @ a).clamp_(-1, 1)
+"""
 
 
 def _child(out: Path, frames: int, fps: int) -> None:
@@ -49,6 +63,14 @@ def _child(out: Path, frames: int, fps: int) -> None:
     from pipeline.memory.offload import enforce_vram_budget, warm_cuda_libraries
     from pipeline.models import ltx2, ltx2_random
 
+    if os.environ.get("PROBE_DETERMINISTIC"):
+        torch.use_deterministic_algorithms(True)
+    load = None
+    if os.environ.get("PROBE_CONTEND") and torch.cuda.is_available():
+        load = subprocess.Popen([sys.executable, "-c", _LOAD])
+        import time
+
+        time.sleep(5)  # its context made and its matmuls running before the decode starts
     if os.environ.get("PROBE_WARM"):
         warm_cuda_libraries()
     if os.environ.get("PROBE_CAP_GB"):
@@ -64,6 +86,8 @@ def _child(out: Path, frames: int, fps: int) -> None:
     waves = [ltx2.decode_audio(pipe, latents)]
     if os.environ.get("PROBE_TWICE"):
         waves.append(ltx2.decode_audio(pipe, latents))
+    if load is not None:
+        load.kill()
     np.save(out, np.stack(waves))
     import psutil
 
