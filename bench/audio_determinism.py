@@ -44,33 +44,47 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 _LOAD = """
-import sys, torch
+import torch
 a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+a = (a @ a).clamp_(-1, 1)
+torch.cuda.synchronize()
+print("busy", flush=True)
 while True:
     a = (a @ a).clamp_(-1, 1)
 """
 
 
 def _child(out: Path, frames: int, fps: int) -> None:
-    """Decode seeded latents with the seeded random audio VAE + vocoder; save the waveform."""
-    import numpy as np
+    """Decode seeded latents with the seeded random audio VAE + vocoder; save the waveform. With
+    ``PROBE_CONTEND`` a second process keeps the GPU busy from before the decode to after it."""
     import torch
 
     if os.environ.get("PROBE_SET_THREADS"):
         import psutil
 
         torch.set_num_threads(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    from pipeline.memory.offload import enforce_vram_budget, warm_cuda_libraries
-    from pipeline.models import ltx2, ltx2_random
-
     if os.environ.get("PROBE_DETERMINISTIC"):
         torch.use_deterministic_algorithms(True)
     load = None
     if os.environ.get("PROBE_CONTEND") and torch.cuda.is_available():
-        load = subprocess.Popen([sys.executable, "-c", _LOAD])
-        import time
+        load = subprocess.Popen([sys.executable, "-c", _LOAD], stdout=subprocess.PIPE, text=True)
+    try:
+        contended = load is not None and load.stdout.readline().strip() == "busy"  # its first matmul done
+        _decode(out, frames, fps, contended, load)
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
 
-        time.sleep(5)  # its context made and its matmuls running before the decode starts
+
+def _decode(out: Path, frames: int, fps: int, contended: bool, load: subprocess.Popen | None) -> None:
+    import numpy as np
+    import psutil
+    import torch
+
+    from pipeline.memory.offload import enforce_vram_budget, warm_cuda_libraries
+    from pipeline.models import ltx2, ltx2_random
+
     if os.environ.get("PROBE_WARM"):
         warm_cuda_libraries()
     if os.environ.get("PROBE_CAP_GB"):
@@ -80,19 +94,25 @@ def _child(out: Path, frames: int, fps: int) -> None:
     vocoder = ltx2_random.component("vocoder", torch.float32).to(device).eval()
     per_second = vae.config.sample_rate / vae.config.mel_hop_length / vae.temporal_compression_ratio
     length = round(frames / fps * per_second)
-    shape = (1, vae.config.latent_channels, length, 64 // vae.mel_compression_ratio)
+    shape = (1, vae.config.latent_channels, length, vae.config.mel_bins // vae.mel_compression_ratio)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(7))
     pipe = type("Pipe", (), {"_execution_device": torch.device(device), "audio_vae": vae, "vocoder": vocoder})()
     waves = [ltx2.decode_audio(pipe, latents)]
     if os.environ.get("PROBE_TWICE"):
         waves.append(ltx2.decode_audio(pipe, latents))
-    if load is not None:
-        load.kill()
     np.save(out, np.stack(waves))
-    import psutil
-
+    # contended: the load ran through the whole decode (a load that died proves nothing)
     print(json.dumps({"threads": torch.get_num_threads(), "physical_cores": psutil.cpu_count(logical=False),
-                      "device": device, "latents": list(shape)}))
+                      "device": device, "latents": list(shape),
+                      **({"contended": contended and load.poll() is None} if load is not None else {})}))
+
+
+def _write(report: dict[str, Any], out: Path | None) -> str:
+    doc = json.dumps(report, indent=1)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(doc + "\n")
+    return doc
 
 
 def main() -> int:
@@ -123,17 +143,14 @@ def main() -> int:
             waves[name] = np.load(path)
             row["sha256"] = hashlib.sha256(waves[name][0].tobytes()).hexdigest()[:16]
         report["variants"][name] = row
+        _write(report, args.out)  # what finished survives a timeout
     base = waves.get("plain")
     if base is not None:
         report["plain_twice_equal"] = bool(np.array_equal(base[0], base[1]))
         for name, w in waves.items():
             report["variants"][name]["equal_to_plain"] = bool(np.array_equal(w[0], base[0]))
             report["variants"][name]["max_abs_vs_plain"] = float(np.abs(w[0] - base[0]).max())
-    doc = json.dumps(report, indent=1)
-    print(doc)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(doc + "\n")
+    print(_write(report, args.out))
     return 0 if all(v["returncode"] == 0 for v in report["variants"].values()) else 1
 
 

@@ -48,17 +48,19 @@ def clock_window(samples: list[tuple[float, dict[str, float]]], t0: float, t1: f
 
 
 class GpuClockSampler:
-    """Samples the render's GPU (CUDA_VISIBLE_DEVICES' first, else 0) until :meth:`stop`; a
-    machine without NVML gives no samples."""
+    """Samples the render's GPU (``index``, else CUDA_VISIBLE_DEVICES' first, else 0) until
+    :meth:`stop`; a machine without NVML gives no samples."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, index: int | None = None) -> None:
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.interval = interval
         self._stop = threading.Event()
         self._nvml = nvml()
         if self._nvml is not None:
             first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
-            self._h = self._nvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+            if index is None:
+                index = int(first) if first.isdigit() else 0
+            self._h = self._nvml.nvmlDeviceGetHandleByIndex(index)
             self._reasons = getattr(self._nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
                 self._nvml.nvmlDeviceGetCurrentClocksThrottleReasons
         self._t = threading.Thread(target=self._run, daemon=True)

@@ -77,7 +77,9 @@ def run(engine: str, folder: Path, address: str | None, timeout: float, *, name:
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus  # a Ray started by the render sees only these cards
     t0 = time.perf_counter()
-    clocks = GpuClockSampler()  # NVML sees every process on the card, Ray's actors included
+    # the run's first card (NVML sees every process on it, Ray's actors included)
+    first = gpus.split(",")[0] if gpus else None
+    clocks = GpuClockSampler(index=int(first) if first and first.isdigit() else None)
     try:
         proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     finally:
@@ -161,20 +163,25 @@ def compare_caches(a: Path, b: Path) -> dict[str, dict[str, Any]]:
                 h.update(chunk)
         return h.hexdigest()
 
+    def entries(root: Path) -> set[Path]:  # complete entries only (a partial one has no meta.json yet)
+        return {p.parent.relative_to(root) for p in root.glob("*/*/*/meta.json")}
+
+    def files(entry: Path) -> set[Path]:
+        return {f.relative_to(entry) for f in entry.rglob("*") if f.is_file() and f.name != "meta.json"}
+
     out: dict[str, dict[str, Any]] = {}
     ra, rb = a / ".sulphur" / "cache", b / ".sulphur" / "cache"
-    for entry in sorted(p for p in ra.glob("*/*/*") if p.is_dir()):
-        stage = entry.relative_to(ra).parts[0]
-        row = out.setdefault(stage, {"same": 0, "differ": [], "only_one": 0})
-        twin = rb / entry.relative_to(ra)
-        if not twin.is_dir():
+    ea, eb = entries(ra), entries(rb)
+    for rel in sorted(ea | eb):
+        row = out.setdefault(rel.parts[0], {"same": 0, "differ": [], "only_one": 0})
+        if rel not in ea or rel not in eb:
             row["only_one"] += 1
             continue
-        files = [f for f in sorted(entry.rglob("*")) if f.is_file() and f.name != "meta.json"]
-        differ = [str(f.relative_to(entry)) for f in files
-                  if not (twin / f.relative_to(entry)).is_file() or digest(f) != digest(twin / f.relative_to(entry))]
+        fa, fb = files(ra / rel), files(rb / rel)
+        differ = sorted(str(f) for f in fa ^ fb) + sorted(
+            str(f) for f in fa & fb if digest(ra / rel / f) != digest(rb / rel / f))
         if differ:
-            row["differ"].append({"key": entry.name[:12], "files": differ})
+            row["differ"].append({"key": rel.name[:12], "files": differ})
         else:
             row["same"] += 1
     return out
@@ -227,8 +234,9 @@ def main() -> int:
     if base_run is not None and others:
         report["speedup"] = {r["name"]: round(base_run["wall_s"] / r["wall_s"], 3) for r in others}
         busy = base_run.get("gpu", {}).get("busy_pct_mean")
+        one_card = "," not in (base_run.get("gpus") or "")
         # engines that share the base run's one GPU run its kernels one at a time: at most this much faster
-        report["one_gpu_speedup_ceiling"] = round(100 / busy, 2) if busy else None
+        report["one_gpu_speedup_ceiling"] = round(100 / busy, 2) if busy and one_card else None
         if args.baseline is None:  # the baseline's film is gone with its machine
             report["identical_frames"] = {r["name"]: same_frames(base_run["final"], r["final"]) for r in others}
             report["cache_compare"] = {r["name"]: compare_caches(base / base_run["name"], base / r["name"])

@@ -32,6 +32,10 @@ class LoadedModels:
             self._items[name] = loader()
         return self._items[name]
 
+    def peek(self, name: str) -> Any:
+        """What is held under ``name``, or None; loads nothing."""
+        return self._items.get(name)
+
     def __contains__(self, name: str) -> bool:
         return name in self._items
 

@@ -651,33 +651,43 @@ def load_scheduler(preset: Preset) -> Any:
     return FlowMatchEulerDiscreteScheduler.from_pretrained(require(preset, "diffusers") / "scheduler")
 
 
+#: ``component``'s timings: name → (load seconds, or None when it was held; placement seconds).
+Timings = dict[str, tuple[float | None, float]]
+
+
 def component(models: LoadedModels, preset: Preset, name: str, plan: StagePlan,
-              timings: dict[str, tuple[float, float]] | None = None) -> Any:
+              timings: Timings | None = None) -> Any:
     """A held, placed component: transformer, vae, audio_vae, vocoder, connectors, text_encoder, upsampler.
 
-    ``timings``: receives ``name: (load seconds, place seconds)`` (0 load when it was held), so a
-    stage can say where its cold start went."""
+    ``timings``: receives the load and placement seconds, so a stage can say where its cold start
+    went. A held transformer re-streamed for this plan (draft ↔ refine) was not loaded: that time
+    is placement."""
     if name == "transformer":
         loader = lambda: load_transformer(preset, plan)  # noqa: E731
     else:
         loader = lambda: _load_diffusers_component(preset, name, plan)  # noqa: E731
+    key = _key(preset, name)
+    prior = models.peek(key)
     t0 = time.perf_counter()
-    obj = _held(models, _key(preset, name), plan, loader, transformer=name == "transformer")
+    obj = _held(models, key, plan, loader, transformer=name == "transformer")
     t1 = time.perf_counter()
     if plan.device != "cpu" and plan.offload == "model":
         setattr(obj, _OFFLOAD_TAG, _plan_tag(plan, transformer=name == "transformer"))  # hooks: finish_pipeline
     else:
         place(obj, plan, transformer=name == "transformer", reused=name != "text_encoder")
     if timings is not None:
-        timings[name] = (t1 - t0, time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        timings[name] = (None, t2 - t0) if obj is prior else (t1 - t0, t2 - t1)
     return obj
 
 
-def describe_timings(timings: dict[str, tuple[float, float]]) -> str:
-    """``transformer 12.1+3.4 s, vae 0.2+0.0 s`` (load + place), slowest first; held ones say so."""
-    parts = [f"{name} {load:.1f}+{place:.1f} s" if load >= 0.05 else f"{name} held+{place:.1f} s"
-             for name, (load, place) in sorted(timings.items(), key=lambda kv: -sum(kv[1]))]
-    return ", ".join(parts)
+def describe_timings(timings: Timings) -> str:
+    """``transformer 12.1+3.4 s, vae held+0.0 s`` (load + placement), slowest first."""
+    def cost(item: tuple[str, tuple[float | None, float]]) -> float:
+        return -((item[1][0] or 0.0) + item[1][1])
+
+    return ", ".join(f"{name} {'held' if load is None else f'{load:.1f}'}+{place:.1f} s"
+                     for name, (load, place) in sorted(timings.items(), key=cost))
 
 
 @dataclass
@@ -781,7 +791,7 @@ def _disk_copy_dir(preset: Preset) -> Path:
 
 
 def assemble(models: LoadedModels, preset: Preset, plan: StagePlan, *, image_to_video: bool,
-             conditions: bool = False, timings: dict[str, tuple[float, float]] | None = None) -> Any:
+             conditions: bool = False, timings: Timings | None = None) -> Any:
     """``LTX2Pipeline`` / ``LTX2ImageToVideoPipeline`` (or, for frames conditioned anywhere,
     ``LTX2ConditionPipeline`` as :mod:`pipeline.models.ltx2_condition` places guides) from held components (no text encoder: embeds are passed).
     ``timings``: see :func:`component`."""

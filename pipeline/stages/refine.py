@@ -23,7 +23,14 @@ from pipeline.models.ltx2 import model_identity
 from pipeline.project.keyframes import keyframe_params
 from pipeline.stages.base import SegmentJob, Stage, StageContext
 from pipeline.stages.conditions import TEMPORAL_RATIO, keyframe_conditions
-from pipeline.stages.draft import LORA_ADAPTER, assemble, denoise, shot_control_params, shot_controls
+from pipeline.stages.draft import (
+    LORA_ADAPTER,
+    assemble,
+    denoise,
+    say_loaded,
+    shot_control_params,
+    shot_controls,
+)
 from pipeline.stages.frame_files import SaveInBackground
 from pipeline.stages.latent_preview import LatentPreviewer, latent_grid
 from pipeline.stages.phase_peaks import PhasePeaks
@@ -158,7 +165,9 @@ def _upsample(ctx: StageContext, preset: Preset, pipe: Any, latents: Any) -> Any
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
 
     plan = ctx.plan
-    upsampler = ltx2.component(ctx.models, preset, "upsampler", plan)
+    timings: ltx2.Timings = {}
+    upsampler = ltx2.component(ctx.models, preset, "upsampler", plan, timings)
+    say_loaded(ctx, "refine", timings)
     up_pipe = ltx2.finish_pipeline(LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler), plan)
     with torch.no_grad():
         video = up_pipe(latents=latents, output_type="latent", return_dict=False)[0]

@@ -82,8 +82,9 @@ def test_a_cold_draft_prefetches_its_weights_once_the_encoder_is_loaded(tmp_path
     assert logs == [f"prefetch: {len(ahead.files)} files, {ahead.nbytes / 1e9:.1f} GB"]
     loaded = [e.message for e in run.events if isinstance(e, Log) and e.message.startswith("draft: loaded ")]
     assert len(loaded) == 1, "where the cold start went after the text pass, once"
-    named = [part.split()[0] for part in loaded[0].removeprefix("draft: loaded ").split(", ")]
-    assert sorted(named) == sorted(ltx2.DRAFT_COMPONENTS), loaded[0]
+    parts = dict(part.split(" ", 1) for part in loaded[0].removeprefix("draft: loaded ").split(", "))
+    assert sorted(parts) == sorted(ltx2.DRAFT_COMPONENTS), loaded[0]
+    assert not parts["transformer"].startswith("held"), "loaded cold, however fast"
 
     # The next segment holds every component and finds its embeddings cached: nothing is read ahead.
     run.events.clear()
@@ -120,3 +121,16 @@ def test_an_encoder_reading_from_disk_keeps_the_disk(tmp_path: Path, monkeypatch
                        plan=StagePlan(name="cpu", options={"text_encoder": "disk"}))
     draft_module.text_pass(ctx, make_job(tmp_path))
     assert calls == []
+
+
+def test_component_timings_tell_a_load_from_a_held_component() -> None:
+    preset, models, plan = get_preset("tiny"), LoadedModels(), StagePlan(name="cpu")
+    first: ltx2.Timings = {}
+    vae = ltx2.component(models, preset, "vae", plan, first)
+    load, place = first["vae"]
+    assert load is not None and load > 0 and place >= 0
+    again: ltx2.Timings = {}
+    assert ltx2.component(models, preset, "vae", plan, again) is vae
+    assert again["vae"][0] is None, "held: nothing was loaded"
+    assert ltx2.describe_timings({"vocoder": (0.04, 0.0), "connectors": (None, 0.3), "transformer": (6.6, 5.8)}) \
+        == "transformer 6.6+5.8 s, connectors held+0.3 s, vocoder 0.0+0.0 s", "slowest first"

@@ -474,7 +474,7 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
                              budget_gb=sb.project.vram_budget_gb, segments=work, finishers=finishers,
                              host_gb=host_gb, host_need_gb=need_gb)
         emit(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), {resources.get('CPU', 0):g} CPU(s)"))
-        shared = shared_card_warning(gpus, layout)
+        shared = shared_card_warning(gpus, layout) if helper_role == "finish" else None  # takes: no local engine
         if shared:
             emit(protocol.Log(level="warning", message=shared))
 
