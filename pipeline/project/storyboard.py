@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -310,6 +310,17 @@ def error_at(path: Path, message: str, table: str, index: int | None, key: str) 
         loc = _Locator("")
     label = f"{table}.{key}" if index is None else f"{table}[{index}].{key}"
     return StoryboardError(path, message, *loc.find(table, index, key), label)
+
+
+def unknown_presets(sb: Storyboard, known: Collection[str]) -> list[StoryboardError]:
+    """Each place the storyboard names a preset outside ``known`` (a worker's ``sulphur models``),
+    as the render would refuse it, with its file:line:col; nothing when ``known`` is empty (not told)."""
+    if not known:
+        return []
+    names = ", ".join(sorted(known))
+    asked = [("project", None, sb.project.preset)] + [("segment", i, s.preset) for i, s in enumerate(sb.segments)]
+    return [error_at(sb.path, f"unknown preset {name!r} (this worker has {names})", table, index, "preset")
+            for table, index, name in asked if name is not None and name not in known]
 
 
 def _check_type(path: Path, loc: _Locator, table: str, index: int | None, key: str, value: Any,

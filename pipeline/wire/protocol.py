@@ -228,6 +228,9 @@ class StatusSnapshot(Event, tag="status", kw_only=True):
     pid: int
     project: str
     jobs: list[JobInfo]
+    #: The model presets this worker renders (``sulphur models``): the editor, which holds no
+    #: registry, checks the storyboard's against them on attaching. Empty: not told.
+    presets: list[str] = []
 
 
 EventType = (

@@ -408,8 +408,11 @@ class Worker:
             pass
 
     def snapshot(self) -> StatusSnapshot:
+        from pipeline.models.registry import all_presets  # no torch: names and defaults only
+
         return StatusSnapshot(pid=os.getpid(), project=str(self.project),
-                              jobs=[j.info for j in self.jobs.values()])
+                              jobs=[j.info for j in self.jobs.values()],
+                              presets=sorted(p.name for p in all_presets()))
 
     # -------------------------------------------------------------- clients
 

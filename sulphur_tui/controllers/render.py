@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from textual.worker import WorkerState
 
+from pipeline.project.storyboard import unknown_presets
 from pipeline.wire.protocol import (
     FINISHED,
     ErrorEvent,
@@ -56,6 +57,7 @@ class RenderControl:
         self.app = app
         self._submitted: dict[str, dict[str, str]] = {}  # job id → its shots' digests when submitted
         self._told: set[str] = set()  # jobs whose failure was notified
+        self._told_presets: set[str] = set()  # unknown presets already named in a notification
 
     # ------------------------------------------------------------------ following
     def start(self) -> None:
@@ -151,6 +153,16 @@ class RenderControl:
         jobs apart; a job whose storyboard is not known yet, as in a bare recording, is ours)."""
         return job_id not in self.app.live.elsewhere
 
+    def _check_presets(self, known: list[str]) -> None:
+        """Name a preset of the saved storyboard that the worker does not have, on attaching, instead of
+        at the first F5 (the editor holds no registry: the worker's snapshot lists its presets)."""
+        doc = self.app.doc
+        assert doc is not None
+        for err in unknown_presets(doc.saved, known):
+            if str(err) not in self._told_presets:
+                self._told_presets.add(str(err))
+                self.app.notify(str(err), title="Unknown model preset", severity="error", timeout=20)
+
     def announce(self, ev: Event) -> None:
         """The few events a user must not miss get a notification, not just a log line."""
         app = self.app
@@ -161,6 +173,8 @@ class RenderControl:
             where = "/".join(x for x in (ev.segment, ev.stage) if x) or "render"
             app.notify(ev.message, title=f"{where} failed ({ev.kind})", severity="error", timeout=20)
         elif isinstance(ev, StatusSnapshot | JobQueued):
+            if isinstance(ev, StatusSnapshot) and app.doc is not None:
+                self._check_presets(ev.presets)
             # A job of this editor's that failed unseen (the snapshot said so); its JobQueued, which
             # the editor posts itself, may even come after that snapshot.
             for job_id in self._submitted.keys() - self._told:

@@ -105,6 +105,7 @@ def test_two_hundred_bad_messages_each_get_a_reject_and_change_nothing(project: 
     raw.send(protocol.encode(protocol.GetStatus(id="after")))
     snap = raw.reply()
     assert isinstance(snap, protocol.StatusSnapshot) and snap.pid == before.pid
+    assert "tiny" in snap.presets and snap.presets == sorted(snap.presets), "what the editor checks a storyboard by"
     # A client that dies mid-line costs nothing either.
     raw.send(b'{"type": "submit", "storyb')
     raw.close()

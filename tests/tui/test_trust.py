@@ -23,6 +23,7 @@ from pipeline.wire.protocol import (
     JobStarted,
     SegmentDone,
     StageStarted,
+    StatusSnapshot,
     StepProgress,
 )
 from sulphur_tui.app import create_app
@@ -308,6 +309,40 @@ async def test_another_storyboards_job_is_not_drawn_as_this_ones(story: Path) ->
         assert not app._notifications, [n.message for n in app._notifications]
         assert "story.toml: job s started" in "\n".join(line for _, line in app.live.journal)
         assert "story.toml" not in screen_text(app).splitlines()[-2]  # it no longer runs
+
+
+async def test_a_preset_the_worker_lacks_is_named_on_attaching(story: Path) -> None:
+    """The editor opened a storyboard with a mistyped preset without a word; the render refused it only
+    at F5. The worker's snapshot lists its presets: the editor names the file:line:col at once, once."""
+    text = story.read_text()
+    assert '\npreset = "tiny"' in text
+    story.write_text(text.replace('\npreset = "tiny"', '\npreset = "ltx23-distiled"'))
+    line = next(i for i, row in enumerate(story.read_text().splitlines(), 1) if row.startswith("preset ="))
+    app = create_app(story, connect_worker=False)
+    known = ["ltx23-distilled", "tiny"]
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        assert not app._notifications
+        app.post_message(WorkerEvent(StatusSnapshot(pid=7, project=str(story.parent), jobs=[], presets=known)))
+        await pilot.pause(0.2)
+        told = [(n.title, n.message) for n in app._notifications]
+        assert len(told) == 1, told
+        title, message = told[0]
+        assert title == "Unknown model preset"
+        assert message.startswith(f"{story}:{line}:1") and "'ltx23-distiled'" in message, message
+        assert "ltx23-distilled, tiny" in message, "what the worker has instead"
+        app.post_message(WorkerEvent(StatusSnapshot(pid=7, project=str(story.parent), jobs=[], presets=known)))
+        app.post_message(WorkerEvent(StatusSnapshot(pid=7, project=str(story.parent), jobs=[])))  # not told
+        await pilot.pause(0.2)
+        assert len(app._notifications) == 1, "named once, not at every snapshot"
+
+
+async def test_known_presets_raise_nothing(story: Path) -> None:
+    app = create_app(story, connect_worker=False)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        app.post_message(WorkerEvent(StatusSnapshot(pid=7, project=str(story.parent), jobs=[],
+                                                    presets=["tiny", "ltx23-distilled"])))
+        await pilot.pause(0.2)
+        assert not app._notifications, [n.message for n in app._notifications]
 
 
 def status_of_row(app, sid: str) -> str:  # noqa: ANN001 - test helper
