@@ -152,8 +152,10 @@ def same_frames(a: str, b: str) -> bool | None:
 
 
 def compare_caches(a: Path, b: Path) -> dict[str, dict[str, Any]]:
-    """Each stage's cache entries that both project folders hold (same key: same inputs and
-    settings), file by file: which stage's output first differs when the films do."""
+    """Every file of the two project folders' stage caches (same path: same key, so the same inputs
+    and settings), by stage: how many are the same, which differ and how many only one run has.
+    This names the stage whose output first differs when the films do. The prompt embeddings
+    (``prompt_embeds/<key>.safetensors``) count as a stage too. Half-written files are skipped."""
     import hashlib
 
     def digest(path: Path) -> str:
@@ -163,27 +165,22 @@ def compare_caches(a: Path, b: Path) -> dict[str, dict[str, Any]]:
                 h.update(chunk)
         return h.hexdigest()
 
-    def entries(root: Path) -> set[Path]:  # complete entries only (a partial one has no meta.json yet)
-        return {p.parent.relative_to(root) for p in root.glob("*/*/*/meta.json")}
-
-    def files(entry: Path) -> set[Path]:
-        return {f.relative_to(entry) for f in entry.rglob("*") if f.is_file() and f.name != "meta.json"}
+    def files(root: Path) -> set[Path]:
+        return {f.relative_to(root) for f in root.rglob("*") if f.is_file() and f.name != "meta.json"
+                # entries being built (".<key>.<pid>.*.partial/") and embeddings being written ("*.part")
+                and not any(part.startswith(".") or part.endswith(".part") for part in f.relative_to(root).parts)}
 
     out: dict[str, dict[str, Any]] = {}
     ra, rb = a / ".sulphur" / "cache", b / ".sulphur" / "cache"
-    ea, eb = entries(ra), entries(rb)
-    for rel in sorted(ea | eb):
+    fa, fb = files(ra), files(rb)
+    for rel in sorted(fa | fb):
         row = out.setdefault(rel.parts[0], {"same": 0, "differ": [], "only_one": 0})
-        if rel not in ea or rel not in eb:
+        if rel not in fa or rel not in fb:
             row["only_one"] += 1
-            continue
-        fa, fb = files(ra / rel), files(rb / rel)
-        differ = sorted(str(f) for f in fa ^ fb) + sorted(
-            str(f) for f in fa & fb if digest(ra / rel / f) != digest(rb / rel / f))
-        if differ:
-            row["differ"].append({"key": rel.name[:12], "files": differ})
-        else:
+        elif digest(ra / rel) == digest(rb / rel):
             row["same"] += 1
+        else:  # the entry's key (shortened) and the file in it
+            row["differ"].append("/".join([rel.parts[-2][:12], rel.parts[-1]]) if len(rel.parts) > 2 else rel.name[:16])
     return out
 
 
