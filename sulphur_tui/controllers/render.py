@@ -159,9 +159,10 @@ class RenderControl:
         doc = self.app.doc
         assert doc is not None
         for err in unknown_presets(doc.saved, known):
-            if str(err) not in self._told_presets:
-                self._told_presets.add(str(err))
-                self.app.notify(str(err), title="Unknown model preset", severity="error", timeout=20)
+            text = str(err).replace(str(doc.saved.path), doc.saved.path.name, 1)  # as F5's refusal words it
+            if text not in self._told_presets:
+                self._told_presets.add(text)
+                self.app.notify(text, title="Unknown model preset", severity="error", timeout=20)
 
     def announce(self, ev: Event) -> None:
         """The few events a user must not miss get a notification, not just a log line."""

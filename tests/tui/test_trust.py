@@ -328,7 +328,7 @@ async def test_a_preset_the_worker_lacks_is_named_on_attaching(story: Path) -> N
         assert len(told) == 1, told
         title, message = told[0]
         assert title == "Unknown model preset"
-        assert message.startswith(f"{story}:{line}:1") and "'ltx23-distiled'" in message, message
+        assert message.startswith(f"story.toml:{line}:1: project.preset: ") and "'ltx23-distiled'" in message, message
         assert "ltx23-distilled, tiny" in message, "what the worker has instead"
         app.post_message(WorkerEvent(StatusSnapshot(pid=7, project=str(story.parent), jobs=[], presets=known)))
         app.post_message(WorkerEvent(StatusSnapshot(pid=7, project=str(story.parent), jobs=[])))  # not told
