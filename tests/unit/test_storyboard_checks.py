@@ -217,3 +217,18 @@ def test_load_refuses_a_file_past_16_mib_unread(tmp_path: Path) -> None:
         S.load(big)
     assert str(info.value) == f"{big}: larger than 16 MiB: not a storyboard"
     assert os.path.getsize(big) == S.MAX_STORYBOARD_BYTES + 1
+
+
+def test_unknown_presets_are_placed_where_each_is_asked_for(tmp_path: Path) -> None:
+    """The editor's check against a worker's presets: the project's and each shot's, at file:line:col."""
+    path = tmp_path / "s.toml"
+    path.write_text('[project]\npreset = "tiny"\n' + TWO + 'preset = "wan-typo"\n')
+    sb = S.load(path)
+    lines = [str(e) for e in S.unknown_presets(sb, ["tiny", "ltx23-distilled"])]
+    assert lines == [f"{path}:10:1: segment[1].preset: unknown preset 'wan-typo' "
+                     "(this worker has ltx23-distilled, tiny)"]
+    assert S.unknown_presets(sb, ["tiny", "wan-typo"]) == []
+    assert S.unknown_presets(sb, []) == [], "a worker that did not say: nothing to check against"
+    path.write_text('[project]\npreset = "ltx9"\n' + SEG)
+    assert [str(e) for e in S.unknown_presets(S.load(path), ["tiny"])] == [
+        f"{path}:2:1: project.preset: unknown preset 'ltx9' (this worker has tiny)"]
