@@ -156,14 +156,7 @@ def compare_caches(a: Path, b: Path) -> dict[str, dict[str, Any]]:
     and settings), by stage: how many are the same, which differ and how many only one run has.
     This names the stage whose output first differs when the films do. The prompt embeddings
     (``prompt_embeds/<key>.safetensors``) count as a stage too. Half-written files are skipped."""
-    import hashlib
-
-    def digest(path: Path) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                h.update(chunk)
-        return h.hexdigest()
+    from pipeline.project.files import file_digest
 
     def files(root: Path) -> set[Path]:
         return {f.relative_to(root) for f in root.rglob("*") if f.is_file() and f.name != "meta.json"
@@ -177,7 +170,7 @@ def compare_caches(a: Path, b: Path) -> dict[str, dict[str, Any]]:
         row = out.setdefault(rel.parts[0], {"same": 0, "differ": [], "only_one": 0})
         if rel not in fa or rel not in fb:
             row["only_one"] += 1
-        elif digest(ra / rel) == digest(rb / rel):
+        elif file_digest(ra / rel) == file_digest(rb / rel):
             row["same"] += 1
         else:  # the entry's key (shortened) and the file in it
             row["differ"].append("/".join([rel.parts[-2][:12], rel.parts[-1]]) if len(rel.parts) > 2 else rel.name[:16])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from textual.worker import WorkerState
 
-from pipeline.project.storyboard import unknown_presets
+from pipeline.project.storyboard import StoryboardError, unknown_presets
 from pipeline.wire.protocol import (
     FINISHED,
     ErrorEvent,
@@ -159,7 +159,8 @@ class RenderControl:
         doc = self.app.doc
         assert doc is not None
         for err in unknown_presets(doc.saved, known):
-            text = str(err).replace(str(doc.saved.path), doc.saved.path.name, 1)  # as F5's refusal words it
+            # named by its file name, as F5's refusal words it
+            text = str(StoryboardError(doc.saved.path.name, err.message, err.line, err.column, err.key))
             if text not in self._told_presets:
                 self._told_presets.add(text)
                 self.app.notify(text, title="Unknown model preset", severity="error", timeout=20)

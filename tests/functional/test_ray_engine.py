@@ -357,5 +357,6 @@ def test_actors_sharing_one_card_are_told_the_local_engine_is_faster() -> None:
     assert "--engine local" in (shared_card_warning(1, one) or "")
     alone = plan_layout(gpus=1, cpus=16, card_gb=80, budget_gb=8, segments=3, finishers=0)
     assert shared_card_warning(1, alone) is None, "one actor with the whole card: nothing shared"
+    assert shared_card_warning(1, one, "take") is None, "takes have no local engine to suggest"
     assert shared_card_warning(2, plan_layout(gpus=2, cpus=16, card_gb=80, budget_gb=8, segments=3)) is None
     assert shared_card_warning(0, plan_layout(gpus=0, cpus=3, card_gb=0, budget_gb=None, segments=3)) is None

@@ -93,11 +93,12 @@ class Layout:
                 f"({self.finish_gpus:g} GPU each){vram}{ram}")
 
 
-def shared_card_warning(gpus: float, layout: Layout) -> str | None:
-    """What to tell a user whose actors share one card: they take turns on it and each loads its own
-    models, so the single local worker, which already encodes behind the next draft, was faster (3 ×
-    121 frames of the 19B stack on an H100: Ray 0.78× the local engine, bench/results/README.md)."""
-    if 0 < gpus < 2 and layout.finishers > 0:
+def shared_card_warning(gpus: float, layout: Layout, role: str = "finish") -> str | None:
+    """What to tell a user whose render's actors share one card: they take turns on it and each loads
+    its own models, so the single local worker, which already encodes behind the next draft, was faster
+    (3 × 121 frames of the 19B stack on an H100: Ray 0.78× the local engine, bench/results/README.md).
+    Nothing for takes (``role`` "take"): they have no local engine to suggest."""
+    if role == "finish" and 0 < gpus < 2 and layout.finishers > 0:
         return ("ray: the draft and finish actors share one GPU and each loads its own models; "
                 "on one card `--engine local` renders faster (Ray pays from two GPUs)")
     return None
@@ -474,7 +475,7 @@ def _stage_actors(sb: Any, preset: str | None, job_id: str, emit: Emit, cancel: 
                              budget_gb=sb.project.vram_budget_gb, segments=work, finishers=finishers,
                              host_gb=host_gb, host_need_gb=need_gb)
         emit(protocol.Log(message=f"ray: {layout.describe()} on {gpus:g} GPU(s), {resources.get('CPU', 0):g} CPU(s)"))
-        shared = shared_card_warning(gpus, layout) if helper_role == "finish" else None  # takes: no local engine
+        shared = shared_card_warning(gpus, layout, helper_role)
         if shared:
             emit(protocol.Log(level="warning", message=shared))
 
