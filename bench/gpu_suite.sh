@@ -23,7 +23,7 @@
 #   bench/gpu_suite.sh then    # < 10 min: Ray on one GPU vs the local engine (goal 5), ESRGAN max-autotune (goal 6)
 #   bench/gpu_suite.sh graphs  # ~4 min: the chain uncapped, steps as CUDA graphs and all eager (graphs_speedup)
 #   bench/gpu_suite.sh determinism # ~7 min: the Ray film against the local one (audio decode per process
-#                              # variant; Ray with one actor doing everything, cache entries compared)
+#                              # variant; 2 x 121 frames local and Ray, cache entries compared)
 #   bench/gpu_suite.sh reference # ~1 min: a bare resident step against one with a render's inputs (issue 20)
 #   bench/gpu_suite.sh encode  # ~15 s: how many cores x264 gets for one 1080p segment (bench/encode.py)
 #   bench/gpu_suite.sh tests   # the tests CI skips for want of a GPU (CUDA offload plans, VRAM
@@ -124,14 +124,14 @@ then)  # the call after: Ray on one GPU against the local engine (goal 5), ESRGA
         --no-warm-probes --budget-s 290 \
         >"$OUT/esrgan.json" 2>"$OUT/esrgan.log" || echo "esrgan failed: $?"
     ;;
-determinism)  # ~7 min: why the Ray film differs from the local one on a GPU (bench/results, run 21):
-    # the audio decode per process variant, then Ray with the draft actor finishing too (the local
-    # engine's history, no second process on the card) against the local engine, stage by stage
-    timeout 240 python bench/audio_determinism.py --out "$OUT/audio_determinism.json" >/dev/null \
+determinism)  # ~7 min: is the Ray film the local one on a GPU (bench/results, runs 21-22)? The audio
+    # decode per process variant, then 2 x 121 frames local against Ray (a finish actor beside the
+    # draft actor), every cache entry compared
+    timeout 200 python bench/audio_determinism.py --out "$OUT/audio_determinism.json" >/dev/null \
         2>"$OUT/audio_determinism.log" || echo "audio_determinism failed: $?"
-    SULPHUR_RAY_FINISHERS=0 timeout 400 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 2 \
-        --frames 121 --vram-budget-gb 8 --no-enhance --run local=local@0 --run ray_alone=ray@0 \
-        --out "$OUT/ray_alone.json" 2>"$OUT/ray_alone.log" >/dev/null || echo "ray_alone failed: $?"
+    timeout 360 python bench/ray_pipeline.py --preset ltx2-19b-random --segments 2 \
+        --frames 121 --vram-budget-gb 8 --no-enhance --run local=local@0 --run ray_1gpu=ray@0 \
+        --out "$OUT/ray_determinism.json" 2>"$OUT/ray_determinism.log" >/dev/null || echo "ray_determinism failed: $?"
     ;;
 reference)
     timeout 300 python bench/reference_step.py --out "$OUT/reference_step.json" >/dev/null 2>"$OUT/reference.log" \

@@ -293,9 +293,23 @@ def streamer_of(module: Any) -> BlockStreamer | None:
     return getattr(module, "_sulphur_streamer", None)
 
 
+#: The tile sizes ``enable_tiling`` sets; the VAE's own values are kept under ``_TILING_DEFAULTS``.
+_TILING_ATTRS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
+                 "tile_sample_stride_width")
+_TILING_DEFAULTS = "_sulphur_tiling_defaults"
+
+
 def enable_vae_tiling(vae: Any, plan: StagePlan) -> None:
     """Tiled decode at the plan's tile edge (``options["vae_tile"]``, default diffusers' 512 px),
-    tiles overlapping by an eighth as diffusers' defaults do."""
+    tiles overlapping by an eighth as diffusers' defaults do.
+
+    diffusers' ``enable_tiling()`` keeps any size set before (``size or self.size``), so a draft
+    after a refine tiled at 256 px went on tiling at 256: a held VAE encoded the anchor and decoded
+    the frames differently from a fresh one, and the cache entry depended on what the process had
+    rendered before (an H100, run 21). The VAE's own sizes are restored first."""
+    own = vae.__dict__.setdefault(_TILING_DEFAULTS, {a: getattr(vae, a) for a in _TILING_ATTRS if hasattr(vae, a)})
+    for attr, value in own.items():
+        setattr(vae, attr, value)
     tile = int(plan.options.get("vae_tile") or 0)
     if tile and tile != 512:
         stride = tile * 7 // 8

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 
-from pipeline.memory.offload import BlockStreamer, apply_plan
+from pipeline.memory.offload import BlockStreamer, apply_plan, enable_vae_tiling
 from pipeline.memory.planner import StagePlan
 from pipeline.models.tiny_ltx2 import TRANSFORMER_CONFIG
 
@@ -146,6 +146,34 @@ def test_plan_applied_to_a_whole_tiny_pipeline() -> None:
     frames2, audio2 = render(StagePlan(name="group", device="cpu", offload="group_block", dtype="float32",
                                        vae_tiling=True, options={"num_blocks_per_group": 1}))
     assert torch.equal(frames, frames2) and torch.equal(audio, audio2)
+
+
+def test_a_plan_s_tiles_do_not_outlive_it() -> None:
+    """A VAE held from a refine tiled at a small edge encodes and decodes a draft as a fresh VAE
+    does: diffusers' ``enable_tiling()`` keeps the last sizes set, so a draft after a 256 px refine
+    went on tiling at 256 px, and a segment's cache entry depended on what came before it."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    from pipeline.models import tiny_ltx2
+
+    vae = AutoencoderKLLTX2Video.from_pretrained(tiny_ltx2.build_tiny() / tiny_ltx2.DIFFUSERS_DIR / "vae").eval()
+    video = torch.rand(1, 3, 9, 288, 320, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    draft = StagePlan(name="draft", device="cpu", vae_tiling=True, options={"vae_tile": 512})
+    refine = StagePlan(name="refine", device="cpu", vae_tiling=True, options={"vae_tile": 256})
+
+    def roundtrip() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            latents = vae.encode(video).latent_dist.mode()
+            return latents, vae.decode(latents, return_dict=False)[0]
+
+    enable_vae_tiling(vae, draft)
+    fresh = roundtrip()
+    enable_vae_tiling(vae, refine)
+    tiled = roundtrip()
+    assert not torch.equal(tiled[0], fresh[0]) and not torch.equal(tiled[1], fresh[1])  # 256 px tiles do tile
+    enable_vae_tiling(vae, draft)
+    again = roundtrip()
+    assert torch.equal(again[0], fresh[0]) and torch.equal(again[1], fresh[1])
 
 
 # --------------------------------------------------------------------------- per-block GGUF dequantization
