@@ -642,7 +642,11 @@ def upsampler_dir(path: Path) -> Path:
 def load_tokenizer(preset: Preset) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(require(preset, "diffusers") / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(require(preset, "diffusers") / "tokenizer")
+    # diffusers' encode_prompt pads on the left and then tells the connectors the tokenizer's side;
+    # set it here too, or a process that reads cached embeddings gives them the file's side.
+    tokenizer.padding_side = "left"
+    return tokenizer
 
 
 def load_scheduler(preset: Preset) -> Any:

@@ -132,3 +132,25 @@ def test_two_processes_build_once(tmp_path: Path) -> None:
     assert {o[0].strip() for o in outs} == {str(root)}
     assert (root / ".complete").is_file()
     assert not list(tmp_path.glob(".tiny.*.partial"))
+
+
+def test_the_tokenizer_pads_on_the_left_whatever_its_file_says(tiny_root: Path, tmp_path: Path) -> None:
+    """Embeddings are made left-padded (diffusers' encode_prompt), and the connectors are told the
+    held tokenizer's side: a process reading cached embeddings must not tell them the file's side."""
+    import dataclasses
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from pipeline.models import ltx2, tiny_ltx2
+    from pipeline.models.registry import ModelFile, get_preset
+
+    folder = tmp_path / "diffusers"
+    shutil.copytree(tiny_root / tiny_ltx2.DIFFUSERS_DIR / "tokenizer", folder / "tokenizer")
+    config = folder / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "padding_side": "right"}))
+    assert AutoTokenizer.from_pretrained(folder / "tokenizer").padding_side == "right"
+    preset = dataclasses.replace(get_preset("tiny"), name="right-padded", builder=None,
+                                 files=(ModelFile("diffusers", "diffusers folder", path=str(folder)),))
+    assert ltx2.load_tokenizer(preset).padding_side == "left"
