@@ -17,6 +17,10 @@ actor's process differs in, and compares each waveform with the plain process's:
   result whatever else runs;
 - the plain process decodes twice (``plain_twice_equal``: deterministic at all?).
 
+``--within``: in one process, three decodes per setting (plain, ``cudnn.deterministic``, torch's
+deterministic algorithms, cuDNN off), each stage's output compared: which one varies, and what
+makes it repeat (an H100, 2026-12-06: the plain process's two decodes differed by 5e-6).
+
     python bench/audio_determinism.py --out bench/results/audio_determinism_<gpu>_<date>.json
 """
 
@@ -107,6 +111,47 @@ def _decode(out: Path, frames: int, fps: int, contended: bool, load: subprocess.
                       **({"contended": contended and load.poll() is None} if load is not None else {})}))
 
 
+SETTINGS = ("plain", "cudnn_deterministic", "deterministic_algorithms", "cudnn_off")
+
+
+def _within(frames: int, fps: int) -> dict[str, Any]:
+    """Three decodes per setting in this process; per stage (the audio VAE's mel, the vocoder's
+    waveform): equal every time, and the largest difference."""
+    import torch
+
+    from pipeline.models import ltx2_random
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae = ltx2_random.component("audio_vae", torch.float32).to(device).eval()
+    vocoder = ltx2_random.component("vocoder", torch.float32).to(device).eval()
+    per_second = vae.config.sample_rate / vae.config.mel_hop_length / vae.temporal_compression_ratio
+    shape = (1, vae.config.latent_channels, round(frames / fps * per_second),
+             vae.config.mel_bins // vae.mel_compression_ratio)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(device)
+    out: dict[str, Any] = {"device": device}
+    for setting in SETTINGS:
+        torch.backends.cudnn.deterministic = setting == "cudnn_deterministic"
+        torch.backends.cudnn.enabled = setting != "cudnn_off"
+        torch.use_deterministic_algorithms(setting == "deterministic_algorithms")
+        mels, waves = [], []
+        with torch.no_grad():
+            for _ in range(3):
+                mel = vae.decode(latents, return_dict=False)[0]
+                mels.append(mel.cpu())
+                waves.append(vocoder(mel).cpu())
+                # the vocoder on the first decode's mel too: does it vary on the same input?
+                waves.append(vocoder(mels[0].to(device)).cpu())
+        out[setting] = {
+            "mel_equal": all(torch.equal(m, mels[0]) for m in mels),
+            "mel_max_abs": max(float((m - mels[0]).abs().max()) for m in mels),
+            "vocoder_same_input_equal": all(torch.equal(w, waves[1]) for w in waves[1::2]),
+            "wave_equal": all(torch.equal(w, waves[0]) for w in waves[0::2]),
+            "wave_max_abs": max(float((w - waves[0]).abs().max()) for w in waves[0::2])}
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.enabled = False, True
+    torch.use_deterministic_algorithms(False)
+    return out
+
+
 def _write(report: dict[str, Any], out: Path | None) -> str:
     doc = json.dumps(report, indent=1)
     if out:
@@ -121,7 +166,12 @@ def main() -> int:
     ap.add_argument("--fps", type=int, default=24)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--within", action="store_true", help="three decodes per setting in one process")
     args = ap.parse_args()
+    if args.within:
+        print(_write({"bench": "audio_determinism_within", "frames": args.frames,
+                      **_within(args.frames, args.fps)}, args.out))
+        return 0
     if args.child:
         _child(args.child, args.frames, args.fps)
         return 0
