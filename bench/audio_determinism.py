@@ -18,8 +18,8 @@ actor's process differs in, and compares each waveform with the plain process's:
 - the plain process decodes twice (``plain_twice_equal``: deterministic at all?).
 
 ``--within``: in one process, three decodes per setting (plain, ``cudnn.deterministic``, torch's
-deterministic algorithms, cuDNN off), each stage's output compared: which one varies, and what
-makes it repeat (an H100, 2026-12-06: the plain process's two decodes differed by 5e-6).
+deterministic algorithms, cuDNN off), each stage's output compared and each decode timed: which
+stage varies, what makes it repeat, and at what cost (an H100, 2026-12-06: the plain process's two decodes differed by 5e-6).
 
     python bench/audio_determinism.py --out bench/results/audio_determinism_<gpu>_<date>.json
 """
@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,16 @@ def _within(frames: int, fps: int) -> dict[str, Any]:
         torch.backends.cudnn.deterministic = setting == "cudnn_deterministic"
         torch.backends.cudnn.enabled = setting != "cudnn_off"
         torch.use_deterministic_algorithms(setting == "deterministic_algorithms")
-        mels, waves = [], []
+        mels, waves, seconds = [], [], []
         with torch.no_grad():
             for _ in range(3):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
                 mel = vae.decode(latents, return_dict=False)[0]
                 mels.append(mel.cpu())
-                waves.append(vocoder(mel).cpu())
+                waves.append(vocoder(mel).cpu())  # .cpu() waits for the GPU
+                seconds.append(time.perf_counter() - t0)
                 # the vocoder on the first decode's mel too: does it vary on the same input?
                 waves.append(vocoder(mels[0].to(device)).cpu())
         out[setting] = {
@@ -146,7 +151,8 @@ def _within(frames: int, fps: int) -> dict[str, Any]:
             "mel_max_abs": max(float((m - mels[0]).abs().max()) for m in mels),
             "vocoder_same_input_equal": all(torch.equal(w, waves[1]) for w in waves[1::2]),
             "wave_equal": all(torch.equal(w, waves[0]) for w in waves[0::2]),
-            "wave_max_abs": max(float((w - waves[0]).abs().max()) for w in waves[0::2])}
+            "wave_max_abs": max(float((w - waves[0]).abs().max()) for w in waves[0::2]),
+            "decode_s": [round(t, 4) for t in seconds]}
     torch.backends.cudnn.deterministic, torch.backends.cudnn.enabled = False, True
     torch.use_deterministic_algorithms(False)
     return out
