@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.memory.cudnn import cudnn_setting
 from pipeline.models import ltx2_random, published, sigmas, tiny_ltx2
 from pipeline.models.published import WeightsMismatch
 from pipeline.models.registry import (
@@ -903,29 +903,15 @@ def decode_audio(pipe: Any, audio_latents: torch.Tensor) -> np.ndarray:
     import numpy as np
     import torch
 
-    with torch.no_grad(), _deterministic_cudnn():
+    # The vocoder's transposed convolutions run cuDNN's backward-data kernels, which add with
+    # atomics: on an H100 one mel gave two waveforms in one process (5e-6 apart). Deterministic
+    # kernels repeat it bit for bit at the same speed (0.0146 s per 121-frame decode either way;
+    # bench/results/README.md, run 23).
+    with torch.no_grad(), cudnn_setting(deterministic=True):
         lat = audio_latents.to(device=pipe._execution_device, dtype=pipe.audio_vae.dtype)
         mel = pipe.audio_vae.decode(lat, return_dict=False)[0]
         wav = pipe.vocoder(mel.to(pipe.vocoder.dtype))
     return np.ascontiguousarray(wav[0].float().cpu().numpy(), dtype=np.float32)
-
-
-@contextmanager
-def _deterministic_cudnn() -> Iterator[None]:
-    """cuDNN's deterministic algorithms for the audio decode, the previous setting after.
-
-    The vocoder's transposed convolutions run cuDNN's backward-data kernels, which add with
-    atomics: on an H100 the same mel gave two waveforms in one process (5e-6 apart), so a
-    segment's sound changed with every render. Deterministic kernels repeat it bit for bit at
-    the same speed (0.0146 s per 121-frame decode either way; bench/audio_determinism.py --within)."""
-    import torch
-
-    saved = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic = saved
 
 
 def fit_image(image: np.ndarray, size: tuple[int, int]) -> Any:

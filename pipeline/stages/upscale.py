@@ -24,9 +24,11 @@ import queue
 import tempfile
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pipeline.memory.cudnn import cudnn_setting
 from pipeline.models.esrgan import TINY_X2PLUS_VERSION, load_upscaler
 from pipeline.models.home import sulphur_home
 from pipeline.models.module_tree import replace_modules
@@ -104,7 +106,9 @@ class UpscaleStage(Stage):
         # 2. Output written batch by batch with plain file writes: a memmap would count
         #    every written page in the process's RSS (and the reported host peak).
         ctx.progress(self.name, 0, total)
-        with open(out / "frames.npy", "wb") as sink, torch.inference_mode(), _cudnn_benchmark(o, cuda):
+        # cuDNN's benchmark mode for this stage only, when the plan asks: other stages keep theirs
+        benchmark = cudnn_setting(benchmark=True) if cuda and o.get("esrgan_cudnn_benchmark") else nullcontext()
+        with open(out / "frames.npy", "wb") as sink, torch.inference_mode(), benchmark:
             write_frames_header(sink, (total, height, width, 3))
             if cuda and o.get("esrgan_overlap", True) is not False:
                 _overlapped(ctx, self.name, source, sink, up, device)
@@ -266,26 +270,6 @@ def use_persistent_cache() -> Path:
     if not current or torch_default:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(sulphur_home() / INDUCTOR_CACHE)
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-
-
-class _cudnn_benchmark:  # noqa: N801 - used as a context manager, like torch's own
-    """``torch.backends.cudnn.benchmark`` on for the stage when the plan asks
-    (``esrgan_cudnn_benchmark``), restored after: other stages' convolutions keep theirs."""
-
-    def __init__(self, options: dict[str, Any], cuda: bool) -> None:
-        self.on = cuda and bool(options.get("esrgan_cudnn_benchmark"))
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.saved = torch.backends.cudnn.benchmark
-        if self.on:
-            torch.backends.cudnn.benchmark = True
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        torch.backends.cudnn.benchmark = self.saved
 
 
 def _run(ctx: StageContext, forward: Any, model: ImageModelDescriptor, x: torch.Tensor,

@@ -285,12 +285,12 @@ def test_the_ray_engine_refuses_a_lora_that_does_not_fit_before_ray_starts(tmp_p
     assert not ray.is_initialized()
 
 
-def _audio_decoder(device: str) -> tuple[Any, Any, Any]:
-    """A pipe holding the tiny stack's audio VAE and vocoder (diffusers folders), the decode, and 2 s of latents."""
+def _audio_decoder(device: str) -> tuple[Any, Any]:
+    """A pipe holding the tiny stack's audio VAE and vocoder (diffusers folders), and 2 s of latents."""
     import torch
     from diffusers import AutoencoderKLLTX2Audio
 
-    from pipeline.models import ltx2, published, tiny_ltx2
+    from pipeline.models import published, tiny_ltx2
 
     root = tiny_ltx2.build_tiny() / tiny_ltx2.DIFFUSERS_DIR
     vae = AutoencoderKLLTX2Audio.from_pretrained(root / "audio_vae").to(device).eval()
@@ -299,7 +299,7 @@ def _audio_decoder(device: str) -> tuple[Any, Any, Any]:
     shape = (1, vae.config.latent_channels, round(2 * per_second), vae.config.mel_bins // vae.mel_compression_ratio)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(3))
     pipe = type("Pipe", (), {"_execution_device": torch.device(device), "audio_vae": vae, "vocoder": vocoder})()
-    return pipe, ltx2.decode_audio, latents
+    return pipe, latents
 
 
 def test_the_sound_is_decoded_with_deterministic_kernels_and_the_setting_restored() -> None:
@@ -307,11 +307,13 @@ def test_the_sound_is_decoded_with_deterministic_kernels_and_the_setting_restore
     ones gave two waveforms for one mel on an H100), and the rest of the render keeps its setting."""
     import torch
 
-    pipe, decode, latents = _audio_decoder("cpu")
+    from pipeline.models.ltx2 import decode_audio
+
+    pipe, latents = _audio_decoder("cpu")
     seen = []
     pipe.vocoder.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.deterministic))
     before = torch.backends.cudnn.deterministic
-    wave = decode(pipe, latents)
+    wave = decode_audio(pipe, latents)
     assert seen == [True] and torch.backends.cudnn.deterministic == before
     assert wave.ndim == 2 and np.isfinite(wave).all() and np.abs(wave).max() > 0
 
@@ -322,7 +324,9 @@ def test_the_same_latents_give_the_same_sound_on_cuda() -> None:
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    pipe, decode, latents = _audio_decoder("cuda")
-    first = decode(pipe, latents)
+    from pipeline.models.ltx2 import decode_audio
+
+    pipe, latents = _audio_decoder("cuda")
+    first = decode_audio(pipe, latents)
     for _ in range(4):
-        np.testing.assert_array_equal(decode(pipe, latents), first)
+        np.testing.assert_array_equal(decode_audio(pipe, latents), first)
