@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# Deferred imports: torch — the stages and models that import this load before torch does
+
 
 @contextmanager
 def cudnn_setting(**values: bool) -> Iterator[None]:
